@@ -1,0 +1,71 @@
+# Esper: `make demo` and `make test` work from a fresh clone (they create .venv,
+# install PyTorch and the package, and build the Go library).
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+VERSION := $(shell cat VERSION)
+COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LIB := python/esper/_lib/libesper.so
+GO_SOURCES := $(shell find capi core policy blueprint -name '*.go' -not -name '*_test.go') go.mod go.sum capi/exports.map VERSION
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -extldflags -Wl,--version-script=$(CURDIR)/capi/exports.map
+FUZZTIME ?= 3s
+
+.DEFAULT_GOAL := help
+.PHONY: help lib venv test test-go test-py fuzz demo bench lint fmt clean
+
+help: ## Show this help.
+	@echo "Esper $(VERSION): morphogenetic training for PyTorch with a Go core"
+	@echo
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+lib: $(LIB) ## Build the Go core into python/esper/_lib/libesper.so.
+
+$(LIB): $(GO_SOURCES)
+	@mkdir -p $(dir $@)
+	CGO_ENABLED=1 go build -buildmode=c-shared -trimpath -ldflags "$(LDFLAGS)" -o $@ ./capi
+	@rm -f $(basename $@).h
+
+venv: $(VENV)/.installed ## Create .venv with PyTorch and the package (editable).
+
+$(VENV)/.installed: pyproject.toml setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q --no-build-isolation -e '.[dev]'
+	touch $@
+
+test: test-go test-py ## Run every test (Go, fuzz briefly, Python).
+
+test-go: ## Go tests, then each fuzz target briefly.
+	go vet ./...
+	go test -count=1 ./...
+	$(MAKE) --no-print-directory fuzz
+
+fuzz: ## Run every Fuzz target for FUZZTIME (default 3s).
+	@for pkg in $$(go list ./...); do \
+	  for f in $$(go test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$f"; go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+test-py: venv $(LIB) ## Python tests (real PyTorch, the real library).
+	$(PY) -m pytest -q tests_py
+
+demo: venv $(LIB) ## Grow models on digits and spirals; prints a table, writes demo_out/.
+	$(PY) -m esper demo
+
+bench: venv $(LIB) ## Measure Esper against plain PyTorch and PEFT; writes bench/results/.
+	$(PY) -m esper bench
+
+lint: venv ## gofmt, go vet and ruff (check only).
+	@out=$$(gofmt -l capi core policy blueprint tests_go); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	go vet ./...
+	$(VENV)/bin/ruff check python tests_py
+
+fmt: venv ## Rewrite Go and Python sources in canonical format.
+	gofmt -w capi core policy blueprint tests_go
+	$(VENV)/bin/ruff format python tests_py
+
+clean: ## Remove build outputs (keeps .venv).
+	rm -rf build dist python/esper/_lib/libesper.so python/*.egg-info

@@ -1,0 +1,180 @@
+package main
+
+/*
+#include <stdlib.h>
+#include <stdint.h>
+*/
+import "C"
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"unsafe"
+
+	"github.com/esper-morph/esper/core/errcode"
+)
+
+// abiVersion is bumped on every incompatible change of esper.h. It must equal
+// ESPER_ABI_VERSION in esper.h and ABI_VERSION in python/esper/_lib.py.
+const abiVersion = 1
+
+// version is the release version, set at link time from the VERSION file
+// (-ldflags "-X main.version=...").
+var version = "dev"
+
+// commit is the source commit, set at link time.
+var commit = "unknown"
+
+//export esper_abi_version
+func esper_abi_version() C.int32_t { return abiVersion }
+
+//export esper_build_info
+func esper_build_info(out **C.char) C.int {
+	return call(0, func() error {
+		if out == nil {
+			return errNull("out")
+		}
+		info := map[string]any{
+			"version":     version,
+			"commit":      commit,
+			"abi_version": abiVersion,
+			"go_version":  runtime.Version(),
+			"goos":        runtime.GOOS,
+			"goarch":      runtime.GOARCH,
+			"gomaxprocs":  runtime.GOMAXPROCS(0),
+			"pid":         os.Getpid(),
+		}
+		b, err := json.Marshal(info)
+		if err != nil {
+			return fmt.Errorf("build info: %w", err)
+		}
+		setString(out, string(b))
+		return nil
+	})
+}
+
+// initSettings are the runtime settings esper_init accepts. Zero values mean
+// "leave as is".
+type initSettings struct {
+	// MaxProcs caps the OS threads running Go code at once (GOMAXPROCS), so
+	// the core does not fight PyTorch's threads. 0 keeps the current value.
+	MaxProcs int `json:"max_procs"`
+	// MaxThreads caps the total number of OS threads the Go runtime may
+	// create (debug.SetMaxThreads). 0 keeps Go's default.
+	MaxThreads int `json:"max_threads"`
+	// LogLevel is one of "debug", "info", "warn", "error" ("" keeps "warn").
+	LogLevel string `json:"log_level"`
+}
+
+//export esper_init
+func esper_init(settingsJSON *C.char) C.int {
+	return call(0, func() error {
+		var s initSettings
+		if settingsJSON != nil {
+			dec := json.NewDecoder(bytes.NewReader([]byte(C.GoString(settingsJSON))))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&s); err != nil {
+				return fmt.Errorf("init: settings: %v: %w", err, errcode.ErrInvalid)
+			}
+		}
+		if s.MaxProcs < 0 || s.MaxThreads < 0 {
+			return fmt.Errorf("init: max_procs and max_threads must be >= 0: %w", errcode.ErrInvalid)
+		}
+		if s.MaxThreads != 0 && s.MaxThreads < 8 {
+			return fmt.Errorf("init: max_threads %d is below the runtime's minimum of 8: %w", s.MaxThreads, errcode.ErrInvalid)
+		}
+		var level slog.Level
+		switch strings.ToLower(s.LogLevel) {
+		case "debug":
+			level = slog.LevelDebug
+		case "info":
+			level = slog.LevelInfo
+		case "", "warn", "warning":
+			level = slog.LevelWarn
+		case "error":
+			level = slog.LevelError
+		default:
+			return fmt.Errorf("init: log_level %q is not one of debug, info, warn, error: %w", s.LogLevel, errcode.ErrInvalid)
+		}
+		if s.MaxProcs > 0 {
+			runtime.GOMAXPROCS(s.MaxProcs)
+		}
+		if s.MaxThreads > 0 {
+			debug.SetMaxThreads(s.MaxThreads)
+		}
+		slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+		return nil
+	})
+}
+
+//export esper_free
+func esper_free(p unsafe.Pointer) {
+	if p != nil {
+		C.free(p)
+	}
+}
+
+//export esper_last_error
+func esper_last_error(h C.uint64_t, buf *C.char, capacity C.size_t, needed *C.size_t) C.int32_t {
+	e := lastErrors.get(uint64(h))
+	msg := e.msg
+	if needed != nil {
+		*needed = C.size_t(len(msg) + 1)
+	}
+	if buf != nil && capacity > 0 {
+		dst := unsafe.Slice((*byte)(unsafe.Pointer(buf)), int(capacity))
+		n := copy(dst[:len(dst)-1], msg)
+		dst[n] = 0
+	}
+	return C.int32_t(e.code)
+}
+
+//export esper_cancel
+func esper_cancel(h C.uint64_t) C.int {
+	return call(uint64(h), func() error { return handles.cancelOps(uint64(h)) })
+}
+
+//export esper_noop
+func esper_noop() C.int { return 0 }
+
+//export esper_checksum_f32
+func esper_checksum_f32(data *C.float, n C.size_t, out *C.double) C.int {
+	return call(0, func() error {
+		if out == nil {
+			return errNull("out")
+		}
+		if data == nil && n > 0 {
+			return errNull("data")
+		}
+		// Kahan summation so the figure is exact enough to check in tests.
+		var sum, comp float64
+		for _, v := range float32s(data, n) {
+			y := float64(v) - comp
+			t := sum + y
+			comp = (t - sum) - y
+			sum = t
+		}
+		if math.IsNaN(sum) {
+			return fmt.Errorf("checksum: input holds NaN: %w", errcode.ErrInvalid)
+		}
+		*out = C.double(sum)
+		return nil
+	})
+}
+
+//export esper_test_panic
+func esper_test_panic(inGoroutine C.int32_t) C.int {
+	return call(0, func() error {
+		if inGoroutine != 0 {
+			return <-goSafe(func() error { panic("esper_test_panic: deliberate panic in a goroutine") })
+		}
+		panic("esper_test_panic: deliberate panic")
+	})
+}

@@ -1,0 +1,266 @@
+"""Finding, loading and calling ``libesper.so``, the Go core.
+
+The library is loaded lazily, on the first call that needs it, never at
+``import esper``: the Go runtime starts threads when it is loaded, and a child
+created by ``fork`` after that point would hang on its first call into Go. A
+forked child therefore gets a :class:`~esper.errors.ForkError` that says what
+to do instead.
+
+Every symbol is declared in ``_SIGNATURES`` with its argument and result types,
+and every status code goes through :func:`check`, which raises the matching
+:class:`~esper.errors.EsperError` subclass with Go's message.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import threading
+from ctypes import POINTER, c_char_p, c_double, c_float, c_int, c_int32, c_int64, c_size_t, c_uint8, c_uint64, c_void_p
+from pathlib import Path
+from typing import Any
+
+from .errors import EsperError, ForkError, LibraryError, error_for_code
+
+__all__ = ["ABI_VERSION", "lib", "check", "take_string", "take_bytes", "library_path", "build_info", "Handle"]
+
+#: Must equal ESPER_ABI_VERSION in capi/esper.h and abiVersion in capi/core.go.
+ABI_VERSION = 1
+
+_LIB_NAME = "libesper.so"
+
+c_char_pp = POINTER(c_char_p)
+c_uint8_p = POINTER(c_uint8)
+
+# name -> (restype, argtypes). Every export of capi/esper.h is declared here.
+_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
+    "esper_abi_version": (c_int32, []),
+    "esper_build_info": (c_int, [POINTER(c_void_p)]),
+    "esper_init": (c_int, [c_char_p]),
+    "esper_free": (None, [c_void_p]),
+    "esper_last_error": (c_int32, [c_uint64, c_char_p, c_size_t, POINTER(c_size_t)]),
+    "esper_cancel": (c_int, [c_uint64]),
+    "esper_noop": (c_int, []),
+    "esper_checksum_f32": (c_int, [POINTER(c_float), c_size_t, POINTER(c_double)]),
+    "esper_test_panic": (c_int, [c_int32]),
+    # session (core/session): one training run.
+    "esper_session_new": (c_int, [c_char_p, POINTER(c_uint64)]),
+    "esper_session_free": (c_int, [c_uint64]),
+    "esper_session_step": (
+        c_int,
+        [c_uint64, c_int64, POINTER(c_float), c_size_t, POINTER(c_float), c_size_t, POINTER(c_int32)],
+    ),
+    "esper_session_events": (c_int, [c_uint64, POINTER(c_void_p)]),
+    "esper_session_end_epoch": (c_int, [c_uint64, c_char_p, POINTER(c_void_p)]),
+    "esper_session_germinate": (c_int, [c_uint64, c_int32, c_int32, c_char_p, POINTER(c_void_p)]),
+    "esper_session_advance": (c_int, [c_uint64, c_int32, c_int32, c_char_p, POINTER(c_void_p)]),
+    "esper_session_prune": (c_int, [c_uint64, c_int32, c_int32, c_char_p, POINTER(c_void_p)]),
+    "esper_session_fossilize": (c_int, [c_uint64, c_int32, c_int32, c_char_p, POINTER(c_void_p)]),
+    "esper_session_cancel": (c_int, [c_uint64, c_int32, c_int32, c_char_p, POINTER(c_void_p)]),
+    "esper_session_report_failure": (c_int, [c_uint64, c_int32, c_int32, c_int32, c_char_p, POINTER(c_void_p)]),
+    "esper_session_snapshot": (c_int, [c_uint64, POINTER(c_void_p)]),
+    "esper_session_restore": (c_int, [c_uint64, c_char_p]),
+    "esper_session_stats": (c_int, [c_uint64, POINTER(c_void_p)]),
+    "esper_session_seeds": (c_int, [c_uint64, POINTER(c_void_p)]),
+}
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_lib_path: str | None = None
+_loaded_pid: int | None = None
+_in_fork_child = False
+
+
+def _candidates() -> list[Path]:
+    """Paths to try: ESPER_LIBRARY alone when set, else the package's _lib folder."""
+    override = os.environ.get("ESPER_LIBRARY")
+    if override:
+        return [Path(override)]
+    return [Path(__file__).resolve().parent / "_lib" / _LIB_NAME]
+
+
+def _declare(cdll: ctypes.CDLL) -> None:
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        fn = getattr(cdll, name, None)
+        if fn is None:
+            # A symbol that is not there yet in an older library stays absent;
+            # calling it raises AttributeError naming it.
+            continue
+        fn.restype = restype
+        fn.argtypes = argtypes
+
+
+def _init_settings() -> bytes:
+    """Runtime settings for esper_init, from the environment (read here, in
+    Python: Go reads its environment once at load)."""
+    settings: dict[str, Any] = {
+        "max_procs": int(os.environ.get("ESPER_GO_MAXPROCS", "2")),
+        "log_level": os.environ.get("ESPER_LOG_LEVEL", "warn"),
+    }
+    return json.dumps(settings).encode()
+
+
+def _after_fork_in_child() -> None:
+    """Mark a forked child of a process that had started the Go runtime."""
+    global _in_fork_child
+    if _lib is not None:
+        _in_fork_child = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def lib() -> ctypes.CDLL:
+    """Return the loaded library, loading it on first use.
+
+    Raises:
+        ForkError: in a child created by fork after the library was loaded.
+        LibraryError: when no library is found, it fails to load, or its ABI
+            version differs from this package's.
+    """
+    global _lib, _lib_path, _loaded_pid
+    cdll = _lib
+    if cdll is not None:
+        if _in_fork_child:
+            raise ForkError(
+                f"Esper's Go runtime was started in process {_loaded_pid}, and this process "
+                f"({os.getpid()}) is a child created by fork afterwards: the Go runtime does not "
+                "survive fork, and a call into it would hang. Start worker processes with the "
+                "'spawn' or 'forkserver' method (multiprocessing.set_start_method('spawn'), or "
+                "DataLoader(..., multiprocessing_context='spawn')), or keep Esper calls in the "
+                "main process."
+            )
+        return cdll
+    with _lock:
+        if _lib is not None:
+            return lib()
+        tried: list[str] = []
+        for path in _candidates():
+            if not path.is_file():
+                tried.append(f"{path} (not found)")
+                continue
+            try:
+                loaded = ctypes.CDLL(str(path))
+            except OSError as exc:
+                tried.append(f"{path} ({exc})")
+                continue
+            version = loaded.esper_abi_version()
+            if version != ABI_VERSION:
+                raise LibraryError(
+                    f"{path} has ABI version {version}, but this esper package needs {ABI_VERSION}: "
+                    "rebuild the library (pip install . or make lib) or point ESPER_LIBRARY at a matching one"
+                )
+            _declare(loaded)
+            _lib, _lib_path, _loaded_pid = loaded, str(path), os.getpid()
+            check(loaded.esper_init(_init_settings()))
+            return loaded
+        raise LibraryError(
+            "could not load libesper.so; tried: " + "; ".join(tried) + ". Build it with `pip install .` "
+            "(needs Go) or `make lib`, or set ESPER_LIBRARY to its path."
+        )
+
+
+def library_path() -> str:
+    """Return the path of the loaded library (loading it if needed)."""
+    lib()
+    assert _lib_path is not None
+    return _lib_path
+
+
+def last_error(handle: int = 0) -> tuple[int, str]:
+    """Return (code, message) of the last error on handle (0: this thread)."""
+    cdll = lib()
+    needed = c_size_t(0)
+    cdll.esper_last_error(handle, None, 0, ctypes.byref(needed))
+    buf = ctypes.create_string_buffer(max(needed.value, 1))
+    code = cdll.esper_last_error(handle, buf, len(buf), None)
+    return int(code), buf.value.decode("utf-8", "replace")
+
+
+def check(rc: int, handle: int = 0) -> None:
+    """Raise the EsperError subclass for a non-zero status code, with Go's message."""
+    if rc == 0:
+        return
+    code, message = last_error(handle)
+    if code != rc or not message:
+        message = message or f"esper call failed with status {rc}"
+    raise error_for_code(rc)(message, rc)
+
+
+def take_string(ptr: c_void_p) -> str:
+    """Copy a library-allocated C string and release it with esper_free."""
+    if not ptr.value:
+        return ""
+    try:
+        return ctypes.string_at(ptr.value).decode("utf-8")
+    finally:
+        lib().esper_free(ptr)
+
+
+def take_json(ptr: c_void_p) -> Any:
+    """Decode a library-allocated JSON string and release it."""
+    return json.loads(take_string(ptr))
+
+
+def take_bytes(ptr: c_void_p, n: int) -> bytes:
+    """Copy n library-allocated bytes and release them with esper_free."""
+    if not ptr.value:
+        return b""
+    try:
+        return ctypes.string_at(ptr.value, n)
+    finally:
+        lib().esper_free(ptr)
+
+
+def build_info() -> dict[str, Any]:
+    """Return the library's build information (version, commit, ABI, Go)."""
+    out = c_void_p()
+    check(lib().esper_build_info(ctypes.byref(out)))
+    info = take_json(out)
+    info["path"] = _lib_path
+    return info
+
+
+class Handle:
+    """Base class of Python objects that own a Go handle.
+
+    ``close()`` is idempotent; objects work as context managers and close when
+    collected; using one after ``close()`` raises :class:`HandleError`-like
+    :class:`EsperError`; pickling is refused (the handle means nothing in
+    another process: save state with ``state_dict`` or the object's own export).
+    """
+
+    _free_symbol: str = ""
+
+    def __init__(self, handle: int) -> None:
+        self._handle = handle
+        self._pid = os.getpid()
+
+    @property
+    def handle(self) -> int:
+        """The live handle; raises if the object was closed."""
+        if not self._handle:
+            raise EsperError(f"{type(self).__name__} is closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Release the Go object. Safe to call more than once."""
+        h, self._handle = self._handle, 0
+        if h and self._pid == os.getpid():
+            check(getattr(lib(), self._free_symbol)(h))
+
+    def __enter__(self) -> "Handle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser
+            pass
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"{type(self).__name__} holds a Go handle and cannot be pickled; save its state instead")

@@ -1,0 +1,186 @@
+package tests_go
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/esper-morph/esper/core/errcode"
+)
+
+// repoRoot returns the repository root (the parent of tests_go).
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Dir(wd)
+}
+
+func readFile(t testing.TB, parts ...string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(parts...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+var (
+	headerFunc = regexp.MustCompile(`(?m)^(?:int|int32_t|void)\s+\*?(esper_\w+)\s*\(`)
+	exportLine = regexp.MustCompile(`(?m)^//export (esper_\w+)\s*$`)
+	headerCode = regexp.MustCompile(`(?m)^#define ESPER_E?(\w+)\s+(\d+)`)
+	pyClass    = regexp.MustCompile(`(?ms)^class (\w+)\(EsperError[^)]*\):.*?^    code = (\d+)`)
+)
+
+// headerFunctions lists the functions declared in capi/esper.h.
+func headerFunctions(t testing.TB) []string {
+	t.Helper()
+	var names []string
+	for _, m := range headerFunc.FindAllStringSubmatch(readFile(t, repoRoot(t), "capi", "esper.h"), -1) {
+		names = append(names, m[1])
+	}
+	sort.Strings(names)
+	return names
+}
+
+// goExports lists the //export directives of capi/*.go.
+func goExports(t testing.TB) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(repoRoot(t), "capi", "*.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		for _, m := range exportLine.FindAllStringSubmatch(readFile(t, f), -1) {
+			names = append(names, m[1])
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+func TestHeaderMatchesExports(t *testing.T) {
+	header, exports := headerFunctions(t), goExports(t)
+	if len(exports) == 0 {
+		t.Fatal("no //export found in capi")
+	}
+	if strings.Join(header, ",") != strings.Join(exports, ",") {
+		t.Fatalf("capi/esper.h and capi exports disagree:\n only in header: %v\n only in Go: %v",
+			diff(header, exports), diff(exports, header))
+	}
+}
+
+func TestErrorCodesAgree(t *testing.T) {
+	root := repoRoot(t)
+	codes := map[string]int{}
+	for _, m := range headerCode.FindAllStringSubmatch(readFile(t, root, "capi", "esper.h"), -1) {
+		n, _ := strconv.Atoi(m[2])
+		codes[m[1]] = n
+	}
+	classes := map[string]int{}
+	for _, m := range pyClass.FindAllStringSubmatch(readFile(t, root, "python", "esper", "errors.py"), -1) {
+		n, _ := strconv.Atoi(m[2])
+		classes[m[1]] = n
+	}
+	for _, e := range errcode.Table {
+		t.Run(e.Name, func(t *testing.T) {
+			if got, ok := codes[e.Name]; !ok || got != int(e.Code) {
+				t.Errorf("esper.h: ESPER_E%s = %d (present %v), want %d", e.Name, got, ok, e.Code)
+			}
+			if e.Code == errcode.OK {
+				return
+			}
+			if got, ok := classes[e.Python]; !ok || got != int(e.Code) {
+				t.Errorf("errors.py: class %s code = %d (present %v), want %d", e.Python, got, ok, e.Code)
+			}
+		})
+	}
+	if len(classes) != len(errcode.Table)-1 {
+		t.Errorf("errors.py has %d coded classes, the table %d", len(classes), len(errcode.Table)-1)
+	}
+}
+
+func TestABIVersionAgrees(t *testing.T) {
+	root := repoRoot(t)
+	find := func(re, text, where string) int {
+		m := regexp.MustCompile(re).FindStringSubmatch(text)
+		if m == nil {
+			t.Fatalf("no ABI version in %s", where)
+		}
+		n, _ := strconv.Atoi(m[1])
+		return n
+	}
+	h := find(`#define ESPER_ABI_VERSION (\d+)`, readFile(t, root, "capi", "esper.h"), "esper.h")
+	g := find(`const abiVersion = (\d+)`, readFile(t, root, "capi", "core.go"), "capi/core.go")
+	p := find(`(?m)^ABI_VERSION = (\d+)`, readFile(t, root, "python", "esper", "_lib.py"), "_lib.py")
+	if h != g || g != p {
+		t.Fatalf("ABI versions disagree: esper.h %d, capi %d, python %d", h, g, p)
+	}
+}
+
+// TestExportedSymbols builds libesper.so as the package build does and checks
+// with nm that only the esper_* API is visible, exactly the header's list.
+func TestExportedSymbols(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the shared library")
+	}
+	if _, err := exec.LookPath("nm"); err != nil {
+		t.Fatalf("nm is needed: %v", err)
+	}
+	root := repoRoot(t)
+	lib := filepath.Join(t.TempDir(), "libesper.so")
+	build := exec.Command("go", "build", "-buildmode=c-shared", "-trimpath",
+		"-ldflags", "-extldflags -Wl,--version-script="+filepath.Join(root, "capi", "exports.map"),
+		"-o", lib, "./capi")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	out, err := exec.Command("nm", "-D", "--defined-only", lib).Output()
+	if err != nil {
+		t.Fatalf("nm: %v", err)
+	}
+	var syms []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		name := f[2]
+		if !strings.HasPrefix(name, "esper_") {
+			t.Errorf("symbol %q is visible; only esper_* may be", name)
+		}
+		syms = append(syms, name)
+	}
+	sort.Strings(syms)
+	if header := headerFunctions(t); strings.Join(syms, ",") != strings.Join(header, ",") {
+		t.Fatalf("library symbols and header disagree:\n only in library: %v\n only in header: %v",
+			diff(syms, header), diff(header, syms))
+	}
+}
+
+// diff returns the names in a that are not in b.
+func diff(a, b []string) []string {
+	in := map[string]bool{}
+	for _, s := range b {
+		in[s] = true
+	}
+	var out []string
+	for _, s := range a {
+		if !in[s] {
+			out = append(out, s)
+		}
+	}
+	return out
+}
