@@ -1,0 +1,164 @@
+"""A plain PyTorch training loop shared by baselines and grown runs, with
+honest compute accounting.
+
+Training FLOPs are counted from the modules that actually ran each step:
+for every ``nn.Linear`` that took part in the forward, in * out multiply-adds per
+sample, counted as 2 FLOPs each forward and 4 backward when its weight trains
+(6 FLOPs per multiply-add), or 2 backward when it is frozen (input gradient only).
+Counting uses forward hooks, so seeds that were dormant cost nothing and seeds
+that ran are counted whatever their state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Task
+
+__all__ = ["MLP", "FlopCounter", "History", "evaluate", "train"]
+
+
+class MLP(nn.Module):
+    """Input -> ``depth`` hidden layers of ``width`` with ReLU -> classes."""
+
+    def __init__(self, num_features: int, num_classes: int, width: int, depth: int = 1) -> None:
+        super().__init__()
+        dims = [num_features] + [width] * depth
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.head = nn.Linear(dims[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F) -> (B, C)
+        for layer in self.hidden:
+            x = F.relu(layer(x))
+        return self.head(x)
+
+
+class FlopCounter:
+    """Counts training FLOPs of every nn.Linear that runs, through forward hooks."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.total = 0.0
+        self.training = True
+        self._handles = [m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, nn.Linear)]
+
+    def _hook(self, module: nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if not self.training:
+            return
+        rows = output.numel() // module.out_features
+        macs = rows * module.in_features * module.out_features
+        factor = 6.0 if module.weight.requires_grad else 4.0
+        self.total += factor * macs
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+@dataclass
+class History:
+    """What one training run did, epoch by epoch."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    flops: list[float] = field(default_factory=list)
+    params: list[int] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    test_acc: float = math.nan
+    test_loss: float = math.nan
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Return (mean cross-entropy, accuracy in percent) of model on (x, y)."""
+    was = model.training
+    model.eval()
+    logits = model(x)
+    model.train(was)
+    loss = F.cross_entropy(logits, y).item()
+    acc = (logits.argmax(dim=1) == y).float().mean().item() * 100.0
+    return loss, acc
+
+
+def train(
+    model: nn.Module,
+    task: Task,
+    *,
+    epochs: int = 60,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+    on_step: Callable[[torch.Tensor], None] | None = None,
+    on_epoch: Callable[[int, History], None] | None = None,
+    trainable_params: Callable[[], int] | None = None,
+) -> History:
+    """Train with Adam on mini-batches, keep the best model on validation,
+    report test once at the end on that model.
+
+    Args:
+        model: the model (changed in place).
+        task: the data.
+        epochs, lr, batch_size, seed: the usual.
+        optimizer: an optimizer to use instead of a fresh Adam (a grown run
+            passes the one its Morphogenesis driver knows).
+        on_step: called after every optimizer step with the loss (the grown
+            run's morph.step).
+        on_epoch: called at the end of every epoch after validation.
+        trainable_params: counts parameters for the history (defaults to all).
+
+    Returns:
+        The History; ``test_acc`` is measured on the model of the epoch with
+        the best validation loss, at that epoch.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    counter = FlopCounter(model)
+    hist = History()
+    n = task.x_train.shape[0]
+    best: tuple[float, float] | None = None
+    start = time.perf_counter()
+    try:
+        for epoch in range(epochs):
+            model.train()
+            counter.training = True
+            perm = torch.randperm(n, generator=gen).to(task.x_train.device)
+            total, count = 0.0, 0
+            for i in range(0, n, batch_size):
+                idx = perm[i : i + batch_size]
+                logits = model(task.x_train[idx])
+                loss = F.cross_entropy(logits, task.y_train[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if on_step is not None:
+                    on_step(loss.detach())
+                total += loss.item() * idx.numel()
+                count += idx.numel()
+            counter.training = False
+            val_loss, val_acc = evaluate(model, task.x_val, task.y_val)
+            hist.train_loss.append(total / count)
+            hist.val_loss.append(val_loss)
+            hist.val_acc.append(val_acc)
+            hist.flops.append(counter.total)
+            hist.params.append(trainable_params() if trainable_params else sum(p.numel() for p in model.parameters()))
+            hist.wall.append(time.perf_counter() - start)
+            if on_epoch is not None:
+                on_epoch(epoch, hist)
+            # Model selection on validation; test is read only at the chosen epoch.
+            score = (val_acc, -val_loss)
+            if best is None or score > best:
+                best = score
+                hist.best_epoch = epoch
+                hist.test_loss, hist.test_acc = evaluate(model, task.x_test, task.y_test)
+    finally:
+        counter.close()
+    return hist
