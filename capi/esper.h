@@ -95,6 +95,395 @@ int esper_test_panic(int32_t in_goroutine);
 
 /* @@ sections below are owned by their components; keep each delimited. */
 
+/* @@ begin karn-urza-cache: blueprint/, core/urza, core/cache ------------ */
+
+/* ------------------------------------------------------------------------ */
+/* Karn: blueprint IR, templates, constraints, mutation (blueprint/)         */
+/* ------------------------------------------------------------------------ */
+/*
+ * JSON documents (docs/internals.md, "Blueprint IR"):
+ *   host:   {"kind": "linear"|"conv1d"|"conv2d"|"residual", "in", "out",
+ *            "kernel", "stride", "padding", "dim", "spatial": [L] | [H, W]}
+ *           (fields that do not apply to the kind must be absent or 0).
+ *   params: {"width": 32, "activation": "relu", ...}; NULL or "{}" means
+ *           every template default.
+ *   budget: {"max_params": int, "max_flops": int}; 0, absent or NULL
+ *           means no limit.
+ * All documents are parsed strictly: unknown fields, duplicate keys and
+ * wrong types are ESPER_EINVALID with a message naming the field. Errors of
+ * these functions are kept per calling thread: read them with
+ * esper_last_error(0, ...). IRs returned are canonical JSON (sorted keys,
+ * compact) with param_count and flops_per_sample filled in.
+ */
+
+/* Writes the template library as a JSON array to *out_json (free with
+ * esper_free): [{"name", "description", "layouts": [...], "params":
+ * [{"name", "kind": "int"|"enum", "default", "min", "max", "choices",
+ * "doc"}], "mergeable"}], sorted by name. */
+int esper_blueprint_templates(char **out_json);
+
+/* Builds template_name with params_json (may be NULL) for host_json and
+ * writes the validated IR to *out_ir_json (free with esper_free). Errors:
+ * ESPER_ENOTFOUND unknown template; ESPER_EINVALID bad host, unknown or
+ * out-of-range parameter, template not supporting the host's layout. */
+int esper_blueprint_instantiate(const char *template_name, const char *params_json,
+                                const char *host_json, char **out_ir_json);
+
+/* Parses and validates ir_json against its own host and writes its
+ * canonical bytes to *out_canonical and its id (64 lowercase hex digits,
+ * the SHA-256 of the canonical bytes) to *out_id; free both with
+ * esper_free. A non-zero param_count or flops_per_sample must equal Karn's
+ * count. Errors: ESPER_EINVALID, with a message naming the op, attribute,
+ * input or shape at fault. */
+int esper_blueprint_canonical(const char *ir_json, char **out_canonical, char **out_id);
+
+/* Returns ESPER_OK when ir_json fits host_json (NULL: the IR's own host)
+ * within budget_json (NULL: no limits). Otherwise ESPER_EINVALID for a
+ * malformed IR or a shape mismatch (the message shows expected and actual
+ * shapes), ESPER_EBUDGET when over budget ("param_count N > max_params M"). */
+int esper_blueprint_check(const char *ir_json, const char *host_json, const char *budget_json);
+
+/* Validates ir_json on host_json (NULL: the IR's own host) and writes
+ * {"input", "output", "shapes": {op id: shape}, "order": [op ids],
+ * "param_count", "flops_per_sample", "mergeable"} to *out_json (free with
+ * esper_free); a shape is {"leading": bool, "dims": [{"size"} | {"sym",
+ * "off", "div"}]}. Errors as esper_blueprint_check. */
+int esper_blueprint_analyze(const char *ir_json, const char *host_json, char **out_json);
+
+/* Writes to *out_ir_json (free with esper_free) a variant of ir_json, an
+ * instance of a library template, with one parameter changed within its
+ * range, valid on the IR's host and within budget_json (NULL: no limits).
+ * seed drives every random choice: the same seed gives the same variant.
+ * Errors: ESPER_ENOTFOUND the IR names no library template;
+ * ESPER_EINVALID no parameter can vary or no valid variant was found. */
+int esper_blueprint_mutate(const char *ir_json, const char *budget_json, uint64_t seed,
+                           char **out_ir_json);
+
+/* ------------------------------------------------------------------------ */
+/* Urza: content-addressed artifact store (core/urza)                        */
+/* ------------------------------------------------------------------------ */
+/*
+ * An artifact is a manifest (JSON: blueprint_id, blueprint, input_shape,
+ * output_shape, dtype, param_count, device, validation, lineage, tags,
+ * weights_sha256, weights_size) plus safetensors weights. Its id is the
+ * SHA-256 of the canonical manifest, which includes the weights' hash.
+ * Every read re-hashes both files: a corrupted, truncated or forged artifact
+ * is ESPER_ECORRUPT and nothing is returned. Errors of calls on a store are
+ * kept per handle.
+ */
+
+/* Opens (creating if needed) the store at root (NULL or "": $ESPER_HOME/urza,
+ * ESPER_HOME defaulting to ~/.esper) and writes its handle to *out. The
+ * index is reconciled with the objects on disk. Errors: ESPER_EIO. */
+int esper_urza_open(const char *root, uint64_t *out);
+
+/* Closes a store handle. 0 is a no-op. Errors: ESPER_EHANDLE. */
+int esper_urza_close(uint64_t handle);
+
+/* Writes the store's absolute root folder to *out_root (free with
+ * esper_free). */
+int esper_urza_root(uint64_t handle, char **out_root);
+
+/* Stores an artifact: manifest_json plus n bytes of safetensors weights
+ * (read during the call only; NULL allowed when n is 0), and writes its id
+ * to *out_id (free with esper_free). weights_sha256 / weights_size,
+ * blueprint_id and param_count are filled in when absent and must match
+ * when given; tags are sorted and deduplicated. Writing is atomic; storing
+ * an artifact that is already intact is a no-op. Errors: ESPER_EINVALID
+ * (malformed manifest or weights), ESPER_EBUDGET (weights too large),
+ * ESPER_EIO. */
+int esper_urza_put(uint64_t handle, const char *manifest_json, const uint8_t *weights,
+                   size_t n, char **out_id);
+
+/* Loads and verifies artifact id: writes the canonical manifest to
+ * *out_manifest and the weights to *out_weights / *out_n (free both with
+ * esper_free). Out-pointers are untouched on error. Errors: ESPER_EINVALID
+ * (malformed id), ESPER_ENOTFOUND, ESPER_ECORRUPT (hash or size mismatch,
+ * missing weights), ESPER_EUNAVAILABLE (the artifact failed to load 3
+ * times in a row: fenced for 30 s; the message gives the last failure),
+ * ESPER_EIO. */
+int esper_urza_get(uint64_t handle, const char *id, char **out_manifest,
+                   uint8_t **out_weights, size_t *out_n);
+
+/* Writes artifact id's index entry {"id", "blueprint_id", "template",
+ * "input_shape", "output_shape", "dtype", "device", "param_count", "tags",
+ * "weights_size", "created"} to *out_json (free with esper_free). The
+ * manifest's hash is checked, the weights' only by size. Errors as
+ * esper_urza_get. */
+int esper_urza_stat(uint64_t handle, const char *id, char **out_json);
+
+/* Writes the index entries matching query_json (NULL: all) as a JSON array,
+ * newest first, to *out_json (free with esper_free). Query: {"blueprint_id",
+ * "template", "tags": [all of these], "input_shape", "output_shape" (-1
+ * matches any size), "dtype", "device", "limit"}. */
+int esper_urza_list(uint64_t handle, const char *query_json, char **out_json);
+
+/* Re-hashes every artifact and writes {"checked", "ok", "bytes", "bad":
+ * [problem], "leftovers": [problem]} to *out_report_json (free with
+ * esper_free); a problem is {"id", "path" (relative to the root), "kind":
+ * "corrupt"|"incomplete"|"unreadable"|"index" in bad, "temp"|"orphan"|
+ * "unexpected" in leftovers, "detail"}. Changes nothing. Cancellable with
+ * esper_cancel(handle): ESPER_ECANCELLED. */
+int esper_urza_verify(uint64_t handle, char **out_report_json);
+
+/* Removes artifacts that fail verification, and temp files and orphan
+ * weights older than an hour (younger ones may belong to another process's
+ * write); never files the store did not write. Writes {"removed":
+ * [problem], "bytes"} to *out_report_json (free with esper_free).
+ * Cancellable with esper_cancel(handle): ESPER_ECANCELLED. */
+int esper_urza_gc(uint64_t handle, char **out_report_json);
+
+/* Deletes artifact id. Errors: ESPER_EINVALID, ESPER_ENOTFOUND, ESPER_EIO. */
+int esper_urza_delete(uint64_t handle, const char *id);
+
+/* ------------------------------------------------------------------------ */
+/* Kernel cache: byte-bounded LRU of artifacts (core/cache)                  */
+/* ------------------------------------------------------------------------ */
+/*
+ * Entry metadata (meta_json): {"id", "input_shape": [-1 = any size],
+ * "output_shape", "dtype", "device", "size", "tags"}. A Get states what it
+ * needs (want_json: {"shape", "dtype", "device"}, NULL or absent fields
+ * match anything); an entry counts as a hit only when it fits: same dtype,
+ * same device (an entry for "cuda" fits "cuda:1"; an entry without a device
+ * fits all), input shape equal wherever neither side is -1.
+ */
+
+/* Creates a cache holding at most max_bytes (> 0) bytes and writes its
+ * handle to *out. Errors: ESPER_EINVALID. */
+int esper_cache_new(int64_t max_bytes, uint64_t *out);
+
+/* Frees a cache handle. 0 is a no-op. Errors: ESPER_EHANDLE. */
+int esper_cache_free(uint64_t handle);
+
+/* Stores n bytes at data (copied) under meta_json's id, replacing an entry
+ * with that id; with n = 0 (data may be NULL) it stores metadata only,
+ * counting meta "size" bytes. Evicts least recently used entries until
+ * under the bound and writes their ids as a JSON array to
+ * *out_evicted_json (free with esper_free). Errors: ESPER_EINVALID (bad
+ * metadata, size disagreeing with n), ESPER_EBUDGET (entry larger than the
+ * whole cache; nothing changes). */
+int esper_cache_put(uint64_t handle, const char *meta_json, const uint8_t *data, size_t n,
+                    char **out_evicted_json);
+
+/* Looks up id for want_json (may be NULL). On a hit writes the entry's
+ * metadata to *out_meta_json and a copy of its data to *out_data / *out_n
+ * (free both with esper_free). A miss is ESPER_ENOTFOUND ("cache: miss"),
+ * an entry that does not fit is ESPER_ENOTFOUND too ("cache: incompatible
+ * entry: ... dtype float32, want float16"); they count separately in the
+ * stats. */
+int esper_cache_get(uint64_t handle, const char *id, const char *want_json, char **out_meta_json,
+                    uint8_t **out_data, size_t *out_n);
+
+/* Drops id (not counted as an eviction); *out_removed is 1 when it was
+ * present, else 0. */
+int esper_cache_remove(uint64_t handle, const char *id, int32_t *out_removed);
+
+/* Writes {"hits", "misses", "compat_misses", "evictions", "rejected",
+ * "bytes", "entries", "max_bytes"} to *out_json (free with esper_free). */
+int esper_cache_stats(uint64_t handle, char **out_json);
+
+/* @@ end karn-urza-cache ------------------------------------------------- */
+
+/* @@ begin session: core/session, core/lifecycle, core/nissa, policy/tamiyo */
+
+/* ------------------------------------------------------------------------ */
+/* Session: one training run (core/session, Tamiyo in policy/tamiyo)         */
+/* ------------------------------------------------------------------------ */
+/*
+ * A session holds the seed slots of every wrapped layer (their lifecycle,
+ * docs/internals.md "Seed states"), the health-signal statistics (Nissa),
+ * the controller and its governor (Tamiyo), per-seed circuit breakers and a
+ * growth log. Every function below is safe to call from several threads on
+ * one handle; errors are kept per handle (esper_last_error(handle, ...)),
+ * except for esper_session_new and esper_session_free (per thread, pass 0).
+ * JSON inputs are parsed strictly (unknown fields and trailing data are
+ * ESPER_EINVALID with a message naming the field). JSON numbers cannot be
+ * NaN: send a missing measurement as null and a non-finite one as the
+ * string "NaN", "Infinity" or "-Infinity" (Python: json.dumps(...,
+ * allow_nan=False) after mapping them).
+ *
+ * Seed states are the names of docs/internals.md ("DORMANT", "TRAINING",
+ * ...). Layer and slot indices are 0-based; an index out of range is
+ * ESPER_EINVALID. A transition the lifecycle forbids is ESPER_ESTATE with
+ * a message like "lifecycle: seed 0/1: TRAINING -> FOSSILIZED is not a
+ * legal transition".
+ *
+ * Config (esper_session_new), defaults in brackets:
+ *   {"layers": [{"name": str (unique), "kind": "linear"|"conv1d"|"conv2d"|
+ *                "residual", "in", "out" (linear/conv), "kernel",
+ *                "stride" [1], "padding" (conv), "dim" (residual),
+ *                "spatial": [L] | [H, W] (optional), "params" [0]: the
+ *                host layer's own parameter count}],   1..4096 layers
+ *    "slots_per_layer" [1] (1..64), "train_steps" [100]: TRAINING length,
+ *    "blend_steps" [100]: BLENDING tempo, "schedule" ["linear"]|"cosine",
+ *    "embargo_steps" [100] (0 allowed),
+ *    "policy" ["heuristic"]|"random"|"manual" ("none"),
+ *    "controller": {"patience" [3] epochs, "threshold" [0.01] relative
+ *        val-loss improvement, "prune_below" [0] contribution bar,
+ *        "holding_epochs" [1], "template" ["residual_mlp"], "params" [{}]
+ *        template params, "seed" [0] for the random policy},
+ *    "governor": {"max_params" [0 = no limit] params of live + fossilized
+ *        seeds, "max_concurrent" [1] seeds in flight, "cooldown_epochs" [2]
+ *        (0 allowed), "loss_window" [20], "loss_factor" [3],
+ *        "min_loss_samples" [5]},
+ *    "breaker": {"failures" [3]: consecutive failures that prune a seed},
+ *    "signals": {"window" [64], "ewma" [0.1]}, "auto_advance" [true],
+ *    "growth_log_max" [10000], "log_path" [""]: JSON-lines log file
+ *    (appended), "log_signals_every" [0 = never]}
+ *
+ * Event (every "events" array below):
+ *   {"layer", "slot", "from", "to", "step", "epoch", "alpha", "reason",
+ *    and on GERMINATED only: "blueprint_id", "blueprint" (canonical IR),
+ *    "param_count"}
+ * Functions that return events return every pending event, oldest first,
+ * including those the call caused; the queue is then empty, so each event
+ * is delivered exactly once.
+ *
+ * Decision (in end_epoch results and the growth log):
+ *   {"op": "wait"|"germinate"|"prune"|"fossilize"|"rollback", "layer",
+ *    "slot" (-1 for wait, and for a rollback with no seed to blame),
+ *    "template", "params", "param_count" (germinate), "reason",
+ *    "applied": bool, "error" (when not applied)}
+ */
+
+/* Creates a session from config_json (see above) and writes its handle to
+ * *out. config_json is copied; the caller keeps it. Errors: ESPER_EINVALID
+ * for a malformed or out-of-range config (the message names the field; an
+ * unknown template is ESPER_EINVALID here), ESPER_EIO for a log_path that
+ * cannot be opened. */
+int esper_session_new(const char *config_json, uint64_t *out);
+
+/* Frees the session (closing its log file; ESPER_EIO if that fails, the
+ * handle is freed anyway). Freeing 0 is a no-op; an unknown or already
+ * freed handle is ESPER_EHANDLE. */
+int esper_session_free(uint64_t handle);
+
+/* One optimizer step (or steps of them, >= 0): advances the step counters,
+ * applies the automatic transitions whose gates open (GERMINATED ->
+ * TRAINING on the next step, TRAINING -> BLENDING after train_steps,
+ * BLENDING -> HOLDING when the ramp completes, PRUNED/CANCELLED/
+ * ROLLED_BACK -> EMBARGOED at once, EMBARGOED -> RESETTING after
+ * embargo_steps, RESETTING -> DORMANT on the next step), ingests signals,
+ * lets the governor check the loss (nonfinite_count > 0, a non-finite
+ * train loss or one above loss_factor x its rolling mean rolls back the
+ * newest seed in flight), and writes one alpha per slot, layer-major
+ * (layer * slots_per_layer + slot), to alphas_out.
+ *   signals: n_signals floats read during the call only (not kept): 0, or
+ *     exactly 2 + 6 * layers in the layout [train_loss_mean,
+ *     nonfinite_count, per layer: act_mean, act_var, dead_frac, grad_norm,
+ *     weight_norm, eff_rank]; NaN = not measured. May be NULL when
+ *     n_signals is 0.
+ *   alphas_out: caller buffer of alphas_cap floats, written during the
+ *     call; alphas_cap must be >= layers * slots_per_layer.
+ *   *out_n_events: number of events waiting (drain with
+ *     esper_session_events when > 0).
+ * Arguments are checked before anything changes. Errors: ESPER_EINVALID
+ * (negative steps, wrong n_signals, NULL pointers), ESPER_EBUFFER
+ * (alphas_cap too small), ESPER_EHANDLE. */
+int esper_session_step(uint64_t handle, int64_t steps, const float *signals, size_t n_signals,
+                       float *alphas_out, size_t alphas_cap, int32_t *out_n_events);
+
+/* Drains the pending events into *out_json, a JSON array of events ("[]"
+ * when none; free with esper_free). */
+int esper_session_events(uint64_t handle, char **out_json);
+
+/* Ends an epoch: Tamiyo decides and the session applies the decisions.
+ * metrics_json: {"epoch": int >= 0 (optional; default the epoch in
+ * progress, must not be below it), "train_loss", "val_loss", "val_metric"
+ * (number, null = not measured, or "NaN"/"Infinity"/"-Infinity"),
+ * "contributions": [{"layer", "slot", "delta_loss": val loss without the
+ * seed minus with it, finite; positive helps}]}. Writes {"epoch",
+ * "decisions": [decision...], "events": [event...]} to *out_json (free
+ * with esper_free). Errors: ESPER_EINVALID (malformed metrics, a
+ * contribution naming no slot), ESPER_ESTATE (an epoch that already
+ * ended). A decision that cannot be applied is reported in the result
+ * ("applied": false, "error"), not as an error of the call. */
+int esper_session_end_epoch(uint64_t handle, const char *metrics_json, char **out_json);
+
+/* Germinates the DORMANT seed at layer/slot. blueprint_json is either a
+ * complete IR (docs/internals.md "Blueprint IR", with "ops"), whose host
+ * must equal the layer's, or a template reference {"template": name,
+ * "params": {...} (optional)} built for the layer's host. Writes the
+ * events (the GERMINATED one, carrying the canonical IR, last) to
+ * *out_json (free with esper_free). Errors: ESPER_EINVALID (bad document,
+ * host mismatch, template unfit for the layer), ESPER_ENOTFOUND (unknown
+ * template), ESPER_EBUDGET (over max_params, or max_concurrent seeds in
+ * flight), ESPER_ESTATE (the slot is not DORMANT). */
+int esper_session_germinate(uint64_t handle, int32_t layer, int32_t slot, const char *blueprint_json,
+                            char **out_json);
+
+/* Manual transitions of the seed at layer/slot; reason (may be NULL: a
+ * default such as "manual prune") is recorded in the event and the seed's
+ * history. Each writes the events to *out_json (free with esper_free).
+ *   advance:   to the natural next state now, without waiting for the step
+ *              gate (ESPER_ESTATE for a DORMANT or FOSSILIZED seed).
+ *   prune:     from TRAINING, BLENDING or HOLDING (then EMBARGOED at once
+ *              when auto_advance).
+ *   fossilize: from HOLDING.
+ *   cancel:    from GERMINATED or TRAINING.
+ * Errors: ESPER_ESTATE for a transition the lifecycle forbids,
+ * ESPER_EINVALID for an index out of range. */
+int esper_session_advance(uint64_t handle, int32_t layer, int32_t slot, const char *reason, char **out_json);
+int esper_session_prune(uint64_t handle, int32_t layer, int32_t slot, const char *reason, char **out_json);
+int esper_session_fossilize(uint64_t handle, int32_t layer, int32_t slot, const char *reason, char **out_json);
+int esper_session_cancel(uint64_t handle, int32_t layer, int32_t slot, const char *reason, char **out_json);
+
+/* Records a failure of the seed at layer/slot in its circuit breaker. kind:
+ * 0 exception, 1 non-finite output, 2 wrong shape, 3 other; msg (may be
+ * NULL; cut at 4096 bytes) says what happened. When breaker.failures
+ * consecutive failures open the breaker the seed is pruned with the reason
+ * (cancelled if still GERMINATED; a FOSSILIZED seed is only recorded); a
+ * failure for a seed already on its way out is recorded and ignored.
+ * Writes the events to *out_json (free with esper_free). Errors:
+ * ESPER_EINVALID (bad kind or index), ESPER_ESTATE (the slot is DORMANT). */
+int esper_session_report_failure(uint64_t handle, int32_t layer, int32_t slot, int32_t kind, const char *msg,
+                                 char **out_json);
+
+/* Writes the entire state as JSON to *out_json (free with esper_free):
+ * {"version": 1, "config", "step", "epoch", "seeds", "epochs_in_state",
+ * "signals", "controller" (random generator included), "pending",
+ * "growth_log", "growth_dropped", "counters"}. Restoring it continues
+ * identically, also in the middle of BLENDING. Treat it as opaque. */
+int esper_session_snapshot(uint64_t handle, char **out_json);
+
+/* Replaces the whole state with snapshot_json (from esper_session_snapshot
+ * of a session with the same layers and slots_per_layer; the session keeps
+ * its own log settings). The snapshot is checked completely first: on
+ * error nothing changes. Errors: ESPER_EINVALID (malformed, other version,
+ * inconsistent, other layers). */
+int esper_session_restore(uint64_t handle, const char *snapshot_json);
+
+/* Writes a summary to *out_json (free with esper_free): {"step", "epoch"
+ * (in progress), "policy", "counters": {"germinations", "fossilizations",
+ * "prunes", "cancels", "rollbacks", "failures", "alarms", "decisions",
+ * "events"}, "params_used", "max_params", "host_params", "active",
+ * "states": {state: count}, "pending_events", "governor": {"alarms",
+ * "loss_mean", "loss_samples", "cooldowns": [per layer]}, "signals":
+ * {"window", "ewma", "ingests", "last_step", "global": {name: stats},
+ * "layers": [{"layer", "name", "signals": {name: stats}}]}, "growth_log",
+ * "growth_dropped", "log_error"}; stats = {"n", "total", "nonfinite",
+ * "mean", "var", "slope" (per step), "ewma", "last", "last_step"}, null
+ * where not available. */
+int esper_session_stats(uint64_t handle, char **out_json);
+
+/* Writes every slot, layer-major, as a JSON array to *out_json (free with
+ * esper_free): [{"layer", "slot", "name", "state", "steps_in_state",
+ * "total_steps", "epochs_in_state", "alpha", "blueprint_id", "blueprint",
+ * "param_count", "generation", "germinated_step", "germinated_epoch",
+ * "failures", "breaker": "closed"|"half-open"|"open", "waiting" (why the
+ * next automatic transition waits), "history": [{"from", "to", "step",
+ * "reason"}]}]. */
+int esper_session_seeds(uint64_t handle, char **out_json);
+
+/* Writes the growth log to *out_json (free with esper_free): {"entries":
+ * [{"kind": "event"|"decision"|"failure", "step", "epoch", "event" |
+ * "decision" | "failure": {"layer", "slot", "kind", "message", "failures",
+ * "breaker_open", "outcome"}}], "dropped": entries dropped beyond
+ * growth_log_max}. */
+int esper_session_growth_log(uint64_t handle, char **out_json);
+
+/* @@ end session --------------------------------------------------------- */
+
 #ifdef __cplusplus
 }
 #endif

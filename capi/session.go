@@ -1,0 +1,315 @@
+package main
+
+/*
+#include <stdint.h>
+#include <stdlib.h>
+*/
+import "C"
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/esper-morph/esper/core/session"
+	"github.com/esper-morph/esper/policy/tamiyo"
+)
+
+// Session exports: translation only, see core/session (and policy/tamiyo
+// for the metrics document).
+
+// sessionOut marshals v into a malloc'd JSON string in *out.
+func sessionOut(out **C.char, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode result: %w", err)
+	}
+	setString(out, string(b))
+	return nil
+}
+
+// sessionEvents writes events as a JSON array ("[]" when none).
+func sessionEvents(out **C.char, evs []session.Event) error {
+	if evs == nil {
+		evs = []session.Event{}
+	}
+	return sessionOut(out, evs)
+}
+
+// optString copies a C string that may be NULL ("" then).
+func optString(p *C.char) string {
+	if p == nil {
+		return ""
+	}
+	return C.GoString(p)
+}
+
+//export esper_session_new
+func esper_session_new(configJSON *C.char, out *C.uint64_t) C.int {
+	return call(0, func() error {
+		if out == nil {
+			return errNull("out")
+		}
+		doc, err := goString(configJSON, "config_json")
+		if err != nil {
+			return err
+		}
+		cfg, err := session.ParseConfig([]byte(doc))
+		if err != nil {
+			return err
+		}
+		s, err := session.New(cfg)
+		if err != nil {
+			return err
+		}
+		*out = C.uint64_t(handles.add(s))
+		return nil
+	})
+}
+
+//export esper_session_free
+func esper_session_free(h C.uint64_t) C.int {
+	return call(0, func() error {
+		if err := free[*session.Session](uint64(h), (*session.Session).Close); err != nil {
+			return fmt.Errorf("session free: %w", err)
+		}
+		lastErrors.drop(uint64(h))
+		return nil
+	})
+}
+
+//export esper_session_step
+func esper_session_step(h C.uint64_t, steps C.int64_t, signals *C.float, nSignals C.size_t,
+	alphasOut *C.float, alphasCap C.size_t, outNEvents *C.int32_t) C.int {
+	return call(uint64(h), func() error {
+		if outNEvents == nil {
+			return errNull("out_n_events")
+		}
+		if signals == nil && nSignals > 0 {
+			return errNull("signals")
+		}
+		if alphasOut == nil && alphasCap > 0 {
+			return errNull("alphas_out")
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		n, err := s.Step(int64(steps), float32s(signals, nSignals), float32s(alphasOut, alphasCap))
+		if err != nil {
+			return err
+		}
+		*outNEvents = C.int32_t(min(n, 1<<31-1))
+		return nil
+	})
+}
+
+//export esper_session_events
+func esper_session_events(h C.uint64_t, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		evs, err := s.Events()
+		if err != nil {
+			return err
+		}
+		return sessionEvents(out, evs)
+	})
+}
+
+//export esper_session_end_epoch
+func esper_session_end_epoch(h C.uint64_t, metricsJSON *C.char, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		doc, err := goString(metricsJSON, "metrics_json")
+		if err != nil {
+			return err
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		m, err := tamiyo.ParseMetrics([]byte(doc))
+		if err != nil {
+			return err
+		}
+		res, err := s.EndEpoch(m)
+		if err != nil {
+			return err
+		}
+		return sessionOut(out, res)
+	})
+}
+
+//export esper_session_germinate
+func esper_session_germinate(h C.uint64_t, layer, slot C.int32_t, blueprintJSON *C.char, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		doc, err := goString(blueprintJSON, "blueprint_json")
+		if err != nil {
+			return err
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		evs, err := s.GerminateSpec(int(layer), int(slot), []byte(doc))
+		if err != nil {
+			return err
+		}
+		return sessionEvents(out, evs)
+	})
+}
+
+// sessionMove is the body of the four manual transition exports.
+func sessionMove(h C.uint64_t, layer, slot C.int32_t, reason *C.char, out **C.char,
+	move func(s *session.Session, layer, slot int, reason string) ([]session.Event, error)) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		evs, err := move(s, int(layer), int(slot), optString(reason))
+		if err != nil {
+			return err
+		}
+		return sessionEvents(out, evs)
+	})
+}
+
+//export esper_session_advance
+func esper_session_advance(h C.uint64_t, layer, slot C.int32_t, reason *C.char, out **C.char) C.int {
+	return sessionMove(h, layer, slot, reason, out, (*session.Session).Advance)
+}
+
+//export esper_session_prune
+func esper_session_prune(h C.uint64_t, layer, slot C.int32_t, reason *C.char, out **C.char) C.int {
+	return sessionMove(h, layer, slot, reason, out, (*session.Session).Prune)
+}
+
+//export esper_session_fossilize
+func esper_session_fossilize(h C.uint64_t, layer, slot C.int32_t, reason *C.char, out **C.char) C.int {
+	return sessionMove(h, layer, slot, reason, out, (*session.Session).Fossilize)
+}
+
+//export esper_session_cancel
+func esper_session_cancel(h C.uint64_t, layer, slot C.int32_t, reason *C.char, out **C.char) C.int {
+	return sessionMove(h, layer, slot, reason, out, (*session.Session).Cancel)
+}
+
+//export esper_session_report_failure
+func esper_session_report_failure(h C.uint64_t, layer, slot, kind C.int32_t, msg *C.char, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		evs, err := s.ReportFailure(int(layer), int(slot), session.FailureKind(kind), optString(msg))
+		if err != nil {
+			return err
+		}
+		return sessionEvents(out, evs)
+	})
+}
+
+//export esper_session_snapshot
+func esper_session_snapshot(h C.uint64_t, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		b, err := s.Snapshot()
+		if err != nil {
+			return err
+		}
+		setString(out, string(b))
+		return nil
+	})
+}
+
+//export esper_session_restore
+func esper_session_restore(h C.uint64_t, snapshotJSON *C.char) C.int {
+	return call(uint64(h), func() error {
+		doc, err := goString(snapshotJSON, "snapshot_json")
+		if err != nil {
+			return err
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		return s.Restore([]byte(doc))
+	})
+}
+
+//export esper_session_stats
+func esper_session_stats(h C.uint64_t, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		st, err := s.Stats()
+		if err != nil {
+			return err
+		}
+		return sessionOut(out, st)
+	})
+}
+
+//export esper_session_seeds
+func esper_session_seeds(h C.uint64_t, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		seeds, err := s.Seeds()
+		if err != nil {
+			return err
+		}
+		return sessionOut(out, seeds)
+	})
+}
+
+//export esper_session_growth_log
+func esper_session_growth_log(h C.uint64_t, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		log, err := s.GrowthLog()
+		if err != nil {
+			return err
+		}
+		return sessionOut(out, log)
+	})
+}

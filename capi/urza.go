@@ -1,0 +1,230 @@
+package main
+
+/*
+#include <stdint.h>
+#include <stdlib.h>
+*/
+import "C"
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/esper-morph/esper/core/urza"
+)
+
+// Urza's exports: translation only, see core/urza.
+
+// viewBytes returns the n bytes at p as a slice without copying, for use
+// during the call only; NULL with n > 0 is an error.
+func viewBytes(p *C.uint8_t, n C.size_t, name string) ([]byte, error) {
+	if n == 0 {
+		return []byte{}, nil
+	}
+	if p == nil {
+		return nil, errNull(name)
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(p)), int(n)), nil
+}
+
+//export esper_urza_open
+func esper_urza_open(root *C.char, out *C.uint64_t) C.int {
+	return call(0, func() error {
+		if out == nil {
+			return errNull("out")
+		}
+		dir := optString(root)
+		if dir == "" {
+			var err error
+			if dir, err = urza.DefaultRoot(); err != nil {
+				return err
+			}
+		}
+		s, err := urza.Open(dir, nil)
+		if err != nil {
+			return err
+		}
+		*out = C.uint64_t(handles.add(s))
+		return nil
+	})
+}
+
+//export esper_urza_close
+func esper_urza_close(h C.uint64_t) C.int {
+	return call(0, func() error {
+		if err := free[*urza.Store](uint64(h), (*urza.Store).Close); err != nil {
+			return fmt.Errorf("urza close: %w", err)
+		}
+		lastErrors.drop(uint64(h))
+		return nil
+	})
+}
+
+//export esper_urza_root
+func esper_urza_root(h C.uint64_t, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_root")
+		}
+		s, err := lookup[*urza.Store](uint64(h))
+		if err != nil {
+			return err
+		}
+		setString(out, s.Root())
+		return nil
+	})
+}
+
+//export esper_urza_put
+func esper_urza_put(h C.uint64_t, manifestJSON *C.char, weights *C.uint8_t, n C.size_t, outID **C.char) C.int {
+	return call(uint64(h), func() error {
+		if outID == nil {
+			return errNull("out_id")
+		}
+		s, err := lookup[*urza.Store](uint64(h))
+		if err != nil {
+			return err
+		}
+		m, err := goString(manifestJSON, "manifest_json")
+		if err != nil {
+			return err
+		}
+		w, err := viewBytes(weights, n, "weights")
+		if err != nil {
+			return err
+		}
+		id, err := s.Put([]byte(m), w)
+		if err != nil {
+			return err
+		}
+		setString(outID, id)
+		return nil
+	})
+}
+
+//export esper_urza_get
+func esper_urza_get(h C.uint64_t, id *C.char, outManifest **C.char, outWeights **C.uint8_t, outN *C.size_t) C.int {
+	return call(uint64(h), func() error {
+		switch {
+		case outManifest == nil:
+			return errNull("out_manifest")
+		case outWeights == nil:
+			return errNull("out_weights")
+		case outN == nil:
+			return errNull("out_n")
+		}
+		s, err := lookup[*urza.Store](uint64(h))
+		if err != nil {
+			return err
+		}
+		key, err := goString(id, "id")
+		if err != nil {
+			return err
+		}
+		a, err := s.Get(key)
+		if err != nil {
+			return err
+		}
+		setString(outManifest, string(a.ManifestJSON))
+		setBytes(outWeights, outN, a.Weights)
+		return nil
+	})
+}
+
+//export esper_urza_stat
+func esper_urza_stat(h C.uint64_t, id *C.char, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		s, err := lookup[*urza.Store](uint64(h))
+		if err != nil {
+			return err
+		}
+		key, err := goString(id, "id")
+		if err != nil {
+			return err
+		}
+		info, err := s.Stat(key)
+		if err != nil {
+			return err
+		}
+		return setJSONOut(out, info)
+	})
+}
+
+//export esper_urza_list
+func esper_urza_list(h C.uint64_t, queryJSON *C.char, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		s, err := lookup[*urza.Store](uint64(h))
+		if err != nil {
+			return err
+		}
+		q, err := urza.ParseQuery([]byte(optString(queryJSON)))
+		if err != nil {
+			return fmt.Errorf("urza list: %w", err)
+		}
+		infos, err := s.List(q)
+		if err != nil {
+			return err
+		}
+		if infos == nil {
+			infos = []urza.Info{}
+		}
+		return setJSONOut(out, infos)
+	})
+}
+
+//export esper_urza_verify
+func esper_urza_verify(h C.uint64_t, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_report_json")
+		}
+		s, err := lookup[*urza.Store](uint64(h))
+		if err != nil {
+			return err
+		}
+		rep, err := s.Verify(handles.context(uint64(h)))
+		if err != nil {
+			return err
+		}
+		return setJSONOut(out, rep)
+	})
+}
+
+//export esper_urza_gc
+func esper_urza_gc(h C.uint64_t, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_report_json")
+		}
+		s, err := lookup[*urza.Store](uint64(h))
+		if err != nil {
+			return err
+		}
+		rep, err := s.GC(handles.context(uint64(h)))
+		if err != nil {
+			return err
+		}
+		return setJSONOut(out, rep)
+	})
+}
+
+//export esper_urza_delete
+func esper_urza_delete(h C.uint64_t, id *C.char) C.int {
+	return call(uint64(h), func() error {
+		s, err := lookup[*urza.Store](uint64(h))
+		if err != nil {
+			return err
+		}
+		key, err := goString(id, "id")
+		if err != nil {
+			return err
+		}
+		return s.Delete(key)
+	})
+}

@@ -1,0 +1,13 @@
+// Package recovery is Esper's error recovery toolkit: it classifies errors
+// (transient, permanent, corrupt), retries transient failures with capped
+// exponential backoff and jitter, and keeps circuit breakers keyed by string
+// (per kernel, per seed, per artifact) on top of sony/gobreaker/v2.
+//
+// Concurrency: Classify and Retry are safe to call from any goroutine; a
+// Policy is a plain value, and the Rand it holds must itself be safe for the
+// goroutines that share the Policy (see LockedRand). Breakers is safe for
+// concurrent use; the functions passed to Do run without any lock held.
+//
+// Ownership: Breakers owns its gobreaker instances; callers only ever see
+// keys and States.
+package recovery

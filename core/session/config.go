@@ -1,0 +1,336 @@
+package session
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/esper-morph/esper/blueprint"
+	"github.com/esper-morph/esper/core/lifecycle"
+	"github.com/esper-morph/esper/core/nissa"
+	"github.com/esper-morph/esper/policy/tamiyo"
+)
+
+// Defaults and limits of Config.
+const (
+	DefaultSlotsPerLayer = 1
+	DefaultTrainSteps    = 100
+	DefaultBlendSteps    = 100
+	DefaultEmbargoSteps  = 100
+	DefaultPolicy        = "heuristic"
+	DefaultFailures      = 3
+	DefaultGrowthLogMax  = 10000
+
+	MaxLayers        = 4096
+	MaxSlotsPerLayer = 64
+	MaxSlots         = 1 << 16
+	MaxSteps         = 1 << 40
+	MaxNameLen       = 256
+	MaxConfigBytes   = 4 << 20
+)
+
+// LayerConfig describes one wrapped layer, in the order of the signals
+// buffer and the alphas.
+type LayerConfig struct {
+	// Name is the layer's name (its module path); required, unique.
+	Name string `json:"name"`
+	// Kind is "linear", "conv1d", "conv2d" or "residual" (blueprint hosts).
+	Kind string `json:"kind"`
+	// In and Out are the features (linear) or channels (conv) in and out.
+	In  int64 `json:"in,omitempty"`
+	Out int64 `json:"out,omitempty"`
+	// Kernel, Stride and Padding are a conv layer's geometry. Stride
+	// defaults to 1 for conv layers.
+	Kernel  int64 `json:"kernel,omitempty"`
+	Stride  int64 `json:"stride,omitempty"`
+	Padding int64 `json:"padding,omitempty"`
+	// Dim is a residual layer's feature (or channel) count.
+	Dim int64 `json:"dim,omitempty"`
+	// Spatial optionally gives the input's spatial extents ([L] or [H, W]);
+	// see blueprint.Host.
+	Spatial []int64 `json:"spatial,omitempty"`
+	// Params is the host layer's own parameter count (reported in Stats;
+	// not part of the seed budget). Default 0, >= 0.
+	Params int64 `json:"params,omitempty"`
+}
+
+// Host returns the layer as a blueprint host.
+func (l LayerConfig) Host() blueprint.Host {
+	h := blueprint.Host{Kind: l.Kind, In: l.In, Out: l.Out, Kernel: l.Kernel, Stride: l.Stride,
+		Padding: l.Padding, Dim: l.Dim, Spatial: append([]int64(nil), l.Spatial...)}
+	if (h.Kind == blueprint.HostConv1d || h.Kind == blueprint.HostConv2d) && h.Stride == 0 {
+		h.Stride = 1
+	}
+	return h
+}
+
+// BreakerConfig configures the per-seed circuit breakers.
+type BreakerConfig struct {
+	// Failures is the number of consecutive failures reported for a seed
+	// (ReportFailure) that opens its breaker and prunes it. Default 3, >= 1.
+	Failures int `json:"failures,omitempty"`
+}
+
+// SignalsConfig configures Nissa's rolling statistics.
+type SignalsConfig struct {
+	// Window is the number of recent measurements per layer and signal the
+	// statistics cover. Default 64, in [2, 65536].
+	Window int `json:"window,omitempty"`
+	// EWMA is the moving average's smoothing factor. Default 0.1, in (0, 1].
+	EWMA float64 `json:"ewma,omitempty"`
+}
+
+// Config is a session's configuration (the JSON given to
+// esper_session_new). Zero values and absent fields mean the documented
+// defaults.
+type Config struct {
+	// Layers are the wrapped layers, in order (1 to 4096).
+	Layers []LayerConfig `json:"layers"`
+	// SlotsPerLayer is the number of seed slots of each layer. Default 1,
+	// in [1, 64]; layers x slots at most 65536.
+	SlotsPerLayer int `json:"slots_per_layer,omitempty"`
+	// TrainSteps is how many optimizer steps a seed trains in isolation
+	// before it blends (TRAINING -> BLENDING). Default 100, >= 1.
+	TrainSteps int64 `json:"train_steps,omitempty"`
+	// BlendSteps is the blending tempo: alpha rises from 0 to 1 over this
+	// many steps, then BLENDING -> HOLDING. Default 100, >= 1.
+	BlendSteps int64 `json:"blend_steps,omitempty"`
+	// Schedule is the alpha schedule: "linear" (default) or "cosine".
+	Schedule string `json:"schedule,omitempty"`
+	// EmbargoSteps is how many steps a slot rests after a prune, cancel or
+	// rollback before it resets (EMBARGOED -> RESETTING). Default 100; an
+	// explicit 0 means none.
+	EmbargoSteps *int64 `json:"embargo_steps,omitempty"`
+	// Policy is the controller: "heuristic" (default), "random", or
+	// "manual" ("none").
+	Policy string `json:"policy,omitempty"`
+	// Controller holds the policy's settings (see tamiyo.Config): patience
+	// (3), threshold (0.01), prune_below (0), holding_epochs (1), template
+	// ("residual_mlp"), params ({}), seed (0).
+	Controller tamiyo.Config `json:"controller"`
+	// Governor holds the safety limits (see tamiyo.GovernorConfig):
+	// max_params (0 = no limit), max_concurrent (1), cooldown_epochs (2),
+	// loss_window (20), loss_factor (3), min_loss_samples (5).
+	Governor tamiyo.GovernorConfig `json:"governor"`
+	// Breaker configures the per-seed circuit breakers.
+	Breaker BreakerConfig `json:"breaker"`
+	// Signals configures the rolling statistics.
+	Signals SignalsConfig `json:"signals"`
+	// AutoAdvance applies the automatic transitions in Step (and right
+	// after a prune, cancel or rollback). Default true. When false, seeds
+	// move only through Advance, Prune, Fossilize, Cancel and decisions.
+	AutoAdvance *bool `json:"auto_advance,omitempty"`
+	// GrowthLogMax bounds the growth log kept in memory; when it is full
+	// the oldest quarter is dropped (and counted). Default 10000, >= 1.
+	GrowthLogMax int `json:"growth_log_max,omitempty"`
+	// LogPath, when set, names a file the session appends JSON-lines
+	// records to (events, decisions, alarms, and signals when
+	// LogSignalsEvery > 0). Default "" (no file).
+	LogPath string `json:"log_path,omitempty"`
+	// LogSignalsEvery writes every n-th signals buffer to the log. Default
+	// 0 (never), >= 0.
+	LogSignalsEvery int `json:"log_signals_every,omitempty"`
+}
+
+// ParseConfig decodes a configuration document strictly: unknown fields,
+// wrong types, trailing data and documents over 4 MiB are errors wrapping
+// ErrConfig (code INVALID). The result is not yet validated (New does it).
+func ParseConfig(data []byte) (Config, error) {
+	var c Config
+	if len(data) > MaxConfigBytes {
+		return c, fmt.Errorf("session: config is %d bytes, limit %d: %w", len(data), MaxConfigBytes, ErrConfig)
+	}
+	if err := decodeStrict(data, &c); err != nil {
+		return Config{}, fmt.Errorf("session: config: %v: %w", err, ErrConfig)
+	}
+	return c, nil
+}
+
+func decodeStrict(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("trailing data after the document")
+	}
+	return nil
+}
+
+// clone returns a deep copy of c.
+func (c Config) clone() Config {
+	c.Layers = slices.Clone(c.Layers)
+	for i := range c.Layers {
+		c.Layers[i].Spatial = slices.Clone(c.Layers[i].Spatial)
+	}
+	c.EmbargoSteps = clonePtr(c.EmbargoSteps)
+	c.AutoAdvance = clonePtr(c.AutoAdvance)
+	c.Governor.CooldownEpochs = clonePtr(c.Governor.CooldownEpochs)
+	c.Controller.Params = maps.Clone(c.Controller.Params)
+	return c
+}
+
+func clonePtr[T any](p *T) *T {
+	if p == nil {
+		return nil
+	}
+	v := *p
+	return &v
+}
+
+// settings is a validated configuration in the forms the session uses.
+type settings struct {
+	cfg      Config // defaults filled in
+	hosts    []blueprint.Host
+	names    []string
+	schedule lifecycle.Schedule
+	embargo  int64
+	auto     bool
+	ctl      tamiyo.Config
+}
+
+// WithDefaults returns the configuration with every default filled in,
+// validated; errors wrap ErrConfig or the code of the component that
+// refused.
+func (c Config) WithDefaults() (Config, error) {
+	s, err := c.settings()
+	return s.cfg, err
+}
+
+func (c Config) settings() (settings, error) {
+	var s settings
+	bad := func(format string, args ...any) (settings, error) {
+		return settings{}, fmt.Errorf("session: config: "+format+": %w", append(args, ErrConfig)...)
+	}
+	if len(c.Layers) < 1 || len(c.Layers) > MaxLayers {
+		return bad("%d layers, want 1 to %d", len(c.Layers), MaxLayers)
+	}
+	c.Layers = append([]LayerConfig(nil), c.Layers...)
+	seen := make(map[string]int, len(c.Layers))
+	for i := range c.Layers {
+		l := &c.Layers[i]
+		l.Spatial = append([]int64(nil), l.Spatial...)
+		if len(l.Spatial) == 0 {
+			l.Spatial = nil
+		}
+		if l.Name == "" || len(l.Name) > MaxNameLen || strings.ContainsAny(l.Name, "\x00\n") {
+			return bad("layers[%d]: name %q must be 1 to %d characters without NUL or newline", i, l.Name, MaxNameLen)
+		}
+		if j, dup := seen[l.Name]; dup {
+			return bad("layers[%d]: name %q repeats layers[%d]", i, l.Name, j)
+		}
+		seen[l.Name] = i
+		if (l.Kind == blueprint.HostConv1d || l.Kind == blueprint.HostConv2d) && l.Stride == 0 {
+			l.Stride = 1
+		}
+		if l.Params < 0 {
+			return bad("layers[%d] (%s): params %d must be >= 0", i, l.Name, l.Params)
+		}
+		h := l.Host()
+		if err := h.Validate(); err != nil {
+			return bad("layers[%d] (%s): %v", i, l.Name, err)
+		}
+		s.hosts = append(s.hosts, h)
+		s.names = append(s.names, l.Name)
+	}
+	if c.SlotsPerLayer == 0 {
+		c.SlotsPerLayer = DefaultSlotsPerLayer
+	}
+	if c.SlotsPerLayer < 1 || c.SlotsPerLayer > MaxSlotsPerLayer || len(c.Layers)*c.SlotsPerLayer > MaxSlots {
+		return bad("slots_per_layer %d must be in [1, %d] with layers x slots <= %d", c.SlotsPerLayer, MaxSlotsPerLayer, MaxSlots)
+	}
+	if c.TrainSteps == 0 {
+		c.TrainSteps = DefaultTrainSteps
+	}
+	if c.BlendSteps == 0 {
+		c.BlendSteps = DefaultBlendSteps
+	}
+	if c.TrainSteps < 1 || c.TrainSteps > MaxSteps {
+		return bad("train_steps %d must be in [1, %d]", c.TrainSteps, int64(MaxSteps))
+	}
+	if c.BlendSteps < 1 || c.BlendSteps > MaxSteps {
+		return bad("blend_steps %d must be in [1, %d]", c.BlendSteps, int64(MaxSteps))
+	}
+	if c.EmbargoSteps == nil {
+		v := int64(DefaultEmbargoSteps)
+		c.EmbargoSteps = &v
+	} else {
+		v := *c.EmbargoSteps
+		c.EmbargoSteps = &v
+	}
+	if *c.EmbargoSteps < 0 || *c.EmbargoSteps > MaxSteps {
+		return bad("embargo_steps %d must be in [0, %d]", *c.EmbargoSteps, int64(MaxSteps))
+	}
+	if c.Schedule == "" {
+		c.Schedule = lifecycle.Linear.String()
+	}
+	sched, err := lifecycle.ParseSchedule(c.Schedule)
+	if err != nil {
+		return bad("%v", err)
+	}
+	c.Schedule = sched.String()
+	if c.Policy == "" {
+		c.Policy = DefaultPolicy
+	}
+	kind, err := tamiyo.ParseKind(c.Policy)
+	if err != nil {
+		return bad("%v", err)
+	}
+	c.Policy = kind.String()
+	ctl := c.Controller
+	ctl.Kind = kind
+	ctl.Governor = c.Governor
+	ctl, err = ctl.WithDefaults()
+	if err != nil {
+		return bad("%v", err)
+	}
+	c.Controller = ctl
+	c.Controller.Governor = tamiyo.GovernorConfig{}
+	c.Governor = ctl.Governor
+	if c.Breaker.Failures == 0 {
+		c.Breaker.Failures = DefaultFailures
+	}
+	if c.Breaker.Failures < 1 || c.Breaker.Failures > 1<<20 {
+		return bad("breaker failures %d must be in [1, %d]", c.Breaker.Failures, 1<<20)
+	}
+	sc := nissa.Config{Layers: len(c.Layers), Window: c.Signals.Window, EWMA: c.Signals.EWMA}
+	if _, err := nissa.New(nissa.Config{Window: sc.Window, EWMA: sc.EWMA}); err != nil {
+		return bad("signals: %v", err)
+	}
+	if c.Signals.Window == 0 {
+		c.Signals.Window = nissa.DefaultWindow
+	}
+	if c.Signals.EWMA == 0 {
+		c.Signals.EWMA = nissa.DefaultEWMA
+	}
+	if c.AutoAdvance == nil {
+		v := true
+		c.AutoAdvance = &v
+	} else {
+		v := *c.AutoAdvance
+		c.AutoAdvance = &v
+	}
+	if c.GrowthLogMax == 0 {
+		c.GrowthLogMax = DefaultGrowthLogMax
+	}
+	if c.GrowthLogMax < 1 {
+		return bad("growth_log_max %d must be >= 1", c.GrowthLogMax)
+	}
+	if c.LogSignalsEvery < 0 {
+		return bad("log_signals_every %d must be >= 0", c.LogSignalsEvery)
+	}
+	if strings.ContainsRune(c.LogPath, 0) {
+		return bad("log_path contains NUL")
+	}
+	s.cfg = c
+	s.schedule = sched
+	s.embargo = *c.EmbargoSteps
+	s.auto = *c.AutoAdvance
+	s.ctl = ctl
+	return s, nil
+}

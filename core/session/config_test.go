@@ -1,0 +1,125 @@
+package session_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/esper-morph/esper/core/errcode"
+	"github.com/esper-morph/esper/core/session"
+)
+
+func TestConfigDefaults(t *testing.T) {
+	cfg, err := session.ParseConfig([]byte(`{"layers": [{"name": "fc", "kind": "linear", "in": 4, "out": 4},
+		{"name": "conv", "kind": "conv2d", "in": 3, "out": 8, "kernel": 3, "padding": 1}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := cfg.WithDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if full.SlotsPerLayer != 1 || full.TrainSteps != 100 || full.BlendSteps != 100 || *full.EmbargoSteps != 100 ||
+		full.Schedule != "linear" || full.Policy != "heuristic" || full.Breaker.Failures != 3 || !*full.AutoAdvance ||
+		full.Signals.Window != 64 || full.Signals.EWMA != 0.1 || full.GrowthLogMax != 10000 || full.Layers[1].Stride != 1 ||
+		full.Controller.Patience != 3 || full.Controller.Template != "residual_mlp" || full.Governor.MaxConcurrent != 1 ||
+		*full.Governor.CooldownEpochs != 2 {
+		t.Fatalf("defaults: %s", mustJSON(t, full))
+	}
+	again, err := session.ParseConfig([]byte(mustJSON(t, full)))
+	if err != nil {
+		t.Fatalf("defaults do not re-parse: %v", err)
+	}
+	if _, err := again.WithDefaults(); err != nil {
+		t.Fatalf("defaults do not re-validate: %v", err)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	const fc = `{"name": "fc", "kind": "linear", "in": 4, "out": 4}`
+	cases := []struct {
+		name, doc, msg string
+	}{
+		{"not JSON", `{`, "unexpected EOF"},
+		{"trailing", `{"layers": [` + fc + `]} x`, "trailing data"},
+		{"unknown field", `{"layers": [` + fc + `], "slots": 2}`, `unknown field "slots"`},
+		{"no layers", `{"layers": []}`, "0 layers"},
+		{"nameless", `{"layers": [{"kind": "linear", "in": 4, "out": 4}]}`, `name ""`},
+		{"duplicate name", `{"layers": [` + fc + `,` + fc + `]}`, `name "fc" repeats layers[0]`},
+		{"bad kind", `{"layers": [{"name": "x", "kind": "lstm", "in": 4, "out": 4}]}`, `kind "lstm"`},
+		{"missing out", `{"layers": [{"name": "x", "kind": "linear", "in": 4}]}`, "out = 0"},
+		{"conv without kernel", `{"layers": [{"name": "x", "kind": "conv2d", "in": 4, "out": 4}]}`, "kernel = 0"},
+		{"negative params", `{"layers": [{"name": "x", "kind": "linear", "in": 4, "out": 4, "params": -1}]}`, "params -1"},
+		{"slots", `{"layers": [` + fc + `], "slots_per_layer": 65}`, "slots_per_layer 65"},
+		{"train steps", `{"layers": [` + fc + `], "train_steps": -1}`, "train_steps -1"},
+		{"blend steps", `{"layers": [` + fc + `], "blend_steps": -5}`, "blend_steps -5"},
+		{"embargo", `{"layers": [` + fc + `], "embargo_steps": -1}`, "embargo_steps -1"},
+		{"schedule", `{"layers": [` + fc + `], "schedule": "step"}`, `schedule "step"`},
+		{"policy", `{"layers": [` + fc + `], "policy": "learned"}`, `policy "learned"`},
+		{"template", `{"layers": [` + fc + `], "controller": {"template": "mystery"}}`, "mystery"},
+		{"template params", `{"layers": [` + fc + `], "controller": {"params": {"width": 0}}}`, "width"},
+		{"governor", `{"layers": [` + fc + `], "governor": {"loss_factor": 0.5}}`, "loss_factor 0.5"},
+		{"breaker", `{"layers": [` + fc + `], "breaker": {"failures": -2}}`, "breaker failures -2"},
+		{"signals", `{"layers": [` + fc + `], "signals": {"window": 1}}`, "window 1"},
+		{"growth log", `{"layers": [` + fc + `], "growth_log_max": -1}`, "growth_log_max -1"},
+		{"log every", `{"layers": [` + fc + `], "log_signals_every": -1}`, "log_signals_every -1"},
+		{"wrong type", `{"layers": [` + fc + `], "train_steps": "ten"}`, "train_steps"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := session.ParseConfig([]byte(tc.doc))
+			if err == nil {
+				_, err = session.New(cfg)
+			}
+			if !errors.Is(err, session.ErrConfig) || errcode.Of(err) != errcode.Invalid {
+				t.Fatalf("err = %v (code %v)", err, errcode.Of(err))
+			}
+			if !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("error %q does not mention %q", err, tc.msg)
+			}
+		})
+	}
+}
+
+func TestConfigLogPathError(t *testing.T) {
+	cfg := baseConfig()
+	cfg.LogPath = t.TempDir() + "/missing/dir/log.jsonl"
+	if _, err := session.New(cfg); errcode.Of(err) != errcode.IO || !strings.Contains(err.Error(), "open log") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(`{"layers": [{"name": "fc", "kind": "linear", "in": 4, "out": 4}], "slots_per_layer": 2, "policy": "random",
+		"controller": {"seed": 3, "params": {"width": 8}}, "governor": {"max_params": 1000, "cooldown_epochs": 0}}`))
+	f.Add([]byte(`{"layers": [{"name": "c", "kind": "conv2d", "in": 3, "out": 8, "kernel": 3, "padding": 1, "spatial": [8, 8]}],
+		"schedule": "cosine", "embargo_steps": 0, "auto_advance": false}`))
+	f.Add([]byte(`{"layers": [{"name": "r", "kind": "residual", "dim": 16}], "breaker": {"failures": 1}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		cfg, err := session.ParseConfig(b)
+		if err != nil {
+			if errcode.Of(err) != errcode.Invalid {
+				t.Fatalf("code %v: %v", errcode.Of(err), err)
+			}
+			return
+		}
+		if len(cfg.Layers)*max(cfg.SlotsPerLayer, 1) > 4096 || cfg.Signals.Window > 4096 || cfg.GrowthLogMax > 1<<16 || cfg.LogPath != "" {
+			return // keep each run small, and touch no files
+		}
+		s, err := session.New(cfg)
+		if err != nil {
+			if c := errcode.Of(err); c != errcode.Invalid && c != errcode.NotFound {
+				t.Fatalf("New code %v: %v", c, err)
+			}
+			return
+		}
+		defer s.Close()
+		alphas := make([]float32, s.Layers()*s.Slots())
+		if _, err := s.Step(1, nil, alphas); err != nil {
+			t.Fatalf("Step on a valid config: %v", err)
+		}
+		if _, err := s.Snapshot(); err != nil {
+			t.Fatalf("Snapshot: %v", err)
+		}
+	})
+}

@@ -1,0 +1,67 @@
+package session
+
+import (
+	"fmt"
+
+	"github.com/esper-morph/esper/core/nissa"
+	"github.com/esper-morph/esper/policy/tamiyo"
+)
+
+// EndEpoch ends an epoch: Tamiyo decides from the metrics (validation
+// plateau, contributions of held seeds, the signals' rolling statistics,
+// the budget; the governor checks the training loss) and the session
+// applies the decisions in order. metrics.Epoch, when given, must not be
+// below the epoch in progress (code STATE); contributions must name
+// existing slots (code INVALID). The result holds every decision with its
+// reason and outcome, and every pending event (the queue is drained).
+func (s *Session) EndEpoch(m tamiyo.Metrics) (EpochResult, error) {
+	if err := s.lock(); err != nil {
+		return EpochResult{}, err
+	}
+	defer s.unlock()
+	for i, c := range m.Contributions {
+		if _, err := s.indexLocked(c.Layer, c.Slot); err != nil {
+			return EpochResult{}, fmt.Errorf("session: end epoch: contributions[%d]: %w", i, err)
+		}
+	}
+	epoch := s.epoch
+	if m.Epoch != nil {
+		if *m.Epoch < s.epoch {
+			return EpochResult{}, fmt.Errorf("session: end epoch: epoch %d has already ended (the epoch in progress is %d): %w",
+				*m.Epoch, s.epoch, ErrSeedState)
+		}
+		epoch = *m.Epoch
+	}
+	s.epoch = epoch
+	for i := range s.epochsIn {
+		s.epochsIn[i]++
+	}
+	used, _ := s.paramsUsedLocked()
+	obs := tamiyo.Observation{Epoch: epoch, Step: s.step, Metrics: m, Layers: make([]tamiyo.LayerView, len(s.set.hosts)),
+		Seeds: s.seedViewsLocked(), ParamsUsed: used}
+	for l := range obs.Layers {
+		obs.Layers[l].Name = s.set.names[l]
+		for sig := nissa.Signal(0); sig < nissa.NumSignals; sig++ {
+			obs.Layers[l].Signals[sig], _ = s.stats.Layer(l, sig)
+		}
+	}
+	if s.logger != nil {
+		mc := m
+		mc.Epoch = &epoch
+		s.logq = append(s.logq, logRecord{kind: "metrics", step: s.step, payload: mc})
+	}
+	decisions := s.ctl.Decide(&obs)
+	res := EpochResult{Epoch: epoch, Decisions: make([]DecisionResult, 0, len(decisions))}
+	for _, d := range decisions {
+		if d.Op == tamiyo.Rollback {
+			s.counters.Alarms++
+		}
+		res.Decisions = append(res.Decisions, s.applyLocked(d))
+	}
+	res.Events = s.drainLocked()
+	if res.Events == nil {
+		res.Events = []Event{}
+	}
+	s.epoch = epoch + 1
+	return res, nil
+}

@@ -1,0 +1,342 @@
+package session
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"slices"
+
+	"github.com/esper-morph/esper/blueprint"
+	"github.com/esper-morph/esper/blueprint/canon"
+	"github.com/esper-morph/esper/core/lifecycle"
+	"github.com/esper-morph/esper/policy/tamiyo"
+)
+
+// MaxFailureMessage bounds the failure message a session keeps (longer
+// ones are cut).
+const MaxFailureMessage = 4096
+
+// ParseBlueprint returns the blueprint a germination document describes
+// for host: either a complete IR (a document with "ops"; see
+// docs/internals.md), whose host must equal host, or a template reference
+// {"template": "residual_mlp", "params": {"width": 16}} (params optional)
+// instantiated for host by Karn. Errors have code INVALID (NOTFOUND for an
+// unknown template).
+func ParseBlueprint(data []byte, host blueprint.Host) (*blueprint.IR, error) {
+	if len(data) > blueprint.MaxIRBytes {
+		return nil, fmt.Errorf("session: blueprint document is %d bytes, limit %d: %w", len(data), blueprint.MaxIRBytes, ErrArgument)
+	}
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(data, &keys); err != nil {
+		return nil, fmt.Errorf("session: blueprint: %v: %w", err, ErrArgument)
+	}
+	if _, isIR := keys["ops"]; isIR {
+		ir, err := blueprint.Parse(data)
+		if err != nil {
+			return nil, fmt.Errorf("session: blueprint: %w", err)
+		}
+		if !sameHost(ir.Host, host) {
+			return nil, fmt.Errorf("session: blueprint host %+v is not the layer's host %+v: %w", ir.Host, host, ErrArgument)
+		}
+		return ir, nil
+	}
+	var ref struct {
+		Template string          `json:"template"`
+		Params   json.RawMessage `json:"params"`
+	}
+	if err := decodeStrict(data, &ref); err != nil {
+		return nil, fmt.Errorf("session: blueprint: want an IR with \"ops\" or {\"template\", \"params\"}: %v: %w", err, ErrArgument)
+	}
+	if ref.Template == "" {
+		return nil, fmt.Errorf("session: blueprint: template reference without a template name: %w", ErrArgument)
+	}
+	params, err := blueprint.ParseParams(bytes.TrimSpace(ref.Params))
+	if err != nil {
+		return nil, fmt.Errorf("session: blueprint: %w", err)
+	}
+	ir, err := blueprint.Instantiate(ref.Template, params, host)
+	if err != nil {
+		return nil, fmt.Errorf("session: blueprint: %w", err)
+	}
+	return ir, nil
+}
+
+func sameHost(a, b blueprint.Host) bool {
+	return a.Kind == b.Kind && a.In == b.In && a.Out == b.Out && a.Kernel == b.Kernel && a.Stride == b.Stride &&
+		a.Padding == b.Padding && a.Dim == b.Dim && slices.Equal(a.Spatial, b.Spatial)
+}
+
+// GerminateSpec germinates the dormant seed at layer/slot with the
+// blueprint a document describes (see ParseBlueprint). See Germinate.
+func (s *Session) GerminateSpec(layer, slot int, spec []byte) ([]Event, error) {
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	host, err := s.hostLocked(layer)
+	s.unlock()
+	if err != nil {
+		return nil, err
+	}
+	ir, err := ParseBlueprint(spec, host)
+	if err != nil {
+		return nil, err
+	}
+	return s.Germinate(layer, slot, ir, "")
+}
+
+func (s *Session) hostLocked(layer int) (blueprint.Host, error) {
+	if layer < 0 || layer >= len(s.set.hosts) {
+		return blueprint.Host{}, fmt.Errorf("session: layer %d is not in [0, %d): %w", layer, len(s.set.hosts), ErrArgument)
+	}
+	return s.hostOfLocked(layer), nil
+}
+
+// Germinate germinates the dormant seed at layer/slot with blueprint ir,
+// which must fit the layer's host. The governor's hard limits apply: the
+// parameter budget (code BUDGET) and the seeds in flight (code BUDGET); a
+// slot that is not dormant is refused (code STATE). reason defaults to
+// "manual germination". It returns every pending event, the GERMINATED one
+// (carrying the canonical IR) last.
+func (s *Session) Germinate(layer, slot int, ir *blueprint.IR, reason string) ([]Event, error) {
+	if ir == nil {
+		return nil, fmt.Errorf("session: germinate %d/%d: no blueprint: %w", layer, slot, ErrArgument)
+	}
+	if reason == "" {
+		reason = "manual germination"
+	}
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.unlock()
+	i, err := s.indexLocked(layer, slot)
+	if err != nil {
+		return nil, err
+	}
+	if err := blueprint.Check(ir, s.hostOfLocked(layer), blueprint.Budget{}); err != nil {
+		return nil, fmt.Errorf("session: germinate %d/%d: %w", layer, slot, err)
+	}
+	if err := s.germinateLocked(i, ir, reason); err != nil {
+		return nil, err
+	}
+	return s.drainLocked(), nil
+}
+
+// germinateLocked germinates seed i with a checked ir, enforcing the
+// governor's limits.
+func (s *Session) germinateLocked(i int, ir *blueprint.IR, reason string) error {
+	sd := s.seeds[i]
+	if !lifecycle.CanTransition(sd.State, lifecycle.Germinated) {
+		return &lifecycle.TransitionError{Layer: sd.Layer, Slot: sd.Slot, From: sd.State, To: lifecycle.Germinated}
+	}
+	if !sameHost(ir.Host, s.hostOfLocked(sd.Layer)) {
+		return fmt.Errorf("session: germinate %d/%d: blueprint host %+v is not the layer's host: %w", sd.Layer, sd.Slot, ir.Host, ErrArgument)
+	}
+	used, active := s.paramsUsedLocked()
+	if err := s.ctl.Governor().Admit(used, ir.ParamCount, active); err != nil {
+		return fmt.Errorf("session: germinate %d/%d: %w", sd.Layer, sd.Slot, err)
+	}
+	doc, err := ir.Canonical()
+	if err != nil {
+		return fmt.Errorf("session: germinate %d/%d: %w", sd.Layer, sd.Slot, err)
+	}
+	id := canon.ID(doc)
+	if _, err := sd.Germinate(doc, id, ir.ParamCount, reason, s.step, s.epoch); err != nil {
+		return err
+	}
+	sd.UpdateAlpha(s.set.schedule, s.set.cfg.BlendSteps)
+	s.epochsIn[i] = 0
+	s.counters.Germinations++
+	s.ctl.Governor().RecordGermination(sd.Layer, s.epoch)
+	s.emitLocked(Event{Layer: sd.Layer, Slot: sd.Slot, From: lifecycle.Dormant, To: lifecycle.Germinated, Step: s.step,
+		Epoch: s.epoch, Alpha: sd.Alpha, Reason: reason, BlueprintID: id, Blueprint: sd.Blueprint, ParamCount: sd.ParamCount})
+	return nil
+}
+
+// moveLocked transitions layer/slot to state to at the current step, then
+// applies any transition due at once.
+func (s *Session) moveLocked(layer, slot int, to lifecycle.State, reason string) error {
+	i, err := s.indexLocked(layer, slot)
+	if err != nil {
+		return err
+	}
+	if err := s.transitionLocked(i, to, reason, s.step); err != nil {
+		return err
+	}
+	s.settleLocked(i)
+	return nil
+}
+
+// manual runs a manual transition and drains the events.
+func (s *Session) manual(layer, slot int, to func(*lifecycle.Seed) (lifecycle.State, error), reason string) ([]Event, error) {
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.unlock()
+	i, err := s.indexLocked(layer, slot)
+	if err != nil {
+		return nil, err
+	}
+	st, err := to(s.seeds[i])
+	if err != nil {
+		return nil, err
+	}
+	if err := s.moveLocked(layer, slot, st, reason); err != nil {
+		return nil, err
+	}
+	return s.drainLocked(), nil
+}
+
+func fixed(st lifecycle.State) func(*lifecycle.Seed) (lifecycle.State, error) {
+	return func(*lifecycle.Seed) (lifecycle.State, error) { return st, nil }
+}
+
+// Advance moves the seed at layer/slot to its natural next state now
+// (GERMINATED -> TRAINING -> BLENDING -> HOLDING -> FOSSILIZED, and the
+// exit path to DORMANT), without waiting for the step gate. A dormant seed
+// (germinate it) and a fossilized one (final) are refused with code STATE.
+// reason defaults to "manual advance". It returns every pending event.
+func (s *Session) Advance(layer, slot int, reason string) ([]Event, error) {
+	if reason == "" {
+		reason = "manual advance"
+	}
+	return s.manual(layer, slot, func(sd *lifecycle.Seed) (lifecycle.State, error) {
+		next, ok := sd.State.Next()
+		if !ok {
+			return 0, fmt.Errorf("session: advance %d/%d: a %s seed has no next state (germinate a dormant seed; a fossilized one is final): %w",
+				sd.Layer, sd.Slot, sd.State, ErrSeedState)
+		}
+		return next, nil
+	}, reason)
+}
+
+// Prune prunes the seed at layer/slot (legal from TRAINING, BLENDING and
+// HOLDING; code STATE otherwise); with auto_advance the slot enters its
+// embargo at once. reason defaults to "manual prune". It returns every
+// pending event.
+func (s *Session) Prune(layer, slot int, reason string) ([]Event, error) {
+	if reason == "" {
+		reason = "manual prune"
+	}
+	return s.manual(layer, slot, fixed(lifecycle.Pruned), reason)
+}
+
+// Fossilize fossilizes the held seed at layer/slot (legal from HOLDING
+// only; code STATE otherwise). reason defaults to "manual fossilize". It
+// returns every pending event.
+func (s *Session) Fossilize(layer, slot int, reason string) ([]Event, error) {
+	if reason == "" {
+		reason = "manual fossilize"
+	}
+	return s.manual(layer, slot, fixed(lifecycle.Fossilized), reason)
+}
+
+// Cancel cancels the seed at layer/slot before it touches the host (legal
+// from GERMINATED and TRAINING; code STATE otherwise). reason defaults to
+// "manual cancel". It returns every pending event.
+func (s *Session) Cancel(layer, slot int, reason string) ([]Event, error) {
+	if reason == "" {
+		reason = "manual cancel"
+	}
+	return s.manual(layer, slot, fixed(lifecycle.Cancelled), reason)
+}
+
+// ReportFailure records a failure of the seed at layer/slot (its forward
+// raised, returned NaN/Inf or the wrong shape; the trainer fell back to the
+// host's output) in the seed's circuit breaker. When the breaker opens
+// (breaker.failures consecutive failures) the seed is pruned with the
+// reason (cancelled if it is still GERMINATED; a fossilized seed cannot be
+// pruned and is only recorded). A failure for a seed already on its way out
+// is recorded and ignored; one for a dormant slot is refused (code STATE).
+// It returns every pending event.
+func (s *Session) ReportFailure(layer, slot int, kind FailureKind, msg string) ([]Event, error) {
+	if !kind.Valid() {
+		return nil, fmt.Errorf("session: report failure %d/%d: kind %d is not one of 0 (exception), 1 (nonfinite), 2 (shape), 3 (other): %w",
+			layer, slot, int32(kind), ErrArgument)
+	}
+	if len(msg) > MaxFailureMessage {
+		msg = msg[:MaxFailureMessage]
+	}
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.unlock()
+	i, err := s.indexLocked(layer, slot)
+	if err != nil {
+		return nil, err
+	}
+	sd := s.seeds[i]
+	f := &Failure{Layer: layer, Slot: slot, Kind: kind, Message: msg}
+	record := func() {
+		s.recordLocked(LogEntry{Kind: "failure", Step: s.step, Epoch: s.epoch, Failure: f}, "failure", f)
+	}
+	switch {
+	case sd.State == lifecycle.Dormant:
+		return nil, fmt.Errorf("session: report failure %d/%d: the slot is DORMANT, there is no seed to fail: %w", layer, slot, ErrSeedState)
+	case sd.State.Exiting():
+		f.Failures = sd.Failures
+		f.Outcome = "ignored: the seed is already " + sd.State.String()
+		record()
+		return s.drainLocked(), nil
+	}
+	sd.Failures++
+	s.counters.Failures++
+	open := s.breakers.Record(breakerKey(layer, slot, sd.Generation), true)
+	f.Failures, f.BreakerOpen = sd.Failures, open
+	if !open {
+		f.Outcome = fmt.Sprintf("recorded: %d of %d consecutive failures open the breaker", sd.Failures, s.set.cfg.Breaker.Failures)
+		record()
+		return s.drainLocked(), nil
+	}
+	reason := fmt.Sprintf("circuit breaker open after %d consecutive failures (last: %s: %s)", sd.Failures, kind, msg)
+	to := lifecycle.Pruned
+	switch sd.State {
+	case lifecycle.Fossilized:
+		f.Outcome = "breaker open, but a fossilized seed is final: it is kept and the trainer keeps falling back to the host"
+		record()
+		return s.drainLocked(), nil
+	case lifecycle.Germinated:
+		to = lifecycle.Cancelled
+		f.Outcome = "breaker open: seed cancelled"
+	default:
+		f.Outcome = "breaker open: seed pruned"
+	}
+	record()
+	if err := s.moveLocked(layer, slot, to, reason); err != nil {
+		return nil, err
+	}
+	return s.drainLocked(), nil
+}
+
+// applyLocked carries out one decision and records it in the growth log.
+func (s *Session) applyLocked(d tamiyo.Decision) DecisionResult {
+	dr := &DecisionResult{Decision: d, Applied: true}
+	s.counters.Decisions++
+	s.recordLocked(LogEntry{Kind: "decision", Step: s.step, Epoch: s.epoch, Decision: dr}, "decision", dr)
+	var err error
+	switch d.Op {
+	case tamiyo.Wait:
+	case tamiyo.Germinate:
+		var i int
+		if i, err = s.indexLocked(d.Layer, d.Slot); err == nil {
+			if d.Blueprint == nil {
+				err = fmt.Errorf("session: germinate decision for %d/%d without a blueprint: %w", d.Layer, d.Slot, ErrArgument)
+			} else {
+				err = s.germinateLocked(i, d.Blueprint, d.Reason)
+			}
+		}
+	case tamiyo.Prune:
+		err = s.moveLocked(d.Layer, d.Slot, lifecycle.Pruned, d.Reason)
+	case tamiyo.Fossilize:
+		err = s.moveLocked(d.Layer, d.Slot, lifecycle.Fossilized, d.Reason)
+	case tamiyo.Rollback:
+		if d.Layer >= 0 {
+			err = s.moveLocked(d.Layer, d.Slot, lifecycle.RolledBack, d.Reason)
+		}
+	default:
+		err = fmt.Errorf("session: unknown decision op %v: %w", d.Op, ErrArgument)
+	}
+	if err != nil {
+		dr.Applied, dr.Error = false, err.Error()
+	}
+	return *dr
+}

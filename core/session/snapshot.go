@@ -1,0 +1,328 @@
+package session
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+
+	"github.com/esper-morph/esper/blueprint/canon"
+	"github.com/esper-morph/esper/core/lifecycle"
+	"github.com/esper-morph/esper/core/nissa"
+	"github.com/esper-morph/esper/core/recovery"
+	"github.com/esper-morph/esper/policy/tamiyo"
+)
+
+// SnapshotVersion is the version of the snapshot document.
+const SnapshotVersion = 1
+
+// MaxSnapshotBytes bounds a snapshot document Restore accepts.
+const MaxSnapshotBytes = 256 << 20
+
+// snapshot is the whole state of a session as JSON.
+type snapshot struct {
+	Version       int               `json:"version"`
+	Config        Config            `json:"config"`
+	Step          int64             `json:"step"`
+	Epoch         int               `json:"epoch"`
+	Seeds         []*lifecycle.Seed `json:"seeds"`
+	EpochsInState []int             `json:"epochs_in_state"`
+	Signals       nissa.State       `json:"signals"`
+	Controller    tamiyo.State      `json:"controller"`
+	Pending       []Event           `json:"pending"`
+	GrowthLog     []LogEntry        `json:"growth_log"`
+	GrowthDropped int64             `json:"growth_dropped"`
+	Counters      Counters          `json:"counters"`
+}
+
+// Snapshot returns the entire state as JSON: the configuration, the step
+// and epoch, every seed (state, counters, alpha, blueprint, history), the
+// signal statistics, the controller's and governor's state (random
+// generator included), pending events, the growth log and the counters.
+// Restore of it continues identically.
+func (s *Session) Snapshot() ([]byte, error) {
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.unlock()
+	ctl, err := s.ctl.State()
+	if err != nil {
+		return nil, fmt.Errorf("session: snapshot: %w", err)
+	}
+	snap := snapshot{Version: SnapshotVersion, Config: s.set.cfg, Step: s.step, Epoch: s.epoch,
+		Seeds: s.seeds, EpochsInState: s.epochsIn, Signals: s.stats.State(), Controller: ctl,
+		Pending: s.pending, GrowthLog: s.growth, GrowthDropped: s.dropped, Counters: s.counters}
+	if snap.Pending == nil {
+		snap.Pending = []Event{}
+	}
+	if snap.GrowthLog == nil {
+		snap.GrowthLog = []LogEntry{}
+	}
+	b, err := json.Marshal(&snap)
+	if err != nil {
+		return nil, fmt.Errorf("session: snapshot: %w", err)
+	}
+	return b, nil
+}
+
+// Restore replaces the whole state with a snapshot taken by Snapshot. The
+// snapshot must be for the same layers (names and shapes) and slots per
+// layer; the session keeps its own log settings. The snapshot is checked
+// completely before anything changes; errors wrap ErrSnapshot (code
+// INVALID) or the code of the component that refused.
+func (s *Session) Restore(data []byte) error {
+	if len(data) > MaxSnapshotBytes {
+		return fmt.Errorf("session: restore: snapshot is %d bytes, limit %d: %w", len(data), MaxSnapshotBytes, ErrSnapshot)
+	}
+	var snap snapshot
+	if err := decodeStrict(data, &snap); err != nil {
+		return fmt.Errorf("session: restore: %v: %w", err, ErrSnapshot)
+	}
+	if snap.Version != SnapshotVersion {
+		return fmt.Errorf("session: restore: snapshot version %d, want %d: %w", snap.Version, SnapshotVersion, ErrSnapshot)
+	}
+	if err := s.lock(); err != nil {
+		return err
+	}
+	defer s.unlock()
+	snap.Config.LogPath, snap.Config.LogSignalsEvery = s.set.cfg.LogPath, s.set.cfg.LogSignalsEvery
+	set, err := snap.Config.settings()
+	if err != nil {
+		return fmt.Errorf("session: restore: %w", err)
+	}
+	if !slices.Equal(set.names, s.set.names) || !slices.EqualFunc(set.hosts, s.set.hosts, sameHost) || set.cfg.SlotsPerLayer != s.slots {
+		return fmt.Errorf("session: restore: the snapshot is for layers %v with %d slots each, this session has %v with %d: %w",
+			set.names, set.cfg.SlotsPerLayer, s.set.names, s.slots, ErrSnapshot)
+	}
+	next := &Session{}
+	if err := next.reset(set); err != nil {
+		return fmt.Errorf("session: restore: %w", err)
+	}
+	if err := next.load(&snap); err != nil {
+		return err
+	}
+	s.set, s.step, s.epoch = next.set, next.step, next.epoch
+	s.seeds, s.epochsIn, s.stats, s.ctl, s.breakers = next.seeds, next.epochsIn, next.stats, next.ctl, next.breakers
+	s.pending, s.growth, s.dropped, s.counters = next.pending, next.growth, next.dropped, next.counters
+	s.views, s.reasons = next.views, next.reasons
+	return nil
+}
+
+// load fills a freshly reset session from snap, checking it.
+func (s *Session) load(snap *snapshot) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("session: restore: "+format+": %w", append(args, ErrSnapshot)...)
+	}
+	n := len(s.seeds)
+	switch {
+	case snap.Step < 0 || snap.Step > MaxSteps:
+		return bad("step %d is out of range", snap.Step)
+	case snap.Epoch < 0:
+		return bad("epoch %d is negative", snap.Epoch)
+	case len(snap.Seeds) != n || len(snap.EpochsInState) != n:
+		return bad("%d seeds and %d epoch counters for %d slots", len(snap.Seeds), len(snap.EpochsInState), n)
+	case snap.GrowthDropped < 0 || snap.Counters.Germinations < 0 || snap.Counters.Fossilizations < 0 ||
+		snap.Counters.Prunes < 0 || snap.Counters.Cancels < 0 || snap.Counters.Rollbacks < 0 ||
+		snap.Counters.Failures < 0 || snap.Counters.Alarms < 0 || snap.Counters.Decisions < 0 || snap.Counters.Events < 0:
+		return bad("negative counters")
+	}
+	for i, sd := range snap.Seeds {
+		if sd == nil {
+			return bad("seeds[%d] is null", i)
+		}
+		if sd.Layer != i/s.slots || sd.Slot != i%s.slots {
+			return bad("seeds[%d] is seed %d/%d, want %d/%d", i, sd.Layer, sd.Slot, i/s.slots, i%s.slots)
+		}
+		if err := sd.Validate(); err != nil {
+			return fmt.Errorf("session: restore: %w", err)
+		}
+		if snap.EpochsInState[i] < 0 {
+			return bad("epochs_in_state[%d] is negative", i)
+		}
+		if sd.State.Live() {
+			if len(sd.Blueprint) == 0 || canon.ID(sd.Blueprint) != sd.BlueprintID {
+				return bad("seed %d/%d: blueprint does not match its id %q", sd.Layer, sd.Slot, sd.BlueprintID)
+			}
+			if sd.State.Active() && sd.Failures >= s.set.cfg.Breaker.Failures {
+				return bad("seed %d/%d: %d failures would have opened its breaker", sd.Layer, sd.Slot, sd.Failures)
+			}
+		}
+		if sd.GerminatedStep > snap.Step {
+			return bad("seed %d/%d germinated at step %d, after step %d", sd.Layer, sd.Slot, sd.GerminatedStep, snap.Step)
+		}
+	}
+	stats, err := nissa.FromState(snap.Signals)
+	if err != nil {
+		return fmt.Errorf("session: restore: signals: %w", err)
+	}
+	if got, want := stats.Config(), s.stats.Config(); got != want {
+		return bad("signals statistics configured %+v, want %+v", got, want)
+	}
+	if stats.LastStep() > snap.Step {
+		return bad("signals ingested at step %d, after step %d", stats.LastStep(), snap.Step)
+	}
+	if err := s.ctl.SetState(snap.Controller); err != nil {
+		return fmt.Errorf("session: restore: controller: %w", err)
+	}
+	for i, ev := range snap.Pending {
+		if ev.Layer < 0 || ev.Layer >= len(s.set.hosts) || ev.Slot < 0 || ev.Slot >= s.slots || !ev.From.Valid() || !ev.To.Valid() {
+			return bad("pending[%d] names seed %d/%d or invalid states", i, ev.Layer, ev.Slot)
+		}
+	}
+	br, err := recovery.NewBreakers(recovery.Config{Failures: uint32(s.set.cfg.Breaker.Failures)})
+	if err != nil {
+		return fmt.Errorf("session: restore: breakers: %w", err)
+	}
+	for _, sd := range snap.Seeds {
+		if sd.State.Live() {
+			for k := 0; k < sd.Failures; k++ {
+				br.Record(breakerKey(sd.Layer, sd.Slot, sd.Generation), true)
+			}
+		}
+	}
+	growth := snap.GrowthLog
+	dropped := snap.GrowthDropped
+	if limit := s.set.cfg.GrowthLogMax; len(growth) > limit {
+		dropped += int64(len(growth) - limit)
+		growth = growth[len(growth)-limit:]
+	}
+	s.step, s.epoch = snap.Step, snap.Epoch
+	s.seeds, s.epochsIn = snap.Seeds, snap.EpochsInState
+	s.stats, s.breakers = stats, br
+	s.pending = snap.Pending
+	if len(s.pending) == 0 {
+		s.pending = nil
+	}
+	s.growth, s.dropped, s.counters = growth, dropped, snap.Counters
+	return nil
+}
+
+// SeedInfo is one slot as Seeds reports it.
+type SeedInfo struct {
+	lifecycle.Seed
+	// Name is the layer's name.
+	Name string `json:"name"`
+	// EpochsInState counts end-of-epoch calls since the last transition.
+	EpochsInState int `json:"epochs_in_state"`
+	// Breaker is the seed's circuit breaker: "closed", "half-open" or
+	// "open".
+	Breaker string `json:"breaker"`
+	// Waiting says which gate holds the seed's automatic transition back
+	// and why (e.g. "min_steps: TRAINING has 40 of 100 steps"); "" when
+	// the state has no automatic transition or auto_advance is off.
+	Waiting string `json:"waiting,omitempty"`
+}
+
+// Seeds returns every slot, layer-major: state, alpha, counters, blueprint
+// and history (deep copies).
+func (s *Session) Seeds() ([]SeedInfo, error) {
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.unlock()
+	out := make([]SeedInfo, len(s.seeds))
+	for i, sd := range s.seeds {
+		out[i] = SeedInfo{Seed: *sd.Clone(), Name: s.set.names[sd.Layer], EpochsInState: s.epochsIn[i],
+			Breaker: s.breakers.State(breakerKey(sd.Layer, sd.Slot, sd.Generation)).String()}
+		if out[i].History == nil {
+			out[i].History = []lifecycle.Transition{}
+		}
+		if dur, timed := s.durationLocked(sd.State); timed && s.set.auto {
+			out[i].Waiting = lifecycle.MinSteps(sd, dur).Reason()
+		}
+	}
+	return out, nil
+}
+
+// Stats is a summary of the run for users.
+type Stats struct {
+	// Step is the optimizer step count; Epoch the epoch in progress.
+	Step  int64 `json:"step"`
+	Epoch int   `json:"epoch"`
+	// Policy is the controller's policy.
+	Policy string `json:"policy"`
+	// Counters count what happened.
+	Counters Counters `json:"counters"`
+	// ParamsUsed counts the parameters of live and fossilized seeds;
+	// MaxParams is the budget (0: none); HostParams sums the layers' own
+	// parameters as configured.
+	ParamsUsed int64 `json:"params_used"`
+	MaxParams  int64 `json:"max_params"`
+	HostParams int64 `json:"host_params"`
+	// Active counts seeds in flight; States counts slots per state.
+	Active int            `json:"active"`
+	States map[string]int `json:"states"`
+	// PendingEvents counts events not yet drained.
+	PendingEvents int `json:"pending_events"`
+	// Governor summarises the governor.
+	Governor GovernorStats `json:"governor"`
+	// Signals holds the rolling statistics of every signal.
+	Signals nissa.Snapshot `json:"signals"`
+	// GrowthLog counts the growth log's entries and GrowthDropped those
+	// dropped beyond its bound.
+	GrowthLog     int   `json:"growth_log"`
+	GrowthDropped int64 `json:"growth_dropped"`
+	// LogError is the first log write error ("" when none).
+	LogError string `json:"log_error,omitempty"`
+}
+
+// GovernorStats summarises the governor.
+type GovernorStats struct {
+	// Alarms counts the alarms it raised.
+	Alarms int64 `json:"alarms"`
+	// LossMean is the rolling mean of the training loss over LossSamples
+	// losses (null when none).
+	LossMean    nissa.Num `json:"loss_mean"`
+	LossSamples int       `json:"loss_samples"`
+	// Cooldowns holds, per layer, the epochs it still rests.
+	Cooldowns []int `json:"cooldowns"`
+}
+
+// Stats returns a summary of the run.
+func (s *Session) Stats() (Stats, error) {
+	if err := s.lock(); err != nil {
+		return Stats{}, err
+	}
+	defer s.unlock()
+	used, active := s.paramsUsedLocked()
+	gov := s.ctl.Governor()
+	mean, n := gov.RollingMean()
+	st := Stats{Step: s.step, Epoch: s.epoch, Policy: s.set.cfg.Policy, Counters: s.counters, ParamsUsed: used,
+		MaxParams: gov.Config().MaxParams, Active: active, States: make(map[string]int), PendingEvents: len(s.pending),
+		Governor: GovernorStats{Alarms: gov.Alarms(), LossMean: nissa.Num(mean), LossSamples: n, Cooldowns: make([]int, len(s.set.hosts))},
+		Signals:  s.stats.Snapshot(s.set.names), GrowthLog: len(s.growth), GrowthDropped: s.dropped}
+	for _, l := range s.set.cfg.Layers {
+		st.HostParams += l.Params
+	}
+	for _, sd := range s.seeds {
+		st.States[sd.State.String()]++
+	}
+	for l := range st.Governor.Cooldowns {
+		st.Governor.Cooldowns[l] = gov.Cooldown(l, s.epoch)
+	}
+	if e := s.logErr.Load(); e != nil {
+		st.LogError = *e
+	}
+	return st, nil
+}
+
+// GrowthLog is the growth log as GrowthLog returns it.
+type GrowthLog struct {
+	// Entries are every event, decision and failure, oldest first (at
+	// most growth_log_max of them).
+	Entries []LogEntry `json:"entries"`
+	// Dropped counts older entries dropped to respect the bound.
+	Dropped int64 `json:"dropped"`
+}
+
+// GrowthLog returns the growth log.
+func (s *Session) GrowthLog() (GrowthLog, error) {
+	if err := s.lock(); err != nil {
+		return GrowthLog{}, err
+	}
+	defer s.unlock()
+	entries := slices.Clone(s.growth)
+	if entries == nil {
+		entries = []LogEntry{}
+	}
+	return GrowthLog{Entries: entries, Dropped: s.dropped}, nil
+}

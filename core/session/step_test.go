@@ -1,0 +1,446 @@
+package session_test
+
+import (
+	"encoding/json"
+	"errors"
+	"math"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/esper-morph/esper/blueprint"
+	"github.com/esper-morph/esper/core/errcode"
+	"github.com/esper-morph/esper/core/lifecycle"
+	"github.com/esper-morph/esper/core/nissa"
+	"github.com/esper-morph/esper/core/session"
+)
+
+func TestStepArgumentErrors(t *testing.T) {
+	s := newSession(t, baseConfig())
+	germinate(t, s, 0, 0, `{"template": "residual_mlp", "params": {"width": 4}}`)
+	cases := []struct {
+		name    string
+		steps   int64
+		signals []float32
+		alphas  int
+		code    errcode.Code
+		msg     string
+	}{
+		{"negative steps", -1, nil, 4, errcode.Invalid, "steps -1"},
+		{"short signals", 1, make([]float32, 13), 4, errcode.Invalid, "signals buffer has 13 floats, want 0 or 14 (2 globals + 6 x 2 layers)"},
+		{"long signals", 1, make([]float32, 15), 4, errcode.Invalid, "has 15 floats"},
+		{"alphas", 1, nil, 3, errcode.Buffer, "alphas buffer holds 3 floats, want 4 (2 layers x 2 slots)"},
+		{"nil alphas", 1, nil, 0, errcode.Buffer, "holds 0 floats"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := s.Step(tc.steps, tc.signals, make([]float32, tc.alphas))
+			if errcode.Of(err) != tc.code || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("err = %v (code %v)", err, errcode.Of(err))
+			}
+		})
+	}
+	st, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Step != 0 || seedState(t, s, 0, 0).StepsInState != 0 || st.Signals.Ingests != 0 {
+		t.Fatalf("a refused step changed the session: step %d", st.Step)
+	}
+}
+
+func TestLifecycleThroughSteps(t *testing.T) {
+	s := newSession(t, baseConfig())
+	evs := germinate(t, s, 1, 1, `{"template": "residual_mlp", "params": {"width": 4}}`)
+	if len(evs) != 1 || evs[0].To != lifecycle.Germinated || evs[0].Reason != "manual germination" {
+		t.Fatalf("germinate events %+v", evs)
+	}
+	ir, err := blueprint.Parse(evs[0].Blueprint)
+	if err != nil {
+		t.Fatalf("event blueprint: %v", err)
+	}
+	if ir.ParamCount != 32*4+4+4*8+8 || evs[0].ParamCount != ir.ParamCount || len(evs[0].BlueprintID) != 64 {
+		t.Fatalf("blueprint %+v, event %+v", ir, evs[0])
+	}
+	var alphas []float32
+	var got []string
+	var ramp []float32
+	for i := 0; i < 20; i++ {
+		alphas = step(t, s, 1)
+		got = append(got, transitions(events(t, s))...)
+		ramp = append(ramp, alphas[3])
+	}
+	want := []string{
+		"1/1 GERMINATED->TRAINING@1",
+		"1/1 TRAINING->BLENDING@11",
+		"1/1 BLENDING->HOLDING@15",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("transitions %v, want %v", got, want)
+	}
+	// Step 1: TRAINING; steps 2..11 train; 12..14 blend at 1/4, 2/4, 3/4; 15 on: 1.
+	wantRamp := []float32{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.25, 0.5, 0.75, 1, 1, 1, 1, 1, 1}
+	if !reflect.DeepEqual(ramp, wantRamp) {
+		t.Fatalf("alpha ramp %v, want %v", ramp, wantRamp)
+	}
+	if alphas[0] != 0 || alphas[1] != 0 || alphas[2] != 0 {
+		t.Fatalf("dormant slots have alpha %v", alphas)
+	}
+	evs, err = s.Fossilize(1, 1, "")
+	if err != nil || len(evs) != 1 || evs[0].To != lifecycle.Fossilized || evs[0].Alpha != 1 {
+		t.Fatalf("fossilize %+v %v", evs, err)
+	}
+	info := seedState(t, s, 1, 1)
+	if info.TotalSteps != 20 || info.Generation != 1 || len(info.History) != 5 || info.Name != "fc2" {
+		t.Fatalf("seed %+v", info)
+	}
+}
+
+func TestBigStepCrossesTransitions(t *testing.T) {
+	s := newSession(t, baseConfig())
+	germinate(t, s, 0, 1, `{"template": "lowrank", "params": {"rank": 2}}`)
+	step(t, s, 3)
+	alphas := step(t, s, 10) // 13: trained at 11, blending 2 of 4 steps
+	got := transitions(events(t, s))
+	want := []string{"0/1 GERMINATED->TRAINING@1", "0/1 TRAINING->BLENDING@11"}
+	if !reflect.DeepEqual(got, want) || alphas[1] != 0.5 {
+		t.Fatalf("transitions %v alphas %v", got, alphas)
+	}
+	evs, err := s.Prune(0, 1, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := transitions(evs); !reflect.DeepEqual(got, []string{"0/1 BLENDING->PRUNED@13", "0/1 PRUNED->EMBARGOED@13"}) {
+		t.Fatalf("prune %v", got)
+	}
+	if evs[0].Reason != "manual prune" || evs[1].Reason != "embargo of 5 steps" {
+		t.Fatalf("reasons %q %q", evs[0].Reason, evs[1].Reason)
+	}
+	step(t, s, 100)
+	if got := transitions(events(t, s)); !reflect.DeepEqual(got, []string{"0/1 EMBARGOED->RESETTING@18", "0/1 RESETTING->DORMANT@19"}) {
+		t.Fatalf("exit path %v", got)
+	}
+	info := seedState(t, s, 0, 1)
+	if info.State != lifecycle.Dormant || info.Blueprint != nil || info.StepsInState != 94 || info.Generation != 1 {
+		t.Fatalf("recycled slot %+v", info)
+	}
+	germinate(t, s, 0, 1, `{"template": "linear"}`)
+	if info := seedState(t, s, 0, 1); info.Generation != 2 || info.TotalSteps != 0 {
+		t.Fatalf("second generation %+v", info)
+	}
+}
+
+func TestZeroEmbargoAndCosine(t *testing.T) {
+	cfg := baseConfig()
+	zero := int64(0)
+	cfg.EmbargoSteps = &zero
+	cfg.Schedule = "cosine"
+	s := newSession(t, cfg)
+	germinate(t, s, 0, 0, `{"template": "linear"}`)
+	step(t, s, 11)
+	a := step(t, s, 1)
+	if math.Abs(float64(a[0])-(1-math.Cos(math.Pi/4))/2) > 1e-7 {
+		t.Fatalf("cosine alpha %v", a[0])
+	}
+	events(t, s)
+	evs, err := s.Prune(0, 0, "bad seed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := transitions(evs); !reflect.DeepEqual(got, []string{"0/0 BLENDING->PRUNED@12", "0/0 PRUNED->EMBARGOED@12", "0/0 EMBARGOED->RESETTING@12"}) {
+		t.Fatalf("zero embargo %v", got)
+	}
+	step(t, s, 1)
+	if got := transitions(events(t, s)); !reflect.DeepEqual(got, []string{"0/0 RESETTING->DORMANT@13"}) {
+		t.Fatalf("reset %v", got)
+	}
+}
+
+func TestManualTransitions(t *testing.T) {
+	cfg := baseConfig()
+	off := false
+	cfg.AutoAdvance = &off
+	s := newSession(t, cfg)
+	germinate(t, s, 0, 0, `{"template": "linear"}`)
+	step(t, s, 500)
+	if evs := events(t, s); len(evs) != 0 {
+		t.Fatalf("auto_advance off, yet %v", transitions(evs))
+	}
+	var got []string
+	for _, want := range []lifecycle.State{lifecycle.Training, lifecycle.Blending, lifecycle.Holding, lifecycle.Fossilized} {
+		evs, err := s.Advance(0, 0, "")
+		if err != nil {
+			t.Fatalf("advance to %v: %v", want, err)
+		}
+		got = append(got, transitions(evs)...)
+	}
+	if len(got) != 4 {
+		t.Fatalf("advances %v", got)
+	}
+	cases := []struct {
+		name string
+		call func() ([]session.Event, error)
+		code errcode.Code
+		msg  string
+	}{
+		{"advance fossilized", func() ([]session.Event, error) { return s.Advance(0, 0, "") }, errcode.State, "a FOSSILIZED seed has no next state"},
+		{"advance dormant", func() ([]session.Event, error) { return s.Advance(0, 1, "") }, errcode.State, "a DORMANT seed has no next state"},
+		{"prune fossilized", func() ([]session.Event, error) { return s.Prune(0, 0, "x") }, errcode.State,
+			"lifecycle: seed 0/0: FOSSILIZED -> PRUNED is not a legal transition"},
+		{"fossilize dormant", func() ([]session.Event, error) { return s.Fossilize(1, 0, "") }, errcode.State,
+			"lifecycle: seed 1/0: DORMANT -> FOSSILIZED is not a legal transition"},
+		{"cancel dormant", func() ([]session.Event, error) { return s.Cancel(1, 1, "") }, errcode.State, "DORMANT -> CANCELLED"},
+		{"germinate fossilized", func() ([]session.Event, error) {
+			return s.GerminateSpec(0, 0, []byte(`{"template": "linear"}`))
+		}, errcode.State, "FOSSILIZED -> GERMINATED"},
+		{"layer out of range", func() ([]session.Event, error) { return s.Advance(2, 0, "") }, errcode.Invalid, "seed 2/0: layer must be in [0, 2)"},
+		{"slot out of range", func() ([]session.Event, error) { return s.Prune(0, -1, "") }, errcode.Invalid, "slot in [0, 2)"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.call()
+			if errcode.Of(err) != tc.code || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("err = %v (code %v)", err, errcode.Of(err))
+			}
+		})
+	}
+	germinate(t, s, 1, 0, `{"template": "linear"}`)
+	evs, err := s.Cancel(1, 0, "changed my mind")
+	if err != nil || len(evs) != 1 || evs[0].To != lifecycle.Cancelled || evs[0].Reason != "changed my mind" {
+		t.Fatalf("cancel with auto_advance off: %+v %v", evs, err)
+	}
+}
+
+func TestGerminateRefusals(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Governor.MaxParams = 1000
+	cfg.Governor.MaxConcurrent = 2
+	s := newSession(t, cfg)
+	cases := []struct {
+		name        string
+		layer, slot int
+		spec        string
+		code        errcode.Code
+		msg         string
+	}{
+		{"not JSON", 0, 0, `{`, errcode.Invalid, "blueprint"},
+		{"no template", 0, 0, `{"params": {}}`, errcode.Invalid, "without a template name"},
+		{"unknown field", 0, 0, `{"template": "linear", "rank": 2}`, errcode.Invalid, "rank"},
+		{"unknown template", 0, 0, `{"template": "mystery"}`, errcode.NotFound, "mystery"},
+		{"bad params", 0, 0, `{"template": "lowrank", "params": {"rank": 0}}`, errcode.Invalid, "rank"},
+		{"unsupported host", 0, 0, `{"template": "conv3x3"}`, errcode.Invalid, "conv3x3"},
+		{"over budget", 0, 0, `{"template": "residual_mlp", "params": {"width": 64}}`, errcode.Budget,
+			"budget: params would be 3168, over the limit of 1000"},
+		{"bad layer", 5, 0, `{"template": "linear"}`, errcode.Invalid, "layer 5"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := s.GerminateSpec(tc.layer, tc.slot, []byte(tc.spec))
+			if errcode.Of(err) != tc.code || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("err = %v (code %v)", err, errcode.Of(err))
+			}
+		})
+	}
+	germinate(t, s, 0, 0, `{"template": "lowrank", "params": {"rank": 4}}`) // 4*(16+32) = 192
+	germinate(t, s, 1, 0, `{"template": "lowrank", "params": {"rank": 4}}`) // 4*(32+8) = 160
+	_, err := s.GerminateSpec(1, 1, []byte(`{"template": "linear"}`))
+	if !errors.Is(err, errcode.ErrBudget) && errcode.Of(err) != errcode.Budget || !strings.Contains(err.Error(), "2 seeds in flight, max_concurrent is 2") {
+		t.Fatalf("concurrency: %v", err)
+	}
+	if st, _ := s.Stats(); st.ParamsUsed != 352 || st.Active != 2 || st.Counters.Germinations != 2 || st.HostParams != 808 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestGerminateWithIR(t *testing.T) {
+	s := newSession(t, baseConfig())
+	ir, err := blueprint.Instantiate("residual_mlp", blueprint.Params{"width": 3}, blueprint.Host{Kind: "linear", In: 16, Out: 32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := json.Marshal(ir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := germinate(t, s, 0, 1, string(doc))
+	if evs[0].ParamCount != ir.ParamCount {
+		t.Fatalf("event %+v", evs[0])
+	}
+	if _, err := s.GerminateSpec(1, 0, doc); errcode.Of(err) != errcode.Invalid || !strings.Contains(err.Error(), "is not the layer's host") {
+		t.Fatalf("IR for another host: %v", err)
+	}
+	if _, err := s.Germinate(1, 0, nil, ""); errcode.Of(err) != errcode.Invalid {
+		t.Fatalf("nil IR: %v", err)
+	}
+}
+
+func TestGovernorRollsBackOnStep(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Governor.MaxConcurrent = 4
+	s := newSession(t, cfg)
+	germinate(t, s, 0, 0, `{"template": "linear"}`)
+	step(t, s, 3)
+	germinate(t, s, 1, 1, `{"template": "linear"}`)
+	step(t, s, 2)
+	events(t, s)
+	alphas := make([]float32, 4)
+	n, err := s.Step(1, signals(2, 0.5, 2), alphas)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := events(t, s)
+	if n != len(evs) {
+		t.Fatalf("Step reported %d events, %d pending", n, len(evs))
+	}
+	if got := transitions(evs); !reflect.DeepEqual(got, []string{"1/1 TRAINING->ROLLED_BACK@6", "1/1 ROLLED_BACK->EMBARGOED@6"}) {
+		t.Fatalf("rollback %v", got)
+	}
+	if !strings.Contains(evs[0].Reason, "governor: 2 non-finite values") || !strings.Contains(evs[0].Reason, "rolling back seed 1/1") {
+		t.Fatalf("reason %q", evs[0].Reason)
+	}
+	// A loss spike rolls back the next newest.
+	for i := 0; i < 6; i++ {
+		if _, err := s.Step(1, signals(2, 1, 0), alphas); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Step(1, signals(2, 10, 0), alphas); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"0/0 TRAINING->BLENDING@11", "1/1 EMBARGOED->RESETTING@11", "1/1 RESETTING->DORMANT@12",
+		"0/0 BLENDING->ROLLED_BACK@13", "0/0 ROLLED_BACK->EMBARGOED@13"}
+	if got := transitions(events(t, s)); !reflect.DeepEqual(got, want) {
+		t.Fatalf("spike rollback %v", got)
+	}
+	// Nothing left to blame: logged, no event.
+	if _, err := s.Step(1, signals(2, float32(math.Inf(1)), 0), alphas); err != nil {
+		t.Fatal(err)
+	}
+	if evs := events(t, s); len(evs) != 0 {
+		t.Fatalf("events without a seed %v", transitions(evs))
+	}
+	log, err := s.GrowthLog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := log.Entries[len(log.Entries)-1]
+	if last.Kind != "decision" || last.Decision.Layer != -1 || !strings.Contains(last.Decision.Reason, "no seed in flight") {
+		t.Fatalf("last growth entry %+v", last)
+	}
+	st, _ := s.Stats()
+	if st.Counters.Rollbacks != 2 || st.Counters.Alarms != 3 || st.Governor.Alarms != 3 {
+		t.Fatalf("counters %+v governor %+v", st.Counters, st.Governor)
+	}
+}
+
+func TestSignalsReachNissa(t *testing.T) {
+	s := newSession(t, baseConfig())
+	buf := signals(2, 0.5, 0)
+	buf[nissa.Index(1, nissa.GradNorm)] = 2
+	alphas := make([]float32, 4)
+	for i := 0; i < 3; i++ {
+		buf[nissa.Index(1, nissa.GradNorm)] = float32(2 + i)
+		if _, err := s.Step(1, buf, alphas); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := st.Signals.Layers[1].Signals["grad_norm"]
+	if st.Signals.Ingests != 3 || g.N != 3 || g.Mean != 3 || g.Slope != 1 || st.Signals.Layers[1].Name != "fc2" {
+		t.Fatalf("signals %+v", st.Signals)
+	}
+	if st.Governor.LossSamples != 3 || float64(st.Governor.LossMean) != 0.5 {
+		t.Fatalf("governor %+v", st.Governor)
+	}
+}
+
+func TestReportFailure(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Breaker.Failures = 2
+	cfg.Governor.MaxConcurrent = 4
+	s := newSession(t, cfg)
+	germinate(t, s, 0, 0, `{"template": "linear"}`)
+	step(t, s, 3)
+	events(t, s)
+	evs, err := s.ReportFailure(0, 0, session.FailureNonfinite, "output has NaN")
+	if err != nil || len(evs) != 0 {
+		t.Fatalf("first failure: %v %v", evs, err)
+	}
+	if info := seedState(t, s, 0, 0); info.Failures != 1 || info.State != lifecycle.Training || info.Breaker != "closed" {
+		t.Fatalf("after one failure %+v", info)
+	}
+	evs, err = s.ReportFailure(0, 0, session.FailureShape, "got (4, 3)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := transitions(evs); !reflect.DeepEqual(got, []string{"0/0 TRAINING->PRUNED@3", "0/0 PRUNED->EMBARGOED@3"}) {
+		t.Fatalf("breaker prune %v", got)
+	}
+	if evs[0].Reason != "circuit breaker open after 2 consecutive failures (last: shape: got (4, 3))" {
+		t.Fatalf("reason %q", evs[0].Reason)
+	}
+	// Late reports for a seed on its way out are ignored.
+	if evs, err := s.ReportFailure(0, 0, session.FailureException, "late"); err != nil || len(evs) != 0 {
+		t.Fatalf("late failure %v %v", evs, err)
+	}
+	// A germinated seed whose breaker opens is cancelled.
+	germinate(t, s, 1, 0, `{"template": "linear"}`)
+	s.ReportFailure(1, 0, session.FailureException, "boom")
+	evs, _ = s.ReportFailure(1, 0, session.FailureException, "boom")
+	if len(evs) < 1 || evs[len(evs)-2].To != lifecycle.Cancelled {
+		t.Fatalf("germinated breaker %v", transitions(evs))
+	}
+	cases := []struct {
+		name        string
+		layer, slot int
+		kind        session.FailureKind
+		code        errcode.Code
+	}{
+		{"dormant", 1, 1, session.FailureOther, errcode.State},
+		{"bad kind", 1, 1, 7, errcode.Invalid},
+		{"bad slot", 1, 2, session.FailureOther, errcode.Invalid},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := s.ReportFailure(tc.layer, tc.slot, tc.kind, "x"); errcode.Of(err) != tc.code {
+				t.Fatalf("err = %v", err)
+			}
+		})
+	}
+	st, _ := s.Stats()
+	if st.Counters.Failures != 4 || st.Counters.Prunes != 1 || st.Counters.Cancels != 1 {
+		t.Fatalf("counters %+v", st.Counters)
+	}
+	log, _ := s.GrowthLog()
+	failures := 0
+	for _, e := range log.Entries {
+		if e.Kind == "failure" {
+			failures++
+		}
+	}
+	if failures != 5 {
+		t.Fatalf("%d failures logged", failures)
+	}
+}
+
+func TestClosed(t *testing.T) {
+	s, err := session.New(baseConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := s.Step(1, nil, make([]float32, 4)); !errors.Is(err, session.ErrClosed) {
+		t.Fatalf("Step after Close: %v", err)
+	}
+	if _, err := s.Snapshot(); !errors.Is(err, session.ErrClosed) {
+		t.Fatalf("Snapshot after Close: %v", err)
+	}
+}

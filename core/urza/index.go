@@ -1,0 +1,356 @@
+package urza
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/esper-morph/esper/blueprint/canon"
+)
+
+// indexVersion is the format version of index.json.
+const indexVersion = 1
+
+// Info is an artifact's index entry: what List filters and returns.
+type Info struct {
+	ID          string    `json:"id"`
+	BlueprintID string    `json:"blueprint_id"`
+	Template    string    `json:"template,omitempty"`
+	InputShape  []int64   `json:"input_shape"`
+	OutputShape []int64   `json:"output_shape"`
+	Dtype       string    `json:"dtype"`
+	Device      string    `json:"device"`
+	ParamCount  int64     `json:"param_count"`
+	Tags        []string  `json:"tags,omitempty"`
+	WeightsSize int64     `json:"weights_size"`
+	Created     time.Time `json:"created"`
+}
+
+func infoOf(id string, m *Manifest, created time.Time) Info {
+	return Info{
+		ID: id, BlueprintID: m.BlueprintID, Template: m.template(),
+		InputShape: m.InputShape, OutputShape: m.OutputShape,
+		Dtype: m.Dtype, Device: m.Device, ParamCount: m.ParamCount,
+		Tags: m.Tags, WeightsSize: m.WeightsSize, Created: created.UTC(),
+	}
+}
+
+func (in Info) clone() Info {
+	in.InputShape = slices.Clone(in.InputShape)
+	in.OutputShape = slices.Clone(in.OutputShape)
+	in.Tags = slices.Clone(in.Tags)
+	return in
+}
+
+type indexFile struct {
+	Version   int    `json:"version"`
+	Artifacts []Info `json:"artifacts"`
+}
+
+// Query selects artifacts in List. Zero fields match everything.
+type Query struct {
+	// BlueprintID selects artifacts of one blueprint.
+	BlueprintID string `json:"blueprint_id,omitempty"`
+	// Template selects artifacts whose blueprint came from one template.
+	Template string `json:"template,omitempty"`
+	// Tags selects artifacts carrying every one of these tags.
+	Tags []string `json:"tags,omitempty"`
+	// InputShape and OutputShape select artifacts of these shapes; -1 on
+	// either side matches any size.
+	InputShape  []int64 `json:"input_shape,omitempty"`
+	OutputShape []int64 `json:"output_shape,omitempty"`
+	// Dtype and Device select exact values.
+	Dtype  string `json:"dtype,omitempty"`
+	Device string `json:"device,omitempty"`
+	// Limit caps the number of results (0: no cap).
+	Limit int `json:"limit,omitempty"`
+}
+
+// ParseQuery decodes a query strictly; an empty document or "null" is the
+// zero Query. Errors wrap ErrInvalidQuery.
+func ParseQuery(data []byte) (Query, error) {
+	var q Query
+	if len(data) == 0 {
+		return q, nil
+	}
+	if len(data) > 64<<10 {
+		return q, fmt.Errorf("%w: %d bytes, limit %d", ErrInvalidQuery, len(data), 64<<10)
+	}
+	if err := canon.DecodeStrict(data, &q); err != nil {
+		return Query{}, fmt.Errorf("%w: %v", ErrInvalidQuery, err)
+	}
+	if q.Limit < 0 {
+		return Query{}, fmt.Errorf("%w: limit %d is negative", ErrInvalidQuery, q.Limit)
+	}
+	return q, nil
+}
+
+func (q *Query) match(in *Info) bool {
+	if q.BlueprintID != "" && q.BlueprintID != in.BlueprintID {
+		return false
+	}
+	if q.Template != "" && q.Template != in.Template {
+		return false
+	}
+	if q.Dtype != "" && q.Dtype != in.Dtype {
+		return false
+	}
+	if q.Device != "" && q.Device != in.Device {
+		return false
+	}
+	for _, t := range q.Tags {
+		if !slices.Contains(in.Tags, t) {
+			return false
+		}
+	}
+	return shapeMatch(q.InputShape, in.InputShape) && shapeMatch(q.OutputShape, in.OutputShape)
+}
+
+func shapeMatch(want, have []int64) bool {
+	if len(want) == 0 {
+		return true
+	}
+	if len(want) != len(have) {
+		return false
+	}
+	for i := range want {
+		if want[i] != -1 && have[i] != -1 && want[i] != have[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// objectFiles is what a scan of objects/ found for one id.
+type objectFiles struct {
+	manifest, weights bool
+}
+
+// scanObjects lists the artifact files under objects/ by id, without
+// reading them.
+func (s *Store) scanObjects(ctx context.Context) (map[string]objectFiles, error) {
+	found := make(map[string]objectFiles)
+	err := s.walkObjects(ctx, func(dir, name string, _ fs.DirEntry) error {
+		if id, ext, ok := objectName(name); ok && filepath.Base(dir) == id[:2] {
+			f := found[id]
+			if ext == manifestExt {
+				f.manifest = true
+			} else {
+				f.weights = true
+			}
+			found[id] = f
+		}
+		return nil
+	})
+	return found, err
+}
+
+// walkObjects calls fn for every file in every objects/<xx> dir, checking
+// ctx between dirs.
+func (s *Store) walkObjects(ctx context.Context, fn func(dir, name string, e fs.DirEntry) error) error {
+	top := filepath.Join(s.root, objectsDir)
+	dirs, err := os.ReadDir(top)
+	if err != nil {
+		return ioErr(err)
+	}
+	for _, d := range dirs {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("%w: %w", ErrCancelled, err)
+		}
+		if !d.IsDir() {
+			continue
+		}
+		dir := filepath.Join(top, d.Name())
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return ioErr(err)
+		}
+		for _, e := range entries {
+			if e.Type().IsRegular() {
+				if err := fn(dir, e.Name(), e); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// indexEntry reads id's manifest (checking its hash) and the size of its
+// weights, for the index. It does not hash the weights.
+func (s *Store) indexEntry(id string) (Info, error) {
+	m, _, err := s.readManifest(id)
+	if err != nil {
+		return Info{}, err
+	}
+	st, err := os.Stat(s.manifestPath(id))
+	if err != nil {
+		return Info{}, ioErr(err)
+	}
+	wst, err := os.Stat(s.weightsPath(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return Info{}, fmt.Errorf("%w: weights file is missing", ErrCorrupt)
+	}
+	if err != nil {
+		return Info{}, ioErr(err)
+	}
+	if wst.Size() != m.WeightsSize {
+		return Info{}, sizeErr(wst.Size(), m.WeightsSize)
+	}
+	return infoOf(id, m, st.ModTime()), nil
+}
+
+// reconcile brings entries in line with the objects on disk: ids whose
+// two files exist and whose manifest checks out are indexed, others are
+// dropped. It reports whether entries changed.
+func (s *Store) reconcile(ctx context.Context, entries map[string]Info) (bool, error) {
+	found, err := s.scanObjects(ctx)
+	if err != nil {
+		return false, err
+	}
+	changed := false
+	for id := range entries {
+		if f := found[id]; !f.manifest || !f.weights {
+			delete(entries, id)
+			changed = true
+		}
+	}
+	for id, f := range found {
+		if _, ok := entries[id]; ok || !f.manifest || !f.weights {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return changed, fmt.Errorf("%w: %w", ErrCancelled, err)
+		}
+		info, err := s.indexEntry(id)
+		if err != nil {
+			continue // Corrupt or vanished: not indexed; Verify reports it.
+		}
+		entries[id] = info
+		changed = true
+	}
+	return changed, nil
+}
+
+// readIndexFile loads index.json; ok is false when it is missing or
+// unreadable (then it must be rebuilt).
+func (s *Store) readIndexFile() (map[string]Info, os.FileInfo, bool) {
+	path := s.indexPath()
+	b, _, err := readLimited(path, 1<<30)
+	if err != nil || b == nil {
+		return nil, nil, false
+	}
+	var f indexFile
+	if err := json.Unmarshal(b, &f); err != nil || f.Version != indexVersion {
+		return nil, nil, false
+	}
+	entries := make(map[string]Info, len(f.Artifacts))
+	for _, in := range f.Artifacts {
+		if !canon.IsID(in.ID) {
+			return nil, nil, false
+		}
+		entries[in.ID] = in
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, nil, false
+	}
+	return entries, st, true
+}
+
+// indexMode says how much updateIndex trusts index.json.
+type indexMode int
+
+const (
+	// trustIndex uses index.json as it is (rebuilt when missing or
+	// unreadable).
+	trustIndex indexMode = iota
+	// reconcileIndex also checks that index.json lists exactly the
+	// artifacts on disk (a directory scan; manifests of new ids are read).
+	reconcileIndex
+	// rebuildIndex ignores index.json and reads every manifest.
+	rebuildIndex
+)
+
+// updateIndex rewrites the index under the process and file locks: it
+// loads index.json as mode says, applies mutate (may be nil), writes the
+// result if anything changed and makes it the in-memory index.
+func (s *Store) updateIndex(ctx context.Context, mode indexMode, mutate func(map[string]Info) bool) error {
+	s.indexMu.Lock()
+	defer s.indexMu.Unlock()
+	unlock, err := lockFile(filepath.Join(s.root, lockName))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	entries, st, ok := s.readIndexFile()
+	if mode == rebuildIndex {
+		ok = false
+	}
+	changed := !ok
+	if !ok {
+		entries = make(map[string]Info)
+	}
+	if !ok || mode == reconcileIndex {
+		c, err := s.reconcile(ctx, entries)
+		if err != nil {
+			return err
+		}
+		changed = changed || c
+	}
+	if mutate != nil && mutate(entries) {
+		changed = true
+	}
+	if changed {
+		list := make([]Info, 0, len(entries))
+		for _, in := range entries {
+			list = append(list, in)
+		}
+		sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
+		b, err := json.Marshal(indexFile{Version: indexVersion, Artifacts: list})
+		if err != nil {
+			return fmt.Errorf("encode index: %w", err)
+		}
+		if err := writeAtomic(s.root, indexName, b, s.opts.FileMode); err != nil {
+			return fmt.Errorf("write index: %w", err)
+		}
+		if st, err = os.Stat(s.indexPath()); err != nil {
+			return ioErr(err)
+		}
+	}
+	s.mu.Lock()
+	s.entries, s.indexStat = entries, st
+	s.mu.Unlock()
+	return nil
+}
+
+// refreshIndex reloads the in-memory index when index.json changed since
+// it was loaded (another process wrote it), rebuilding it when it is
+// missing or unreadable.
+func (s *Store) refreshIndex(ctx context.Context) error {
+	st, err := os.Stat(s.indexPath())
+	s.mu.RLock()
+	prev := s.indexStat
+	s.mu.RUnlock()
+	if err == nil && prev != nil && os.SameFile(st, prev) && st.ModTime().Equal(prev.ModTime()) && st.Size() == prev.Size() {
+		return nil
+	}
+	if entries, st, ok := s.readIndexFile(); ok {
+		s.mu.Lock()
+		s.entries, s.indexStat = entries, st
+		s.mu.Unlock()
+		return nil
+	}
+	return s.updateIndex(ctx, trustIndex, nil)
+}

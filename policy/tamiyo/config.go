@@ -1,0 +1,230 @@
+package tamiyo
+
+import (
+	"fmt"
+	"math"
+	"strings"
+
+	"github.com/esper-morph/esper/blueprint"
+)
+
+// Kind selects the policy.
+type Kind uint8
+
+// The policies.
+const (
+	// Heuristic grows on a validation plateau at the layer with the
+	// strongest growth score and judges held seeds by their contribution.
+	Heuristic Kind = iota
+	// Random is the baseline: the same budget and timing as Heuristic, but
+	// the layer is drawn at random (deterministically from Config.Seed).
+	Random
+	// Manual never germinates, prunes or fossilizes on its own; the
+	// governor still calls for rollbacks. "none" is accepted as a synonym.
+	Manual
+
+	numKinds
+)
+
+var kindNames = [numKinds]string{"heuristic", "random", "manual"}
+
+// String returns "heuristic", "random" or "manual".
+func (k Kind) String() string {
+	if k < numKinds {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("Kind(%d)", uint8(k))
+}
+
+// ParseKind returns the policy called name ("none" is Manual).
+func ParseKind(name string) (Kind, error) {
+	if strings.EqualFold(name, "none") {
+		return Manual, nil
+	}
+	for i, n := range kindNames {
+		if strings.EqualFold(n, name) {
+			return Kind(i), nil
+		}
+	}
+	return 0, fmt.Errorf("tamiyo: policy %q is not one of heuristic, random, manual: %w", name, ErrConfig)
+}
+
+// MarshalText encodes the policy's name.
+func (k Kind) MarshalText() ([]byte, error) {
+	if k >= numKinds {
+		return nil, fmt.Errorf("tamiyo: marshal policy %d: %w", uint8(k), ErrConfig)
+	}
+	return []byte(kindNames[k]), nil
+}
+
+// UnmarshalText decodes a policy name.
+func (k *Kind) UnmarshalText(b []byte) error {
+	v, err := ParseKind(string(b))
+	if err != nil {
+		return err
+	}
+	*k = v
+	return nil
+}
+
+// Defaults of Config and GovernorConfig.
+const (
+	DefaultPatience       = 3
+	DefaultThreshold      = 0.01
+	DefaultHoldingEpochs  = 1
+	DefaultTemplate       = "residual_mlp"
+	DefaultMaxConcurrent  = 1
+	DefaultCooldownEpochs = 2
+	DefaultLossWindow     = 20
+	DefaultLossFactor     = 3.0
+	DefaultMinLossSamples = 5
+	// MaxLossWindow bounds GovernorConfig.LossWindow.
+	MaxLossWindow = 1 << 16
+	// MaxPatience bounds Config.Patience.
+	MaxPatience = 1000
+)
+
+// Config configures a Controller. Zero values (nil pointers) mean the
+// documented defaults.
+type Config struct {
+	// Kind is the policy: heuristic (default), random or manual.
+	Kind Kind `json:"-"`
+	// Patience is the number of recent epochs the plateau test looks at:
+	// growth is considered when the best validation loss of the last
+	// Patience epochs improves on the best before them by less than
+	// Threshold (relative). Default 3, in [1, 1000].
+	Patience int `json:"patience,omitempty"`
+	// Threshold is the relative improvement of the validation loss below
+	// which the run has plateaued. Default 0.01 (1%), in (0, 1].
+	Threshold float64 `json:"threshold,omitempty"`
+	// PruneBelow is the bar a held seed's contribution (delta_loss: the
+	// validation loss without the seed minus with it; positive helps) must
+	// reach to be fossilized; below it the seed is pruned. Default 0.
+	PruneBelow float64 `json:"prune_below,omitempty"`
+	// HoldingEpochs is how many end-of-epoch calls a seed may stay in
+	// HOLDING without a measured contribution before it is judged on the
+	// validation loss since its germination instead. Default 1, >= 1.
+	HoldingEpochs int `json:"holding_epochs,omitempty"`
+	// Template is the blueprint template germinations use where it fits the
+	// layer. Layers it does not support get the first supporting template
+	// of conv3x3, conv1d_block, residual_mlp, bottleneck, lowrank, linear
+	// (then any other), with its defaults. Default "residual_mlp".
+	Template string `json:"template,omitempty"`
+	// Params are Template's parameters (missing ones take the template's
+	// defaults). Its size parameter ("width" or "rank") is lowered as far
+	// as needed to fit the remaining budget. Default: none (all defaults).
+	Params blueprint.Params `json:"params,omitempty"`
+	// Seed seeds the random policy's generator. Default 0.
+	Seed uint64 `json:"seed,omitempty"`
+	// Governor configures the safety governor.
+	Governor GovernorConfig `json:"-"`
+}
+
+// GovernorConfig configures the Governor. Zero values (nil pointers) mean
+// the documented defaults.
+type GovernorConfig struct {
+	// MaxParams bounds the parameters of live and fossilized seeds
+	// together; a germination that would exceed it is refused. 0 (the
+	// default) means no limit.
+	MaxParams int64 `json:"max_params,omitempty"`
+	// MaxConcurrent bounds the seeds in flight (GERMINATED, TRAINING,
+	// BLENDING, HOLDING). Default 1, >= 1.
+	MaxConcurrent int `json:"max_concurrent,omitempty"`
+	// CooldownEpochs is how many epochs a layer rests after a germination
+	// before the policy may germinate there again. Default 2; an explicit
+	// 0 means no cooldown.
+	CooldownEpochs *int `json:"cooldown_epochs,omitempty"`
+	// LossWindow is the number of recent finite training losses whose mean
+	// the explosion test compares against. Default 20, in [1, 65536].
+	LossWindow int `json:"loss_window,omitempty"`
+	// LossFactor is k: a training loss above k times the rolling mean (a
+	// positive mean over at least MinLossSamples losses) calls for a
+	// rollback. Default 3, > 1.
+	LossFactor float64 `json:"loss_factor,omitempty"`
+	// MinLossSamples is how many losses the window needs before the
+	// explosion test applies. Default 5, in [1, LossWindow].
+	MinLossSamples int `json:"min_loss_samples,omitempty"`
+}
+
+// WithDefaults returns c with every zero field set to its default, checked.
+func (c GovernorConfig) WithDefaults() (GovernorConfig, error) {
+	if c.MaxConcurrent == 0 {
+		c.MaxConcurrent = DefaultMaxConcurrent
+	}
+	if c.CooldownEpochs == nil {
+		v := DefaultCooldownEpochs
+		c.CooldownEpochs = &v
+	} else {
+		v := *c.CooldownEpochs
+		c.CooldownEpochs = &v
+	}
+	if c.LossWindow == 0 {
+		c.LossWindow = DefaultLossWindow
+	}
+	if c.LossFactor == 0 {
+		c.LossFactor = DefaultLossFactor
+	}
+	if c.MinLossSamples == 0 {
+		c.MinLossSamples = min(DefaultMinLossSamples, c.LossWindow)
+	}
+	switch {
+	case c.MaxParams < 0:
+		return c, fmt.Errorf("tamiyo: governor max_params %d must be >= 0 (0 = no limit): %w", c.MaxParams, ErrConfig)
+	case c.MaxConcurrent < 1:
+		return c, fmt.Errorf("tamiyo: governor max_concurrent %d must be >= 1: %w", c.MaxConcurrent, ErrConfig)
+	case *c.CooldownEpochs < 0:
+		return c, fmt.Errorf("tamiyo: governor cooldown_epochs %d must be >= 0: %w", *c.CooldownEpochs, ErrConfig)
+	case c.LossWindow < 1 || c.LossWindow > MaxLossWindow:
+		return c, fmt.Errorf("tamiyo: governor loss_window %d is not in [1, %d]: %w", c.LossWindow, MaxLossWindow, ErrConfig)
+	case !(c.LossFactor > 1) || math.IsInf(c.LossFactor, 0):
+		return c, fmt.Errorf("tamiyo: governor loss_factor %v must be a finite number > 1: %w", c.LossFactor, ErrConfig)
+	case c.MinLossSamples < 1 || c.MinLossSamples > c.LossWindow:
+		return c, fmt.Errorf("tamiyo: governor min_loss_samples %d is not in [1, loss_window %d]: %w", c.MinLossSamples, c.LossWindow, ErrConfig)
+	}
+	return c, nil
+}
+
+// WithDefaults returns c with every zero field set to its default, checked
+// (the template must exist and accept Params).
+func (c Config) WithDefaults() (Config, error) {
+	if c.Kind >= numKinds {
+		return c, fmt.Errorf("tamiyo: policy %d: %w", uint8(c.Kind), ErrConfig)
+	}
+	if c.Patience == 0 {
+		c.Patience = DefaultPatience
+	}
+	if c.Threshold == 0 {
+		c.Threshold = DefaultThreshold
+	}
+	if c.HoldingEpochs == 0 {
+		c.HoldingEpochs = DefaultHoldingEpochs
+	}
+	if c.Template == "" {
+		c.Template = DefaultTemplate
+	}
+	switch {
+	case c.Patience < 1 || c.Patience > MaxPatience:
+		return c, fmt.Errorf("tamiyo: patience %d is not in [1, %d]: %w", c.Patience, MaxPatience, ErrConfig)
+	case !(c.Threshold > 0 && c.Threshold <= 1):
+		return c, fmt.Errorf("tamiyo: threshold %v is not in (0, 1]: %w", c.Threshold, ErrConfig)
+	case math.IsNaN(c.PruneBelow) || math.IsInf(c.PruneBelow, 0):
+		return c, fmt.Errorf("tamiyo: prune_below %v is not finite: %w", c.PruneBelow, ErrConfig)
+	case c.HoldingEpochs < 1:
+		return c, fmt.Errorf("tamiyo: holding_epochs %d must be >= 1: %w", c.HoldingEpochs, ErrConfig)
+	}
+	t, err := blueprint.Lookup(c.Template)
+	if err != nil {
+		return c, fmt.Errorf("tamiyo: template: %v: %w", err, ErrConfig)
+	}
+	p, err := t.Resolve(c.Params)
+	if err != nil {
+		return c, fmt.Errorf("tamiyo: params: %v: %w", err, ErrConfig)
+	}
+	c.Params = p
+	g, err := c.Governor.WithDefaults()
+	if err != nil {
+		return c, err
+	}
+	c.Governor = g
+	return c, nil
+}

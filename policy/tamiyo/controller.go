@@ -1,0 +1,425 @@
+package tamiyo
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+
+	"github.com/esper-morph/esper/blueprint"
+	"github.com/esper-morph/esper/core/lifecycle"
+	"github.com/esper-morph/esper/core/nissa"
+)
+
+// MaxValHistory bounds the validation losses a Controller remembers.
+const MaxValHistory = 1024
+
+// fallbackTemplates is the order templates are tried in for layers the
+// configured template does not support; templates not listed follow by
+// name.
+var fallbackTemplates = []string{"conv3x3", "conv1d_block", "residual_mlp", "bottleneck", "lowrank", "linear"}
+
+// sizeParams are the template parameters that scale a blueprint's size,
+// lowered to fit a budget.
+var sizeParams = []string{"width", "rank"}
+
+// EpochValue is a metric recorded at the end of an epoch.
+type EpochValue struct {
+	Epoch int     `json:"epoch"`
+	Value float64 `json:"value"`
+}
+
+// Controller runs one policy and its governor over a run. It is not safe
+// for concurrent use.
+type Controller struct {
+	cfg   Config
+	gov   *Governor
+	hosts []blueprint.Host
+	// templates holds, per layer, the templates to try in order with the
+	// parameters to start from.
+	templates [][]candidateTemplate
+	pcg       *rand.PCG
+	rng       *rand.Rand
+	// vals holds the finite validation losses, oldest first.
+	vals []EpochValue
+}
+
+type candidateTemplate struct {
+	t      blueprint.Template
+	params blueprint.Params
+}
+
+// New returns a controller for layers with the given hosts (one per
+// wrapped layer, in order).
+func New(cfg Config, hosts []blueprint.Host) (*Controller, error) {
+	cfg, err := cfg.WithDefaults()
+	if err != nil {
+		return nil, err
+	}
+	gov, err := NewGovernor(cfg.Governor, len(hosts))
+	if err != nil {
+		return nil, err
+	}
+	c := &Controller{cfg: cfg, gov: gov, hosts: slices.Clone(hosts), templates: make([][]candidateTemplate, len(hosts))}
+	c.pcg = rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)
+	c.rng = rand.New(c.pcg)
+	for i, h := range hosts {
+		if err := h.Validate(); err != nil {
+			return nil, fmt.Errorf("tamiyo: layer %d: %v: %w", i, err, ErrConfig)
+		}
+		c.templates[i] = templatesFor(cfg, h)
+	}
+	return c, nil
+}
+
+// templatesFor lists the templates to try on host h, in order: the
+// configured one with the configured params, then the fallbacks with their
+// defaults.
+func templatesFor(cfg Config, h blueprint.Host) []candidateTemplate {
+	var out []candidateTemplate
+	seen := map[string]bool{}
+	add := func(t blueprint.Template, p blueprint.Params) {
+		if seen[t.Name] || !t.Supports(h) {
+			return
+		}
+		seen[t.Name] = true
+		out = append(out, candidateTemplate{t: t, params: p})
+	}
+	if t, err := blueprint.Lookup(cfg.Template); err == nil {
+		add(t, cfg.Params)
+	}
+	for _, name := range fallbackTemplates {
+		if t, err := blueprint.Lookup(name); err == nil {
+			add(t, nil)
+		}
+	}
+	for _, t := range blueprint.Templates() {
+		add(t, nil)
+	}
+	return out
+}
+
+// Config returns the configuration with defaults filled in.
+func (c *Controller) Config() Config { return c.cfg }
+
+// Governor returns the controller's governor.
+func (c *Controller) Governor() *Governor { return c.gov }
+
+// Decide returns the decisions for the epoch described by obs, in the
+// order they should be applied: a rollback alone when the governor raises
+// an alarm on the epoch's training loss; otherwise the judgements of held
+// seeds (prune or fossilize) and then one germination or one wait. The
+// manual policy returns only rollbacks.
+func (c *Controller) Decide(obs *Observation) []Decision {
+	c.recordVal(obs.Epoch, obs.Metrics.ValLoss)
+	if a := c.gov.ObserveEpoch(obs.Metrics.TrainLoss); a.Raised() {
+		return []Decision{RollbackDecision(obs.Seeds, a)}
+	}
+	if c.cfg.Kind == Manual {
+		return nil
+	}
+	out := c.judge(obs, nil)
+	return append(out, c.grow(obs, out))
+}
+
+// RollbackDecision returns the decision for an alarm: roll back the newest
+// seed in flight (see RollbackTarget), or a rollback with no seed (layer
+// -1) when none can be blamed.
+func RollbackDecision(seeds []SeedView, a Alarm) Decision {
+	i := RollbackTarget(seeds)
+	if i < 0 {
+		return Decision{Op: Rollback, Layer: -1, Slot: -1, Reason: a.Reason() + "; no seed in flight to roll back"}
+	}
+	s := seeds[i]
+	return Decision{Op: Rollback, Layer: s.Layer, Slot: s.Slot,
+		Reason: fmt.Sprintf("%s; rolling back seed %d/%d, the newest in flight (%s, germinated at step %d)",
+			a.Reason(), s.Layer, s.Slot, s.State, s.GerminatedStep)}
+}
+
+func (c *Controller) recordVal(epoch int, m nissa.Metric) {
+	if !m.Finite() {
+		return
+	}
+	if n := len(c.vals); n > 0 && c.vals[n-1].Epoch >= epoch {
+		// A repeated or out-of-order epoch replaces what follows it.
+		i, _ := slices.BinarySearchFunc(c.vals, epoch, func(e EpochValue, t int) int { return e.Epoch - t })
+		c.vals = c.vals[:i]
+	}
+	if len(c.vals) == MaxValHistory {
+		c.vals = append(c.vals[:0], c.vals[1:]...)
+	}
+	c.vals = append(c.vals, EpochValue{Epoch: epoch, Value: m.Value})
+}
+
+// valAtOrBefore returns the last validation loss recorded at or before
+// epoch.
+func (c *Controller) valAtOrBefore(epoch int) (float64, bool) {
+	for i := len(c.vals) - 1; i >= 0; i-- {
+		if c.vals[i].Epoch <= epoch {
+			return c.vals[i].Value, true
+		}
+	}
+	return 0, false
+}
+
+// relImprovement is (before - after) / |before|, guarded against zero.
+func relImprovement(before, after float64) float64 {
+	return (before - after) / math.Max(math.Abs(before), 1e-12)
+}
+
+func contribution(m *Metrics, layer, slot int) (float64, bool) {
+	for _, c := range m.Contributions {
+		if c.Layer == layer && c.Slot == slot {
+			return c.DeltaLoss, true
+		}
+	}
+	return 0, false
+}
+
+// judge decides the fate of held seeds.
+func (c *Controller) judge(obs *Observation, out []Decision) []Decision {
+	for i := range obs.Seeds {
+		s := &obs.Seeds[i]
+		if s.State != lifecycle.Holding {
+			continue
+		}
+		if d, ok := contribution(&obs.Metrics, s.Layer, s.Slot); ok {
+			if d < c.cfg.PruneBelow {
+				out = append(out, Decision{Op: Prune, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
+					"contribution %.6g (validation loss without the seed minus with it) is below the bar %g", d, c.cfg.PruneBelow)})
+			} else {
+				out = append(out, Decision{Op: Fossilize, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
+					"contribution %.6g (validation loss without the seed minus with it) reaches the bar %g", d, c.cfg.PruneBelow)})
+			}
+			continue
+		}
+		if s.EpochsInState < c.cfg.HoldingEpochs {
+			continue
+		}
+		before, ok1 := c.valAtOrBefore(s.GerminatedEpoch)
+		now, ok2 := c.valAtOrBefore(obs.Epoch)
+		if !ok1 || !ok2 {
+			out = append(out, Decision{Op: Prune, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
+				"no contribution measured in %d epochs of HOLDING and no validation loss to judge by", s.EpochsInState)})
+			continue
+		}
+		rel := relImprovement(before, now)
+		if rel >= c.cfg.Threshold {
+			out = append(out, Decision{Op: Fossilize, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
+				"no contribution measured in %d epochs of HOLDING; validation loss improved %.2f%% since germination at epoch %d (threshold %.2f%%)",
+				s.EpochsInState, 100*rel, s.GerminatedEpoch, 100*c.cfg.Threshold)})
+		} else {
+			out = append(out, Decision{Op: Prune, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
+				"no contribution measured in %d epochs of HOLDING; validation loss improved only %.2f%% since germination at epoch %d (threshold %.2f%%)",
+				s.EpochsInState, 100*rel, s.GerminatedEpoch, 100*c.cfg.Threshold)})
+		}
+	}
+	return out
+}
+
+// plateau reports whether the validation loss has plateaued since the last
+// germination, with the reason either way.
+func (c *Controller) plateau() (bool, string) {
+	since := c.gov.LastGermination()
+	start := len(c.vals)
+	for start > 0 && c.vals[start-1].Epoch > since {
+		start--
+	}
+	recent := c.vals[start:]
+	p := c.cfg.Patience
+	if len(recent) < p+1 {
+		what := "since the start"
+		if since >= 0 {
+			what = fmt.Sprintf("since the germination at epoch %d", since)
+		}
+		return false, fmt.Sprintf("watching for a plateau: %d of the %d epochs of validation loss needed %s",
+			len(recent), p+1, what)
+	}
+	// Values are finite (recordVal keeps no others): plain comparisons.
+	bestBefore, bestRecent := math.Inf(1), math.Inf(1)
+	split := len(recent) - p
+	for _, v := range recent[:split] {
+		if v.Value < bestBefore {
+			bestBefore = v.Value
+		}
+	}
+	for _, v := range recent[split:] {
+		if v.Value < bestRecent {
+			bestRecent = v.Value
+		}
+	}
+	rel := relImprovement(bestBefore, bestRecent)
+	if rel >= c.cfg.Threshold {
+		return false, fmt.Sprintf("validation loss still improving: best of the last %d epochs %.6g is %.2f%% below the best before %.6g (threshold %.2f%%)",
+			p, bestRecent, 100*rel, bestBefore, 100*c.cfg.Threshold)
+	}
+	return true, fmt.Sprintf("validation loss plateaued: best of the last %d epochs %.6g improves on the best before %.6g by %.2f%% (threshold %.2f%%)",
+		p, bestRecent, bestBefore, 100*rel, 100*c.cfg.Threshold)
+}
+
+type growthCandidate struct {
+	layer, slot   int
+	score         float64
+	grad, alive   float64
+	gradMeasured  bool
+	aliveMeasured bool
+}
+
+// grow decides on a germination, given the judgements already made this
+// epoch (they free concurrency and budget once applied).
+func (c *Controller) grow(obs *Observation, judged []Decision) Decision {
+	ok, why := c.plateau()
+	if !ok {
+		return waitDecision("%s", why)
+	}
+	active := 0
+	used := obs.ParamsUsed
+	for i := range obs.Seeds {
+		if obs.Seeds[i].State.Active() {
+			active++
+		}
+	}
+	for _, d := range judged {
+		active--
+		if d.Op == Prune {
+			for i := range obs.Seeds {
+				if obs.Seeds[i].Layer == d.Layer && obs.Seeds[i].Slot == d.Slot {
+					used -= obs.Seeds[i].ParamCount
+				}
+			}
+		}
+	}
+	if err := c.gov.Admit(used, 0, active); err != nil {
+		return waitDecision("%s; but %d seeds are in flight (max_concurrent %d)", why, active, c.gov.cfg.MaxConcurrent)
+	}
+	remaining := c.gov.Remaining(used)
+	if remaining <= 0 {
+		return waitDecision("%s; but the parameter budget is spent (%d of %d)", why, used, c.gov.cfg.MaxParams)
+	}
+	cands, cooling := c.candidates(obs)
+	if len(cands) == 0 {
+		return waitDecision("%s; but no layer has a dormant slot outside its cooldown (%d cooling down)", why, cooling)
+	}
+	budget := "no parameter limit"
+	if c.gov.cfg.MaxParams > 0 {
+		budget = fmt.Sprintf("%d of %d params left", remaining, c.gov.cfg.MaxParams)
+	}
+	if c.cfg.Kind == Random {
+		c.rng.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
+	} else {
+		slices.SortStableFunc(cands, func(a, b growthCandidate) int {
+			switch {
+			case a.score > b.score:
+				return -1
+			case a.score < b.score:
+				return 1
+			}
+			return a.layer - b.layer
+		})
+	}
+	for rank, cand := range cands {
+		ir, note, err := c.fit(cand.layer, remaining)
+		if err != nil {
+			continue
+		}
+		var where string
+		if c.cfg.Kind == Random {
+			where = fmt.Sprintf("layer %d (%s) drawn at random from %d candidates", cand.layer, c.layerName(obs, cand.layer), len(cands))
+		} else {
+			where = fmt.Sprintf("layer %d (%s) has growth score %.3g (gradient %.3g x alive %.3g)%s",
+				cand.layer, c.layerName(obs, cand.layer), cand.score, cand.grad, cand.alive, rankNote(rank))
+		}
+		return Decision{Op: Germinate, Layer: cand.layer, Slot: cand.slot, Template: ir.Template, Params: ir.Params,
+			ParamCount: ir.ParamCount, Blueprint: ir,
+			Reason: fmt.Sprintf("%s; %s; %s %s = %d params (%s%s)", why, where, ir.Template, describeParams(ir.Params), ir.ParamCount, budget, note)}
+	}
+	return waitDecision("%s; but no blueprint fits any candidate layer within %s", why, budget)
+}
+
+func rankNote(rank int) string {
+	if rank == 0 {
+		return ", the strongest"
+	}
+	return fmt.Sprintf(", the strongest whose blueprint fits (rank %d)", rank+1)
+}
+
+func (c *Controller) layerName(obs *Observation, layer int) string {
+	if layer < len(obs.Layers) && obs.Layers[layer].Name != "" {
+		return obs.Layers[layer].Name
+	}
+	return fmt.Sprintf("layer%d", layer)
+}
+
+// candidates returns the layers with a dormant slot outside their
+// cooldown, scored; and how many layers were skipped for cooldown.
+func (c *Controller) candidates(obs *Observation) ([]growthCandidate, int) {
+	var cands []growthCandidate
+	cooling := 0
+	for l := range c.hosts {
+		slot := -1
+		for i := range obs.Seeds {
+			s := &obs.Seeds[i]
+			if s.Layer == l && s.State == lifecycle.Dormant && (slot < 0 || s.Slot < slot) {
+				slot = s.Slot
+			}
+		}
+		if slot < 0 {
+			continue
+		}
+		if c.gov.Cooldown(l, obs.Epoch) > 0 {
+			cooling++
+			continue
+		}
+		cand := growthCandidate{layer: l, slot: slot, grad: math.NaN(), alive: 1}
+		if l < len(obs.Layers) {
+			sig := &obs.Layers[l].Signals
+			if g := sig[nissa.GradNorm].Mean; g >= 0 && !math.IsInf(g, 0) { // false for NaN
+				cand.grad = g / math.Sqrt(float64(outFeatures(c.hosts[l])))
+				cand.gradMeasured = true
+			}
+			if d := sig[nissa.DeadFrac].Mean; !math.IsNaN(d) {
+				cand.alive = 1 - math.Min(1, math.Max(0, d))
+				cand.aliveMeasured = true
+			}
+		}
+		cands = append(cands, cand)
+	}
+	// Normalise the gradient signal to [0, 1] over the candidates; without
+	// any measurement every layer counts 1.
+	maxGrad := 0.0
+	for _, cd := range cands {
+		if cd.gradMeasured {
+			maxGrad = math.Max(maxGrad, cd.grad)
+		}
+	}
+	for i := range cands {
+		cd := &cands[i]
+		switch {
+		case maxGrad == 0 && !anyMeasured(cands):
+			cd.grad = 1
+		case !cd.gradMeasured || maxGrad == 0:
+			cd.grad = 0
+		default:
+			cd.grad /= maxGrad
+		}
+		cd.score = cd.grad * cd.alive
+	}
+	return cands, cooling
+}
+
+func anyMeasured(cands []growthCandidate) bool {
+	for _, c := range cands {
+		if c.gradMeasured {
+			return true
+		}
+	}
+	return false
+}
+
+// outFeatures is the number of output features or channels of a host.
+func outFeatures(h blueprint.Host) int64 {
+	if h.Kind == blueprint.HostResidual {
+		return max(1, h.Dim)
+	}
+	return max(1, h.Out)
+}

@@ -1,0 +1,361 @@
+package tamiyo_test
+
+import (
+	"encoding/json"
+	"math"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/esper-morph/esper/blueprint"
+	"github.com/esper-morph/esper/core/lifecycle"
+	"github.com/esper-morph/esper/core/nissa"
+	"github.com/esper-morph/esper/policy/tamiyo"
+)
+
+// flat is a plateaued validation curve: 4 epochs improving by 0.1%.
+var flat = []float64{1.000, 0.999, 0.998, 0.997}
+
+func TestPlateauDetection(t *testing.T) {
+	cases := []struct {
+		name   string
+		vals   []float64
+		op     tamiyo.Op
+		reason string
+	}{
+		{"too early", []float64{1, 0.99}, tamiyo.Wait, "watching for a plateau: 2 of the 4 epochs"},
+		{"improving", []float64{1, 0.9, 0.8, 0.7}, tamiyo.Wait, "validation loss still improving"},
+		{"plateau", flat, tamiyo.Germinate, "validation loss plateaued"},
+		{"worse", []float64{1, 1.1, 1.2, 1.3}, tamiyo.Germinate, "validation loss plateaued"},
+		{"improvement just above threshold", []float64{1, 1, 1, 0.989}, tamiyo.Wait, "still improving"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newController(t, tamiyo.Config{}, linearHosts(2))
+			w := newWorld(2, 1)
+			ds := w.run(t, c, tc.vals...)
+			if len(ds) != 1 || ds[0].Op != tc.op || !strings.Contains(ds[0].Reason, tc.reason) {
+				t.Fatalf("decisions %+v", ds)
+			}
+		})
+	}
+}
+
+func TestUnmeasuredValLossIsSkipped(t *testing.T) {
+	c := newController(t, tamiyo.Config{}, linearHosts(1))
+	w := newWorld(1, 1)
+	for _, v := range flat[:3] {
+		w.apply(t, c, c.Decide(w.obs(v)))
+	}
+	o := w.obs(0)
+	o.Metrics.ValLoss = nissa.Metric{}
+	if ds := c.Decide(o); ds[0].Op != tamiyo.Wait || !strings.Contains(ds[0].Reason, "3 of the 4") {
+		t.Fatalf("an unmeasured val loss counted: %+v", ds)
+	}
+}
+
+func TestGerminateChoosesStrongestLayer(t *testing.T) {
+	c := newController(t, tamiyo.Config{Params: blueprint.Params{"width": 8}}, linearHosts(3))
+	w := newWorld(3, 2)
+	w.signal(0, nissa.GradNorm, 1)
+	w.signal(1, nissa.GradNorm, 4)
+	w.signal(2, nissa.GradNorm, 5)
+	w.signal(2, nissa.DeadFrac, 0.5) // score 0.5 < layer 1's 0.8
+	d := only(t, w.run(t, c, flat...), tamiyo.Germinate)
+	if d.Layer != 1 || d.Slot != 0 || d.Template != "residual_mlp" || d.Params["width"] != int64(8) {
+		t.Fatalf("decision %+v", d)
+	}
+	if d.Blueprint == nil || d.ParamCount != d.Blueprint.ParamCount || d.ParamCount != 32*8+8+8*32+32 {
+		t.Fatalf("blueprint %+v, count %d", d.Blueprint, d.ParamCount)
+	}
+	for _, want := range []string{"layer 1 (fc1) has growth score 0.8", "the strongest", "residual_mlp {activation=relu width=8} = 552 params", "no parameter limit"} {
+		if !strings.Contains(d.Reason, want) {
+			t.Errorf("reason %q lacks %q", d.Reason, want)
+		}
+	}
+}
+
+func TestGerminateGuards(t *testing.T) {
+	cases := []struct {
+		name   string
+		cfg    tamiyo.Config
+		setup  func(w *world, c *tamiyo.Controller)
+		op     tamiyo.Op
+		layer  int
+		reason string
+	}{
+		{"no dormant slot", tamiyo.Config{}, func(w *world, c *tamiyo.Controller) {
+			w.seed(0, 0).State = lifecycle.Fossilized
+			w.seed(1, 0).State = lifecycle.Embargoed
+		}, tamiyo.Wait, -1, "no layer has a dormant slot outside its cooldown (0 cooling down)"},
+		{"in flight", tamiyo.Config{}, func(w *world, c *tamiyo.Controller) {
+			w.seed(0, 0).State = lifecycle.Training
+		}, tamiyo.Wait, -1, "1 seeds are in flight (max_concurrent 1)"},
+		{"budget spent", tamiyo.Config{Governor: tamiyo.GovernorConfig{MaxParams: 100}}, func(w *world, c *tamiyo.Controller) {
+			w.seed(0, 0).State = lifecycle.Fossilized
+			w.used = 100
+		}, tamiyo.Wait, -1, "parameter budget is spent (100 of 100)"},
+		{"nothing fits", tamiyo.Config{Governor: tamiyo.GovernorConfig{MaxParams: 40}}, nil,
+			tamiyo.Wait, -1, "no blueprint fits any candidate layer within 40 of 40 params left"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newController(t, tc.cfg, linearHosts(2))
+			w := newWorld(2, 1)
+			w.run(t, c, flat[:3]...)
+			if tc.setup != nil {
+				tc.setup(w, c)
+			}
+			ds := c.Decide(w.obs(flat[3]))
+			d := ds[len(ds)-1]
+			if d.Op != tc.op || d.Layer != tc.layer || !strings.Contains(d.Reason, tc.reason) {
+				t.Fatalf("decision %+v", d)
+			}
+		})
+	}
+}
+
+func TestCooldown(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		cooldown  int
+		blocked   lifecycle.State
+		op        tamiyo.Op
+		layer     int
+		reasonHas string
+	}{
+		{"layer 1 busy, layer 0 cooling", 10, lifecycle.Fossilized, tamiyo.Wait, -1, "(1 cooling down)"},
+		{"skips to the next layer", 10, lifecycle.Dormant, tamiyo.Germinate, 1, "layer 1 (fc1)"},
+		{"cooldown over", 4, lifecycle.Fossilized, tamiyo.Germinate, 0, "layer 0 (fc0)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newController(t, tamiyo.Config{Governor: tamiyo.GovernorConfig{CooldownEpochs: intp(tc.cooldown)}}, linearHosts(2))
+			w := newWorld(2, 1)
+			c.Governor().RecordGermination(0, 0)
+			w.seed(1, 0).State = tc.blocked
+			ds := w.run(t, c, 1, 1, 1, 1, 1)
+			d := ds[len(ds)-1]
+			if d.Op != tc.op || d.Layer != tc.layer || !strings.Contains(d.Reason, tc.reasonHas) {
+				t.Fatalf("decision %+v", d)
+			}
+		})
+	}
+}
+
+func TestWidthShrinksToBudget(t *testing.T) {
+	// residual_mlp on 32 -> 32 costs 32 + 65 w: width 32 is 2112 params.
+	cases := []struct {
+		budget int64
+		width  int64
+	}{
+		{5000, 32}, {2112, 32}, {2111, 31}, {1000, 14}, {97, 1},
+	}
+	for _, tc := range cases {
+		c := newController(t, tamiyo.Config{Governor: tamiyo.GovernorConfig{MaxParams: tc.budget}}, linearHosts(1))
+		w := newWorld(1, 1)
+		d := only(t, w.run(t, c, flat...), tamiyo.Germinate)
+		if d.Params["width"] != tc.width || d.ParamCount > tc.budget {
+			t.Fatalf("budget %d: width %v, %d params", tc.budget, d.Params["width"], d.ParamCount)
+		}
+		if tc.width < 32 && !strings.Contains(d.Reason, "width lowered from 32 to") {
+			t.Fatalf("reason %q", d.Reason)
+		}
+	}
+}
+
+func TestTemplateFallbackForConv(t *testing.T) {
+	hosts := []blueprint.Host{{Kind: blueprint.HostConv2d, In: 8, Out: 16, Kernel: 3, Stride: 1, Padding: 1}}
+	c := newController(t, tamiyo.Config{}, hosts)
+	w := newWorld(1, 1)
+	d := only(t, w.run(t, c, flat...), tamiyo.Germinate)
+	if d.Template != "conv3x3" || d.Blueprint.Host.Kind != blueprint.HostConv2d {
+		t.Fatalf("decision %+v", d)
+	}
+}
+
+func TestJudgeHeldSeeds(t *testing.T) {
+	cases := []struct {
+		name     string
+		contrib  []tamiyo.Contribution
+		epochsIn int
+		val      float64
+		op       tamiyo.Op
+		reason   string
+	}{
+		{"helps", []tamiyo.Contribution{{Layer: 0, Slot: 0, DeltaLoss: 0.02}}, 1, 1, tamiyo.Fossilize, "reaches the bar 0"},
+		{"hurts", []tamiyo.Contribution{{Layer: 0, Slot: 0, DeltaLoss: -0.01}}, 1, 1, tamiyo.Prune, "is below the bar 0"},
+		{"unmeasured, improved", nil, 1, 0.9, tamiyo.Fossilize, "validation loss improved 10.00% since germination at epoch 0"},
+		{"unmeasured, flat", nil, 1, 1, tamiyo.Prune, "improved only 0.00%"},
+		{"unmeasured, early", nil, 0, 1, tamiyo.Wait, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newController(t, tamiyo.Config{}, linearHosts(1))
+			w := newWorld(1, 2)
+			w.run(t, c, 1) // epoch 0: val 1
+			*w.seed(0, 0) = tamiyo.SeedView{Layer: 0, Slot: 0, State: lifecycle.Holding, EpochsInState: tc.epochsIn,
+				ParamCount: 10, GerminatedEpoch: 0, GerminatedStep: 5}
+			ds := c.Decide(w.obs(tc.val, tc.contrib...))
+			if ds[0].Op != tc.op || !strings.Contains(ds[0].Reason, tc.reason) {
+				t.Fatalf("decisions %+v", ds)
+			}
+			if tc.op != tamiyo.Wait && (ds[0].Layer != 0 || ds[0].Slot != 0) {
+				t.Fatalf("wrong seed %+v", ds[0])
+			}
+		})
+	}
+}
+
+func TestJudgedSeedFreesConcurrency(t *testing.T) {
+	c := newController(t, tamiyo.Config{Governor: tamiyo.GovernorConfig{MaxParams: 3000, CooldownEpochs: intp(0)}}, linearHosts(1))
+	w := newWorld(1, 2)
+	w.run(t, c, flat[:3]...)
+	*w.seed(0, 0) = tamiyo.SeedView{Layer: 0, Slot: 0, State: lifecycle.Holding, EpochsInState: 1, ParamCount: 2000, GerminatedEpoch: -5}
+	w.used = 2000
+	ds := c.Decide(w.obs(flat[3], tamiyo.Contribution{Layer: 0, Slot: 0, DeltaLoss: -1}))
+	if len(ds) != 2 || ds[0].Op != tamiyo.Prune || ds[1].Op != tamiyo.Germinate || ds[1].Slot != 1 || ds[1].Params["width"] != int64(32) {
+		t.Fatalf("decisions %+v", ds)
+	}
+}
+
+func TestRollbackOnEpochLoss(t *testing.T) {
+	c := newController(t, tamiyo.Config{}, linearHosts(1))
+	w := newWorld(1, 1)
+	w.seed(0, 0).State = lifecycle.Blending
+	o := w.obs(1)
+	o.Metrics.TrainLoss = nissa.Measure(math.Inf(1))
+	ds := c.Decide(o)
+	if len(ds) != 1 || ds[0].Op != tamiyo.Rollback || ds[0].Layer != 0 || !strings.Contains(ds[0].Reason, "training loss is +Inf") {
+		t.Fatalf("decisions %+v", ds)
+	}
+}
+
+func TestManualDecidesNothing(t *testing.T) {
+	c := newController(t, tamiyo.Config{Kind: tamiyo.Manual}, linearHosts(1))
+	w := newWorld(1, 1)
+	if ds := w.run(t, c, flat...); len(ds) != 0 {
+		t.Fatalf("manual decided %+v", ds)
+	}
+	o := w.obs(1)
+	o.Metrics.TrainLoss = nissa.Measure(math.NaN())
+	if ds := c.Decide(o); len(ds) != 1 || ds[0].Op != tamiyo.Rollback {
+		t.Fatalf("manual must still roll back: %+v", ds)
+	}
+}
+
+// layersChosen runs the random policy through several germinations and
+// returns the layers it chose.
+func layersChosen(t *testing.T, seed uint64) []int {
+	t.Helper()
+	c := newController(t, tamiyo.Config{Kind: tamiyo.Random, Seed: seed, Patience: 1,
+		Governor: tamiyo.GovernorConfig{MaxConcurrent: 64, CooldownEpochs: intp(0)}}, linearHosts(8))
+	w := newWorld(8, 4)
+	var out []int
+	for e := 0; e < 12; e++ {
+		for _, d := range c.Decide(w.obs(1)) {
+			if d.Op == tamiyo.Germinate {
+				out = append(out, d.Layer)
+				if !strings.Contains(d.Reason, "drawn at random from 8 candidates") {
+					t.Fatalf("reason %q", d.Reason)
+				}
+			}
+		}
+		w.apply(t, c, nil)
+		w.run(t, c) // keep epochs moving without decisions
+	}
+	return out
+}
+
+func TestRandomPolicyDeterministic(t *testing.T) {
+	a, b, other := layersChosen(t, 7), layersChosen(t, 7), layersChosen(t, 8)
+	if len(a) == 0 || !reflect.DeepEqual(a, b) {
+		t.Fatalf("same seed, different choices: %v %v", a, b)
+	}
+	if reflect.DeepEqual(a, other) {
+		t.Fatalf("seeds 7 and 8 chose identically: %v", a)
+	}
+	distinct := map[int]bool{}
+	for _, l := range a {
+		distinct[l] = true
+	}
+	if len(distinct) < 3 {
+		t.Fatalf("random placement looks fixed: %v", a)
+	}
+}
+
+func TestStateRoundTrip(t *testing.T) {
+	cfg := tamiyo.Config{Kind: tamiyo.Random, Seed: 3, Patience: 1, Governor: tamiyo.GovernorConfig{MaxConcurrent: 8, CooldownEpochs: intp(0)}}
+	a := newController(t, cfg, linearHosts(4))
+	wa := newWorld(4, 2)
+	wa.run(t, a, 1, 1, 1)
+	for _, l := range []float32{1, 1.1, 0.9} {
+		a.Governor().ObserveStep(l, 0)
+	}
+	st, err := a.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b64, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back tamiyo.State
+	if err := json.Unmarshal(b64, &back); err != nil {
+		t.Fatal(err)
+	}
+	b := newController(t, cfg, linearHosts(4))
+	if err := b.SetState(back); err != nil {
+		t.Fatal(err)
+	}
+	wb := &world{layers: wa.layers, seeds: append([]tamiyo.SeedView(nil), wa.seeds...), slots: 2, epoch: wa.epoch, used: wa.used}
+	for e := 0; e < 5; e++ {
+		da, db := a.Decide(wa.obs(1)), b.Decide(wb.obs(1))
+		if !reflect.DeepEqual(stripIR(da), stripIR(db)) {
+			t.Fatalf("epoch %d: diverged\n%+v\n%+v", e, da, db)
+		}
+		wa.apply(t, a, da)
+		wb.apply(t, b, db)
+	}
+	sa, _ := a.State()
+	sb, _ := b.State()
+	if !reflect.DeepEqual(sa, sb) {
+		t.Fatal("states diverged")
+	}
+}
+
+func stripIR(ds []tamiyo.Decision) []tamiyo.Decision {
+	out := append([]tamiyo.Decision(nil), ds...)
+	for i := range out {
+		out[i].Blueprint = nil
+	}
+	return out
+}
+
+func TestSetStateRejects(t *testing.T) {
+	c := newController(t, tamiyo.Config{}, linearHosts(2))
+	good, err := c.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		edit func(*tamiyo.State)
+	}{
+		{"rng", func(s *tamiyo.State) { s.RNG = []byte("junk") }},
+		{"val order", func(s *tamiyo.State) { s.ValHistory = []tamiyo.EpochValue{{Epoch: 2, Value: 1}, {Epoch: 1, Value: 1}} }},
+		{"val NaN", func(s *tamiyo.State) { s.ValHistory = []tamiyo.EpochValue{{Epoch: 0, Value: math.NaN()}} }},
+		{"layers", func(s *tamiyo.State) { s.Governor.Germinated = []int{-1} }},
+		{"loss window", func(s *tamiyo.State) { s.Governor.Losses = make([]float64, 21) }},
+		{"germinated after last", func(s *tamiyo.State) { s.Governor.Germinated = []int{5, -1} }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			st := good
+			st.Governor.Germinated = append([]int(nil), good.Governor.Germinated...)
+			tc.edit(&st)
+			if err := c.SetState(st); err == nil {
+				t.Fatal("bad state accepted")
+			}
+		})
+	}
+}

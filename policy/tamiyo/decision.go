@@ -1,0 +1,82 @@
+package tamiyo
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/esper-morph/esper/blueprint"
+)
+
+// Op is what a decision does.
+type Op uint8
+
+// The decision ops.
+const (
+	// Wait changes nothing; its reason says why no seed germinates.
+	Wait Op = iota
+	// Germinate grows a seed with Blueprint at Layer/Slot.
+	Germinate
+	// Prune removes the seed at Layer/Slot.
+	Prune
+	// Fossilize keeps the held seed at Layer/Slot for good.
+	Fossilize
+	// Rollback removes the seed at Layer/Slot after the training loss went
+	// non-finite or exploded (Layer -1 when no seed can be blamed); the
+	// trainer restores its last good checkpoint.
+	Rollback
+
+	numOps
+)
+
+var opNames = [numOps]string{"wait", "germinate", "prune", "fossilize", "rollback"}
+
+// String returns the op's name: "wait", "germinate", "prune", "fossilize"
+// or "rollback".
+func (o Op) String() string {
+	if o < numOps {
+		return opNames[o]
+	}
+	return fmt.Sprintf("Op(%d)", uint8(o))
+}
+
+// MarshalText encodes the op's name.
+func (o Op) MarshalText() ([]byte, error) {
+	if o >= numOps {
+		return nil, fmt.Errorf("tamiyo: marshal op %d: %w", uint8(o), ErrState)
+	}
+	return []byte(opNames[o]), nil
+}
+
+// UnmarshalText decodes an op name.
+func (o *Op) UnmarshalText(b []byte) error {
+	for i, n := range opNames {
+		if strings.EqualFold(n, string(b)) {
+			*o = Op(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("tamiyo: op %q is not one of wait, germinate, prune, fossilize, rollback: %w", b, ErrState)
+}
+
+// Decision is one thing the controller wants done, with its reason.
+type Decision struct {
+	// Op is what to do.
+	Op Op `json:"op"`
+	// Layer and Slot name the seed (-1 for Wait, and for a Rollback that
+	// has no seed to blame).
+	Layer int `json:"layer"`
+	Slot  int `json:"slot"`
+	// Template, Params and ParamCount describe a germination's blueprint.
+	Template   string           `json:"template,omitempty"`
+	Params     blueprint.Params `json:"params,omitempty"`
+	ParamCount int64            `json:"param_count,omitempty"`
+	// Blueprint is a germination's validated IR (its JSON travels in the
+	// GERMINATED event, not in the decision).
+	Blueprint *blueprint.IR `json:"-"`
+	// Reason says why, in words.
+	Reason string `json:"reason"`
+}
+
+func waitDecision(format string, args ...any) Decision {
+	return Decision{Op: Wait, Layer: -1, Slot: -1, Reason: fmt.Sprintf(format, args...)}
+}

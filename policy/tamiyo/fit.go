@@ -1,0 +1,139 @@
+package tamiyo
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/esper-morph/esper/blueprint"
+)
+
+// fit returns the blueprint for layer: the first of its templates that fits
+// within remaining parameters, its size parameter lowered as far as needed
+// (keeping the largest size that fits), checked by Karn's constraints. note
+// says what was changed to fit.
+func (c *Controller) fit(layer int, remaining int64) (*blueprint.IR, string, error) {
+	host := c.hosts[layer]
+	var last error
+	for _, ct := range c.templates[layer] {
+		ir, note, err := fitTemplate(ct.t, ct.params, host, remaining)
+		if err != nil {
+			last = err
+			continue
+		}
+		if err := blueprint.Check(ir, host, blueprint.Budget{MaxParams: min(remaining, maxBudget)}); err != nil {
+			last = err
+			continue
+		}
+		return ir, note, nil
+	}
+	if last == nil {
+		last = fmt.Errorf("tamiyo: no template supports the %s host of layer %d: %w", host.Kind, layer, ErrOverBudget)
+	}
+	return nil, "", last
+}
+
+// maxBudget stands for "no limit" in blueprint.Budget (0 means none there
+// too, but Check wants a positive bound when there is one).
+const maxBudget = 1 << 62
+
+func fitTemplate(t blueprint.Template, params blueprint.Params, host blueprint.Host, remaining int64) (*blueprint.IR, string, error) {
+	ir, err := t.Instantiate(params, host)
+	if err != nil {
+		return nil, "", err
+	}
+	if ir.ParamCount <= remaining {
+		return ir, "", nil
+	}
+	knob, spec, ok := sizeKnob(t)
+	if !ok {
+		return nil, "", fmt.Errorf("tamiyo: %s needs %d params, %d left, and has no size parameter: %w", t.Name, ir.ParamCount, remaining, ErrOverBudget)
+	}
+	resolved := ir.Params
+	hi, _ := resolved[knob].(int64)
+	lo := spec.Min
+	at := func(v int64) (*blueprint.IR, error) {
+		p := make(blueprint.Params, len(resolved))
+		for k, x := range resolved {
+			p[k] = x
+		}
+		p[knob] = v
+		return t.Instantiate(p, host)
+	}
+	best, err := at(lo)
+	if err != nil {
+		return nil, "", err
+	}
+	if best.ParamCount > remaining {
+		return nil, "", fmt.Errorf("tamiyo: %s needs %d params at %s %d, %d left: %w", t.Name, best.ParamCount, knob, lo, remaining, ErrOverBudget)
+	}
+	// Largest v in [lo, hi) whose count fits; counts grow with the size
+	// parameter. Start from the linear estimate through (lo, hi), which is
+	// exact for most templates, then bisect what is left.
+	pLo, pHi := best.ParamCount, ir.ParamCount
+	ok1, bad := lo, hi // ok1 fits, bad does not
+	if hi > lo && pHi > pLo {
+		est := lo + (remaining-pLo)*(hi-lo)/(pHi-pLo)
+		for _, v := range []int64{est, est + 1} {
+			if v <= ok1 || v >= bad {
+				continue
+			}
+			cand, err := at(v)
+			if err != nil {
+				break
+			}
+			if cand.ParamCount <= remaining {
+				ok1, best = v, cand
+			} else {
+				bad = v
+				break
+			}
+		}
+	}
+	for bad-ok1 > 1 {
+		mid := ok1 + (bad-ok1)/2
+		cand, err := at(mid)
+		if err != nil {
+			return nil, "", err
+		}
+		if cand.ParamCount <= remaining {
+			ok1, best = mid, cand
+		} else {
+			bad = mid
+		}
+	}
+	return best, fmt.Sprintf("; %s lowered from %d to %d to fit", knob, hi, ok1), nil
+}
+
+// sizeKnob returns the template's integer size parameter, if any.
+func sizeKnob(t blueprint.Template) (string, blueprint.ParamSpec, bool) {
+	for _, name := range sizeParams {
+		i := slices.IndexFunc(t.Params, func(p blueprint.ParamSpec) bool {
+			return p.Name == name && p.Kind == blueprint.ParamInt
+		})
+		if i >= 0 {
+			return name, t.Params[i], true
+		}
+	}
+	return "", blueprint.ParamSpec{}, false
+}
+
+// describeParams formats template parameters as "{activation=relu width=16}".
+func describeParams(p blueprint.Params) string {
+	keys := make([]string, 0, len(p))
+	for k := range p {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s=%v", k, p[k])
+	}
+	b.WriteByte('}')
+	return b.String()
+}
