@@ -9,6 +9,10 @@ import (
 const (
 	// HostLinear is an nn.Linear: features In -> Out on the last dim.
 	HostLinear = "linear"
+	// HostBlock is any module mapping (*, In) to (*, Out), such as a whole
+	// MLP. Seeds see it exactly as a linear host (layout LayoutLinear); it
+	// is never merged into a weight, only kept as a residual branch.
+	HostBlock = "block"
 	// HostConv1d is an nn.Conv1d: (N, In, L) -> (N, Out, L').
 	HostConv1d = "conv1d"
 	// HostConv2d is an nn.Conv2d: (N, In, H, W) -> (N, Out, H', W').
@@ -38,7 +42,7 @@ const maxExtent = 1 << 24
 // Host describes the layer a seed attaches to (docs/internals.md). Fields
 // that do not apply to Kind must be zero.
 type Host struct {
-	// Kind is one of HostLinear, HostConv1d, HostConv2d, HostResidual.
+	// Kind is one of HostLinear, HostBlock, HostConv1d, HostConv2d, HostResidual.
 	Kind string `json:"kind"`
 	// In and Out are features (linear) or channels (conv).
 	In  int64 `json:"in,omitempty"`
@@ -86,7 +90,7 @@ func (h Host) symbols() []string {
 // when the host is invalid.
 func (h Host) Layout() string {
 	switch h.Kind {
-	case HostLinear:
+	case HostLinear, HostBlock:
 		return LayoutLinear
 	case HostConv1d:
 		return LayoutConv1d
@@ -119,7 +123,7 @@ func (h Host) Validate() error {
 		}
 	}
 	switch h.Kind {
-	case HostLinear:
+	case HostLinear, HostBlock:
 		need("in", h.In, 1)
 		need("out", h.Out, 1)
 		none("kernel", h.Kernel)
@@ -127,7 +131,7 @@ func (h Host) Validate() error {
 		none("padding", h.Padding)
 		none("dim", h.Dim)
 		if len(h.Spatial) > 0 {
-			bad = append(bad, "linear host has no field spatial")
+			bad = append(bad, h.Kind+" host has no field spatial")
 		}
 	case HostConv1d, HostConv2d:
 		need("in", h.In, 1)
@@ -150,7 +154,7 @@ func (h Host) Validate() error {
 			bad = append(bad, fmt.Sprintf("residual host spatial has at most 2 extents, got %d", len(h.Spatial)))
 		}
 	default:
-		return fmt.Errorf("%w: kind %q is not one of linear, conv1d, conv2d, residual", ErrHost, h.Kind)
+		return fmt.Errorf("%w: kind %q is not one of linear, block, conv1d, conv2d, residual", ErrHost, h.Kind)
 	}
 	for i, e := range h.Spatial {
 		need(fmt.Sprintf("spatial[%d]", i), e, 1)
@@ -172,7 +176,7 @@ func (h Host) Validate() error {
 // seed's input "x"). The host must be valid.
 func (h Host) InputShape() Shape {
 	switch h.Kind {
-	case HostLinear:
+	case HostLinear, HostBlock:
 		return Shape{Leading: true, Dims: []Dim{Known(h.In)}}
 	case HostConv1d, HostConv2d:
 		return h.channelFirst(h.In)
@@ -188,7 +192,7 @@ func (h Host) InputShape() Shape {
 // produce. The host must be valid.
 func (h Host) OutputShape() Shape {
 	switch h.Kind {
-	case HostLinear:
+	case HostLinear, HostBlock:
 		return Shape{Leading: true, Dims: []Dim{Known(h.Out)}}
 	case HostConv1d, HostConv2d:
 		s := h.channelFirst(h.Out)

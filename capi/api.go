@@ -7,6 +7,7 @@ package main
 import "C"
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -65,15 +66,36 @@ func goString(p *C.char, name string) (string, error) {
 	return C.GoString(p), nil
 }
 
-// goBytes copies n bytes at p, refusing NULL with n > 0.
-func goBytes(p unsafe.Pointer, n C.size_t, name string) ([]byte, error) {
+// optString copies a C string that may be NULL ("" then).
+func optString(p *C.char) string {
+	if p == nil {
+		return ""
+	}
+	return C.GoString(p)
+}
+
+// viewBytes returns the n bytes at p as a slice without copying, for use
+// during the call only (callees copy what they keep); NULL with n > 0 is an
+// error.
+func viewBytes(p *C.uint8_t, n C.size_t, name string) ([]byte, error) {
 	if n == 0 {
-		return nil, nil
+		return []byte{}, nil
 	}
 	if p == nil {
 		return nil, errNull(name)
 	}
-	return C.GoBytes(p, C.int(n)), nil
+	return unsafe.Slice((*byte)(unsafe.Pointer(p)), int(n)), nil
+}
+
+// setJSON marshals v into a malloc'd string in *out; the caller frees it
+// with esper_free.
+func setJSON(out **C.char, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode result: %w", err)
+	}
+	setString(out, string(b))
+	return nil
 }
 
 // setString stores a malloc'd copy of s in *out; the caller frees it with

@@ -7,7 +7,6 @@ package main
 import "C"
 
 import (
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 
@@ -16,23 +15,13 @@ import (
 
 // Karn's exports: translation only, see blueprint/.
 
-// setJSONOut marshals v into a malloc'd string in *out.
-func setJSONOut(out **C.char, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("encode result: %w", err)
-	}
-	setString(out, string(b))
-	return nil
-}
-
 //export esper_blueprint_templates
 func esper_blueprint_templates(out **C.char) C.int {
 	return call(0, func() error {
 		if out == nil {
 			return errNull("out_json")
 		}
-		return setJSONOut(out, blueprint.Templates())
+		return setJSON(out, blueprint.Templates())
 	})
 }
 
@@ -154,7 +143,7 @@ func esper_blueprint_analyze(irJSON, hostJSON *C.char, out **C.char) C.int {
 		if err != nil {
 			return fmt.Errorf("blueprint analyze: %w", err)
 		}
-		return setJSONOut(out, a)
+		return setJSON(out, a)
 	})
 }
 

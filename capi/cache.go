@@ -73,7 +73,7 @@ func esper_cache_put(h C.uint64_t, metaJSON *C.char, data *C.uint8_t, n C.size_t
 		if evicted == nil {
 			evicted = []string{}
 		}
-		return setJSONOut(outEvicted, evicted)
+		return setJSON(outEvicted, evicted)
 	})
 }
 
@@ -104,7 +104,7 @@ func esper_cache_get(h C.uint64_t, id, wantJSON *C.char, outMeta **C.char, outDa
 		if err != nil {
 			return err
 		}
-		if err := setJSONOut(outMeta, e.Meta); err != nil {
+		if err := setJSON(outMeta, e.Meta); err != nil {
 			return err
 		}
 		setBytes(outData, outN, e.Data)
@@ -144,6 +144,6 @@ func esper_cache_stats(h C.uint64_t, out **C.char) C.int {
 		if err != nil {
 			return err
 		}
-		return setJSONOut(out, c.Stats())
+		return setJSON(out, c.Stats())
 	})
 }

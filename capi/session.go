@@ -7,7 +7,6 @@ package main
 import "C"
 
 import (
-	"encoding/json"
 	"fmt"
 
 	"github.com/esper-morph/esper/core/session"
@@ -17,30 +16,12 @@ import (
 // Session exports: translation only, see core/session (and policy/tamiyo
 // for the metrics document).
 
-// sessionOut marshals v into a malloc'd JSON string in *out.
-func sessionOut(out **C.char, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("encode result: %w", err)
-	}
-	setString(out, string(b))
-	return nil
-}
-
 // sessionEvents writes events as a JSON array ("[]" when none).
 func sessionEvents(out **C.char, evs []session.Event) error {
 	if evs == nil {
 		evs = []session.Event{}
 	}
-	return sessionOut(out, evs)
-}
-
-// optString copies a C string that may be NULL ("" then).
-func optString(p *C.char) string {
-	if p == nil {
-		return ""
-	}
-	return C.GoString(p)
+	return setJSON(out, evs)
 }
 
 //export esper_session_new
@@ -143,7 +124,7 @@ func esper_session_end_epoch(h C.uint64_t, metricsJSON *C.char, out **C.char) C.
 		if err != nil {
 			return err
 		}
-		return sessionOut(out, res)
+		return setJSON(out, res)
 	})
 }
 
@@ -274,7 +255,7 @@ func esper_session_stats(h C.uint64_t, out **C.char) C.int {
 		if err != nil {
 			return err
 		}
-		return sessionOut(out, st)
+		return setJSON(out, st)
 	})
 }
 
@@ -292,7 +273,7 @@ func esper_session_seeds(h C.uint64_t, out **C.char) C.int {
 		if err != nil {
 			return err
 		}
-		return sessionOut(out, seeds)
+		return setJSON(out, seeds)
 	})
 }
 
@@ -310,6 +291,6 @@ func esper_session_growth_log(h C.uint64_t, out **C.char) C.int {
 		if err != nil {
 			return err
 		}
-		return sessionOut(out, log)
+		return setJSON(out, log)
 	})
 }

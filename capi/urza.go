@@ -8,24 +8,11 @@ import "C"
 
 import (
 	"fmt"
-	"unsafe"
 
 	"github.com/esper-morph/esper/core/urza"
 )
 
 // Urza's exports: translation only, see core/urza.
-
-// viewBytes returns the n bytes at p as a slice without copying, for use
-// during the call only; NULL with n > 0 is an error.
-func viewBytes(p *C.uint8_t, n C.size_t, name string) ([]byte, error) {
-	if n == 0 {
-		return []byte{}, nil
-	}
-	if p == nil {
-		return nil, errNull(name)
-	}
-	return unsafe.Slice((*byte)(unsafe.Pointer(p)), int(n)), nil
-}
 
 //export esper_urza_open
 func esper_urza_open(root *C.char, out *C.uint64_t) C.int {
@@ -149,7 +136,7 @@ func esper_urza_stat(h C.uint64_t, id *C.char, out **C.char) C.int {
 		if err != nil {
 			return err
 		}
-		return setJSONOut(out, info)
+		return setJSON(out, info)
 	})
 }
 
@@ -174,7 +161,7 @@ func esper_urza_list(h C.uint64_t, queryJSON *C.char, out **C.char) C.int {
 		if infos == nil {
 			infos = []urza.Info{}
 		}
-		return setJSONOut(out, infos)
+		return setJSON(out, infos)
 	})
 }
 
@@ -192,7 +179,7 @@ func esper_urza_verify(h C.uint64_t, out **C.char) C.int {
 		if err != nil {
 			return err
 		}
-		return setJSONOut(out, rep)
+		return setJSON(out, rep)
 	})
 }
 
@@ -210,7 +197,7 @@ func esper_urza_gc(h C.uint64_t, out **C.char) C.int {
 		if err != nil {
 			return err
 		}
-		return setJSONOut(out, rep)
+		return setJSON(out, rep)
 	})
 }
 

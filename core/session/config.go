@@ -38,7 +38,7 @@ const (
 type LayerConfig struct {
 	// Name is the layer's name (its module path); required, unique.
 	Name string `json:"name"`
-	// Kind is "linear", "conv1d", "conv2d" or "residual" (blueprint hosts).
+	// Kind is "linear", "block", "conv1d", "conv2d" or "residual" (blueprint hosts).
 	Kind string `json:"kind"`
 	// In and Out are the features (linear) or channels (conv) in and out.
 	In  int64 `json:"in,omitempty"`
