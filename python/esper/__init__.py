@@ -31,11 +31,44 @@ from .errors import (
     StorageError,
     UnavailableError,
 )
+from .export import export
+from .kasmina import (
+    FailureKind,
+    KasminaLayer,
+    SeedFailure,
+    SeedState,
+    collect_failures,
+    gather_signals,
+    kasmina_layers,
+    set_sampling,
+)
+from .tezzeret import SeedModule, SeedValidationError, build_seed, load_weights, save_weights, validate_seed
+from .tolaria import MorphConfig, Morphogenesis
 from .version import __version__
+from .wrap import host_specs, wrap
 
 __all__ = [
     "__version__",
     "build_info",
+    "wrap",
+    "export",
+    "Morphogenesis",
+    "MorphConfig",
+    "kasmina_layers",
+    "host_specs",
+    "KasminaLayer",
+    "SeedState",
+    "FailureKind",
+    "SeedFailure",
+    "collect_failures",
+    "gather_signals",
+    "set_sampling",
+    "build_seed",
+    "validate_seed",
+    "SeedModule",
+    "SeedValidationError",
+    "save_weights",
+    "load_weights",
     "EsperError",
     "BudgetError",
     "CancelledError",

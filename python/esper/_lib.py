@@ -63,6 +63,33 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_session_restore": (c_int, [c_uint64, c_char_p]),
     "esper_session_stats": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_seeds": (c_int, [c_uint64, POINTER(c_void_p)]),
+    # karn-urza-cache (blueprint/, core/urza, core/cache). Out-strings and out-buffers are c_void_p
+    # so that take_string / take_bytes can release them with esper_free.
+    "esper_blueprint_templates": (c_int, [POINTER(c_void_p)]),
+    "esper_blueprint_instantiate": (c_int, [c_char_p, c_char_p, c_char_p, POINTER(c_void_p)]),
+    "esper_blueprint_canonical": (c_int, [c_char_p, POINTER(c_void_p), POINTER(c_void_p)]),
+    "esper_blueprint_check": (c_int, [c_char_p, c_char_p, c_char_p]),
+    "esper_blueprint_analyze": (c_int, [c_char_p, c_char_p, POINTER(c_void_p)]),
+    "esper_blueprint_mutate": (c_int, [c_char_p, c_char_p, c_uint64, POINTER(c_void_p)]),
+    "esper_urza_open": (c_int, [c_char_p, POINTER(c_uint64)]),
+    "esper_urza_close": (c_int, [c_uint64]),
+    "esper_urza_root": (c_int, [c_uint64, POINTER(c_void_p)]),
+    "esper_urza_put": (c_int, [c_uint64, c_char_p, c_uint8_p, c_size_t, POINTER(c_void_p)]),
+    "esper_urza_get": (c_int, [c_uint64, c_char_p, POINTER(c_void_p), POINTER(c_void_p), POINTER(c_size_t)]),
+    "esper_urza_stat": (c_int, [c_uint64, c_char_p, POINTER(c_void_p)]),
+    "esper_urza_list": (c_int, [c_uint64, c_char_p, POINTER(c_void_p)]),
+    "esper_urza_verify": (c_int, [c_uint64, POINTER(c_void_p)]),
+    "esper_urza_gc": (c_int, [c_uint64, POINTER(c_void_p)]),
+    "esper_urza_delete": (c_int, [c_uint64, c_char_p]),
+    "esper_cache_new": (c_int, [c_int64, POINTER(c_uint64)]),
+    "esper_cache_free": (c_int, [c_uint64]),
+    "esper_cache_put": (c_int, [c_uint64, c_char_p, c_uint8_p, c_size_t, POINTER(c_void_p)]),
+    "esper_cache_get": (
+        c_int,
+        [c_uint64, c_char_p, c_char_p, POINTER(c_void_p), POINTER(c_void_p), POINTER(c_size_t)],
+    ),
+    "esper_cache_remove": (c_int, [c_uint64, c_char_p, POINTER(c_int32)]),
+    "esper_cache_stats": (c_int, [c_uint64, POINTER(c_void_p)]),
 }
 
 _lock = threading.Lock()
@@ -250,7 +277,7 @@ class Handle:
         if h and self._pid == os.getpid():
             check(getattr(lib(), self._free_symbol)(h))
 
-    def __enter__(self) -> "Handle":
+    def __enter__(self) -> Handle:
         return self
 
     def __exit__(self, *exc: object) -> None:

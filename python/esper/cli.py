@@ -1,0 +1,154 @@
+"""The `esper` command: demo, bench, the artifact store and the blueprint library.
+
+    esper demo [--quick] [--out DIR]
+    esper bench [--quick] [--out DIR]
+    esper urza ls | show ID | verify | gc   [--root DIR]
+    esper blueprints [--host linear:64:10]
+    esper info
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from . import build_info
+
+    _print_json(build_info())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo.run import main as demo_main
+
+    return demo_main(quick=args.quick, out_dir=args.out, seeds=args.seeds)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.run import main as bench_main
+
+    return bench_main(quick=args.quick, out_dir=args.out)
+
+
+def _parse_host(text: str) -> dict[str, Any]:
+    """Parse a host spec such as linear:64:10, conv2d:16:32:3:2:1, residual:64."""
+    parts = text.split(":")
+    kind = parts[0]
+    try:
+        nums = [int(p) for p in parts[1:]]
+    except ValueError as exc:
+        raise SystemExit(f"esper: --host {text!r}: sizes must be integers ({exc})") from exc
+    if kind in ("linear", "block") and len(nums) == 2:
+        return {"kind": kind, "in": nums[0], "out": nums[1]}
+    if kind in ("conv1d", "conv2d") and len(nums) == 5:
+        return {"kind": kind, "in": nums[0], "out": nums[1], "kernel": nums[2], "stride": nums[3], "padding": nums[4]}
+    if kind == "residual" and len(nums) == 1:
+        return {"kind": kind, "dim": nums[0]}
+    raise SystemExit(
+        f"esper: --host {text!r} is not one of linear:IN:OUT, block:IN:OUT, conv1d|conv2d:IN:OUT:K:S:P, residual:DIM"
+    )
+
+
+def _cmd_blueprints(args: argparse.Namespace) -> int:
+    from . import karn
+
+    host = _parse_host(args.host)
+    rows = karn.library_costs(host)
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"blueprints for host {args.host}")
+    print(f"{'template':<16} {'params':>10} {'FLOPs/sample':>14}  {'mergeable':<9}  description / why not")
+    for r in rows:
+        if r.get("error"):
+            print(f"{r['template']:<16} {'-':>10} {'-':>14}  {'-':<9}  n/a: {r['error']}")
+        else:
+            print(
+                f"{r['template']:<16} {r['param_count']:>10} {r['flops_per_sample']:>14}  "
+                f"{'yes' if r['mergeable'] else 'no':<9}  {r['description']}"
+            )
+    return 0
+
+
+def _cmd_urza(args: argparse.Namespace) -> int:
+    from .urza import Urza
+
+    with Urza(args.root) as store:
+        if args.urza_cmd == "ls":
+            rows = store.list()
+            if args.json:
+                _print_json(rows)
+            else:
+                for r in rows:
+                    print(f"{r['id'][:16]}  {r.get('blueprint_id', '')[:12]:<12} {r.get('param_count', 0):>9}  "
+                          f"{','.join(r.get('tags', []))}")
+                print(f"{len(rows)} artifact(s) in {store.root}")
+        elif args.urza_cmd == "show":
+            _print_json(store.show(args.id))
+        elif args.urza_cmd == "verify":
+            report = store.verify()
+            _print_json(report)
+            return 0 if not report.get("bad") else 1
+        elif args.urza_cmd == "gc":
+            _print_json(store.gc())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `esper` command."""
+    p = argparse.ArgumentParser(prog="esper", description="Morphogenetic training for PyTorch.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("info", help="print the Go library's build information")
+    s.set_defaults(fn=_cmd_info)
+
+    s = sub.add_parser("demo", help="grow models on digits and spirals against baselines")
+    s.add_argument("--quick", action="store_true", help="fewer seeds and epochs (a smoke run)")
+    s.add_argument("--seeds", type=int, default=None, help="random seeds per configuration")
+    s.add_argument("--out", default="demo_out", help="folder for the table, JSON and plot")
+    s.set_defaults(fn=_cmd_demo)
+
+    s = sub.add_parser("bench", help="measure Esper against plain PyTorch and PEFT")
+    s.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    s.add_argument("--out", default="bench/results", help="folder for the results")
+    s.set_defaults(fn=_cmd_bench)
+
+    s = sub.add_parser("blueprints", help="list the template library with costs for a host shape")
+    s.add_argument("--host", default="linear:64:64", help="linear:IN:OUT, conv2d:IN:OUT:K:S:P, residual:DIM ...")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_cmd_blueprints)
+
+    s = sub.add_parser("urza", help="the artifact store")
+    s.add_argument("--root", default=None, help="store folder (default $ESPER_HOME/urza, ~/.esper/urza)")
+    s.add_argument("--json", action="store_true")
+    usub = s.add_subparsers(dest="urza_cmd", required=True)
+    usub.add_parser("ls", help="list artifacts")
+    show = usub.add_parser("show", help="show one artifact's manifest")
+    show.add_argument("id")
+    usub.add_parser("verify", help="re-hash every artifact; exit 1 if any is bad")
+    usub.add_parser("gc", help="remove temporary leftovers and bad objects")
+    s.set_defaults(fn=_cmd_urza)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `esper` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from .errors import EsperError
+
+    try:
+        return int(args.fn(args))
+    except EsperError as exc:
+        print(f"esper: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,700 @@
+"""Kasmina: wrapped layers that hold seed slots and blend seeds into their host's output.
+
+A :class:`KasminaLayer` keeps the wrapped module as ``self.base_layer`` (state_dict keys
+``<name>.base_layer.weight``) and its seeds in ``self.seeds``, an ``nn.ModuleDict`` keyed by slot
+index. Its forward is (ADD style, docs/internals.md)::
+
+    y = h(x) + sum_i a_i * s_i(x)
+
+- TRAINING: the seed sees ``x.detach()`` and enters as ``s - s.detach()``: 0 in value, the task
+  gradient for the seed, nothing for the host.
+- BLENDING: ``a`` is the float the driver sets from Go's schedule; HOLDING and FOSSILIZED: ``a = 1``
+  (the seed sees ``x`` itself; a fossilized seed is frozen).
+- GERMINATED and every non-live state: the seed does not run.
+
+A layer with nothing to run and no sampling to do is *dormant*: its ``forward`` is then the base
+layer's own bound ``forward`` (set as an instance attribute), so a dormant layer costs exactly what
+the unwrapped module costs. While dormant, hooks registered on ``base_layer`` after the layer last
+changed are bypassed (hooks present at that time are honoured by calling the base layer through
+``__call__``); hooks on the KasminaLayer itself always run.
+
+Execution is guarded: a seed that raises, returns the wrong shape or a non-finite value leaves the
+layer's output equal to the host's for that step. Exceptions and wrong shapes are recorded at once
+in ``layer.failures``; non-finite outputs are detected on the device (``torch.where`` picks the host
+output, no synchronisation) and counted in a device tensor that :func:`collect_failures` reads every
+N steps. Health signals are reduced on the device into a 6-float buffer per layer on sampling steps
+(:data:`SIGNALS` gives the layout) and read by :func:`gather_signals`, which also estimates the
+effective rank from rows kept on every ``rank_every``-th sampling step (an SVD synchronises, so it
+waits for the read, which synchronises anyway). The forward never synchronises with the device.
+
+Python never checks lifecycle transitions: Go owns the table and the driver mirrors its events
+with :meth:`KasminaLayer.add_seed`, :meth:`KasminaLayer.set_state`,
+:meth:`KasminaLayer.set_alphas` and :meth:`KasminaLayer.remove_seed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections import Counter, deque
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Callable, Iterator, NamedTuple, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "FailureKind",
+    "HostSpec",
+    "KasminaLayer",
+    "LIVE_STATES",
+    "SIGNALS",
+    "SeedFailure",
+    "SeedState",
+    "collect_failures",
+    "gather_signals",
+    "kasmina_layers",
+    "set_sampling",
+]
+
+
+class SeedState(IntEnum):
+    """Seed lifecycle states; the values cross the C ABI (docs/internals.md)."""
+
+    DORMANT = 0
+    GERMINATED = 1
+    TRAINING = 2
+    BLENDING = 3
+    HOLDING = 4
+    FOSSILIZED = 5
+    PRUNED = 6
+    EMBARGOED = 7
+    RESETTING = 8
+    CANCELLED = 9
+    ROLLED_BACK = 10
+
+
+#: States in which the seed has a module in the model.
+LIVE_STATES = frozenset({SeedState.GERMINATED, SeedState.TRAINING, SeedState.BLENDING, SeedState.HOLDING,
+                         SeedState.FOSSILIZED})
+# Alpha of the states whose alpha is fixed; BLENDING takes Go's value; every other state is 0.
+_FIXED_ALPHA = {SeedState.TRAINING: 0.0, SeedState.HOLDING: 1.0, SeedState.FOSSILIZED: 1.0}
+# States whose seed runs in the forward.
+_RUNNING = frozenset({SeedState.TRAINING, SeedState.BLENDING, SeedState.HOLDING, SeedState.FOSSILIZED})
+
+
+class FailureKind(IntEnum):
+    """Why a seed's output was not used for a step (the ``kind`` of esper_session_report_failure)."""
+
+    EXCEPTION = 1
+    NONFINITE = 2
+    SHAPE = 3
+
+
+class SeedFailure(NamedTuple):
+    """One recorded seed failure: the slot, the kind, and a message for Go's breaker and logs."""
+
+    slot: int
+    kind: FailureKind
+    message: str
+
+
+#: Layout of each layer's signal buffer (6 float32; NaN means "not measured").
+SIGNALS = ("act_mean", "act_var", "dead_frac", "grad_norm", "weight_norm", "eff_rank")
+
+_MAX_FAILURES = 1024  # recorded failures kept per layer between reads; older ones are dropped
+_MAX_MESSAGE = 500
+_RANK_ROWS = 64  # rows of the output the effective rank is estimated on
+_FOLD_EVERY = 256  # finiteness flags kept per slot before they are summed on the device
+
+
+@dataclass
+class HostSpec:
+    """What the Go session needs to know about a wrapped module.
+
+    Attributes:
+        name: the module's qualified name when it was wrapped.
+        kind: "linear", "block", "conv1d", "conv2d" or "residual".
+        in_features: input features (linear), input channels (conv), or dim (residual).
+        out_features: output features or channels (dim for residual).
+        kernel: conv kernel size (square), 0 otherwise.
+        stride: conv stride, 0 otherwise.
+        padding: conv padding, 0 otherwise.
+        params: the number of parameters of the host.
+        channel_first: residual only: (N, dim, *spatial) instead of (*, dim).
+        spatial: residual channel-first only: the spatial extents, learned at the first forward.
+    """
+
+    name: str
+    kind: str
+    in_features: int
+    out_features: int
+    kernel: int = 0
+    stride: int = 0
+    padding: int = 0
+    params: int = 0
+    channel_first: bool = False
+    spatial: list[int] | None = None
+
+    def host_ir(self) -> dict[str, Any]:
+        """The host as it appears in a blueprint IR (``ir["host"]``, Karn's ``Host``).
+
+        Raises:
+            ValueError: a channel-first residual host that has not run a forward yet.
+        """
+        if self.kind == "residual":
+            host: dict[str, Any] = {"kind": "residual", "dim": self.in_features}
+            if self.channel_first:
+                if self.spatial is None:
+                    raise ValueError(f"residual host {self.name!r} is channel-first and its spatial extents are "
+                                     "learned at the first forward: run one forward pass first")
+                host["spatial"] = list(self.spatial)
+            return host
+        host = {"kind": self.kind, "in": self.in_features, "out": self.out_features}
+        if self.kind in ("conv1d", "conv2d"):
+            host.update(kernel=self.kernel, stride=self.stride, padding=self.padding)
+        return host
+
+    def to_dict(self) -> dict[str, Any]:
+        """The layer entry of the Go session config: ``{"name", "params", **host_ir()}``."""
+        return {"name": self.name, **self.host_ir(), "params": self.params}
+
+
+class _Branch(NamedTuple):
+    slot: int
+    seed: nn.Module
+    straight_through: bool  # TRAINING: value 0, gradient to the seed only
+    alpha: float
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _dtype_of(module: nn.Module) -> torch.dtype | None:
+    for t in module.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def _norm(t: Tensor) -> Tensor:
+    """The 2-norm of t as a float32 0-d tensor, accumulated in float32 at least."""
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return torch.linalg.vector_norm(t, dtype=torch.float32)
+    return torch.linalg.vector_norm(t).float()
+
+
+def _gate_grad(ok: Tensor, grad: Tensor) -> Tensor:
+    """Zeroes the gradient a failed seed sends to the host's input (0 * NaN would be NaN)."""
+    return torch.where(ok, grad, 0.0)
+
+
+def _effective_rank(rows: Tensor) -> float:
+    """exp(entropy) of the normalised singular values of rows (R, C) (NaN when all are zero)."""
+    s = torch.linalg.svdvals(rows)
+    p = s / s.sum()
+    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum()))
+
+
+class KasminaLayer(nn.Module):
+    """A wrapped host module with ``num_slots`` seed slots (built by :func:`esper.wrap.wrap`).
+
+    Args:
+        base_layer: the host module; it is called with one tensor.
+        spec: the host's description (:class:`HostSpec`).
+        num_slots: the number of seed slots.
+        rank_every: the effective rank is estimated on every ``rank_every``-th sampling step.
+
+    Attributes:
+        base_layer: the host module.
+        seeds: the live seeds, keyed by slot index as a string.
+        spec: the host's description.
+        failures: exceptions and wrong shapes recorded since the last read (non-finite outputs are
+            counted on the device; :meth:`pop_failures` returns both).
+    """
+
+    def __init__(self, base_layer: nn.Module, spec: HostSpec, num_slots: int = 1, rank_every: int = 10) -> None:
+        super().__init__()
+        if num_slots < 1 or rank_every < 1:
+            raise ValueError(f"num_slots and rank_every must be >= 1, got {num_slots} and {rank_every}")
+        self.base_layer = base_layer
+        self.seeds = nn.ModuleDict()
+        self.spec = spec
+        self.num_slots = num_slots
+        self.rank_every = rank_every
+        self.failures: deque[SeedFailure] = deque(maxlen=_MAX_FAILURES)
+        self._states = [SeedState.DORMANT] * num_slots
+        self._alphas = [0.0] * num_slots
+        self._disabled: Counter[int] = Counter()
+        self._branches: tuple[_Branch, ...] = ()
+        self._sampling = False
+        self._samples = 0
+        self._rank_rows: Tensor | None = None  # (<= 64, units) output rows for the effective rank
+        # Per slot: the device flags "output finite" of recent forwards, folded into _bad now and then.
+        self._checks: list[list[Tensor]] = [[] for _ in range(num_slots)]
+        self._runs = [0] * num_slots  # forwards folded into _bad since the last read
+        # A residual or block host's shapes are checked at its first forward.
+        self._checked = spec.kind not in ("residual", "block")
+        self._unit_dim = 1 if spec.kind in ("conv1d", "conv2d") or spec.channel_first else -1
+        self._allocate(_device_of(base_layer))
+        self._sync_forward()
+
+    # ------------------------------------------------------------------ device-side state
+
+    def _allocate(self, device: torch.device) -> None:
+        signals = torch.full((len(SIGNALS),), math.nan, device=device)
+        bad = torch.zeros(self.num_slots, dtype=torch.int64, device=device)
+        self._set_device_state(signals, bad)
+
+    def _set_device_state(self, signals: Tensor, bad: Tensor) -> None:
+        self._signals = signals  # (6,) float32: see SIGNALS
+        self._grad_norm_out = signals.unbind(0)[SIGNALS.index("grad_norm")]
+        self._bad = bad  # (slots,) int64: non-finite outputs per slot since the last read
+        self._nan = torch.full((), math.nan, device=signals.device)
+
+    def _fold(self, slot: int) -> None:
+        """Adds the slot's pending finiteness flags into the device counter (one kernel, no sync)."""
+        checks = self._checks[slot]
+        if checks:
+            self._bad[slot].add_(torch.stack(checks).logical_not().sum())
+            self._runs[slot] += len(checks)
+            checks.clear()
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> KasminaLayer:
+        super()._apply(fn, recurse)
+        device = _device_of(self.base_layer)
+        if self._signals.device != device:
+            for slot in range(self.num_slots):
+                self._fold(slot)
+            self._set_device_state(self._signals.to(device), self._bad.to(device))
+        return self
+
+    # ------------------------------------------------------------------ forward
+
+    def _sync_forward(self) -> None:
+        """Rebuilds the tuple of seeds to run and picks the forward: the host's own when dormant."""
+        self._branches = tuple(
+            _Branch(slot, self.seeds[str(slot)], state == SeedState.TRAINING, self._alphas[slot])
+            for slot, state in enumerate(self._states)
+            if state in _RUNNING and not self._disabled[slot] and str(slot) in self.seeds
+        )
+        if self._branches or self._sampling or not self._checked:
+            self.__dict__.pop("forward", None)
+        else:
+            base = self.base_layer
+            self.forward = base.__call__ if _has_hooks(base) else base.forward
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.base_layer(x)
+        if not self._checked:
+            self._check_host(x, h)
+        y = self._add_seeds(x, h) if self._branches else h
+        if self._sampling:
+            self._sample(h, y)
+        return y
+
+    def _add_seeds(self, x: Tensor, h: Tensor) -> Tensor:
+        grad_on = torch.is_grad_enabled()
+        learning = self.training and grad_on
+        gate = grad_on and x.requires_grad
+        y = h
+        for slot, seed, straight_through, alpha in self._branches:
+            if straight_through:
+                if not learning:
+                    continue  # 0 in value and nothing to learn
+                seed_in = x.detach()
+            else:
+                # Its own autograd node, so the gate hook below sees only the seed's gradient.
+                seed_in = x.view_as(x) if gate else x
+            try:
+                s = seed(seed_in)
+            except Exception as e:  # a seed may fail in any way: fall back to the host for this step
+                self._fail(slot, FailureKind.EXCEPTION, f"{type(e).__name__}: {e}")
+                continue
+            if not isinstance(s, Tensor) or s.shape != h.shape:
+                got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+                self._fail(slot, FailureKind.SHAPE, f"expected output shape {tuple(h.shape)}, got {got}")
+                continue
+            if s.dtype != h.dtype:
+                s = s.to(h.dtype)  # e.g. a norm under autocast
+            # "finite" as a device flag, no synchronisation (one reduction; NaN and inf fail abs < inf).
+            ok = s.sum(dtype=torch.float32).abs() < math.inf
+            checks = self._checks[slot]
+            checks.append(ok)
+            if len(checks) >= _FOLD_EVERY:
+                self._fold(slot)
+            if straight_through:
+                # s - s.detach() is 0 in value (NaN when s is not: the where drops it) and s in gradient.
+                y = torch.where(ok, y + (s - s.detach()), y)
+            else:
+                y = torch.where(ok, torch.add(y, s, alpha=alpha), y)
+                if gate:
+                    seed_in.register_hook(functools.partial(_gate_grad, ok))
+        return y
+
+    def _fail(self, slot: int, kind: FailureKind, message: str) -> None:
+        self.failures.append(SeedFailure(slot, kind, message[:_MAX_MESSAGE]))
+
+    def _check_host(self, x: Tensor, h: Tensor) -> None:
+        """Checks once that a residual host keeps its input's shape (and learns its spatial
+        extents), or that a block host maps (*, in) to (*, out)."""
+        spec = self.spec
+        if spec.kind == "block":
+            if not isinstance(h, Tensor) or x.ndim < 1 or x.shape[-1] != spec.in_features or \
+                    h.shape[:-1] != x.shape[:-1] or h.shape[-1] != spec.out_features:
+                got = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
+                raise ValueError(f"block host {spec.name!r}: expected (*, {spec.in_features}) -> "
+                                 f"(*, {spec.out_features}), got {tuple(x.shape)} -> {got}")
+            self._checked = True
+            self._sync_forward()
+            return
+        if not isinstance(h, Tensor) or h.shape != x.shape:
+            got = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
+            raise ValueError(f"residual host {spec.name!r}: output shape {got} differs from input shape "
+                             f"{tuple(x.shape)}; only a module whose output has its input's shape can be residual")
+        axis = 1 if spec.channel_first else -1
+        if x.ndim < (3 if spec.channel_first else 1) or x.shape[axis] != spec.in_features:
+            layout = "(N, dim, *spatial)" if spec.channel_first else "(*, dim)"
+            raise ValueError(f"residual host {spec.name!r}: expected input {layout} with dim {spec.in_features}, "
+                             f"got shape {tuple(x.shape)}")
+        if spec.channel_first:
+            spec.spatial = list(x.shape[2:])
+        self._checked = True
+        self._sync_forward()
+
+    # ------------------------------------------------------------------ health signals
+
+    def _sample(self, h: Tensor, y: Tensor) -> None:
+        with torch.no_grad():
+            hf = h.detach().float()
+            var, mean = torch.var_mean(hf)
+            units = hf.movedim(self._unit_dim, -1).reshape(-1, hf.shape[self._unit_dim])  # (rows, units)
+            dead = (units.amax(dim=0) <= 0).float().mean()
+            if self._samples % self.rank_every == 0:
+                # The SVD synchronises on CUDA: keep a slice of rows, gather_signals estimates the rank.
+                self._rank_rows = units[::max(1, units.shape[0] // _RANK_ROWS)][:_RANK_ROWS].clone()
+            self._samples += 1
+            torch.stack([mean, var, dead, self._nan, self._weight_norm(), self._nan], out=self._signals)
+        if y.requires_grad:
+            y.register_hook(self._record_grad_norm)
+
+    def _record_grad_norm(self, grad: Tensor) -> None:
+        self._grad_norm_out.copy_(_norm(grad))
+
+    def _weight_norm(self) -> Tensor:
+        """The host weight's norm (linear, conv), or the norm of all its parameters (residual)."""
+        weight = getattr(self.base_layer, "weight", None)
+        params = [weight] if self.spec.kind not in ("residual", "block") and isinstance(weight, Tensor) else \
+            list(self.base_layer.parameters())
+        if not params:
+            return self._nan
+        norms = [_norm(p.detach()) for p in params]
+        return norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
+
+    def set_sampling(self, sampling: bool) -> None:
+        """Turns the health-signal taps on or off (the driver turns them on for sampling steps).
+
+        Args:
+            sampling: record signals on the following forwards (and the output gradient's norm on
+                their backwards) until turned off.
+        """
+        self._sampling = bool(sampling)
+        self._sync_forward()
+
+    # ------------------------------------------------------------------ seeds
+
+    def _check_slot(self, slot: int) -> str:
+        if isinstance(slot, bool) or not isinstance(slot, int) or not 0 <= slot < self.num_slots:
+            raise ValueError(f"slot must be an integer in [0, {self.num_slots}), got {slot!r}")
+        return str(slot)
+
+    def add_seed(self, slot: int, seed: nn.Module) -> None:
+        """Attaches a seed to an empty slot, in state GERMINATED (it does not run yet).
+
+        Args:
+            slot: the slot index.
+            seed: the seed module (a :class:`esper.tezzeret.SeedModule` or any module mapping the
+                host's input to a tensor of the host's output shape), on the host weight's device
+                and dtype.
+
+        Raises:
+            ValueError: the slot is taken or out of range, a parameter or buffer of the seed is on
+                another device or dtype than the host's weight, or the seed's IR was built for
+                another host. The message shows expected and actual values.
+        """
+        key = self._check_slot(slot)
+        if key in self.seeds:
+            raise ValueError(f"{self.spec.name}: slot {slot} already holds a seed; remove it first")
+        device, dtype = _device_of(self.base_layer), _dtype_of(self.base_layer)
+        for name, t in [*seed.named_parameters(), *seed.named_buffers()]:
+            if t.is_floating_point() and (t.device != device or (dtype is not None and t.dtype != dtype)):
+                raise ValueError(f"{self.spec.name}: seed tensor {name!r} is on {t.device} with dtype {t.dtype}; "
+                                 f"expected {device} with dtype {dtype} (the host weight's)")
+        ir = getattr(seed, "ir", None)
+        if isinstance(ir, dict) and isinstance(ir.get("host"), dict) and _host_key(ir["host"]) != _spec_key(self.spec):
+            raise ValueError(f"{self.spec.name}: the seed's IR was built for host {ir['host']}, expected a host "
+                             f"like {self.spec}")
+        self.seeds[key] = seed
+        self._states[slot], self._alphas[slot] = SeedState.GERMINATED, 0.0
+        self._sync_forward()
+
+    def remove_seed(self, slot: int) -> list[nn.Parameter]:
+        """Removes a slot's seed from the module (PRUNED, CANCELLED, ROLLED_BACK, or by hand).
+
+        A slot left in a live state goes back to DORMANT; a non-live state (PRUNED, ...) is kept.
+
+        Args:
+            slot: the slot index.
+
+        Returns:
+            The removed seed's parameters, to drop from the optimizer.
+
+        Raises:
+            ValueError: the slot is out of range or empty.
+        """
+        key = self._check_slot(slot)
+        if key not in self.seeds:
+            raise ValueError(f"{self.spec.name}: slot {slot} holds no seed")
+        seed = self.seeds.pop(key)
+        if self._states[slot] in LIVE_STATES:
+            self._states[slot], self._alphas[slot] = SeedState.DORMANT, 0.0
+        self._sync_forward()
+        return list(seed.parameters())
+
+    def set_state(self, slot: int, state: int | str, alpha: float | None = None) -> None:
+        """Mirrors a lifecycle transition decided by Go.
+
+        Args:
+            slot: the slot index.
+            state: the new state (a :class:`SeedState`, its value, or its name as in Go's events).
+            alpha: BLENDING's alpha in [0, 1] (required there); other states have a fixed alpha
+                (TRAINING 0, HOLDING and FOSSILIZED 1, others 0) and a given value must equal it.
+
+        Raises:
+            ValueError: an unknown state, a live state on an empty slot, a bad alpha, or leaving
+                FOSSILIZED (terminal; only :meth:`remove_seed` clears it).
+        """
+        self._check_slot(slot)
+        try:
+            new = SeedState[state] if isinstance(state, str) else SeedState(state)
+        except (KeyError, ValueError):
+            raise ValueError(f"unknown seed state {state!r}") from None
+        if new in LIVE_STATES and str(slot) not in self.seeds:
+            raise ValueError(f"{self.spec.name}: slot {slot} holds no seed; {new.name} needs one (add_seed first)")
+        if self._states[slot] == SeedState.FOSSILIZED and new != SeedState.FOSSILIZED:
+            raise ValueError(f"{self.spec.name}: slot {slot} is FOSSILIZED (terminal), cannot become {new.name}")
+        if new == SeedState.BLENDING:
+            if alpha is None or not 0.0 <= alpha <= 1.0:
+                raise ValueError(f"BLENDING needs an alpha in [0, 1], got {alpha!r}")
+            value = float(alpha)
+        else:
+            value = _FIXED_ALPHA.get(new, 0.0)
+            if alpha is not None and alpha != value:
+                raise ValueError(f"{new.name} has alpha {value}, got {alpha!r}")
+        if new == SeedState.FOSSILIZED:
+            self.seeds[str(slot)].requires_grad_(False)
+        self._states[slot], self._alphas[slot] = new, value
+        self._sync_forward()
+
+    def set_alphas(self, alphas: Sequence[float]) -> None:
+        """Takes this layer's slice of Go's ``alphas_out`` (one float per slot) after a step.
+
+        Only BLENDING slots change; every other state's alpha is fixed by the state.
+
+        Args:
+            alphas: ``num_slots`` floats in [0, 1].
+        """
+        if len(alphas) != self.num_slots:
+            raise ValueError(f"expected {self.num_slots} alphas, got {len(alphas)}")
+        changed = False
+        for slot, state in enumerate(self._states):
+            a = float(alphas[slot])
+            if state == SeedState.BLENDING and a != self._alphas[slot]:
+                if not 0.0 <= a <= 1.0:
+                    raise ValueError(f"slot {slot}: alpha must be in [0, 1], got {a}")
+                self._alphas[slot], changed = a, True
+        if changed:
+            self._sync_forward()
+
+    @contextlib.contextmanager
+    def disable_seeds(self, *slots: int) -> Iterator[KasminaLayer]:
+        """Switches seeds off inside a ``with`` block: all of them when no slot is given.
+
+        Used to measure a seed's contribution on validation (with and without it). Nests; the
+        slots' states and alphas are untouched.
+
+        Args:
+            slots: the slots to switch off.
+        """
+        for slot in slots:
+            self._check_slot(slot)
+        chosen = list(slots) if slots else list(range(self.num_slots))
+        self._disabled.update(chosen)
+        self._sync_forward()
+        try:
+            yield self
+        finally:
+            self._disabled.subtract(chosen)
+            self._sync_forward()
+
+    def pop_failures(self) -> list[SeedFailure]:
+        """Returns and clears the failures since the last read. Reads the device counters (one sync).
+
+        Returns:
+            Exceptions and wrong shapes in the order they happened, then one NONFINITE entry per
+            slot whose output was not finite in some forward passes.
+        """
+        return _drain([self])[0]
+
+    # ------------------------------------------------------------------ accessors
+
+    def state(self, slot: int) -> SeedState:
+        """The slot's state as last set."""
+        self._check_slot(slot)
+        return self._states[slot]
+
+    def alpha(self, slot: int) -> float:
+        """The slot's alpha as last set."""
+        self._check_slot(slot)
+        return self._alphas[slot]
+
+    def seed(self, slot: int) -> nn.Module | None:
+        """The slot's seed module, or None."""
+        key = self._check_slot(slot)
+        return self.seeds[key] if key in self.seeds else None
+
+    def get_base_layer(self) -> nn.Module:
+        """The wrapped host module."""
+        return self.base_layer
+
+    @property
+    def is_dormant(self) -> bool:
+        """True while the layer's forward is the host's own."""
+        return "forward" in self.__dict__
+
+    def extra_repr(self) -> str:
+        states = ", ".join(s.name for s in self._states)
+        return f"kind={self.spec.kind}, slots={self.num_slots}, states=[{states}]"
+
+
+def _host_key(host: dict[str, Any]) -> tuple[Any, ...]:
+    """The fields of an IR host that decide a seed's shapes (Karn omits zero fields: absent means 0)."""
+    return tuple(host.get(k, 0) for k in ("kind", "in", "out", "kernel", "stride", "padding", "dim")) + (
+        bool(host.get("spatial")),)
+
+
+def _spec_key(spec: HostSpec) -> tuple[Any, ...]:
+    """:func:`_host_key` of the host a spec describes (known before the spatial extents are)."""
+    if spec.kind == "residual":
+        return ("residual", 0, 0, 0, 0, 0, spec.in_features, spec.channel_first)
+    return (spec.kind, spec.in_features, spec.out_features, spec.kernel, spec.stride, spec.padding, 0, False)
+
+
+LayersLike = Union[nn.Module, Sequence[KasminaLayer]]
+
+
+def kasmina_layers(model: nn.Module) -> list[tuple[str, KasminaLayer]]:
+    """The model's Kasmina layers in module order, with their qualified names.
+
+    This order is the layer index of the Go session (signals, alphas, events).
+    """
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, KasminaLayer)]
+
+
+def _layers(layers: LayersLike) -> list[KasminaLayer]:
+    if isinstance(layers, nn.Module):
+        return [m for _, m in kasmina_layers(layers)]
+    return list(layers)
+
+
+def _to_host(tensors: list[Tensor]) -> list[list[Any]]:
+    """Copies tensors to the host with one synchronisation when they share a device."""
+    if not tensors:
+        return []
+    if all(t.device == tensors[0].device for t in tensors):
+        flat = torch.cat(tensors).tolist()
+        out, i = [], 0
+        for t in tensors:
+            out.append(flat[i:i + t.numel()])
+            i += t.numel()
+        return out
+    return [t.tolist() for t in tensors]
+
+
+def _drain(layers: list[KasminaLayer]) -> list[list[SeedFailure]]:
+    for layer in layers:
+        for slot in range(layer.num_slots):
+            layer._fold(slot)
+    bad = _to_host([layer._bad for layer in layers])
+    out = []
+    for layer, counts in zip(layers, bad):
+        found = list(layer.failures)
+        layer.failures.clear()
+        for slot, (runs, failed) in enumerate(zip(layer._runs, counts)):
+            if failed:
+                found.append(SeedFailure(slot, FailureKind.NONFINITE,
+                                         f"non-finite output in {failed} of {runs} forward passes"))
+        layer._bad.zero_()
+        layer._runs = [0] * layer.num_slots
+        out.append(found)
+    return out
+
+
+def collect_failures(layers: LayersLike) -> list[tuple[int, SeedFailure]]:
+    """Drains every layer's failures, reading all device counters with one synchronisation.
+
+    Call it every N steps (and before acting on a seed); forward each entry to Go with
+    ``Session.report_failure(layer_index, failure.slot, failure.kind, failure.message)``.
+
+    Args:
+        layers: a wrapped model, or its Kasmina layers in session order.
+
+    Returns:
+        ``(layer_index, failure)`` pairs.
+    """
+    drained = _drain(_layers(layers))
+    return [(i, f) for i, found in enumerate(drained) for f in found]
+
+
+def gather_signals(layers: LayersLike, reset: bool = True) -> Tensor:
+    """Copies every layer's signal buffer to the host with one synchronisation.
+
+    Args:
+        layers: a wrapped model, or its Kasmina layers in session order.
+        reset: refill the device buffers with NaN ("not measured") after the read.
+
+    Returns:
+        A CPU float32 tensor of ``6 * len(layers)`` values, layer-major, each layer's 6 in the
+        order of :data:`SIGNALS` (NaN: not measured since the last read; ``eff_rank`` is computed
+        here, from the output rows kept at the last rank sample). The driver prepends
+        ``[train_loss_mean, nonfinite_count]`` to form the buffer of ``esper_session_step``.
+    """
+    chosen = _layers(layers)
+    values = torch.tensor([v for row in _to_host([layer._signals for layer in chosen]) for v in row],
+                          dtype=torch.float32)
+    rank = SIGNALS.index("eff_rank")
+    for i, layer in enumerate(chosen):
+        if layer._rank_rows is not None:
+            values[i * len(SIGNALS) + rank] = _effective_rank(layer._rank_rows)
+        if reset:
+            layer._signals.fill_(math.nan)
+            layer._rank_rows = None
+    return values
+
+
+def set_sampling(layers: LayersLike, sampling: bool) -> None:
+    """Turns the health-signal taps of every layer on or off (see :meth:`KasminaLayer.set_sampling`)."""
+    for layer in _layers(layers):
+        layer.set_sampling(sampling)

@@ -1,0 +1,161 @@
+"""The Go session of one training run, seen from Python.
+
+A :class:`Session` owns a handle to ``core/session`` in the Go library: the
+seed lifecycle of every wrapped layer, the health-signal statistics (Nissa),
+and the controller (Tamiyo). :class:`~esper.tolaria.Morphogenesis` drives it;
+users rarely touch it directly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+from ctypes import POINTER, byref, c_float, c_int32, c_void_p
+from typing import Any
+
+import numpy as np
+
+from . import _lib
+
+__all__ = ["Session", "STATES", "STATE_IDS", "LIVE_STATES"]
+
+#: Seed states by value (docs/internals.md; the Go table is the source).
+STATES = (
+    "DORMANT",
+    "GERMINATED",
+    "TRAINING",
+    "BLENDING",
+    "HOLDING",
+    "FOSSILIZED",
+    "PRUNED",
+    "EMBARGOED",
+    "RESETTING",
+    "CANCELLED",
+    "ROLLED_BACK",
+)
+#: State name -> value.
+STATE_IDS = {name: i for i, name in enumerate(STATES)}
+#: States in which the seed has a module in the model.
+LIVE_STATES = frozenset({"GERMINATED", "TRAINING", "BLENDING", "HOLDING", "FOSSILIZED"})
+
+
+def _finite_json(obj: Any) -> Any:
+    """Replace non-finite floats by the strings Go's decoder accepts ("NaN", "Infinity")."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_json(v) for v in obj]
+    return obj
+
+
+class Session(_lib.Handle):
+    """A Go session: lifecycle, signals and controller for one training run.
+
+    Args:
+        config: the session configuration (layers, slots, lifecycle tempo,
+            policy, budgets); see ``core/session`` for every field.
+    """
+
+    _free_symbol = "esper_session_free"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        cdll = _lib.lib()
+        out = ctypes.c_uint64()
+        _lib.check(cdll.esper_session_new(json.dumps(config).encode(), byref(out)))
+        super().__init__(out.value)
+        self.config = config
+        layers = config["layers"]
+        self.num_slots = len(layers) * int(config.get("slots_per_layer", 1))
+        self.alphas = np.zeros(self.num_slots, dtype=np.float32)
+        self._alphas_ptr = self.alphas.ctypes.data_as(POINTER(c_float))
+        self._n_events = c_int32()
+        self._n_events_ref = byref(self._n_events)
+        self._step = cdll.esper_session_step
+
+    def step(self, steps: int = 1, signals: np.ndarray | None = None) -> int:
+        """Advance the lifecycle by ``steps`` optimizer steps, ingest signals.
+
+        Args:
+            steps: optimizer steps since the last call.
+            signals: float32 buffer in the layout of docs/internals.md, or None.
+
+        Returns:
+            The number of lifecycle events waiting (read them with events());
+            ``self.alphas`` holds the new alpha of every slot.
+        """
+        h = self.handle
+        if signals is None:
+            rc = self._step(h, steps, None, 0, self._alphas_ptr, self.num_slots, self._n_events_ref)
+        else:
+            sig = np.ascontiguousarray(signals, dtype=np.float32)
+            rc = self._step(
+                h, steps, sig.ctypes.data_as(POINTER(c_float)), sig.size, self._alphas_ptr, self.num_slots,
+                self._n_events_ref,
+            )
+        if rc:
+            _lib.check(rc, h)
+        return self._n_events.value
+
+    def _json_call(self, symbol: str, *args: Any) -> Any:
+        out = c_void_p()
+        h = self.handle
+        _lib.check(getattr(_lib.lib(), symbol)(h, *args, byref(out)), h)
+        return _lib.take_json(out)
+
+    def events(self) -> list[dict[str, Any]]:
+        """Drain the pending lifecycle events."""
+        return self._json_call("esper_session_events") or []
+
+    def end_epoch(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Hand the epoch's metrics to Tamiyo; returns its decisions and the events they caused."""
+        return self._json_call("esper_session_end_epoch", json.dumps(_finite_json(metrics)).encode())
+
+    def germinate(self, layer: int, slot: int, blueprint: dict[str, Any]) -> list[dict[str, Any]]:
+        """Germinate a seed with a blueprint (an IR, or {"template": name, "params": {...}})."""
+        return self._json_call("esper_session_germinate", layer, slot, json.dumps(blueprint).encode())
+
+    def _transition(self, symbol: str, layer: int, slot: int, reason: str) -> list[dict[str, Any]]:
+        return self._json_call(symbol, layer, slot, reason.encode())
+
+    def advance(self, layer: int, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
+        """Move a seed to its next natural state."""
+        return self._transition("esper_session_advance", layer, slot, reason)
+
+    def prune(self, layer: int, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
+        """Prune a live seed."""
+        return self._transition("esper_session_prune", layer, slot, reason)
+
+    def fossilize(self, layer: int, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
+        """Fossilize a seed in HOLDING."""
+        return self._transition("esper_session_fossilize", layer, slot, reason)
+
+    def cancel(self, layer: int, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
+        """Cancel a seed that has not yet touched the host."""
+        return self._transition("esper_session_cancel", layer, slot, reason)
+
+    def report_failure(self, layer: int, slot: int, kind: int, message: str) -> list[dict[str, Any]]:
+        """Record a seed execution failure (1 exception, 2 non-finite, 3 wrong shape)."""
+        return self._json_call("esper_session_report_failure", layer, slot, kind, message.encode())
+
+    def snapshot(self) -> str:
+        """The whole Go-side state as JSON (for checkpoints)."""
+        out = c_void_p()
+        h = self.handle
+        _lib.check(_lib.lib().esper_session_snapshot(h, byref(out)), h)
+        return _lib.take_string(out)
+
+    def restore(self, snapshot: str) -> None:
+        """Restore the state saved by snapshot()."""
+        h = self.handle
+        _lib.check(_lib.lib().esper_session_restore(h, snapshot.encode()), h)
+
+    def stats(self) -> dict[str, Any]:
+        """Nissa's rolling statistics of the health signals."""
+        return self._json_call("esper_session_stats")
+
+    def seeds(self) -> list[dict[str, Any]]:
+        """Every slot's seed: state, alpha, blueprint, history."""
+        return self._json_call("esper_session_seeds")

@@ -1,0 +1,593 @@
+"""Tolaria: the training-loop integration.
+
+:class:`Morphogenesis` connects a wrapped model and its optimizer to a Go
+session (lifecycle, Nissa, Tamiyo). It makes at most one call into Go per
+optimizer step, and usually one every ``signal_every`` steps; the forward pass
+never calls Go::
+
+    model = esper.wrap(model, target_modules=["fc1"], seeds_per_layer=2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    morph = esper.Morphogenesis(model, opt, evaluate=lambda m: {"loss": val_loss(m)})
+    for epoch in range(epochs):
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            opt.zero_grad(); loss.backward(); opt.step()
+            morph.step(loss)
+        morph.end_epoch(val_loss=val_loss(model))
+
+Go's events are mirrored here: a germination builds the seed from its
+blueprint (Tezzeret) and adds its parameters to the optimizer in a group of
+their own; a prune removes them (and their optimizer state); a fossilization
+freezes them; a rollback restores the last good weights and optimizer state.
+The host's optimizer state is never reset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .kasmina import KasminaLayer, SeedState, collect_failures, gather_signals, kasmina_layers, set_sampling
+from .session import Session
+from .tezzeret import build_seed
+
+__all__ = ["MorphConfig", "Morphogenesis"]
+
+#: A layer is named by its index in session order or by its qualified name.
+LayerRef = Union[int, str]
+#: evaluate(model) -> {"loss": float, "metric": float (optional)} on validation data.
+Evaluate = Callable[[nn.Module], dict[str, float]]
+
+_EXITS = frozenset({"PRUNED", "CANCELLED", "ROLLED_BACK"})
+
+
+@dataclass
+class MorphConfig:
+    """Settings of a morphogenetic run. Every field has a working default.
+
+    Attributes:
+        policy: "heuristic" (Tamiyo decides), "random" (random layer at the
+            same timing and budget: a baseline), or "manual" (you call
+            germinate/advance/prune/fossilize).
+        train_steps: optimizer steps a seed trains in isolation before blending.
+        blend_steps: steps of the alpha ramp 0 -> 1 (the tempo).
+        schedule: "linear" or "cosine" alpha ramp.
+        embargo_steps: steps a slot rests after a prune before it can host again.
+        signal_every: health signals are sampled and sent to Go every N steps.
+        template: the blueprint template Tamiyo germinates (see `esper blueprints`).
+        template_params: its parameters (e.g. {"width": 16}); Tamiyo shrinks
+            them to fit the budget.
+        patience: epochs of validation plateau before Tamiyo grows.
+        threshold: relative validation-loss improvement below which an epoch
+            counts as a plateau.
+        prune_below: a seed in HOLDING whose measured contribution (validation
+            loss without it minus with it) is at or below this is pruned.
+        holding_epochs: epochs a seed is held (and measured) before judgement.
+        max_params: parameter budget for all seeds together (0: no limit).
+        max_concurrent: seeds germinated but not yet fossilized, at once.
+        cooldown_epochs: epochs a layer waits after a germination.
+        loss_factor: a training loss above this multiple of its rolling mean
+            (or non-finite) makes the governor roll back the newest seed.
+        failures_before_prune: seed execution failures that open its breaker
+            and prune it.
+        seed_lr: learning rate of seed parameter groups (None: the optimizer's).
+        seed: seed of the random policy and of seed initialisation.
+        rollback: keep a copy of the last good weights and optimizer state
+            (taken at each end_epoch) to restore on rollback; costs one copy
+            of the model and optimizer state in memory.
+        log_path: a JSON-lines file for signals, events and decisions ("" for none).
+    """
+
+    policy: str = "heuristic"
+    train_steps: int = 100
+    blend_steps: int = 100
+    schedule: str = "linear"
+    embargo_steps: int = 100
+    signal_every: int = 10
+    template: str = "residual_mlp"
+    template_params: dict[str, Any] = field(default_factory=dict)
+    patience: int = 3
+    threshold: float = 0.01
+    prune_below: float = 0.0
+    holding_epochs: int = 1
+    max_params: int = 0
+    max_concurrent: int = 1
+    cooldown_epochs: int = 2
+    loss_factor: float = 3.0
+    failures_before_prune: int = 3
+    seed_lr: float | None = None
+    seed: int = 0
+    rollback: bool = True
+    log_path: str = ""
+
+    def session_config(self, layers: list[dict[str, Any]], slots: int) -> dict[str, Any]:
+        """The Go session configuration for these settings and layers."""
+        return {
+            "layers": layers,
+            "slots_per_layer": slots,
+            "train_steps": self.train_steps,
+            "blend_steps": self.blend_steps,
+            "schedule": self.schedule,
+            "embargo_steps": self.embargo_steps,
+            "policy": self.policy,
+            "controller": {
+                "patience": self.patience,
+                "threshold": self.threshold,
+                "prune_below": self.prune_below,
+                "holding_epochs": self.holding_epochs,
+                "template": self.template,
+                "params": self.template_params,
+                "seed": self.seed,
+            },
+            "governor": {
+                "max_params": self.max_params,
+                "max_concurrent": self.max_concurrent,
+                "cooldown_epochs": self.cooldown_epochs,
+                "loss_factor": self.loss_factor,
+            },
+            "breaker": {"failures": self.failures_before_prune},
+            "log_path": self.log_path,
+        }
+
+
+class Morphogenesis:
+    """Drives the growth of a wrapped model during ordinary training.
+
+    Args:
+        model: a model wrapped with :func:`esper.wrap`.
+        optimizer: the optimizer training it; seeds join it in their own
+            parameter groups and leave it when pruned or fossilized.
+        config: the settings (:class:`MorphConfig`); keyword overrides win.
+        evaluate: ``evaluate(model) -> {"loss": ..., "metric": ...}`` on
+            validation data; used to measure each seed's contribution in
+            HOLDING (with and without it). Without it, seeds are judged on
+            the validation loss passed to :meth:`end_epoch`.
+        **overrides: fields of MorphConfig.
+
+    Raises:
+        ValueError: the model holds no Kasmina layer, or a setting is invalid.
+        esper.InvalidArgumentError: Go refused the configuration.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        config: MorphConfig | None = None,
+        evaluate: Evaluate | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.config = copy.deepcopy(config) if config is not None else MorphConfig()
+        for key, value in overrides.items():
+            if not hasattr(self.config, key):
+                raise ValueError(f"unknown Morphogenesis setting {key!r}; see MorphConfig")
+            setattr(self.config, key, value)
+        if self.config.signal_every < 1:
+            raise ValueError(f"signal_every must be >= 1, got {self.config.signal_every}")
+        self.evaluate = evaluate
+        named = kasmina_layers(model)
+        if not named:
+            raise ValueError("the model holds no Kasmina layer: call esper.wrap(model, target_modules=...) first")
+        self.layer_names = [name for name, _ in named]
+        self.layers: list[KasminaLayer] = [layer for _, layer in named]
+        self.slots = self.layers[0].num_slots
+        if any(layer.num_slots != self.slots for layer in self.layers):
+            raise ValueError("every Kasmina layer of one model must have the same number of slots")
+        self._session: Session | None = None
+        self.steps = 0
+        self.epoch = 0
+        self._pending = 0  # optimizer steps not yet sent to Go
+        self._blending = 0  # slots in BLENDING: Go is called every step while > 0
+        self._groups: dict[tuple[int, int], dict[str, Any]] = {}  # (layer, slot) -> its param group
+        self._loss_sum: torch.Tensor | None = None  # device sum of losses since the last flush
+        self._loss_count = 0
+        self._epoch_loss_sum: torch.Tensor | None = None
+        self._epoch_loss_count = 0
+        self._last_good: dict[str, Any] | None = None
+        #: Every event and decision, in order, as Go reported them.
+        self.log: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ session
+
+    @property
+    def session(self) -> Session:
+        """The Go session, created on first use (after the model's first forward,
+        when channel-first residual hosts know their spatial extents)."""
+        if self._session is None:
+            layers = [layer.spec.to_dict() for layer in self.layers]
+            for entry, name in zip(layers, self.layer_names):
+                entry["name"] = name
+            self._session = Session(self.config.session_config(layers, self.slots))
+            if self.config.rollback and self._last_good is None:
+                self._save_good()
+        return self._session
+
+    def close(self) -> None:
+        """Release the Go session. The model keeps its seeds."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def _layer_index(self, layer: LayerRef) -> int:
+        if isinstance(layer, str):
+            try:
+                return self.layer_names.index(layer)
+            except ValueError:
+                raise ValueError(f"no Kasmina layer named {layer!r}; layers: {self.layer_names}") from None
+        if not 0 <= layer < len(self.layers):
+            raise ValueError(f"layer index {layer} out of range [0, {len(self.layers)})")
+        return layer
+
+    # ------------------------------------------------------------------ per step
+
+    def step(self, loss: torch.Tensor | float | None = None) -> None:
+        """Call once after every optimizer step.
+
+        Args:
+            loss: the step's training loss (a tensor is kept on its device: no
+                synchronisation); feeds the governor's blow-up check and the
+                epoch's mean training loss.
+        """
+        if loss is not None:
+            value = loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
+            if self._loss_sum is None:
+                self._loss_sum = value.clone()
+                self._epoch_loss_sum = value.clone()
+            else:
+                self._loss_sum += value
+                self._epoch_loss_sum += value
+            self._loss_count += 1
+            self._epoch_loss_count += 1
+        self.steps += 1
+        self._pending += 1
+        every = self.config.signal_every
+        phase = self.steps % every
+        if phase == 0:
+            self._flush(with_signals=True)
+        elif self._blending:
+            self._flush(with_signals=False)
+        if phase == every - 1 or every == 1:
+            set_sampling(self.layers, True)  # the next step's forward and backward are measured
+
+    def _flush(self, with_signals: bool) -> None:
+        """Send the pending steps (and the signals) to Go; mirror what comes back."""
+        session = self.session
+        signals = None
+        if with_signals:
+            set_sampling(self.layers, False)
+            if self._loss_sum is not None and self._loss_count:
+                total = float(self._loss_sum)  # one synchronisation every signal_every steps
+                header = [total / self._loss_count, 0.0 if math.isfinite(total) else 1.0]
+                self._loss_sum.zero_()
+                self._loss_count = 0
+            else:
+                header = [math.nan, 0.0]
+            signals = np.concatenate([np.asarray(header, dtype=np.float32), gather_signals(self.layers).numpy()])
+            failures = collect_failures(self.layers)
+        else:
+            failures = []
+        n_events = session.step(self._pending, signals)
+        self._pending = 0
+        if self._blending:
+            alphas = session.alphas
+            for i, layer in enumerate(self.layers):
+                layer.set_alphas(alphas[i * self.slots : (i + 1) * self.slots])
+        if n_events:
+            self._apply(session.events())
+        for layer_index, failure in failures:
+            self._apply(session.report_failure(layer_index, failure.slot, int(failure.kind), failure.message))
+
+    # ------------------------------------------------------------------ per epoch
+
+    def end_epoch(
+        self,
+        val_loss: float | None = None,
+        val_metric: float | None = None,
+        train_loss: float | None = None,
+    ) -> dict[str, Any]:
+        """Hand the epoch's results to Tamiyo, apply what it decides.
+
+        Args:
+            val_loss: validation loss (the growth signal; measured with
+                ``evaluate`` when None and an evaluate function was given).
+            val_metric: validation metric, for the log.
+            train_loss: mean training loss (default: the mean of the losses
+                passed to :meth:`step` this epoch).
+
+        Returns:
+            {"epoch", "decisions": [...], "events": [...]} as Go reported them.
+        """
+        session = self.session
+        if self._pending:
+            self._flush(with_signals=False)
+        if val_loss is None and self.evaluate is not None:
+            result = self.evaluate(self.model)
+            val_loss, val_metric = result["loss"], result.get("metric", val_metric)
+        if train_loss is None and self._epoch_loss_sum is not None and self._epoch_loss_count:
+            train_loss = float(self._epoch_loss_sum) / self._epoch_loss_count
+            self._epoch_loss_sum.zero_()
+            self._epoch_loss_count = 0
+        metrics: dict[str, Any] = {
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_metric": val_metric,
+            "contributions": self._contributions(val_loss),
+        }
+        result = session.end_epoch(metrics)
+        for decision in result.get("decisions", []):
+            if decision.get("op") != "wait":
+                self.log.append({"kind": "decision", "epoch": self.epoch, **decision})
+        self._apply(result.get("events", []))
+        self.epoch += 1
+        finite = all(v is None or math.isfinite(v) for v in (train_loss, val_loss))
+        if self.config.rollback and finite:
+            self._save_good()
+        return result
+
+    def _contributions(self, val_loss: float | None) -> list[dict[str, Any]]:
+        """Validation loss without each HOLDING seed minus with it (needs evaluate)."""
+        if self.evaluate is None or val_loss is None or not math.isfinite(val_loss):
+            return []
+        out = []
+        for i, layer in enumerate(self.layers):
+            for slot in range(self.slots):
+                if layer.state(slot) == SeedState.HOLDING:
+                    with layer.disable_seeds(slot):
+                        without = self.evaluate(self.model)["loss"]
+                    out.append({"layer": i, "slot": slot, "delta_loss": without - val_loss})
+        return out
+
+    # ------------------------------------------------------------------ manual control
+
+    def germinate(self, layer: LayerRef, slot: int, blueprint: str | dict[str, Any] = "residual_mlp",
+                  **params: Any) -> list[dict[str, Any]]:
+        """Germinate a seed by hand.
+
+        Args:
+            layer: layer index or name.
+            slot: slot index.
+            blueprint: a template name (see `esper blueprints`) or a full IR.
+            **params: the template's parameters (e.g. width=16).
+
+        Returns:
+            The events it caused.
+
+        Raises:
+            esper.StateError: the slot is not DORMANT.
+            esper.BudgetError: the governor's budget or concurrency refuses it.
+        """
+        spec = blueprint if isinstance(blueprint, dict) else {"template": blueprint, "params": params}
+        events = self.session.germinate(self._layer_index(layer), slot, spec)
+        self._apply(events)
+        return events
+
+    def advance(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
+        """Move a seed to its next natural state (e.g. TRAINING -> BLENDING)."""
+        events = self.session.advance(self._layer_index(layer), slot, reason)
+        self._apply(events)
+        return events
+
+    def prune(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
+        """Prune a seed: its parameters leave the model and the optimizer."""
+        events = self.session.prune(self._layer_index(layer), slot, reason)
+        self._apply(events)
+        return events
+
+    def fossilize(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
+        """Fossilize a seed in HOLDING: it is frozen and kept."""
+        events = self.session.fossilize(self._layer_index(layer), slot, reason)
+        self._apply(events)
+        return events
+
+    # ------------------------------------------------------------------ mirroring Go's events
+
+    def _apply(self, events: list[dict[str, Any]]) -> None:
+        for ev in events:
+            self.log.append({"kind": "event", **{k: v for k, v in ev.items() if k != "blueprint"}})
+            i, slot, to = int(ev["layer"]), int(ev["slot"]), str(ev["to"])
+            layer = self.layers[i]
+            was = layer.state(slot).name
+            if was == "BLENDING":
+                self._blending -= 1
+            if to == "BLENDING":
+                self._blending += 1
+            if to == "GERMINATED":
+                self._add_seed(i, slot, ev["blueprint"], int(ev.get("step", self.steps)))
+            elif to in _EXITS:
+                if layer.seed(slot) is not None:
+                    layer.remove_seed(slot)
+                self._drop_group(i, slot)
+                layer.set_state(slot, to)
+                if to == "ROLLED_BACK":
+                    self._restore_good()
+            elif to == "BLENDING":
+                layer.set_state(slot, to, alpha=float(ev.get("alpha", 0.0)))
+            else:
+                layer.set_state(slot, to)
+                if to == "FOSSILIZED":
+                    self._drop_group(i, slot)
+
+    def _init_seed(self, layer: int, slot: int, step: int) -> int:
+        """A per-seed generator seed: the same on every rank, independent of the user's RNG."""
+        key = f"{self.config.seed}/{layer}/{slot}/{step}".encode()
+        return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
+
+    def _add_seed(self, i: int, slot: int, ir: dict[str, Any] | str, step: int) -> None:
+        if isinstance(ir, str):
+            ir = json.loads(ir)
+        layer = self.layers[i]
+        weight = next(layer.base_layer.parameters(), None)
+        device = weight.device if weight is not None else torch.device("cpu")
+        dtype = weight.dtype if weight is not None else None
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self._init_seed(i, slot, step))
+            seed = build_seed(ir, device=device, dtype=dtype)
+        layer.add_seed(slot, seed)
+        self._add_group(i, slot, list(seed.parameters()))
+
+    def _add_group(self, i: int, slot: int, params: list[nn.Parameter]) -> None:
+        if not params:
+            return
+        group: dict[str, Any] = {"params": params, "esper_seed": f"{self.layer_names[i]}/{slot}"}
+        if self.config.seed_lr is not None:
+            group["lr"] = self.config.seed_lr
+        self.optimizer.add_param_group(group)
+        self._groups[(i, slot)] = self.optimizer.param_groups[-1]
+
+    def _drop_group(self, i: int, slot: int) -> None:
+        group = self._groups.pop((i, slot), None)
+        if group is None:
+            return
+        for p in group["params"]:
+            self.optimizer.state.pop(p, None)
+        self.optimizer.param_groups[:] = [g for g in self.optimizer.param_groups if g is not group]
+
+    # ------------------------------------------------------------------ rollback
+
+    def _save_good(self) -> None:
+        """Keep a copy of every tensor of the model and the optimizer's per-parameter state."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        self._last_good = {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optim": {
+                names[id(p)]: {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in s.items()}
+                for p, s in self.optimizer.state.items()
+                if id(p) in names
+            },
+        }
+
+    def _restore_good(self) -> None:
+        """Restore the weights and optimizer state of the last good epoch (tensors
+        that still exist with the same shape; the seed that caused the rollback
+        is gone already)."""
+        good = self._last_good
+        if good is None:
+            return
+        with torch.no_grad():
+            for name, tensor in self.model.state_dict().items():
+                saved = good["model"].get(name)
+                if saved is not None and saved.shape == tensor.shape:
+                    tensor.copy_(saved)
+        for name, p in self.model.named_parameters():
+            state = good["optim"].get(name)
+            if state is not None:
+                self.optimizer.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+            elif p in self.optimizer.state:
+                del self.optimizer.state[p]
+        if self._loss_sum is not None:
+            self._loss_sum.zero_()
+            self._epoch_loss_sum.zero_()
+            self._loss_count = self._epoch_loss_count = 0
+
+    # ------------------------------------------------------------------ inspection
+
+    def seeds(self) -> list[dict[str, Any]]:
+        """Every slot's seed as Go sees it: state, alpha, blueprint, history."""
+        return self.session.seeds()
+
+    def stats(self) -> dict[str, Any]:
+        """Nissa's rolling statistics of the health signals, per layer."""
+        return self.session.stats()
+
+    def seed_params(self) -> int:
+        """Parameters held by live seeds (fossilized included)."""
+        return sum(p.numel() for layer in self.layers for p in layer.seeds.parameters())
+
+    @contextlib.contextmanager
+    def without_seeds(self) -> Iterator[None]:
+        """Switch every seed off inside a ``with`` block (e.g. to evaluate the host alone)."""
+        with contextlib.ExitStack() as stack:
+            for layer in self.layers:
+                stack.enter_context(layer.disable_seeds())
+            yield
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: Go's state, the seeds' blueprints and
+        states, and the order of their optimizer groups. Save it beside
+        ``model.state_dict()`` and ``optimizer.state_dict()``."""
+        if self._pending:
+            self._flush(with_signals=False)
+        seeds = []
+        for i, layer in enumerate(self.layers):
+            for slot in range(self.slots):
+                module = layer.seed(slot)
+                if module is not None:
+                    seeds.append({
+                        "layer": i, "slot": slot, "ir": module.ir, "state": layer.state(slot).name,
+                        "alpha": layer.alpha(slot),
+                    })
+        group_order = []
+        for g in self.optimizer.param_groups:
+            for key, mine in self._groups.items():
+                if mine is g:
+                    group_order.append(list(key))
+        return {
+            "version": 1,
+            "session": self.session.snapshot(),
+            "steps": self.steps,
+            "epoch": self.epoch,
+            "seeds": seeds,
+            "groups": group_order,
+            "config": asdict(self.config),
+            "log": list(self.log),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild the seeds of a checkpoint into this (freshly wrapped) model
+        and optimizer, and restore Go's state. Call it before
+        ``model.load_state_dict`` and ``optimizer.load_state_dict``.
+
+        Raises:
+            ValueError: the model already holds seeds, or the checkpoint does not fit it.
+        """
+        if state.get("version") != 1:
+            raise ValueError(f"unknown Morphogenesis checkpoint version {state.get('version')!r}")
+        if any(len(layer.seeds) for layer in self.layers):
+            raise ValueError("load_state_dict needs a model without seeds (wrap a fresh model)")
+        self.session.restore(state["session"])
+        by_key = {(s["layer"], s["slot"]): s for s in state["seeds"]}
+        for i, slot in (tuple(k) for k in state["groups"]):
+            if (i, slot) not in by_key:
+                raise ValueError(f"checkpoint lists an optimizer group for seed {i}/{slot} but no such seed")
+        self._blending = 0
+        for s in by_key.values():
+            layer = self.layers[s["layer"]]
+            weight = next(layer.base_layer.parameters(), None)
+            seed = build_seed(s["ir"], device=weight.device if weight is not None else None,
+                              dtype=weight.dtype if weight is not None else None)
+            layer.add_seed(s["slot"], seed)
+            state_name = s["state"]
+            if state_name == "BLENDING":
+                layer.set_state(s["slot"], state_name, alpha=float(s["alpha"]))
+                self._blending += 1
+            elif state_name != "GERMINATED":
+                layer.set_state(s["slot"], state_name)
+        for i, slot in (tuple(k) for k in state["groups"]):
+            self._add_group(i, slot, list(self.layers[i].seed(slot).parameters()))
+        self.steps = int(state["steps"])
+        self.epoch = int(state["epoch"])
+        self._pending = 0
+        self.log = list(state.get("log", []))
+        if self.config.rollback:
+            self._save_good()
+
+    def __repr__(self) -> str:
+        return (f"Morphogenesis(layers={len(self.layers)}, slots={self.slots}, policy={self.config.policy!r}, "
+                f"steps={self.steps}, epoch={self.epoch})")
