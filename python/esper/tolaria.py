@@ -86,6 +86,12 @@ class MorphConfig:
             (taken at each end_epoch) to restore on rollback; costs one copy
             of the model and optimizer state in memory.
         log_path: a JSON-lines file for signals, events and decisions ("" for none).
+        freeze_fossilized: freeze a seed's parameters when it is fossilized
+            (and drop its optimizer group). By default a fossilized seed is
+            final (no longer judged, pruned or rolled back) but keeps training
+            jointly with the host: on digits this closed most of the gap to
+            the same shape trained from scratch (97.1% against 96.4% frozen,
+            3 seeds; see the README).
     """
 
     policy: str = "heuristic"
@@ -108,6 +114,7 @@ class MorphConfig:
     seed_lr: float | None = None
     seed: int = 0
     rollback: bool = True
+    freeze_fossilized: bool = False
     log_path: str = ""
 
     def session_config(self, layers: list[dict[str, Any]], slots: int) -> dict[str, Any]:
@@ -138,6 +145,10 @@ class MorphConfig:
             "breaker": {"failures": self.failures_before_prune},
             "log_path": self.log_path,
         }
+
+
+def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(device).clone()
 
 
 class Morphogenesis:
@@ -199,6 +210,8 @@ class Morphogenesis:
         self._last_good: dict[str, Any] | None = None
         #: Every event and decision, in order, as Go reported them.
         self.log: list[dict[str, Any]] = []
+        if self.config.rollback:
+            self._save_good()  # a rollback before the first end_epoch returns to the starting weights
 
     # ------------------------------------------------------------------ session
 
@@ -211,8 +224,6 @@ class Morphogenesis:
             for entry, name in zip(layers, self.layer_names):
                 entry["name"] = name
             self._session = Session(self.config.session_config(layers, self.slots))
-            if self.config.rollback and self._last_good is None:
-                self._save_good()
         return self._session
 
     def close(self) -> None:
@@ -241,6 +252,8 @@ class Morphogenesis:
                 synchronisation); feeds the governor's blow-up check and the
                 epoch's mean training loss.
         """
+        if self.config.rollback and self._last_good is None:
+            self._save_good()  # after load_state_dict from a checkpoint that holds no last good state
         if loss is not None:
             value = loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
             if self._loss_sum is None:
@@ -281,12 +294,14 @@ class Morphogenesis:
             failures = []
         n_events = session.step(self._pending, signals)
         self._pending = 0
+        # Events first: a seed that entered BLENDING during these steps is already part-way up its
+        # ramp, and the alphas Go wrote are the values after the steps.
+        if n_events:
+            self._apply(session.events())
         if self._blending:
             alphas = session.alphas
             for i, layer in enumerate(self.layers):
                 layer.set_alphas(alphas[i * self.slots : (i + 1) * self.slots])
-        if n_events:
-            self._apply(session.events())
         for layer_index, failure in failures:
             self._apply(session.report_failure(layer_index, failure.slot, int(failure.kind), failure.message))
 
@@ -418,8 +433,11 @@ class Morphogenesis:
                 layer.set_state(slot, to, alpha=float(ev.get("alpha", 0.0)))
             else:
                 layer.set_state(slot, to)
-                if to == "FOSSILIZED":
+                if to == "FOSSILIZED" and self.config.freeze_fossilized:
                     self._drop_group(i, slot)
+                elif to == "FOSSILIZED":
+                    # Kept for good, and trained on jointly with the host (see MorphConfig).
+                    layer.seed(slot).requires_grad_(True)
 
     def _init_seed(self, layer: int, slot: int, step: int) -> int:
         """A per-seed generator seed: the same on every rank, independent of the user's RNG."""
@@ -519,11 +537,12 @@ class Morphogenesis:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: Go's state, the seeds' blueprints and
-        states, and the order of their optimizer groups. Save it beside
-        ``model.state_dict()`` and ``optimizer.state_dict()``."""
-        if self._pending:
-            self._flush(with_signals=False)
+        """Everything needed to resume identically: Go's state, the seeds'
+        blueprints and states, the order of their optimizer groups, the steps
+        and losses not yet sent to Go, and (with ``rollback``) the last good
+        weights a rollback would restore. Save it beside ``model.state_dict()``
+        and ``optimizer.state_dict()``. Taking it changes nothing: a run that
+        saves a checkpoint continues exactly like one that does not."""
         seeds = []
         for i, layer in enumerate(self.layers):
             for slot in range(self.slots):
@@ -538,6 +557,9 @@ class Morphogenesis:
             for key, mine in self._groups.items():
                 if mine is g:
                     group_order.append(list(key))
+        def loss(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.detach().cpu().clone()
+
         return {
             "version": 1,
             "session": self.session.snapshot(),
@@ -547,6 +569,14 @@ class Morphogenesis:
             "groups": group_order,
             "config": asdict(self.config),
             "log": list(self.log),
+            # What the next flush and end_epoch would have sent to Go.
+            "pending": self._pending,
+            "loss_sum": loss(self._loss_sum),
+            "loss_count": self._loss_count,
+            "epoch_loss_sum": loss(self._epoch_loss_sum),
+            "epoch_loss_count": self._epoch_loss_count,
+            "rank_samples": [layer._samples for layer in self.layers],
+            "last_good": self._last_good,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -570,8 +600,10 @@ class Morphogenesis:
         for s in by_key.values():
             layer = self.layers[s["layer"]]
             weight = next(layer.base_layer.parameters(), None)
-            seed = build_seed(s["ir"], device=weight.device if weight is not None else None,
-                              dtype=weight.dtype if weight is not None else None)
+            device = weight.device if weight is not None else torch.device("cpu")
+            # The weights come from model.load_state_dict: leave the user's RNG streams untouched.
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                seed = build_seed(s["ir"], device=device, dtype=weight.dtype if weight is not None else None)
             layer.add_seed(s["slot"], seed)
             state_name = s["state"]
             if state_name == "BLENDING":
@@ -579,14 +611,31 @@ class Morphogenesis:
                 self._blending += 1
             elif state_name != "GERMINATED":
                 layer.set_state(s["slot"], state_name)
+                if state_name == "FOSSILIZED" and not self.config.freeze_fossilized:
+                    seed.requires_grad_(True)
         for i, slot in (tuple(k) for k in state["groups"]):
             self._add_group(i, slot, list(self.layers[i].seed(slot).parameters()))
         self.steps = int(state["steps"])
         self.epoch = int(state["epoch"])
-        self._pending = 0
+        self._pending = int(state.get("pending", 0))
         self.log = list(state.get("log", []))
-        if self.config.rollback:
-            self._save_good()
+        device = self._device()
+        self._loss_sum = _to(state.get("loss_sum"), device)
+        self._loss_count = int(state.get("loss_count", 0))
+        self._epoch_loss_sum = _to(state.get("epoch_loss_sum"), device)
+        self._epoch_loss_count = int(state.get("epoch_loss_count", 0))
+        for layer, samples in zip(self.layers, state.get("rank_samples", [])):
+            layer._samples = int(samples)
+        every = self.config.signal_every
+        set_sampling(self.layers, self.steps % every == every - 1 or every == 1)
+        # The checkpoint's last good state; without one, the weights the caller loads next are taken
+        # as good at the next step (the fresh model's weights never are).
+        self._last_good = state.get("last_good") if self.config.rollback else None
+
+    def _device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
 
     def __repr__(self) -> str:
         return (f"Morphogenesis(layers={len(self.layers)}, slots={self.slots}, policy={self.config.policy!r}, "

@@ -41,24 +41,27 @@ class MLP(nn.Module):
 
 
 class FlopCounter:
-    """Counts training FLOPs of every nn.Linear that runs, through forward hooks."""
+    """Counts training FLOPs of every nn.Linear that runs in training mode.
 
-    def __init__(self, model: nn.Module) -> None:
+    A global forward hook sees modules created after the counter (seeds that
+    germinate mid-run); modules in eval mode (validation) are not counted.
+    Counters are meant to be used one at a time.
+    """
+
+    def __init__(self) -> None:
         self.total = 0.0
-        self.training = True
-        self._handles = [m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, nn.Linear)]
+        self.active = True
+        self._handle = torch.nn.modules.module.register_module_forward_hook(self._hook)
 
-    def _hook(self, module: nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        if not self.training:
+    def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if not (self.active and isinstance(module, nn.Linear) and module.training):
             return
         rows = output.numel() // module.out_features
         macs = rows * module.in_features * module.out_features
-        factor = 6.0 if module.weight.requires_grad else 4.0
-        self.total += factor * macs
+        self.total += (6.0 if module.weight.requires_grad else 4.0) * macs
 
     def close(self) -> None:
-        for h in self._handles:
-            h.remove()
+        self._handle.remove()
 
 
 @dataclass
@@ -121,7 +124,7 @@ def train(
     """
     gen = torch.Generator().manual_seed(seed)
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
-    counter = FlopCounter(model)
+    counter = FlopCounter()
     hist = History()
     n = task.x_train.shape[0]
     best: tuple[float, float] | None = None
@@ -129,7 +132,7 @@ def train(
     try:
         for epoch in range(epochs):
             model.train()
-            counter.training = True
+            counter.active = True
             perm = torch.randperm(n, generator=gen).to(task.x_train.device)
             total, count = 0.0, 0
             for i in range(0, n, batch_size):
@@ -143,7 +146,7 @@ def train(
                     on_step(loss.detach())
                 total += loss.item() * idx.numel()
                 count += idx.numel()
-            counter.training = False
+            counter.active = False
             val_loss, val_acc = evaluate(model, task.x_val, task.y_val)
             hist.train_loss.append(total / count)
             hist.val_loss.append(val_loss)

@@ -1,0 +1,277 @@
+"""The runs the demo compares: fixed-size baselines, grown runs under a policy,
+the grown model's final shape trained from scratch, and a hand schedule.
+
+Every run trains with the same loop (:func:`esper.demo.train.train`), selects
+its model on validation and reads test once, and counts training FLOPs of the
+modules that actually ran.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..tolaria import MorphConfig, Morphogenesis
+from ..wrap import wrap
+from .data import Task
+from .train import MLP, History, evaluate, train
+
+__all__ = ["Setup", "RunResult", "SETUPS", "fixed_run", "grown_run", "scratch_run", "hand_run"]
+
+
+@dataclass
+class Setup:
+    """How one task is grown.
+
+    Attributes:
+        task: task name.
+        depth: hidden layers of the MLP.
+        start_width: width of the small model growth starts from.
+        sweep: widths of the fixed-size sweep (the first is "fixed small",
+            the last "fixed large").
+        targets: how the model is wrapped: "block" (the whole MLP is one
+            host: a seed adds hidden units beside it) or "linear" (every
+            Linear is a host).
+        epochs, lr, batch_size: training.
+        morph: the Morphogenesis settings of grown runs.
+        hand_epochs: when the hand schedule germinates.
+    """
+
+    task: str
+    depth: int
+    start_width: int
+    sweep: list[int]
+    targets: str
+    epochs: int = 60
+    lr: float = 3e-3
+    batch_size: int = 64
+    morph: MorphConfig = field(default_factory=MorphConfig)
+    hand_epochs: tuple[int, ...] = (4, 12, 20)
+
+
+def _morph(**kw: Any) -> MorphConfig:
+    base = dict(
+        train_steps=30,
+        blend_steps=30,
+        embargo_steps=30,
+        signal_every=5,
+        patience=2,
+        threshold=0.1,
+        holding_epochs=1,
+        cooldown_epochs=1,
+        max_concurrent=1,
+        template="residual_mlp",
+        template_params={"width": 16},
+    )
+    base.update(kw)
+    return MorphConfig(**base)
+
+
+#: The demo's tasks. Budgets are not sizes: growth stops when seeds stop paying.
+SETUPS: dict[str, Setup] = {
+    "digits": Setup("digits", depth=1, start_width=8, sweep=[8, 16, 32, 64, 128], targets="block",
+                    morph=_morph(max_params=20_000)),
+    "spirals": Setup("spirals", depth=2, start_width=16, sweep=[8, 16, 32, 64, 128], targets="linear",
+                     morph=_morph(max_params=20_000)),
+    "moons": Setup("moons", depth=1, start_width=8, sweep=[8], targets="block", epochs=30,
+                   morph=_morph(max_params=20_000)),
+    "breast_cancer": Setup("breast_cancer", depth=1, start_width=8, sweep=[8], targets="block", epochs=30,
+                           morph=_morph(max_params=20_000)),
+}
+
+
+class Net(nn.Module):
+    """The demo model: an MLP held as ``body`` so the whole of it can be one host."""
+
+    def __init__(self, task: Task, width: int, depth: int) -> None:
+        super().__init__()
+        self.body = MLP(task.num_features, task.num_classes, width, depth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F) -> (B, C)
+        return self.body(x)
+
+
+def _wrap(model: Net, setup: Setup, slots: int = 4) -> Net:
+    if setup.targets == "block":
+        return wrap(model, block_modules=["body"], seeds_per_layer=slots)
+    return wrap(model, target_modules=[nn.Linear], seeds_per_layer=slots)
+
+
+@dataclass
+class RunResult:
+    """One run's figures."""
+
+    kind: str
+    task: str
+    seed: int
+    test_acc: float
+    test_loss: float
+    best_epoch: int
+    flops: float
+    params: int
+    wall: float
+    history: dict[str, list[float]]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    germinations: int = 0
+    fossilizations: int = 0
+    prunes: int = 0
+    output_changes: list[float] = field(default_factory=list)
+    final_seeds: list[dict[str, Any]] = field(default_factory=list)
+    width: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the per-epoch history and events."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("history", "events")}
+
+
+def _result(kind: str, task: Task, seed: int, hist: History, wall: float, **kw: Any) -> RunResult:
+    # The model chosen on validation is the one whose FLOPs count: training stops there
+    # in practice, and every run is judged the same way.
+    e = hist.best_epoch
+    return RunResult(
+        kind=kind, task=task.name, seed=seed, test_acc=hist.test_acc, test_loss=hist.test_loss, best_epoch=e,
+        flops=hist.flops[-1], params=hist.params[e], wall=wall,
+        history={"train_loss": hist.train_loss, "val_loss": hist.val_loss, "val_acc": hist.val_acc,
+                 "flops": hist.flops, "params": [float(p) for p in hist.params]},
+        **kw,
+    )
+
+
+def fixed_run(task: Task, setup: Setup, width: int, seed: int) -> RunResult:
+    """A fixed-size MLP of the given width."""
+    torch.manual_seed(seed)
+    model = Net(task, width, setup.depth).to(task.x_train.device)
+    start = time.perf_counter()
+    hist = train(model, task, epochs=setup.epochs, lr=setup.lr, batch_size=setup.batch_size, seed=seed)
+    return _result("fixed", task, seed, hist, time.perf_counter() - start, width=width)
+
+
+def _evaluator(task: Task) -> Callable[[nn.Module], dict[str, float]]:
+    def evaluate_fn(model: nn.Module) -> dict[str, float]:
+        loss, acc = evaluate(model, task.x_val, task.y_val)
+        return {"loss": loss, "metric": acc}
+
+    return evaluate_fn
+
+
+def _live_seeds(morph: Morphogenesis) -> list[dict[str, Any]]:
+    out = []
+    for i, layer in enumerate(morph.layers):
+        for slot in range(morph.slots):
+            module = layer.seed(slot)
+            if module is not None:
+                out.append({"layer": i, "slot": slot, "state": layer.state(slot).name, "ir": module.ir,
+                            "params": sum(p.numel() for p in module.parameters())})
+    return out
+
+
+def _grow(task: Task, setup: Setup, seed: int, config: MorphConfig, kind: str,
+          on_epoch_extra: Callable[[Morphogenesis, int], None] | None = None) -> RunResult:
+    torch.manual_seed(seed)
+    model = _wrap(Net(task, setup.start_width, setup.depth).to(task.x_train.device), setup)
+    opt = torch.optim.Adam(model.parameters(), lr=setup.lr)
+    config.seed = seed
+    morph = Morphogenesis(model, opt, config=config, evaluate=_evaluator(task))
+    seeds_by_epoch: list[list[dict[str, Any]]] = []
+    changes: list[float] = []
+    probe = task.x_val[:256]
+
+    def on_epoch(epoch: int, hist: History) -> None:
+        with torch.no_grad():
+            model.eval()
+            before = model(probe)
+            model.train()
+        if on_epoch_extra is not None:
+            on_epoch_extra(morph, epoch)
+        res = morph.end_epoch(val_loss=hist.val_loss[-1], val_metric=hist.val_acc[-1])
+        # Germination must not change the output: measured when it is the only change of the epoch's end.
+        tos = {ev["to"] for ev in res.get("events", [])}
+        if tos == {"GERMINATED"}:
+            with torch.no_grad():
+                model.eval()
+                changes.append(float((model(probe) - before).abs().max()))
+                model.train()
+        seeds_by_epoch.append(_live_seeds(morph))
+
+    start = time.perf_counter()
+    hist = train(model, task, epochs=setup.epochs, lr=setup.lr, batch_size=setup.batch_size, seed=seed,
+                 optimizer=opt, on_step=morph.step, on_epoch=on_epoch)
+    wall = time.perf_counter() - start
+    events = [dict(ev) for ev in morph.log if ev["kind"] == "event"]
+    morph.close()
+    count = {to: sum(1 for ev in events if ev["to"] == to) for to in ("GERMINATED", "FOSSILIZED", "PRUNED")}
+    return _result(
+        kind, task, seed, hist, wall, events=events, germinations=count["GERMINATED"],
+        fossilizations=count["FOSSILIZED"], prunes=count["PRUNED"], output_changes=changes,
+        final_seeds=seeds_by_epoch[hist.best_epoch] if hist.best_epoch >= 0 else [],
+    )
+
+
+def grown_run(task: Task, setup: Setup, seed: int, policy: str = "heuristic") -> RunResult:
+    """Start at ``setup.start_width`` and let the policy grow the model."""
+    config = MorphConfig(**{**setup.morph.__dict__, "policy": policy})
+    return _grow(task, setup, seed, config, "grown" if policy == "heuristic" else policy)
+
+
+def hand_run(task: Task, setup: Setup, seed: int, num_seeds: int) -> RunResult:
+    """A hand schedule: germinate at fixed epochs, layers in turn, fossilize when held."""
+    config = MorphConfig(**{**setup.morph.__dict__, "policy": "manual"})
+    plan = list(setup.hand_epochs[:num_seeds])
+
+    def on_epoch(morph: Morphogenesis, epoch: int) -> None:
+        for i, layer in enumerate(morph.layers):
+            for slot in range(morph.slots):
+                if layer.state(slot).name == "HOLDING":
+                    morph.fossilize(i, slot, "hand schedule: fossilize once held")
+        if epoch in plan:
+            k = plan.index(epoch)
+            i = k % len(morph.layers)
+            layer = morph.layers[i]
+            free = [s for s in range(morph.slots) if layer.state(s).name == "DORMANT"]
+            if free:
+                morph.germinate(i, free[0], setup.morph.template, **setup.morph.template_params)
+
+    return _grow(task, setup, seed, config, "hand", on_epoch)
+
+
+def scratch_run(task: Task, setup: Setup, seed: int, seeds: list[dict[str, Any]]) -> RunResult:
+    """The grown run's final shape (host plus the same seed blueprints), trained
+    from scratch with every seed active (alpha 1, trained jointly) from step 0."""
+    torch.manual_seed(seed)
+    model = _wrap(Net(task, setup.start_width, setup.depth).to(task.x_train.device), setup)
+    opt = torch.optim.Adam(model.parameters(), lr=setup.lr)
+    config = MorphConfig(**{**setup.morph.__dict__, "policy": "manual", "max_params": 0, "max_concurrent": 64,
+                            "seed": seed})
+    morph = Morphogenesis(model, opt, config=config)
+    for s in seeds:
+        morph.germinate(s["layer"], s["slot"], s["ir"])
+        while morph.layers[s["layer"]].state(s["slot"]).name != "HOLDING":
+            morph.advance(s["layer"], s["slot"], "from scratch: straight to joint training")
+    start = time.perf_counter()
+    hist = train(model, task, epochs=setup.epochs, lr=setup.lr, batch_size=setup.batch_size, seed=seed,
+                 optimizer=opt)
+    wall = time.perf_counter() - start
+    morph.close()
+    return _result("scratch", task, seed, hist, wall, final_seeds=[{k: v for k, v in s.items() if k != "ir"}
+                                                                    for s in seeds])
+
+
+def mean(xs: list[float]) -> float:
+    """The mean (NaN for none)."""
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def std(xs: list[float]) -> float:
+    """The sample standard deviation (0 for fewer than two)."""
+    if len(xs) < 2:
+        return 0.0
+    m = mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+

@@ -1,0 +1,257 @@
+"""`esper demo` / `make demo`: grow models on digits and spirals against baselines.
+
+Prints the comparison table, checks the bars of DESIGN §9, and writes
+``results.json`` (every number) and ``growth.png`` (loss and accuracy over
+time with germinations, fossilizations and prunes marked) into the output
+folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from .. import build_info
+from .data import load_task
+from .experiments import SETUPS, RunResult, Setup, fixed_run, grown_run, hand_run, mean, scratch_run, std
+
+__all__ = ["main", "run_task", "run_control"]
+
+TASKS = ("digits", "spirals")
+CONTROLS = ("moons", "breast_cancer")
+
+
+def _progress(total: int) -> Any:
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="run", dynamic_ncols=True)
+    except ImportError:  # pragma: no cover - tqdm is a demo dependency
+        class _Plain:
+            def update(self, n: int = 1) -> None:
+                pass
+
+            def set_description(self, text: str) -> None:
+                print(text, flush=True)
+
+            def close(self) -> None:
+                pass
+
+        return _Plain()
+
+
+def run_task(name: str, setup: Setup, seeds: int, device: torch.device, bar: Any) -> dict[str, list[RunResult]]:
+    """Every configuration of one task, for each seed."""
+    out: dict[str, list[RunResult]] = {k: [] for k in ("sweep_best", "small", "large", "grown", "scratch",
+                                                          "random", "hand", "sweep_all")}
+    for seed in range(seeds):
+        task = load_task(name, seed, device)
+        bar.set_description(f"{name} seed {seed}: fixed sweep")
+        sweep = []
+        for width in setup.sweep:
+            sweep.append(fixed_run(task, setup, width, seed))
+            bar.update()
+        # The sweep's pick is made on validation, like every other choice.
+        best = max(sweep, key=lambda r: (r.history["val_acc"][r.best_epoch], -r.history["val_loss"][r.best_epoch]))
+        out["sweep_best"].append(best)
+        out["sweep_all"].extend(sweep)
+        out["small"].append(sweep[0])
+        out["large"].append(sweep[-1])
+        bar.set_description(f"{name} seed {seed}: grown (heuristic)")
+        grown = grown_run(task, setup, seed)
+        out["grown"].append(grown)
+        bar.update()
+        bar.set_description(f"{name} seed {seed}: same shape from scratch")
+        out["scratch"].append(scratch_run(task, setup, seed, grown.final_seeds))
+        bar.update()
+        bar.set_description(f"{name} seed {seed}: random placement")
+        out["random"].append(grown_run(task, setup, seed, policy="random"))
+        bar.update()
+        bar.set_description(f"{name} seed {seed}: hand schedule")
+        out["hand"].append(hand_run(task, setup, seed, num_seeds=max(1, len(grown.final_seeds))))
+        bar.update()
+    return out
+
+
+def run_control(name: str, setup: Setup, seeds: int, device: torch.device, bar: Any) -> list[RunResult]:
+    """Grown runs on a negative control: the controller should (almost) not grow."""
+    runs = []
+    for seed in range(seeds):
+        bar.set_description(f"{name} seed {seed}: negative control")
+        runs.append(grown_run(load_task(name, seed, device), setup, seed))
+        bar.update()
+    return runs
+
+
+def _row(label: str, runs: list[RunResult]) -> dict[str, Any]:
+    accs = [r.test_acc for r in runs]
+    return {
+        "config": label,
+        "test_acc_mean": mean(accs),
+        "test_acc_std": std(accs),
+        "test_accs": accs,
+        "params_mean": mean([float(r.params) for r in runs]),
+        "train_flops_mean": mean([r.flops for r in runs]),
+        "wall_s_mean": mean([r.wall for r in runs]),
+        "germinations": sum(r.germinations for r in runs),
+        "fossilizations": sum(r.fossilizations for r in runs),
+        "prunes": sum(r.prunes for r in runs),
+        "widths": [r.width for r in runs] if runs and runs[0].width is not None else None,
+    }
+
+
+def _bars(res: dict[str, list[RunResult]]) -> dict[str, Any]:
+    grown, scratch, best = res["grown"], res["scratch"], res["sweep_best"]
+    sweep_flops = [sum(r.flops for r in res["sweep_all"] if r.seed == g.seed) for g in grown]
+    acc = lambda rs: mean([r.test_acc for r in rs])  # noqa: E731
+    flops_ratio = mean([g.flops / s.flops for g, s in zip(grown, scratch)])
+    sweep_ratio = mean([g.flops / f for g, f in zip(grown, sweep_flops)])
+    changes = [c for g in grown for c in g.output_changes]
+    return {
+        "vs_scratch": {
+            "grown_acc": acc(grown), "scratch_acc": acc(scratch), "gap": acc(grown) - acc(scratch),
+            "flops_ratio": flops_ratio,
+            "ok": acc(grown) >= acc(scratch) - 0.5 and flops_ratio <= 0.70,
+            "bar": "grown within 0.5 points of its final shape from scratch, with <= 70% of its FLOPs",
+        },
+        "auto_size": {
+            "grown_acc": acc(grown), "sweep_best_acc": acc(best), "flops_vs_sweep": sweep_ratio,
+            "ok": acc(grown) >= acc(best) - 0.5 and sweep_ratio <= 0.25,
+            "bar": "within 0.5 points of the best of the 5-size sweep, with <= 25% of the sweep's FLOPs",
+        },
+        "vs_random": {"grown_acc": acc(grown), "random_acc": acc(res["random"]),
+                      "ok": acc(grown) > acc(res["random"]),
+                      "bar": "beats random placement at equal budget"},
+        "vs_hand": {"grown_acc": acc(grown), "hand_acc": acc(res["hand"]), "ok": acc(grown) > acc(res["hand"]),
+                    "bar": "beats a hand schedule at equal budget"},
+        "germination_output_change_max": max(changes) if changes else 0.0,
+    }
+
+
+def _fmt_table(name: str, rows: list[dict[str, Any]]) -> str:
+    lines = [f"\n{name}", f"  {'configuration':<34} {'test acc %':>14} {'params':>8} {'train FLOPs':>12} "
+             f"{'wall s':>7} {'germ/foss/prune':>16}"]
+    for r in rows:
+        lines.append(
+            f"  {r['config']:<34} {r['test_acc_mean']:>7.2f} ±{r['test_acc_std']:>5.2f} {r['params_mean']:>8.0f} "
+            f"{r['train_flops_mean']:>12.3g} {r['wall_s_mean']:>7.2f} "
+            f"{r['germinations']:>6}/{r['fossilizations']}/{r['prunes']}"
+        )
+    return "\n".join(lines)
+
+
+def _plot(path: str, results: dict[str, dict[str, list[RunResult]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(results), figsize=(6 * len(results), 7), squeeze=False)
+    marks = {"GERMINATED": ("tab:green", "germinated"), "FOSSILIZED": ("tab:blue", "fossilized"),
+             "PRUNED": ("tab:red", "pruned")}
+    for col, (name, res) in enumerate(results.items()):
+        curves = [("fixed small", res["small"][0]), ("fixed large", res["large"][0]), ("grown", res["grown"][0]),
+                  ("same shape from scratch", res["scratch"][0])]
+        for label, run in curves:
+            epochs = range(1, len(run.history["val_loss"]) + 1)
+            axes[0][col].plot(epochs, run.history["val_loss"], label=label)
+            axes[1][col].plot(epochs, run.history["val_acc"], label=label)
+        seen = set()
+        for ev in res["grown"][0].events:
+            if ev["to"] in marks:
+                color, label = marks[ev["to"]]
+                for ax in (axes[0][col], axes[1][col]):
+                    ax.axvline(ev["epoch"] + 1, color=color, alpha=0.5, linestyle="--",
+                               label=label if (ax is axes[1][col] and label not in seen) else None)
+                seen.add(label)
+        axes[0][col].set_title(f"{name}: validation loss (seed 0)")
+        axes[0][col].set_yscale("log")
+        axes[1][col].set_title(f"{name}: validation accuracy % (seed 0)")
+        axes[1][col].set_xlabel("epoch")
+        lo = min(min(r.history["val_acc"][5:] or [0]) for _, r in curves)
+        axes[1][col].set_ylim(max(0, lo - 2), 100)
+        axes[1][col].legend(fontsize=8, loc="lower right")
+        axes[0][col].legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = None) -> int:
+    """Run the demo; returns 0 (bars missed are reported, not fatal)."""
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    n = seeds if seeds is not None else (1 if quick else 5)
+    tasks = TASKS[:1] if quick else TASKS
+    controls = CONTROLS[:1] if quick else CONTROLS
+    setups = {name: SETUPS[name] for name in tasks + controls}
+    if quick:
+        setups = {k: replace(v, epochs=min(v.epochs, 15)) for k, v in setups.items()}
+    total = sum(n * (len(setups[t].sweep) + 4) for t in tasks) + n * len(controls)
+    os.makedirs(out_dir, exist_ok=True)
+    print(f"esper demo: {', '.join(tasks)} ({n} seed(s) each), negative controls {', '.join(controls)}; "
+          f"device {device}")
+    start = time.perf_counter()
+    bar = _progress(total)
+    results = {t: run_task(t, setups[t], n, device, bar) for t in tasks}
+    control_runs = {c: run_control(c, setups[c], n, device, bar) for c in controls}
+    bar.close()
+
+    report: dict[str, Any] = {"machine": {"platform": platform.platform(), "torch": torch.__version__,
+                                          "device": str(device), "esper": build_info()},
+                              "seeds": n, "tasks": {}, "controls": {}}
+    text = []
+    for name, res in results.items():
+        setup = setups[name]
+        rows = [
+            _row(f"fixed small (width {setup.sweep[0]})", res["small"]),
+            _row(f"fixed large (width {setup.sweep[-1]})", res["large"]),
+            _row("best of 5-size sweep (on val)", res["sweep_best"]),
+            _row(f"grown from width {setup.start_width} (Tamiyo)", res["grown"]),
+            _row("same final shape, from scratch", res["scratch"]),
+            _row("random placement, same budget", res["random"]),
+            _row("hand schedule, same budget", res["hand"]),
+        ]
+        bars = _bars(res)
+        report["tasks"][name] = {
+            "rows": rows, "bars": bars,
+            "runs": {k: [r.summary() for r in v] for k, v in res.items() if k != "sweep_all"},
+            "sweep_all": [r.summary() for r in res["sweep_all"]],
+            "history_seed0": {k: v[0].history for k, v in res.items() if v and k != "sweep_all"},
+            "events_seed0": res["grown"][0].events,
+        }
+        text.append(_fmt_table(f"{name} (MLP depth {setup.depth}, {setup.epochs} epochs, {n} seed(s))", rows))
+        text.append(
+            "  bars: "
+            + "; ".join(
+                f"{k} {'OK' if v['ok'] else 'MISSED'}"
+                for k, v in bars.items() if isinstance(v, dict)
+            )
+            + f"; output change at germination (max) {bars['germination_output_change_max']:.1e}"
+        )
+        vs = bars["vs_scratch"]
+        au = bars["auto_size"]
+        text.append(f"    grown {vs['grown_acc']:.2f}% vs scratch {vs['scratch_acc']:.2f}% at {vs['flops_ratio']:.0%} "
+                    f"of its FLOPs; vs best of sweep {au['sweep_best_acc']:.2f}% at {au['flops_vs_sweep']:.0%} of "
+                    f"the sweep's FLOPs")
+    for name, runs in control_runs.items():
+        germ = [r.germinations for r in runs]
+        report["controls"][name] = {"germinations": germ, "test_accs": [r.test_acc for r in runs],
+                                    "ok": max(germ) <= 1, "bar": "at most one germination"}
+        text.append(f"\nnegative control {name}: germinations per seed {germ} "
+                    f"({'OK' if max(germ) <= 1 else 'MISSED'}: at most one), test acc "
+                    f"{mean([r.test_acc for r in runs]):.2f}%")
+    report["wall_s"] = time.perf_counter() - start
+    print("\n".join(text))
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(report, f, indent=1, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o))
+    _plot(os.path.join(out_dir, "growth.png"), results)
+    print(f"\nwrote {out_dir}/results.json and {out_dir}/growth.png in {report['wall_s']:.0f}s")
+    return 0
