@@ -170,7 +170,9 @@ func Lookup(name string) (Template, error) {
 
 func (t Template) clone() Template {
 	t.Layouts = slices.Clone(t.Layouts)
-	t.Params = slices.Clone(t.Params)
+	// Never nil: a template without parameters marshals "params": [], as
+	// capi/esper.h documents, not null.
+	t.Params = append([]ParamSpec{}, t.Params...)
 	for i := range t.Params {
 		t.Params[i].Choices = slices.Clone(t.Params[i].Choices)
 	}

@@ -38,8 +38,19 @@ func TestTemplateLibrary(t *testing.T) {
 	if blueprint.Templates()[0].Layouts[0] == "mutated" {
 		t.Fatal("Templates exposes the library")
 	}
-	if _, err := json.Marshal(ts); err != nil {
+	doc, err := json.Marshal(ts)
+	if err != nil {
 		t.Fatal(err)
+	}
+	// "params" is an array for every template, also one without parameters.
+	var decoded []map[string]any
+	if err := json.Unmarshal(doc, &decoded); err != nil {
+		t.Fatal(err)
+	}
+	for _, tm := range decoded {
+		if _, ok := tm["params"].([]any); !ok {
+			t.Errorf("template %v: params = %#v, want a JSON array", tm["name"], tm["params"])
+		}
 	}
 }
 

@@ -75,7 +75,7 @@ def templates() -> list[dict[str, Any]]:
     _lib.check(_lib.lib().esper_blueprint_templates(byref(out)))
     rows: list[dict[str, Any]] = _lib.take_json(out)
     for row in rows:
-        row["params"] = row.get("params") or []  # Go writes null for a template without parameters
+        row["params"] = row.get("params") or []  # libraries before the fix wrote null for "no parameters"
     return rows
 
 
