@@ -72,6 +72,7 @@ const (
 	DefaultPatience       = 3
 	DefaultThreshold      = 0.01
 	DefaultHoldingEpochs  = 1
+	DefaultMinGain        = 0.01
 	DefaultTemplate       = "residual_mlp"
 	DefaultMaxConcurrent  = 1
 	DefaultCooldownEpochs = 2
@@ -101,6 +102,13 @@ type Config struct {
 	// validation loss without the seed minus with it; positive helps) must
 	// reach to be fossilized; below it the seed is pruned. Default 0.
 	PruneBelow float64 `json:"prune_below,omitempty"`
+	// MinGain is the relative bar a held seed's contribution must also
+	// reach: delta_loss >= MinGain x the validation loss with the seed. A
+	// seed below it is pruned, and its layer is saturated: Tamiyo grows
+	// there no more, since a seed of this size no longer pays. Growth stops
+	// when every layer is saturated. 0 disables the relative bar. Default
+	// 0.01 (1%), in [0, 1].
+	MinGain *float64 `json:"min_gain,omitempty"`
 	// HoldingEpochs is how many end-of-epoch calls a seed may stay in
 	// HOLDING without a measured contribution before it is judged on the
 	// validation loss since its germination instead. Default 1, >= 1.
@@ -202,6 +210,13 @@ func (c Config) WithDefaults() (Config, error) {
 	if c.Template == "" {
 		c.Template = DefaultTemplate
 	}
+	if c.MinGain == nil {
+		v := DefaultMinGain
+		c.MinGain = &v
+	} else {
+		v := *c.MinGain
+		c.MinGain = &v
+	}
 	switch {
 	case c.Patience < 1 || c.Patience > MaxPatience:
 		return c, fmt.Errorf("tamiyo: patience %d is not in [1, %d]: %w", c.Patience, MaxPatience, ErrConfig)
@@ -211,6 +226,8 @@ func (c Config) WithDefaults() (Config, error) {
 		return c, fmt.Errorf("tamiyo: prune_below %v is not finite: %w", c.PruneBelow, ErrConfig)
 	case c.HoldingEpochs < 1:
 		return c, fmt.Errorf("tamiyo: holding_epochs %d must be >= 1: %w", c.HoldingEpochs, ErrConfig)
+	case !(*c.MinGain >= 0 && *c.MinGain <= 1):
+		return c, fmt.Errorf("tamiyo: min_gain %v is not in [0, 1]: %w", *c.MinGain, ErrConfig)
 	}
 	t, err := blueprint.Lookup(c.Template)
 	if err != nil {

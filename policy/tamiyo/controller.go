@@ -42,6 +42,9 @@ type Controller struct {
 	rng       *rand.Rand
 	// vals holds the finite validation losses, oldest first.
 	vals []EpochValue
+	// saturated marks, per layer, that a seed there was pruned for falling
+	// short of MinGain: no more growth at that layer.
+	saturated []bool
 }
 
 type candidateTemplate struct {
@@ -60,7 +63,8 @@ func New(cfg Config, hosts []blueprint.Host) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Controller{cfg: cfg, gov: gov, hosts: slices.Clone(hosts), templates: make([][]candidateTemplate, len(hosts))}
+	c := &Controller{cfg: cfg, gov: gov, hosts: slices.Clone(hosts), templates: make([][]candidateTemplate, len(hosts)),
+		saturated: make([]bool, len(hosts))}
 	c.pcg = rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)
 	c.rng = rand.New(c.pcg)
 	for i, h := range hosts {
@@ -184,12 +188,24 @@ func (c *Controller) judge(obs *Observation, out []Decision) []Decision {
 			continue
 		}
 		if d, ok := contribution(&obs.Metrics, s.Layer, s.Slot); ok {
-			if d < c.cfg.PruneBelow {
+			bar, rel := c.cfg.PruneBelow, ""
+			if val := obs.Metrics.ValLoss; val.Finite() && *c.cfg.MinGain > 0 {
+				if r := *c.cfg.MinGain * math.Abs(val.Value); r > bar {
+					bar = r
+					rel = fmt.Sprintf(" (min_gain %.2f%% of the validation loss %.6g)", 100**c.cfg.MinGain, val.Value)
+				}
+			}
+			if d < bar {
+				note := ""
+				if s.Layer >= 0 && s.Layer < len(c.saturated) {
+					c.saturated[s.Layer] = true
+					note = fmt.Sprintf("; layer %d is saturated: no more growth there", s.Layer)
+				}
 				out = append(out, Decision{Op: Prune, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
-					"contribution %.6g (validation loss without the seed minus with it) is below the bar %g", d, c.cfg.PruneBelow)})
+					"contribution %.6g (validation loss without the seed minus with it) is below the bar %.6g%s%s", d, bar, rel, note)})
 			} else {
 				out = append(out, Decision{Op: Fossilize, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
-					"contribution %.6g (validation loss without the seed minus with it) reaches the bar %g", d, c.cfg.PruneBelow)})
+					"contribution %.6g (validation loss without the seed minus with it) reaches the bar %.6g%s", d, bar, rel)})
 			}
 			continue
 		}
@@ -297,6 +313,9 @@ func (c *Controller) grow(obs *Observation, judged []Decision) Decision {
 		return waitDecision("%s; but the parameter budget is spent (%d of %d)", why, used, c.gov.cfg.MaxParams)
 	}
 	cands, cooling := c.candidates(obs)
+	if len(cands) == 0 && !slices.Contains(c.saturated, false) {
+		return waitDecision("%s; but every layer is saturated (its last seed fell short of min_gain): growth has stopped paying", why)
+	}
 	if len(cands) == 0 {
 		return waitDecision("%s; but no layer has a dormant slot outside its cooldown (%d cooling down)", why, cooling)
 	}
@@ -364,6 +383,9 @@ func (c *Controller) candidates(obs *Observation) ([]growthCandidate, int) {
 			}
 		}
 		if slot < 0 {
+			continue
+		}
+		if c.saturated[l] {
 			continue
 		}
 		if c.gov.Cooldown(l, obs.Epoch) > 0 {

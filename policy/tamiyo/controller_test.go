@@ -207,16 +207,66 @@ func TestJudgeHeldSeeds(t *testing.T) {
 }
 
 func TestJudgedSeedFreesConcurrency(t *testing.T) {
-	c := newController(t, tamiyo.Config{Governor: tamiyo.GovernorConfig{MaxParams: 3000, CooldownEpochs: intp(0)}}, linearHosts(1))
-	w := newWorld(1, 2)
+	c := newController(t, tamiyo.Config{Governor: tamiyo.GovernorConfig{MaxParams: 3000, CooldownEpochs: intp(0)}}, linearHosts(2))
+	w := newWorld(2, 2)
 	w.run(t, c, flat[:3]...)
 	*w.seed(0, 0) = tamiyo.SeedView{Layer: 0, Slot: 0, State: lifecycle.Holding, EpochsInState: 1, ParamCount: 2000, GerminatedEpoch: -5}
 	w.used = 2000
 	ds := c.Decide(w.obs(flat[3], tamiyo.Contribution{Layer: 0, Slot: 0, DeltaLoss: -1}))
-	if len(ds) != 2 || ds[0].Op != tamiyo.Prune || ds[1].Op != tamiyo.Germinate || ds[1].Slot != 1 || ds[1].Params["width"] != int64(32) {
+	// The pruned seed frees its concurrency and budget at once; its layer is
+	// saturated, so the germination goes to the other layer.
+	if len(ds) != 2 || ds[0].Op != tamiyo.Prune || ds[1].Op != tamiyo.Germinate || ds[1].Layer != 1 || ds[1].Params["width"] != int64(32) {
 		t.Fatalf("decisions %+v", ds)
 	}
 }
+
+func TestMinGainSaturatesLayer(t *testing.T) {
+	cases := []struct {
+		name    string
+		minGain *float64
+		delta   float64
+		op      tamiyo.Op
+		reason  string
+	}{
+		{"below relative bar", nil, 0.005, tamiyo.Prune, "layer 0 is saturated"},
+		{"above relative bar", nil, 0.02, tamiyo.Fossilize, "reaches the bar 0.01"},
+		{"relative bar off", floatp(0), 0.005, tamiyo.Fossilize, "reaches the bar 0"},
+		{"harmful seed", floatp(0), -0.1, tamiyo.Prune, "layer 0 is saturated"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newController(t, tamiyo.Config{MinGain: tc.minGain, Governor: tamiyo.GovernorConfig{CooldownEpochs: intp(0)}}, linearHosts(1))
+			w := newWorld(1, 2)
+			w.run(t, c, 1, 1, 1)
+			*w.seed(0, 0) = tamiyo.SeedView{Layer: 0, Slot: 0, State: lifecycle.Holding, EpochsInState: 1, ParamCount: 10}
+			ds := c.Decide(w.obs(1, tamiyo.Contribution{Layer: 0, Slot: 0, DeltaLoss: tc.delta}))
+			if ds[0].Op != tc.op || !strings.Contains(ds[0].Reason, tc.reason) {
+				t.Fatalf("decisions %+v", ds)
+			}
+			if tc.op == tamiyo.Fossilize {
+				return
+			}
+			// Saturated: a later plateau grows nowhere, and says why; the state keeps it.
+			if ds[1].Op != tamiyo.Wait || !strings.Contains(ds[1].Reason, "every layer is saturated") {
+				t.Fatalf("after the prune: %+v", ds[1])
+			}
+			st, err := c.State()
+			if err != nil {
+				t.Fatal(err)
+			}
+			fresh := newController(t, tamiyo.Config{MinGain: tc.minGain}, linearHosts(1))
+			if err := fresh.SetState(st); err != nil {
+				t.Fatal(err)
+			}
+			w.seed(0, 0).State = lifecycle.Dormant
+			if d := fresh.Decide(w.obs(1)); d[len(d)-1].Op != tamiyo.Wait || !strings.Contains(d[len(d)-1].Reason, "saturated") {
+				t.Fatalf("restored controller: %+v", d)
+			}
+		})
+	}
+}
+
+func floatp(v float64) *float64 { return &v }
 
 func TestRollbackOnEpochLoss(t *testing.T) {
 	c := newController(t, tamiyo.Config{}, linearHosts(1))

@@ -18,6 +18,8 @@ type State struct {
 	RNG []byte `json:"rng"`
 	// Governor is the governor's state.
 	Governor GovernorState `json:"governor"`
+	// Saturated marks, per layer, that growth there stopped paying.
+	Saturated []bool `json:"saturated"`
 }
 
 // GovernorState is the saved state of a Governor.
@@ -39,7 +41,8 @@ func (c *Controller) State() (State, error) {
 	if err != nil {
 		return State{}, fmt.Errorf("tamiyo: save rng: %w", err)
 	}
-	return State{ValHistory: append([]EpochValue{}, c.vals...), RNG: rng, Governor: c.gov.State()}, nil
+	return State{ValHistory: append([]EpochValue{}, c.vals...), RNG: rng, Governor: c.gov.State(),
+		Saturated: append([]bool{}, c.saturated...)}, nil
 }
 
 // SetState replaces the controller's state with st, checked for
@@ -61,10 +64,15 @@ func (c *Controller) SetState(st State) error {
 	if err := c.gov.checkState(st.Governor); err != nil {
 		return err
 	}
+	if st.Saturated != nil && len(st.Saturated) != len(c.saturated) {
+		return fmt.Errorf("tamiyo: restore: saturation for %d layers, want %d: %w", len(st.Saturated), len(c.saturated), ErrState)
+	}
 	c.vals = append(c.vals[:0], st.ValHistory...)
 	c.pcg = pcg
 	c.rng = rand.New(pcg)
 	c.gov.setState(st.Governor)
+	clear(c.saturated)
+	copy(c.saturated, st.Saturated)
 	return nil
 }
 

@@ -68,6 +68,7 @@ def _morph(**kw: Any) -> MorphConfig:
         max_concurrent=1,
         template="residual_mlp",
         template_params={"width": 16},
+        min_gain=0.005,
     )
     base.update(kw)
     return MorphConfig(**base)
@@ -79,9 +80,9 @@ SETUPS: dict[str, Setup] = {
                     morph=_morph(max_params=20_000)),
     "spirals": Setup("spirals", depth=2, start_width=16, sweep=[8, 16, 32, 64, 128], targets="linear",
                      morph=_morph(max_params=20_000)),
-    "moons": Setup("moons", depth=1, start_width=8, sweep=[8], targets="block", epochs=30,
+    "moons": Setup("moons", depth=1, start_width=32, sweep=[32], targets="block", epochs=30,
                    morph=_morph(max_params=20_000)),
-    "breast_cancer": Setup("breast_cancer", depth=1, start_width=8, sweep=[8], targets="block", epochs=30,
+    "breast_cancer": Setup("breast_cancer", depth=1, start_width=32, sweep=[32], targets="block", epochs=30,
                            morph=_morph(max_params=20_000)),
 }
 
