@@ -186,3 +186,14 @@ def test_take_string_frees_library_memory() -> None:
     _lib.check(_lib.lib().esper_build_info(ctypes.byref(out)))
     text = _lib.take_string(out)
     assert json.loads(text)["abi_version"] == _lib.ABI_VERSION
+
+
+def test_python_declares_every_export_of_the_header() -> None:
+    import re
+
+    with open(os.path.join(REPO, "capi", "esper.h")) as f:
+        header = set(re.findall(r"(?m)^(?:int|int32_t|void)\s+\*?(esper_\w+)\s*\(", f.read()))
+    declared = set(_lib._SIGNATURES)
+    assert header == declared, (sorted(header - declared), sorted(declared - header))
+    for name in header:
+        assert getattr(_lib.lib(), name).argtypes is not None or name == "esper_abi_version", name

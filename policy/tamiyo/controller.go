@@ -45,6 +45,11 @@ type Controller struct {
 	// saturated marks, per layer, that a seed there was pruned for falling
 	// short of MinGain: no more growth at that layer.
 	saturated []bool
+	// gain and trials hold, per layer, the sum of the relative
+	// contributions measured for its seeds and how many were measured:
+	// placement prefers untried layers, then the best measured payoff.
+	gain   []float64
+	trials []int
 }
 
 type candidateTemplate struct {
@@ -64,7 +69,7 @@ func New(cfg Config, hosts []blueprint.Host) (*Controller, error) {
 		return nil, err
 	}
 	c := &Controller{cfg: cfg, gov: gov, hosts: slices.Clone(hosts), templates: make([][]candidateTemplate, len(hosts)),
-		saturated: make([]bool, len(hosts))}
+		saturated: make([]bool, len(hosts)), gain: make([]float64, len(hosts)), trials: make([]int, len(hosts))}
 	c.pcg = rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)
 	c.rng = rand.New(c.pcg)
 	for i, h := range hosts {
@@ -195,6 +200,10 @@ func (c *Controller) judge(obs *Observation, out []Decision) []Decision {
 					rel = fmt.Sprintf(" (min_gain %.2f%% of the validation loss %.6g)", 100**c.cfg.MinGain, val.Value)
 				}
 			}
+			if val := obs.Metrics.ValLoss; val.Finite() && s.Layer >= 0 && s.Layer < len(c.gain) {
+				c.gain[s.Layer] += d / math.Max(math.Abs(val.Value), 1e-12)
+				c.trials[s.Layer]++
+			}
 			if d < bar {
 				note := ""
 				if s.Layer >= 0 && s.Layer < len(c.saturated) {
@@ -276,6 +285,8 @@ func (c *Controller) plateau() (bool, string) {
 type growthCandidate struct {
 	layer, slot   int
 	score         float64
+	payoff        float64 // mean relative gain of the layer's measured seeds
+	tried         bool    // the layer has a measured seed
 	grad, alive   float64
 	gradMeasured  bool
 	aliveMeasured bool
@@ -326,15 +337,7 @@ func (c *Controller) grow(obs *Observation, judged []Decision) Decision {
 	if c.cfg.Kind == Random {
 		c.rng.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
 	} else {
-		slices.SortStableFunc(cands, func(a, b growthCandidate) int {
-			switch {
-			case a.score > b.score:
-				return -1
-			case a.score < b.score:
-				return 1
-			}
-			return a.layer - b.layer
-		})
+		slices.SortStableFunc(cands, better)
 	}
 	for rank, cand := range cands {
 		ir, note, err := c.fit(cand.layer, remaining)
@@ -345,8 +348,13 @@ func (c *Controller) grow(obs *Observation, judged []Decision) Decision {
 		if c.cfg.Kind == Random {
 			where = fmt.Sprintf("layer %d (%s) drawn at random from %d candidates", cand.layer, c.layerName(obs, cand.layer), len(cands))
 		} else {
-			where = fmt.Sprintf("layer %d (%s) has growth score %.3g (gradient %.3g x alive %.3g)%s",
-				cand.layer, c.layerName(obs, cand.layer), cand.score, cand.grad, cand.alive, rankNote(rank))
+			if cand.tried {
+				where = fmt.Sprintf("layer %d (%s) paid best: its %d measured seed(s) lowered the validation loss by %.2f%% on average%s",
+					cand.layer, c.layerName(obs, cand.layer), c.trials[cand.layer], 100*cand.payoff, rankNote(rank))
+			} else {
+				where = fmt.Sprintf("layer %d (%s) is untried and has growth score %.3g (gradient %.3g x alive %.3g)%s",
+					cand.layer, c.layerName(obs, cand.layer), cand.score, cand.grad, cand.alive, rankNote(rank))
+			}
 		}
 		return Decision{Op: Germinate, Layer: cand.layer, Slot: cand.slot, Template: ir.Template, Params: ir.Params,
 			ParamCount: ir.ParamCount, Blueprint: ir,
@@ -425,8 +433,34 @@ func (c *Controller) candidates(obs *Observation) ([]growthCandidate, int) {
 			cd.grad /= maxGrad
 		}
 		cd.score = cd.grad * cd.alive
+		if n := c.trials[cd.layer]; n > 0 {
+			cd.payoff, cd.tried = c.gain[cd.layer]/float64(n), true
+		}
 	}
 	return cands, cooling
+}
+
+// better orders growth candidates for the heuristic: layers never tried
+// first (by growth score), then tried layers by the mean relative gain their
+// seeds brought; the layer index breaks ties.
+func better(a, b growthCandidate) int {
+	switch {
+	case a.tried != b.tried:
+		if !a.tried {
+			return -1
+		}
+		return 1
+	case a.tried && a.payoff != b.payoff:
+		if a.payoff > b.payoff {
+			return -1
+		}
+		return 1
+	case a.score > b.score:
+		return -1
+	case a.score < b.score:
+		return 1
+	}
+	return a.layer - b.layer
 }
 
 func anyMeasured(cands []growthCandidate) bool {

@@ -68,7 +68,7 @@ func TestGerminateChoosesStrongestLayer(t *testing.T) {
 	if d.Blueprint == nil || d.ParamCount != d.Blueprint.ParamCount || d.ParamCount != 32*8+8+8*32+32 {
 		t.Fatalf("blueprint %+v, count %d", d.Blueprint, d.ParamCount)
 	}
-	for _, want := range []string{"layer 1 (fc1) has growth score 0.8", "the strongest", "residual_mlp {activation=relu width=8} = 552 params", "no parameter limit"} {
+	for _, want := range []string{"layer 1 (fc1) is untried and has growth score 0.8", "the strongest", "residual_mlp {activation=relu width=8} = 552 params", "no parameter limit"} {
 		if !strings.Contains(d.Reason, want) {
 			t.Errorf("reason %q lacks %q", d.Reason, want)
 		}
@@ -407,5 +407,28 @@ func TestSetStateRejects(t *testing.T) {
 				t.Fatal("bad state accepted")
 			}
 		})
+	}
+}
+
+// Placement explores layers never tried, then goes where seeds paid best.
+func TestPlacementFollowsMeasuredPayoff(t *testing.T) {
+	c := newController(t, tamiyo.Config{MinGain: floatp(0), Governor: tamiyo.GovernorConfig{CooldownEpochs: intp(0)}}, linearHosts(2))
+	w := newWorld(2, 3)
+	w.run(t, c, 1, 1, 1)
+	// Layer 1 holds a seed that helped 5%, layer 0 one that helped 1%.
+	*w.seed(1, 0) = tamiyo.SeedView{Layer: 1, Slot: 0, State: lifecycle.Holding, EpochsInState: 1, ParamCount: 10}
+	*w.seed(0, 0) = tamiyo.SeedView{Layer: 0, Slot: 0, State: lifecycle.Holding, EpochsInState: 1, ParamCount: 10}
+	ds := c.Decide(w.obs(1, tamiyo.Contribution{Layer: 0, Slot: 0, DeltaLoss: 0.01}, tamiyo.Contribution{Layer: 1, Slot: 0, DeltaLoss: 0.05}))
+	w.seed(0, 0).State, w.seed(1, 0).State = lifecycle.Fossilized, lifecycle.Fossilized
+	last := ds[len(ds)-1]
+	if last.Op != tamiyo.Germinate || last.Layer != 1 || !strings.Contains(last.Reason, "paid best") {
+		t.Fatalf("decisions %+v", ds)
+	}
+	st, err := c.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Trials[0] != 1 || st.Trials[1] != 1 || st.Gain[1] <= st.Gain[0] {
+		t.Fatalf("state gains %v trials %v", st.Gain, st.Trials)
 	}
 }

@@ -20,6 +20,10 @@ type State struct {
 	Governor GovernorState `json:"governor"`
 	// Saturated marks, per layer, that growth there stopped paying.
 	Saturated []bool `json:"saturated"`
+	// Gain and Trials are, per layer, the summed relative contributions of
+	// its measured seeds and their number.
+	Gain   []float64 `json:"gain"`
+	Trials []int     `json:"trials"`
 }
 
 // GovernorState is the saved state of a Governor.
@@ -42,7 +46,8 @@ func (c *Controller) State() (State, error) {
 		return State{}, fmt.Errorf("tamiyo: save rng: %w", err)
 	}
 	return State{ValHistory: append([]EpochValue{}, c.vals...), RNG: rng, Governor: c.gov.State(),
-		Saturated: append([]bool{}, c.saturated...)}, nil
+		Saturated: append([]bool{}, c.saturated...), Gain: append([]float64{}, c.gain...),
+		Trials: append([]int{}, c.trials...)}, nil
 }
 
 // SetState replaces the controller's state with st, checked for
@@ -67,12 +72,24 @@ func (c *Controller) SetState(st State) error {
 	if st.Saturated != nil && len(st.Saturated) != len(c.saturated) {
 		return fmt.Errorf("tamiyo: restore: saturation for %d layers, want %d: %w", len(st.Saturated), len(c.saturated), ErrState)
 	}
+	if (st.Gain != nil || st.Trials != nil) && (len(st.Gain) != len(c.gain) || len(st.Trials) != len(c.trials)) {
+		return fmt.Errorf("tamiyo: restore: gains for %d layers and trials for %d, want %d: %w", len(st.Gain), len(st.Trials), len(c.gain), ErrState)
+	}
+	for i, g := range st.Gain {
+		if math.IsNaN(g) || math.IsInf(g, 0) || st.Trials[i] < 0 {
+			return fmt.Errorf("tamiyo: restore: layer %d gain %v over %d trials is not valid: %w", i, g, st.Trials[i], ErrState)
+		}
+	}
 	c.vals = append(c.vals[:0], st.ValHistory...)
 	c.pcg = pcg
 	c.rng = rand.New(pcg)
 	c.gov.setState(st.Governor)
 	clear(c.saturated)
 	copy(c.saturated, st.Saturated)
+	clear(c.gain)
+	copy(c.gain, st.Gain)
+	clear(c.trials)
+	copy(c.trials, st.Trials)
 	return nil
 }
 

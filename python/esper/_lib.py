@@ -63,6 +63,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_session_restore": (c_int, [c_uint64, c_char_p]),
     "esper_session_stats": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_seeds": (c_int, [c_uint64, POINTER(c_void_p)]),
+    "esper_session_growth_log": (c_int, [c_uint64, POINTER(c_void_p)]),
     # karn-urza-cache (blueprint/, core/urza, core/cache). Out-strings and out-buffers are c_void_p
     # so that take_string / take_bytes can release them with esper_free.
     "esper_blueprint_templates": (c_int, [POINTER(c_void_p)]),

@@ -87,6 +87,8 @@ class Session(_lib.Handle):
             ``self.alphas`` holds the new alpha of every slot.
         """
         h = self.handle
+        if _lib._in_fork_child:
+            _lib.lib()  # raises ForkError: the cached symbol below would call into a dead Go runtime
         if signals is None:
             rc = self._step(h, steps, None, 0, self._alphas_ptr, self.num_slots, self._n_events_ref)
         else:
@@ -137,7 +139,7 @@ class Session(_lib.Handle):
         return self._transition("esper_session_cancel", layer, slot, reason)
 
     def report_failure(self, layer: int, slot: int, kind: int, message: str) -> list[dict[str, Any]]:
-        """Record a seed execution failure (1 exception, 2 non-finite, 3 wrong shape)."""
+        """Record a seed execution failure (0 exception, 1 non-finite, 2 wrong shape, 3 other)."""
         return self._json_call("esper_session_report_failure", layer, slot, kind, message.encode())
 
     def snapshot(self) -> str:
@@ -159,3 +161,8 @@ class Session(_lib.Handle):
     def seeds(self) -> list[dict[str, Any]]:
         """Every slot's seed: state, alpha, blueprint, history."""
         return self._json_call("esper_session_seeds")
+
+    def growth_log(self) -> dict[str, Any]:
+        """Every event, decision and failure of the run, in order: {"entries": [...], ...}
+        (bounded by the config's growth_log_max; see capi/esper.h)."""
+        return self._json_call("esper_session_growth_log")

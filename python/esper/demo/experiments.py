@@ -79,7 +79,7 @@ SETUPS: dict[str, Setup] = {
     "digits": Setup("digits", depth=1, start_width=8, sweep=[8, 16, 32, 64, 128], targets="block",
                     morph=_morph(max_params=20_000)),
     "spirals": Setup("spirals", depth=2, start_width=16, sweep=[8, 16, 32, 64, 128], targets="linear",
-                     morph=_morph(max_params=20_000)),
+                     morph=_morph(max_params=20_000, template_params={"width": 32})),
     "moons": Setup("moons", depth=1, start_width=32, sweep=[32], targets="block", epochs=30,
                    morph=_morph(max_params=20_000)),
     "breast_cancer": Setup("breast_cancer", depth=1, start_width=32, sweep=[32], targets="block", epochs=30,
