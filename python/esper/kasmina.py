@@ -86,11 +86,13 @@ _RUNNING = frozenset({SeedState.TRAINING, SeedState.BLENDING, SeedState.HOLDING,
 
 
 class FailureKind(IntEnum):
-    """Why a seed's output was not used for a step (the ``kind`` of esper_session_report_failure)."""
+    """Why a seed's output was not used for a step: the ``kind`` of esper_session_report_failure,
+    with the values of ``capi/esper.h`` (0 exception, 1 non-finite output, 2 wrong shape, 3 other)."""
 
-    EXCEPTION = 1
-    NONFINITE = 2
-    SHAPE = 3
+    EXCEPTION = 0
+    NONFINITE = 1
+    SHAPE = 2
+    OTHER = 3
 
 
 class SeedFailure(NamedTuple):
@@ -458,6 +460,9 @@ class KasminaLayer(nn.Module):
         Args:
             slot: the slot index.
 
+        The slot's failures not yet read are discarded with the seed: reported later, they would
+        blame an empty slot or the slot's next seed.
+
         Returns:
             The removed seed's parameters, to drop from the optimizer.
 
@@ -468,6 +473,13 @@ class KasminaLayer(nn.Module):
         if key not in self.seeds:
             raise ValueError(f"{self.spec.name}: slot {slot} holds no seed")
         seed = self.seeds.pop(key)
+        self._checks[slot].clear()
+        self._bad[slot].zero_()  # on the device: no synchronisation
+        self._runs[slot] = 0
+        if any(f.slot == slot for f in self.failures):
+            kept = [f for f in self.failures if f.slot != slot]
+            self.failures.clear()
+            self.failures.extend(kept)
         if self._states[slot] in LIVE_STATES:
             self._states[slot], self._alphas[slot] = SeedState.DORMANT, 0.0
         self._sync_forward()

@@ -18,7 +18,8 @@ never calls Go::
 Go's events are mirrored here: a germination builds the seed from its
 blueprint (Tezzeret) and adds its parameters to the optimizer in a group of
 their own; a prune removes them (and their optimizer state); a fossilization
-freezes them; a rollback restores the last good weights and optimizer state.
+makes the seed final (and, with ``freeze_fossilized``, freezes it and drops its
+group); a rollback restores the last good weights and optimizer state.
 The host's optimizer state is never reset.
 """
 
@@ -29,6 +30,7 @@ import copy
 import hashlib
 import json
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Union
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import EsperError
 from .kasmina import KasminaLayer, SeedState, collect_failures, gather_signals, kasmina_layers, set_sampling
 from .session import Session
 from .tezzeret import build_seed
@@ -49,6 +52,8 @@ LayerRef = Union[int, str]
 Evaluate = Callable[[nn.Module], dict[str, float]]
 
 _EXITS = frozenset({"PRUNED", "CANCELLED", "ROLLED_BACK"})
+# Held while a seed is built under a forked, re-seeded global RNG (see Morphogenesis._add_seed).
+_RNG_LOCK = threading.Lock()
 
 
 @dataclass
@@ -72,6 +77,10 @@ class MorphConfig:
             counts as a plateau.
         prune_below: a seed in HOLDING whose measured contribution (validation
             loss without it minus with it) is at or below this is pruned.
+        min_gain: a held seed must also lower the validation loss by this
+            fraction of it (0.01: 1%); one that does not is pruned and its
+            layer is saturated (no more growth there). Growth stops when every
+            layer is saturated: this is what sizes the model.
         holding_epochs: epochs a seed is held (and measured) before judgement.
         max_params: parameter budget for all seeds together (0: no limit).
         max_concurrent: seeds germinated but not yet fossilized, at once.
@@ -105,6 +114,7 @@ class MorphConfig:
     patience: int = 3
     threshold: float = 0.01
     prune_below: float = 0.0
+    min_gain: float = 0.01
     holding_epochs: int = 1
     max_params: int = 0
     max_concurrent: int = 1
@@ -131,6 +141,7 @@ class MorphConfig:
                 "patience": self.patience,
                 "threshold": self.threshold,
                 "prune_below": self.prune_below,
+                "min_gain": self.min_gain,
                 "holding_epochs": self.holding_epochs,
                 "template": self.template,
                 "params": self.template_params,
@@ -157,7 +168,8 @@ class Morphogenesis:
     Args:
         model: a model wrapped with :func:`esper.wrap`.
         optimizer: the optimizer training it; seeds join it in their own
-            parameter groups and leave it when pruned or fossilized.
+            parameter groups and leave it when pruned (or fossilized, with
+            ``freeze_fossilized``).
         config: the settings (:class:`MorphConfig`); keyword overrides win.
         evaluate: ``evaluate(model) -> {"loss": ..., "metric": ...}`` on
             validation data; used to measure each seed's contribution in
@@ -167,7 +179,13 @@ class Morphogenesis:
 
     Raises:
         ValueError: the model holds no Kasmina layer, or a setting is invalid.
-        esper.InvalidArgumentError: Go refused the configuration.
+        esper.InvalidArgumentError: Go refused the configuration (raised by the
+            first call that needs the Go session: it is created, and the
+            library loaded, on first use).
+
+    It owns a Go session: :meth:`close` releases it (use after close raises),
+    and it works as a context manager. Save it with :meth:`state_dict`; it
+    cannot be pickled.
     """
 
     def __init__(
@@ -198,6 +216,7 @@ class Morphogenesis:
         if any(layer.num_slots != self.slots for layer in self.layers):
             raise ValueError("every Kasmina layer of one model must have the same number of slots")
         self._session: Session | None = None
+        self._closed = False
         self.steps = 0
         self.epoch = 0
         self._pending = 0  # optimizer steps not yet sent to Go
@@ -219,6 +238,8 @@ class Morphogenesis:
     def session(self) -> Session:
         """The Go session, created on first use (after the model's first forward,
         when channel-first residual hosts know their spatial extents)."""
+        if self._closed:
+            raise EsperError("Morphogenesis is closed: its Go session was released")
         if self._session is None:
             layers = [layer.spec.to_dict() for layer in self.layers]
             for entry, name in zip(layers, self.layer_names):
@@ -227,10 +248,22 @@ class Morphogenesis:
         return self._session
 
     def close(self) -> None:
-        """Release the Go session. The model keeps its seeds."""
+        """Release the Go session (idempotent). The model keeps its seeds; any
+        later call that needs the session raises :class:`esper.EsperError`."""
+        self._closed = True
         if self._session is not None:
             self._session.close()
             self._session = None
+
+    def __enter__(self) -> Morphogenesis:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Morphogenesis holds a Go session and cannot be pickled; save morph.state_dict() "
+                        "beside model.state_dict() and optimizer.state_dict()")
 
     def _layer_index(self, layer: LayerRef) -> int:
         if isinstance(layer, str):
@@ -252,6 +285,8 @@ class Morphogenesis:
                 synchronisation); feeds the governor's blow-up check and the
                 epoch's mean training loss.
         """
+        if self._closed:
+            raise EsperError("Morphogenesis is closed: its Go session was released")
         if self.config.rollback and self._last_good is None:
             self._save_good()  # after load_state_dict from a checkpoint that holds no last good state
         if loss is not None:
@@ -403,7 +438,7 @@ class Morphogenesis:
         return events
 
     def fossilize(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
-        """Fossilize a seed in HOLDING: it is frozen and kept."""
+        """Fossilize a seed in HOLDING: it is kept for good (and frozen, with ``freeze_fossilized``)."""
         events = self.session.fossilize(self._layer_index(layer), slot, reason)
         self._apply(events)
         return events
@@ -452,7 +487,9 @@ class Morphogenesis:
         device = weight.device if weight is not None else torch.device("cpu")
         dtype = weight.dtype if weight is not None else None
         devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        # The global generator is shared by every thread: hold it while it is seeded and used here, so
+        # that sessions driven from several threads still get each seed's own initial weights.
+        with _RNG_LOCK, torch.random.fork_rng(devices=devices):
             torch.manual_seed(self._init_seed(i, slot, step))
             seed = build_seed(ir, device=device, dtype=dtype)
         layer.add_seed(slot, seed)
@@ -602,7 +639,7 @@ class Morphogenesis:
             weight = next(layer.base_layer.parameters(), None)
             device = weight.device if weight is not None else torch.device("cpu")
             # The weights come from model.load_state_dict: leave the user's RNG streams untouched.
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with _RNG_LOCK, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 seed = build_seed(s["ir"], device=device, dtype=weight.dtype if weight is not None else None)
             layer.add_seed(s["slot"], seed)
             state_name = s["state"]
