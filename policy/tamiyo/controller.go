@@ -274,6 +274,13 @@ func (c *Controller) plateau() (bool, string) {
 		}
 	}
 	rel := relImprovement(bestBefore, bestRecent)
+	if rel <= -c.cfg.Threshold {
+		// Not a plateau: a validation loss that rises by more than the
+		// threshold is overfitting (or noise near zero), and a bigger model
+		// would not help.
+		return false, fmt.Sprintf("validation loss rising: best of the last %d epochs %.6g is %.2f%% above the best before %.6g (threshold %.2f%%): overfitting or noise, not a lack of capacity",
+			p, bestRecent, -100*rel, bestBefore, 100*c.cfg.Threshold)
+	}
 	if rel >= c.cfg.Threshold {
 		return false, fmt.Sprintf("validation loss still improving: best of the last %d epochs %.6g is %.2f%% below the best before %.6g (threshold %.2f%%)",
 			p, bestRecent, 100*rel, bestBefore, 100*c.cfg.Threshold)

@@ -26,7 +26,8 @@ func TestPlateauDetection(t *testing.T) {
 		{"too early", []float64{1, 0.99}, tamiyo.Wait, "watching for a plateau: 2 of the 4 epochs"},
 		{"improving", []float64{1, 0.9, 0.8, 0.7}, tamiyo.Wait, "validation loss still improving"},
 		{"plateau", flat, tamiyo.Germinate, "validation loss plateaued"},
-		{"worse", []float64{1, 1.1, 1.2, 1.3}, tamiyo.Germinate, "validation loss plateaued"},
+		{"worse: overfitting", []float64{1, 1.1, 1.2, 1.3}, tamiyo.Wait, "validation loss rising"},
+		{"slightly worse: plateau", []float64{1, 1, 1, 1.005}, tamiyo.Germinate, "validation loss plateaued"},
 		{"improvement just above threshold", []float64{1, 1, 1, 0.989}, tamiyo.Wait, "still improving"},
 	}
 	for _, tc := range cases {

@@ -280,16 +280,22 @@ class Morphogenesis:
     def step(self, loss: torch.Tensor | float | None = None) -> None:
         """Call once after every optimizer step.
 
+        Most steps cost a counter increment: the loss is sampled, and Go is
+        called, only every ``signal_every`` steps (and every step while a seed
+        blends, for its alpha).
+
         Args:
-            loss: the step's training loss (a tensor is kept on its device: no
-                synchronisation); feeds the governor's blow-up check and the
-                epoch's mean training loss.
+            loss: the step's training loss. It is read on the steps that send
+                signals to Go (one synchronisation every ``signal_every``
+                steps): those samples feed the governor's blow-up check (a
+                non-finite loss corrupts the weights, so later samples see it)
+                and, averaged, the epoch's training loss.
         """
         if self._closed:
             raise EsperError("Morphogenesis is closed: its Go session was released")
         if self.config.rollback and self._last_good is None:
             self._save_good()  # after load_state_dict from a checkpoint that holds no last good state
-        if loss is not None:
+        if loss is not None and (self.steps + 1) % self.config.signal_every == 0:
             value = loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
             if self._loss_sum is None:
                 self._loss_sum = value.clone()
@@ -397,8 +403,12 @@ class Morphogenesis:
             for slot in range(self.slots):
                 if layer.state(slot) == SeedState.HOLDING:
                     with layer.disable_seeds(slot):
-                        without = self.evaluate(self.model)["loss"]
-                    out.append({"layer": i, "slot": slot, "delta_loss": without - val_loss})
+                        without = float(self.evaluate(self.model)["loss"])
+                    if math.isfinite(without):
+                        out.append({"layer": i, "slot": slot, "delta_loss": without - val_loss})
+                    else:
+                        # The host alone diverges: the seed is needed. Go judges numbers, not NaN.
+                        out.append({"layer": i, "slot": slot, "delta_loss": abs(val_loss)})
         return out
 
     # ------------------------------------------------------------------ manual control
