@@ -74,16 +74,19 @@ def _morph(**kw: Any) -> MorphConfig:
     return MorphConfig(**base)
 
 
-#: The demo's tasks. Budgets are not sizes: growth stops when seeds stop paying.
+#: The demo's tasks. Growth tasks use "fast growth" settings for 60-epoch runs (a 10% plateau
+#: threshold over 2 epochs, short lifecycle phases); budgets are not sizes: growth stops when
+#: seeds stop paying (min_gain).
 SETUPS: dict[str, Setup] = {
     "digits": Setup("digits", depth=1, start_width=8, sweep=[8, 16, 32, 64, 128], targets="block",
                     morph=_morph(max_params=20_000)),
     "spirals": Setup("spirals", depth=2, start_width=16, sweep=[8, 16, 32, 64, 128], targets="linear",
                      morph=_morph(max_params=20_000, template_params={"width": 32})),
+    # Negative controls run the controller at the library's defaults (what a user gets).
     "moons": Setup("moons", depth=1, start_width=32, sweep=[32], targets="block", epochs=30,
-                   morph=_morph(max_params=20_000)),
+                   morph=MorphConfig()),
     "breast_cancer": Setup("breast_cancer", depth=1, start_width=32, sweep=[32], targets="block", epochs=30,
-                           morph=_morph(max_params=20_000)),
+                           morph=MorphConfig()),
 }
 
 
