@@ -67,6 +67,15 @@ class BuildGo(build_ext):
     def get_ext_filename(self, fullname: str) -> str:
         return os.path.join(*fullname.split(".")) + ".so"
 
+    def copy_extensions_to_source(self) -> None:
+        # Editable installs copy the library into the source tree, where a fresh
+        # clone has no python/esper/_lib folder yet (git keeps no empty folders).
+        build_py = self.get_finalized_command("build_py")
+        for ext in self.extensions:
+            package = ".".join(ext.name.split(".")[:-1])
+            Path(build_py.get_package_dir(package)).mkdir(parents=True, exist_ok=True)
+        super().copy_extensions_to_source()
+
 
 cmdclass = {"build_ext": BuildGo}
 
