@@ -44,6 +44,7 @@ def compare(
     inner: int = 50,
     warmup: int = 5,
     sync: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Timing]:
     """Time every candidate in interleaved rounds.
 
@@ -53,6 +54,9 @@ def compare(
         inner: calls per round and candidate.
         warmup: untimed calls of each candidate first.
         sync: called after each block (e.g. torch.cuda.synchronize).
+        clock: seconds now: ``time.perf_counter`` (wall) by default; ``time.process_time`` (CPU
+            time of this process, every thread) discounts the time the process waits for a core
+            on a shared machine. Use wall time where work runs outside this process (a GPU).
 
     Returns:
         name -> Timing.
@@ -73,12 +77,12 @@ def compare(
                 fn = candidates[name]
                 if sync:
                     sync()
-                start = time.perf_counter()
+                start = clock()
                 for _ in range(inner):
                     fn()
                 if sync:
                     sync()
-                out[name].rounds.append((time.perf_counter() - start) / inner)
+                out[name].rounds.append((clock() - start) / inner)
     finally:
         if gc_was:
             gc.enable()

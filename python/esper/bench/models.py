@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TinyMLP", "WideMLP", "SmallCNN", "TinyTransformer", "HandSeeded", "Deep", "make_batch"]
+__all__ = ["TinyMLP", "WideMLP", "SmallCNN", "TinyTransformer", "HandSeeded", "Deep", "make_batch", "with_hand_seed"]
 
 
 class TinyMLP(nn.Module):
@@ -92,17 +92,33 @@ class Deep(nn.Module):
 
 
 class HandSeeded(nn.Module):
-    """A linear host plus a residual branch ``a * branch(x)``, written by hand:
-    what an active Esper seed must cost no more than."""
+    """A host plus a residual branch ``a * branch(x)``, written by hand: what an active Esper seed
+    must cost no more than. With ``alpha == 1`` (a seed in HOLDING) it is ``host(x) + branch(x)``;
+    otherwise the scaling is fused into the add, as one would write it by hand."""
 
-    def __init__(self, host: nn.Linear, branch: nn.Module, alpha: float = 1.0) -> None:
+    def __init__(self, host: nn.Module, branch: nn.Module, alpha: float = 1.0) -> None:
         super().__init__()
         self.host = host
         self.branch = branch
         self.alpha = alpha
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.host(x) + self.alpha * self.branch(x)
+        if self.alpha == 1.0:
+            return self.host(x) + self.branch(x)
+        return torch.add(self.host(x), self.branch(x), alpha=self.alpha)
+
+
+def with_hand_seed(model: nn.Module, path: str, branch: nn.Module, alpha: float = 1.0) -> HandSeeded:
+    """Replaces the submodule at ``path`` by :class:`HandSeeded` (the old module as host), in place.
+
+    Returns:
+        The new HandSeeded module.
+    """
+    parent_name, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    hand = HandSeeded(getattr(parent, child), branch, alpha)
+    setattr(parent, child, hand)
+    return hand
 
 
 def make_batch(model_name: str, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,6 +132,8 @@ def make_batch(model_name: str, batch: int, device: torch.device) -> tuple[torch
         x = torch.randn(batch, 3, 32, 32, generator=g)
     elif model_name == "transformer":
         x = torch.randint(0, 100, (batch, 32), generator=g)
+    elif model_name == "deep":
+        x = torch.randn(batch, 32, generator=g)
     else:
         raise ValueError(f"unknown benchmark model {model_name!r}")
     y = torch.randint(0, 10, (batch,), generator=g)

@@ -1,0 +1,299 @@
+"""Rows about the Go core: the session step call, the kernel cache, artifact loading and decisions,
+each measured twice where it can be: inside Go (``go test -bench``, when the Go toolchain and the
+sources are present) and through the C ABI from Python (ctypes, JSON and copies included)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..session import Session
+from ..tezzeret import build_seed, save_weights
+from .rows import Row, samples_row, value_at_most
+
+__all__ = ["GoBench", "go_benchmarks", "session_rows", "cache_rows", "decision_rows", "repo_root"]
+
+#: Go benchmarks the bench reads: name -> package.
+GO_BENCHMARKS = {
+    "GetHit": "./core/cache",
+    "Get1MB": "./core/urza",
+    "Put1MB": "./core/urza",
+    "DecideGerminate": "./policy/tamiyo",
+    "Step8Layers": "./core/session",
+    "EndEpoch": "./core/session",
+}
+_LINE = re.compile(r"^Benchmark(\w+?)(?:-\d+)?\s+\d+\s+([\d.]+) ns/op")
+
+CACHE_HIT = value_at_most(1.0, "<= 1 us")
+ARTIFACT = value_at_most(10.0, "<= 10 ms")
+DECISION = value_at_most(100.0, "< 100 us", strict=True)
+
+
+def repo_root() -> Path | None:
+    """The source checkout this package runs from (the folder holding go.mod), or None."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "go.mod").is_file() and (parent / "core").is_dir():
+            return parent
+    return None
+
+
+class GoBench:
+    """Results of one ``go test -bench`` run: benchmark name -> ns/op of each -count run.
+
+    Attributes:
+        results: name (without "Benchmark" and the -N suffix) -> ns/op per run.
+        why_not: why nothing was measured ("" when the run happened).
+        command: the command line run.
+    """
+
+    def __init__(self, results: dict[str, list[float]], why_not: str = "", command: str = "") -> None:
+        self.results = results
+        self.why_not = why_not
+        self.command = command
+
+    def row(self, section: str, name: str, bench: str, unit: str, target: Any, note: str) -> Row:
+        """A row of one benchmark's ns/op converted to ``unit`` ("ns", "us" or "ms")."""
+        scale = {"ns": 1.0, "us": 1e-3, "ms": 1e-6}[unit]
+        runs = self.results.get(bench)
+        if not runs:
+            why = self.why_not or f"Benchmark{bench} did not report"
+            return Row(section, name, "cpu", unit, None, target=target.text if target else "", source="Go benchmark",
+                       note=f"not measured: {why}")
+        return samples_row(section, name, "cpu", [r * scale for r in runs], unit, target=target,
+                           source="Go benchmark", note=f"Benchmark{bench} in {GO_BENCHMARKS[bench]}; {note}")
+
+
+def parse_go_bench(text: str) -> dict[str, list[float]]:
+    """Benchmark name -> ns/op values from ``go test -bench`` output."""
+    out: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line.strip())
+        if m:
+            out.setdefault(m.group(1), []).append(float(m.group(2)))
+    return out
+
+
+def go_benchmarks(benchtime: str = "200ms", count: int = 5, timeout_s: float = 240.0) -> GoBench:
+    """Runs the Go benchmarks of :data:`GO_BENCHMARKS` once (all packages in one ``go test``)."""
+    go = shutil.which("go")
+    root = repo_root()
+    if go is None:
+        return GoBench({}, "the Go toolchain is not on PATH")
+    if root is None:
+        return GoBench({}, "the Go sources are not beside this package (an installed wheel)")
+    pattern = "^Benchmark(" + "|".join(GO_BENCHMARKS) + ")$"
+    packages = sorted(set(GO_BENCHMARKS.values()))
+    cmd = [go, "test", "-run", "^$", "-bench", pattern, "-benchtime", benchtime, "-count", str(count), *packages]
+    shown = " ".join(["go", *cmd[1:]])
+    try:
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return GoBench({}, f"{shown}: {e}", shown)
+    results = parse_go_bench(proc.stdout)
+    if proc.returncode != 0 and not results:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return GoBench({}, f"{shown} failed: {' / '.join(tail)}", shown)
+    return GoBench(results, "", shown)
+
+
+def _rounds(fn: Callable[[], object], inner: int, rounds: int) -> list[float]:
+    """CPU seconds of this process per call of fn, over ``rounds`` blocks of ``inner`` calls (after
+    an untimed tenth of a block). CPU time, not wall time: on a shared machine the wall clock also
+    counts the time other work holds the cores."""
+    for _ in range(max(1, inner // 10)):
+        fn()
+    out = []
+    for _ in range(rounds):
+        start = time.process_time()
+        for _ in range(inner):
+            fn()
+        out.append((time.process_time() - start) / inner)
+    return out
+
+
+def _named(figure: float | None, name: str) -> str:
+    return name if figure is not None else ""
+
+
+def _go_figure(go: GoBench, bench: str, scale: float) -> float | None:
+    runs = go.results.get(bench)
+    return statistics.median(runs) * scale if runs else None
+
+
+# ---------------------------------------------------------------------- session step
+
+
+def _linear_layers(n: int) -> list[dict[str, Any]]:
+    return [{"name": f"fc{i}", "kind": "linear", "in": 64, "out": 64, "params": 64 * 64 + 64} for i in range(n)]
+
+
+def session_rows(go: GoBench, rounds: int, inner: int = 5000) -> list[Row]:
+    """esper_session_step with signals for 8 layers: inside Go and through Session.step."""
+    cfg = {"layers": _linear_layers(8), "slots_per_layer": 2, "policy": "manual", "train_steps": 1 << 30,
+           "governor": {"max_concurrent": 64}}
+    with Session(cfg) as s:
+        for layer in range(8):  # as the Go benchmark: a lowrank seed live in every layer
+            s.germinate(layer, 0, {"template": "lowrank"})
+        s.step(2)
+        s.events()
+        signals = (0.5 + 0.1 * (np.arange(2 + 6 * 8) % 5)).astype(np.float32)
+        signals[1] = 0.0
+        samples = [t * 1e6 for t in _rounds(lambda: s.step(1, signals), inner, rounds)]
+    in_go = _go_figure(go, "Step8Layers", 1e-3)
+    return [
+        go.row("abi", "session step, 8 layers + signals (in Go)", "Step8Layers", "us", None,
+               "Session.Step with 50 floats, 16 slots, a lowrank seed live per layer"),
+        samples_row("abi", "session step, 8 layers + signals (Session.step)", "cpu", samples, "us", target=None,
+                    source="ABI", baseline=in_go, baseline_name=_named(in_go, "the same step inside Go (Go benchmark)"),
+                    note="esper_session_step through ctypes: 50 float32 in, 16 alphas out, as the Go benchmark"),
+    ]
+
+
+# ---------------------------------------------------------------------- cache and artifacts
+
+
+def _stored_seed(store: Any) -> tuple[str, int]:
+    """Publishes a ~1 MB seed (residual_mlp 512 -> 256 -> 512, non-zero weights) into store."""
+    from .. import karn
+    from ..urza import publish_seed
+
+    ir = karn.instantiate("residual_mlp", {"kind": "linear", "in": 512, "out": 512}, width=256)
+    torch.manual_seed(0)
+    seed = build_seed(ir)
+    with torch.no_grad():
+        for p in seed.parameters():  # a trained seed, not a fresh one: the zero-initialised op too
+            p.normal_(std=0.02)
+    return publish_seed(store, seed, tags=["bench"]), len(save_weights(seed))
+
+
+def cache_rows(go: GoBench, rounds: int, quick: bool = False) -> list[Row]:
+    """Kernel cache and 1 MB artifact: inside Go, and through the Python bindings (esper.urza,
+    esper.kernels) into the ABI."""
+    from ..kernels import KernelCache
+    from ..urza import Urza, load_seed
+
+    with tempfile.TemporaryDirectory(prefix="esper-bench-urza-") as root, Urza(root) as store, \
+            KernelCache(64 << 20) as cache:
+        ident, size = _stored_seed(store)
+        load = _rounds(lambda: load_seed(store, ident), 3 if quick else 10, rounds)
+        cache.get_or_load(store, ident, copy=False)
+        want = {"dtype": "float32", "device": "cpu", "shape": [32, 512]}
+        go_hit = _rounds(lambda: cache._get(ident, want), 20 if quick else 100, rounds)
+        small = "0" * 64  # a 1 KiB entry, as in the Go benchmark
+        cache.put_artifact(small, json.dumps({"input_shape": [-1, 64], "dtype": "float32", "device": "cuda"}).encode(),
+                           bytes(1024))
+        small_want = {"shape": [32, 64], "dtype": "float32", "device": "cuda:0"}
+        small_hit = _rounds(lambda: cache._get(small, small_want), 2000 if quick else 20000, rounds)
+        module_hit = _rounds(lambda: cache.get_or_load(store, ident, copy=False), 2000 if quick else 20000, rounds)
+
+        def rebuild() -> None:
+            cache.clear_modules()
+            cache.get_or_load(store, ident, copy=False)
+
+        from_cache = _rounds(rebuild, 3 if quick else 10, rounds)
+        stats = cache.stats()
+    in_go_hit = _go_figure(go, "GetHit", 1e-3)
+    in_go_get = _go_figure(go, "Get1MB", 1e-6)
+    mb = f"{size / 1e6:.2f} MB"
+    return [
+        go.row("cache", "cache hit (in Go)", "GetHit", "us", CACHE_HIT,
+               "1 KiB entry among 1000, shape/dtype/device compatibility checked"),
+        samples_row("cache", "cache hit via ABI, 1 KiB entry (KernelCache lookup)", "cpu",
+                    [t * 1e6 for t in small_hit], "us", target=None, source="ABI", baseline=in_go_hit,
+                    baseline_name=_named(in_go_hit, "the same hit inside Go (Go benchmark)"),
+                    note="esper_cache_get through esper.kernels' lookup: want JSON in, meta JSON out, the entry "
+                         "copied to a C buffer then to bytes, two esper_free; the <= 1 us bar is for Go"),
+        samples_row("cache", "cache hit via ABI, 1 MB artifact (KernelCache lookup)", "cpu",
+                    [t * 1e3 for t in go_hit], "ms", target=None, source="ABI",
+                    note=f"as above with the {mb} artifact: the bytes are copied out on every hit"),
+        samples_row("cache", "cache hit, built module (KernelCache.get_or_load)", "cpu",
+                    [t * 1e6 for t in module_hit], "us", target=None, source="python",
+                    note="copy=False: a Python dict hit, no call into Go, no rebuild"),
+        samples_row("cache", "1 MB artifact from the Go cache + build (get_or_load)", "cpu",
+                    [t * 1e3 for t in from_cache], "ms", target=None, source="ABI",
+                    note=f"modules cleared each time: Go hit, {mb} copied out, seed built on meta and filled; "
+                         f"stats after: {stats.get('hits')} Go hits, {stats.get('builds')} builds"),
+        go.row("cache", "artifact 1 MB load + verify (in Go)", "Get1MB", "ms", None,
+               "urza.Store.Get: read manifest + weights, re-hash both"),
+        go.row("cache", "artifact 1 MB put, fsync (in Go)", "Put1MB", "ms", None, "urza.Store.Put, atomic write"),
+        samples_row("cache", "artifact 1 MB load + verify + build (urza.load_seed)", "cpu", [t * 1e3 for t in load],
+                    "ms", target=ARTIFACT, source="ABI", baseline=in_go_get,
+                    baseline_name=_named(in_go_get, "load + verify alone inside Go (Go benchmark)"),
+                    note=f"esper.urza.load_seed: Go reads and re-hashes both files, manifest JSON, IR built on "
+                         f"meta by Tezzeret, safetensors ({mb}, residual_mlp 512->256->512) copied in, CPU"),
+    ]
+
+
+# ---------------------------------------------------------------------- decisions
+
+
+def _plateau_session(snapshot: str | None = None) -> Session:
+    """A heuristic session (8 layers x 2 slots) one epoch before it germinates (from a snapshot of
+    one when given)."""
+    cfg = {"layers": _linear_layers(8), "slots_per_layer": 2, "policy": "heuristic", "controller": {"patience": 2}}
+    s = Session(cfg)
+    if snapshot is not None:
+        s.restore(snapshot)
+        return s
+    signals = np.full(2 + 6 * 8, 0.5, dtype=np.float32)
+    signals[1] = 0.0
+    for layer in range(8):
+        signals[2 + 6 * layer + 3] = float(layer + 1)  # grad norm: a clear growth signal
+    s.step(1, signals)
+    for epoch in range(2):
+        s.end_epoch({"epoch": epoch, "train_loss": 1.0, "val_loss": 1.0, "val_metric": 0.5, "contributions": []})
+    return s
+
+
+def _decision_samples(rounds: int, inner: int) -> tuple[list[float], str]:
+    """CPU seconds per Session.end_epoch that germinates: each call on its own session, all made
+    (from one snapshot) before the round is timed, so no set-up garbage is collected inside it."""
+    first = _plateau_session()
+    snap = first.snapshot()
+    first.close()
+    metrics = {"epoch": 2, "train_loss": 1.0, "val_loss": 1.0, "val_metric": 0.5, "contributions": []}
+    op = ""
+    out = []
+    for r in range(rounds + 1):
+        sessions = [_plateau_session(snap) for _ in range(inner)]
+        start = time.process_time()
+        for s in sessions:
+            result = s.end_epoch(metrics)
+        elapsed = time.process_time() - start
+        op = result["decisions"][0]["op"]
+        for s in sessions:
+            s.close()
+        if r:  # the first round warms up
+            out.append(elapsed / inner)
+    return out, op
+
+
+def decision_rows(go: GoBench, rounds: int, quick: bool = False) -> list[Row]:
+    """Heuristic decision latency inside Go and through Session.end_epoch."""
+    samples, op = _decision_samples(rounds, 30 if quick else 150)
+    in_go = _go_figure(go, "DecideGerminate", 1e-3)
+    return [
+        go.row("decision", "heuristic decision, germinate (in Go)", "DecideGerminate", "us", DECISION,
+               "tamiyo.Controller.Decide on 8 layers x 2 slots after a plateau"),
+        go.row("decision", "end of epoch (in Go)", "EndEpoch", "us", DECISION,
+               "session.EndEpoch: metrics in, decide, apply, events out (heuristic, improving loss)"),
+        samples_row("decision", f"end_epoch -> {op}, decided and applied (Session.end_epoch)", "cpu",
+                    [t * 1e6 for t in samples], "us", target=DECISION, source="ABI", baseline=in_go,
+                    baseline_name=_named(in_go, "the decision alone inside Go (Go benchmark)"),
+                    note="8 layers x 2 slots, heuristic, on a plateau: metrics JSON in; Tamiyo decides, the session "
+                         "germinates (template instantiated, IR canonicalised and hashed); decision + GERMINATED "
+                         "event with its blueprint JSON out"),
+    ]
+

@@ -1,0 +1,340 @@
+"""Training-step rows: a full step (forward, backward, optimizer step, and ``morph.step`` on Esper's
+side) of a wrapped model timed side by side with its baseline, interleaved round by round.
+
+- dormant: every targeted layer wrapped, no seed, against the plain model;
+- active: one seed in BLENDING or HOLDING against the same architecture written by hand
+  (:class:`~esper.bench.models.HandSeeded` with the same branch, same weights);
+- peft: an Esper ``lowrank`` seed against a PEFT LoRA layer of the same rank on the same host;
+- scaling: :class:`~esper.bench.models.Deep` with 1, 10, 100 wrapped layers, and 1, 4, 16 slots
+  per layer (dormant, and with one seed in HOLDING).
+
+Both sides start from the same weights and see the same batch. Esper's side runs the
+documented loop, ``morph.step(loss)`` included, with the default :class:`~esper.MorphConfig`
+(health signals sampled every ``signal_every`` = 10 steps): the calls per round are a multiple
+of 10 so that each round holds the same share of sampled steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import Morphogenesis, wrap
+from . import harness, models
+from .rows import Row, Target, ratio_at_most, timing_row
+
+__all__ = ["StepSettings", "MODELS", "dormant_rows", "active_rows", "peft_rows", "scaling_rows"]
+
+Step = Callable[[], None]
+Sync = Callable[[], None]
+
+SIGNAL_EVERY = 10  # MorphConfig's default; calls per round are a multiple of it
+DORMANT = ratio_at_most(1.02)
+ACTIVE = ratio_at_most(1.05)
+NO_SLOWER = ratio_at_most(1.00, "<= 1.00x (no slower)")
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How long to time: rounds (>= 5), seconds per timed block, untimed steps first."""
+
+    rounds: int = 25
+    block_s: float = 0.02
+    warmup: int = 20
+    max_inner: int = 2000
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A benchmark model: its label, batch kind and size, constructor and dormant wrap targets."""
+
+    label: str
+    batch_kind: str
+    batch: int
+    build: Callable[[], nn.Module]
+    targets: tuple[Any, ...]
+    what: str
+
+
+MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec("TinyMLP", "mlp", 32, models.TinyMLP, (nn.Linear,), "3 Linear wrapped, batch 32"),
+    ModelSpec("WideMLP", "wide_mlp", 64, models.WideMLP, (nn.Linear,), "3 Linear wrapped, batch 64"),
+    ModelSpec("SmallCNN", "cnn", 16, models.SmallCNN, (nn.Conv2d, nn.Linear),
+              "2 Conv2d + Linear head wrapped, batch 16x3x32x32"),
+    ModelSpec("TinyTransformer", "transformer", 16, models.TinyTransformer, ("blocks.*.fc1", "blocks.*.fc2"),
+              "fc1, fc2 of both blocks wrapped, batch 16x32 tokens"),
+)
+_BY_LABEL = {m.label: m for m in MODELS}
+
+
+def _sync_for(device: torch.device) -> Sync | None:
+    return torch.cuda.synchronize if device.type == "cuda" else None
+
+
+def make_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              morph: Morphogenesis | None = None, tick: Callable[[], None] | None = None) -> Step:
+    """One training step: cross-entropy, zero_grad, backward, optimizer step, then ``morph.step``."""
+
+    def step() -> None:
+        if tick is not None:
+            tick()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if morph is not None:
+            morph.step(loss)
+
+    return step
+
+
+def clock_for(device: torch.device) -> Callable[[], float]:
+    """The clock step rows are timed with: CPU time of this process on CPU (the figure is then what
+    the step costs, not what neighbours on a shared machine take from it), wall time on CUDA (the
+    GPU's work is not this process's CPU time)."""
+    return time.perf_counter if device.type == "cuda" else time.process_time
+
+
+def _block(fn: Step, n: int, sync: Sync | None) -> float:
+    if sync:
+        sync()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    if sync:
+        sync()
+    return (time.perf_counter() - start) / n
+
+
+def time_pair(esper: Step, baseline: Step, settings: StepSettings, sync: Sync | None,
+              clock: Callable[[], float] = time.process_time) -> tuple[harness.Timing, harness.Timing, int]:
+    """Warm both sides up, size the blocks, and time them interleaved (harness.compare).
+
+    Returns:
+        (Esper's timing, the baseline's timing, calls per round).
+    """
+    for _ in range(settings.warmup):
+        esper()
+        baseline()
+    per_call = max(_block(esper, SIGNAL_EVERY, sync), _block(baseline, SIGNAL_EVERY, sync))
+    inner = SIGNAL_EVERY * max(1, math.ceil(settings.block_s / max(per_call, 1e-7) / SIGNAL_EVERY))
+    inner = min(inner, settings.max_inner)
+    res = harness.compare({"esper": esper, "baseline": baseline}, rounds=settings.rounds, inner=inner, warmup=0,
+                          sync=sync, clock=clock)
+    return res["esper"], res["baseline"], inner
+
+
+def _adam(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=1e-3)
+
+
+def _morph(model: nn.Module, opt: torch.optim.Optimizer, **overrides: Any) -> Morphogenesis:
+    morph = Morphogenesis(model, opt, policy="manual", **overrides)
+    _ = morph.session  # created (and the rollback copy taken) before anything is timed
+    return morph
+
+
+def _row(section: str, name: str, device: torch.device, settings: StepSettings, esper: Step, baseline: Step,
+         baseline_name: str, target: Target, note: str) -> Row:
+    clock = clock_for(device)
+    te, tb, inner = time_pair(esper, baseline, settings, _sync_for(device), clock)
+    return timing_row(section, name, device.type, te, tb, baseline_name=baseline_name, target=target, note=note,
+                      extra={"calls_per_round": inner, "clock": "wall" if clock is time.perf_counter else "cpu"})
+
+
+def _close(*morphs: Morphogenesis) -> None:
+    for m in morphs:
+        m.close()
+
+
+# ---------------------------------------------------------------------- dormant
+
+
+def dormant_pair(spec: ModelSpec, device: torch.device) -> tuple[Step, Step, Morphogenesis]:
+    """(Esper step, plain step, morph) for a model with every target wrapped and no seed."""
+    torch.manual_seed(0)
+    plain = spec.build().to(device)
+    wrapped = wrap(copy.deepcopy(plain), list(spec.targets))
+    x, y = models.make_batch(spec.batch_kind, spec.batch, device)
+    opt_w = _adam(wrapped)
+    morph = _morph(wrapped, opt_w)
+    return make_step(wrapped, opt_w, x, y, morph), make_step(plain, _adam(plain), x, y), morph
+
+
+def dormant_rows(device: torch.device, settings: StepSettings, labels: Sequence[str] | None = None) -> list[Row]:
+    """Dormant wrapped model vs the plain model, for each benchmark model."""
+    rows = []
+    for spec in MODELS:
+        if labels is not None and spec.label not in labels:
+            continue
+        esper, plain, morph = dormant_pair(spec, device)
+        rows.append(_row("dormant", f"train step, dormant: {spec.label}", device, settings, esper, plain,
+                         "plain model", DORMANT, f"{spec.what}; Esper includes morph.step(loss)"))
+        _close(morph)
+    return rows
+
+
+# ---------------------------------------------------------------------- active
+
+
+def _to_state(morph: Morphogenesis, layer: str, slot: int, state: str) -> None:
+    """Advance a GERMINATED seed by hand to TRAINING, BLENDING or HOLDING."""
+    order = ["TRAINING", "BLENDING", "HOLDING"]
+    for _ in range(order.index(state) + 1):
+        morph.advance(layer, slot, "bench")
+
+
+def _hand_branch(seed: nn.Module) -> nn.Module:
+    """The seed's computation as plain PyTorch modules (an fx GraphModule of nn.Linear etc.),
+    on a copy of its weights: the branch a user would write by hand."""
+    return copy.deepcopy(seed).to_graph_module()
+
+
+def active_pair(spec: ModelSpec, device: torch.device, state: str, template: str = "residual_mlp",
+                layer: str = "fc2", **params: Any) -> tuple[Step, Step, Morphogenesis, int]:
+    """(Esper step, hand-written step, morph, seed params) with one seed at ``layer`` in ``state``."""
+    torch.manual_seed(0)
+    base = spec.build().to(device)
+    esper_model = wrap(copy.deepcopy(base), [layer])
+    opt_e = _adam(esper_model)
+    blend = 10**7  # BLENDING lasts the whole benchmark; alpha still changes every step
+    morph = _morph(esper_model, opt_e, blend_steps=blend, train_steps=blend)
+    morph.germinate(layer, 0, template, **params)
+    _to_state(morph, layer, 0, state)
+    seed = esper_model.get_submodule(layer).seed(0)
+    hand_model = copy.deepcopy(base)
+    alpha = 1.0 if state == "HOLDING" else 0.5
+    hand = models.with_hand_seed(hand_model, layer, _hand_branch(seed), alpha)
+    tick = None
+    if state == "BLENDING":
+        count = [0]
+
+        def tick() -> None:  # a hand-written blend ramps its alpha too
+            count[0] += 1
+            hand.alpha = min(1.0, 0.5 + count[0] / blend)
+
+    opt_h = _adam(hand_model)
+    x, y = models.make_batch(spec.batch_kind, spec.batch, device)
+    n_seed = sum(p.numel() for p in seed.parameters())
+    return make_step(esper_model, opt_e, x, y, morph), make_step(hand_model, opt_h, x, y, tick=tick), morph, n_seed
+
+
+def active_rows(device: torch.device, settings: StepSettings, labels: Sequence[str] = ("TinyMLP", "WideMLP"),
+                states: Sequence[str] = ("BLENDING", "HOLDING")) -> list[Row]:
+    """One active seed (residual_mlp, width 32, on fc2) vs the same model written by hand."""
+    rows = []
+    for label in labels:
+        spec = _BY_LABEL[label]
+        for state in states:
+            esper, hand, morph, n_seed = active_pair(spec, device, state, width=32)
+            note = (f"seed residual_mlp width 32 ({n_seed} params) on fc2, only fc2 wrapped; hand-written: "
+                    "host(x) + a*branch(x) with the same branch and weights; Esper includes morph.step(loss)"
+                    + (" (a Go call every step while BLENDING)" if state == "BLENDING" else ""))
+            rows.append(_row("active", f"train step, 1 seed {state}: {label}", device, settings, esper, hand,
+                             "same model written by hand", ACTIVE, note))
+            _close(morph)
+    return rows
+
+
+# ---------------------------------------------------------------------- PEFT
+
+
+def peft_pair(spec: ModelSpec, device: torch.device, rank: int) -> tuple[Step, Step, Morphogenesis, int, int]:
+    """(Esper step, PEFT step, morph, Esper trainable params, PEFT trainable params): a lowrank seed
+    in HOLDING vs a LoRA layer of the same rank on fc2, base frozen on both sides."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = spec.build().to(device)
+    esper_model = copy.deepcopy(base)
+    esper_model.requires_grad_(False)  # PEFT freezes the base; so does this side, for equal trainable params
+    wrap(esper_model, ["fc2"])
+    opt_e = _adam(esper_model)
+    morph = _morph(esper_model, opt_e)
+    morph.germinate("fc2", 0, "lowrank", rank=rank)
+    _to_state(morph, "fc2", 0, "HOLDING")
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["fc2"], lora_dropout=0.0, bias="none")
+    peft_model = get_peft_model(copy.deepcopy(base), config).to(device)
+    opt_p = _adam(peft_model)
+    x, y = models.make_batch(spec.batch_kind, spec.batch, device)
+    n_e = sum(p.numel() for p in esper_model.parameters() if p.requires_grad)
+    n_p = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    return make_step(esper_model, opt_e, x, y, morph), make_step(peft_model, opt_p, x, y), morph, n_e, n_p
+
+
+def peft_rows(device: torch.device, settings: StepSettings,
+              cases: Sequence[tuple[str, int]] = (("TinyMLP", 4), ("WideMLP", 8))) -> list[Row]:
+    """Esper lowrank seed vs PEFT LoRA of equal rank (Esper must be no slower)."""
+    try:
+        import peft
+    except ImportError:
+        return [Row("peft", f"train step, lowrank r={r} vs PEFT LoRA: {label}", device.type, "ms", None,
+                    target=NO_SLOWER.text, note="peft is not installed (pip install peft)") for label, r in cases]
+    rows = []
+    for label, rank in cases:
+        esper, lora, morph, n_e, n_p = peft_pair(_BY_LABEL[label], device, rank)
+        note = (f"trainable params Esper {n_e}, PEFT {n_p} (base frozen on both sides, PEFT {peft.__version__}); "
+                "Esper: KasminaLayer + SeedModule in HOLDING (alpha 1) plus morph.step(loss); PEFT: lora.Linear "
+                "(scaling lora_alpha/r = 1, no dropout) inside PeftModel")
+        rows.append(_row("peft", f"train step, lowrank r={rank} vs PEFT LoRA: {label}", device, settings, esper,
+                         lora, "PEFT LoRA, same rank", NO_SLOWER, note))
+        _close(morph)
+    return rows
+
+
+# ---------------------------------------------------------------------- scaling
+
+
+def _deep_spec(n: int) -> ModelSpec:
+    return ModelSpec(f"Deep({n})", "deep", 32, lambda: models.Deep(n), (nn.Linear,), f"{n} Linear(32, 32) wrapped")
+
+
+def scaling_rows(device: torch.device, settings: StepSettings, depths: Sequence[int] = (1, 10, 100),
+                 slots: Sequence[int] = (1, 4, 16)) -> list[Row]:
+    """Dormant overhead against the number of wrapped layers and of slots per layer, and one seed in
+    HOLDING with many slots."""
+    rows = []
+    for n in depths:
+        spec = _deep_spec(n)
+        esper, plain, morph = dormant_pair(spec, device)
+        rows.append(_row("scaling", f"dormant, {n} wrapped layers: Deep({n})", device, settings, esper, plain,
+                         "plain model", DORMANT, f"{spec.what}, batch 32; Esper includes morph.step(loss)"))
+        _close(morph)
+    for k in slots:
+        torch.manual_seed(0)
+        spec = ModelSpec("Deep(10)", "deep", 32, lambda: models.Deep(10), (nn.Linear,), "")
+        plain = spec.build().to(device)
+        wrapped = wrap(copy.deepcopy(plain), [nn.Linear], seeds_per_layer=k)
+        x, y = models.make_batch("deep", 32, device)
+        opt_w = _adam(wrapped)
+        morph = _morph(wrapped, opt_w)
+        rows.append(_row("scaling", f"dormant, {k} slots/layer: Deep(10)", device, settings,
+                         make_step(wrapped, opt_w, x, y, morph), make_step(plain, _adam(plain), x, y),
+                         "plain model", DORMANT, f"10 layers x {k} slots, all dormant; includes morph.step(loss)"))
+        _close(morph)
+    for k in slots:
+        torch.manual_seed(0)
+        base = models.Deep(10).to(device)
+        esper_model = wrap(copy.deepcopy(base), [nn.Linear], seeds_per_layer=k)
+        opt_e = _adam(esper_model)
+        morph = _morph(esper_model, opt_e)
+        morph.germinate("layers.5", 0, "residual_mlp", width=16)
+        _to_state(morph, "layers.5", 0, "HOLDING")
+        hand_model = copy.deepcopy(base)
+        models.with_hand_seed(hand_model, "layers.5", _hand_branch(esper_model.layers[5].seed(0)))
+        x, y = models.make_batch("deep", 32, device)
+        rows.append(_row("scaling", f"1 seed HOLDING, {k} slots/layer: Deep(10)", device, settings,
+                         make_step(esper_model, opt_e, x, y, morph), make_step(hand_model, _adam(hand_model), x, y),
+                         "same model written by hand", ACTIVE,
+                         f"10 layers x {k} slots wrapped, residual_mlp width 16 in layers.5 slot 0; hand-written "
+                         "baseline has only that branch; includes morph.step(loss)"))
+        _close(morph)
+    return rows

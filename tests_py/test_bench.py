@@ -1,0 +1,85 @@
+"""Smoke test of `esper bench`: a quick run of a small subset writes every row with finite figures.
+
+No timing is asserted here (figures are for `make bench`); only that the bench runs, and that what
+it writes is complete and well-formed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from esper.bench import native, run, steps
+from esper.bench.rows import Row, format_markdown, format_table
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_quick_subset_writes_every_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A tiny subset: one model per step section, the Python-side ABI rows, no Go toolchain needed.
+    monkeypatch.setattr(steps, "MODELS", steps.MODELS[:1])
+    monkeypatch.setattr(native, "go_benchmarks", lambda *a, **k: native.GoBench({}, "skipped in the smoke test"))
+    threads = torch.get_num_threads()
+    rows, report = run.run(quick=True, out_dir=str(tmp_path), sections=["abi", "dormant", "active"],
+                           devices=["cpu"], echo=lambda line: None)
+    assert torch.get_num_threads() == threads  # restored
+
+    doc = json.loads((tmp_path / "latest.json").read_text())
+    assert doc == json.loads(json.dumps(report))
+    assert list(tmp_path.glob("*-*.json"))  # the dated copy
+    assert "| section |" in (tmp_path / "latest.md").read_text()
+    assert doc["summary"]["errors"] == []
+    assert {m for m in ("cpu", "torch", "cores", "go_library", "cuda")} <= set(doc["machine"])
+
+    names = [r["name"] for r in doc["rows"]]
+    assert "train step, dormant: TinyMLP" in names
+    assert "train step, 1 seed BLENDING: TinyMLP" in names
+    assert "train step, 1 seed HOLDING: TinyMLP" in names
+    assert "no-op call (Python -> Go)" in names
+    assert "session step, 8 layers + signals (Session.step)" in names
+
+    for r in doc["rows"]:
+        if r["source"] == "Go benchmark":  # skipped here: the row says why
+            assert r["value"] is None and "not measured" in r["note"]
+            continue
+        assert _finite(r["value"]) and r["value"] > 0, r
+        assert r["rounds"] >= 5, r
+        lo, hi = r["spread"]
+        assert _finite(lo) and _finite(hi) and lo <= hi, r
+        if r["baseline"] is not None:
+            assert _finite(r["baseline"]) and _finite(r["ratio"]), r
+        if r["section"] in ("dormant", "active"):
+            assert r["target"] and r["ok"] in (True, False), r
+            assert lo <= r["ratio"] <= hi, r
+
+
+def test_go_bench_output_is_parsed() -> None:
+    text = (
+        "goos: linux\n"
+        "BenchmarkGetHit-2   \t 3801026\t        62.13 ns/op\t       0 B/op\t       0 allocs/op\n"
+        "BenchmarkGet1MB-2   \t     180\t   1495518 ns/op\t 701.13 MB/s\n"
+        "BenchmarkGetHit-2   \t 3801026\t        70.00 ns/op\n"
+        "PASS\n"
+    )
+    assert native.parse_go_bench(text) == {"GetHit": [62.13, 70.0], "Get1MB": [1495518.0]}
+
+
+def test_table_formats_missing_figures() -> None:
+    rows = [Row("cache", "cache hit (in Go)", "cpu", "us", None, target="<= 1 us", source="Go benchmark",
+                note="not measured: no Go toolchain")]
+    assert "n/a" in format_table(rows)
+    assert "not measured" in format_markdown(rows)
+
+
+def test_readme_section_is_replaced_between_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Esper\n\n## Measured\n\n{run.BEGIN}\nold\n{run.END}\n\nmore\n")
+    assert run.update_readme(readme, "new table")
+    assert readme.read_text() == f"# Esper\n\n## Measured\n\n{run.BEGIN}\nnew table\n{run.END}\n\nmore\n"
+    assert not run.update_readme(tmp_path / "absent.md", "x")
