@@ -746,3 +746,25 @@ def test_morphogenesis_in_a_forked_child_raises_fork_error() -> None:
     assert done.returncode == 0, done.stderr
     assert "child ForkError:" in done.stdout and "spawn" in done.stdout, done.stdout
     assert "parent ok 2 0" in done.stdout, done.stdout
+
+
+def test_epoch_rollback_without_a_seed_restores_the_host() -> None:
+    """A training loss that blows up with no seed in flight makes Tamiyo call for a rollback
+    that no seed can take the blame for: the driver restores the last good host weights."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    esper.wrap(model, target_modules=[nn.Linear])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    morph = esper.Morphogenesis(model, opt, policy="manual", signal_every=1)
+    for _ in range(6):  # a steady loss history for the governor's rolling mean
+        morph.step(torch.tensor(1.0))
+        morph.end_epoch(val_loss=1.0, train_loss=1.0)
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(100.0)  # the host diverges on its own
+    result = morph.end_epoch(val_loss=50.0, train_loss=50.0)
+    assert any(d["op"] == "rollback" and d["layer"] == -1 for d in result["decisions"]), result
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, good[k]), k
+    morph.close()

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from esper import karn
-from esper.errors import BudgetError, CorruptError, EsperError, InvalidArgumentError, NotFoundError
+from esper.errors import BudgetError, CancelledError, CorruptError, EsperError, InvalidArgumentError, NotFoundError
 from esper.kernels import KernelCache
 from esper.tezzeret import SeedModule, SeedValidationError, build_seed, save_weights
 from esper.urza import Urza, example_input, load_seed, publish_seed, seed_manifest
@@ -492,3 +492,35 @@ def test_cuda_load_and_device_compatibility(store: Urza, artifacts: list[tuple[s
     cache.clear_modules()
     cache.get_or_load(store, published, "cuda:0")  # "cuda" fits "cuda:0": a hit
     assert cache.stats()["hits"] == 1
+
+
+def test_cancel_stops_a_verify_in_flight(store: Urza) -> None:
+    """esper_cancel from another thread stops a long verify with CancelledError; the store
+    is intact and a later verify runs to completion."""
+    ir = karn.instantiate("residual_mlp", {"kind": "linear", "in": 256, "out": 256}, width=256)
+    seed = build_seed(ir)
+    for i in range(60):  # ~0.5 MB each: verify re-hashes ~30 MB
+        with torch.no_grad():
+            for p in seed.parameters():
+                p.fill_(float(i + 1))
+        store.put(seed_manifest(seed, tags=[f"n{i}"]), save_weights(seed))
+    outcome: list[BaseException | dict] = []
+
+    def run() -> None:
+        try:
+            outcome.append(store.verify())
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            outcome.append(exc)
+
+    for _ in range(5):  # the cancel must land while verify runs; retry if verify won the race
+        outcome.clear()
+        t = threading.Thread(target=run)
+        t.start()
+        while t.is_alive():
+            store.cancel()
+            t.join(timeout=0.001)
+        if isinstance(outcome[0], CancelledError):
+            break
+    assert isinstance(outcome[0], CancelledError), outcome
+    report = store.verify()
+    assert report["checked"] == 60 and not report["bad"]

@@ -391,6 +391,11 @@ class Morphogenesis:
             if decision.get("op") != "wait":
                 self.log.append({"kind": "decision", "epoch": self.epoch, **decision})
         self._apply(result.get("events", []))
+        if any(d.get("op") == "rollback" and int(d.get("layer", -1)) < 0 for d in result.get("decisions", [])):
+            # The governor saw the loss blow up with no seed to blame: the host diverged on its
+            # own. Restore the last good weights and optimizer state all the same (no event says so).
+            self._restore_good()
+            train_loss = math.nan  # this epoch's state is not kept as "good"
         self.epoch += 1
         finite = all(v is None or math.isfinite(v) for v in (train_loss, val_loss))
         if self.config.rollback and finite:
