@@ -324,7 +324,7 @@ int esper_cache_stats(uint64_t handle, char **out_json);
  *        template params, "seed" [0] for the random policy},
  *    "governor": {"max_params" [0 = no limit] params of live + fossilized
  *        seeds, "max_concurrent" [1] seeds in flight, "cooldown_epochs" [2]
- *        (0 allowed), "loss_window" [20], "loss_factor" [3],
+ *        (0 allowed), "loss_window" [20], "loss_factor" [3], "loss_min_delta" [0.05],
  *        "min_loss_samples" [5]},
  *    "breaker": {"failures" [3]: consecutive failures that prune a seed},
  *    "signals": {"window" [64], "ewma" [0.1]}, "auto_advance" [true],
@@ -365,8 +365,9 @@ int esper_session_free(uint64_t handle);
  * ROLLED_BACK -> EMBARGOED at once, EMBARGOED -> RESETTING after
  * embargo_steps, RESETTING -> DORMANT on the next step), ingests signals,
  * lets the governor check the loss (nonfinite_count > 0, a non-finite
- * train loss or one above loss_factor x its rolling mean rolls back the
- * newest seed in flight), and writes one alpha per slot, layer-major
+ * train loss or one above loss_factor x its rolling mean and loss_min_delta
+ * above it rolls back the newest seed in flight), and writes one alpha per
+ * slot, layer-major
  * (layer * slots_per_layer + slot), to alphas_out.
  *   signals: n_signals floats read during the call only (not kept): 0, or
  *     exactly 2 + 6 * layers in the layout [train_loss_mean,

@@ -114,7 +114,7 @@ type Config struct {
 	Controller tamiyo.Config `json:"controller"`
 	// Governor holds the safety limits (see tamiyo.GovernorConfig):
 	// max_params (0 = no limit), max_concurrent (1), cooldown_epochs (2),
-	// loss_window (20), loss_factor (3), min_loss_samples (5).
+	// loss_window (20), loss_factor (3), loss_min_delta (0.05), min_loss_samples (5).
 	Governor tamiyo.GovernorConfig `json:"governor"`
 	// Breaker configures the per-seed circuit breakers.
 	Breaker BreakerConfig `json:"breaker"`

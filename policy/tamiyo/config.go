@@ -78,6 +78,7 @@ const (
 	DefaultCooldownEpochs = 2
 	DefaultLossWindow     = 20
 	DefaultLossFactor     = 3.0
+	DefaultLossMinDelta   = 0.05
 	DefaultMinLossSamples = 5
 	// MaxLossWindow bounds GovernorConfig.LossWindow.
 	MaxLossWindow = 1 << 16
@@ -149,6 +150,11 @@ type GovernorConfig struct {
 	// positive mean over at least MinLossSamples losses) calls for a
 	// rollback. Default 3, > 1.
 	LossFactor float64 `json:"loss_factor,omitempty"`
+	// LossMinDelta is how far, in loss units, a spike must also rise above
+	// the rolling mean: near zero, losses are noisy in relative terms (0.004
+	// against a mean of 0.001 is 4x, and harmless). Non-finite losses always
+	// alarm. Default 0.05, >= 0 (0: the relative test alone).
+	LossMinDelta *float64 `json:"loss_min_delta,omitempty"`
 	// MinLossSamples is how many losses the window needs before the
 	// explosion test applies. Default 5, in [1, LossWindow].
 	MinLossSamples int `json:"min_loss_samples,omitempty"`
@@ -172,6 +178,13 @@ func (c GovernorConfig) WithDefaults() (GovernorConfig, error) {
 	if c.LossFactor == 0 {
 		c.LossFactor = DefaultLossFactor
 	}
+	if c.LossMinDelta == nil {
+		v := DefaultLossMinDelta
+		c.LossMinDelta = &v
+	} else {
+		v := *c.LossMinDelta
+		c.LossMinDelta = &v
+	}
 	if c.MinLossSamples == 0 {
 		c.MinLossSamples = min(DefaultMinLossSamples, c.LossWindow)
 	}
@@ -186,6 +199,8 @@ func (c GovernorConfig) WithDefaults() (GovernorConfig, error) {
 		return c, fmt.Errorf("tamiyo: governor loss_window %d is not in [1, %d]: %w", c.LossWindow, MaxLossWindow, ErrConfig)
 	case !(c.LossFactor > 1) || math.IsInf(c.LossFactor, 0):
 		return c, fmt.Errorf("tamiyo: governor loss_factor %v must be a finite number > 1: %w", c.LossFactor, ErrConfig)
+	case !(*c.LossMinDelta >= 0) || math.IsInf(*c.LossMinDelta, 0):
+		return c, fmt.Errorf("tamiyo: governor loss_min_delta %v must be a finite number >= 0: %w", *c.LossMinDelta, ErrConfig)
 	case c.MinLossSamples < 1 || c.MinLossSamples > c.LossWindow:
 		return c, fmt.Errorf("tamiyo: governor min_loss_samples %d is not in [1, loss_window %d]: %w", c.MinLossSamples, c.LossWindow, ErrConfig)
 	}

@@ -124,7 +124,7 @@ func (g *Governor) observeLoss(v float64) Alarm {
 	}
 	if g.n >= g.cfg.MinLossSamples {
 		mean := g.mean()
-		if mean > 0 && v > g.cfg.LossFactor*mean {
+		if mean > 0 && v > g.cfg.LossFactor*mean && v-mean > *g.cfg.LossMinDelta {
 			g.alarms++
 			if g.spikes++; g.spikes >= g.cfg.MinLossSamples {
 				g.head, g.n, g.spikes = 0, 0, 0

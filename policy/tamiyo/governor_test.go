@@ -38,6 +38,8 @@ func TestObserveStep(t *testing.T) {
 		{"spike needs samples", []obs{{1, 0, 0}, {1, 0, 0}, {50, 0, tamiyo.NoAlarm}}},
 		{"spike", []obs{{1, 0, 0}, {1, 0, 0}, {1, 0, 0}, {3.5, 0, tamiyo.LossSpike}, {2.9, 0, tamiyo.NoAlarm}}},
 		{"spikes stay out of the window", []obs{{1, 0, 0}, {1, 0, 0}, {1, 0, 0}, {3.5, 0, tamiyo.LossSpike}, {3.1, 0, tamiyo.LossSpike}}},
+		{"noise near zero is no spike", []obs{{0.001, 0, 0}, {0.001, 0, 0}, {0.001, 0, 0}, {0.004, 0, tamiyo.NoAlarm}}},
+		{"a large rise near zero is", []obs{{0.001, 0, 0}, {0.001, 0, 0}, {0.001, 0, 0}, {0.2, 0, tamiyo.LossSpike}}},
 		{"negative losses never spike", []obs{{-1, 0, 0}, {-1, 0, 0}, {-1, 0, 0}, {100, 0, tamiyo.NoAlarm}}},
 		{"new level after repeated spikes", []obs{{1, 0, 0}, {1, 0, 0}, {1, 0, 0},
 			{10, 0, tamiyo.LossSpike}, {10, 0, tamiyo.LossSpike}, {10, 0, tamiyo.LossSpike},

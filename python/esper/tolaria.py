@@ -90,6 +90,8 @@ class MorphConfig:
         cooldown_epochs: epochs a layer waits after a germination.
         loss_factor: a training loss above this multiple of its rolling mean
             (or non-finite) makes the governor roll back the newest seed.
+        loss_min_delta: ... and at least this much above it in loss units
+            (near zero, losses are noisy in relative terms).
         failures_before_prune: seed execution failures that open its breaker
             and prune it.
         seed_lr: learning rate of seed parameter groups (None: the optimizer's).
@@ -123,6 +125,7 @@ class MorphConfig:
     max_concurrent: int = 1
     cooldown_epochs: int = 2
     loss_factor: float = 3.0
+    loss_min_delta: float = 0.05
     failures_before_prune: int = 3
     seed_lr: float | None = None
     seed: int = 0
@@ -155,6 +158,7 @@ class MorphConfig:
                 "max_concurrent": self.max_concurrent,
                 "cooldown_epochs": self.cooldown_epochs,
                 "loss_factor": self.loss_factor,
+                "loss_min_delta": self.loss_min_delta,
             },
             "breaker": {"failures": self.failures_before_prune},
             "log_path": self.log_path,
