@@ -122,3 +122,23 @@ func float32s(p *C.float, n C.size_t) []float32 {
 	}
 	return unsafe.Slice((*float32)(unsafe.Pointer(p)), int(n))
 }
+
+// queryJSON runs query on the object of type H behind h and writes its result
+// as JSON to *out (released by the caller with esper_free); outName names the
+// out-pointer in the NULL error.
+func queryJSON[H any, T any](h C.uint64_t, out **C.char, outName string, query func(H) (T, error)) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull(outName)
+		}
+		v, err := lookup[H](uint64(h))
+		if err != nil {
+			return err
+		}
+		res, err := query(v)
+		if err != nil {
+			return err
+		}
+		return setJSON(out, res)
+	})
+}

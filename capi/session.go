@@ -243,34 +243,15 @@ func esper_session_restore(h C.uint64_t, snapshotJSON *C.char) C.int {
 
 //export esper_session_stats
 func esper_session_stats(h C.uint64_t, out **C.char) C.int {
-	return sessionJSON(h, out, (*session.Session).Stats)
+	return queryJSON(h, out, "out_json", (*session.Session).Stats)
 }
 
 //export esper_session_seeds
 func esper_session_seeds(h C.uint64_t, out **C.char) C.int {
-	return sessionJSON(h, out, (*session.Session).Seeds)
+	return queryJSON(h, out, "out_json", (*session.Session).Seeds)
 }
 
 //export esper_session_growth_log
 func esper_session_growth_log(h C.uint64_t, out **C.char) C.int {
-	return sessionJSON(h, out, (*session.Session).GrowthLog)
-}
-
-// sessionJSON runs a read-only query on the session behind h and writes its
-// result as JSON to *out (freed by the caller with esper_free).
-func sessionJSON[T any](h C.uint64_t, out **C.char, query func(*session.Session) (T, error)) C.int {
-	return call(uint64(h), func() error {
-		if out == nil {
-			return errNull("out_json")
-		}
-		s, err := lookup[*session.Session](uint64(h))
-		if err != nil {
-			return err
-		}
-		v, err := query(s)
-		if err != nil {
-			return err
-		}
-		return setJSON(out, v)
-	})
+	return queryJSON(h, out, "out_json", (*session.Session).GrowthLog)
 }

@@ -167,37 +167,15 @@ func esper_urza_list(h C.uint64_t, queryJSON *C.char, out **C.char) C.int {
 
 //export esper_urza_verify
 func esper_urza_verify(h C.uint64_t, out **C.char) C.int {
-	return call(uint64(h), func() error {
-		if out == nil {
-			return errNull("out_report_json")
-		}
-		s, err := lookup[*urza.Store](uint64(h))
-		if err != nil {
-			return err
-		}
-		rep, err := s.Verify(handles.context(uint64(h)))
-		if err != nil {
-			return err
-		}
-		return setJSON(out, rep)
+	return queryJSON(h, out, "out_report_json", func(s *urza.Store) (any, error) {
+		return s.Verify(handles.context(uint64(h)))
 	})
 }
 
 //export esper_urza_gc
 func esper_urza_gc(h C.uint64_t, out **C.char) C.int {
-	return call(uint64(h), func() error {
-		if out == nil {
-			return errNull("out_report_json")
-		}
-		s, err := lookup[*urza.Store](uint64(h))
-		if err != nil {
-			return err
-		}
-		rep, err := s.GC(handles.context(uint64(h)))
-		if err != nil {
-			return err
-		}
-		return setJSON(out, rep)
+	return queryJSON(h, out, "out_report_json", func(s *urza.Store) (any, error) {
+		return s.GC(handles.context(uint64(h)))
 	})
 }
 
