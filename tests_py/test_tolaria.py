@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import math
 import os
 import pickle
@@ -18,6 +19,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -768,3 +770,31 @@ def test_epoch_rollback_without_a_seed_restores_the_host() -> None:
     for k, v in model.state_dict().items():
         assert torch.equal(v, good[k]), k
     morph.close()
+
+
+def test_json_lines_log_and_stats(tmp_path: Path) -> None:
+    """Morphogenesis(log_path=...) makes Go append one JSON object per line for events and
+    decisions; stats() exposes Nissa's rolling statistics per layer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    esper.wrap(model, target_modules=[nn.Linear])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    log = tmp_path / "growth.jsonl"
+    morph = esper.Morphogenesis(model, opt, policy="manual", signal_every=2, train_steps=2, blend_steps=2,
+                                log_path=str(log))
+    morph.germinate(0, 0, "residual_mlp", width=4)
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    for _ in range(10):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        morph.step(loss)
+    morph.end_epoch(val_loss=float(loss.detach()))
+    stats = morph.stats()
+    morph.close()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    tos = [r["data"]["to"] for r in records if r["kind"] == "event"]
+    assert tos[:4] == ["GERMINATED", "TRAINING", "BLENDING", "HOLDING"], tos
+    assert all({"time", "kind", "step", "data"} <= set(r) for r in records)
+    assert json.dumps(stats)  # plain JSON, per layer, for the user
