@@ -86,19 +86,12 @@ func esper_session_step(h C.uint64_t, steps C.int64_t, signals *C.float, nSignal
 
 //export esper_session_events
 func esper_session_events(h C.uint64_t, out **C.char) C.int {
-	return call(uint64(h), func() error {
-		if out == nil {
-			return errNull("out_json")
-		}
-		s, err := lookup[*session.Session](uint64(h))
-		if err != nil {
-			return err
-		}
+	return queryJSON(h, out, "out_json", func(s *session.Session) ([]session.Event, error) {
 		evs, err := s.Events()
-		if err != nil {
-			return err
+		if evs == nil {
+			evs = []session.Event{} // "[]", never "null"
 		}
-		return sessionEvents(out, evs)
+		return evs, err
 	})
 }
 
