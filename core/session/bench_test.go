@@ -2,6 +2,7 @@ package session_test
 
 import (
 	"fmt"
+	"github.com/esper-morph/esper/blueprint"
 	"testing"
 
 	"github.com/esper-morph/esper/core/nissa"
@@ -14,7 +15,7 @@ func benchSession(tb testing.TB, layers int) *session.Session {
 	cfg := session.Config{SlotsPerLayer: 2, Policy: "manual", TrainSteps: 1 << 30}
 	cfg.Governor.MaxConcurrent = 64
 	for l := 0; l < layers; l++ {
-		cfg.Layers = append(cfg.Layers, session.LayerConfig{Name: fmt.Sprintf("fc%d", l), Kind: "linear", In: 64, Out: 64})
+		cfg.Layers = append(cfg.Layers, session.LayerConfig{Name: fmt.Sprintf("fc%d", l), Host: blueprint.Host{Kind: "linear", In: 64, Out: 64}})
 	}
 	s := newSession(tb, cfg)
 	for l := 0; l < layers; l++ {
@@ -80,7 +81,7 @@ func BenchmarkEndEpoch(b *testing.B) {
 func BenchmarkStepIngest1000Layers(b *testing.B) {
 	cfg := session.Config{Policy: "manual"}
 	for l := 0; l < 1000; l++ {
-		cfg.Layers = append(cfg.Layers, session.LayerConfig{Name: fmt.Sprintf("fc%d", l), Kind: "linear", In: 8, Out: 8})
+		cfg.Layers = append(cfg.Layers, session.LayerConfig{Name: fmt.Sprintf("fc%d", l), Host: blueprint.Host{Kind: "linear", In: 8, Out: 8}})
 	}
 	s := newSession(b, cfg)
 	alphas := make([]float32, 1000)

@@ -34,38 +34,17 @@ const (
 )
 
 // LayerConfig describes one wrapped layer, in the order of the signals
-// buffer and the alphas.
+// buffer and the alphas: its name, its host (kind, in/out or dim, conv
+// geometry, spatial extents: see blueprint.Host; Stride defaults to 1 for
+// conv layers) and its own parameter count. In JSON the host's fields sit
+// beside name and params.
 type LayerConfig struct {
 	// Name is the layer's name (its module path); required, unique.
 	Name string `json:"name"`
-	// Kind is "linear", "block", "conv1d", "conv2d" or "residual" (blueprint hosts).
-	Kind string `json:"kind"`
-	// In and Out are the features (linear) or channels (conv) in and out.
-	In  int64 `json:"in,omitempty"`
-	Out int64 `json:"out,omitempty"`
-	// Kernel, Stride and Padding are a conv layer's geometry. Stride
-	// defaults to 1 for conv layers.
-	Kernel  int64 `json:"kernel,omitempty"`
-	Stride  int64 `json:"stride,omitempty"`
-	Padding int64 `json:"padding,omitempty"`
-	// Dim is a residual layer's feature (or channel) count.
-	Dim int64 `json:"dim,omitempty"`
-	// Spatial optionally gives the input's spatial extents ([L] or [H, W]);
-	// see blueprint.Host.
-	Spatial []int64 `json:"spatial,omitempty"`
+	blueprint.Host
 	// Params is the host layer's own parameter count (reported in Stats;
 	// not part of the seed budget). Default 0, >= 0.
 	Params int64 `json:"params,omitempty"`
-}
-
-// Host returns the layer as a blueprint host.
-func (l LayerConfig) Host() blueprint.Host {
-	h := blueprint.Host{Kind: l.Kind, In: l.In, Out: l.Out, Kernel: l.Kernel, Stride: l.Stride,
-		Padding: l.Padding, Dim: l.Dim, Spatial: append([]int64(nil), l.Spatial...)}
-	if (h.Kind == blueprint.HostConv1d || h.Kind == blueprint.HostConv2d) && h.Stride == 0 {
-		h.Stride = 1
-	}
-	return h
 }
 
 // BreakerConfig configures the per-seed circuit breakers.
@@ -231,7 +210,8 @@ func (c Config) settings() (settings, error) {
 		if l.Params < 0 {
 			return bad("layers[%d] (%s): params %d must be >= 0", i, l.Name, l.Params)
 		}
-		h := l.Host()
+		h := l.Host
+		h.Spatial = slices.Clone(h.Spatial) // the session's hosts share nothing with the config
 		if err := h.Validate(); err != nil {
 			return bad("layers[%d] (%s): %v", i, l.Name, err)
 		}

@@ -3,6 +3,7 @@ package session_test
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/esper-morph/esper/blueprint"
 	"math"
 	"testing"
 
@@ -18,8 +19,8 @@ func baseConfig() session.Config {
 	embargo := int64(5)
 	return session.Config{
 		Layers: []session.LayerConfig{
-			{Name: "fc1", Kind: "linear", In: 16, Out: 32, Params: 544},
-			{Name: "fc2", Kind: "linear", In: 32, Out: 8, Params: 264},
+			{Name: "fc1", Host: blueprint.Host{Kind: "linear", In: 16, Out: 32}, Params: 544},
+			{Name: "fc2", Host: blueprint.Host{Kind: "linear", In: 32, Out: 8}, Params: 264},
 		},
 		SlotsPerLayer: 2,
 		TrainSteps:    10,

@@ -3,6 +3,7 @@ package session_test
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/esper-morph/esper/blueprint"
 	"math"
 	"strings"
 	"sync"
@@ -18,7 +19,7 @@ import (
 // resumeConfig grows often: random placement, patience 1, no cooldown.
 func resumeConfig() session.Config {
 	cfg := baseConfig()
-	cfg.Layers = append(cfg.Layers, session.LayerConfig{Name: "conv", Kind: "conv2d", In: 4, Out: 4, Kernel: 3, Padding: 1})
+	cfg.Layers = append(cfg.Layers, session.LayerConfig{Name: "conv", Host: blueprint.Host{Kind: "conv2d", In: 4, Out: 4, Kernel: 3, Padding: 1}})
 	cfg.Policy = "random"
 	cfg.Schedule = "cosine"
 	cfg.TrainSteps, cfg.BlendSteps = 10, 20
