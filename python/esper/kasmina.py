@@ -551,7 +551,8 @@ class KasminaLayer(nn.Module):
                     raise ValueError(f"slot {slot}: alpha must be in [0, 1], got {a}")
                 self._alphas[slot], changed = a, True
         if changed:
-            self._sync_forward()
+            # Only alphas moved: which seeds run, and the forward, are unchanged (per step while blending).
+            self._branches = tuple(b._replace(alpha=self._alphas[b.slot]) for b in self._branches)
 
     @contextlib.contextmanager
     def disable_seeds(self, *slots: int) -> Iterator[KasminaLayer]:
