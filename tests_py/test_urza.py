@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import torch
+from hosts import HOSTS, PAIRS
 from safetensors.torch import save as save_safetensors
 
 from esper import karn
@@ -26,18 +27,6 @@ from esper.errors import BudgetError, CancelledError, CorruptError, EsperError, 
 from esper.kernels import KernelCache
 from esper.tezzeret import SeedModule, SeedValidationError, build_seed, save_weights
 from esper.urza import Urza, example_input, load_seed, publish_seed, seed_manifest
-
-HOSTS = {
-    "linear": {"kind": "linear", "in": 16, "out": 8},
-    "block": {"kind": "block", "in": 12, "out": 6},
-    "conv1d": {"kind": "conv1d", "in": 4, "out": 6, "kernel": 3, "stride": 1, "padding": 1},
-    "conv2d": {"kind": "conv2d", "in": 4, "out": 6, "kernel": 3, "stride": 2, "padding": 1},
-    "residual": {"kind": "residual", "dim": 8},
-    "residual_2d": {"kind": "residual", "dim": 8, "spatial": [6, 6]},
-}
-LAYOUT = {"linear": "linear", "block": "linear", "conv1d": "conv1d", "conv2d": "conv2d", "residual": "residual",
-          "residual_2d": "residual_2d"}
-PAIRS = [(t["name"], h) for t in karn.templates() for h in HOSTS if LAYOUT[h] in t["layouts"]]
 
 
 def make_seed(template: str = "residual_mlp", host: str = "linear", *, trained: bool = True, seed: int = 0,

@@ -1,0 +1,19 @@
+"""One host of each kind and layout, and every (template, host) pair that fits: shared by the
+Karn and Urza tests."""
+
+from __future__ import annotations
+
+from esper import karn
+
+HOSTS = {
+    "linear": {"kind": "linear", "in": 16, "out": 8},
+    "block": {"kind": "block", "in": 12, "out": 6},
+    "conv1d": {"kind": "conv1d", "in": 4, "out": 6, "kernel": 3, "stride": 1, "padding": 1},
+    "conv2d": {"kind": "conv2d", "in": 4, "out": 6, "kernel": 3, "stride": 2, "padding": 1},
+    "residual": {"kind": "residual", "dim": 8},
+    "residual_2d": {"kind": "residual", "dim": 8, "spatial": [6, 6]},
+}
+LAYOUT = {"linear": "linear", "block": "linear", "conv1d": "conv1d", "conv2d": "conv2d", "residual": "residual",
+          "residual_2d": "residual_2d"}
+TEMPLATES = karn.templates()
+PAIRS = [(t["name"], h) for t in TEMPLATES for h in HOSTS if LAYOUT[h] in t["layouts"]]
