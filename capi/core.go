@@ -23,7 +23,7 @@ import (
 
 // abiVersion is bumped on every incompatible change of esper.h. It must equal
 // ESPER_ABI_VERSION in esper.h and ABI_VERSION in python/esper/_lib.py.
-const abiVersion = 1
+const abiVersion = 2
 
 // version is the release version, set at link time from the VERSION file
 // (-ldflags "-X main.version=...").

@@ -33,7 +33,7 @@ extern "C" {
 #endif
 
 /* Version of this header; esper_abi_version() must return the same value. */
-#define ESPER_ABI_VERSION 1
+#define ESPER_ABI_VERSION 2
 
 /* Status codes (source of truth: core/errcode/codes.go). */
 #define ESPER_OK 0
@@ -370,9 +370,9 @@ int esper_session_free(uint64_t handle);
  * slot, layer-major
  * (layer * slots_per_layer + slot), to alphas_out.
  *   signals: n_signals floats read during the call only (not kept): 0, or
- *     exactly 2 + 6 * layers in the layout [train_loss_mean,
+ *     exactly 2 + 7 * layers in the layout [train_loss_mean,
  *     nonfinite_count, per layer: act_mean, act_var, dead_frac, grad_norm,
- *     weight_norm, eff_rank]; NaN = not measured. May be NULL when
+ *     weight_norm, eff_rank, seed_gain]; NaN = not measured. May be NULL when
  *     n_signals is 0.
  *   alphas_out: caller buffer of alphas_cap floats, written during the
  *     call; alphas_cap must be >= layers * slots_per_layer.

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -32,3 +34,31 @@ def test_quick_demo_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert report["controls"]["moons"]["germinations"]
     png = (out / "growth.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def _runs(accs: list[float]) -> list:
+    from esper.demo.experiments import RunResult
+
+    return [RunResult(kind="x", task="t", seed=i, test_acc=a, test_loss=0.0, best_epoch=0, flops=1.0, params=1,
+                      wall=0.0, history={}) for i, a in enumerate(accs)]
+
+
+def test_paired_verdicts_need_twice_the_standard_error() -> None:
+    from esper.demo.run import paired
+
+    cases = [
+        # (grown, other, verdict, wins, ties, losses)
+        ([99.0, 98.5, 99.5, 99.0], [98.0, 97.5, 98.0, 98.5], "beats", 4, 0, 0),
+        ([98.0, 97.5, 98.0, 98.5], [99.0, 98.5, 99.5, 99.0], "loses", 0, 0, 4),
+        # A higher mean that one seed carries is not evidence.
+        ([99.0, 97.0, 98.0, 98.0], [97.0, 97.5, 98.0, 98.0], "tie within noise", 1, 2, 1),
+        ([97.0, 97.0], [97.0, 97.0], "tie within noise", 0, 2, 0),
+    ]
+    for grown, other, verdict, wins, ties, losses in cases:
+        got = paired(_runs(grown), _runs(other), "bar")
+        assert (got["verdict"], got["wins"], got["ties"], got["losses"]) == (verdict, wins, ties, losses), got
+        assert got["ok"] == (verdict == "beats")
+        assert abs(got["diff_mean"] - (sum(grown) - sum(other)) / len(grown)) < 1e-9
+    # Runs are paired by seed: unequal lengths are a caller's bug, refused.
+    with pytest.raises(ValueError, match="shorter|longer"):
+        paired(_runs([1.0]), _runs([1.0, 2.0]), "bar")

@@ -474,6 +474,40 @@ def test_disable_seeds_measures_contribution() -> None:
     assert wrapped.fc1.state(0) == SeedState.HOLDING and torch.equal(wrapped(x), with_seeds)
 
 
+def seed_gain_by_definition(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """docs/internals.md's seed gain: || sum over rows of grad relu(P x + b)^T || with 32 features
+    drawn like nn.Linear's (U(-1/sqrt(in), 1/sqrt(in)), generator seeded 0x5EED); for conv hosts
+    the input average-pooled to the output's extent, channels as features."""
+    if x.ndim > 2:
+        if x.shape[2:] != grad.shape[2:]:
+            x = F.adaptive_avg_pool2d(x, grad.shape[2:]) if x.ndim == 4 else F.adaptive_avg_pool1d(x, grad.shape[2:])
+        x = x.movedim(1, -1).reshape(-1, x.shape[1])
+        grad = grad.movedim(1, -1).reshape(-1, grad.shape[1])
+    gen = torch.Generator().manual_seed(0x5EED)
+    bound = x.shape[1] ** -0.5
+    weight = (torch.rand(x.shape[1], 32, generator=gen) * 2 - 1) * bound
+    bias = (torch.rand(32, generator=gen) * 2 - 1) * bound
+    return torch.linalg.matrix_norm(grad.T @ torch.relu(x @ weight + bias))
+
+
+def test_seed_gain_sees_what_the_input_could_still_explain() -> None:
+    # Two identical hosts: one whose output gradient is a nonlinear function of its input (a seed
+    # could learn it), one whose gradient is noise independent of the input (nothing to learn).
+    torch.manual_seed(0)
+    x = torch.randn(1000, 2)
+    model = wrap(nn.Sequential(nn.Linear(2, 3), nn.Linear(2, 3)), target_modules=[nn.Linear])
+    explained = torch.stack([x[:, 0].abs(), torch.relu(x[:, 1]), x.norm(dim=1)], dim=1) - 1.0
+    noise = torch.randn(1000, 3)
+    set_sampling(model, True)
+    loss = (model[0](x) * explained).sum() / 1000 + (model[1](x) * noise).sum() / 1000
+    loss.backward()
+    signals = gather_signals(model).view(2, 7)
+    gain, grad_norm = signals[:, SIGNALS.index("seed_gain")], signals[:, SIGNALS.index("grad_norm")]
+    # The output gradients are alike in size: only the seed gain tells the layers apart.
+    assert 0.5 < grad_norm[0] / grad_norm[1] < 2, grad_norm
+    assert torch.isfinite(gain).all() and gain[0] > 10 * gain[1], gain
+
+
 def test_signals_match_a_direct_computation() -> None:
     for case in CASES[:2]:
         _, wrapped, x = build(case, "cpu")
@@ -481,7 +515,7 @@ def test_signals_match_a_direct_computation() -> None:
 
         def keep(layer: KasminaLayer, args: tuple, out: torch.Tensor, captured: dict = captured) -> None:
             out.retain_grad()
-            captured[layer] = {"h": layer.base_layer(args[0]).detach(), "y": out}
+            captured[layer] = {"x": args[0].detach(), "h": layer.base_layer(args[0]).detach(), "y": out}
 
         for layer in layers(wrapped):
             layer.register_forward_hook(keep)
@@ -489,19 +523,21 @@ def test_signals_match_a_direct_computation() -> None:
         assert not any(layer.is_dormant for layer in layers(wrapped))
         loss_of(wrapped, x).backward()
         got = gather_signals(wrapped).view(-1, len(SIGNALS))
-        assert got.dtype == torch.float32 and got.shape == (len(layers(wrapped)), 6)
+        assert got.dtype == torch.float32 and got.shape == (len(layers(wrapped)), 7)
         for row, layer in zip(got, layers(wrapped)):
-            h, y = captured[layer]["h"], captured[layer]["y"]
+            xin, h, y = captured[layer]["x"], captured[layer]["h"], captured[layer]["y"]
             units = h.movedim(1, -1).reshape(-1, h.shape[1]) if h.ndim > 2 else h
             s = torch.linalg.svdvals(units[:64])
             p = s / s.sum()
             expected = [h.mean(), h.var(), (units.amax(0) <= 0).float().mean(), y.grad.norm(),
-                        layer.base_layer.weight.norm(), torch.exp(-(p * p.log()).sum())]
+                        layer.base_layer.weight.norm(), torch.exp(-(p * p.log()).sum()),
+                        seed_gain_by_definition(xin, y.grad)]
             torch.testing.assert_close(row, torch.stack(expected).float(), rtol=1e-4, atol=1e-5)
         assert torch.isnan(gather_signals(wrapped)).all()  # reset to "not measured" after a read
         wrapped(x)
-        again = gather_signals(wrapped).view(-1, 6)
+        again = gather_signals(wrapped).view(-1, 7)
         assert torch.isnan(again[:, 5]).all() and torch.isnan(again[:, 3]).all()  # rank every 10th; no backward
+        assert torch.isnan(again[:, 6]).all()  # the seed gain needs the backward too
         assert torch.isfinite(again[:, :3]).all()
         set_sampling(wrapped, False)
         assert all(layer.is_dormant for layer in layers(wrapped))

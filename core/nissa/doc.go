@@ -6,8 +6,8 @@
 // and writes JSON-lines logs of signals, events and decisions.
 //
 // The signals buffer layout is fixed by docs/internals.md: two globals
-// (train_loss_mean, nonfinite_count) then six floats per layer (act_mean,
-// act_var, dead_frac, grad_norm, weight_norm, eff_rank). A NaN means "not
+// (train_loss_mean, nonfinite_count) then seven floats per layer (act_mean,
+// act_var, dead_frac, grad_norm, weight_norm, eff_rank, seed_gain). A NaN means "not
 // measured" and is skipped; an infinite value is counted as non-finite and
 // kept out of the statistics so one overflow cannot poison a window.
 //

@@ -19,9 +19,14 @@ const (
 	WeightNorm
 	// EffRank is an effective-rank estimate of the layer's activations.
 	EffRank
+	// SeedGain is the first-order rate at which a new seed at the layer
+	// could lower the loss: the norm of the loss gradient with respect to
+	// the zero output weights of a probe branch of random ReLU features of
+	// the layer's input (docs/internals.md).
+	SeedGain
 
 	// NumSignals is the number of per-layer signals.
-	NumSignals = 6
+	NumSignals = 7
 )
 
 // Global indexes the two global signals at the head of the buffer.
@@ -40,7 +45,7 @@ const (
 	NumGlobals = 2
 )
 
-var signalNames = [NumSignals]string{"act_mean", "act_var", "dead_frac", "grad_norm", "weight_norm", "eff_rank"}
+var signalNames = [NumSignals]string{"act_mean", "act_var", "dead_frac", "grad_norm", "weight_norm", "eff_rank", "seed_gain"}
 
 var globalNames = [NumGlobals]string{"train_loss_mean", "nonfinite_count"}
 

@@ -16,7 +16,7 @@ import (
 //	{"time":"2025-01-02T03:04:05.123Z","kind":"signals","step":120,"data":{...}}
 //
 // kind is "signals" (data: {"train_loss_mean", "nonfinite_count", "layers":
-// [[act_mean, act_var, dead_frac, grad_norm, weight_norm, eff_rank], ...]},
+// [[act_mean, act_var, dead_frac, grad_norm, weight_norm, eff_rank, seed_gain], ...]},
 // null for NaN or infinite values) or whatever the caller passes to Record
 // ("event", "decision", ...; data is the payload encoded with
 // encoding/json). A Logger is safe for concurrent use.

@@ -20,7 +20,7 @@ func TestLoggerLines(t *testing.T) {
 	var out bytes.Buffer
 	l := nissa.NewLogger(&out, nissa.WithClock(fixedClock))
 	nan := float32(math.NaN())
-	if err := l.Signals(7, []float32{1.5, 0, 1, 2, 3, 4, 5, nan, 9, 8, 7, 6, 5, float32(math.Inf(1))}); err != nil {
+	if err := l.Signals(7, []float32{1.5, 0, 1, 2, 3, 4, 5, nan, 0.5, 9, 8, 7, 6, 5, float32(math.Inf(1)), 4}); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.Record("decision", 8, map[string]any{"op": "germinate", "reason": "plateau"}); err != nil {
@@ -30,7 +30,7 @@ func TestLoggerLines(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := strings.Join([]string{
-		`{"time":"2025-01-02T03:04:05Z","kind":"signals","step":7,"data":{"train_loss_mean":1.5,"nonfinite_count":0,"layers":[[1,2,3,4,5,null],[9,8,7,6,5,null]]}}`,
+		`{"time":"2025-01-02T03:04:05Z","kind":"signals","step":7,"data":{"train_loss_mean":1.5,"nonfinite_count":0,"layers":[[1,2,3,4,5,null,0.5],[9,8,7,6,5,null,4]]}}`,
 		`{"time":"2025-01-02T03:04:05Z","kind":"decision","step":8,"data":{"op":"germinate","reason":"plateau"}}`,
 		`{"time":"2025-01-02T03:04:05Z","kind":"signals","step":9,"data":{"train_loss_mean":null,"nonfinite_count":null,"layers":[]}}`,
 	}, "\n") + "\n"
@@ -85,7 +85,7 @@ func TestLoggerConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 50; i++ {
-				if err := l.Signals(int64(i), []float32{1, 0, 1, 2, 3, 4, 5, 6}); err != nil {
+				if err := l.Signals(int64(i), []float32{1, 0, 1, 2, 3, 4, 5, 6, 7}); err != nil {
 					t.Error(err)
 				}
 				if err := l.Record("event", int64(i), map[string]int{"g": g}); err != nil {

@@ -109,8 +109,8 @@ func (s *Stats) LastStep() int64 { return s.step }
 // and does not allocate.
 func (s *Stats) Ingest(step int64, buf []float32) error {
 	if len(buf) != len(s.series) {
-		return fmt.Errorf("nissa: signals buffer has %d floats, want %d (2 globals + 6 x %d layers): %w",
-			len(buf), len(s.series), s.cfg.Layers, ErrLayout)
+		return fmt.Errorf("nissa: signals buffer has %d floats, want %d (2 globals + %d x %d layers): %w",
+			len(buf), len(s.series), NumSignals, s.cfg.Layers, ErrLayout)
 	}
 	if step < s.step {
 		return fmt.Errorf("nissa: signals at step %d after step %d: %w", step, s.step, ErrLayout)

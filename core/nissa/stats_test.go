@@ -31,13 +31,13 @@ func buffer(layers int) []float32 {
 }
 
 func TestLayout(t *testing.T) {
-	if nissa.Len(0) != 2 || nissa.Len(3) != 20 {
+	if nissa.Len(0) != 2 || nissa.Len(3) != 23 {
 		t.Fatalf("Len: %d %d", nissa.Len(0), nissa.Len(3))
 	}
-	if nissa.Index(1, nissa.GradNorm) != 2+6+3 {
+	if nissa.Index(1, nissa.GradNorm) != 2+7+3 {
 		t.Fatalf("Index = %d", nissa.Index(1, nissa.GradNorm))
 	}
-	names := []string{"act_mean", "act_var", "dead_frac", "grad_norm", "weight_norm", "eff_rank"}
+	names := []string{"act_mean", "act_var", "dead_frac", "grad_norm", "weight_norm", "eff_rank", "seed_gain"}
 	for i, n := range names {
 		if nissa.Signal(i).String() != n {
 			t.Fatalf("Signal(%d) = %v", i, nissa.Signal(i))
@@ -87,8 +87,8 @@ func TestIngestRejects(t *testing.T) {
 		buf  []float32
 	}{
 		{"empty", 1, nil},
-		{"short", 1, make([]float32, 13)},
-		{"long", 1, make([]float32, 15)},
+		{"short", 1, make([]float32, 15)},
+		{"long", 1, make([]float32, 17)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -98,17 +98,17 @@ func TestIngestRejects(t *testing.T) {
 			}
 		})
 	}
-	if err := s.Ingest(5, make([]float32, 14)); err != nil {
+	if err := s.Ingest(5, make([]float32, 16)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Ingest(4, make([]float32, 14)); !errors.Is(err, nissa.ErrLayout) {
+	if err := s.Ingest(4, make([]float32, 16)); !errors.Is(err, nissa.ErrLayout) {
 		t.Fatalf("step backwards: %v", err)
 	}
 	if s.Ingests() != 1 || s.LastStep() != 5 {
 		t.Fatalf("refused buffers were counted: %d %d", s.Ingests(), s.LastStep())
 	}
-	want := "nissa: signals buffer has 13 floats, want 14 (2 globals + 6 x 2 layers): nissa: bad signals buffer"
-	if err := s.Ingest(6, make([]float32, 13)); err.Error() != want {
+	want := "nissa: signals buffer has 15 floats, want 16 (2 globals + 7 x 2 layers): nissa: bad signals buffer"
+	if err := s.Ingest(6, make([]float32, 15)); err.Error() != want {
 		t.Fatalf("message %q", err)
 	}
 }
@@ -282,7 +282,7 @@ func TestFromStateRejects(t *testing.T) {
 	good := func() nissa.State {
 		s := newStats(t, nissa.Config{Layers: 1, Window: 3})
 		for step := int64(1); step <= 4; step++ {
-			if err := s.Ingest(step, []float32{1, 0, 1, 2, 3, 4, 5, 6}); err != nil {
+			if err := s.Ingest(step, []float32{1, 0, 1, 2, 3, 4, 5, 6, 7}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -320,7 +320,7 @@ func TestFromStateRejects(t *testing.T) {
 
 func TestSnapshotJSON(t *testing.T) {
 	s := newStats(t, nissa.Config{Layers: 1, Window: 4})
-	buf := []float32{2, 0, 1, 2, float32(math.NaN()), 4, 5, 6}
+	buf := []float32{2, 0, 1, 2, float32(math.NaN()), 4, 5, 6, 7}
 	for step := int64(1); step <= 2; step++ {
 		if err := s.Ingest(step, buf); err != nil {
 			t.Fatal(err)
@@ -393,7 +393,7 @@ func TestIngestDoesNotAllocate(t *testing.T) {
 
 func FuzzStateJSON(f *testing.F) {
 	s, _ := nissa.New(nissa.Config{Layers: 1, Window: 3})
-	_ = s.Ingest(1, []float32{1, 0, 1, 2, 3, 4, 5, 6})
+	_ = s.Ingest(1, []float32{1, 0, 1, 2, 3, 4, 5, 6, 7})
 	seed, _ := json.Marshal(s.State())
 	f.Add(seed)
 	f.Add([]byte(`{"layers":0,"window":2,"ewma":0.5,"series":[{"values":[1],"steps":[0],"total":1},{}]}`))

@@ -232,7 +232,7 @@ func (s *Session) indexLocked(layer, slot int) (int, error) {
 
 // Step advances the run by steps optimizer steps (>= 0): step counters
 // move, automatic transitions happen when their gates open, signals (empty,
-// or exactly 2 + 6 x layers floats; NaN = not measured) are ingested and
+// or exactly 2 + 7 x layers floats; NaN = not measured) are ingested and
 // checked by the governor (nonfinite_count > 0, a non-finite loss or a loss
 // spike rolls the newest seed in flight back), and every slot's alpha is
 // written to alphasOut (layer-major, at least layers x slots floats). It
@@ -247,8 +247,8 @@ func (s *Session) Step(steps int64, signals []float32, alphasOut []float32) (int
 	}
 	defer s.unlock()
 	if n := nissa.Len(len(s.set.hosts)); len(signals) != 0 && len(signals) != n {
-		return 0, fmt.Errorf("session: step: signals buffer has %d floats, want 0 or %d (2 globals + 6 x %d layers): %w",
-			len(signals), n, len(s.set.hosts), ErrArgument)
+		return 0, fmt.Errorf("session: step: signals buffer has %d floats, want 0 or %d (2 globals + %d x %d layers): %w",
+			len(signals), n, nissa.NumSignals, len(s.set.hosts), ErrArgument)
 	}
 	if len(alphasOut) < len(s.seeds) {
 		return 0, fmt.Errorf("session: step: alphas buffer holds %d floats, want %d (%d layers x %d slots): %w",

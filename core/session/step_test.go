@@ -27,8 +27,8 @@ func TestStepArgumentErrors(t *testing.T) {
 		msg     string
 	}{
 		{"negative steps", -1, nil, 4, errcode.Invalid, "steps -1"},
-		{"short signals", 1, make([]float32, 13), 4, errcode.Invalid, "signals buffer has 13 floats, want 0 or 14 (2 globals + 6 x 2 layers)"},
-		{"long signals", 1, make([]float32, 15), 4, errcode.Invalid, "has 15 floats"},
+		{"short signals", 1, make([]float32, 15), 4, errcode.Invalid, "signals buffer has 15 floats, want 0 or 16 (2 globals + 7 x 2 layers)"},
+		{"long signals", 1, make([]float32, 17), 4, errcode.Invalid, "has 17 floats"},
 		{"alphas", 1, nil, 3, errcode.Buffer, "alphas buffer holds 3 floats, want 4 (2 layers x 2 slots)"},
 		{"nil alphas", 1, nil, 0, errcode.Buffer, "holds 0 floats"},
 	}

@@ -290,13 +290,20 @@ func (c *Controller) plateau() (bool, string) {
 }
 
 type growthCandidate struct {
-	layer, slot   int
-	score         float64
-	payoff        float64 // mean relative gain of the layer's measured seeds
-	tried         bool    // the layer has a measured seed
-	grad, alive   float64
-	gradMeasured  bool
-	aliveMeasured bool
+	layer, slot int
+	// score is raw normalised over the candidates, times alive.
+	score float64
+	// raw is the signal the score is made of: gain when byGain, else grad.
+	raw      float64
+	measured bool
+	byGain   bool
+	// gain is the layer's seed gain; grad its output gradient per unit.
+	gain, grad, alive                         float64
+	gainMeasured, gradMeasured, aliveMeasured bool
+	// payoff is the mean relative gain of the layer's measured seeds;
+	// tried says it has one.
+	payoff float64
+	tried  bool
 }
 
 // grow decides on a germination, given the judgements already made this
@@ -355,19 +362,34 @@ func (c *Controller) grow(obs *Observation, judged []Decision) Decision {
 		if c.cfg.Kind == Random {
 			where = fmt.Sprintf("layer %d (%s) drawn at random from %d candidates", cand.layer, c.layerName(obs, cand.layer), len(cands))
 		} else {
-			if cand.tried {
-				where = fmt.Sprintf("layer %d (%s) paid best: its %d measured seed(s) lowered the validation loss by %.2f%% on average%s",
-					cand.layer, c.layerName(obs, cand.layer), c.trials[cand.layer], 100*cand.payoff, rankNote(rank))
-			} else {
-				where = fmt.Sprintf("layer %d (%s) is untried and has growth score %.3g (gradient %.3g x alive %.3g)%s",
-					cand.layer, c.layerName(obs, cand.layer), cand.score, cand.grad, cand.alive, rankNote(rank))
-			}
+			where = fmt.Sprintf("layer %d (%s) has growth score %.3g (%s x alive %.3g)%s%s",
+				cand.layer, c.layerName(obs, cand.layer), cand.score, cand.signal(), cand.alive, c.payoffNote(cand), rankNote(rank))
 		}
 		return Decision{Op: Germinate, Layer: cand.layer, Slot: cand.slot, Template: ir.Template, Params: ir.Params,
 			ParamCount: ir.ParamCount, Blueprint: ir,
 			Reason: fmt.Sprintf("%s; %s; %s %s = %d params (%s%s)", why, where, ir.Template, describeParams(ir.Params), ir.ParamCount, budget, note)}
 	}
 	return waitDecision("%s; but no blueprint fits any candidate layer within %s", why, budget)
+}
+
+// payoffNote says what the layer's measured seeds brought, or that it is
+// untried.
+func (c *Controller) payoffNote(cand growthCandidate) string {
+	if !cand.tried {
+		return ", untried"
+	}
+	return fmt.Sprintf(", and its %d measured seed(s) lowered the validation loss by %.2f%% on average", c.trials[cand.layer], 100*cand.payoff)
+}
+
+// signal describes the measurement a candidate's score is made of.
+func (g growthCandidate) signal() string {
+	switch {
+	case !g.measured:
+		return "no signal measured yet"
+	case g.byGain:
+		return fmt.Sprintf("seed gain %.3g", g.gain)
+	}
+	return fmt.Sprintf("output gradient per unit %.3g", g.grad)
 }
 
 func rankNote(rank int) string {
@@ -410,7 +432,10 @@ func (c *Controller) candidates(obs *Observation) ([]growthCandidate, int) {
 		cand := growthCandidate{layer: l, slot: slot, grad: math.NaN(), alive: 1}
 		if l < len(obs.Layers) {
 			sig := &obs.Layers[l].Signals
-			if g := sig[nissa.GradNorm].Mean; g >= 0 && !math.IsInf(g, 0) { // false for NaN
+			if g := sig[nissa.SeedGain].Mean; g >= 0 && !math.IsInf(g, 0) { // false for NaN
+				cand.gain, cand.gainMeasured = g, true
+			}
+			if g := sig[nissa.GradNorm].Mean; g >= 0 && !math.IsInf(g, 0) {
 				cand.grad = g / math.Sqrt(float64(outFeatures(c.hosts[l])))
 				cand.gradMeasured = true
 			}
@@ -421,25 +446,36 @@ func (c *Controller) candidates(obs *Observation) ([]growthCandidate, int) {
 		}
 		cands = append(cands, cand)
 	}
-	// Normalise the gradient signal to [0, 1] over the candidates; without
-	// any measurement every layer counts 1.
-	maxGrad := 0.0
+	// The score is the seed gain where every candidate has one, else the
+	// output gradient per unit; normalised to [0, 1] over the candidates.
+	// Without any measurement every layer counts 1.
+	useGain := len(cands) > 0
 	for _, cd := range cands {
-		if cd.gradMeasured {
-			maxGrad = math.Max(maxGrad, cd.grad)
+		useGain = useGain && cd.gainMeasured
+	}
+	maxScore := 0.0
+	for i := range cands {
+		cd := &cands[i]
+		cd.byGain = useGain
+		if useGain {
+			cd.raw, cd.measured = cd.gain, true
+		} else {
+			cd.raw, cd.measured = cd.grad, cd.gradMeasured
+		}
+		if cd.measured {
+			maxScore = math.Max(maxScore, cd.raw)
 		}
 	}
 	for i := range cands {
 		cd := &cands[i]
+		norm := 0.0
 		switch {
-		case maxGrad == 0 && !anyMeasured(cands):
-			cd.grad = 1
-		case !cd.gradMeasured || maxGrad == 0:
-			cd.grad = 0
-		default:
-			cd.grad /= maxGrad
+		case maxScore == 0 && !anyMeasured(cands):
+			norm = 1
+		case cd.measured && maxScore > 0:
+			norm = cd.raw / maxScore
 		}
-		cd.score = cd.grad * cd.alive
+		cd.score = norm * cd.alive
 		if n := c.trials[cd.layer]; n > 0 {
 			cd.payoff, cd.tried = c.gain[cd.layer]/float64(n), true
 		}
@@ -447,18 +483,16 @@ func (c *Controller) candidates(obs *Observation) ([]growthCandidate, int) {
 	return cands, cooling
 }
 
-// better orders growth candidates for the heuristic: layers never tried
-// first (by growth score), then tried layers by the mean relative gain their
-// seeds brought; the layer index breaks ties.
+// better orders growth candidates for the heuristic: layers with no
+// measured seed first (every layer is tried once), then by growth score;
+// the layer index breaks ties. Measured payoffs are reported, not ranked
+// on: a layer's first seed pays more than its later ones, so ranking on
+// the mean payoff keeps growing one layer past its returns, while the seed
+// gain falls as seeds there absorb what its input explains.
 func better(a, b growthCandidate) int {
 	switch {
 	case a.tried != b.tried:
 		if !a.tried {
-			return -1
-		}
-		return 1
-	case a.tried && a.payoff != b.payoff:
-		if a.payoff > b.payoff {
 			return -1
 		}
 		return 1
@@ -472,7 +506,7 @@ func better(a, b growthCandidate) int {
 
 func anyMeasured(cands []growthCandidate) bool {
 	for _, c := range cands {
-		if c.gradMeasured {
+		if c.measured {
 			return true
 		}
 	}

@@ -56,23 +56,55 @@ func TestUnmeasuredValLossIsSkipped(t *testing.T) {
 }
 
 func TestGerminateChoosesStrongestLayer(t *testing.T) {
-	c := newController(t, tamiyo.Config{Params: blueprint.Params{"width": 8}}, linearHosts(3))
-	w := newWorld(3, 2)
-	w.signal(0, nissa.GradNorm, 1)
-	w.signal(1, nissa.GradNorm, 4)
-	w.signal(2, nissa.GradNorm, 5)
-	w.signal(2, nissa.DeadFrac, 0.5) // score 0.5 < layer 1's 0.8
-	d := only(t, w.run(t, c, flat...), tamiyo.Germinate)
-	if d.Layer != 1 || d.Slot != 0 || d.Template != "residual_mlp" || d.Params["width"] != int64(8) {
-		t.Fatalf("decision %+v", d)
+	type sig struct {
+		layer int
+		sig   nissa.Signal
+		mean  float64
 	}
-	if d.Blueprint == nil || d.ParamCount != d.Blueprint.ParamCount || d.ParamCount != 32*8+8+8*32+32 {
-		t.Fatalf("blueprint %+v, count %d", d.Blueprint, d.ParamCount)
+	cases := []struct {
+		name    string
+		signals []sig
+		layer   int
+		reason  string
+	}{
+		{"output gradient when no seed gain", []sig{
+			{0, nissa.GradNorm, 1}, {1, nissa.GradNorm, 4}, {2, nissa.GradNorm, 5},
+			{2, nissa.DeadFrac, 0.5}, // score 0.5 < layer 1's 0.8
+		}, 1, "layer 1 (fc1) has growth score 0.8 (output gradient per unit 0.707 x alive 1), untried, the strongest"},
+		{"seed gain over output gradient", []sig{
+			{0, nissa.GradNorm, 1}, {1, nissa.GradNorm, 4}, {2, nissa.GradNorm, 5},
+			{0, nissa.SeedGain, 0.4}, {1, nissa.SeedGain, 0.1}, {2, nissa.SeedGain, 0.2},
+		}, 0, "layer 0 (fc0) has growth score 1 (seed gain 0.4 x alive 1), untried, the strongest"},
+		{"seed gain times alive", []sig{
+			{0, nissa.SeedGain, 0.4}, {1, nissa.SeedGain, 0.3}, {2, nissa.SeedGain, 0.2},
+			{0, nissa.DeadFrac, 0.5}, // 0.5 < layer 1's 0.75
+		}, 1, "layer 1 (fc1) has growth score 0.75 (seed gain 0.3 x alive 1)"},
+		{"output gradient when one layer lacks a seed gain", []sig{
+			{0, nissa.GradNorm, 1}, {1, nissa.GradNorm, 4}, {2, nissa.GradNorm, 2},
+			{0, nissa.SeedGain, 0.4}, {2, nissa.SeedGain, 0.2},
+		}, 1, "(output gradient per unit 0.707 x alive 1)"},
+		{"nothing measured: every layer counts 1, the first wins", nil, 0, "growth score 1 (no signal measured yet x alive 1)"},
 	}
-	for _, want := range []string{"layer 1 (fc1) is untried and has growth score 0.8", "the strongest", "residual_mlp {activation=relu width=8} = 552 params", "no parameter limit"} {
-		if !strings.Contains(d.Reason, want) {
-			t.Errorf("reason %q lacks %q", d.Reason, want)
-		}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newController(t, tamiyo.Config{Params: blueprint.Params{"width": 8}}, linearHosts(3))
+			w := newWorld(3, 2)
+			for _, s := range tc.signals {
+				w.signal(s.layer, s.sig, s.mean)
+			}
+			d := only(t, w.run(t, c, flat...), tamiyo.Germinate)
+			if d.Layer != tc.layer || d.Slot != 0 || d.Template != "residual_mlp" || d.Params["width"] != int64(8) {
+				t.Fatalf("decision %+v", d)
+			}
+			if d.Blueprint == nil || d.ParamCount != d.Blueprint.ParamCount || d.ParamCount != 32*8+8+8*32+32 {
+				t.Fatalf("blueprint %+v, count %d", d.Blueprint, d.ParamCount)
+			}
+			for _, want := range []string{tc.reason, "residual_mlp {activation=relu width=8} = 552 params", "no parameter limit"} {
+				if !strings.Contains(d.Reason, want) {
+					t.Errorf("reason %q lacks %q", d.Reason, want)
+				}
+			}
+		})
 	}
 }
 
@@ -411,25 +443,38 @@ func TestSetStateRejects(t *testing.T) {
 	}
 }
 
-// Placement explores layers never tried, then goes where seeds paid best.
-func TestPlacementFollowsMeasuredPayoff(t *testing.T) {
-	c := newController(t, tamiyo.Config{MinGain: floatp(0), Governor: tamiyo.GovernorConfig{CooldownEpochs: intp(0)}}, linearHosts(2))
-	w := newWorld(2, 3)
+// Placement tries every layer once, then goes where the seed gain is
+// highest, whatever the measured payoffs (reported in the reason).
+func TestPlacementTriesEveryLayerThenFollowsSeedGain(t *testing.T) {
+	c := newController(t, tamiyo.Config{MinGain: floatp(0), Governor: tamiyo.GovernorConfig{CooldownEpochs: intp(0)}}, linearHosts(3))
+	w := newWorld(3, 3)
+	w.signal(0, nissa.SeedGain, 0.5)
+	w.signal(1, nissa.SeedGain, 0.1)
+	w.signal(2, nissa.SeedGain, 0.2)
 	w.run(t, c, 1, 1, 1)
-	// Layer 1 holds a seed that helped 5%, layer 0 one that helped 1%.
+	// Layer 1 holds a seed that helped 5%, layer 0 one that helped 1%; layer 2 is untried.
 	*w.seed(1, 0) = tamiyo.SeedView{Layer: 1, Slot: 0, State: lifecycle.Holding, EpochsInState: 1, ParamCount: 10}
 	*w.seed(0, 0) = tamiyo.SeedView{Layer: 0, Slot: 0, State: lifecycle.Holding, EpochsInState: 1, ParamCount: 10}
 	ds := c.Decide(w.obs(1, tamiyo.Contribution{Layer: 0, Slot: 0, DeltaLoss: 0.01}, tamiyo.Contribution{Layer: 1, Slot: 0, DeltaLoss: 0.05}))
 	w.seed(0, 0).State, w.seed(1, 0).State = lifecycle.Fossilized, lifecycle.Fossilized
 	last := ds[len(ds)-1]
-	if last.Op != tamiyo.Germinate || last.Layer != 1 || !strings.Contains(last.Reason, "paid best") {
-		t.Fatalf("decisions %+v", ds)
+	if last.Op != tamiyo.Germinate || last.Layer != 2 || !strings.Contains(last.Reason, "untried") {
+		t.Fatalf("the untried layer should come first: %+v", ds)
 	}
 	st, err := c.State()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Trials[0] != 1 || st.Trials[1] != 1 || st.Gain[1] <= st.Gain[0] {
+	if st.Trials[0] != 1 || st.Trials[1] != 1 || st.Trials[2] != 0 || st.Gain[1] <= st.Gain[0] {
 		t.Fatalf("state gains %v trials %v", st.Gain, st.Trials)
+	}
+	// Once every layer is tried, the seed gain ranks: layer 0, despite layer 1's better payoff.
+	w.seed(2, 0).State = lifecycle.Holding
+	w.seed(2, 0).EpochsInState = 1
+	ds = c.Decide(w.obs(1, tamiyo.Contribution{Layer: 2, Slot: 0, DeltaLoss: 0.02}))
+	last = ds[len(ds)-1]
+	want := "layer 0 (fc0) has growth score 1 (seed gain 0.5 x alive 1), and its 1 measured seed(s) lowered the validation loss by 1.00% on average"
+	if last.Op != tamiyo.Germinate || last.Layer != 0 || !strings.Contains(last.Reason, want) {
+		t.Fatalf("decisions %+v", ds)
 	}
 }

@@ -22,7 +22,7 @@ Execution is guarded: a seed that raises, returns the wrong shape or a non-finit
 layer's output equal to the host's for that step. Exceptions and wrong shapes are recorded at once
 in ``layer.failures``; non-finite outputs are detected on the device (``torch.where`` picks the host
 output, no synchronisation) and counted in a device tensor that :func:`collect_failures` reads every
-N steps. Health signals are reduced on the device into a 6-float buffer per layer on sampling steps
+N steps. Health signals are reduced on the device into a 7-float buffer per layer on sampling steps
 (:data:`SIGNALS` gives the layout) and read by :func:`gather_signals`, which also estimates the
 effective rank from rows kept on every ``rank_every``-th sampling step (an SVD synchronises, so it
 waits for the read, which synchronises anyway). The forward never synchronises with the device.
@@ -103,13 +103,16 @@ class SeedFailure(NamedTuple):
     message: str
 
 
-#: Layout of each layer's signal buffer (6 float32; NaN means "not measured").
-SIGNALS = ("act_mean", "act_var", "dead_frac", "grad_norm", "weight_norm", "eff_rank")
+#: Layout of each layer's signal buffer (7 float32; NaN means "not measured").
+SIGNALS = ("act_mean", "act_var", "dead_frac", "grad_norm", "weight_norm", "eff_rank", "seed_gain")
 
 _MAX_FAILURES = 1024  # recorded failures kept per layer between reads; older ones are dropped
 _MAX_MESSAGE = 500
 _RANK_ROWS = 64  # rows of the output the effective rank is estimated on
 _FOLD_EVERY = 256  # finiteness flags kept per slot before they are summed on the device
+_PROBE_FEATURES = 32  # random ReLU features of the seed-gain probe
+_PROBE_ROWS = 1024  # rows (samples x positions) the seed gain is estimated on
+_PROBE_SEED = 0x5EED  # the probe's features are the same for every layer of a given input width
 
 
 @dataclass
@@ -198,6 +201,18 @@ def _norm(t: Tensor) -> Tensor:
     return torch.linalg.vector_norm(t).float()
 
 
+def _probe_features(width: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The seed-gain probe's random features, drawn like a new nn.Linear's (U(-1/sqrt(in),
+    1/sqrt(in))) from a generator seeded with _PROBE_SEED on the device itself (no copy, no
+    synchronisation; CUDA's generator draws other numbers than the CPU's). Drawn at every use
+    rather than kept: a sampling backward is rare, and a kept (in, k) matrix per layer is not."""
+    gen = torch.Generator(device=device).manual_seed(_PROBE_SEED)
+    bound = 1.0 / math.sqrt(width)
+    weight = (torch.rand(width, _PROBE_FEATURES, generator=gen, device=device) * 2 - 1) * bound
+    bias = (torch.rand(_PROBE_FEATURES, generator=gen, device=device) * 2 - 1) * bound
+    return weight, bias
+
+
 def _gate_grad(ok: Tensor, grad: Tensor) -> Tensor:
     """Zeroes the gradient a failed seed sends to the host's input (0 * NaN would be NaN)."""
     return torch.where(ok, grad, 0.0)
@@ -261,8 +276,10 @@ class KasminaLayer(nn.Module):
         self._set_device_state(signals, bad)
 
     def _set_device_state(self, signals: Tensor, bad: Tensor) -> None:
-        self._signals = signals  # (6,) float32: see SIGNALS
-        self._grad_norm_out = signals.unbind(0)[SIGNALS.index("grad_norm")]
+        self._signals = signals  # (7,) float32: see SIGNALS
+        views = signals.unbind(0)
+        self._grad_norm_out = views[SIGNALS.index("grad_norm")]
+        self._seed_gain_out = views[SIGNALS.index("seed_gain")]
         self._bad = bad  # (slots,) int64: non-finite outputs per slot since the last read
         self._nan = torch.full((), math.nan, device=signals.device)
 
@@ -304,7 +321,7 @@ class KasminaLayer(nn.Module):
             self._check_host(x, h)
         y = self._add_seeds(x, h) if self._branches else h
         if self._sampling:
-            self._sample(h, y)
+            self._sample(x, h, y)
         return y
 
     def _add_seeds(self, x: Tensor, h: Tensor) -> Tensor:
@@ -378,7 +395,7 @@ class KasminaLayer(nn.Module):
 
     # ------------------------------------------------------------------ health signals
 
-    def _sample(self, h: Tensor, y: Tensor) -> None:
+    def _sample(self, x: Tensor, h: Tensor, y: Tensor) -> None:
         with torch.no_grad():
             hf = h.detach().float()
             unit_dim = self._unit_dim % hf.ndim
@@ -401,12 +418,43 @@ class KasminaLayer(nn.Module):
                 units = hf.movedim(unit_dim, -1).reshape(-1, hf.shape[unit_dim])  # (rows, units)
                 self._rank_rows = units[::max(1, units.shape[0] // _RANK_ROWS)][:_RANK_ROWS].clone()
             self._samples += 1
-            torch.stack([mean, var, dead, self._nan, self._weight_norm(), self._nan], out=self._signals)
+            torch.stack([mean, var, dead, self._nan, self._weight_norm(), self._nan, self._nan], out=self._signals)
         if y.requires_grad:
-            y.register_hook(self._record_grad_norm)
+            y.register_hook(functools.partial(self._record_grad, x.detach()))
 
-    def _record_grad_norm(self, grad: Tensor) -> None:
-        self._grad_norm_out.copy_(_norm(grad))
+    def _record_grad(self, x: Tensor, grad: Tensor) -> None:
+        with torch.no_grad():
+            self._grad_norm_out.copy_(_norm(grad))
+            self._seed_gain_out.copy_(self._seed_gain(x, grad))
+
+    def _seed_gain(self, x: Tensor, grad: Tensor) -> Tensor:
+        """How fast a new seed here could lower the loss, to first order.
+
+        A seed is a small branch ``s(x)`` added to the host's output. Take one with ``k`` ReLU
+        features of the layer's input, ``s(x) = W2 relu(P x + b)``, with ``P, b`` drawn like a new
+        ``nn.Linear``'s and ``W2 = 0``: adding it changes nothing, and the gradient of the loss
+        with respect to ``W2`` is ``G = sum over rows of grad_y relu(P x + b)^T``. Its norm is the
+        rate at which gradient descent on the new branch starts lowering the loss (GradMax,
+        Evci et al. 2022, with random rather than optimised features). Unlike the output
+        gradient's norm it counts what the layer's input could still explain: a layer whose
+        gradient is large but uncorrelated with any feature of its input (noise, or a signal its
+        seeds already absorbed) scores low. Conv hosts use 1x1 features, the input average-pooled
+        to the output's extent; at most ``_PROBE_ROWS`` rows are used, the sum scaled to all rows.
+        """
+        unit = self._unit_dim % x.ndim if x.ndim > 1 else 0
+        if self.spec.kind in ("conv1d", "conv2d") and x.shape[2:] != grad.shape[2:]:
+            pool = nn.functional.adaptive_avg_pool1d if x.ndim == 3 else nn.functional.adaptive_avg_pool2d
+            x = pool(x, grad.shape[2:])
+        xs = x.movedim(unit, -1).reshape(-1, x.shape[unit]).float()
+        gs = grad.movedim(unit, -1).reshape(-1, grad.shape[unit]).float()
+        rows = xs.shape[0]
+        if rows != gs.shape[0] or rows == 0:
+            return self._nan
+        step = max(1, rows // _PROBE_ROWS)
+        xs, gs = xs[::step], gs[::step]
+        weight, bias = _probe_features(xs.shape[1], xs.device)
+        features = torch.relu(torch.addmm(bias, xs, weight))  # (rows, k)
+        return torch.linalg.matrix_norm(gs.T @ features) * (rows / xs.shape[0])
 
     def _weight_norm(self) -> Tensor:
         """The host weight's norm (linear, conv), or the norm of all its parameters (residual)."""
@@ -702,7 +750,7 @@ def gather_signals(layers: LayersLike, reset: bool = True) -> Tensor:
         reset: refill the device buffers with NaN ("not measured") after the read.
 
     Returns:
-        A CPU float32 tensor of ``6 * len(layers)`` values, layer-major, each layer's 6 in the
+        A CPU float32 tensor of ``7 * len(layers)`` values, layer-major, each layer's 7 in the
         order of :data:`SIGNALS` (NaN: not measured since the last read; ``eff_rank`` is computed
         here, from the output rows kept at the last rank sample). The driver prepends
         ``[train_loss_mean, nonfinite_count]`` to form the buffer of ``esper_session_step``.

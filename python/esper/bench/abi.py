@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import _lib
+from ..kasmina import SIGNALS
 from .rows import Row, samples_row, value_at_least, value_at_most
 
 __all__ = ["bench_abi", "bench_cold"]
@@ -62,7 +63,7 @@ def bench_cold(rounds: int = 7, calls: int = 60, gap_s: float = 0.001) -> list[R
     getpid = libc.getpid
     noop = cdll.esper_noop
     layers = [{"name": f"fc{i}", "kind": "linear", "in": 64, "out": 64} for i in range(8)]
-    signals = np_.full(2 + 6 * 8, 0.5, dtype=np_.float32)
+    signals = np_.full(2 + len(SIGNALS) * 8, 0.5, dtype=np_.float32)
     signals[1] = 0.0
     threads = torch.get_num_threads()
     rows = []

@@ -222,7 +222,7 @@ def per_layer_rows(device: torch.device, n: int = 100, rounds: int = 5) -> list[
                     note="tracemalloc from Morphogenesis creation through 20 steps (rollback=False; the Go "
                          "session's memory is not seen)"),
         samples_row("memory", f"tensor memory per wrapped layer: {what}", device.type, tensors, "bytes", target=None,
-                    source="python", note="signal buffer (6 float32), failure counters, NaN constant, kept rows"),
+                    source="python", note="signal buffer (7 float32), failure counters, NaN constant, kept rows"),
     ]
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..kasmina import SIGNALS
 from ..session import Session
 from ..tezzeret import build_seed, save_weights
 from .rows import Row, samples_row, value_at_most
@@ -148,7 +149,7 @@ def session_rows(go: GoBench, rounds: int, inner: int = 5000) -> list[Row]:
             s.germinate(layer, 0, {"template": "lowrank"})
         s.step(2)
         s.events()
-        signals = (0.5 + 0.1 * (np.arange(2 + 6 * 8) % 5)).astype(np.float32)
+        signals = (0.5 + 0.1 * (np.arange(2 + len(SIGNALS) * 8) % 5)).astype(np.float32)
         signals[1] = 0.0
         samples = [t * 1e6 for t in _rounds(lambda: s.step(1, signals), inner, rounds)]
     in_go = _go_figure(go, "Step8Layers", 1e-3)
@@ -247,10 +248,10 @@ def _plateau_session(snapshot: str | None = None) -> Session:
     if snapshot is not None:
         s.restore(snapshot)
         return s
-    signals = np.full(2 + 6 * 8, 0.5, dtype=np.float32)
+    signals = np.full(2 + len(SIGNALS) * 8, 0.5, dtype=np.float32)
     signals[1] = 0.0
     for layer in range(8):
-        signals[2 + 6 * layer + 3] = float(layer + 1)  # grad norm: a clear growth signal
+        signals[2 + len(SIGNALS) * layer + SIGNALS.index("seed_gain")] = float(layer + 1)  # a clear growth signal
     s.step(1, signals)
     for epoch in range(2):
         s.end_epoch({"epoch": epoch, "train_loss": 1.0, "val_loss": 1.0, "val_metric": 0.5, "contributions": []})
