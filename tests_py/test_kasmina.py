@@ -477,10 +477,12 @@ def test_disable_seeds_measures_contribution() -> None:
 def seed_gain_by_definition(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """docs/internals.md's seed gain: || sum over rows of grad relu(P x + b)^T || with 32 features
     drawn like nn.Linear's (U(-1/sqrt(in), 1/sqrt(in)), generator seeded 0x5EED); for conv hosts
-    the input average-pooled to the output's extent, channels as features."""
+    the input at the output's stride, channels as features (these inputs are under 1024 rows)."""
     if x.ndim > 2:
         if x.shape[2:] != grad.shape[2:]:
-            x = F.adaptive_avg_pool2d(x, grad.shape[2:]) if x.ndim == 4 else F.adaptive_avg_pool1d(x, grad.shape[2:])
+            strides = [math.ceil(i / o) for i, o in zip(x.shape[2:], grad.shape[2:])]
+            x = x[:, :, :: strides[0], :: strides[1]] if x.ndim == 4 else x[:, :, :: strides[0]]
+        assert x.shape[2:] == grad.shape[2:]
         x = x.movedim(1, -1).reshape(-1, x.shape[1])
         grad = grad.movedim(1, -1).reshape(-1, grad.shape[1])
     gen = torch.Generator().manual_seed(0x5EED)

@@ -201,18 +201,6 @@ def _norm(t: Tensor) -> Tensor:
     return torch.linalg.vector_norm(t).float()
 
 
-def _probe_features(width: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """The seed-gain probe's random features, drawn like a new nn.Linear's (U(-1/sqrt(in),
-    1/sqrt(in))) from a generator seeded with _PROBE_SEED on the device itself (no copy, no
-    synchronisation; CUDA's generator draws other numbers than the CPU's). Drawn at every use
-    rather than kept: a sampling backward is rare, and a kept (in, k) matrix per layer is not."""
-    gen = torch.Generator(device=device).manual_seed(_PROBE_SEED)
-    bound = 1.0 / math.sqrt(width)
-    weight = (torch.rand(width, _PROBE_FEATURES, generator=gen, device=device) * 2 - 1) * bound
-    bias = (torch.rand(_PROBE_FEATURES, generator=gen, device=device) * 2 - 1) * bound
-    return weight, bias
-
-
 def _gate_grad(ok: Tensor, grad: Tensor) -> Tensor:
     """Zeroes the gradient a failed seed sends to the host's input (0 * NaN would be NaN)."""
     return torch.where(ok, grad, 0.0)
@@ -258,6 +246,7 @@ class KasminaLayer(nn.Module):
         self._branches: tuple[_Branch, ...] = ()
         self._sampling = False
         self._samples = 0
+        self._probe: tuple[Tensor, Tensor] | None = None  # the seed gain's features, see _probe_features
         self._rank_rows: Tensor | None = None  # (<= 64, units) output rows for the effective rank
         # Per slot: the device flags "output finite" of recent forwards, folded into _bad now and then.
         self._checks: list[list[Tensor]] = [[] for _ in range(num_slots)]
@@ -438,23 +427,49 @@ class KasminaLayer(nn.Module):
         Evci et al. 2022, with random rather than optimised features). Unlike the output
         gradient's norm it counts what the layer's input could still explain: a layer whose
         gradient is large but uncorrelated with any feature of its input (noise, or a signal its
-        seeds already absorbed) scores low. Conv hosts use 1x1 features, the input average-pooled
-        to the output's extent; at most ``_PROBE_ROWS`` rows are used, the sum scaled to all rows.
+        seeds already absorbed) scores low. Conv hosts use 1x1 features of the input taken at the
+        output's stride (every s-th position, s = ceil(in / out) per extent); at most about
+        ``_PROBE_ROWS`` rows are used (positions thinned first, then samples), the sum scaled to
+        all rows.
         """
-        unit = self._unit_dim % x.ndim if x.ndim > 1 else 0
-        if self.spec.kind in ("conv1d", "conv2d") and x.shape[2:] != grad.shape[2:]:
-            pool = nn.functional.adaptive_avg_pool1d if x.ndim == 3 else nn.functional.adaptive_avg_pool2d
-            x = pool(x, grad.shape[2:])
-        xs = x.movedim(unit, -1).reshape(-1, x.shape[unit]).float()
-        gs = grad.movedim(unit, -1).reshape(-1, grad.shape[unit]).float()
-        rows = xs.shape[0]
-        if rows != gs.shape[0] or rows == 0:
+        if self._unit_dim == 1 and x.ndim > 2:  # (N, C, *spatial): conv, channel-first residual
+            if x.shape[2:] != grad.shape[2:]:
+                # A strided conv: the input at the output's stride (a view; pooling costs a pass).
+                index = tuple(slice(None, o * -(-i // o), -(-i // o)) if o else slice(0)
+                              for i, o in zip(x.shape[2:], grad.shape[2:]))
+                x = x[(slice(None), slice(None)) + index]
+            xp, gp = x.flatten(2), grad.flatten(2)  # (N, C, P) views
+            if xp.shape[2] != gp.shape[2]:
+                return self._nan
+            rows = xp.shape[0] * xp.shape[2]
+            # Thin the positions before the copy that puts channels last.
+            every = min(xp.shape[2], max(1, rows // _PROBE_ROWS))
+            xs = xp[:, :, ::every].movedim(1, -1).reshape(-1, xp.shape[1])
+            gs = gp[:, :, ::every].movedim(1, -1).reshape(-1, gp.shape[1])
+        else:  # (*, features): views for contiguous tensors
+            xs, gs = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
+            rows = xs.shape[0]
+        if rows == 0 or xs.shape[0] != gs.shape[0]:
             return self._nan
-        step = max(1, rows // _PROBE_ROWS)
-        xs, gs = xs[::step], gs[::step]
-        weight, bias = _probe_features(xs.shape[1], xs.device)
+        every = max(1, xs.shape[0] // _PROBE_ROWS)
+        xs, gs = xs[::every].float(), gs[::every].float()
+        weight, bias = self._probe_features(xs.shape[1], xs.device)
         features = torch.relu(torch.addmm(bias, xs, weight))  # (rows, k)
         return torch.linalg.matrix_norm(gs.T @ features) * (rows / xs.shape[0])
+
+    def _probe_features(self, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The seed-gain probe's random features, drawn like a new nn.Linear's (U(-1/sqrt(in),
+        1/sqrt(in))) from a generator seeded with _PROBE_SEED on the device itself (no copy, no
+        synchronisation; CUDA's generator draws other numbers than the CPU's). Kept once drawn:
+        (in + 1) x 32 floats, 32/out of the host weight's size."""
+        probe = self._probe
+        if probe is None or probe[0].shape[0] != width or probe[0].device != device:
+            gen = torch.Generator(device=device).manual_seed(_PROBE_SEED)
+            bound = 1.0 / math.sqrt(width)
+            weight = (torch.rand(width, _PROBE_FEATURES, generator=gen, device=device) * 2 - 1) * bound
+            bias = (torch.rand(_PROBE_FEATURES, generator=gen, device=device) * 2 - 1) * bound
+            probe = self._probe = (weight, bias)
+        return probe
 
     def _weight_norm(self) -> Tensor:
         """The host weight's norm (linear, conv), or the norm of all its parameters (residual)."""
