@@ -167,12 +167,14 @@ def cuda_memory_rows(labels: list[str], rounds: int, steps: int = 10) -> list[Ro
 
 
 def _tensor_bytes(obj: Any) -> int:
-    """Bytes of the distinct storages of the tensors held as attributes of obj."""
+    """Bytes of the distinct storages of the tensors held as attributes of obj (directly or in a
+    tuple or list, like the seed-gain probe)."""
     seen: dict[int, int] = {}
     for v in vars(obj).values():
-        if isinstance(v, torch.Tensor):
-            storage = v.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
+        for t in v if isinstance(v, (tuple, list)) else (v,):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values())
 
 
@@ -222,7 +224,8 @@ def per_layer_rows(device: torch.device, n: int = 100, rounds: int = 5) -> list[
                     note="tracemalloc from Morphogenesis creation through 20 steps (rollback=False; the Go "
                          "session's memory is not seen)"),
         samples_row("memory", f"tensor memory per wrapped layer: {what}", device.type, tensors, "bytes", target=None,
-                    source="python", note="signal buffer (7 float32), failure counters, NaN constant, kept rows"),
+                    source="python", note="signal buffer (7 float32), failure counters, NaN constant, kept rows, and the seed-gain probe "
+                         "((in + 1) x 32 float32) once a sampled backward has run"),
     ]
 
 
