@@ -466,11 +466,12 @@ func (c *Controller) candidates(obs *Observation) ([]growthCandidate, int) {
 			maxScore = math.Max(maxScore, cd.raw)
 		}
 	}
+	unmeasured := !anyMeasured(cands)
 	for i := range cands {
 		cd := &cands[i]
 		norm := 0.0
 		switch {
-		case maxScore == 0 && !anyMeasured(cands):
+		case unmeasured:
 			norm = 1
 		case cd.measured && maxScore > 0:
 			norm = cd.raw / maxScore
@@ -487,8 +488,8 @@ func (c *Controller) candidates(obs *Observation) ([]growthCandidate, int) {
 // measured seed first (every layer is tried once), then by growth score;
 // the layer index breaks ties. Measured payoffs are reported, not ranked
 // on: a layer's first seed pays more than its later ones, so ranking on
-// the mean payoff keeps growing one layer past its returns, while the seed
-// gain falls as seeds there absorb what its input explains.
+// the mean payoff kept growing one layer past its returns (on spirals, three
+// seeds in one layer was the worst plan measured).
 func better(a, b growthCandidate) int {
 	switch {
 	case a.tried != b.tried:
