@@ -346,6 +346,9 @@ def test_a_configuration_go_refuses_raises_invalid_argument_with_gos_message() -
         morph.seeds()
     with pytest.raises(ValueError, match="unknown Morphogenesis setting 'patiences'"):
         Morphogenesis(model, opt, patiences=3)
+    model, opt, morph = make(epochs=-5)
+    with pytest.raises(esper.InvalidArgumentError, match=r"epochs -5 is not in \[0, \d+\] \(0: unknown\)"):
+        morph.seeds()
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
@@ -620,7 +623,7 @@ def test_heuristic_controller_keeps_budget_concurrency_and_cooldown() -> None:
     x, y = data()
     live = [SeedState.GERMINATED, SeedState.TRAINING, SeedState.BLENDING, SeedState.HOLDING]
     waits: list[str] = []
-    for epoch in range(15):
+    for epoch in range(30):
         for _ in range(4):
             train_step(model, opt, morph, x, y)
             in_flight = sum(layer.state(s) in live for layer in morph.layers for s in range(2))

@@ -84,6 +84,8 @@ const (
 	MaxLossWindow = 1 << 16
 	// MaxPatience bounds Config.Patience.
 	MaxPatience = 1000
+	// MaxEpochs bounds Config.Epochs.
+	MaxEpochs = 1 << 24
 )
 
 // Config configures a Controller. Zero values (nil pointers) mean the
@@ -123,6 +125,13 @@ type Config struct {
 	// defaults). Its size parameter ("width" or "rank") is lowered as far
 	// as needed to fit the remaining budget. Default: none (all defaults).
 	Params blueprint.Params `json:"params,omitempty"`
+	// Epochs is the run's planned length in epochs, when the trainer knows
+	// it (0, the default: unknown). Tamiyo then does not germinate when the
+	// epochs left are fewer than twice a seed's lifecycle
+	// (Observation.LifecycleSteps at the run's steps per epoch, plus
+	// HoldingEpochs): a seed needs its lifecycle to reach full weight and
+	// as long again to repay its compute. >= 0, at most MaxEpochs.
+	Epochs int `json:"epochs,omitempty"`
 	// Seed seeds the random policy's generator. Default 0.
 	Seed uint64 `json:"seed,omitempty"`
 	// Governor configures the safety governor.
@@ -239,6 +248,8 @@ func (c Config) WithDefaults() (Config, error) {
 		return c, fmt.Errorf("tamiyo: threshold %v is not in (0, 1]: %w", c.Threshold, ErrConfig)
 	case math.IsNaN(c.PruneBelow) || math.IsInf(c.PruneBelow, 0):
 		return c, fmt.Errorf("tamiyo: prune_below %v is not finite: %w", c.PruneBelow, ErrConfig)
+	case c.Epochs < 0 || c.Epochs > MaxEpochs:
+		return c, fmt.Errorf("tamiyo: epochs %d is not in [0, %d] (0: unknown): %w", c.Epochs, MaxEpochs, ErrConfig)
 	case c.HoldingEpochs < 1:
 		return c, fmt.Errorf("tamiyo: holding_epochs %d must be >= 1: %w", c.HoldingEpochs, ErrConfig)
 	case !(*c.MinGain >= 0 && *c.MinGain <= 1):

@@ -64,6 +64,8 @@ func TestConfigErrors(t *testing.T) {
 		{"threshold NaN", tamiyo.Config{Threshold: math.NaN()}, errcode.Invalid},
 		{"prune below inf", tamiyo.Config{PruneBelow: math.Inf(1)}, errcode.Invalid},
 		{"holding", tamiyo.Config{HoldingEpochs: -2}, errcode.Invalid},
+		{"epochs", tamiyo.Config{Epochs: -1}, errcode.Invalid},
+		{"epochs huge", tamiyo.Config{Epochs: tamiyo.MaxEpochs + 1}, errcode.Invalid},
 		{"template", tamiyo.Config{Template: "nope"}, errcode.Invalid},
 		{"params", tamiyo.Config{Params: blueprint.Params{"width": 0}}, errcode.Invalid},
 		{"unknown param", tamiyo.Config{Params: blueprint.Params{"depth": 3}}, errcode.Invalid},

@@ -242,10 +242,35 @@ func (c *Controller) judge(obs *Observation, out []Decision) []Decision {
 	return out
 }
 
-// plateau reports whether the validation loss has plateaued since the last
-// germination, with the reason either way.
-func (c *Controller) plateau() (bool, string) {
-	since := c.gov.LastGermination()
+// settledSince returns the last epoch at which the model gained capacity: the
+// last germination, or the last fossilization (seen in obs or decided in
+// judged this epoch) when that is later. A fossilized seed has just reached
+// full weight; the host and its seeds need epochs at the new capacity before
+// a plateau can say that capacity is short again (germinating straight after
+// a fossilization stacks seeds, and seeds started together learn the same
+// thing). A prune leaves the capacity as it was and does not count.
+func (c *Controller) settledSince(obs *Observation, judged []Decision) (int, string) {
+	since, what := c.gov.LastGermination(), "germination"
+	for i := range obs.Seeds {
+		s := &obs.Seeds[i]
+		if s.State == lifecycle.Fossilized {
+			if e := obs.Epoch - s.EpochsInState; e > since {
+				since, what = e, "fossilization"
+			}
+		}
+	}
+	for _, d := range judged {
+		if d.Op == Fossilize {
+			since, what = obs.Epoch, "fossilization"
+		}
+	}
+	return since, what
+}
+
+// plateau reports whether the validation loss has plateaued since the model
+// last gained capacity (see settledSince), with the reason either way.
+func (c *Controller) plateau(obs *Observation, judged []Decision) (bool, string) {
+	since, event := c.settledSince(obs, judged)
 	start := len(c.vals)
 	for start > 0 && c.vals[start-1].Epoch > since {
 		start--
@@ -255,7 +280,7 @@ func (c *Controller) plateau() (bool, string) {
 	if len(recent) < p+1 {
 		what := "since the start"
 		if since >= 0 {
-			what = fmt.Sprintf("since the germination at epoch %d", since)
+			what = fmt.Sprintf("since the %s at epoch %d", event, since)
 		}
 		return false, fmt.Sprintf("watching for a plateau: %d of the %d epochs of validation loss needed %s",
 			len(recent), p+1, what)
@@ -289,6 +314,24 @@ func (c *Controller) plateau() (bool, string) {
 		p, bestRecent, bestBefore, 100*rel, 100*c.cfg.Threshold)
 }
 
+// tooLate reports whether a seed germinated now could not repay its compute
+// before the planned end of the run (Config.Epochs): it needs its lifecycle
+// (training and blending at the run's steps per epoch, then HoldingEpochs)
+// to reach full weight and to be judged, and as long again to be used.
+func (c *Controller) tooLate(obs *Observation) (bool, string) {
+	if c.cfg.Epochs <= 0 || obs.LifecycleSteps <= 0 || obs.Step <= 0 {
+		return false, ""
+	}
+	perEpoch := float64(obs.Step) / float64(obs.Epoch+1)
+	life := int(math.Ceil(float64(obs.LifecycleSteps)/perEpoch)) + c.cfg.HoldingEpochs
+	left := c.cfg.Epochs - 1 - obs.Epoch
+	if left >= 2*life {
+		return false, ""
+	}
+	return true, fmt.Sprintf("%d of the run's %d epochs are left, fewer than twice a seed's lifecycle (%d epochs: %d steps at %.3g steps per epoch, then %d held): too late to repay a seed",
+		left, c.cfg.Epochs, life, obs.LifecycleSteps, perEpoch, c.cfg.HoldingEpochs)
+}
+
 type growthCandidate struct {
 	layer, slot int
 	// score is raw normalised over the candidates, times alive.
@@ -309,9 +352,12 @@ type growthCandidate struct {
 // grow decides on a germination, given the judgements already made this
 // epoch (they free concurrency and budget once applied).
 func (c *Controller) grow(obs *Observation, judged []Decision) Decision {
-	ok, why := c.plateau()
+	ok, why := c.plateau(obs, judged)
 	if !ok {
 		return waitDecision("%s", why)
+	}
+	if late, note := c.tooLate(obs); late {
+		return waitDecision("%s; but %s", why, note)
 	}
 	active := 0
 	used := obs.ParamsUsed

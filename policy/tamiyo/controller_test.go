@@ -118,14 +118,14 @@ func TestGerminateGuards(t *testing.T) {
 		reason string
 	}{
 		{"no dormant slot", tamiyo.Config{}, func(w *world, c *tamiyo.Controller) {
-			w.seed(0, 0).State = lifecycle.Fossilized
+			*w.seed(0, 0) = tamiyo.SeedView{State: lifecycle.Fossilized, EpochsInState: 10}
 			w.seed(1, 0).State = lifecycle.Embargoed
 		}, tamiyo.Wait, -1, "no layer has a dormant slot outside its cooldown (0 cooling down)"},
 		{"in flight", tamiyo.Config{}, func(w *world, c *tamiyo.Controller) {
 			w.seed(0, 0).State = lifecycle.Training
 		}, tamiyo.Wait, -1, "1 seeds are in flight (max_concurrent 1)"},
 		{"budget spent", tamiyo.Config{Governor: tamiyo.GovernorConfig{MaxParams: 100}}, func(w *world, c *tamiyo.Controller) {
-			w.seed(0, 0).State = lifecycle.Fossilized
+			*w.seed(0, 0) = tamiyo.SeedView{State: lifecycle.Fossilized, EpochsInState: 10}
 			w.used = 100
 		}, tamiyo.Wait, -1, "parameter budget is spent (100 of 100)"},
 		{"nothing fits", tamiyo.Config{Governor: tamiyo.GovernorConfig{MaxParams: 40}}, nil,
@@ -456,7 +456,9 @@ func TestPlacementTriesEveryLayerThenFollowsSeedGain(t *testing.T) {
 	*w.seed(1, 0) = tamiyo.SeedView{Layer: 1, Slot: 0, State: lifecycle.Holding, EpochsInState: 1, ParamCount: 10}
 	*w.seed(0, 0) = tamiyo.SeedView{Layer: 0, Slot: 0, State: lifecycle.Holding, EpochsInState: 1, ParamCount: 10}
 	ds := c.Decide(w.obs(1, tamiyo.Contribution{Layer: 0, Slot: 0, DeltaLoss: 0.01}, tamiyo.Contribution{Layer: 1, Slot: 0, DeltaLoss: 0.05}))
-	w.seed(0, 0).State, w.seed(1, 0).State = lifecycle.Fossilized, lifecycle.Fossilized
+	w.apply(t, c, ds)
+	// Both fossilized: the plateau is measured afresh from here.
+	ds = w.run(t, c, 1, 1, 1)
 	last := ds[len(ds)-1]
 	if last.Op != tamiyo.Germinate || last.Layer != 2 || !strings.Contains(last.Reason, "untried") {
 		t.Fatalf("the untried layer should come first: %+v", ds)
@@ -471,10 +473,97 @@ func TestPlacementTriesEveryLayerThenFollowsSeedGain(t *testing.T) {
 	// Once every layer is tried, the seed gain ranks: layer 0, despite layer 1's better payoff.
 	w.seed(2, 0).State = lifecycle.Holding
 	w.seed(2, 0).EpochsInState = 1
-	ds = c.Decide(w.obs(1, tamiyo.Contribution{Layer: 2, Slot: 0, DeltaLoss: 0.02}))
+	w.apply(t, c, c.Decide(w.obs(1, tamiyo.Contribution{Layer: 2, Slot: 0, DeltaLoss: 0.02})))
+	ds = w.run(t, c, 1, 1, 1)
 	last = ds[len(ds)-1]
 	want := "layer 0 (fc0) has growth score 1 (seed gain 0.5 x alive 1), and its 1 measured seed(s) lowered the validation loss by 1.00% on average"
 	if last.Op != tamiyo.Germinate || last.Layer != 0 || !strings.Contains(last.Reason, want) {
 		t.Fatalf("decisions %+v", ds)
+	}
+}
+
+// After a fossilization the plateau test starts afresh: the model needs
+// Patience+1 epochs at its new capacity before it can be short of it. A
+// prune leaves the capacity as it was and changes nothing.
+func TestPlateauIsMeasuredSinceTheLastFossilization(t *testing.T) {
+	cases := []struct {
+		name  string
+		judge tamiyo.Op
+		// waits is how many flat epochs pass with a wait after the judgement.
+		waits int
+		why   string
+	}{
+		{"fossilized", tamiyo.Fossilize, 3, "since the fossilization at epoch 5"},
+		{"pruned", tamiyo.Prune, 0, "validation loss plateaued"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newController(t, tamiyo.Config{Patience: 2, Threshold: 0.1, MinGain: floatp(0), PruneBelow: 0.05,
+				Governor: tamiyo.GovernorConfig{CooldownEpochs: intp(0)}}, linearHosts(2))
+			w := newWorld(2, 2)
+			ds := w.run(t, c, 1, 1, 1)
+			g := only(t, ds, tamiyo.Germinate)
+			w.run(t, c, 1, 1) // epochs 3 and 4: the seed trains; at epoch 5 it is held and measured
+			s := w.seed(g.Layer, g.Slot)
+			s.State, s.EpochsInState = lifecycle.Holding, 0
+			delta := 0.1 // above prune_below: fossilized
+			if tc.judge == tamiyo.Prune {
+				delta = 0.01
+			}
+			ds = c.Decide(w.obs(1, tamiyo.Contribution{Layer: g.Layer, Slot: g.Slot, DeltaLoss: delta}))
+			only(t, ds, tc.judge)
+			last := ds[len(ds)-1]
+			w.apply(t, c, ds)
+			for i := 0; i < tc.waits; i++ {
+				if last.Op != tamiyo.Wait || !strings.Contains(last.Reason, tc.why) {
+					t.Fatalf("epoch %d: want a wait %q, got %+v", w.epoch-1, tc.why, last)
+				}
+				ds = w.run(t, c, 1)
+				last = ds[len(ds)-1]
+			}
+			if last.Op != tamiyo.Germinate {
+				t.Fatalf("after %d flat epochs: want a germination, got %+v", tc.waits, last)
+			}
+		})
+	}
+}
+
+// With the run's length known, Tamiyo stops germinating when a seed could not
+// repay its compute: fewer epochs left than twice its lifecycle. At 100 steps
+// per epoch (the test world), a 250-step lifecycle is 3 epochs, plus 1 held.
+func TestNoGerminationTooLateToRepay(t *testing.T) {
+	cases := []struct {
+		name     string
+		epochs   int
+		steps    int64
+		at       int // the plateau starts here; Tamiyo decides 3 epochs later
+		germ     bool
+		contains string
+	}{
+		{"length unknown", 0, 250, 20, true, "validation loss plateaued"},
+		{"lifecycle unknown", 21, 0, 20, true, "validation loss plateaued"},
+		{"time enough", 32, 250, 20, true, "validation loss plateaued"},
+		{"too late", 31, 250, 20, false, "7 of the run's 31 epochs are left, fewer than twice a seed's lifecycle (4 epochs: 250 steps at 100 steps per epoch, then 1 held)"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newController(t, tamiyo.Config{Epochs: tc.epochs}, linearHosts(1))
+			w := newWorld(1, 1)
+			for w.epoch < tc.at {
+				w.apply(t, c, c.Decide(w.obs(1+float64(tc.at-w.epoch)))) // falling fast: no plateau
+			}
+			w.epoch = tc.at
+			for _, v := range []float64{1, 1, 1} {
+				w.apply(t, c, c.Decide(w.obs(v)))
+			}
+			o := w.obs(1)
+			o.LifecycleSteps = tc.steps
+			o.Step = int64(w.epoch+1) * 100
+			ds := c.Decide(o)
+			last := ds[len(ds)-1]
+			if (last.Op == tamiyo.Germinate) != tc.germ || !strings.Contains(last.Reason, tc.contains) {
+				t.Fatalf("decision %+v", last)
+			}
+		})
 	}
 }

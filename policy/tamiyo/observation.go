@@ -119,4 +119,8 @@ type Observation struct {
 	Seeds []SeedView
 	// ParamsUsed counts the parameters of live and fossilized seeds.
 	ParamsUsed int64
+	// LifecycleSteps is how many optimizer steps a seed takes from
+	// germination to full weight (training plus blending); with
+	// Config.Epochs it tells when growing is too late to pay. 0: unknown.
+	LifecycleSteps int64
 }

@@ -85,6 +85,11 @@ class MorphConfig:
             layer is saturated (no more growth there). Growth stops when every
             layer is saturated: this is what sizes the model.
         holding_epochs: epochs a seed is held (and measured) before judgement.
+        epochs: the run's planned length in epochs, if you know it (0:
+            unknown). Tamiyo then stops germinating when fewer epochs are left
+            than twice a seed's lifecycle (train_steps + blend_steps at the
+            run's steps per epoch, plus holding_epochs): a seed that late
+            cannot repay its compute.
         max_params: parameter budget for all seeds together (0: no limit).
         max_concurrent: seeds germinated but not yet fossilized, at once.
         cooldown_epochs: epochs a layer waits after a germination.
@@ -121,6 +126,7 @@ class MorphConfig:
     prune_below: float = 0.0
     min_gain: float = 0.01
     holding_epochs: int = 1
+    epochs: int = 0
     max_params: int = 0
     max_concurrent: int = 1
     cooldown_epochs: int = 2
@@ -149,6 +155,7 @@ class MorphConfig:
                 "prune_below": self.prune_below,
                 "min_gain": self.min_gain,
                 "holding_epochs": self.holding_epochs,
+                "epochs": self.epochs,
                 "template": self.template,
                 "params": self.template_params,
                 "seed": self.seed,

@@ -22,7 +22,8 @@ from ..wrap import wrap
 from .data import Task
 from .train import MLP, History, evaluate, train
 
-__all__ = ["Setup", "RunResult", "SETUPS", "fixed_run", "grown_run", "scratch_run", "hand_run"]
+__all__ = ["Setup", "RunResult", "SETUPS", "fixed_run", "grown_run", "scratch_run", "hand_run", "seed_epochs",
+           "early_schedule", "equal_budget_schedule"]
 
 
 @dataclass
@@ -40,7 +41,9 @@ class Setup:
             Linear is a host).
         epochs, lr, batch_size: training.
         morph: the Morphogenesis settings of grown runs.
-        hand_epochs: when the hand schedule germinates.
+        hand_start, hand_gap: the early hand schedule germinates at
+            ``hand_start + k * hand_gap`` (k = 0, 1, ...); the equal-budget
+            hand schedule keeps the gap and moves the start.
     """
 
     task: str
@@ -52,7 +55,8 @@ class Setup:
     lr: float = 3e-3
     batch_size: int = 64
     morph: MorphConfig = field(default_factory=MorphConfig)
-    hand_epochs: tuple[int, ...] = (4, 12, 20)
+    hand_start: int = 4
+    hand_gap: int = 8
 
 
 def _morph(**kw: Any) -> MorphConfig:
@@ -187,6 +191,8 @@ def _grow(task: Task, setup: Setup, seed: int, config: MorphConfig, kind: str,
     probe = task.x_val[:256]
 
     def on_epoch(epoch: int, hist: History) -> None:
+        # The seeds of the model that was just validated (and tested, if chosen): before this epoch's decisions.
+        seeds_by_epoch.append(_live_seeds(morph))
         with torch.no_grad():
             model.eval()
             before = model(probe)
@@ -201,7 +207,6 @@ def _grow(task: Task, setup: Setup, seed: int, config: MorphConfig, kind: str,
                 model.eval()
                 changes.append(float((model(probe) - before).abs().max()))
                 model.train()
-        seeds_by_epoch.append(_live_seeds(morph))
 
     start = time.perf_counter()
     hist = train(model, task, epochs=setup.epochs, lr=setup.lr, batch_size=setup.batch_size, seed=seed,
@@ -219,29 +224,74 @@ def _grow(task: Task, setup: Setup, seed: int, config: MorphConfig, kind: str,
 
 def grown_run(task: Task, setup: Setup, seed: int, policy: str = "heuristic") -> RunResult:
     """Start at ``setup.start_width`` and let the policy grow the model."""
-    config = MorphConfig(**{**setup.morph.__dict__, "policy": policy})
+    # The demo knows its run's length, as most training scripts do: Tamiyo does not grow too late to repay.
+    config = MorphConfig(**{**setup.morph.__dict__, "policy": policy, "epochs": setup.epochs})
     return _grow(task, setup, seed, config, "grown" if policy == "heuristic" else policy)
 
 
-def hand_run(task: Task, setup: Setup, seed: int, num_seeds: int) -> RunResult:
-    """A hand schedule: germinate at fixed epochs, layers in turn, fossilize when held."""
-    config = MorphConfig(**{**setup.morph.__dict__, "policy": "manual"})
-    plan = list(setup.hand_epochs[:num_seeds])
+def seed_epochs(events: list[dict[str, Any]], epochs: int) -> int:
+    """How many epochs seeds ran for, summed over every germination of a run.
+
+    A seed germinated at the end of epoch ``g`` runs from epoch ``g + 1`` until
+    it is pruned, cancelled or rolled back, or to the end of training: this is
+    the compute a schedule spends on seeds (all seeds here share one blueprint).
+    """
+    started: dict[tuple[int, int], int] = {}
+    total = 0
+    for ev in events:
+        key = (ev["layer"], ev["slot"])
+        if ev["to"] == "GERMINATED":
+            started[key] = ev["epoch"]
+        elif ev["to"] in ("PRUNED", "CANCELLED", "ROLLED_BACK") and key in started:
+            total += ev["epoch"] - started.pop(key)
+    return total + sum(epochs - 1 - g for g in started.values())
+
+
+def early_schedule(setup: Setup, num_seeds: int) -> list[int]:
+    """The hand schedule a person would write: the first seed early, then one every ``hand_gap`` epochs."""
+    return [setup.hand_start + k * setup.hand_gap for k in range(num_seeds)]
+
+
+def equal_budget_schedule(setup: Setup, num_seeds: int, budget: int) -> list[int]:
+    """Evenly spaced germination epochs whose seeds run for ``budget`` seed-epochs in all.
+
+    The spacing is ``hand_gap`` (narrowed when the budget leaves no room for it)
+    and the start is solved from the budget: ``num_seeds`` seeds germinated at
+    ``t0 + k * gap`` run ``sum(epochs - 1 - t0 - k * gap)`` epochs. This is the
+    hand schedule at the grown run's budget: the same seeds, the same compute,
+    only the timing differs.
+    """
+    if num_seeds < 1:
+        raise ValueError(f"equal_budget_schedule: num_seeds must be >= 1, got {num_seeds}")
+    last = setup.epochs - 2  # a seed germinated later would never train
+    for gap in range(setup.hand_gap, 0, -1):
+        t0 = round((num_seeds * (setup.epochs - 1) - budget - gap * num_seeds * (num_seeds - 1) / 2) / num_seeds)
+        t0 = max(0, t0)
+        if t0 + gap * (num_seeds - 1) <= last:
+            return [t0 + k * gap for k in range(num_seeds)]
+    return [min(k, last) for k in range(num_seeds)]
+
+
+def hand_run(task: Task, setup: Setup, seed: int, plan: list[int], kind: str = "hand") -> RunResult:
+    """A hand schedule: germinate at the epochs in ``plan``, layers in turn, fossilize when held."""
+    # The person may overlap seeds; the parameter budget still holds.
+    config = MorphConfig(**{**setup.morph.__dict__, "policy": "manual", "max_concurrent": max(1, len(plan))})
+    todo = sorted(plan)
 
     def on_epoch(morph: Morphogenesis, epoch: int) -> None:
         for i, layer in enumerate(morph.layers):
             for slot in range(morph.slots):
                 if layer.state(slot).name == "HOLDING":
                     morph.fossilize(i, slot, "hand schedule: fossilize once held")
-        if epoch in plan:
-            k = plan.index(epoch)
-            i = k % len(morph.layers)
-            layer = morph.layers[i]
+        for k, at in enumerate(todo):
+            if at != epoch:
+                continue
+            layer = morph.layers[k % len(morph.layers)]
             free = [s for s in range(morph.slots) if layer.state(s).name == "DORMANT"]
             if free:
-                morph.germinate(i, free[0], setup.morph.template, **setup.morph.template_params)
+                morph.germinate(k % len(morph.layers), free[0], setup.morph.template, **setup.morph.template_params)
 
-    return _grow(task, setup, seed, config, "hand", on_epoch)
+    return _grow(task, setup, seed, config, kind, on_epoch)
 
 
 def scratch_run(task: Task, setup: Setup, seed: int, seeds: list[dict[str, Any]]) -> RunResult:

@@ -20,7 +20,20 @@ import torch
 
 from .. import build_info
 from .data import load_task
-from .experiments import SETUPS, RunResult, Setup, fixed_run, grown_run, hand_run, mean, scratch_run, std
+from .experiments import (
+    SETUPS,
+    RunResult,
+    Setup,
+    early_schedule,
+    equal_budget_schedule,
+    fixed_run,
+    grown_run,
+    hand_run,
+    mean,
+    scratch_run,
+    seed_epochs,
+    std,
+)
 
 __all__ = ["main", "paired", "run_task", "run_control"]
 
@@ -50,7 +63,7 @@ def _progress(total: int) -> Any:
 def run_task(name: str, setup: Setup, seeds: int, device: torch.device, bar: Any) -> dict[str, list[RunResult]]:
     """Every configuration of one task, for each seed."""
     out: dict[str, list[RunResult]] = {k: [] for k in ("sweep_best", "small", "large", "grown", "scratch",
-                                                          "random", "hand", "sweep_all")}
+                                                          "random", "hand", "hand_early", "sweep_all")}
     for seed in range(seeds):
         task = load_task(name, seed, device)
         bar.set_description(f"{name} seed {seed}: fixed sweep")
@@ -74,8 +87,15 @@ def run_task(name: str, setup: Setup, seeds: int, device: torch.device, bar: Any
         bar.set_description(f"{name} seed {seed}: random placement")
         out["random"].append(grown_run(task, setup, seed, policy="random"))
         bar.update()
-        bar.set_description(f"{name} seed {seed}: hand schedule")
-        out["hand"].append(hand_run(task, setup, seed, num_seeds=max(1, len(grown.final_seeds))))
+        # The hand schedules get the grown model's seeds (its final shape); the equal-budget one also
+        # its compute (the seed-epochs of every germination, pruned ones included).
+        k = max(1, len(grown.final_seeds))
+        bar.set_description(f"{name} seed {seed}: hand schedule, same budget")
+        plan = equal_budget_schedule(setup, k, seed_epochs(grown.events, setup.epochs))
+        out["hand"].append(hand_run(task, setup, seed, plan))
+        bar.update()
+        bar.set_description(f"{name} seed {seed}: hand schedule, early")
+        out["hand_early"].append(hand_run(task, setup, seed, early_schedule(setup, k), kind="hand_early"))
         bar.update()
     return out
 
@@ -152,7 +172,8 @@ def _bars(res: dict[str, list[RunResult]], setup: Setup) -> dict[str, Any]:
                       if setup.targets != "block" else
                       {"ok": None, "verdict": "n/a", "bar": "beats random placement at equal budget",
                        "note": "one host (the whole MLP is a block): random placement has no other choice"}),
-        "vs_hand": paired(grown, res["hand"], "beats a hand schedule at equal budget"),
+        "vs_hand": {**paired(grown, res["hand"], "beats a hand schedule at equal budget"),
+                    "flops_vs_grown": mean([h.flops / g.flops for g, h in zip(grown, res["hand"])])},
         "germination_output_change_max": max(changes) if changes else 0.0,
     }
 
@@ -216,7 +237,7 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
     setups = {name: SETUPS[name] for name in tasks + controls}
     if quick:
         setups = {k: replace(v, epochs=min(v.epochs, 15)) for k, v in setups.items()}
-    total = sum(n * (len(setups[t].sweep) + 4) for t in tasks) + n * len(controls)
+    total = sum(n * (len(setups[t].sweep) + 5) for t in tasks) + n * len(controls)
     os.makedirs(out_dir, exist_ok=True)
     print(f"esper demo: {', '.join(tasks)} ({n} seed(s) each), negative controls {', '.join(controls)}; "
           f"device {device}")
@@ -240,10 +261,14 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
             _row("same final shape, from scratch", res["scratch"]),
             _row("random placement, same budget", res["random"]),
             _row("hand schedule, same budget", res["hand"]),
+            _row(f"hand schedule, early ({setup.hand_start}+{setup.hand_gap}k)", res["hand_early"]),
         ]
         bars = _bars(res, setup)
+        # Not a bar: the early schedule spends more compute than the grown run, which the FLOPs bar forbids it.
+        early = {**paired(res["grown"], res["hand_early"], "none (more compute than the grown run)"),
+                 "flops_vs_grown": mean([h.flops / g.flops for g, h in zip(res["grown"], res["hand_early"])])}
         report["tasks"][name] = {
-            "rows": rows, "bars": bars,
+            "rows": rows, "bars": bars, "vs_hand_early": early,
             "runs": {k: [r.summary() for r in v] for k, v in res.items() if k != "sweep_all"},
             "sweep_all": [r.summary() for r in res["sweep_all"]],
             "history_seed0": {k: v[0].history for k, v in res.items() if v and k != "sweep_all"},
@@ -264,7 +289,10 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
             b = bars[key]
             if b["ok"] is not None:
                 text.append(f"    vs {label}: {b['diff_mean']:+.2f} ± {b['diff_se']:.2f} points (paired mean ± se; "
-                            f"{b['wins']} wins, {b['ties']} ties, {b['losses']} losses): {b['verdict']}")
+                            f"{b['wins']} wins, {b['ties']} ties, {b['losses']} losses): {b['verdict']}"
+                            + (f" (its FLOPs {b['flops_vs_grown']:.0%} of the grown run's)" if "flops_vs_grown" in b else ""))
+        text.append(f"    vs the early hand schedule (not a bar: {early['flops_vs_grown']:.0%} of the grown run's FLOPs): "
+                    f"{early['diff_mean']:+.2f} ± {early['diff_se']:.2f} points, {early['verdict']}")
         text.append(f"    grown {vs['grown_acc']:.2f}% vs scratch {vs['scratch_acc']:.2f}% at {vs['flops_ratio']:.0%} "
                     f"of its FLOPs; vs best of sweep {au['sweep_best_acc']:.2f}% at {au['flops_vs_sweep']:.0%} of "
                     f"the sweep's FLOPs")

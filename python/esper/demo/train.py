@@ -120,7 +120,8 @@ def train(
 
     Returns:
         The History; ``test_acc`` is measured on the model of the epoch with
-        the best validation loss, at that epoch.
+        the best validation accuracy (ties: lower validation loss), at that
+        epoch, before ``on_epoch`` runs.
     """
     gen = torch.Generator().manual_seed(seed)
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
@@ -154,14 +155,15 @@ def train(
             hist.flops.append(counter.total)
             hist.params.append(trainable_params() if trainable_params else sum(p.numel() for p in model.parameters()))
             hist.wall.append(time.perf_counter() - start)
-            if on_epoch is not None:
-                on_epoch(epoch, hist)
-            # Model selection on validation; test is read only at the chosen epoch.
+            # Model selection on validation; test is read only at the chosen epoch, on the model that was
+            # validated: before on_epoch, whose decisions (a prune, a rollback) may change the model.
             score = (val_acc, -val_loss)
             if best is None or score > best:
                 best = score
                 hist.best_epoch = epoch
                 hist.test_loss, hist.test_acc = evaluate(model, task.x_test, task.y_test)
+            if on_epoch is not None:
+                on_epoch(epoch, hist)
     finally:
         counter.close()
     return hist
