@@ -224,8 +224,8 @@ def per_layer_rows(device: torch.device, n: int = 100, rounds: int = 5) -> list[
                     note="tracemalloc from Morphogenesis creation through 20 steps (rollback=False; the Go "
                          "session's memory is not seen)"),
         samples_row("memory", f"tensor memory per wrapped layer: {what}", device.type, tensors, "bytes", target=None,
-                    source="python", note="signal buffer (7 float32), failure counters, NaN constant, kept rows, and the seed-gain probe "
-                         "((in + 1) x 32 float32) once a sampled backward has run"),
+                    source="python", note="signal buffer (7 float32), failure counters, NaN constant, kept rows, "
+                         "and the seed-gain probe ((in + 1) x 32 float32) once a sampled backward has run"),
     ]
 
 

@@ -288,11 +288,11 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
         for key, label in (("vs_random", "random placement"), ("vs_hand", "hand schedule")):
             b = bars[key]
             if b["ok"] is not None:
+                flops = f" (its FLOPs {b['flops_vs_grown']:.0%} of the grown run's)" if "flops_vs_grown" in b else ""
                 text.append(f"    vs {label}: {b['diff_mean']:+.2f} ± {b['diff_se']:.2f} points (paired mean ± se; "
-                            f"{b['wins']} wins, {b['ties']} ties, {b['losses']} losses): {b['verdict']}"
-                            + (f" (its FLOPs {b['flops_vs_grown']:.0%} of the grown run's)" if "flops_vs_grown" in b else ""))
-        text.append(f"    vs the early hand schedule (not a bar: {early['flops_vs_grown']:.0%} of the grown run's FLOPs): "
-                    f"{early['diff_mean']:+.2f} ± {early['diff_se']:.2f} points, {early['verdict']}")
+                            f"{b['wins']} wins, {b['ties']} ties, {b['losses']} losses): {b['verdict']}{flops}")
+        text.append(f"    vs the early hand schedule (not a bar: {early['flops_vs_grown']:.0%} of the grown run's "
+                    f"FLOPs): {early['diff_mean']:+.2f} ± {early['diff_se']:.2f} points, {early['verdict']}")
         text.append(f"    grown {vs['grown_acc']:.2f}% vs scratch {vs['scratch_acc']:.2f}% at {vs['flops_ratio']:.0%} "
                     f"of its FLOPs; vs best of sweep {au['sweep_best_acc']:.2f}% at {au['flops_vs_sweep']:.0%} of "
                     f"the sweep's FLOPs")
