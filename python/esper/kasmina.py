@@ -427,7 +427,8 @@ class KasminaLayer(nn.Module):
         Evci et al. 2022, with random rather than optimised features). Unlike the output
         gradient's norm it counts what the layer's input could still explain: a layer whose
         gradient is large but uncorrelated with any feature of its input (noise, say) scores low.
-        Conv hosts use 1x1 features of the input taken at the output's stride (every s-th position, s = ceil(in / out) per extent); at most about
+        Conv hosts use 1x1 features of the input taken at the output's stride (every s-th
+        position, s = ceil(in / out) per extent); at most about
         ``_PROBE_ROWS`` rows are used (positions thinned first, then samples), the sum scaled to
         all rows.
         """
