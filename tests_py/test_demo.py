@@ -62,3 +62,43 @@ def test_paired_verdicts_need_twice_the_standard_error() -> None:
     # Runs are paired by seed: unequal lengths are a caller's bug, refused.
     with pytest.raises(ValueError, match="shorter|longer"):
         paired(_runs([1.0]), _runs([1.0, 2.0]), "bar")
+
+
+def _ev(to: str, epoch: int, layer: int = 0, slot: int = 0) -> dict:
+    return {"kind": "event", "to": to, "epoch": epoch, "layer": layer, "slot": slot}
+
+
+def test_seed_epochs_counts_every_germination_until_it_ends() -> None:
+    from esper.demo.experiments import seed_epochs
+
+    cases = [
+        ([], 0),
+        # Germinated at the end of epoch 2, never ended: runs epochs 3..9 of 10.
+        ([_ev("GERMINATED", 2)], 7),
+        # Pruned at epoch 6: ran 3..6; the slot's next seed from epoch 8 runs 9..9.
+        ([_ev("GERMINATED", 2), _ev("PRUNED", 6), _ev("GERMINATED", 8)], 4 + 1),
+        # Fossilized seeds keep running; two layers count separately.
+        ([_ev("GERMINATED", 0), _ev("FOSSILIZED", 4), _ev("GERMINATED", 5, layer=1), _ev("ROLLED_BACK", 7, layer=1)],
+         9 + 2),
+    ]
+    for events, want in cases:
+        assert seed_epochs(events, 10) == want, events
+
+
+def test_equal_budget_schedule_spends_the_budget_evenly_spaced() -> None:
+    from esper.demo.experiments import SETUPS, equal_budget_schedule
+
+    setup = SETUPS["digits"]  # 60 epochs, gap 8
+    for k, budget in [(1, 40), (3, 105), (4, 90), (5, 200), (2, 116)]:
+        plan = equal_budget_schedule(setup, k, budget)
+        assert len(plan) == k and plan == sorted(plan) and 0 <= plan[0] and plan[-1] <= 58, plan
+        gaps = {b - a for a, b in zip(plan, plan[1:])}
+        assert len(gaps) <= 1, plan
+        spent = sum(60 - 1 - t for t in plan)
+        # Rounding the start moves each seed by at most half an epoch; a budget above what starting at
+        # epoch 0 can spend is spent as far as it goes.
+        assert abs(spent - budget) <= k / 2 or plan[0] == 0, (plan, spent, budget)
+    # By hand: t0 = (3 * 59 - 105 - 8 * 3) / 3 = 16, and 43 + 35 + 27 = 105 seed-epochs.
+    assert equal_budget_schedule(setup, 3, 105) == [16, 24, 32]
+    with pytest.raises(ValueError, match="num_seeds must be >= 1"):
+        equal_budget_schedule(setup, 0, 10)
