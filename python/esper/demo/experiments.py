@@ -44,6 +44,8 @@ class Setup:
         hand_start, hand_gap: the early hand schedule germinates at
             ``hand_start + k * hand_gap`` (k = 0, 1, ...); the equal-budget
             hand schedule keeps the gap and moves the start.
+        horizon: tell Tamiyo the run's length (MorphConfig.epochs), so that
+            it does not grow too late to repay.
     """
 
     task: str
@@ -57,6 +59,7 @@ class Setup:
     morph: MorphConfig = field(default_factory=MorphConfig)
     hand_start: int = 4
     hand_gap: int = 8
+    horizon: bool = True
 
 
 def _morph(**kw: Any) -> MorphConfig:
@@ -86,11 +89,13 @@ SETUPS: dict[str, Setup] = {
                     morph=_morph(max_params=20_000)),
     "spirals": Setup("spirals", depth=2, start_width=16, sweep=[8, 16, 32, 64, 128], targets="linear",
                      morph=_morph(max_params=20_000, template_params={"width": 32})),
-    # Negative controls run the controller at the library's defaults (what a user gets).
+    # Negative controls run the controller at the library's defaults (what a user gets), without the
+    # horizon: at 6-10 steps per epoch the default 200-step lifecycle would forbid growth in 30 epochs on
+    # its own, and the controls test the plateau judgement.
     "moons": Setup("moons", depth=1, start_width=32, sweep=[32], targets="block", epochs=30,
-                   morph=MorphConfig()),
+                   morph=MorphConfig(), horizon=False),
     "breast_cancer": Setup("breast_cancer", depth=1, start_width=32, sweep=[32], targets="block", epochs=30,
-                           morph=MorphConfig()),
+                           morph=MorphConfig(), horizon=False),
 }
 
 
@@ -225,7 +230,8 @@ def _grow(task: Task, setup: Setup, seed: int, config: MorphConfig, kind: str,
 def grown_run(task: Task, setup: Setup, seed: int, policy: str = "heuristic") -> RunResult:
     """Start at ``setup.start_width`` and let the policy grow the model."""
     # The demo knows its run's length, as most training scripts do: Tamiyo does not grow too late to repay.
-    config = MorphConfig(**{**setup.morph.__dict__, "policy": policy, "epochs": setup.epochs})
+    config = MorphConfig(**{**setup.morph.__dict__, "policy": policy,
+                            "epochs": setup.epochs if setup.horizon else 0})
     return _grow(task, setup, seed, config, "grown" if policy == "heuristic" else policy)
 
 
