@@ -100,5 +100,32 @@ def test_equal_budget_schedule_spends_the_budget_evenly_spaced() -> None:
         assert abs(spent - budget) <= k / 2 or plan[0] == 0, (plan, spent, budget)
     # By hand: t0 = (3 * 59 - 105 - 8 * 3) / 3 = 16, and 43 + 35 + 27 = 105 seed-epochs.
     assert equal_budget_schedule(setup, 3, 105) == [16, 24, 32]
-    with pytest.raises(ValueError, match="num_seeds must be >= 1"):
-        equal_budget_schedule(setup, 0, 10)
+    # No seeds grown: the hand schedule grows none either, whatever the budget says.
+    assert equal_budget_schedule(setup, 0, 10) == []
+    with pytest.raises(ValueError, match="num_seeds must be >= 0"):
+        equal_budget_schedule(setup, -1, 10)
+
+
+def test_standard_scale_leaves_features_constant_in_training_unscaled() -> None:
+    import numpy as np
+    from esper.demo.data import standard_scale
+
+    x_train = np.array([[0.0, 1.0, 5.0], [0.0, 3.0, 5.0], [0.0, 5.0, 5.0]])
+    mean, scale = standard_scale(x_train)
+    assert mean.tolist() == [0.0, 3.0, 5.0]
+    # Column 1 has deviation sqrt(8/3); columns 0 and 2 are constant and keep scale 1.
+    assert scale[0] == 1.0 and scale[2] == 1.0 and abs(scale[1] - (8 / 3) ** 0.5) < 1e-12
+    x_val = np.array([[16.0, 3.0, 6.0]])  # a pixel dark in every training image, lit here
+    assert ((x_val - mean) / scale).tolist() == [[16.0, 0.0, 1.0]]
+
+
+def test_every_digits_split_has_bounded_features() -> None:
+    from esper.demo.data import load_task
+
+    # Raw digits pixels are 0..16 over 1078 training images. A pixel lit (value >= 1) in a single training
+    # image has a deviation of at least about 1 / sqrt(1078), so a lit value of 16 elsewhere standardises to
+    # at most about 16 * sqrt(1078) = 525. A pixel dark in every training image was ~1e7 before the fix.
+    for seed in range(20):
+        task = load_task("digits", seed)
+        worst = max(float(t.abs().max()) for t in (task.x_train, task.x_val, task.x_test))
+        assert worst < 16 * 1078**0.5, (seed, worst)

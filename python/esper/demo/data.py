@@ -79,6 +79,20 @@ def _raw(name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS + NEGATIVE_CONTROLS)}")
 
 
+def standard_scale(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and scale of the training split, for ``(x - mean) / scale``.
+
+    A feature (nearly) constant in the training split keeps scale 1, as in
+    scikit-learn's StandardScaler: dividing by its tiny deviation would blow up
+    the validation and test values where it is not constant (some of digits'
+    edge pixels are 0 on every training image of a split but not on all others).
+    """
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    scale = np.where(std > 1e-8 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+    return mean, scale
+
+
 def load_task(name: str, seed: int = 0, device: str | torch.device = "cpu") -> Task:
     """Load a task with a stratified 60/20/20 split that depends on seed.
 
@@ -88,7 +102,8 @@ def load_task(name: str, seed: int = 0, device: str | torch.device = "cpu") -> T
         device: where the tensors go.
 
     Returns:
-        The Task, standardised with the training split's mean and deviation.
+        The Task, standardised with the training split's mean and deviation
+        (see :func:`standard_scale`).
     """
     from sklearn.model_selection import train_test_split
 
@@ -97,13 +112,12 @@ def load_task(name: str, seed: int = 0, device: str | torch.device = "cpu") -> T
     x_val, x_test, y_val, y_test = train_test_split(
         x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=seed
     )
-    mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0) + 1e-6
+    mean, scale = standard_scale(x_train)
 
     def t(a: np.ndarray, label: bool = False) -> torch.Tensor:
         if label:
             return torch.from_numpy(a).to(device)
-        return torch.from_numpy((a - mean) / std).float().to(device)
+        return torch.from_numpy((a - mean) / scale).float().to(device)
 
     return Task(
         name=name,

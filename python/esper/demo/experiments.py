@@ -267,8 +267,10 @@ def equal_budget_schedule(setup: Setup, num_seeds: int, budget: int) -> list[int
     hand schedule at the grown run's budget: the same seeds, the same compute,
     only the timing differs.
     """
-    if num_seeds < 1:
-        raise ValueError(f"equal_budget_schedule: num_seeds must be >= 1, got {num_seeds}")
+    if num_seeds < 0:
+        raise ValueError(f"equal_budget_schedule: num_seeds must be >= 0, got {num_seeds}")
+    if num_seeds == 0:
+        return []
     last = setup.epochs - 2  # a seed germinated later would never train
     for gap in range(setup.hand_gap, 0, -1):
         t0 = round((num_seeds * (setup.epochs - 1) - budget - gap * num_seeds * (num_seeds - 1) / 2) / num_seeds)

@@ -89,7 +89,7 @@ def run_task(name: str, setup: Setup, seeds: int, device: torch.device, bar: Any
         bar.update()
         # The hand schedules get the grown model's seeds (its final shape); the equal-budget one also
         # its compute (the seed-epochs of every germination, pruned ones included).
-        k = max(1, len(grown.final_seeds))
+        k = len(grown.final_seeds)  # 0 when Tamiyo did not grow: the hand schedules do not either
         bar.set_description(f"{name} seed {seed}: hand schedule, same budget")
         plan = equal_budget_schedule(setup, k, seed_epochs(grown.events, setup.epochs))
         out["hand"].append(hand_run(task, setup, seed, plan))
