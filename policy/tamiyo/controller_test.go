@@ -2,6 +2,7 @@ package tamiyo_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"math"
 	"reflect"
 	"strings"
@@ -176,22 +177,42 @@ func TestCooldown(t *testing.T) {
 }
 
 func TestWidthShrinksToBudget(t *testing.T) {
-	// residual_mlp on 32 -> 32 costs 32 + 65 w: width 32 is 2112 params.
+	// residual_mlp on 32 -> 32 costs 32 + 65 w: width 32 is 2112 params. It
+	// is lowered to a quarter of 32 at most (width 8, 552 params); below
+	// that the next template that fits is used, and below every template's
+	// quarter size nothing germinates.
 	cases := []struct {
-		budget int64
-		width  int64
+		budget   int64
+		template string // "": nothing germinates
+		knob     string
+		size     int64
 	}{
-		{5000, 32}, {2112, 32}, {2111, 31}, {1000, 14}, {97, 1},
+		{5000, "residual_mlp", "width", 32},
+		{2112, "residual_mlp", "width", 32},
+		{2111, "residual_mlp", "width", 31},
+		{1000, "residual_mlp", "width", 14},
+		{552, "residual_mlp", "width", 8},
+		{551, "bottleneck", "width", 7},
+		{97, "lowrank", "rank", 1},
+		{20, "", "", 0},
 	}
 	for _, tc := range cases {
 		c := newController(t, tamiyo.Config{Governor: tamiyo.GovernorConfig{MaxParams: tc.budget}}, linearHosts(1))
 		w := newWorld(1, 1)
-		d := only(t, w.run(t, c, flat...), tamiyo.Germinate)
-		if d.Params["width"] != tc.width || d.ParamCount > tc.budget {
-			t.Fatalf("budget %d: width %v, %d params", tc.budget, d.Params["width"], d.ParamCount)
+		ds := w.run(t, c, flat...)
+		last := ds[len(ds)-1]
+		if tc.template == "" {
+			want := fmt.Sprintf("no blueprint fits any candidate layer within %d of %d params left", tc.budget, tc.budget)
+			if last.Op != tamiyo.Wait || !strings.Contains(last.Reason, want) {
+				t.Fatalf("budget %d: %+v", tc.budget, last)
+			}
+			continue
 		}
-		if tc.width < 32 && !strings.Contains(d.Reason, "width lowered from 32 to") {
-			t.Fatalf("reason %q", d.Reason)
+		if last.Op != tamiyo.Germinate || last.Template != tc.template || last.Params[tc.knob] != tc.size || last.ParamCount > tc.budget {
+			t.Fatalf("budget %d: %+v", tc.budget, last)
+		}
+		if tc.template == "residual_mlp" && tc.size < 32 && !strings.Contains(last.Reason, "width lowered from 32 to") {
+			t.Fatalf("reason %q", last.Reason)
 		}
 	}
 }

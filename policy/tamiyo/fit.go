@@ -11,8 +11,9 @@ import (
 
 // fit returns the blueprint for layer: the first of its templates that fits
 // within remaining parameters, its size parameter lowered as far as needed
-// (keeping the largest size that fits), checked by Karn's constraints. note
-// says what was changed to fit.
+// (keeping the largest size that fits, and no lower than a
+// minSizeDivisor-th of the configured size), checked by Karn's constraints.
+// note says what was changed to fit.
 func (c *Controller) fit(layer int, remaining int64) (*blueprint.IR, string, error) {
 	host := c.hosts[layer]
 	var last error
@@ -34,6 +35,13 @@ func (c *Controller) fit(layer int, remaining int64) (*blueprint.IR, string, err
 	return nil, "", last
 }
 
+// minSizeDivisor bounds how far fit lowers a template's size parameter: to
+// no less than the configured size divided by it. A budget's last crumbs
+// would otherwise buy seeds of width 1 or 2 (measured on spirals under a
+// tight budget: seeds of 18 and 23 parameters), each costing a lifecycle
+// and a slot for nothing; growth stops there instead.
+const minSizeDivisor = 4
+
 // maxBudget stands for "no limit" in blueprint.Budget (0 means none there
 // too, but Check wants a positive bound when there is one).
 const maxBudget = 1 << 62
@@ -52,7 +60,7 @@ func fitTemplate(t blueprint.Template, params blueprint.Params, host blueprint.H
 	}
 	resolved := ir.Params
 	hi, _ := resolved[knob].(int64)
-	lo := spec.Min
+	lo := max(spec.Min, (hi+minSizeDivisor-1)/minSizeDivisor)
 	at := func(v int64) (*blueprint.IR, error) {
 		p := make(blueprint.Params, len(resolved))
 		for k, x := range resolved {
@@ -66,7 +74,8 @@ func fitTemplate(t blueprint.Template, params blueprint.Params, host blueprint.H
 		return nil, "", err
 	}
 	if best.ParamCount > remaining {
-		return nil, "", fmt.Errorf("tamiyo: %s needs %d params at %s %d, %d left: %w", t.Name, best.ParamCount, knob, lo, remaining, ErrOverBudget)
+		return nil, "", fmt.Errorf("tamiyo: %s needs %d params at %s %d (a %d-th of %d, the least it is lowered to), %d left: %w",
+			t.Name, best.ParamCount, knob, lo, minSizeDivisor, hi, remaining, ErrOverBudget)
 	}
 	// Largest v in [lo, hi) whose count fits; counts grow with the size
 	// parameter. Start from the linear estimate through (lo, hi), which is
