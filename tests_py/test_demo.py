@@ -108,6 +108,7 @@ def test_equal_budget_schedule_spends_the_budget_evenly_spaced() -> None:
 
 def test_standard_scale_leaves_features_constant_in_training_unscaled() -> None:
     import numpy as np
+
     from esper.demo.data import standard_scale
 
     x_train = np.array([[0.0, 1.0, 5.0], [0.0, 3.0, 5.0], [0.0, 5.0, 5.0]])

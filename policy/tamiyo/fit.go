@@ -17,10 +17,23 @@ import (
 func (c *Controller) fit(layer int, remaining int64) (*blueprint.IR, string, error) {
 	host := c.hosts[layer]
 	var last error
+	// The least a seed may be: a minSizeDivisor-th of the seed asked for
+	// (the first template, at its configured size), whatever template fits.
+	var least int64
+	if ts := c.templates[layer]; len(ts) > 0 {
+		if full, err := ts[0].t.Instantiate(ts[0].params, host); err == nil {
+			least = (full.ParamCount + minSizeDivisor - 1) / minSizeDivisor
+		}
+	}
 	for _, ct := range c.templates[layer] {
 		ir, note, err := fitTemplate(ct.t, ct.params, host, remaining)
 		if err != nil {
 			last = err
+			continue
+		}
+		if ir.ParamCount < least {
+			last = fmt.Errorf("tamiyo: %s fits in %d params, under a %d-th of the %d-param seed asked for: %w",
+				ct.t.Name, ir.ParamCount, minSizeDivisor, least*minSizeDivisor, ErrOverBudget)
 			continue
 		}
 		if err := blueprint.Check(ir, host, blueprint.Budget{MaxParams: min(remaining, maxBudget)}); err != nil {
@@ -35,11 +48,13 @@ func (c *Controller) fit(layer int, remaining int64) (*blueprint.IR, string, err
 	return nil, "", last
 }
 
-// minSizeDivisor bounds how far fit lowers a template's size parameter: to
-// no less than the configured size divided by it. A budget's last crumbs
-// would otherwise buy seeds of width 1 or 2 (measured on spirals under a
-// tight budget: seeds of 18 and 23 parameters), each costing a lifecycle
-// and a slot for nothing; growth stops there instead.
+// minSizeDivisor bounds how small fit makes a seed: a template's size
+// parameter is lowered to no less than its configured value divided by it,
+// and no seed has fewer parameters than the configured seed's divided by
+// it. A budget's last crumbs would otherwise buy seeds of width or rank 1
+// (measured on spirals under a tight budget: seeds of 18 and 23
+// parameters), each costing a lifecycle and a slot for nothing; growth
+// stops there instead.
 const minSizeDivisor = 4
 
 // maxBudget stands for "no limit" in blueprint.Budget (0 means none there
