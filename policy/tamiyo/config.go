@@ -123,7 +123,9 @@ type Config struct {
 	Template string `json:"template,omitempty"`
 	// Params are Template's parameters (missing ones take the template's
 	// defaults). Its size parameter ("width" or "rank") is lowered as far
-	// as needed to fit the remaining budget. Default: none (all defaults).
+	// as needed to fit the remaining budget, to a quarter of the configured
+	// size at most; no seed of any template is smaller than a quarter of the
+	// configured seed's parameters. Default: none (all defaults).
 	Params blueprint.Params `json:"params,omitempty"`
 	// Epochs is the run's planned length in epochs, when the trainer knows
 	// it (0, the default: unknown). Tamiyo then does not germinate when the

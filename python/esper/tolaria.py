@@ -74,7 +74,8 @@ class MorphConfig:
             plain PyTorch (`make bench`); lower it for runs of few steps.
         template: the blueprint template Tamiyo germinates (see `esper blueprints`).
         template_params: its parameters (e.g. {"width": 16}); Tamiyo shrinks
-            them to fit the budget.
+            them to fit the budget, to a quarter of the size at most (no seed
+            is smaller than a quarter of the one configured).
         patience: epochs of validation plateau before Tamiyo grows.
         threshold: relative validation-loss improvement below which an epoch
             counts as a plateau.
