@@ -100,6 +100,10 @@ def test_equal_budget_schedule_spends_the_budget_evenly_spaced() -> None:
         assert abs(spent - budget) <= k / 2 or plan[0] == 0, (plan, spent, budget)
     # By hand: t0 = (3 * 59 - 105 - 8 * 3) / 3 = 16, and 43 + 35 + 27 = 105 seed-epochs.
     assert equal_budget_schedule(setup, 3, 105) == [16, 24, 32]
+    # A budget too small for the gap narrows it; one too small for any gap puts the seeds as late as they fit.
+    assert equal_budget_schedule(setup, 3, 6) == [56, 57, 58]  # gap 1: (3 * 59 - 6 - 3) / 3 = 56; 3 + 2 + 1 = 6
+    assert equal_budget_schedule(setup, 3, 0) == [56, 57, 58]  # nothing fits 0 seed-epochs: as late as they go
+    assert equal_budget_schedule(setup, 1, 0) == [58]
     # No seeds grown: the hand schedule grows none either, whatever the budget says.
     assert equal_budget_schedule(setup, 0, 10) == []
     with pytest.raises(ValueError, match="num_seeds must be >= 0"):

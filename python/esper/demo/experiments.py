@@ -272,12 +272,17 @@ def equal_budget_schedule(setup: Setup, num_seeds: int, budget: int) -> list[int
     if num_seeds == 0:
         return []
     last = setup.epochs - 2  # a seed germinated later would never train
+
+    def start(gap: int) -> int:
+        return round((num_seeds * (setup.epochs - 1) - budget - gap * num_seeds * (num_seeds - 1) / 2) / num_seeds)
+
     for gap in range(setup.hand_gap, 0, -1):
-        t0 = round((num_seeds * (setup.epochs - 1) - budget - gap * num_seeds * (num_seeds - 1) / 2) / num_seeds)
-        t0 = max(0, t0)
+        t0 = max(0, start(gap))
         if t0 + gap * (num_seeds - 1) <= last:
             return [t0 + k * gap for k in range(num_seeds)]
-    return [min(k, last) for k in range(num_seeds)]
+    # Too small a budget for the seeds to fit even one epoch apart: as late as they fit.
+    t0 = max(0, min(start(1), last - (num_seeds - 1)))
+    return [min(t0 + k, last) for k in range(num_seeds)]
 
 
 def hand_run(task: Task, setup: Setup, seed: int, plan: list[int], kind: str = "hand") -> RunResult:
