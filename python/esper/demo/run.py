@@ -264,7 +264,7 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
             _row(f"hand schedule, early ({setup.hand_start}+{setup.hand_gap}k)", res["hand_early"]),
         ]
         bars = _bars(res, setup)
-        # Not a bar: the early schedule spends more compute than the grown run, which the FLOPs bar forbids it.
+        # Not a bar: the early schedule spends more compute than the grown run, which the FLOPs bar would not allow.
         early = {**paired(res["grown"], res["hand_early"], "none (more compute than the grown run)"),
                  "flops_vs_grown": mean([h.flops / g.flops for g, h in zip(res["grown"], res["hand_early"])])}
         report["tasks"][name] = {
