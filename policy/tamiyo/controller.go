@@ -38,8 +38,11 @@ type Controller struct {
 	// templates holds, per layer, the templates to try in order with the
 	// parameters to start from.
 	templates [][]candidateTemplate
-	pcg       *rand.PCG
-	rng       *rand.Rand
+	// least holds, per layer, the fewest parameters a seed there may have
+	// (see minSizeDivisor); 0 when the first template does not instantiate.
+	least []int64
+	pcg   *rand.PCG
+	rng   *rand.Rand
 	// vals holds the finite validation losses, oldest first.
 	vals []EpochValue
 	// saturated marks, per layer, that a seed there was pruned for falling
@@ -69,7 +72,8 @@ func New(cfg Config, hosts []blueprint.Host) (*Controller, error) {
 		return nil, err
 	}
 	c := &Controller{cfg: cfg, gov: gov, hosts: slices.Clone(hosts), templates: make([][]candidateTemplate, len(hosts)),
-		saturated: make([]bool, len(hosts)), gain: make([]float64, len(hosts)), trials: make([]int, len(hosts))}
+		least: make([]int64, len(hosts)), saturated: make([]bool, len(hosts)), gain: make([]float64, len(hosts)),
+		trials: make([]int, len(hosts))}
 	c.pcg = rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)
 	c.rng = rand.New(c.pcg)
 	for i, h := range hosts {
@@ -77,6 +81,7 @@ func New(cfg Config, hosts []blueprint.Host) (*Controller, error) {
 			return nil, fmt.Errorf("tamiyo: layer %d: %v: %w", i, err, ErrConfig)
 		}
 		c.templates[i] = templatesFor(cfg, h)
+		c.least[i] = leastParams(c.templates[i], h)
 	}
 	return c, nil
 }

@@ -17,14 +17,7 @@ import (
 func (c *Controller) fit(layer int, remaining int64) (*blueprint.IR, string, error) {
 	host := c.hosts[layer]
 	var last error
-	// The least a seed may be: a minSizeDivisor-th of the seed asked for
-	// (the first template, at its configured size), whatever template fits.
-	var least int64
-	if ts := c.templates[layer]; len(ts) > 0 {
-		if full, err := ts[0].t.Instantiate(ts[0].params, host); err == nil {
-			least = (full.ParamCount + minSizeDivisor - 1) / minSizeDivisor
-		}
-	}
+	least := c.least[layer]
 	for _, ct := range c.templates[layer] {
 		ir, note, err := fitTemplate(ct.t, ct.params, host, remaining)
 		if err != nil {
@@ -56,6 +49,20 @@ func (c *Controller) fit(layer int, remaining int64) (*blueprint.IR, string, err
 // parameters), each costing a lifecycle and a slot for nothing; growth
 // stops there instead.
 const minSizeDivisor = 4
+
+// leastParams returns the fewest parameters a seed on host may have: a
+// minSizeDivisor-th of the seed asked for (the first template, at its
+// configured size), whatever template fits; 0 when there is none.
+func leastParams(templates []candidateTemplate, host blueprint.Host) int64 {
+	if len(templates) == 0 {
+		return 0
+	}
+	full, err := templates[0].t.Instantiate(templates[0].params, host)
+	if err != nil {
+		return 0
+	}
+	return (full.ParamCount + minSizeDivisor - 1) / minSizeDivisor
+}
 
 // maxBudget stands for "no limit" in blueprint.Budget (0 means none there
 // too, but Check wants a positive bound when there is one).
