@@ -110,6 +110,21 @@ def test_equal_budget_schedule_spends_the_budget_evenly_spaced() -> None:
         equal_budget_schedule(setup, -1, 10)
 
 
+def test_early_schedule_grows_every_seed_within_the_run() -> None:
+    from dataclasses import replace
+
+    from esper.demo.experiments import SETUPS, early_schedule
+
+    setup = SETUPS["digits"]  # 60 epochs: start 4, gap 8; a seed must germinate by epoch 58 to train
+    assert early_schedule(setup, 0) == []
+    assert early_schedule(setup, 3) == [4, 12, 20]
+    assert early_schedule(setup, 7) == [4, 12, 20, 28, 36, 44, 52]
+    assert early_schedule(setup, 8) == [4, 11, 18, 25, 32, 39, 46, 53]  # 4 + 7 * 8 = 60 is past 58: gap 7
+    short = replace(setup, epochs=15)  # `esper demo --quick`
+    assert early_schedule(short, 3) == [4, 8, 12]  # 4 + 2 * 8 = 20 is past 13: gap 4
+    assert early_schedule(short, 5) == [4, 6, 8, 10, 12]
+
+
 def test_standard_scale_leaves_features_constant_in_training_unscaled() -> None:
     import numpy as np
 

@@ -254,8 +254,14 @@ def seed_epochs(events: list[dict[str, Any]], epochs: int) -> int:
 
 
 def early_schedule(setup: Setup, num_seeds: int) -> list[int]:
-    """The hand schedule a person would write: the first seed early, then one every ``hand_gap`` epochs."""
-    return [setup.hand_start + k * setup.hand_gap for k in range(num_seeds)]
+    """The hand schedule a person would write: the first seed early, then one every ``hand_gap`` epochs
+    (narrowed when that would run past the last epoch a seed can still train in, so every seed is grown)."""
+    last = setup.epochs - 2
+    start = min(setup.hand_start, max(0, last - (num_seeds - 1)))
+    gap = setup.hand_gap
+    while gap > 1 and start + gap * (num_seeds - 1) > last:
+        gap -= 1
+    return [min(start + k * gap, last) for k in range(num_seeds)]
 
 
 def equal_budget_schedule(setup: Setup, num_seeds: int, budget: int) -> list[int]:
