@@ -295,14 +295,14 @@ def hand_run(task: Task, setup: Setup, seed: int, plan: list[int], kind: str = "
     """A hand schedule: germinate at the epochs in ``plan``, layers in turn, fossilize when held."""
     # The person may overlap seeds; the parameter budget still holds.
     config = MorphConfig(**{**setup.morph.__dict__, "policy": "manual", "max_concurrent": max(1, len(plan))})
-    todo = sorted(plan)
+    schedule = sorted(plan)
 
     def on_epoch(morph: Morphogenesis, epoch: int) -> None:
         for i, layer in enumerate(morph.layers):
             for slot in range(morph.slots):
                 if layer.state(slot).name == "HOLDING":
                     morph.fossilize(i, slot, "hand schedule: fossilize once held")
-        for k, at in enumerate(todo):
+        for k, at in enumerate(schedule):
             if at != epoch:
                 continue
             layer = morph.layers[k % len(morph.layers)]

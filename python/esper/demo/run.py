@@ -149,6 +149,11 @@ def paired(grown: list[RunResult], other: list[RunResult], bar: str) -> dict[str
             "losses": sum(d < 0 for d in diffs), "verdict": verdict, "ok": verdict == "beats", "bar": bar}
 
 
+def _flops_vs(grown: list[RunResult], other: list[RunResult]) -> float:
+    """The mean, over seeds, of the other run's training FLOPs over the grown run's."""
+    return mean([o.flops / g.flops for g, o in zip(grown, other, strict=True)])
+
+
 def _bars(res: dict[str, list[RunResult]], setup: Setup) -> dict[str, Any]:
     grown, scratch, best = res["grown"], res["scratch"], res["sweep_best"]
     sweep_flops = [sum(r.flops for r in res["sweep_all"] if r.seed == g.seed) for g in grown]
@@ -173,7 +178,7 @@ def _bars(res: dict[str, list[RunResult]], setup: Setup) -> dict[str, Any]:
                       {"ok": None, "verdict": "n/a", "bar": "beats random placement at equal budget",
                        "note": "one host (the whole MLP is a block): random placement has no other choice"}),
         "vs_hand": {**paired(grown, res["hand"], "beats a hand schedule at equal budget"),
-                    "flops_vs_grown": mean([h.flops / g.flops for g, h in zip(grown, res["hand"])])},
+                    "flops_vs_grown": _flops_vs(grown, res["hand"])},
         "germination_output_change_max": max(changes) if changes else 0.0,
     }
 
@@ -266,7 +271,7 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
         bars = _bars(res, setup)
         # Not a bar: the early schedule spends more compute than the grown run, which the FLOPs bar would not allow.
         early = {**paired(res["grown"], res["hand_early"], "none (more compute than the grown run)"),
-                 "flops_vs_grown": mean([h.flops / g.flops for g, h in zip(res["grown"], res["hand_early"])])}
+                 "flops_vs_grown": _flops_vs(res["grown"], res["hand_early"])}
         report["tasks"][name] = {
             "rows": rows, "bars": bars, "vs_hand_early": early,
             "runs": {k: [r.summary() for r in v] for k, v in res.items() if k != "sweep_all"},
