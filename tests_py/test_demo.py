@@ -24,7 +24,8 @@ def test_quick_demo_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert "fixed small" in proc.stdout and "same final shape, from scratch" in proc.stdout
     report = json.loads((out / "results.json").read_text())
     rows = {r["config"].split(" (")[0]: r for r in report["tasks"]["digits"]["rows"]}
-    for name in ("fixed small", "fixed large", "same final shape, from scratch", "random placement, same budget"):
+    for name in ("fixed small", "fixed large", "same final shape, from scratch", "random placement, same budget",
+                 "grown, budget 1300", "hand schedule, budget 1300"):
         assert 0.0 < rows[name]["test_acc_mean"] <= 100.0
         assert rows[name]["train_flops_mean"] > 0
     bars = report["tasks"]["digits"]["bars"]
@@ -62,6 +63,61 @@ def test_paired_verdicts_need_twice_the_standard_error() -> None:
     # Runs are paired by seed: unequal lengths are a caller's bug, refused.
     with pytest.raises(ValueError, match="shorter|longer"):
         paired(_runs([1.0]), _runs([1.0, 2.0]), "bar")
+
+
+def test_equal_budget_is_judged_on_per_seed_means_over_the_tight_budgets() -> None:
+    from esper.demo.run import at_equal_budget
+
+    res = {
+        # Loose budget: a tie.
+        "grown": _runs([97.0, 98.0, 99.0]), "hand": _runs([97.0, 98.0, 99.0]),
+        # Budget 700: grown ahead by 1, 0, 2 points; budget 1100: by 1, 2, 0.
+        "grown@700": _runs([96.0, 97.0, 98.0]), "hand@700": _runs([95.0, 97.0, 96.0]),
+        "grown@1100": _runs([97.0, 98.0, 97.0]), "hand@1100": _runs([96.0, 96.0, 97.0]),
+    }
+    got = at_equal_budget(res, (700, 1100), "hand", "bar")
+    # Per-seed means 1, 1, 1: se 0, so "beats"; each budget alone (1, 0, 2) and (1, 2, 0) is a tie.
+    assert (got["diff_mean"], got["diff_se"], got["wins"], got["verdict"], got["ok"]) == (1.0, 0.0, 3, "beats", True)
+    assert got["budgets"] == [700, 1100]
+    assert [got["per_budget"][b]["verdict"] for b in ("700", "1100")] == ["tie within noise"] * 2
+    assert got["loose"]["verdict"] == "tie within noise" and got["loose"]["ties"] == 3
+    assert got["grown_acc"] == (96 + 97 + 98 + 97 + 98 + 97) / 6 and got["flops_vs_grown"] == 1.0
+    # Without tight budgets the loose budget is what is judged.
+    plain = at_equal_budget(res, (), "hand", "bar")
+    assert plain["verdict"] == "tie within noise" and plain["budgets"] == [] and "per_budget" not in plain
+    # A budget whose runs are missing is a caller's bug.
+    with pytest.raises(KeyError):
+        at_equal_budget(res, (700, 1700), "hand", "bar")
+
+
+def test_hand_schedule_halves_its_seed_until_the_budget_takes_it() -> None:
+    from dataclasses import replace
+
+    import torch
+
+    from esper import Morphogenesis
+    from esper.demo.data import load_task
+    from esper.demo.experiments import SETUPS, Net, _germinate_within_budget, _wrap
+
+    setup = SETUPS["spirals"]  # width-32 seeds: 624, 1072 and 643 parameters at its three layers
+    task = load_task("spirals", 0)
+
+    def morph_with(budget: int) -> Morphogenesis:
+        model = _wrap(Net(task, setup.start_width, setup.depth), setup)
+        config = replace(setup.morph, policy="manual", max_params=budget)
+        return Morphogenesis(model, torch.optim.Adam(model.parameters()), config=config)
+
+    morph = morph_with(700)
+    assert _germinate_within_budget(morph, 1, 0, setup)  # 1072 > 700: width 16 (16*16+16 + 16*16+16 = 544)
+    seed = morph.layers[1].seed(0)
+    assert seed is not None and seed.ir["params"]["width"] == 16
+    assert sum(p.numel() for p in seed.parameters()) == 544
+    morph.close()
+    # Nothing fits 10 parameters: refused, and the slot is left as it was.
+    morph = morph_with(10)
+    assert not _germinate_within_budget(morph, 0, 0, setup)
+    assert morph.layers[0].state(0).name == "DORMANT" and morph.layers[0].seed(0) is None
+    morph.close()
 
 
 def _ev(to: str, epoch: int, layer: int = 0, slot: int = 0) -> dict:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import BudgetError
 from ..tolaria import MorphConfig, Morphogenesis
 from ..wrap import wrap
 from .data import Task
@@ -46,6 +47,11 @@ class Setup:
             hand schedule keeps the gap and moves the start.
         horizon: tell Tamiyo the run's length (MorphConfig.epochs), so that
             it does not grow too late to repay.
+        tight_budgets: parameter budgets (max_params) that bind, for the
+            comparisons at equal budget: room for one to two seeds of the
+            configured blueprint. Under ``morph``'s loose
+            budget every layer gets seeds and placement decides nothing; under
+            these, where and when a seed goes is what the budget buys.
     """
 
     task: str
@@ -60,6 +66,7 @@ class Setup:
     hand_start: int = 4
     hand_gap: int = 8
     horizon: bool = True
+    tight_budgets: tuple[int, ...] = ()
 
 
 def _morph(**kw: Any) -> MorphConfig:
@@ -85,10 +92,13 @@ def _morph(**kw: Any) -> MorphConfig:
 #: threshold over 2 epochs, short lifecycle phases); budgets are not sizes: growth stops when
 #: seeds stop paying (min_gain).
 SETUPS: dict[str, Setup] = {
+    # A digits seed (residual_mlp width 16 beside the 64-8-10 MLP) has 1210 parameters.
     "digits": Setup("digits", depth=1, start_width=8, sweep=[8, 16, 32, 64, 128], targets="block",
-                    morph=_morph(max_params=20_000)),
+                    morph=_morph(max_params=20_000), tight_budgets=(1300, 2500)),
+    # Spirals seeds (width 32) have 624, 1072 and 643 parameters at the 2-16, 16-16 and 16-3 layers.
     "spirals": Setup("spirals", depth=2, start_width=16, sweep=[8, 16, 32, 64, 128], targets="linear",
-                     morph=_morph(max_params=20_000, template_params={"width": 32})),
+                     morph=_morph(max_params=20_000, template_params={"width": 32}),
+                     tight_budgets=(700, 1100, 1700)),
     # Negative controls run the controller at the library's defaults (what a user gets), without the
     # horizon: at 6-10 steps per epoch the default 200-step lifecycle would forbid growth in 30 epochs on
     # its own, and the controls test the plateau judgement.
@@ -308,9 +318,25 @@ def hand_run(task: Task, setup: Setup, seed: int, plan: list[int], kind: str = "
             layer = morph.layers[k % len(morph.layers)]
             free = [s for s in range(morph.slots) if layer.state(s).name == "DORMANT"]
             if free:
-                morph.germinate(k % len(morph.layers), free[0], setup.morph.template, **setup.morph.template_params)
+                _germinate_within_budget(morph, k % len(morph.layers), free[0], setup)
 
     return _grow(task, setup, seed, config, kind, on_epoch)
+
+
+def _germinate_within_budget(morph: Morphogenesis, layer: int, slot: int, setup: Setup) -> bool:
+    """Germinate the configured blueprint, halving its size (width or rank) until the parameter budget
+    takes it, as a person fitting a budget would; False when even size 1 does not fit."""
+    params = dict(setup.morph.template_params)
+    while True:
+        try:
+            morph.germinate(layer, slot, setup.morph.template, **params)
+            return True
+        except BudgetError:
+            sizes = [k for k in ("width", "rank") if params.get(k, 1) > 1]
+            if not sizes:
+                return False
+            for k in sizes:
+                params[k] //= 2
 
 
 def scratch_run(task: Task, setup: Setup, seed: int, seeds: list[dict[str, Any]]) -> RunResult:

@@ -35,7 +35,7 @@ from .experiments import (
     std,
 )
 
-__all__ = ["main", "paired", "run_task", "run_control"]
+__all__ = ["main", "paired", "verdict", "at_equal_budget", "run_task", "run_control", "runs_per_seed"]
 
 TASKS = ("digits", "spirals")
 CONTROLS = ("moons", "breast_cancer")
@@ -97,7 +97,34 @@ def run_task(name: str, setup: Setup, seeds: int, device: torch.device, bar: Any
         bar.set_description(f"{name} seed {seed}: hand schedule, early")
         out["hand_early"].append(hand_run(task, setup, seed, early_schedule(setup, k), kind="hand_early"))
         bar.update()
+        for budget in setup.tight_budgets:
+            _at_budget(out, name, setup, budget, task, seed, bar)
     return out
+
+
+def _at_budget(out: dict[str, list[RunResult]], name: str, setup: Setup, budget: int, task: Any, seed: int,
+               bar: Any) -> None:
+    """The equal-budget comparisons under a parameter budget that binds: grown, random placement and the
+    hand schedule (the grown run's seeds and seed-epochs), keyed ``kind@budget``."""
+    tight = replace(setup, morph=replace(setup.morph, max_params=budget))
+    bar.set_description(f"{name} seed {seed}: budget {budget}, grown")
+    grown = grown_run(task, tight, seed)
+    out.setdefault(f"grown@{budget}", []).append(grown)
+    bar.update()
+    if setup.targets != "block":
+        bar.set_description(f"{name} seed {seed}: budget {budget}, random placement")
+        out.setdefault(f"random@{budget}", []).append(grown_run(task, tight, seed, policy="random"))
+        bar.update()
+    bar.set_description(f"{name} seed {seed}: budget {budget}, hand schedule")
+    plan = equal_budget_schedule(tight, len(grown.final_seeds), seed_epochs(grown.events, tight.epochs))
+    out.setdefault(f"hand@{budget}", []).append(hand_run(task, tight, seed, plan))
+    bar.update()
+
+
+def runs_per_seed(setup: Setup) -> int:
+    """How many training runs one seed of a task takes."""
+    per_budget = 2 if setup.targets == "block" else 3
+    return len(setup.sweep) + 5 + per_budget * len(setup.tight_budgets)
 
 
 def run_control(name: str, setup: Setup, seeds: int, device: torch.device, bar: Any) -> list[RunResult]:
@@ -136,17 +163,47 @@ def paired(grown: list[RunResult], other: list[RunResult], bar: str) -> dict[str
     evidence.
     """
     diffs = [g.test_acc - o.test_acc for g, o in zip(grown, other, strict=True)]
+    return {"grown_acc": mean([g.test_acc for g in grown]), "other_acc": mean([o.test_acc for o in other]),
+            **verdict(diffs, bar)}
+
+
+def verdict(diffs: list[float], bar: str) -> dict[str, Any]:
+    """The verdict on paired differences (grown minus other, one per seed): see :func:`paired`."""
     m = mean(diffs)
     se = std(diffs) / math.sqrt(len(diffs)) if diffs else math.nan
     if m > 0 and m >= 2 * se:
-        verdict = "beats"
+        word = "beats"
     elif m < 0 and -m >= 2 * se:
-        verdict = "loses"
+        word = "loses"
     else:
-        verdict = "tie within noise"
-    return {"grown_acc": mean([g.test_acc for g in grown]), "other_acc": mean([o.test_acc for o in other]),
-            "diff_mean": m, "diff_se": se, "wins": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs),
-            "losses": sum(d < 0 for d in diffs), "verdict": verdict, "ok": verdict == "beats", "bar": bar}
+        word = "tie within noise"
+    return {"diff_mean": m, "diff_se": se, "wins": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs),
+            "losses": sum(d < 0 for d in diffs), "verdict": word, "ok": word == "beats", "bar": bar}
+
+
+def at_equal_budget(res: dict[str, list[RunResult]], budgets: tuple[int, ...], other: str, bar: str) -> dict[str, Any]:
+    """Grown against ``other`` at equal budget: judged over the tight budgets, where the budget binds.
+
+    Each seed's differences are averaged over the budgets first (a seed's runs share its split, so they
+    are not independent), and the verdict is taken on those per-seed means. Each budget's own result and
+    the loose budget's (``res["grown"]`` against ``res[other]``) are reported beside it. Without tight
+    budgets the loose budget is judged.
+    """
+    loose = {**paired(res["grown"], res[other], bar), "flops_vs_grown": _flops_vs(res["grown"], res[other])}
+    if not budgets:
+        return {**loose, "budgets": []}
+    per_budget = {}
+    for b in budgets:
+        g, o = res[f"grown@{b}"], res[f"{other}@{b}"]
+        per_budget[str(b)] = {**paired(g, o, bar), "flops_vs_grown": _flops_vs(g, o)}
+    seeds = len(res[f"grown@{budgets[0]}"])
+    diffs = [mean([res[f"grown@{b}"][i].test_acc - res[f"{other}@{b}"][i].test_acc for b in budgets])
+             for i in range(seeds)]
+    grown = [r for b in budgets for r in res[f"grown@{b}"]]
+    others = [r for b in budgets for r in res[f"{other}@{b}"]]
+    return {"grown_acc": mean([r.test_acc for r in grown]), "other_acc": mean([r.test_acc for r in others]),
+            **verdict(diffs, bar), "flops_vs_grown": _flops_vs(grown, others),
+            "budgets": list(budgets), "per_budget": per_budget, "loose": loose}
 
 
 def _flops_vs(grown: list[RunResult], other: list[RunResult]) -> float:
@@ -173,22 +230,26 @@ def _bars(res: dict[str, list[RunResult]], setup: Setup) -> dict[str, Any]:
             "ok": acc(grown) >= acc(best) - 0.5 and sweep_ratio <= 0.25,
             "bar": "within 0.5 points of the best of the 5-size sweep, with <= 25% of the sweep's FLOPs",
         },
-        "vs_random": (paired(grown, res["random"], "beats random placement at equal budget")
+        "vs_random": (at_equal_budget(res, setup.tight_budgets, "random", "beats random placement at equal budget")
                       if setup.targets != "block" else
                       {"ok": None, "verdict": "n/a", "bar": "beats random placement at equal budget",
                        "note": "one host (the whole MLP is a block): random placement has no other choice"}),
-        "vs_hand": {**paired(grown, res["hand"], "beats a hand schedule at equal budget"),
-                    "flops_vs_grown": _flops_vs(grown, res["hand"])},
+        "vs_hand": at_equal_budget(res, setup.tight_budgets, "hand", "beats a hand schedule at equal budget"),
         "germination_output_change_max": max(changes) if changes else 0.0,
     }
 
 
+def _paired_text(b: dict[str, Any]) -> str:
+    return (f"{b['diff_mean']:+.2f} ± {b['diff_se']:.2f} points (paired mean ± se; {b['wins']} wins, {b['ties']} ties, "
+            f"{b['losses']} losses): {b['verdict']} (its FLOPs {b['flops_vs_grown']:.0%} of the grown run's)")
+
+
 def _fmt_table(name: str, rows: list[dict[str, Any]]) -> str:
-    lines = [f"\n{name}", f"  {'configuration':<34} {'test acc %':>14} {'params':>8} {'train FLOPs':>12} "
+    lines = [f"\n{name}", f"  {'configuration':<40} {'test acc %':>14} {'params':>8} {'train FLOPs':>12} "
              f"{'wall s':>7} {'germ/foss/prune':>16}"]
     for r in rows:
         lines.append(
-            f"  {r['config']:<34} {r['test_acc_mean']:>7.2f} ±{r['test_acc_std']:>5.2f} {r['params_mean']:>8.0f} "
+            f"  {r['config']:<40} {r['test_acc_mean']:>7.2f} ±{r['test_acc_std']:>5.2f} {r['params_mean']:>8.0f} "
             f"{r['train_flops_mean']:>12.3g} {r['wall_s_mean']:>7.2f} "
             f"{r['germinations']:>6}/{r['fossilizations']}/{r['prunes']}"
         )
@@ -241,8 +302,8 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
     controls = CONTROLS[:1] if quick else CONTROLS
     setups = {name: SETUPS[name] for name in tasks + controls}
     if quick:
-        setups = {k: replace(v, epochs=min(v.epochs, 15)) for k, v in setups.items()}
-    total = sum(n * (len(setups[t].sweep) + 5) for t in tasks) + n * len(controls)
+        setups = {k: replace(v, epochs=min(v.epochs, 15), tight_budgets=v.tight_budgets[:1]) for k, v in setups.items()}
+    total = sum(n * runs_per_seed(setups[t]) for t in tasks) + n * len(controls)
     os.makedirs(out_dir, exist_ok=True)
     print(f"esper demo: {', '.join(tasks)} ({n} seed(s) each), negative controls {', '.join(controls)}; "
           f"device {device}")
@@ -264,10 +325,15 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
             _row("best of 5-size sweep (on val)", res["sweep_best"]),
             _row(f"grown from width {setup.start_width} (Tamiyo)", res["grown"]),
             _row("same final shape, from scratch", res["scratch"]),
-            _row("random placement, same budget", res["random"]),
-            _row("hand schedule, same budget", res["hand"]),
+            _row(f"random placement, same budget ({setup.morph.max_params})", res["random"]),
+            _row(f"hand schedule, same budget ({setup.morph.max_params})", res["hand"]),
             _row(f"hand schedule, early ({setup.hand_start}+{setup.hand_gap}k)", res["hand_early"]),
         ]
+        for b in setup.tight_budgets:
+            rows.append(_row(f"grown, budget {b}", res[f"grown@{b}"]))
+            if f"random@{b}" in res:
+                rows.append(_row(f"random placement, budget {b}", res[f"random@{b}"]))
+            rows.append(_row(f"hand schedule, budget {b}", res[f"hand@{b}"]))
         bars = _bars(res, setup)
         # Not a bar: the early schedule spends more compute than the grown run, which the FLOPs bar would not allow.
         early = {**paired(res["grown"], res["hand_early"], "none (more compute than the grown run)"),
@@ -292,10 +358,14 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
         au = bars["auto_size"]
         for key, label in (("vs_random", "random placement"), ("vs_hand", "hand schedule")):
             b = bars[key]
-            if b["ok"] is not None:
-                flops = f" (its FLOPs {b['flops_vs_grown']:.0%} of the grown run's)" if "flops_vs_grown" in b else ""
-                text.append(f"    vs {label}: {b['diff_mean']:+.2f} ± {b['diff_se']:.2f} points (paired mean ± se; "
-                            f"{b['wins']} wins, {b['ties']} ties, {b['losses']} losses): {b['verdict']}{flops}")
+            if b["ok"] is None:
+                continue
+            where = f"over budgets {', '.join(map(str, b['budgets']))}, per seed" if b["budgets"] else "same budget"
+            text.append(f"    vs {label} ({where}): {_paired_text(b)}")
+            for budget, pb in b.get("per_budget", {}).items():
+                text.append(f"      budget {budget}: {_paired_text(pb)}")
+            if "loose" in b:
+                text.append(f"      budget {setup.morph.max_params} (loose, not judged): {_paired_text(b['loose'])}")
         text.append(f"    vs the early hand schedule (not a bar: {early['flops_vs_grown']:.0%} of the grown run's "
                     f"FLOPs): {early['diff_mean']:+.2f} ± {early['diff_se']:.2f} points, {early['verdict']}")
         text.append(f"    grown {vs['grown_acc']:.2f}% vs scratch {vs['scratch_acc']:.2f}% at {vs['flops_ratio']:.0%} "
