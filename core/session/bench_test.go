@@ -7,6 +7,7 @@ import (
 
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/core/session"
+	"github.com/esper-morph/esper/policy/tamiyo"
 )
 
 // benchConfig is 8 linear layers x 2 slots with a seed live in each layer.
@@ -98,4 +99,32 @@ func BenchmarkStepIngest1000Layers(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(len(buf))*float64(b.N)/b.Elapsed().Seconds()/1e6, "Mfloats/s")
+}
+
+// BenchmarkEndEpochGerminate measures an end of epoch on a plateau that
+// germinates: Tamiyo decides, the session instantiates the blueprint and
+// records the event. Each iteration uses its own session, restored from a
+// snapshot outside the timer.
+func BenchmarkEndEpochGerminate(b *testing.B) {
+	s := newSession(b, heuristicConfig())
+	for e := range 2 {
+		endEpoch(b, s, metrics(e, 1))
+	}
+	snap, err := s.Snapshot()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for i := range b.N {
+		b.StopTimer()
+		r := newSession(b, heuristicConfig())
+		if err := r.Restore(snap); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		res := endEpoch(b, r, metrics(2, 1))
+		if i == 0 && (len(res.Decisions) == 0 || res.Decisions[0].Op != tamiyo.Germinate) {
+			b.Fatalf("no germination: %+v", res.Decisions)
+		}
+	}
 }

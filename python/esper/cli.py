@@ -32,7 +32,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo.run import main as demo_main
 
-    return demo_main(quick=args.quick, out_dir=args.out, seeds=args.seeds)
+    return demo_main(quick=args.quick, out_dir=args.out, seeds=args.seeds, budget_seeds=args.budget_seeds)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="grow models on digits and spirals against baselines")
     s.add_argument("--quick", action="store_true", help="fewer seeds and epochs (a smoke run)")
-    s.add_argument("--seeds", type=int, default=None, help="random seeds per configuration")
+    s.add_argument("--seeds", type=int, default=None, help="random seeds per configuration (default 10)")
+    s.add_argument("--budget-seeds", type=int, default=None,
+                   help="random seeds of the comparisons at tight budgets (default 20)")
     s.add_argument("--out", default="demo_out", help="folder for the table, JSON and plot")
     s.set_defaults(fn=_cmd_demo)
 
