@@ -1,15 +1,11 @@
 package canon
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"math"
-	"sort"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -28,17 +24,16 @@ func Canonicalize(data []byte) ([]byte, error) {
 	if !utf8.Valid(data) {
 		return nil, fmt.Errorf("%w: document is not valid UTF-8", ErrSyntax)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	var out bytes.Buffer
-	out.Grow(len(data))
-	if err := copyValue(dec, &out, 0); err != nil {
+	sc := scanner{data: data}
+	out, err := sc.value(make([]byte, 0, len(data)), 0)
+	if err != nil {
 		return nil, err
 	}
-	if _, err := dec.Token(); err != io.EOF {
+	sc.skipSpace()
+	if sc.pos != len(data) {
 		return nil, fmt.Errorf("%w: trailing data after the top-level value", ErrSyntax)
 	}
-	return out.Bytes(), nil
+	return out, nil
 }
 
 // Marshal encodes v with encoding/json and canonicalises the result.
@@ -71,116 +66,6 @@ func IsID(s string) bool {
 	return true
 }
 
-// copyValue reads one value from dec and writes its canonical form to out.
-func copyValue(dec *json.Decoder, out *bytes.Buffer, depth int) error {
-	tok, err := dec.Token()
-	if err != nil {
-		return syntaxErr(err)
-	}
-	return copyToken(dec, tok, out, depth)
-}
-
-func copyToken(dec *json.Decoder, tok json.Token, out *bytes.Buffer, depth int) error {
-	switch v := tok.(type) {
-	case json.Delim:
-		if depth >= MaxDepth {
-			return fmt.Errorf("%w: nesting deeper than %d levels", ErrSyntax, MaxDepth)
-		}
-		switch v {
-		case '{':
-			return copyObject(dec, out, depth+1)
-		case '[':
-			return copyArray(dec, out, depth+1)
-		default:
-			return fmt.Errorf("%w: unexpected %q", ErrSyntax, rune(v))
-		}
-	case string:
-		writeString(out, v)
-	case json.Number:
-		s, err := formatNumber(string(v))
-		if err != nil {
-			return err
-		}
-		out.WriteString(s)
-	case bool:
-		if v {
-			out.WriteString("true")
-		} else {
-			out.WriteString("false")
-		}
-	case nil:
-		out.WriteString("null")
-	default:
-		return fmt.Errorf("%w: unexpected token %v", ErrSyntax, tok)
-	}
-	return nil
-}
-
-type member struct {
-	key string
-	val []byte
-}
-
-func copyObject(dec *json.Decoder, out *bytes.Buffer, depth int) error {
-	var members []member
-	seen := make(map[string]struct{})
-	for {
-		tok, err := dec.Token()
-		if err != nil {
-			return syntaxErr(err)
-		}
-		if d, ok := tok.(json.Delim); ok && d == '}' {
-			break
-		}
-		key, ok := tok.(string)
-		if !ok {
-			return fmt.Errorf("%w: object key is not a string", ErrSyntax)
-		}
-		if _, dup := seen[key]; dup {
-			return fmt.Errorf("%w: duplicate object key %q", ErrSyntax, key)
-		}
-		seen[key] = struct{}{}
-		var val bytes.Buffer
-		if err := copyValue(dec, &val, depth); err != nil {
-			return err
-		}
-		members = append(members, member{key: key, val: val.Bytes()})
-	}
-	sort.Slice(members, func(i, j int) bool { return members[i].key < members[j].key })
-	out.WriteByte('{')
-	for i, m := range members {
-		if i > 0 {
-			out.WriteByte(',')
-		}
-		writeString(out, m.key)
-		out.WriteByte(':')
-		out.Write(m.val)
-	}
-	out.WriteByte('}')
-	return nil
-}
-
-func copyArray(dec *json.Decoder, out *bytes.Buffer, depth int) error {
-	out.WriteByte('[')
-	for i := 0; ; i++ {
-		tok, err := dec.Token()
-		if err != nil {
-			return syntaxErr(err)
-		}
-		if d, ok := tok.(json.Delim); ok && d == ']' {
-			break
-		}
-		if i > 0 {
-			out.WriteByte(',')
-		}
-		if err := copyToken(dec, tok, out, depth); err != nil {
-			return err
-		}
-	}
-	out.WriteByte(']')
-	return nil
-}
-
 // formatNumber returns the canonical spelling of a JSON number literal.
 func formatNumber(lit string) (string, error) {
 	if !strings.ContainsAny(lit, ".eE") {
@@ -200,43 +85,29 @@ func formatNumber(lit string) (string, error) {
 
 const hexDigits = "0123456789abcdef"
 
-// writeString writes s as a JSON string with minimal escaping.
-func writeString(out *bytes.Buffer, s string) {
-	out.WriteByte('"')
+// appendString appends s as a JSON string with minimal escaping.
+func appendString(out []byte, s string) []byte {
+	out = append(out, '"')
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		switch {
 		case c == '"' || c == '\\':
-			out.WriteByte('\\')
-			out.WriteByte(c)
+			out = append(out, '\\', c)
 		case c >= 0x20:
-			out.WriteByte(c)
+			out = append(out, c)
 		case c == '\b':
-			out.WriteString(`\b`)
+			out = append(out, '\\', 'b')
 		case c == '\f':
-			out.WriteString(`\f`)
+			out = append(out, '\\', 'f')
 		case c == '\n':
-			out.WriteString(`\n`)
+			out = append(out, '\\', 'n')
 		case c == '\r':
-			out.WriteString(`\r`)
+			out = append(out, '\\', 'r')
 		case c == '\t':
-			out.WriteString(`\t`)
+			out = append(out, '\\', 't')
 		default:
-			out.WriteString(`\u00`)
-			out.WriteByte(hexDigits[c>>4])
-			out.WriteByte(hexDigits[c&0xf])
+			out = append(out, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
 		}
 	}
-	out.WriteByte('"')
-}
-
-func syntaxErr(err error) error {
-	if err == io.EOF {
-		return fmt.Errorf("%w: unexpected end of document", ErrSyntax)
-	}
-	var se *json.SyntaxError
-	if errors.As(err, &se) {
-		return fmt.Errorf("%w: %v (at byte %d)", ErrSyntax, se, se.Offset)
-	}
-	return fmt.Errorf("%w: %v", ErrSyntax, err)
+	return append(out, '"')
 }

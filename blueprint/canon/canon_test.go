@@ -26,6 +26,10 @@ func TestCanonicalize(t *testing.T) {
 		{"control escaped", `"a\u0001b\n\t"`, `"a\u0001b\n\t"`},
 		{"no html escape", `"<a>&"`, `"<a>&"`},
 		{"escaped quote", `"q\"\\"`, `"q\"\\"`},
+		{"escapes decoded", `"\/\b\f\u0041\u00e9"`, "\"/\\b\\fA\u00e9\""},
+		{"surrogate pair", `"\ud83d\ude00"`, "\"\U0001F600\""},
+		{"lone surrogate", `"\ud800x"`, "\"\uFFFDx\""},
+		{"escaped key sorts by its bytes", `{"a\u0062":1,"aa":2}`, `{"aa":2,"ab":1}`},
 		{"key bytes order", `{"b":0,"B":1,"a":2}`, `{"B":1,"a":2,"b":0}`},
 		{"empty containers", `{"a":[],"b":{}}`, `{"a":[],"b":{}}`},
 	}
@@ -47,9 +51,9 @@ func TestCanonicalize(t *testing.T) {
 }
 
 func TestCanonicalizeRejects(t *testing.T) {
-	deep := ""
-	for i := 0; i <= canon.MaxDepth; i++ {
-		deep += "["
+	nested := func(n int) string { return strings.Repeat("[", n) + strings.Repeat("]", n) }
+	if _, err := canon.Canonicalize([]byte(nested(canon.MaxDepth))); err != nil {
+		t.Fatalf("%d nested arrays refused: %v", canon.MaxDepth, err)
 	}
 	cases := []struct {
 		name, in string
@@ -63,8 +67,20 @@ func TestCanonicalizeRejects(t *testing.T) {
 		{"missing comma", `[1 2]`},
 		{"bad utf8", "\"\xff\""},
 		{"out of range", `1e999`},
-		{"too deep", deep},
+		{"too deep", nested(canon.MaxDepth + 1)},
 		{"single quote", `{'a':1}`},
+		{"leading zero", `01`},
+		{"bare minus", `-`},
+		{"no fraction digit", `1.`},
+		{"no exponent digit", `1e+`},
+		{"bad escape", `"\x"`},
+		{"short unicode escape", `"\u12"`},
+		{"raw control character", "\"a\nb\""},
+		{"missing colon", `{"a" 1}`},
+		{"trailing comma", `[1,]`},
+		{"key not a string", `{1:2}`},
+		{"truncated literal", `tru`},
+		{"unterminated string", `"abc`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -104,11 +120,16 @@ func TestMarshalAndID(t *testing.T) {
 }
 
 func FuzzCanonicalize(f *testing.F) {
-	for _, s := range []string{`{"b":1,"a":[1.5,"x",null,true]}`, `1e21`, `"\u0000"`, `{"a":{"a":{}}}`, `[1,2,3]`, `-0.0`, `{"a":1,"a":1}`} {
+	for _, s := range []string{`{"b":1,"a":[1.5,"x",null,true]}`, `1e21`, `"\u0000"`, `{"a":{"a":{}}}`, `[1,2,3]`, `-0.0`, `{"a":1,"a":1}`,
+		`"\ud83d\ude00 \ud800x \udc00\ud800"`, `{"a\u0062":1,"ab":2}`, ` [ 01 ] `, `[1.]`, `[-]`, `[1e+]`, `"a\x"`, `{"a" 1}`, `[1,]`, `tru`, `nul`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		got, err := canon.Canonicalize(data)
+		want, refErr := referenceCanonicalize(data)
+		if (err == nil) != (refErr == nil) || string(got) != string(want) {
+			t.Fatalf("Canonicalize(%q) = %q, %v; the encoding/json reference gives %q, %v", data, got, err, want, refErr)
+		}
 		if err != nil {
 			if !errors.Is(err, canon.ErrSyntax) {
 				t.Fatalf("error does not wrap ErrSyntax: %v", err)
@@ -161,5 +182,19 @@ func TestDecodeStrict(t *testing.T) {
 	var d2 doc
 	if err := canon.DecodeStrict([]byte(`{"a":"x"}`), &d2); err == nil || !strings.Contains(err.Error(), `field "a"`) {
 		t.Fatalf("type error does not name the field: %v", err)
+	}
+}
+
+// BenchmarkCanonicalize canonicalises a seed blueprint's IR (about 400
+// bytes), as every germination does.
+func BenchmarkCanonicalize(b *testing.B) {
+	doc := []byte(`{"version":1,"template":"residual_mlp","params":{"width":32},"host":{"kind":"linear","in":16,"out":16},` +
+		`"inputs":[{"name":"x","shape":[-1,16]}],"ops":[{"op":"linear","inputs":["x"],"output":"h","attrs":{"in":16,"out":32,"bias":true}},` +
+		`{"op":"relu","inputs":["h"],"output":"a"},{"op":"linear","inputs":["a"],"output":"y","attrs":{"in":32,"out":16,"bias":true,"init":"zeros"}}],"output":"y"}`)
+	b.ReportAllocs()
+	for range b.N {
+		if _, err := canon.Canonicalize(doc); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
