@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="fewer seeds and epochs (a smoke run)")
     s.add_argument("--seeds", type=int, default=None, help="random seeds per configuration (default 10)")
     s.add_argument("--budget-seeds", type=int, default=None,
-                   help="random seeds of the comparisons at tight budgets (default 20)")
+                   help="random seeds of the comparisons at tight budgets (default 20, or --seeds when more)")
     s.add_argument("--out", default="demo_out", help="folder for the table, JSON and plot")
     s.set_defaults(fn=_cmd_demo)
 

@@ -49,9 +49,9 @@ class Setup:
             it does not grow too late to repay.
         tight_budgets: parameter budgets (max_params) that bind, for the
             comparisons at equal budget: room for one to two seeds of the
-            configured blueprint. Under ``morph``'s loose
-            budget every layer gets seeds and placement decides nothing; under
-            these, where and when a seed goes is what the budget buys.
+            configured blueprint. Under ``morph``'s loose budget every layer
+            gets seeds and placement decides little; under these, where and
+            when a seed goes is what the budget buys.
     """
 
     task: str
@@ -302,7 +302,8 @@ def equal_budget_schedule(setup: Setup, num_seeds: int, budget: int) -> list[int
 
 
 def hand_run(task: Task, setup: Setup, seed: int, plan: list[int], kind: str = "hand") -> RunResult:
-    """A hand schedule: germinate at the epochs in ``plan``, layers in turn, fossilize when held."""
+    """A hand schedule: germinate at the epochs in ``plan``, layers in turn, fossilize when held (each seed
+    halved until the parameter budget takes it)."""
     # The person may overlap seeds; the parameter budget still holds.
     config = MorphConfig(**{**setup.morph.__dict__, "policy": "manual", "max_concurrent": max(1, len(plan))})
     schedule = sorted(plan)

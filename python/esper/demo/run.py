@@ -314,7 +314,8 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
         quick: one task, one seed, 15 epochs: a smoke run.
         out_dir: where results.json and growth.png go.
         seeds: seeds of the comparisons at the loose budget (default 10; 1 when quick).
-        budget_seeds: seeds of the comparisons at the tight budgets (default 20; ``seeds`` when quick):
+        budget_seeds: seeds of the comparisons at the tight budgets (default 20, or ``seeds`` when that is
+            more or when quick):
             their differences are a few tenths of a point against a per-seed spread near one point, which
             10 seeds cannot resolve.
     """
