@@ -154,6 +154,16 @@ func (c Config) clone() Config {
 	return c
 }
 
+// valueOr returns a pointer to a copy of *p, or to def when p is nil: a
+// configuration with its defaults filled in shares no pointer with the
+// caller's.
+func valueOr[T any](p *T, def T) *T {
+	if p != nil {
+		def = *p
+	}
+	return &def
+}
+
 func clonePtr[T any](p *T) *T {
 	if p == nil {
 		return nil
@@ -236,13 +246,7 @@ func (c Config) settings() (settings, error) {
 	if c.BlendSteps < 1 || c.BlendSteps > MaxSteps {
 		return bad("blend_steps %d must be in [1, %d]", c.BlendSteps, int64(MaxSteps))
 	}
-	if c.EmbargoSteps == nil {
-		v := int64(DefaultEmbargoSteps)
-		c.EmbargoSteps = &v
-	} else {
-		v := *c.EmbargoSteps
-		c.EmbargoSteps = &v
-	}
+	c.EmbargoSteps = valueOr(c.EmbargoSteps, int64(DefaultEmbargoSteps))
 	if *c.EmbargoSteps < 0 || *c.EmbargoSteps > MaxSteps {
 		return bad("embargo_steps %d must be in [0, %d]", *c.EmbargoSteps, int64(MaxSteps))
 	}
@@ -288,13 +292,7 @@ func (c Config) settings() (settings, error) {
 	if c.Signals.EWMA == 0 {
 		c.Signals.EWMA = nissa.DefaultEWMA
 	}
-	if c.AutoAdvance == nil {
-		v := true
-		c.AutoAdvance = &v
-	} else {
-		v := *c.AutoAdvance
-		c.AutoAdvance = &v
-	}
+	c.AutoAdvance = valueOr(c.AutoAdvance, true)
 	if c.GrowthLogMax == 0 {
 		c.GrowthLogMax = DefaultGrowthLogMax
 	}

@@ -176,26 +176,14 @@ func (c GovernorConfig) WithDefaults() (GovernorConfig, error) {
 	if c.MaxConcurrent == 0 {
 		c.MaxConcurrent = DefaultMaxConcurrent
 	}
-	if c.CooldownEpochs == nil {
-		v := DefaultCooldownEpochs
-		c.CooldownEpochs = &v
-	} else {
-		v := *c.CooldownEpochs
-		c.CooldownEpochs = &v
-	}
+	c.CooldownEpochs = valueOr(c.CooldownEpochs, DefaultCooldownEpochs)
 	if c.LossWindow == 0 {
 		c.LossWindow = DefaultLossWindow
 	}
 	if c.LossFactor == 0 {
 		c.LossFactor = DefaultLossFactor
 	}
-	if c.LossMinDelta == nil {
-		v := DefaultLossMinDelta
-		c.LossMinDelta = &v
-	} else {
-		v := *c.LossMinDelta
-		c.LossMinDelta = &v
-	}
+	c.LossMinDelta = valueOr(c.LossMinDelta, DefaultLossMinDelta)
 	if c.MinLossSamples == 0 {
 		c.MinLossSamples = min(DefaultMinLossSamples, c.LossWindow)
 	}
@@ -236,13 +224,7 @@ func (c Config) WithDefaults() (Config, error) {
 	if c.Template == "" {
 		c.Template = DefaultTemplate
 	}
-	if c.MinGain == nil {
-		v := DefaultMinGain
-		c.MinGain = &v
-	} else {
-		v := *c.MinGain
-		c.MinGain = &v
-	}
+	c.MinGain = valueOr(c.MinGain, DefaultMinGain)
 	switch {
 	case c.Patience < 1 || c.Patience > MaxPatience:
 		return c, fmt.Errorf("tamiyo: patience %d is not in [1, %d]: %w", c.Patience, MaxPatience, ErrConfig)
@@ -272,4 +254,14 @@ func (c Config) WithDefaults() (Config, error) {
 	}
 	c.Governor = g
 	return c, nil
+}
+
+// valueOr returns a pointer to a copy of *p, or to def when p is nil: a
+// configuration with its defaults filled in shares no pointer with the
+// caller's.
+func valueOr[T any](p *T, def T) *T {
+	if p != nil {
+		def = *p
+	}
+	return &def
 }
