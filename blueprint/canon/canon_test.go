@@ -126,7 +126,7 @@ func FuzzCanonicalize(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		got, err := canon.Canonicalize(data)
-		want, refErr := referenceCanonicalize(data)
+		want, refErr := canon.ReferenceCanonicalize(data)
 		if (err == nil) != (refErr == nil) || string(got) != string(want) {
 			t.Fatalf("Canonicalize(%q) = %q, %v; the encoding/json reference gives %q, %v", data, got, err, want, refErr)
 		}

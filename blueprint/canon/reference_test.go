@@ -1,4 +1,4 @@
-package canon_test
+package canon
 
 import (
 	"bytes"
@@ -6,21 +6,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"sort"
-	"strconv"
-	"strings"
 	"unicode/utf8"
-
-	"github.com/esper-morph/esper/blueprint/canon"
 )
 
-// referenceCanonicalize is an independent canonicaliser built on
-// encoding/json's tokenizer: the fuzz target checks that Canonicalize's own
-// scanner accepts, refuses and writes exactly what it does.
-func referenceCanonicalize(data []byte) ([]byte, error) {
+// ReferenceCanonicalize is a canonicaliser that parses with encoding/json's
+// tokenizer instead of Canonicalize's scanner (numbers and strings are
+// written by the same functions): the fuzz target checks that the scanner
+// accepts, refuses and writes exactly what it does. Exported to the tests
+// of package canon_test only.
+func ReferenceCanonicalize(data []byte) ([]byte, error) {
 	if !utf8.Valid(data) {
-		return nil, fmt.Errorf("%w: document is not valid UTF-8", canon.ErrSyntax)
+		return nil, fmt.Errorf("%w: document is not valid UTF-8", ErrSyntax)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
@@ -29,7 +26,7 @@ func referenceCanonicalize(data []byte) ([]byte, error) {
 		return nil, err
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, fmt.Errorf("%w: trailing data after the top-level value", canon.ErrSyntax)
+		return nil, fmt.Errorf("%w: trailing data after the top-level value", ErrSyntax)
 	}
 	return out.Bytes(), nil
 }
@@ -45,8 +42,8 @@ func refValue(dec *json.Decoder, out *bytes.Buffer, depth int) error {
 func refToken(dec *json.Decoder, tok json.Token, out *bytes.Buffer, depth int) error {
 	switch v := tok.(type) {
 	case json.Delim:
-		if depth >= canon.MaxDepth {
-			return fmt.Errorf("%w: nesting deeper than %d levels", canon.ErrSyntax, canon.MaxDepth)
+		if depth >= MaxDepth {
+			return fmt.Errorf("%w: nesting deeper than %d levels", ErrSyntax, MaxDepth)
 		}
 		switch v {
 		case '{':
@@ -54,12 +51,12 @@ func refToken(dec *json.Decoder, tok json.Token, out *bytes.Buffer, depth int) e
 		case '[':
 			return refArray(dec, out, depth+1)
 		default:
-			return fmt.Errorf("%w: unexpected %q", canon.ErrSyntax, rune(v))
+			return fmt.Errorf("%w: unexpected %q", ErrSyntax, rune(v))
 		}
 	case string:
-		refString(out, v)
+		out.Write(appendString(nil, v))
 	case json.Number:
-		s, err := refNumber(string(v))
+		s, err := formatNumber(string(v))
 		if err != nil {
 			return err
 		}
@@ -73,7 +70,7 @@ func refToken(dec *json.Decoder, tok json.Token, out *bytes.Buffer, depth int) e
 	case nil:
 		out.WriteString("null")
 	default:
-		return fmt.Errorf("%w: unexpected token %v", canon.ErrSyntax, tok)
+		return fmt.Errorf("%w: unexpected token %v", ErrSyntax, tok)
 	}
 	return nil
 }
@@ -96,10 +93,10 @@ func refObject(dec *json.Decoder, out *bytes.Buffer, depth int) error {
 		}
 		key, ok := tok.(string)
 		if !ok {
-			return fmt.Errorf("%w: object key is not a string", canon.ErrSyntax)
+			return fmt.Errorf("%w: object key is not a string", ErrSyntax)
 		}
 		if _, dup := seen[key]; dup {
-			return fmt.Errorf("%w: duplicate object key %q", canon.ErrSyntax, key)
+			return fmt.Errorf("%w: duplicate object key %q", ErrSyntax, key)
 		}
 		seen[key] = struct{}{}
 		var val bytes.Buffer
@@ -114,7 +111,7 @@ func refObject(dec *json.Decoder, out *bytes.Buffer, depth int) error {
 		if i > 0 {
 			out.WriteByte(',')
 		}
-		refString(out, m.key)
+		out.Write(appendString(nil, m.key))
 		out.WriteByte(':')
 		out.Write(m.val)
 	}
@@ -143,58 +140,13 @@ func refArray(dec *json.Decoder, out *bytes.Buffer, depth int) error {
 	return nil
 }
 
-func refNumber(lit string) (string, error) {
-	if !strings.ContainsAny(lit, ".eE") {
-		if n, err := strconv.ParseInt(lit, 10, 64); err == nil {
-			return strconv.FormatInt(n, 10), nil
-		}
-	}
-	f, err := strconv.ParseFloat(lit, 64)
-	if err != nil || math.IsInf(f, 0) {
-		return "", fmt.Errorf("%w: number %s is out of range", canon.ErrSyntax, lit)
-	}
-	if f == math.Trunc(f) && math.Abs(f) < (1<<53) {
-		return strconv.FormatInt(int64(f), 10), nil
-	}
-	return strconv.FormatFloat(f, 'g', -1, 64), nil
-}
-
-func refString(out *bytes.Buffer, s string) {
-	out.WriteByte('"')
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '"' || c == '\\':
-			out.WriteByte('\\')
-			out.WriteByte(c)
-		case c >= 0x20:
-			out.WriteByte(c)
-		case c == '\b':
-			out.WriteString(`\b`)
-		case c == '\f':
-			out.WriteString(`\f`)
-		case c == '\n':
-			out.WriteString(`\n`)
-		case c == '\r':
-			out.WriteString(`\r`)
-		case c == '\t':
-			out.WriteString(`\t`)
-		default:
-			out.WriteString(`\u00`)
-			out.WriteByte("0123456789abcdef"[c>>4])
-			out.WriteByte("0123456789abcdef"[c&0xf])
-		}
-	}
-	out.WriteByte('"')
-}
-
 func refSyntaxErr(err error) error {
 	if err == io.EOF {
-		return fmt.Errorf("%w: unexpected end of document", canon.ErrSyntax)
+		return fmt.Errorf("%w: unexpected end of document", ErrSyntax)
 	}
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
-		return fmt.Errorf("%w: %v (at byte %d)", canon.ErrSyntax, se, se.Offset)
+		return fmt.Errorf("%w: %v (at byte %d)", ErrSyntax, se, se.Offset)
 	}
-	return fmt.Errorf("%w: %v", canon.ErrSyntax, err)
+	return fmt.Errorf("%w: %v", ErrSyntax, err)
 }
