@@ -109,3 +109,14 @@ def test_urza_commands_on_a_store(store_dir: tuple[Path, list[str]], capsys: pyt
     assert {p["id"] for p in json.loads(gc.stdout)["removed"]} == {ids[1]}
     with Urza(root) as store:
         assert [e["id"] for e in store.list()] == [ids[0]] and store.verify()["bad"] == []
+
+
+def test_demo_refuses_counts_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+    # Refused by the parser, before any training or output folder.
+    for flag, value, message in (("--seeds", "0", "must be >= 1, got 0"), ("--budget-seeds", "-3", "must be >= 1"),
+                                 ("--jobs", "two", "'two' is not an integer")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["demo", flag, value, "--out", "/nonexistent/never-written"])
+        assert exc.value.code == 2
+        assert f"argument {flag}: {message}" in capsys.readouterr().err
+    assert not Path("/nonexistent/never-written").exists()

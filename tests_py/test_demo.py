@@ -205,3 +205,65 @@ def test_every_digits_split_has_bounded_features() -> None:
         task = load_task("digits", seed)
         worst = max(float(t.abs().max()) for t in (task.x_train, task.x_val, task.x_test))
         assert worst < 16 * 1078**0.5, (seed, worst)
+
+
+def test_worker_processes_give_the_serial_numbers() -> None:
+    """Jobs run in spawned workers give the runs a serial demo gives, merged in the same order."""
+    from dataclasses import replace
+
+    from esper.demo.experiments import SETUPS
+    from esper.demo.jobs import job_runs, merge, plan_jobs, run_jobs
+
+    setups = {name: replace(SETUPS[name], epochs=8, sweep=SETUPS[name].sweep[:2], tight_budgets=(1300,))
+              for name in ("digits", "moons")}
+    jobs = plan_jobs(setups, ["digits"], ["moons"], seeds=1, budget_seeds=2)
+    assert [(j.task, j.kind, j.seed, j.budget) for j in jobs] == [
+        ("digits", "loose", 0, 0), ("digits", "budget", 0, 1300), ("digits", "budget", 1, 1300),
+        ("moons", "control", 0, 0)]
+
+    class Count:
+        def __init__(self) -> None:
+            self.n = 0
+
+        def update(self, n: int = 1) -> None:
+            self.n += n
+
+        def set_description(self, text: str) -> None:
+            pass
+
+    serial_bar, parallel_bar = Count(), Count()
+    serial = merge(jobs, run_jobs(jobs, "cpu", 1, serial_bar))
+    parallel = merge(jobs, run_jobs(jobs, "cpu", 2, parallel_bar))
+    assert serial_bar.n == parallel_bar.n == sum(job_runs(j) for j in jobs) == 7 + 2 + 2 + 1
+    assert set(serial) == set(parallel) == {"digits", "moons"}
+    for task in serial:
+        assert set(serial[task]) == set(parallel[task])
+        for key, runs in serial[task].items():
+            other = parallel[task][key]
+            assert [(r.kind, r.seed, r.width) for r in runs] == [(r.kind, r.seed, r.width) for r in other], key
+            assert [r.history["val_loss"] for r in runs] == [r.history["val_loss"] for r in other], key
+            assert [r.events for r in runs] == [r.events for r in other], key
+    assert len(serial["digits"]["grown@1300"]) == 2 and len(serial["digits"]["sweep_all"]) == 2
+
+
+def test_a_failing_job_stops_the_demo_with_its_error() -> None:
+    from dataclasses import replace
+
+    from esper.demo.experiments import SETUPS
+    from esper.demo.jobs import Job, run_jobs
+
+    class Quiet:
+        def update(self, n: int = 1) -> None:
+            pass
+
+        def set_description(self, text: str) -> None:
+            pass
+
+    good = Job("moons", "control", 0, replace(SETUPS["moons"], epochs=2))
+    for workers in (1, 2):
+        with pytest.raises(ValueError, match="unknown job kind 'bogus'"):
+            run_jobs([good, replace(good, kind="bogus")], "cpu", workers, Quiet())
+        with pytest.raises(ValueError, match="unknown task .nope."):
+            run_jobs([good, Job("nope", "control", 0, good.setup)], "cpu", workers, Quiet())
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        run_jobs([good], "cpu", 0, Quiet())

@@ -1,6 +1,6 @@
 """The `esper` command: demo, bench, the artifact store and the blueprint library.
 
-    esper demo [--quick] [--out DIR]
+    esper demo [--quick] [--seeds N] [--budget-seeds N] [--jobs N] [--out DIR]
     esper bench [--quick] [--out DIR]
     esper urza ls | show ID | verify | gc   [--root DIR]
     esper blueprints [--host linear:64:10]
@@ -22,6 +22,17 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import build_info
 
@@ -32,7 +43,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo.run import main as demo_main
 
-    return demo_main(quick=args.quick, out_dir=args.out, seeds=args.seeds, budget_seeds=args.budget_seeds)
+    return demo_main(quick=args.quick, out_dir=args.out, seeds=args.seeds, budget_seeds=args.budget_seeds,
+                     workers=args.jobs)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -115,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="grow models on digits and spirals against baselines")
     s.add_argument("--quick", action="store_true", help="fewer seeds and epochs (a smoke run)")
-    s.add_argument("--seeds", type=int, default=None, help="random seeds per configuration (default 10)")
-    s.add_argument("--budget-seeds", type=int, default=None,
+    s.add_argument("--seeds", type=_positive_int, default=None, help="random seeds per configuration (default 10)")
+    s.add_argument("--budget-seeds", type=_positive_int, default=None,
                    help="random seeds of the comparisons at tight budgets (default 20, or --seeds when more)")
+    s.add_argument("--jobs", type=_positive_int, default=None,
+                   help="processes running seeds side by side (default: one per CPU core; 1 on CUDA)")
     s.add_argument("--out", default="demo_out", help="folder for the table, JSON and plot")
     s.set_defaults(fn=_cmd_demo)
 

@@ -19,23 +19,10 @@ from typing import Any
 import torch
 
 from .. import build_info
-from .data import load_task
-from .experiments import (
-    SETUPS,
-    RunResult,
-    Setup,
-    early_schedule,
-    equal_budget_schedule,
-    fixed_run,
-    grown_run,
-    hand_run,
-    mean,
-    scratch_run,
-    seed_epochs,
-    std,
-)
+from .experiments import SETUPS, RunResult, Setup, mean, std
+from .jobs import default_workers, job_runs, merge, plan_jobs, run_jobs
 
-__all__ = ["main", "paired", "verdict", "at_equal_budget", "run_task", "run_control", "task_runs"]
+__all__ = ["main", "paired", "verdict", "at_equal_budget"]
 
 TASKS = ("digits", "spirals")
 CONTROLS = ("moons", "breast_cancer")
@@ -60,94 +47,6 @@ def _progress(total: int) -> Any:
                 pass
 
         return _Plain()
-
-
-def run_task(name: str, setup: Setup, seeds: int, device: torch.device, bar: Any,
-             budget_seeds: int | None = None) -> dict[str, list[RunResult]]:
-    """Every configuration of one task: the comparisons at the loose budget on ``seeds`` seeds, those
-    at the tight budgets on ``budget_seeds`` (default ``seeds``)."""
-    budget_seeds = seeds if budget_seeds is None else budget_seeds
-    out: dict[str, list[RunResult]] = {k: [] for k in ("sweep_best", "small", "large", "grown", "scratch",
-                                                          "random", "hand", "hand_early", "sweep_all")}
-    for seed in range(max(seeds, budget_seeds)):
-        task = load_task(name, seed, device)
-        if seed < seeds:
-            _at_loose_budget(out, name, setup, task, seed, bar)
-        if seed < budget_seeds:
-            for budget in setup.tight_budgets:
-                _at_budget(out, name, setup, budget, task, seed, bar)
-    return out
-
-
-def _at_loose_budget(out: dict[str, list[RunResult]], name: str, setup: Setup, task: Any, seed: int,
-                     bar: Any) -> None:
-    """The fixed-size sweep, the grown run, its shape from scratch, random placement and the hand schedules."""
-    bar.set_description(f"{name} seed {seed}: fixed sweep")
-    sweep = []
-    for width in setup.sweep:
-        sweep.append(fixed_run(task, setup, width, seed))
-        bar.update()
-    # The sweep's pick is made on validation, like every other choice.
-    best = max(sweep, key=lambda r: (r.history["val_acc"][r.best_epoch], -r.history["val_loss"][r.best_epoch]))
-    out["sweep_best"].append(best)
-    out["sweep_all"].extend(sweep)
-    out["small"].append(sweep[0])
-    out["large"].append(sweep[-1])
-    bar.set_description(f"{name} seed {seed}: grown (heuristic)")
-    grown = grown_run(task, setup, seed)
-    out["grown"].append(grown)
-    bar.update()
-    bar.set_description(f"{name} seed {seed}: same shape from scratch")
-    out["scratch"].append(scratch_run(task, setup, seed, grown.final_seeds))
-    bar.update()
-    bar.set_description(f"{name} seed {seed}: random placement")
-    out["random"].append(grown_run(task, setup, seed, policy="random"))
-    bar.update()
-    # The hand schedules get the grown model's seeds (its final shape); the equal-budget one also
-    # its compute (the seed-epochs of every germination, pruned ones included).
-    k = len(grown.final_seeds)  # 0 when Tamiyo did not grow: the hand schedules do not either
-    bar.set_description(f"{name} seed {seed}: hand schedule, same budget")
-    plan = equal_budget_schedule(setup, k, seed_epochs(grown.events, setup.epochs))
-    out["hand"].append(hand_run(task, setup, seed, plan))
-    bar.update()
-    bar.set_description(f"{name} seed {seed}: hand schedule, early")
-    out["hand_early"].append(hand_run(task, setup, seed, early_schedule(setup, k), kind="hand_early"))
-    bar.update()
-
-
-def _at_budget(out: dict[str, list[RunResult]], name: str, setup: Setup, budget: int, task: Any, seed: int,
-               bar: Any) -> None:
-    """The equal-budget comparisons under a parameter budget that binds: grown, random placement and the
-    hand schedule (the grown run's seeds and seed-epochs), keyed ``kind@budget``."""
-    tight = replace(setup, morph=replace(setup.morph, max_params=budget))
-    bar.set_description(f"{name} seed {seed}: budget {budget}, grown")
-    grown = grown_run(task, tight, seed)
-    out.setdefault(f"grown@{budget}", []).append(grown)
-    bar.update()
-    if setup.targets != "block":
-        bar.set_description(f"{name} seed {seed}: budget {budget}, random placement")
-        out.setdefault(f"random@{budget}", []).append(grown_run(task, tight, seed, policy="random"))
-        bar.update()
-    bar.set_description(f"{name} seed {seed}: budget {budget}, hand schedule")
-    plan = equal_budget_schedule(tight, len(grown.final_seeds), seed_epochs(grown.events, tight.epochs))
-    out.setdefault(f"hand@{budget}", []).append(hand_run(task, tight, seed, plan))
-    bar.update()
-
-
-def task_runs(setup: Setup, seeds: int, budget_seeds: int) -> int:
-    """How many training runs :func:`run_task` makes."""
-    per_budget = 2 if setup.targets == "block" else 3
-    return seeds * (len(setup.sweep) + 5) + budget_seeds * per_budget * len(setup.tight_budgets)
-
-
-def run_control(name: str, setup: Setup, seeds: int, device: torch.device, bar: Any) -> list[RunResult]:
-    """Grown runs on a negative control: the controller should (almost) not grow."""
-    runs = []
-    for seed in range(seeds):
-        bar.set_description(f"{name} seed {seed}: negative control")
-        runs.append(grown_run(load_task(name, seed, device), setup, seed))
-        bar.update()
-    return runs
 
 
 def _row(label: str, runs: list[RunResult]) -> dict[str, Any]:
@@ -307,7 +206,7 @@ def _plot(path: str, results: dict[str, dict[str, list[RunResult]]]) -> None:
 
 
 def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = None,
-         budget_seeds: int | None = None) -> int:
+         budget_seeds: int | None = None, workers: int | None = None) -> int:
     """Run the demo; returns 0 (bars missed are reported, not fatal).
 
     Args:
@@ -318,9 +217,13 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
             more or when quick):
             their differences are a few tenths of a point against a per-seed spread near one point, which
             10 seeds cannot resolve.
+        workers: processes that run the seeds side by side (default: one per CPU core; one on CUDA). The
+            numbers do not depend on it.
     """
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    workers = default_workers(device.type) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"esper demo: workers must be >= 1, got {workers}")
     n = seeds if seeds is not None else (1 if quick else 10)
     nb = budget_seeds if budget_seeds is not None else (n if quick else max(n, BUDGET_SEEDS))
     tasks = TASKS[:1] if quick else TASKS
@@ -328,18 +231,19 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
     setups = {name: SETUPS[name] for name in tasks + controls}
     if quick:
         setups = {k: replace(v, epochs=min(v.epochs, 15), tight_budgets=v.tight_budgets[:1]) for k, v in setups.items()}
-    total = sum(task_runs(setups[t], n, nb) for t in tasks) + n * len(controls)
+    jobs = plan_jobs(setups, tasks, controls, n, nb)
     os.makedirs(out_dir, exist_ok=True)
     print(f"esper demo: {', '.join(tasks)} ({n} seed(s) each, {nb} at the tight budgets), negative controls "
-          f"{', '.join(controls)}; device {device}")
+          f"{', '.join(controls)}; device {device}, {min(workers, len(jobs))} worker(s)")
     start = time.perf_counter()
-    bar = _progress(total)
-    results = {t: run_task(t, setups[t], n, device, bar, budget_seeds=nb) for t in tasks}
-    control_runs = {c: run_control(c, setups[c], n, device, bar) for c in controls}
+    bar = _progress(sum(job_runs(j) for j in jobs))
+    merged = merge(jobs, run_jobs(jobs, device.type, workers, bar))
     bar.close()
+    results = {t: merged[t] for t in tasks}
+    control_runs = {c: merged[c]["control"] for c in controls}
 
     report: dict[str, Any] = {"machine": {"platform": platform.platform(), "torch": torch.__version__,
-                                          "device": str(device), "esper": build_info()},
+                                          "device": str(device), "esper": build_info(), "workers": workers},
                               "budget_seeds": nb,
                               "seeds": n, "tasks": {}, "controls": {}}
     text = []

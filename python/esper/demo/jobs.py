@@ -1,0 +1,237 @@
+"""The demo's training runs, cut into independent jobs that run in worker processes.
+
+A job is everything one seed needs on one task at one budget: the loose-budget
+comparisons (the fixed sweep, the grown run, its shape from scratch, random
+placement and the hand schedules, which depend on the grown run), one tight
+budget's comparisons, or one negative-control run. Jobs share nothing, so they
+run side by side, one per CPU core; each run seeds its own generators and uses
+one intra-op thread, so the numbers do not depend on how many workers there
+are or which one ran a job (``tests_py/test_demo.py`` checks this). Results are merged in the serial order.
+
+Workers are spawned, never forked: the parent process already runs the Go
+runtime of ``libesper.so``, and a forked copy of it is not safe (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from .data import load_task
+from .experiments import (
+    RunResult,
+    Setup,
+    early_schedule,
+    equal_budget_schedule,
+    fixed_run,
+    grown_run,
+    hand_run,
+    scratch_run,
+    seed_epochs,
+)
+
+__all__ = ["Job", "plan_jobs", "job_runs", "run_job", "run_jobs", "merge", "default_workers"]
+
+#: What a loose-budget job fills, in the order the report reads them.
+LOOSE_KEYS = ("sweep_best", "small", "large", "grown", "scratch", "random", "hand", "hand_early", "sweep_all")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One seed's runs on one task.
+
+    Attributes:
+        task: task name (a key of ``SETUPS``).
+        kind: "loose" (the comparisons at the setup's own budget), "budget" (those at ``budget``)
+            or "control" (one grown run on a negative control).
+        seed: the seed of the split, the initialisation and the controller.
+        setup: how the task is grown.
+        budget: the tight parameter budget of a "budget" job; 0 otherwise.
+    """
+
+    task: str
+    kind: str
+    seed: int
+    setup: Setup
+    budget: int = 0
+
+
+def plan_jobs(setups: dict[str, Setup], tasks: Sequence[str], controls: Sequence[str], seeds: int,
+              budget_seeds: int) -> list[Job]:
+    """The jobs of a demo, in the order a serial run makes them: per task and seed, the loose-budget
+    comparisons on ``seeds`` seeds, then each tight budget on ``budget_seeds``; then the controls."""
+    jobs = []
+    for name in tasks:
+        setup = setups[name]
+        for seed in range(max(seeds, budget_seeds)):
+            if seed < seeds:
+                jobs.append(Job(name, "loose", seed, setup))
+            if seed < budget_seeds:
+                jobs.extend(Job(name, "budget", seed, setup, b) for b in setup.tight_budgets)
+    for name in controls:
+        jobs.extend(Job(name, "control", seed, setups[name]) for seed in range(seeds))
+    return jobs
+
+
+def job_runs(job: Job) -> int:
+    """How many training runs the job makes (the progress bar's unit)."""
+    if job.kind == "loose":
+        return len(job.setup.sweep) + 5
+    if job.kind == "budget":
+        return 2 if job.setup.targets == "block" else 3
+    return 1
+
+
+class _NoBar:
+    """The progress bar of a worker: the parent process counts finished jobs instead."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_description(self, text: str) -> None:
+        pass
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Every run uses one intra-op thread, in a worker or not: the demo's models are too small to gain from
+    more, and a float sum split over a different number of threads rounds differently."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_job(job: Job, device: str, bar: Any = None) -> dict[str, list[RunResult]]:
+    """Make the job's runs (on one thread); returns them keyed by configuration (see :func:`merge`)."""
+    with _one_thread():
+        return _run_job(job, device, _NoBar() if bar is None else bar)
+
+
+def _run_job(job: Job, device: str, bar: Any) -> dict[str, list[RunResult]]:
+    task = load_task(job.task, job.seed, torch.device(device))
+    if job.kind == "loose":
+        return _at_loose_budget(job, task, bar)
+    if job.kind == "budget":
+        return _at_budget(job, task, bar)
+    if job.kind == "control":
+        bar.set_description(f"{job.task} seed {job.seed}: negative control")
+        run = grown_run(task, job.setup, job.seed)
+        bar.update()
+        return {"control": [run]}
+    raise ValueError(f"unknown job kind {job.kind!r} (want loose, budget or control)")
+
+
+def _at_loose_budget(job: Job, task: Any, bar: Any) -> dict[str, list[RunResult]]:
+    """The fixed-size sweep, the grown run, its shape from scratch, random placement and the hand schedules."""
+    setup, seed, name = job.setup, job.seed, job.task
+    bar.set_description(f"{name} seed {seed}: fixed sweep")
+    sweep = []
+    for width in setup.sweep:
+        sweep.append(fixed_run(task, setup, width, seed))
+        bar.update()
+    # The sweep's pick is made on validation, like every other choice.
+    best = max(sweep, key=lambda r: (r.history["val_acc"][r.best_epoch], -r.history["val_loss"][r.best_epoch]))
+    bar.set_description(f"{name} seed {seed}: grown (heuristic)")
+    grown = grown_run(task, setup, seed)
+    bar.update()
+    bar.set_description(f"{name} seed {seed}: same shape from scratch")
+    scratch = scratch_run(task, setup, seed, grown.final_seeds)
+    bar.update()
+    bar.set_description(f"{name} seed {seed}: random placement")
+    random = grown_run(task, setup, seed, policy="random")
+    bar.update()
+    # The hand schedules get the grown model's seeds (its final shape); the equal-budget one also
+    # its compute (the seed-epochs of every germination, pruned ones included).
+    k = len(grown.final_seeds)  # 0 when Tamiyo did not grow: the hand schedules do not either
+    bar.set_description(f"{name} seed {seed}: hand schedule, same budget")
+    hand = hand_run(task, setup, seed, equal_budget_schedule(setup, k, seed_epochs(grown.events, setup.epochs)))
+    bar.update()
+    bar.set_description(f"{name} seed {seed}: hand schedule, early")
+    early = hand_run(task, setup, seed, early_schedule(setup, k), kind="hand_early")
+    bar.update()
+    return {"sweep_best": [best], "small": [sweep[0]], "large": [sweep[-1]], "grown": [grown],
+            "scratch": [scratch], "random": [random], "hand": [hand], "hand_early": [early], "sweep_all": sweep}
+
+
+def _at_budget(job: Job, task: Any, bar: Any) -> dict[str, list[RunResult]]:
+    """The equal-budget comparisons under a parameter budget that binds: grown, random placement and the
+    hand schedule (the grown run's seeds and seed-epochs), keyed ``kind@budget``."""
+    b, seed, name = job.budget, job.seed, job.task
+    tight = replace(job.setup, morph=replace(job.setup.morph, max_params=b))
+    out: dict[str, list[RunResult]] = {}
+    bar.set_description(f"{name} seed {seed}: budget {b}, grown")
+    grown = grown_run(task, tight, seed)
+    out[f"grown@{b}"] = [grown]
+    bar.update()
+    if tight.targets != "block":
+        bar.set_description(f"{name} seed {seed}: budget {b}, random placement")
+        out[f"random@{b}"] = [grown_run(task, tight, seed, policy="random")]
+        bar.update()
+    bar.set_description(f"{name} seed {seed}: budget {b}, hand schedule")
+    plan = equal_budget_schedule(tight, len(grown.final_seeds), seed_epochs(grown.events, tight.epochs))
+    out[f"hand@{b}"] = [hand_run(task, tight, seed, plan)]
+    bar.update()
+    return out
+
+
+def merge(jobs: Sequence[Job], results: Sequence[dict[str, list[RunResult]]]) -> dict[str, dict[str, list[RunResult]]]:
+    """Per task (controls included), each configuration's runs in job order, that is by seed."""
+    out: dict[str, dict[str, list[RunResult]]] = {}
+    for job, res in zip(jobs, results, strict=True):
+        per_task = out.setdefault(job.task, {k: [] for k in LOOSE_KEYS} if job.kind != "control" else {})
+        for key, runs in res.items():
+            per_task.setdefault(key, []).extend(runs)
+    return out
+
+
+def default_workers(device: str) -> int:
+    """One worker per CPU core this process may use; one on CUDA, where a run is too small to share a GPU
+    well and each process would hold its own CUDA context."""
+    if device != "cpu":
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def run_jobs(jobs: Sequence[Job], device: str, workers: int, bar: Any) -> list[dict[str, list[RunResult]]]:
+    """Run the jobs, ``workers`` at a time (in this process when 1); results in job order.
+
+    A job that fails stops the demo: the jobs not yet started are cancelled and its error is raised.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers == 1 or len(jobs) <= 1:
+        return [run_job(job, device, bar) for job in jobs]
+    workers = min(workers, len(jobs))
+    results: list[dict[str, list[RunResult]] | None] = [None] * len(jobs)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        index: dict[Future[dict[str, list[RunResult]]], int] = {
+            pool.submit(run_job, job, device): i for i, job in enumerate(jobs)}
+        pending = set(index)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                err = fut.exception()
+                if err is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise err
+                i = index[fut]
+                results[i] = fut.result()
+                bar.set_description(f"{jobs[i].task} seed {jobs[i].seed}: {jobs[i].kind} done")
+                bar.update(job_runs(jobs[i]))
+    missing = [jobs[i] for i, r in enumerate(results) if r is None]
+    if missing:
+        raise RuntimeError(f"demo jobs finished without a result: {missing}")
+    return [r for r in results if r is not None]
