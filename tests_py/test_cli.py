@@ -111,10 +111,13 @@ def test_urza_commands_on_a_store(store_dir: tuple[Path, list[str]], capsys: pyt
         assert [e["id"] for e in store.list()] == [ids[0]] and store.verify()["bad"] == []
 
 
-def test_demo_refuses_counts_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_refuses_bad_counts_and_tasks(capsys: pytest.CaptureFixture[str]) -> None:
     # Refused by the parser, before any training or output folder.
     for flag, value, message in (("--seeds", "0", "must be >= 1, got 0"), ("--budget-seeds", "-3", "must be >= 1"),
-                                 ("--jobs", "two", "'two' is not an integer")):
+                                 ("--jobs", "two", "'two' is not an integer"),
+                                 ("--tasks", "digits,mnist",
+                                  "'digits,mnist': each task must be one of digits, spirals, classification"),
+                                 ("--tasks", ",", "',': each task must be one of")):
         with pytest.raises(SystemExit) as exc:
             cli.main(["demo", flag, value, "--out", "/nonexistent/never-written"])
         assert exc.value.code == 2

@@ -267,3 +267,14 @@ def test_a_failing_job_stops_the_demo_with_its_error() -> None:
             run_jobs([good, Job("nope", "control", 0, good.setup)], "cpu", workers, Quiet())
     with pytest.raises(ValueError, match="workers must be >= 1"):
         run_jobs([good], "cpu", 0, Quiet())
+
+
+def test_demo_main_refuses_unknown_tasks_and_workers(tmp_path: Path) -> None:
+    from esper.demo.run import main
+
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="tasks must be some of digits, spirals, classification, got \\['mnist'\\]"):
+        main(tasks=("mnist",), out_dir=str(out))
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        main(workers=0, out_dir=str(out))
+    assert not out.exists()

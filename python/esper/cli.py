@@ -1,6 +1,6 @@
 """The `esper` command: demo, bench, the artifact store and the blueprint library.
 
-    esper demo [--quick] [--seeds N] [--budget-seeds N] [--jobs N] [--out DIR]
+    esper demo [--quick] [--tasks T,..] [--seeds N] [--budget-seeds N] [--jobs N] [--out DIR]
     esper bench [--quick] [--out DIR]
     esper urza ls | show ID | verify | gc   [--root DIR]
     esper blueprints [--host linear:64:10]
@@ -33,6 +33,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _demo_tasks(text: str) -> tuple[str, ...]:
+    """An argparse type: a comma-separated list of the demo's growth tasks."""
+    from .demo.run import ALL_TASKS
+
+    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in tasks if t not in ALL_TASKS]
+    if unknown or not tasks:
+        raise argparse.ArgumentTypeError(f"{text!r}: each task must be one of {', '.join(ALL_TASKS)}")
+    return tasks
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import build_info
 
@@ -44,7 +55,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo.run import main as demo_main
 
     return demo_main(quick=args.quick, out_dir=args.out, seeds=args.seeds, budget_seeds=args.budget_seeds,
-                     workers=args.jobs)
+                     workers=args.jobs, tasks=args.tasks)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -130,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=_positive_int, default=None, help="random seeds per configuration (default 10)")
     s.add_argument("--budget-seeds", type=_positive_int, default=None,
                    help="random seeds of the comparisons at tight budgets (default 20, or --seeds when more)")
+    s.add_argument("--tasks", type=_demo_tasks, default=None,
+                   help="growth tasks, comma-separated, of digits, spirals, classification (default digits,spirals)")
     s.add_argument("--jobs", type=_positive_int, default=None,
                    help="processes running seeds side by side (default: one per CPU core; 1 on CUDA)")
     s.add_argument("--out", default="demo_out", help="folder for the table, JSON and plot")

@@ -84,7 +84,9 @@ def bench_cold(rounds: int = 7, calls: int = 60, gap_s: float = 0.001) -> list[R
                     samples_row("abi", f"no-op call after 1 ms of torch work, {tag}", "cpu", got["noop"], "us",
                                 target=value_at_most(2.0, "<= 2 us"), source="ABI", baseline=libc_us,
                                 baseline_name="libc getpid through ctypes after the same work",
-                                note=f"{what}: what a call into Go costs inside a training loop"),
+                                note=f"{what}: what a call into Go costs inside a training loop; missed because "
+                                     "Go's sysmon takes back the scheduler P the thread keeps while it runs torch, and "
+                                     "the next call takes the slow path (golang/go#57103; docs/internals.md)"),
                     samples_row("abi", f"session step after 1 ms of torch work, {tag}", "cpu", got["step"], "us",
                                 target=None, source="ABI", baseline=libc_us,
                                 baseline_name="libc getpid through ctypes after the same work",

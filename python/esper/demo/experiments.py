@@ -99,6 +99,10 @@ SETUPS: dict[str, Setup] = {
     "spirals": Setup("spirals", depth=2, start_width=16, sweep=[8, 16, 32, 64, 128], targets="linear",
                      morph=_morph(max_params=20_000, template_params={"width": 32}),
                      tight_budgets=(700, 1100, 1700)),
+    # Not in the default demo (`esper demo --tasks classification`): make_classification (20 features, 4 classes),
+    # grown like digits; a seed has 404 parameters.
+    "classification": Setup("classification", depth=1, start_width=8, sweep=[8, 16, 32, 64, 128], targets="block",
+                            morph=_morph(max_params=20_000)),
     # Negative controls run the controller at the library's defaults (what a user gets), without the
     # horizon: at 6-10 steps per epoch the default 200-step lifecycle would forbid growth in 30 epochs on
     # its own, and the controls test the plateau judgement.

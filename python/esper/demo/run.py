@@ -24,7 +24,10 @@ from .jobs import default_workers, job_runs, merge, plan_jobs, run_jobs
 
 __all__ = ["main", "paired", "verdict", "at_equal_budget"]
 
+#: The growth tasks the demo runs unless told otherwise (`--tasks`).
 TASKS = ("digits", "spirals")
+#: Growth tasks that can be asked for: the default ones and make_classification.
+ALL_TASKS = ("digits", "spirals", "classification")
 CONTROLS = ("moons", "breast_cancer")
 #: Seeds of the comparisons at the tight budgets, unless told otherwise.
 BUDGET_SEEDS = 20
@@ -206,7 +209,7 @@ def _plot(path: str, results: dict[str, dict[str, list[RunResult]]]) -> None:
 
 
 def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = None,
-         budget_seeds: int | None = None, workers: int | None = None) -> int:
+         budget_seeds: int | None = None, workers: int | None = None, tasks: tuple[str, ...] | None = None) -> int:
     """Run the demo; returns 0 (bars missed are reported, not fatal).
 
     Args:
@@ -217,6 +220,7 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
             more or when quick):
             their differences are a few tenths of a point against a per-seed spread near one point, which
             10 seeds cannot resolve.
+        tasks: growth tasks to run, from ALL_TASKS (default TASKS; the first of them when quick).
         workers: processes that run the seeds side by side (default: one per CPU core; one on CUDA). The
             numbers do not depend on it.
     """
@@ -226,7 +230,12 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
         raise ValueError(f"esper demo: workers must be >= 1, got {workers}")
     n = seeds if seeds is not None else (1 if quick else 10)
     nb = budget_seeds if budget_seeds is not None else (n if quick else max(n, BUDGET_SEEDS))
-    tasks = TASKS[:1] if quick else TASKS
+    if tasks is not None:
+        unknown = [t for t in tasks if t not in ALL_TASKS]
+        if unknown or not tasks:
+            raise ValueError(f"esper demo: tasks must be some of {', '.join(ALL_TASKS)}, got {list(tasks)}")
+    tasks = tuple(tasks or TASKS)
+    tasks = tasks[:1] if quick else tasks
     controls = CONTROLS[:1] if quick else CONTROLS
     setups = {name: SETUPS[name] for name in tasks + controls}
     if quick:
