@@ -278,3 +278,46 @@ def test_demo_main_refuses_unknown_tasks_and_workers(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
         main(workers=0, out_dir=str(out))
     assert not out.exists()
+
+
+def test_ctrl_c_stops_the_demo_and_its_workers(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) ends a parallel demo at once: no worker is left
+    to run the rest of the queue."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esper", "demo", "--jobs", "2", "--out", str(tmp_path / "demo")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO / "python")),
+    )
+    try:
+        assert "2 worker(s)" in proc.stdout.readline()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(_children(proc.pid)) < 2:
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2, workers  # the spawned workers (and multiprocessing's resource tracker)
+        time.sleep(2)  # mid-job
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    assert "esper: interrupted" in err and "Traceback" not in err
+    assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}") and _state(pid) != "Z"]
+    assert not (tmp_path / "demo" / "results.json").exists()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"

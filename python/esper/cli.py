@@ -181,3 +181,6 @@ def main(argv: list[str] | None = None) -> int:
     except EsperError as exc:
         print(f"esper: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("esper: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -205,32 +205,41 @@ def default_workers(device: str) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _ignore_sigint() -> None:
+    """A worker's initializer: Ctrl-C reaches every process of the terminal's group, and the parent alone
+    handles it (it stops the workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_indexed(item: tuple[int, Job, str]) -> tuple[int, dict[str, list[RunResult]]]:
+    i, job, device = item
+    return i, run_job(job, device)
+
+
 def run_jobs(jobs: Sequence[Job], device: str, workers: int, bar: Any) -> list[dict[str, list[RunResult]]]:
     """Run the jobs, ``workers`` at a time (in this process when 1); results in job order.
 
-    A job that fails stops the demo: the jobs not yet started are cancelled and its error is raised.
+    A job that fails, or Ctrl-C, stops the demo: the workers are terminated, the jobs not yet run are
+    dropped, and the error is raised here.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if workers == 1 or len(jobs) <= 1:
         return [run_job(job, device, bar) for job in jobs]
-    workers = min(workers, len(jobs))
     results: list[dict[str, list[RunResult]] | None] = [None] * len(jobs)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        index: dict[Future[dict[str, list[RunResult]]], int] = {
-            pool.submit(run_job, job, device): i for i, job in enumerate(jobs)}
-        pending = set(index)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for fut in done:
-                err = fut.exception()
-                if err is not None:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise err
-                i = index[fut]
-                results[i] = fut.result()
-                bar.set_description(f"{jobs[i].task} seed {jobs[i].seed}: {jobs[i].kind} done")
-                bar.update(job_runs(jobs[i]))
+    pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_ignore_sigint)
+    try:
+        for i, res in pool.imap_unordered(_run_indexed, [(i, job, device) for i, job in enumerate(jobs)]):
+            results[i] = res
+            bar.set_description(f"{jobs[i].task} seed {jobs[i].seed}: {jobs[i].kind} done")
+            bar.update(job_runs(jobs[i]))
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()
+    finally:
+        pool.join()
     missing = [jobs[i] for i, r in enumerate(results) if r is None]
     if missing:
         raise RuntimeError(f"demo jobs finished without a result: {missing}")
