@@ -321,3 +321,31 @@ def _state(pid: int) -> str:
             return f.read().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         return "gone"
+
+
+def test_default_workers_fit_the_cpus_and_the_memory(tmp_path: Path) -> None:
+    from esper.demo.jobs import MAX_WORKERS, WORKER_BYTES, _read_int, workers_for
+
+    gib = 1 << 30
+    assert WORKER_BYTES == gib
+    cases = [
+        # (cpus, memory bytes, workers)
+        (2, 24 * gib, 2),
+        (64, None, MAX_WORKERS),  # many cores: capped
+        (64, 3 * gib + 5, 3),  # a container with little memory: what it holds
+        (16, gib - 1, 1),  # not even one worker's memory: still one (the serial run needs it too)
+        (1, 100 * gib, 1),
+    ]
+    for cpus, memory, want in cases:
+        assert workers_for(cpus, memory) == want, (cpus, memory)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24576000 kB\nMemAvailable:   1000 kB\nHugePages_Total:       0\n")
+    assert _read_int(str(meminfo), "MemAvailable") == 1000 * 1024
+    assert _read_int(str(meminfo), "HugePages_Total") == 0
+    assert _read_int(str(meminfo), "Missing") is None
+    limit = tmp_path / "memory.max"
+    limit.write_text("max\n")  # cgroup v2: no limit
+    assert _read_int(str(limit)) is None
+    limit.write_text("4294967296\n")
+    assert _read_int(str(limit)) == 4 * gib
+    assert _read_int(str(tmp_path / "absent")) is None

@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tasks", type=_demo_tasks, default=None,
                    help="growth tasks, comma-separated, of digits, spirals, classification (default digits,spirals)")
     s.add_argument("--jobs", type=_positive_int, default=None,
-                   help="processes running seeds side by side (default: one per CPU core; 1 on CUDA)")
+                   help="processes running seeds side by side (default: one per CPU core, at most 8 and one per "
+                        "GiB of available memory; 1 on CUDA)")
     s.add_argument("--out", default="demo_out", help="folder for the table, JSON and plot")
     s.set_defaults(fn=_cmd_demo)
 

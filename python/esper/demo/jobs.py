@@ -4,9 +4,11 @@ A job is everything one seed needs on one task at one budget: the loose-budget
 comparisons (the fixed sweep, the grown run, its shape from scratch, random
 placement and the hand schedules, which depend on the grown run), one tight
 budget's comparisons, or one negative-control run. Jobs share nothing, so they
-run side by side, one per CPU core; each run seeds its own generators and uses
-one intra-op thread, so the numbers do not depend on how many workers there
-are or which one ran a job (``tests_py/test_demo.py`` checks this). Results are merged in the serial order.
+run side by side, one worker per CPU core within the memory (see
+:func:`default_workers`). Each run seeds its own generators and uses one
+intra-op thread, so the numbers do not depend on how many workers there are or
+which one ran a job (``tests_py/test_demo.py`` checks this). Results are merged
+in the serial order.
 
 Workers are spawned, never forked: the parent process already runs the Go
 runtime of ``libesper.so``, and a forked copy of it is not safe (DESIGN §3).
@@ -37,7 +39,7 @@ from .experiments import (
     seed_epochs,
 )
 
-__all__ = ["Job", "plan_jobs", "job_runs", "run_job", "run_jobs", "merge", "default_workers"]
+__all__ = ["Job", "plan_jobs", "job_runs", "run_job", "run_jobs", "merge", "default_workers", "workers_for"]
 
 #: What a loose-budget job fills, in the order the report reads them.
 LOOSE_KEYS = ("sweep_best", "small", "large", "grown", "scratch", "random", "hand", "hand_early", "sweep_all")
@@ -194,15 +196,66 @@ def merge(jobs: Sequence[Job], results: Sequence[dict[str, list[RunResult]]]) ->
     return out
 
 
+#: Memory set aside per worker: a worker holds 0.76-0.80 GB resident (measured, CUDA build of torch on CPU).
+WORKER_BYTES = 1 << 30
+#: At most this many workers by default: beyond it the demo's 140 jobs gain little, and each worker
+#: costs its memory.
+MAX_WORKERS = 8
+
+
+def workers_for(cpus: int, memory_bytes: int | None) -> int:
+    """How many workers fit: one per CPU, at most MAX_WORKERS, and no more than the memory holds
+    (``memory_bytes`` None: unknown, not limiting); at least one."""
+    n = min(cpus, MAX_WORKERS)
+    if memory_bytes is not None:
+        n = min(n, memory_bytes // WORKER_BYTES)
+    return max(1, n)
+
+
 def default_workers(device: str) -> int:
-    """One worker per CPU core this process may use; one on CUDA, where a run is too small to share a GPU
-    well and each process would hold its own CUDA context."""
+    """The demo's default number of workers: :func:`workers_for` this machine's usable CPUs and available
+    memory; one on CUDA, where a run is too small to share a GPU well and each process would hold its own
+    CUDA context."""
     if device != "cpu":
         return 1
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    return workers_for(cpus, _available_memory())
+
+
+def _read_int(path: str, key: str | None = None) -> int | None:
+    """An integer from a /proc or /sys file (the value after ``key`` in a "key: value kB" file); None when the
+    file is absent or holds no number (cgroup v2 writes "max" for no limit)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    if key is not None:
+        for line in text.splitlines():
+            name, _, rest = line.partition(":")
+            if name == key:
+                parts = rest.split()
+                if parts and parts[0].isdigit():
+                    return int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+        return None
+    text = text.strip()
+    return int(text) if text.isdigit() else None
+
+
+def _available_memory() -> int | None:
+    """Bytes this process may still take: the kernel's MemAvailable, lowered to the cgroup's limit (v2 or v1)
+    minus its usage when a container sets one; None when neither is known."""
+    known = [m for m in (_read_int("/proc/meminfo", "MemAvailable"),) if m is not None]
+    for limit_path, usage_path in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit = _read_int(limit_path)
+        if limit is not None and limit < 1 << 60:  # v1 writes a huge number for no limit
+            known.append(max(0, limit - (_read_int(usage_path) or 0)))
+    return min(known) if known else None
 
 
 def _ignore_sigint() -> None:

@@ -221,7 +221,8 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
             their differences are a few tenths of a point against a per-seed spread near one point, which
             10 seeds cannot resolve.
         tasks: growth tasks to run, from ALL_TASKS (default TASKS; the first of them when quick).
-        workers: processes that run the seeds side by side (default: one per CPU core; one on CUDA). The
+        workers: processes that run the seeds side by side (default: one per CPU core, at most 8 and one per
+            GiB of available memory; one on CUDA; see :func:`esper.demo.jobs.default_workers`). The
             numbers do not depend on it.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
