@@ -116,8 +116,9 @@ def test_demo_refuses_bad_counts_and_tasks(capsys: pytest.CaptureFixture[str]) -
     for flag, value, message in (("--seeds", "0", "must be >= 1, got 0"), ("--budget-seeds", "-3", "must be >= 1"),
                                  ("--jobs", "two", "'two' is not an integer"),
                                  ("--tasks", "digits,mnist",
-                                  "'digits,mnist': each task must be one of digits, spirals, classification"),
-                                 ("--tasks", ",", "',': each task must be one of")):
+                                  "'digits,mnist': esper demo: tasks must be some of digits, spirals, classification, "
+                                  "got ['digits', 'mnist']"),
+                                 ("--tasks", ",", "',': esper demo: tasks must be some of")):
         with pytest.raises(SystemExit) as exc:
             cli.main(["demo", flag, value, "--out", "/nonexistent/never-written"])
         assert exc.value.code == 2

@@ -35,13 +35,12 @@ def _positive_int(text: str) -> int:
 
 def _demo_tasks(text: str) -> tuple[str, ...]:
     """An argparse type: a comma-separated list of the demo's growth tasks."""
-    from .demo.run import ALL_TASKS
+    from .demo.run import check_tasks
 
-    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
-    unknown = [t for t in tasks if t not in ALL_TASKS]
-    if unknown or not tasks:
-        raise argparse.ArgumentTypeError(f"{text!r}: each task must be one of {', '.join(ALL_TASKS)}")
-    return tasks
+    try:
+        return check_tasks([t.strip() for t in text.split(",") if t.strip()])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -22,7 +23,7 @@ from .. import build_info
 from .experiments import SETUPS, RunResult, Setup, mean, std
 from .jobs import default_workers, job_runs, merge, plan_jobs, run_jobs
 
-__all__ = ["main", "paired", "verdict", "at_equal_budget"]
+__all__ = ["main", "paired", "verdict", "at_equal_budget", "check_tasks"]
 
 #: The growth tasks the demo runs unless told otherwise (`--tasks`).
 TASKS = ("digits", "spirals")
@@ -50,6 +51,17 @@ def _progress(total: int) -> Any:
                 pass
 
         return _Plain()
+
+
+def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+    """The growth tasks asked for, checked: one or more of ALL_TASKS.
+
+    Raises:
+        ValueError: none, or one that is not a growth task of the demo.
+    """
+    if not tasks or any(t not in ALL_TASKS for t in tasks):
+        raise ValueError(f"esper demo: tasks must be some of {', '.join(ALL_TASKS)}, got {list(tasks)}")
+    return tuple(tasks)
 
 
 def _row(label: str, runs: list[RunResult]) -> dict[str, Any]:
@@ -231,11 +243,7 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
         raise ValueError(f"esper demo: workers must be >= 1, got {workers}")
     n = seeds if seeds is not None else (1 if quick else 10)
     nb = budget_seeds if budget_seeds is not None else (n if quick else max(n, BUDGET_SEEDS))
-    if tasks is not None:
-        unknown = [t for t in tasks if t not in ALL_TASKS]
-        if unknown or not tasks:
-            raise ValueError(f"esper demo: tasks must be some of {', '.join(ALL_TASKS)}, got {list(tasks)}")
-    tasks = tuple(tasks or TASKS)
+    tasks = TASKS if tasks is None else check_tasks(tasks)
     tasks = tasks[:1] if quick else tasks
     controls = CONTROLS[:1] if quick else CONTROLS
     setups = {name: SETUPS[name] for name in tasks + controls}
