@@ -207,6 +207,19 @@ def test_every_digits_split_has_bounded_features() -> None:
         assert worst < 16 * 1078**0.5, (seed, worst)
 
 
+class _CountingBar:
+    """A progress bar that counts the runs it is told about."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_description(self, text: str) -> None:
+        pass
+
+
 def test_worker_processes_give_the_serial_numbers() -> None:
     """Jobs run in spawned workers give the runs a serial demo gives, merged in the same order."""
     from dataclasses import replace
@@ -221,17 +234,7 @@ def test_worker_processes_give_the_serial_numbers() -> None:
         ("digits", "loose", 0, 0), ("digits", "budget", 0, 1300), ("digits", "budget", 1, 1300),
         ("moons", "control", 0, 0)]
 
-    class Count:
-        def __init__(self) -> None:
-            self.n = 0
-
-        def update(self, n: int = 1) -> None:
-            self.n += n
-
-        def set_description(self, text: str) -> None:
-            pass
-
-    serial_bar, parallel_bar = Count(), Count()
+    serial_bar, parallel_bar = _CountingBar(), _CountingBar()
     serial = merge(jobs, run_jobs(jobs, "cpu", 1, serial_bar))
     parallel = merge(jobs, run_jobs(jobs, "cpu", 2, parallel_bar))
     assert serial_bar.n == parallel_bar.n == sum(job_runs(j) for j in jobs) == 7 + 2 + 2 + 1
@@ -252,21 +255,14 @@ def test_a_failing_job_stops_the_demo_with_its_error() -> None:
     from esper.demo.experiments import SETUPS
     from esper.demo.jobs import Job, run_jobs
 
-    class Quiet:
-        def update(self, n: int = 1) -> None:
-            pass
-
-        def set_description(self, text: str) -> None:
-            pass
-
     good = Job("moons", "control", 0, replace(SETUPS["moons"], epochs=2))
     for workers in (1, 2):
         with pytest.raises(ValueError, match="unknown job kind 'bogus'"):
-            run_jobs([good, replace(good, kind="bogus")], "cpu", workers, Quiet())
+            run_jobs([good, replace(good, kind="bogus")], "cpu", workers, _CountingBar())
         with pytest.raises(ValueError, match="unknown task .nope."):
-            run_jobs([good, Job("nope", "control", 0, good.setup)], "cpu", workers, Quiet())
+            run_jobs([good, Job("nope", "control", 0, good.setup)], "cpu", workers, _CountingBar())
     with pytest.raises(ValueError, match="workers must be >= 1"):
-        run_jobs([good], "cpu", 0, Quiet())
+        run_jobs([good], "cpu", 0, _CountingBar())
 
 
 def test_demo_main_refuses_unknown_tasks_and_workers(tmp_path: Path) -> None:
@@ -306,7 +302,12 @@ def test_ctrl_c_stops_the_demo_and_its_workers(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err[-2000:]
     assert "esper: interrupted" in err and "Traceback" not in err
-    assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}") and _state(pid) != "Z"]
+    # The workers are terminated and joined before the parent exits; multiprocessing's resource tracker
+    # exits when it sees the parent gone, a moment later.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and [pid for pid in workers if _state(pid) not in ("Z", "gone")]:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if _state(pid) not in ("Z", "gone")]
     assert not (tmp_path / "demo" / "results.json").exists()
 
 
