@@ -312,8 +312,18 @@ def test_ctrl_c_stops_the_demo_and_its_workers(tmp_path: Path) -> None:
 
 
 def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
+    """The processes whose parent is pid (from /proc/*/stat: field 4 is the parent's pid)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
 
 
 def _state(pid: int) -> str:
