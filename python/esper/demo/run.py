@@ -87,11 +87,11 @@ def paired(grown: list[RunResult], other: list[RunResult], bar: str) -> dict[str
     The verdict is "beats" when the mean paired difference in test accuracy is positive and at
     least twice its standard error, "loses" when it is as far below zero, and "tie within noise"
     otherwise: with a few hundred test points one point is 0.3-0.4%, so a higher mean alone is not
-    evidence.
+    evidence. ``flops_vs_grown`` is the other run's training FLOPs over the grown run's (mean over seeds).
     """
     diffs = [g.test_acc - o.test_acc for g, o in zip(grown, other, strict=True)]
     return {"grown_acc": mean([g.test_acc for g in grown]), "other_acc": mean([o.test_acc for o in other]),
-            **verdict(diffs, bar)}
+            **verdict(diffs, bar), "flops_vs_grown": _flops_vs(grown, other)}
 
 
 def verdict(diffs: list[float], bar: str) -> dict[str, Any]:
@@ -116,13 +116,10 @@ def at_equal_budget(res: dict[str, list[RunResult]], budgets: tuple[int, ...], o
     the loose budget's (``res["grown"]`` against ``res[other]``) are reported beside it. Without tight
     budgets the loose budget is judged.
     """
-    loose = {**paired(res["grown"], res[other], bar), "flops_vs_grown": _flops_vs(res["grown"], res[other])}
+    loose = paired(res["grown"], res[other], bar)
     if not budgets:
         return {**loose, "budgets": []}
-    per_budget = {}
-    for b in budgets:
-        g, o = res[f"grown@{b}"], res[f"{other}@{b}"]
-        per_budget[str(b)] = {**paired(g, o, bar), "flops_vs_grown": _flops_vs(g, o)}
+    per_budget = {str(b): paired(res[f"grown@{b}"], res[f"{other}@{b}"], bar) for b in budgets}
     seeds = len(res[f"grown@{budgets[0]}"])
     diffs = [mean([res[f"grown@{b}"][i].test_acc - res[f"{other}@{b}"][i].test_acc for b in budgets])
              for i in range(seeds)]
@@ -284,8 +281,7 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
             rows.append(_row(f"hand schedule, budget {b} ({nb} seeds)", res[f"hand@{b}"]))
         bars = _bars(res, setup)
         # Not a bar: the early schedule spends more compute than the grown run, which the FLOPs bar would not allow.
-        early = {**paired(res["grown"], res["hand_early"], "none (more compute than the grown run)"),
-                 "flops_vs_grown": _flops_vs(res["grown"], res["hand_early"])}
+        early = paired(res["grown"], res["hand_early"], "none (more compute than the grown run)")
         report["tasks"][name] = {
             "rows": rows, "bars": bars, "vs_hand_early": early,
             "runs": {k: [r.summary() for r in v] for k, v in res.items() if k != "sweep_all"},
