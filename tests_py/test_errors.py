@@ -190,6 +190,20 @@ def test_model_state_before_morph_state_is_refused_before_anything_is_written() 
         train(model, opt, morph, 2)
 
 
+def test_a_non_strict_load_is_refused_too_and_host_weights_alone_load() -> None:
+    """PyTorch gives pre-hooks strict=True whatever the caller asked: strict=False is refused the
+    same way (nothing written), and the message's way out, leaving out the seed keys, works."""
+    ckpt = _checkpoint()
+    model, _ = wrapped(seed=1)
+    before = model.get_submodule("0.base_layer").weight.detach().clone()
+    with pytest.raises(RuntimeError, match="leave out the keys of the seeds"):
+        model.load_state_dict(ckpt["model"], strict=False)
+    assert torch.equal(model.get_submodule("0.base_layer").weight, before)
+    host_only = {k: v for k, v in ckpt["model"].items() if ".seeds." not in k}
+    model.load_state_dict(host_only, strict=True)
+    assert torch.equal(model.get_submodule("0.base_layer").weight, ckpt["model"]["0.base_layer.weight"])
+
+
 def test_without_the_check_the_wrong_order_overwrites_host_weights_then_fails() -> None:
     """Negative control: what the check prevents (PyTorch copies every key it knows, then raises)."""
     ckpt = _checkpoint()

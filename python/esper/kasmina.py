@@ -709,7 +709,9 @@ def refuse_seeds_not_built(module: nn.Module, state_dict: dict[str, Any], prefix
     """Load-state-dict pre-hook of a wrapped model (registered by :func:`esper.wrap.wrap`): refuse,
     before any tensor is written, a state dict holding seed weights for slots that hold no seed.
 
-    Seeds are rebuilt from the Morphogenesis checkpoint, so it must be loaded first.
+    Seeds are rebuilt from the Morphogenesis checkpoint, so it must be loaded first. PyTorch hands
+    pre-hooks ``strict=True`` whatever the caller asked, so ``strict=False`` is refused too: to
+    load the host weights alone, leave out the seeds' keys.
 
     Raises:
         RuntimeError: naming the seeds missing and the order to load in.
@@ -738,7 +740,8 @@ def refuse_seeds_not_built(module: nn.Module, state_dict: dict[str, Any], prefix
         raise RuntimeError(
             f"load_state_dict: the state dict holds the weights of seeds this model does not have yet: {shown}{more}. "
             "Seeds are rebuilt from the Morphogenesis checkpoint: call morph.load_state_dict(...) first, then "
-            "model.load_state_dict(...), then optimizer.load_state_dict(...). Nothing was loaded."
+            "model.load_state_dict(...), then optimizer.load_state_dict(...) (to load the host weights alone, "
+            "leave out the keys of the seeds). Nothing was loaded."
         )
 
 
