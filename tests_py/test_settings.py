@@ -14,6 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# Each test starts an interpreter that imports torch: about 5 s of CPU, more on a busy machine.
+pytestmark = pytest.mark.slow
+
 # Runs in a child whose environment holds ESPER_HOME=<decoy>: os.Getenv in Go sees the decoy.
 _CHILD = r"""
 import ctypes, json, os, sys
