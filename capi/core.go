@@ -16,9 +16,11 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"github.com/esper-morph/esper/core/errcode"
+	"github.com/esper-morph/esper/core/urza"
 )
 
 // abiVersion is bumped on every incompatible change of esper.h. It must equal
@@ -71,6 +73,31 @@ type initSettings struct {
 	MaxThreads int `json:"max_threads"`
 	// LogLevel is one of "debug", "info", "warn", "error" ("" keeps "warn").
 	LogLevel string `json:"log_level"`
+	// EsperHome replaces $ESPER_HOME for the default Urza store
+	// ($ESPER_HOME/urza; "" means ~/.esper). Go copies the environment when
+	// the library is loaded, so a value the caller's language set later is
+	// passed here. Absent (null) keeps the current setting, which starts as
+	// the environment's.
+	EsperHome *string `json:"esper_home"`
+}
+
+// homeMu guards esperHome.
+var homeMu sync.Mutex
+
+// esperHome is the ESPER_HOME given to esper_init; nil: none given, the
+// environment's (as copied at load) applies.
+var esperHome *string
+
+// defaultUrzaRoot returns the default store root under the ESPER_HOME given
+// to esper_init, or the environment's when none was given.
+func defaultUrzaRoot() (string, error) {
+	homeMu.Lock()
+	home := esperHome
+	homeMu.Unlock()
+	if home == nil {
+		return urza.DefaultRoot()
+	}
+	return urza.RootUnder(*home)
 }
 
 //export esper_init
@@ -110,6 +137,12 @@ func esper_init(settingsJSON *C.char) C.int {
 			debug.SetMaxThreads(s.MaxThreads)
 		}
 		slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+		if s.EsperHome != nil {
+			home := *s.EsperHome
+			homeMu.Lock()
+			esperHome = &home
+			homeMu.Unlock()
+		}
 		return nil
 	})
 }

@@ -62,8 +62,11 @@ int esper_build_info(char **out);
 
 /* Applies runtime settings from a JSON object (NULL = defaults):
  * {"max_procs": int (GOMAXPROCS, 0 = keep), "max_threads": int (>= 8,
- * 0 = keep), "log_level": "debug"|"info"|"warn"|"error"}. Unknown keys are
- * ESPER_EINVALID. May be called again to change the settings. */
+ * 0 = keep), "log_level": "debug"|"info"|"warn"|"error", "esper_home":
+ * string (replaces $ESPER_HOME for the default Urza store, "" = ~/.esper;
+ * absent or null = keep; Go copies the environment at load, so a value set
+ * later by the caller is passed here)}. Unknown keys are ESPER_EINVALID. May
+ * be called again to change the settings. */
 int esper_init(const char *settings_json);
 
 /* Releases a string or buffer returned by the library. NULL is a no-op. */

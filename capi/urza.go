@@ -23,7 +23,7 @@ func esper_urza_open(root *C.char, out *C.uint64_t) C.int {
 		dir := optString(root)
 		if dir == "" {
 			var err error
-			if dir, err = urza.DefaultRoot(); err != nil {
+			if dir, err = defaultUrzaRoot(); err != nil {
 				return err
 			}
 		}

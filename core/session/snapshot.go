@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 
+	"github.com/esper-morph/esper/blueprint"
 	"github.com/esper-morph/esper/blueprint/canon"
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
@@ -89,9 +91,8 @@ func (s *Session) Restore(data []byte) error {
 	if err != nil {
 		return fmt.Errorf("session: restore: %w", err)
 	}
-	if !slices.Equal(set.names, s.set.names) || !slices.EqualFunc(set.hosts, s.set.hosts, sameHost) || set.cfg.SlotsPerLayer != s.slots {
-		return fmt.Errorf("session: restore: the snapshot is for layers %v with %d slots each, this session has %v with %d: %w",
-			set.names, set.cfg.SlotsPerLayer, s.set.names, s.slots, ErrSnapshot)
+	if diff := layersDiff(set, set.cfg.SlotsPerLayer, s.set, s.slots); diff != "" {
+		return fmt.Errorf("session: restore: %s: %w", diff, ErrSnapshot)
 	}
 	next := &Session{}
 	if err := next.reset(set); err != nil {
@@ -105,6 +106,58 @@ func (s *Session) Restore(data []byte) error {
 	s.pending, s.growth, s.dropped, s.counters = next.pending, next.growth, next.dropped, next.counters
 	s.views, s.reasons = next.views, next.reasons
 	return nil
+}
+
+// maxDiffs bounds the differing layers layersDiff names.
+const maxDiffs = 4
+
+// layersDiff says how the layers of a snapshot (snap, with snapSlots slots
+// each) differ from this session's (cur, curSlots): the layer count, then
+// each layer whose name or host differs (up to maxDiffs), then the slots;
+// "" when they agree.
+func layersDiff(snap settings, snapSlots int, cur settings, curSlots int) string {
+	if len(snap.names) != len(cur.names) {
+		return fmt.Sprintf("the snapshot is for %d layers %v, this session has %d layers %v", len(snap.names), snap.names,
+			len(cur.names), cur.names)
+	}
+	var diffs []string
+	for i := range snap.names {
+		switch {
+		case snap.names[i] != cur.names[i]:
+			diffs = append(diffs, fmt.Sprintf("layer %d is %q in the snapshot, %q in this session", i, snap.names[i], cur.names[i]))
+		case !sameHost(snap.hosts[i], cur.hosts[i]):
+			diffs = append(diffs, fmt.Sprintf("layer %d (%s) has host %s in the snapshot, %s in this session", i, cur.names[i],
+				hostString(snap.hosts[i]), hostString(cur.hosts[i])))
+		}
+	}
+	if n := len(diffs); n > maxDiffs {
+		diffs = append(diffs[:maxDiffs], fmt.Sprintf("%d more", n-maxDiffs))
+	}
+	if snapSlots != curSlots {
+		diffs = append(diffs, fmt.Sprintf("the snapshot has %d slots per layer, this session %d", snapSlots, curSlots))
+	}
+	if len(diffs) == 0 {
+		return ""
+	}
+	return "the snapshot is for another model: " + strings.Join(diffs, "; ")
+}
+
+// hostString describes a host by its kind and the fields that shape a
+// seed, e.g. "linear(in 16, out 32)".
+func hostString(h blueprint.Host) string {
+	var f []string
+	for _, kv := range []struct {
+		name string
+		v    int64
+	}{{"in", h.In}, {"out", h.Out}, {"kernel", h.Kernel}, {"stride", h.Stride}, {"padding", h.Padding}, {"dim", h.Dim}} {
+		if kv.v != 0 {
+			f = append(f, fmt.Sprintf("%s %d", kv.name, kv.v))
+		}
+	}
+	if len(h.Spatial) > 0 {
+		f = append(f, fmt.Sprintf("spatial %v", h.Spatial))
+	}
+	return h.Kind + "(" + strings.Join(f, ", ") + ")"
 }
 
 // load fills a freshly reset session from snap, checking it.

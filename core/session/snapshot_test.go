@@ -139,10 +139,21 @@ func TestRestoreRejects(t *testing.T) {
 		{"garbage", []byte(`{`), "bad snapshot"},
 		{"version", edit(func(m map[string]any) { m["version"] = 2 }), "version 2"},
 		{"unknown field", edit(func(m map[string]any) { m["extra"] = 1 }), "unknown field"},
-		{"other layers", edit(func(m map[string]any) {
+		{"other width", edit(func(m map[string]any) {
 			m["config"].(map[string]any)["layers"].([]any)[0].(map[string]any)["out"] = 33
-		}), "the snapshot is for layers"},
-		{"slots", edit(func(m map[string]any) { m["config"].(map[string]any)["slots_per_layer"] = 3 }), "slots each"},
+		}), "layer 0 (fc1) has host linear(in 16, out 33) in the snapshot, linear(in 16, out 32) in this session"},
+		{"other conv geometry", edit(func(m map[string]any) {
+			m["config"].(map[string]any)["layers"].([]any)[2].(map[string]any)["kernel"] = 5
+		}), "layer 2 (conv) has host conv2d(in 4, out 4, kernel 5, stride 1, padding 1) in the snapshot, " +
+			"conv2d(in 4, out 4, kernel 3, stride 1, padding 1) in this session"},
+		{"renamed layer", edit(func(m map[string]any) {
+			m["config"].(map[string]any)["layers"].([]any)[1].(map[string]any)["name"] = "head"
+		}), `layer 1 is "head" in the snapshot, "fc2" in this session`},
+		{"fewer layers", edit(func(m map[string]any) {
+			m["config"].(map[string]any)["layers"] = m["config"].(map[string]any)["layers"].([]any)[:2]
+		}), "the snapshot is for 2 layers [fc1 fc2], this session has 3 layers [fc1 fc2 conv]"},
+		{"slots", edit(func(m map[string]any) { m["config"].(map[string]any)["slots_per_layer"] = 3 }),
+			"the snapshot has 3 slots per layer, this session 2"},
 		{"seed count", edit(func(m map[string]any) { m["seeds"] = m["seeds"].([]any)[1:] }), "seeds and"},
 		{"seed order", edit(func(m map[string]any) { seed0(m)["slot"] = 1 }), "seeds[0] is seed 0/1"},
 		{"bad state", edit(func(m map[string]any) { seed0(m)["state"] = "ALIVE" }), "unknown state"},

@@ -113,9 +113,15 @@ type Store struct {
 }
 
 // DefaultRoot returns the default store root: $ESPER_HOME/urza, with
-// ESPER_HOME defaulting to ~/.esper.
+// ESPER_HOME defaulting to ~/.esper (RootUnder of the environment's value).
 func DefaultRoot() (string, error) {
-	home := os.Getenv("ESPER_HOME")
+	return RootUnder(os.Getenv("ESPER_HOME"))
+}
+
+// RootUnder returns the store root for an ESPER_HOME value: home/urza, with
+// "" meaning ~/.esper. Callers whose ESPER_HOME does not come from this
+// process's environment (the C ABI's init settings) use it directly.
+func RootUnder(home string) (string, error) {
 	if home == "" {
 		h, err := os.UserHomeDir()
 		if err != nil {

@@ -556,6 +556,21 @@ func TestDefaultRoot(t *testing.T) {
 	}
 }
 
+func TestRootUnder(t *testing.T) {
+	t.Setenv("HOME", "/home/u")
+	t.Setenv("ESPER_HOME", "/from/env") // RootUnder ignores the environment's ESPER_HOME
+	cases := []struct{ home, want string }{
+		{"/data/esper", "/data/esper/urza"},
+		{"", "/home/u/.esper/urza"},
+		{"rel/dir", "rel/dir/urza"},
+	}
+	for _, tc := range cases {
+		if r, err := urza.RootUnder(tc.home); err != nil || r != tc.want {
+			t.Errorf("RootUnder(%q) = %q, %v; want %q", tc.home, r, err, tc.want)
+		}
+	}
+}
+
 func TestConcurrentUse(t *testing.T) {
 	root := t.TempDir()
 	s := openStore(t, root, nil)

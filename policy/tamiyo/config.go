@@ -119,7 +119,8 @@ type Config struct {
 	// Template is the blueprint template germinations use where it fits the
 	// layer. Layers it does not support get the first supporting template
 	// of conv3x3, conv1d_block, residual_mlp, bottleneck, lowrank, linear
-	// (then any other), with its defaults. Default "residual_mlp".
+	// (then any other), with its defaults; the germination's reason then
+	// names the template used and why. Default "residual_mlp".
 	Template string `json:"template,omitempty"`
 	// Params are Template's parameters (missing ones take the template's
 	// defaults). Its size parameter ("width" or "rank") is lowered as far

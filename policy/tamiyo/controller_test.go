@@ -218,12 +218,35 @@ func TestWidthShrinksToBudget(t *testing.T) {
 }
 
 func TestTemplateFallbackForConv(t *testing.T) {
-	hosts := []blueprint.Host{{Kind: blueprint.HostConv2d, In: 8, Out: 16, Kernel: 3, Stride: 1, Padding: 1}}
-	c := newController(t, tamiyo.Config{}, hosts)
-	w := newWorld(1, 1)
-	d := only(t, w.run(t, c, flat...), tamiyo.Germinate)
-	if d.Template != "conv3x3" || d.Blueprint.Host.Kind != blueprint.HostConv2d {
-		t.Fatalf("decision %+v", d)
+	// A template other than the configured one is named, with the reason, in
+	// the decision's reason; the configured one used says nothing of it.
+	conv := []blueprint.Host{{Kind: blueprint.HostConv2d, In: 8, Out: 16, Kernel: 3, Stride: 1, Padding: 1}}
+	cases := []struct {
+		name     string
+		cfg      tamiyo.Config
+		hosts    []blueprint.Host
+		template string
+		reason   string // "": the reason names no configured template
+	}{
+		{"residual_mlp on conv2d", tamiyo.Config{Params: blueprint.Params{"width": int64(16)}}, conv, "conv3x3",
+			"the configured template residual_mlp does not support conv2d hosts, so conv3x3 with its default parameters"},
+		{"conv3x3 on conv2d", tamiyo.Config{Template: "conv3x3"}, conv, "conv3x3", ""},
+		{"residual_mlp over budget", tamiyo.Config{Governor: tamiyo.GovernorConfig{MaxParams: 551}}, linearHosts(1), "bottleneck",
+			"the configured template residual_mlp did not fit (tamiyo: residual_mlp needs 552 params at width 8"},
+		{"residual_mlp on linear", tamiyo.Config{}, linearHosts(1), "residual_mlp", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newController(t, tc.cfg, tc.hosts)
+			d := only(t, newWorld(1, 1).run(t, c, flat...), tamiyo.Germinate)
+			if d.Template != tc.template || d.Blueprint.Host.Kind != tc.hosts[0].Kind {
+				t.Fatalf("decision %+v", d)
+			}
+			if tc.reason == "" && strings.Contains(d.Reason, "configured template") ||
+				tc.reason != "" && !strings.Contains(d.Reason, tc.reason) {
+				t.Fatalf("reason %q, want it to hold %q", d.Reason, tc.reason)
+			}
+		})
 	}
 }
 

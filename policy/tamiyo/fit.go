@@ -16,13 +16,19 @@ import (
 // note says what was changed to fit.
 func (c *Controller) fit(layer int, remaining int64) (*blueprint.IR, string, error) {
 	host := c.hosts[layer]
-	var last error
+	var last, configured error
 	least := c.least[layer]
 	for _, ct := range c.templates[layer] {
+		if last != nil && configured == nil && ct.t.Name != c.cfg.Template {
+			configured = last // why the configured template was passed over
+		}
 		ir, note, err := fitTemplate(ct.t, ct.params, host, remaining)
 		if err != nil {
 			last = err
 			continue
+		}
+		if ct.t.Name != c.cfg.Template {
+			note += c.fallbackNote(host, ct.t.Name, configured)
 		}
 		if ir.ParamCount < least {
 			last = fmt.Errorf("tamiyo: %s fits in %d params, under a %d-th of the %d-param seed asked for: %w",
@@ -39,6 +45,20 @@ func (c *Controller) fit(layer int, remaining int64) (*blueprint.IR, string, err
 		last = fmt.Errorf("tamiyo: no template supports the %s host of layer %d: %w", host.Kind, layer, ErrOverBudget)
 	}
 	return nil, "", last
+}
+
+// fallbackNote says why a seed on host uses template name and not the
+// configured template: the configured one does not support the host, or
+// did not fit (err).
+func (c *Controller) fallbackNote(host blueprint.Host, name string, err error) string {
+	if t, lerr := blueprint.Lookup(c.cfg.Template); lerr != nil || !t.Supports(host) {
+		return fmt.Sprintf("; the configured template %s does not support %s hosts, so %s with its default parameters",
+			c.cfg.Template, host.Kind, name)
+	}
+	if err == nil {
+		return fmt.Sprintf("; the configured template %s did not fit, so %s with its default parameters", c.cfg.Template, name)
+	}
+	return fmt.Sprintf("; the configured template %s did not fit (%v), so %s with its default parameters", c.cfg.Template, err, name)
 }
 
 // minSizeDivisor bounds how small fit makes a seed: a template's size

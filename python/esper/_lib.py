@@ -97,6 +97,7 @@ _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _lib_path: str | None = None
 _loaded_pid: int | None = None
+_sent_settings: bytes | None = None  # what esper_init was last given
 _in_fork_child = False
 
 
@@ -121,12 +122,27 @@ def _declare(cdll: ctypes.CDLL) -> None:
 
 def _init_settings() -> bytes:
     """Runtime settings for esper_init, from the environment (read here, in
-    Python: Go reads its environment once at load)."""
+    Python: Go copies its environment once at load, so ``os.environ`` changes
+    made by the program are passed this way)."""
     settings: dict[str, Any] = {
         "max_procs": int(os.environ.get("ESPER_GO_MAXPROCS", "2")),
         "log_level": os.environ.get("ESPER_LOG_LEVEL", "warn"),
+        "esper_home": os.environ.get("ESPER_HOME", ""),
     }
     return json.dumps(settings).encode()
+
+
+def refresh_settings() -> None:
+    """Send the settings again if the environment changed them since the library read them
+    (e.g. ``os.environ["ESPER_HOME"]`` set after the first Esper call). Called where a setting
+    is used: opening the default Urza store."""
+    global _sent_settings
+    cdll = lib()
+    settings = _init_settings()
+    with _lock:
+        if settings != _sent_settings:
+            check(cdll.esper_init(settings))
+            _sent_settings = settings
 
 
 def _after_fork_in_child() -> None:
@@ -147,7 +163,7 @@ def lib() -> ctypes.CDLL:
         LibraryError: when no library is found, it fails to load, or its ABI
             version differs from this package's.
     """
-    global _lib, _lib_path, _loaded_pid
+    global _lib, _lib_path, _loaded_pid, _sent_settings
     cdll = _lib
     if cdll is not None:
         if _in_fork_child:
@@ -181,7 +197,9 @@ def lib() -> ctypes.CDLL:
                 )
             _declare(loaded)
             _lib, _lib_path, _loaded_pid = loaded, str(path), os.getpid()
-            check(loaded.esper_init(_init_settings()))
+            settings = _init_settings()
+            check(loaded.esper_init(settings))
+            _sent_settings = settings
             return loaded
         raise LibraryError(
             "could not load libesper.so; tried: " + "; ".join(tried) + ". Build it with `pip install .` "

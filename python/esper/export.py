@@ -21,7 +21,7 @@ import operator
 import torch
 from torch import Tensor, fx, nn
 
-from .kasmina import KasminaLayer, SeedState, kasmina_layers
+from .kasmina import KasminaLayer, SeedState, kasmina_layers, refuse_seeds_not_built
 from .tezzeret import SeedModule, _SelfAttention, is_mergeable, merged_delta
 
 __all__ = ["export"]
@@ -109,6 +109,10 @@ def export(model: nn.Module) -> nn.Module:
         for name, layer in kasmina_layers(out):
             parent_name, _, child = name.rpartition(".")
             setattr(out.get_submodule(parent_name), child, _export_layer(layer))
+    # esper.wrap's load-state-dict check belongs to the wrapped model, not to the plain copy.
+    for key, hook in list(out._load_state_dict_pre_hooks.items()):
+        if getattr(hook, "hook", None) is refuse_seeds_not_built:
+            del out._load_state_dict_pre_hooks[key]
     left = [name or "<root>" for name, m in out.named_modules() if isinstance(m, _ESPER_CLASSES)]
     if left:
         raise ValueError(f"export left Esper modules at {left}; a seed module nests an Esper class")

@@ -256,6 +256,7 @@ class KasminaLayer(nn.Module):
         self._unit_dim = 1 if spec.kind in ("conv1d", "conv2d") or spec.channel_first else -1
         self._allocate(_device_of(base_layer))
         self._sync_forward()
+        self.register_load_state_dict_pre_hook(_accept_unwrapped_keys)  # checkpoints saved before wrap
 
     # ------------------------------------------------------------------ device-side state
 
@@ -689,6 +690,59 @@ def _spec_key(spec: HostSpec) -> tuple[Any, ...]:
     if spec.kind == "residual":
         return ("residual", 0, 0, 0, 0, 0, spec.in_features, spec.channel_first)
     return (spec.kind, spec.in_features, spec.out_features, spec.kernel, spec.stride, spec.padding, 0, False)
+
+
+def _accept_unwrapped_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook of a :class:`KasminaLayer`: a checkpoint saved before the model was
+    wrapped names the host's tensors ``<prefix>weight``; they are loaded as
+    ``<prefix>base_layer.weight`` when the wrapped form is absent (PEFT does the same)."""
+    base = module.get_submodule("base_layer")
+    for key in base.state_dict(keep_vars=True):
+        if key.startswith(("base_layer.", "seeds.")):
+            continue  # a host child named like the wrapper's own: ambiguous, never renamed
+        old, new = prefix + key, prefix + "base_layer." + key
+        if old in state_dict and new not in state_dict:
+            state_dict[new] = state_dict.pop(old)
+
+
+def refuse_seeds_not_built(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook of a wrapped model (registered by :func:`esper.wrap.wrap`): refuse,
+    before any tensor is written, a state dict holding seed weights for slots that hold no seed.
+
+    Seeds are rebuilt from the Morphogenesis checkpoint, so it must be loaded first. PyTorch hands
+    pre-hooks ``strict=True`` whatever the caller asked, so ``strict=False`` is refused too: to
+    load the host weights alone, leave out the seeds' keys.
+
+    Raises:
+        RuntimeError: naming the seeds missing and the order to load in.
+    """
+    seed_prefixes = {
+        f"{prefix}{name}.seeds.": layer for name, layer in module.named_modules() if isinstance(layer, KasminaLayer)
+    }
+    if not seed_prefixes:
+        return
+    missing: dict[str, list[str]] = {}
+    for key in state_dict:
+        at = key.find("seeds.")
+        while at >= 0:
+            head = key[: at + len("seeds.")]
+            layer = seed_prefixes.get(head)
+            if layer is not None:
+                slot = key[len(head):].split(".", 1)[0]
+                if slot not in layer.seeds:
+                    missing.setdefault(f"{head}{slot}", []).append(key)
+                break
+            at = key.find("seeds.", at + 1)
+    if missing:
+        first = list(missing.items())[:4]
+        shown = ", ".join(f"{where} ({len(keys)} tensors, e.g. {keys[0]!r})" for where, keys in first)
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        raise RuntimeError(
+            f"load_state_dict: the state dict holds the weights of seeds this model does not have yet: {shown}{more}. "
+            "Seeds are rebuilt from the Morphogenesis checkpoint: call morph.load_state_dict(...) first, then "
+            "model.load_state_dict(...), then optimizer.load_state_dict(...) (to load the host weights alone, "
+            "leave out the keys of the seeds). Nothing was loaded."
+        )
 
 
 LayersLike = Union[nn.Module, Sequence[KasminaLayer]]

@@ -31,7 +31,8 @@ import hashlib
 import json
 import math
 import threading
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Union
 
@@ -173,6 +174,72 @@ class MorphConfig:
         }
 
 
+def _number(what: str, value: Any) -> float | None:
+    """value as a float (a Python or NumPy number, or a one-element tensor); None stays None.
+
+    Raises:
+        TypeError: value is not a number, naming ``what`` and what it was.
+    """
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value.detach())
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{what} must be a number (a float, or a one-element tensor), got {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    """A short description of a value for error messages: its repr (cut) and its type."""
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} (of type {type(value).__name__})"
+
+
+def _check_evaluated(result: Any, metric: float | None) -> tuple[float, float | None]:
+    """The (loss, metric) of what ``evaluate(model)`` returned; metric defaults to ``metric``.
+
+    Raises:
+        TypeError: result is not a mapping with a number under "loss" (and, when present, under
+            "metric"); the message shows what it was.
+    """
+    expected = 'evaluate(model) must return {"loss": float, "metric": float (optional)}'
+    if not isinstance(result, Mapping):
+        raise TypeError(f"{expected}; it returned {_shown(result)}")
+    if "loss" not in result:
+        raise TypeError(f"{expected}; it returned a {type(result).__name__} without \"loss\": {_shown(result)}")
+    try:
+        loss = _number('evaluate(model)["loss"]', result["loss"])
+        if "metric" in result:
+            metric = _number('evaluate(model)["metric"]', result["metric"])
+    except TypeError as exc:
+        raise TypeError(f"{expected}; {exc}") from None
+    if loss is None:
+        raise TypeError(f'{expected}; its "loss" is None')
+    return loss, metric
+
+
+class _Driver:
+    """The Morphogenesis driving a Kasmina layer, held weakly; copies and pickles of the layer
+    (``copy.deepcopy(model)``, ``torch.save(model)``) are driven by none."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, morph: Morphogenesis | None = None) -> None:
+        self._ref = weakref.ref(morph) if morph is not None else None
+
+    def get(self) -> Morphogenesis | None:
+        """The driving Morphogenesis, or None when it was collected (or this is a copy)."""
+        return self._ref() if self._ref is not None else None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Driver:
+        return _Driver()
+
+    def __reduce__(self) -> Any:
+        return (_Driver, ())
+
+
 def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.to(device).clone()
 
@@ -230,6 +297,7 @@ class Morphogenesis:
         self.slots = self.layers[0].num_slots
         if any(layer.num_slots != self.slots for layer in self.layers):
             raise ValueError("every Kasmina layer of one model must have the same number of slots")
+        self._claim_layers()
         self._session: Session | None = None
         self._closed = False
         self.steps = 0
@@ -262,9 +330,32 @@ class Morphogenesis:
             self._session = Session(self.config.session_config(layers, self.slots))
         return self._session
 
+    def _claim_layers(self) -> None:
+        """Mark every layer as driven by this Morphogenesis; refuse layers a live one drives.
+
+        Two sessions over one model would each decide its seeds and disagree about them. The mark
+        lives on the layers (no registry): a closed or collected Morphogenesis frees them.
+        """
+        for name, layer in zip(self.layer_names, self.layers):
+            mark = layer.__dict__.get("_esper_driver")
+            other = mark.get() if isinstance(mark, _Driver) else None
+            if other is not None and other is not self and not other._closed:
+                raise ValueError(
+                    f"Kasmina layer {name!r} is already driven by a live {other!r}: two Morphogenesis "
+                    "on one model would disagree about its seeds. Keep using the first one, or call its "
+                    "close() before creating another (checkpoints: morph.state_dict() / load_state_dict)."
+                )
+        for layer in self.layers:
+            layer.__dict__["_esper_driver"] = _Driver(self)
+
     def close(self) -> None:
         """Release the Go session (idempotent). The model keeps its seeds; any
-        later call that needs the session raises :class:`esper.EsperError`."""
+        later call that needs the session raises :class:`esper.EsperError`.
+        Another Morphogenesis may then drive the model."""
+        for layer in self.layers:
+            mark = layer.__dict__.get("_esper_driver")
+            if isinstance(mark, _Driver) and mark.get() is self:
+                del layer.__dict__["_esper_driver"]
         self._closed = True
         if self._session is not None:
             self._session.close()
@@ -386,7 +477,8 @@ class Morphogenesis:
             self._flush(with_signals=False)
         if val_loss is None and self.evaluate is not None:
             result = self.evaluate(self.model)
-            val_loss, val_metric = result["loss"], result.get("metric", val_metric)
+            val_loss, val_metric = _check_evaluated(result, val_metric)
+        val_loss, val_metric = _number("val_loss", val_loss), _number("val_metric", val_metric)
         if train_loss is None and self._epoch_loss_sum is not None and self._epoch_loss_count:
             train_loss = float(self._epoch_loss_sum) / self._epoch_loss_count
             self._epoch_loss_sum.zero_()
@@ -423,7 +515,7 @@ class Morphogenesis:
             for slot in range(self.slots):
                 if layer.state(slot) == SeedState.HOLDING:
                     with layer.disable_seeds(slot):
-                        without = float(self.evaluate(self.model)["loss"])
+                        without, _ = _check_evaluated(self.evaluate(self.model), None)
                     if math.isfinite(without):
                         out.append({"layer": i, "slot": slot, "delta_loss": without - val_loss})
                     else:

@@ -68,7 +68,8 @@ class Urza(_lib.Handle):
 
     Args:
         root: the store's folder, created if needed. None or "" opens the default store,
-            ``$ESPER_HOME/urza`` with ``ESPER_HOME`` defaulting to ``~/.esper`` (decided by Go).
+            ``$ESPER_HOME/urza`` with ``ESPER_HOME`` defaulting to ``~/.esper`` (decided by Go,
+            from ``os.environ["ESPER_HOME"]`` as it is when the store is opened).
 
     Raises:
         StorageError: the folder cannot be created or read.
@@ -79,6 +80,8 @@ class Urza(_lib.Handle):
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         out = c_uint64()
         arg = os.fsencode(root) if root else None
+        if arg is None:
+            _lib.refresh_settings()  # ESPER_HOME as os.environ holds it now, not as Go copied it at load
         _lib.check(_lib.lib().esper_urza_open(arg, byref(out)))
         super().__init__(out.value)
 

@@ -21,7 +21,7 @@ from typing import Callable, Mapping, Sequence, Union
 
 from torch import nn
 
-from .kasmina import HostSpec, KasminaLayer, kasmina_layers
+from .kasmina import HostSpec, KasminaLayer, kasmina_layers, refuse_seeds_not_built
 
 __all__ = ["DISPATCHERS", "Candidate", "Target", "host_spec", "host_specs", "kasmina_layers", "wrap"]
 
@@ -270,6 +270,9 @@ def wrap(model: nn.Module, target_modules: Target | Sequence[Target] | None = No
         parent_name, _, child = c.name.rpartition(".")
         parent = model.get_submodule(parent_name)
         setattr(parent, child, KasminaLayer(c.module, spec, num_slots=seeds_per_layer))
+    # A state dict with seeds is loaded after morph.load_state_dict rebuilt them: refuse it before
+    # any tensor is written otherwise.
+    model.register_load_state_dict_pre_hook(refuse_seeds_not_built)
     return model
 
 
