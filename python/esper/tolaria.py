@@ -701,9 +701,11 @@ class Morphogenesis:
                 saved = good["model"].get(name)
                 if saved is not None and saved.shape == tensor.shape:
                     tensor.copy_(saved)
+        # Only parameters the optimizer holds get state back (a seed frozen since then holds none).
+        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         for name, p in self.model.named_parameters():
             state = good["optim"].get(name)
-            if state is not None:
+            if state is not None and id(p) in held:
                 self.optimizer.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
             elif p in self.optimizer.state:
                 del self.optimizer.state[p]
