@@ -302,6 +302,57 @@ def test_a_rollback_gives_optimizer_state_back_only_to_parameters_the_optimizer_
     morph.close()
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_an_optimizer_built_from_named_parameters_keeps_its_names_in_step_with_its_parameters(scale: float) -> None:
+    torch.manual_seed(0)
+    model = esper.wrap(TinyNet(), target_modules=["fc2"], seeds_per_layer=1)
+    opt = torch.optim.AdamW(model.named_parameters(), lr=0.01)
+    sched = S.LambdaLR(opt, lambda e: 0.95**e)
+    morph = Morphogenesis(model, opt, policy="manual", signal_every=1, embargo_steps=2, seed_lr_scale=scale,
+                          schedulers=[sched])
+    x, y = data()
+
+    def check() -> None:
+        names = {id(p): n for n, p in model.named_parameters()}
+        for group in opt.param_groups:
+            assert group["param_names"] == [names[id(p)] for p in group["params"]]
+
+    morph.germinate("fc2", 0)
+    check()
+    assert "fc2.seeds.0.fc1.weight" in [n for g in opt.param_groups for n in g["param_names"]]
+    for n in range(4):
+        train_step(n, model, opt, sched, morph, x, y)
+    state = opt.state_dict()
+    assert len(state["param_groups"]) == (1 if scale == 1 else 2)
+    morph.prune("fc2", 0)
+    check()
+    assert len(opt.param_groups) == 1 and len(opt.param_groups[0]["params"]) == 4
+    train_step(4, model, opt, sched, morph, x, y)
+    morph.close()
+
+
+def test_a_seed_of_a_host_the_optimizer_does_not_hold_joins_the_first_group() -> None:
+    """A frozen host (only fc1 trains): its seed still trains, in group 0, on group 0's schedule."""
+    torch.manual_seed(0)
+    model = esper.wrap(TinyNet(), target_modules=["fc1", "fc2"], seeds_per_layer=1)
+    model.fc2.requires_grad_(False)
+    opt = torch.optim.SGD([{"params": list(model.fc1.parameters()), "lr": 0.05}], momentum=0.9)
+    sched = S.ExponentialLR(opt, gamma=0.9)
+    morph = Morphogenesis(model, opt, policy="manual", signal_every=1)
+    x, y = data()
+    for n in range(3):
+        train_step(n, model, opt, sched, morph, x, y)
+    morph.germinate("fc2", 0)
+    seed = list(morph.layers[1].seed(0).parameters())
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["params"][-len(seed):] == seed
+    before = [p.detach().clone() for p in seed]
+    for n in range(3, 8):
+        train_step(n, model, opt, sched, morph, x, y)
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * 0.9 ** (n + 1), rel=1e-12)
+    assert any(not torch.equal(p, q) for p, q in zip(seed, before))
+    morph.close()
+
+
 # ---------------------------------------------------------------------------------------- seed_lr_scale
 
 

@@ -212,14 +212,14 @@ class _Placement:
     params: list[nn.Parameter]
     own: bool  # a group of their own (seed_lr_scale != 1), else their host's group
 
-    def find(self, groups: list[dict[str, Any]]) -> tuple[int, int]:
-        """(group index, position of the first parameter) in these groups."""
+    def find(self, groups: list[dict[str, Any]]) -> tuple[int, int] | None:
+        """(group index, position of the first parameter) in these groups; None if no group holds it."""
         first = self.params[0]
         for g, group in enumerate(groups):
             for pos, p in enumerate(group["params"]):
                 if p is first:
                     return g, pos
-        raise RuntimeError("a seed's parameters are no longer in the optimizer (was it rebuilt?)")
+        return None
 
 
 def _each_scheduler(schedulers: Sequence[Any]) -> Iterator[Any]:
@@ -621,19 +621,25 @@ class Morphogenesis:
         groups = self.optimizer.param_groups
         if own is None:
             own = self.config.seed_lr_scale != 1
+        # An optimizer built from model.named_parameters() keeps a "param_names" list beside "params".
+        names = {id(p): n for n, p in self.model.named_parameters()}
         if not own:
             g = at[0] if at is not None else self._host_group(i)
             pos = at[1] if at is not None else len(groups[g]["params"])
             groups[g]["params"][pos:pos] = params
+            if "param_names" in groups[g]:
+                groups[g]["param_names"][pos:pos] = [names[id(p)] for p in params]
             self._groups[(i, slot)] = _Placement(params, own=False)
             return
         h = self._host_group(i)
         scale = self.config.seed_lr_scale
-        group = {k: v for k, v in groups[h].items() if k not in ("params", "esper_seed")}
+        group = {k: v for k, v in groups[h].items() if k not in ("params", "param_names", "esper_seed")}
         for key in _LR_KEYS:
             if key in group:
                 group[key] = group[key] * scale
-        group.update(params=params, esper_seed=f"{self.layer_names[i]}/{slot}")
+        named = "param_names" in groups[h]
+        group.update(params=[(names[id(p)], p) for p in params] if named else params,
+                     esper_seed=f"{self.layer_names[i]}/{slot}")
         n = len(groups)
         self.optimizer.add_param_group(group)
         for sched in _each_scheduler(self.schedulers):
@@ -652,10 +658,16 @@ class Morphogenesis:
         for p in placement.params:
             self.optimizer.state.pop(p, None)
         groups = self.optimizer.param_groups
-        j, _ = placement.find(groups)
+        found = placement.find(groups)
+        if found is None:  # not in the optimizer any more (the caller rebuilt its groups): nothing to remove
+            return
+        j = found[0]
         if not placement.own:
             ids = {id(p) for p in placement.params}
-            groups[j]["params"] = [p for p in groups[j]["params"] if id(p) not in ids]
+            keep = [k for k, p in enumerate(groups[j]["params"]) if id(p) not in ids]
+            for key in ("params", "param_names"):
+                if key in groups[j]:
+                    groups[j][key] = [groups[j][key][k] for k in keep]
             return
         for sched in _each_scheduler(self.schedulers):
             for name in _SCHEDULER_LRS + _SCHEDULER_OTHERS:
@@ -760,7 +772,10 @@ class Morphogenesis:
         groups = self.optimizer.param_groups
         placements = []
         for (i, slot), placement in self._groups.items():
-            g, pos = placement.find(groups)
+            found = placement.find(groups)
+            if found is None:
+                continue
+            g, pos = found
             placements.append({"layer": i, "slot": slot, "group": g, "position": pos, "own": placement.own})
         placements.sort(key=lambda e: (e["group"], e["position"]))
         def loss(t: torch.Tensor | None) -> torch.Tensor | None:
