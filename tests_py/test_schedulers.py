@@ -96,7 +96,8 @@ def metric(n: int) -> float:
 def build(optimizer: str, scheduler: str, wrapped: bool, **settings: Any,
           ) -> tuple[nn.Module, torch.optim.Optimizer, Scheduler, Morphogenesis | None]:
     """TinyNet (wrapped at fc1 and fc2, one slot each, or plain), an optimizer with one group per
-    layer, the scheduler, and (wrapped) a manual Morphogenesis that is told about the scheduler."""
+    layer, the scheduler, and (wrapped) a manual Morphogenesis. It is told about the scheduler only
+    with a seed_lr_scale other than 1: by default seeds need no scheduler to be known."""
     torch.manual_seed(0)
     model = TinyNet()
     if wrapped:
@@ -110,7 +111,8 @@ def build(optimizer: str, scheduler: str, wrapped: bool, **settings: Any,
         # seed back): it takes seeds out of the optimizer the way a prune does.
         settings = {"policy": "manual", "signal_every": 1, "train_steps": 2, "blend_steps": 3, "embargo_steps": 2,
                     "max_concurrent": 2, "cooldown_epochs": 0, "loss_factor": 1e6, **settings}
-        morph = Morphogenesis(model, opt, schedulers=[sched], **settings)
+        morph = Morphogenesis(model, opt, schedulers=[sched] if settings.get("seed_lr_scale", 1) != 1 else [],
+                              **settings)
     return model, opt, sched, morph
 
 
@@ -234,20 +236,18 @@ def test_a_seed_trains_at_its_hosts_current_learning_rate() -> None:
     for n in range(12):
         if n == 7:  # host's LR is 0.1 * 0.5**2 by now, the optimizer's constructor LR still 0.1
             morph.germinate("fc2", 0, "residual_mlp", width=4)
-        seed = morph.layers[0].seed(0)
+        seed = list(morph.layers[0].seeds.parameters())
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
-        before = [(p.detach().clone(), None if p.grad is None else p.grad.clone()) for p in seed.parameters()] \
-            if seed is not None else []
+        before = [(p.detach().clone(), p.grad.clone()) for p in seed if p.grad is not None]
         opt.step()
         sched.step()
         morph.step(loss.detach())
         lr = 0.1 * 0.5 ** (n // 3)
-        for p, (old, grad) in zip(seed.parameters() if seed is not None else [], before):
-            if grad is not None:
-                torch.testing.assert_close(p.detach(), old - lr * grad, rtol=0, atol=1e-7)
-        checked += any(g is not None and g.abs().sum() > 0 for _, g in before)
+        for p, (old, grad) in zip([p for p in seed if p.grad is not None], before):
+            torch.testing.assert_close(p.detach(), old - lr * grad, rtol=0, atol=1e-7)
+        checked += any(g.abs().sum() > 0 for _, g in before)
     assert checked >= 3  # steps on which the seed had a gradient (at alpha 0 in BLENDING it has none)
     morph.close()
 
