@@ -224,6 +224,50 @@ def test_seeds_follow_their_hosts_schedule_across_germinations_prunes_and_fossil
     morph.close()
 
 
+@pytest.mark.parametrize("scheduler", ["OneCycleLR", "LambdaLR", "ReduceLROnPlateau"])
+def test_the_readme_loop_with_a_scheduler_grows_under_the_heuristic_policy(scheduler: str) -> None:
+    """Tamiyo germinates and prunes at end_epoch; the scheduler steps every batch, unaware of Esper."""
+    epochs, batches = 10, 6
+    steps = epochs * batches
+    make_sched: dict[str, Callable[[torch.optim.Optimizer], Scheduler]] = {
+        "OneCycleLR": lambda o: S.OneCycleLR(o, max_lr=0.03, total_steps=steps),
+        "LambdaLR": lambda o: S.LambdaLR(o, lambda e: 0.97**e),
+        "ReduceLROnPlateau": lambda o: S.ReduceLROnPlateau(o, factor=0.7, patience=2),
+    }
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, IN, generator=g), torch.randint(0, OUT, (64,), generator=g)
+    xv, yv = torch.randn(64, IN, generator=g), torch.randint(0, OUT, (64,), generator=g)
+
+    def run(wrapped: bool) -> tuple[list[float], Morphogenesis | None]:
+        torch.manual_seed(0)
+        model: nn.Module = TinyNet()
+        if wrapped:
+            model = esper.wrap(model, target_modules=["fc1", "fc2"], seeds_per_layer=2)
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        sched = make_sched[scheduler](opt)
+        morph = Morphogenesis(model, opt, train_steps=3, blend_steps=3, signal_every=2, patience=1, threshold=0.5,
+                              cooldown_epochs=0, max_concurrent=2, embargo_steps=3) if wrapped else None
+        lrs = []
+        for n in range(steps):
+            train_step(n, model, opt, sched, morph, x, y)
+            assert len(opt.param_groups) == 1
+            lrs.append(opt.param_groups[0]["lr"])
+            if morph is not None:
+                assert {id(p) for p in model.parameters()} == {id(p) for p in opt.param_groups[0]["params"]}
+                if (n + 1) % batches == 0:
+                    with torch.no_grad():
+                        morph.end_epoch(val_loss=float(F.cross_entropy(model(xv), yv)))
+        return lrs, morph
+
+    expected, _ = run(wrapped=False)
+    lrs, morph = run(wrapped=True)
+    assert morph is not None
+    assert lrs == expected
+    grown = [e for e in morph.log if e["kind"] == "event" and e["to"] == "GERMINATED"]
+    assert len(grown) >= 2, "the run must grow for the test to mean anything"
+    morph.close()
+
+
 def test_a_seed_trains_at_its_hosts_current_learning_rate() -> None:
     """Plain SGD: a seed's update is exactly -lr * grad with the host's scheduled lr, computed here."""
     torch.manual_seed(0)
