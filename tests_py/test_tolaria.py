@@ -96,8 +96,10 @@ def ids_in_optimizer(opt: torch.optim.Optimizer) -> set[int]:
     return {id(p) for g in opt.param_groups for p in g["params"]} | {id(p) for p in opt.state}
 
 
-def seed_groups(opt: torch.optim.Optimizer) -> list[dict[str, Any]]:
-    return [g for g in opt.param_groups if "esper_seed" in g]
+def seed_params_in_groups(model: nn.Module, opt: torch.optim.Optimizer) -> list[list[nn.Parameter]]:
+    """Each group's seed parameters (seeds join the group of their host: Adam here has just one)."""
+    seeds = {id(p) for n, p in model.named_parameters() if ".seeds." in n}
+    return [[p for p in g["params"] if id(p) in seeds] for g in opt.param_groups]
 
 
 def events_to(morph: Morphogenesis, state: str) -> list[dict[str, Any]]:
@@ -225,21 +227,23 @@ def test_training_seed_leaves_the_host_gradient_exactly_as_unwrapped() -> None:
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in seed.parameters())  # the seed learns
 
 
-def test_fossilize_with_freeze_fossilized_freezes_the_seed_and_removes_its_parameter_group() -> None:
+def test_fossilize_with_freeze_fossilized_freezes_the_seed_and_removes_it_from_the_optimizer() -> None:
     model, opt, morph = make(train_steps=2, blend_steps=2, freeze_fossilized=True)
     x, y = data()
     morph.germinate("fc2", 0)
     layer = morph.layers[0]
     seed = layer.seed(0)
     params = list(seed.parameters())
-    assert [g["params"] for g in seed_groups(opt)] == [params] and seed_groups(opt)[0]["esper_seed"] == "fc2/0"
+    assert seed_params_in_groups(model, opt) == [params]  # in the host's group, after the host's parameters
+    assert opt.param_groups[0]["params"][-len(params):] == params
     run_until(morph, SeedState.HOLDING, lambda: train_step(model, opt, morph, x, y))
     assert all(p in opt.state for p in params)  # it trained with Adam
     events = morph.fossilize("fc2", 0, reason="kept by the test")
     assert [(e["to"], e["reason"]) for e in events] == [("FOSSILIZED", "kept by the test")]
     assert layer.state(0) == SeedState.FOSSILIZED and go_seed(morph)["state"] == "FOSSILIZED"
     assert layer.seed(0) is seed and all(not p.requires_grad for p in params)
-    assert seed_groups(opt) == [] and not ids_in_optimizer(opt) & {id(p) for p in params}
+    assert len(opt.param_groups) == 1 and not ids_in_optimizer(opt) & {id(p) for p in params}
+    assert [id(p) for p in opt.param_groups[0]["params"]] == [id(p) for p in host_params(model).values()]
     frozen = [p.detach().clone() for p in params]
     host_before = [p.detach().clone() for p in host_params(model).values()]
     for _ in range(3):
@@ -261,7 +265,7 @@ def test_fossilized_seed_keeps_training_by_default_and_is_final() -> None:
     run_until(morph, SeedState.HOLDING, lambda: train_step(model, opt, morph, x, y))
     morph.fossilize("fc2", 0)
     assert layer.state(0) == SeedState.FOSSILIZED and all(p.requires_grad for p in seed.parameters())
-    assert [g["params"] for g in seed_groups(opt)] == [list(seed.parameters())]
+    assert seed_params_in_groups(model, opt) == [list(seed.parameters())]
     before = [p.detach().clone() for p in seed.parameters()]
     train_step(model, opt, morph, x, y)
     assert not all(torch.equal(p, q) for p, q in zip(seed.parameters(), before))
@@ -301,7 +305,7 @@ def test_prune_removes_the_seed_from_model_and_optimizer_and_keeps_host_optimize
         assert torch.isfinite(train_step(model, opt, morph, x, y))
     assert layer.state(0) == SeedState.DORMANT and go_seed(morph)["state"] == "DORMANT"
     morph.germinate("fc2", 0, "residual_mlp", width=4)
-    assert layer.seed(0) is not None and len(seed_groups(opt)) == 1
+    assert layer.seed(0) is not None and seed_params_in_groups(model, opt) == [list(layer.seed(0).parameters())]
 
 
 def test_illegal_transition_raises_state_error_with_gos_message_and_changes_nothing() -> None:

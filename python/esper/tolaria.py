@@ -16,11 +16,13 @@ never calls Go::
         morph.end_epoch(val_loss=val_loss(model))
 
 Go's events are mirrored here: a germination builds the seed from its
-blueprint (Tezzeret) and adds its parameters to the optimizer in a group of
-their own; a prune removes them (and their optimizer state); a fossilization
-makes the seed final (and, with ``freeze_fossilized``, freezes it and drops its
-group); a rollback restores the last good weights and optimizer state.
-The host's optimizer state is never reset.
+blueprint (Tezzeret) and adds its parameters to the optimizer's parameter group
+that holds its host layer (so they train at the host's current learning rate,
+and every LR scheduler keeps working); a prune removes them (and their
+optimizer state); a fossilization makes the seed final (and, with
+``freeze_fossilized``, freezes it and removes it from the optimizer); a
+rollback restores the last good weights and optimizer state. The host's
+optimizer state is never reset.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import json
 import math
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Union
 
@@ -53,6 +55,11 @@ LayerRef = Union[int, str]
 Evaluate = Callable[[nn.Module], dict[str, float]]
 
 _EXITS = frozenset({"PRUNED", "CANCELLED", "ROLLED_BACK"})
+# Learning rates a parameter group may hold (OneCycleLR keeps its own there); a seed group's are scaled.
+_LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
+# Per-group lists of torch's LR schedulers: learning rates (scaled for a seed group) and the rest (copied).
+_SCHEDULER_LRS = ("base_lrs", "max_lrs", "min_lrs", "_last_lr")
+_SCHEDULER_OTHERS = ("lr_lambdas", "base_momentums", "max_momentums")
 # Held while a seed is built under a forked, re-seeded global RNG (see Morphogenesis._add_seed).
 _RNG_LOCK = threading.Lock()
 
@@ -101,7 +108,18 @@ class MorphConfig:
             (near zero, losses are noisy in relative terms).
         failures_before_prune: seed execution failures that open its breaker
             and prune it.
-        seed_lr: learning rate of seed parameter groups (None: the optimizer's).
+        seed_lr_scale: a seed's learning rate as a multiple of its host's.
+            At 1 (the default) a seed's parameters join the optimizer's
+            parameter group that holds its host layer (the group of the host's
+            first parameter the optimizer holds; the first group when it holds
+            none), so they share the host's current LR, momentum and weight
+            decay and follow any LR scheduler unchanged. Any other value puts
+            each seed in a group of its own, a copy of the host's group with
+            its learning rates ("lr", "initial_lr", "max_lr", "min_lr") scaled;
+            LR schedulers index their lists by group, so pass them to
+            ``Morphogenesis(..., schedulers=[...])`` to have them follow the
+            new groups (a scheduler found on the optimizer but not passed
+            raises ValueError).
         seed: seed of the random policy and of seed initialisation.
         rollback: keep a copy of the last good weights and optimizer state
             (taken at each end_epoch) to restore on rollback; costs one copy
@@ -135,7 +153,7 @@ class MorphConfig:
     loss_factor: float = 3.0
     loss_min_delta: float = 0.05
     failures_before_prune: int = 3
-    seed_lr: float | None = None
+    seed_lr_scale: float = 1.0
     seed: int = 0
     rollback: bool = True
     freeze_fossilized: bool = False
@@ -244,23 +262,73 @@ def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.to(device).clone()
 
 
+def _placement_entry(entry: Any) -> dict[str, Any]:
+    """A checkpoint's record of where a seed's parameters sit. Checkpoints from before seeds joined
+    their host's group list [layer, slot] pairs, each a group of its own appended in that order."""
+    if isinstance(entry, dict):
+        return entry
+    layer, slot = entry
+    return {"layer": int(layer), "slot": int(slot), "group": None, "position": 0, "own": True}
+
+
+@dataclass
+class _Placement:
+    """A seed's parameters in the optimizer. Their group is found by their identity when needed:
+    ``optimizer.load_state_dict`` replaces the group dicts (not the parameters)."""
+
+    params: list[nn.Parameter]
+    own: bool  # a group of their own (seed_lr_scale != 1), else their host's group
+
+    def find(self, groups: list[dict[str, Any]]) -> tuple[int, int] | None:
+        """(group index, position of the first parameter) in these groups; None if no group holds it."""
+        first = self.params[0]
+        for g, group in enumerate(groups):
+            for pos, p in enumerate(group["params"]):
+                if p is first:
+                    return g, pos
+        return None
+
+
+def _each_scheduler(schedulers: Sequence[Any]) -> Iterator[Any]:
+    """The schedulers and, once each, those that SequentialLR and ChainedScheduler drive."""
+    seen: set[int] = set()
+    todo = list(schedulers)
+    while todo:
+        sched = todo.pop(0)
+        if id(sched) not in seen:
+            seen.add(id(sched))
+            yield sched
+            todo.extend(getattr(sched, "_schedulers", ()))
+
+
 class Morphogenesis:
     """Drives the growth of a wrapped model during ordinary training.
 
     Args:
         model: a model wrapped with :func:`esper.wrap`.
-        optimizer: the optimizer training it; seeds join it in their own
-            parameter groups and leave it when pruned (or fossilized, with
-            ``freeze_fossilized``).
+        optimizer: the optimizer training it; a seed's parameters join the
+            parameter group of its host layer and leave it when pruned (or
+            fossilized, with ``freeze_fossilized``). See
+            ``MorphConfig.seed_lr_scale``.
         config: the settings (:class:`MorphConfig`); keyword overrides win.
         evaluate: ``evaluate(model) -> {"loss": ..., "metric": ...}`` on
             validation data; used to measure each seed's contribution in
             HOLDING (with and without it). Without it, seeds are judged on
             the validation loss passed to :meth:`end_epoch`.
+        schedulers: the optimizer's LR schedulers (``torch.optim.lr_scheduler``
+            objects, ReduceLROnPlateau included). Needed only with
+            ``seed_lr_scale`` != 1: each seed group then gets an entry in
+            their per-group lists (base_lrs, lr_lambdas, max_lrs, min_lrs,
+            momentums; SequentialLR's and ChainedScheduler's children too),
+            copied from its host group's and scaled, and loses it when the
+            seed leaves the optimizer. With the default scale seeds share
+            their host's group and no scheduler needs to be known.
         **overrides: fields of MorphConfig.
 
     Raises:
-        ValueError: the model holds no Kasmina layer, or a setting is invalid.
+        ValueError: the model holds no Kasmina layer, a setting is invalid, or
+            ``seed_lr_scale`` != 1 while the optimizer carries an LR
+            scheduler's ``initial_lr`` and no ``schedulers`` were given.
         esper.InvalidArgumentError: Go refused the configuration (raised by the
             first call that needs the Go session: it is created, and the
             library loaded, on first use).
@@ -277,6 +345,7 @@ class Morphogenesis:
         *,
         config: MorphConfig | None = None,
         evaluate: Evaluate | None = None,
+        schedulers: Sequence[Any] = (),
         **overrides: Any,
     ) -> None:
         self.model = model
@@ -288,6 +357,12 @@ class Morphogenesis:
             setattr(self.config, key, value)
         if self.config.signal_every < 1:
             raise ValueError(f"signal_every must be >= 1, got {self.config.signal_every}")
+        scale = self.config.seed_lr_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"seed_lr_scale must be a finite number > 0 (a multiple of the host's LR), got {scale!r}")
+        #: LR schedulers whose per-group lists follow seed groups (seed_lr_scale != 1 only).
+        self.schedulers = list(schedulers)
+        self._check_schedulers()
         self.evaluate = evaluate
         named = kasmina_layers(model)
         if not named:
@@ -304,7 +379,7 @@ class Morphogenesis:
         self.epoch = 0
         self._pending = 0  # optimizer steps not yet sent to Go
         self._blending = 0  # slots in BLENDING: Go is called every step while > 0
-        self._groups: dict[tuple[int, int], dict[str, Any]] = {}  # (layer, slot) -> its param group
+        self._groups: dict[tuple[int, int], _Placement] = {}  # (layer, slot) -> where its parameters sit
         self._loss_sum: torch.Tensor | None = None  # device sum of losses since the last flush
         self._loss_count = 0
         self._epoch_loss_sum: torch.Tensor | None = None
@@ -473,6 +548,7 @@ class Morphogenesis:
             {"epoch", "decisions": [...], "events": [...]} as Go reported them.
         """
         session = self.session
+        self._check_schedulers()  # Tamiyo may germinate
         if self._pending:
             self._flush(with_signals=False)
         if val_loss is None and self.evaluate is not None:
@@ -543,6 +619,7 @@ class Morphogenesis:
             esper.BudgetError: the governor's budget or concurrency refuses it.
         """
         spec = blueprint if isinstance(blueprint, dict) else {"template": blueprint, "params": params}
+        self._check_schedulers()
         events = self.session.germinate(self._layer_index(layer), slot, spec)
         self._apply(events)
         return events
@@ -617,22 +694,90 @@ class Morphogenesis:
         layer.add_seed(slot, seed)
         self._add_group(i, slot, list(seed.parameters()))
 
-    def _add_group(self, i: int, slot: int, params: list[nn.Parameter]) -> None:
+    def _host_group(self, i: int) -> int:
+        """The index of the parameter group holding layer i's host: that of its first parameter the
+        optimizer holds, or 0 when it holds none (a frozen host)."""
+        index = {id(p): g for g, group in enumerate(self.optimizer.param_groups) for p in group["params"]}
+        for p in self.layers[i].base_layer.parameters():
+            if id(p) in index:
+                return index[id(p)]
+        return 0
+
+    def _add_group(self, i: int, slot: int, params: list[nn.Parameter], at: tuple[int, int] | None = None,
+                   own: bool | None = None) -> None:
+        """Put a seed's parameters into the optimizer: into its host's group (appended, or at
+        ``at`` = (group, position) when a checkpoint says where), or, with seed_lr_scale != 1, into a
+        group of their own that copies the host's with scaled learning rates."""
         if not params:
             return
-        group: dict[str, Any] = {"params": params, "esper_seed": f"{self.layer_names[i]}/{slot}"}
-        if self.config.seed_lr is not None:
-            group["lr"] = self.config.seed_lr
+        groups = self.optimizer.param_groups
+        if own is None:
+            own = self.config.seed_lr_scale != 1
+        # An optimizer built from model.named_parameters() keeps a "param_names" list beside "params".
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        if not own:
+            g = at[0] if at is not None else self._host_group(i)
+            pos = at[1] if at is not None else len(groups[g]["params"])
+            groups[g]["params"][pos:pos] = params
+            if "param_names" in groups[g]:
+                groups[g]["param_names"][pos:pos] = [names[id(p)] for p in params]
+            self._groups[(i, slot)] = _Placement(params, own=False)
+            return
+        h = self._host_group(i)
+        scale = self.config.seed_lr_scale
+        group = {k: v for k, v in groups[h].items() if k not in ("params", "param_names", "esper_seed")}
+        for key in _LR_KEYS:
+            if key in group:
+                group[key] = group[key] * scale
+        named = "param_names" in groups[h]
+        group.update(params=[(names[id(p)], p) for p in params] if named else params,
+                     esper_seed=f"{self.layer_names[i]}/{slot}")
+        n = len(groups)
         self.optimizer.add_param_group(group)
-        self._groups[(i, slot)] = self.optimizer.param_groups[-1]
+        for sched in _each_scheduler(self.schedulers):
+            for name in _SCHEDULER_LRS + _SCHEDULER_OTHERS:
+                values = getattr(sched, name, None)
+                if isinstance(values, list) and len(values) == n:
+                    values.append(values[h] * scale if name in _SCHEDULER_LRS else values[h])
+        self._groups[(i, slot)] = _Placement(params, own=True)
 
     def _drop_group(self, i: int, slot: int) -> None:
-        group = self._groups.pop((i, slot), None)
-        if group is None:
+        """Take a seed's parameters and their state out of the optimizer (and its own group, with
+        its entries in the registered schedulers' lists, out of both)."""
+        placement = self._groups.pop((i, slot), None)
+        if placement is None:
             return
-        for p in group["params"]:
+        for p in placement.params:
             self.optimizer.state.pop(p, None)
-        self.optimizer.param_groups[:] = [g for g in self.optimizer.param_groups if g is not group]
+        groups = self.optimizer.param_groups
+        found = placement.find(groups)
+        if found is None:  # not in the optimizer any more (the caller rebuilt its groups): nothing to remove
+            return
+        j = found[0]
+        if not placement.own:
+            ids = {id(p) for p in placement.params}
+            keep = [k for k, p in enumerate(groups[j]["params"]) if id(p) not in ids]
+            for key in ("params", "param_names"):
+                if key in groups[j]:
+                    groups[j][key] = [groups[j][key][k] for k in keep]
+            return
+        for sched in _each_scheduler(self.schedulers):
+            for name in _SCHEDULER_LRS + _SCHEDULER_OTHERS:
+                values = getattr(sched, name, None)
+                if isinstance(values, list) and len(values) == len(groups):
+                    del values[j]
+        del groups[j]
+
+    def _check_schedulers(self) -> None:
+        """Refuse seed groups of their own that an LR scheduler attached to the optimizer would not know."""
+        if self.config.seed_lr_scale == 1 or self.schedulers:
+            return
+        if any("initial_lr" in group for group in self.optimizer.param_groups):
+            raise ValueError(
+                f"seed_lr_scale={self.config.seed_lr_scale} gives each seed a parameter group of its own, and "
+                "the optimizer has an LR scheduler (its groups hold 'initial_lr') that would not know those "
+                "groups: pass it as Morphogenesis(..., schedulers=[scheduler]), or keep seed_lr_scale=1 "
+                "(seeds then share their host's group and every scheduler works unchanged)")
 
     # ------------------------------------------------------------------ rollback
 
@@ -660,9 +805,11 @@ class Morphogenesis:
                 saved = good["model"].get(name)
                 if saved is not None and saved.shape == tensor.shape:
                     tensor.copy_(saved)
+        # Only parameters the optimizer holds get state back (a seed frozen since then holds none).
+        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         for name, p in self.model.named_parameters():
             state = good["optim"].get(name)
-            if state is not None:
+            if state is not None and id(p) in held:
                 self.optimizer.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
             elif p in self.optimizer.state:
                 del self.optimizer.state[p]
@@ -697,7 +844,8 @@ class Morphogenesis:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume identically: Go's state, the seeds'
-        blueprints and states, the order of their optimizer groups, the steps
+        blueprints and states, where their parameters sit in the optimizer
+        (group and position), the steps
         and losses not yet sent to Go, and (with ``rollback``) the last good
         weights a rollback would restore. Save it beside ``model.state_dict()``
         and ``optimizer.state_dict()``. Taking it changes nothing: a run that
@@ -711,11 +859,17 @@ class Morphogenesis:
                         "layer": i, "slot": slot, "ir": module.ir, "state": layer.state(slot).name,
                         "alpha": layer.alpha(slot),
                     })
-        group_order = []
-        for g in self.optimizer.param_groups:
-            for key, mine in self._groups.items():
-                if mine is g:
-                    group_order.append(list(key))
+        # Where each seed's parameters sit, in optimizer order, so that load_state_dict rebuilds the
+        # layout that optimizer.state_dict() numbers its parameters by.
+        groups = self.optimizer.param_groups
+        placements = []
+        for (i, slot), placement in self._groups.items():
+            found = placement.find(groups)
+            if found is None:
+                continue
+            g, pos = found
+            placements.append({"layer": i, "slot": slot, "group": g, "position": pos, "own": placement.own})
+        placements.sort(key=lambda e: (e["group"], e["position"]))
         def loss(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.detach().cpu().clone()
 
@@ -725,7 +879,7 @@ class Morphogenesis:
             "steps": self.steps,
             "epoch": self.epoch,
             "seeds": seeds,
-            "groups": group_order,
+            "groups": placements,
             "config": asdict(self.config),
             "log": list(self.log),
             # What the next flush and end_epoch would have sent to Go.
@@ -750,11 +904,24 @@ class Morphogenesis:
             raise ValueError(f"unknown Morphogenesis checkpoint version {state.get('version')!r}")
         if any(len(layer.seeds) for layer in self.layers):
             raise ValueError("load_state_dict needs a model without seeds (wrap a fresh model)")
-        self.session.restore(state["session"])
         by_key = {(s["layer"], s["slot"]): s for s in state["seeds"]}
-        for i, slot in (tuple(k) for k in state["groups"]):
-            if (i, slot) not in by_key:
-                raise ValueError(f"checkpoint lists an optimizer group for seed {i}/{slot} but no such seed")
+        placements = [_placement_entry(e) for e in state["groups"]]
+        n_groups = len(self.optimizer.param_groups)
+        for e in placements:
+            name = f"{e['layer']}/{e['slot']}"
+            if (e["layer"], e["slot"]) not in by_key:
+                raise ValueError(f"checkpoint places seed {name} in the optimizer but has no such seed")
+            g, fits = e["group"], True
+            if e["own"]:  # appended in order, after the groups the optimizer was built with
+                fits = g is None or g == n_groups
+                n_groups += 1
+            elif g >= n_groups:
+                fits = False
+            if not fits:
+                raise ValueError(f"checkpoint has seed {name}'s parameters in optimizer group {g}, which this "
+                                 f"optimizer ({len(self.optimizer.param_groups)} groups) cannot hold: build the "
+                                 "optimizer with the parameter groups of the checkpointed run")
+        self.session.restore(state["session"])
         self._blending = 0
         for s in by_key.values():
             layer = self.layers[s["layer"]]
@@ -772,8 +939,16 @@ class Morphogenesis:
                 layer.set_state(s["slot"], state_name)
                 if state_name == "FOSSILIZED" and not self.config.freeze_fossilized:
                     seed.requires_grad_(True)
-        for i, slot in (tuple(k) for k in state["groups"]):
-            self._add_group(i, slot, list(self.layers[i].seed(slot).parameters()))
+        # In optimizer order: each insertion lands where the checkpointed run had it.
+        groups = self.optimizer.param_groups
+        for e in placements:
+            i, slot, g, pos = e["layer"], e["slot"], e["group"], e["position"]
+            if not e["own"] and not 0 <= pos <= len(groups[g]["params"]):
+                raise ValueError(f"checkpoint has seed {i}/{slot}'s parameters at position {pos} of optimizer group "
+                                 f"{g}, which holds {len(groups[g]['params'])}: build the optimizer with the "
+                                 "parameter groups of the checkpointed run")
+            params = list(self.layers[i].seed(slot).parameters())
+            self._add_group(i, slot, params, at=None if e["own"] else (g, pos), own=e["own"])
         self.steps = int(state["steps"])
         self.epoch = int(state["epoch"])
         self._pending = int(state.get("pending", 0))
