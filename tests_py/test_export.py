@@ -111,3 +111,26 @@ def test_export_of_a_model_without_kasmina_layers_is_a_copy() -> None:
     model = nn.Sequential(nn.Linear(2, 2))
     plain = export(model)
     assert plain is not model and torch.equal(plain[0].weight, model[0].weight)
+
+
+def test_a_branch_on_a_host_with_submodules_becomes_a_residual_graph_module() -> None:
+    """Adding a child to an nn.Sequential would add a step to its forward: such a host is kept whole
+    as ``base_layer`` of a GraphModule that adds the branch."""
+    torch.manual_seed(0)
+    model = wrap(nn.Sequential(nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4)), nn.Tanh()),
+                 block_modules=["0"])
+    layer = model[0]
+    seed = build_seed({**MLP, "host": {"kind": "block", "in": 6, "out": 4}})
+    with torch.no_grad():
+        for p in seed.parameters():
+            p.normal_(0, 0.5)
+    layer.add_seed(0, seed)
+    for state in ("TRAINING", "BLENDING", "HOLDING", "FOSSILIZED"):
+        layer.set_state(0, state, 0.4 if state == "BLENDING" else None)
+    x = torch.randn(5, 6)
+    plain = export(model.eval())
+    assert isinstance(plain[0], fx.GraphModule) and type(plain[0]).__name__ == "Residual"
+    assert type(plain[0].base_layer) is nn.Sequential and len(plain[0].base_layer) == 3
+    assert torch.equal(plain(x), model(x))
+    with torch.no_grad():
+        assert not torch.allclose(plain(x), torch.tanh(layer.base_layer(x)))

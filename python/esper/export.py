@@ -5,20 +5,26 @@ For each Kasmina layer of a deep copy of the model:
 - FOSSILIZED seeds whose IR is a chain of linear ops, on a linear host, are merged into the host's
   weight and bias: ``W' = W + a * dW``, ``b' = b + a * db``, composed in float64 and checked finite
   before anything is written (a host without bias gains one when the seeds have a bias);
-- other FOSSILIZED seeds stay as branches: the layer becomes its host module again, holding the seeds
-  as ``seeds.<slot>`` (each a GraphModule of PyTorch modules and functions) and adding them to its
-  output with a forward hook, a ``torch.fx.GraphModule`` (class name ``SeedBranches``) computing
-  ``output + a_i * seeds.<slot>(x)``;
+- other FOSSILIZED seeds stay as branches, each turned into a GraphModule of PyTorch modules and
+  functions:
+
+  - on a host without submodules (``nn.Linear``, ``nn.Conv2d``, ``nn.LayerNorm``, ...), the layer
+    becomes its host module again, holding the seeds as ``seeds.<slot>`` and adding them to its
+    output with a forward hook, a ``torch.fx.GraphModule`` (class name ``SeedBranches``) computing
+    ``output + a_i * seeds.<slot>(x)``;
+  - on a host with submodules (a block or residual host such as an MLP, where one more child could
+    change the forward, as in ``nn.Sequential``), the layer becomes a GraphModule (class name
+    ``Residual``) computing ``base_layer(x) + a_i * seeds.<slot>(x)``;
 - seeds in any other state are dropped, and a layer with no branch left is its plain host module.
 
-So every exported layer *is* its host: its attributes (``weight``, ``bias``, ``in_features``, ...)
+So an exported leaf layer *is* its host: its attributes (``weight``, ``bias``, ``in_features``, ...)
 are the host's own, its state_dict keys are the unwrapped model's (``fc.weight``, plus
-``fc.seeds.0...`` for branches), and code that reads its parameters directly sees them. PyTorch's
-fused fast paths (``nn.TransformerEncoderLayer`` in eval) skip modules with forward hooks, so they
-never drop a branch. The hook lives in the module's ``_forward_hooks``: it survives ``copy.deepcopy``
-and pickling, and ``torch.compile`` runs it; ``torch.fx.symbolic_trace`` treats a leaf module such as
-``nn.Linear`` as opaque and does not record hooks, so trace an exported model with branches only with
-a tracer that does not make its hosts leaves.
+``fc.seeds.0...`` for branches), and code that reads its parameters directly, as PyTorch's fused fast
+paths do, sees them. Those fast paths (``nn.TransformerEncoderLayer`` in eval) skip modules with
+forward hooks, so they never drop a branch. The hook lives in the module's ``_forward_hooks``: it
+survives ``copy.deepcopy`` and pickling, and ``torch.compile`` runs it; ``torch.fx.symbolic_trace``
+treats a leaf module such as ``nn.Linear`` as opaque and does not record its hooks, so trace an
+exported model with such branches with a tracer that does not make their hosts leaves.
 
 No Esper class remains in the result, and the model passed in is not modified.
 """
@@ -75,6 +81,23 @@ def _branches_hook(branches: list[tuple[int, nn.Module, float]]) -> fx.GraphModu
     return fx.GraphModule(root, graph, class_name="SeedBranches")
 
 
+def _residual(base: nn.Module, branches: list[tuple[int, nn.Module, float]]) -> fx.GraphModule:
+    """``base(x) + sum a * branch(x)`` as a GraphModule with submodules ``base_layer`` and ``seeds.<slot>``."""
+    root = nn.Module()
+    root.base_layer = base
+    root.seeds = nn.ModuleDict({str(slot): branch for slot, branch, _ in branches})
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    y = graph.call_module("base_layer", (x,))
+    for slot, _, alpha in branches:
+        s = graph.call_module(f"seeds.{slot}", (x,))
+        y = graph.call_function(torch.add, (y, s), {"alpha": alpha})
+    graph.output(y)
+    module = fx.GraphModule(root, graph, class_name="Residual")
+    module.training = base.training
+    return module
+
+
 def _attach(host: nn.Module, branches: list[tuple[int, nn.Module, float]]) -> nn.Module:
     """The host with its branches as ``seeds.<slot>`` (another free name if it has a ``seeds``) and the
     hook that adds them to its output."""
@@ -104,7 +127,9 @@ def _export_layer(layer: KasminaLayer) -> nn.Module:
     if deltas:
         assert isinstance(base, nn.Linear)  # the linear dispatcher wraps only nn.Linear
         _merge_into_linear(base, deltas)
-    return _attach(base, branches) if branches else base
+    if not branches:
+        return base
+    return _residual(base, branches) if any(True for _ in base.children()) else _attach(base, branches)
 
 
 def export(model: nn.Module) -> nn.Module:
