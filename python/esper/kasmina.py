@@ -244,6 +244,18 @@ class KasminaLayer(nn.Module):
         num_slots: the number of seed slots.
         rank_every: the effective rank is estimated on every ``rank_every``-th sampling step.
 
+    The layer stands in for its host where code reads the host's attributes: any attribute it does
+    not have itself (``weight``, ``bias``, ``in_features``, ``kernel_size``, ...) is the host's, as
+    with PEFT's tuner layers (protocol names ``__x__`` excepted). Writing one sets it on the layer.
+
+    Fused fast paths: while a seed adds to the output (BLENDING, HOLDING, FOSSILIZED), the layer
+    holds a no-op forward pre-hook, so ``nn.TransformerEncoderLayer``'s eval path (eval mode under
+    ``no_grad``, which would read ``linear1.weight`` etc. and skip the submodules' forwards, seeds
+    included) falls back to calling them, as PyTorch does for any module with hooks; it costs one
+    hook call per forward of that layer. With no such seed the hook is gone and the fast path runs
+    on the host's weights, which is then the exact result. A nested input (``nn.TransformerEncoder``
+    in eval with ``src_key_padding_mask``) runs sequence by sequence while seeds run.
+
     Attributes:
         base_layer: the host module.
         seeds: the live seeds, keyed by slot index as a string.
