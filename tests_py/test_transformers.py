@@ -254,6 +254,20 @@ def test_a_wrapped_layer_exposes_its_hosts_attributes() -> None:
     assert isinstance(copy.deepcopy(host), KasminaLayer)
 
 
+def test_weight_tying_after_wrapping_ties_the_hosts_weight() -> None:
+    torch.manual_seed(0)
+    model = esper.wrap(GPT(), target_modules=["head"])
+    model.head.weight = model.wte.weight  # nanoGPT's tie, written after wrapping
+    assert model.head.base_layer.weight is model.wte.weight and "weight" not in model.head._parameters
+    assert len(list(model.parameters())) == len(list(GPT().parameters())) - 1  # one tensor fewer: tied
+    idx = torch.randint(0, 12, (B, T), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = model.ln_f(model.blocks[1](model.blocks[0](model.wte(idx) + model.wpe(torch.arange(T)))))
+        torch.testing.assert_close(model(idx), x @ model.wte.weight.T, rtol=0, atol=0)
+    model.head.tag = "mine"  # any other attribute is the layer's own
+    assert model.head.__dict__["tag"] == "mine" and not hasattr(model.head.base_layer, "tag")
+
+
 def test_attribute_lookup_before_base_layer_is_set_does_not_recurse() -> None:
     half_built = KasminaLayer.__new__(KasminaLayer)
     with pytest.raises(AttributeError):

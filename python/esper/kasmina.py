@@ -246,7 +246,9 @@ class KasminaLayer(nn.Module):
 
     The layer stands in for its host where code reads the host's attributes: any attribute it does
     not have itself (``weight``, ``bias``, ``in_features``, ``kernel_size``, ...) is the host's, as
-    with PEFT's tuner layers (protocol names ``__x__`` excepted). Writing one sets it on the layer.
+    with PEFT's tuner layers (protocol names ``__x__`` excepted). Setting one of the host's
+    parameters or buffers sets it on the host (``lm_head.weight = wte.weight`` ties weights as it
+    did before wrapping); any other attribute set is the layer's own.
 
     Fused fast paths: while a seed adds to the output (BLENDING, HOLDING, FOSSILIZED), the layer
     holds a no-op forward pre-hook, so ``nn.TransformerEncoderLayer``'s eval path (eval mode under
@@ -291,6 +293,16 @@ class KasminaLayer(nn.Module):
         self._unfused: RemovableHandle | None = None  # the pre-hook that keeps fused fast paths away
         self._allocate(_device_of(base_layer))
         self._sync_forward()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A parameter or buffer of the host (not of this layer) is set on the host, where the forward
+        # reads it: ``lm_head.weight = wte.weight`` (weight tying) after wrapping still ties.
+        base = self.__dict__.get("_modules", {}).get("base_layer")
+        if base is not None and (name in base._parameters or name in base._buffers) \
+                and name not in self._parameters and name not in self._buffers:
+            setattr(base, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def __getattr__(self, name: str) -> Any:
         # Called only when the normal lookup failed: nn.Module's own (parameters, buffers and
