@@ -381,6 +381,7 @@ def test_a_training_seed_leaves_the_fused_path_free() -> None:
     assert torch.equal(eval_out(model, x), host_only)
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
 def test_the_encoders_nested_path_with_a_padding_mask_keeps_the_seed() -> None:
     """In eval with a padding mask, nn.TransformerEncoder hands its layers a nested tensor; a layer
     with a live seed runs each sequence on its own and matches the padded slow path where it is not padding."""

@@ -20,9 +20,10 @@ changed are bypassed (hooks present at that time are honoured by calling the bas
 
 A wrapped layer looks like its host to code that inspects it, as PEFT's tuner layers do: an
 attribute the layer lacks is looked up on ``base_layer`` (``weight``, ``bias``, ``in_features``,
-``kernel_size``, ...; names of the form ``__x__`` are not forwarded). Lookups of the layer's own
-attributes, and the forward, never pay for it: Python calls ``__getattr__`` only after the normal
-lookup failed.
+``kernel_size``, ...; names of the form ``__x__`` are not forwarded), and setting one of the host's
+parameters or buffers sets it on the host. The forward pays nothing for it: ``__getattr__`` serves
+submodules (``base_layer``) first, before nn.Module's own lookup would, and a dormant layer's forward
+is the host's.
 
 Fused fast paths: ``nn.TransformerEncoderLayer`` in eval mode under ``no_grad`` reads
 ``linear1.weight``, ``norm1.weight``, ... and calls one fused kernel instead of its submodules, which
