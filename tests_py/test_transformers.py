@@ -296,6 +296,9 @@ def test_multihead_attentions_out_proj_is_never_wrapped_by_type_and_refused_by_n
     assert [n for n, _ in esper.kasmina_layers(esper.wrap(marked, target_modules=[
         lambda name, m: isinstance(m, nn.Linear)]))] == ["1"]
     assert (nn.MultiheadAttention, "out_proj") in PARAMETER_ONLY
+    # PyTorch's own encoder: every Linear but the attention output projections.
+    encoder = esper.wrap(Encoder(), target_modules=[nn.Linear])
+    assert [n for n, _ in esper.kasmina_layers(encoder)] == CASES["encoder"].wrapped
 
 
 def test_a_seed_on_out_proj_would_never_run() -> None:
