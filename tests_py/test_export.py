@@ -74,16 +74,28 @@ def test_other_seeds_become_branches_and_live_seeds_are_dropped() -> None:
     model, x = model_with([MLP, LOWRANK, MLP], ["FOSSILIZED", "BLENDING", "HOLDING"])
     layer = model[0]
     plain = export(model)
-    assert isinstance(plain[0], fx.GraphModule) and type(plain[0]).__name__ == "Residual"
+    # The host itself, holding the branch and adding it with a forward hook (a GraphModule).
+    assert type(plain[0]) is nn.Linear and plain[0].in_features == 6
+    (hook,) = plain[0]._forward_hooks.values()
+    assert isinstance(hook, fx.GraphModule) and type(hook).__name__ == "SeedBranches"
+    assert isinstance(plain[0].seeds["0"], fx.GraphModule) and hook.seeds.get_submodule("0") is plain[0].seeds["0"]
     with torch.no_grad():
         expected = torch.tanh(layer.base_layer(x) + layer.seed(0)(x))
     torch.testing.assert_close(plain(x), expected, rtol=0, atol=0)
-    assert sorted(k for k in plain.state_dict() if "seeds" in k) == [
-        "0.seeds.0.fc1.bias", "0.seeds.0.fc1.weight", "0.seeds.0.fc2.bias", "0.seeds.0.fc2.weight"]
-    assert not any(type(m).__module__.startswith("esper") for m in plain.modules())
+    assert not torch.allclose(plain(x), torch.tanh(nn.functional.linear(x, plain[0].weight, plain[0].bias)))
+    assert sorted(plain.state_dict()) == [
+        "0.bias", "0.seeds.0.fc1.bias", "0.seeds.0.fc1.weight", "0.seeds.0.fc2.bias", "0.seeds.0.fc2.weight",
+        "0.weight"]
+    assert not any(type(m).__module__.startswith("esper") for m in [*plain.modules(), *hook.modules()])
     again = copy.deepcopy(plain)
     again.load_state_dict(plain.state_dict())
     assert torch.equal(again(x), plain(x))
+    with torch.no_grad():
+        again[0].seeds["0"].fc2.weight.zero_()
+        again[0].seeds["0"].fc2.bias.zero_()
+    # The copy's hook runs the copy's seed (shared, not a stale reference to the original's).
+    host_only = torch.tanh(nn.functional.linear(x, again[0].weight, again[0].bias))
+    assert torch.equal(again(x), host_only) and not torch.equal(again(x), plain(x))
 
 
 def test_non_finite_merge_writes_nothing() -> None:
@@ -99,3 +111,26 @@ def test_export_of_a_model_without_kasmina_layers_is_a_copy() -> None:
     model = nn.Sequential(nn.Linear(2, 2))
     plain = export(model)
     assert plain is not model and torch.equal(plain[0].weight, model[0].weight)
+
+
+def test_a_branch_on_a_host_with_submodules_becomes_a_residual_graph_module() -> None:
+    """Adding a child to an nn.Sequential would add a step to its forward: such a host is kept whole
+    as ``base_layer`` of a GraphModule that adds the branch."""
+    torch.manual_seed(0)
+    model = wrap(nn.Sequential(nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4)), nn.Tanh()),
+                 block_modules=["0"])
+    layer = model[0]
+    seed = build_seed({**MLP, "host": {"kind": "block", "in": 6, "out": 4}})
+    with torch.no_grad():
+        for p in seed.parameters():
+            p.normal_(0, 0.5)
+    layer.add_seed(0, seed)
+    for state in ("TRAINING", "BLENDING", "HOLDING", "FOSSILIZED"):
+        layer.set_state(0, state, 0.4 if state == "BLENDING" else None)
+    x = torch.randn(5, 6)
+    plain = export(model.eval())
+    assert isinstance(plain[0], fx.GraphModule) and type(plain[0]).__name__ == "Residual"
+    assert type(plain[0].base_layer) is nn.Sequential and len(plain[0].base_layer) == 3
+    assert torch.equal(plain(x), model(x))
+    with torch.no_grad():
+        assert not torch.allclose(plain(x), torch.tanh(layer.base_layer(x)))

@@ -5,10 +5,26 @@ For each Kasmina layer of a deep copy of the model:
 - FOSSILIZED seeds whose IR is a chain of linear ops, on a linear host, are merged into the host's
   weight and bias: ``W' = W + a * dW``, ``b' = b + a * db``, composed in float64 and checked finite
   before anything is written (a host without bias gains one when the seeds have a bias);
-- other FOSSILIZED seeds stay as branches: the layer becomes a ``torch.fx.GraphModule`` (class name
-  ``Residual``) computing ``base_layer(x) + a_i * seeds.<slot>(x)``, each seed turned into a
-  GraphModule of PyTorch modules and functions;
-- seeds in any other state are dropped, and a layer with no branch left becomes its host module.
+- other FOSSILIZED seeds stay as branches, each turned into a GraphModule of PyTorch modules and
+  functions:
+
+  - on a host without submodules (``nn.Linear``, ``nn.Conv2d``, ``nn.LayerNorm``, ...), the layer
+    becomes its host module again, holding the seeds as ``seeds.<slot>`` and adding them to its
+    output with a forward hook, a ``torch.fx.GraphModule`` (class name ``SeedBranches``) computing
+    ``output + a_i * seeds.<slot>(x)``;
+  - on a host with submodules (a block or residual host such as an MLP, where one more child could
+    change the forward, as in ``nn.Sequential``), the layer becomes a GraphModule (class name
+    ``Residual``) computing ``base_layer(x) + a_i * seeds.<slot>(x)``;
+- seeds in any other state are dropped, and a layer with no branch left is its plain host module.
+
+So an exported leaf layer *is* its host: its attributes (``weight``, ``bias``, ``in_features``, ...)
+are the host's own, its state_dict keys are the unwrapped model's (``fc.weight``, plus
+``fc.seeds.0...`` for branches), and code that reads its parameters directly, as PyTorch's fused fast
+paths do, sees them. Those fast paths (``nn.TransformerEncoderLayer`` in eval) skip modules with
+forward hooks, so they never drop a branch. The hook lives in the module's ``_forward_hooks``: it
+survives ``copy.deepcopy`` and pickling, and ``torch.compile`` runs it; ``torch.fx.symbolic_trace``
+treats a leaf module such as ``nn.Linear`` as opaque and does not record its hooks, so trace an
+exported model with such branches with a tracer that does not make their hosts leaves.
 
 No Esper class remains in the result, and the model passed in is not modified.
 """
@@ -47,6 +63,24 @@ def _merge_into_linear(host: nn.Linear, deltas: list[tuple[Tensor, Tensor, float
             host.bias = nn.Parameter(bias.to(host.weight.dtype), requires_grad=host.weight.requires_grad)
 
 
+def _branches_hook(branches: list[tuple[int, nn.Module, float]]) -> fx.GraphModule:
+    """A forward hook ``(host, inputs, output) -> output + sum a * seeds.<slot>(inputs[0])`` as a GraphModule
+    holding the branches as ``seeds.<slot>``."""
+    root = nn.Module()
+    root.seeds = nn.ModuleDict({str(slot): branch for slot, branch, _ in branches})
+    graph = fx.Graph()
+    graph.placeholder("host")
+    inputs = graph.placeholder("inputs")
+    y = graph.placeholder("output")
+    x = graph.call_function(operator.getitem, (inputs, 0))
+    for slot, _, alpha in branches:
+        s = graph.call_module(f"seeds.{slot}", (x,))
+        # torch.add with alpha, as the Kasmina layer computes it (the same rounding).
+        y = graph.call_function(torch.add, (y, s), {"alpha": alpha})
+    graph.output(y)
+    return fx.GraphModule(root, graph, class_name="SeedBranches")
+
+
 def _residual(base: nn.Module, branches: list[tuple[int, nn.Module, float]]) -> fx.GraphModule:
     """``base(x) + sum a * branch(x)`` as a GraphModule with submodules ``base_layer`` and ``seeds.<slot>``."""
     root = nn.Module()
@@ -57,13 +91,23 @@ def _residual(base: nn.Module, branches: list[tuple[int, nn.Module, float]]) -> 
     y = graph.call_module("base_layer", (x,))
     for slot, _, alpha in branches:
         s = graph.call_module(f"seeds.{slot}", (x,))
-        if alpha != 1.0:
-            s = graph.call_function(operator.mul, (s, alpha))
-        y = graph.call_function(operator.add, (y, s))
+        y = graph.call_function(torch.add, (y, s), {"alpha": alpha})
     graph.output(y)
     module = fx.GraphModule(root, graph, class_name="Residual")
     module.training = base.training
     return module
+
+
+def _attach(host: nn.Module, branches: list[tuple[int, nn.Module, float]]) -> nn.Module:
+    """The host with its branches as ``seeds.<slot>`` (another free name if it has a ``seeds``) and the
+    hook that adds them to its output."""
+    hook = _branches_hook(branches)
+    name = "seeds"
+    while hasattr(host, name):
+        name = "_" + name
+    host.add_module(name, nn.ModuleDict({str(slot): hook.get_submodule(f"seeds.{slot}") for slot, _, _ in branches}))
+    host.register_forward_hook(hook)
+    return host
 
 
 def _export_layer(layer: KasminaLayer) -> nn.Module:
@@ -83,14 +127,18 @@ def _export_layer(layer: KasminaLayer) -> nn.Module:
     if deltas:
         assert isinstance(base, nn.Linear)  # the linear dispatcher wraps only nn.Linear
         _merge_into_linear(base, deltas)
-    return _residual(base, branches) if branches else base
+    if not branches:
+        return base
+    return _residual(base, branches) if any(True for _ in base.children()) else _attach(base, branches)
 
 
 def export(model: nn.Module) -> nn.Module:
     """A plain copy of a wrapped model: fossilized seeds merged or kept as branches, others dropped.
 
-    In eval mode the result computes what the wrapped model computes (merged seeds within float
-    rounding of the float64 merge).
+    When every seed that adds to the output is FOSSILIZED (BLENDING and HOLDING seeds are dropped;
+    GERMINATED and TRAINING ones add 0), the result computes what the wrapped model computes, in
+    training and in eval mode, fused fast paths included (merged seeds within float rounding of the
+    float64 merge).
 
     Args:
         model: a model returned by :func:`esper.wrap.wrap` (a model without Kasmina layers is
@@ -113,7 +161,10 @@ def export(model: nn.Module) -> nn.Module:
     for key, hook in list(out._load_state_dict_pre_hooks.items()):
         if getattr(hook, "hook", None) is refuse_seeds_not_built:
             del out._load_state_dict_pre_hooks[key]
+    hooks = [h for m in out.modules() for h in m._forward_hooks.values() if isinstance(h, nn.Module)]
     left = [name or "<root>" for name, m in out.named_modules() if isinstance(m, _ESPER_CLASSES)]
+    left += [f"a hook's {name or '<root>'}" for h in hooks for name, m in h.named_modules()
+             if isinstance(m, _ESPER_CLASSES)]
     if left:
         raise ValueError(f"export left Esper modules at {left}; a seed module nests an Esper class")
     return out

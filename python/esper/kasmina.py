@@ -18,6 +18,22 @@ the unwrapped module costs. While dormant, hooks registered on ``base_layer`` af
 changed are bypassed (hooks present at that time are honoured by calling the base layer through
 ``__call__``); hooks on the KasminaLayer itself always run.
 
+A wrapped layer looks like its host to code that inspects it, as PEFT's tuner layers do: an
+attribute the layer lacks is looked up on ``base_layer`` (``weight``, ``bias``, ``in_features``,
+``kernel_size``, ...; names of the form ``__x__`` are not forwarded), and setting one of the host's
+parameters or buffers sets it on the host. The forward pays nothing for it: ``__getattr__`` serves
+submodules (``base_layer``) first, before nn.Module's own lookup would, and a dormant layer's forward
+is the host's.
+
+Fused fast paths: ``nn.TransformerEncoderLayer`` in eval mode under ``no_grad`` reads
+``linear1.weight``, ``norm1.weight``, ... and calls one fused kernel instead of its submodules, which
+would drop every seed of a wrapped submodule. PyTorch skips that path when a submodule has forward
+hooks, so a layer registers a no-op forward pre-hook while a seed adds to its output (BLENDING,
+HOLDING, FOSSILIZED; a TRAINING seed adds 0 outside training) and removes it otherwise: with no such
+seed the fast path runs on the host's weights and gives the host's result; with one, the slow path
+runs and includes the seed. ``nn.TransformerEncoder`` may still hand a layer a nested tensor (eval,
+``src_key_padding_mask`` given): a layer with seeds then runs each sequence of it on its own.
+
 Execution is guarded: a seed that raises, returns the wrong shape or a non-finite value leaves the
 layer's output equal to the host's for that step. Exceptions and wrong shapes are recorded at once
 in ``layer.failures``; non-finite outputs are detected on the device (``torch.where`` picks the host
@@ -44,6 +60,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 __all__ = [
     "FailureKind",
@@ -189,6 +206,12 @@ def _dtype_of(module: nn.Module) -> torch.dtype | None:
     return None
 
 
+def _keep_unfused(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """A forward pre-hook that changes nothing: its presence makes PyTorch's fused fast paths
+    (``nn.TransformerEncoderLayer`` in eval) call the submodules, seeds included."""
+    return None
+
+
 def _has_hooks(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or module._backward_pre_hooks)
@@ -222,6 +245,20 @@ class KasminaLayer(nn.Module):
         num_slots: the number of seed slots.
         rank_every: the effective rank is estimated on every ``rank_every``-th sampling step.
 
+    The layer stands in for its host where code reads the host's attributes: any attribute it does
+    not have itself (``weight``, ``bias``, ``in_features``, ``kernel_size``, ...) is the host's, as
+    with PEFT's tuner layers (protocol names ``__x__`` excepted). Setting one of the host's
+    parameters or buffers sets it on the host (``lm_head.weight = wte.weight`` ties weights as it
+    did before wrapping); any other attribute set is the layer's own.
+
+    Fused fast paths: while a seed adds to the output (BLENDING, HOLDING, FOSSILIZED), the layer
+    holds a no-op forward pre-hook, so ``nn.TransformerEncoderLayer``'s eval path (eval mode under
+    ``no_grad``, which would read ``linear1.weight`` etc. and skip the submodules' forwards, seeds
+    included) falls back to calling them, as PyTorch does for any module with hooks; it costs one
+    hook call per forward of that layer. With no such seed the hook is gone and the fast path runs
+    on the host's weights, which is then the exact result. A nested input (``nn.TransformerEncoder``
+    in eval with ``src_key_padding_mask``) runs sequence by sequence while seeds run.
+
     Attributes:
         base_layer: the host module.
         seeds: the live seeds, keyed by slot index as a string.
@@ -254,9 +291,37 @@ class KasminaLayer(nn.Module):
         # A residual or block host's shapes are checked at its first forward.
         self._checked = spec.kind not in ("residual", "block")
         self._unit_dim = 1 if spec.kind in ("conv1d", "conv2d") or spec.channel_first else -1
+        self._unfused: RemovableHandle | None = None  # the pre-hook that keeps fused fast paths away
         self._allocate(_device_of(base_layer))
         self._sync_forward()
         self.register_load_state_dict_pre_hook(_accept_unwrapped_keys)  # checkpoints saved before wrap
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A parameter or buffer of the host (not of this layer) is set on the host, where the forward
+        # reads it: ``lm_head.weight = wte.weight`` (weight tying) after wrapping still ties.
+        base = self.__dict__.get("_modules", {}).get("base_layer")
+        if base is not None and (name in base._parameters or name in base._buffers) \
+                and name not in self._parameters and name not in self._buffers:
+            setattr(base, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only when the normal lookup failed: nn.Module's own (parameters, buffers and
+        # submodules of this layer), then the host's attributes, as PEFT's tuner layers do.
+        modules = self.__dict__.get("_modules")
+        if modules is not None and name in modules:  # base_layer and seeds, read by the forward
+            return modules[name]
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer" or (name.startswith("__") and name.endswith("__")):
+                raise  # not set yet (no recursion), or a protocol name (copy, pickle) that is the layer's own
+            try:
+                return getattr(self.base_layer, name)
+            except AttributeError:
+                raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}, nor has its "
+                                     f"base_layer ({type(self.base_layer).__name__})") from None
 
     # ------------------------------------------------------------------ device-side state
 
@@ -304,8 +369,16 @@ class KasminaLayer(nn.Module):
         else:
             base = self.base_layer
             self.forward = base.__call__ if _has_hooks(base) else base.forward
+        adds = any(not b.straight_through for b in self._branches)
+        if adds and self._unfused is None:
+            self._unfused = self.register_forward_pre_hook(_keep_unfused)
+        elif not adds and self._unfused is not None:
+            self._unfused.remove()
+            self._unfused = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.is_nested:
+            return self._forward_nested(x)
         h = self.base_layer(x)
         if not self._checked:
             self._check_host(x, h)
@@ -313,6 +386,11 @@ class KasminaLayer(nn.Module):
         if self._sampling:
             self._sample(x, h, y)
         return y
+
+    def _forward_nested(self, x: Tensor) -> Tensor:
+        """A nested tensor (nn.TransformerEncoder's eval path with a padding mask): each sequence
+        runs on its own, with the guards of a dense forward; the result is nested like x."""
+        return torch.nested.as_nested_tensor([self.forward(t) for t in x.unbind()], layout=x.layout)
 
     def _add_seeds(self, x: Tensor, h: Tensor) -> Tensor:
         grad_on = torch.is_grad_enabled()

@@ -10,6 +10,13 @@ name is a pattern too), a module type, or a predicate ``(name, module) -> bool``
 host a matched module becomes is decided by :data:`DISPATCHERS`, an ordered list whose first match
 wins: a module declared in ``block_modules``, then in ``residual_modules``, then ``nn.Linear``,
 ``nn.Conv1d``, ``nn.Conv2d``.
+
+Some modules are used by their parent through their parameters, not through their forward:
+``nn.MultiheadAttention`` reads ``out_proj.weight`` and ``out_proj.bias`` and never calls
+``out_proj``, so a seed there would never run (and a wrapper without those attributes breaks the
+parent). :data:`PARAMETER_ONLY` lists them. Such a module is never wrapped by a type or a predicate
+(``target_modules=[nn.Linear]`` skips ``self_attn.out_proj`` silently), and naming it in a pattern
+raises ``ValueError`` with the reason.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from torch import nn
 
 from .kasmina import HostSpec, KasminaLayer, kasmina_layers, refuse_seeds_not_built
 
-__all__ = ["DISPATCHERS", "Candidate", "Target", "host_spec", "host_specs", "kasmina_layers", "wrap"]
+__all__ = ["DISPATCHERS", "PARAMETER_ONLY", "Candidate", "Target", "host_spec", "host_specs", "kasmina_layers", "wrap"]
 
 #: A name pattern, a module type, or a predicate ``(qualified name, module) -> bool``.
 Target = Union[str, type, Callable[[str, nn.Module], bool]]
@@ -31,6 +38,40 @@ Target = Union[str, type, Callable[[str, nn.Module], bool]]
 _SUPPORTED = ("nn.Linear, nn.Conv1d, nn.Conv2d, a module declared in residual_modules "
               "(its output has its input's shape), or a module declared in block_modules "
               "(it maps (*, in) to (*, out), e.g. a whole MLP)")
+
+
+#: (parent type, attribute): children their parent uses through their parameters and never calls.
+#: From PyTorch: nn.MultiheadAttention's ``out_proj`` (its forward passes ``out_proj.weight`` and
+#: ``.bias`` to ``F.multi_head_attention_forward`` or a fused kernel), and nn.LinearCrossEntropyLoss's
+#: ``linear`` (its weight is reshaped and passed to ``F.linear_cross_entropy``), where torch has it.
+#: Append your own pairs for modules of yours that do the same.
+PARAMETER_ONLY: list[tuple[type, str]] = [(nn.MultiheadAttention, "out_proj")] + (
+    [(nn.LinearCrossEntropyLoss, "linear")] if hasattr(nn, "LinearCrossEntropyLoss") else [])
+
+# PyTorch's class for an attention output projection used through its parameters: the marker of one
+# anywhere, e.g. in a copy of nn.MultiheadAttention.
+_PARAMETER_ONLY_TYPES: tuple[type, ...] = (nn.modules.linear.NonDynamicallyQuantizableLinear,)
+
+
+def _parameter_only(model: nn.Module) -> dict[str, str]:
+    """Qualified name -> why, for every module its parent uses through its parameters only."""
+    modules = dict(model.named_modules())
+    found = {}
+    for name, module in modules.items():
+        if not name:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = modules[parent_name]
+        for parent_type, attribute in PARAMETER_ONLY:
+            if isinstance(parent, parent_type) and child == attribute:
+                found[name] = (f"its parent {type(parent).__name__} uses it through its parameters and never "
+                               "calls its forward")
+                break
+        else:
+            if isinstance(module, _PARAMETER_ONLY_TYPES):
+                found[name] = (f"it is a {type(module).__name__}, which PyTorch uses for attention output "
+                               "projections read through their parameters, never called")
+    return found
 
 
 @dataclass
@@ -181,6 +222,10 @@ def _matches(target: Target, name: str, module: nn.Module) -> bool:
                     f"got {target!r}")
 
 
+def _describe(target: Target) -> str:
+    return target.__name__ if isinstance(target, type) else repr(target)
+
+
 def _no_match(target: Target, names: list[str], model: nn.Module) -> ValueError:
     if isinstance(target, str):
         close = difflib.get_close_matches(target, names, n=5, cutoff=0.4) or names[:5]
@@ -213,7 +258,9 @@ def wrap(model: nn.Module, target_modules: Target | Sequence[Target] | None = No
     Raises:
         ValueError: the model is already wrapped; nothing to wrap; a target matches no module
             (the message lists the closest names); a matched module is of an unsupported kind,
-            is the root, is shared under several names, or lies inside another matched module.
+            is the root, is shared under several names, or lies inside another matched module;
+            a name pattern matches a module its parent uses through its parameters
+            (:data:`PARAMETER_ONLY`; types and predicates skip those silently).
     """
     if any(isinstance(m, KasminaLayer) for m in model.modules()):
         raise ValueError("the model is already wrapped (it holds Kasmina layers); wrap a model once")
@@ -236,19 +283,33 @@ def wrap(model: nn.Module, target_modules: Target | Sequence[Target] | None = No
         raise ValueError("nothing to wrap: give target_modules, residual_modules or block_modules")
     named = [(name, m) for name, m in model.named_modules() if name]
     names = [name for name, _ in named]
+    parameter_only = _parameter_only(model)
     hits: dict[int, int] = {}
     for i, target in enumerate(targets + residual + block):
         hits[i] = 0
+        skipped = []
         for name, module in named:
             if _matches(target, name, module):
+                if name in parameter_only:
+                    if isinstance(target, str):
+                        raise ValueError(f"module {name!r} (matched by {target!r}) cannot be wrapped: "
+                                         f"{parameter_only[name]}, so a seed there would never run; wrap the "
+                                         "module around it with residual_modules, or other layers")
+                    skipped.append(name)
+                    continue
                 hits[i] += 1
         if not hits[i]:
+            if skipped:
+                raise ValueError(f"target {_describe(target)} matches only modules their parent uses through "
+                                 f"their parameters, which are never wrapped: {skipped}")
             if _matches(target, "", model):
                 raise ValueError(f"target {target!r} matches only the root module, which cannot be replaced; "
                                  "wrap a model that contains it")
             raise _no_match(target, names, model)
     candidates: list[Candidate] = []
     for name, module in named:
+        if name in parameter_only:
+            continue  # never wrapped by a type or a predicate; a pattern naming one was refused above
         declared = [t for t in residual if _matches(t, name, module)]
         blocks = [t for t in block if _matches(t, name, module)]
         if declared or blocks or any(_matches(t, name, module) for t in targets):
