@@ -22,6 +22,8 @@ const (
 	NonfiniteLoss
 	// LossSpike: the training loss exceeds k times its rolling mean.
 	LossSpike
+	// NonfiniteValLoss: the validation loss is NaN or infinite.
+	NonfiniteValLoss
 )
 
 // Alarm is the governor's verdict on a training loss. The zero Alarm means
@@ -46,6 +48,8 @@ func (a Alarm) Reason() string {
 		return fmt.Sprintf("governor: training loss is %v", a.Value)
 	case LossSpike:
 		return fmt.Sprintf("governor: training loss %.6g exceeds %g x its rolling mean %.6g", a.Value, a.Factor, a.Mean)
+	case NonfiniteValLoss:
+		return fmt.Sprintf("governor: validation loss is %v", a.Value)
 	}
 	return ""
 }
@@ -115,6 +119,17 @@ func (g *Governor) ObserveEpoch(loss nissa.Metric) Alarm {
 		return Alarm{}
 	}
 	return g.observeLoss(loss.Value)
+}
+
+// ObserveValidation checks the epoch's validation loss: a non-finite one
+// (the model diverged, or its evaluation did) calls for a rollback, and no
+// other decision is made on it. Unmeasured: no alarm.
+func (g *Governor) ObserveValidation(loss nissa.Metric) Alarm {
+	if !loss.Measured || !(math.IsNaN(loss.Value) || math.IsInf(loss.Value, 0)) {
+		return Alarm{}
+	}
+	g.alarms++
+	return Alarm{Kind: NonfiniteValLoss, Value: loss.Value}
 }
 
 func (g *Governor) observeLoss(v float64) Alarm {

@@ -90,6 +90,37 @@ func TestAlarmReasons(t *testing.T) {
 	}
 }
 
+func TestObserveValidation(t *testing.T) {
+	cases := []struct {
+		name   string
+		loss   nissa.Metric
+		raised bool
+		reason string
+	}{
+		{"unmeasured", nissa.Metric{}, false, ""},
+		{"finite", nissa.Measure(0.5), false, ""},
+		{"huge but finite", nissa.Measure(1e300), false, ""},
+		{"NaN", nissa.Measure(math.NaN()), true, "governor: validation loss is NaN"},
+		{"+Inf", nissa.Measure(math.Inf(1)), true, "governor: validation loss is +Inf"},
+		{"-Inf", nissa.Measure(math.Inf(-1)), true, "governor: validation loss is -Inf"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			g := newGovernor(t, tamiyo.GovernorConfig{}, 1)
+			a := g.ObserveValidation(c.loss)
+			if a.Raised() != c.raised || a.Reason() != c.reason {
+				t.Fatalf("ObserveValidation(%+v) = %+v (%q), want raised %v (%q)", c.loss, a, a.Reason(), c.raised, c.reason)
+			}
+			if want := map[bool]int64{false: 0, true: 1}[c.raised]; g.Alarms() != want {
+				t.Fatalf("Alarms() = %d, want %d", g.Alarms(), want)
+			}
+			if n := func() int { _, n := g.RollingMean(); return n }(); n != 0 {
+				t.Fatalf("the validation loss entered the training loss window (%d samples)", n)
+			}
+		})
+	}
+}
+
 func TestAdmitAndCooldown(t *testing.T) {
 	g := newGovernor(t, tamiyo.GovernorConfig{MaxParams: 1000, MaxConcurrent: 2, CooldownEpochs: intp(2)}, 3)
 	cases := []struct {
