@@ -60,7 +60,10 @@ func (a Alarm) Reason() string {
 type Governor struct {
 	cfg GovernorConfig
 	// losses is a ring of the last LossWindow finite training losses that
-	// raised no alarm.
+	// raised no alarm since the last alarm: a rollback returns the model to
+	// an older state, and the losses measured since describe weights that
+	// are gone (the restored state's loss, judged against them, would spike
+	// again and blame the next seed for nothing).
 	losses []float64
 	head   int
 	n      int
@@ -69,10 +72,6 @@ type Governor struct {
 	germinated []int
 	// lastGerminated is the epoch of the last germination anywhere (-1).
 	lastGerminated int
-	// spikes counts consecutive LossSpike alarms; MinLossSamples of them in
-	// a row clear the window so it re-learns the new loss level instead of
-	// alarming forever.
-	spikes int
 	// alarms counts the alarms raised.
 	alarms int64
 }
@@ -101,11 +100,11 @@ func (g *Governor) Alarms() int64 { return g.alarms }
 
 // ObserveStep checks one flush of the per-step signals: the mean training
 // loss since the last flush and the count of non-finite values. A NaN in
-// either means "not measured". It does not allocate.
+// either means "not measured". Every alarm empties the loss window (see
+// Governor). It does not allocate.
 func (g *Governor) ObserveStep(loss, nonfinite float32) Alarm {
 	if nonfinite > 0 { // false for NaN
-		g.alarms++
-		return Alarm{Kind: NonfiniteCount, Value: float64(nonfinite)}
+		return g.raise(Alarm{Kind: NonfiniteCount, Value: float64(nonfinite)})
 	}
 	if loss != loss {
 		return Alarm{}
@@ -128,26 +127,27 @@ func (g *Governor) ObserveValidation(loss nissa.Metric) Alarm {
 	if !loss.Measured || !(math.IsNaN(loss.Value) || math.IsInf(loss.Value, 0)) {
 		return Alarm{}
 	}
+	return g.raise(Alarm{Kind: NonfiniteValLoss, Value: loss.Value})
+}
+
+// raise counts an alarm and empties the loss window: the rollback it calls
+// for returns the model to an older state (see Governor).
+func (g *Governor) raise(a Alarm) Alarm {
 	g.alarms++
-	return Alarm{Kind: NonfiniteValLoss, Value: loss.Value}
+	g.head, g.n = 0, 0
+	return a
 }
 
 func (g *Governor) observeLoss(v float64) Alarm {
 	if math.IsNaN(v) || math.IsInf(v, 0) {
-		g.alarms++
-		return Alarm{Kind: NonfiniteLoss, Value: v}
+		return g.raise(Alarm{Kind: NonfiniteLoss, Value: v})
 	}
 	if g.n >= g.cfg.MinLossSamples {
 		mean := g.mean()
 		if mean > 0 && v > g.cfg.LossFactor*mean && v-mean > *g.cfg.LossMinDelta {
-			g.alarms++
-			if g.spikes++; g.spikes >= g.cfg.MinLossSamples {
-				g.head, g.n, g.spikes = 0, 0, 0
-			}
-			return Alarm{Kind: LossSpike, Value: v, Mean: mean, Factor: g.cfg.LossFactor}
+			return g.raise(Alarm{Kind: LossSpike, Value: v, Mean: mean, Factor: g.cfg.LossFactor})
 		}
 	}
-	g.spikes = 0
 	g.losses[g.head] = v
 	if g.head++; g.head == len(g.losses) {
 		g.head = 0
