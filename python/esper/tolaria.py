@@ -59,8 +59,7 @@ import torch
 from torch import nn
 
 from .errors import EsperError
-from .kasmina import (SIGNALS, KasminaLayer, SeedState, collect_failures, gather_health, kasmina_layers,
-                      set_sampling)
+from .kasmina import SIGNALS, KasminaLayer, SeedState, collect_failures, gather_health, kasmina_layers, set_sampling
 from .session import Session
 from .tezzeret import build_seed
 
