@@ -11,6 +11,7 @@ the documented moments (construction, each end_epoch that did not roll back, a s
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -608,3 +609,41 @@ def test_rollback_leaves_no_optimizer_state_for_a_frozen_fossilized_seed() -> No
         assert torch.equal(v, good.weights[k]), k
     check_optimizer(model, opt)
     morph.close()
+
+
+def test_resume_after_a_rollback_does_not_roll_back_again() -> None:
+    """The governor's rollbacks before a checkpoint were carried out before it: a resumed run
+    continues without restoring anything, and a new blow-up after the resume still rolls back."""
+    model, opt, morph = make(signal_every=5)
+    x, y = task(0)
+
+    def train(model: nn.Module, opt: torch.optim.Optimizer, morph: Morphogenesis, n: int,
+              poison: bool = False) -> None:
+        for k in range(n):
+            loss = F.cross_entropy(model(x), y)
+            if poison and k == 0:
+                loss = loss * NAN
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            morph.step(loss)
+
+    train(model, opt, morph, 10)
+    morph.end_epoch(val_loss=1.0)
+    train(model, opt, morph, 10, poison=True)
+    assert len(rollbacks(morph)) == 1
+    train(model, opt, morph, 5)
+    ckpt = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "morph": morph.state_dict()})
+    model2, opt2, morph2 = make(signal_every=5)
+    morph2.load_state_dict(ckpt["morph"])
+    model2.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    train(model, opt, morph, 5)
+    train(model2, opt2, morph2, 5)  # one flush: nothing to restore
+    assert len(rollbacks(morph2)) == 1  # the one in the checkpoint's log
+    for k, v in model2.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k  # continued like the original run
+    train(model2, opt2, morph2, 5, poison=True)
+    assert len(rollbacks(morph2)) == 2 and finite_model(model2)
+    morph.close()
+    morph2.close()

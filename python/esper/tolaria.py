@@ -785,6 +785,7 @@ class Morphogenesis:
         if any(len(layer.seeds) for layer in self.layers):
             raise ValueError("load_state_dict needs a model without seeds (wrap a fresh model)")
         self.session.restore(state["session"])
+        self._alarms = self.session.alarms()  # rollbacks before the checkpoint were carried out then
         by_key = {(s["layer"], s["slot"]): s for s in state["seeds"]}
         for i, slot in (tuple(k) for k in state["groups"]):
             if (i, slot) not in by_key:
