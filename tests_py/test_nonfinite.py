@@ -647,3 +647,47 @@ def test_resume_after_a_rollback_does_not_roll_back_again() -> None:
     assert len(rollbacks(morph2)) == 2 and finite_model(model2)
     morph.close()
     morph2.close()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("every", [5, 1])
+def test_nonfinite_rank_rows_roll_back_on_cuda(every: int) -> None:
+    """The same on CUDA: the rank rows and the weights live on the device; nothing raises, the
+    governor rolls back, and the restored weights and optimizer state are the last good ones."""
+    torch.manual_seed(0)
+    model = esper.wrap(MLP(), target_modules=["fc1", "fc2"]).cuda()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    morph = Morphogenesis(model, opt, policy="manual", signal_every=every)
+    x, y = (t.cuda() for t in task(0))
+    layer = morph.layers[0]
+
+    def train(n: int) -> None:
+        for _ in range(n):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            morph.step(loss)
+
+    train(20)
+    morph.end_epoch(val_loss=1.0)
+    good = LastGood(model, opt)
+    for _ in range(every * 12):
+        if layer._sampling and layer._samples % layer.rank_every == 0:
+            break
+        train(1)
+    with torch.no_grad():
+        model.fc1.base_layer.weight[0, 0] = NAN
+    for _ in range(every):
+        train(1)
+        if rollbacks(morph):
+            break
+    assert rollbacks(morph) and "fc1.eff_rank" in rollbacks(morph)[0]["nonfinite"], morph.log
+    good.check("cuda")
+    check_optimizer(model, opt)
+    with torch.no_grad():
+        model.fc3.bias[0] = INF  # found at end_epoch, on the device
+    morph.end_epoch()
+    assert len(rollbacks(morph)) == 2
+    good.check("cuda, end_epoch")
+    morph.close()
