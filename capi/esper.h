@@ -369,7 +369,8 @@ int esper_session_free(uint64_t handle);
  * embargo_steps, RESETTING -> DORMANT on the next step), ingests signals,
  * lets the governor check the loss (nonfinite_count > 0, a non-finite
  * train loss or one above loss_factor x its rolling mean and loss_min_delta
- * above it rolls back the newest seed in flight), and writes one alpha per
+ * above it is an alarm: it rolls back the newest seed in flight, and with
+ * or without one counts in esper_session_alarms), and writes one alpha per
  * slot, layer-major
  * (layer * slots_per_layer + slot), to alphas_out.
  *   signals: n_signals floats read during the call only (not kept): 0, or
@@ -391,12 +392,25 @@ int esper_session_step(uint64_t handle, int64_t steps, const float *signals, siz
  * when none; free with esper_free). */
 int esper_session_events(uint64_t handle, char **out_json);
 
+/* Writes to *out_alarms the number of rollbacks the governor has called for
+ * so far: one per alarm, raised by esper_session_step (nonfinite_count > 0,
+ * a non-finite or exploding train loss) or esper_session_end_epoch (the
+ * epoch's train loss, a non-finite val_loss), whether or not a seed could
+ * be blamed. A rollback that blames a seed also emits its ROLLED_BACK
+ * event; one with no seed to blame emits none, so a trainer reads this
+ * after each esper_session_step that carried signals and restores its last
+ * good state when it grew. Part of the snapshot. Errors: ESPER_EINVALID
+ * (NULL out_alarms), ESPER_EHANDLE. */
+int esper_session_alarms(uint64_t handle, int64_t *out_alarms);
+
 /* Ends an epoch: Tamiyo decides and the session applies the decisions.
  * metrics_json: {"epoch": int >= 0 (optional; default the epoch in
  * progress, must not be below it), "train_loss", "val_loss", "val_metric"
  * (number, null = not measured, or "NaN"/"Infinity"/"-Infinity"),
  * "contributions": [{"layer", "slot", "delta_loss": val loss without the
- * seed minus with it, finite; positive helps}]}. Writes {"epoch",
+ * seed minus with it, finite; positive helps}]}. A non-finite train_loss
+ * or val_loss is an alarm: the only decision is a rollback (see
+ * esper_session_alarms). Writes {"epoch",
  * "decisions": [decision...], "events": [event...]} to *out_json (free
  * with esper_free). Errors: ESPER_EINVALID (malformed metrics, a
  * contribution naming no slot), ESPER_ESTATE (an epoch that already

@@ -84,6 +84,25 @@ func esper_session_step(h C.uint64_t, steps C.int64_t, signals *C.float, nSignal
 	})
 }
 
+//export esper_session_alarms
+func esper_session_alarms(h C.uint64_t, outAlarms *C.int64_t) C.int {
+	return call(uint64(h), func() error {
+		if outAlarms == nil {
+			return errNull("out_alarms")
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		n, err := s.Alarms()
+		if err != nil {
+			return err
+		}
+		*outAlarms = C.int64_t(n)
+		return nil
+	})
+}
+
 //export esper_session_events
 func esper_session_events(h C.uint64_t, out **C.char) C.int {
 	return queryJSON(h, out, "out_json", func(s *session.Session) ([]session.Event, error) {

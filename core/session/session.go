@@ -234,7 +234,9 @@ func (s *Session) indexLocked(layer, slot int) (int, error) {
 // move, automatic transitions happen when their gates open, signals (empty,
 // or exactly 2 + 7 x layers floats; NaN = not measured) are ingested and
 // checked by the governor (nonfinite_count > 0, a non-finite loss or a loss
-// spike rolls the newest seed in flight back), and every slot's alpha is
+// spike is an alarm: it rolls the newest seed in flight back, or, with no
+// seed to blame, is recorded as a rollback decision without an event; see
+// Alarms), and every slot's alpha is
 // written to alphasOut (layer-major, at least layers x slots floats). It
 // returns the number of events waiting for Events. Arguments are checked
 // before anything changes. signals is read during the call only.
@@ -411,6 +413,22 @@ func (s *Session) seedViewsLocked() []tamiyo.SeedView {
 			GerminatedEpoch: sd.GerminatedEpoch}
 	}
 	return s.views
+}
+
+// Alarms returns the number of rollbacks the governor has called for so far:
+// one per alarm, raised in Step (a non-finite signal, a non-finite or
+// exploding training loss) or in EndEpoch (the epoch's training loss, a
+// non-finite validation loss), whether or not a seed could be blamed. A
+// rollback with a seed to blame also emits its ROLLED_BACK event; one
+// without emits nothing, so a trainer compares this count after each Step
+// that carried signals to learn that it must restore its last good state.
+// The count is part of the snapshot.
+func (s *Session) Alarms() (int64, error) {
+	if err := s.lock(); err != nil {
+		return 0, err
+	}
+	defer s.unlock()
+	return s.counters.Alarms, nil
 }
 
 // rollbackLocked answers a governor alarm raised during a step.

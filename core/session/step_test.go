@@ -13,6 +13,7 @@ import (
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/core/session"
+	"github.com/esper-morph/esper/policy/tamiyo"
 )
 
 func TestStepArgumentErrors(t *testing.T) {
@@ -442,5 +443,79 @@ func TestClosed(t *testing.T) {
 	}
 	if _, err := s.Snapshot(); !errors.Is(err, session.ErrClosed) {
 		t.Fatalf("Snapshot after Close: %v", err)
+	}
+}
+
+// Alarms counts every rollback the governor calls for, in Step and in EndEpoch, with or without a
+// seed to blame: the only way a trainer learns of one that emits no event.
+func TestAlarmsCountEveryRollback(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Policy = "manual"
+	s := newSession(t, cfg)
+	alarms := func() int64 {
+		t.Helper()
+		n, err := s.Alarms()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	alphas := make([]float32, 4)
+	mustStep := func(buf []float32) int {
+		t.Helper()
+		n, err := s.Step(1, buf, alphas)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	mustStep(signals(2, 0.5, 0))
+	mustStep(nil)
+	if n := alarms(); n != 0 {
+		t.Fatalf("healthy steps raised %d alarms", n)
+	}
+	// No seed in flight: no event, but the count moves.
+	if n := mustStep(signals(2, 0.5, 1)); n != 0 || alarms() != 1 {
+		t.Fatalf("non-finite count without a seed: %d events, %d alarms", n, alarms())
+	}
+	// With a seed in flight: its ROLLED_BACK event, and the count moves as well.
+	germinate(t, s, 0, 0, `{"template": "linear"}`)
+	step(t, s, 2)
+	events(t, s)
+	mustStep(signals(2, float32(math.Inf(1)), 0))
+	if got := transitions(events(t, s)); len(got) != 2 || !strings.Contains(got[0], "ROLLED_BACK") || alarms() != 2 {
+		t.Fatalf("infinite loss with a seed: %v, %d alarms", got, alarms())
+	}
+	// A NaN validation loss at the end of an epoch.
+	m := metrics(0, 0.5)
+	m.ValLoss = nissa.Measure(math.NaN())
+	res, err := s.EndEpoch(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Decisions) != 1 || res.Decisions[0].Op != tamiyo.Rollback || !res.Decisions[0].Applied ||
+		!strings.Contains(res.Decisions[0].Reason, "validation loss is NaN") || alarms() != 3 {
+		t.Fatalf("NaN validation loss: %+v, %d alarms", res.Decisions, alarms())
+	}
+	if _, err := s.EndEpoch(metrics(1, 0.5)); err != nil || alarms() != 3 {
+		t.Fatalf("a healthy epoch: %v, %d alarms", err, alarms())
+	}
+	// The count travels with the snapshot.
+	snap, err := s.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := newSession(t, cfg)
+	if err := other.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := other.Alarms(); err != nil || n != 3 {
+		t.Fatalf("restored session: %d alarms, %v", n, err)
+	}
+	if err := other.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Alarms(); !errors.Is(err, session.ErrClosed) {
+		t.Fatalf("Alarms on a closed session: %v", err)
 	}
 }

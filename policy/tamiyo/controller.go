@@ -121,12 +121,16 @@ func (c *Controller) Governor() *Governor { return c.gov }
 
 // Decide returns the decisions for the epoch described by obs, in the
 // order they should be applied: a rollback alone when the governor raises
-// an alarm on the epoch's training loss; otherwise the judgements of held
-// seeds (prune or fossilize) and then one germination or one wait. The
+// an alarm on the epoch's training loss or finds its validation loss
+// non-finite (nothing is decided on a NaN); otherwise the judgements of
+// held seeds (prune or fossilize) and then one germination or one wait. The
 // manual policy returns only rollbacks.
 func (c *Controller) Decide(obs *Observation) []Decision {
 	c.recordVal(obs.Epoch, obs.Metrics.ValLoss)
 	if a := c.gov.ObserveEpoch(obs.Metrics.TrainLoss); a.Raised() {
+		return []Decision{RollbackDecision(obs.Seeds, a)}
+	}
+	if a := c.gov.ObserveValidation(obs.Metrics.ValLoss); a.Raised() {
 		return []Decision{RollbackDecision(obs.Seeds, a)}
 	}
 	if c.cfg.Kind == Manual {

@@ -357,6 +357,40 @@ func TestRollbackOnEpochLoss(t *testing.T) {
 	}
 }
 
+// A non-finite validation loss is a rollback and nothing else: no germination on a
+// plateau that would otherwise call for one, no judgement of a held seed on NaN.
+func TestRollbackOnNonfiniteValLoss(t *testing.T) {
+	for _, kind := range []tamiyo.Kind{tamiyo.Heuristic, tamiyo.Random, tamiyo.Manual} {
+		for _, v := range []float64{math.NaN(), math.Inf(1)} {
+			c := newController(t, tamiyo.Config{Kind: kind, Patience: 1}, linearHosts(2))
+			w := newWorld(2, 1)
+			if kind != tamiyo.Manual {
+				// Control: the same run with a finite loss germinates on this plateau.
+				ctl := newController(t, tamiyo.Config{Kind: kind, Patience: 1}, linearHosts(2))
+				wc := newWorld(2, 1)
+				wc.run(t, ctl, flat[:1]...)
+				if ds := ctl.Decide(wc.obs(flat[1])); only(t, ds, tamiyo.Germinate).Layer < 0 {
+					t.Fatalf("control: %+v", ds)
+				}
+			}
+			w.run(t, c, flat[:1]...)
+			o := w.obs(flat[1])
+			o.Metrics.ValLoss = nissa.Measure(v)
+			ds := c.Decide(o)
+			if len(ds) != 1 || ds[0].Op != tamiyo.Rollback || ds[0].Layer != -1 ||
+				!strings.Contains(ds[0].Reason, "validation loss is") || !strings.Contains(ds[0].Reason, "no seed in flight") {
+				t.Fatalf("%v, val %v: decisions %+v", kind, v, ds)
+			}
+			w.seed(1, 0).State = lifecycle.Holding
+			o = w.obs(1, tamiyo.Contribution{Layer: 1, Slot: 0, DeltaLoss: 0.5})
+			o.Metrics.ValLoss = nissa.Measure(v)
+			if ds = c.Decide(o); len(ds) != 1 || ds[0].Op != tamiyo.Rollback || ds[0].Layer != 1 || ds[0].Slot != 0 {
+				t.Fatalf("%v, val %v, a held seed: decisions %+v", kind, v, ds)
+			}
+		}
+	}
+}
+
 func TestManualDecidesNothing(t *testing.T) {
 	c := newController(t, tamiyo.Config{Kind: tamiyo.Manual}, linearHosts(1))
 	w := newWorld(1, 1)

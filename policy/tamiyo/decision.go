@@ -20,9 +20,10 @@ const (
 	Prune
 	// Fossilize keeps the held seed at Layer/Slot for good.
 	Fossilize
-	// Rollback removes the seed at Layer/Slot after the training loss went
-	// non-finite or exploded (Layer -1 when no seed can be blamed); the
-	// trainer restores its last good checkpoint.
+	// Rollback removes the seed at Layer/Slot after a non-finite signal, a
+	// non-finite or exploding training loss, or a non-finite validation
+	// loss (Layer -1 when no seed can be blamed); in every case the trainer
+	// restores its last good state (weights and optimizer state).
 	Rollback
 
 	numOps

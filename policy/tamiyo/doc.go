@@ -3,7 +3,8 @@
 // judged seed is fossilized or pruned, the random-placement baseline, the
 // manual (no-op) policy, and the safety governor that enforces the parameter
 // budget, the concurrency limit and per-layer cooldowns and calls for a
-// rollback when the training loss goes non-finite or explodes.
+// rollback when a signal or the training loss goes non-finite, the training
+// loss explodes, or the validation loss is non-finite.
 //
 // Tamiyo only decides: it reads an Observation (metrics, per-layer rolling
 // signals from Nissa, the seeds' records, contributions measured in

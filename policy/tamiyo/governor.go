@@ -22,6 +22,8 @@ const (
 	NonfiniteLoss
 	// LossSpike: the training loss exceeds k times its rolling mean.
 	LossSpike
+	// NonfiniteValLoss: the validation loss is NaN or infinite.
+	NonfiniteValLoss
 )
 
 // Alarm is the governor's verdict on a training loss. The zero Alarm means
@@ -46,6 +48,8 @@ func (a Alarm) Reason() string {
 		return fmt.Sprintf("governor: training loss is %v", a.Value)
 	case LossSpike:
 		return fmt.Sprintf("governor: training loss %.6g exceeds %g x its rolling mean %.6g", a.Value, a.Factor, a.Mean)
+	case NonfiniteValLoss:
+		return fmt.Sprintf("governor: validation loss is %v", a.Value)
 	}
 	return ""
 }
@@ -56,7 +60,10 @@ func (a Alarm) Reason() string {
 type Governor struct {
 	cfg GovernorConfig
 	// losses is a ring of the last LossWindow finite training losses that
-	// raised no alarm.
+	// raised no alarm since the last alarm: a rollback returns the model to
+	// an older state, and the losses measured since describe weights that
+	// are gone (the restored state's loss, judged against them, would spike
+	// again and blame the next seed for nothing).
 	losses []float64
 	head   int
 	n      int
@@ -65,10 +72,6 @@ type Governor struct {
 	germinated []int
 	// lastGerminated is the epoch of the last germination anywhere (-1).
 	lastGerminated int
-	// spikes counts consecutive LossSpike alarms; MinLossSamples of them in
-	// a row clear the window so it re-learns the new loss level instead of
-	// alarming forever.
-	spikes int
 	// alarms counts the alarms raised.
 	alarms int64
 }
@@ -97,11 +100,11 @@ func (g *Governor) Alarms() int64 { return g.alarms }
 
 // ObserveStep checks one flush of the per-step signals: the mean training
 // loss since the last flush and the count of non-finite values. A NaN in
-// either means "not measured". It does not allocate.
+// either means "not measured". Every alarm empties the loss window (see
+// Governor). It does not allocate.
 func (g *Governor) ObserveStep(loss, nonfinite float32) Alarm {
 	if nonfinite > 0 { // false for NaN
-		g.alarms++
-		return Alarm{Kind: NonfiniteCount, Value: float64(nonfinite)}
+		return g.raise(Alarm{Kind: NonfiniteCount, Value: float64(nonfinite)})
 	}
 	if loss != loss {
 		return Alarm{}
@@ -117,22 +120,34 @@ func (g *Governor) ObserveEpoch(loss nissa.Metric) Alarm {
 	return g.observeLoss(loss.Value)
 }
 
+// ObserveValidation checks the epoch's validation loss: a non-finite one
+// (the model diverged, or its evaluation did) calls for a rollback, and no
+// other decision is made on it. Unmeasured: no alarm.
+func (g *Governor) ObserveValidation(loss nissa.Metric) Alarm {
+	if !loss.Measured || !(math.IsNaN(loss.Value) || math.IsInf(loss.Value, 0)) {
+		return Alarm{}
+	}
+	return g.raise(Alarm{Kind: NonfiniteValLoss, Value: loss.Value})
+}
+
+// raise counts an alarm and empties the loss window: the rollback it calls
+// for returns the model to an older state (see Governor).
+func (g *Governor) raise(a Alarm) Alarm {
+	g.alarms++
+	g.head, g.n = 0, 0
+	return a
+}
+
 func (g *Governor) observeLoss(v float64) Alarm {
 	if math.IsNaN(v) || math.IsInf(v, 0) {
-		g.alarms++
-		return Alarm{Kind: NonfiniteLoss, Value: v}
+		return g.raise(Alarm{Kind: NonfiniteLoss, Value: v})
 	}
 	if g.n >= g.cfg.MinLossSamples {
 		mean := g.mean()
 		if mean > 0 && v > g.cfg.LossFactor*mean && v-mean > *g.cfg.LossMinDelta {
-			g.alarms++
-			if g.spikes++; g.spikes >= g.cfg.MinLossSamples {
-				g.head, g.n, g.spikes = 0, 0, 0
-			}
-			return Alarm{Kind: LossSpike, Value: v, Mean: mean, Factor: g.cfg.LossFactor}
+			return g.raise(Alarm{Kind: LossSpike, Value: v, Mean: mean, Factor: g.cfg.LossFactor})
 		}
 	}
-	g.spikes = 0
 	g.losses[g.head] = v
 	if g.head++; g.head == len(g.losses) {
 		g.head = 0

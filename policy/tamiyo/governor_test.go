@@ -37,13 +37,20 @@ func TestObserveStep(t *testing.T) {
 		{"inf loss", []obs{{float32(math.Inf(1)), 0, tamiyo.NonfiniteLoss}}},
 		{"spike needs samples", []obs{{1, 0, 0}, {1, 0, 0}, {50, 0, tamiyo.NoAlarm}}},
 		{"spike", []obs{{1, 0, 0}, {1, 0, 0}, {1, 0, 0}, {3.5, 0, tamiyo.LossSpike}, {2.9, 0, tamiyo.NoAlarm}}},
-		{"spikes stay out of the window", []obs{{1, 0, 0}, {1, 0, 0}, {1, 0, 0}, {3.5, 0, tamiyo.LossSpike}, {3.1, 0, tamiyo.LossSpike}}},
+		{"spikes stay out of the window", []obs{{1, 0, 0}, {1, 0, 0}, {1, 0, 0}, {3.5, 0, tamiyo.LossSpike}, {1, 0, 0},
+			{1, 0, 0}, {1, 0, 0}, {3.1, 0, tamiyo.LossSpike}}},
+		// A rollback returns the model to an older state: the losses before it no longer describe it,
+		// and the restored state's loss (here 3.1, 3x the mean before) is no spike.
+		{"an alarm empties the window", []obs{{1, 0, 0}, {1, 0, 0}, {1, 0, 0}, {3.5, 0, tamiyo.LossSpike},
+			{3.1, 0, 0}, {3.1, 0, 0}, {3.1, 0, 0}, {3.1, 0, 0}, {10, 0, tamiyo.LossSpike}}},
+		{"a non-finite count empties the window", []obs{{1, 0, 0}, {1, 0, 0}, {1, 0, 0}, {1, 1, tamiyo.NonfiniteCount},
+			{5, 0, 0}}},
 		{"noise near zero is no spike", []obs{{0.001, 0, 0}, {0.001, 0, 0}, {0.001, 0, 0}, {0.004, 0, tamiyo.NoAlarm}}},
 		{"a large rise near zero is", []obs{{0.001, 0, 0}, {0.001, 0, 0}, {0.001, 0, 0}, {0.2, 0, tamiyo.LossSpike}}},
 		{"negative losses never spike", []obs{{-1, 0, 0}, {-1, 0, 0}, {-1, 0, 0}, {100, 0, tamiyo.NoAlarm}}},
-		{"new level after repeated spikes", []obs{{1, 0, 0}, {1, 0, 0}, {1, 0, 0},
-			{10, 0, tamiyo.LossSpike}, {10, 0, tamiyo.LossSpike}, {10, 0, tamiyo.LossSpike},
-			{10, 0, tamiyo.NoAlarm}, {10, 0, tamiyo.NoAlarm}, {10, 0, tamiyo.NoAlarm}, {10, 0, tamiyo.NoAlarm}}},
+		{"new level after a spike", []obs{{1, 0, 0}, {1, 0, 0}, {1, 0, 0},
+			{10, 0, tamiyo.LossSpike}, {10, 0, tamiyo.NoAlarm}, {10, 0, tamiyo.NoAlarm},
+			{10, 0, tamiyo.NoAlarm}, {10, 0, tamiyo.NoAlarm}}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -85,8 +92,39 @@ func TestAlarmReasons(t *testing.T) {
 	if a.Reason() != "governor: training loss 7 exceeds 3 x its rolling mean 2" {
 		t.Fatalf("%q", a.Reason())
 	}
-	if m, n := g.RollingMean(); m != 2 || n != 2 {
-		t.Fatalf("RollingMean = %v, %d", m, n)
+	if m, n := g.RollingMean(); !math.IsNaN(m) || n != 0 {
+		t.Fatalf("RollingMean after a spike = %v, %d; want the window emptied", m, n)
+	}
+}
+
+func TestObserveValidation(t *testing.T) {
+	cases := []struct {
+		name   string
+		loss   nissa.Metric
+		raised bool
+		reason string
+	}{
+		{"unmeasured", nissa.Metric{}, false, ""},
+		{"finite", nissa.Measure(0.5), false, ""},
+		{"huge but finite", nissa.Measure(1e300), false, ""},
+		{"NaN", nissa.Measure(math.NaN()), true, "governor: validation loss is NaN"},
+		{"+Inf", nissa.Measure(math.Inf(1)), true, "governor: validation loss is +Inf"},
+		{"-Inf", nissa.Measure(math.Inf(-1)), true, "governor: validation loss is -Inf"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			g := newGovernor(t, tamiyo.GovernorConfig{}, 1)
+			a := g.ObserveValidation(c.loss)
+			if a.Raised() != c.raised || a.Reason() != c.reason {
+				t.Fatalf("ObserveValidation(%+v) = %+v (%q), want raised %v (%q)", c.loss, a, a.Reason(), c.raised, c.reason)
+			}
+			if want := map[bool]int64{false: 0, true: 1}[c.raised]; g.Alarms() != want {
+				t.Fatalf("Alarms() = %d, want %d", g.Alarms(), want)
+			}
+			if n := func() int { _, n := g.RollingMean(); return n }(); n != 0 {
+				t.Fatalf("the validation loss entered the training loss window (%d samples)", n)
+			}
+		})
 	}
 }
 

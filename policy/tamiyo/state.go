@@ -34,7 +34,9 @@ type GovernorState struct {
 	// never); LastGerminated is the latest of them.
 	Germinated     []int `json:"germinated"`
 	LastGerminated int   `json:"last_germinated"`
-	// Spikes counts consecutive loss spikes; Alarms counts alarms raised.
+	// Spikes is kept for snapshots written before every alarm emptied the
+	// loss window: written as 0, and only checked (>= 0) when read.
+	// Alarms counts alarms raised.
 	Spikes int   `json:"spikes"`
 	Alarms int64 `json:"alarms"`
 }
@@ -96,7 +98,7 @@ func (c *Controller) SetState(st State) error {
 // State returns a deep copy of the governor's state.
 func (g *Governor) State() GovernorState {
 	st := GovernorState{Losses: make([]float64, g.n), Germinated: append([]int{}, g.germinated...),
-		LastGerminated: g.lastGerminated, Spikes: g.spikes, Alarms: g.alarms}
+		LastGerminated: g.lastGerminated, Alarms: g.alarms}
 	start := g.head - g.n
 	if start < 0 {
 		start += len(g.losses)
@@ -135,6 +137,5 @@ func (g *Governor) setState(st GovernorState) {
 	g.head = n % len(g.losses)
 	copy(g.germinated, st.Germinated)
 	g.lastGerminated = st.LastGerminated
-	g.spikes = st.Spikes
 	g.alarms = st.Alarms
 }

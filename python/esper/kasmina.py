@@ -71,6 +71,7 @@ __all__ = [
     "SeedFailure",
     "SeedState",
     "collect_failures",
+    "gather_health",
     "gather_signals",
     "kasmina_layers",
     "set_sampling",
@@ -230,8 +231,18 @@ def _gate_grad(ok: Tensor, grad: Tensor) -> Tensor:
 
 
 def _effective_rank(rows: Tensor) -> float:
-    """exp(entropy) of the normalised singular values of rows (R, C) (NaN when all are zero)."""
-    s = torch.linalg.svdvals(rows)
+    """exp(entropy) of the normalised singular values of rows (R, C).
+
+    NaN ("not measured") when all are zero, when a row holds NaN or Inf (the SVD would raise
+    ``LinAlgError``; :func:`gather_health` counts such rows as non-finite), or when the SVD does not
+    converge on finite rows.
+    """
+    if not bool(torch.isfinite(rows).all()):
+        return math.nan
+    try:
+        s = torch.linalg.svdvals(rows)
+    except torch.linalg.LinAlgError:
+        return math.nan
     p = s / s.sum()
     return float(torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum()))
 
@@ -283,6 +294,7 @@ class KasminaLayer(nn.Module):
         self._branches: tuple[_Branch, ...] = ()
         self._sampling = False
         self._samples = 0
+        self._measured = False  # _sample ran since the last gather_health (its values are measurements)
         self._probe: tuple[Tensor, Tensor] | None = None  # the seed gain's features, see _probe_features
         self._rank_rows: Tensor | None = None  # (<= 64, units) output rows for the effective rank
         # Per slot: the device flags "output finite" of recent forwards, folded into _bad now and then.
@@ -486,6 +498,7 @@ class KasminaLayer(nn.Module):
                 units = hf.movedim(unit_dim, -1).reshape(-1, hf.shape[unit_dim])  # (rows, units)
                 self._rank_rows = units[::max(1, units.shape[0] // _RANK_ROWS)][:_RANK_ROWS].clone()
             self._samples += 1
+            self._measured = True
             torch.stack([mean, var, dead, self._nan, self._weight_norm(), self._nan, self._nan], out=self._signals)
         if y.requires_grad:
             y.register_hook(functools.partial(self._record_grad, x.detach()))
@@ -889,6 +902,56 @@ def collect_failures(layers: LayersLike) -> list[tuple[int, SeedFailure]]:
     return [(i, f) for i, found in enumerate(drained) for f in found]
 
 
+# Signals whose non-finite measurement is damage to the model: the layer's output (activations) and
+# its host's weights. A non-finite gradient is not counted here: a GradScaler produces one by design
+# and skips the step; one that reaches the weights shows in these at the next sample.
+_DAMAGE = (SIGNALS.index("act_mean"), SIGNALS.index("act_var"), SIGNALS.index("weight_norm"))
+
+
+def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[str]]:
+    """Copies every layer's signal buffer to the host with one synchronisation, and names the
+    measurements that were not finite.
+
+    A measured ``act_mean``, ``act_var`` or ``weight_norm`` that is NaN or infinite, and output
+    rows kept for the effective rank that hold NaN or Inf, are *non-finite signals*: the model's
+    activations or weights are damaged. The driver adds their number to ``nonfinite_count``, which
+    makes Go's governor roll back. Their effective rank is not computed (the SVD would raise).
+    Non-finite gradient norms are left in the buffer (Go's statistics count them) but not named:
+    a GradScaler makes them by design and skips the step; a gradient that reaches the weights is
+    seen in the weights and activations at the next sample.
+
+    Args:
+        layers: a wrapped model, or its Kasmina layers in session order.
+        reset: refill the device buffers with NaN ("not measured") after the read.
+
+    Returns:
+        ``(values, nonfinite)``: the values as :func:`gather_signals` returns them, and one
+        ``"<layer name>.<signal>"`` per non-finite measurement.
+    """
+    chosen = _layers(layers)
+    values = torch.tensor([v for row in _to_host([layer._signals for layer in chosen]) for v in row],
+                          dtype=torch.float32)
+    rank = SIGNALS.index("eff_rank")
+    nonfinite: list[str] = []
+    for i, layer in enumerate(chosen):
+        row = values[i * len(SIGNALS):(i + 1) * len(SIGNALS)]
+        if layer._measured:
+            weighted = next(layer.base_layer.parameters(), None) is not None
+            nonfinite += [f"{layer.spec.name}.{SIGNALS[k]}" for k in _DAMAGE
+                          if not math.isfinite(float(row[k])) and (weighted or SIGNALS[k] != "weight_norm")]
+        rows = layer._rank_rows
+        if rows is not None:
+            if bool(torch.isfinite(rows).all()):
+                row[rank] = _effective_rank(rows)
+            else:
+                nonfinite.append(f"{layer.spec.name}.eff_rank")
+        if reset:
+            layer._signals.fill_(math.nan)
+            layer._rank_rows = None
+            layer._measured = False
+    return values, nonfinite
+
+
 def gather_signals(layers: LayersLike, reset: bool = True) -> Tensor:
     """Copies every layer's signal buffer to the host with one synchronisation.
 
@@ -899,20 +962,11 @@ def gather_signals(layers: LayersLike, reset: bool = True) -> Tensor:
     Returns:
         A CPU float32 tensor of ``7 * len(layers)`` values, layer-major, each layer's 7 in the
         order of :data:`SIGNALS` (NaN: not measured since the last read; ``eff_rank`` is computed
-        here, from the output rows kept at the last rank sample). The driver prepends
-        ``[train_loss_mean, nonfinite_count]`` to form the buffer of ``esper_session_step``.
+        here, from the output rows kept at the last rank sample, and NaN when they are not
+        finite). The driver prepends ``[train_loss_mean, nonfinite_count]`` to form the buffer of
+        ``esper_session_step``; :func:`gather_health` also names the non-finite measurements.
     """
-    chosen = _layers(layers)
-    values = torch.tensor([v for row in _to_host([layer._signals for layer in chosen]) for v in row],
-                          dtype=torch.float32)
-    rank = SIGNALS.index("eff_rank")
-    for i, layer in enumerate(chosen):
-        if layer._rank_rows is not None:
-            values[i * len(SIGNALS) + rank] = _effective_rank(layer._rank_rows)
-        if reset:
-            layer._signals.fill_(math.nan)
-            layer._rank_rows = None
-    return values
+    return gather_health(layers, reset)[0]
 
 
 def set_sampling(layers: LayersLike, sampling: bool) -> None:

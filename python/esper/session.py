@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
-from ctypes import POINTER, byref, c_float, c_int32, c_void_p
+from ctypes import POINTER, byref, c_float, c_int32, c_int64, c_void_p
 from typing import Any
 
 import numpy as np
@@ -74,6 +74,8 @@ class Session(_lib.Handle):
         self._n_events = c_int32()
         self._n_events_ref = byref(self._n_events)
         self._step = cdll.esper_session_step
+        self._alarms = c_int64()
+        self._alarms_ref = byref(self._alarms)
 
     def step(self, steps: int = 1, signals: np.ndarray | None = None) -> int:
         """Advance the lifecycle by ``steps`` optimizer steps, ingest signals.
@@ -100,6 +102,14 @@ class Session(_lib.Handle):
         if rc:
             _lib.check(rc, h)
         return self._n_events.value
+
+    def alarms(self) -> int:
+        """The number of rollbacks the governor has called for so far (in step and end_epoch,
+        with or without a seed to blame; a rollback with none emits no event, so the trainer reads
+        this after each step that carried signals)."""
+        h = self.handle
+        _lib.check(_lib.lib().esper_session_alarms(h, self._alarms_ref), h)
+        return self._alarms.value
 
     def _json_call(self, symbol: str, *args: Any) -> Any:
         out = c_void_p()

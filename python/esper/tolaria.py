@@ -22,7 +22,27 @@ and every LR scheduler keeps working); a prune removes them (and their
 optimizer state); a fossilization makes the seed final (and, with
 ``freeze_fossilized``, freezes it and removes it from the optimizer); a
 rollback restores the last good weights and optimizer state. The host's
-optimizer state is never reset.
+optimizer state is never reset, except by a rollback.
+
+Rollback. A non-finite value in the signals (the sampled training loss, a
+wrapped layer's activations or host weights, the rows of its effective-rank
+estimate), a training loss that explodes (``loss_factor``), a non-finite
+validation loss, or model weights found non-finite at :meth:`end_epoch` make
+Go's governor call for a rollback. Then, at the flush or ``end_epoch`` that
+decides it (before the next optimizer step): the newest seed in flight
+(TRAINING, BLENDING or HOLDING), if any, is removed (ROLLED_BACK, then
+embargoed), and the whole model (host weights, buffers and surviving seeds,
+fossilized ones included) and the optimizer's per-parameter state return to
+the last good state: the one kept at the last ``end_epoch`` whose losses and
+weights were finite and that did not roll back (or at the start). A seed
+germinated since returns to its initial weights, which leave the output
+unchanged, with fresh optimizer state. The lifecycle (Go's states and
+schedules), the step and epoch counters, parameter groups and learning rates
+are not rewound. Restoring only the blamed seed would not do: a blow-up that
+reached the loss has already been through the host's gradient and optimizer
+state, and NaN weights never recover on their own. A seed that merely outputs
+NaN is contained without a rollback: its output is dropped for that step and
+its breaker prunes it (``failures_before_prune``).
 """
 
 from __future__ import annotations
@@ -43,7 +63,7 @@ import torch
 from torch import nn
 
 from .errors import EsperError
-from .kasmina import KasminaLayer, SeedState, collect_failures, gather_signals, kasmina_layers, set_sampling
+from .kasmina import SIGNALS, KasminaLayer, SeedState, collect_failures, gather_health, kasmina_layers, set_sampling
 from .session import Session
 from .tezzeret import build_seed
 
@@ -103,7 +123,9 @@ class MorphConfig:
         max_concurrent: seeds germinated but not yet fossilized, at once.
         cooldown_epochs: epochs a layer waits after a germination.
         loss_factor: a training loss above this multiple of its rolling mean
-            (or non-finite) makes the governor roll back the newest seed.
+            (or non-finite) makes the governor roll back: the newest seed in
+            flight is removed and the model and optimizer state return to the
+            last good state (see the module's docs).
         loss_min_delta: ... and at least this much above it in loss units
             (near zero, losses are noisy in relative terms).
         failures_before_prune: seed execution failures that open its breaker
@@ -122,8 +144,11 @@ class MorphConfig:
             raises ValueError).
         seed: seed of the random policy and of seed initialisation.
         rollback: keep a copy of the last good weights and optimizer state
-            (taken at each end_epoch) to restore on rollback; costs one copy
-            of the model and optimizer state in memory.
+            (taken at each end_epoch whose losses and weights are finite and
+            that did not roll back) to restore on rollback, and check at each
+            end_epoch that the weights are finite (one pass over them); costs
+            one copy of the model and optimizer state in memory. Without it a
+            rollback only removes the blamed seed.
         log_path: a JSON-lines file for signals, events and decisions ("" for none).
         freeze_fossilized: freeze a seed's parameters when it is fossilized
             (and drop its optimizer group). By default a fossilized seed is
@@ -385,6 +410,7 @@ class Morphogenesis:
         self._epoch_loss_sum: torch.Tensor | None = None
         self._epoch_loss_count = 0
         self._last_good: dict[str, Any] | None = None
+        self._alarms = 0  # the governor's rollbacks mirrored so far (Session.alarms() beyond it are new)
         #: Every event and decision, in order, as Go reported them.
         self.log: list[dict[str, Any]] = []
         if self.config.rollback:
@@ -471,6 +497,10 @@ class Morphogenesis:
                 steps): those samples feed the governor's blow-up check (a
                 non-finite loss corrupts the weights, so later samples see it)
                 and, averaged, the epoch's training loss.
+
+        A non-finite value in what is sent (the loss, a layer's activations or
+        weights) is counted, never raised: Go's governor then rolls back, and
+        the last good state is restored here before this call returns.
         """
         if self._closed:
             raise EsperError("Morphogenesis is closed: its Go session was released")
@@ -501,31 +531,62 @@ class Morphogenesis:
         """Send the pending steps (and the signals) to Go; mirror what comes back."""
         session = self.session
         signals = None
+        nonfinite: list[str] = []
         if with_signals:
             set_sampling(self.layers, False)
+            values, nonfinite = gather_health(self.layers)
             if self._loss_sum is not None and self._loss_count:
                 total = float(self._loss_sum)  # one synchronisation every signal_every steps
-                header = [total / self._loss_count, 0.0 if math.isfinite(total) else 1.0]
+                if not math.isfinite(total):
+                    nonfinite.insert(0, "loss")
+                loss = total / self._loss_count
                 self._loss_sum.zero_()
                 self._loss_count = 0
             else:
-                header = [math.nan, 0.0]
-            signals = np.concatenate([np.asarray(header, dtype=np.float32), gather_signals(self.layers).numpy()])
+                loss = math.nan
+            # Every non-finite measurement is counted: Go's governor rolls back on any.
+            header = np.asarray([loss, float(len(nonfinite))], dtype=np.float32)
+            signals = np.concatenate([header, values.numpy()])
             failures = collect_failures(self.layers)
         else:
             failures = []
+        self._send(signals, nonfinite)
+        for layer_index, failure in failures:
+            self._apply(session.report_failure(layer_index, failure.slot, int(failure.kind), failure.message))
+
+    def _send(self, signals: np.ndarray | None, nonfinite: list[str]) -> None:
+        """One esper_session_step with the pending steps; mirror its events, alphas and rollback."""
+        session = self.session
         n_events = session.step(self._pending, signals)
         self._pending = 0
+        # Only a step that carries signals can raise the governor's alarm (one call to read it).
+        rollback = signals is not None and self._new_rollbacks(nonfinite)
         # Events first: a seed that entered BLENDING during these steps is already part-way up its
-        # ramp, and the alphas Go wrote are the values after the steps.
+        # ramp, and the alphas Go wrote are the values after the steps. A seed the rollback blames
+        # leaves with its ROLLED_BACK event, before the last good state is restored.
         if n_events:
             self._apply(session.events())
         if self._blending:
             alphas = session.alphas
             for i, layer in enumerate(self.layers):
                 layer.set_alphas(alphas[i * self.slots : (i + 1) * self.slots])
-        for layer_index, failure in failures:
-            self._apply(session.report_failure(layer_index, failure.slot, int(failure.kind), failure.message))
+        if rollback:
+            self._restore_good()
+
+    def _new_rollbacks(self, nonfinite: list[str]) -> bool:
+        """Whether Go's governor called for a rollback since the last look; logs its decisions (a
+        rollback with no seed to blame has no event: this count is how it reaches Python)."""
+        alarms = self.session.alarms()
+        new, self._alarms = alarms - self._alarms, alarms
+        if new <= 0:
+            return False
+        entries = self.session.growth_log().get("entries") or []
+        decisions = [e["decision"] for e in entries if e.get("kind") == "decision"
+                     and (e.get("decision") or {}).get("op") == "rollback"][-new:]
+        for decision in decisions:
+            self.log.append({"kind": "decision", "epoch": self.epoch, "step": self.steps, **decision,
+                             "nonfinite": list(nonfinite)})
+        return True
 
     # ------------------------------------------------------------------ per epoch
 
@@ -544,6 +605,11 @@ class Morphogenesis:
             train_loss: mean training loss (default: the mean of the losses
                 passed to :meth:`step` this epoch).
 
+        A non-finite ``val_loss`` (given, or returned by ``evaluate``) or
+        training loss makes the governor roll back, and nothing else is
+        decided on it; so do model weights found non-finite here (with
+        ``rollback``). The epoch is then not kept as the last good state.
+
         Returns:
             {"epoch", "decisions": [...], "events": [...]} as Go reported them.
         """
@@ -551,6 +617,8 @@ class Morphogenesis:
         self._check_schedulers()  # Tamiyo may germinate
         if self._pending:
             self._flush(with_signals=False)
+        # Weights that went non-finite since the last flush must not be judged or kept as good.
+        rolled_back = self.config.rollback and self._check_weights()
         if val_loss is None and self.evaluate is not None:
             result = self.evaluate(self.model)
             val_loss, val_metric = _check_evaluated(result, val_metric)
@@ -571,16 +639,38 @@ class Morphogenesis:
             if decision.get("op") != "wait":
                 self.log.append({"kind": "decision", "epoch": self.epoch, **decision})
         self._apply(result.get("events", []))
-        if any(d.get("op") == "rollback" and int(d.get("layer", -1)) < 0 for d in result.get("decisions", [])):
-            # The governor saw the loss blow up with no seed to blame: the host diverged on its
-            # own. Restore the last good weights and optimizer state all the same (no event says so).
+        self._alarms = session.alarms()
+        if any(d.get("op") == "rollback" for d in result.get("decisions", [])):
+            # A non-finite or exploding training loss, or a non-finite validation loss: the blamed
+            # seed (if any) left with its ROLLED_BACK event; restore the last good state.
             self._restore_good()
-            train_loss = math.nan  # this epoch's state is not kept as "good"
+            rolled_back = True
         self.epoch += 1
         finite = all(v is None or math.isfinite(v) for v in (train_loss, val_loss))
-        if self.config.rollback and finite:
+        if self.config.rollback and finite and not rolled_back:
             self._save_good()
         return result
+
+    def _check_weights(self) -> bool:
+        """Counts the model's non-finite tensors (one pass, one synchronisation per device); any is a
+        non-finite signal sent to Go, whose governor then rolls back. Returns whether it did."""
+        names, flags = [], []
+        for name, t in self.model.state_dict().items():
+            if t.is_floating_point():
+                names.append(name)
+                flags.append(torch.isfinite(t).all())
+        if not flags:
+            return False
+        if len({f.device for f in flags}) > 1:
+            flags = [f.cpu() for f in flags]
+        bad = [name for name, ok in zip(names, torch.stack(flags).tolist()) if not ok]
+        if not bad:
+            return False
+        signals = np.full(2 + len(self.layers) * len(SIGNALS), math.nan, dtype=np.float32)
+        signals[1] = len(bad)
+        before = self._alarms
+        self._send(signals, bad)
+        return self._alarms != before
 
     def _contributions(self, val_loss: float | None) -> list[dict[str, Any]]:
         """Validation loss without each HOLDING seed minus with it (needs evaluate)."""
@@ -660,9 +750,9 @@ class Morphogenesis:
                 if layer.seed(slot) is not None:
                     layer.remove_seed(slot)
                 self._drop_group(i, slot)
+                self._forget_seed(i, slot)
+                # ROLLED_BACK: the caller restores the last good state once the events are applied.
                 layer.set_state(slot, to)
-                if to == "ROLLED_BACK":
-                    self._restore_good()
             elif to == "BLENDING":
                 layer.set_state(slot, to, alpha=float(ev.get("alpha", 0.0)))
             else:
@@ -693,6 +783,7 @@ class Morphogenesis:
             seed = build_seed(ir, device=device, dtype=dtype)
         layer.add_seed(slot, seed)
         self._add_group(i, slot, list(seed.parameters()))
+        self._remember_seed(i, slot)
 
     def _host_group(self, i: int) -> int:
         """The index of the parameter group holding layer i's host: that of its first parameter the
@@ -782,7 +873,8 @@ class Morphogenesis:
     # ------------------------------------------------------------------ rollback
 
     def _save_good(self) -> None:
-        """Keep a copy of every tensor of the model and the optimizer's per-parameter state."""
+        """Keep a copy of every tensor of the model and the optimizer's per-parameter state: the
+        last good state a rollback restores (see :meth:`_restore_good`)."""
         names = {id(p): n for n, p in self.model.named_parameters()}
         self._last_good = {
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
@@ -793,26 +885,59 @@ class Morphogenesis:
             },
         }
 
-    def _restore_good(self) -> None:
-        """Restore the weights and optimizer state of the last good epoch (tensors
-        that still exist with the same shape; the seed that caused the rollback
-        is gone already)."""
+    def _seed_prefix(self, i: int, slot: int) -> str:
+        """The state_dict key prefix of the seed in layer i, slot."""
+        name = self.layer_names[i]
+        return f"{name}.seeds.{slot}." if name else f"seeds.{slot}."
+
+    def _remember_seed(self, i: int, slot: int) -> None:
+        """A seed germinated after the last good state joins it with its initial weights (which
+        leave the layer's output unchanged) and no optimizer state, replacing whatever an earlier
+        seed of the slot left there."""
+        if self._last_good is None:
+            return
+        self._forget_seed(i, slot)
+        prefix = self._seed_prefix(i, slot)
+        seed = self.layers[i].seed(slot)
+        self._last_good["model"].update({prefix + k: v.detach().clone() for k, v in seed.state_dict().items()})
+
+    def _forget_seed(self, i: int, slot: int) -> None:
+        """Drops a removed seed's tensors from the last good state."""
         good = self._last_good
         if good is None:
             return
+        prefix = self._seed_prefix(i, slot)
+        for part in ("model", "optim"):
+            for key in [k for k in good[part] if k.startswith(prefix)]:
+                del good[part][key]
+
+    def _restore_good(self) -> None:
+        """Restore the last good state: every weight and buffer of the model (host and surviving
+        seeds; a seed germinated since returns to its initial weights) and the optimizer state of
+        every parameter in the optimizer, which matches its parameter: a parameter whose shape
+        differs from the saved one, or that had no state then, starts with none (the optimizer
+        initialises it at its next step). Gradients are cleared, and so are the losses gathered
+        since the last flush. The seed the rollback blamed has left already."""
+        good = self._last_good
+        if good is None:
+            return
+        saved_model = good["model"]
         with torch.no_grad():
             for name, tensor in self.model.state_dict().items():
-                saved = good["model"].get(name)
+                saved = saved_model.get(name)
                 if saved is not None and saved.shape == tensor.shape:
                     tensor.copy_(saved)
-        # Only parameters the optimizer holds get state back (a seed frozen since then holds none).
-        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        in_optimizer = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         for name, p in self.model.named_parameters():
-            state = good["optim"].get(name)
-            if state is not None and id(p) in held:
-                self.optimizer.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-            elif p in self.optimizer.state:
-                del self.optimizer.state[p]
+            p.grad = None
+            if id(p) not in in_optimizer:
+                continue
+            state, saved = good["optim"].get(name), saved_model.get(name)
+            if state is not None and saved is not None and saved.shape == p.shape:
+                self.optimizer.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                                           for k, v in state.items()}
+            else:
+                self.optimizer.state.pop(p, None)
         if self._loss_sum is not None:
             self._loss_sum.zero_()
             self._epoch_loss_sum.zero_()
@@ -922,6 +1047,7 @@ class Morphogenesis:
                                  f"optimizer ({len(self.optimizer.param_groups)} groups) cannot hold: build the "
                                  "optimizer with the parameter groups of the checkpointed run")
         self.session.restore(state["session"])
+        self._alarms = self.session.alarms()  # rollbacks before the checkpoint were carried out then
         self._blending = 0
         for s in by_key.values():
             layer = self.layers[s["layer"]]
