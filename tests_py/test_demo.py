@@ -360,3 +360,116 @@ def test_default_workers_fit_the_cpus_and_the_memory(tmp_path: Path) -> None:
     limit.write_text("4294967296\n")
     assert _read_int(str(limit)) == 4 * gib
     assert _read_int(str(tmp_path / "absent")) is None
+
+
+def _count_step(model, x, counter_cls) -> float:
+    """The FLOPs counter_cls counts for one training step (forward, loss, backward) of model on x."""
+    import torch
+    import torch.nn.functional as F
+
+    counter = counter_cls()
+    try:
+        model.train()
+        F.cross_entropy(model(x), torch.zeros(x.shape[0], dtype=torch.long)).backward()
+    finally:
+        counter.close()
+    return counter.total
+
+
+class _LinearHookCounter:
+    """The counter the demo used before: one global forward hook that counts the nn.Linear modules it sees."""
+
+    def __init__(self) -> None:
+        import torch
+        from torch import nn
+
+        self.total = 0.0
+
+        def hook(module, inputs, output) -> None:
+            if isinstance(module, nn.Linear) and module.training:
+                rows = output.numel() // module.out_features
+                self.total += 6.0 * rows * module.in_features * module.out_features
+
+        self._handle = torch.nn.modules.module.register_module_forward_hook(hook)
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+# MLP(2 features, 3 classes, width 16, depth 2): 2*16 + 16*16 + 16*3 = 336 multiply-adds per sample.
+_MLP_MACS = 2 * 16 + 16 * 16 + 16 * 3
+
+
+def test_flop_counter_counts_a_dormant_wrapped_model_like_the_plain_one() -> None:
+    import copy
+
+    import torch
+    from torch import nn
+
+    from esper.demo.train import MLP, FlopCounter
+    from esper.kasmina import kasmina_layers
+    from esper.wrap import wrap
+
+    torch.manual_seed(0)
+    plain = MLP(2, 3, width=16, depth=2)
+    wrapped = wrap(copy.deepcopy(plain), target_modules=[nn.Linear], seeds_per_layer=2)
+    layers = [layer for _, layer in kasmina_layers(wrapped)]
+    assert len(layers) == 3 and all(layer.is_dormant for layer in layers)
+    x = torch.randn(10, 2)
+    expected = 6.0 * 10 * _MLP_MACS  # every weight trains: 6 FLOPs per multiply-add
+    assert _count_step(plain, x, FlopCounter) == expected
+    assert _count_step(wrapped, x, FlopCounter) == expected
+    # Negative control: a dormant layer calls its host's forward directly, which global hooks on the
+    # host do not see; the counter the demo used before counted nothing for the wrapped model.
+    assert _count_step(plain, x, _LinearHookCounter) == expected
+    assert _count_step(wrapped, x, _LinearHookCounter) == 0.0
+    # A layer that is not dormant calls its host through __call__: still counted once, not twice.
+    layers[1].set_sampling(True)
+    layers[2].base_layer.register_forward_hook(lambda *_: None)
+    layers[2].set_sampling(False)  # re-picks the forward: the host's __call__, for its hook
+    assert not layers[1].is_dormant and layers[2].is_dormant
+    assert _count_step(wrapped, x, FlopCounter) == expected
+    # Frozen weights: 4 FLOPs per multiply-add (forward and the input gradient).
+    layers[0].base_layer.requires_grad_(False)
+    assert _count_step(wrapped, x, FlopCounter) == expected - 2.0 * 10 * 2 * 16
+    # Eval mode is not counted.
+    counter = FlopCounter()
+    try:
+        with torch.no_grad():
+            wrapped.eval()(x)
+    finally:
+        counter.close()
+    assert counter.total == 0.0
+
+
+def test_flop_counter_counts_a_seed_in_the_states_where_it_runs() -> None:
+    import torch
+    from torch import nn
+
+    from esper.demo.train import MLP, FlopCounter
+    from esper.kasmina import kasmina_layers
+    from esper.wrap import wrap
+
+    torch.manual_seed(0)
+    model = wrap(MLP(2, 3, width=16, depth=2), target_modules=[nn.Linear], seeds_per_layer=2)
+    layer = dict(kasmina_layers(model))["hidden.1"]  # the 16 -> 16 host
+    layer.add_seed(1, nn.Sequential(nn.Linear(16, 4), nn.ReLU(), nn.Linear(4, 16)))
+    seed_macs = 16 * 4 + 4 * 16
+    x = torch.randn(10, 2)
+    host = 6.0 * 10 * _MLP_MACS
+    # GERMINATED: the seed does not run.
+    assert _count_step(model, x, FlopCounter) == host
+    # TRAINING (its output enters with value 0, and it learns), BLENDING, HOLDING: it runs and trains.
+    for state, alpha in (("TRAINING", None), ("BLENDING", 0.5), ("HOLDING", None)):
+        layer.set_state(1, state, alpha)
+        assert _count_step(model, x, FlopCounter) == host + 6.0 * 10 * seed_macs, state
+    # Switched off (a contribution measurement): not run, not counted.
+    with layer.disable_seeds(1):
+        assert _count_step(model, x, FlopCounter) == host
+    # FOSSILIZED: frozen, 4 FLOPs per multiply-add.
+    layer.set_state(1, "FOSSILIZED")
+    assert _count_step(model, x, FlopCounter) == host + 4.0 * 10 * seed_macs
+    # Removed: the layer is dormant again and its host is still counted.
+    layer.remove_seed(1)
+    assert layer.is_dormant
+    assert _count_step(model, x, FlopCounter) == host

@@ -5,14 +5,21 @@ Training FLOPs are counted from the modules that actually ran each step:
 for every ``nn.Linear`` that took part in the forward, in * out multiply-adds per
 sample, counted as 2 FLOPs each forward and 4 backward when its weight trains
 (6 FLOPs per multiply-add), or 2 backward when it is frozen (input gradient only).
-Counting uses forward hooks, so seeds that were dormant cost nothing and seeds
-that ran are counted whatever their state.
+Modules in eval mode (validation) are not counted. Counting uses forward hooks,
+so seeds that do not run (GERMINATED, or switched off) cost nothing and seeds
+that ran are counted in whatever state they ran: TRAINING (forward and
+backward of the seed; its output enters with value 0), BLENDING, HOLDING, and
+FOSSILIZED (frozen). A Kasmina layer runs its host exactly once per forward, and
+while it is dormant it calls the host's ``forward`` directly, which global hooks
+do not see; so a wrapped host is counted through its layer's hook, never its own,
+and a wrapped model without live seeds counts what the same plain model counts.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kasmina import KasminaLayer
 from .data import Task
 
 __all__ = ["MLP", "FlopCounter", "History", "evaluate", "train"]
@@ -43,25 +51,46 @@ class MLP(nn.Module):
 class FlopCounter:
     """Counts training FLOPs of every nn.Linear that runs in training mode.
 
-    A global forward hook sees modules created after the counter (seeds that
+    Global forward hooks see modules created after the counter (seeds that
     germinate mid-run); modules in eval mode (validation) are not counted.
-    Counters are meant to be used one at a time.
+    A :class:`~esper.kasmina.KasminaLayer`'s host is counted when the layer's
+    own hook fires, with the layer's output (the host's shape): a dormant layer
+    calls the host's ``forward`` without ``__call__``, so the host's hook would
+    not fire, and while the layer is not dormant the host's own hook is skipped
+    so that it is not counted twice. Counters are meant to be used one at a time.
     """
 
     def __init__(self) -> None:
         self.total = 0.0
         self.active = True
-        self._handle = torch.nn.modules.module.register_module_forward_hook(self._hook)
+        # The hosts of the Kasmina layers that ran: counted through their layer's hook, not their own.
+        self._hosts: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+        self._handles = [
+            torch.nn.modules.module.register_module_forward_pre_hook(self._pre_hook),
+            torch.nn.modules.module.register_module_forward_hook(self._hook),
+        ]
+
+    def _pre_hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if isinstance(module, KasminaLayer):
+            self._hosts.add(module.base_layer)
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        if not (self.active and isinstance(module, nn.Linear) and module.training):
+        if not self.active:
+            return
+        if isinstance(module, KasminaLayer):
+            module = module.base_layer  # it ran once, in this forward, with an output of the layer's shape
+        elif not isinstance(module, nn.Linear) or module in self._hosts:
+            return  # not counted, or counted by its layer's hook
+        if not (isinstance(module, nn.Linear) and module.training):
             return
         rows = output.numel() // module.out_features
         macs = rows * module.in_features * module.out_features
         self.total += (6.0 if module.weight.requires_grad else 4.0) * macs
 
     def close(self) -> None:
-        self._handle.remove()
+        """Removes the counter's global hooks."""
+        for handle in self._handles:
+            handle.remove()
 
 
 @dataclass
