@@ -422,10 +422,11 @@ class KasminaLayer(nn.Module):
             if straight_through:
                 # s - s.detach() is 0 in value (NaN when s is not: the where drops it) and s in gradient.
                 y = torch.where(ok, y + (s - s.detach()), y)
-            elif compiling:
-                y = torch.where(ok, y + self._alpha_t[slot] * s, y)
             else:
-                y = torch.where(ok, torch.add(y, s, alpha=alpha), y)
+                if compiling:
+                    y = torch.where(ok, y + self._alpha_t[slot] * s, y)
+                else:
+                    y = torch.where(ok, torch.add(y, s, alpha=alpha), y)
                 if gate:
                     seed_in.register_hook(functools.partial(_gate_grad, ok))
         return y
