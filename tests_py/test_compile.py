@@ -263,3 +263,22 @@ def test_compiled_nonfinite_seed_falls_back_to_host_and_is_counted() -> None:
     assert collect_failures(model) == []  # read and reset
     _assert_no_graph_break()
     morph.close()
+
+
+def test_the_compiled_forwards_alphas_follow_the_layer_also_in_copies() -> None:
+    torch.manual_seed(0)
+    model = esper.wrap(MLP(), ["fc2"])
+    morph = esper.Morphogenesis(model, torch.optim.SGD(model.parameters(), lr=0.1), policy="manual",
+                                rollback=False, train_steps=10**6, blend_steps=10)
+    morph.germinate("fc2", 0, "residual_mlp", width=8)
+    while model.fc2.state(0).name != "BLENDING":
+        morph.advance("fc2", 0)
+    for layer in (model.fc2, copy.deepcopy(model).fc2):
+        for a in (0.25, 0.5):
+            layer.set_alphas([a])
+            assert layer._alpha_t.tolist() == [a] == [layer.alpha(0)]
+        layer.set_state(0, "HOLDING")
+        assert layer._alpha_t.tolist() == [1.0]
+        layer.remove_seed(0)
+        assert layer._alpha_t.tolist() == [0.0]
+    morph.close()

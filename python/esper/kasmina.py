@@ -335,10 +335,19 @@ class KasminaLayer(nn.Module):
         # constant of the graph, and every BLENDING step would recompile.
         self._alpha_t = alphas  # (slots,) float32, kept equal to _alphas
         self._alpha_views = alphas.unbind(0)
+        # On CPU, written through a NumPy view of the same memory (no tensor op on the step's path).
+        self._alpha_host = alphas.numpy() if alphas.device.type == "cpu" else None
         # Where a compiled forward's gradient tap leaves (grad_norm, seed_gain): the gradient of this
         # leaf (see _GradTap), read by gather_signals.
         self._grad_sink = torch.zeros(2, device=signals.device, requires_grad=True)
         self._nan = torch.full((), math.nan, device=signals.device)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # A deep copy or unpickling copies the NumPy view apart from the tensor: view the copy's tensor.
+        alphas = self.__dict__.get("_alpha_t")
+        if isinstance(alphas, Tensor):
+            self._alpha_host = alphas.numpy() if alphas.device.type == "cpu" else None
 
     def _fold(self, slot: int) -> None:
         """Adds the slot's pending finiteness flags into the device counter (one kernel, no sync)."""
@@ -708,7 +717,10 @@ class KasminaLayer(nn.Module):
         compiled one (a fill on the device: no synchronisation)."""
         if self._alphas[slot] != value:
             self._alphas[slot] = value
-            self._alpha_views[slot].fill_(value)
+            if self._alpha_host is not None:
+                self._alpha_host[slot] = value
+            else:
+                self._alpha_views[slot].fill_(value)
 
     @contextlib.contextmanager
     def disable_seeds(self, *slots: int) -> Iterator[KasminaLayer]:
