@@ -151,10 +151,13 @@ def test_lifecycle_compiled_matches_eager_with_bounded_recompiles() -> None:
 
     print("compilations per phase:", compiles)  # the report quotes these
     _assert_no_graph_break()
-    # A new lifecycle state is one graph for ordinary steps and one for sampling steps (signal_every).
+    # A new arrangement of a layer's forward (dormant, a seed running) is one graph for ordinary steps
+    # and one for sampling steps (signal_every): at most 2 per transition. TRAINING, BLENDING, HOLDING
+    # and FOSSILIZED share one graph (their alphas are tensors), and a prune returns to the dormant one.
     assert all(n <= 2 for n in compiles.values()), compiles
-    assert compiles["blending, later steps"] == 0, compiles
-    assert sum(compiles.values()) <= 10, compiles
+    for name in ("blending", "blending, later steps", "holding", "fossilized", "pruned"):
+        assert compiles[name] == 0, (name, compiles)
+    assert sum(compiles.values()) <= 6, compiles
     for a, b in zip(pair.models[0].parameters(), pair.models[1].parameters()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 

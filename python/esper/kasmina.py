@@ -319,10 +319,11 @@ class KasminaLayer(nn.Module):
         signals = torch.full((len(SIGNALS),), math.nan, device=device)
         bad = torch.zeros(self.num_slots, dtype=torch.int64, device=device)
         seen = torch.zeros(self.num_slots, dtype=torch.int64, device=device)
-        alphas = torch.tensor(self._alphas, dtype=torch.float32, device=device)
-        self._set_device_state(signals, bad, seen, alphas)
+        coefs = torch.tensor([self._alphas, [float(s == SeedState.TRAINING) for s in self._states]],
+                             dtype=torch.float32, device=device)
+        self._set_device_state(signals, bad, seen, coefs)
 
-    def _set_device_state(self, signals: Tensor, bad: Tensor, seen: Tensor, alphas: Tensor) -> None:
+    def _set_device_state(self, signals: Tensor, bad: Tensor, seen: Tensor, coefs: Tensor) -> None:
         self._signals = signals  # (7,) float32: see SIGNALS
         views = signals.unbind(0)
         self._grad_norm_out = views[SIGNALS.index("grad_norm")]
@@ -331,12 +332,14 @@ class KasminaLayer(nn.Module):
         # Under torch.compile the forward counts its runs here (a Python counter would be a guard
         # that changes every step) and its non-finite outputs straight into _bad.
         self._seen = seen  # (slots,) int64: compiled forwards per slot since the last read
-        # The alphas as a device tensor, for the compiled forward: a Python float there would be a
-        # constant of the graph, and every BLENDING step would recompile.
-        self._alpha_t = alphas  # (slots,) float32, kept equal to _alphas
-        self._alpha_views = alphas.unbind(0)
+        # Per slot, for the compiled forward: the alpha, and 1 while TRAINING (the straight-through
+        # term's weight). As tensors, they change without a recompilation: a Python float in the
+        # forward is a constant of the graph, and TRAINING, BLENDING, HOLDING and FOSSILIZED are one
+        # graph.
+        self._coefs = coefs  # (2, slots) float32, kept equal to _alphas and _states
+        self._alpha_t = coefs[0]
         # On CPU, written through a NumPy view of the same memory (no tensor op on the step's path).
-        self._alpha_host = alphas.numpy() if alphas.device.type == "cpu" else None
+        self._coefs_host = coefs.numpy() if coefs.device.type == "cpu" else None
         # Where a compiled forward's gradient tap leaves (grad_norm, seed_gain): the gradient of this
         # leaf (see _GradTap), read by gather_signals.
         self._grad_sink = torch.zeros(2, device=signals.device, requires_grad=True)
@@ -345,9 +348,9 @@ class KasminaLayer(nn.Module):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         # A deep copy or unpickling copies the NumPy view apart from the tensor: view the copy's tensor.
-        alphas = self.__dict__.get("_alpha_t")
-        if isinstance(alphas, Tensor):
-            self._alpha_host = alphas.numpy() if alphas.device.type == "cpu" else None
+        coefs = self.__dict__.get("_coefs")
+        if isinstance(coefs, Tensor):
+            self._coefs_host = coefs.numpy() if coefs.device.type == "cpu" else None
 
     def _fold(self, slot: int) -> None:
         """Adds the slot's pending finiteness flags into the device counter (one kernel, no sync)."""
@@ -364,7 +367,7 @@ class KasminaLayer(nn.Module):
             for slot in range(self.num_slots):
                 self._fold(slot)
             self._set_device_state(self._signals.to(device), self._bad.to(device), self._seen.to(device),
-                                   self._alpha_t.to(device))
+                                   self._coefs.to(device))
         return self
 
     # ------------------------------------------------------------------ forward
@@ -400,7 +403,11 @@ class KasminaLayer(nn.Module):
         gate = grad_on and x.requires_grad
         y = h
         for slot, seed, straight_through, alpha in self._branches:
-            if straight_through:
+            if compiling:
+                # One graph for every running state: the gate below keeps a TRAINING seed's gradient
+                # from the host's input (the eager forward gives it x.detach()).
+                seed_in = x.view_as(x) if gate else x
+            elif straight_through:
                 if not learning:
                     continue  # 0 in value and nothing to learn
                 seed_in = x.detach()
@@ -428,14 +435,17 @@ class KasminaLayer(nn.Module):
                 checks.append(ok)
                 if len(checks) >= _FOLD_EVERY:
                     self._fold(slot)
-            if straight_through:
+            if compiling:
+                # TRAINING: alpha 0 and straight-through weight 1; otherwise alpha and 0 (see below).
+                alpha_t, training_t = self._coefs[0, slot], self._coefs[1, slot]
+                y = torch.where(ok, y + alpha_t * s + training_t * (s - s.detach()), y)
+                if gate:
+                    seed_in.register_hook(functools.partial(_gate_grad, ok & (training_t == 0)))
+            elif straight_through:
                 # s - s.detach() is 0 in value (NaN when s is not: the where drops it) and s in gradient.
                 y = torch.where(ok, y + (s - s.detach()), y)
             else:
-                if compiling:
-                    y = torch.where(ok, y + self._alpha_t[slot] * s, y)
-                else:
-                    y = torch.where(ok, torch.add(y, s, alpha=alpha), y)
+                y = torch.where(ok, torch.add(y, s, alpha=alpha), y)
                 if gate:
                     seed_in.register_hook(functools.partial(_gate_grad, ok))
         return y
@@ -617,6 +627,7 @@ class KasminaLayer(nn.Module):
         self.seeds[key] = seed
         self._states[slot] = SeedState.GERMINATED
         self._set_alpha(slot, 0.0)
+        self._set_training(slot)
         self._sync_forward()
 
     def remove_seed(self, slot: int) -> list[nn.Parameter]:
@@ -651,6 +662,7 @@ class KasminaLayer(nn.Module):
         if self._states[slot] in LIVE_STATES:
             self._states[slot] = SeedState.DORMANT
             self._set_alpha(slot, 0.0)
+            self._set_training(slot)
         self._sync_forward()
         return list(seed.parameters())
 
@@ -688,6 +700,7 @@ class KasminaLayer(nn.Module):
             self.seeds[str(slot)].requires_grad_(False)
         self._states[slot] = new
         self._set_alpha(slot, value)
+        self._set_training(slot)
         self._sync_forward()
 
     def set_alphas(self, alphas: Sequence[float]) -> None:
@@ -717,10 +730,17 @@ class KasminaLayer(nn.Module):
         compiled one (a fill on the device: no synchronisation)."""
         if self._alphas[slot] != value:
             self._alphas[slot] = value
-            if self._alpha_host is not None:
-                self._alpha_host[slot] = value
-            else:
-                self._alpha_views[slot].fill_(value)
+            self._set_coef(0, slot, value)
+
+    def _set_training(self, slot: int) -> None:
+        """Mirrors the slot's state into the compiled forward's straight-through weight."""
+        self._set_coef(1, slot, float(self._states[slot] == SeedState.TRAINING))
+
+    def _set_coef(self, row: int, slot: int, value: float) -> None:
+        if self._coefs_host is not None:
+            self._coefs_host[row, slot] = value
+        else:
+            self._coefs[row, slot].fill_(value)
 
     @contextlib.contextmanager
     def disable_seeds(self, *slots: int) -> Iterator[KasminaLayer]:

@@ -225,7 +225,9 @@ def active_pair(spec: ModelSpec, device: torch.device, state: str, template: str
     seed = esper_model.get_submodule(layer).seed(0)
     hand_model = copy.deepcopy(base)
     alpha = 1.0 if state == "HOLDING" else 0.5
-    hand = models.with_hand_seed(hand_model, layer, _hand_branch(seed), alpha)
+    blended = compile_models and state == "BLENDING"
+    hand = models.with_hand_seed(hand_model, layer, _hand_branch(seed), alpha,
+                                 models.HandBlended if blended else models.HandSeeded)
     tick = None
     if state == "BLENDING":
         count = [0]
@@ -233,6 +235,8 @@ def active_pair(spec: ModelSpec, device: torch.device, state: str, template: str
         def tick() -> None:  # a hand-written blend ramps its alpha too
             count[0] += 1
             hand.alpha = min(1.0, 0.5 + count[0] / blend)
+            if blended:
+                hand.alpha_t.fill_(hand.alpha)
 
     opt_h = _adam(hand_model)
     x, y = models.make_batch(spec.batch_kind, spec.batch, device)
