@@ -285,3 +285,25 @@ def test_the_compiled_forwards_alphas_follow_the_layer_also_in_copies() -> None:
         layer.remove_seed(0)
         assert layer._alpha_t.tolist() == [0.0]
     morph.close()
+
+
+@pytest.mark.parametrize("state", ["TRAINING", "HOLDING"])
+def test_compiled_evaluation_matches_eager(state: str) -> None:
+    # What an evaluate() does each epoch: eval mode, no gradient, seeds live.
+    torch.manual_seed(0)
+    model = esper.wrap(MLP(), ["fc1", "fc2"])
+    morph = esper.Morphogenesis(model, torch.optim.SGD(model.parameters(), lr=0.1), policy="manual",
+                                rollback=False, train_steps=10**6)
+    morph.germinate("fc2", 0, "residual_mlp", width=8)
+    while model.fc2.state(0).name != state:
+        morph.advance("fc2", 0)
+    with torch.no_grad():
+        for p in model.fc2.seed(0).parameters():
+            p.normal_()  # a seed that changes the output (its last projection starts at zero)
+    compiled = torch.compile(model, backend=BACKEND)
+    x = torch.randn(8, 8)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+    _assert_no_graph_break()
+    morph.close()

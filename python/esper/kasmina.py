@@ -27,6 +27,15 @@ N steps. Health signals are reduced on the device into a 7-float buffer per laye
 effective rank from rows kept on every ``rank_every``-th sampling step (an SVD synchronises, so it
 waits for the read, which synchronises anyway). The forward never synchronises with the device.
 
+Under ``torch.compile`` (of the whole model) the forward takes a graph-friendly path, chosen with
+``torch.compiler.is_compiling()``: alphas and the TRAINING straight-through weight come from a
+device tensor (so TRAINING, BLENDING, HOLDING and FOSSILIZED are one graph, and an alpha ramp does not
+recompile; a TRAINING seed also runs in evaluation there, adding exactly 0), non-finite outputs and
+forwards are counted on the device, and the output-gradient tap is an ``autograd.Function`` whose
+backward leaves its two figures as the gradient of a small leaf tensor (no hook writing into the
+layer's buffers). A layer's dormant forward, its running forward and their sampling variants are the
+only graphs: a lifecycle transition compiles at most two new ones, and there is no graph break.
+
 Python never checks lifecycle transitions: Go owns the table and the driver mirrors its events
 with :meth:`KasminaLayer.add_seed`, :meth:`KasminaLayer.set_state`,
 :meth:`KasminaLayer.set_alphas` and :meth:`KasminaLayer.remove_seed`.
