@@ -8,8 +8,8 @@ side) of a wrapped model timed side by side with its baseline, interleaved round
 - scaling: :class:`~esper.bench.models.Deep` with 1, 10, 100 wrapped layers, and 1, 4, 16 slots
   per layer (dormant, and with one seed in HOLDING);
 - compile: the dormant and active pairs with both models under ``torch.compile`` (inductor), each
-  compiled before it is timed (the warm-up steps include a sampling step, so both of the wrapped
-  model's graphs are built).
+  compiled before it is timed (``signal_every`` + 1 steps first, so that the wrapped model's
+  sampling graph is built too).
 
 Both sides start from the same weights and see the same batch. Esper's side runs the
 documented loop, ``morph.step(loss)`` included, with the default :class:`~esper.MorphConfig`
@@ -361,6 +361,16 @@ def scaling_rows(device: torch.device, settings: StepSettings, depths: Sequence[
 # ---------------------------------------------------------------------- torch.compile
 
 
+def _compile_all(esper: Step, baseline: Step, morph: Morphogenesis) -> None:
+    """Runs both sides until every graph is compiled: the baseline's one, and the wrapped model's
+    ordinary and sampling graphs (a sampling step comes every ``signal_every`` steps), so that no
+    compilation falls inside a timed round."""
+    for _ in range(morph.config.signal_every + 1):
+        esper()
+    for _ in range(2):
+        baseline()
+
+
 def compile_rows(device: torch.device, settings: StepSettings, labels: Sequence[str] = ("TinyMLP", "WideMLP"),
                  states: Sequence[str] = ("BLENDING", "HOLDING")) -> list[Row]:
     """The dormant and active pairs with both sides compiled: a compiled wrapped model against the
@@ -372,6 +382,7 @@ def compile_rows(device: torch.device, settings: StepSettings, labels: Sequence[
         spec = _BY_LABEL[label]
         torch._dynamo.reset()  # each pair compiles afresh: no model counts against another's cache
         esper, plain, morph = dormant_pair(spec, device, compile_models=True)
+        _compile_all(esper, plain, morph)
         rows.append(_row("compile", f"train step, dormant, torch.compile: {label}", device, settings, esper, plain,
                          "compiled plain model", DORMANT,
                          f"{spec.what}; both models torch.compile (inductor); Esper includes morph.step(loss)"))
@@ -379,6 +390,7 @@ def compile_rows(device: torch.device, settings: StepSettings, labels: Sequence[
         for state in states:
             torch._dynamo.reset()
             esper, hand, morph, n_seed = active_pair(spec, device, state, compile_models=True, width=32)
+            _compile_all(esper, hand, morph)
             rows.append(_row("compile", f"train step, 1 seed {state}, torch.compile: {label}", device, settings,
                              esper, hand, "same model written by hand, compiled", ACTIVE,
                              f"seed residual_mlp width 32 ({n_seed} params) on fc2; both models torch.compile "
