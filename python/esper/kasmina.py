@@ -312,7 +312,6 @@ class KasminaLayer(nn.Module):
         # A compiled forward keeps rows on every sampled step (a counter would be a guard that changes
         # every time); gather_signals uses them on the sampling steps whose turn it is.
         self._rank_rows_compiled: Tensor | None = None
-        self._rank_turn = False
         # Per slot: the device flags "output finite" of recent forwards, folded into _bad now and then.
         self._checks: list[list[Tensor]] = [[] for _ in range(num_slots)]
         self._runs = [0] * num_slots  # forwards folded into _bad since the last read (eager forwards)
@@ -735,8 +734,8 @@ class KasminaLayer(nn.Module):
             self._branches = tuple(b._replace(alpha=self._alphas[b.slot]) for b in self._branches)
 
     def _set_alpha(self, slot: int, value: float) -> None:
-        """Sets a slot's alpha, as a float for the eager forward and in the device tensor for a
-        compiled one (a fill on the device: no synchronisation)."""
+        """Sets a slot's alpha, as a float for the eager forward and in the tensor a compiled one
+        reads (no synchronisation)."""
         if self._alphas[slot] != value:
             self._alphas[slot] = value
             self._set_coef(0, slot, value)
