@@ -83,3 +83,25 @@ def test_readme_section_is_replaced_between_markers(tmp_path: Path) -> None:
     assert run.update_readme(readme, "new table")
     assert readme.read_text() == f"# Esper\n\n## Measured\n\n{run.BEGIN}\nnew table\n{run.END}\n\nmore\n"
     assert not run.update_readme(tmp_path / "absent.md", "x")
+
+
+@pytest.mark.slow
+def test_compile_rows_time_compiled_pairs() -> None:
+    # The compile section (inductor): a compiled wrapped model against the compiled plain model and
+    # the compiled hand-written one. Only that the rows are measured and well-formed, as above.
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    settings = steps.StepSettings(rounds=5, block_s=0.002, warmup=2, max_inner=20)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = steps.compile_rows(torch.device("cpu"), settings, labels=("TinyMLP",), states=("HOLDING",))
+    finally:
+        torch.set_num_threads(threads)
+    assert [r.name for r in rows] == ["train step, dormant, torch.compile: TinyMLP",
+                                      "train step, 1 seed HOLDING, torch.compile: TinyMLP"]
+    for r in rows:
+        assert r.section == "compile" and r.target and r.ok in (True, False), r
+        assert _finite(r.value) and _finite(r.baseline) and _finite(r.ratio) and r.rounds == 5, r
+    assert counters["frames"]["ok"] == counters["frames"]["total"]  # every frame compiled, none fell back

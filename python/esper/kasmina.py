@@ -43,6 +43,15 @@ N steps. Health signals are reduced on the device into a 7-float buffer per laye
 effective rank from rows kept on every ``rank_every``-th sampling step (an SVD synchronises, so it
 waits for the read, which synchronises anyway). The forward never synchronises with the device.
 
+Under ``torch.compile`` (of the whole model) the forward takes a graph-friendly path, chosen with
+``torch.compiler.is_compiling()``: alphas and the TRAINING straight-through weight come from a
+device tensor (so TRAINING, BLENDING, HOLDING and FOSSILIZED are one graph, and an alpha ramp does not
+recompile; a TRAINING seed also runs in evaluation there, adding exactly 0), non-finite outputs and
+forwards are counted on the device, and the output-gradient tap is an ``autograd.Function`` whose
+backward leaves its two figures as the gradient of a small leaf tensor (no hook writing into the
+layer's buffers). A layer's dormant forward, its running forward and their sampling variants are the
+only graphs: a lifecycle transition compiles at most two new ones, and there is no graph break.
+
 Python never checks lifecycle transitions: Go owns the table and the driver mirrors its events
 with :meth:`KasminaLayer.add_seed`, :meth:`KasminaLayer.set_state`,
 :meth:`KasminaLayer.set_alphas` and :meth:`KasminaLayer.remove_seed`.
@@ -230,6 +239,57 @@ def _gate_grad(ok: Tensor, grad: Tensor) -> Tensor:
     return torch.where(ok, grad, 0.0)
 
 
+class _GradTap(torch.autograd.Function):
+    """The output-gradient tap of a compiled forward: identity on ``y``; its backward measures the
+    output gradient (its norm and the seed gain) and returns the two figures as the gradient of
+    ``sink``, a (2,) leaf of the layer, instead of writing them into the layer's buffers from a
+    hook (dynamo cannot trace a hook that writes into a tensor it did not create)."""
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, sink: Tensor,
+                unit_dim: int) -> Tensor:
+        ctx.save_for_backward(x, weight, bias)
+        ctx.unit_dim = unit_dim
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, bias = ctx.saved_tensors
+        with torch.no_grad():
+            gain = _seed_gain_of(x, grad, ctx.unit_dim, (weight, bias))
+            measured = torch.stack([_norm(grad), gain.float()])
+        return grad, None, None, None, measured, None
+
+
+def _seed_gain_of(x: Tensor, grad: Tensor, unit_dim: int, probe: tuple[Tensor, Tensor]) -> Tensor:
+    """:meth:`KasminaLayer._seed_gain` with the layer's unit dim and probe features given
+    (NaN when the shapes of ``x`` and ``grad`` do not pair up)."""
+    if unit_dim == 1 and x.ndim > 2:  # (N, C, *spatial): conv, channel-first residual
+        if x.shape[2:] != grad.shape[2:]:
+            # A strided conv: the input at the output's stride (a view; pooling costs a pass).
+            index = tuple(slice(None, o * -(-i // o), -(-i // o)) if o else slice(0)
+                          for i, o in zip(x.shape[2:], grad.shape[2:]))
+            x = x[(slice(None), slice(None)) + index]
+        xp, gp = x.flatten(2), grad.flatten(2)  # (N, C, P) views
+        if xp.shape[2] != gp.shape[2]:
+            return grad.new_full((), math.nan, dtype=torch.float32)
+        rows = xp.shape[0] * xp.shape[2]
+        # Thin the positions before the copy that puts channels last.
+        every = min(xp.shape[2], max(1, rows // _PROBE_ROWS))
+        xs = xp[:, :, ::every].movedim(1, -1).reshape(-1, xp.shape[1])
+        gs = gp[:, :, ::every].movedim(1, -1).reshape(-1, gp.shape[1])
+    else:  # (*, features): views for contiguous tensors
+        xs, gs = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
+        rows = xs.shape[0]
+    if rows == 0 or xs.shape[0] != gs.shape[0]:
+        return grad.new_full((), math.nan, dtype=torch.float32)
+    every = max(1, xs.shape[0] // _PROBE_ROWS)
+    xs, gs = xs[::every].float(), gs[::every].float()
+    weight, bias = probe
+    features = torch.relu(torch.addmm(bias, xs, weight))  # (rows, k)
+    return torch.linalg.matrix_norm(gs.T @ features) * (rows / xs.shape[0])
+
+
 def _effective_rank(rows: Tensor) -> float:
     """exp(entropy) of the normalised singular values of rows (R, C).
 
@@ -293,13 +353,17 @@ class KasminaLayer(nn.Module):
         self._disabled: Counter[int] = Counter()
         self._branches: tuple[_Branch, ...] = ()
         self._sampling = False
-        self._samples = 0
+        self._samples = 0  # forwards sampled eagerly
+        self._sample_steps = 0  # set_sampling(True) calls (what a compiled forward's rank sampling counts)
         self._measured = False  # _sample ran since the last gather_health (its values are measurements)
         self._probe: tuple[Tensor, Tensor] | None = None  # the seed gain's features, see _probe_features
         self._rank_rows: Tensor | None = None  # (<= 64, units) output rows for the effective rank
+        # A compiled forward keeps rows on every sampled step (a counter would be a guard that changes
+        # every time); gather_signals uses them on the sampling steps whose turn it is.
+        self._rank_rows_compiled: Tensor | None = None
         # Per slot: the device flags "output finite" of recent forwards, folded into _bad now and then.
         self._checks: list[list[Tensor]] = [[] for _ in range(num_slots)]
-        self._runs = [0] * num_slots  # forwards folded into _bad since the last read
+        self._runs = [0] * num_slots  # forwards folded into _bad since the last read (eager forwards)
         # A residual or block host's shapes are checked at its first forward.
         self._checked = spec.kind not in ("residual", "block")
         self._unit_dim = 1 if spec.kind in ("conv1d", "conv2d") or spec.channel_first else -1
@@ -340,15 +404,39 @@ class KasminaLayer(nn.Module):
     def _allocate(self, device: torch.device) -> None:
         signals = torch.full((len(SIGNALS),), math.nan, device=device)
         bad = torch.zeros(self.num_slots, dtype=torch.int64, device=device)
-        self._set_device_state(signals, bad)
+        seen = torch.zeros(self.num_slots, dtype=torch.int64, device=device)
+        coefs = torch.tensor([self._alphas, [float(s == SeedState.TRAINING) for s in self._states]],
+                             dtype=torch.float32, device=device)
+        self._set_device_state(signals, bad, seen, coefs)
 
-    def _set_device_state(self, signals: Tensor, bad: Tensor) -> None:
+    def _set_device_state(self, signals: Tensor, bad: Tensor, seen: Tensor, coefs: Tensor) -> None:
         self._signals = signals  # (7,) float32: see SIGNALS
         views = signals.unbind(0)
         self._grad_norm_out = views[SIGNALS.index("grad_norm")]
         self._seed_gain_out = views[SIGNALS.index("seed_gain")]
         self._bad = bad  # (slots,) int64: non-finite outputs per slot since the last read
+        # Under torch.compile the forward counts its runs here (a Python counter would be a guard
+        # that changes every step) and its non-finite outputs straight into _bad.
+        self._seen = seen  # (slots,) int64: compiled forwards per slot since the last read
+        # Per slot, for the compiled forward: the alpha, and 1 while TRAINING (the straight-through
+        # term's weight). As tensors, they change without a recompilation: a Python float in the
+        # forward is a constant of the graph, and TRAINING, BLENDING, HOLDING and FOSSILIZED are one
+        # graph.
+        self._coefs = coefs  # (2, slots) float32, kept equal to _alphas and _states
+        self._alpha_t = coefs[0]
+        # On CPU, written through a NumPy view of the same memory (no tensor op on the step's path).
+        self._coefs_host = coefs.numpy() if coefs.device.type == "cpu" else None
+        # Where a compiled forward's gradient tap leaves (grad_norm, seed_gain): the gradient of this
+        # leaf (see _GradTap), read by gather_signals.
+        self._grad_sink = torch.zeros(2, device=signals.device, requires_grad=True)
         self._nan = torch.full((), math.nan, device=signals.device)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # A deep copy or unpickling copies the NumPy view apart from the tensor: view the copy's tensor.
+        coefs = self.__dict__.get("_coefs")
+        if isinstance(coefs, Tensor):
+            self._coefs_host = coefs.numpy() if coefs.device.type == "cpu" else None
 
     def _fold(self, slot: int) -> None:
         """Adds the slot's pending finiteness flags into the device counter (one kernel, no sync)."""
@@ -364,7 +452,8 @@ class KasminaLayer(nn.Module):
         if self._signals.device != device:
             for slot in range(self.num_slots):
                 self._fold(slot)
-            self._set_device_state(self._signals.to(device), self._bad.to(device))
+            self._set_device_state(self._signals.to(device), self._bad.to(device), self._seen.to(device),
+                                   self._coefs.to(device))
         return self
 
     # ------------------------------------------------------------------ forward
@@ -396,7 +485,7 @@ class KasminaLayer(nn.Module):
             self._check_host(x, h)
         y = self._add_seeds(x, h) if self._branches else h
         if self._sampling:
-            self._sample(x, h, y)
+            y = self._sample(x, h, y)
         return y
 
     def _forward_nested(self, x: Tensor) -> Tensor:
@@ -405,12 +494,19 @@ class KasminaLayer(nn.Module):
         return torch.nested.as_nested_tensor([self.forward(t) for t in x.unbind()], layout=x.layout)
 
     def _add_seeds(self, x: Tensor, h: Tensor) -> Tensor:
+        # Under torch.compile: alphas from a device tensor, finiteness counted on the device, so
+        # that nothing the graph depends on changes from step to step (no recompilation).
+        compiling = torch.compiler.is_compiling()
         grad_on = torch.is_grad_enabled()
         learning = self.training and grad_on
         gate = grad_on and x.requires_grad
         y = h
         for slot, seed, straight_through, alpha in self._branches:
-            if straight_through:
+            if compiling:
+                # One graph for every running state: the gate below keeps a TRAINING seed's gradient
+                # from the host's input (the eager forward gives it x.detach()).
+                seed_in = x.view_as(x) if gate else x
+            elif straight_through:
                 if not learning:
                     continue  # 0 in value and nothing to learn
                 seed_in = x.detach()
@@ -430,11 +526,21 @@ class KasminaLayer(nn.Module):
                 s = s.to(h.dtype)  # e.g. a norm under autocast
             # "finite" as a device flag, no synchronisation (one reduction; NaN and inf fail abs < inf).
             ok = s.sum(dtype=torch.float32).abs() < math.inf
-            checks = self._checks[slot]
-            checks.append(ok)
-            if len(checks) >= _FOLD_EVERY:
-                self._fold(slot)
-            if straight_through:
+            if compiling:
+                self._bad[slot].add_(ok.logical_not())
+                self._seen[slot].add_(1)
+            else:
+                checks = self._checks[slot]
+                checks.append(ok)
+                if len(checks) >= _FOLD_EVERY:
+                    self._fold(slot)
+            if compiling:
+                # TRAINING: alpha 0 and straight-through weight 1; otherwise alpha and 0 (see below).
+                alpha_t, training_t = self._coefs[0, slot], self._coefs[1, slot]
+                y = torch.where(ok, y + alpha_t * s + training_t * (s - s.detach()), y)
+                if gate:
+                    seed_in.register_hook(functools.partial(_gate_grad, ok & (training_t == 0)))
+            elif straight_through:
                 # s - s.detach() is 0 in value (NaN when s is not: the where drops it) and s in gradient.
                 y = torch.where(ok, y + (s - s.detach()), y)
             else:
@@ -475,7 +581,10 @@ class KasminaLayer(nn.Module):
 
     # ------------------------------------------------------------------ health signals
 
-    def _sample(self, x: Tensor, h: Tensor, y: Tensor) -> None:
+    def _sample(self, x: Tensor, h: Tensor, y: Tensor) -> Tensor:
+        """Records the forward's signals and arranges for the backward's; returns ``y`` (under
+        torch.compile, ``y`` through the gradient tap)."""
+        compiling = torch.compiler.is_compiling()
         with torch.no_grad():
             hf = h.detach().float()
             unit_dim = self._unit_dim % hf.ndim
@@ -493,15 +602,31 @@ class KasminaLayer(nn.Module):
             others = [d for d in range(hf.ndim) if d != unit_dim]
             peak = hf.amax(dim=others) if others else hf
             dead = (peak <= 0).float().mean()
-            if self._samples % self.rank_every == 0:
+            if compiling or self._samples % self.rank_every == 0:
                 # The SVD synchronises on CUDA: keep a slice of rows, gather_signals estimates the rank.
                 units = hf.movedim(unit_dim, -1).reshape(-1, hf.shape[unit_dim])  # (rows, units)
-                self._rank_rows = units[::max(1, units.shape[0] // _RANK_ROWS)][:_RANK_ROWS].clone()
-            self._samples += 1
+                rows = units[::max(1, units.shape[0] // _RANK_ROWS)][:_RANK_ROWS].clone()
+                if compiling:
+                    self._rank_rows_compiled = rows
+                else:
+                    self._rank_rows = rows
+            stats = [mean, var, dead, self._nan, self._weight_norm(), self._nan, self._nan]
+            if compiling:
+                self._signals.copy_(torch.stack(stats))
+            else:
+                self._samples += 1
+                torch.stack(stats, out=self._signals)
             self._measured = True
-            torch.stack([mean, var, dead, self._nan, self._weight_norm(), self._nan, self._nan], out=self._signals)
-        if y.requires_grad:
-            y.register_hook(functools.partial(self._record_grad, x.detach()))
+        if not y.requires_grad:
+            return y
+        if compiling:
+            probe = self._probe
+            if probe is None:
+                raise RuntimeError(f"{self.spec.name}: the seed-gain probe was not drawn; turn sampling on with "
+                                   "set_sampling(True), which draws it, before a compiled forward samples")
+            return _GradTap.apply(y, x.detach(), probe[0], probe[1], self._grad_sink, self._unit_dim)
+        y.register_hook(functools.partial(self._record_grad, x.detach()))
+        return y
 
     def _record_grad(self, x: Tensor, grad: Tensor) -> None:
         with torch.no_grad():
@@ -524,30 +649,8 @@ class KasminaLayer(nn.Module):
         ``_PROBE_ROWS`` rows are used (positions thinned first, then samples), the sum scaled to
         all rows.
         """
-        if self._unit_dim == 1 and x.ndim > 2:  # (N, C, *spatial): conv, channel-first residual
-            if x.shape[2:] != grad.shape[2:]:
-                # A strided conv: the input at the output's stride (a view; pooling costs a pass).
-                index = tuple(slice(None, o * -(-i // o), -(-i // o)) if o else slice(0)
-                              for i, o in zip(x.shape[2:], grad.shape[2:]))
-                x = x[(slice(None), slice(None)) + index]
-            xp, gp = x.flatten(2), grad.flatten(2)  # (N, C, P) views
-            if xp.shape[2] != gp.shape[2]:
-                return self._nan
-            rows = xp.shape[0] * xp.shape[2]
-            # Thin the positions before the copy that puts channels last.
-            every = min(xp.shape[2], max(1, rows // _PROBE_ROWS))
-            xs = xp[:, :, ::every].movedim(1, -1).reshape(-1, xp.shape[1])
-            gs = gp[:, :, ::every].movedim(1, -1).reshape(-1, gp.shape[1])
-        else:  # (*, features): views for contiguous tensors
-            xs, gs = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
-            rows = xs.shape[0]
-        if rows == 0 or xs.shape[0] != gs.shape[0]:
-            return self._nan
-        every = max(1, xs.shape[0] // _PROBE_ROWS)
-        xs, gs = xs[::every].float(), gs[::every].float()
-        weight, bias = self._probe_features(xs.shape[1], xs.device)
-        features = torch.relu(torch.addmm(bias, xs, weight))  # (rows, k)
-        return torch.linalg.matrix_norm(gs.T @ features) * (rows / xs.shape[0])
+        width = x.shape[1] if self._unit_dim == 1 and x.ndim > 2 else x.shape[-1]
+        return _seed_gain_of(x, grad, self._unit_dim, self._probe_features(width, x.device))
 
     def _probe_features(self, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """The seed-gain probe's random features, drawn like a new nn.Linear's (U(-1/sqrt(in),
@@ -581,6 +684,11 @@ class KasminaLayer(nn.Module):
                 their backwards) until turned off.
         """
         self._sampling = bool(sampling)
+        if self._sampling:
+            self._sample_steps += 1
+            if self._probe is None or self._probe[0].device != self._signals.device:
+                # Drawn here, not in a compiled forward: a generator cannot be created in a graph.
+                self._probe_features(self.spec.in_features, self._signals.device)
         self._sync_forward()
 
     # ------------------------------------------------------------------ seeds
@@ -617,7 +725,9 @@ class KasminaLayer(nn.Module):
             raise ValueError(f"{self.spec.name}: the seed's IR was built for host {ir['host']}, expected a host "
                              f"like {self.spec}")
         self.seeds[key] = seed
-        self._states[slot], self._alphas[slot] = SeedState.GERMINATED, 0.0
+        self._states[slot] = SeedState.GERMINATED
+        self._set_alpha(slot, 0.0)
+        self._set_training(slot)
         self._sync_forward()
 
     def remove_seed(self, slot: int) -> list[nn.Parameter]:
@@ -643,13 +753,16 @@ class KasminaLayer(nn.Module):
         seed = self.seeds.pop(key)
         self._checks[slot].clear()
         self._bad[slot].zero_()  # on the device: no synchronisation
+        self._seen[slot].zero_()
         self._runs[slot] = 0
         if any(f.slot == slot for f in self.failures):
             kept = [f for f in self.failures if f.slot != slot]
             self.failures.clear()
             self.failures.extend(kept)
         if self._states[slot] in LIVE_STATES:
-            self._states[slot], self._alphas[slot] = SeedState.DORMANT, 0.0
+            self._states[slot] = SeedState.DORMANT
+            self._set_alpha(slot, 0.0)
+            self._set_training(slot)
         self._sync_forward()
         return list(seed.parameters())
 
@@ -685,7 +798,9 @@ class KasminaLayer(nn.Module):
                 raise ValueError(f"{new.name} has alpha {value}, got {alpha!r}")
         if new == SeedState.FOSSILIZED:
             self.seeds[str(slot)].requires_grad_(False)
-        self._states[slot], self._alphas[slot] = new, value
+        self._states[slot] = new
+        self._set_alpha(slot, value)
+        self._set_training(slot)
         self._sync_forward()
 
     def set_alphas(self, alphas: Sequence[float]) -> None:
@@ -704,10 +819,28 @@ class KasminaLayer(nn.Module):
             if state == SeedState.BLENDING and a != self._alphas[slot]:
                 if not 0.0 <= a <= 1.0:
                     raise ValueError(f"slot {slot}: alpha must be in [0, 1], got {a}")
-                self._alphas[slot], changed = a, True
+                self._set_alpha(slot, a)
+                changed = True
         if changed:
             # Only alphas moved: which seeds run, and the forward, are unchanged (per step while blending).
             self._branches = tuple(b._replace(alpha=self._alphas[b.slot]) for b in self._branches)
+
+    def _set_alpha(self, slot: int, value: float) -> None:
+        """Sets a slot's alpha, as a float for the eager forward and in the tensor a compiled one
+        reads (no synchronisation)."""
+        if self._alphas[slot] != value:
+            self._alphas[slot] = value
+            self._set_coef(0, slot, value)
+
+    def _set_training(self, slot: int) -> None:
+        """Mirrors the slot's state into the compiled forward's straight-through weight."""
+        self._set_coef(1, slot, float(self._states[slot] == SeedState.TRAINING))
+
+    def _set_coef(self, row: int, slot: int, value: float) -> None:
+        if self._coefs_host is not None:
+            self._coefs_host[row, slot] = value
+        else:
+            self._coefs[row, slot].fill_(value)
 
     @contextlib.contextmanager
     def disable_seeds(self, *slots: int) -> Iterator[KasminaLayer]:
@@ -871,16 +1004,17 @@ def _drain(layers: list[KasminaLayer]) -> list[list[SeedFailure]]:
     for layer in layers:
         for slot in range(layer.num_slots):
             layer._fold(slot)
-    bad = _to_host([layer._bad for layer in layers])
+    counters = _to_host([t for layer in layers for t in (layer._bad, layer._seen)])
     out = []
-    for layer, counts in zip(layers, bad):
+    for layer, counts, seen in zip(layers, counters[0::2], counters[1::2]):
         found = list(layer.failures)
         layer.failures.clear()
-        for slot, (runs, failed) in enumerate(zip(layer._runs, counts)):
+        for slot, (runs, compiled, failed) in enumerate(zip(layer._runs, seen, counts)):
             if failed:
                 found.append(SeedFailure(slot, FailureKind.NONFINITE,
-                                         f"non-finite output in {failed} of {runs} forward passes"))
+                                         f"non-finite output in {failed} of {runs + compiled} forward passes"))
         layer._bad.zero_()
+        layer._seen.zero_()
         layer._runs = [0] * layer.num_slots
         out.append(found)
     return out
@@ -929,6 +1063,13 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
         ``"<layer name>.<signal>"`` per non-finite measurement.
     """
     chosen = _layers(layers)
+    for layer in chosen:
+        measured = layer._grad_sink.grad  # what a compiled forward's gradient tap measured
+        if measured is not None:
+            layer._grad_norm_out.copy_(measured[0])
+            layer._seed_gain_out.copy_(measured[1])
+            if reset:
+                layer._grad_sink.grad = None
     values = torch.tensor([v for row in _to_host([layer._signals for layer in chosen]) for v in row],
                           dtype=torch.float32)
     rank = SIGNALS.index("eff_rank")
@@ -940,6 +1081,9 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
             nonfinite += [f"{layer.spec.name}.{SIGNALS[k]}" for k in _DAMAGE
                           if not math.isfinite(float(row[k])) and (weighted or SIGNALS[k] != "weight_norm")]
         rows = layer._rank_rows
+        if rows is None and layer._rank_rows_compiled is not None and \
+                (layer._sample_steps - 1) % layer.rank_every == 0:
+            rows = layer._rank_rows_compiled  # the last sampling step was one of the rank's
         if rows is not None:
             if bool(torch.isfinite(rows).all()):
                 row[rank] = _effective_rank(rows)
@@ -947,7 +1091,7 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
                 nonfinite.append(f"{layer.spec.name}.eff_rank")
         if reset:
             layer._signals.fill_(math.nan)
-            layer._rank_rows = None
+            layer._rank_rows = layer._rank_rows_compiled = None
             layer._measured = False
     return values, nonfinite
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TinyMLP", "WideMLP", "SmallCNN", "TinyTransformer", "HandSeeded", "Deep", "make_batch", "with_hand_seed"]
+__all__ = ["TinyMLP", "WideMLP", "SmallCNN", "TinyTransformer", "HandSeeded", "HandBlended", "Deep", "make_batch",
+           "with_hand_seed"]
 
 
 class TinyMLP(nn.Module):
@@ -108,15 +109,30 @@ class HandSeeded(nn.Module):
         return torch.add(self.host(x), self.branch(x), alpha=self.alpha)
 
 
-def with_hand_seed(model: nn.Module, path: str, branch: nn.Module, alpha: float = 1.0) -> HandSeeded:
-    """Replaces the submodule at ``path`` by :class:`HandSeeded` (the old module as host), in place.
+class HandBlended(HandSeeded):
+    """:class:`HandSeeded` with alpha in a 0-d buffer ``alpha_t``, as one writes a blend for
+    ``torch.compile`` (a Python float alpha is a constant of the compiled graph: a new value every
+    step would recompile every step)."""
+
+    def __init__(self, host: nn.Module, branch: nn.Module, alpha: float = 1.0) -> None:
+        super().__init__(host, branch, alpha)
+        self.register_buffer("alpha_t", torch.tensor(float(alpha)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.host(x) + self.alpha_t * self.branch(x)
+
+
+def with_hand_seed(model: nn.Module, path: str, branch: nn.Module, alpha: float = 1.0,
+                   cls: type[HandSeeded] = HandSeeded) -> HandSeeded:
+    """Replaces the submodule at ``path`` by ``cls`` (:class:`HandSeeded` or :class:`HandBlended`;
+    the old module as host), in place.
 
     Returns:
-        The new HandSeeded module.
+        The new module.
     """
     parent_name, _, child = path.rpartition(".")
     parent = model.get_submodule(parent_name)
-    hand = HandSeeded(getattr(parent, child), branch, alpha)
+    hand = cls(getattr(parent, child), branch, alpha)
     setattr(parent, child, hand)
     return hand
 

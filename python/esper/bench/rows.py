@@ -54,7 +54,8 @@ class Row:
     """One line of the benchmark table.
 
     Attributes:
-        section: the group ("dormant", "active", "peft", "abi", "cache", "decision", "scaling", "memory").
+        section: the group ("dormant", "active", "peft", "abi", "cache", "decision", "scaling", "compile",
+            "memory").
         name: what is measured.
         device: "cpu" or "cuda".
         unit: the unit of ``value`` and ``baseline``.

@@ -6,7 +6,10 @@ side) of a wrapped model timed side by side with its baseline, interleaved round
   (:class:`~esper.bench.models.HandSeeded` with the same branch, same weights);
 - peft: an Esper ``lowrank`` seed against a PEFT LoRA layer of the same rank on the same host;
 - scaling: :class:`~esper.bench.models.Deep` with 1, 10, 100 wrapped layers, and 1, 4, 16 slots
-  per layer (dormant, and with one seed in HOLDING).
+  per layer (dormant, and with one seed in HOLDING);
+- compile: the dormant and active pairs with both models under ``torch.compile`` (inductor), each
+  compiled before it is timed (``signal_every`` + 1 steps first, so that the wrapped model's
+  sampling graph is built too).
 
 Both sides start from the same weights and see the same batch. Esper's side runs the
 documented loop, ``morph.step(loss)`` included, with the default :class:`~esper.MorphConfig`
@@ -31,7 +34,7 @@ from .. import Morphogenesis, wrap
 from . import harness, models
 from .rows import Row, Target, ratio_at_most, timing_row
 
-__all__ = ["StepSettings", "MODELS", "dormant_rows", "active_rows", "peft_rows", "scaling_rows"]
+__all__ = ["StepSettings", "MODELS", "dormant_rows", "active_rows", "peft_rows", "scaling_rows", "compile_rows"]
 
 Step = Callable[[], None]
 Sync = Callable[[], None]
@@ -158,15 +161,23 @@ def _close(*morphs: Morphogenesis) -> None:
 # ---------------------------------------------------------------------- dormant
 
 
-def dormant_pair(spec: ModelSpec, device: torch.device) -> tuple[Step, Step, Morphogenesis]:
-    """(Esper step, plain step, morph) for a model with every target wrapped and no seed."""
+def _compiled(model: nn.Module, compile_models: bool) -> nn.Module:
+    return torch.compile(model) if compile_models else model
+
+
+def dormant_pair(spec: ModelSpec, device: torch.device,
+                 compile_models: bool = False) -> tuple[Step, Step, Morphogenesis]:
+    """(Esper step, plain step, morph) for a model with every target wrapped and no seed; with
+    ``compile_models`` both models run through ``torch.compile`` (the optimizers hold the originals'
+    parameters)."""
     torch.manual_seed(0)
     plain = spec.build().to(device)
     wrapped = wrap(copy.deepcopy(plain), list(spec.targets))
     x, y = models.make_batch(spec.batch_kind, spec.batch, device)
     opt_w = _adam(wrapped)
     morph = _morph(wrapped, opt_w)
-    return make_step(wrapped, opt_w, x, y, morph), make_step(plain, _adam(plain), x, y), morph
+    return (make_step(_compiled(wrapped, compile_models), opt_w, x, y, morph),
+            make_step(_compiled(plain, compile_models), _adam(plain), x, y), morph)
 
 
 def dormant_rows(device: torch.device, settings: StepSettings, labels: Sequence[str] | None = None) -> list[Row]:
@@ -199,8 +210,10 @@ def _hand_branch(seed: nn.Module) -> nn.Module:
 
 
 def active_pair(spec: ModelSpec, device: torch.device, state: str, template: str = "residual_mlp",
-                layer: str = "fc2", **params: Any) -> tuple[Step, Step, Morphogenesis, int]:
-    """(Esper step, hand-written step, morph, seed params) with one seed at ``layer`` in ``state``."""
+                layer: str = "fc2", compile_models: bool = False,
+                **params: Any) -> tuple[Step, Step, Morphogenesis, int]:
+    """(Esper step, hand-written step, morph, seed params) with one seed at ``layer`` in ``state``;
+    with ``compile_models`` both models run through ``torch.compile``."""
     torch.manual_seed(0)
     base = spec.build().to(device)
     esper_model = wrap(copy.deepcopy(base), [layer])
@@ -212,7 +225,9 @@ def active_pair(spec: ModelSpec, device: torch.device, state: str, template: str
     seed = esper_model.get_submodule(layer).seed(0)
     hand_model = copy.deepcopy(base)
     alpha = 1.0 if state == "HOLDING" else 0.5
-    hand = models.with_hand_seed(hand_model, layer, _hand_branch(seed), alpha)
+    blended = compile_models and state == "BLENDING"
+    hand = models.with_hand_seed(hand_model, layer, _hand_branch(seed), alpha,
+                                 models.HandBlended if blended else models.HandSeeded)
     tick = None
     if state == "BLENDING":
         count = [0]
@@ -220,11 +235,14 @@ def active_pair(spec: ModelSpec, device: torch.device, state: str, template: str
         def tick() -> None:  # a hand-written blend ramps its alpha too
             count[0] += 1
             hand.alpha = min(1.0, 0.5 + count[0] / blend)
+            if blended:
+                hand.alpha_t.fill_(hand.alpha)
 
     opt_h = _adam(hand_model)
     x, y = models.make_batch(spec.batch_kind, spec.batch, device)
     n_seed = sum(p.numel() for p in seed.parameters())
-    return make_step(esper_model, opt_e, x, y, morph), make_step(hand_model, opt_h, x, y, tick=tick), morph, n_seed
+    return (make_step(_compiled(esper_model, compile_models), opt_e, x, y, morph),
+            make_step(_compiled(hand_model, compile_models), opt_h, x, y, tick=tick), morph, n_seed)
 
 
 def active_rows(device: torch.device, settings: StepSettings, labels: Sequence[str] = ("TinyMLP", "WideMLP"),
@@ -337,4 +355,47 @@ def scaling_rows(device: torch.device, settings: StepSettings, depths: Sequence[
                          f"10 layers x {k} slots wrapped, residual_mlp width 16 in layers.5 slot 0; hand-written "
                          "baseline has only that branch; includes morph.step(loss)"))
         _close(morph)
+    return rows
+
+
+# ---------------------------------------------------------------------- torch.compile
+
+
+def _compile_all(esper: Step, baseline: Step, morph: Morphogenesis) -> None:
+    """Runs both sides until every graph is compiled: the baseline's one, and the wrapped model's
+    ordinary and sampling graphs (a sampling step comes every ``signal_every`` steps), so that no
+    compilation falls inside a timed round."""
+    for _ in range(morph.config.signal_every + 1):
+        esper()
+    for _ in range(2):
+        baseline()
+
+
+def compile_rows(device: torch.device, settings: StepSettings, labels: Sequence[str] = ("TinyMLP", "WideMLP"),
+                 states: Sequence[str] = ("BLENDING", "HOLDING")) -> list[Row]:
+    """The dormant and active pairs with both sides compiled: a compiled wrapped model against the
+    compiled plain model (dormant) and the compiled hand-written model (one seed)."""
+    import torch._dynamo  # loaded by torch.compile anyway; imported here for reset()
+
+    rows = []
+    for label in labels:
+        spec = _BY_LABEL[label]
+        torch._dynamo.reset()  # each pair compiles afresh: no model counts against another's cache
+        esper, plain, morph = dormant_pair(spec, device, compile_models=True)
+        _compile_all(esper, plain, morph)
+        rows.append(_row("compile", f"train step, dormant, torch.compile: {label}", device, settings, esper, plain,
+                         "compiled plain model", DORMANT,
+                         f"{spec.what}; both models torch.compile (inductor); Esper includes morph.step(loss)"))
+        _close(morph)
+        for state in states:
+            torch._dynamo.reset()
+            esper, hand, morph, n_seed = active_pair(spec, device, state, compile_models=True, width=32)
+            _compile_all(esper, hand, morph)
+            rows.append(_row("compile", f"train step, 1 seed {state}, torch.compile: {label}", device, settings,
+                             esper, hand, "same model written by hand, compiled", ACTIVE,
+                             f"seed residual_mlp width 32 ({n_seed} params) on fc2; both models torch.compile "
+                             "(inductor); Esper includes morph.step(loss)"
+                             + (" (a Go call every step while BLENDING)" if state == "BLENDING" else "")))
+            _close(morph)
+    torch._dynamo.reset()
     return rows
