@@ -376,7 +376,7 @@ class KasminaLayer(nn.Module):
         # A parameter or buffer of the host (not of this layer) is set on the host, where the forward
         # reads it: ``lm_head.weight = wte.weight`` (weight tying) after wrapping still ties.
         base = self.__dict__.get("_modules", {}).get("base_layer")
-        if base is not None and (name in base._parameters or name in base._buffers) \
+        if isinstance(base, nn.Module) and (name in base._parameters or name in base._buffers) \
                 and name not in self._parameters and name not in self._buffers:
             setattr(base, name, value)
         else:
