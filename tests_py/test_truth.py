@@ -216,6 +216,7 @@ def test_a_seed_python_cannot_build_is_removed_by_go_with_the_reason() -> None:
     with morph:
         events = morph.germinate(0, 0, clash_ir())
         assert events[0]["to"] == "GERMINATED" and events[0]["generation"] == 1
+        assert events[1]["to"] == "CANCELLED" and events[1]["reason"].startswith("seed failed to build: ValueError")
         assert_agree(morph, "germinating an unbuildable seed")
         seed = morph.seeds()[0]
         assert seed["state"] in ("CANCELLED", "EMBARGOED", "RESETTING", "DORMANT")

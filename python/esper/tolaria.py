@@ -752,7 +752,9 @@ class Morphogenesis:
             **params: the template's parameters (e.g. width=16).
 
         Returns:
-            The events it caused.
+            The events it caused: a seed that cannot be built, or whose module does not have Go's
+            parameter count, is reported to Go, and its removal's events (CANCELLED, with the
+            reason) follow the GERMINATED one.
 
         Raises:
             esper.StateError: the slot is not DORMANT.
@@ -760,31 +762,23 @@ class Morphogenesis:
         """
         spec = blueprint if isinstance(blueprint, dict) else {"template": blueprint, "params": params}
         self._check_schedulers()
-        events = self.session.germinate(self._layer_index(layer), slot, spec)
-        self._apply(events)
-        return events
+        return self._apply(self.session.germinate(self._layer_index(layer), slot, spec))
 
     def advance(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
         """Move a seed to its next natural state (e.g. TRAINING -> BLENDING)."""
-        events = self.session.advance(self._layer_index(layer), slot, reason)
-        self._apply(events)
-        return events
+        return self._apply(self.session.advance(self._layer_index(layer), slot, reason))
 
     def prune(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
         """Prune a seed: its parameters leave the model and the optimizer."""
-        events = self.session.prune(self._layer_index(layer), slot, reason)
-        self._apply(events)
-        return events
+        return self._apply(self.session.prune(self._layer_index(layer), slot, reason))
 
     def fossilize(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
         """Fossilize a seed in HOLDING: it is kept for good (and frozen, with ``freeze_fossilized``)."""
-        events = self.session.fossilize(self._layer_index(layer), slot, reason)
-        self._apply(events)
-        return events
+        return self._apply(self.session.fossilize(self._layer_index(layer), slot, reason))
 
     # ------------------------------------------------------------------ mirroring Go's events
 
-    def _apply(self, events: list[dict[str, Any]]) -> None:
+    def _apply(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Mirror Go's events, every one of them, in order.
 
         A GERMINATED event's seed is built from the event's blueprint and checked against it
@@ -793,7 +787,11 @@ class Morphogenesis:
         later events of this batch are skipped (Python never held it) and the removal's events are
         mirrored instead. Any other error while mirroring one event is raised only after every
         later event was mirrored and every failure reported, so a batch is never half applied.
+
+        Returns:
+            The events mirrored: ``events``, then those of the removals it reported.
         """
+        applied = list(events)
         failed: dict[tuple[int, int], tuple[int, str]] = {}  # (layer, slot) -> (generation, why it did not build)
         errors: list[Exception] = []
         for ev in events:
@@ -813,9 +811,10 @@ class Morphogenesis:
             except Exception as exc:  # noqa: BLE001 - raised below, after the rest of the batch
                 errors.append(exc)
         for (i, slot), (generation, reason) in failed.items():
-            self._apply(self.session.seed_failed(i, slot, generation, reason))
+            applied += self._apply(self.session.seed_failed(i, slot, generation, reason))
         if errors:
             raise errors[0]
+        return applied
 
     def _mirror(self, ev: dict[str, Any]) -> None:
         """Mirror one event other than GERMINATED."""
