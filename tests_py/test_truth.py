@@ -426,3 +426,24 @@ def test_a_checkpoint_seed_that_cannot_be_rebuilt_is_refused(monkeypatch: pytest
     fresh_is_untouched(fresh, model, before)
     run.close()
     fresh.close()
+
+
+def test_seed_failed_through_the_abi_refuses_what_it_cannot_do() -> None:
+    """esper_session_seed_failed: generation < 1 and bad indices are refused (INVALID), a
+    fossilized seed is final (STATE), a report for a generation that is gone is ignored."""
+    _, _, morph = make(train_steps=100, blend_steps=100)
+    with morph:
+        session = morph.session
+        with pytest.raises(esper.InvalidArgumentError, match="generation 0 must be >= 1"):
+            session.seed_failed(0, 0, 0, "x")
+        with pytest.raises(esper.InvalidArgumentError, match="layer must be in"):
+            session.seed_failed(5, 0, 1, "x")
+        morph.germinate(0, 0, "linear")
+        assert session.seed_failed(0, 0, 2, "another generation") == []
+        assert morph.seeds()[0]["state"] == "GERMINATED"
+        for _ in range(4):
+            morph.advance(0, 0)
+        assert morph.seeds()[0]["state"] == "FOSSILIZED"
+        with pytest.raises(esper.StateError, match="fossilized seed is final"):
+            session.seed_failed(0, 0, 1, "x")
+        assert_agree(morph, "refused reports")
