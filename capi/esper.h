@@ -337,7 +337,7 @@ int esper_cache_stats(uint64_t handle, char **out_json);
  * Event (every "events" array below):
  *   {"layer", "slot", "from", "to", "step", "epoch", "alpha", "reason",
  *    and on GERMINATED only: "blueprint_id", "blueprint" (canonical IR),
- *    "param_count"}
+ *    "param_count", "generation" (the slot's germination count, >= 1)}
  * Functions that return events return every pending event, oldest first,
  * including those the call caused; the queue is then empty, so each event
  * is delivered exactly once.
@@ -456,6 +456,20 @@ int esper_session_cancel(uint64_t handle, int32_t layer, int32_t slot, const cha
  * ESPER_EINVALID (bad kind or index), ESPER_ESTATE (the slot is DORMANT). */
 int esper_session_report_failure(uint64_t handle, int32_t layer, int32_t slot, int32_t kind, const char *msg,
                                  char **out_json);
+
+/* Reports that the trainer could not build the seed of layer/slot whose
+ * GERMINATED event carried "generation", or that the module it built
+ * disagrees with the event (its parameter count is not the event's
+ * "param_count"). The session is the only validator and hasher: the trainer
+ * never re-derives the blueprint id or re-decides validity, it reports. The
+ * seed is removed with the reason: cancelled while GERMINATED or TRAINING,
+ * pruned in BLENDING or HOLDING. A report for a seed already gone (another
+ * generation, an exit state, a DORMANT slot) is recorded and ignored.
+ * reason (may be NULL; cut at 4096 bytes) says what failed. Writes the
+ * events to *out_json (free with esper_free). Errors: ESPER_EINVALID (bad
+ * index, generation < 1), ESPER_ESTATE (the seed is FOSSILIZED: final). */
+int esper_session_seed_failed(uint64_t handle, int32_t layer, int32_t slot, int32_t generation, const char *reason,
+                              char **out_json);
 
 /* Writes the entire state as JSON to *out_json (free with esper_free):
  * {"version": 1, "config", "step", "epoch", "seeds", "epochs_in_state",

@@ -219,6 +219,24 @@ func esper_session_report_failure(h C.uint64_t, layer, slot, kind C.int32_t, msg
 	})
 }
 
+//export esper_session_seed_failed
+func esper_session_seed_failed(h C.uint64_t, layer, slot, generation C.int32_t, reason *C.char, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		evs, err := s.SeedFailed(int(layer), int(slot), int(generation), optString(reason))
+		if err != nil {
+			return err
+		}
+		return sessionEvents(out, evs)
+	})
+}
+
 //export esper_session_snapshot
 func esper_session_snapshot(h C.uint64_t, out **C.char) C.int {
 	return call(uint64(h), func() error {

@@ -8,11 +8,11 @@ import random
 import pytest
 import torch
 
+from esper import karn
 from esper.tezzeret import (
     OP_NAMES,
     SeedModule,
     SeedValidationError,
-    blueprint_id,
     build_seed,
     is_mergeable,
     load_weights,
@@ -118,7 +118,7 @@ def test_fixture_builds_validates_and_round_trips(name: str, blueprint: dict, sh
     x, out_shape = example(shapes)
     report = validate_seed(seed, x, out_shape)
     assert report["ok"] and report["param_count"] == blueprint["param_count"] == seed.param_count
-    assert report["output_shape"] == list(out_shape) and report["blueprint_id"] == blueprint_id(blueprint)
+    assert report["output_shape"] == list(out_shape) and report["blueprint_id"] == karn.blueprint_id(blueprint)
 
     randomize(seed)
     blob = save_weights(seed)
@@ -154,19 +154,24 @@ def test_init_zero_zeroes_weight_and_bias_and_ir_is_kept() -> None:
     assert not seed.fc2.weight.any() and not seed.fc2.bias.any() and seed.fc1.weight.any()
     assert seed.ir == blueprint and seed.ir is not blueprint
     assert seed.template == "residual_mlp" and len(seed.blueprint_id) == 64
-    assert build_seed(blueprint, blueprint_id="abc").blueprint_id == "abc"
     assert isinstance(seed, SeedModule) and set(OP_NAMES) >= {"linear", "attention", "avgpool_spatial"}
 
 
-def test_blueprint_id_is_canonical() -> None:
+def test_blueprint_id_is_gos() -> None:
+    """Go is the only hasher: a seed built without an id carries the id Go gives (equal for IRs that
+    differ only in key order or a default "init"), and one built with an id keeps it unchecked."""
     blueprint = FIXTURES[0][1]
     reordered = dict(reversed(list(blueprint.items())))
     with_default = copy.deepcopy(blueprint)
     with_default["ops"][0]["attrs"]["init"] = "default"
-    assert blueprint_id(blueprint) == blueprint_id(reordered) == blueprint_id(with_default)
+    ids = {build_seed(b).blueprint_id for b in (blueprint, reordered, with_default)}
+    assert ids == {karn.blueprint_id(blueprint)}
     changed = copy.deepcopy(blueprint)
     changed["ops"][0]["attrs"]["out"] = 17
-    assert blueprint_id(changed) != blueprint_id(blueprint)
+    changed["ops"][2]["attrs"]["in"] = 17
+    changed["param_count"] = 0
+    assert build_seed(changed).blueprint_id not in ids
+    assert build_seed(blueprint, blueprint_id="abc").blueprint_id == "abc"
 
 
 def test_mergeable_and_merged_delta() -> None:
@@ -200,28 +205,30 @@ def _set(path: list, value):
     return fn
 
 
+# Refused by Go, the validator (build_seed without an id asks Go for it first); Go's words.
 BAD = [
-    ("unknown_op", _set(["ops", 1, "op"], "conv3d"), "op 'act': unknown op 'conv3d'"),
-    ("missing_attr", lambda b: b["ops"][0]["attrs"].pop("bias"), "op 'fc1' \\(linear\\): missing attribute 'bias'"),
-    ("bool_as_int", _set(["ops", 0, "attrs", "in"], True), "attribute 'in' must be an integer >= 1, got True"),
-    ("zero_width", _set(["ops", 0, "attrs", "out"], 0), "attribute 'out' must be an integer >= 1, got 0"),
-    ("float_width", _set(["ops", 0, "attrs", "out"], 2.5), "attribute 'out' must be an integer >= 1"),
-    ("bad_init", _set(["ops", 2, "attrs", "init"], "ones"), "attribute 'init' must be \"default\" or \"zero\""),
-    ("unknown_attr", _set(["ops", 0, "attrs", "dropout"], 1), "unknown attribute 'dropout' \\(known: in, out"),
+    ("unknown_op", _set(["ops", 1, "op"], "conv3d"), 'op "act": "conv3d" is not one of add, attention'),
+    ("missing_attr", lambda b: b["ops"][0]["attrs"].pop("bias"), 'op "fc1" \\(linear\\): missing attribute "bias"'),
+    ("bool_as_int", _set(["ops", 0, "attrs", "in"], True), 'attribute "in" must be an integer >= 1, got true'),
+    ("zero_width", _set(["ops", 0, "attrs", "out"], 0), 'attribute "out" must be an integer >= 1, got 0'),
+    ("float_width", _set(["ops", 0, "attrs", "out"], 2.5), 'op "fc1" attribute "out" must be an integer, got 2.5'),
+    ("bad_init", _set(["ops", 2, "attrs", "init"], "ones"), 'attribute "init" must be "default" or "zero"'),
+    ("unknown_attr", _set(["ops", 0, "attrs", "dropout"], 1), 'unknown attribute "dropout" \\(known: in, out'),
     ("wrong_width", _set(["ops", 2, "attrs", "in"], 17),
-     "op 'fc2' \\(linear\\): expects 17 input features, 'act' has 16"),
-    ("wrong_output", _set(["ops", 2, "attrs", "out"], 7), "output 'fc2' has width 7, the linear host's output has 6"),
-    ("unknown_input", _set(["ops", 1, "inputs"], ["nope"]), "op 'act': input 'nope' is neither 'x' nor an op id"),
+     'op "fc2" \\(linear\\): expects 17 features on the last dim, input is \\(\\*, 16\\)'),
+    ("wrong_output", _set(["ops", 2, "attrs", "out"], 7),
+     'output "fc2" has shape \\(\\*, 7\\), the linear host\'s output is \\(\\*, 6\\)'),
+    ("unknown_input", _set(["ops", 1, "inputs"], ["nope"]), 'op "act": input "nope" is neither "x" nor an op id'),
     ("cycle", _set(["ops", 0, "inputs"], ["fc2"]), "cycle among ops act, fc1, fc2"),
-    ("self_loop", _set(["ops", 1, "inputs"], ["act"]), "op 'act' takes its own output as input"),
-    ("arity", _set(["ops", 1, "inputs"], ["fc1", "x"]), "'inputs' must be a list of 1 name"),
-    ("duplicate_id", _set(["ops", 1, "id"], "fc1"), "duplicate op id 'fc1'"),
-    ("bad_id", _set(["ops", 1, "id"], "a.b"), "id 'a.b' must be an identifier"),
-    ("dead_op", lambda b: b["ops"].append(op("extra", "relu", "x")), "op 'extra' does not reach the output 'fc2'"),
-    ("unknown_output", _set(["output"], "fc3"), "IR output 'fc3' is not an op id"),
-    ("version", _set(["version"], 2), "IR version 2 is not supported"),
-    ("host_kind", _set(["host", "kind"], "conv3d"), "IR host kind 'conv3d' is not one of"),
-    ("no_ops", _set(["ops"], []), "'ops' must be a non-empty list"),
+    ("self_loop", _set(["ops", 1, "inputs"], ["act"]), 'op "act" takes its own output as input'),
+    ("arity", _set(["ops", 1, "inputs"], ["fc1", "x"]), 'op "act" \\(relu\\) takes 1 input\\(s\\), got 2'),
+    ("duplicate_id", _set(["ops", 1, "id"], "fc1"), 'duplicate op id "fc1"'),
+    ("bad_id", _set(["ops", 1, "id"], "a.b"), 'id "a.b" must be an identifier'),
+    ("dead_op", lambda b: b["ops"].append(op("extra", "relu", "x")), 'op "extra" does not reach the output "fc2"'),
+    ("unknown_output", _set(["output"], "fc3"), 'output "fc3" is not an op id'),
+    ("version", _set(["version"], 2), "version 2 is not supported"),
+    ("host_kind", _set(["host", "kind"], "conv3d"), 'kind "conv3d" is not one of'),
+    ("no_ops", _set(["ops"], []), "no ops"),
     ("heads", lambda b: b["ops"].insert(0, op("attn", "attention", "x", dim=8, heads=3)) or
      b["ops"][1]["inputs"].__setitem__(0, "attn"), "dim 8 must be divisible by heads 3"),
 ]
@@ -233,25 +240,46 @@ def test_bad_ir_gives_a_clear_error(name: str, fn, message: str) -> None:
         build_seed(mutated(fn))
 
 
+# What the builders themselves cannot build, given Go's id (the training path: Go accepted the IR,
+# so Tezzeret's refusal is a build failure reported to Go, see test_truth.py).
+UNBUILDABLE = [
+    ("unknown_op", _set(["ops", 1, "op"], "conv3d"), "op 'act': unknown op 'conv3d'"),
+    ("missing_attr", lambda b: b["ops"][0]["attrs"].pop("bias"), "op 'fc1' \\(linear\\): missing attribute 'bias'"),
+    ("unknown_input", _set(["ops", 1, "inputs"], ["nope"]), "op 'act': input 'nope' is neither 'x' nor an op id"),
+    ("cycle", _set(["ops", 0, "inputs"], ["fc2"]), "cycle among ops act, fc1, fc2"),
+    ("clash", lambda b: [o.update(id="training") for o in b["ops"] if o["id"] == "fc1"] and
+     b["ops"][1].update(inputs=["training"]), "op id 'training' clashes with an attribute of SeedModule"),
+]
+
+
+@pytest.mark.parametrize("name,fn,message", UNBUILDABLE, ids=[b[0] for b in UNBUILDABLE])
+def test_what_the_builders_cannot_build(name: str, fn, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_seed(mutated(fn), blueprint_id="0" * 64)
+
+
 def test_bad_groups_and_broadcast() -> None:
     dw = ir("", CONV2_WIDE, [conv(2, "dw", "x", 4, 6, 3, 2, 1, groups=4, zero=True)], "dw", 0)
-    with pytest.raises(ValueError, match="in 4 and out 6 must be divisible by groups 4"):
+    with pytest.raises(ValueError, match="in 4 and out 6 must both be divisible by groups 4"):
         build_seed(dw)
     mix = ir("", LIN, [lin("a", "x", 8, 6, zero=True), lin("b", "x", 8, 3), op("m", "mul", "a", "b")], "m", 0)
-    with pytest.raises(ValueError, match="cannot broadcast widths 6 \\('a'\\) and 3 \\('b'\\)"):
+    with pytest.raises(ValueError, match="op \"m\" \\(mul\\): cannot broadcast \\(\\*, 6\\) with \\(\\*, 3\\)"):
         build_seed(mix)
+
+
+HAND = "0" * 64  # an id given by hand: the builders run on IRs that Go would refuse
 
 
 def test_validation_errors_show_expected_and_actual() -> None:
     x, out_shape = example("linear")
     not_zero = mutated(lambda b: b["ops"][2]["attrs"].pop("init"))
     with pytest.raises(SeedValidationError, match="expected exactly 0") as e:
-        validate_seed(build_seed(not_zero), x, out_shape)
+        validate_seed(build_seed(not_zero, blueprint_id=HAND), x, out_shape)
     assert e.value.check == "zero_init" and isinstance(e.value, ValueError)
 
     miscounted = mutated(_set(["param_count"], 245))
     with pytest.raises(SeedValidationError, match="parameter count: expected 245 .*got 246") as e:
-        validate_seed(build_seed(miscounted), x, out_shape)
+        validate_seed(build_seed(miscounted, blueprint_id=HAND), x, out_shape)
     assert (e.value.check, e.value.expected, e.value.actual) == ("param_count", 245, 246)
 
     with pytest.raises(SeedValidationError, match=r"output shape: expected \[4, 7\], got \[4, 6\]"):
@@ -277,5 +305,5 @@ def test_load_weights_refuses_mismatches_and_garbage() -> None:
         load_weights(seed, save_weights(build_seed(FIXTURES[2][1])))
     wider = mutated(lambda b: (b["ops"][0]["attrs"].update(out=17), b["ops"][2]["attrs"].update({"in": 17})))
     with pytest.raises(ValueError, match=r"weight 'fc1.weight': expected \(16, 8\) torch.float32, got \(17, 8\)"):
-        load_weights(seed, save_weights(build_seed(wider)))
+        load_weights(seed, save_weights(build_seed(wider, blueprint_id=HAND)))
     assert save_weights(seed) == before  # nothing was written

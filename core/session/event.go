@@ -27,10 +27,14 @@ type Event struct {
 	// Reason says why.
 	Reason string `json:"reason"`
 	// BlueprintID, Blueprint (canonical IR JSON) and ParamCount describe
-	// the seed; only on transitions to GERMINATED.
+	// the seed, and Generation names it (the slot's germination count, the
+	// argument of SeedFailed); only on transitions to GERMINATED. The
+	// trainer builds the seed from them and checks it against them; it
+	// never re-derives the id or re-decides validity.
 	BlueprintID string          `json:"blueprint_id,omitempty"`
 	Blueprint   json.RawMessage `json:"blueprint,omitempty"`
 	ParamCount  int64           `json:"param_count,omitempty"`
+	Generation  int             `json:"generation,omitempty"`
 }
 
 // DecisionResult is a controller decision and what became of it.

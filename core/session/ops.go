@@ -148,7 +148,8 @@ func (s *Session) germinateLocked(i int, ir *blueprint.IR, reason string) error 
 	s.counters.Germinations++
 	s.ctl.Governor().RecordGermination(sd.Layer, s.epoch)
 	s.emitLocked(Event{Layer: sd.Layer, Slot: sd.Slot, From: lifecycle.Dormant, To: lifecycle.Germinated, Step: s.step,
-		Epoch: s.epoch, Alpha: sd.Alpha, Reason: reason, BlueprintID: id, Blueprint: sd.Blueprint, ParamCount: sd.ParamCount})
+		Epoch: s.epoch, Alpha: sd.Alpha, Reason: reason, BlueprintID: id, Blueprint: sd.Blueprint, ParamCount: sd.ParamCount,
+		Generation: sd.Generation})
 	return nil
 }
 
@@ -302,6 +303,69 @@ func (s *Session) ReportFailure(layer, slot int, kind FailureKind, msg string) (
 	}
 	record()
 	if err := s.moveLocked(layer, slot, to, reason); err != nil {
+		return nil, err
+	}
+	return s.drainLocked(), nil
+}
+
+// MaxSeedFailedReason bounds the reason SeedFailed keeps (longer ones are
+// cut).
+const MaxSeedFailedReason = MaxFailureMessage
+
+// SeedFailed records that the trainer could not build the seed of
+// layer/slot's germination number generation (the Generation of its
+// GERMINATED event), or that the module it built disagrees with the
+// blueprint (its parameter count is not the blueprint's), and removes the
+// seed with the reason: cancelled while GERMINATED or TRAINING (it has not
+// touched the host), pruned in BLENDING or HOLDING. The session is the
+// only validator, so this is how a blueprint it accepted but the trainer
+// cannot build leaves both sides in agreement. A report for a seed that is
+// already gone (another generation, an exit state, a dormant slot) is
+// recorded and ignored; a fossilized seed is final and is refused (code
+// STATE), as are a generation < 1 and a bad index (code INVALID). It
+// returns every pending event.
+func (s *Session) SeedFailed(layer, slot, generation int, reason string) ([]Event, error) {
+	if generation < 1 {
+		return nil, fmt.Errorf("session: seed failed %d/%d: generation %d must be >= 1 (the generation of its GERMINATED event): %w",
+			layer, slot, generation, ErrArgument)
+	}
+	if reason == "" {
+		reason = "no reason given"
+	}
+	if len(reason) > MaxSeedFailedReason {
+		reason = reason[:MaxSeedFailedReason]
+	}
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.unlock()
+	i, err := s.indexLocked(layer, slot)
+	if err != nil {
+		return nil, err
+	}
+	sd := s.seeds[i]
+	f := &Failure{Layer: layer, Slot: slot, Kind: FailureOther, Message: "build: " + reason, Failures: sd.Failures}
+	record := func() {
+		s.recordLocked(LogEntry{Kind: "failure", Step: s.step, Epoch: s.epoch, Failure: f}, "failure", f)
+	}
+	if sd.Generation != generation || !sd.State.Live() {
+		f.Outcome = fmt.Sprintf("ignored: seed generation %d is gone (the slot is %s at generation %d)", generation, sd.State, sd.Generation)
+		record()
+		return s.drainLocked(), nil
+	}
+	to := lifecycle.Pruned
+	switch sd.State {
+	case lifecycle.Fossilized:
+		return nil, fmt.Errorf("session: seed failed %d/%d: a fossilized seed is final and cannot be removed: %w", layer, slot, ErrSeedState)
+	case lifecycle.Germinated, lifecycle.Training:
+		to = lifecycle.Cancelled
+		f.Outcome = "seed failed to build: cancelled"
+	default:
+		f.Outcome = "seed failed to build: pruned"
+	}
+	s.counters.Failures++
+	record()
+	if err := s.moveLocked(layer, slot, to, "seed failed to build: "+reason); err != nil {
 		return nil, err
 	}
 	return s.drainLocked(), nil

@@ -519,3 +519,87 @@ func TestAlarmsCountEveryRollback(t *testing.T) {
 		t.Fatalf("Alarms on a closed session: %v", err)
 	}
 }
+
+// newManual is a manual session whose seeds move only when told.
+func newManual(t testing.TB) *session.Session {
+	t.Helper()
+	cfg := baseConfig()
+	off := false
+	cfg.AutoAdvance = &off
+	return newSession(t, cfg)
+}
+
+func TestSeedFailed(t *testing.T) {
+	cases := []struct {
+		name    string
+		advance int // manual advances after germination
+		want    lifecycle.State
+	}{
+		{"germinated is cancelled", 0, lifecycle.Cancelled},
+		{"training is cancelled", 1, lifecycle.Cancelled},
+		{"blending is pruned", 2, lifecycle.Pruned},
+		{"holding is pruned", 3, lifecycle.Pruned},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newManual(t)
+			evs, err := s.GerminateSpec(0, 0, []byte(`{"template":"residual_mlp","params":{"width":4}}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			germ := evs[len(evs)-1]
+			if germ.To != lifecycle.Germinated || germ.Generation != 1 || germ.ParamCount == 0 || germ.BlueprintID == "" {
+				t.Fatalf("GERMINATED event %+v: want generation 1, a parameter count and an id", germ)
+			}
+			for k := 0; k < tc.advance; k++ {
+				if _, err := s.Advance(0, 0, ""); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := s.SeedFailed(0, 0, 2, "wrong generation"); err != nil {
+				t.Fatal(err)
+			}
+			if st := seedState(t, s, 0, 0).State; !st.Live() {
+				t.Fatalf("a report for another generation removed the seed (state %s)", st)
+			}
+			evs, err = s.SeedFailed(0, 0, 1, "op 'training' clashes")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(evs) == 0 || evs[0].To != tc.want || !strings.Contains(evs[0].Reason, "seed failed to build: op 'training' clashes") {
+				t.Fatalf("events %+v: want %s with the reason", evs, tc.want)
+			}
+			st, err := s.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Counters.Failures != 1 {
+				t.Fatalf("failures counted %d, want 1", st.Counters.Failures)
+			}
+			// Gone: a second report is recorded and ignored.
+			if evs, err := s.SeedFailed(0, 0, 1, "again"); err != nil || len(evs) != 0 {
+				t.Fatalf("second report: %v, %v", evs, err)
+			}
+		})
+	}
+	t.Run("refused", func(t *testing.T) {
+		s := newManual(t)
+		if _, err := s.SeedFailed(0, 0, 0, "x"); !errors.Is(err, session.ErrArgument) {
+			t.Fatalf("generation 0: %v", err)
+		}
+		if _, err := s.SeedFailed(9, 0, 1, "x"); !errors.Is(err, session.ErrArgument) {
+			t.Fatalf("bad layer: %v", err)
+		}
+		if _, err := s.GerminateSpec(0, 0, []byte(`{"template":"residual_mlp","params":{"width":4}}`)); err != nil {
+			t.Fatal(err)
+		}
+		for k := 0; k < 4; k++ {
+			if _, err := s.Advance(0, 0, ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := s.SeedFailed(0, 0, 1, "x"); !errors.Is(err, session.ErrSeedState) {
+			t.Fatalf("fossilized: %v", err)
+		}
+	})
+}

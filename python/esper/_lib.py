@@ -60,6 +60,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_session_fossilize": (c_int, [c_uint64, c_int32, c_int32, c_char_p, POINTER(c_void_p)]),
     "esper_session_cancel": (c_int, [c_uint64, c_int32, c_int32, c_char_p, POINTER(c_void_p)]),
     "esper_session_report_failure": (c_int, [c_uint64, c_int32, c_int32, c_int32, c_char_p, POINTER(c_void_p)]),
+    "esper_session_seed_failed": (c_int, [c_uint64, c_int32, c_int32, c_int32, c_char_p, POINTER(c_void_p)]),
     "esper_session_snapshot": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_restore": (c_int, [c_uint64, c_char_p]),
     "esper_session_stats": (c_int, [c_uint64, POINTER(c_void_p)]),

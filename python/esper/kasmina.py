@@ -952,9 +952,11 @@ def refuse_seeds_not_built(module: nn.Module, state_dict: dict[str, Any], prefix
             head = key[: at + len("seeds.")]
             layer = seed_prefixes.get(head)
             if layer is not None:
-                slot = key[len(head):].split(".", 1)[0]
+                slot, _, rest = key[len(head):].partition(".")
                 if slot not in layer.seeds:
                     missing.setdefault(f"{head}{slot}", []).append(key)
+                else:
+                    _refuse_other_seed(layer.seeds[slot], f"{head}{slot}", rest, state_dict[key])
                 break
             at = key.find("seeds.", at + 1)
     if missing:
@@ -967,6 +969,29 @@ def refuse_seeds_not_built(module: nn.Module, state_dict: dict[str, Any], prefix
             "model.load_state_dict(...), then optimizer.load_state_dict(...) (to load the host weights alone, "
             "leave out the keys of the seeds). Nothing was loaded."
         )
+
+
+def _refuse_other_seed(seed: nn.Module, where: str, name: str, value: Any) -> None:
+    """Refuse (before anything is written) a state-dict tensor meant for the seed at ``where`` that
+    the seed the Morphogenesis checkpoint rebuilt there does not have, or has with another shape:
+    the model's weights and the checkpoint's seeds disagree.
+
+    Raises:
+        RuntimeError: naming the tensor, both shapes and the seed's blueprint.
+    """
+    own = seed.state_dict(keep_vars=True)
+    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else None
+    if name in own and (shape is None or shape == tuple(own[name].shape)):
+        return
+    count = sum(p.numel() for p in seed.parameters())
+    what = (f"has {name!r} with shape {tuple(own[name].shape)}" if name in own
+            else f"has no tensor {name!r} (it has {sorted(own)[:6]})")
+    raise RuntimeError(
+        f"load_state_dict: the state dict's {where}.{name} (shape {shape}) does not fit the seed rebuilt from the "
+        f"Morphogenesis checkpoint: {where} (blueprint {str(getattr(seed, 'blueprint_id', ''))[:12]}, {count} "
+        f"parameters) {what}. The model's weights and the checkpoint's seeds come from different runs or steps: "
+        "load the morph, model and optimizer states saved together. Nothing was loaded."
+    )
 
 
 LayersLike = Union[nn.Module, Sequence[KasminaLayer]]

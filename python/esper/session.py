@@ -152,6 +152,12 @@ class Session(_lib.Handle):
         """Record a seed execution failure (0 exception, 1 non-finite, 2 wrong shape, 3 other)."""
         return self._json_call("esper_session_report_failure", layer, slot, kind, message.encode())
 
+    def seed_failed(self, layer: int, slot: int, generation: int, reason: str) -> list[dict[str, Any]]:
+        """Report that the seed of a GERMINATED event (its ``generation``) could not be built, or
+        that the module built disagrees with the event; Go removes it with the reason (cancelled
+        before it touched the host, pruned after) and returns the events to mirror."""
+        return self._json_call("esper_session_seed_failed", layer, slot, generation, reason.encode())
+
     def snapshot(self) -> str:
         """The whole Go-side state as JSON (for checkpoints)."""
         out = c_void_p()

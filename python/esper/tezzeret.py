@@ -1,9 +1,11 @@
 """Tezzeret: builds a blueprint IR into an ``nn.Module``, validates it, serialises its weights.
 
-A blueprint IR (``docs/internals.md``, "Blueprint IR") is a small graph of typed ops. Tezzeret
-trusts a fixed table of op builders and nothing else: an unknown op, a malformed attribute, an
-unknown input, a cycle or a width that does not chain is refused with a :class:`ValueError`
-naming the op, before any module is built.
+A blueprint IR (``docs/internals.md``, "Blueprint IR") is a small graph of typed ops. Go is the
+only validator and hasher of blueprints: a seed is built with the id Go gave its blueprint (the
+GERMINATED event's), or Go validates the IR and gives its id first. Tezzeret trusts a fixed table
+of op builders and nothing else: what they cannot build (an unknown op, a missing attribute, an
+unknown input, a cycle) is refused with a :class:`ValueError` naming the op, before any module is
+built; in training that is a build failure reported to Go.
 
 ::
 
@@ -17,8 +19,6 @@ Weights cross as safetensors bytes only: nothing here pickles or calls ``torch.l
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import operator
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -32,7 +32,6 @@ __all__ = [
     "OP_NAMES",
     "SeedModule",
     "SeedValidationError",
-    "blueprint_id",
     "build_seed",
     "is_mergeable",
     "load_weights",
@@ -78,8 +77,6 @@ _OPS: dict[str, _OpSpec] = {
 
 #: Every op Tezzeret builds, sorted (the fixed table of docs/internals.md).
 OP_NAMES: tuple[str, ...] = tuple(sorted(_OPS))
-
-_HOST_KINDS = ("linear", "block", "conv1d", "conv2d", "residual")
 
 
 def _spatial_mean(x: Tensor) -> Tensor:
@@ -183,38 +180,27 @@ def _check_attrs(op_id: str, op: str, attrs: Any) -> dict[str, Any]:
     return dict(attrs)
 
 
-def _check_host(host: Any) -> dict[str, Any]:
-    if not isinstance(host, dict):
-        raise ValueError(f"IR 'host' must be an object, got {type(host).__name__}")
-    kind = host.get("kind")
-    if kind not in _HOST_KINDS:
-        raise ValueError(f"IR host kind {kind!r} is not one of {', '.join(_HOST_KINDS)}")
-    required = ("dim",) if kind == "residual" else ("in", "out")
-    for name in required:
-        value = host.get(name)
-        if not (_is_int(value) and value >= 1):
-            raise ValueError(f"IR {kind} host: {name!r} must be an integer >= 1, got {value!r}")
-    return host
+def _go_id(ir: Any) -> str:
+    """Go's id of an IR, after Go validated it: Go is the only validator and hasher of blueprints.
 
+    Raises:
+        esper.InvalidArgumentError: (a ValueError) Go refused the IR; its message names the op.
+    """
+    from . import karn  # the Go library loads on first use, never at import
 
-def _host_widths(host: dict[str, Any]) -> tuple[int, int]:
-    """(input, output) features or channels of a checked host."""
-    if host["kind"] == "residual":
-        return host["dim"], host["dim"]
-    return host["in"], host["out"]
+    return karn.blueprint_id(ir)
 
 
 def _parse(ir: Any) -> tuple[list[_Node], str]:
-    """Checks an IR and returns its nodes in execution order and the output id.
+    """The nodes of an IR in execution order and the output id: what the builders need (ops of the
+    fixed table with the attributes they take, inputs that exist, no cycle). Whether the IR is a
+    valid blueprint for its host (widths, zero output at init, counts) is Go's to decide.
 
     Raises:
-        ValueError: naming the op and what is wrong with it.
+        ValueError: naming the op and what the builders cannot build.
     """
     if not isinstance(ir, dict):
         raise ValueError(f"an IR must be a dict, got {type(ir).__name__}")
-    if ir.get("version") != 1:
-        raise ValueError(f"IR version {ir.get('version')!r} is not supported (want 1)")
-    host = _check_host(ir.get("host"))
     ops = ir.get("ops")
     if not isinstance(ops, list) or not ops:
         raise ValueError("IR 'ops' must be a non-empty list")
@@ -242,13 +228,11 @@ def _parse(ir: Any) -> tuple[list[_Node], str]:
     output = ir.get("output")
     if not isinstance(output, str) or output not in nodes:
         raise ValueError(f"IR output {output!r} is not an op id")
-    order = _topological_order(nodes, output)
-    _check_widths(order, nodes, host, output)
-    return order, output
+    return _topological_order(nodes), output
 
 
-def _topological_order(nodes: dict[str, _Node], output: str) -> list[_Node]:
-    """Kahn's order with declaration order breaking ties (as Karn's), refusing cycles and dead ops."""
+def _topological_order(nodes: dict[str, _Node]) -> list[_Node]:
+    """Kahn's order with declaration order breaking ties (as Karn's), refusing cycles."""
     order: list[_Node] = []
     done: set[str] = set()
     while len(order) < len(nodes):
@@ -259,58 +243,7 @@ def _topological_order(nodes: dict[str, _Node], output: str) -> list[_Node]:
         for node in ready:
             done.add(node.id)
             order.append(node)
-    reached, stack = {output}, [output]
-    while stack:
-        for src in nodes[stack.pop()].inputs:
-            if src != "x" and src not in reached:
-                reached.add(src)
-                stack.append(src)
-    for node in order:
-        if node.id not in reached:
-            raise ValueError(f"op {node.id!r} does not reach the output {output!r}")
     return order
-
-
-def _check_widths(order: list[_Node], nodes: dict[str, _Node], host: dict[str, Any], output: str) -> None:
-    """Propagates the feature/channel width from x through the graph and checks it chains.
-
-    Every op of the table acts on one feature axis (the last dim for linear, layernorm and attention,
-    dim 1 for conv and groupnorm, and the templates never mix the two on one tensor), so a width per
-    value catches a projection fed the wrong number of features before anything is built.
-    """
-    width_in, width_out = _host_widths(host)
-    widths = {"x": width_in}
-    for node in order:
-        a, where = node.attrs, f"op {node.id!r} ({node.op})"
-        got = [widths[s] for s in node.inputs]
-        if node.op in ("linear", "conv1d", "conv2d"):
-            if got[0] != a["in"]:
-                raise ValueError(f"{where}: expects {a['in']} input features, {node.inputs[0]!r} has {got[0]}")
-            if node.op != "linear" and (a["in"] % a["groups"] or a["out"] % a["groups"]):
-                raise ValueError(f"{where}: in {a['in']} and out {a['out']} must be divisible by groups {a['groups']}")
-            widths[node.id] = a["out"]
-        elif node.op in ("layernorm", "attention"):
-            if got[0] != a["dim"]:
-                raise ValueError(f"{where}: expects dim {a['dim']}, {node.inputs[0]!r} has {got[0]}")
-            if node.op == "attention" and a["dim"] % a["heads"]:
-                raise ValueError(f"{where}: dim {a['dim']} must be divisible by heads {a['heads']}")
-            widths[node.id] = got[0]
-        elif node.op == "groupnorm":
-            if got[0] != a["channels"]:
-                raise ValueError(f"{where}: expects {a['channels']} channels, {node.inputs[0]!r} has {got[0]}")
-            if a["channels"] % a["groups"]:
-                raise ValueError(f"{where}: channels {a['channels']} must be divisible by groups {a['groups']}")
-            widths[node.id] = got[0]
-        elif node.op in ("add", "mul"):
-            if got[0] != got[1] and 1 not in got:
-                raise ValueError(f"{where}: cannot broadcast widths {got[0]} ({node.inputs[0]!r}) "
-                                 f"and {got[1]} ({node.inputs[1]!r})")
-            widths[node.id] = max(got)
-        else:  # elementwise and avgpool_spatial keep the width
-            widths[node.id] = got[0]
-    if widths[output] != width_out:
-        raise ValueError(f"output {output!r} has width {widths[output]}, the {host['kind']} host's output has "
-                         f"{width_out}")
 
 
 def _build_module(node: _Node, device: torch.device | None, dtype: torch.dtype | None) -> nn.Module | None:
@@ -338,39 +271,6 @@ def _build_module(node: _Node, device: torch.device | None, dtype: torch.dtype |
     return m
 
 
-def _canonical(value: Any) -> Any:
-    """The value with integral floats as ints and "init": "default" attributes dropped (Karn's rules)."""
-    if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items() if not (k == "init" and v == "default")}
-    if isinstance(value, list):
-        return [_canonical(v) for v in value]
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    return value
-
-
-def _canonical_id(ir: dict[str, Any]) -> str:
-    text = json.dumps(_canonical(ir), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def blueprint_id(ir: dict[str, Any]) -> str:
-    """The blueprint id of an IR: the hex SHA-256 of its canonical JSON.
-
-    Canonical JSON here is keys sorted, no whitespace, integral numbers as integers, UTF-8 strings and
-    ``"init": "default"`` left out, as Karn's ``blueprint/canon``. It matches Karn's id for an IR that
-    Karn emitted (counts filled in, zero host fields omitted); Karn is the source of truth, so pass the
-    id it gives to :func:`build_seed` when there is one.
-
-    Args:
-        ir: the blueprint IR.
-
-    Returns:
-        64 lowercase hex digits.
-    """
-    return _canonical_id(ir)
-
-
 class SeedModule(nn.Module):
     """A seed built from a blueprint IR: its op graph run in topological order from ``x`` to the output.
 
@@ -379,16 +279,18 @@ class SeedModule(nn.Module):
 
     Attributes:
         ir: a private copy of the IR the seed was built from.
-        blueprint_id: the blueprint's id (Karn's when given, else :func:`blueprint_id`).
+        blueprint_id: the blueprint's id, Go's (the one its event carries; asked of Go, which
+            validates the IR first, when not given).
     """
 
     def __init__(self, ir: dict[str, Any], *, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None, blueprint_id: str | None = None) -> None:
         super().__init__()
+        ident = blueprint_id if blueprint_id is not None else _go_id(ir)  # Go validates first
         order, output = _parse(ir)
         device = torch.device(device) if device is not None else None
         self.ir = copy.deepcopy(ir)
-        self.blueprint_id = blueprint_id if blueprint_id is not None else _canonical_id(ir)
+        self.blueprint_id = ident
         self._output = output
         self._nodes = tuple(order)
         steps = []
@@ -473,15 +375,18 @@ def build_seed(ir: dict[str, Any], *, device: torch.device | str | None = None, 
         ir: the blueprint IR (docs/internals.md); ops may come in any order.
         device: where the parameters are created (the host weight's device).
         dtype: their dtype (the host weight's dtype).
-        blueprint_id: Karn's id of the IR; computed with :func:`blueprint_id` when None.
+        blueprint_id: Go's id of the IR (a GERMINATED event's "blueprint_id"); when None, Go
+            validates the IR and gives its id (:func:`esper.karn.blueprint_id`).
 
     Returns:
         The seed, with ``init: "zero"`` ops zeroed (weight and bias).
 
     Raises:
-        ValueError: the IR is malformed: unknown op, missing or bad attribute, unknown input,
-            cycle, op not reaching the output, or widths that do not chain from the host's input
-            to its output. The message names the op.
+        ValueError: Go refused the IR (``esper.InvalidArgumentError``, when no id was given: a
+            malformed IR, widths that do not chain, an output not zero at init, a wrong count), or
+            the builders cannot build it (an op outside the table, a missing attribute, an unknown
+            input, a cycle, an op id that clashes with a module attribute). The message names the
+            op. In training, such a seed is reported to Go, which removes it.
     """
     return SeedModule(ir, device=device, dtype=dtype, blueprint_id=blueprint_id)
 

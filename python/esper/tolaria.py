@@ -62,10 +62,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import karn
 from .errors import EsperError
 from .kasmina import SIGNALS, KasminaLayer, SeedState, collect_failures, gather_health, kasmina_layers, set_sampling
-from .session import Session
-from .tezzeret import build_seed
+from .session import LIVE_STATES, Session
+from .tezzeret import SeedValidationError, build_seed
 
 __all__ = ["MorphConfig", "Morphogenesis"]
 
@@ -82,6 +83,8 @@ _SCHEDULER_LRS = ("base_lrs", "max_lrs", "min_lrs", "_last_lr")
 _SCHEDULER_OTHERS = ("lr_lambdas", "base_momentums", "max_momentums")
 # Held while a seed is built under a forked, re-seeded global RNG (see Morphogenesis._add_seed).
 _RNG_LOCK = threading.Lock()
+# Version 2: the seeds live in Go's snapshot only (version 1 also listed them, read by a check).
+_CHECKPOINT_VERSION = 2
 
 
 @dataclass
@@ -238,6 +241,53 @@ def _shown(value: Any) -> str:
     if len(text) > 80:
         text = text[:77] + "..."
     return f"{text} (of type {type(value).__name__})"
+
+
+def _check_built(module: nn.Module, ev: Mapping[str, Any]) -> None:
+    """Check a seed module built for Go's seed ``ev`` against what Go says it is: its parameter
+    count must equal ``ev["param_count"]`` (Go's count of the blueprint). Go is the only validator
+    and hasher: the blueprint id is Go's, taken, never recomputed.
+
+    Raises:
+        SeedValidationError: check "param_count", with the expected and actual counts.
+    """
+    expected = int(ev["param_count"])
+    actual = sum(p.numel() for p in module.parameters())
+    if actual != expected:
+        raise SeedValidationError(
+            "param_count", f"seed {str(ev.get('blueprint_id', ''))[:12]}: the module built has {actual} parameters, "
+            f"Go's blueprint {expected}", expected, actual)
+
+
+def _check_listed_seeds(listed: Any, seeds: list[dict[str, Any]], names: Sequence[str]) -> None:
+    """A version 1 checkpoint's own list of seeds must say what Go's snapshot says: the same live
+    slots, each in the same state with the same blueprint (its id, asked of Go) and alpha.
+
+    Raises:
+        ValueError: naming the first seed on which they disagree.
+    """
+    if not isinstance(listed, list):
+        raise ValueError("checkpoint version 1 without its \"seeds\" list: save it again with this Esper")
+    go = {(int(s["layer"]), int(s["slot"])): s for s in seeds}
+    mine = {(int(s["layer"]), int(s["slot"])): s for s in listed}
+    for key in sorted(set(go) | set(mine)):
+        where = f"seed {names[key[0]] if 0 <= key[0] < len(names) else key[0]}/{key[1]}"
+        a, b = mine.get(key), go.get(key)
+        if a is None or b is None:
+            said = "holds no seed" if a is None else f"says {a.get('state')}"
+            snap = "holds no live seed" if b is None else f"says {b['state']}"
+            raise ValueError(f"checkpoint halves disagree on {where}: its seed list {said}, Go's snapshot {snap}. "
+                             "Nothing was loaded.")
+        ir = a.get("ir")
+        listed_id = karn.blueprint_id(ir) if isinstance(ir, dict) else ""
+        count = ir.get("param_count") if isinstance(ir, dict) else None
+        alpha_a, alpha_b = float(a.get("alpha", 0.0)), float(b["alpha"])
+        if a.get("state") != b["state"] or listed_id != b["blueprint_id"] or abs(alpha_a - alpha_b) > 1e-6:
+            raise ValueError(
+                f"checkpoint halves disagree on {where}: its seed list says {a.get('state')} with blueprint "
+                f"{listed_id[:12]} ({count} parameters, alpha {alpha_a:.6g}), Go's snapshot says {b['state']} with "
+                f"blueprint {str(b['blueprint_id'])[:12]} ({b['param_count']} parameters, alpha {alpha_b:.6g}). "
+                "Nothing was loaded.")
 
 
 def _check_evaluated(result: Any, metric: float | None) -> tuple[float, float | None]:
@@ -702,7 +752,9 @@ class Morphogenesis:
             **params: the template's parameters (e.g. width=16).
 
         Returns:
-            The events it caused.
+            The events it caused: a seed that cannot be built, or whose module does not have Go's
+            parameter count, is reported to Go, and its removal's events (CANCELLED, with the
+            reason) follow the GERMINATED one.
 
         Raises:
             esper.StateError: the slot is not DORMANT.
@@ -710,65 +762,105 @@ class Morphogenesis:
         """
         spec = blueprint if isinstance(blueprint, dict) else {"template": blueprint, "params": params}
         self._check_schedulers()
-        events = self.session.germinate(self._layer_index(layer), slot, spec)
-        self._apply(events)
-        return events
+        return self._apply(self.session.germinate(self._layer_index(layer), slot, spec))
 
     def advance(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
         """Move a seed to its next natural state (e.g. TRAINING -> BLENDING)."""
-        events = self.session.advance(self._layer_index(layer), slot, reason)
-        self._apply(events)
-        return events
+        return self._apply(self.session.advance(self._layer_index(layer), slot, reason))
 
     def prune(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
         """Prune a seed: its parameters leave the model and the optimizer."""
-        events = self.session.prune(self._layer_index(layer), slot, reason)
-        self._apply(events)
-        return events
+        return self._apply(self.session.prune(self._layer_index(layer), slot, reason))
 
     def fossilize(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
         """Fossilize a seed in HOLDING: it is kept for good (and frozen, with ``freeze_fossilized``)."""
-        events = self.session.fossilize(self._layer_index(layer), slot, reason)
-        self._apply(events)
-        return events
+        return self._apply(self.session.fossilize(self._layer_index(layer), slot, reason))
 
     # ------------------------------------------------------------------ mirroring Go's events
 
-    def _apply(self, events: list[dict[str, Any]]) -> None:
+    def _apply(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Mirror Go's events, every one of them, in order.
+
+        A GERMINATED event's seed is built from the event's blueprint and checked against it
+        (:meth:`_check_built`) before the model changes. A seed that does not build or check is
+        reported to Go (``Session.seed_failed``), which removes it with the reason; its slot's
+        later events of this batch are skipped (Python never held it) and the removal's events are
+        mirrored instead. Any other error while mirroring one event is raised only after every
+        later event was mirrored and every failure reported, so a batch is never half applied.
+
+        Returns:
+            The events mirrored: ``events``, then those of the removals it reported.
+        """
+        applied = list(events)
+        failed: dict[tuple[int, int], tuple[int, str]] = {}  # (layer, slot) -> (generation, why it did not build)
+        errors: list[Exception] = []
         for ev in events:
             self.log.append({"kind": "event", **{k: v for k, v in ev.items() if k != "blueprint"}})
-            i, slot, to = int(ev["layer"]), int(ev["slot"]), str(ev["to"])
-            layer = self.layers[i]
-            was = layer.state(slot).name
-            if was == "BLENDING":
-                self._blending -= 1
-            if to == "BLENDING":
-                self._blending += 1
-            if to == "GERMINATED":
-                self._add_seed(i, slot, ev["blueprint"], int(ev.get("step", self.steps)))
-            elif to in _EXITS:
-                if layer.seed(slot) is not None:
-                    layer.remove_seed(slot)
+            key = (int(ev["layer"]), int(ev["slot"]))
+            if str(ev["to"]) == "GERMINATED":
+                failed.pop(key, None)
+                try:
+                    self._add_seed(*key, ev)
+                except Exception as exc:  # noqa: BLE001 - any build or check failure is reported to Go
+                    failed[key] = (int(ev.get("generation") or 0), f"{type(exc).__name__}: {exc}")
+                continue
+            if key in failed:
+                continue  # the seed Python could not build: Go removes it once told, below
+            try:
+                self._mirror(ev)
+            except Exception as exc:  # noqa: BLE001 - raised below, after the rest of the batch
+                errors.append(exc)
+        for (i, slot), (generation, reason) in failed.items():
+            applied += self._apply(self.session.seed_failed(i, slot, generation, reason))
+        if errors:
+            raise errors[0]
+        return applied
+
+    def _mirror(self, ev: dict[str, Any]) -> None:
+        """Mirror one event other than GERMINATED."""
+        i, slot, to = int(ev["layer"]), int(ev["slot"]), str(ev["to"])
+        layer = self.layers[i]
+        was = layer.state(slot).name
+        if was == "BLENDING":
+            self._blending -= 1
+        if to == "BLENDING":
+            self._blending += 1
+        if to in _EXITS:
+            if layer.seed(slot) is not None:
+                layer.remove_seed(slot)
+            self._drop_group(i, slot)
+            self._forget_seed(i, slot)
+            # ROLLED_BACK: the caller restores the last good state once the events are applied.
+            layer.set_state(slot, to)
+        elif to == "BLENDING":
+            layer.set_state(slot, to, alpha=float(ev.get("alpha", 0.0)))
+        else:
+            layer.set_state(slot, to)
+            if to == "FOSSILIZED" and self.config.freeze_fossilized:
                 self._drop_group(i, slot)
-                self._forget_seed(i, slot)
-                # ROLLED_BACK: the caller restores the last good state once the events are applied.
-                layer.set_state(slot, to)
-            elif to == "BLENDING":
-                layer.set_state(slot, to, alpha=float(ev.get("alpha", 0.0)))
-            else:
-                layer.set_state(slot, to)
-                if to == "FOSSILIZED" and self.config.freeze_fossilized:
-                    self._drop_group(i, slot)
-                elif to == "FOSSILIZED":
-                    # Kept for good, and trained on jointly with the host (see MorphConfig).
-                    layer.seed(slot).requires_grad_(True)
+            elif to == "FOSSILIZED":
+                # Kept for good, and trained on jointly with the host (see MorphConfig).
+                layer.seed(slot).requires_grad_(True)
 
     def _init_seed(self, layer: int, slot: int, step: int) -> int:
         """A per-seed generator seed: the same on every rank, independent of the user's RNG."""
         key = f"{self.config.seed}/{layer}/{slot}/{step}".encode()
         return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
 
-    def _add_seed(self, i: int, slot: int, ir: dict[str, Any] | str, step: int) -> None:
+    def _add_seed(self, i: int, slot: int, ev: dict[str, Any]) -> None:
+        """Build the seed of a GERMINATED event, check it against the event, attach it (in state
+        GERMINATED) and put its parameters into the optimizer. Raises before anything changes
+        when the seed does not build, does not check, or does not fit the slot."""
+        seed = self._build(i, slot, ev, int(ev.get("step", self.steps)))
+        self.layers[i].add_seed(slot, seed)
+        self._add_group(i, slot, list(seed.parameters()))
+        self._remember_seed(i, slot)
+
+    def _build(self, i: int, slot: int, ev: Mapping[str, Any], step: int) -> nn.Module:
+        """The seed module of Go's seed ``ev`` (a GERMINATED event, or a seed of ``Session.seeds()``:
+        "blueprint", "blueprint_id", "param_count"), on its host's device and dtype, with the run's
+        initial weights for this layer, slot and germination step; checked by :meth:`_check_built`."""
+        ir = ev["blueprint"]
         if isinstance(ir, str):
             ir = json.loads(ir)
         layer = self.layers[i]
@@ -780,10 +872,9 @@ class Morphogenesis:
         # that sessions driven from several threads still get each seed's own initial weights.
         with _RNG_LOCK, torch.random.fork_rng(devices=devices):
             torch.manual_seed(self._init_seed(i, slot, step))
-            seed = build_seed(ir, device=device, dtype=dtype)
-        layer.add_seed(slot, seed)
-        self._add_group(i, slot, list(seed.parameters()))
-        self._remember_seed(i, slot)
+            seed = build_seed(ir, device=device, dtype=dtype, blueprint_id=str(ev["blueprint_id"]))
+        _check_built(seed, ev)
+        return seed
 
     def _host_group(self, i: int) -> int:
         """The index of the parameter group holding layer i's host: that of its first parameter the
@@ -968,22 +1059,12 @@ class Morphogenesis:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume identically: Go's state, the seeds'
-        blueprints and states, where their parameters sit in the optimizer
-        (group and position), the steps
-        and losses not yet sent to Go, and (with ``rollback``) the last good
-        weights a rollback would restore. Save it beside ``model.state_dict()``
-        and ``optimizer.state_dict()``. Taking it changes nothing: a run that
-        saves a checkpoint continues exactly like one that does not."""
-        seeds = []
-        for i, layer in enumerate(self.layers):
-            for slot in range(self.slots):
-                module = layer.seed(slot)
-                if module is not None:
-                    seeds.append({
-                        "layer": i, "slot": slot, "ir": module.ir, "state": layer.state(slot).name,
-                        "alpha": layer.alpha(slot),
-                    })
+        """Everything needed to resume identically: Go's state (its snapshot, the one record of
+        the seeds: blueprint, id, parameter count, state, alpha), where the seeds' parameters sit
+        in the optimizer (group and position), the steps and losses not yet sent to Go, and (with
+        ``rollback``) the last good weights a rollback would restore. Save it beside
+        ``model.state_dict()`` and ``optimizer.state_dict()``. Taking it changes nothing: a run
+        that saves a checkpoint continues exactly like one that does not."""
         # Where each seed's parameters sit, in optimizer order, so that load_state_dict rebuilds the
         # layout that optimizer.state_dict() numbers its parameters by.
         groups = self.optimizer.param_groups
@@ -999,11 +1080,10 @@ class Morphogenesis:
             return None if t is None else t.detach().cpu().clone()
 
         return {
-            "version": 1,
+            "version": _CHECKPOINT_VERSION,
             "session": self.session.snapshot(),
             "steps": self.steps,
             "epoch": self.epoch,
-            "seeds": seeds,
             "groups": placements,
             "config": asdict(self.config),
             "log": list(self.log),
@@ -1022,57 +1102,53 @@ class Morphogenesis:
         and optimizer, and restore Go's state. Call it before
         ``model.load_state_dict`` and ``optimizer.load_state_dict``.
 
+        The seeds are those of Go's snapshot (state, alpha, blueprint, id and parameter count):
+        Go checks the snapshot, each live seed is built from its blueprint and checked against Go's
+        parameter count, and the rest of the checkpoint must agree with them (the optimizer
+        placements name live seeds; the last good weights of a seed have its shapes). Only then
+        does anything change. A version 1 checkpoint, which kept a second list of the seeds, loads
+        when that list agrees with the snapshot and is refused, naming the disagreement, when not.
+
         Raises:
-            ValueError: the model already holds seeds, or the checkpoint does not fit it.
+            ValueError: the model already holds seeds, the checkpoint does not fit it, or its parts
+                disagree (nothing has changed then: the session is as it was).
+            esper.EsperError: Go refused the snapshot (nothing has changed then).
         """
-        if state.get("version") != 1:
-            raise ValueError(f"unknown Morphogenesis checkpoint version {state.get('version')!r}")
+        version = state.get("version")
+        if version not in (1, _CHECKPOINT_VERSION):
+            raise ValueError(f"unknown Morphogenesis checkpoint version {version!r} (this Esper reads 1 and "
+                             f"{_CHECKPOINT_VERSION})")
         if any(len(layer.seeds) for layer in self.layers):
             raise ValueError("load_state_dict needs a model without seeds (wrap a fresh model)")
-        by_key = {(s["layer"], s["slot"]): s for s in state["seeds"]}
-        placements = [_placement_entry(e) for e in state["groups"]]
-        n_groups = len(self.optimizer.param_groups)
-        for e in placements:
-            name = f"{e['layer']}/{e['slot']}"
-            if (e["layer"], e["slot"]) not in by_key:
-                raise ValueError(f"checkpoint places seed {name} in the optimizer but has no such seed")
-            g, fits = e["group"], True
-            if e["own"]:  # appended in order, after the groups the optimizer was built with
-                fits = g is None or g == n_groups
-                n_groups += 1
-            elif g >= n_groups:
-                fits = False
-            if not fits:
-                raise ValueError(f"checkpoint has seed {name}'s parameters in optimizer group {g}, which this "
-                                 f"optimizer ({len(self.optimizer.param_groups)} groups) cannot hold: build the "
-                                 "optimizer with the parameter groups of the checkpointed run")
-        self.session.restore(state["session"])
-        self._alarms = self.session.alarms()  # rollbacks before the checkpoint were carried out then
+        session = self.session
+        before = session.snapshot()
+        session.restore(state["session"])  # checked completely by Go; nothing changes on error
+        try:
+            seeds = [s for s in session.seeds() if s["state"] in LIVE_STATES]
+            if version == 1:
+                _check_listed_seeds(state.get("seeds"), seeds, self.layer_names)
+            built = self._build_checkpoint_seeds(seeds)
+            placements = self._check_placements(state["groups"], built)
+            self._check_last_good(state.get("last_good"), built)
+        except BaseException:
+            session.restore(before)
+            raise
+        self._alarms = session.alarms()  # rollbacks before the checkpoint were carried out then
         self._blending = 0
-        for s in by_key.values():
-            layer = self.layers[s["layer"]]
-            weight = next(layer.base_layer.parameters(), None)
-            device = weight.device if weight is not None else torch.device("cpu")
-            # The weights come from model.load_state_dict: leave the user's RNG streams untouched.
-            with _RNG_LOCK, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                seed = build_seed(s["ir"], device=device, dtype=weight.dtype if weight is not None else None)
-            layer.add_seed(s["slot"], seed)
-            state_name = s["state"]
+        for s in seeds:
+            i, slot, state_name = int(s["layer"]), int(s["slot"]), str(s["state"])
+            layer, seed = self.layers[i], built[(i, slot)]
+            layer.add_seed(slot, seed)
             if state_name == "BLENDING":
-                layer.set_state(s["slot"], state_name, alpha=float(s["alpha"]))
+                layer.set_state(slot, state_name, alpha=float(s["alpha"]))
                 self._blending += 1
             elif state_name != "GERMINATED":
-                layer.set_state(s["slot"], state_name)
+                layer.set_state(slot, state_name)
                 if state_name == "FOSSILIZED" and not self.config.freeze_fossilized:
                     seed.requires_grad_(True)
         # In optimizer order: each insertion lands where the checkpointed run had it.
-        groups = self.optimizer.param_groups
         for e in placements:
             i, slot, g, pos = e["layer"], e["slot"], e["group"], e["position"]
-            if not e["own"] and not 0 <= pos <= len(groups[g]["params"]):
-                raise ValueError(f"checkpoint has seed {i}/{slot}'s parameters at position {pos} of optimizer group "
-                                 f"{g}, which holds {len(groups[g]['params'])}: build the optimizer with the "
-                                 "parameter groups of the checkpointed run")
             params = list(self.layers[i].seed(slot).parameters())
             self._add_group(i, slot, params, at=None if e["own"] else (g, pos), own=e["own"])
         self.steps = int(state["steps"])
@@ -1091,6 +1167,90 @@ class Morphogenesis:
         # The checkpoint's last good state; without one, the weights the caller loads next are taken
         # as good at the next step (the fresh model's weights never are).
         self._last_good = state.get("last_good") if self.config.rollback else None
+
+    def _build_checkpoint_seeds(self, seeds: list[dict[str, Any]]) -> dict[tuple[int, int], nn.Module]:
+        """The modules of Go's live seeds (from ``Session.seeds()``), built and checked; the model
+        is not touched. Each gets the initial weights of its germination (the weights themselves
+        come from ``model.load_state_dict``); the user's RNG streams are left untouched.
+
+        Raises:
+            ValueError: a seed does not build or its parameter count is not Go's, naming it.
+        """
+        built: dict[tuple[int, int], nn.Module] = {}
+        for s in seeds:
+            i, slot = int(s["layer"]), int(s["slot"])
+            try:
+                built[(i, slot)] = self._build(i, slot, s, int(s["germinated_step"]))
+            except Exception as exc:  # noqa: BLE001 - named and re-raised
+                raise ValueError(f"checkpoint: seed {self.layer_names[i]}/{slot} ({s['state']}, blueprint "
+                                 f"{str(s['blueprint_id'])[:12]}, {s['param_count']} parameters in Go's snapshot) "
+                                 f"cannot be rebuilt: {type(exc).__name__}: {exc}. Nothing was loaded.") from exc
+        return built
+
+    def _check_placements(self, entries: list[dict[str, Any]], built: Mapping[tuple[int, int], nn.Module]
+                          ) -> list[dict[str, Any]]:
+        """The checkpoint's optimizer placements, checked against the seeds and this optimizer.
+
+        Raises:
+            ValueError: a placement names a seed Go's snapshot does not hold, or a group or
+                position this optimizer cannot hold.
+        """
+        placements = [_placement_entry(e) for e in entries]
+        n_groups = len(self.optimizer.param_groups)
+        sizes = [len(g["params"]) for g in self.optimizer.param_groups]
+        for e in placements:
+            key = (e["layer"], e["slot"])
+            name = f"{e['layer']}/{e['slot']}"
+            if key not in built:
+                raise ValueError(f"checkpoint places seed {name} in the optimizer, but Go's snapshot holds no "
+                                 "live seed there. Nothing was loaded.")
+            g, fits = e["group"], True
+            if e["own"]:  # appended in order, after the groups the optimizer was built with
+                fits = g is None or g == n_groups
+                n_groups += 1
+            elif g >= n_groups:
+                fits = False
+            if not fits:
+                raise ValueError(f"checkpoint has seed {name}'s parameters in optimizer group {g}, which this "
+                                 f"optimizer ({len(self.optimizer.param_groups)} groups) cannot hold: build the "
+                                 "optimizer with the parameter groups of the checkpointed run")
+            if not e["own"]:
+                if not 0 <= e["position"] <= sizes[g]:
+                    raise ValueError(f"checkpoint has seed {name}'s parameters at position {e['position']} of "
+                                     f"optimizer group {g}, which holds {sizes[g]}: build the optimizer with the "
+                                     "parameter groups of the checkpointed run")
+                sizes[g] += len(list(built[key].parameters()))
+        return placements
+
+    def _check_last_good(self, good: Mapping[str, Any] | None, built: Mapping[tuple[int, int], nn.Module]) -> None:
+        """The checkpoint's last good weights of each seed must be those of the seed Go's snapshot
+        holds there (same names and shapes), and none may belong to a slot without a seed.
+
+        Raises:
+            ValueError: naming the seed and the tensor that disagree.
+        """
+        saved = (good or {}).get("model") or {}
+        if not saved:
+            return
+        for i in range(len(self.layers)):
+            for slot in range(self.slots):
+                prefix = self._seed_prefix(i, slot)
+                keys = {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
+                seed = built.get((i, slot))
+                where = f"seed {self.layer_names[i]}/{slot}"
+                if seed is None:
+                    if keys:
+                        raise ValueError(f"checkpoint: its last good weights hold {len(keys)} tensors of {where} "
+                                         f"(e.g. {prefix + next(iter(keys))!r}), but Go's snapshot holds no live "
+                                         "seed there. Nothing was loaded.")
+                    continue
+                shapes = {k: tuple(v.shape) for k, v in seed.state_dict().items()}
+                for k, v in keys.items():
+                    if k not in shapes or tuple(v.shape) != shapes[k]:
+                        want = f"shape {shapes[k]}" if k in shapes else f"no such tensor (it has {sorted(shapes)})"
+                        raise ValueError(f"checkpoint: its last good weights hold {prefix + k!r} with shape "
+                                         f"{tuple(v.shape)}, but {where} of Go's snapshot (blueprint "
+                                         f"{getattr(seed, 'blueprint_id', '')[:12]}) has {want}. Nothing was loaded.")
 
     def _device(self) -> torch.device:
         for p in self.model.parameters():
