@@ -294,6 +294,10 @@ class KasminaLayer(nn.Module):
         self._branches: tuple[_Branch, ...] = ()
         self._sampling = False
         self._samples = 0
+        #: Samples in the last measured forward, as Karn's flops_per_sample counts them: the batch for a
+        #: conv or channel-first host, else the feature vectors (tokens). 0 before the first measured forward.
+        self.samples_per_step = 0
+        self._per_image = spec.channel_first or spec.kind in ("conv1d", "conv2d")
         self._measured = False  # _sample ran since the last gather_health (its values are measurements)
         self._probe: tuple[Tensor, Tensor] | None = None  # the seed gain's features, see _probe_features
         self._rank_rows: Tensor | None = None  # (<= 64, units) output rows for the effective rank
@@ -498,6 +502,7 @@ class KasminaLayer(nn.Module):
                 units = hf.movedim(unit_dim, -1).reshape(-1, hf.shape[unit_dim])  # (rows, units)
                 self._rank_rows = units[::max(1, units.shape[0] // _RANK_ROWS)][:_RANK_ROWS].clone()
             self._samples += 1
+            self.samples_per_step = hf.shape[0] if self._per_image else hf.numel() // max(hf.shape[-1], 1)
             self._measured = True
             torch.stack([mean, var, dead, self._nan, self._weight_norm(), self._nan, self._nan], out=self._signals)
         if y.requires_grad:

@@ -64,6 +64,7 @@ from torch import nn
 
 from .errors import EsperError
 from .kasmina import SIGNALS, KasminaLayer, SeedState, collect_failures, gather_health, kasmina_layers, set_sampling
+from .outcomes import OutcomeRecorder
 from .session import Session
 from .tezzeret import build_seed
 
@@ -156,6 +157,12 @@ class MorphConfig:
             jointly with the host: on digits this closed most of the gap to
             the same shape trained from scratch (97.1% against 96.4% frozen,
             3 seeds; see the README).
+        urza: the Urza store folder outcome records are written to ("": the
+            default store, ``$ESPER_HOME/urza`` with ESPER_HOME defaulting to
+            ``~/.esper``).
+        record_outcomes: write one outcome record per germination to Urza
+            (see ``esper.outcomes``; ``esper urza outcomes --run RUN_ID``).
+            Written at lifecycle ends and end_epoch only, never per step.
     """
 
     policy: str = "heuristic"
@@ -183,6 +190,8 @@ class MorphConfig:
     rollback: bool = True
     freeze_fossilized: bool = False
     log_path: str = ""
+    urza: str = ""
+    record_outcomes: bool = True
 
     def session_config(self, layers: list[dict[str, Any]], slots: int) -> dict[str, Any]:
         """The Go session configuration for these settings and layers."""
@@ -326,6 +335,16 @@ def _each_scheduler(schedulers: Sequence[Any]) -> Iterator[Any]:
             todo.extend(getattr(sched, "_schedulers", ()))
 
 
+def _session_stats(ref: weakref.ReferenceType[Morphogenesis]) -> Callable[[], dict[str, Any]]:
+    """Go's session stats of the referenced Morphogenesis, held weakly (no reference cycle)."""
+
+    def stats() -> dict[str, Any]:
+        morph = ref()
+        return morph.session.stats() if morph is not None else {}
+
+    return stats
+
+
 class Morphogenesis:
     """Drives the growth of a wrapped model during ordinary training.
 
@@ -413,8 +432,16 @@ class Morphogenesis:
         self._alarms = 0  # the governor's rollbacks mirrored so far (Session.alarms() beyond it are new)
         #: Every event and decision, in order, as Go reported them.
         self.log: list[dict[str, Any]] = []
+        #: Writes one outcome record per germination to Urza (see esper.outcomes).
+        self._outcomes = OutcomeRecorder(self.layers, self.layer_names, self.config.policy, self.config.urza,
+                                         self.config.record_outcomes, _session_stats(weakref.ref(self)))
         if self.config.rollback:
             self._save_good()  # a rollback before the first end_epoch returns to the starting weights
+
+    @property
+    def run_id(self) -> str:
+        """This run's id in Urza's outcome records (kept by state_dict / load_state_dict)."""
+        return self._outcomes.run_id
 
     # ------------------------------------------------------------------ session
 
@@ -457,6 +484,8 @@ class Morphogenesis:
             mark = layer.__dict__.get("_esper_driver")
             if isinstance(mark, _Driver) and mark.get() is self:
                 del layer.__dict__["_esper_driver"]
+        if not self._closed:
+            self._outcomes.close(self.steps, self.epoch)  # the seeds still in flight: ended_by "run_end"
         self._closed = True
         if self._session is not None:
             self._session.close()
@@ -635,6 +664,7 @@ class Morphogenesis:
             "contributions": self._contributions(val_loss),
         }
         result = session.end_epoch(metrics)
+        self._outcomes.decided(result.get("decisions", []), metrics)
         for decision in result.get("decisions", []):
             if decision.get("op") != "wait":
                 self.log.append({"kind": "decision", "epoch": self.epoch, **decision})
@@ -645,6 +675,7 @@ class Morphogenesis:
             # seed (if any) left with its ROLLED_BACK event; restore the last good state.
             self._restore_good()
             rolled_back = True
+        self._outcomes.end_epoch(self.steps, self.epoch)  # records of the seeds in flight, as last seen
         self.epoch += 1
         finite = all(v is None or math.isfinite(v) for v in (train_loss, val_loss))
         if self.config.rollback and finite and not rolled_back:
@@ -687,6 +718,7 @@ class Morphogenesis:
                     else:
                         # The host alone diverges: the seed is needed. Go judges numbers, not NaN.
                         out.append({"layer": i, "slot": slot, "delta_loss": abs(val_loss)})
+                    self._outcomes.contribution(i, slot, self.epoch, val_loss, without, out[-1]["delta_loss"])
         return out
 
     # ------------------------------------------------------------------ manual control
@@ -737,6 +769,7 @@ class Morphogenesis:
     def _apply(self, events: list[dict[str, Any]]) -> None:
         for ev in events:
             self.log.append({"kind": "event", **{k: v for k, v in ev.items() if k != "blueprint"}})
+            self._outcomes.event(ev)
             i, slot, to = int(ev["layer"]), int(ev["slot"]), str(ev["to"])
             layer = self.layers[i]
             was = layer.state(slot).name
@@ -1015,6 +1048,7 @@ class Morphogenesis:
             "epoch_loss_count": self._epoch_loss_count,
             "rank_samples": [layer._samples for layer in self.layers],
             "last_good": self._last_good,
+            "outcomes": self._outcomes.state_dict(),  # the run id and the germinations in flight
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -1091,6 +1125,8 @@ class Morphogenesis:
         # The checkpoint's last good state; without one, the weights the caller loads next are taken
         # as good at the next step (the fresh model's weights never are).
         self._last_good = state.get("last_good") if self.config.rollback else None
+        if "outcomes" in state:  # the same run goes on: its id, and the records of its seeds in flight
+            self._outcomes.load_state_dict(state["outcomes"])
 
     def _device(self) -> torch.device:
         for p in self.model.parameters():
