@@ -202,21 +202,34 @@ class OutcomeRecorder:
         rec = self._open.pop(key)
         self._write(self._complete(rec, state, ended_by, reason, step, epoch))
 
-    def _write(self, record: dict[str, Any]) -> None:
-        if not self.enabled or self._failed:
-            return
-        from .urza import Urza
+    def store(self) -> Any:
+        """The run's Urza store (opened on first use), or None when it cannot be opened or written:
+        a warning then says why once, and training goes on without recording."""
+        if self._store is None and not self._failed:
+            from .urza import Urza
 
-        try:
-            if self._store is None:
+            try:
                 self._store = Urza(self.root or None)
-            key = self._store.put_outcome(record)
-        except OSError as exc:  # StorageError (Go's file operations) included; a refused record raises
-            # Training goes on; the run's records stop here, and the warning says why.
-            self._failed = True
-            warnings.warn(f"esper: outcome records of run {self.run_id} are no longer written: {exc}. Set "
-                          "ESPER_HOME (or MorphConfig.urza) to a writable folder, or record_outcomes=False.",
-                          RuntimeWarning, stacklevel=4)
+            except OSError as exc:  # StorageError (Go's file operations) included
+                self._fail(exc)
+        return self._store
+
+    def _fail(self, exc: Exception) -> None:
+        self._failed = True
+        warnings.warn(f"esper: run {self.run_id} no longer records to Urza: {exc}. Set ESPER_HOME (or "
+                      "MorphConfig.urza) to a writable folder, or record_outcomes=False.", RuntimeWarning,
+                      stacklevel=4)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        store = self.store()
+        if store is None:
+            return
+        try:
+            key = store.put_outcome(record)
+        except OSError as exc:  # a refused record (InvalidArgumentError) raises: it is a bug
+            self._fail(exc)
             return
         if key in self.written:
             self.written.remove(key)

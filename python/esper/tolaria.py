@@ -62,6 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .builds import BuildCache
 from .errors import EsperError
 from .kasmina import SIGNALS, KasminaLayer, SeedState, collect_failures, gather_health, kasmina_layers, set_sampling
 from .outcomes import OutcomeRecorder
@@ -435,6 +436,8 @@ class Morphogenesis:
         #: Writes one outcome record per germination to Urza (see esper.outcomes).
         self._outcomes = OutcomeRecorder(self.layers, self.layer_names, self.config.policy, self.config.urza,
                                          self.config.record_outcomes, _session_stats(weakref.ref(self)))
+        #: Validates the first germination of each blueprint on its host; serves the later ones.
+        self._builds = BuildCache(self._outcomes.store, lambda rec=self._outcomes: {"run": rec.run_id})
         if self.config.rollback:
             self._save_good()  # a rollback before the first end_epoch returns to the starting weights
 
@@ -778,7 +781,8 @@ class Morphogenesis:
             if to == "BLENDING":
                 self._blending += 1
             if to == "GERMINATED":
-                self._add_seed(i, slot, ev["blueprint"], int(ev.get("step", self.steps)))
+                self._add_seed(i, slot, ev["blueprint"], int(ev.get("step", self.steps)),
+                               int(ev.get("param_count") or 0))
             elif to in _EXITS:
                 if layer.seed(slot) is not None:
                     layer.remove_seed(slot)
@@ -801,7 +805,7 @@ class Morphogenesis:
         key = f"{self.config.seed}/{layer}/{slot}/{step}".encode()
         return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
 
-    def _add_seed(self, i: int, slot: int, ir: dict[str, Any] | str, step: int) -> None:
+    def _add_seed(self, i: int, slot: int, ir: dict[str, Any] | str, step: int, param_count: int = 0) -> None:
         if isinstance(ir, str):
             ir = json.loads(ir)
         layer = self.layers[i]
@@ -814,6 +818,7 @@ class Morphogenesis:
         with _RNG_LOCK, torch.random.fork_rng(devices=devices):
             torch.manual_seed(self._init_seed(i, slot, step))
             seed = build_seed(ir, device=device, dtype=dtype)
+        self._builds.admit(seed, param_count, layer=i, slot=slot, step=step)  # validated once per blueprint
         layer.add_seed(slot, seed)
         self._add_group(i, slot, list(seed.parameters()))
         self._remember_seed(i, slot)
@@ -983,8 +988,13 @@ class Morphogenesis:
         return self.session.seeds()
 
     def stats(self) -> dict[str, Any]:
-        """Nissa's rolling statistics of the health signals, per layer."""
-        return self.session.stats()
+        """Go's view of the run (counters, budget, Nissa's rolling statistics of the health signals,
+        per layer) and, under "builds", how germinations were served: ``hits`` (validated builds
+        served by the kernel cache), ``misses``, ``store_hits`` (served by Urza) and ``builds``
+        (validated and recorded), see :mod:`esper.builds`."""
+        stats = self.session.stats()
+        stats["builds"] = self._builds.stats()
+        return stats
 
     def seed_params(self) -> int:
         """Parameters held by live seeds (fossilized included)."""
