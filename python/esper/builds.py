@@ -83,6 +83,12 @@ class BuildCache:
         return {"hits": self.hits, "misses": self.store_hits + self.builds, "store_hits": self.store_hits,
                 "builds": self.builds}
 
+    def load_state_dict(self, stats: dict[str, int]) -> None:
+        """Continue a checkpointed run's counts (as :meth:`stats` returned them)."""
+        self.hits = int(stats.get("hits", 0))
+        self.store_hits = int(stats.get("store_hits", 0))
+        self.builds = int(stats.get("builds", 0))
+
     def admit(self, seed: SeedModule, param_count: int, *, layer: int, slot: int, step: int) -> str:
         """Validates ``seed`` unless its build is already known; returns "hit", "store" or "build".
 

@@ -1059,6 +1059,7 @@ class Morphogenesis:
             "rank_samples": [layer._samples for layer in self.layers],
             "last_good": self._last_good,
             "outcomes": self._outcomes.state_dict(),  # the run id and the germinations in flight
+            "builds": self._builds.stats(),  # how the run's germinations were served so far
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -1137,6 +1138,8 @@ class Morphogenesis:
         self._last_good = state.get("last_good") if self.config.rollback else None
         if "outcomes" in state:  # the same run goes on: its id, and the records of its seeds in flight
             self._outcomes.load_state_dict(state["outcomes"])
+        if "builds" in state:
+            self._builds.load_state_dict(state["builds"])
 
     def _device(self) -> torch.device:
         for p in self.model.parameters():
