@@ -89,3 +89,53 @@ def test_a_build_that_fails_validation_is_refused_and_not_recorded() -> None:
     morph.close()
     with Urza() as store:
         assert store.list(tag=BUILD_TAG) == []
+
+
+def chain() -> tuple[nn.Module, esper.Morphogenesis]:
+    model = esper.wrap(nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 8)), target_modules=[nn.Linear])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, esper.Morphogenesis(model, opt, policy="manual", signal_every=1, train_steps=2, blend_steps=2)
+
+
+def test_fossilized_seeds_are_published_and_start_later_seeds() -> None:
+    torch.manual_seed(0)
+    model, morph = chain()
+    x, y = torch.randn(32, 16), torch.randn(32, 8)
+    morph.germinate(0, 0, "residual_mlp", width=4)
+    for _ in range(4):
+        for _ in range(3):
+            loss = ((model(x) - y) ** 2).mean()
+            morph.optimizer.zero_grad()
+            loss.backward()
+            morph.optimizer.step()
+            morph.step(loss)
+        morph.end_epoch(val_loss=float(loss.detach()))
+    assert morph.seeds()[0]["state"] == "HOLDING"
+    morph.fossilize(0, 0)
+    trained = {k: v.detach().clone() for k, v in model[0].seed(0).state_dict().items()}
+    run_id = morph.run_id
+    morph.close()
+    with Urza() as store:
+        (kernel,) = store.list(tag="kind:kernel")
+        manifest = store.show(kernel["id"])["manifest"]
+        (record,) = store.outcomes(run_id)
+    lineage = manifest["lineage"]
+    assert (lineage["run"], lineage["layer"], lineage["slot"], lineage["germinated_epoch"]) == (run_id, 0, 0, 0)
+    assert lineage["epochs"] == lineage["fossilized_epoch"] == 4
+    assert record["kernel_id"] == kernel["id"] and record["final_state"] == "FOSSILIZED"
+    assert not manifest["validation"]["at_init"]  # trained: its output is no longer zero
+    # A later run starts a seed from it, with its trained weights.
+    model2, again = chain()
+    again.germinate(0, 0, "urza:" + kernel["id"])
+    assert all(torch.equal(trained[k], v) for k, v in model2[0].seed(0).state_dict().items())
+    assert again.seeds()[0]["blueprint_id"] == kernel["blueprint_id"]
+    # Negative controls: another host shape; template parameters with a stored kernel.
+    with pytest.raises(ValueError, match="was trained on host .* layer '2'"):
+        again.germinate(1, 0, "urza:" + kernel["id"])
+    with pytest.raises(ValueError, match="takes no template parameters"):
+        again.germinate(1, 0, "urza:" + kernel["id"], width=4)
+    assert again.seeds()[1]["state"] == "DORMANT"
+    again.close()
+    with Urza() as store:
+        (record2,) = store.outcomes(again.run_id)
+    assert record2["source_kernel"] == kernel["id"] and record2["ended_by"] == "run_end"

@@ -125,6 +125,10 @@ type Outcome struct {
 	EndedStep       int64       `json:"ended_step"`
 	EndedEpoch      int         `json:"ended_epoch"`
 	States          []StateSpan `json:"states"`
+	// KernelID is the trained kernel a fossilized seed was published as,
+	// SourceKernel the stored kernel the seed started from (both optional).
+	KernelID     string `json:"kernel_id,omitempty"`
+	SourceKernel string `json:"source_kernel,omitempty"`
 	// Written is when the store wrote the record (filled here).
 	Written time.Time `json:"written"`
 }
@@ -167,6 +171,11 @@ func (o *Outcome) check() error {
 	}
 	if !canon.IsID(o.BlueprintID) {
 		return bad("blueprint_id %q is not 64 lowercase hex digits", o.BlueprintID)
+	}
+	for _, k := range []struct{ name, id string }{{"kernel_id", o.KernelID}, {"source_kernel", o.SourceKernel}} {
+		if k.id != "" && !canon.IsID(k.id) {
+			return bad("%s %q is not an artifact id (64 lowercase hex digits)", k.name, k.id)
+		}
 	}
 	if o.Policy == "" {
 		return bad("policy is required")

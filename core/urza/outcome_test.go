@@ -118,6 +118,7 @@ func TestPutOutcomeRefusesBadRecords(t *testing.T) {
 		"observation missing": {"observation": nil},
 		"unknown field":       {"surprise": 1},
 		"no policy":           {"policy": ""},
+		"bad kernel id":       {"kernel_id": "abc"},
 	} {
 		_, err := s.PutOutcome(outcome(t, "run-a", 20, extra))
 		if !errors.Is(err, urza.ErrInvalidOutcome) || errcode.Of(err) != errcode.Invalid {

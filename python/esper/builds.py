@@ -20,18 +20,22 @@ from __future__ import annotations
 
 import threading
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
+from .errors import EsperError
 from .kernels import KernelCache
 from .tezzeret import SeedModule, SeedValidationError, save_weights, validate_seed
-from .urza import Urza, example_input, seed_manifest
+from .urza import Urza, example_input, publish_seed, seed_from_artifact, seed_manifest
 
-__all__ = ["BuildCache", "kernel_cache", "clear_kernel_cache", "BUILD_TAG"]
+__all__ = ["BuildCache", "StoredKernel", "kernel_cache", "clear_kernel_cache", "BUILD_TAG", "KERNEL_TAG"]
 
 #: The tag of build artifacts in Urza (``esper urza ls --kind build``).
 BUILD_TAG = "kind:build"
+#: The tag of trained kernels (fossilized seeds) in Urza (``esper urza ls --kind kernel``).
+KERNEL_TAG = "kind:kernel"
 #: Bytes the process's kernel cache may hold.
 KERNEL_CACHE_BYTES = 64 << 20
 
@@ -59,6 +63,15 @@ def clear_kernel_cache() -> None:
         if _cache is not None:
             _cache.close()
             _cache = None
+
+
+@dataclass(frozen=True)
+class StoredKernel:
+    """A trained kernel loaded from Urza (verified by Go) for a germination."""
+
+    id: str
+    manifest: dict[str, Any]
+    weights: bytes
 
 
 class BuildCache:
@@ -153,3 +166,46 @@ class BuildCache:
             for k in [k for k, v in _index.items() if v in evicted]:
                 del _index[k]
             _index[key] = aid
+
+    # ------------------------------------------------------------------ trained kernels
+
+    def kernel(self, artifact_id: str, host: dict[str, Any], layer_name: str) -> StoredKernel:
+        """Loads a stored kernel for a germination on a layer whose host is ``host``.
+
+        Raises:
+            ValueError: the kernel was trained on a host of another shape (both are named).
+            EsperError: the store cannot be opened; NotFoundError, CorruptError from Urza.
+        """
+        store = self._store()
+        if store is None:
+            raise EsperError(f"germinate from urza:{artifact_id}: the Urza store cannot be opened (see the "
+                             "warning above); set ESPER_HOME or MorphConfig.urza to the store holding it")
+        manifest, weights = store.get(artifact_id)  # both hashes verified by Go
+        have = manifest["blueprint"].get("host")
+        if have != host:
+            raise ValueError(f"kernel {artifact_id[:16]} was trained on host {have}; layer {layer_name!r} is "
+                             f"{host}: germinate it on a layer of that shape")
+        return StoredKernel(artifact_id, manifest, weights)
+
+    @staticmethod
+    def load_kernel(seed: SeedModule, kernel: StoredKernel) -> None:
+        """Copies a stored kernel's weights into a seed just built from its blueprint (on the seed's
+        device and dtype; shapes checked)."""
+        first = next(seed.parameters(), None)
+        device, dtype = (first.device, first.dtype) if first is not None else (None, None)
+        trained = seed_from_artifact(kernel.manifest, kernel.weights, device=device, dtype=dtype,
+                                     artifact_id=kernel.id)
+        seed.load_state_dict(trained.state_dict())
+
+    def publish_kernel(self, seed: SeedModule, lineage: dict[str, Any]) -> str | None:
+        """Publishes a fossilized seed as a trained kernel (tag ``kind:kernel``, Tezzeret's validation of
+        a trained seed, ``lineage``); returns its id, or None with a warning when it cannot be stored."""
+        store = self._store()
+        if store is None:
+            return None
+        try:
+            return publish_seed(store, seed, tags=[KERNEL_TAG, f"template:{seed.template}"], lineage=lineage)
+        except (OSError, SeedValidationError) as exc:
+            warnings.warn(f"esper: fossilized seed {lineage.get('layer_name')}/{lineage.get('slot')} was not "
+                          f"published to Urza: {exc}", RuntimeWarning, stacklevel=4)
+            return None

@@ -88,16 +88,31 @@ class OutcomeRecorder:
             if d.get("op") == "germinate" and d.get("applied", True):
                 self._decided[(int(d["layer"]), int(d["slot"]))] = d
 
-    def event(self, ev: dict[str, Any]) -> None:
-        """One of Go's events, in order: opens, extends or ends a germination's record."""
+    def germinated(self, layer: int, slot: int) -> tuple[int, int] | None:
+        """(step, epoch) of the germination in flight in layer, slot; None if none is recorded."""
+        rec = self._open.get((layer, slot))
+        return None if rec is None else (rec["germinated_step"], rec["germinated_epoch"])
+
+    def event(self, ev: dict[str, Any], *, kernel_id: str | None = None, source_kernel: str | None = None) -> None:
+        """One of Go's events, in order, once mirrored: opens, extends or ends a germination's record.
+
+        Args:
+            ev: the event.
+            kernel_id: the trained kernel a FOSSILIZED seed was published as.
+            source_kernel: the stored kernel the seed started from (``blueprint="urza:<id>"``).
+        """
         key = (int(ev["layer"]), int(ev["slot"]))
         to = str(ev["to"])
         if to == "GERMINATED":
             self._germinated(key, ev)
+            if source_kernel:
+                self._open[key]["source_kernel"] = source_kernel
             return
         rec = self._open.get(key)
         if rec is None:  # a seed germinated before this recorder existed (and no checkpoint carried it)
             return
+        if kernel_id:
+            rec["kernel_id"] = kernel_id
         self._close_span(rec, int(ev["step"]), int(ev["epoch"]))
         if to in _ENDS:
             self._finish(key, to, _ENDS[to], str(ev.get("reason", "")), int(ev["step"]), int(ev["epoch"]))

@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .builds import BuildCache
+from .builds import BuildCache, StoredKernel
 from .errors import EsperError
 from .kasmina import SIGNALS, KasminaLayer, SeedState, collect_failures, gather_health, kasmina_layers, set_sampling
 from .outcomes import OutcomeRecorder
@@ -438,6 +438,8 @@ class Morphogenesis:
                                          self.config.record_outcomes, _session_stats(weakref.ref(self)))
         #: Validates the first germination of each blueprint on its host; serves the later ones.
         self._builds = BuildCache(self._outcomes.store, lambda rec=self._outcomes: {"run": rec.run_id})
+        self._kernels: dict[tuple[int, int], StoredKernel] = {}  # stored kernels awaiting their germination
+        self._sources: dict[tuple[int, int], str] = {}  # (layer, slot) -> the stored kernel its seed started from
         if self.config.rollback:
             self._save_good()  # a rollback before the first end_epoch returns to the starting weights
 
@@ -733,8 +735,10 @@ class Morphogenesis:
         Args:
             layer: layer index or name.
             slot: slot index.
-            blueprint: a template name (see `esper blueprints`) or a full IR.
-            **params: the template's parameters (e.g. width=16).
+            blueprint: a template name (see `esper blueprints`), a full IR, or ``"urza:<id>"``: a
+                trained kernel stored in Urza (``esper urza ls --kind kernel``); the seed then has
+                its blueprint and starts from its weights (the lifecycle is the usual one).
+            **params: the template's parameters (e.g. width=16); none with ``"urza:<id>"``.
 
         Returns:
             The events it caused.
@@ -742,11 +746,28 @@ class Morphogenesis:
         Raises:
             esper.StateError: the slot is not DORMANT.
             esper.BudgetError: the governor's budget or concurrency refuses it.
+            ValueError: the stored kernel was trained on a host of another shape than this layer's.
+            esper.NotFoundError, esper.CorruptError: no such kernel, or it fails verification.
         """
-        spec = blueprint if isinstance(blueprint, dict) else {"template": blueprint, "params": params}
+        i = self._layer_index(layer)
+        kernel = None
+        if isinstance(blueprint, str) and blueprint.startswith("urza:"):
+            if params:
+                raise ValueError(f"germinate from {blueprint!r} takes no template parameters (got {sorted(params)}): "
+                                 "the stored kernel's blueprint is used as it is")
+            kernel = self._builds.kernel(blueprint.removeprefix("urza:"), self.layers[i].spec.host_ir(),
+                                         self.layer_names[i])
+            spec = kernel.manifest["blueprint"]
+        else:
+            spec = blueprint if isinstance(blueprint, dict) else {"template": blueprint, "params": params}
         self._check_schedulers()
-        events = self.session.germinate(self._layer_index(layer), slot, spec)
-        self._apply(events)
+        if kernel is not None:
+            self._kernels[(i, slot)] = kernel
+        try:
+            events = self.session.germinate(i, slot, spec)
+            self._apply(events)
+        finally:
+            self._kernels.pop((i, slot), None)
         return events
 
     def advance(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
@@ -772,7 +793,6 @@ class Morphogenesis:
     def _apply(self, events: list[dict[str, Any]]) -> None:
         for ev in events:
             self.log.append({"kind": "event", **{k: v for k, v in ev.items() if k != "blueprint"}})
-            self._outcomes.event(ev)
             i, slot, to = int(ev["layer"]), int(ev["slot"]), str(ev["to"])
             layer = self.layers[i]
             was = layer.state(slot).name
@@ -799,6 +819,24 @@ class Morphogenesis:
                 elif to == "FOSSILIZED":
                     # Kept for good, and trained on jointly with the host (see MorphConfig).
                     layer.seed(slot).requires_grad_(True)
+            # Urza: a fossilized seed is published as a trained kernel; the outcome record follows Go.
+            kernel_id = self._publish_kernel(i, slot, ev) if to == "FOSSILIZED" else None
+            self._outcomes.event(ev, kernel_id=kernel_id, source_kernel=self._sources.get((i, slot)))
+            if to in _EXITS or to == "FOSSILIZED":
+                self._sources.pop((i, slot), None)
+
+    def _publish_kernel(self, i: int, slot: int, ev: dict[str, Any]) -> str | None:
+        """Publishes the seed fossilized in layer i, slot to Urza (tag ``kind:kernel``) with its
+        lineage; returns the artifact id (None when it could not be stored: a warning says why)."""
+        started = self._outcomes.germinated(i, slot)
+        lineage: dict[str, Any] = {"run": self.run_id, "layer": i, "layer_name": self.layer_names[i], "slot": slot,
+                                   "fossilized_step": int(ev["step"]), "fossilized_epoch": int(ev["epoch"])}
+        if started is not None:
+            lineage.update(germinated_step=started[0], germinated_epoch=started[1],
+                           epochs=int(ev["epoch"]) - started[1])
+        if (i, slot) in self._sources:
+            lineage["parent"] = self._sources[(i, slot)]
+        return self._builds.publish_kernel(self.layers[i].seed(slot), lineage)
 
     def _init_seed(self, layer: int, slot: int, step: int) -> int:
         """A per-seed generator seed: the same on every rank, independent of the user's RNG."""
@@ -806,6 +844,7 @@ class Morphogenesis:
         return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
 
     def _add_seed(self, i: int, slot: int, ir: dict[str, Any] | str, step: int, param_count: int = 0) -> None:
+        kernel = self._kernels.pop((i, slot), None)  # germinate(..., blueprint="urza:<id>")
         if isinstance(ir, str):
             ir = json.loads(ir)
         layer = self.layers[i]
@@ -819,6 +858,9 @@ class Morphogenesis:
             torch.manual_seed(self._init_seed(i, slot, step))
             seed = build_seed(ir, device=device, dtype=dtype)
         self._builds.admit(seed, param_count, layer=i, slot=slot, step=step)  # validated once per blueprint
+        if kernel is not None:
+            self._builds.load_kernel(seed, kernel)  # starts from the stored kernel's trained weights
+            self._sources[(i, slot)] = kernel.id
         layer.add_seed(slot, seed)
         self._add_group(i, slot, list(seed.parameters()))
         self._remember_seed(i, slot)
