@@ -158,9 +158,10 @@ class MorphConfig:
             jointly with the host: on digits this closed most of the gap to
             the same shape trained from scratch (97.1% against 96.4% frozen,
             3 seeds; see the README).
-        urza: the Urza store folder outcome records are written to ("": the
+        urza: the Urza store folder the run records to: validated builds,
+            fossilized seeds (trained kernels) and outcome records ("": the
             default store, ``$ESPER_HOME/urza`` with ESPER_HOME defaulting to
-            ``~/.esper``).
+            ``~/.esper``; see docs/internals.md).
         record_outcomes: write one outcome record per germination to Urza
             (see ``esper.outcomes``; ``esper urza outcomes --run RUN_ID``).
             Written at lifecycle ends and end_epoch only, never per step.
