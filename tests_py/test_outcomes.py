@@ -176,12 +176,17 @@ def test_records_are_written_at_lifecycle_ends_never_per_step(monkeypatch: pytes
     morph.germinate(0, 0, "residual_mlp", width=4)
     morph.germinate(0, 1, "lowrank", rank=2)
     steps(8)
+    morph._outcomes.flush()
     assert morph._outcomes.written == [], "nothing is written while seeds train"
     morph.end_epoch()
+    morph._outcomes.flush()  # the writes run on the recorder's writer thread
     assert len(morph._outcomes.written) == 2  # both in flight, as last seen
     before = list(morph._outcomes.written)
     steps(8)
+    morph.end_epoch()  # still in HOLDING, as at the last write: nothing new to write
+    morph._outcomes.flush()
     assert morph._outcomes.written == before
+    assert morph.seeds()[0]["state"] == morph.seeds()[1]["state"] == "HOLDING"
     morph.prune(0, 1, reason="test prune")
     with Urza() as store:
         recs = {r["slot"]: r for r in store.outcomes(morph.run_id)}

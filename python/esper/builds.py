@@ -28,7 +28,7 @@ import torch
 from .errors import EsperError
 from .kernels import KernelCache
 from .tezzeret import SeedModule, SeedValidationError, save_weights, validate_seed
-from .urza import Urza, example_input, publish_seed, seed_from_artifact, seed_manifest
+from .urza import Urza, example_input, seed_from_artifact, seed_manifest
 
 __all__ = ["BuildCache", "StoredKernel", "kernel_cache", "clear_kernel_cache", "BUILD_TAG", "KERNEL_TAG"]
 
@@ -197,15 +197,17 @@ class BuildCache:
                                      artifact_id=kernel.id)
         seed.load_state_dict(trained.state_dict())
 
-    def publish_kernel(self, seed: SeedModule, lineage: dict[str, Any]) -> str | None:
-        """Publishes a fossilized seed as a trained kernel (tag ``kind:kernel``, Tezzeret's validation of
-        a trained seed, ``lineage``); returns its id, or None with a warning when it cannot be stored."""
-        store = self._store()
-        if store is None:
+    def kernel_payload(self, seed: SeedModule, lineage: dict[str, Any]) -> tuple[dict[str, Any], bytes] | None:
+        """A fossilized seed as a trained kernel to publish: its manifest (tags ``kind:kernel`` and
+        ``template:<name>``, Tezzeret's validation of a trained seed, ``lineage``) and weights, made
+        here; the put itself is queued by the run's recorder. None, with a warning, when the seed
+        fails validation or no store is open."""
+        if self._store() is None:
             return None
         try:
-            return publish_seed(store, seed, tags=[KERNEL_TAG, f"template:{seed.template}"], lineage=lineage)
-        except (OSError, SeedValidationError) as exc:
-            warnings.warn(f"esper: fossilized seed {lineage.get('layer_name')}/{lineage.get('slot')} was not "
+            manifest = seed_manifest(seed, tags=[KERNEL_TAG, f"template:{seed.template}"], lineage=lineage)
+        except (SeedValidationError, EsperError) as exc:
+            warnings.warn(f"esper: fossilized seed {lineage.get('layer_name')}/{lineage.get('slot')} is not "
                           f"published to Urza: {exc}", RuntimeWarning, stacklevel=4)
             return None
+        return manifest, save_weights(seed)

@@ -25,9 +25,14 @@ measurements are not counted.
 
 from __future__ import annotations
 
+import atexit
+import json
+import queue
 import secrets
+import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +45,69 @@ RUNNING_STATES = frozenset({"TRAINING", "BLENDING", "HOLDING"})
 _ENDS = {"FOSSILIZED": "fossilized", "PRUNED": "pruned", "CANCELLED": "cancelled", "ROLLED_BACK": "rolled_back"}
 #: Multiple of the forward FLOPs one training step costs (forward + backward).
 TRAIN_FLOPS_FACTOR = 3
+
+
+class _Writer:
+    """Runs a recorder's Urza writes in order on a thread of its own, so that their fsyncs never hold
+    up training. A write the store refuses as malformed (a bug) is raised on the training thread at
+    the next submit or flush."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        _WRITERS.add(self)
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._raise()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="esper-urza-writer", daemon=True)
+            self._thread.start()
+        self._queue.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                if job is None:
+                    return
+                job()
+            except BaseException as exc:  # kept for the training thread
+                self._error = self._error or exc
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every write submitted so far is done."""
+        if self._thread is not None:
+            self._queue.join()
+        self._raise()
+
+    def stop(self) -> None:
+        """Finish the writes submitted so far and end the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise exc
+
+
+_WRITERS: weakref.WeakSet[_Writer] = weakref.WeakSet()
+
+
+def flush_all() -> None:
+    """Wait until every outcome record and kernel queued in this process is written (reading the
+    store, ``Urza.outcomes`` and ``Urza.runs`` call it first; so does the interpreter at exit)."""
+    for writer in list(_WRITERS):
+        writer.flush()
+
+
+atexit.register(flush_all)
 
 
 def new_run_id() -> str:
@@ -76,6 +144,8 @@ class OutcomeRecorder:
         self._metrics: dict[str, Any] | None = None  # the last end_epoch's metrics
         self._store: Any = None
         self._failed = False
+        self._writer = _Writer()
+        self._last_written: dict[tuple[int, int], int] = {}  # spans of an in-flight record when last written
         #: Keys of the records written by this recorder, in order (the latest write of each).
         self.written: list[str] = []
 
@@ -93,12 +163,14 @@ class OutcomeRecorder:
         rec = self._open.get((layer, slot))
         return None if rec is None else (rec["germinated_step"], rec["germinated_epoch"])
 
-    def event(self, ev: dict[str, Any], *, kernel_id: str | None = None, source_kernel: str | None = None) -> None:
+    def event(self, ev: dict[str, Any], *, kernel: tuple[dict[str, Any], bytes] | None = None,
+              source_kernel: str | None = None) -> None:
         """One of Go's events, in order, once mirrored: opens, extends or ends a germination's record.
 
         Args:
             ev: the event.
-            kernel_id: the trained kernel a FOSSILIZED seed was published as.
+            kernel: a FOSSILIZED seed's trained kernel (manifest, weights): published with its record,
+                whose ``kernel_id`` is then the artifact id.
             source_kernel: the stored kernel the seed started from (``blueprint="urza:<id>"``).
         """
         key = (int(ev["layer"]), int(ev["slot"]))
@@ -110,12 +182,12 @@ class OutcomeRecorder:
             return
         rec = self._open.get(key)
         if rec is None:  # a seed germinated before this recorder existed (and no checkpoint carried it)
+            if kernel is not None:
+                self._write(None, kernel)
             return
-        if kernel_id:
-            rec["kernel_id"] = kernel_id
         self._close_span(rec, int(ev["step"]), int(ev["epoch"]))
         if to in _ENDS:
-            self._finish(key, to, _ENDS[to], str(ev.get("reason", "")), int(ev["step"]), int(ev["epoch"]))
+            self._finish(key, to, _ENDS[to], str(ev.get("reason", "")), int(ev["step"]), int(ev["epoch"]), kernel)
         else:
             rec["states"].append(self._span(to, ev))
 
@@ -128,15 +200,24 @@ class OutcomeRecorder:
                                          "delta_loss": delta})
 
     def end_epoch(self, step: int, epoch: int) -> None:
-        """Write the seeds in flight as last seen (``ended_by="in_flight"``)."""
-        for key in list(self._open):
-            self._write(self._provisional(key, "in_flight", step, epoch))
+        """Write the seeds in flight as last seen (``ended_by="in_flight"``), those that changed state
+        since their last such write."""
+        for key, rec in self._open.items():
+            if self._last_written.get(key) != len(rec["states"]):
+                self._last_written[key] = len(rec["states"])
+                self._write(self._provisional(key, "in_flight", step, epoch))
+
+    def flush(self) -> None:
+        """Wait until every write submitted so far is on disk."""
+        self._writer.flush()
 
     def close(self, step: int, epoch: int) -> None:
-        """The run ends: write the seeds in flight (``ended_by="run_end"``) and release the store."""
+        """The run ends: write the seeds in flight (``ended_by="run_end"``), wait for every write, and
+        release the store."""
         for key in list(self._open):
             self._write(self._provisional(key, "run_end", step, epoch))
         self._open.clear()
+        self._writer.stop()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -213,9 +294,11 @@ class OutcomeRecorder:
         self._measure_span(rec, span, step, epoch)
         return self._complete(rec, span["state"], ended_by, "", step, epoch)
 
-    def _finish(self, key: tuple[int, int], state: str, ended_by: str, reason: str, step: int, epoch: int) -> None:
+    def _finish(self, key: tuple[int, int], state: str, ended_by: str, reason: str, step: int, epoch: int,
+                kernel: tuple[dict[str, Any], bytes] | None = None) -> None:
         rec = self._open.pop(key)
-        self._write(self._complete(rec, state, ended_by, reason, step, epoch))
+        self._last_written.pop(key, None)
+        self._write(self._complete(rec, state, ended_by, reason, step, epoch), kernel)
 
     def store(self) -> Any:
         """The run's Urza store (opened on first use), or None when it cannot be opened or written:
@@ -235,20 +318,35 @@ class OutcomeRecorder:
                       "MorphConfig.urza) to a writable folder, or record_outcomes=False.", RuntimeWarning,
                       stacklevel=4)
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _write(self, record: dict[str, Any] | None, kernel: tuple[dict[str, Any], bytes] | None = None) -> None:
+        """Queue a record (serialised here, on the training thread) and a kernel to publish before it."""
         if not self.enabled:
-            return
+            record = None
         store = self.store()
-        if store is None:
+        if store is None or (record is None and kernel is None):
             return
-        try:
-            key = store.put_outcome(record)
-        except OSError as exc:  # a refused record (InvalidArgumentError) raises: it is a bug
-            self._fail(exc)
-            return
-        if key in self.written:
-            self.written.remove(key)
-        self.written.append(key)
+        from .urza import _nulled
+
+        doc = _nulled(record) if record is not None else None
+        text = json.dumps(doc, allow_nan=False) if doc is not None else ""
+
+        def job() -> None:
+            body = text
+            try:
+                if kernel is not None:
+                    kernel_id = store.put(*kernel)
+                    if doc is not None:
+                        body = json.dumps({**doc, "kernel_id": kernel_id}, allow_nan=False)
+                if body:
+                    key = store.put_outcome_json(body.encode())
+                    if key in self.written:
+                        self.written.remove(key)
+                    self.written.append(key)
+            except OSError as exc:  # a refused record (InvalidArgumentError) is a bug: raised on the training thread
+                if not self._failed:
+                    self._fail(exc)
+
+        self._writer.submit(job)
 
     # ------------------------------------------------------------------ checkpoints
 

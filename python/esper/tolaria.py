@@ -821,14 +821,15 @@ class Morphogenesis:
                     # Kept for good, and trained on jointly with the host (see MorphConfig).
                     layer.seed(slot).requires_grad_(True)
             # Urza: a fossilized seed is published as a trained kernel; the outcome record follows Go.
-            kernel_id = self._publish_kernel(i, slot, ev) if to == "FOSSILIZED" else None
-            self._outcomes.event(ev, kernel_id=kernel_id, source_kernel=self._sources.get((i, slot)))
+            kernel = self._kernel_payload(i, slot, ev) if to == "FOSSILIZED" else None
+            self._outcomes.event(ev, kernel=kernel, source_kernel=self._sources.get((i, slot)))
             if to in _EXITS or to == "FOSSILIZED":
                 self._sources.pop((i, slot), None)
 
-    def _publish_kernel(self, i: int, slot: int, ev: dict[str, Any]) -> str | None:
-        """Publishes the seed fossilized in layer i, slot to Urza (tag ``kind:kernel``) with its
-        lineage; returns the artifact id (None when it could not be stored: a warning says why)."""
+    def _kernel_payload(self, i: int, slot: int, ev: dict[str, Any]) -> tuple[dict[str, Any], bytes] | None:
+        """The seed fossilized in layer i, slot as a trained kernel for Urza (tag ``kind:kernel``) with
+        its lineage: (manifest, weights), published by the outcome recorder's writer; None when it
+        cannot be (a warning says why)."""
         started = self._outcomes.germinated(i, slot)
         lineage: dict[str, Any] = {"run": self.run_id, "layer": i, "layer_name": self.layer_names[i], "slot": slot,
                                    "fossilized_step": int(ev["step"]), "fossilized_epoch": int(ev["epoch"])}
@@ -837,7 +838,7 @@ class Morphogenesis:
                            epochs=int(ev["epoch"]) - started[1])
         if (i, slot) in self._sources:
             lineage["parent"] = self._sources[(i, slot)]
-        return self._builds.publish_kernel(self.layers[i].seed(slot), lineage)
+        return self._builds.kernel_payload(self.layers[i].seed(slot), lineage)
 
     def _init_seed(self, layer: int, slot: int, step: int) -> int:
         """A per-seed generator seed: the same on every rank, independent of the user's RNG."""

@@ -320,7 +320,10 @@ class Urza(_lib.Handle):
             InvalidArgumentError: a malformed record (the message names the field).
             StorageError: a file operation failed.
         """
-        text = json.dumps(_nulled(record), allow_nan=False).encode()
+        return self.put_outcome_json(json.dumps(_nulled(record), allow_nan=False).encode())
+
+    def put_outcome_json(self, text: bytes) -> str:
+        """:meth:`put_outcome` of a record already serialised (JSON without NaN or infinities)."""
         out = c_void_p()
         self._call("esper_urza_put_outcome", text, byref(out))
         return _lib.take_string(out)
@@ -339,11 +342,17 @@ class Urza(_lib.Handle):
             InvalidArgumentError: a malformed run id.
             CorruptError: a stored record does not decode.
         """
+        from .outcomes import flush_all
+
+        flush_all()  # records this process queued are on disk first
         return self._json("esper_urza_outcomes", run.encode() if run else None)
 
     def runs(self) -> list[dict[str, Any]]:
         """One summary per run with outcome records, newest first: ``{"run_id", "outcomes", "ended"
         (count per ended_by), "params_fossilized", "first_step", "last_step", "updated"}``."""
+        from .outcomes import flush_all
+
+        flush_all()
         return self._json("esper_urza_runs")
 
     def cancel(self) -> None:
