@@ -256,3 +256,19 @@ def test_recording_off_writes_nothing_and_go_refuses_a_bad_record(esper_home: Pa
         with pytest.raises(InvalidArgumentError, match="run_id"):
             store.put_outcome({"run_id": "../escape"})
         assert store.runs() == []
+
+
+def test_a_store_that_cannot_be_opened_warns_and_training_goes_on(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    model = esper.wrap(nn.Sequential(nn.Linear(8, 16)), target_modules=["0"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    morph = esper.Morphogenesis(model, opt, policy="manual", signal_every=1, urza=str(blocker / "urza"))
+    with pytest.warns(RuntimeWarning, match="no longer records to Urza"):
+        morph.germinate(0, 0, "residual_mlp", width=4)
+    assert morph.seeds()[0]["state"] == "GERMINATED" and model[0].seed(0) is not None
+    assert morph.stats()["builds"]["builds"] == 1  # validated all the same, not recorded
+    model(torch.randn(4, 8)).sum().backward()
+    morph.step()
+    morph.end_epoch(val_loss=1.0)
+    morph.close()

@@ -49,27 +49,39 @@ TRAIN_FLOPS_FACTOR = 3
 
 class _Writer:
     """Runs a recorder's Urza writes in order on a thread of its own, so that their fsyncs never hold
-    up training. A write the store refuses as malformed (a bug) is raised on the training thread at
-    the next submit or flush."""
+    up training; the thread ends after a second without work and starts again with the next. A write
+    the store refuses as malformed (a bug) is raised on the training thread at the next submit or
+    flush."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         _WRITERS.add(self)
 
     def submit(self, job: Callable[[], None]) -> None:
         self._raise()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="esper-urza-writer", daemon=True)
-            self._thread.start()
-        self._queue.put(job)
+        with self._lock:
+            self._queue.put(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="esper-urza-writer", daemon=True)
+                self._thread.start()
 
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
+            try:
+                job = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
             try:
                 if job is None:
+                    with self._lock:
+                        self._thread = None
                     return
                 job()
             except BaseException as exc:  # kept for the training thread
@@ -79,16 +91,17 @@ class _Writer:
 
     def flush(self) -> None:
         """Wait until every write submitted so far is done."""
-        if self._thread is not None:
-            self._queue.join()
+        self._queue.join()
         self._raise()
 
     def stop(self) -> None:
         """Finish the writes submitted so far and end the thread."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+        with self._lock:
+            thread = self._thread
+            if thread is not None:
+                self._queue.put(None)
+        if thread is not None:
+            thread.join()
         self._raise()
 
     def _raise(self) -> None:

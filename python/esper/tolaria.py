@@ -490,12 +490,14 @@ class Morphogenesis:
             mark = layer.__dict__.get("_esper_driver")
             if isinstance(mark, _Driver) and mark.get() is self:
                 del layer.__dict__["_esper_driver"]
-        if not self._closed:
-            self._outcomes.close(self.steps, self.epoch)  # the seeds still in flight: ended_by "run_end"
-        self._closed = True
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        was_closed, self._closed = self._closed, True
+        try:
+            if not was_closed:
+                self._outcomes.close(self.steps, self.epoch)  # the seeds still in flight: ended_by "run_end"
+        finally:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
 
     def __enter__(self) -> Morphogenesis:
         return self
