@@ -1106,6 +1106,7 @@ class Morphogenesis:
             "last_good": self._last_good,
             "outcomes": self._outcomes.state_dict(),  # the run id and the germinations in flight
             "builds": self._builds.stats(),  # how the run's germinations were served so far
+            "sources": [[i, slot, aid] for (i, slot), aid in self._sources.items()],  # seeds from stored kernels
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -1186,6 +1187,7 @@ class Morphogenesis:
             self._outcomes.load_state_dict(state["outcomes"])
         if "builds" in state:
             self._builds.load_state_dict(state["builds"])
+        self._sources = {(int(i), int(slot)): str(aid) for i, slot, aid in state.get("sources", [])}
 
     def _device(self) -> torch.device:
         for p in self.model.parameters():
