@@ -16,6 +16,7 @@ from torch import nn
 
 import esper
 from esper import cli
+from esper.builds import clear_kernel_cache
 from esper.errors import InvalidArgumentError
 from esper.urza import Urza
 
@@ -259,6 +260,7 @@ def test_recording_off_writes_nothing_and_go_refuses_a_bad_record(esper_home: Pa
 
 
 def test_a_store_that_cannot_be_opened_warns_and_training_goes_on(tmp_path: Path) -> None:
+    clear_kernel_cache()  # as in a new process: the germination's build needs the store
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     model = esper.wrap(nn.Sequential(nn.Linear(8, 16)), target_modules=["0"])
