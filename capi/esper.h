@@ -239,6 +239,27 @@ int esper_urza_gc(uint64_t handle, char **out_report_json);
 /* Deletes artifact id. Errors: ESPER_EINVALID, ESPER_ENOTFOUND, ESPER_EIO. */
 int esper_urza_delete(uint64_t handle, const char *id);
 
+/* Outcome records (core/urza, outcome.go): one per germination of a
+ * training run, written by Morphogenesis when the germination ends. Stores
+ * record_json (schema 1; validated strictly, schema and write time stamped)
+ * atomically as outcomes/<run_id>/<germinated_step>-<layer>-<slot>-<seq>.json
+ * (the name is derived from the record's fields) and writes its key
+ * "<run_id>/<name>" to *out_key (free with esper_free). Errors:
+ * ESPER_EINVALID (malformed record, naming the field), ESPER_EIO. */
+int esper_urza_put_outcome(uint64_t handle, const char *record_json, char **out_key);
+
+/* Writes the outcome records of run (NULL or "": every run) as a JSON array,
+ * ordered by run and germination step, to *out_json (free with esper_free).
+ * Errors: ESPER_EINVALID (malformed run id), ESPER_ECORRUPT (a record that
+ * does not decode), ESPER_EIO. */
+int esper_urza_outcomes(uint64_t handle, const char *run, char **out_json);
+
+/* Writes one summary per run with outcome records, newest first:
+ * [{"run_id", "outcomes", "ended": {ended_by: count}, "params_fossilized",
+ * "first_step", "last_step", "updated"}] to *out_json (free with
+ * esper_free). */
+int esper_urza_runs(uint64_t handle, char **out_json);
+
 /* ------------------------------------------------------------------------ */
 /* Kernel cache: byte-bounded LRU of artifacts (core/cache)                  */
 /* ------------------------------------------------------------------------ */

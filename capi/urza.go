@@ -193,3 +193,51 @@ func esper_urza_delete(h C.uint64_t, id *C.char) C.int {
 		return s.Delete(key)
 	})
 }
+
+//export esper_urza_put_outcome
+func esper_urza_put_outcome(h C.uint64_t, recordJSON *C.char, outKey **C.char) C.int {
+	return call(uint64(h), func() error {
+		if outKey == nil {
+			return errNull("out_key")
+		}
+		s, err := lookup[*urza.Store](uint64(h))
+		if err != nil {
+			return err
+		}
+		rec, err := goString(recordJSON, "record_json")
+		if err != nil {
+			return err
+		}
+		key, err := s.PutOutcome([]byte(rec))
+		if err != nil {
+			return err
+		}
+		setString(outKey, key)
+		return nil
+	})
+}
+
+//export esper_urza_outcomes
+func esper_urza_outcomes(h C.uint64_t, run *C.char, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		s, err := lookup[*urza.Store](uint64(h))
+		if err != nil {
+			return err
+		}
+		recs, err := s.Outcomes(optString(run))
+		if err != nil {
+			return err
+		}
+		return setJSON(out, recs)
+	})
+}
+
+//export esper_urza_runs
+func esper_urza_runs(h C.uint64_t, out **C.char) C.int {
+	return queryJSON(h, out, "out_json", func(s *urza.Store) (any, error) {
+		return s.Runs()
+	})
+}

@@ -1,6 +1,10 @@
-"""Shared pytest configuration: the `cuda` marker runs only where a GPU is present."""
+"""Shared pytest configuration: the `cuda` marker runs only where a GPU is present, and every test
+gets a temporary ESPER_HOME (training runs write their outcome records to $ESPER_HOME/urza: tests
+never touch the user's ~/.esper)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,3 +17,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def esper_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ESPER_HOME for each test (Go is sent it when a store is opened)."""
+    home = tmp_path_factory.mktemp("esper_home")
+    monkeypatch.setenv("ESPER_HOME", str(home))
+    return home

@@ -124,3 +124,38 @@ def test_demo_refuses_bad_counts_and_tasks(capsys: pytest.CaptureFixture[str]) -
         assert exc.value.code == 2
         assert f"argument {flag}: {message}" in capsys.readouterr().err
     assert not Path("/nonexistent/never-written").exists()
+
+
+def test_urza_kinds_outcomes_and_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import esper
+    from esper.builds import clear_kernel_cache
+
+    clear_kernel_cache()  # this run validates its build, and records it in this store
+    root = tmp_path / "store"
+    model = esper.wrap(torch.nn.Sequential(torch.nn.Linear(8, 8)), target_modules=["0"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with esper.Morphogenesis(model, opt, policy="manual", urza=str(root), signal_every=1) as morph:
+        morph.germinate(0, 0, "lowrank", rank=2)
+        model(torch.randn(4, 8)).sum().backward()
+        opt.step()
+        morph.step()
+        morph.prune(0, 0, reason="cli test")
+    r = ["urza", "--root", str(root)]
+    assert cli.main(r + ["ls", "--kind", "build", "--json"]) == 0
+    builds = json.loads(capsys.readouterr().out)
+    assert [b["tags"] for b in builds] == [["kind:build"]]
+    assert cli.main(r + ["ls", "--kind", "kernel"]) == 0
+    assert f"0 artifact(s) in {root}" in capsys.readouterr().out
+    assert cli.main(r + ["outcomes", "--run", morph.run_id]) == 0
+    text = capsys.readouterr().out
+    assert morph.run_id in text and "pruned" in text and "1 outcome record(s)" in text
+    assert cli.main(r + ["--json", "outcomes"]) == 0  # --json before the subcommand works too
+    (rec,) = json.loads(capsys.readouterr().out)
+    assert rec["final_reason"] == "cli test" and rec["template"] == "lowrank"
+    assert cli.main(r + ["runs"]) == 0
+    text = capsys.readouterr().out
+    assert morph.run_id in text and "pruned 1" in text and "1 run(s)" in text
+    assert cli.main(r + ["outcomes", "--run", "../x"]) == 2  # a malformed run id is refused by Go
+    assert "run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(r + ["ls", "--kind", "weights"])

@@ -103,12 +103,51 @@ def _cmd_blueprints(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Artifact kinds of ``esper urza ls --kind``: artifacts carry the tag ``kind:<kind>``; outcome
+#: records are the run log (``esper urza outcomes``).
+URZA_KINDS = ("build", "kernel", "outcome", "policy")
+
+
+def _print_outcomes(rows: list[dict[str, Any]]) -> None:
+    print(f"{'run':<26} {'seq':>4} {'seed':<14} {'template':<14} {'params':>8} {'ended_by':<11} "
+          f"{'state':<11} {'steps':>6} {'train FLOPs':>12} {'delta_loss':>10}")
+    for r in rows:
+        steps = r["ended_step"] - r["germinated_step"]
+        deltas = [c["delta_loss"] for c in r.get("contributions", [])]
+        delta = f"{deltas[-1]:.4g}" if deltas else "-"
+        seed = f"{r['layer_name'] or r['layer']}/{r['slot']}"
+        print(f"{r['run_id']:<26} {r['seq']:>4} {seed[:14]:<14} {r['template'][:14]:<14} {r['param_count']:>8} "
+              f"{r['ended_by']:<11} {r['final_state']:<11} {steps:>6} {r['train_flops']:>12.3g} {delta:>10}")
+    print(f"{len(rows)} outcome record(s)")
+
+
+def _show_outcomes(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        _print_json(rows)
+    else:
+        _print_outcomes(rows)
+
+
 def _cmd_urza(args: argparse.Namespace) -> int:
     from .urza import Urza
 
     with Urza(args.root) as store:
-        if args.urza_cmd == "ls":
-            rows = store.list()
+        if args.urza_cmd == "ls" and args.kind == "outcome":
+            _show_outcomes(store.outcomes(), args.json)
+        elif args.urza_cmd == "outcomes":
+            _show_outcomes(store.outcomes(args.run), args.json)
+        elif args.urza_cmd == "runs":
+            runs = store.runs()
+            if args.json:
+                _print_json(runs)
+            else:
+                for r in runs:
+                    ended = ", ".join(f"{k} {v}" for k, v in sorted(r["ended"].items()))
+                    print(f"{r['run_id']:<26} {r['outcomes']:>4} germination(s)  {ended}  "
+                          f"fossilized params {r['params_fossilized']}  updated {r['updated']}")
+                print(f"{len(runs)} run(s) in {store.root}")
+        elif args.urza_cmd == "ls":
+            rows = store.list(tag=f"kind:{args.kind}" if args.kind else None)
             if args.json:
                 _print_json(rows)
             else:
@@ -162,7 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", default=None, help="store folder (default $ESPER_HOME/urza, ~/.esper/urza)")
     s.add_argument("--json", action="store_true")
     usub = s.add_subparsers(dest="urza_cmd", required=True)
-    usub.add_parser("ls", help="list artifacts")
+    json_here = {"action": "store_true", "default": argparse.SUPPRESS, "help": "print JSON"}
+    ls = usub.add_parser("ls", help="list artifacts (or outcome records)")
+    ls.add_argument("--kind", choices=URZA_KINDS, default=None,
+                    help="artifacts tagged kind:KIND (build, kernel, policy), or the outcome records")
+    ls.add_argument("--json", **json_here)
+    outcomes = usub.add_parser("outcomes", help="list outcome records: one per germination of a training run")
+    outcomes.add_argument("--run", default=None, help="one run's records (morph.run_id; see `esper urza runs`)")
+    outcomes.add_argument("--json", **json_here)
+    runs = usub.add_parser("runs", help="list the training runs that wrote outcome records")
+    runs.add_argument("--json", **json_here)
     show = usub.add_parser("show", help="show one artifact's manifest")
     show.add_argument("id")
     usub.add_parser("verify", help="re-hash every artifact; exit 1 if any is bad")

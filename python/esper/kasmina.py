@@ -355,6 +355,10 @@ class KasminaLayer(nn.Module):
         self._sampling = False
         self._samples = 0  # forwards sampled eagerly
         self._sample_steps = 0  # set_sampling(True) calls (what a compiled forward's rank sampling counts)
+        #: Samples in the last measured forward, as Karn's flops_per_sample counts them: the batch for a
+        #: conv or channel-first host, else the feature vectors (tokens). 0 before the first measured forward.
+        self.samples_per_step = 0
+        self._per_image = spec.channel_first or spec.kind in ("conv1d", "conv2d")
         self._measured = False  # _sample ran since the last gather_health (its values are measurements)
         self._probe: tuple[Tensor, Tensor] | None = None  # the seed gain's features, see _probe_features
         self._rank_rows: Tensor | None = None  # (<= 64, units) output rows for the effective rank
@@ -615,6 +619,7 @@ class KasminaLayer(nn.Module):
                 self._signals.copy_(torch.stack(stats))
             else:
                 self._samples += 1
+                self.samples_per_step = hf.shape[0] if self._per_image else hf.numel() // max(hf.shape[-1], 1)
                 torch.stack(stats, out=self._signals)
             self._measured = True
         if not y.requires_grad:

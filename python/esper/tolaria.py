@@ -63,8 +63,10 @@ import torch
 from torch import nn
 
 from . import karn
+from .builds import BuildCache, StoredKernel
 from .errors import EsperError
 from .kasmina import SIGNALS, KasminaLayer, SeedState, collect_failures, gather_health, kasmina_layers, set_sampling
+from .outcomes import OutcomeRecorder
 from .session import LIVE_STATES, Session
 from .tezzeret import SeedValidationError, build_seed
 
@@ -159,6 +161,13 @@ class MorphConfig:
             jointly with the host: on digits this closed most of the gap to
             the same shape trained from scratch (97.1% against 96.4% frozen,
             3 seeds; see the README).
+        urza: the Urza store folder the run records to: validated builds,
+            fossilized seeds (trained kernels) and outcome records ("": the
+            default store, ``$ESPER_HOME/urza`` with ESPER_HOME defaulting to
+            ``~/.esper``; see docs/internals.md).
+        record_outcomes: write one outcome record per germination to Urza
+            (see ``esper.outcomes``; ``esper urza outcomes --run RUN_ID``).
+            Written at lifecycle ends and end_epoch only, never per step.
     """
 
     policy: str = "heuristic"
@@ -186,6 +195,8 @@ class MorphConfig:
     rollback: bool = True
     freeze_fossilized: bool = False
     log_path: str = ""
+    urza: str = ""
+    record_outcomes: bool = True
 
     def session_config(self, layers: list[dict[str, Any]], slots: int) -> dict[str, Any]:
         """The Go session configuration for these settings and layers."""
@@ -376,6 +387,16 @@ def _each_scheduler(schedulers: Sequence[Any]) -> Iterator[Any]:
             todo.extend(getattr(sched, "_schedulers", ()))
 
 
+def _session_stats(ref: weakref.ReferenceType[Morphogenesis]) -> Callable[[], dict[str, Any]]:
+    """Go's session stats of the referenced Morphogenesis, held weakly (no reference cycle)."""
+
+    def stats() -> dict[str, Any]:
+        morph = ref()
+        return morph.session.stats() if morph is not None else {}
+
+    return stats
+
+
 class Morphogenesis:
     """Drives the growth of a wrapped model during ordinary training.
 
@@ -463,8 +484,20 @@ class Morphogenesis:
         self._alarms = 0  # the governor's rollbacks mirrored so far (Session.alarms() beyond it are new)
         #: Every event and decision, in order, as Go reported them.
         self.log: list[dict[str, Any]] = []
+        #: Writes one outcome record per germination to Urza (see esper.outcomes).
+        self._outcomes = OutcomeRecorder(self.layers, self.layer_names, self.config.policy, self.config.urza,
+                                         self.config.record_outcomes, _session_stats(weakref.ref(self)))
+        #: Validates the first germination of each blueprint on its host; serves the later ones.
+        self._builds = BuildCache(self._outcomes.store, lambda rec=self._outcomes: {"run": rec.run_id})
+        self._kernels: dict[tuple[int, int], StoredKernel] = {}  # stored kernels awaiting their germination
+        self._sources: dict[tuple[int, int], str] = {}  # (layer, slot) -> the stored kernel its seed started from
         if self.config.rollback:
             self._save_good()  # a rollback before the first end_epoch returns to the starting weights
+
+    @property
+    def run_id(self) -> str:
+        """This run's id in Urza's outcome records (kept by state_dict / load_state_dict)."""
+        return self._outcomes.run_id
 
     # ------------------------------------------------------------------ session
 
@@ -507,10 +540,14 @@ class Morphogenesis:
             mark = layer.__dict__.get("_esper_driver")
             if isinstance(mark, _Driver) and mark.get() is self:
                 del layer.__dict__["_esper_driver"]
-        self._closed = True
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        was_closed, self._closed = self._closed, True
+        try:
+            if not was_closed:
+                self._outcomes.close(self.steps, self.epoch)  # the seeds still in flight: ended_by "run_end"
+        finally:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
 
     def __enter__(self) -> Morphogenesis:
         return self
@@ -685,6 +722,7 @@ class Morphogenesis:
             "contributions": self._contributions(val_loss),
         }
         result = session.end_epoch(metrics)
+        self._outcomes.decided(result.get("decisions", []), metrics)
         for decision in result.get("decisions", []):
             if decision.get("op") != "wait":
                 self.log.append({"kind": "decision", "epoch": self.epoch, **decision})
@@ -695,6 +733,7 @@ class Morphogenesis:
             # seed (if any) left with its ROLLED_BACK event; restore the last good state.
             self._restore_good()
             rolled_back = True
+        self._outcomes.end_epoch(self.steps, self.epoch)  # records of the seeds in flight, as last seen
         self.epoch += 1
         finite = all(v is None or math.isfinite(v) for v in (train_loss, val_loss))
         if self.config.rollback and finite and not rolled_back:
@@ -737,6 +776,7 @@ class Morphogenesis:
                     else:
                         # The host alone diverges: the seed is needed. Go judges numbers, not NaN.
                         out.append({"layer": i, "slot": slot, "delta_loss": abs(val_loss)})
+                    self._outcomes.contribution(i, slot, self.epoch, val_loss, without, out[-1]["delta_loss"])
         return out
 
     # ------------------------------------------------------------------ manual control
@@ -748,8 +788,10 @@ class Morphogenesis:
         Args:
             layer: layer index or name.
             slot: slot index.
-            blueprint: a template name (see `esper blueprints`) or a full IR.
-            **params: the template's parameters (e.g. width=16).
+            blueprint: a template name (see `esper blueprints`), a full IR, or ``"urza:<id>"``: a
+                trained kernel stored in Urza (``esper urza ls --kind kernel``); the seed then has
+                its blueprint and starts from its weights (the lifecycle is the usual one).
+            **params: the template's parameters (e.g. width=16); none with ``"urza:<id>"``.
 
         Returns:
             The events it caused: a seed that cannot be built, or whose module does not have Go's
@@ -759,10 +801,27 @@ class Morphogenesis:
         Raises:
             esper.StateError: the slot is not DORMANT.
             esper.BudgetError: the governor's budget or concurrency refuses it.
+            ValueError: the stored kernel was trained on a host of another shape than this layer's.
+            esper.NotFoundError, esper.CorruptError: no such kernel, or it fails verification.
         """
-        spec = blueprint if isinstance(blueprint, dict) else {"template": blueprint, "params": params}
+        i = self._layer_index(layer)
+        kernel = None
+        if isinstance(blueprint, str) and blueprint.startswith("urza:"):
+            if params:
+                raise ValueError(f"germinate from {blueprint!r} takes no template parameters (got {sorted(params)}): "
+                                 "the stored kernel's blueprint is used as it is")
+            kernel = self._builds.kernel(blueprint.removeprefix("urza:"), self.layers[i].spec.host_ir(),
+                                         self.layer_names[i])
+            spec = kernel.manifest["blueprint"]
+        else:
+            spec = blueprint if isinstance(blueprint, dict) else {"template": blueprint, "params": params}
         self._check_schedulers()
-        return self._apply(self.session.germinate(self._layer_index(layer), slot, spec))
+        if kernel is not None:
+            self._kernels[(i, slot)] = kernel
+        try:
+            return self._apply(self.session.germinate(i, slot, spec))
+        finally:
+            self._kernels.pop((i, slot), None)
 
     def advance(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
         """Move a seed to its next natural state (e.g. TRAINING -> BLENDING)."""
@@ -803,13 +862,12 @@ class Morphogenesis:
                     self._add_seed(*key, ev)
                 except Exception as exc:  # noqa: BLE001 - any build or check failure is reported to Go
                     failed[key] = (int(ev.get("generation") or 0), f"{type(exc).__name__}: {exc}")
-                continue
-            if key in failed:
-                continue  # the seed Python could not build: Go removes it once told, below
-            try:
-                self._mirror(ev)
-            except Exception as exc:  # noqa: BLE001 - raised below, after the rest of the batch
-                errors.append(exc)
+            elif key not in failed:  # a seed Python could not build: Go removes it once told, below
+                try:
+                    self._mirror(ev)
+                except Exception as exc:  # noqa: BLE001 - raised below, after the rest of the batch
+                    errors.append(exc)
+            self._record(ev, held=key not in failed)
         for (i, slot), (generation, reason) in failed.items():
             applied += self._apply(self.session.seed_failed(i, slot, generation, reason))
         if errors:
@@ -842,6 +900,29 @@ class Morphogenesis:
                 # Kept for good, and trained on jointly with the host (see MorphConfig).
                 layer.seed(slot).requires_grad_(True)
 
+    def _record(self, ev: dict[str, Any], held: bool) -> None:
+        """Urza: the germination's outcome record follows Go's event; a fossilized seed that Python
+        holds (``held``) is published as a trained kernel."""
+        i, slot, to = int(ev["layer"]), int(ev["slot"]), str(ev["to"])
+        kernel = self._kernel_payload(i, slot, ev) if to == "FOSSILIZED" and held else None
+        self._outcomes.event(ev, kernel=kernel, source_kernel=self._sources.get((i, slot)))
+        if to in _EXITS or to == "FOSSILIZED":
+            self._sources.pop((i, slot), None)
+
+    def _kernel_payload(self, i: int, slot: int, ev: dict[str, Any]) -> tuple[dict[str, Any], bytes] | None:
+        """The seed fossilized in layer i, slot as a trained kernel for Urza (tag ``kind:kernel``) with
+        its lineage: (manifest, weights), published by the outcome recorder's writer; None when it
+        cannot be (a warning says why)."""
+        started = self._outcomes.germinated(i, slot)
+        lineage: dict[str, Any] = {"run": self.run_id, "layer": i, "layer_name": self.layer_names[i], "slot": slot,
+                                   "fossilized_step": int(ev["step"]), "fossilized_epoch": int(ev["epoch"])}
+        if started is not None:
+            lineage.update(germinated_step=started[0], germinated_epoch=started[1],
+                           epochs=int(ev["epoch"]) - started[1])
+        if (i, slot) in self._sources:
+            lineage["parent"] = self._sources[(i, slot)]
+        return self._builds.kernel_payload(self.layers[i].seed(slot), lineage)
+
     def _init_seed(self, layer: int, slot: int, step: int) -> int:
         """A per-seed generator seed: the same on every rank, independent of the user's RNG."""
         key = f"{self.config.seed}/{layer}/{slot}/{step}".encode()
@@ -850,9 +931,20 @@ class Morphogenesis:
     def _add_seed(self, i: int, slot: int, ev: dict[str, Any]) -> None:
         """Build the seed of a GERMINATED event, check it against the event, attach it (in state
         GERMINATED) and put its parameters into the optimizer. Raises before anything changes
-        when the seed does not build, does not check, or does not fit the slot."""
-        seed = self._build(i, slot, ev, int(ev.get("step", self.steps)))
+        when the seed does not build, does not check, or does not fit the slot.
+
+        The first build of a blueprint (in this process or the store) is validated and recorded in
+        Urza; a seed germinated from a stored kernel (``germinate(..., "urza:<id>")``) starts from
+        its trained weights."""
+        step = int(ev.get("step", self.steps))
+        kernel = self._kernels.pop((i, slot), None)  # germinate(..., blueprint="urza:<id>")
+        seed = self._build(i, slot, ev, step)
+        self._builds.admit(seed, int(ev.get("param_count") or 0), layer=i, slot=slot, step=step)
+        if kernel is not None:
+            self._builds.load_kernel(seed, kernel)  # starts from the stored kernel's trained weights
         self.layers[i].add_seed(slot, seed)
+        if kernel is not None:
+            self._sources[(i, slot)] = kernel.id
         self._add_group(i, slot, list(seed.parameters()))
         self._remember_seed(i, slot)
 
@@ -1041,8 +1133,13 @@ class Morphogenesis:
         return self.session.seeds()
 
     def stats(self) -> dict[str, Any]:
-        """Nissa's rolling statistics of the health signals, per layer."""
-        return self.session.stats()
+        """Go's view of the run (counters, budget, Nissa's rolling statistics of the health signals,
+        per layer) and, under "builds", how germinations were served: ``hits`` (validated builds
+        served by the kernel cache), ``misses``, ``store_hits`` (served by Urza) and ``builds``
+        (validated and recorded), see :mod:`esper.builds`."""
+        stats = self.session.stats()
+        stats["builds"] = self._builds.stats()
+        return stats
 
     def seed_params(self) -> int:
         """Parameters held by live seeds (fossilized included)."""
@@ -1095,6 +1192,9 @@ class Morphogenesis:
             "epoch_loss_count": self._epoch_loss_count,
             "rank_samples": [layer._samples for layer in self.layers],
             "last_good": self._last_good,
+            "outcomes": self._outcomes.state_dict(),  # the run id and the germinations in flight
+            "builds": self._builds.stats(),  # how the run's germinations were served so far
+            "sources": [[i, slot, aid] for (i, slot), aid in self._sources.items()],  # seeds from stored kernels
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -1167,6 +1267,11 @@ class Morphogenesis:
         # The checkpoint's last good state; without one, the weights the caller loads next are taken
         # as good at the next step (the fresh model's weights never are).
         self._last_good = state.get("last_good") if self.config.rollback else None
+        if "outcomes" in state:  # the same run goes on: its id, and the records of its seeds in flight
+            self._outcomes.load_state_dict(state["outcomes"])
+        if "builds" in state:
+            self._builds.load_state_dict(state["builds"])
+        self._sources = {(int(i), int(slot)): str(aid) for i, slot, aid in state.get("sources", [])}
 
     def _build_checkpoint_seeds(self, seeds: list[dict[str, Any]]) -> dict[tuple[int, int], nn.Module]:
         """The modules of Go's live seeds (from ``Session.seeds()``), built and checked; the model

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 from ctypes import byref, c_size_t, c_uint64, c_void_p
 from typing import Any, Iterable, Sequence
@@ -57,6 +58,17 @@ def _bytes_arg(data: bytes | bytearray | memoryview) -> tuple[Any, bytes]:
     """A (uint8 pointer, keep-alive) pair that views data without copying it (bytes) or after one copy."""
     b = data if isinstance(data, bytes) else bytes(data)
     return ctypes.cast(ctypes.c_char_p(b), _c_uint8_p), b
+
+
+def _nulled(obj: Any) -> Any:
+    """obj with non-finite floats replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nulled(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nulled(v) for v in obj]
+    return obj
 
 
 class Urza(_lib.Handle):
@@ -290,6 +302,58 @@ class Urza(_lib.Handle):
             StorageError: a file operation failed.
         """
         self._call("esper_urza_delete", artifact_id.encode())
+
+    def put_outcome(self, record: dict[str, Any]) -> str:
+        """Writes one germination's outcome record (schema 1) atomically; Go validates it strictly.
+
+        Non-finite floats in ``record`` are written as ``null``. The record is stored as
+        ``outcomes/<run_id>/<germinated_step>-<layer>-<slot>-<seq>.json`` under the root (the name
+        is derived by Go from the record's fields); writing the same germination again replaces it.
+
+        Args:
+            record: the record (see docs/internals.md, "Outcome records").
+
+        Returns:
+            Its key, ``"<run_id>/<name>"``.
+
+        Raises:
+            InvalidArgumentError: a malformed record (the message names the field).
+            StorageError: a file operation failed.
+        """
+        return self.put_outcome_json(json.dumps(_nulled(record), allow_nan=False).encode())
+
+    def put_outcome_json(self, text: bytes) -> str:
+        """:meth:`put_outcome` of a record already serialised (JSON without NaN or infinities)."""
+        out = c_void_p()
+        self._call("esper_urza_put_outcome", text, byref(out))
+        return _lib.take_string(out)
+
+    def outcomes(self, run: str | None = None) -> list[dict[str, Any]]:
+        """Outcome records, of one run or of every run, ordered by run and germination step.
+
+        Args:
+            run: a run id (``Morphogenesis.run_id``); None for every run.
+
+        Returns:
+            The records as stored (schema, run_id, seq, layer, slot, observation, blueprint,
+            train_flops, contributions, final_state, states, ...).
+
+        Raises:
+            InvalidArgumentError: a malformed run id.
+            CorruptError: a stored record does not decode.
+        """
+        from .outcomes import flush_all
+
+        flush_all()  # records this process queued are on disk first
+        return self._json("esper_urza_outcomes", run.encode() if run else None)
+
+    def runs(self) -> list[dict[str, Any]]:
+        """One summary per run with outcome records, newest first: ``{"run_id", "outcomes", "ended"
+        (count per ended_by), "params_fossilized", "first_step", "last_step", "updated"}``."""
+        from .outcomes import flush_all
+
+        flush_all()
+        return self._json("esper_urza_runs")
 
     def cancel(self) -> None:
         """Cancels a :meth:`verify` or :meth:`gc` in flight on this store (from another thread)."""

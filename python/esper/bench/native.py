@@ -237,6 +237,47 @@ def cache_rows(go: GoBench, rounds: int, quick: bool = False) -> list[Row]:
     ]
 
 
+def germination_rows(rounds: int, quick: bool = False) -> list[Row]:
+    """A germination's build: validated and recorded in Urza (the first of its blueprint on its host)
+    against served by the kernel cache (every later one), residual_mlp 512 -> 256 -> 512 on CPU."""
+    from .. import karn
+    from ..builds import BUILD_TAG, BuildCache, clear_kernel_cache
+    from ..urza import Urza
+
+    ir = karn.instantiate("residual_mlp", {"kind": "linear", "in": 512, "out": 512}, width=256)
+    torch.manual_seed(0)
+    seed = build_seed(ir)
+    with tempfile.TemporaryDirectory(prefix="esper-bench-builds-") as root, Urza(root) as store:
+        builds = BuildCache(lambda: store, lambda: {"run": "bench"})
+
+        def built() -> None:
+            clear_kernel_cache()
+            for entry in store.list(tag=BUILD_TAG):
+                store.delete(entry["id"])
+            builds.admit(seed, seed.param_count, layer=0, slot=0, step=0)
+
+        def served() -> None:
+            builds.admit(seed, seed.param_count, layer=0, slot=0, step=0)
+
+        built_t = _rounds(built, 2 if quick else 5, rounds)
+        served_t = _rounds(served, 20 if quick else 200, rounds)
+        stats = builds.stats()
+    clear_kernel_cache()
+    built_ms = statistics.median(built_t) * 1e3
+    return [
+        samples_row("cache", "germination build: validated + recorded in Urza (first of a blueprint)", "cpu",
+                    [t * 1e3 for t in built_t], "ms", target=None, source="ABI",
+                    note="BuildCache.admit: Tezzeret's checks (forward, zero output, finite backward, parameter "
+                         "count), Karn's shapes, manifest + initial weights put into Urza (fsync), kernel cache "
+                         "filled; residual_mlp 512->256->512, CPU"),
+        samples_row("cache", "germination build: served by the kernel cache (later ones)", "cpu",
+                    [t * 1e3 for t in served_t], "ms", target=None, source="ABI", baseline=built_ms,
+                    baseline_name="validated + recorded (the row above)",
+                    note=f"BuildCache.admit: one esper_cache_get (the entry's bytes copied out), no validation; "
+                         f"stats after: {stats['hits']} hits, {stats['builds']} builds"),
+    ]
+
+
 # ---------------------------------------------------------------------- decisions
 
 

@@ -189,7 +189,8 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
         return (bench_abi(plan.rounds) + native.session_rows(state["go"], plan.rounds)
                 + bench_cold(plan.rounds, 20 if plan.quick else 60))
     if name == "cache":
-        return native.cache_rows(state["go"], plan.rounds, plan.quick)
+        return native.cache_rows(state["go"], plan.rounds, plan.quick) + native.germination_rows(plan.rounds,
+                                                                                                 plan.quick)
     if name == "decision":
         return native.decision_rows(state["go"], plan.rounds, plan.quick)
     if name == "dormant":
