@@ -76,15 +76,11 @@ def test_a_build_that_fails_validation_is_refused_and_not_recorded() -> None:
     # module Tezzeret built wrong, so the blueprint is handed to the build cache directly.
     ir = karn.instantiate("residual_mlp", {"kind": "linear", "in": 16, "out": 16}, width=4)
     ir["ops"][-1]["attrs"].pop("init")  # the last layer initialised at random: the output changes
-    seed = build_seed(ir)
+    seed = build_seed(ir, blueprint_id="f" * 64)  # an id of our own: Go would refuse to hash this IR
     _, morph = grown(16)
     with pytest.raises(SeedValidationError, match="expected exactly 0") as e:
-        morph._builds.admit(seed, seed.param_count, layer=0, slot=0, step=0)
+        morph._builds.admit(seed, layer=0, slot=0, step=0)
     assert e.value.check == "zero_init"
-    good = build_seed(karn.instantiate("residual_mlp", {"kind": "linear", "in": 16, "out": 16}, width=4))
-    with pytest.raises(SeedValidationError, match="Go says 7") as e:
-        morph._builds.admit(good, 7, layer=0, slot=0, step=0)
-    assert e.value.check == "param_count"
     assert morph.stats()["builds"]["builds"] == 0
     morph.close()
     with Urza() as store:

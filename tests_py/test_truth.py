@@ -263,6 +263,8 @@ def test_negative_control_a_module_that_disagrees_with_go_is_caught(monkeypatch:
         reason = [h for h in morph.seeds()[0]["history"] if h["to"] == "CANCELLED"][0]["reason"]
         assert "the module built has" in reason and "Go's blueprint" in reason
         monkeypatch.setattr(esper.tolaria, "_check_built", lambda module, ev: None)
+        # Urza's first-build validation would refuse this module on its own (its forward fails).
+        monkeypatch.setattr(morph._builds, "admit", lambda *args, **kwargs: "build")
         morph.germinate(0, 1, "lowrank", rank=2)
         bad = disagreements(morph)
         assert bad and "parameters" in bad[0]

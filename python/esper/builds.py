@@ -102,22 +102,19 @@ class BuildCache:
         self.store_hits = int(stats.get("store_hits", 0))
         self.builds = int(stats.get("builds", 0))
 
-    def admit(self, seed: SeedModule, param_count: int, *, layer: int, slot: int, step: int) -> str:
+    def admit(self, seed: SeedModule, *, layer: int, slot: int, step: int) -> str:
         """Validates ``seed`` unless its build is already known; returns "hit", "store" or "build".
+
+        The caller has checked the seed against Go's parameter count (``tolaria._check_built``).
 
         Args:
             seed: the seed just built for a germination (at initialisation).
-            param_count: the parameter count Go sent with the event.
             layer, slot, step: where and when it germinated (the build's lineage).
 
         Raises:
             SeedValidationError: the seed failed a check (the first germination of its blueprint);
                 nothing is recorded.
         """
-        if param_count and seed.param_count != param_count:
-            raise SeedValidationError("param_count", f"seed {seed.blueprint_id[:12]}: parameter count: Go says "
-                                      f"{param_count}, the built module has {seed.param_count}",
-                                      param_count, seed.param_count)
         first = next(seed.parameters(), None)
         dtype = first.dtype if first is not None else torch.float32
         device = first.device if first is not None else torch.device("cpu")

@@ -939,7 +939,7 @@ class Morphogenesis:
         step = int(ev.get("step", self.steps))
         kernel = self._kernels.pop((i, slot), None)  # germinate(..., blueprint="urza:<id>")
         seed = self._build(i, slot, ev, step)
-        self._builds.admit(seed, int(ev.get("param_count") or 0), layer=i, slot=slot, step=step)
+        self._builds.admit(seed, layer=i, slot=slot, step=step)
         if kernel is not None:
             self._builds.load_kernel(seed, kernel)  # starts from the stored kernel's trained weights
         self.layers[i].add_seed(slot, seed)

@@ -254,10 +254,10 @@ def germination_rows(rounds: int, quick: bool = False) -> list[Row]:
             clear_kernel_cache()
             for entry in store.list(tag=BUILD_TAG):
                 store.delete(entry["id"])
-            builds.admit(seed, seed.param_count, layer=0, slot=0, step=0)
+            builds.admit(seed, layer=0, slot=0, step=0)
 
         def served() -> None:
-            builds.admit(seed, seed.param_count, layer=0, slot=0, step=0)
+            builds.admit(seed, layer=0, slot=0, step=0)
 
         built_t = _rounds(built, 2 if quick else 5, rounds)
         served_t = _rounds(served, 20 if quick else 200, rounds)
