@@ -329,7 +329,7 @@ int esper_cache_stats(uint64_t handle, char **out_json);
  *        seeds, "max_concurrent" [1] seeds in flight, "cooldown_epochs" [2]
  *        (0 allowed), "loss_window" [20], "loss_factor" [3], "loss_min_delta" [0.05],
  *        "min_loss_samples" [5]},
- *    "breaker": {"failures" [3]: consecutive failures that prune a seed},
+ *    "breaker": {"failures" [3]: consecutive failing steps that prune a seed},
  *    "signals": {"window" [64], "ewma" [0.1]}, "auto_advance" [true],
  *    "growth_log_max" [10000], "log_path" [""]: JSON-lines log file
  *    (appended), "log_signals_every" [0 = never]}
@@ -446,10 +446,13 @@ int esper_session_prune(uint64_t handle, int32_t layer, int32_t slot, const char
 int esper_session_fossilize(uint64_t handle, int32_t layer, int32_t slot, const char *reason, char **out_json);
 int esper_session_cancel(uint64_t handle, int32_t layer, int32_t slot, const char *reason, char **out_json);
 
-/* Records a failure of the seed at layer/slot in its circuit breaker. kind:
- * 0 exception, 1 non-finite output, 2 wrong shape, 3 other; msg (may be
- * NULL; cut at 4096 bytes) says what happened. When breaker.failures
- * consecutive failures open the breaker the seed is pruned with the reason
+/* Records a failure of the seed at layer/slot in its circuit breaker, as a
+ * failure of the step the session is at (step the session to the failure's
+ * step first). kind: 0 exception, 1 non-finite output, 2 wrong shape, 3
+ * other; msg (may be NULL; cut at 4096 bytes) says what happened. The
+ * breaker counts consecutive failing steps (several failures in one step
+ * count once; a step without failure between two resets the count); when
+ * breaker.failures of them open it, the seed is pruned with the reason
  * (cancelled if still GERMINATED; a FOSSILIZED seed is only recorded); a
  * failure for a seed already on its way out is recorded and ignored.
  * Writes the events to *out_json (free with esper_free). Errors:
@@ -488,7 +491,8 @@ int esper_session_stats(uint64_t handle, char **out_json);
  * esper_free): [{"layer", "slot", "name", "state", "steps_in_state",
  * "total_steps", "epochs_in_state", "alpha", "blueprint_id", "blueprint",
  * "param_count", "generation", "germinated_step", "germinated_epoch",
- * "failures", "breaker": "closed"|"half-open"|"open", "waiting" (why the
+ * "failures", "streak" (consecutive failing steps, omitted when 0),
+ * "failed_step", "breaker": "closed"|"open", "waiting" (why the
  * next automatic transition waits), "history": [{"from", "to", "step",
  * "reason"}]}]. */
 int esper_session_seeds(uint64_t handle, char **out_json);
@@ -496,7 +500,7 @@ int esper_session_seeds(uint64_t handle, char **out_json);
 /* Writes the growth log to *out_json (free with esper_free): {"entries":
  * [{"kind": "event"|"decision"|"failure", "step", "epoch", "event" |
  * "decision" | "failure": {"layer", "slot", "kind", "message", "failures",
- * "breaker_open", "outcome"}}], "dropped": entries dropped beyond
+ * "streak", "breaker_open", "outcome"}}], "dropped": entries dropped beyond
  * growth_log_max}. */
 int esper_session_growth_log(uint64_t handle, char **out_json);
 

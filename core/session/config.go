@@ -48,9 +48,18 @@ type LayerConfig struct {
 }
 
 // BreakerConfig configures the per-seed circuit breakers.
+//
+// A seed's breaker counts consecutive failing steps, in the session's step
+// count: a failure reported (ReportFailure) while the session is at step t
+// fails step t; several failures at the same step count once; a failure at
+// step t after one at step t-1 extends the streak; a step with no failure
+// reported between two failures ends it (the next failure starts a new
+// streak of 1). The breaker opens when the streak reaches Failures, and the
+// seed is pruned at once: there is no cool-down, a pruned seed never comes
+// back (its slot is embargoed; the next seed there starts with no failures).
 type BreakerConfig struct {
-	// Failures is the number of consecutive failures reported for a seed
-	// (ReportFailure) that opens its breaker and prunes it. Default 3, >= 1.
+	// Failures is the number of consecutive failing steps that opens a
+	// seed's breaker and prunes it. Default 3, in [1, 1<<20].
 	Failures int `json:"failures,omitempty"`
 }
 

@@ -42,7 +42,7 @@ are not rewound. Restoring only the blamed seed would not do: a blow-up that
 reached the loss has already been through the host's gradient and optimizer
 state, and NaN weights never recover on their own. A seed that merely outputs
 NaN is contained without a rollback: its output is dropped for that step and
-its breaker prunes it (``failures_before_prune``).
+its breaker prunes it after ``failures_before_prune`` consecutive failing steps.
 """
 
 from __future__ import annotations
@@ -63,7 +63,18 @@ import torch
 from torch import nn
 
 from .errors import EsperError
-from .kasmina import SIGNALS, KasminaLayer, SeedState, collect_failures, gather_health, kasmina_layers, set_sampling
+from .kasmina import (
+    SIGNALS,
+    KasminaLayer,
+    SeedFailure,
+    SeedState,
+    collect_failures,
+    failures_recorded,
+    gather_health,
+    kasmina_layers,
+    set_sampling,
+    stamp_failures,
+)
 from .session import Session
 from .tezzeret import build_seed
 
@@ -128,8 +139,16 @@ class MorphConfig:
             last good state (see the module's docs).
         loss_min_delta: ... and at least this much above it in loss units
             (near zero, losses are noisy in relative terms).
-        failures_before_prune: seed execution failures that open its breaker
-            and prune it.
+        failures_before_prune: consecutive failing steps that open a seed's
+            breaker and prune it. A step fails when the seed's forward raised,
+            returned the wrong shape or a non-finite value in it (the host's
+            output was used instead); a step with no failure between two
+            failures resets the count. Failures are read every
+            ``signal_every`` steps: exceptions and wrong shapes are counted at
+            the step they happened in; non-finite outputs, counted on the
+            device, fail the window's last step, or each of its steps when
+            every forward pass in the window failed. There is no cool-down: an
+            open breaker prunes the seed.
         seed_lr_scale: a seed's learning rate as a multiple of its host's.
             At 1 (the default) a seed's parameters join the optimizer's
             parameter group that holds its host layer (the group of the host's
@@ -403,6 +422,7 @@ class Morphogenesis:
         self.steps = 0
         self.epoch = 0
         self._pending = 0  # optimizer steps not yet sent to Go
+        self._failures_seen = failures_recorded()  # layers' failures already stamped with their step
         self._blending = 0  # slots in BLENDING: Go is called every step while > 0
         self._groups: dict[tuple[int, int], _Placement] = {}  # (layer, slot) -> where its parameters sit
         self._loss_sum: torch.Tensor | None = None  # device sum of losses since the last flush
@@ -518,6 +538,9 @@ class Morphogenesis:
             self._epoch_loss_count += 1
         self.steps += 1
         self._pending += 1
+        if failures_recorded() != self._failures_seen:  # a seed raised or misshaped in this step
+            self._failures_seen = failures_recorded()
+            stamp_failures(self.layers, self.steps)
         every = self.config.signal_every
         phase = self.steps % every
         if phase == 0:
@@ -529,7 +552,6 @@ class Morphogenesis:
 
     def _flush(self, with_signals: bool) -> None:
         """Send the pending steps (and the signals) to Go; mirror what comes back."""
-        session = self.session
         signals = None
         nonfinite: list[str] = []
         if with_signals:
@@ -550,9 +572,40 @@ class Morphogenesis:
             failures = collect_failures(self.layers)
         else:
             failures = []
+        if failures:
+            self._report_failures(failures)
         self._send(signals, nonfinite)
+
+    def _report_failures(self, failures: list[tuple[int, SeedFailure]]) -> None:
+        """Report each failure to Go at the step it happened in, stepping Go through the window.
+
+        Go's breaker counts consecutive failing steps, in its own step count: a failure is reported
+        after Go has been stepped to the failure's step. The window is the pending steps: a failure
+        stamped with its step counts there; a non-finite output counted on the device fails the
+        window's last step, or every step of the window when every forward pass in it failed. The
+        rest of the window (and its signals) is sent by the caller.
+        """
+        session = self.session
+        end = self.steps
+        start = end - self._pending  # Go's step count
+        at: dict[int, list[tuple[int, SeedFailure]]] = {}
         for layer_index, failure in failures:
-            self._apply(session.report_failure(layer_index, failure.slot, int(failure.kind), failure.message))
+            if failure.every_step and end > start:
+                steps: range | list[int] = range(start + 1, end + 1)
+            else:
+                steps = [end if failure.step is None else failure.step]
+            for step in steps:
+                at.setdefault(min(max(step, start + 1), end), []).append((layer_index, failure))
+        for step in sorted(at):
+            if step > start:
+                self._pending = step - start
+                self._send(None, [])
+                start = step
+            for layer_index, failure in at[step]:
+                if self.layers[layer_index].seed(failure.slot) is None:
+                    continue  # Go removed the seed earlier in this window (its events were applied)
+                self._apply(session.report_failure(layer_index, failure.slot, int(failure.kind), failure.message))
+        self._pending = end - start
 
     def _send(self, signals: np.ndarray | None, nonfinite: list[str]) -> None:
         """One esper_session_step with the pending steps; mirror its events, alphas and rollback."""
