@@ -73,10 +73,14 @@ int esper_init(const char *settings_json);
 void esper_free(void *p);
 
 /* Returns the code of the last error on handle (or on the calling thread
- * when handle is 0) and copies its message, NUL-terminated and truncated to
- * capacity, into buf (may be NULL). *needed (may be NULL) receives the
- * buffer size the whole message needs, NUL included. Returns ESPER_OK and an
- * empty message when nothing failed. */
+ * when handle is 0 or not a live handle: a failed call on an unknown, forged
+ * or freed handle records its error for the calling thread) and copies its
+ * message, NUL-terminated and truncated to capacity, into buf (may be NULL;
+ * at most strlen(message)+1 bytes are written, whatever capacity says).
+ * *needed (may be NULL) receives the buffer size the whole message needs,
+ * NUL included. Returns ESPER_OK and an empty message when nothing failed.
+ * The library keeps one message per live handle and per thread (the 1024
+ * most recent threads), each cut at 16 KiB: failing calls cannot grow it. */
 int32_t esper_last_error(uint64_t handle, char *buf, size_t capacity, size_t *needed);
 
 /* Cancels the long operations in flight on handle (they return
@@ -91,10 +95,16 @@ int esper_noop(void);
  * ESPER_EINVALID. */
 int esper_checksum_f32(const float *data, size_t n, double *out);
 
-/* Test support: panics inside the export (in_goroutine = 0) or inside a
- * goroutine it starts (in_goroutine != 0). Always returns ESPER_EINTERNAL
- * with the panic's message: it proves that panics never reach the caller. */
+#ifdef ESPER_TEST_LIBRARY
+/* Exports of the test variant of the library only (go build -tags
+ * esper_test, `make test-lib`: build/test/libesper.so); the production
+ * library does not have them. */
+
+/* Panics inside the export (in_goroutine = 0) or inside a goroutine it
+ * starts (in_goroutine != 0). Always returns ESPER_EINTERNAL with the
+ * panic's message: it proves that panics never reach the caller. */
 int esper_test_panic(int32_t in_goroutine);
+#endif /* ESPER_TEST_LIBRARY */
 
 /* @@ sections below are owned by their components; keep each delimited. */
 

@@ -53,6 +53,14 @@ func (t *handleTable) remove(h uint64) (any, bool) {
 	return e.value, true
 }
 
+// live reports whether h is a handle in the table now.
+func (t *handleTable) live(h uint64) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.entries[h]
+	return ok
+}
+
 // context returns the context long operations on h should run under.
 func (t *handleTable) context(h uint64) context.Context {
 	t.mu.Lock()

@@ -1,15 +1,13 @@
 package session
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
-	"io"
 	"maps"
 	"slices"
 	"strings"
 
 	"github.com/esper-morph/esper/blueprint"
+	"github.com/esper-morph/esper/blueprint/canon"
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/policy/tamiyo"
@@ -138,16 +136,10 @@ func ParseConfig(data []byte) (Config, error) {
 	return c, nil
 }
 
+// decodeStrict is canon.DecodeStrict: one strictness for every JSON document
+// (duplicate keys, unknown fields and trailing data are refused).
 func decodeStrict(data []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return fmt.Errorf("trailing data after the document")
-	}
-	return nil
+	return canon.DecodeStrict(data, v)
 }
 
 // clone returns a deep copy of c.

@@ -40,7 +40,7 @@ func TestConfigErrors(t *testing.T) {
 	cases := []struct {
 		name, doc, msg string
 	}{
-		{"not JSON", `{`, "unexpected EOF"},
+		{"not JSON", `{`, "unexpected end of document"},
 		{"trailing", `{"layers": [` + fc + `]} x`, "trailing data"},
 		{"unknown field", `{"layers": [` + fc + `], "slots": 2}`, `unknown field "slots"`},
 		{"no layers", `{"layers": []}`, "0 layers"},
@@ -64,6 +64,8 @@ func TestConfigErrors(t *testing.T) {
 		{"growth log", `{"layers": [` + fc + `], "growth_log_max": -1}`, "growth_log_max -1"},
 		{"log every", `{"layers": [` + fc + `], "log_signals_every": -1}`, "log_signals_every -1"},
 		{"wrong type", `{"layers": [` + fc + `], "train_steps": "ten"}`, "train_steps"},
+		{"duplicate key", `{"layers": [` + fc + `], "train_steps": 5, "train_steps": 500}`, `duplicate object key "train_steps"`},
+		{"duplicate nested key", `{"layers": [{"name": "fc", "name": "gc", "kind": "linear", "in": 4, "out": 4}]}`, `duplicate object key "name"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -27,7 +27,7 @@ func ParseBlueprint(data []byte, host blueprint.Host) (*blueprint.IR, error) {
 		return nil, fmt.Errorf("session: blueprint document is %d bytes, limit %d: %w", len(data), blueprint.MaxIRBytes, ErrArgument)
 	}
 	var keys map[string]json.RawMessage
-	if err := json.Unmarshal(data, &keys); err != nil {
+	if err := decodeStrict(data, &keys); err != nil {
 		return nil, fmt.Errorf("session: blueprint: %v: %w", err, ErrArgument)
 	}
 	if _, isIR := keys["ops"]; isIR {

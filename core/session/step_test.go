@@ -630,3 +630,24 @@ func TestRestoreRefusesOpenStreak(t *testing.T) {
 		t.Fatalf("restore: %v", err)
 	}
 }
+
+// TestDuplicateKeysRefused: the session's documents (blueprint references,
+// snapshots) share the one strict JSON syntax.
+func TestDuplicateKeysRefused(t *testing.T) {
+	s := newSession(t, baseConfig())
+	if _, err := s.GerminateSpec(0, 0, []byte(`{"template": "linear", "template": "residual_mlp"}`)); err == nil ||
+		!strings.Contains(err.Error(), `duplicate object key "template"`) {
+		t.Fatalf("germinate: %v", err)
+	}
+	snap, err := s.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dup := append(append([]byte(nil), snap[:len(snap)-1]...), []byte(`, "step": 0}`)...)
+	if err := s.Restore(dup); err == nil || !strings.Contains(err.Error(), `duplicate object key "step"`) {
+		t.Fatalf("restore: %v", err)
+	}
+	if err := s.Restore(snap); err != nil {
+		t.Fatalf("negative control: %v", err)
+	}
+}
