@@ -340,8 +340,10 @@ int esper_cache_stats(uint64_t handle, char **out_json);
  *        (0 allowed), "loss_window" [20], "loss_factor" [3], "loss_min_delta" [0.05],
  *        "min_loss_samples" [5]},
  *    "breaker": {"failures" [3]: consecutive failing steps that prune a seed},
- *    "signals": {"window" [64], "ewma" [0.1]}, "auto_advance" [true],
- *    "growth_log_max" [10000], "log_path" [""]: JSON-lines log file
+ *    "signals": {"window" [64] (2..65536, and (2 + 7 x layers) x window
+ *        <= 4194304: at most 48 MiB of buffers), "ewma" [0.1]},
+ *    "auto_advance" [true],
+ *    "growth_log_max" [10000] (1..1048576), "log_path" [""]: JSON-lines log file
  *    (appended), "log_signals_every" [0 = never]}
  *
  * Event (every "events" array below):

@@ -641,6 +641,41 @@ def test_breaker_counts_a_window_of_nonfinite_outputs_as_failing_steps() -> None
     assert go_seed(morph)["failures"] == 1 and go_seed(morph)["streak"] == 1
 
 
+def _churn(morph: Morphogenesis, model: nn.Module, opt: torch.optim.Optimizer, cycles: int) -> None:
+    """Germinate and prune a seed `cycles` times (about six log entries each)."""
+    x, y = data()
+    for _ in range(cycles):
+        morph.germinate("fc2", 0)
+        train_step(model, opt, morph, x, y)
+        morph.prune("fc2", 0)
+        for _ in range(3):
+            train_step(model, opt, morph, x, y)
+
+
+def test_log_is_bounded_in_memory_and_in_checkpoints() -> None:
+    model, opt, morph = make(train_steps=1, embargo_steps=0, log_max=8)
+    _churn(morph, model, opt, 20)
+    assert 1 <= len(morph.log) <= 8 and morph.log_dropped > 0
+    total = len(morph.log) + morph.log_dropped
+    assert total >= 100  # everything that happened is counted
+    assert morph.log[-1]["kind"] == "event" and morph.log[-1]["to"] == "DORMANT"  # the newest are kept
+    go_log = morph.session.growth_log()
+    assert len(go_log["entries"]) <= 8 and go_log["dropped"] > 0  # Go's growth log has the same bound
+    state = morph.state_dict()
+    assert len(state["log"]) <= 8 and state["log_dropped"] == morph.log_dropped
+    assert len(pickle.dumps(state["log"])) < 8 * 1024
+    model2, opt2, morph2 = make(train_steps=1, embargo_steps=0, log_max=4)
+    morph2.load_state_dict(state)
+    assert len(morph2.log) <= 4 and len(morph2.log) + morph2.log_dropped == total
+    assert morph2.log[-1] == morph.log[-1]
+    # Negative control: with the default bound nothing of the same run is dropped.
+    model3, opt3, morph3 = make(train_steps=1, embargo_steps=0)
+    _churn(morph3, model3, opt3, 20)
+    assert morph3.log_dropped == 0 and len(morph3.log) == total
+    with pytest.raises(ValueError, match="log_max must be in"):
+        make(log_max=0)
+
+
 def test_failures_of_a_seed_pruned_by_hand_are_not_blamed_on_the_slot_later() -> None:
     # A seed that failed once and was then pruned: its recorded failure must not reach Go after the
     # slot has emptied (Go refuses failures for a DORMANT slot) nor count against the next seed.

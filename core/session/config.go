@@ -29,6 +29,12 @@ const (
 	MaxSteps         = 1 << 40
 	MaxNameLen       = 256
 	MaxConfigBytes   = 4 << 20
+	// MaxSignalValues bounds Nissa's ring buffers: (2 + 7 x layers) x
+	// signals.window measurements, 12 bytes each (a float32 and its step),
+	// so at most 48 MiB. The default window (64) fits every layer count.
+	MaxSignalValues = nissa.MaxValues
+	// MaxGrowthLog bounds growth_log_max (entries are a few hundred bytes).
+	MaxGrowthLog = 1 << 20
 )
 
 // LayerConfig describes one wrapped layer, in the order of the signals
@@ -64,7 +70,8 @@ type BreakerConfig struct {
 // SignalsConfig configures Nissa's rolling statistics.
 type SignalsConfig struct {
 	// Window is the number of recent measurements per layer and signal the
-	// statistics cover. Default 64, in [2, 65536].
+	// statistics cover. Default 64, in [2, 65536], and (2 + 7 x layers) x
+	// window at most MaxSignalValues (Nissa's buffers stay under 48 MiB).
 	Window int `json:"window,omitempty"`
 	// EWMA is the moving average's smoothing factor. Default 0.1, in (0, 1].
 	EWMA float64 `json:"ewma,omitempty"`
@@ -111,7 +118,8 @@ type Config struct {
 	// move only through Advance, Prune, Fossilize, Cancel and decisions.
 	AutoAdvance *bool `json:"auto_advance,omitempty"`
 	// GrowthLogMax bounds the growth log kept in memory; when it is full
-	// the oldest quarter is dropped (and counted). Default 10000, >= 1.
+	// the oldest quarter is dropped (and counted). Default 10000, in [1,
+	// MaxGrowthLog].
 	GrowthLogMax int `json:"growth_log_max,omitempty"`
 	// LogPath, when set, names a file the session appends JSON-lines
 	// records to (events, decisions, alarms, and signals when
@@ -284,7 +292,7 @@ func (c Config) settings() (settings, error) {
 		return bad("breaker failures %d must be in [1, %d]", c.Breaker.Failures, 1<<20)
 	}
 	sc := nissa.Config{Layers: len(c.Layers), Window: c.Signals.Window, EWMA: c.Signals.EWMA}
-	if _, err := nissa.New(nissa.Config{Window: sc.Window, EWMA: sc.EWMA}); err != nil {
+	if err := sc.Validate(); err != nil { // before anything is allocated
 		return bad("signals: %v", err)
 	}
 	if c.Signals.Window == 0 {
@@ -297,8 +305,8 @@ func (c Config) settings() (settings, error) {
 	if c.GrowthLogMax == 0 {
 		c.GrowthLogMax = DefaultGrowthLogMax
 	}
-	if c.GrowthLogMax < 1 {
-		return bad("growth_log_max %d must be >= 1", c.GrowthLogMax)
+	if c.GrowthLogMax < 1 || c.GrowthLogMax > MaxGrowthLog {
+		return bad("growth_log_max %d must be in [1, %d]", c.GrowthLogMax, MaxGrowthLog)
 	}
 	if c.LogSignalsEvery < 0 {
 		return bad("log_signals_every %d must be >= 0", c.LogSignalsEvery)

@@ -169,6 +169,13 @@ class MorphConfig:
             one copy of the model and optimizer state in memory. Without it a
             rollback only removes the blamed seed.
         log_path: a JSON-lines file for signals, events and decisions ("" for none).
+        log_max: entries kept in ``Morphogenesis.log`` (which every
+            ``state_dict`` copies) and in Go's growth log, in [1, 1048576]:
+            when full, the oldest quarter is dropped at once and counted in
+            ``Morphogenesis.log_dropped``. An entry is a small dict (an event
+            measured about 300 bytes in memory and 130 pickled), so the
+            default keeps the log to a few MiB; ``log_path`` keeps the whole
+            history.
         freeze_fossilized: freeze a seed's parameters when it is fossilized
             (and drop its optimizer group). By default a fossilized seed is
             final (no longer judged, pruned or rolled back) but keeps training
@@ -202,6 +209,7 @@ class MorphConfig:
     rollback: bool = True
     freeze_fossilized: bool = False
     log_path: str = ""
+    log_max: int = 10_000
 
     def session_config(self, layers: list[dict[str, Any]], slots: int) -> dict[str, Any]:
         """The Go session configuration for these settings and layers."""
@@ -232,6 +240,7 @@ class MorphConfig:
                 "loss_min_delta": self.loss_min_delta,
             },
             "breaker": {"failures": self.failures_before_prune},
+            "growth_log_max": self.log_max,
             "log_path": self.log_path,
         }
 
@@ -401,6 +410,8 @@ class Morphogenesis:
             setattr(self.config, key, value)
         if self.config.signal_every < 1:
             raise ValueError(f"signal_every must be >= 1, got {self.config.signal_every}")
+        if not 1 <= self.config.log_max <= 1 << 20:
+            raise ValueError(f"log_max must be in [1, 1048576], got {self.config.log_max}")
         scale = self.config.seed_lr_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"seed_lr_scale must be a finite number > 0 (a multiple of the host's LR), got {scale!r}")
@@ -431,8 +442,11 @@ class Morphogenesis:
         self._epoch_loss_count = 0
         self._last_good: dict[str, Any] | None = None
         self._alarms = 0  # the governor's rollbacks mirrored so far (Session.alarms() beyond it are new)
-        #: Every event and decision, in order, as Go reported them.
+        #: The events and decisions, in order, as Go reported them: the most recent ``log_max``
+        #: at most (see :attr:`log_dropped`).
         self.log: list[dict[str, Any]] = []
+        #: Entries dropped from the front of :attr:`log` to keep it within ``log_max``.
+        self.log_dropped = 0
         if self.config.rollback:
             self._save_good()  # a rollback before the first end_epoch returns to the starting weights
 
@@ -626,6 +640,15 @@ class Morphogenesis:
         if rollback:
             self._restore_good()
 
+    def _log(self, entry: dict[str, Any]) -> None:
+        """Append to :attr:`log`; a full log drops its oldest quarter at once (amortised O(1))."""
+        limit = self.config.log_max
+        if len(self.log) >= limit:
+            n = len(self.log) - limit + max(1, limit // 4)
+            del self.log[:n]
+            self.log_dropped += n
+        self.log.append(entry)
+
     def _new_rollbacks(self, nonfinite: list[str]) -> bool:
         """Whether Go's governor called for a rollback since the last look; logs its decisions (a
         rollback with no seed to blame has no event: this count is how it reaches Python)."""
@@ -637,8 +660,8 @@ class Morphogenesis:
         decisions = [e["decision"] for e in entries if e.get("kind") == "decision"
                      and (e.get("decision") or {}).get("op") == "rollback"][-new:]
         for decision in decisions:
-            self.log.append({"kind": "decision", "epoch": self.epoch, "step": self.steps, **decision,
-                             "nonfinite": list(nonfinite)})
+            self._log({"kind": "decision", "epoch": self.epoch, "step": self.steps, **decision,
+                       "nonfinite": list(nonfinite)})
         return True
 
     # ------------------------------------------------------------------ per epoch
@@ -690,7 +713,7 @@ class Morphogenesis:
         result = session.end_epoch(metrics)
         for decision in result.get("decisions", []):
             if decision.get("op") != "wait":
-                self.log.append({"kind": "decision", "epoch": self.epoch, **decision})
+                self._log({"kind": "decision", "epoch": self.epoch, **decision})
         self._apply(result.get("events", []))
         self._alarms = session.alarms()
         if any(d.get("op") == "rollback" for d in result.get("decisions", [])):
@@ -789,7 +812,7 @@ class Morphogenesis:
 
     def _apply(self, events: list[dict[str, Any]]) -> None:
         for ev in events:
-            self.log.append({"kind": "event", **{k: v for k, v in ev.items() if k != "blueprint"}})
+            self._log({"kind": "event", **{k: v for k, v in ev.items() if k != "blueprint"}})
             i, slot, to = int(ev["layer"]), int(ev["slot"]), str(ev["to"])
             layer = self.layers[i]
             was = layer.state(slot).name
@@ -1060,6 +1083,7 @@ class Morphogenesis:
             "groups": placements,
             "config": asdict(self.config),
             "log": list(self.log),
+            "log_dropped": self.log_dropped,
             # What the next flush and end_epoch would have sent to Go.
             "pending": self._pending,
             "loss_sum": loss(self._loss_sum),
@@ -1131,7 +1155,10 @@ class Morphogenesis:
         self.steps = int(state["steps"])
         self.epoch = int(state["epoch"])
         self._pending = int(state.get("pending", 0))
-        self.log = list(state.get("log", []))
+        self.log = []
+        self.log_dropped = int(state.get("log_dropped", 0))
+        for entry in state.get("log", []):
+            self._log(entry)
         device = self._device()
         self._loss_sum = _to(state.get("loss_sum"), device)
         self._loss_count = int(state.get("loss_count", 0))
