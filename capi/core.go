@@ -62,6 +62,27 @@ func esper_build_info(out **C.char) C.int {
 	})
 }
 
+//export esper_runtime_stats
+func esper_runtime_stats(out **C.char) C.int {
+	return call(0, func() error {
+		if out == nil {
+			return errNull("out")
+		}
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return setJSON(out, map[string]any{
+			"heap_alloc":   m.HeapAlloc,
+			"heap_inuse":   m.HeapInuse,
+			"heap_sys":     m.HeapSys,
+			"heap_objects": m.HeapObjects,
+			"sys":          m.Sys,
+			"num_gc":       m.NumGC,
+			"goroutines":   runtime.NumGoroutine(),
+			"handles":      handles.count(),
+		})
+	})
+}
+
 // initSettings are the runtime settings esper_init accepts. Zero values mean
 // "leave as is".
 type initSettings struct {

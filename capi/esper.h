@@ -87,6 +87,13 @@ int32_t esper_last_error(uint64_t handle, char *buf, size_t capacity, size_t *ne
  * ESPER_ECANCELLED); later operations run normally. */
 int esper_cancel(uint64_t handle);
 
+/* Writes the Go runtime's memory figures as JSON to *out_json (free with
+ * esper_free): {"heap_alloc", "heap_inuse", "heap_sys", "heap_objects",
+ * "sys" (bytes Go obtained from the OS), "num_gc", "goroutines", "handles"
+ * (live handles)}. Reading them stops the world briefly (tens of
+ * microseconds): for monitoring, not for the training loop. */
+int esper_runtime_stats(char **out_json);
+
 /* Does nothing and returns ESPER_OK: measures the cost of a call. */
 int esper_noop(void);
 

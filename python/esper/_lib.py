@@ -38,6 +38,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_abi_version": (c_int32, []),
     "esper_build_info": (c_int, [POINTER(c_void_p)]),
     "esper_init": (c_int, [c_char_p]),
+    "esper_runtime_stats": (c_int, [POINTER(c_void_p)]),
     "esper_free": (None, [c_void_p]),
     "esper_last_error": (c_int32, [c_uint64, c_char_p, c_size_t, POINTER(c_size_t)]),
     "esper_cancel": (c_int, [c_uint64]),
@@ -312,6 +313,15 @@ def take_bytes(ptr: c_void_p, n: int) -> bytes:
         return ctypes.string_at(ptr.value, n)
     finally:
         lib().esper_free(ptr)
+
+
+def runtime_stats() -> dict[str, Any]:
+    """The Go runtime's memory figures: heap_alloc, heap_inuse, heap_sys, heap_objects, sys (bytes
+    Go obtained from the OS), num_gc, goroutines, and handles (live Go objects). It stops Go's
+    world briefly: call it to monitor, not every step."""
+    out = c_void_p()
+    check(lib().esper_runtime_stats(ctypes.byref(out)))
+    return take_json(out)
 
 
 def build_info() -> dict[str, Any]:
