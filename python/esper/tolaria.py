@@ -596,8 +596,9 @@ class Morphogenesis:
         Go's breaker counts consecutive failing steps, in its own step count: a failure is reported
         after Go has been stepped to the failure's step. The window is the pending steps: a failure
         stamped with its step counts there; a non-finite output counted on the device fails the
-        window's last step, or every step of the window when every forward pass in it failed. The
-        rest of the window (and its signals) is sent by the caller.
+        window's last step, or every step of the window when every forward pass in it failed (a
+        failure stamped before the window, left by a flush without signals, counts at its first
+        step). The rest of the window (and its signals) is sent by the caller.
         """
         session = self.session
         end = self.steps
