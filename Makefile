@@ -8,12 +8,14 @@ PIP := $(VENV)/bin/pip
 VERSION := $(shell cat VERSION)
 COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LIB := python/esper/_lib/libesper.so
+# The test variant: the production exports plus capi/testexports.go (esper_test_panic); never shipped.
+TEST_LIB := build/test/libesper.so
 GO_SOURCES := $(shell find capi core policy blueprint -name '*.go' -not -name '*_test.go') go.mod go.sum capi/exports.map VERSION
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -extldflags -Wl,--version-script=$(CURDIR)/capi/exports.map
 FUZZTIME ?= 3s
 
 .DEFAULT_GOAL := help
-.PHONY: help lib venv test test-go test-py fuzz demo bench lint fmt clean
+.PHONY: help lib test-lib venv test test-go test-py fuzz demo bench lint fmt clean
 
 help: ## Show this help.
 	@echo "Esper $(VERSION): morphogenetic training for PyTorch with a Go core"
@@ -25,6 +27,13 @@ lib: $(LIB) ## Build the Go core into python/esper/_lib/libesper.so.
 $(LIB): $(GO_SOURCES)
 	@mkdir -p $(dir $@)
 	CGO_ENABLED=1 go build -buildmode=c-shared -trimpath -ldflags "$(LDFLAGS)" -o $@ ./capi
+	@rm -f $(basename $@).h
+
+test-lib: $(TEST_LIB) ## Build the test variant of the library (test-only exports) into build/test/.
+
+$(TEST_LIB): $(GO_SOURCES) capi/testexports.go
+	@mkdir -p $(dir $@)
+	CGO_ENABLED=1 go build -tags esper_test -buildmode=c-shared -trimpath -ldflags "$(LDFLAGS)" -o $@ ./capi
 	@rm -f $(basename $@).h
 
 venv: $(VENV)/.installed ## Create .venv with PyTorch and the package (editable).
@@ -49,7 +58,7 @@ fuzz: ## Run every Fuzz target for FUZZTIME (default 3s).
 	  done; \
 	done
 
-test-py: venv $(LIB) ## Python tests (real PyTorch, the real library).
+test-py: venv $(LIB) $(TEST_LIB) ## Python tests (real PyTorch, the real library).
 	$(PY) -m pytest -q tests_py
 
 demo: venv $(LIB) ## Grow models on digits and spirals; prints a table, writes demo_out/.

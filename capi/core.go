@@ -7,7 +7,6 @@ package main
 import "C"
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -19,6 +18,7 @@ import (
 	"sync"
 	"unsafe"
 
+	"github.com/esper-morph/esper/blueprint/canon"
 	"github.com/esper-morph/esper/core/errcode"
 	"github.com/esper-morph/esper/core/urza"
 )
@@ -59,6 +59,27 @@ func esper_build_info(out **C.char) C.int {
 		}
 		setString(out, string(b))
 		return nil
+	})
+}
+
+//export esper_runtime_stats
+func esper_runtime_stats(out **C.char) C.int {
+	return call(0, func() error {
+		if out == nil {
+			return errNull("out")
+		}
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return setJSON(out, map[string]any{
+			"heap_alloc":   m.HeapAlloc,
+			"heap_inuse":   m.HeapInuse,
+			"heap_sys":     m.HeapSys,
+			"heap_objects": m.HeapObjects,
+			"sys":          m.Sys,
+			"num_gc":       m.NumGC,
+			"goroutines":   runtime.NumGoroutine(),
+			"handles":      handles.count(),
+		})
 	})
 }
 
@@ -105,9 +126,7 @@ func esper_init(settingsJSON *C.char) C.int {
 	return call(0, func() error {
 		var s initSettings
 		if settingsJSON != nil {
-			dec := json.NewDecoder(bytes.NewReader([]byte(C.GoString(settingsJSON))))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&s); err != nil {
+			if err := canon.DecodeStrict([]byte(C.GoString(settingsJSON)), &s); err != nil {
 				return fmt.Errorf("init: settings: %v: %w", err, errcode.ErrInvalid)
 			}
 		}
@@ -155,15 +174,30 @@ func esper_free(p unsafe.Pointer) {
 }
 
 //export esper_last_error
-func esper_last_error(h C.uint64_t, buf *C.char, capacity C.size_t, needed *C.size_t) C.int32_t {
+func esper_last_error(h C.uint64_t, buf *C.char, capacity C.size_t, needed *C.size_t) (code C.int32_t) {
+	// The one export that does not go through call (it reads what call
+	// recorded), so it recovers on its own: a bad pointer must not abort the
+	// process.
+	defer func() {
+		if r := recover(); r != nil {
+			slog.Error("esper_last_error: recovered panic", "panic", r)
+			code = C.int32_t(errcode.Internal)
+		}
+	}()
 	e := lastErrors.get(uint64(h))
 	msg := e.msg
 	if needed != nil {
 		*needed = C.size_t(len(msg) + 1)
 	}
 	if buf != nil && capacity > 0 {
-		dst := unsafe.Slice((*byte)(unsafe.Pointer(buf)), int(capacity))
-		n := copy(dst[:len(dst)-1], msg)
+		// Write at most len(msg)+1 bytes: capacity is only a limit (a
+		// capacity of SIZE_MAX is never turned into a slice length).
+		n := uint64(len(msg))
+		if uint64(capacity)-1 < n {
+			n = uint64(capacity) - 1
+		}
+		dst := unsafe.Slice((*byte)(unsafe.Pointer(buf)), n+1)
+		copy(dst, msg[:n])
 		dst[n] = 0
 	}
 	return C.int32_t(e.code)
@@ -199,15 +233,5 @@ func esper_checksum_f32(data *C.float, n C.size_t, out *C.double) C.int {
 		}
 		*out = C.double(sum)
 		return nil
-	})
-}
-
-//export esper_test_panic
-func esper_test_panic(inGoroutine C.int32_t) C.int {
-	return call(0, func() error {
-		if inGoroutine != 0 {
-			return <-goSafe(func() error { panic("esper_test_panic: deliberate panic in a goroutine") })
-		}
-		panic("esper_test_panic: deliberate panic")
 	})
 }

@@ -17,49 +17,98 @@ type lastError struct {
 	msg  string
 }
 
-// errorKey names a slot: calls on a handle keep their error per handle;
-// calls without one (constructors, free functions) keep it per OS thread,
-// so two threads never read each other's message.
-type errorKey struct {
-	handle uint64
-	thread uint64
-}
+// Bounds of the error table: a caller cannot grow it without bound by
+// failing calls on forged handles or from ever new threads.
+const (
+	// maxThreadErrors is the number of per-thread slots kept; the oldest
+	// is forgotten first.
+	maxThreadErrors = 1024
+	// maxErrorMessage is the longest message kept, in bytes (longer ones
+	// are cut, with a note).
+	maxErrorMessage = 16 << 10
+)
 
-// errorTable holds the last error per handle (and per thread for handle 0).
+// errorTable holds the last error per live handle, and per OS thread for
+// calls without a live handle (constructors, free functions, and calls on
+// an unknown, forged or freed handle), so two threads never read each
+// other's message. A live handle's slot goes when the handle is freed;
+// thread slots are at most maxThreadErrors. So the table holds at most
+// (live handles + maxThreadErrors) messages of at most maxErrorMessage
+// bytes.
 type errorTable struct {
-	// mu guards slots.
-	mu    sync.Mutex
-	slots map[errorKey]lastError
+	// mu guards the fields below.
+	mu      sync.Mutex
+	handles map[uint64]lastError
+	threads map[uint64]lastError
+	// order lists the keys of threads, oldest first.
+	order []uint64
 }
 
-var lastErrors = &errorTable{slots: make(map[errorKey]lastError)}
+var lastErrors = newErrorTable()
 
-func keyFor(h uint64) errorKey {
-	if h != 0 {
-		return errorKey{handle: h}
-	}
-	return errorKey{thread: uint64(C.pthread_self())}
+func newErrorTable() *errorTable {
+	return &errorTable{handles: make(map[uint64]lastError), threads: make(map[uint64]lastError)}
 }
 
-// set records err for h (or the calling thread when h is 0).
+func thisThread() uint64 { return uint64(C.pthread_self()) }
+
+// set records err for h when h is a live handle, else for the calling
+// thread.
 func (t *errorTable) set(h uint64, code errcode.Code, msg string) {
-	k := keyFor(h)
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.slots[k] = lastError{code: code, msg: msg}
+	if len(msg) > maxErrorMessage {
+		msg = msg[:maxErrorMessage] + " [... message cut]"
+	}
+	e := lastError{code: code, msg: msg}
+	if h != 0 && handles.live(h) {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		t.handles[h] = e
+		return
+	}
+	t.setThread(thisThread(), e)
 }
 
-// get returns the last error recorded for h (or the calling thread).
-func (t *errorTable) get(h uint64) lastError {
-	k := keyFor(h)
+// setThread records e for thread id, forgetting the oldest thread slot
+// when the table is full.
+func (t *errorTable) setThread(id uint64, e lastError) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.slots[k]
+	if _, ok := t.threads[id]; !ok {
+		if len(t.order) >= maxThreadErrors {
+			delete(t.threads, t.order[0])
+			t.order = append(t.order[:0], t.order[1:]...)
+		}
+		t.order = append(t.order, id)
+	}
+	t.threads[id] = e
+}
+
+// get returns the last error recorded for h (a live handle), or for the
+// calling thread when h is 0 or not a live handle.
+func (t *errorTable) get(h uint64) lastError {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if h != 0 {
+		if e, ok := t.handles[h]; ok {
+			return e
+		}
+		if handles.live(h) {
+			return lastError{}
+		}
+	}
+	return t.threads[thisThread()]
 }
 
 // drop forgets the slot of a freed handle.
 func (t *errorTable) drop(h uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	delete(t.slots, errorKey{handle: h})
+	delete(t.handles, h)
+}
+
+// size returns the number of slots held (handles, threads).
+func (t *errorTable) size() (int, int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.handles), len(t.threads)
 }

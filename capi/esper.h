@@ -73,15 +73,26 @@ int esper_init(const char *settings_json);
 void esper_free(void *p);
 
 /* Returns the code of the last error on handle (or on the calling thread
- * when handle is 0) and copies its message, NUL-terminated and truncated to
- * capacity, into buf (may be NULL). *needed (may be NULL) receives the
- * buffer size the whole message needs, NUL included. Returns ESPER_OK and an
- * empty message when nothing failed. */
+ * when handle is 0 or not a live handle: a failed call on an unknown, forged
+ * or freed handle records its error for the calling thread) and copies its
+ * message, NUL-terminated and truncated to capacity, into buf (may be NULL;
+ * at most strlen(message)+1 bytes are written, whatever capacity says).
+ * *needed (may be NULL) receives the buffer size the whole message needs,
+ * NUL included. Returns ESPER_OK and an empty message when nothing failed.
+ * The library keeps one message per live handle and per thread (the 1024
+ * most recent threads), each cut at 16 KiB: failing calls cannot grow it. */
 int32_t esper_last_error(uint64_t handle, char *buf, size_t capacity, size_t *needed);
 
 /* Cancels the long operations in flight on handle (they return
  * ESPER_ECANCELLED); later operations run normally. */
 int esper_cancel(uint64_t handle);
+
+/* Writes the Go runtime's memory figures as JSON to *out_json (free with
+ * esper_free): {"heap_alloc", "heap_inuse", "heap_sys", "heap_objects",
+ * "sys" (bytes Go obtained from the OS), "num_gc", "goroutines", "handles"
+ * (live handles)}. Reading them stops the world briefly (tens of
+ * microseconds): for monitoring, not for the training loop. */
+int esper_runtime_stats(char **out_json);
 
 /* Does nothing and returns ESPER_OK: measures the cost of a call. */
 int esper_noop(void);
@@ -91,10 +102,16 @@ int esper_noop(void);
  * ESPER_EINVALID. */
 int esper_checksum_f32(const float *data, size_t n, double *out);
 
-/* Test support: panics inside the export (in_goroutine = 0) or inside a
- * goroutine it starts (in_goroutine != 0). Always returns ESPER_EINTERNAL
- * with the panic's message: it proves that panics never reach the caller. */
+#ifdef ESPER_TEST_LIBRARY
+/* Exports of the test variant of the library only (go build -tags
+ * esper_test, `make test-lib`: build/test/libesper.so); the production
+ * library does not have them. */
+
+/* Panics inside the export (in_goroutine = 0) or inside a goroutine it
+ * starts (in_goroutine != 0). Always returns ESPER_EINTERNAL with the
+ * panic's message: it proves that panics never reach the caller. */
 int esper_test_panic(int32_t in_goroutine);
+#endif /* ESPER_TEST_LIBRARY */
 
 /* @@ sections below are owned by their components; keep each delimited. */
 
@@ -350,9 +367,11 @@ int esper_cache_stats(uint64_t handle, char **out_json);
  *        seeds, "max_concurrent" [1] seeds in flight, "cooldown_epochs" [2]
  *        (0 allowed), "loss_window" [20], "loss_factor" [3], "loss_min_delta" [0.05],
  *        "min_loss_samples" [5]},
- *    "breaker": {"failures" [3]: consecutive failures that prune a seed},
- *    "signals": {"window" [64], "ewma" [0.1]}, "auto_advance" [true],
- *    "growth_log_max" [10000], "log_path" [""]: JSON-lines log file
+ *    "breaker": {"failures" [3]: consecutive failing steps that prune a seed},
+ *    "signals": {"window" [64] (2..65536, and (2 + 7 x layers) x window
+ *        <= 4194304: at most 48 MiB of buffers), "ewma" [0.1]},
+ *    "auto_advance" [true],
+ *    "growth_log_max" [10000] (1..1048576), "log_path" [""]: JSON-lines log file
  *    (appended), "log_signals_every" [0 = never]}
  *
  * Event (every "events" array below):
@@ -467,10 +486,13 @@ int esper_session_prune(uint64_t handle, int32_t layer, int32_t slot, const char
 int esper_session_fossilize(uint64_t handle, int32_t layer, int32_t slot, const char *reason, char **out_json);
 int esper_session_cancel(uint64_t handle, int32_t layer, int32_t slot, const char *reason, char **out_json);
 
-/* Records a failure of the seed at layer/slot in its circuit breaker. kind:
- * 0 exception, 1 non-finite output, 2 wrong shape, 3 other; msg (may be
- * NULL; cut at 4096 bytes) says what happened. When breaker.failures
- * consecutive failures open the breaker the seed is pruned with the reason
+/* Records a failure of the seed at layer/slot in its circuit breaker, as a
+ * failure of the step the session is at (step the session to the failure's
+ * step first). kind: 0 exception, 1 non-finite output, 2 wrong shape, 3
+ * other; msg (may be NULL; cut at 4096 bytes) says what happened. The
+ * breaker counts consecutive failing steps (several failures in one step
+ * count once; a step without failure between two resets the count); when
+ * breaker.failures of them open it, the seed is pruned with the reason
  * (cancelled if still GERMINATED; a FOSSILIZED seed is only recorded); a
  * failure for a seed already on its way out is recorded and ignored.
  * Writes the events to *out_json (free with esper_free). Errors:
@@ -523,7 +545,8 @@ int esper_session_stats(uint64_t handle, char **out_json);
  * esper_free): [{"layer", "slot", "name", "state", "steps_in_state",
  * "total_steps", "epochs_in_state", "alpha", "blueprint_id", "blueprint",
  * "param_count", "generation", "germinated_step", "germinated_epoch",
- * "failures", "breaker": "closed"|"half-open"|"open", "waiting" (why the
+ * "failures", "streak" (consecutive failing steps, omitted when 0),
+ * "failed_step", "breaker": "closed"|"open", "waiting" (why the
  * next automatic transition waits), "history": [{"from", "to", "step",
  * "reason"}]}]. */
 int esper_session_seeds(uint64_t handle, char **out_json);
@@ -531,7 +554,7 @@ int esper_session_seeds(uint64_t handle, char **out_json);
 /* Writes the growth log to *out_json (free with esper_free): {"entries":
  * [{"kind": "event"|"decision"|"failure", "step", "epoch", "event" |
  * "decision" | "failure": {"layer", "slot", "kind", "message", "failures",
- * "breaker_open", "outcome"}}], "dropped": entries dropped beyond
+ * "streak", "breaker_open", "outcome"}}], "dropped": entries dropped beyond
  * growth_log_max}. */
 int esper_session_growth_log(uint64_t handle, char **out_json);
 

@@ -53,6 +53,21 @@ func (t *handleTable) remove(h uint64) (any, bool) {
 	return e.value, true
 }
 
+// count returns the number of live handles.
+func (t *handleTable) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.entries)
+}
+
+// live reports whether h is a handle in the table now.
+func (t *handleTable) live(h uint64) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.entries[h]
+	return ok
+}
+
 // context returns the context long operations on h should run under.
 func (t *handleTable) context(h uint64) context.Context {
 	t.mu.Lock()

@@ -39,30 +39,49 @@ var (
 	pyClass    = regexp.MustCompile(`(?ms)^class (\w+)\(EsperError[^)]*\):.*?^    code = (\d+)`)
 )
 
-// headerFunctions lists the functions declared in capi/esper.h.
-func headerFunctions(t testing.TB) []string {
+// testBlock is the part of capi/esper.h that declares the exports of the
+// test variant of the library only.
+var testBlock = regexp.MustCompile(`(?ms)^#ifdef ESPER_TEST_LIBRARY$.*?^#endif`)
+
+// headerFunctions lists the functions capi/esper.h declares for the
+// production library (test == false) or in its ESPER_TEST_LIBRARY block
+// (test == true).
+func headerFunctions(t testing.TB, test ...bool) []string {
 	t.Helper()
+	header := readFile(t, repoRoot(t), "capi", "esper.h")
+	block := strings.Join(testBlock.FindAllString(header, -1), "\n")
+	src := testBlock.ReplaceAllString(header, "")
+	if len(test) > 0 && test[0] {
+		src = block
+	}
 	var names []string
-	for _, m := range headerFunc.FindAllStringSubmatch(readFile(t, repoRoot(t), "capi", "esper.h"), -1) {
+	for _, m := range headerFunc.FindAllStringSubmatch(src, -1) {
 		names = append(names, m[1])
 	}
 	sort.Strings(names)
 	return names
 }
 
-// goExports lists the //export directives of capi/*.go.
-func goExports(t testing.TB) []string {
+// goExports lists the //export directives of capi/*.go: those of the
+// production library (test == false) or of the files built only with the
+// esper_test tag (test == true).
+func goExports(t testing.TB, test ...bool) []string {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join(repoRoot(t), "capi", "*.go"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	wantTest := len(test) > 0 && test[0]
 	var names []string
 	for _, f := range files {
 		if strings.HasSuffix(f, "_test.go") {
 			continue
 		}
-		for _, m := range exportLine.FindAllStringSubmatch(readFile(t, f), -1) {
+		src := readFile(t, f)
+		if strings.HasPrefix(src, "//go:build esper_test\n") != wantTest {
+			continue
+		}
+		for _, m := range exportLine.FindAllStringSubmatch(src, -1) {
 			names = append(names, m[1])
 		}
 	}
@@ -74,6 +93,9 @@ func TestHeaderMatchesExports(t *testing.T) {
 	header, exports := headerFunctions(t), goExports(t)
 	if len(exports) == 0 {
 		t.Fatal("no //export found in capi")
+	}
+	if th, te := headerFunctions(t, true), goExports(t, true); len(te) == 0 || strings.Join(th, ",") != strings.Join(te, ",") {
+		t.Fatalf("the test variant's exports (esper_test tag) and the header's ESPER_TEST_LIBRARY block disagree: %v vs %v", te, th)
 	}
 	if strings.Join(header, ",") != strings.Join(exports, ",") {
 		t.Fatalf("capi/esper.h and capi exports disagree:\n only in header: %v\n only in Go: %v",
@@ -129,8 +151,10 @@ func TestABIVersionAgrees(t *testing.T) {
 	}
 }
 
-// TestExportedSymbols builds libesper.so as the package build does and checks
-// with nm that only the esper_* API is visible, exactly the header's list.
+// TestExportedSymbols builds libesper.so as the package build does, and its
+// test variant, and checks with nm that only the esper_* API is visible:
+// exactly the header's production list, plus its ESPER_TEST_LIBRARY block
+// in the test variant (no test-only export in the production library).
 func TestExportedSymbols(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the shared library")
@@ -138,9 +162,28 @@ func TestExportedSymbols(t *testing.T) {
 	if _, err := exec.LookPath("nm"); err != nil {
 		t.Fatalf("nm is needed: %v", err)
 	}
+	prod := headerFunctions(t)
+	all := append(append([]string(nil), prod...), headerFunctions(t, true)...)
+	sort.Strings(all)
+	for _, tc := range []struct {
+		tags string
+		want []string
+	}{{"", prod}, {"esper_test", all}} {
+		syms := librarySymbols(t, tc.tags)
+		if strings.Join(syms, ",") != strings.Join(tc.want, ",") {
+			t.Fatalf("library (tags %q) symbols and header disagree:\n only in library: %v\n only in header: %v",
+				tc.tags, diff(syms, tc.want), diff(tc.want, syms))
+		}
+	}
+}
+
+// librarySymbols builds the library with the given build tags and returns
+// its visible symbols, failing on any that is not esper_*.
+func librarySymbols(t *testing.T, tags string) []string {
+	t.Helper()
 	root := repoRoot(t)
 	lib := filepath.Join(t.TempDir(), "libesper.so")
-	build := exec.Command("go", "build", "-buildmode=c-shared", "-trimpath",
+	build := exec.Command("go", "build", "-tags", tags, "-buildmode=c-shared", "-trimpath",
 		"-ldflags", "-extldflags -Wl,--version-script="+filepath.Join(root, "capi", "exports.map"),
 		"-o", lib, "./capi")
 	build.Dir = root
@@ -164,10 +207,7 @@ func TestExportedSymbols(t *testing.T) {
 		syms = append(syms, name)
 	}
 	sort.Strings(syms)
-	if header := headerFunctions(t); strings.Join(syms, ",") != strings.Join(header, ",") {
-		t.Fatalf("library symbols and header disagree:\n only in library: %v\n only in header: %v",
-			diff(syms, header), diff(header, syms))
-	}
+	return syms
 }
 
 // diff returns the names in a that are not in b.

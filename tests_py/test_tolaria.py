@@ -538,6 +538,10 @@ def _raise(x: Tensor) -> Tensor:
     raise RuntimeError("seed kernel exploded")
 
 
+def _nan(x: Tensor) -> Tensor:
+    return torch.full((x.shape[0], OUT), math.nan)
+
+
 def _wrong_shape(x: Tensor) -> Tensor:
     return torch.zeros(x.shape[0], OUT + 1)
 
@@ -581,13 +585,99 @@ def test_failing_seed_falls_back_to_the_host_then_is_pruned_by_its_breaker(fault
     pruned = events_to(morph, "PRUNED")
     assert len(pruned) == 1
     kind, message = FAULTS[fault]
-    assert f"circuit breaker open after {failures} consecutive failures (last: {kind}: " in pruned[0]["reason"]
+    assert f"circuit breaker open after {failures} consecutive failing steps (last: {kind}: " in pruned[0]["reason"]
     assert message in pruned[0]["reason"]
     assert layer.seed(0) is None and layer.state(0) == SeedState.EMBARGOED
     assert not seed_ids & ({id(p) for p in model.parameters()} | ids_in_optimizer(opt))
     for _ in range(4):
         assert torch.isfinite(train_step(model, opt, morph, x, y))
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _breaker_run(fail_at: set[int], steps: int, signal_every: int,
+                 fault: str = "raises") -> tuple[KasminaLayer, Morphogenesis]:
+    """A TRAINING seed (breaker at 3 failing steps) whose forward fails in the steps of fail_at
+    (1-based, counted from the first faulty step) and works in the others."""
+    model, opt, morph = make(train_steps=1000, failures_before_prune=3, signal_every=signal_every)
+    x, y = data()
+    morph.germinate("fc2", 0)
+    layer: KasminaLayer = morph.layers[0]
+    run_until(morph, SeedState.TRAINING, lambda: train_step(model, opt, morph, x, y))
+    while morph.steps % signal_every:  # start on a window boundary, so windows are easy to reason about
+        train_step(model, opt, morph, x, y)
+    seed = layer.seed(0)
+    good = seed.forward
+    for n in range(1, steps + 1):
+        if layer.seed(0) is not None:
+            seed.forward = good if n not in fail_at else _raise if fault == "raises" else _nan
+        assert torch.isfinite(train_step(model, opt, morph, x, y))
+    return layer, morph
+
+
+@pytest.mark.parametrize("signal_every", [1, 10])
+def test_breaker_counts_consecutive_failing_steps_not_failures(signal_every: int) -> None:
+    # Three exceptions nine clean steps apart (the count the old breaker pruned on): no prune,
+    # whether each lands in a window of its own (signal_every 10: three consecutive windows) or not.
+    layer, morph = _breaker_run({1, 11, 21}, 30, signal_every)
+    assert layer.state(0) == SeedState.TRAINING and not events_to(morph, "PRUNED")
+    info = go_seed(morph)
+    assert info["failures"] == 3 and info["streak"] == 1 and info["breaker"] == "closed"
+    # Two, a clean step, two: never three in a row, even inside one window.
+    layer, morph = _breaker_run({3, 4, 6, 7}, 10, signal_every)
+    assert layer.state(0) == SeedState.TRAINING and go_seed(morph)["failures"] == 4
+    # Three in a row prune the seed, also when they are reported together at a window's end.
+    layer, morph = _breaker_run({3, 4, 5}, 10, signal_every)
+    pruned = events_to(morph, "PRUNED")
+    assert len(pruned) == 1 and layer.seed(0) is None
+    assert pruned[0]["reason"].startswith("circuit breaker open after 3 consecutive failing steps (last: exception: ")
+    assert pruned[0]["step"] == morph.steps - 10 + 5  # at the third failing step, not the window's end
+
+
+def test_breaker_counts_a_window_of_nonfinite_outputs_as_failing_steps() -> None:
+    # Non-finite outputs are counted on the device, per window: a window where every forward failed
+    # is that many failing steps (pruned at the third); one clean forward in it makes it one.
+    layer, morph = _breaker_run(set(range(1, 11)), 10, 10, fault="nan")
+    pruned = events_to(morph, "PRUNED")
+    assert len(pruned) == 1 and "(last: nonfinite: non-finite output in 10 of 10 forward passes)" in pruned[0]["reason"]
+    assert pruned[0]["step"] == morph.steps - 10 + 3
+    layer, morph = _breaker_run(set(range(1, 10)), 10, 10, fault="nan")
+    assert layer.state(0) == SeedState.TRAINING
+    assert go_seed(morph)["failures"] == 1 and go_seed(morph)["streak"] == 1
+
+
+def _churn(morph: Morphogenesis, model: nn.Module, opt: torch.optim.Optimizer, cycles: int) -> None:
+    """Germinate and prune a seed `cycles` times (about six log entries each)."""
+    x, y = data()
+    for _ in range(cycles):
+        morph.germinate("fc2", 0)
+        train_step(model, opt, morph, x, y)
+        morph.prune("fc2", 0)
+        for _ in range(3):
+            train_step(model, opt, morph, x, y)
+
+
+def test_log_is_bounded_in_memory_and_in_checkpoints() -> None:
+    model, opt, morph = make(train_steps=1, embargo_steps=0, log_max=8)
+    _churn(morph, model, opt, 20)
+    assert 1 <= len(morph.log) <= 8 and morph.log_dropped > 0
+    total = len(morph.log) + morph.log_dropped
+    assert total >= 100  # everything that happened is counted
+    assert morph.log[-1]["kind"] == "event" and morph.log[-1]["to"] == "DORMANT"  # the newest are kept
+    go_log = morph.session.growth_log()
+    assert len(go_log["entries"]) <= 8 and go_log["dropped"] > 0  # Go's growth log has the same bound
+    state = morph.state_dict()
+    assert len(state["log"]) <= 8 and state["log_dropped"] == morph.log_dropped
+    assert len(pickle.dumps(state["log"])) < 8 * 1024
+    model2, opt2, morph2 = make(train_steps=1, embargo_steps=0, log_max=4)
+    morph2.load_state_dict(state)
+    assert len(morph2.log) <= 4 and len(morph2.log) + morph2.log_dropped == total
+    assert morph2.log[-1] == morph.log[-1]
+    # Negative control: with the default bound nothing of the same run is dropped.
+    model3, opt3, morph3 = make(train_steps=1, embargo_steps=0)
+    _churn(morph3, model3, opt3, 20)
+    assert morph3.log_dropped == 0 and len(morph3.log) == total
+    with pytest.raises(ValueError, match="log_max must be in"):
+        make(log_max=0)
 
 
 def test_failures_of_a_seed_pruned_by_hand_are_not_blamed_on_the_slot_later() -> None:

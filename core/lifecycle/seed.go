@@ -55,6 +55,14 @@ type Seed struct {
 	GerminatedEpoch int   `json:"germinated_epoch"`
 	// Failures counts failures reported for the current seed.
 	Failures int `json:"failures"`
+	// Streak counts the consecutive failing steps ending at FailedStep: a
+	// failure reported at step FailedStep+1 extends it, one reported at
+	// FailedStep again is the same failing step, any later step starts a
+	// new streak of 1 (the steps between were clean). The seed's breaker
+	// opens when Streak reaches breaker.failures.
+	Streak int `json:"streak,omitempty"`
+	// FailedStep is the session step of the last failure reported.
+	FailedStep int64 `json:"failed_step,omitempty"`
 	// History lists the transitions of this slot, oldest first, at most
 	// MaxHistory of them.
 	History []Transition `json:"history"`
@@ -105,7 +113,7 @@ func (s *Seed) Germinate(blueprint json.RawMessage, id string, params int64, rea
 	s.ParamCount = params
 	s.Generation++
 	s.TotalSteps = 0
-	s.Failures = 0
+	s.Failures, s.Streak, s.FailedStep = 0, 0, 0
 	s.GerminatedStep = step
 	s.GerminatedEpoch = epoch
 	return t, nil
@@ -158,7 +166,7 @@ func (s *Seed) Validate() error {
 	case !(s.Alpha >= 0 && s.Alpha <= 1):
 		return fmt.Errorf("%s: alpha %v is not in [0, 1]: %w", id, s.Alpha, ErrInvalidSeed)
 	case s.StepsInState < 0 || s.TotalSteps < 0 || s.ParamCount < 0 || s.Generation < 0 ||
-		s.Failures < 0 || s.HistoryDropped < 0:
+		s.Failures < 0 || s.Streak < 0 || s.Streak > s.Failures || s.FailedStep < 0 || s.HistoryDropped < 0:
 		return fmt.Errorf("%s: negative counter: %w", id, ErrInvalidSeed)
 	case s.State.Live() && s.Generation == 0:
 		return fmt.Errorf("%s: %s seed has never germinated: %w", id, s.State, ErrInvalidSeed)

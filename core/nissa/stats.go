@@ -16,6 +16,9 @@ const (
 	DefaultEWMA = 0.1
 	// MaxWindow bounds Config.Window.
 	MaxWindow = 1 << 16
+	// MaxValues bounds the ring buffers: Len(Layers) x Window measurements
+	// of 12 bytes each (a float32 and its int64 step), so at most 48 MiB.
+	MaxValues = 1 << 22
 	// MaxLayers bounds Config.Layers.
 	MaxLayers = 1 << 20
 )
@@ -48,8 +51,18 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("nissa: window %d is not in [2, %d]: %w", c.Window, MaxWindow, ErrConfig)
 	case !(c.EWMA > 0 && c.EWMA <= 1):
 		return c, fmt.Errorf("nissa: ewma %v is not in (0, 1]: %w", c.EWMA, ErrConfig)
+	case int64(Len(c.Layers))*int64(c.Window) > MaxValues:
+		return c, fmt.Errorf("nissa: window %d x %d series (2 + 7 x %d layers) = %d measurements exceeds %d (%d MiB of buffers): use a smaller window: %w",
+			c.Window, Len(c.Layers), c.Layers, int64(Len(c.Layers))*int64(c.Window), MaxValues, MaxValues*12>>20, ErrConfig)
 	}
 	return c, nil
+}
+
+// Validate checks c (defaults filled in) without allocating anything: New
+// accepts exactly the configs Validate accepts.
+func (c Config) Validate() error {
+	_, err := c.withDefaults()
+	return err
 }
 
 // series is the running state of one signal of one layer (or one global).

@@ -1,7 +1,9 @@
 // Package recovery is Esper's error recovery toolkit: it classifies errors
 // (transient, permanent, corrupt), retries transient failures with capped
 // exponential backoff and jitter, and keeps circuit breakers keyed by string
-// (per kernel, per seed, per artifact) on top of sony/gobreaker/v2.
+// (per artifact in Urza) on top of sony/gobreaker/v2. Their cool-down is
+// wall-clock time, right for I/O; a seed's breaker counts failing steps of
+// the training run instead and lives in core/session (BreakerConfig).
 //
 // Concurrency: Classify and Retry are safe to call from any goroutine; a
 // Policy is a plain value, and the Rand it holds must itself be safe for the

@@ -1,15 +1,13 @@
 package session
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
-	"io"
 	"maps"
 	"slices"
 	"strings"
 
 	"github.com/esper-morph/esper/blueprint"
+	"github.com/esper-morph/esper/blueprint/canon"
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/policy/tamiyo"
@@ -31,6 +29,12 @@ const (
 	MaxSteps         = 1 << 40
 	MaxNameLen       = 256
 	MaxConfigBytes   = 4 << 20
+	// MaxSignalValues bounds Nissa's ring buffers: (2 + 7 x layers) x
+	// signals.window measurements, 12 bytes each (a float32 and its step),
+	// so at most 48 MiB. The default window (64) fits every layer count.
+	MaxSignalValues = nissa.MaxValues
+	// MaxGrowthLog bounds growth_log_max (entries are a few hundred bytes).
+	MaxGrowthLog = 1 << 20
 )
 
 // LayerConfig describes one wrapped layer, in the order of the signals
@@ -48,16 +52,26 @@ type LayerConfig struct {
 }
 
 // BreakerConfig configures the per-seed circuit breakers.
+//
+// A seed's breaker counts consecutive failing steps, in the session's step
+// count: a failure reported (ReportFailure) while the session is at step t
+// fails step t; several failures at the same step count once; a failure at
+// step t after one at step t-1 extends the streak; a step with no failure
+// reported between two failures ends it (the next failure starts a new
+// streak of 1). The breaker opens when the streak reaches Failures, and the
+// seed is pruned at once: there is no cool-down, a pruned seed never comes
+// back (its slot is embargoed; the next seed there starts with no failures).
 type BreakerConfig struct {
-	// Failures is the number of consecutive failures reported for a seed
-	// (ReportFailure) that opens its breaker and prunes it. Default 3, >= 1.
+	// Failures is the number of consecutive failing steps that opens a
+	// seed's breaker and prunes it. Default 3, in [1, 1<<20].
 	Failures int `json:"failures,omitempty"`
 }
 
 // SignalsConfig configures Nissa's rolling statistics.
 type SignalsConfig struct {
 	// Window is the number of recent measurements per layer and signal the
-	// statistics cover. Default 64, in [2, 65536].
+	// statistics cover. Default 64, in [2, 65536], and (2 + 7 x layers) x
+	// window at most MaxSignalValues (Nissa's buffers stay under 48 MiB).
 	Window int `json:"window,omitempty"`
 	// EWMA is the moving average's smoothing factor. Default 0.1, in (0, 1].
 	EWMA float64 `json:"ewma,omitempty"`
@@ -104,7 +118,8 @@ type Config struct {
 	// move only through Advance, Prune, Fossilize, Cancel and decisions.
 	AutoAdvance *bool `json:"auto_advance,omitempty"`
 	// GrowthLogMax bounds the growth log kept in memory; when it is full
-	// the oldest quarter is dropped (and counted). Default 10000, >= 1.
+	// the oldest quarter is dropped (and counted). Default 10000, in [1,
+	// MaxGrowthLog].
 	GrowthLogMax int `json:"growth_log_max,omitempty"`
 	// LogPath, when set, names a file the session appends JSON-lines
 	// records to (events, decisions, alarms, and signals when
@@ -129,16 +144,10 @@ func ParseConfig(data []byte) (Config, error) {
 	return c, nil
 }
 
+// decodeStrict is canon.DecodeStrict: one strictness for every JSON document
+// (duplicate keys, unknown fields and trailing data are refused).
 func decodeStrict(data []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return fmt.Errorf("trailing data after the document")
-	}
-	return nil
+	return canon.DecodeStrict(data, v)
 }
 
 // clone returns a deep copy of c.
@@ -283,7 +292,7 @@ func (c Config) settings() (settings, error) {
 		return bad("breaker failures %d must be in [1, %d]", c.Breaker.Failures, 1<<20)
 	}
 	sc := nissa.Config{Layers: len(c.Layers), Window: c.Signals.Window, EWMA: c.Signals.EWMA}
-	if _, err := nissa.New(nissa.Config{Window: sc.Window, EWMA: sc.EWMA}); err != nil {
+	if err := sc.Validate(); err != nil { // before anything is allocated
 		return bad("signals: %v", err)
 	}
 	if c.Signals.Window == 0 {
@@ -296,8 +305,8 @@ func (c Config) settings() (settings, error) {
 	if c.GrowthLogMax == 0 {
 		c.GrowthLogMax = DefaultGrowthLogMax
 	}
-	if c.GrowthLogMax < 1 {
-		return bad("growth_log_max %d must be >= 1", c.GrowthLogMax)
+	if c.GrowthLogMax < 1 || c.GrowthLogMax > MaxGrowthLog {
+		return bad("growth_log_max %d must be in [1, %d]", c.GrowthLogMax, MaxGrowthLog)
 	}
 	if c.LogSignalsEvery < 0 {
 		return bad("log_signals_every %d must be >= 0", c.LogSignalsEvery)

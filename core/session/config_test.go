@@ -2,9 +2,12 @@ package session_test
 
 import (
 	"errors"
+	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 
+	"github.com/esper-morph/esper/blueprint"
 	"github.com/esper-morph/esper/core/errcode"
 	"github.com/esper-morph/esper/core/session"
 )
@@ -40,7 +43,7 @@ func TestConfigErrors(t *testing.T) {
 	cases := []struct {
 		name, doc, msg string
 	}{
-		{"not JSON", `{`, "unexpected EOF"},
+		{"not JSON", `{`, "unexpected end of document"},
 		{"trailing", `{"layers": [` + fc + `]} x`, "trailing data"},
 		{"unknown field", `{"layers": [` + fc + `], "slots": 2}`, `unknown field "slots"`},
 		{"no layers", `{"layers": []}`, "0 layers"},
@@ -64,6 +67,8 @@ func TestConfigErrors(t *testing.T) {
 		{"growth log", `{"layers": [` + fc + `], "growth_log_max": -1}`, "growth_log_max -1"},
 		{"log every", `{"layers": [` + fc + `], "log_signals_every": -1}`, "log_signals_every -1"},
 		{"wrong type", `{"layers": [` + fc + `], "train_steps": "ten"}`, "train_steps"},
+		{"duplicate key", `{"layers": [` + fc + `], "train_steps": 5, "train_steps": 500}`, `duplicate object key "train_steps"`},
+		{"duplicate nested key", `{"layers": [{"name": "fc", "name": "gc", "kind": "linear", "in": 4, "out": 4}]}`, `duplicate object key "name"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -89,12 +94,73 @@ func TestConfigLogPathError(t *testing.T) {
 	}
 }
 
+// maxNewBytes bounds what New may allocate for any valid config: Nissa's
+// buffers (at most 48 MiB, MaxSignalValues) plus 65536 seeds and 4096
+// layers' controller state.
+const maxNewBytes = 160 << 20
+
+// TestConfigMemoryBounds: configs whose buffers would not fit the bounds
+// are refused by validation, before anything is allocated; the largest
+// accepted ones allocate within maxNewBytes.
+func TestConfigMemoryBounds(t *testing.T) {
+	layers := func(n int) []session.LayerConfig {
+		out := make([]session.LayerConfig, n)
+		for i := range out {
+			out[i] = session.LayerConfig{Name: fmt.Sprintf("l%d", i)}
+			out[i].Kind, out[i].In, out[i].Out = blueprint.HostLinear, 4, 4
+		}
+		return out
+	}
+	cases := []struct {
+		name   string
+		cfg    session.Config
+		refuse string
+	}{
+		{"max layers x max window", session.Config{Layers: layers(session.MaxLayers), Signals: session.SignalsConfig{Window: 1 << 16}},
+			"exceeds 4194304 (48 MiB of buffers)"},
+		{"one layer, max window", session.Config{Layers: layers(1), Signals: session.SignalsConfig{Window: 1 << 16}}, ""},
+		{"max layers x default window, max slots", session.Config{Layers: layers(session.MaxLayers), SlotsPerLayer: 16}, ""},
+		{"max layers x largest window", session.Config{Layers: layers(session.MaxLayers), Signals: session.SignalsConfig{Window: 145}}, ""},
+		{"too many layers", session.Config{Layers: layers(session.MaxLayers + 1)}, "4097 layers"},
+		{"too many slots", session.Config{Layers: layers(session.MaxLayers), SlotsPerLayer: 17}, "layers x slots <= 65536"},
+		{"growth log", session.Config{Layers: layers(1), GrowthLogMax: session.MaxGrowthLog + 1}, "growth_log_max"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			s, err := session.New(tc.cfg)
+			runtime.ReadMemStats(&after)
+			grown := after.TotalAlloc - before.TotalAlloc
+			if tc.refuse != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.refuse) {
+					t.Fatalf("err = %v, want %q", err, tc.refuse)
+				}
+				if grown > 4<<20 {
+					t.Fatalf("refusing the config allocated %d MiB", grown>>20)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if grown > maxNewBytes {
+				t.Fatalf("New allocated %d MiB (limit %d MiB)", grown>>20, maxNewBytes>>20)
+			}
+			t.Logf("New allocated %.1f MiB", float64(grown)/(1<<20))
+		})
+	}
+}
+
 func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`{"layers": [{"name": "fc", "kind": "linear", "in": 4, "out": 4}], "slots_per_layer": 2, "policy": "random",
 		"controller": {"seed": 3, "params": {"width": 8}}, "governor": {"max_params": 1000, "cooldown_epochs": 0}}`))
 	f.Add([]byte(`{"layers": [{"name": "c", "kind": "conv2d", "in": 3, "out": 8, "kernel": 3, "padding": 1, "spatial": [8, 8]}],
 		"schedule": "cosine", "embargo_steps": 0, "auto_advance": false}`))
 	f.Add([]byte(`{"layers": [{"name": "r", "kind": "residual", "dim": 16}], "breaker": {"failures": 1}}`))
+	f.Add([]byte(`{"layers": [{"name": "a", "kind": "linear", "in": 4, "out": 4}, {"name": "b", "kind": "linear", "in": 4, "out": 4}],
+		"slots_per_layer": 64, "signals": {"window": 65536}, "growth_log_max": 1048576, "governor": {"loss_window": 65536}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		cfg, err := session.ParseConfig(b)
 		if err != nil {
@@ -103,10 +169,19 @@ func FuzzParseConfig(f *testing.F) {
 			}
 			return
 		}
-		if len(cfg.Layers)*max(cfg.SlotsPerLayer, 1) > 4096 || cfg.Signals.Window > 4096 || cfg.GrowthLogMax > 1<<16 || cfg.LogPath != "" {
-			return // keep each run small, and touch no files
+		if cfg.LogPath != "" {
+			return // touch no files
 		}
+		// Whatever the validation accepts, New allocates within the
+		// documented bound: no size check here, the config's own limits
+		// (layers, slots, window x layers) must keep memory bounded.
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
 		s, err := session.New(cfg)
+		runtime.ReadMemStats(&after)
+		if grown := after.TotalAlloc - before.TotalAlloc; grown > maxNewBytes {
+			t.Fatalf("New allocated %d MiB for a config it accepted (limit %d MiB)", grown>>20, maxNewBytes>>20)
+		}
 		if err != nil {
 			if c := errcode.Of(err); c != errcode.Invalid && c != errcode.NotFound {
 				t.Fatalf("New code %v: %v", c, err)

@@ -2,7 +2,7 @@
 // once per optimizer step and once per epoch: the seed slots of every
 // wrapped (Kasmina) layer with their lifecycle (core/lifecycle), the health
 // signal statistics (core/nissa), the controller and its safety governor
-// (policy/tamiyo), per-seed circuit breakers (core/recovery) and a growth
+// (policy/tamiyo), per-seed circuit breakers (consecutive failing steps) and a growth
 // log of every event and decision.
 //
 // The per-step call, Step, advances the step counters, applies the gated

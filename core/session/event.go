@@ -82,9 +82,11 @@ type Failure struct {
 	Kind  FailureKind `json:"kind"`
 	// Message is the trainer's description.
 	Message string `json:"message"`
-	// Failures counts the seed's failures so far; BreakerOpen says whether
-	// its breaker opened.
+	// Failures counts the seed's failures so far, Streak its consecutive
+	// failing steps (BreakerConfig); BreakerOpen says whether its breaker
+	// opened.
 	Failures    int  `json:"failures"`
+	Streak      int  `json:"streak"`
 	BreakerOpen bool `json:"breaker_open"`
 	// Outcome says what the session did.
 	Outcome string `json:"outcome"`

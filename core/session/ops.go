@@ -27,7 +27,7 @@ func ParseBlueprint(data []byte, host blueprint.Host) (*blueprint.IR, error) {
 		return nil, fmt.Errorf("session: blueprint document is %d bytes, limit %d: %w", len(data), blueprint.MaxIRBytes, ErrArgument)
 	}
 	var keys map[string]json.RawMessage
-	if err := json.Unmarshal(data, &keys); err != nil {
+	if err := decodeStrict(data, &keys); err != nil {
 		return nil, fmt.Errorf("session: blueprint: %v: %w", err, ErrArgument)
 	}
 	if _, isIR := keys["ops"]; isIR {
@@ -243,8 +243,11 @@ func (s *Session) Cancel(layer, slot int, reason string) ([]Event, error) {
 
 // ReportFailure records a failure of the seed at layer/slot (its forward
 // raised, returned NaN/Inf or the wrong shape; the trainer fell back to the
-// host's output) in the seed's circuit breaker. When the breaker opens
-// (breaker.failures consecutive failures) the seed is pruned with the
+// host's output) as a failure of the session's current step, and counts it
+// in the seed's breaker (BreakerConfig: consecutive failing steps; a clean
+// step between two failures resets the count). A trainer that batches steps
+// reports each failure after stepping the session to the step it happened
+// in. When the streak reaches breaker.failures the seed is pruned with the
 // reason (cancelled if it is still GERMINATED; a fossilized seed cannot be
 // pruned and is only recorded). A failure for a seed already on its way out
 // is recorded and ignored; one for a dormant slot is refused (code STATE).
@@ -274,21 +277,30 @@ func (s *Session) ReportFailure(layer, slot int, kind FailureKind, msg string) (
 	case sd.State == lifecycle.Dormant:
 		return nil, fmt.Errorf("session: report failure %d/%d: the slot is DORMANT, there is no seed to fail: %w", layer, slot, ErrSeedState)
 	case sd.State.Exiting():
-		f.Failures = sd.Failures
+		f.Failures, f.Streak = sd.Failures, sd.Streak
 		f.Outcome = "ignored: the seed is already " + sd.State.String()
 		record()
 		return s.drainLocked(), nil
 	}
 	sd.Failures++
 	s.counters.Failures++
-	open := s.breakers.Record(breakerKey(layer, slot, sd.Generation), true)
-	f.Failures, f.BreakerOpen = sd.Failures, open
+	switch {
+	case sd.Streak > 0 && sd.FailedStep == s.step:
+		// Another failure of a step already counted.
+	case sd.Streak > 0 && sd.FailedStep == s.step-1:
+		sd.Streak++
+	default:
+		sd.Streak = 1
+	}
+	sd.FailedStep = s.step
+	open := sd.Streak >= s.set.cfg.Breaker.Failures
+	f.Failures, f.Streak, f.BreakerOpen = sd.Failures, sd.Streak, open
 	if !open {
-		f.Outcome = fmt.Sprintf("recorded: %d of %d consecutive failures open the breaker", sd.Failures, s.set.cfg.Breaker.Failures)
+		f.Outcome = fmt.Sprintf("recorded: %d of %d consecutive failing steps open the breaker", sd.Streak, s.set.cfg.Breaker.Failures)
 		record()
 		return s.drainLocked(), nil
 	}
-	reason := fmt.Sprintf("circuit breaker open after %d consecutive failures (last: %s: %s)", sd.Failures, kind, msg)
+	reason := fmt.Sprintf("circuit breaker open after %d consecutive failing steps (last: %s: %s)", sd.Streak, kind, msg)
 	to := lifecycle.Pruned
 	switch sd.State {
 	case lifecycle.Fossilized:

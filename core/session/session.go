@@ -13,7 +13,6 @@ import (
 	"github.com/esper-morph/esper/core/errcode"
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
-	"github.com/esper-morph/esper/core/recovery"
 	"github.com/esper-morph/esper/policy/tamiyo"
 )
 
@@ -60,7 +59,6 @@ type Session struct {
 	epochsIn []int // per slot: end-of-epoch calls since its last transition
 	stats    *nissa.Stats
 	ctl      *tamiyo.Controller
-	breakers *recovery.Breakers
 	pending  []Event
 	growth   []LogEntry
 	dropped  int64
@@ -111,10 +109,6 @@ func (s *Session) reset(set settings) error {
 	if err != nil {
 		return fmt.Errorf("session: controller: %w", err)
 	}
-	br, err := recovery.NewBreakers(recovery.Config{Failures: uint32(set.cfg.Breaker.Failures)})
-	if err != nil {
-		return fmt.Errorf("session: breakers: %w", err)
-	}
 	s.set = set
 	s.slots = set.cfg.SlotsPerLayer
 	s.step, s.epoch = 0, 0
@@ -123,7 +117,7 @@ func (s *Session) reset(set settings) error {
 		s.seeds[i] = lifecycle.NewSeed(i/s.slots, i%s.slots)
 	}
 	s.epochsIn = make([]int, n)
-	s.stats, s.ctl, s.breakers = stats, ctl, br
+	s.stats, s.ctl = stats, ctl
 	s.pending, s.growth, s.dropped, s.counters = nil, nil, 0, Counters{}
 	s.views = make([]tamiyo.SeedView, n)
 	s.initReasons()
@@ -334,7 +328,6 @@ func (s *Session) settleLocked(i int) {
 // it. It returns the lifecycle error for an illegal move.
 func (s *Session) transitionLocked(i int, to lifecycle.State, reason string, step int64) error {
 	sd := s.seeds[i]
-	gen := sd.Generation
 	tr, err := sd.Transition(to, reason, step)
 	if err != nil {
 		return err
@@ -350,9 +343,6 @@ func (s *Session) transitionLocked(i int, to lifecycle.State, reason string, ste
 		s.counters.Cancels++
 	case lifecycle.RolledBack:
 		s.counters.Rollbacks++
-	}
-	if to.Exiting() {
-		s.breakers.Reset(breakerKey(sd.Layer, sd.Slot, gen))
 	}
 	s.emitLocked(Event{Layer: sd.Layer, Slot: sd.Slot, From: tr.From, To: tr.To, Step: step, Epoch: s.epoch,
 		Alpha: sd.Alpha, Reason: reason})
@@ -380,10 +370,6 @@ func (s *Session) recordLocked(e LogEntry, kind string, payload any) {
 	if s.logger != nil {
 		s.logq = append(s.logq, logRecord{kind: kind, step: e.Step, payload: payload})
 	}
-}
-
-func breakerKey(layer, slot, gen int) string {
-	return "seed/" + strconv.Itoa(layer) + "/" + strconv.Itoa(slot) + "/" + strconv.Itoa(gen)
 }
 
 // Events drains and returns the pending events, oldest first (nil when

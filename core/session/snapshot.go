@@ -10,7 +10,6 @@ import (
 	"github.com/esper-morph/esper/blueprint/canon"
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
-	"github.com/esper-morph/esper/core/recovery"
 	"github.com/esper-morph/esper/policy/tamiyo"
 )
 
@@ -102,7 +101,7 @@ func (s *Session) Restore(data []byte) error {
 		return err
 	}
 	s.set, s.step, s.epoch = next.set, next.step, next.epoch
-	s.seeds, s.epochsIn, s.stats, s.ctl, s.breakers = next.seeds, next.epochsIn, next.stats, next.ctl, next.breakers
+	s.seeds, s.epochsIn, s.stats, s.ctl = next.seeds, next.epochsIn, next.stats, next.ctl
 	s.pending, s.growth, s.dropped, s.counters = next.pending, next.growth, next.dropped, next.counters
 	s.views, s.reasons = next.views, next.reasons
 	return nil
@@ -195,8 +194,11 @@ func (s *Session) load(snap *snapshot) error {
 			if len(sd.Blueprint) == 0 || canon.ID(sd.Blueprint) != sd.BlueprintID {
 				return bad("seed %d/%d: blueprint does not match its id %q", sd.Layer, sd.Slot, sd.BlueprintID)
 			}
-			if sd.State.Active() && sd.Failures >= s.set.cfg.Breaker.Failures {
-				return bad("seed %d/%d: %d failures would have opened its breaker", sd.Layer, sd.Slot, sd.Failures)
+			if sd.State.Active() && sd.Streak >= s.set.cfg.Breaker.Failures {
+				return bad("seed %d/%d: %d consecutive failing steps would have opened its breaker", sd.Layer, sd.Slot, sd.Streak)
+			}
+			if sd.FailedStep > snap.Step {
+				return bad("seed %d/%d failed at step %d, after step %d", sd.Layer, sd.Slot, sd.FailedStep, snap.Step)
 			}
 		}
 		if sd.GerminatedStep > snap.Step {
@@ -221,17 +223,6 @@ func (s *Session) load(snap *snapshot) error {
 			return bad("pending[%d] names seed %d/%d or invalid states", i, ev.Layer, ev.Slot)
 		}
 	}
-	br, err := recovery.NewBreakers(recovery.Config{Failures: uint32(s.set.cfg.Breaker.Failures)})
-	if err != nil {
-		return fmt.Errorf("session: restore: breakers: %w", err)
-	}
-	for _, sd := range snap.Seeds {
-		if sd.State.Live() {
-			for k := 0; k < sd.Failures; k++ {
-				br.Record(breakerKey(sd.Layer, sd.Slot, sd.Generation), true)
-			}
-		}
-	}
 	growth := snap.GrowthLog
 	dropped := snap.GrowthDropped
 	if limit := s.set.cfg.GrowthLogMax; len(growth) > limit {
@@ -240,7 +231,7 @@ func (s *Session) load(snap *snapshot) error {
 	}
 	s.step, s.epoch = snap.Step, snap.Epoch
 	s.seeds, s.epochsIn = snap.Seeds, snap.EpochsInState
-	s.stats, s.breakers = stats, br
+	s.stats = stats
 	s.pending = snap.Pending
 	if len(s.pending) == 0 {
 		s.pending = nil
@@ -256,8 +247,8 @@ type SeedInfo struct {
 	Name string `json:"name"`
 	// EpochsInState counts end-of-epoch calls since the last transition.
 	EpochsInState int `json:"epochs_in_state"`
-	// Breaker is the seed's circuit breaker: "closed", "half-open" or
-	// "open".
+	// Breaker is the seed's circuit breaker: "open" once its consecutive
+	// failing steps (Streak) reached breaker.failures, else "closed".
 	Breaker string `json:"breaker"`
 	// Waiting says which gate holds the seed's automatic transition back
 	// and why (e.g. "min_steps: TRAINING has 40 of 100 steps"); "" when
@@ -274,8 +265,11 @@ func (s *Session) Seeds() ([]SeedInfo, error) {
 	defer s.unlock()
 	out := make([]SeedInfo, len(s.seeds))
 	for i, sd := range s.seeds {
-		out[i] = SeedInfo{Seed: *sd.Clone(), Name: s.set.names[sd.Layer], EpochsInState: s.epochsIn[i],
-			Breaker: s.breakers.State(breakerKey(sd.Layer, sd.Slot, sd.Generation)).String()}
+		breaker := "closed"
+		if sd.State.Live() && sd.Streak >= s.set.cfg.Breaker.Failures {
+			breaker = "open"
+		}
+		out[i] = SeedInfo{Seed: *sd.Clone(), Name: s.set.names[sd.Layer], EpochsInState: s.epochsIn[i], Breaker: breaker}
 		if out[i].History == nil {
 			out[i].History = []lifecycle.Transition{}
 		}

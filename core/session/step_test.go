@@ -3,6 +3,7 @@ package session_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"reflect"
 	"strings"
@@ -373,25 +374,36 @@ func TestReportFailure(t *testing.T) {
 	if info := seedState(t, s, 0, 0); info.Failures != 1 || info.State != lifecycle.Training || info.Breaker != "closed" {
 		t.Fatalf("after one failure %+v", info)
 	}
+	step(t, s, 1)
 	evs, err = s.ReportFailure(0, 0, session.FailureShape, "got (4, 3)")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := transitions(evs); !reflect.DeepEqual(got, []string{"0/0 TRAINING->PRUNED@3", "0/0 PRUNED->EMBARGOED@3"}) {
+	if got := transitions(evs); !reflect.DeepEqual(got, []string{"0/0 TRAINING->PRUNED@4", "0/0 PRUNED->EMBARGOED@4"}) {
 		t.Fatalf("breaker prune %v", got)
 	}
-	if evs[0].Reason != "circuit breaker open after 2 consecutive failures (last: shape: got (4, 3))" {
+	if evs[0].Reason != "circuit breaker open after 2 consecutive failing steps (last: shape: got (4, 3))" {
 		t.Fatalf("reason %q", evs[0].Reason)
 	}
 	// Late reports for a seed on its way out are ignored.
 	if evs, err := s.ReportFailure(0, 0, session.FailureException, "late"); err != nil || len(evs) != 0 {
 		t.Fatalf("late failure %v %v", evs, err)
 	}
-	// A germinated seed whose breaker opens is cancelled.
-	germinate(t, s, 1, 0, `{"template": "linear"}`)
-	s.ReportFailure(1, 0, session.FailureException, "boom")
-	evs, _ = s.ReportFailure(1, 0, session.FailureException, "boom")
-	if len(evs) < 1 || evs[len(evs)-2].To != lifecycle.Cancelled {
+	// A germinated seed whose breaker opens is cancelled: two failures at
+	// the same step are one failing step, a third at the next step opens it
+	// (auto_advance off keeps the seed GERMINATED across the step).
+	off := false
+	cfg2 := cfg
+	cfg2.AutoAdvance = &off
+	s2 := newSession(t, cfg2)
+	germinate(t, s2, 1, 0, `{"template": "linear"}`)
+	s2.ReportFailure(1, 0, session.FailureException, "boom")
+	if evs, _ := s2.ReportFailure(1, 0, session.FailureException, "boom"); len(evs) != 0 || seedState(t, s2, 1, 0).Streak != 1 {
+		t.Fatalf("two failures in one step: %v %+v", transitions(evs), seedState(t, s2, 1, 0))
+	}
+	step(t, s2, 1)
+	evs, _ = s2.ReportFailure(1, 0, session.FailureException, "boom")
+	if len(evs) < 1 || evs[0].To != lifecycle.Cancelled {
 		t.Fatalf("germinated breaker %v", transitions(evs))
 	}
 	cases := []struct {
@@ -412,7 +424,7 @@ func TestReportFailure(t *testing.T) {
 		})
 	}
 	st, _ := s.Stats()
-	if st.Counters.Failures != 4 || st.Counters.Prunes != 1 || st.Counters.Cancels != 1 {
+	if st.Counters.Failures != 2 || st.Counters.Prunes != 1 || st.Counters.Cancels != 0 {
 		t.Fatalf("counters %+v", st.Counters)
 	}
 	log, _ := s.GrowthLog()
@@ -422,7 +434,7 @@ func TestReportFailure(t *testing.T) {
 			failures++
 		}
 	}
-	if failures != 5 {
+	if failures != 3 {
 		t.Fatalf("%d failures logged", failures)
 	}
 }
@@ -602,4 +614,124 @@ func TestSeedFailed(t *testing.T) {
 			t.Fatalf("fossilized: %v", err)
 		}
 	})
+}
+
+// TestBreakerCountsConsecutiveFailingSteps: the breaker opens after
+// breaker.failures consecutive failing steps; a clean step between two
+// failures resets the streak, several failures in one step count once, and
+// a snapshot carries the streak.
+func TestBreakerCountsConsecutiveFailingSteps(t *testing.T) {
+	// A script is a list of gaps: before each failure, the session is stepped
+	// by gap steps (0: the same step as the previous failure).
+	cases := []struct {
+		name     string
+		gaps     []int64
+		streaks  []int // the streak after each failure
+		pruneAt  int   // index of the failure that prunes; -1: none
+		failures int
+	}{
+		{"three in a row", []int64{1, 1, 1}, []int{1, 2, 3}, 2, 3},
+		{"spread with clean steps", []int64{1, 10, 10}, []int{1, 1, 1}, -1, 3},
+		{"one clean step resets", []int64{1, 1, 2, 1, 1}, []int{1, 2, 1, 2, 3}, 4, 3},
+		{"same step counts once", []int64{1, 0, 0, 1, 0}, []int{1, 1, 1, 2, 2}, -1, 3},
+		{"same step then next", []int64{1, 0, 1, 1}, []int{1, 1, 2, 3}, 3, 3},
+		{"one failure opens at 1", []int64{5}, []int{1}, 0, 1},
+		{"clean window between", []int64{1, 1, 50, 1}, []int{1, 2, 1, 2}, -1, 3},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := baseConfig()
+			cfg.Breaker.Failures = tc.failures
+			cfg.TrainSteps = 1000 // the seed stays TRAINING through the script
+			s := newSession(t, cfg)
+			germinate(t, s, 0, 0, `{"template": "linear"}`)
+			step(t, s, 1)
+			events(t, s)
+			pruned := -1
+			for i, gap := range tc.gaps {
+				if gap > 0 {
+					step(t, s, gap)
+				}
+				evs, err := s.ReportFailure(0, 0, session.FailureException, "boom")
+				if err != nil {
+					t.Fatalf("failure %d: %v", i, err)
+				}
+				if len(evs) > 0 && evs[0].To == lifecycle.Pruned {
+					if pruned >= 0 {
+						t.Fatalf("pruned twice")
+					}
+					pruned = i
+					if want := fmt.Sprintf("circuit breaker open after %d consecutive failing steps", tc.failures); !strings.HasPrefix(evs[0].Reason, want) {
+						t.Fatalf("reason %q", evs[0].Reason)
+					}
+					break
+				}
+				if got := seedState(t, s, 0, 0).Streak; got != tc.streaks[i] {
+					t.Fatalf("failure %d: streak %d, want %d", i, got, tc.streaks[i])
+				}
+				// A snapshot round trip keeps the streak: the next failure counts the same.
+				snap, err := s.Snapshot()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Restore(snap); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if pruned != tc.pruneAt {
+				t.Fatalf("pruned at failure %d, want %d", pruned, tc.pruneAt)
+			}
+			if pruned < 0 {
+				info := seedState(t, s, 0, 0)
+				if info.State != lifecycle.Training || info.Breaker != "closed" || info.Failures != len(tc.gaps) {
+					t.Fatalf("survivor %+v", info)
+				}
+			}
+		})
+	}
+}
+
+// TestRestoreRefusesOpenStreak: a snapshot whose active seed already has a
+// full streak (its breaker would have pruned it) is refused.
+func TestRestoreRefusesOpenStreak(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Breaker.Failures = 2
+	s := newSession(t, cfg)
+	germinate(t, s, 0, 0, `{"template": "linear"}`)
+	step(t, s, 2)
+	if _, err := s.ReportFailure(0, 0, session.FailureException, "boom"); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := s.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := strings.Replace(string(snap), `"failures":1,"streak":1`, `"failures":2,"streak":2`, 1)
+	if forged == string(snap) {
+		t.Fatal("snapshot holds no streak")
+	}
+	if err := s.Restore([]byte(forged)); err == nil || !strings.Contains(err.Error(), "consecutive failing steps would have opened its breaker") {
+		t.Fatalf("restore: %v", err)
+	}
+}
+
+// TestDuplicateKeysRefused: the session's documents (blueprint references,
+// snapshots) share the one strict JSON syntax.
+func TestDuplicateKeysRefused(t *testing.T) {
+	s := newSession(t, baseConfig())
+	if _, err := s.GerminateSpec(0, 0, []byte(`{"template": "linear", "template": "residual_mlp"}`)); err == nil ||
+		!strings.Contains(err.Error(), `duplicate object key "template"`) {
+		t.Fatalf("germinate: %v", err)
+	}
+	snap, err := s.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dup := append(append([]byte(nil), snap[:len(snap)-1]...), []byte(`, "step": 0}`)...)
+	if err := s.Restore(dup); err == nil || !strings.Contains(err.Error(), `duplicate object key "step"`) {
+		t.Fatalf("restore: %v", err)
+	}
+	if err := s.Restore(snap); err != nil {
+		t.Fatalf("negative control: %v", err)
+	}
 }

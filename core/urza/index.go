@@ -251,7 +251,7 @@ func (s *Store) readIndexFile() (map[string]Info, os.FileInfo, bool) {
 		return nil, nil, false
 	}
 	var f indexFile
-	if err := json.Unmarshal(b, &f); err != nil || f.Version != indexVersion {
+	if err := canon.DecodeLenient(b, &f); err != nil || f.Version != indexVersion {
 		return nil, nil, false
 	}
 	entries := make(map[string]Info, len(f.Artifacts))

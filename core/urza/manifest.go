@@ -212,7 +212,7 @@ func validTag(s string) bool {
 // version stays readable; it needs only the weights fields.
 func readManifest(b []byte) (*Manifest, error) {
 	var m Manifest
-	if err := json.Unmarshal(b, &m); err != nil {
+	if err := canon.DecodeLenient(b, &m); err != nil {
 		return nil, fmt.Errorf("manifest does not decode: %v", err)
 	}
 	if !canon.IsID(m.WeightsSHA256) || m.WeightsSize < 0 {

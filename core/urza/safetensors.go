@@ -57,14 +57,14 @@ func Tensors(b []byte) ([]Tensor, error) {
 		return nil, fmt.Errorf("%w: header: %v", ErrInvalidWeights, err)
 	}
 	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(head, &raw); err != nil {
+	if err := canon.DecodeStrict(head, &raw); err != nil {
 		return nil, fmt.Errorf("%w: header is not a JSON object: %v", ErrInvalidWeights, err)
 	}
 	tensors := make([]Tensor, 0, len(raw))
 	for name, msg := range raw {
 		if name == "__metadata__" {
 			var meta map[string]string
-			if err := json.Unmarshal(msg, &meta); err != nil {
+			if err := canon.DecodeStrict(msg, &meta); err != nil {
 				return nil, fmt.Errorf("%w: __metadata__ must map strings to strings: %v", ErrInvalidWeights, err)
 			}
 			continue

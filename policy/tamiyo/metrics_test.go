@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/esper-morph/esper/core/errcode"
@@ -69,4 +70,18 @@ func FuzzParseMetrics(f *testing.F) {
 			t.Fatalf("re-parse %s: %v", out, err)
 		}
 	})
+}
+
+func TestParseMetricsRefusesDuplicateKeys(t *testing.T) {
+	for _, doc := range []string{
+		`{"val_loss": 0.5, "val_loss": 0.1}`,
+		`{"contributions": [{"layer": 0, "slot": 0, "delta_loss": 0.1, "delta_loss": 0.2}]}`,
+	} {
+		if _, err := tamiyo.ParseMetrics([]byte(doc)); err == nil || !strings.Contains(err.Error(), "duplicate object key") {
+			t.Fatalf("%s: err = %v", doc, err)
+		}
+	}
+	if _, err := tamiyo.ParseMetrics([]byte(`{"val_loss": 0.5}`)); err != nil {
+		t.Fatalf("negative control: %v", err)
+	}
 }

@@ -1,12 +1,10 @@
 package tamiyo
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
-	"io"
 	"math"
 
+	"github.com/esper-morph/esper/blueprint/canon"
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
 )
@@ -52,13 +50,8 @@ func ParseMetrics(data []byte) (Metrics, error) {
 	if len(data) > MaxMetricsBytes {
 		return m, fmt.Errorf("tamiyo: metrics document is %d bytes, limit %d: %w", len(data), MaxMetricsBytes, ErrMetrics)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&m); err != nil {
+	if err := canon.DecodeStrict(data, &m); err != nil {
 		return Metrics{}, fmt.Errorf("tamiyo: metrics: %v: %w", err, ErrMetrics)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return Metrics{}, fmt.Errorf("tamiyo: metrics: trailing data after the document: %w", ErrMetrics)
 	}
 	if m.Epoch != nil && *m.Epoch < 0 {
 		return Metrics{}, fmt.Errorf("tamiyo: metrics: epoch %d must be >= 0: %w", *m.Epoch, ErrMetrics)

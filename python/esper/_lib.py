@@ -38,6 +38,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_abi_version": (c_int32, []),
     "esper_build_info": (c_int, [POINTER(c_void_p)]),
     "esper_init": (c_int, [c_char_p]),
+    "esper_runtime_stats": (c_int, [POINTER(c_void_p)]),
     "esper_free": (None, [c_void_p]),
     "esper_last_error": (c_int32, [c_uint64, c_char_p, c_size_t, POINTER(c_size_t)]),
     "esper_cancel": (c_int, [c_uint64]),
@@ -114,15 +115,60 @@ def _candidates() -> list[Path]:
     return [Path(__file__).resolve().parent / "_lib" / _LIB_NAME]
 
 
+def _ranged(ctype: Any) -> Any:
+    """A subclass of the integer ctype whose ``from_param`` refuses a Python int out of its range
+    (plain ctypes keeps the low bits: slot 2**32+1 would arrive as slot 1)."""
+    bits = 8 * ctypes.sizeof(ctype)
+    signed = ctype(-1).value < 0
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    name = f"{'int' if signed else 'uint'}{bits}"
+
+    class Ranged(ctype):  # type: ignore[misc, valid-type]
+        @classmethod
+        def from_param(cls, value: Any) -> Any:
+            if isinstance(value, int) and not lo <= value <= hi:
+                raise OverflowError(f"{value} is out of range for {name} [{lo}, {hi}]; nothing was called")
+            return ctype.from_param(value)
+
+    Ranged.__name__ = f"ranged_{name}"
+    return Ranged
+
+
+# Integer argument types checked for range at every call (from_param costs a few hundred ns).
+_RANGED = {t: _ranged(t) for t in (c_int, c_int32, c_int64, c_uint64, c_size_t)}
+
+
 def _declare(cdll: ctypes.CDLL) -> None:
     for name, (restype, argtypes) in _SIGNATURES.items():
         fn = getattr(cdll, name, None)
         if fn is None:
-            # A symbol that is not there yet in an older library stays absent;
-            # calling it raises AttributeError naming it.
+            # A symbol that is not there yet in an older library, or a test-only export that the
+            # production library does not have, stays absent; calling it raises AttributeError.
             continue
         fn.restype = restype
-        fn.argtypes = argtypes
+        fn.argtypes = [_RANGED.get(t, t) for t in argtypes]
+
+
+def unchecked(cdll: ctypes.CDLL, name: str) -> Any:
+    """A separate function object for the symbol with the plain ctypes argument types (no range
+    checks): for a hot path whose caller checks its integers itself (``Session.step``)."""
+    fn = cdll[name]
+    fn.restype, fn.argtypes = _SIGNATURES[name]
+    return fn
+
+
+def check_range(name: str, value: int, lo: int, hi: int) -> int:
+    """Return ``value`` when it is an int in [lo, hi]; raise ValueError naming the argument
+    otherwise (before ctypes would truncate it)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} {value} is out of range [{lo}, {hi}]")
+    return value
+
+
+INT32_MAX = (1 << 31) - 1
+INT64_MAX = (1 << 63) - 1
 
 
 def _init_settings() -> bytes:
@@ -201,9 +247,15 @@ def lib() -> ctypes.CDLL:
                     "rebuild the library (pip install . or make lib) or point ESPER_LIBRARY at a matching one"
                 )
             _declare(loaded)
-            _lib, _lib_path, _loaded_pid = loaded, str(path), os.getpid()
             settings = _init_settings()
-            check(loaded.esper_init(settings))
+            rc = loaded.esper_init(settings)
+            if rc != 0:
+                # Not published: the next call loads and initialises again (and fails the same
+                # way until the settings are fixed) instead of using an uninitialised library.
+                _code, message = _last_error_of(loaded, 0)
+                raise error_for_code(rc)(f"esper_init with {settings.decode()} failed: {message}", rc)
+            # Published only now that esper_init succeeded.
+            _lib, _lib_path, _loaded_pid = loaded, str(path), os.getpid()
             _sent_settings = settings
             return loaded
         raise LibraryError(
@@ -221,7 +273,10 @@ def library_path() -> str:
 
 def last_error(handle: int = 0) -> tuple[int, str]:
     """Return (code, message) of the last error on handle (0: this thread)."""
-    cdll = lib()
+    return _last_error_of(lib(), handle)
+
+
+def _last_error_of(cdll: ctypes.CDLL, handle: int) -> tuple[int, str]:
     needed = c_size_t(0)
     cdll.esper_last_error(handle, None, 0, ctypes.byref(needed))
     buf = ctypes.create_string_buffer(max(needed.value, 1))
@@ -262,6 +317,15 @@ def take_bytes(ptr: c_void_p, n: int) -> bytes:
         return ctypes.string_at(ptr.value, n)
     finally:
         lib().esper_free(ptr)
+
+
+def runtime_stats() -> dict[str, Any]:
+    """The Go runtime's memory figures: heap_alloc, heap_inuse, heap_sys, heap_objects, sys (bytes
+    Go obtained from the OS), num_gc, goroutines, and handles (live Go objects). It stops Go's
+    world briefly: call it to monitor, not every step."""
+    out = c_void_p()
+    check(lib().esper_runtime_stats(ctypes.byref(out)))
+    return take_json(out)
 
 
 def build_info() -> dict[str, Any]:

@@ -4,6 +4,7 @@
     esper bench [--quick] [--out DIR]
     esper urza ls | show ID | verify | gc   [--root DIR]
     esper blueprints [--host linear:64:10]
+    esper soak --minutes N [--seed S] [--samples K] [--json]
     esper info
 """
 
@@ -127,6 +128,36 @@ def _show_outcomes(rows: list[dict[str, Any]], as_json: bool) -> None:
     else:
         _print_outcomes(rows)
 
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _cmd_soak(args: argparse.Namespace) -> int:
+    from .soak import run_soak
+
+    log = None if args.json else print
+    if log is not None:
+        print(f"esper soak: {args.minutes:g} min, seed {args.seed}: faults injected every cycle "
+              "(failing seeds, NaN losses, prunes, checkpoint and resume)")
+    report = run_soak(args.minutes, seed=args.seed, samples=args.samples, log=log)
+    if args.json:
+        _print_json(report.to_dict())
+        return 0
+    growth = report.growth_after_warmup()
+    print(f"{report.steps} steps, {report.epochs} epochs, {report.germinations} germinations, "
+          f"{report.breaker_prunes} breaker prunes, {report.manual_prunes} manual prunes, "
+          f"{report.nan_losses} NaN losses, {report.rollbacks} rollbacks, {report.checkpoints} checkpoints")
+    print(f"after warm-up (first third of the samples): RSS {growth['rss'] / 2**20:+.1f} MiB, "
+          f"Go heap {growth['go_heap_alloc'] / 2**20:+.2f} MiB (heap sys {growth['go_heap_sys'] / 2**20:+.1f} MiB)")
+    return 0
+
 
 def _cmd_urza(args: argparse.Namespace) -> int:
     from .urza import Urza
@@ -196,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="linear:64:64", help="linear:IN:OUT, conv2d:IN:OUT:K:S:P, residual:DIM ...")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_cmd_blueprints)
+
+    s = sub.add_parser("soak", help="train a small model under injected faults; report RSS and Go heap over time")
+    s.add_argument("--minutes", type=_positive_float, required=True, help="wall time to run")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--samples", type=_positive_int, default=20, help="memory samples over the run (>= 3)")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(fn=_cmd_soak)
 
     s = sub.add_parser("urza", help="the artifact store")
     s.add_argument("--root", default=None, help="store folder (default $ESPER_HOME/urza, ~/.esper/urza)")

@@ -80,6 +80,8 @@ __all__ = [
     "SeedFailure",
     "SeedState",
     "collect_failures",
+    "failures_recorded",
+    "stamp_failures",
     "gather_health",
     "gather_signals",
     "kasmina_layers",
@@ -123,17 +125,28 @@ class FailureKind(IntEnum):
 
 
 class SeedFailure(NamedTuple):
-    """One recorded seed failure: the slot, the kind, and a message for Go's breaker and logs."""
+    """One recorded seed failure: the slot, the kind, a message for Go's breaker and logs, and when.
+
+    ``step`` is the :class:`~esper.Morphogenesis` step it happened in (``None`` until
+    :func:`stamp_failures` sets it, or when it is not known: a non-finite output counted on the
+    device). ``every_step`` is set on a non-finite entry whose every forward pass since the last
+    read failed: every step of that window failed.
+    """
 
     slot: int
     kind: FailureKind
     message: str
+    step: int | None = None
+    every_step: bool = False
 
 
 #: Layout of each layer's signal buffer (7 float32; NaN means "not measured").
 SIGNALS = ("act_mean", "act_var", "dead_frac", "grad_norm", "weight_norm", "eff_rank", "seed_gain")
 
 _MAX_FAILURES = 1024  # recorded failures kept per layer between reads; older ones are dropped
+# Failures recorded by any layer in this process: lets a driver see in O(1) per step whether there
+# are failures to stamp with their step (stamp_failures).
+_FAILURES_RECORDED = [0]
 _MAX_MESSAGE = 500
 _RANK_ROWS = 64  # rows of the output the effective rank is estimated on
 _FOLD_EVERY = 256  # finiteness flags kept per slot before they are summed on the device
@@ -555,6 +568,7 @@ class KasminaLayer(nn.Module):
 
     def _fail(self, slot: int, kind: FailureKind, message: str) -> None:
         self.failures.append(SeedFailure(slot, kind, message[:_MAX_MESSAGE]))
+        _FAILURES_RECORDED[0] += 1
 
     def _check_host(self, x: Tensor, h: Tensor) -> None:
         """Checks once that a residual host keeps its input's shape (and learns its spatial
@@ -1042,12 +1056,32 @@ def _drain(layers: list[KasminaLayer]) -> list[list[SeedFailure]]:
         for slot, (runs, compiled, failed) in enumerate(zip(layer._runs, seen, counts)):
             if failed:
                 found.append(SeedFailure(slot, FailureKind.NONFINITE,
-                                         f"non-finite output in {failed} of {runs + compiled} forward passes"))
+                                         f"non-finite output in {failed} of {runs + compiled} forward passes",
+                                         every_step=failed >= runs + compiled))
         layer._bad.zero_()
         layer._seen.zero_()
         layer._runs = [0] * layer.num_slots
         out.append(found)
     return out
+
+
+def failures_recorded() -> int:
+    """How many exceptions and wrong shapes every Kasmina layer of this process has recorded so far
+    (a cheap way to see whether :func:`stamp_failures` has anything to do)."""
+    return _FAILURES_RECORDED[0]
+
+
+def stamp_failures(layers: LayersLike, step: int) -> None:
+    """Sets ``step`` on every recorded failure that has none: they happened in that step.
+
+    A driver calls it at the end of a step in which :func:`failures_recorded` grew, so that each
+    failure reaches Go's breaker at its own step (the breaker counts consecutive failing steps).
+    """
+    for layer in _layers(layers):
+        if any(f.step is None for f in layer.failures):
+            stamped = [f if f.step is not None else f._replace(step=step) for f in layer.failures]
+            layer.failures.clear()
+            layer.failures.extend(stamped)
 
 
 def collect_failures(layers: LayersLike) -> list[tuple[int, SeedFailure]]:

@@ -40,6 +40,13 @@ STATE_IDS = {name: i for i, name in enumerate(STATES)}
 LIVE_STATES = frozenset({"GERMINATED", "TRAINING", "BLENDING", "HOLDING", "FOSSILIZED"})
 
 
+def _check_index(layer: int, slot: int) -> None:
+    """Refuse a layer or slot index that does not fit the ABI's int32 (ctypes would keep the low
+    bits: slot 2**32+1 would name slot 1). Go checks the range of the session itself."""
+    _lib.check_range("layer", layer, -_lib.INT32_MAX - 1, _lib.INT32_MAX)
+    _lib.check_range("slot", slot, -_lib.INT32_MAX - 1, _lib.INT32_MAX)
+
+
 def _finite_json(obj: Any) -> Any:
     """Replace non-finite floats by the strings Go's decoder accepts ("NaN", "Infinity")."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -73,7 +80,7 @@ class Session(_lib.Handle):
         self._alphas_ptr = self.alphas.ctypes.data_as(POINTER(c_float))
         self._n_events = c_int32()
         self._n_events_ref = byref(self._n_events)
-        self._step = cdll.esper_session_step
+        self._step = _lib.unchecked(cdll, "esper_session_step")  # steps is range-checked in step()
         self._alarms = c_int64()
         self._alarms_ref = byref(self._alarms)
 
@@ -89,6 +96,8 @@ class Session(_lib.Handle):
             ``self.alphas`` holds the new alpha of every slot.
         """
         h = self.handle
+        if not 0 <= steps <= _lib.INT64_MAX:
+            _lib.check_range("steps", steps, 0, _lib.INT64_MAX)  # raises, naming it
         if _lib._in_fork_child:
             _lib.lib()  # raises ForkError: the cached symbol below would call into a dead Go runtime
         if signals is None:
@@ -127,9 +136,11 @@ class Session(_lib.Handle):
 
     def germinate(self, layer: int, slot: int, blueprint: dict[str, Any]) -> list[dict[str, Any]]:
         """Germinate a seed with a blueprint (an IR, or {"template": name, "params": {...}})."""
+        _check_index(layer, slot)
         return self._json_call("esper_session_germinate", layer, slot, json.dumps(blueprint).encode())
 
     def _transition(self, symbol: str, layer: int, slot: int, reason: str) -> list[dict[str, Any]]:
+        _check_index(layer, slot)
         return self._json_call(symbol, layer, slot, reason.encode())
 
     def advance(self, layer: int, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
@@ -150,6 +161,8 @@ class Session(_lib.Handle):
 
     def report_failure(self, layer: int, slot: int, kind: int, message: str) -> list[dict[str, Any]]:
         """Record a seed execution failure (0 exception, 1 non-finite, 2 wrong shape, 3 other)."""
+        _check_index(layer, slot)
+        _lib.check_range("kind", kind, -_lib.INT32_MAX - 1, _lib.INT32_MAX)
         return self._json_call("esper_session_report_failure", layer, slot, kind, message.encode())
 
     def seed_failed(self, layer: int, slot: int, generation: int, reason: str) -> list[dict[str, Any]]:

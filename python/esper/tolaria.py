@@ -42,7 +42,7 @@ are not rewound. Restoring only the blamed seed would not do: a blow-up that
 reached the loss has already been through the host's gradient and optimizer
 state, and NaN weights never recover on their own. A seed that merely outputs
 NaN is contained without a rollback: its output is dropped for that step and
-its breaker prunes it (``failures_before_prune``).
+its breaker prunes it after ``failures_before_prune`` consecutive failing steps.
 """
 
 from __future__ import annotations
@@ -65,7 +65,18 @@ from torch import nn
 from . import karn
 from .builds import BuildCache, StoredKernel
 from .errors import EsperError
-from .kasmina import SIGNALS, KasminaLayer, SeedState, collect_failures, gather_health, kasmina_layers, set_sampling
+from .kasmina import (
+    SIGNALS,
+    KasminaLayer,
+    SeedFailure,
+    SeedState,
+    collect_failures,
+    failures_recorded,
+    gather_health,
+    kasmina_layers,
+    set_sampling,
+    stamp_failures,
+)
 from .outcomes import OutcomeRecorder
 from .session import LIVE_STATES, Session
 from .tezzeret import SeedValidationError, build_seed
@@ -133,8 +144,16 @@ class MorphConfig:
             last good state (see the module's docs).
         loss_min_delta: ... and at least this much above it in loss units
             (near zero, losses are noisy in relative terms).
-        failures_before_prune: seed execution failures that open its breaker
-            and prune it.
+        failures_before_prune: consecutive failing steps that open a seed's
+            breaker and prune it. A step fails when the seed's forward raised,
+            returned the wrong shape or a non-finite value in it (the host's
+            output was used instead); a step with no failure between two
+            failures resets the count. Failures are read every
+            ``signal_every`` steps: exceptions and wrong shapes are counted at
+            the step they happened in; non-finite outputs, counted on the
+            device, fail the window's last step, or each of its steps when
+            every forward pass in the window failed. There is no cool-down: an
+            open breaker prunes the seed.
         seed_lr_scale: a seed's learning rate as a multiple of its host's.
             At 1 (the default) a seed's parameters join the optimizer's
             parameter group that holds its host layer (the group of the host's
@@ -155,6 +174,13 @@ class MorphConfig:
             one copy of the model and optimizer state in memory. Without it a
             rollback only removes the blamed seed.
         log_path: a JSON-lines file for signals, events and decisions ("" for none).
+        log_max: entries kept in ``Morphogenesis.log`` (which every
+            ``state_dict`` copies) and in Go's growth log, in [1, 1048576]:
+            when full, the oldest quarter is dropped at once and counted in
+            ``Morphogenesis.log_dropped``. An entry is a small dict (an event
+            measured about 300 bytes in memory and 130 pickled), so the
+            default keeps the log to a few MiB; ``log_path`` keeps the whole
+            history.
         freeze_fossilized: freeze a seed's parameters when it is fossilized
             (and drop its optimizer group). By default a fossilized seed is
             final (no longer judged, pruned or rolled back) but keeps training
@@ -197,6 +223,7 @@ class MorphConfig:
     log_path: str = ""
     urza: str = ""
     record_outcomes: bool = True
+    log_max: int = 10_000
 
     def session_config(self, layers: list[dict[str, Any]], slots: int) -> dict[str, Any]:
         """The Go session configuration for these settings and layers."""
@@ -227,6 +254,7 @@ class MorphConfig:
                 "loss_min_delta": self.loss_min_delta,
             },
             "breaker": {"failures": self.failures_before_prune},
+            "growth_log_max": self.log_max,
             "log_path": self.log_path,
         }
 
@@ -453,6 +481,8 @@ class Morphogenesis:
             setattr(self.config, key, value)
         if self.config.signal_every < 1:
             raise ValueError(f"signal_every must be >= 1, got {self.config.signal_every}")
+        if not 1 <= self.config.log_max <= 1 << 20:
+            raise ValueError(f"log_max must be in [1, 1048576], got {self.config.log_max}")
         scale = self.config.seed_lr_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"seed_lr_scale must be a finite number > 0 (a multiple of the host's LR), got {scale!r}")
@@ -474,6 +504,7 @@ class Morphogenesis:
         self.steps = 0
         self.epoch = 0
         self._pending = 0  # optimizer steps not yet sent to Go
+        self._failures_seen = failures_recorded()  # layers' failures already stamped with their step
         self._blending = 0  # slots in BLENDING: Go is called every step while > 0
         self._groups: dict[tuple[int, int], _Placement] = {}  # (layer, slot) -> where its parameters sit
         self._loss_sum: torch.Tensor | None = None  # device sum of losses since the last flush
@@ -482,7 +513,8 @@ class Morphogenesis:
         self._epoch_loss_count = 0
         self._last_good: dict[str, Any] | None = None
         self._alarms = 0  # the governor's rollbacks mirrored so far (Session.alarms() beyond it are new)
-        #: Every event and decision, in order, as Go reported them.
+        #: The events and decisions, in order, as Go reported them: the most recent ``log_max``
+        #: at most (see :attr:`log_dropped`).
         self.log: list[dict[str, Any]] = []
         #: Writes one outcome record per germination to Urza (see esper.outcomes).
         self._outcomes = OutcomeRecorder(self.layers, self.layer_names, self.config.policy, self.config.urza,
@@ -491,6 +523,8 @@ class Morphogenesis:
         self._builds = BuildCache(self._outcomes.store, lambda rec=self._outcomes: {"run": rec.run_id})
         self._kernels: dict[tuple[int, int], StoredKernel] = {}  # stored kernels awaiting their germination
         self._sources: dict[tuple[int, int], str] = {}  # (layer, slot) -> the stored kernel its seed started from
+        #: Entries dropped from the front of :attr:`log` to keep it within ``log_max``.
+        self.log_dropped = 0
         if self.config.rollback:
             self._save_good()  # a rollback before the first end_epoch returns to the starting weights
 
@@ -605,6 +639,9 @@ class Morphogenesis:
             self._epoch_loss_count += 1
         self.steps += 1
         self._pending += 1
+        if failures_recorded() != self._failures_seen:  # a seed raised or misshaped in this step
+            self._failures_seen = failures_recorded()
+            stamp_failures(self.layers, self.steps)
         every = self.config.signal_every
         phase = self.steps % every
         if phase == 0:
@@ -616,7 +653,6 @@ class Morphogenesis:
 
     def _flush(self, with_signals: bool) -> None:
         """Send the pending steps (and the signals) to Go; mirror what comes back."""
-        session = self.session
         signals = None
         nonfinite: list[str] = []
         if with_signals:
@@ -637,9 +673,41 @@ class Morphogenesis:
             failures = collect_failures(self.layers)
         else:
             failures = []
+        if failures:
+            self._report_failures(failures)
         self._send(signals, nonfinite)
+
+    def _report_failures(self, failures: list[tuple[int, SeedFailure]]) -> None:
+        """Report each failure to Go at the step it happened in, stepping Go through the window.
+
+        Go's breaker counts consecutive failing steps, in its own step count: a failure is reported
+        after Go has been stepped to the failure's step. The window is the pending steps: a failure
+        stamped with its step counts there; a non-finite output counted on the device fails the
+        window's last step, or every step of the window when every forward pass in it failed (a
+        failure stamped before the window, left by a flush without signals, counts at its first
+        step). The rest of the window (and its signals) is sent by the caller.
+        """
+        session = self.session
+        end = self.steps
+        start = end - self._pending  # Go's step count
+        at: dict[int, list[tuple[int, SeedFailure]]] = {}
         for layer_index, failure in failures:
-            self._apply(session.report_failure(layer_index, failure.slot, int(failure.kind), failure.message))
+            if failure.every_step and end > start:
+                steps: range | list[int] = range(start + 1, end + 1)
+            else:
+                steps = [end if failure.step is None else failure.step]
+            for step in steps:
+                at.setdefault(min(max(step, start + 1), end), []).append((layer_index, failure))
+        for step in sorted(at):
+            if step > start:
+                self._pending = step - start
+                self._send(None, [])
+                start = step
+            for layer_index, failure in at[step]:
+                if self.layers[layer_index].seed(failure.slot) is None:
+                    continue  # Go removed the seed earlier in this window (its events were applied)
+                self._apply(session.report_failure(layer_index, failure.slot, int(failure.kind), failure.message))
+        self._pending = end - start
 
     def _send(self, signals: np.ndarray | None, nonfinite: list[str]) -> None:
         """One esper_session_step with the pending steps; mirror its events, alphas and rollback."""
@@ -660,6 +728,15 @@ class Morphogenesis:
         if rollback:
             self._restore_good()
 
+    def _log(self, entry: dict[str, Any]) -> None:
+        """Append to :attr:`log`; a full log drops its oldest quarter at once (amortised O(1))."""
+        limit = self.config.log_max
+        if len(self.log) >= limit:
+            n = len(self.log) - limit + max(1, limit // 4)
+            del self.log[:n]
+            self.log_dropped += n
+        self.log.append(entry)
+
     def _new_rollbacks(self, nonfinite: list[str]) -> bool:
         """Whether Go's governor called for a rollback since the last look; logs its decisions (a
         rollback with no seed to blame has no event: this count is how it reaches Python)."""
@@ -671,8 +748,8 @@ class Morphogenesis:
         decisions = [e["decision"] for e in entries if e.get("kind") == "decision"
                      and (e.get("decision") or {}).get("op") == "rollback"][-new:]
         for decision in decisions:
-            self.log.append({"kind": "decision", "epoch": self.epoch, "step": self.steps, **decision,
-                             "nonfinite": list(nonfinite)})
+            self._log({"kind": "decision", "epoch": self.epoch, "step": self.steps, **decision,
+                       "nonfinite": list(nonfinite)})
         return True
 
     # ------------------------------------------------------------------ per epoch
@@ -725,7 +802,7 @@ class Morphogenesis:
         self._outcomes.decided(result.get("decisions", []), metrics)
         for decision in result.get("decisions", []):
             if decision.get("op") != "wait":
-                self.log.append({"kind": "decision", "epoch": self.epoch, **decision})
+                self._log({"kind": "decision", "epoch": self.epoch, **decision})
         self._apply(result.get("events", []))
         self._alarms = session.alarms()
         if any(d.get("op") == "rollback" for d in result.get("decisions", [])):
@@ -854,7 +931,7 @@ class Morphogenesis:
         failed: dict[tuple[int, int], tuple[int, str]] = {}  # (layer, slot) -> (generation, why it did not build)
         errors: list[Exception] = []
         for ev in events:
-            self.log.append({"kind": "event", **{k: v for k, v in ev.items() if k != "blueprint"}})
+            self._log({"kind": "event", **{k: v for k, v in ev.items() if k != "blueprint"}})
             key = (int(ev["layer"]), int(ev["slot"]))
             if str(ev["to"]) == "GERMINATED":
                 failed.pop(key, None)
@@ -1184,6 +1261,7 @@ class Morphogenesis:
             "groups": placements,
             "config": asdict(self.config),
             "log": list(self.log),
+            "log_dropped": self.log_dropped,
             # What the next flush and end_epoch would have sent to Go.
             "pending": self._pending,
             "loss_sum": loss(self._loss_sum),
@@ -1254,7 +1332,10 @@ class Morphogenesis:
         self.steps = int(state["steps"])
         self.epoch = int(state["epoch"])
         self._pending = int(state.get("pending", 0))
-        self.log = list(state.get("log", []))
+        self.log = []
+        self.log_dropped = int(state.get("log_dropped", 0))
+        for entry in state.get("log", []):
+            self._log(entry)
         device = self._device()
         self._loss_sum = _to(state.get("loss_sum"), device)
         self._loss_count = int(state.get("loss_count", 0))
