@@ -3,6 +3,7 @@ time (the real library, real PyTorch). Memory must be flat after warm-up."""
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -40,12 +41,16 @@ def test_soak_refuses_bad_arguments() -> None:
 
 @pytest.mark.slow
 def test_one_minute_soak_is_flat_after_warmup() -> None:
+    gc.collect()
+    before = _lib.runtime_stats()["handles"]  # what earlier tests of this process still hold
     report = run_soak(1.0, samples=12)
     # Every fault was injected and handled, many times over.
     assert report.germinations >= 20 and report.breaker_prunes >= 10 and report.manual_prunes >= 5
     assert report.nan_losses >= 5 and report.rollbacks >= report.nan_losses and report.checkpoints >= 3
-    # One Morphogenesis alive at a time: every closed one released its Go session.
-    assert all(s.go_handles <= 1 for s in report.samples) and report.samples[-1].go_handles == 1
+    # One Morphogenesis alive at a time: every closed one released its Go handles. A live one holds its
+    # session and its Urza store; the process holds the kernel cache. The count never grows.
+    handles = [s.go_handles for s in report.samples[1:]]
+    assert max(handles) == handles[0] <= 3 + before, (before, handles)
     growth = report.growth_after_warmup()
     assert growth["go_heap_alloc"] < 2 * 2**20, growth
     assert growth["go_heap_sys"] < 4 * 2**20, growth
