@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -289,11 +290,13 @@ def test_ctrl_c_stops_the_demo_and_its_workers(tmp_path: Path) -> None:
     )
     try:
         assert "2 worker(s)" in proc.stdout.readline()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(_children(proc.pid)) < 2:
+        # Wait until both workers ignore SIGINT (their initializer ran after they imported esper and
+        # torch, seconds on a busy machine): a Ctrl-C before that reaches a worker mid-import.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(_ignoring_sigint(_children(proc.pid))) < 3:
             time.sleep(0.2)
         workers = _children(proc.pid)
-        assert len(workers) >= 2, workers  # the spawned workers (and multiprocessing's resource tracker)
+        assert len(_ignoring_sigint(workers)) >= 3, workers  # 2 workers and multiprocessing's resource tracker
         time.sleep(2)  # mid-job
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=30)
@@ -323,6 +326,20 @@ def _children(pid: int) -> list[int]:
                 continue
             if int(fields[1]) == pid:
                 out.append(int(entry))
+    return out
+
+
+def _ignoring_sigint(pids: list[int]) -> list[int]:
+    """The processes among pids that ignore SIGINT (bit 2 of SigIgn in /proc/<pid>/status)."""
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                ignored = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue
+        if ignored & (1 << (signal.SIGINT - 1)):
+            out.append(pid)
     return out
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -265,24 +264,6 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _spawn_pool(workers: int) -> Any:
-    """A spawned pool whose workers ignore SIGINT from their first instruction.
-
-    The initializer runs only after a worker has imported esper and torch (seconds on a busy
-    machine); a Ctrl-C before that would print a worker's traceback. An ignored signal stays
-    ignored across exec, and Python keeps an inherited SIG_IGN, so SIGINT is ignored here while the
-    workers start, then restored.
-    """
-    context = multiprocessing.get_context("spawn")
-    if threading.current_thread() is not threading.main_thread():
-        return context.Pool(workers, initializer=_ignore_sigint)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return context.Pool(workers, initializer=_ignore_sigint)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _run_indexed(item: tuple[int, Job, str]) -> tuple[int, dict[str, list[RunResult]]]:
     i, job, device = item
     return i, run_job(job, device)
@@ -299,7 +280,7 @@ def run_jobs(jobs: Sequence[Job], device: str, workers: int, bar: Any) -> list[d
     if workers == 1 or len(jobs) <= 1:
         return [run_job(job, device, bar) for job in jobs]
     results: list[dict[str, list[RunResult]] | None] = [None] * len(jobs)
-    pool = _spawn_pool(min(workers, len(jobs)))
+    pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_ignore_sigint)
     try:
         for i, res in pool.imap_unordered(_run_indexed, [(i, job, device) for i, job in enumerate(jobs)]):
             results[i] = res
