@@ -287,6 +287,9 @@ def test_ctrl_c_stops_the_demo_and_its_workers(tmp_path: Path) -> None:
         [sys.executable, "-m", "esper", "demo", "--jobs", "2", "--out", str(tmp_path / "demo")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True,
         env=dict(os.environ, PYTHONPATH=str(REPO / "python")),
+        # As from a terminal: a shell without job control starts background commands (CI's, say)
+        # with SIGINT ignored, and Python keeps an inherited SIG_IGN.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert "2 worker(s)" in proc.stdout.readline()
