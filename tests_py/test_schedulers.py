@@ -402,10 +402,10 @@ def test_a_seed_of_a_host_the_optimizer_does_not_hold_joins_the_first_group() ->
 
 def scheduler_lists(sched: Scheduler) -> Iterator[tuple[str, list[Any]]]:
     """Every per-group list of a scheduler and of the schedulers it drives."""
-    todo = [sched]
-    while todo:
-        s = todo.pop()
-        todo.extend(getattr(s, "_schedulers", []))
+    queue = [sched]
+    while queue:
+        s = queue.pop()
+        queue.extend(getattr(s, "_schedulers", []))
         for name in ("base_lrs", "max_lrs", "min_lrs", "_last_lr", "lr_lambdas", "base_momentums", "max_momentums"):
             if isinstance(getattr(s, name, None), list):
                 yield f"{type(s).__name__}.{name}", getattr(s, name)

@@ -406,13 +406,13 @@ class _Placement:
 def _each_scheduler(schedulers: Sequence[Any]) -> Iterator[Any]:
     """The schedulers and, once each, those that SequentialLR and ChainedScheduler drive."""
     seen: set[int] = set()
-    todo = list(schedulers)
-    while todo:
-        sched = todo.pop(0)
+    queue = list(schedulers)
+    while queue:
+        sched = queue.pop(0)
         if id(sched) not in seen:
             seen.add(id(sched))
             yield sched
-            todo.extend(getattr(sched, "_schedulers", ()))
+            queue.extend(getattr(sched, "_schedulers", ()))
 
 
 def _session_stats(ref: weakref.ReferenceType[Morphogenesis]) -> Callable[[], dict[str, Any]]:
