@@ -23,9 +23,11 @@ import (
 	"github.com/esper-morph/esper/core/urza"
 )
 
-// abiVersion is bumped on every incompatible change of esper.h. It must equal
-// ESPER_ABI_VERSION in esper.h and ABI_VERSION in python/esper/_lib.py.
-const abiVersion = 2
+// abiVersion is bumped whenever a package and a library built apart could no
+// longer work together, added exports included (an older library lacks them).
+// It must equal ESPER_ABI_VERSION in esper.h and ABI_VERSION in
+// python/esper/_lib.py.
+const abiVersion = 3
 
 // version is the release version, set at link time from the VERSION file
 // (-ldflags "-X main.version=...").

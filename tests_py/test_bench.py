@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,37 @@ def test_quick_subset_writes_every_row(tmp_path: Path, monkeypatch: pytest.Monke
         if r["section"] in ("dormant", "active"):
             assert r["target"] and r["ok"] in (True, False), r
             assert lo <= r["ratio"] <= hi, r
+
+
+def test_recording_rows_time_a_run_that_records(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The Urza on/off row times a demo run that germinates (so the "on" side has outcomes to write),
+    restores ESPER_HOME and the thread count, and gives finite paired figures."""
+    from esper.bench.recording import recording_rows
+
+    monkeypatch.setenv("ESPER_HOME", str(tmp_path))
+    threads = torch.get_num_threads()
+    rows = recording_rows(rounds=1, quick=True)
+    assert torch.get_num_threads() == threads
+    assert os.environ["ESPER_HOME"] == str(tmp_path)
+    assert not any(tmp_path.iterdir())  # the runs recorded into their own temporary home
+    assert [r.name for r in rows] == ["demo run, Urza recording on vs off (wall time)",
+                                      "demo run, Urza recording on vs off (CPU time, every thread)"]
+    assert rows[0].extra["germinations"] > 0
+    for r in rows:
+        assert _finite(r.value) and _finite(r.baseline) and _finite(r.ratio) and r.rounds == 1, r
+    assert rows[0].ok in (True, False)
+
+
+def test_a_cuda_table_of_another_commit_says_so() -> None:
+    """The README's CUDA table names the older commit and ABI it measured when the CPU table is newer;
+    the same commit on both gives no warning (the negative control)."""
+    def doc(commit: str, abi: int) -> dict[str, object]:
+        return {"machine": {"go_library": {"commit": commit, "abi_version": abi}}}
+
+    note = run.stale_note(doc("3cfbc4a", 1), doc("abc1234", 3))
+    assert "`3cfbc4a` (ABI 1)" in note and "`abc1234` (ABI 3)" in note and "Not re-measured" in note
+    assert run.stale_note(doc("abc1234", 3), doc("abc1234", 3)) == ""
+    assert run.stale_note(doc("abc1234", 3), None) == ""
 
 
 def test_go_bench_output_is_parsed() -> None:

@@ -250,6 +250,26 @@ def test_worker_processes_give_the_serial_numbers() -> None:
     assert len(serial["digits"]["grown@1300"]) == 2 and len(serial["digits"]["sweep_all"]) == 2
 
 
+def test_seed_offset_moves_every_comparison_to_fresh_seeds() -> None:
+    """`esper demo --seed-offset 20` plans the same jobs on seeds 20 onward; a negative offset is refused."""
+    from esper.demo.experiments import SETUPS
+    from esper.demo.jobs import plan_jobs
+
+    setups = {name: SETUPS[name] for name in ("digits", "moons")}
+    base = plan_jobs(setups, ["digits"], ["moons"], seeds=2, budget_seeds=3)
+    moved = plan_jobs(setups, ["digits"], ["moons"], seeds=2, budget_seeds=3, seed_offset=20)
+    assert [(j.task, j.kind, j.seed + 20, j.budget) for j in base] == [
+        (j.task, j.kind, j.seed, j.budget) for j in moved]
+    assert {j.seed for j in moved} == {20, 21, 22}
+    with pytest.raises(ValueError, match="seed offset"):
+        plan_jobs(setups, ["digits"], ["moons"], seeds=1, budget_seeds=1, seed_offset=-1)
+    from esper.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["demo", "--seed-offset", "-3"])
+    assert exit_info.value.code == 2
+
+
 def test_a_failing_job_stops_the_demo_with_its_error() -> None:
     from dataclasses import replace
 

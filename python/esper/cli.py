@@ -1,6 +1,6 @@
 """The `esper` command: demo, bench, the artifact store and the blueprint library.
 
-    esper demo [--quick] [--tasks T,..] [--seeds N] [--budget-seeds N] [--jobs N] [--out DIR]
+    esper demo [--quick] [--tasks T,..] [--seeds N] [--budget-seeds N] [--seed-offset N] [--jobs N] [--out DIR]
     esper bench [--quick] [--out DIR]
     esper urza ls | show ID | verify | gc   [--root DIR]
     esper blueprints [--host linear:64:10]
@@ -23,15 +23,25 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
+def _int_at_least(text: str, low: int) -> int:
+    """``text`` as an integer >= ``low``, or an argparse error naming both."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def _nonnegative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
 
 
 def _demo_tasks(text: str) -> tuple[str, ...]:
@@ -55,6 +65,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo.run import main as demo_main
 
     return demo_main(quick=args.quick, out_dir=args.out, seeds=args.seeds, budget_seeds=args.budget_seeds,
+                     seed_offset=args.seed_offset,
                      workers=args.jobs, tasks=args.tasks)
 
 
@@ -210,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=_positive_int, default=None, help="random seeds per configuration (default 10)")
     s.add_argument("--budget-seeds", type=_positive_int, default=None,
                    help="random seeds of the comparisons at tight budgets (default 20, or --seeds when more)")
+    s.add_argument("--seed-offset", type=_nonnegative_int, default=0,
+                   help="the first seed (default 0); 20 reruns every comparison on fresh seeds 20 onward")
     s.add_argument("--tasks", type=_demo_tasks, default=None,
                    help="growth tasks, comma-separated, of digits, spirals, classification (default digits,spirals)")
     s.add_argument("--jobs", type=_positive_int, default=None,

@@ -189,8 +189,10 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
         return (bench_abi(plan.rounds) + native.session_rows(state["go"], plan.rounds)
                 + bench_cold(plan.rounds, 20 if plan.quick else 60))
     if name == "cache":
-        return native.cache_rows(state["go"], plan.rounds, plan.quick) + native.germination_rows(plan.rounds,
-                                                                                                 plan.quick)
+        from .recording import recording_rows
+
+        return (native.cache_rows(state["go"], plan.rounds, plan.quick)
+                + native.germination_rows(plan.rounds, plan.quick) + recording_rows(plan.rounds, plan.quick))
     if name == "decision":
         return native.decision_rows(state["go"], plan.rounds, plan.quick)
     if name == "dormant":
@@ -231,16 +233,40 @@ def _markdown(report: dict[str, Any], rows: Sequence[Row], notes: bool = True) -
             f"{s['ok']} targets met, {s['miss']} missed.\n\n" + format_markdown(rows, notes) + "\n")
 
 
+def _library(doc: dict[str, Any]) -> tuple[str, int | None]:
+    """The commit and ABI version of the library a report measured."""
+    lib = doc.get("machine", {}).get("go_library") or {}
+    return str(lib.get("commit", "unknown")), lib.get("abi_version")
+
+
+def stale_note(cuda: dict[str, Any], cpu: dict[str, Any] | None) -> str:
+    """A warning above the CUDA table when it measured another library than the CPU table (the CUDA
+    table is re-measured only where a GPU is lent, so it can lag): its commit and ABI against the CPU
+    table's. Empty when both measured the same commit."""
+    commit, abi = _library(cuda)
+    if cpu is None:
+        return ""
+    cpu_commit, cpu_abi = _library(cpu)
+    if commit == cpu_commit:
+        return ""
+    return (f"**Not re-measured since commit `{commit}` (ABI {abi}).** The CPU table above measured `{cpu_commit}` "
+            f"(ABI {cpu_abi}); the step path changed in between, so these CUDA figures describe the older "
+            f"library until `python -m esper.bench.run --devices cuda --tag cuda` runs again on a GPU.\n\n")
+
+
 def readme_section(out_dir: Path) -> str:
     """The README's Measured section: the latest CPU and CUDA tables without notes, and where the
-    full tables are."""
+    full tables are; a CUDA table of another commit than the CPU table says so (:func:`stale_note`)."""
     parts = ["`make bench` (`esper bench`) measures these side by side in one run; what each row "
              f"compares and why a target is missed: [{out_dir}/latest.md]({out_dir}/latest.md). " + CLOCKS]
+    cpu: dict[str, Any] | None = None
     for name, title in (("latest.json", "CPU"), ("latest-cuda.json", "CUDA")):
         path = out_dir / name
         if path.is_file():
             doc = json.loads(path.read_text())
-            parts.append(f"#### {title}\n\n" + _markdown(doc, _rows_of(doc), notes=False))
+            note = stale_note(doc, cpu) if title == "CUDA" else ""
+            cpu = doc if title == "CPU" else cpu
+            parts.append(f"#### {title}\n\n" + note + _markdown(doc, _rows_of(doc), notes=False))
     return "\n\n".join(parts) + "\n"
 
 
@@ -272,7 +298,7 @@ def _write(out_dir: Path, tag: str, report: dict[str, Any], rows: Sequence[Row])
         if cuda.is_file():
             try:
                 doc = json.loads(cuda.read_text())
-                md += "\n### CUDA\n\n" + _markdown(doc, _rows_of(doc))
+                md += "\n### CUDA\n\n" + stale_note(doc, report) + _markdown(doc, _rows_of(doc))
             except (ValueError, KeyError, TypeError) as e:
                 md += f"\n(latest-cuda.json unreadable: {e})\n"
     (out_dir / f"latest{_suffix(tag)}.md").write_text(md)

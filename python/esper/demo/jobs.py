@@ -66,19 +66,22 @@ class Job:
 
 
 def plan_jobs(setups: dict[str, Setup], tasks: Sequence[str], controls: Sequence[str], seeds: int,
-              budget_seeds: int) -> list[Job]:
+              budget_seeds: int, seed_offset: int = 0) -> list[Job]:
     """The jobs of a demo, in the order a serial run makes them: per task and seed, the loose-budget
-    comparisons on ``seeds`` seeds, then each tight budget on ``budget_seeds``; then the controls."""
+    comparisons on ``seeds`` seeds, then each tight budget on ``budget_seeds``; then the controls.
+    Seeds count from ``seed_offset`` (a rerun on fresh seeds: ``esper demo --seed-offset 20``)."""
+    if seed_offset < 0:
+        raise ValueError(f"esper demo: the seed offset must be >= 0, got {seed_offset}")
     jobs = []
     for name in tasks:
         setup = setups[name]
-        for seed in range(max(seeds, budget_seeds)):
-            if seed < seeds:
-                jobs.append(Job(name, "loose", seed, setup))
-            if seed < budget_seeds:
-                jobs.extend(Job(name, "budget", seed, setup, b) for b in setup.tight_budgets)
+        for i in range(max(seeds, budget_seeds)):
+            if i < seeds:
+                jobs.append(Job(name, "loose", seed_offset + i, setup))
+            if i < budget_seeds:
+                jobs.extend(Job(name, "budget", seed_offset + i, setup, b) for b in setup.tight_budgets)
     for name in controls:
-        jobs.extend(Job(name, "control", seed, setups[name]) for seed in range(seeds))
+        jobs.extend(Job(name, "control", seed_offset + i, setups[name]) for i in range(seeds))
     return jobs
 
 

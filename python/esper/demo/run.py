@@ -218,7 +218,8 @@ def _plot(path: str, results: dict[str, dict[str, list[RunResult]]]) -> None:
 
 
 def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = None,
-         budget_seeds: int | None = None, workers: int | None = None, tasks: tuple[str, ...] | None = None) -> int:
+         budget_seeds: int | None = None, workers: int | None = None, tasks: tuple[str, ...] | None = None,
+         seed_offset: int = 0) -> int:
     """Run the demo; returns 0 (bars missed are reported, not fatal).
 
     Args:
@@ -230,6 +231,8 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
             their differences are a few tenths of a point against a per-seed spread near one point, which
             10 seeds cannot resolve.
         tasks: growth tasks to run, from ALL_TASKS (default TASKS; the first of them when quick).
+        seed_offset: the first seed (default 0): ``seed_offset=20`` reruns every comparison on seeds 20 onward,
+            fresh seeds that no setting was chosen on.
         workers: processes that run the seeds side by side (default: one per CPU core, at most 8 and one per
             GiB of available memory; one on CUDA; see :func:`esper.demo.jobs.default_workers`). The
             numbers do not depend on it.
@@ -246,9 +249,10 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
     setups = {name: SETUPS[name] for name in tasks + controls}
     if quick:
         setups = {k: replace(v, epochs=min(v.epochs, 15), tight_budgets=v.tight_budgets[:1]) for k, v in setups.items()}
-    jobs = plan_jobs(setups, tasks, controls, n, nb)
+    jobs = plan_jobs(setups, tasks, controls, n, nb, seed_offset)
     os.makedirs(out_dir, exist_ok=True)
-    print(f"esper demo: {', '.join(tasks)} ({n} seed(s) each, {nb} at the tight budgets), negative controls "
+    first = f", seeds from {seed_offset}" if seed_offset else ""
+    print(f"esper demo: {', '.join(tasks)} ({n} seed(s) each, {nb} at the tight budgets{first}), negative controls "
           f"{', '.join(controls)}; device {device}, {min(workers, len(jobs))} worker(s)")
     start = time.perf_counter()
     bar = _progress(sum(job_runs(j) for j in jobs))
@@ -259,7 +263,7 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
 
     report: dict[str, Any] = {"machine": {"platform": platform.platform(), "torch": torch.__version__,
                                           "device": str(device), "esper": build_info(), "workers": workers},
-                              "budget_seeds": nb,
+                              "budget_seeds": nb, "seed_offset": seed_offset,
                               "seeds": n, "tasks": {}, "controls": {}}
     text = []
     for name, res in results.items():
