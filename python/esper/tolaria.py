@@ -182,11 +182,10 @@ class MorphConfig:
             default keeps the log to a few MiB; ``log_path`` keeps the whole
             history.
         freeze_fossilized: freeze a seed's parameters when it is fossilized
-            (and drop its optimizer group). By default a fossilized seed is
-            final (no longer judged, pruned or rolled back) but keeps training
-            jointly with the host: on digits this closed most of the gap to
-            the same shape trained from scratch (97.1% against 96.4% frozen,
-            3 seeds; see the README).
+            (and take them out of the optimizer). By default a fossilized
+            seed is final (no longer judged, pruned or rolled back) but keeps
+            training jointly with the host, as the same shape trained from
+            scratch would.
         urza: the Urza store folder the run records to: validated builds,
             fossilized seeds (trained kernels) and outcome records ("": the
             default store, ``$ESPER_HOME/urza`` with ESPER_HOME defaulting to
