@@ -36,6 +36,13 @@ def test_quick_demo_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert report["controls"]["moons"]["germinations"]
     png = (out / "growth.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # The README's tables, with the command and commit that made them.
+    tables = (out / "tables.md").read_text()
+    commit = report["machine"]["esper"]["commit"]
+    assert tables.startswith("`esper demo --quick` at commit `" + commit + "`")
+    small = rows["fixed small"]
+    assert f"| {small['config']} | {small['test_acc_mean']:.2f} ± {small['test_acc_std']:.2f} |" in tables
+    assert "Bars: grown " in tables and "Negative control `moons`" in tables
 
 
 def _runs(accs: list[float]) -> list:

@@ -168,6 +168,61 @@ def _paired_text(b: dict[str, Any]) -> str:
             f"{b['losses']} losses): {b['verdict']} (its FLOPs {b['flops_vs_grown']:.0%} of the grown run's)")
 
 
+def _command(quick: bool, seeds: int | None, budget_seeds: int | None, seed_offset: int,
+             tasks: Sequence[str]) -> str:
+    """The `esper demo` command line that makes this run (provenance for its figures)."""
+    words = ["esper demo"]
+    if quick:
+        words.append("--quick")
+    if seeds is not None:
+        words.append(f"--seeds {seeds}")
+    if budget_seeds is not None:
+        words.append(f"--budget-seeds {budget_seeds}")
+    if seed_offset:
+        words.append(f"--seed-offset {seed_offset}")
+    if tuple(tasks) != TASKS:
+        words.append(f"--tasks {','.join(tasks)}")
+    return " ".join(words)
+
+
+def markdown_tables(report: dict[str, Any], command: str) -> str:
+    """The README's demo tables, one per task, with each bar's verdict, and the run's provenance
+    (command, commit, machine, wall time): ``demo_out/tables.md`` (paste into README.md)."""
+    m = report["machine"]
+    lib = m.get("esper") or {}
+    out = [f"`{command}` at commit `{lib.get('commit', 'unknown')}` on {m['platform']} ({m['device']}, "
+           f"{m['workers']} worker(s), torch {m['torch']}): {report['wall_s']:.0f} s.\n"]
+    for name, task in report["tasks"].items():
+        out.append(f"**{name}**\n\n| configuration | test acc % (mean ± sd) | final params | train FLOPs "
+                   "| germ / foss / prune |\n|---|---|---|---|---|")
+        for r in task["rows"]:
+            out.append(f"| {r['config']} | {r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f} | "
+                       f"{r['params_mean']:.0f} | {r['train_flops_mean']:.3g} | "
+                       f"{r['germinations']} / {r['fossilizations']} / {r['prunes']} |")
+        bars = task["bars"]
+        vs, au = bars["vs_scratch"], bars["auto_size"]
+        verdict_of = lambda ok: "n/a" if ok is None else "met" if ok else "missed"  # noqa: E731
+        lines = [f"grown {vs['grown_acc']:.2f}% against its final shape from scratch {vs['scratch_acc']:.2f}% with "
+                 f"{vs['flops_ratio']:.0%} of its FLOPs (**{verdict_of(vs['ok'])}**)",
+                 f"against the best of the 5-size sweep {au['sweep_best_acc']:.2f}% with {au['flops_vs_sweep']:.0%} "
+                 f"of the sweep's FLOPs (**{verdict_of(au['ok'])}**)"]
+        for key, label in (("vs_random", "random placement"), ("vs_hand", "hand schedule at equal budget")):
+            b = bars[key]
+            if b.get("ok") is None:
+                lines.append(f"{label}: n/a")
+                continue
+            where = f" over budgets {', '.join(map(str, b['budgets']))}" if b.get("budgets") else ""
+            lines.append(f"{label}{where}: {b['diff_mean']:+.2f} ± {b['diff_se']:.2f} points ({b['wins']} wins, "
+                         f"{b['ties']} ties, {b['losses']} losses; its FLOPs {b['flops_vs_grown']:.0%} of the grown "
+                         f"run's): {b['verdict']} (**{verdict_of(b['ok'])}**)")
+        lines.append(f"largest output change at a germination {bars['germination_output_change_max']:.1e}")
+        out.append("\nBars: " + "; ".join(lines) + ".\n")
+    for name, c in report["controls"].items():
+        out.append(f"Negative control `{name}`: germinations per seed {c['germinations']} "
+                   f"(at most one: **{'met' if c['ok'] else 'missed'}**).\n")
+    return "\n".join(out)
+
+
 def _fmt_table(name: str, rows: list[dict[str, Any]]) -> str:
     lines = [f"\n{name}", f"  {'configuration':<40} {'test acc %':>14} {'params':>8} {'train FLOPs':>12} "
              f"{'wall s':>7} {'germ/foss/prune':>16}"]
@@ -244,6 +299,7 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
     n = seeds if seeds is not None else (1 if quick else 10)
     nb = budget_seeds if budget_seeds is not None else (n if quick else max(n, BUDGET_SEEDS))
     tasks = TASKS if tasks is None else check_tasks(tasks)
+    command = _command(quick, seeds, budget_seeds, seed_offset, tasks)
     tasks = tasks[:1] if quick else tasks
     controls = CONTROLS[:1] if quick else CONTROLS
     setups = {name: SETUPS[name] for name in tasks + controls}
@@ -332,5 +388,7 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(report, f, indent=1, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o))
     _plot(os.path.join(out_dir, "growth.png"), results)
-    print(f"\nwrote {out_dir}/results.json and {out_dir}/growth.png in {report['wall_s']:.0f}s")
+    with open(os.path.join(out_dir, "tables.md"), "w") as f:
+        f.write(markdown_tables(report, command))
+    print(f"\nwrote {out_dir}/results.json, {out_dir}/tables.md and {out_dir}/growth.png in {report['wall_s']:.0f}s")
     return 0
