@@ -348,3 +348,40 @@ def test_kron_linear_is_the_kronecker_product_of_its_factors() -> None:
         kron.a.normal_(generator=torch.Generator().manual_seed(0))
     x = torch.randn(7, 12, dtype=torch.float64)
     torch.testing.assert_close(seed(x), x @ torch.kron(kron.a, kron.b).T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("template", "params", "model_key"), [
+    ("glu_mlp", {"width": 8, "gate": "sigmoid"}, "linear"),
+    ("kron_adapter", {"factor": 2}, "linear"),
+    ("attention_head", {"heads": 2, "mask": "causal"}, "sequence"),
+    ("depthwise", {"kernel": 5, "activation": "elu"}, "conv2d"),
+], ids=["glu", "kron", "causal_attention", "depthwise"])
+def test_tamiyo_germinates_the_configured_family_exactly(template: str, params: dict[str, Any],
+                                                         model_key: str) -> None:
+    """The heuristic policy, configured with a new family's template, germinates it on a plateau: the
+    decision names it, Go's blueprint carries its parameters, and the model's output is unchanged."""
+    case = MODELS[model_key]
+    torch.manual_seed(0)
+    model = esper.wrap(case.build(), **case.wrap)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(case.input_shape, generator=torch.Generator().manual_seed(1))
+    with Morphogenesis(model, opt, template=template, template_params=params, patience=1, cooldown_epochs=0,
+                       signal_every=1) as morph:
+        decisions: list[dict[str, Any]] = []
+        for _ in range(6):
+            loss = model(x).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            morph.step(loss)
+            with torch.no_grad():
+                before = model(x)
+            decisions = [d for d in morph.end_epoch(val_loss=1.0)["decisions"] if d["op"] == "germinate"]
+            if decisions:
+                break
+        assert decisions, "Tamiyo never germinated on a plateau"
+        assert decisions[0]["template"] == template
+        seed = morph.layers[0].seed(0)
+        assert seed.template == template and {k: seed.ir["params"][k] for k in params} == params
+        with torch.no_grad():
+            assert max_diff(model(x), before) <= EXACT and torch.equal(model(x), before)
