@@ -94,6 +94,27 @@ FIXTURES = [
     ("attention_head", ir("attention_head", TOKENS, [op("norm", "layernorm", "x", dim=8),
                                                     op("attn", "attention", "norm", dim=8, heads=2, init="zero")],
                           "attn", 16 + 288), "residual"),
+    # glu_mlp (gate sigmoid): value and gate 8->4 without bias (64), proj 4->6 (30).
+    ("glu_mlp", ir("glu_mlp", LIN, [lin("value", "x", 8, 4, bias=False), lin("gate", "x", 8, 4, bias=False),
+                                   op("gate_act", "sigmoid", "gate"), op("glu", "mul", "value", "gate_act"),
+                                   lin("proj", "glu", 4, 6, zero=True)], "proj", 64 + 30), "linear"),
+    # kron_adapter: A (3x2) zeroed, B (2x4).
+    ("kron_adapter", ir("kron_adapter", LIN, [op("kron", "kron_linear", "x", **{"in": 8, "out": 6, "in_factor": 2,
+                                                                              "out_factor": 3, "init": "zero"})],
+                        "kron", 6 + 8), "linear"),
+    ("lowrank_conv", ir("lowrank_conv", CONV2_WIDE, [op("down", "conv2d", "x", **{"in": 4, "out": 2, "kernel": 3,
+                                                       "stride": 2, "padding": 1, "groups": 1, "bias": False}),
+                                                    op("up", "conv2d", "down", **{"in": 2, "out": 6, "kernel": 1,
+                                                       "stride": 1, "padding": 0, "groups": 1, "bias": False,
+                                                       "init": "zero"})], "up", 72 + 12), "conv2d_wide"),
+    # depthwise on conv1d, kernel 5, multiplier 2: dw 3->6 groups 3 (30 + 6), pw 6->5 (35).
+    ("depthwise_1d", ir("depthwise", CONV1, [conv(1, "dw", "x", 3, 6, 5, 1, 2, groups=3), op("act", "mish", "dw"),
+                                            conv(1, "pw", "act", 6, 5, 1, 1, 0, zero=True)], "pw", 36 + 35), "conv1d"),
+    ("causal_attention", ir("attention_head", TOKENS, [op("norm", "layernorm", "x", dim=8),
+                                                      op("attn", "attention", "norm", dim=8, heads=2, causal=True,
+                                                         init="zero")], "attn", 16 + 288), "residual"),
+    ("activations", ir("", LIN, [lin("a", "x", 8, 6, zero=True), op("b", "leaky_relu", "a"), op("c", "elu", "b"),
+                                op("d", "hardswish", "c"), op("e", "mish", "d")], "e", 54), "linear"),
     ("two_paths", ir("", LIN, [lin("a", "x", 8, 6, zero=True), lin("b", "x", 8, 6, zero=True),
                               op("sum", "add", "a", "b")], "sum", 108), "linear"),
 ]
