@@ -200,3 +200,25 @@ func TestDefaultAttrsLeaveTheCanonicalForm(t *testing.T) {
 		t.Fatalf("mask none spells causal out: %v", plain.Ops[1].Attrs)
 	}
 }
+
+// TestKronIsMergeable checks that a chain of linear and kron_linear ops is
+// mergeable into a linear host, and one with an activation is not.
+func TestKronIsMergeable(t *testing.T) {
+	kron := `{"id":"k","op":"kron_linear","inputs":["x"],"attrs":{"in":8,"out":8,"in_factor":2,"out_factor":2}}`
+	for _, tc := range []struct {
+		ops       string
+		mergeable bool
+	}{
+		{kron + `,{"id":"o","op":"linear","inputs":["k"],"attrs":{"in":8,"out":6,"bias":true,"init":"zero"}}`, true},
+		{kron + `,{"id":"a","op":"elu","inputs":["k"]},{"id":"o","op":"linear","inputs":["a"],"attrs":{"in":8,"out":6,"bias":true,"init":"zero"}}`, false},
+	} {
+		ir, err := blueprint.Parse([]byte(`{"version":1,"host":{"kind":"linear","in":8,"out":6},"ops":[` + tc.ops + `],"output":"o"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := blueprint.Analyze(ir, ir.Host)
+		if err != nil || a.Mergeable != tc.mergeable {
+			t.Fatalf("mergeable = %v (%v), want %v", a.Mergeable, err, tc.mergeable)
+		}
+	}
+}

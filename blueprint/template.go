@@ -166,10 +166,11 @@ var library = []Template{
 	{
 		Name: "kron_adapter",
 		Description: "Kronecker-factorised linear in->out, kron(A, B) x, no bias: A (at most factor x factor) zero-initialised, B the rest; " +
-			"factors are the largest divisors of in and out not above factor",
-		Layouts: featureLayouts,
-		Params:  []ParamSpec{{Name: "factor", Kind: ParamInt, Default: int64(4), Min: 1, Max: 1024, Doc: "largest size of A's sides"}},
-		build:   buildKron,
+			"factors are the largest divisors of in and out not above factor; mergeable into a linear host",
+		Layouts:   featureLayouts,
+		Mergeable: true,
+		Params:    []ParamSpec{{Name: "factor", Kind: ParamInt, Default: int64(4), Min: 1, Max: 1024, Doc: "largest size of A's sides"}},
+		build:     buildKron,
 	},
 	{
 		Name: "lowrank_conv",

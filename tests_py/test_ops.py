@@ -168,6 +168,9 @@ def test_germination_is_exact_training_moves_it_and_export_keeps_it(template: st
     model.eval()
     plain = esper.export(model)
     assert not any(type(m).__module__.startswith("esper") for m in plain.modules())
+    if template in ("lowrank", "kron_adapter"):  # merged into the host's weight: no branch is left
+        assert type(plain.get_submodule(layer_name)) is nn.Linear
+        assert not any(".seeds." in k for k in plain.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(plain(x), model(x), rtol=1e-5, atol=1e-6)
     morph.close()

@@ -197,10 +197,13 @@ def test_blueprint_id_is_gos() -> None:
 
 def test_mergeable_and_merged_delta() -> None:
     by_name = {name: bp for name, bp, _ in FIXTURES}
-    assert [n for n in IDS if is_mergeable(by_name[n])] == ["lowrank", "full_linear"]
+    assert [n for n in IDS if is_mergeable(by_name[n])] == ["lowrank", "full_linear", "kron_adapter"]
     chain = ir("", LIN, [lin("a", "x", 8, 3), lin("b", "a", 3, 5), lin("c", "b", 5, 6, zero=True)], "c", 0)
     assert is_mergeable(chain)
-    for blueprint in (by_name["lowrank"], chain):
+    kron_chain = ir("", LIN, [op("k", "kron_linear", "x", **{"in": 8, "out": 4, "in_factor": 4, "out_factor": 2}),
+                              lin("c", "k", 4, 6, zero=True)], "c", 0)
+    assert is_mergeable(kron_chain)
+    for blueprint in (by_name["lowrank"], chain, by_name["kron_adapter"], kron_chain):
         seed = build_seed(blueprint, dtype=torch.float64)
         randomize(seed)
         dw, db = merged_delta(seed)

@@ -514,17 +514,22 @@ def validate_seed(seed: SeedModule, host_example_input: Tensor, expected_out_sha
     }
 
 
+_MERGEABLE_OPS = ("linear", "kron_linear")
+
+
 def is_mergeable(ir: dict[str, Any]) -> bool:
-    """Whether a seed of this IR can merge into a linear host's weight: every op linear, in a chain.
+    """Whether a seed of this IR can merge into a linear host's weight: every op linear or kron_linear,
+    in a chain.
 
     Args:
         ir: a blueprint IR (not validated here; build it first).
 
     Returns:
-        True when the ops are all ``linear`` and form one chain from ``x`` to the output.
+        True when the ops are all ``linear`` or ``kron_linear`` and form one chain from ``x`` to the output.
     """
     ops = ir.get("ops")
-    if not isinstance(ops, list) or not ops or not all(isinstance(o, dict) and o.get("op") == "linear" for o in ops):
+    if not isinstance(ops, list) or not ops or not all(isinstance(o, dict) and o.get("op") in _MERGEABLE_OPS
+                                                       for o in ops):
         return False
     by_input = {}
     for o in ops:
@@ -548,19 +553,23 @@ def merged_delta(seed: SeedModule) -> tuple[Tensor, Tensor]:
         ``(dW, db)``: float64 tensors of shape (out, in) and (out,) on the seed's device.
 
     Raises:
-        ValueError: the seed is not a chain of linear ops.
+        ValueError: the seed is not a chain of linear (or kron_linear) ops.
     """
     if not is_mergeable(seed.ir):
         raise ValueError(f"seed {seed.blueprint_id[:12]} ({seed.template or 'hand-written'}) is not a chain of "
-                         "linear ops and cannot be merged")
+                         "linear ops (linear, kron_linear) and cannot be merged")
     weight: Tensor | None = None
     bias: Tensor | None = None
     with torch.no_grad():
         for op_id, _, _ in seed._steps:
             layer = seed.get_submodule(op_id)
-            w = layer.weight.double()  # (out, in)
-            b = layer.bias.double() if layer.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64,
-                                                                               device=w.device)
+            if isinstance(layer, _Kronecker):
+                w = torch.kron(layer.a.double(), layer.b.double())  # (out, in)
+                b = torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
+            else:
+                w = layer.weight.double()  # (out, in)
+                b = layer.bias.double() if layer.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64,
+                                                                                   device=w.device)
             weight = w if weight is None else w @ weight
             bias = b if bias is None else w @ bias + b
     assert weight is not None and bias is not None  # a mergeable IR has at least one op
