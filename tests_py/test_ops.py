@@ -97,13 +97,13 @@ CASES = [
      for a in ("relu", "gelu", "silu", "tanh", "leaky_relu", "elu", "mish", "hardswish")]
 
 
-def grown(model_key: str) -> tuple[nn.Module, torch.optim.Optimizer, Morphogenesis, Tensor]:
+def grown(model_key: str, device: str = "cpu") -> tuple[nn.Module, torch.optim.Optimizer, Morphogenesis, Tensor]:
     case = MODELS[model_key]
     torch.manual_seed(0)
-    model = esper.wrap(case.build(), **case.wrap)
+    model = esper.wrap(case.build().to(device), **case.wrap)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     morph = Morphogenesis(model, opt, policy="manual", signal_every=1, embargo_steps=2)
-    x = torch.randn(case.input_shape, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(case.input_shape, generator=torch.Generator().manual_seed(1)).to(device)
     return model, opt, morph, x
 
 
@@ -122,7 +122,24 @@ def max_diff(a: Tensor, b: Tensor) -> float:
 @pytest.mark.parametrize(("template", "params", "model_key"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_germination_is_exact_training_moves_it_and_export_keeps_it(template: str, params: dict[str, Any],
                                                                     model_key: str) -> None:
-    model, opt, morph, x = grown(model_key)
+    check_family(template, params, model_key, "cpu")
+
+
+@pytest.mark.cuda
+def test_every_family_on_cuda() -> None:
+    deterministic = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    try:
+        for _, template, params, model_key in CASES:
+            check_family(template, params, model_key, "cuda")
+    finally:
+        torch.backends.cudnn.deterministic = deterministic
+
+
+def check_family(template: str, params: dict[str, Any], model_key: str, device: str) -> None:
+    """Germinates template on the model's layer through morph.germinate and checks: exact output up to
+    alpha 1, a non-zero init of the last op breaking it, training moving the seed, and export."""
+    model, opt, morph, x = grown(model_key, device)
     layer_name = MODELS[model_key].layer
     target = torch.randn_like(model(x))
     with torch.no_grad():
@@ -172,7 +189,8 @@ def test_germination_is_exact_training_moves_it_and_export_keeps_it(template: st
         assert type(plain.get_submodule(layer_name)) is nn.Linear
         assert not any(".seeds." in k for k in plain.state_dict())
     with torch.no_grad():
-        torch.testing.assert_close(plain(x), model(x), rtol=1e-5, atol=1e-6)
+        tol = {"rtol": 1e-5, "atol": 1e-6} if device == "cpu" else {"rtol": 1e-4, "atol": 1e-5}  # TF32 convs
+        torch.testing.assert_close(plain(x), model(x), **tol)
     morph.close()
 
 
@@ -388,3 +406,15 @@ def test_tamiyo_germinates_the_configured_family_exactly(template: str, params: 
         assert seed.template == template and {k: seed.ir["params"][k] for k in params} == params
         with torch.no_grad():
             assert max_diff(model(x), before) <= EXACT and torch.equal(model(x), before)
+
+
+def test_an_attention_seed_refuses_an_input_without_a_sequence_dim() -> None:
+    """On (B, C) features, attention over dim -2 would mix the samples of a batch: Tezzeret's check
+    refuses the seed (the forward check; in training, a build failure reported to Go)."""
+    ir = {"version": 1, "host": {"kind": "linear", "in": 8, "out": 8}, "output": "attn",
+          "ops": [{"id": "attn", "op": "attention", "inputs": ["x"], "attrs": {"dim": 8, "heads": 2, "init": "zero"}}]}
+    seed = build_seed(ir)  # Go accepts it: a linear host's input is (*, 8)
+    validate_seed(seed, torch.randn(2, 3, 8), (2, 3, 8))
+    with pytest.raises(SeedValidationError, match="expects tokens") as err:
+        validate_seed(seed, torch.randn(4, 8), (4, 8))
+    assert err.value.check == "forward"

@@ -143,6 +143,10 @@ class _SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, T, C)
+        if x.ndim < 3:
+            # Over dim -2 of a (B, C) input, attention would mix the samples of a batch.
+            raise ValueError(f"attention expects tokens (batch, seq, dim), got a {x.ndim}-D input of shape "
+                             f"{tuple(x.shape)}; attach attention seeds to sequence hosts")
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # (B, T, C) each
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(-3, -2) for t in (q, k, v))  # (B, H, T, D)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, D)
