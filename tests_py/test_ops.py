@@ -418,3 +418,45 @@ def test_an_attention_seed_refuses_an_input_without_a_sequence_dim() -> None:
     with pytest.raises(SeedValidationError, match="expects tokens") as err:
         validate_seed(seed, torch.randn(4, 8), (4, 8))
     assert err.value.check == "forward"
+
+
+def test_tezzeret_refuses_mangled_irs_with_a_value_error() -> None:
+    """Tezzeret's own parse, reached without Go (an id given): 600 random manglings of IRs of every
+    template (an attr dropped, retyped or renamed, an op renamed, an input rewired) either build or
+    raise ValueError naming the op, never another exception."""
+    rng = random.Random(5)
+    hosts = [h for h, _, _ in HOSTS]
+    bases = []
+    for t in karn.templates():
+        for host in hosts:
+            try:
+                bases.append(karn.instantiate(t["name"], host))
+            except InvalidArgumentError:
+                continue  # the template does not fit this host
+    assert {o["op"] for b in bases for o in b["ops"]} >= {"kron_linear", "attention", "mul", "conv1d", "conv2d"}
+    values = [0, -1, 3, 1.5, True, "zero", "default", None, [1], {"a": 1}, 2**40]
+    built = refused = 0
+    for _ in range(600):
+        ir = copy.deepcopy(rng.choice(bases))
+        op = rng.choice(ir["ops"])
+        how = rng.randrange(5)
+        attrs = op.setdefault("attrs", {})
+        if how == 0 and attrs:
+            del attrs[rng.choice(sorted(attrs))]
+        elif how == 1 and attrs:
+            attrs[rng.choice(sorted(attrs))] = rng.choice(values)
+        elif how == 2:
+            attrs[rng.choice(["causal", "in_factor", "slope", "init"])] = rng.choice(values)
+        elif how == 3:
+            op["op"] = rng.choice([*OP_NAMES, "conv3d", "softmax", 7])
+        else:
+            op["inputs"] = [rng.choice(["x", "nope", op["id"], *[o["id"] for o in ir["ops"]]])] * rng.choice([1, 2])
+        try:
+            build_seed(ir, blueprint_id="mangled")
+        except ValueError as exc:
+            assert str(exc)
+            refused += 1
+        else:
+            built += 1
+    print(f"built {built}, refused {refused}")
+    assert refused >= 200 and built >= 50

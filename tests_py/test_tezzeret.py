@@ -273,6 +273,13 @@ UNBUILDABLE = [
     ("cycle", _set(["ops", 0, "inputs"], ["fc2"]), "cycle among ops act, fc1, fc2"),
     ("clash", lambda b: [o.update(id="training") for o in b["ops"] if o["id"] == "fc1"] and
      b["ops"][1].update(inputs=["training"]), "op id 'training' clashes with an attribute of SeedModule"),
+    ("kron_factor", lambda b: b["ops"].__setitem__(0, op("fc1", "kron_linear", "x", **{
+        "in": 8, "out": 16, "in_factor": 3, "out_factor": 2})),
+     "op 'fc1' \\(kron_linear\\): in 8 and out 16 must be divisible by in_factor 3 and out_factor 2"),
+    ("heads", lambda b: b["ops"].insert(0, op("attn", "attention", "x", dim=8, heads=3)) or
+     b["ops"][1]["inputs"].__setitem__(0, "attn"), "op 'attn' \\(attention\\): dim 8 is not divisible by heads 3"),
+    ("causal_type", lambda b: b["ops"].insert(0, op("attn", "attention", "x", dim=8, heads=2, causal=1)) or
+     b["ops"][1]["inputs"].__setitem__(0, "attn"), "attribute 'causal' must be true or false, got 1"),
 ]
 
 

@@ -303,8 +303,13 @@ def _build_module(node: _Node, device: torch.device | None, dtype: torch.dtype |
     elif node.op == "groupnorm":
         m = nn.GroupNorm(a["groups"], a["channels"], device=device, dtype=dtype)
     elif node.op == "attention":
+        if a["dim"] % a["heads"]:  # the module cannot split dim into heads (Go refuses such IRs too)
+            raise ValueError(f"op {node.id!r} (attention): dim {a['dim']} is not divisible by heads {a['heads']}")
         m = _SelfAttention(a["dim"], a["heads"], device, dtype, causal=a.get("causal", False))
     elif node.op == "kron_linear":
+        if a["in"] % a["in_factor"] or a["out"] % a["out_factor"]:  # no factor shapes (Go refuses these too)
+            raise ValueError(f"op {node.id!r} (kron_linear): in {a['in']} and out {a['out']} must be divisible by "
+                             f"in_factor {a['in_factor']} and out_factor {a['out_factor']}")
         m = _Kronecker(a["in"], a["out"], a["in_factor"], a["out_factor"], device, dtype)
     else:
         return None
