@@ -131,7 +131,8 @@ class _SelfAttention(nn.Module):
     """Multi-head self-attention over dim -2 of (B, T, C) with its own output projection.
 
     Four projections with bias (q, k, v packed in ``qkv``, and ``proj``), as ``nn.MultiheadAttention``:
-    4 * dim * dim + 4 * dim parameters. ``init="zero"`` zeroes ``proj``.
+    4 * dim * dim + 4 * dim parameters. ``init="zero"`` zeroes ``proj``. ``causal`` lets token t
+    attend to tokens <= t only. Inputs need a sequence dim: a (B, C) input is refused.
     """
 
     def __init__(self, dim: int, heads: int, device: torch.device | None, dtype: torch.dtype | None,
