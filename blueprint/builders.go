@@ -110,13 +110,56 @@ func buildConv1dBlock(p Params, h Host) ([]Op, string) { return buildSpatialBloc
 
 func buildDepthwise(p Params, h Host) ([]Op, string) {
 	in, out := h.channels()
+	nd := h.spatialDims()
+	mid := in * width(p, "multiplier")
+	_, s, _ := h.geometry()
+	k, pad := h.matchKernel(width(p, "kernel"))
+	return []Op{
+		convOp(nd, "dw", InputName, in, mid, k, s, pad, in, false),
+		actOp("act", "dw", p),
+		convOp(nd, "pw", "act", mid, out, 1, 1, 0, 1, true),
+	}, "pw"
+}
+
+func buildLowRankConv(p Params, h Host) ([]Op, string) {
+	in, out := h.channels()
+	nd := h.spatialDims()
+	r := width(p, "rank")
 	_, s, _ := h.geometry()
 	k, pad := h.matchKernel(3)
+	down := convOp(nd, "down", InputName, in, r, k, s, pad, 1, false)
+	up := convOp(nd, "up", "down", r, out, 1, 1, 0, 1, true)
+	down.Attrs["bias"], up.Attrs["bias"] = false, false
+	return []Op{down, up}, "up"
+}
+
+func buildGLU(p Params, h Host) ([]Op, string) {
+	in, out := h.channels()
+	w := width(p, "width")
 	return []Op{
-		convOp(2, "dw", InputName, in, in, k, s, pad, in, false),
-		actOp("act", "dw", p),
-		convOp(2, "pw", "act", in, out, 1, 1, 0, 1, true),
-	}, "pw"
+		linearOp("value", InputName, in, w, false, false),
+		linearOp("gate", InputName, in, w, false, false),
+		{ID: "gate_act", Op: p["gate"].(string), Inputs: []string{"gate"}},
+		{ID: "glu", Op: OpMul, Inputs: []string{"value", "gate_act"}},
+		linearOp("proj", "glu", w, out, true, true),
+	}, "proj"
+}
+
+// largestDivisor returns the largest divisor of n that is at most limit.
+func largestDivisor(n, limit int64) int64 {
+	for d := min(n, limit); d > 1; d-- {
+		if n%d == 0 {
+			return d
+		}
+	}
+	return 1
+}
+
+func buildKron(p Params, h Host) ([]Op, string) {
+	in, out := h.channels()
+	f := width(p, "factor")
+	a := Attrs{"in": in, "out": out, "in_factor": largestDivisor(in, f), "out_factor": largestDivisor(out, f), "init": InitZero}
+	return []Op{{ID: "kron", Op: OpKron, Inputs: []string{InputName}, Attrs: a}}, "kron"
 }
 
 func buildSEGate(p Params, h Host) ([]Op, string) {
@@ -137,8 +180,12 @@ func buildSEGate(p Params, h Host) ([]Op, string) {
 
 func buildAttentionHead(p Params, h Host) ([]Op, string) {
 	dim, _ := h.channels()
+	attn := Attrs{"dim": dim, "heads": width(p, "heads"), "init": InitZero}
+	if p["mask"] == "causal" {
+		attn["causal"] = true
+	}
 	return []Op{
 		{ID: "norm", Op: OpLayerNorm, Inputs: []string{InputName}, Attrs: Attrs{"dim": dim}},
-		{ID: "attn", Op: OpAttention, Inputs: []string{"norm"}, Attrs: Attrs{"dim": dim, "heads": width(p, "heads"), "init": InitZero}},
+		{ID: "attn", Op: OpAttention, Inputs: []string{"norm"}, Attrs: attn},
 	}, "attn"
 }

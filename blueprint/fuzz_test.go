@@ -18,6 +18,23 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	}
+	// Every enum choice of every template (each op family and activation), and
+	// hand-written IRs of the factorised, attention and activation ops.
+	for _, tm := range blueprint.Templates() {
+		for _, p := range tm.Params {
+			for _, c := range p.Choices {
+				for _, h := range sampleHosts {
+					if ir, err := tm.Instantiate(blueprint.Params{p.Name: c}, h); err == nil {
+						c, _ := ir.Canonical()
+						f.Add(c)
+					}
+				}
+			}
+		}
+	}
+	f.Add([]byte(`{"version":1,"host":{"kind":"linear","in":8,"out":6},"ops":[{"id":"o","op":"kron_linear","inputs":["x"],"attrs":{"in":8,"out":6,"in_factor":2,"out_factor":3,"init":"zero"}}],"output":"o"}`))
+	f.Add([]byte(`{"version":1,"host":{"kind":"residual","dim":8},"ops":[{"id":"o","op":"attention","inputs":["x"],"attrs":{"dim":8,"heads":2,"causal":true,"init":"zero"}}],"output":"o"}`))
+	f.Add([]byte(`{"version":1,"host":{"kind":"linear","in":8,"out":8},"ops":[` + zeroLin + `,{"id":"o","op":"mish","inputs":["z"]}],"output":"o"}`))
 	f.Add([]byte(`{"version":1,"ops":[{"id":"a","op":"relu","inputs":["a"]}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ir, err := blueprint.Parse(data)
@@ -117,4 +134,49 @@ func TestParseHelpers(t *testing.T) {
 	if err != nil || b != (blueprint.Budget{}) {
 		t.Fatalf("null budget = %+v, %v", b, err)
 	}
+}
+
+// FuzzInstantiate drives every template with arbitrary parameter values on
+// every sample host: an instance is valid, within its own counts and stable
+// through its canonical form; a refusal has code Invalid (NotFound cannot
+// happen: the name comes from the library).
+func FuzzInstantiate(f *testing.F) {
+	f.Add(uint8(0), uint8(0), int64(4), uint8(0))
+	f.Add(uint8(5), uint8(1), int64(1), uint8(2))
+	f.Add(uint8(6), uint8(3), int64(1024), uint8(1))
+	f.Add(uint8(9), uint8(4), int64(-3), uint8(7))
+	templates := blueprint.Templates()
+	layouts := []string{blueprint.LayoutLinear, blueprint.LayoutResidual, blueprint.LayoutConv2d, blueprint.LayoutResidual2d,
+		blueprint.LayoutConv1d, blueprint.LayoutResidual1d}
+	f.Fuzz(func(t *testing.T, ti, li uint8, n int64, choice uint8) {
+		tm := templates[int(ti)%len(templates)]
+		host := sampleHosts[layouts[int(li)%len(layouts)]]
+		p := blueprint.Params{}
+		for i, s := range tm.Params {
+			switch s.Kind {
+			case blueprint.ParamInt:
+				p[s.Name] = n + int64(i)
+			case blueprint.ParamEnum:
+				p[s.Name] = s.Choices[(int(choice)+i)%len(s.Choices)]
+			}
+		}
+		ir, err := tm.Instantiate(p, host)
+		if err != nil {
+			if errcode.Of(err) != errcode.Invalid {
+				t.Fatalf("%s %v: code %v: %v", tm.Name, p, errcode.Of(err), err)
+			}
+			return
+		}
+		c, err := ir.Canonical()
+		if err != nil {
+			t.Fatalf("%s %v: %v", tm.Name, p, err)
+		}
+		back, err := blueprint.Parse(c)
+		if err != nil {
+			t.Fatalf("%s %v: canonical form refused: %v", tm.Name, p, err)
+		}
+		if back.ParamCount != ir.ParamCount || back.FLOPsPerSample != ir.FLOPsPerSample {
+			t.Fatalf("%s %v: counts changed through Parse", tm.Name, p)
+		}
+	})
 }

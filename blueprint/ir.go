@@ -166,7 +166,7 @@ func (ir *IR) check() (*Analysis, error) {
 
 // Canonical returns the canonical JSON bytes of the validated IR with its
 // counts filled in and default-valued optional attributes ("init":
-// "default") left out, so equivalent IRs share one id; ir itself is not
+// "default", "causal": false) left out, so equivalent IRs share one id; ir itself is not
 // modified.
 func (ir *IR) Canonical() ([]byte, error) {
 	c := ir.Clone()
@@ -174,9 +174,7 @@ func (ir *IR) Canonical() ([]byte, error) {
 		return nil, err
 	}
 	for i := range c.Ops {
-		if v, ok := c.Ops[i].Attrs["init"]; ok && v == InitDefault {
-			delete(c.Ops[i].Attrs, "init")
-		}
+		dropDefaults(&c.Ops[i])
 	}
 	b, err := canon.Marshal(c)
 	if err != nil {

@@ -211,7 +211,7 @@ func TestAnalyzeShapes(t *testing.T) {
 }
 
 func TestOpNames(t *testing.T) {
-	want := "add,attention,avgpool_spatial,conv1d,conv2d,gelu,groupnorm,layernorm,linear,mul,relu,sigmoid,silu,tanh"
+	want := "add,attention,avgpool_spatial,conv1d,conv2d,elu,gelu,groupnorm,hardswish,kron_linear,layernorm,leaky_relu,linear,mish,mul,relu,sigmoid,silu,tanh"
 	if got := strings.Join(blueprint.OpNames(), ","); got != want {
 		t.Fatalf("OpNames = %s", got)
 	}

@@ -24,6 +24,13 @@ const (
 	OpMul       = "mul"
 	OpAvgPool   = "avgpool_spatial"
 	OpAttention = "attention"
+	// Activations added for the template "activation" choice; each is 0 at 0.
+	OpLeakyReLU = "leaky_relu"
+	OpELU       = "elu"
+	OpMish      = "mish"
+	OpHardswish = "hardswish"
+	// OpKron is a Kronecker-factorised linear map (ops_factor.go).
+	OpKron = "kron_linear"
 )
 
 // Values of the "init" attribute.
@@ -64,6 +71,9 @@ type attrSpec struct {
 	name     string
 	typ      attrType
 	optional bool
+	// def is an optional attribute's value when absent (a bool or a
+	// string); Canonical leaves out attributes equal to it.
+	def any
 }
 
 // cost is what one op adds: trainable parameters and FLOPs per sample.
@@ -84,8 +94,9 @@ type opSpec struct {
 }
 
 var (
-	initAttr = attrSpec{name: "init", typ: attrInit, optional: true}
-	convAttr = []attrSpec{{name: "in", typ: attrPos}, {name: "out", typ: attrPos}, {name: "kernel", typ: attrPos},
+	initAttr   = attrSpec{name: "init", typ: attrInit, optional: true, def: InitDefault}
+	causalAttr = attrSpec{name: "causal", typ: attrBool, optional: true, def: false}
+	convAttr   = []attrSpec{{name: "in", typ: attrPos}, {name: "out", typ: attrPos}, {name: "kernel", typ: attrPos},
 		{name: "stride", typ: attrPos}, {name: "padding", typ: attrNonNeg}, {name: "groups", typ: attrPos},
 		{name: "bias", typ: attrBool}, initAttr}
 )
@@ -106,8 +117,15 @@ var opTable = map[string]*opSpec{
 	OpAdd:       {arity: 2, infer: inferBroadcast, zero: func(_ attrs, z []bool) bool { return z[0] && z[1] }},
 	OpMul:       {arity: 2, infer: inferBroadcast, zero: func(_ attrs, z []bool) bool { return z[0] || z[1] }},
 	OpAvgPool:   {arity: 1, infer: inferAvgPool, zero: zeroIfInput},
-	OpAttention: {arity: 1, attrs: []attrSpec{{name: "dim", typ: attrPos}, {name: "heads", typ: attrPos}, initAttr},
+	OpAttention: {arity: 1, attrs: []attrSpec{{name: "dim", typ: attrPos}, {name: "heads", typ: attrPos}, causalAttr, initAttr},
 		infer: inferAttention, zero: func(a attrs, _ []bool) bool { return a.str("init") == InitZero }},
+	OpLeakyReLU: {arity: 1, infer: inferElementwise(2), zero: zeroIfInput},
+	OpELU:       {arity: 1, infer: inferElementwise(4), zero: zeroIfInput},
+	OpMish:      {arity: 1, infer: inferElementwise(4), zero: zeroIfInput},
+	OpHardswish: {arity: 1, infer: inferElementwise(4), zero: zeroIfInput},
+	OpKron: {arity: 1, attrs: []attrSpec{{name: "in", typ: attrPos}, {name: "out", typ: attrPos},
+		{name: "in_factor", typ: attrPos}, {name: "out_factor", typ: attrPos}, initAttr},
+		infer: inferKron, zero: func(a attrs, z []bool) bool { return a.str("init") == InitZero || z[0] }},
 }
 
 // OpNames returns the names of every op in the table, sorted.

@@ -51,7 +51,20 @@ type Template struct {
 // Supports reports whether t can attach to host h.
 func (t Template) Supports(h Host) bool { return slices.Contains(t.Layouts, h.Layout()) }
 
-var activations = []string{OpReLU, OpGELU, OpSiLU, OpTanh}
+// activations are the choices of a template's "activation" parameter: every
+// elementwise op that is 0 at 0 (so a zero input stays zero).
+var activations = []string{OpReLU, OpGELU, OpSiLU, OpTanh, OpLeakyReLU, OpELU, OpMish, OpHardswish}
+
+// gates are the choices of glu_mlp's "gate": sigmoid (GLU), silu (SwiGLU),
+// gelu (GeGLU), relu (ReGLU), tanh.
+var gates = []string{OpSiLU, OpSigmoid, OpGELU, OpReLU, OpTanh}
+
+var (
+	convLayouts  = []string{LayoutConv1d, LayoutConv2d, LayoutResidual1d, LayoutResidual2d}
+	rankParam    = ParamSpec{Name: "rank", Kind: ParamInt, Default: int64(4), Min: 1, Max: 1024, Doc: "rank of the update"}
+	kernelParam  = ParamSpec{Name: "kernel", Kind: ParamInt, Default: int64(3), Min: 1, Max: 15, Doc: "depthwise kernel size (the host's own when its parity cannot keep the host's output size)"}
+	multiplParam = ParamSpec{Name: "multiplier", Kind: ParamInt, Default: int64(1), Min: 1, Max: 8, Doc: "depthwise channel multiplier: in*multiplier channels between the two convs"}
+)
 
 func widthParam(def int64, doc string) ParamSpec {
 	return ParamSpec{Name: "width", Kind: ParamInt, Default: def, Min: 1, Max: 8192, Doc: doc}
@@ -77,7 +90,7 @@ var library = []Template{
 		Name:        "lowrank",
 		Description: "low-rank adapter: linear in->rank and rank->out, no bias, the second zero-initialised; mergeable into a linear host",
 		Layouts:     featureLayouts,
-		Params:      []ParamSpec{{Name: "rank", Kind: ParamInt, Default: int64(4), Min: 1, Max: 1024, Doc: "rank of the update"}},
+		Params:      []ParamSpec{rankParam},
 		Mergeable:   true,
 		build:       buildLowRank,
 	},
@@ -113,9 +126,9 @@ var library = []Template{
 	},
 	{
 		Name:        "depthwise",
-		Description: "depthwise-separable block: depthwise 3x3 conv (groups = in, host stride), activation, conv1x1 in->out (zero init)",
-		Layouts:     []string{LayoutConv2d, LayoutResidual2d},
-		Params:      []ParamSpec{activationParam()},
+		Description: "depthwise-separable block: depthwise kxk conv (groups = in, in*multiplier channels, host stride), activation, pointwise conv in*multiplier->out (zero init); conv1d or conv2d",
+		Layouts:     convLayouts,
+		Params:      []ParamSpec{activationParam(), kernelParam, multiplParam},
 		build:       buildDepthwise,
 	},
 	{
@@ -137,8 +150,35 @@ var library = []Template{
 		Name:        "attention_head",
 		Description: "pre-norm self-attention over tokens (B, T, C): layernorm, multi-head attention with a zero-initialised output projection",
 		Layouts:     []string{LayoutResidual},
-		Params:      []ParamSpec{{Name: "heads", Kind: ParamInt, Default: int64(1), Min: 1, Max: 64, Doc: "attention heads; must divide the host's dim"}},
-		build:       buildAttentionHead,
+		Params: []ParamSpec{{Name: "heads", Kind: ParamInt, Default: int64(1), Min: 1, Max: 64, Doc: "attention heads; must divide the host's dim"},
+			{Name: "mask", Kind: ParamEnum, Default: "none", Choices: []string{"none", "causal"}, Doc: "causal: each token attends to itself and earlier tokens only"}},
+		build: buildAttentionHead,
+	},
+	{
+		Name: "glu_mlp",
+		Description: "gated MLP on the last dim: linear in->width (value) times gate(linear in->width), linear width->out (zero init); " +
+			"gate silu is SwiGLU, sigmoid GLU, gelu GeGLU",
+		Layouts: featureLayouts,
+		Params: []ParamSpec{widthParam(32, "hidden features"),
+			{Name: "gate", Kind: ParamEnum, Default: OpSiLU, Choices: gates, Doc: "activation of the gate branch"}},
+		build: buildGLU,
+	},
+	{
+		Name: "kron_adapter",
+		Description: "Kronecker-factorised linear in->out, kron(A, B) x, no bias: A (at most factor x factor) zero-initialised, B the rest; " +
+			"factors are the largest divisors of in and out not above factor; mergeable into a linear host",
+		Layouts:   featureLayouts,
+		Mergeable: true,
+		Params:    []ParamSpec{{Name: "factor", Kind: ParamInt, Default: int64(4), Min: 1, Max: 1024, Doc: "largest size of A's sides"}},
+		build:     buildKron,
+	},
+	{
+		Name: "lowrank_conv",
+		Description: "low-rank conv adapter: conv in->rank with the host's stride (3x3, or the host's kernel when 3x3 cannot keep its output size), " +
+			"no bias, then conv1x1 rank->out, no bias, zero-initialised",
+		Layouts: convLayouts,
+		Params:  []ParamSpec{rankParam},
+		build:   buildLowRankConv,
 	},
 }
 

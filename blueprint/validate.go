@@ -21,8 +21,9 @@ type Analysis struct {
 	ParamCount int64 `json:"param_count"`
 	// FLOPsPerSample is the forward cost of one sample at the host's extents.
 	FLOPsPerSample int64 `json:"flops_per_sample"`
-	// Mergeable is true when every op is linear (a chain with no
-	// activation), so the seed can be merged into a linear host's weight.
+	// Mergeable is true when every op is linear or kron_linear (a chain
+	// with no activation), so the seed can be merged into a linear host's
+	// weight.
 	Mergeable bool `json:"mergeable"`
 }
 
@@ -77,7 +78,7 @@ func Analyze(ir *IR, host Host) (*Analysis, error) {
 		zero[id] = spec.zero(attrs(op.Attrs), inZero)
 		a.ParamCount = satAdd(a.ParamCount, c.params)
 		a.FLOPsPerSample = satAdd(a.FLOPsPerSample, c.flops)
-		if op.Op != OpLinear {
+		if op.Op != OpLinear && op.Op != OpKron {
 			a.Mergeable = false
 		}
 	}

@@ -79,7 +79,8 @@ def test_instantiate_errors_name_the_problem() -> None:
         karn.instantiate("residual_mlp", HOSTS["linear"], width=0)
     with pytest.raises(InvalidArgumentError, match=r'has no parameter "depth" \(known: width, activation\)'):
         karn.instantiate("residual_mlp", HOSTS["linear"], depth=2)
-    with pytest.raises(InvalidArgumentError, match=r"must be one of relu, gelu, silu, tanh, got"):
+    with pytest.raises(InvalidArgumentError,
+                       match=r"must be one of relu, gelu, silu, tanh, leaky_relu, elu, mish, hardswish, got"):
         karn.instantiate("residual_mlp", HOSTS["linear"], activation="swish")
     with pytest.raises(InvalidArgumentError, match=r'"conv3x3" supports conv2d, residual_2d hosts, not linear'):
         karn.instantiate("conv3x3", HOSTS["linear"])

@@ -94,6 +94,27 @@ FIXTURES = [
     ("attention_head", ir("attention_head", TOKENS, [op("norm", "layernorm", "x", dim=8),
                                                     op("attn", "attention", "norm", dim=8, heads=2, init="zero")],
                           "attn", 16 + 288), "residual"),
+    # glu_mlp (gate sigmoid): value and gate 8->4 without bias (64), proj 4->6 (30).
+    ("glu_mlp", ir("glu_mlp", LIN, [lin("value", "x", 8, 4, bias=False), lin("gate", "x", 8, 4, bias=False),
+                                   op("gate_act", "sigmoid", "gate"), op("glu", "mul", "value", "gate_act"),
+                                   lin("proj", "glu", 4, 6, zero=True)], "proj", 64 + 30), "linear"),
+    # kron_adapter: A (3x2) zeroed, B (2x4).
+    ("kron_adapter", ir("kron_adapter", LIN, [op("kron", "kron_linear", "x", **{"in": 8, "out": 6, "in_factor": 2,
+                                                                              "out_factor": 3, "init": "zero"})],
+                        "kron", 6 + 8), "linear"),
+    ("lowrank_conv", ir("lowrank_conv", CONV2_WIDE, [op("down", "conv2d", "x", **{"in": 4, "out": 2, "kernel": 3,
+                                                       "stride": 2, "padding": 1, "groups": 1, "bias": False}),
+                                                    op("up", "conv2d", "down", **{"in": 2, "out": 6, "kernel": 1,
+                                                       "stride": 1, "padding": 0, "groups": 1, "bias": False,
+                                                       "init": "zero"})], "up", 72 + 12), "conv2d_wide"),
+    # depthwise on conv1d, kernel 5, multiplier 2: dw 3->6 groups 3 (30 + 6), pw 6->5 (35).
+    ("depthwise_1d", ir("depthwise", CONV1, [conv(1, "dw", "x", 3, 6, 5, 1, 2, groups=3), op("act", "mish", "dw"),
+                                            conv(1, "pw", "act", 6, 5, 1, 1, 0, zero=True)], "pw", 36 + 35), "conv1d"),
+    ("causal_attention", ir("attention_head", TOKENS, [op("norm", "layernorm", "x", dim=8),
+                                                      op("attn", "attention", "norm", dim=8, heads=2, causal=True,
+                                                         init="zero")], "attn", 16 + 288), "residual"),
+    ("activations", ir("", LIN, [lin("a", "x", 8, 6, zero=True), op("b", "leaky_relu", "a"), op("c", "elu", "b"),
+                                op("d", "hardswish", "c"), op("e", "mish", "d")], "e", 54), "linear"),
     ("two_paths", ir("", LIN, [lin("a", "x", 8, 6, zero=True), lin("b", "x", 8, 6, zero=True),
                               op("sum", "add", "a", "b")], "sum", 108), "linear"),
 ]
@@ -176,10 +197,13 @@ def test_blueprint_id_is_gos() -> None:
 
 def test_mergeable_and_merged_delta() -> None:
     by_name = {name: bp for name, bp, _ in FIXTURES}
-    assert [n for n in IDS if is_mergeable(by_name[n])] == ["lowrank", "full_linear"]
+    assert [n for n in IDS if is_mergeable(by_name[n])] == ["lowrank", "full_linear", "kron_adapter"]
     chain = ir("", LIN, [lin("a", "x", 8, 3), lin("b", "a", 3, 5), lin("c", "b", 5, 6, zero=True)], "c", 0)
     assert is_mergeable(chain)
-    for blueprint in (by_name["lowrank"], chain):
+    kron_chain = ir("", LIN, [op("k", "kron_linear", "x", **{"in": 8, "out": 4, "in_factor": 4, "out_factor": 2}),
+                              lin("c", "k", 4, 6, zero=True)], "c", 0)
+    assert is_mergeable(kron_chain)
+    for blueprint in (by_name["lowrank"], chain, by_name["kron_adapter"], kron_chain):
         seed = build_seed(blueprint, dtype=torch.float64)
         randomize(seed)
         dw, db = merged_delta(seed)
@@ -249,6 +273,13 @@ UNBUILDABLE = [
     ("cycle", _set(["ops", 0, "inputs"], ["fc2"]), "cycle among ops act, fc1, fc2"),
     ("clash", lambda b: [o.update(id="training") for o in b["ops"] if o["id"] == "fc1"] and
      b["ops"][1].update(inputs=["training"]), "op id 'training' clashes with an attribute of SeedModule"),
+    ("kron_factor", lambda b: b["ops"].__setitem__(0, op("fc1", "kron_linear", "x", **{
+        "in": 8, "out": 16, "in_factor": 3, "out_factor": 2})),
+     "op 'fc1' \\(kron_linear\\): in 8 and out 16 must be divisible by in_factor 3 and out_factor 2"),
+    ("heads", lambda b: b["ops"].insert(0, op("attn", "attention", "x", dim=8, heads=3)) or
+     b["ops"][1]["inputs"].__setitem__(0, "attn"), "op 'attn' \\(attention\\): dim 8 is not divisible by heads 3"),
+    ("causal_type", lambda b: b["ops"].insert(0, op("attn", "attention", "x", dim=8, heads=2, causal=1)) or
+     b["ops"][1]["inputs"].__setitem__(0, "attn"), "attribute 'causal' must be true or false, got 1"),
 ]
 
 

@@ -38,11 +38,11 @@ import torch
 from torch import Tensor, fx, nn
 
 from .kasmina import KasminaLayer, SeedState, kasmina_layers, refuse_seeds_not_built
-from .tezzeret import SeedModule, _SelfAttention, is_mergeable, merged_delta
+from .tezzeret import SeedModule, _Kronecker, _SelfAttention, is_mergeable, merged_delta
 
 __all__ = ["export"]
 
-_ESPER_CLASSES = (KasminaLayer, SeedModule, _SelfAttention)
+_ESPER_CLASSES = (KasminaLayer, SeedModule, _SelfAttention, _Kronecker)
 
 
 def _merge_into_linear(host: nn.Linear, deltas: list[tuple[Tensor, Tensor, float]]) -> None:

@@ -55,7 +55,11 @@ _CONV_ATTRS = {
 
 class _OpSpec(NamedTuple):
     arity: int
-    attrs: dict[str, str]  # name -> kind; every attr but "init" is required
+    attrs: dict[str, str]  # name -> kind; every attr but those of _OPTIONAL is required
+
+
+# Optional attributes and their values when absent (as blueprint/ops.go).
+_OPTIONAL = {"init": "default", "causal": False}
 
 
 _OPS: dict[str, _OpSpec] = {
@@ -72,7 +76,12 @@ _OPS: dict[str, _OpSpec] = {
     "add": _OpSpec(2, {}),
     "mul": _OpSpec(2, {}),
     "avgpool_spatial": _OpSpec(1, {}),
-    "attention": _OpSpec(1, {"dim": _POS, "heads": _POS, "init": _INIT}),
+    "attention": _OpSpec(1, {"dim": _POS, "heads": _POS, "causal": _BOOL, "init": _INIT}),
+    "leaky_relu": _OpSpec(1, {}),
+    "elu": _OpSpec(1, {}),
+    "mish": _OpSpec(1, {}),
+    "hardswish": _OpSpec(1, {}),
+    "kron_linear": _OpSpec(1, {"in": _POS, "out": _POS, "in_factor": _POS, "out_factor": _POS, "init": _INIT}),
 }
 
 #: Every op Tezzeret builds, sorted (the fixed table of docs/internals.md).
@@ -91,6 +100,10 @@ _FUNCTIONS: dict[str, Callable[..., Tensor]] = {
     "silu": F.silu,
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
+    "leaky_relu": F.leaky_relu,  # negative slope 0.01, PyTorch's default
+    "elu": F.elu,
+    "mish": F.mish,
+    "hardswish": F.hardswish,
     "add": operator.add,
     "mul": operator.mul,
     "avgpool_spatial": _spatial_mean,
@@ -118,20 +131,51 @@ class _SelfAttention(nn.Module):
     """Multi-head self-attention over dim -2 of (B, T, C) with its own output projection.
 
     Four projections with bias (q, k, v packed in ``qkv``, and ``proj``), as ``nn.MultiheadAttention``:
-    4 * dim * dim + 4 * dim parameters. ``init="zero"`` zeroes ``proj``.
+    4 * dim * dim + 4 * dim parameters. ``init="zero"`` zeroes ``proj``. ``causal`` lets token t
+    attend to tokens <= t only. Inputs need a sequence dim: a (B, C) input is refused.
     """
 
-    def __init__(self, dim: int, heads: int, device: torch.device | None, dtype: torch.dtype | None) -> None:
+    def __init__(self, dim: int, heads: int, device: torch.device | None, dtype: torch.dtype | None,
+                 causal: bool = False) -> None:
         super().__init__()
         self.heads = heads
+        self.causal = causal
         self.qkv = nn.Linear(dim, 3 * dim, device=device, dtype=dtype)
         self.proj = nn.Linear(dim, dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, T, C)
+        if x.ndim < 3:
+            # Over dim -2 of a (B, C) input, attention would mix the samples of a batch.
+            raise ValueError(f"attention expects tokens (batch, seq, dim), got a {x.ndim}-D input of shape "
+                             f"{tuple(x.shape)}; attach attention seeds to sequence hosts")
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # (B, T, C) each
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(-3, -2) for t in (q, k, v))  # (B, H, T, D)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, D)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, D)
         return self.proj(y.transpose(-3, -2).flatten(-2))  # (B, T, C)
+
+
+class _Kronecker(nn.Module):
+    """A Kronecker-factorised linear map on the last dim, no bias: ``y = x @ kron(a, b).T``.
+
+    ``a`` is (out_factor, in_factor), ``b`` is (out / out_factor, in / in_factor): ``a.numel() +
+    b.numel()`` parameters instead of ``in * out``. Computed as ``a @ X @ b.T`` with ``X`` the last
+    dim viewed as (in_factor, in / in_factor), never forming the product. Each factor starts like an
+    ``nn.Linear`` weight of its shape; ``init="zero"`` zeroes ``a``, so the output is zero and ``a``
+    still gets a gradient (``b`` does once ``a`` moves).
+    """
+
+    def __init__(self, n_in: int, n_out: int, in_factor: int, out_factor: int, device: torch.device | None,
+                 dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.in_factor = in_factor
+        self.a = nn.Parameter(torch.empty(out_factor, in_factor, device=device, dtype=dtype))
+        self.b = nn.Parameter(torch.empty(n_out // out_factor, n_in // in_factor, device=device, dtype=dtype))
+        for w in (self.a, self.b):
+            nn.init.kaiming_uniform_(w, a=5 ** 0.5)  # nn.Linear's weight init
+
+    def forward(self, x: Tensor) -> Tensor:  # (*, in)
+        t = x.unflatten(-1, (self.in_factor, -1)) @ self.b.T  # (*, in_factor, out / out_factor)
+        return (self.a @ t).flatten(-2)  # (*, out)
 
 
 class _Node(NamedTuple):
@@ -175,7 +219,7 @@ def _check_attrs(op_id: str, op: str, attrs: Any) -> dict[str, Any]:
         if not ok:
             raise ValueError(f"{where}: attribute {name!r} must be {kind}, got {value!r}")
     for name, kind in spec.items():
-        if name != "init" and name not in attrs:
+        if name not in _OPTIONAL and name not in attrs:
             raise ValueError(f"{where}: missing attribute {name!r} ({kind})")
     return dict(attrs)
 
@@ -260,13 +304,23 @@ def _build_module(node: _Node, device: torch.device | None, dtype: torch.dtype |
     elif node.op == "groupnorm":
         m = nn.GroupNorm(a["groups"], a["channels"], device=device, dtype=dtype)
     elif node.op == "attention":
-        m = _SelfAttention(a["dim"], a["heads"], device, dtype)
+        if a["dim"] % a["heads"]:  # the module cannot split dim into heads (Go refuses such IRs too)
+            raise ValueError(f"op {node.id!r} (attention): dim {a['dim']} is not divisible by heads {a['heads']}")
+        m = _SelfAttention(a["dim"], a["heads"], device, dtype, causal=a.get("causal", False))
+    elif node.op == "kron_linear":
+        if a["in"] % a["in_factor"] or a["out"] % a["out_factor"]:  # no factor shapes (Go refuses these too)
+            raise ValueError(f"op {node.id!r} (kron_linear): in {a['in']} and out {a['out']} must be divisible by "
+                             f"in_factor {a['in_factor']} and out_factor {a['out_factor']}")
+        m = _Kronecker(a["in"], a["out"], a["in_factor"], a["out_factor"], device, dtype)
     else:
         return None
     if a.get("init") == "zero":
-        target = m.proj if isinstance(m, _SelfAttention) else m
+        # The op's zero-init rule (docs/internals.md): attention zeroes its output projection, a
+        # Kronecker map its first factor, any other op its weight and bias.
+        target: nn.Module | nn.Parameter = m.proj if isinstance(m, _SelfAttention) else (
+            m.a if isinstance(m, _Kronecker) else m)
         with torch.no_grad():
-            for p in target.parameters():
+            for p in [target] if isinstance(target, nn.Parameter) else target.parameters():
                 p.zero_()
     return m
 
@@ -337,6 +391,8 @@ class SeedModule(nn.Module):
             args = [values[name] for name in node.inputs]
             if node.op == "attention":
                 values[node.id] = _emit_attention(graph, node, args[0])
+            elif node.op == "kron_linear":
+                values[node.id] = _emit_kronecker(graph, node, args[0])
             elif node.op == "avgpool_spatial":
                 dims = graph.call_function(tuple, (graph.call_function(range, (2, graph.call_function(
                     getattr, (args[0], "ndim"))),),))
@@ -362,9 +418,18 @@ def _emit_attention(graph: fx.Graph, node: _Node, x: fx.Node) -> fx.Node:
         t = graph.call_function(operator.getitem, (chunks, i))
         t = graph.call_method("unflatten", (t, -1, (heads, -1)))
         parts.append(graph.call_method("transpose", (t, -3, -2)))
-    y = graph.call_function(F.scaled_dot_product_attention, tuple(parts))
+    y = graph.call_function(F.scaled_dot_product_attention, tuple(parts),
+                            {"is_causal": bool(node.attrs.get("causal", False))})
     y = graph.call_method("flatten", (graph.call_method("transpose", (y, -3, -2)), -2))
     return graph.call_module(f"{node.id}.proj", (y,))
+
+
+def _emit_kronecker(graph: fx.Graph, node: _Node, x: fx.Node) -> fx.Node:
+    """Emits :class:`_Kronecker`'s forward, op for op, into graph (its factors as attributes)."""
+    a, b = graph.get_attr(f"{node.id}.a"), graph.get_attr(f"{node.id}.b")
+    t = graph.call_method("unflatten", (x, -1, (node.attrs["in_factor"], -1)))
+    t = graph.call_function(operator.matmul, (t, graph.call_method("t", (b,))))
+    return graph.call_method("flatten", (graph.call_function(operator.matmul, (a, t)), -2))
 
 
 def build_seed(ir: dict[str, Any], *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
@@ -459,17 +524,22 @@ def validate_seed(seed: SeedModule, host_example_input: Tensor, expected_out_sha
     }
 
 
+_MERGEABLE_OPS = ("linear", "kron_linear")
+
+
 def is_mergeable(ir: dict[str, Any]) -> bool:
-    """Whether a seed of this IR can merge into a linear host's weight: every op linear, in a chain.
+    """Whether a seed of this IR can merge into a linear host's weight: every op linear or kron_linear,
+    in a chain.
 
     Args:
         ir: a blueprint IR (not validated here; build it first).
 
     Returns:
-        True when the ops are all ``linear`` and form one chain from ``x`` to the output.
+        True when the ops are all ``linear`` or ``kron_linear`` and form one chain from ``x`` to the output.
     """
     ops = ir.get("ops")
-    if not isinstance(ops, list) or not ops or not all(isinstance(o, dict) and o.get("op") == "linear" for o in ops):
+    if not isinstance(ops, list) or not ops or not all(isinstance(o, dict) and o.get("op") in _MERGEABLE_OPS
+                                                       for o in ops):
         return False
     by_input = {}
     for o in ops:
@@ -493,19 +563,23 @@ def merged_delta(seed: SeedModule) -> tuple[Tensor, Tensor]:
         ``(dW, db)``: float64 tensors of shape (out, in) and (out,) on the seed's device.
 
     Raises:
-        ValueError: the seed is not a chain of linear ops.
+        ValueError: the seed is not a chain of linear (or kron_linear) ops.
     """
     if not is_mergeable(seed.ir):
         raise ValueError(f"seed {seed.blueprint_id[:12]} ({seed.template or 'hand-written'}) is not a chain of "
-                         "linear ops and cannot be merged")
+                         "linear ops (linear, kron_linear) and cannot be merged")
     weight: Tensor | None = None
     bias: Tensor | None = None
     with torch.no_grad():
         for op_id, _, _ in seed._steps:
             layer = seed.get_submodule(op_id)
-            w = layer.weight.double()  # (out, in)
-            b = layer.bias.double() if layer.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64,
-                                                                               device=w.device)
+            if isinstance(layer, _Kronecker):
+                w = torch.kron(layer.a.double(), layer.b.double())  # (out, in)
+                b = torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
+            else:
+                w = layer.weight.double()  # (out, in)
+                b = layer.bias.double() if layer.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64,
+                                                                                   device=w.device)
             weight = w if weight is None else w @ weight
             bias = b if bias is None else w @ bias + b
     assert weight is not None and bias is not None  # a mergeable IR has at least one op
