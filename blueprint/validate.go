@@ -22,7 +22,9 @@ type Analysis struct {
 	// FLOPsPerSample is the forward cost of one sample at the host's extents.
 	FLOPsPerSample int64 `json:"flops_per_sample"`
 	// Mergeable is true when every op is linear (a chain with no
-	// activation), so the seed can be merged into a linear host's weight.
+	// activation), so the seed can be merged into a linear host's weight, or
+	// when the host is a conv pair (its seeds are widenings, which merge into
+	// the pair's convs).
 	Mergeable bool `json:"mergeable"`
 }
 
@@ -87,6 +89,12 @@ func Analyze(ir *IR, host Host) (*Analysis, error) {
 	}
 	if !zero[ir.Output] {
 		return nil, fmt.Errorf("%w: output %q can be non-zero at initialisation: end in an op with init %q (bias off or zeroed) or multiply by one", ErrNotZeroInit, ir.Output, InitZero)
+	}
+	if host.IsPair() {
+		if err := checkWidening(ir, host, byID); err != nil {
+			return nil, err
+		}
+		a.Mergeable = true
 	}
 	return a, nil
 }
