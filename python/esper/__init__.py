@@ -31,6 +31,7 @@ from .errors import (
     StorageError,
     UnavailableError,
 )
+from .convpair import find_conv_pairs
 from .export import export
 from .kasmina import (
     FailureKind,
@@ -51,6 +52,7 @@ __all__ = [
     "__version__",
     "build_info",
     "wrap",
+    "find_conv_pairs",
     "export",
     "Morphogenesis",
     "MorphConfig",
