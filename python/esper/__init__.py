@@ -16,6 +16,7 @@ importing this package starts nothing.
 from __future__ import annotations
 
 from ._lib import build_info
+from .convpair import find_conv_pairs
 from .errors import (
     BudgetError,
     CancelledError,
@@ -31,7 +32,6 @@ from .errors import (
     StorageError,
     UnavailableError,
 )
-from .convpair import find_conv_pairs
 from .export import export
 from .kasmina import (
     FailureKind,

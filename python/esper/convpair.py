@@ -35,8 +35,8 @@ from torch import nn
 
 from .kasmina import HostSpec, KasminaLayer, SeedState
 
-__all__ = ["ACTIVATIONS", "ConvPairLike", "PairPlan", "find_conv_pairs", "merge_pair", "plan_pairs", "splice",
-           "unsplice"]
+__all__ = ["ACTIVATIONS", "ConvPairLike", "PairPlan", "accept_spliced_keys", "find_conv_pairs", "merge_pair",
+           "plan_pairs", "splice", "unsplice"]
 
 #: A conv pair as ``wrap`` takes it: ``(producer, consumer)`` names, or the name of an nn.Sequential pair.
 ConvPairLike = Union[str, tuple[str, str]]
@@ -104,7 +104,8 @@ def _pair_spec(name: str, members: list[tuple[str, nn.Module]], prefix: str, spl
         return f"{prefix}.{key}" if prefix else key
 
     if len(members) < 2:
-        raise ValueError(f"conv pair {name!r} has {len(members)} module(s); it needs a producer conv and a consumer conv")
+        raise ValueError(f"conv pair {name!r} has {len(members)} module(s); it needs a producer conv and a "
+                         "consumer conv")
     (pk, producer), (ck, consumer) = members[0], members[-1]
     for key, conv, role in ((pk, producer, "producer"), (ck, consumer, "consumer")):
         if type(conv) not in (nn.Conv1d, nn.Conv2d):
@@ -214,6 +215,25 @@ def plan_pairs(model: nn.Module, pairs: Sequence[ConvPairLike] | Mapping[str, st
     return plans
 
 
+def accept_spliced_keys(parent: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook of a Sequential that conv pairs were cut out of: a checkpoint saved
+    before the model was wrapped names a member's tensors ``<prefix><member>.weight``; they are loaded
+    as ``<prefix><layer>.base_layer.<member>.weight`` when the wrapped form is absent (as a Kasmina
+    layer does for its host's own tensors). With no spliced layer left (after export) it does nothing."""
+    for key, child in parent._modules.items():
+        if not (isinstance(child, KasminaLayer) and child.spec.spliced):
+            continue
+        for member, module in child.base_layer._modules.items():
+            for name in module.state_dict(keep_vars=True):
+                old, new = f"{prefix}{member}.{name}", f"{prefix}{key}.base_layer.{member}.{name}"
+                if old in state_dict and new not in state_dict:
+                    state_dict[new] = state_dict.pop(old)
+
+
+def _hooked(parent: nn.Module) -> bool:
+    return any(getattr(h, "hook", h) is accept_spliced_keys for h in parent._load_state_dict_pre_hooks.values())
+
+
 def splice(plan: PairPlan, num_slots: int) -> KasminaLayer:
     """Wraps a planned pair in place: its members go into an nn.Sequential (their names kept) held
     by a new Kasmina layer, which takes the producer's place (spliced) or the Sequential's."""
@@ -229,6 +249,8 @@ def splice(plan: PairPlan, num_slots: int) -> KasminaLayer:
     mods.clear()
     for k, m in items:
         mods[k] = layer if k == plan.keys[0] else m
+    if not _hooked(plan.parent):
+        plan.parent.register_load_state_dict_pre_hook(accept_spliced_keys)
     return layer
 
 
@@ -242,6 +264,10 @@ def unsplice(parent: nn.Module, key: str, host: nn.Sequential) -> None:
             mods.update(host._modules)
         else:
             mods[k] = m
+    if not any(isinstance(m, KasminaLayer) and m.spec.spliced for m in mods.values()):
+        hooks = parent._load_state_dict_pre_hooks
+        for handle in [h for h, hook in hooks.items() if getattr(hook, "hook", hook) is accept_spliced_keys]:
+            del hooks[handle]
 
 
 def _widening_convs(seed: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -254,8 +280,8 @@ def _widening_convs(seed: nn.Module) -> tuple[nn.Module, nn.Module]:
     consumer = ir["output"]
     producer = next(op["id"] for op in ir["ops"] if op["inputs"] == ["x"])
     if ops[producer]["op"] not in ("conv1d", "conv2d") or ops[consumer]["op"] != ops[producer]["op"]:
-        raise ValueError(f"the seed's IR is not a widening (template {ir.get('template')!r}); Go accepts only widenings "
-                         "on conv pairs")
+        raise ValueError(f"the seed's IR is not a widening (template {ir.get('template')!r}); Go accepts only "
+                         "widenings on conv pairs")
     return seed.get_submodule(producer), seed.get_submodule(consumer)
 
 

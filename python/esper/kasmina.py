@@ -969,13 +969,10 @@ def _accept_unwrapped_keys(module: nn.Module, state_dict: dict[str, Any], prefix
     wrapped names the host's tensors ``<prefix>weight``; they are loaded as
     ``<prefix>base_layer.weight`` when the wrapped form is absent (PEFT does the same)."""
     base = module.get_submodule("base_layer")
-    spec = getattr(module, "spec", None)
-    # A conv pair cut out of its parent nn.Sequential: its members were the parent's children.
-    outer = prefix[:prefix.rstrip(".").rfind(".") + 1] if isinstance(spec, HostSpec) and spec.spliced else prefix
     for key in base.state_dict(keep_vars=True):
         if key.startswith(("base_layer.", "seeds.")):
             continue  # a host child named like the wrapper's own: ambiguous, never renamed
-        old, new = outer + key, prefix + "base_layer." + key
+        old, new = prefix + key, prefix + "base_layer." + key
         if old in state_dict and new not in state_dict:
             state_dict[new] = state_dict.pop(old)
 
