@@ -275,6 +275,7 @@ def _resume_run(steps: int, stop: int | None) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.slow
 def test_resume_mid_blending_continues_identically() -> None:
     whole = _resume_run(20, None)
     resumed = _resume_run(20, stop=9)
@@ -299,6 +300,7 @@ def _blobs(seed: int, n: int) -> tuple[Tensor, Tensor]:
     return x, y
 
 
+@pytest.mark.slow
 def test_the_heuristic_grows_a_cnn_wider_in_the_readme_loop_to_fossilization() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
@@ -314,8 +316,8 @@ def test_the_heuristic_grows_a_cnn_wider_in_the_readme_loop_to_fossilization() -
             out = m(xv)
         return {"loss": float(F.cross_entropy(out, yv)), "metric": float((out.argmax(1) == yv).float().mean())}
 
-    epochs = 14
-    morph = esper.Morphogenesis(model, optimizer, evaluate=evaluate, patience=1, threshold=0.05, train_steps=6,
+    epochs = 8
+    morph = esper.Morphogenesis(model, optimizer, evaluate=evaluate, patience=1, threshold=0.2, train_steps=6,
                                 blend_steps=6, signal_every=2, min_gain=0.0, cooldown_epochs=0)
     decisions = []
     for _ in range(epochs):
@@ -339,6 +341,7 @@ def test_the_heuristic_grows_a_cnn_wider_in_the_readme_loop_to_fossilization() -
     morph.close()
 
 
+@pytest.mark.slow
 def test_torch_compile_traces_a_widened_pair_without_graph_breaks() -> None:
     torch._dynamo.reset()
     _, model, _, morph, x = build("conv2d relu")
@@ -352,3 +355,15 @@ def test_torch_compile_traces_a_widened_pair_without_graph_breaks() -> None:
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
     torch._dynamo.reset()
     morph.close()
+
+
+def test_karn_lists_widen_as_the_mergeable_template_of_a_pair() -> None:
+    host = {"kind": "conv2d_pair", "in": 3, "mid": 4, "out": 6, "kernel": 3, "stride": 1, "padding": 1,
+            "consumer_kernel": 3, "consumer_stride": 1, "consumer_padding": 1, "activation": "relu"}
+    rows = {r["template"]: r for r in karn.library_costs(host)}
+    fits = {name for name, r in rows.items() if "error" not in r}
+    assert fits == {"widen"} and rows["widen"]["mergeable"]
+    # 16 channels (the default): 3*16*9 + 16 producer-side, 16*6*9 consumer-side, no bias.
+    assert rows["widen"]["param_count"] == 3 * 16 * 9 + 16 + 16 * 6 * 9
+    with pytest.raises(esper.InvalidArgumentError, match="activation \"softmax\" is not one of identity, relu"):
+        karn.instantiate("widen", {**host, "activation": "softmax"})
