@@ -50,6 +50,13 @@ class Named(nn.Module):
         return self.head(F.relu(self.body(x)).mean(dim=(2, 3)))
 
 
+class SkipSequential(nn.Sequential):
+    """A Sequential subclass whose forward is not a chain: cutting a pair out of it would change it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self[2](self[1](self[0](x))) + x[:, :1]
+
+
 CASES: dict[str, tuple[Callable[[], nn.Module], Any, tuple[int, ...]]] = {
     "conv2d relu": (lambda: cnn2d(nn.ReLU()), [("0", "2")], (5, 3, 8, 8)),
     "conv2d tanh stride 2": (lambda: cnn2d(nn.Tanh(), stride=2), [("0", "2")], (5, 3, 9, 9)),
@@ -145,7 +152,9 @@ def test_a_pair_with_a_module_other_than_an_activation_between_is_refused(betwee
     (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 6, 3, groups=2)), [("0", "1")], "groups 2"),
     (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv1d(4, 6, 3)), [("0", "1")], "both must be the same kind"),
     (nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3)), [("2", "0")], "does not come after"),
-    (Named(), [("body.0", "head")], "children of one nn.Sequential"),
+    (Named(), [("body.0", "head")], "children of one plain nn.Sequential"),
+    (SkipSequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)), [("0", "2")],
+     "children of one plain nn.Sequential"),
     (nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3)), ["1"], "names ReLU"),
     (nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)),
      [("0", "2"), ("2", "4")], "share '2'"),

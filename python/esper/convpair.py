@@ -174,10 +174,11 @@ def plan_pairs(model: nn.Module, pairs: Sequence[ConvPairLike] | Mapping[str, st
     for item in items:
         if isinstance(item, str):
             seq = modules.get(item)
-            if not isinstance(seq, nn.Sequential) or not item:
+            if type(seq) is not nn.Sequential or not item:
                 got = "no module" if seq is None else type(seq).__name__
-                raise ValueError(f"conv pair {item!r} names {got}; name an nn.Sequential(conv, activation, conv) other "
-                                 "than the root, or give (producer, consumer) names")
+                raise ValueError(f"conv pair {item!r} names {got}; name a plain nn.Sequential(conv, activation, conv) "
+                                 "other than the root (a subclass may run its children otherwise), or give "
+                                 "(producer, consumer) names")
             members = list(seq._modules.items())
             spec = _pair_spec(item, members, item, spliced=False)
             plans.append(PairPlan(item, model.get_submodule(item.rpartition(".")[0]), [k for k, _ in members], False,
@@ -193,10 +194,11 @@ def plan_pairs(model: nn.Module, pairs: Sequence[ConvPairLike] | Mapping[str, st
         parent_name, _, pk = first.rpartition(".")
         other_parent, _, ck = last.rpartition(".")
         parent = modules[parent_name]
-        if parent_name != other_parent or not isinstance(parent, nn.Sequential):
-            raise ValueError(f"conv pair {item!r}: the producer and the consumer must be children of one nn.Sequential "
-                             f"(the pair is cut out of it); for a model whose forward calls them, put them in an "
-                             f"nn.Sequential(conv, activation, conv) and name that")
+        if parent_name != other_parent or type(parent) is not nn.Sequential:
+            raise ValueError(f"conv pair {item!r}: the producer and the consumer must be children of one plain "
+                             "nn.Sequential (the pair is cut out of it; a subclass may run its children otherwise); "
+                             "for a model whose forward calls them, put them in an nn.Sequential(conv, activation, "
+                             "conv) and name that")
         keys = list(parent._modules)
         i, j = keys.index(pk), keys.index(ck)
         if j <= i:
@@ -337,7 +339,7 @@ def find_conv_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """
     found: list[tuple[str, str]] = []
     for parent_name, parent in model.named_modules():
-        if not isinstance(parent, nn.Sequential):
+        if type(parent) is not nn.Sequential:
             continue
         items = list(parent._modules.items())
         i = 0
