@@ -81,8 +81,9 @@ def build(case: str, slots: int = 1, **config: Any) -> tuple[nn.Module, nn.Modul
 
 
 def max_change(model: nn.Module, x: Tensor, ref: Tensor) -> float:
-    with torch.no_grad():
-        return float((model(x) - ref).abs().max())
+    """The largest change of the model's output against ref, with autograd on (as in training: a
+    TRAINING seed runs only then)."""
+    return float((model(x).detach() - ref).abs().max())
 
 
 def to_holding(morph: esper.Morphogenesis, layer: int, slot: int) -> None:
@@ -99,6 +100,9 @@ def test_germination_leaves_the_function_unchanged(case: str) -> None:
     morph.germinate(0, 0, "widen", width=3)
     seed = morph.layers[0].seed(0)
     assert seed.ir["template"] == "widen" and seed.ir["host"]["kind"].endswith("_pair")
+    morph.advance(0, 0)  # TRAINING: the seed runs, straight-through, adding 0
+    assert morph.layers[0].state(0).name == "TRAINING"
+    assert max_change(model, x, ref) <= EXACT
     # At alpha 1 the fresh seed adds its whole output: it must be 0, in training and in evaluation.
     to_holding(morph, 0, 0)
     for train in (True, False):
