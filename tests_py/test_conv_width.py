@@ -169,6 +169,14 @@ def test_incompatible_pairs_are_refused_with_the_reason(model: nn.Module, pairs:
     assert not any(isinstance(m, esper.KasminaLayer) for m in model.modules())
 
 
+@pytest.mark.parametrize("pairs", [("0", "2"), {"0": "2"}, [("0", "2")]])
+def test_one_pair_alone_a_mapping_or_a_list(pairs: Any) -> None:
+    model = esper.wrap(cnn2d(nn.ReLU()), conv_pairs=pairs)
+    assert [(name, layer.spec.kind) for name, layer in esper.kasmina_layers(model)] == [("0", "conv2d_pair")]
+    named = esper.wrap(Named(), conv_pairs="body")
+    assert [name for name, _ in esper.kasmina_layers(named)] == ["body"]
+
+
 def test_find_conv_pairs_and_types_skip_the_members() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3),
                           nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))

@@ -168,7 +168,13 @@ def plan_pairs(model: nn.Module, pairs: Sequence[ConvPairLike] | Mapping[str, st
             them is refused with the reason); a conv is grouped, dilated, not square or not
             zero-padded; pairs share a module.
     """
-    items = list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs)
+    if isinstance(pairs, Mapping):
+        items: list[Any] = list(pairs.items())
+    elif isinstance(pairs, str) or (isinstance(pairs, tuple) and len(pairs) == 2
+                                    and all(isinstance(n, str) for n in pairs)):
+        items = [pairs]  # one pair given alone
+    else:
+        items = list(pairs)
     modules = dict(model.named_modules())
     plans: list[PairPlan] = []
     for item in items:
