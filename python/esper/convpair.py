@@ -150,7 +150,8 @@ def _pair_spec(name: str, members: list[tuple[str, nn.Module]], prefix: str, spl
                     consumer_padding=p2, activation=activation, spliced=spliced)
 
 
-def plan_pairs(model: nn.Module, pairs: Sequence[ConvPairLike] | Mapping[str, str]) -> list[PairPlan]:
+def plan_pairs(model: nn.Module,
+               pairs: ConvPairLike | Sequence[ConvPairLike] | Mapping[str, str]) -> list[PairPlan]:
     """Finds and checks the conv pairs ``wrap`` was given, changing nothing.
 
     Args:

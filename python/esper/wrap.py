@@ -240,7 +240,7 @@ def _no_match(target: Target, names: list[str], model: nn.Module) -> ValueError:
 def wrap(model: nn.Module, target_modules: Target | Sequence[Target] | None = None, *, seeds_per_layer: int = 1,
          residual_modules: Sequence[Target] | Mapping[str, int] | None = None,
          block_modules: Sequence[Target] | Mapping[str, tuple[int, int]] | None = None,
-         conv_pairs: Sequence[ConvPairLike] | Mapping[str, str] | None = None) -> nn.Module:
+         conv_pairs: ConvPairLike | Sequence[ConvPairLike] | Mapping[str, str] | None = None) -> nn.Module:
     """Replaces every targeted module with a :class:`KasminaLayer` holding it, in place.
 
     Args:
