@@ -1,6 +1,7 @@
 package blueprint_test
 
 import (
+	"math/rand/v2"
 	"testing"
 
 	"github.com/esper-morph/esper/blueprint"
@@ -151,4 +152,23 @@ func TestPairTakesOnlyWidenings(t *testing.T) {
 		blueprint.Host{Kind: blueprint.HostConv2d, In: 3, Out: 16, Kernel: 3, Stride: 2, Padding: 1, Spatial: []int64{8, 8}})
 	wantErr(t, blueprint.Check(block, host, blueprint.Budget{}), blueprint.ErrNotWidening, errcode.Invalid,
 		"a conv2d_pair host takes only widening seeds", `the output op "conv2" is conv2d kernel 3 stride 1 padding 1`)
+}
+
+// Mutating a widening varies its width and stays a widening of the pair.
+func TestMutateWidenStaysAWidening(t *testing.T) {
+	host := pairHost()
+	ir := mustInstantiate(t, "widen", blueprint.Params{"width": int64(8)}, host)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 20; i++ {
+		m, err := blueprint.Mutate(ir, blueprint.Budget{}, rng)
+		if err != nil {
+			t.Fatalf("Mutate: %v", err)
+		}
+		if m.Template != "widen" || m.Params["width"] == ir.Params["width"] {
+			t.Fatalf("mutation %v of %v", m.Params, ir.Params)
+		}
+		if err := blueprint.Check(m, host, blueprint.Budget{}); err != nil {
+			t.Fatalf("mutated widening refused: %v", err)
+		}
+	}
 }
