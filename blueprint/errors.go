@@ -26,6 +26,9 @@ var (
 	// ErrNotZeroInit is returned when the output is not exactly zero at
 	// initialisation. [INVALID]
 	ErrNotZeroInit = errcode.New(errcode.Invalid, "blueprint: output not zero at initialisation")
+	// ErrNotWidening is returned when a seed on a conv pair host is not a
+	// widening of the pair (see Host.Kind HostConv2dPair). [INVALID]
+	ErrNotWidening = errcode.New(errcode.Invalid, "blueprint: not a widening of the conv pair")
 	// ErrUnknownTemplate is returned when a template name is not in the
 	// library. [NOTFOUND]
 	ErrUnknownTemplate = errcode.New(errcode.NotFound, "blueprint: unknown template")

@@ -66,7 +66,8 @@ func FuzzParse(f *testing.F) {
 
 func FuzzParseHost(f *testing.F) {
 	for _, s := range []string{`{"kind":"linear","in":4,"out":2}`, `{"kind":"conv2d","in":3,"out":8,"kernel":3,"stride":2,"padding":1,"spatial":[32,32]}`,
-		`{"kind":"residual","dim":8,"spatial":[5]}`, `{"kind":"conv1d"}`, `null`} {
+		`{"kind":"residual","dim":8,"spatial":[5]}`, `{"kind":"conv1d"}`, `null`,
+		`{"kind":"conv2d_pair","in":3,"mid":8,"out":16,"kernel":3,"stride":2,"padding":1,"consumer_kernel":3,"consumer_stride":1,"consumer_padding":1,"activation":"relu","spatial":[9,9]}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -17,6 +17,10 @@ var sampleHosts = map[string]blueprint.Host{
 	blueprint.LayoutResidual2d: {Kind: blueprint.HostResidual, Dim: 16, Spatial: []int64{8, 8}},
 	blueprint.LayoutConv1d:     {Kind: blueprint.HostConv1d, In: 8, Out: 12, Kernel: 5, Stride: 1, Padding: 2},
 	blueprint.LayoutResidual1d: {Kind: blueprint.HostResidual, Dim: 8, Spatial: []int64{100}},
+	blueprint.LayoutConv2dPair: {Kind: blueprint.HostConv2dPair, In: 3, Mid: 8, Out: 16, Kernel: 3, Stride: 1, Padding: 1,
+		ConsumerKernel: 3, ConsumerStride: 2, ConsumerPadding: 1, Activation: blueprint.OpReLU, Spatial: []int64{8, 8}},
+	blueprint.LayoutConv1dPair: {Kind: blueprint.HostConv1dPair, In: 4, Mid: 6, Out: 5, Kernel: 5, Stride: 1, Padding: 2,
+		ConsumerKernel: 1, ConsumerStride: 1, ConsumerPadding: 0, Activation: blueprint.ActIdentity},
 }
 
 // wantErr fails unless err wraps sentinel, has code and mentions every

@@ -40,7 +40,8 @@ type Template struct {
 	Layouts []string `json:"layouts"`
 	// Params describes its parameters.
 	Params []ParamSpec `json:"params"`
-	// Mergeable is true when its seeds merge into a linear host's weight.
+	// Mergeable is true when its seeds merge into their host's weights: a
+	// linear host's weight, or a conv pair's two convs (widen).
 	Mergeable bool `json:"mergeable"`
 
 	// build returns the ops and output id for resolved params on a valid,
@@ -145,6 +146,15 @@ var library = []Template{
 		Layouts:     []string{LayoutConv1d, LayoutResidual1d},
 		Params:      []ParamSpec{widthParam(32, "hidden channels"), activationParam()},
 		build:       buildConv1dBlock,
+	},
+	{
+		Name: "widen",
+		Description: "widens a conv pair: conv in->width with the producer's geometry, the pair's activation, conv width->out " +
+			"with the consumer's geometry (no bias, zero init); merges into the producer's output and the consumer's input channels",
+		Layouts:   []string{LayoutConv1dPair, LayoutConv2dPair},
+		Params:    []ParamSpec{widthParam(16, "channels added between the producer and the consumer")},
+		Mergeable: true,
+		build:     buildWiden,
 	},
 	{
 		Name:        "attention_head",

@@ -14,7 +14,7 @@ func TestTemplateLibrary(t *testing.T) {
 	if len(ts) < 10 {
 		t.Fatalf("library has %d templates", len(ts))
 	}
-	want := []string{"attention_head", "bottleneck", "conv1d_block", "conv3x3", "depthwise", "glu_mlp", "kron_adapter", "linear", "lowrank", "lowrank_conv", "norm_mlp", "residual_mlp", "se_gate"}
+	want := []string{"attention_head", "bottleneck", "conv1d_block", "conv3x3", "depthwise", "glu_mlp", "kron_adapter", "linear", "lowrank", "lowrank_conv", "norm_mlp", "residual_mlp", "se_gate", "widen"}
 	var names []string
 	for _, tm := range ts {
 		names = append(names, tm.Name)

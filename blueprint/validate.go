@@ -23,7 +23,8 @@ type Analysis struct {
 	FLOPsPerSample int64 `json:"flops_per_sample"`
 	// Mergeable is true when every op is linear or kron_linear (a chain
 	// with no activation), so the seed can be merged into a linear host's
-	// weight.
+	// weight, or when the host is a conv pair (its seeds are widenings,
+	// which merge into the pair's convs).
 	Mergeable bool `json:"mergeable"`
 }
 
@@ -88,6 +89,12 @@ func Analyze(ir *IR, host Host) (*Analysis, error) {
 	}
 	if !zero[ir.Output] {
 		return nil, fmt.Errorf("%w: output %q can be non-zero at initialisation: end in an op with init %q (bias off or zeroed) or multiply by one", ErrNotZeroInit, ir.Output, InitZero)
+	}
+	if host.IsPair() {
+		if err := checkWidening(ir, host, byID); err != nil {
+			return nil, err
+		}
+		a.Mergeable = true
 	}
 	return a, nil
 }

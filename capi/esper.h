@@ -122,8 +122,12 @@ int esper_test_panic(int32_t in_goroutine);
 /* ------------------------------------------------------------------------ */
 /*
  * JSON documents (docs/internals.md, "Blueprint IR"):
- *   host:   {"kind": "linear"|"conv1d"|"conv2d"|"residual", "in", "out",
- *            "kernel", "stride", "padding", "dim", "spatial": [L] | [H, W]}
+ *   host:   {"kind": "linear"|"block"|"conv1d"|"conv2d"|"residual"|
+ *            "conv1d_pair"|"conv2d_pair", "in", "out", "kernel", "stride",
+ *            "padding", "dim", "spatial": [L] | [H, W]; conv pairs also
+ *            "mid", "consumer_kernel", "consumer_stride" [1],
+ *            "consumer_padding", "activation": "identity"|"relu"|"gelu"|
+ *            "silu"|"tanh"|"sigmoid"}
  *           (fields that do not apply to the kind must be absent or 0).
  *   params: {"width": 32, "activation": "relu", ...}; NULL or "{}" means
  *           every template default.
@@ -350,9 +354,11 @@ int esper_cache_stats(uint64_t handle, char **out_json);
  * legal transition".
  *
  * Config (esper_session_new), defaults in brackets:
- *   {"layers": [{"name": str (unique), "kind": "linear"|"conv1d"|"conv2d"|
- *                "residual", "in", "out" (linear/conv), "kernel",
- *                "stride" [1], "padding" (conv), "dim" (residual),
+ *   {"layers": [{"name": str (unique), "kind": "linear"|"block"|"conv1d"|
+ *                "conv2d"|"residual"|"conv1d_pair"|"conv2d_pair", "in",
+ *                "out" (linear/conv), "kernel", "stride" [1], "padding"
+ *                (conv), "dim" (residual), conv pairs' fields as in Karn's
+ *                host above,
  *                "spatial": [L] | [H, W] (optional), "params" [0]: the
  *                host layer's own parameter count}],   1..4096 layers
  *    "slots_per_layer" [1] (1..64), "train_steps" [100]: TRAINING length,

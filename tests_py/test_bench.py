@@ -42,6 +42,8 @@ def test_quick_subset_writes_every_row(tmp_path: Path, monkeypatch: pytest.Monke
     assert "train step, dormant: TinyMLP" in names
     assert "train step, 1 seed BLENDING: TinyMLP" in names
     assert "train step, 1 seed HOLDING: TinyMLP" in names
+    assert "train step, dormant: PairCNN (conv pair)" in names
+    assert "train step, widen seed HOLDING: PairCNN (conv pair)" in names
     assert "no-op call (Python -> Go)" in names
     assert "session step, 8 layers + signals (Session.step)" in names
 

@@ -223,8 +223,11 @@ func (c Config) settings() (settings, error) {
 			return bad("layers[%d]: name %q repeats layers[%d]", i, l.Name, j)
 		}
 		seen[l.Name] = i
-		if (l.Kind == blueprint.HostConv1d || l.Kind == blueprint.HostConv2d) && l.Stride == 0 {
+		if (l.Kind == blueprint.HostConv1d || l.Kind == blueprint.HostConv2d || l.IsPair()) && l.Stride == 0 {
 			l.Stride = 1
+		}
+		if l.IsPair() && l.ConsumerStride == 0 {
+			l.ConsumerStride = 1
 		}
 		if l.Params < 0 {
 			return bad("layers[%d] (%s): params %d must be >= 0", i, l.Name, l.Params)

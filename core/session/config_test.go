@@ -52,6 +52,10 @@ func TestConfigErrors(t *testing.T) {
 		{"bad kind", `{"layers": [{"name": "x", "kind": "lstm", "in": 4, "out": 4}]}`, `kind "lstm"`},
 		{"missing out", `{"layers": [{"name": "x", "kind": "linear", "in": 4}]}`, "out = 0"},
 		{"conv without kernel", `{"layers": [{"name": "x", "kind": "conv2d", "in": 4, "out": 4}]}`, "kernel = 0"},
+		{"pair without mid", `{"layers": [{"name": "x", "kind": "conv2d_pair", "in": 4, "out": 4, "kernel": 3,
+			"consumer_kernel": 3, "activation": "relu"}]}`, "mid = 0"},
+		{"pair with batchnorm", `{"layers": [{"name": "x", "kind": "conv2d_pair", "in": 4, "mid": 4, "out": 4,
+			"kernel": 3, "consumer_kernel": 3, "activation": "batchnorm"}]}`, `activation "batchnorm" is not one of`},
 		{"negative params", `{"layers": [{"name": "x", "kind": "linear", "in": 4, "out": 4, "params": -1}]}`, "params -1"},
 		{"slots", `{"layers": [` + fc + `], "slots_per_layer": 65}`, "slots_per_layer 65"},
 		{"train steps", `{"layers": [` + fc + `], "train_steps": -1}`, "train_steps -1"},
@@ -197,4 +201,25 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("Snapshot: %v", err)
 		}
 	})
+}
+
+// A conv pair layer takes the conv defaults (stride 1, consumer stride 1)
+// and its seeds come from Karn's widen template.
+func TestConfigConvPair(t *testing.T) {
+	cfg, err := session.ParseConfig([]byte(`{"layers": [{"name": "features.0", "kind": "conv2d_pair", "in": 3,
+		"mid": 8, "out": 16, "kernel": 3, "padding": 1, "consumer_kernel": 3, "consumer_padding": 1, "activation": "relu"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := cfg.WithDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := full.Layers[0]
+	if l.Stride != 1 || l.ConsumerStride != 1 || l.Mid != 8 || l.Activation != "relu" {
+		t.Fatalf("pair layer: %s", mustJSON(t, l))
+	}
+	if _, err := blueprint.Instantiate("widen", nil, l.Host); err != nil {
+		t.Fatalf("widen on the configured pair: %v", err)
+	}
 }

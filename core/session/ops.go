@@ -63,7 +63,9 @@ func ParseBlueprint(data []byte, host blueprint.Host) (*blueprint.IR, error) {
 
 func sameHost(a, b blueprint.Host) bool {
 	return a.Kind == b.Kind && a.In == b.In && a.Out == b.Out && a.Kernel == b.Kernel && a.Stride == b.Stride &&
-		a.Padding == b.Padding && a.Dim == b.Dim && slices.Equal(a.Spatial, b.Spatial)
+		a.Padding == b.Padding && a.Dim == b.Dim && slices.Equal(a.Spatial, b.Spatial) && a.Mid == b.Mid &&
+		a.ConsumerKernel == b.ConsumerKernel && a.ConsumerStride == b.ConsumerStride &&
+		a.ConsumerPadding == b.ConsumerPadding && a.Activation == b.Activation
 }
 
 // GerminateSpec germinates the dormant seed at layer/slot with the

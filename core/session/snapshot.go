@@ -148,10 +148,15 @@ func hostString(h blueprint.Host) string {
 	for _, kv := range []struct {
 		name string
 		v    int64
-	}{{"in", h.In}, {"out", h.Out}, {"kernel", h.Kernel}, {"stride", h.Stride}, {"padding", h.Padding}, {"dim", h.Dim}} {
+	}{{"in", h.In}, {"mid", h.Mid}, {"out", h.Out}, {"kernel", h.Kernel}, {"stride", h.Stride}, {"padding", h.Padding},
+		{"consumer_kernel", h.ConsumerKernel}, {"consumer_stride", h.ConsumerStride}, {"consumer_padding", h.ConsumerPadding},
+		{"dim", h.Dim}} {
 		if kv.v != 0 {
 			f = append(f, fmt.Sprintf("%s %d", kv.name, kv.v))
 		}
+	}
+	if h.Activation != "" {
+		f = append(f, "activation "+h.Activation)
 	}
 	if len(h.Spatial) > 0 {
 		f = append(f, fmt.Sprintf("spatial %v", h.Spatial))

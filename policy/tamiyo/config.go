@@ -118,7 +118,8 @@ type Config struct {
 	HoldingEpochs int `json:"holding_epochs,omitempty"`
 	// Template is the blueprint template germinations use where it fits the
 	// layer. Layers it does not support get the first supporting template
-	// of conv3x3, conv1d_block, residual_mlp, bottleneck, lowrank, linear
+	// of conv3x3, conv1d_block, widen (conv pairs: the only template they
+	// take), residual_mlp, bottleneck, lowrank, linear
 	// (then any other), with its defaults; the germination's reason then
 	// names the template used and why. Default "residual_mlp".
 	Template string `json:"template,omitempty"`

@@ -17,7 +17,7 @@ const MaxValHistory = 1024
 // fallbackTemplates is the order templates are tried in for layers the
 // configured template does not support; templates not listed follow by
 // name.
-var fallbackTemplates = []string{"conv3x3", "conv1d_block", "residual_mlp", "bottleneck", "lowrank", "linear"}
+var fallbackTemplates = []string{"conv3x3", "conv1d_block", "widen", "residual_mlp", "bottleneck", "lowrank", "linear"}
 
 // sizeParams are the template parameters that scale a blueprint's size,
 // lowered to fit a budget.

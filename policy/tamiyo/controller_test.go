@@ -221,6 +221,8 @@ func TestTemplateFallbackForConv(t *testing.T) {
 	// A template other than the configured one is named, with the reason, in
 	// the decision's reason; the configured one used says nothing of it.
 	conv := []blueprint.Host{{Kind: blueprint.HostConv2d, In: 8, Out: 16, Kernel: 3, Stride: 1, Padding: 1}}
+	pair := []blueprint.Host{{Kind: blueprint.HostConv2dPair, In: 3, Mid: 8, Out: 16, Kernel: 3, Stride: 1, Padding: 1,
+		ConsumerKernel: 3, ConsumerStride: 1, ConsumerPadding: 1, Activation: "relu"}}
 	cases := []struct {
 		name     string
 		cfg      tamiyo.Config
@@ -234,6 +236,9 @@ func TestTemplateFallbackForConv(t *testing.T) {
 		{"residual_mlp over budget", tamiyo.Config{Governor: tamiyo.GovernorConfig{MaxParams: 551}}, linearHosts(1), "bottleneck",
 			"the configured template residual_mlp did not fit (tamiyo: residual_mlp needs 552 params at width 8"},
 		{"residual_mlp on linear", tamiyo.Config{}, linearHosts(1), "residual_mlp", ""},
+		{"residual_mlp on conv2d_pair", tamiyo.Config{}, pair, "widen",
+			"the configured template residual_mlp does not support conv2d_pair hosts, so widen with its default parameters"},
+		{"widen on conv2d_pair", tamiyo.Config{Template: "widen", Params: blueprint.Params{"width": int64(4)}}, pair, "widen", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -16,6 +16,7 @@ importing this package starts nothing.
 from __future__ import annotations
 
 from ._lib import build_info
+from .convpair import find_conv_pairs
 from .errors import (
     BudgetError,
     CancelledError,
@@ -51,6 +52,7 @@ __all__ = [
     "__version__",
     "build_info",
     "wrap",
+    "find_conv_pairs",
     "export",
     "Morphogenesis",
     "MorphConfig",

@@ -76,9 +76,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _parse_host(text: str) -> dict[str, Any]:
-    """Parse a host spec such as linear:64:10, conv2d:16:32:3:2:1, residual:64."""
+    """Parse a host spec such as linear:64:10, conv2d:16:32:3:2:1, residual:64,
+    conv2d_pair:3:8:16:3:1:1:3:1:1:relu."""
     parts = text.split(":")
     kind = parts[0]
+    activation = None
+    if kind in ("conv1d_pair", "conv2d_pair") and len(parts) == 11:
+        activation = parts.pop()
     try:
         nums = [int(p) for p in parts[1:]]
     except ValueError as exc:
@@ -89,8 +93,13 @@ def _parse_host(text: str) -> dict[str, Any]:
         return {"kind": kind, "in": nums[0], "out": nums[1], "kernel": nums[2], "stride": nums[3], "padding": nums[4]}
     if kind == "residual" and len(nums) == 1:
         return {"kind": kind, "dim": nums[0]}
+    if activation is not None:
+        keys = ("in", "mid", "out", "kernel", "stride", "padding", "consumer_kernel", "consumer_stride",
+                "consumer_padding")
+        return {"kind": kind, **dict(zip(keys, nums)), "activation": activation}
     raise SystemExit(
-        f"esper: --host {text!r} is not one of linear:IN:OUT, block:IN:OUT, conv1d|conv2d:IN:OUT:K:S:P, residual:DIM"
+        f"esper: --host {text!r} is not one of linear:IN:OUT, block:IN:OUT, conv1d|conv2d:IN:OUT:K:S:P, residual:DIM, "
+        "conv1d_pair|conv2d_pair:IN:MID:OUT:K:S:P:K2:S2:P2:ACTIVATION"
     )
 
 

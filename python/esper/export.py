@@ -15,7 +15,11 @@ For each Kasmina layer of a deep copy of the model:
   - on a host with submodules (a block or residual host such as an MLP, where one more child could
     change the forward, as in ``nn.Sequential``), the layer becomes a GraphModule (class name
     ``Residual``) computing ``base_layer(x) + a_i * seeds.<slot>(x)``;
-- seeds in any other state are dropped, and a layer with no branch left is its plain host module.
+- seeds in any other state are dropped, and a layer with no branch left is its plain host module;
+- a conv pair (:mod:`esper.convpair`) always merges: its FOSSILIZED seeds' channels are concatenated
+  into the producer's output and the consumer's input channels (:func:`~esper.convpair.merge_pair`),
+  and its members go back where they were (into the parent nn.Sequential they were cut from, under
+  their own names), so the exported state_dict holds plain conv keys with the grown shapes.
 
 So an exported leaf layer *is* its host: its attributes (``weight``, ``bias``, ``in_features``, ...)
 are the host's own, its state_dict keys are the unwrapped model's (``fc.weight``, plus
@@ -37,6 +41,7 @@ import operator
 import torch
 from torch import Tensor, fx, nn
 
+from .convpair import merge_pair, unsplice
 from .kasmina import KasminaLayer, SeedState, kasmina_layers, refuse_seeds_not_built
 from .tezzeret import SeedModule, _Kronecker, _SelfAttention, is_mergeable, merged_delta
 
@@ -111,6 +116,8 @@ def _attach(host: nn.Module, branches: list[tuple[int, nn.Module, float]]) -> nn
 
 
 def _export_layer(layer: KasminaLayer) -> nn.Module:
+    if layer.spec.is_pair:
+        return merge_pair(layer)
     base = layer.base_layer
     deltas: list[tuple[Tensor, Tensor, float]] = []
     branches: list[tuple[int, nn.Module, float]] = []
@@ -148,7 +155,8 @@ def export(model: nn.Module) -> nn.Module:
         A new module holding no Esper class; ``model`` is untouched.
 
     Raises:
-        ValueError: a merge would give non-finite weights.
+        ValueError: a merge would give non-finite weights, or a conv pair holds a seed that is not a
+            widening.
     """
     out = copy.deepcopy(model)
     if isinstance(out, KasminaLayer):
@@ -156,7 +164,13 @@ def export(model: nn.Module) -> nn.Module:
     else:
         for name, layer in kasmina_layers(out):
             parent_name, _, child = name.rpartition(".")
-            setattr(out.get_submodule(parent_name), child, _export_layer(layer))
+            parent = out.get_submodule(parent_name)
+            plain = _export_layer(layer)
+            if layer.spec.is_pair and layer.spec.spliced:
+                assert isinstance(plain, nn.Sequential)
+                unsplice(parent, child, plain)
+            else:
+                setattr(parent, child, plain)
     # esper.wrap's load-state-dict check belongs to the wrapped model, not to the plain copy.
     for key, hook in list(out._load_state_dict_pre_hooks.items()):
         if getattr(hook, "hook", None) is refuse_seeds_not_built:

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: Host kinds Karn accepts (docs/internals.md).
-HOST_KINDS = ("linear", "block", "conv1d", "conv2d", "residual")
+HOST_KINDS = ("linear", "block", "conv1d", "conv2d", "residual", "conv1d_pair", "conv2d_pair")
 
 #: An IR as a dict, or as its JSON text.
 IRLike = Union[dict[str, Any], str, bytes]
@@ -247,7 +247,7 @@ def library_costs(host: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             row["param_count"] = ir["param_count"]
             row["flops_per_sample"] = ir["flops_per_sample"]
-            row["mergeable"] = bool(t["mergeable"] and host.get("kind") == "linear")
+            row["mergeable"] = bool(t["mergeable"] and host.get("kind") in ("linear", "conv1d_pair", "conv2d_pair"))
         rows.append(row)
     if failures and len(failures) == len(rows):
         # Every layout has templates, so a host that no template accepts is malformed: report why,

@@ -76,6 +76,7 @@ __all__ = [
     "HostSpec",
     "KasminaLayer",
     "LIVE_STATES",
+    "PAIR_KINDS",
     "SIGNALS",
     "SeedFailure",
     "SeedState",
@@ -104,6 +105,10 @@ class SeedState(IntEnum):
     CANCELLED = 9
     ROLLED_BACK = 10
 
+
+#: Host kinds of conv pairs: a producer conv, an elementwise activation, and the conv consuming its
+#: channels, widened together by their seeds (Karn's template "widen").
+PAIR_KINDS = ("conv1d_pair", "conv2d_pair")
 
 #: States in which the seed has a module in the model.
 LIVE_STATES = frozenset({SeedState.GERMINATED, SeedState.TRAINING, SeedState.BLENDING, SeedState.HOLDING,
@@ -161,15 +166,23 @@ class HostSpec:
 
     Attributes:
         name: the module's qualified name when it was wrapped.
-        kind: "linear", "block", "conv1d", "conv2d" or "residual".
-        in_features: input features (linear), input channels (conv), or dim (residual).
-        out_features: output features or channels (dim for residual).
-        kernel: conv kernel size (square), 0 otherwise.
+        kind: "linear", "block", "conv1d", "conv2d", "residual", "conv1d_pair" or "conv2d_pair".
+        in_features: input features (linear), input channels (conv, the producer's for a pair), or
+            dim (residual).
+        out_features: output features or channels (dim for residual; the consumer's for a pair).
+        kernel: conv kernel size (square; the producer's for a pair), 0 otherwise.
         stride: conv stride, 0 otherwise.
         padding: conv padding, 0 otherwise.
         params: the number of parameters of the host.
         channel_first: residual only: (N, dim, *spatial) instead of (*, dim).
         spatial: residual channel-first only: the spatial extents, learned at the first forward.
+        mid: conv pair only: the channels between producer and consumer.
+        consumer_kernel: conv pair only: the consumer's kernel (square).
+        consumer_stride: conv pair only: the consumer's stride.
+        consumer_padding: conv pair only: the consumer's padding.
+        activation: conv pair only: the elementwise op between the convs ("identity" for none).
+        spliced: conv pair only: the pair was cut out of its parent ``nn.Sequential`` (the layer
+            sits under the producer's name, and export puts the members back there).
     """
 
     name: str
@@ -182,6 +195,17 @@ class HostSpec:
     params: int = 0
     channel_first: bool = False
     spatial: list[int] | None = None
+    mid: int = 0
+    consumer_kernel: int = 0
+    consumer_stride: int = 0
+    consumer_padding: int = 0
+    activation: str = ""
+    spliced: bool = False
+
+    @property
+    def is_pair(self) -> bool:
+        """True for a conv pair host ("conv1d_pair", "conv2d_pair")."""
+        return self.kind in PAIR_KINDS
 
     def host_ir(self) -> dict[str, Any]:
         """The host as it appears in a blueprint IR (``ir["host"]``, Karn's ``Host``).
@@ -198,8 +222,11 @@ class HostSpec:
                 host["spatial"] = list(self.spatial)
             return host
         host = {"kind": self.kind, "in": self.in_features, "out": self.out_features}
-        if self.kind in ("conv1d", "conv2d"):
+        if self.kind in ("conv1d", "conv2d") or self.is_pair:
             host.update(kernel=self.kernel, stride=self.stride, padding=self.padding)
+        if self.is_pair:
+            host.update(mid=self.mid, consumer_kernel=self.consumer_kernel, consumer_stride=self.consumer_stride,
+                        consumer_padding=self.consumer_padding, activation=self.activation)
         return host
 
     def to_dict(self) -> dict[str, Any]:
@@ -371,7 +398,7 @@ class KasminaLayer(nn.Module):
         #: Samples in the last measured forward, as Karn's flops_per_sample counts them: the batch for a
         #: conv or channel-first host, else the feature vectors (tokens). 0 before the first measured forward.
         self.samples_per_step = 0
-        self._per_image = spec.channel_first or spec.kind in ("conv1d", "conv2d")
+        self._per_image = spec.channel_first or spec.kind in ("conv1d", "conv2d") or spec.is_pair
         self._measured = False  # _sample ran since the last gather_health (its values are measurements)
         self._probe: tuple[Tensor, Tensor] | None = None  # the seed gain's features, see _probe_features
         self._rank_rows: Tensor | None = None  # (<= 64, units) output rows for the effective rank
@@ -383,7 +410,7 @@ class KasminaLayer(nn.Module):
         self._runs = [0] * num_slots  # forwards folded into _bad since the last read (eager forwards)
         # A residual or block host's shapes are checked at its first forward.
         self._checked = spec.kind not in ("residual", "block")
-        self._unit_dim = 1 if spec.kind in ("conv1d", "conv2d") or spec.channel_first else -1
+        self._unit_dim = 1 if spec.kind in ("conv1d", "conv2d") or spec.channel_first or spec.is_pair else -1
         self._unfused: RemovableHandle | None = None  # the pre-hook that keeps fused fast paths away
         self._allocate(_device_of(base_layer))
         self._sync_forward()
@@ -688,7 +715,7 @@ class KasminaLayer(nn.Module):
     def _weight_norm(self) -> Tensor:
         """The host weight's norm (linear, conv), or the norm of all its parameters (residual)."""
         weight = getattr(self.base_layer, "weight", None)
-        params = [weight] if self.spec.kind not in ("residual", "block") and isinstance(weight, Tensor) else \
+        params = [weight] if self.spec.kind in ("linear", "conv1d", "conv2d") and isinstance(weight, Tensor) else \
             list(self.base_layer.parameters())
         if not params:
             return self._nan
@@ -924,15 +951,17 @@ class KasminaLayer(nn.Module):
 
 def _host_key(host: dict[str, Any]) -> tuple[Any, ...]:
     """The fields of an IR host that decide a seed's shapes (Karn omits zero fields: absent means 0)."""
-    return tuple(host.get(k, 0) for k in ("kind", "in", "out", "kernel", "stride", "padding", "dim")) + (
-        bool(host.get("spatial")),)
+    return tuple(host.get(k, 0) for k in ("kind", "in", "out", "kernel", "stride", "padding", "dim", "mid",
+                                          "consumer_kernel", "consumer_stride", "consumer_padding")) + (
+        host.get("activation", ""), bool(host.get("spatial")))
 
 
 def _spec_key(spec: HostSpec) -> tuple[Any, ...]:
     """:func:`_host_key` of the host a spec describes (known before the spatial extents are)."""
     if spec.kind == "residual":
-        return ("residual", 0, 0, 0, 0, 0, spec.in_features, spec.channel_first)
-    return (spec.kind, spec.in_features, spec.out_features, spec.kernel, spec.stride, spec.padding, 0, False)
+        return ("residual", 0, 0, 0, 0, 0, spec.in_features, 0, 0, 0, 0, "", spec.channel_first)
+    return (spec.kind, spec.in_features, spec.out_features, spec.kernel, spec.stride, spec.padding, 0, spec.mid,
+            spec.consumer_kernel, spec.consumer_stride, spec.consumer_padding, spec.activation, False)
 
 
 def _accept_unwrapped_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:

@@ -406,6 +406,14 @@ def example_input(host: dict[str, Any], *, batch: int = 2, device: torch.device 
         extents = spatial or [max(8, k)] * nd
         shape = [batch, int(host["in"]), *extents]
         out = [batch, int(host["out"]), *[(e + 2 * p - k) // s + 1 for e in extents]]
+    elif kind in ("conv1d_pair", "conv2d_pair"):
+        nd = 1 if kind == "conv1d_pair" else 2
+        k, s, p = int(host["kernel"]), int(host["stride"]), int(host.get("padding", 0))
+        k2, s2, p2 = int(host["consumer_kernel"]), int(host["consumer_stride"]), int(host.get("consumer_padding", 0))
+        extents = spatial or [max(8, k + s * k2)] * nd  # large enough for both kernels
+        mid = [(e + 2 * p - k) // s + 1 for e in extents]
+        shape = [batch, int(host["in"]), *extents]
+        out = [batch, int(host["out"]), *[(m + 2 * p2 - k2) // s2 + 1 for m in mid]]
     else:
         raise InvalidArgumentError(f"host kind {kind!r} is not one of {', '.join(karn.HOST_KINDS)}")
     x = torch.randn(shape, generator=g).to(device=device, dtype=dtype)

@@ -28,6 +28,7 @@ from typing import Callable, Mapping, Sequence, Union
 
 from torch import nn
 
+from .convpair import ConvPairLike, plan_pairs, splice
 from .kasmina import HostSpec, KasminaLayer, kasmina_layers, refuse_seeds_not_built
 
 __all__ = ["DISPATCHERS", "PARAMETER_ONLY", "Candidate", "Target", "host_spec", "host_specs", "kasmina_layers", "wrap"]
@@ -238,7 +239,8 @@ def _no_match(target: Target, names: list[str], model: nn.Module) -> ValueError:
 
 def wrap(model: nn.Module, target_modules: Target | Sequence[Target] | None = None, *, seeds_per_layer: int = 1,
          residual_modules: Sequence[Target] | Mapping[str, int] | None = None,
-         block_modules: Sequence[Target] | Mapping[str, tuple[int, int]] | None = None) -> nn.Module:
+         block_modules: Sequence[Target] | Mapping[str, tuple[int, int]] | None = None,
+         conv_pairs: ConvPairLike | Sequence[ConvPairLike] | Mapping[str, str] | None = None) -> nn.Module:
     """Replaces every targeted module with a :class:`KasminaLayer` holding it, in place.
 
     Args:
@@ -251,6 +253,11 @@ def wrap(model: nn.Module, target_modules: Target | Sequence[Target] | None = No
         block_modules: modules to wrap as block hosts, mapping ``(*, in)`` to ``(*, out)`` (a
             whole MLP, say: a seed then adds hidden units beside it); targets, or a mapping
             ``pattern -> (in, out)`` when they cannot be read off its first and last nn.Linear.
+        conv_pairs: conv pairs to wrap for width growth (:mod:`esper.convpair`): ``(producer,
+            consumer)`` names of convs in one nn.Sequential with at most an elementwise activation
+            between them, or names of nn.Sequential modules that are such a pair;
+            :func:`esper.find_conv_pairs` lists them. Seeds there add channels between the two convs.
+            Targets of ``target_modules`` skip the pairs' members.
 
     Returns:
         The model.
@@ -260,7 +267,8 @@ def wrap(model: nn.Module, target_modules: Target | Sequence[Target] | None = No
             (the message lists the closest names); a matched module is of an unsupported kind,
             is the root, is shared under several names, or lies inside another matched module;
             a name pattern matches a module its parent uses through its parameters
-            (:data:`PARAMETER_ONLY`; types and predicates skip those silently).
+            (:data:`PARAMETER_ONLY`; types and predicates skip those silently); a conv pair is not one
+            (the message says why, e.g. a BatchNorm between its convs) or overlaps a target.
     """
     if any(isinstance(m, KasminaLayer) for m in model.modules()):
         raise ValueError("the model is already wrapped (it holds Kasmina layers); wrap a model once")
@@ -279,8 +287,10 @@ def wrap(model: nn.Module, target_modules: Target | Sequence[Target] | None = No
         block = list(block_dims)
     else:
         block = _as_list(block_modules)
-    if not targets and not residual and not block:
-        raise ValueError("nothing to wrap: give target_modules, residual_modules or block_modules")
+    plans = plan_pairs(model, conv_pairs) if conv_pairs is not None else []
+    members = {m for plan in plans for m in plan.member_names()}
+    if not targets and not residual and not block and not plans:
+        raise ValueError("nothing to wrap: give target_modules, residual_modules, block_modules or conv_pairs")
     named = [(name, m) for name, m in model.named_modules() if name]
     names = [name for name, _ in named]
     parameter_only = _parameter_only(model)
@@ -308,7 +318,7 @@ def wrap(model: nn.Module, target_modules: Target | Sequence[Target] | None = No
             raise _no_match(target, names, model)
     candidates: list[Candidate] = []
     for name, module in named:
-        if name in parameter_only:
+        if name in parameter_only or name in members:
             continue  # never wrapped by a type or a predicate; a pattern naming one was refused above
         declared = [t for t in residual if _matches(t, name, module)]
         blocks = [t for t in block if _matches(t, name, module)]
@@ -321,7 +331,11 @@ def wrap(model: nn.Module, target_modules: Target | Sequence[Target] | None = No
         for inner in candidates:
             if inner.name.startswith(outer.name + "."):
                 raise ValueError(f"targets overlap: {inner.name!r} lies inside {outer.name!r}; wrap one of them")
-    chosen = {id(c.module) for c in candidates}
+        for member in members:
+            if member.startswith(outer.name + ".") or outer.name.startswith(member + "."):
+                raise ValueError(f"targets overlap: conv pair member {member!r} and target {outer.name!r}; wrap one "
+                                 "of them")
+    chosen = {id(c.module) for c in candidates} | {id(model.get_submodule(m)) for m in members}
     seen: dict[int, str] = {}
     for name, m in model.named_modules(remove_duplicate=False):
         if id(m) in chosen and seen.setdefault(id(m), name) != name:
@@ -331,6 +345,8 @@ def wrap(model: nn.Module, target_modules: Target | Sequence[Target] | None = No
         parent_name, _, child = c.name.rpartition(".")
         parent = model.get_submodule(parent_name)
         setattr(parent, child, KasminaLayer(c.module, spec, num_slots=seeds_per_layer))
+    for plan in plans:
+        splice(plan, seeds_per_layer)
     # A state dict with seeds is loaded after morph.load_state_dict rebuilt them: refuse it before
     # any tensor is written otherwise.
     model.register_load_state_dict_pre_hook(refuse_seeds_not_built)

@@ -179,7 +179,7 @@ def machine_line(m: dict[str, Any]) -> str:
 
 def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, Any]) -> list[Row]:
     """Runs one section on one device and returns its rows."""
-    from . import memory, native, steps
+    from . import memory, native, steps, widen
 
     if name in ("abi", "cache", "decision") and "go" not in state:
         state["go"] = native.go_benchmarks(plan.go_benchtime, count=5)
@@ -196,9 +196,9 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
     if name == "decision":
         return native.decision_rows(state["go"], plan.rounds, plan.quick)
     if name == "dormant":
-        return steps.dormant_rows(device, plan.steps())
+        return steps.dormant_rows(device, plan.steps()) + widen.dormant_rows(device, plan.steps())
     if name == "active":
-        return steps.active_rows(device, plan.steps())
+        return steps.active_rows(device, plan.steps()) + widen.active_rows(device, plan.steps())
     if name == "peft":
         return steps.peft_rows(device, plan.steps())
     if name == "scaling":
