@@ -96,7 +96,7 @@ func (s *Service) Refresh() error {
 func (s *Service) Answer(req Request) (Answer, error) {
 	_ = s.Refresh() // kept in Stats.LastReadError; the search goes on with what it has
 	if len(req.History) == 0 {
-		req.History = s.history(req)
+		req.History = s.History(req)
 	}
 	ans, err := Search(req, s.pred, s.note())
 	if err != nil {
@@ -110,9 +110,9 @@ func (s *Service) Answer(req Request) (Answer, error) {
 	return ans, nil
 }
 
-// history returns the trials on the request's layout, newest last, at
-// most MaxHistory.
-func (s *Service) history(req Request) []Trial {
+// History returns the trials read on the request's layout, in the store's
+// order, at most MaxHistory (the newest).
+func (s *Service) History(req Request) []Trial {
 	var out []Trial
 	layout := req.Host.Layout()
 	for _, t := range s.trials {
@@ -126,12 +126,8 @@ func (s *Service) history(req Request) []Trial {
 	return out
 }
 
-func (s *Service) note() string {
-	if s.pred != nil {
-		return s.why
-	}
-	return "prior (" + Prior + "): " + s.why
-}
+// note says what the predictor was fitted on, or why the prior ranks.
+func (s *Service) note() string { return s.why }
 
 // Stats returns the service's counters.
 func (s *Service) Stats() Stats { return s.stats }
