@@ -39,10 +39,19 @@ type Predictor struct {
 	scale []float64 // 0 for a constant feature (it is left out)
 	w     []float64
 	b     float64
+	// lo and hi bound the gains it was fitted on: predictions are clamped
+	// to them (a ridge line extrapolates without end).
+	lo, hi float64
+	// layouts are the host layouts it has records of.
+	layouts map[string]bool
 	// Records and Runs say what it was fitted on.
 	Records int
 	Runs    int
 }
+
+// Covers reports whether the predictor was fitted on records of hosts of
+// layout; a search on another layout ranks by the prior.
+func (p *Predictor) Covers(layout string) bool { return p.layouts[layout] }
 
 // ErrTooFew is returned by Fit when there are too few records or runs.
 var ErrTooFew = fmt.Errorf("karn: too few outcome records to fit the predictor")
@@ -78,7 +87,11 @@ func fit(trials []Trial, names []string) (*Predictor, error) {
 		y[i] = trials[i].Gain
 	}
 	p := &Predictor{names: names, mean: make([]float64, d), scale: make([]float64, d), w: make([]float64, d),
-		Records: n, Runs: countRuns(trials)}
+		Records: n, Runs: countRuns(trials), lo: math.Inf(1), hi: math.Inf(-1), layouts: map[string]bool{}}
+	for i := range trials {
+		p.lo, p.hi = math.Min(p.lo, trials[i].Gain), math.Max(p.hi, trials[i].Gain)
+		p.layouts[trials[i].Host.Layout()] = true
+	}
 	col := make([]float64, n)
 	for j := range d {
 		mat.Col(col, j, X)
@@ -120,7 +133,8 @@ func fit(trials []Trial, names []string) (*Predictor, error) {
 	return p, nil
 }
 
-// Predict returns the predicted gain of a sample.
+// Predict returns the predicted gain of a sample, clamped to the range of
+// the gains it was fitted on.
 func (p *Predictor) Predict(s *Sample) float64 {
 	x := make([]float64, len(p.names))
 	featureVector(p.names, s, x)
@@ -128,7 +142,7 @@ func (p *Predictor) Predict(s *Sample) float64 {
 	for j, xv := range x {
 		v += p.w[j] * (xv - p.mean[j]) * p.scale[j]
 	}
-	return v
+	return math.Min(p.hi, math.Max(p.lo, v))
 }
 
 // Eval is the predictor's error on records it was not fitted on.

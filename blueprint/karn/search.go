@@ -107,8 +107,8 @@ type searcher struct {
 
 // Search answers a request: it validates it, searches the IR space under
 // the constraint checker (see the package documentation) and returns the
-// best req.Count candidates, ranked by pred when it is non-nil, else by the
-// prior (see Prior). Every candidate is valid on req.Host and within
+// best req.Count candidates, ranked by pred when it is non-nil and fitted
+// on records of the host's layout, else by the prior (see Prior). Every candidate is valid on req.Host and within
 // req.Budget, checked by blueprint.Check. A request no template can serve
 // is answered with no candidates and a note, not an error.
 func Search(req Request, pred *Predictor, predNote string) (Answer, error) {
@@ -126,7 +126,11 @@ func Search(req Request, pred *Predictor, predNote string) (Answer, error) {
 	}
 	s.prior = priorGains(&req)
 	ans := Answer{Request: req.ID, Candidates: []Candidate{}, RankedBy: RankedByPrior, Predictor: predNote}
-	if pred != nil {
+	if pred != nil && !pred.Covers(req.Host.Layout()) {
+		ans.Predictor = fmt.Sprintf("the predictor (%s) has no record of a %s host", predNote, req.Host.Layout())
+		s.pred = nil
+	}
+	if s.pred != nil {
 		ans.RankedBy = RankedByPredictor
 	}
 	if len(s.lib) == 0 {
@@ -193,7 +197,10 @@ func (s *searcher) add(ir *blueprint.IR, origin string) bool {
 	if ir == nil {
 		return false
 	}
-	key := ir.Template + describe(ir.Params)
+	// Parameters that build the same graph (a reduction past the channel
+	// count, say) are one blueprint: the key is the ops, not the params.
+	ops, _ := json.Marshal(ir.Ops)
+	key := ir.Template + string(ops)
 	if s.seen[key] {
 		return false
 	}
