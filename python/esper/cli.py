@@ -162,7 +162,8 @@ def _cmd_karn(args: argparse.Namespace) -> int:
         if ev is None:
             print(f"not evaluated: {report['note']}")
             return 0
-        print(f"held out by run ({ev['folds']} folds; {report['note']}): {ev['records']} records of {ev['runs']} runs")
+        print(f"held out by run ({ev['folds']} folds; {report['note']}): "
+              f"{ev['records']} records of {ev['runs']} runs")
         print(f"  within 20% of the measured gain: {100 * ev['within_20pct_share']:.1f}%")
         print(f"  median relative error: {ev['median_relative_error']:.3g}")
         print(f"  mean absolute error: {ev['mae']:.4g} (predicting the training folds' mean: {ev['baseline_mae']:.4g})")
@@ -179,7 +180,8 @@ def _cmd_karn(args: argparse.Namespace) -> int:
         "candidates": res["candidates"], "over_budget": res["over_budget"], "built": res["built"],
         "compile_success": res["built"] / tried if tried else None,
         "build_failures": res["build_failures"][:10],
-        "latency_ms": {"median": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))]} if lat else None,
+        "latency_ms": ({"median": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
+                       if lat else None),
         "ranked_by": res["ranked_by"], "predictor": report,
     }
     if args.json:
