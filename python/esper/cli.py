@@ -200,7 +200,8 @@ def _cmd_karn(args: argparse.Namespace) -> int:
         print(f"predictor: not evaluated: {report['note']}")
     else:
         print(f"predictor (held out by run, {ev['records']} records of {ev['runs']} runs): "
-              f"{100 * ev['within_20pct_share']:.1f}% within 20%, median relative error {ev['median_relative_error']:.3g}")
+              f"{100 * ev['within_20pct_share']:.1f}% within 20%, "
+              f"median relative error {ev['median_relative_error']:.3g}")
     return 0 if res["over_budget"] == 0 and not res["build_failures"] else 1
 
 

@@ -61,8 +61,8 @@ def random_request(rng: random.Random, **extra: Any) -> dict[str, Any]:
         request["budget"]["max_flops"] = int(10 ** rng.uniform(3, 7))
     signals = {"act_mean": rng.gauss(0, 1), "act_var": rng.expovariate(1.0), "dead_frac": rng.random(),
                "grad_norm": rng.expovariate(5.0), "weight_norm": rng.uniform(0.5, 20),
-               "eff_rank": rng.uniform(1, 64),
-               "seed_gain": rng.uniform(-0.1, 0.5), "val_loss": rng.uniform(0.05, 3), "train_loss": rng.uniform(0.05, 3)}
+               "eff_rank": rng.uniform(1, 64), "seed_gain": rng.uniform(-0.1, 0.5),
+               "val_loss": rng.uniform(0.05, 3), "train_loss": rng.uniform(0.05, 3)}
     request["signals"] = {k: v for k, v in signals.items() if rng.random() < 0.7}
     request.update(extra)
     return request
