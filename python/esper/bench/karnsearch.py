@@ -87,6 +87,15 @@ def drive(n: int, seed: int = 0, build_every: int = 1, urza: str | None = None, 
         ``{"requests", "answered", "candidates", "over_budget", "built", "build_failures":
         [(request index, message)], "latency_ms": [...], "ranked_by": {...}}``.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # seeds this small build and run fastest on one thread (18 ms a candidate)
+    try:
+        return _drive(n, seed, build_every, urza, **extra)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _drive(n: int, seed: int, build_every: int, urza: str | None, **extra: Any) -> dict[str, Any]:
     rng = random.Random(seed)
     out: dict[str, Any] = {"requests": n, "answered": 0, "candidates": 0, "over_budget": 0, "built": 0,
                            "build_failures": [], "latency_ms": [], "ranked_by": {}}
