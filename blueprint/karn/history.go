@@ -11,9 +11,12 @@ import (
 
 // TrialFromOutcome turns one of Urza's outcome records into a Trial. ok is
 // false, with no error, for a record that measured nothing (no HOLDING
-// measurement with a finite positive validation loss): it says nothing of
-// how the seed paid. The gain is the last measurement's delta_loss over its
-// val_loss; the signals are the layer's rolling means and the epoch's
+// measurement with finite losses and a positive validation loss without
+// the seed): it says nothing of how the seed paid. The gain is the last
+// measurement's delta_loss over the validation loss without the seed
+// (val_loss + delta_loss): the share of the loss the seed removed, at most
+// 1 (over the loss with the seed it would explode as that nears 0); the
+// signals are the layer's rolling means and the epoch's
 // losses in the record's observation. A record that does not decode is an
 // error naming the run.
 func TrialFromOutcome(raw json.RawMessage) (t Trial, ok bool, err error) {
@@ -23,8 +26,11 @@ func TrialFromOutcome(raw json.RawMessage) (t Trial, ok bool, err error) {
 	}
 	gain, measured := 0.0, false
 	for _, c := range o.Contributions {
-		if c.ValLoss != nil && *c.ValLoss > 0 && !math.IsInf(*c.ValLoss, 0) && !math.IsNaN(c.DeltaLoss) {
-			gain, measured = c.DeltaLoss / *c.ValLoss, true
+		if c.ValLoss == nil || math.IsInf(*c.ValLoss, 0) || math.IsNaN(*c.ValLoss) || math.IsNaN(c.DeltaLoss) {
+			continue
+		}
+		if without := *c.ValLoss + c.DeltaLoss; without > 0 && !math.IsInf(without, 0) {
+			gain, measured = c.DeltaLoss/without, true
 		}
 	}
 	if !measured || math.IsInf(gain, 0) || math.IsNaN(gain) {

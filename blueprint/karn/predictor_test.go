@@ -117,7 +117,7 @@ func record(t testing.TB, run string, seq int, w int64, g *float64) []byte {
 	irb, _ := ir.Canonical()
 	contribs := []any{}
 	if g != nil {
-		contribs = append(contribs, map[string]any{"epoch": 4, "val_loss": 0.5, "val_loss_without": 0.5 * (1 + *g), "delta_loss": 0.5 * *g})
+		contribs = append(contribs, map[string]any{"epoch": 4, "val_loss": 0.5 * (1 - *g), "val_loss_without": 0.5, "delta_loss": 0.5 * *g})
 	}
 	rec := map[string]any{
 		"run_id": run, "seq": seq, "layer": 0, "layer_name": "fc", "slot": 0, "policy": "heuristic", "reason": "plateau",

@@ -71,8 +71,8 @@ type Trial struct {
 	ParamCount     int64 `json:"param_count"`
 	FLOPsPerSample int64 `json:"flops_per_sample"`
 	// Gain is the measured relative contribution: the validation loss
-	// without the seed minus with it, over the validation loss with it
-	// (0.02: the seed lowered the loss by 2%).
+	// without the seed minus with it, over the loss without it (0.02: the
+	// seed removed 2% of the loss).
 	Gain float64 `json:"gain"`
 	// Fossilized says the seed was kept (a published kernel).
 	Fossilized bool `json:"fossilized,omitempty"`

@@ -214,7 +214,7 @@ def karn_rows(rounds: int, quick: bool = False) -> list[Row]:
         Row("karn", "Karn predictor, mean absolute error vs the mean", "cpu", "gain", ev["mae"],
             baseline=ev["baseline_mae"], baseline_name="training folds' mean gain",
             ratio=ev["mae"] / ev["baseline_mae"] if ev["baseline_mae"] else None, rounds=ev["records"],
-            note="gain = (val loss without the seed - with it) / val loss with it; " + pnote),
+            note="gain = (val loss without the seed - with it) / val loss without it; " + pnote),
     ]
     return rows
 
