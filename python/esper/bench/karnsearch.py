@@ -172,7 +172,7 @@ def karn_rows(rounds: int, quick: bool = False) -> list[Row]:
     lat = res["latency_ms"]
     p99 = sorted(lat)[min(len(lat) - 1, int(0.99 * len(lat)))]
     note = (f"{n} random requests (esper.bench.karnsearch.random_request, seed 1) through the C ABI at the "
-            "defaults (256 evaluations, 20 ms time budget), no history")
+            "defaults (256 evaluations, 20 ms time budget), no history; wall time of each call")
     rows = [
         samples_row("karn", "Karn request latency, median", "cpu", lat, "ms", target=LATENCY, source="ABI", note=note),
         Row("karn", "Karn request latency, p99", "cpu", "ms", p99, rounds=len(lat), target=LATENCY.text,
