@@ -207,3 +207,35 @@ func TestServiceRefitsFromUrza(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// TestServiceRereadsChangedRecords: a record rewritten under its key (an
+// in-flight germination that ended with a measurement) is read again; an
+// unchanged one is not decoded twice (its trial stays as it was).
+func TestServiceRereadsChangedRecords(t *testing.T) {
+	store, err := urza.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	var _ FileSource = store
+	svc := NewService(store)
+	if _, err := store.PutOutcome(record(t, "run-a", 0, 4, nil)); err != nil {
+		t.Fatal(err)
+	}
+	g := 0.1
+	if _, err := store.PutOutcome(record(t, "run-a", 1, 4, &g)); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Refresh(); err != nil || svc.Stats().Trials != 1 {
+		t.Fatalf("trials %d, err %v", svc.Stats().Trials, err)
+	}
+	if _, err := store.PutOutcome(record(t, "run-a", 0, 4, &g)); err != nil { // the same key, now measured
+		t.Fatal(err)
+	}
+	if err := svc.Refresh(); err != nil || svc.Stats().Trials != 2 {
+		t.Fatalf("the rewritten record was not read again: trials %d, err %v", svc.Stats().Trials, err)
+	}
+	if _, err := store.OutcomeRecord("run-a/../../x"); err == nil {
+		t.Fatal("a key outside the run's folder was read")
+	}
+}

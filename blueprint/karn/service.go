@@ -5,11 +5,30 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/esper-morph/esper/core/urza"
 )
 
 // Source gives outcome records (an *urza.Store): all runs' when run is "".
 type Source interface {
 	Outcomes(run string) ([]json.RawMessage, error)
+}
+
+// FileSource is a Source that also lists its records with their sizes and
+// modification times and reads one by key (an *urza.Store does): a Service
+// then re-reads only the records written since its last read.
+type FileSource interface {
+	Source
+	OutcomeFiles() ([]urza.OutcomeFile, error)
+	OutcomeRecord(key string) (json.RawMessage, error)
+}
+
+// cached is a record as last read: its file's size and time, and its trial
+// (nil when it measured nothing).
+type cached struct {
+	size  int64
+	mod   time.Time
+	trial *Trial
 }
 
 // Stats counts a Service's work.
@@ -40,6 +59,7 @@ type Stats struct {
 // concurrent use.
 type Service struct {
 	src    Source
+	cache  map[string]cached
 	trials []Trial
 	pred   *Predictor
 	why    string
@@ -59,12 +79,16 @@ func (s *Service) Refresh() error {
 		return nil
 	}
 	start := time.Now()
-	recs, err := s.src.Outcomes("")
-	if err == nil {
-		var trials []Trial
-		trials, _, err = TrialsFromOutcomes(recs)
-		if err == nil {
-			s.trials = trials
+	var err error
+	if fs, ok := s.src.(FileSource); ok {
+		err = s.readFiles(fs)
+	} else {
+		var recs []json.RawMessage
+		if recs, err = s.src.Outcomes(""); err == nil {
+			var trials []Trial
+			if trials, _, err = TrialsFromOutcomes(recs); err == nil {
+				s.trials = trials
+			}
 		}
 	}
 	s.stats.ReadUS = time.Since(start).Microseconds()
@@ -88,6 +112,43 @@ func (s *Service) Refresh() error {
 			return err
 		}
 	}
+	return nil
+}
+
+// readFiles lists the source's records and decodes those new or changed
+// since the last read, keeping the rest as they were decoded.
+func (s *Service) readFiles(src FileSource) error {
+	files, err := src.OutcomeFiles()
+	if err != nil {
+		return err
+	}
+	next := make(map[string]cached, len(files))
+	var trials []Trial
+	for _, f := range files {
+		c, ok := s.cache[f.Key]
+		if !ok || c.size != f.Size || !c.mod.Equal(f.ModTime) {
+			rec, err := src.OutcomeRecord(f.Key)
+			if errors.Is(err, urza.ErrNotFound) {
+				continue // removed since the listing
+			}
+			if err != nil {
+				return err
+			}
+			t, measured, err := TrialFromOutcome(rec)
+			if err != nil {
+				return fmt.Errorf("outcome %s: %w", f.Key, err)
+			}
+			c = cached{size: f.Size, mod: f.ModTime}
+			if measured {
+				c.trial = &t
+			}
+		}
+		next[f.Key] = c
+		if c.trial != nil {
+			trials = append(trials, *c.trial)
+		}
+	}
+	s.cache, s.trials = next, trials
 	return nil
 }
 

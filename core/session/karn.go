@@ -18,10 +18,8 @@ type outcomeSource struct {
 	store *urza.Store
 }
 
-// Outcomes returns the store's outcome records (karn.Source).
-func (o *outcomeSource) Outcomes(run string) ([]json.RawMessage, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
+// open returns the store, opening it at the first call; o.mu is held.
+func (o *outcomeSource) open() (*urza.Store, error) {
 	if o.store == nil {
 		s, err := urza.Open(o.root, nil)
 		if err != nil {
@@ -29,7 +27,40 @@ func (o *outcomeSource) Outcomes(run string) ([]json.RawMessage, error) {
 		}
 		o.store = s
 	}
-	return o.store.Outcomes(run)
+	return o.store, nil
+}
+
+// Outcomes returns the store's outcome records (karn.Source).
+func (o *outcomeSource) Outcomes(run string) ([]json.RawMessage, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	s, err := o.open()
+	if err != nil {
+		return nil, err
+	}
+	return s.Outcomes(run)
+}
+
+// OutcomeFiles lists the store's records (karn.FileSource).
+func (o *outcomeSource) OutcomeFiles() ([]urza.OutcomeFile, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	s, err := o.open()
+	if err != nil {
+		return nil, err
+	}
+	return s.OutcomeFiles()
+}
+
+// OutcomeRecord reads one record (karn.FileSource).
+func (o *outcomeSource) OutcomeRecord(key string) (json.RawMessage, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	s, err := o.open()
+	if err != nil {
+		return nil, err
+	}
+	return s.OutcomeRecord(key)
 }
 
 func (o *outcomeSource) close() {
@@ -54,3 +85,6 @@ func (s *Session) karnService() *karn.Service {
 	s.source = &outcomeSource{root: s.set.cfg.Urza}
 	return karn.NewService(s.source)
 }
+
+// The session's source lets Karn re-read only new or changed records.
+var _ karn.FileSource = (*outcomeSource)(nil)
