@@ -38,6 +38,9 @@ func (c *Controller) search(obs *Observation, layer int, fixed *blueprint.IR, us
 		Signals: layerSignals(obs, layer),
 		Count:   searchCount,
 		Seed:    c.cfg.Seed ^ uint64(obs.Epoch)<<16 ^ uint64(layer),
+		// The evaluation cap, not the clock, ends a search (the time
+		// budget is a safety bound): a run's decisions are reproducible.
+		TimeBudgetMS: int(karn.MaxTimeBudget.Milliseconds()),
 	}
 	for _, ct := range c.templates[layer] {
 		req.Prefer = append(req.Prefer, ct.t.Name)

@@ -77,3 +77,20 @@ func TestSearchFallsBackWithoutCandidate(t *testing.T) {
 		t.Fatalf("karn stats %+v", st)
 	}
 }
+
+func TestSearchDecisionsAreReproducible(t *testing.T) {
+	ids := make([]string, 2)
+	for i := range ids {
+		c := newController(t, tamiyo.Config{Search: true, Seed: 11}, []blueprint.Host{{Kind: blueprint.HostConv2d, In: 8, Out: 16, Kernel: 3, Stride: 1, Padding: 1}})
+		w := newWorld(1, 1)
+		ds := w.run(t, c, flat...)
+		d := ds[len(ds)-1]
+		if d.Op != tamiyo.Germinate {
+			t.Fatalf("decision %+v", d)
+		}
+		ids[i], _ = d.Blueprint.ID()
+	}
+	if ids[0] != ids[1] {
+		t.Fatalf("two runs of one seed grew %s and %s", ids[0], ids[1])
+	}
+}
