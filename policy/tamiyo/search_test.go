@@ -61,10 +61,9 @@ func TestSearchGerminatesKarnCandidate(t *testing.T) {
 	}
 }
 
-func TestSearchFallsBackWithoutCandidate(t *testing.T) {
-	// A service whose requests fail to validate cannot exist; a host too
-	// small for any searched blueprint above the least seed can: the fixed
-	// template's seed is the budget, so at worst Karn returns it again.
+// TestSetKarnCountsRequests: the service given with SetKarn is the one
+// asked, once per germination.
+func TestSetKarnCountsRequests(t *testing.T) {
 	c := newController(t, tamiyo.Config{Search: true}, linearHosts(1))
 	c.SetKarn(karn.NewService(nil))
 	w := newWorld(1, 1)
