@@ -33,7 +33,7 @@ extern "C" {
 #endif
 
 /* Version of this header; esper_abi_version() must return the same value. */
-#define ESPER_ABI_VERSION 3
+#define ESPER_ABI_VERSION 4
 
 /* Status codes (source of truth: core/errcode/codes.go). */
 #define ESPER_OK 0
@@ -182,6 +182,33 @@ int esper_blueprint_analyze(const char *ir_json, const char *host_json, char **o
  * ESPER_EINVALID no parameter can vary or no valid variant was found. */
 int esper_blueprint_mutate(const char *ir_json, const char *budget_json, uint64_t seed,
                            char **out_ir_json);
+
+/* ------------------------------------------------------------------------ */
+/* Karn's search: requests answered with ranked candidates (blueprint/karn)  */
+/* ------------------------------------------------------------------------ */
+
+/* Answers the request request_json ({"host", "budget", "signals",
+ * "history", "prefer", "count", "time_budget_ms", "evaluations", "seed"};
+ * docs/karn.md) and writes the answer to *out_json (free with esper_free):
+ * {"request", "candidates": [{"rank", "template", "params", "blueprint_id",
+ * "param_count", "flops_per_sample", "predicted_gain" (null when ranked by
+ * the prior), "prior_gain", "origin", "ir"}], "ranked_by": "predictor" |
+ * "prior", "predictor", "evaluated", "valid", "history_seeds",
+ * "elapsed_us", "note"}. Every candidate's IR is valid on the host and
+ * within the budget. urza_root names the store whose outcome records give
+ * the history (when the request has none) and fit the predictor: NULL for
+ * none, "" for $ESPER_HOME/urza. Errors: ESPER_EINVALID a malformed
+ * request (the message names the field); ESPER_EIO the store. */
+int esper_karn_search(const char *request_json, const char *urza_root, char **out_json);
+
+/* Measures the predictor's error on the outcome records of the store at
+ * urza_root ("" for $ESPER_HOME/urza) by runs (each record predicted by a
+ * predictor fitted on other runs only) and writes {"records", "measured",
+ * "runs", "eval": {"records", "runs", "folds", "within_20pct_share",
+ * "median_relative_error", "mae", "baseline_mae"} | null (too few records),
+ * "note", "features", "min_records_runs"} to *out_json (free with
+ * esper_free). Errors: ESPER_EIO, ESPER_ECORRUPT the store. */
+int esper_karn_predictor_eval(const char *urza_root, char **out_json);
 
 /* ------------------------------------------------------------------------ */
 /* Urza: content-addressed artifact store (core/urza)                        */

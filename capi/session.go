@@ -38,6 +38,11 @@ func esper_session_new(configJSON *C.char, out *C.uint64_t) C.int {
 		if err != nil {
 			return err
 		}
+		if cfg.Controller.Search && cfg.Urza == "" {
+			if cfg.Urza, err = defaultUrzaRoot(); err != nil {
+				return err
+			}
+		}
 		s, err := session.New(cfg)
 		if err != nil {
 			return err

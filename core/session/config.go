@@ -125,6 +125,10 @@ type Config struct {
 	// records to (events, decisions, alarms, and signals when
 	// LogSignalsEvery > 0). Default "" (no file).
 	LogPath string `json:"log_path,omitempty"`
+	// Urza is the Urza store folder Karn reads the outcome history from
+	// when controller.search is on ("": no history, the prior ranks; the
+	// C ABI fills in the default store, $ESPER_HOME/urza).
+	Urza string `json:"urza,omitempty"`
 	// LogSignalsEvery writes every n-th signals buffer to the log. Default
 	// 0 (never), >= 0.
 	LogSignalsEvery int `json:"log_signals_every,omitempty"`
@@ -316,6 +320,9 @@ func (c Config) settings() (settings, error) {
 	}
 	if strings.ContainsRune(c.LogPath, 0) {
 		return bad("log_path contains NUL")
+	}
+	if strings.ContainsRune(c.Urza, 0) {
+		return bad("urza contains NUL")
 	}
 	s.cfg = c
 	s.schedule = sched

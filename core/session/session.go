@@ -66,6 +66,7 @@ type Session struct {
 	reasons  [lifecycle.NumStates]string // automatic transitions' reasons, by from-state
 	logq     []logRecord
 	views    []tamiyo.SeedView // scratch for rollbacks
+	source   *outcomeSource    // Karn's outcome history (search on, urza set)
 	closed   bool
 }
 
@@ -118,6 +119,9 @@ func (s *Session) reset(set settings) error {
 	}
 	s.epochsIn = make([]int, n)
 	s.stats, s.ctl = stats, ctl
+	if set.ctl.Search {
+		ctl.SetKarn(s.karnService())
+	}
 	s.pending, s.growth, s.dropped, s.counters = nil, nil, 0, Counters{}
 	s.views = make([]tamiyo.SeedView, n)
 	s.initReasons()
@@ -146,6 +150,9 @@ func (s *Session) Close() error {
 		return nil
 	}
 	s.closed = true
+	if s.source != nil {
+		s.source.close()
+	}
 	s.mu.Unlock()
 	s.logMu.Lock()
 	defer s.logMu.Unlock()

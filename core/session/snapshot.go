@@ -8,6 +8,7 @@ import (
 
 	"github.com/esper-morph/esper/blueprint"
 	"github.com/esper-morph/esper/blueprint/canon"
+	"github.com/esper-morph/esper/blueprint/karn"
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/policy/tamiyo"
@@ -86,6 +87,7 @@ func (s *Session) Restore(data []byte) error {
 	}
 	defer s.unlock()
 	snap.Config.LogPath, snap.Config.LogSignalsEvery = s.set.cfg.LogPath, s.set.cfg.LogSignalsEvery
+	snap.Config.Urza = s.set.cfg.Urza // the store this process was given, not the saving machine's path
 	set, err := snap.Config.settings()
 	if err != nil {
 		return fmt.Errorf("session: restore: %w", err)
@@ -104,6 +106,10 @@ func (s *Session) Restore(data []byte) error {
 	s.seeds, s.epochsIn, s.stats, s.ctl = next.seeds, next.epochsIn, next.stats, next.ctl
 	s.pending, s.growth, s.dropped, s.counters = next.pending, next.growth, next.dropped, next.counters
 	s.views, s.reasons = next.views, next.reasons
+	if s.source != nil {
+		s.source.close()
+	}
+	s.source = next.source
 	return nil
 }
 
@@ -315,6 +321,8 @@ type Stats struct {
 	GrowthDropped int64 `json:"growth_dropped"`
 	// LogError is the first log write error ("" when none).
 	LogError string `json:"log_error,omitempty"`
+	// Karn counts Karn's requests and fits (controller.search only).
+	Karn *karn.Stats `json:"karn,omitempty"`
 }
 
 // GovernorStats summarises the governor.
@@ -353,6 +361,10 @@ func (s *Session) Stats() (Stats, error) {
 	}
 	if e := s.logErr.Load(); e != nil {
 		st.LogError = *e
+	}
+	if k := s.ctl.Karn(); k != nil {
+		ks := k.Stats()
+		st.Karn = &ks
 	}
 	return st, nil
 }

@@ -129,6 +129,16 @@ type Config struct {
 	// size at most; no seed of any template is smaller than a quarter of the
 	// configured seed's parameters. Default: none (all defaults).
 	Params blueprint.Params `json:"params,omitempty"`
+	// Search makes Tamiyo ask Karn for the blueprint (package
+	// blueprint/karn): at the layer it chose, it sends a request whose
+	// budget is the cost of the seed the fixed template would grow there
+	// (its parameters and FLOPs per sample, after fitting the parameter
+	// budget left), with the layer's signals and the outcome history on
+	// hosts of that layout, and germinates the best candidate the governor
+	// admits; the decision's reason names the request and the candidates'
+	// predictions (or that the prior ranked them). Without a candidate the
+	// fixed template grows, and the reason says why. Default false.
+	Search bool `json:"search,omitempty"`
 	// Epochs is the run's planned length in epochs, when the trainer knows
 	// it (0, the default: unknown). Tamiyo then does not germinate when the
 	// epochs left are fewer than twice a seed's lifecycle

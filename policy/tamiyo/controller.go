@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/esper-morph/esper/blueprint"
+	"github.com/esper-morph/esper/blueprint/karn"
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
 )
@@ -53,6 +54,8 @@ type Controller struct {
 	// placement prefers untried layers, then the best measured payoff.
 	gain   []float64
 	trials []int
+	// karn answers blueprint requests when Config.Search is on.
+	karn *karn.Service
 }
 
 type candidateTemplate struct {
@@ -82,6 +85,9 @@ func New(cfg Config, hosts []blueprint.Host) (*Controller, error) {
 		}
 		c.templates[i] = templatesFor(cfg, h)
 		c.least[i] = leastParams(c.templates[i], h)
+	}
+	if cfg.Search {
+		c.karn = karn.NewService(nil)
 	}
 	return c, nil
 }
@@ -412,6 +418,13 @@ func (c *Controller) grow(obs *Observation, judged []Decision) Decision {
 		ir, note, err := c.fit(cand.layer, remaining)
 		if err != nil {
 			continue
+		}
+		if c.cfg.Search {
+			if found, why := c.search(obs, cand.layer, ir, used, active); found != nil {
+				ir, note = found, why
+			} else {
+				note += why
+			}
 		}
 		var where string
 		if c.cfg.Kind == Random {

@@ -124,6 +124,98 @@ def _cmd_blueprints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _karn_root(args: argparse.Namespace) -> str | None:
+    """The store Karn's commands read: None (no history) with --no-history, else --root or ""."""
+    return None if getattr(args, "no_history", False) else (args.root or "")
+
+
+def _cmd_karn(args: argparse.Namespace) -> int:
+    from . import karn
+
+    if args.karn_cmd == "search":
+        signals: dict[str, float] = {}
+        if args.signals:
+            with open(args.signals, encoding="utf-8") as f:
+                signals = json.load(f)
+            if not isinstance(signals, dict):
+                raise SystemExit(f"esper: --signals {args.signals}: want a JSON object of signal name -> value "
+                                 f"({', '.join(karn.SIGNAL_NAMES)})")
+        ans = karn.search(_parse_host(args.host), max_params=args.budget, max_flops=args.flops, signals=signals,
+                          count=args.count, seed=args.seed, urza=_karn_root(args))
+        if args.json:
+            _print_json(ans)
+            return 0
+        print(f"karn search: host {args.host}, budget {args.budget} params"
+              + (f", {args.flops} FLOPs per sample" if args.flops else "")
+              + f": {ans['evaluated']} blueprints tried, {ans['valid']} valid, {ans['history_seeds']} from history, "
+              f"{ans['elapsed_us'] / 1000:.1f} ms")
+        print(f"ranked by {ans['ranked_by']}: {ans['predictor']}")
+        if not ans["candidates"]:
+            print(f"no candidate: {ans['note']}")
+            return 1
+        print(f"{'rank':>4} {'template':<16} {'params':>8} {'FLOPs/sample':>13} {'predicted gain':>15} "
+              f"{'origin':<10} parameters")
+        for c in ans["candidates"]:
+            gain = "-" if c["predicted_gain"] is None else f"{100 * c['predicted_gain']:.2f}%"
+            params = " ".join(f"{k}={v}" for k, v in sorted(c["params"].items()))
+            print(f"{c['rank']:>4} {c['template']:<16} {c['param_count']:>8} {c['flops_per_sample']:>13} {gain:>15} "
+                  f"{c['origin']:<10} {params}")
+        return 0
+    if args.karn_cmd == "predictor":
+        report = karn.predictor_eval(args.root or "")
+        if args.json:
+            _print_json(report)
+            return 0
+        print(f"outcome records: {report['records']}, measured: {report['measured']}, runs: {report['runs']}")
+        ev = report["eval"]
+        if ev is None:
+            print(f"not evaluated: {report['note']}")
+            return 0
+        print(f"held out by run ({ev['folds']} folds; {report['note']}): "
+              f"{ev['records']} records of {ev['runs']} runs")
+        print(f"  within 20% of the measured gain: {100 * ev['within_20pct_share']:.1f}%")
+        print(f"  median relative error: {ev['median_relative_error']:.3g}")
+        print(f"  mean absolute error: {ev['mae']:.4g} (predicting the training folds' mean: {ev['baseline_mae']:.4g})")
+        return 0
+    from .bench.karnsearch import drive
+
+    res = drive(args.requests, seed=args.seed, build_every=args.build_every,
+                urza=(args.root or "") if args.history else None)
+    tried = res["built"] + len(res["build_failures"])
+    lat = sorted(res["latency_ms"])
+    report = karn.predictor_eval(args.root or "")
+    stats = {
+        "requests": res["requests"], "answered": res["answered"],
+        "request_success": res["answered"] / max(1, res["requests"]),
+        "candidates": res["candidates"], "over_budget": res["over_budget"], "built": res["built"],
+        "compile_success": res["built"] / tried if tried else None,
+        "build_failures": res["build_failures"][:10],
+        "latency_ms": ({"median": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
+                       if lat else None),
+        "ranked_by": res["ranked_by"], "predictor": report,
+    }
+    if args.json:
+        stats["predictor"] = {k: v for k, v in report.items() if k != "features"}
+        _print_json(stats)
+        return 0
+    print(f"{res['requests']} random requests (seed {args.seed}, {'with' if args.history else 'without'} the store's "
+          f"history): {res['answered']} answered with a candidate "
+          f"({100 * stats['request_success']:.1f}%), {res['candidates']} candidates, {res['over_budget']} over budget")
+    if tried:
+        print(f"compile success: {res['built']} of {tried} candidates built and validated in Tezzeret "
+              f"({100 * stats['compile_success']:.1f}%; every candidate of one answer in {args.build_every})")
+    if lat:
+        print(f"latency: median {stats['latency_ms']['median']:.2f} ms, p99 {stats['latency_ms']['p99']:.2f} ms")
+    ev = report["eval"]
+    if ev is None:
+        print(f"predictor: not evaluated: {report['note']}")
+    else:
+        print(f"predictor (held out by run, {ev['records']} records of {ev['runs']} runs): "
+              f"{100 * ev['within_20pct_share']:.1f}% within 20%, "
+              f"median relative error {ev['median_relative_error']:.3g}")
+    return 0 if res["over_budget"] == 0 and not res["build_failures"] else 1
+
+
 #: Artifact kinds of ``esper urza ls --kind``: artifacts carry the tag ``kind:<kind>``; outcome
 #: records are the run log (``esper urza outcomes``).
 URZA_KINDS = ("build", "kernel", "outcome", "policy")
@@ -276,6 +368,33 @@ def build_parser() -> argparse.ArgumentParser:
     usub.add_parser("verify", help="re-hash every artifact; exit 1 if any is bad")
     usub.add_parser("gc", help="remove temporary leftovers and bad objects")
     s.set_defaults(fn=_cmd_urza)
+
+    s = sub.add_parser("karn", help="Karn's blueprint search: ask for candidates, evaluate the predictor")
+    s.add_argument("--root", default=None, help="the Urza store of the outcome history (default $ESPER_HOME/urza)")
+    ksub = s.add_subparsers(dest="karn_cmd", required=True)
+    ks = ksub.add_parser("search", help="the ranked candidates for a host within a budget, with predictions")
+    ks.add_argument("--host", required=True, help="linear:IN:OUT, conv2d:IN:OUT:K:S:P, residual:DIM ...")
+    ks.add_argument("--budget", type=_positive_int, required=True, help="parameter budget of each candidate")
+    ks.add_argument("--flops", type=_positive_int, default=None, help="FLOPs-per-sample budget (default none)")
+    ks.add_argument("--signals", default=None, help="a JSON file of the layer's signals (name -> value)")
+    ks.add_argument("--count", type=_positive_int, default=5, help="candidates at most (default 5)")
+    ks.add_argument("--seed", type=_nonnegative_int, default=0)
+    ks.add_argument("--no-history", action="store_true", help="ignore the store: no history, the prior ranks")
+    ks.add_argument("--json", action="store_true")
+    kp = ksub.add_parser("predictor", help="the predictor's error on the store's outcome records, held out by run")
+    kp.add_argument("--eval", action="store_true", required=True, help="measure the error (the only action)")
+    kp.add_argument("--json", action="store_true")
+    kst = ksub.add_parser("stats", help="random requests now: request success, compile success, latency; "
+                                        "and the predictor's error")
+    kst.add_argument("--requests", type=_positive_int, default=200)
+    kst.add_argument("--seed", type=_nonnegative_int, default=0)
+    kst.add_argument("--build-every", type=_positive_int, default=1,
+                     help="build the candidates of every Nth answer in Tezzeret (default every answer)")
+    kst.add_argument("--history", action="store_true",
+                     help="requests with the store's history and predictor (each request then opens and reads the "
+                          "store, which its latency includes); default: without, timing the search alone")
+    kst.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_cmd_karn)
     return p
 
 

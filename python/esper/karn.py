@@ -1,4 +1,4 @@
-"""Karn, seen from Python: the blueprint template library, canonical ids, constraints, mutation.
+"""Karn, seen from Python: the blueprint template library, canonical ids, constraints, mutation, search.
 
 Karn lives in Go (``blueprint/``); this module only translates. Documents cross as JSON
 (``docs/internals.md``, "Blueprint IR"): a *host* describes the layer a seed attaches to, a
@@ -8,6 +8,13 @@ Karn lives in Go (``blueprint/``); this module only translates. Documents cross 
     ir = karn.instantiate("residual_mlp", host, width=16)    # canonical IR, counts filled in
     data, bid = karn.canonical(ir)                            # canonical bytes and SHA-256 id
     karn.check(ir, host, max_params=5_000)                    # raises BudgetError when over budget
+
+Search (``blueprint/karn``, docs/karn.md): a request for a host within a budget is answered with
+ranked candidate IRs, each valid and within the budget, with its predicted gain (or none, when too
+few outcome records exist to fit the predictor and the documented prior ranks)::
+
+    ans = karn.search({"kind": "linear", "in": 64, "out": 64}, max_params=5_000)
+    best = ans["candidates"][0]        # template, params, param_count, flops_per_sample, predicted_gain, ir
 
 Host kinds: ``linear`` and ``block`` (``in``, ``out``), ``conv1d`` / ``conv2d`` (``in``, ``out``,
 ``kernel``, ``stride``, ``padding``, optional ``spatial``), ``residual`` (``dim``, optional
@@ -36,6 +43,10 @@ __all__ = [
     "analyze",
     "mutate",
     "library_costs",
+    "SIGNAL_NAMES",
+    "search",
+    "answer",
+    "predictor_eval",
 ]
 
 #: Host kinds Karn accepts (docs/internals.md).
@@ -263,3 +274,92 @@ def _strip_context(message: str) -> str:
         if message.startswith(prefix):
             message = message[len(prefix):]
     return message
+
+
+#: The signals a search request may carry (Nissa's layer signal means and the epoch's losses).
+SIGNAL_NAMES = ("act_mean", "act_var", "dead_frac", "grad_norm", "weight_norm", "eff_rank", "seed_gain",
+                "val_loss", "train_loss")
+
+
+def answer(request: dict[str, Any], urza: str | None = None) -> dict[str, Any]:
+    """Karn's answer to a request document (see :func:`search` for the fields).
+
+    Args:
+        request: ``{"host", "budget", "signals", "history", "prefer", "count", "time_budget_ms",
+            "evaluations", "seed"}`` (docs/karn.md).
+        urza: the Urza store whose outcome records give the history and fit the predictor: None
+            for none, "" for ``$ESPER_HOME/urza``, else its folder.
+
+    Returns:
+        ``{"request", "candidates": [{"rank", "template", "params", "blueprint_id", "param_count",
+        "flops_per_sample", "predicted_gain", "prior_gain", "origin", "ir"}], "ranked_by",
+        "predictor", "evaluated", "valid", "history_seeds", "elapsed_us", "note"}``.
+
+    Raises:
+        InvalidArgumentError: a malformed request; the message names the field.
+    """
+    if urza is not None:
+        _lib.refresh_settings()  # ESPER_HOME as os.environ holds it now
+    out = c_void_p()
+    _lib.check(_lib.lib().esper_karn_search(_encode(request), None if urza is None else urza.encode(), byref(out)))
+    return _lib.take_json(out)
+
+
+def search(host: dict[str, Any], *, max_params: int | None = None, max_flops: int | None = None,
+           signals: dict[str, float] | None = None, prefer: list[str] | None = None, count: int = 5,
+           time_budget_ms: int = 0, evaluations: int = 0, seed: int = 0, urza: str | None = None
+           ) -> dict[str, Any]:
+    """Asks Karn for the best blueprints for a host within a budget.
+
+    Args:
+        host: the host description, e.g. ``{"kind": "linear", "in": 64, "out": 64}``.
+        max_params: the parameter budget of every candidate (None or 0: no limit).
+        max_flops: the FLOPs-per-sample budget (None or 0: no limit).
+        signals: the layer's signals, names of :data:`SIGNAL_NAMES` (e.g. ``{"grad_norm": 0.3}``).
+        prefer: template names in order of preference (the prior's tie-break).
+        count: how many candidates at most (1 to 64).
+        time_budget_ms: the search's time budget (0: 20 ms; at most 100).
+        evaluations: the most blueprints tried (0: 256); a search that stops on it is reproducible.
+        seed: drives every random choice.
+        urza: the store the history and the predictor come from (see :func:`answer`).
+
+    Returns:
+        Karn's answer (see :func:`answer`).
+
+    Raises:
+        InvalidArgumentError: a malformed host, an unknown signal, a value out of range.
+    """
+    request: dict[str, Any] = {"host": host, "count": count, "seed": seed & (2**64 - 1)}
+    budget = {k: int(v) for k, v in (("max_params", max_params), ("max_flops", max_flops)) if v}
+    if budget:
+        request["budget"] = budget
+    if signals:
+        request["signals"] = {k: float(v) for k, v in signals.items()}
+    if prefer:
+        request["prefer"] = list(prefer)
+    if time_budget_ms:
+        request["time_budget_ms"] = int(time_budget_ms)
+    if evaluations:
+        request["evaluations"] = int(evaluations)
+    return answer(request, urza)
+
+
+def predictor_eval(urza: str = "") -> dict[str, Any]:
+    """The predictor's error on a store's outcome records, measured on runs it was not fitted on.
+
+    Args:
+        urza: the store's folder ("" for ``$ESPER_HOME/urza``).
+
+    Returns:
+        ``{"records", "measured", "runs", "eval": {"records", "runs", "folds",
+        "within_20pct_share", "median_relative_error", "mae", "baseline_mae"} or None when too few
+        records, "note", "features", "min_records_runs"}``.
+
+    Raises:
+        StorageError: the store cannot be read; CorruptError: a record does not decode.
+    """
+    _lib.refresh_settings()
+    out = c_void_p()
+    _lib.check(_lib.lib().esper_karn_predictor_eval(urza.encode(), byref(out)))
+    return _lib.take_json(out)
+

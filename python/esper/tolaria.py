@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import karn
+from . import _lib, karn
 from .builds import BuildCache, StoredKernel
 from .errors import EsperError
 from .kasmina import (
@@ -190,6 +190,16 @@ class MorphConfig:
             fossilized seeds (trained kernels) and outcome records ("": the
             default store, ``$ESPER_HOME/urza`` with ESPER_HOME defaulting to
             ``~/.esper``; see docs/internals.md).
+        karn_search: Tamiyo asks Karn to search for each germination's blueprint
+            (docs/karn.md) instead of growing ``template`` as configured. The
+            search costs no more than the seed ``template`` would have grown
+            there (its parameters and FLOPs per sample), starts from the
+            library's templates and from what paid before on hosts of the same
+            layout (the outcome records in ``urza``), and ranks its candidates
+            with a predictor fitted on those records once there are enough (20
+            measured records from 3 runs), by a documented prior before that;
+            each germination's reason names the request, the candidates and
+            their predictions. Off by default: the fixed template.
         record_outcomes: write one outcome record per germination to Urza
             (see ``esper.outcomes``; ``esper urza outcomes --run RUN_ID``).
             Written at lifecycle ends and end_epoch only, never per step.
@@ -222,6 +232,7 @@ class MorphConfig:
     log_path: str = ""
     urza: str = ""
     record_outcomes: bool = True
+    karn_search: bool = False
     log_max: int = 10_000
 
     def session_config(self, layers: list[dict[str, Any]], slots: int) -> dict[str, Any]:
@@ -244,6 +255,7 @@ class MorphConfig:
                 "template": self.template,
                 "params": self.template_params,
                 "seed": self.seed,
+                "search": self.karn_search,
             },
             "governor": {
                 "max_params": self.max_params,
@@ -255,6 +267,7 @@ class MorphConfig:
             "breaker": {"failures": self.failures_before_prune},
             "growth_log_max": self.log_max,
             "log_path": self.log_path,
+            "urza": self.urza if self.karn_search else "",
         }
 
 
@@ -544,6 +557,8 @@ class Morphogenesis:
             layers = [layer.spec.to_dict() for layer in self.layers]
             for entry, name in zip(layers, self.layer_names):
                 entry["name"] = name
+            if self.config.karn_search and not self.config.urza:
+                _lib.refresh_settings()  # Karn's history is read from $ESPER_HOME/urza as os.environ says now
             self._session = Session(self.config.session_config(layers, self.slots))
         return self._session
 

@@ -42,7 +42,7 @@ from .rows import Row, format_markdown, format_table
 __all__ = ["main", "run", "describe_machine", "SECTIONS", "BEGIN", "END"]
 
 #: Every section, in the order they run.
-SECTIONS = ("abi", "cache", "decision", "dormant", "active", "peft", "scaling", "compile", "memory")
+SECTIONS = ("abi", "cache", "decision", "karn", "dormant", "active", "peft", "scaling", "compile", "memory")
 #: Sections that also run on CUDA.
 DEVICE_SECTIONS = ("dormant", "active", "peft", "scaling", "compile", "memory")
 #: How the figures are timed (printed above every table).
@@ -195,6 +195,10 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
                 + native.germination_rows(plan.rounds, plan.quick) + recording_rows(plan.rounds, plan.quick))
     if name == "decision":
         return native.decision_rows(state["go"], plan.rounds, plan.quick)
+    if name == "karn":
+        from .karnsearch import karn_rows
+
+        return karn_rows(plan.rounds, plan.quick)
     if name == "dormant":
         return steps.dormant_rows(device, plan.steps()) + widen.dormant_rows(device, plan.steps())
     if name == "active":
