@@ -110,16 +110,17 @@ def _key(family: Family, index: int, seed: int, arm: str, quick: bool) -> str:
 
 
 def plan(which: str, tasks: int, seeds: int, quick: bool, out_dir: str) -> list[Arm]:
-    """Every arm of a suite run, in a fixed order: per family, task and seed, the sweep, grown, scratch (or
-    the control's runs)."""
+    """Every arm of a suite run, in a fixed order: per task index, seed and family, the sweep, grown, scratch
+    (or the control's runs). Every family gets its first task and seed before any gets a second: a run cut
+    short has covered the families evenly, and its cache serves a smaller ``--tasks``/``--seeds`` at once."""
     reader = "train" if which == TRAIN else "eval"
     urza = os.path.join(out_dir, "urza")
     arms = []
-    for family in families(which):
-        names = ([f"control@{e}" for e in CONTROL_EPOCHS] if family.control else
-                 [f"fixed@{w}" for w in family.sweep] + ["grown", "scratch"])
-        for index in range(tasks):
-            for seed in range(seeds):
+    for index in range(tasks):
+        for seed in range(seeds):
+            for family in families(which):
+                names = ([f"control@{e}" for e in CONTROL_EPOCHS] if family.control else
+                         [f"fixed@{w}" for w in family.sweep] + ["grown", "scratch"])
                 for name in names:
                     path = os.path.join(out_dir, "cache", family.name, str(index), str(seed),
                                         f"{name}-{_key(family, index, seed, name, quick)}.json")
