@@ -182,3 +182,22 @@ def test_quick_suite_writes_results_and_plot_and_resumes_from_its_cache(tmp_path
                 assert [(r["test_acc"], r["flops"]) for r in runs] == \
                        [(r["test_acc"], r["flops"]) for r in other["arms"][key]], (name, key)
     assert again["protocol"]["urza"] == os.path.join(str(out), "urza")  # where grown runs record their outcomes
+
+
+def test_suite_command_refuses_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from esper import cli
+    from esper.suite.run import main
+
+    # Refused by the parser, before any training or output folder.
+    out = tmp_path / "never-written"
+    for flag, value, message in (("--families", "test", "invalid choice: 'test'"), ("--seeds", "0", "must be >= 1"),
+                                 ("--tasks", "-1", "must be >= 1"), ("--jobs", "two", "'two' is not an integer")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["suite", flag, value, "--out", str(out)])
+        assert exc.value.code == 2
+        assert f"argument {flag}: {message}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        main(workers=0, out_dir=str(out))
+    with pytest.raises(ValueError, match="'train', 'held-out' or 'all'"):
+        main(which="test", out_dir=str(out))
+    assert not out.exists()
