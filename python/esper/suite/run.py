@@ -285,6 +285,7 @@ def _plot(path: str, fams: list[Family], grouped: dict[str, dict[int, dict[str, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     shown = [f for f in fams if not f.control]
     cols = min(4, max(1, len(shown)))
@@ -309,6 +310,7 @@ def _plot(path: str, fams: list[Family], grouped: dict[str, dict[int, dict[str, 
             ax.annotate("", xy=(gx, gy), xytext=(hx, hy), arrowprops={"arrowstyle": "->", "color": c, "alpha": 0.6})
         s = summaries[family.name]
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels overlap
         ax.set_title(f"{family.name} ({family.split}): (a) {s['a_met']}/{s['tasks']}, (b) {s['b_met']}/{s['tasks']}",
                      fontsize=9)
         ax.set_xlabel("training FLOPs")
