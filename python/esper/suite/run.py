@@ -214,22 +214,22 @@ def _execute(arms: list[Arm], device: str, workers: int, bar: Any) -> dict[str, 
     """Runs the arms not cached yet, in one pass of workers (a grown arm makes its scratch arm); returns
     every arm's result by cache path."""
     results: dict[str, RunResult] = {}
-    todo: list[Arm] = []
+    pending: list[Arm] = []
     for a in arms:
         if os.path.exists(a.cache):
             results[a.cache] = _load(a.cache)
             bar.update()
         elif a.arm != "scratch" or os.path.exists(_sibling(a, "grown").cache):
-            todo.append(a)  # a scratch arm whose grown arm is not cached is made by that grown arm's job
+            pending.append(a)  # a scratch arm whose grown arm is not cached is made by that grown arm's job
 
     def done(i: int, made: list[tuple[str, RunResult]]) -> None:
-        a = todo[i]
+        a = pending[i]
         for path, run in made:
             results[path] = run
         bar.set_description(f"{a.family}/{a.index} seed {a.seed}: {a.arm}")
         bar.update(len(made))
 
-    run_pool(partial(run_arm, device=device), todo, workers, done)
+    run_pool(partial(run_arm, device=device), pending, workers, done)
     missing = [a.cache for a in arms if a.cache not in results]
     if missing:
         raise RuntimeError(f"esper suite: runs finished without a result: {missing}")
