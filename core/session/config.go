@@ -102,7 +102,7 @@ type Config struct {
 	// "manual" ("none").
 	Policy string `json:"policy,omitempty"`
 	// Controller holds the policy's settings (see tamiyo.Config): patience
-	// (3), threshold (0.01), prune_below (0), min_gain (0.01), holding_epochs (1), template
+	// (3), threshold (0.01), prune_below (0), min_gain (0.01), saturate_after (2), holding_epochs (1), template
 	// ("residual_mlp"), params ({}), seed (0).
 	Controller tamiyo.Config `json:"controller"`
 	// Governor holds the safety limits (see tamiyo.GovernorConfig):

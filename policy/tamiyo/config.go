@@ -73,6 +73,7 @@ const (
 	DefaultThreshold      = 0.01
 	DefaultHoldingEpochs  = 1
 	DefaultMinGain        = 0.01
+	DefaultSaturateAfter  = 2
 	DefaultTemplate       = "residual_mlp"
 	DefaultMaxConcurrent  = 1
 	DefaultCooldownEpochs = 2
@@ -86,6 +87,8 @@ const (
 	MaxPatience = 1000
 	// MaxEpochs bounds Config.Epochs.
 	MaxEpochs = 1 << 24
+	// MaxSaturateAfter bounds Config.SaturateAfter.
+	MaxSaturateAfter = 1000
 )
 
 // Config configures a Controller. Zero values (nil pointers) mean the
@@ -107,11 +110,22 @@ type Config struct {
 	PruneBelow float64 `json:"prune_below,omitempty"`
 	// MinGain is the relative bar a held seed's contribution must also
 	// reach: delta_loss >= MinGain x the validation loss with the seed. A
-	// seed below it is pruned, and its layer is saturated: Tamiyo grows
-	// there no more, since a seed of this size no longer pays. Growth stops
-	// when every layer is saturated. 0 disables the relative bar. Default
-	// 0.01 (1%), in [0, 1].
+	// seed below it is pruned and counts as a miss of its layer; a layer is
+	// saturated (Tamiyo grows there no more) on the evidence that seeds
+	// there no longer pay: see SaturateAfter. Growth stops when every layer
+	// is saturated. 0 disables the relative bar. Default 0.01 (1%), in
+	// [0, 1].
 	MinGain *float64 `json:"min_gain,omitempty"`
+	// SaturateAfter is how many seeds in a row must fall short on a layer
+	// (pruned by the bars above, with no fossilized seed between them)
+	// before the layer is saturated. One seed that fell short but helped
+	// (a contribution > 0) is a near miss, not evidence that the layer is
+	// full: the layer may grow again. A seed that did not help at all
+	// (contribution <= 0: the validation loss is no worse without it)
+	// saturates its layer at once: the gain it predicts for another seed
+	// there is none, below any cost. Default 2, in [1, MaxSaturateAfter];
+	// 1 saturates a layer at its first miss.
+	SaturateAfter int `json:"saturate_after,omitempty"`
 	// HoldingEpochs is how many end-of-epoch calls a seed may stay in
 	// HOLDING without a measured contribution before it is judged on the
 	// validation loss since its germination instead. Default 1, >= 1.
@@ -237,6 +251,9 @@ func (c Config) WithDefaults() (Config, error) {
 		c.Template = DefaultTemplate
 	}
 	c.MinGain = valueOr(c.MinGain, DefaultMinGain)
+	if c.SaturateAfter == 0 {
+		c.SaturateAfter = DefaultSaturateAfter
+	}
 	switch {
 	case c.Patience < 1 || c.Patience > MaxPatience:
 		return c, fmt.Errorf("tamiyo: patience %d is not in [1, %d]: %w", c.Patience, MaxPatience, ErrConfig)
@@ -250,6 +267,8 @@ func (c Config) WithDefaults() (Config, error) {
 		return c, fmt.Errorf("tamiyo: holding_epochs %d must be >= 1: %w", c.HoldingEpochs, ErrConfig)
 	case !(*c.MinGain >= 0 && *c.MinGain <= 1):
 		return c, fmt.Errorf("tamiyo: min_gain %v is not in [0, 1]: %w", *c.MinGain, ErrConfig)
+	case c.SaturateAfter < 1 || c.SaturateAfter > MaxSaturateAfter:
+		return c, fmt.Errorf("tamiyo: saturate_after %d is not in [1, %d]: %w", c.SaturateAfter, MaxSaturateAfter, ErrConfig)
 	}
 	t, err := blueprint.Lookup(c.Template)
 	if err != nil {

@@ -43,7 +43,7 @@ func TestConfigDefaults(t *testing.T) {
 	g := c.Governor
 	if c.Patience != 3 || c.Threshold != 0.01 || c.HoldingEpochs != 1 || c.Template != "residual_mlp" ||
 		c.Params["width"] != int64(32) || g.MaxConcurrent != 1 || *g.CooldownEpochs != 2 || g.LossWindow != 20 ||
-		g.LossFactor != 3 || g.MinLossSamples != 5 || g.MaxParams != 0 {
+		g.LossFactor != 3 || g.MinLossSamples != 5 || g.MaxParams != 0 || c.SaturateAfter != 2 {
 		t.Fatalf("defaults %+v %+v", c, g)
 	}
 	zero, err := tamiyo.GovernorConfig{CooldownEpochs: intp(0)}.WithDefaults()
@@ -66,6 +66,8 @@ func TestConfigErrors(t *testing.T) {
 		{"holding", tamiyo.Config{HoldingEpochs: -2}, errcode.Invalid},
 		{"epochs", tamiyo.Config{Epochs: -1}, errcode.Invalid},
 		{"epochs huge", tamiyo.Config{Epochs: tamiyo.MaxEpochs + 1}, errcode.Invalid},
+		{"saturate after", tamiyo.Config{SaturateAfter: -1}, errcode.Invalid},
+		{"saturate after huge", tamiyo.Config{SaturateAfter: tamiyo.MaxSaturateAfter + 1}, errcode.Invalid},
 		{"template", tamiyo.Config{Template: "nope"}, errcode.Invalid},
 		{"params", tamiyo.Config{Params: blueprint.Params{"width": 0}}, errcode.Invalid},
 		{"unknown param", tamiyo.Config{Params: blueprint.Params{"depth": 3}}, errcode.Invalid},

@@ -46,9 +46,11 @@ type Controller struct {
 	rng   *rand.Rand
 	// vals holds the finite validation losses, oldest first.
 	vals []EpochValue
-	// saturated marks, per layer, that a seed there was pruned for falling
-	// short of MinGain: no more growth at that layer.
+	// saturated marks, per layer, that growth there stopped paying (see
+	// saturation.go); misses counts, per layer, the seeds in a row that fell
+	// short there since its last fossilized seed.
 	saturated []bool
+	misses    []int
 	// gain and trials hold, per layer, the sum of the relative
 	// contributions measured for its seeds and how many were measured:
 	// placement prefers untried layers, then the best measured payoff.
@@ -75,7 +77,7 @@ func New(cfg Config, hosts []blueprint.Host) (*Controller, error) {
 		return nil, err
 	}
 	c := &Controller{cfg: cfg, gov: gov, hosts: slices.Clone(hosts), templates: make([][]candidateTemplate, len(hosts)),
-		least: make([]int64, len(hosts)), saturated: make([]bool, len(hosts)), gain: make([]float64, len(hosts)),
+		least: make([]int64, len(hosts)), saturated: make([]bool, len(hosts)), misses: make([]int, len(hosts)), gain: make([]float64, len(hosts)),
 		trials: make([]int, len(hosts))}
 	c.pcg = rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)
 	c.rng = rand.New(c.pcg)
@@ -220,14 +222,11 @@ func (c *Controller) judge(obs *Observation, out []Decision) []Decision {
 				c.trials[s.Layer]++
 			}
 			if d < bar {
-				note := ""
-				if s.Layer >= 0 && s.Layer < len(c.saturated) {
-					c.saturated[s.Layer] = true
-					note = fmt.Sprintf("; layer %d is saturated: no more growth there", s.Layer)
-				}
+				note := c.missed(s.Layer, d, true)
 				out = append(out, Decision{Op: Prune, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
 					"contribution %.6g (validation loss without the seed minus with it) is below the bar %.6g%s%s", d, bar, rel, note)})
 			} else {
+				c.paid(s.Layer)
 				out = append(out, Decision{Op: Fossilize, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
 					"contribution %.6g (validation loss without the seed minus with it) reaches the bar %.6g%s", d, bar, rel)})
 			}
@@ -240,18 +239,20 @@ func (c *Controller) judge(obs *Observation, out []Decision) []Decision {
 		now, ok2 := c.valAtOrBefore(obs.Epoch)
 		if !ok1 || !ok2 {
 			out = append(out, Decision{Op: Prune, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
-				"no contribution measured in %d epochs of HOLDING and no validation loss to judge by", s.EpochsInState)})
+				"no contribution measured in %d epochs of HOLDING and no validation loss to judge by%s", s.EpochsInState,
+				c.missed(s.Layer, 0, false))})
 			continue
 		}
 		rel := relImprovement(before, now)
 		if rel >= c.cfg.Threshold {
+			c.paid(s.Layer)
 			out = append(out, Decision{Op: Fossilize, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
 				"no contribution measured in %d epochs of HOLDING; validation loss improved %.2f%% since germination at epoch %d (threshold %.2f%%)",
 				s.EpochsInState, 100*rel, s.GerminatedEpoch, 100*c.cfg.Threshold)})
 		} else {
 			out = append(out, Decision{Op: Prune, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
-				"no contribution measured in %d epochs of HOLDING; validation loss improved only %.2f%% since germination at epoch %d (threshold %.2f%%)",
-				s.EpochsInState, 100*rel, s.GerminatedEpoch, 100*c.cfg.Threshold)})
+				"no contribution measured in %d epochs of HOLDING; validation loss improved only %.2f%% since germination at epoch %d (threshold %.2f%%)%s",
+				s.EpochsInState, 100*rel, s.GerminatedEpoch, 100*c.cfg.Threshold, c.missed(s.Layer, 0, false))})
 		}
 	}
 	return out
@@ -400,7 +401,7 @@ func (c *Controller) grow(obs *Observation, judged []Decision) Decision {
 	}
 	cands, cooling := c.candidates(obs)
 	if len(cands) == 0 && !slices.Contains(c.saturated, false) {
-		return waitDecision("%s; but every layer is saturated (its last seed fell short of min_gain): growth has stopped paying", why)
+		return waitDecision("%s; but every layer is saturated (seeds there fell short of min_gain: see saturate_after): growth has stopped paying", why)
 	}
 	if len(cands) == 0 {
 		return waitDecision("%s; but no layer has a dormant slot outside its cooldown (%d cooling down)", why, cooling)

@@ -20,6 +20,10 @@ type State struct {
 	Governor GovernorState `json:"governor"`
 	// Saturated marks, per layer, that growth there stopped paying.
 	Saturated []bool `json:"saturated"`
+	// Misses counts, per layer, the seeds in a row that fell short there
+	// since its last fossilized seed (absent in snapshots written before
+	// saturation took several misses: read as none).
+	Misses []int `json:"misses,omitempty"`
 	// Gain and Trials are, per layer, the summed relative contributions of
 	// its measured seeds and their number.
 	Gain   []float64 `json:"gain"`
@@ -48,7 +52,7 @@ func (c *Controller) State() (State, error) {
 		return State{}, fmt.Errorf("tamiyo: save rng: %w", err)
 	}
 	return State{ValHistory: append([]EpochValue{}, c.vals...), RNG: rng, Governor: c.gov.State(),
-		Saturated: append([]bool{}, c.saturated...), Gain: append([]float64{}, c.gain...),
+		Saturated: append([]bool{}, c.saturated...), Misses: append([]int{}, c.misses...), Gain: append([]float64{}, c.gain...),
 		Trials: append([]int{}, c.trials...)}, nil
 }
 
@@ -74,6 +78,14 @@ func (c *Controller) SetState(st State) error {
 	if st.Saturated != nil && len(st.Saturated) != len(c.saturated) {
 		return fmt.Errorf("tamiyo: restore: saturation for %d layers, want %d: %w", len(st.Saturated), len(c.saturated), ErrState)
 	}
+	if st.Misses != nil && len(st.Misses) != len(c.misses) {
+		return fmt.Errorf("tamiyo: restore: misses for %d layers, want %d: %w", len(st.Misses), len(c.misses), ErrState)
+	}
+	for i, m := range st.Misses {
+		if m < 0 {
+			return fmt.Errorf("tamiyo: restore: layer %d has %d misses: %w", i, m, ErrState)
+		}
+	}
 	if (st.Gain != nil || st.Trials != nil) && (len(st.Gain) != len(c.gain) || len(st.Trials) != len(c.trials)) {
 		return fmt.Errorf("tamiyo: restore: gains for %d layers and trials for %d, want %d: %w", len(st.Gain), len(st.Trials), len(c.gain), ErrState)
 	}
@@ -88,6 +100,8 @@ func (c *Controller) SetState(st State) error {
 	c.gov.setState(st.Governor)
 	clear(c.saturated)
 	copy(c.saturated, st.Saturated)
+	clear(c.misses)
+	copy(c.misses, st.Misses)
 	clear(c.gain)
 	copy(c.gain, st.Gain)
 	clear(c.trials)

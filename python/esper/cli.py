@@ -1,6 +1,7 @@
 """The `esper` command: demo, bench, the artifact store and the blueprint library.
 
     esper demo [--quick] [--tasks T,..] [--seeds N] [--budget-seeds N] [--seed-offset N] [--jobs N] [--out DIR]
+    esper suite [--families train|held-out|all] [--seeds N] [--tasks N] [--quick] [--json] [--jobs N] [--out DIR]
     esper bench [--quick] [--out DIR]
     esper urza ls | show ID | verify | gc   [--root DIR]
     esper blueprints [--host linear:64:10]
@@ -67,6 +68,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(quick=args.quick, out_dir=args.out, seeds=args.seeds, budget_seeds=args.budget_seeds,
                      seed_offset=args.seed_offset,
                      workers=args.jobs, tasks=args.tasks)
+
+
+def _cmd_suite(args: argparse.Namespace) -> int:
+    from .suite.run import main as suite_main
+
+    return suite_main(which=args.families, seeds=args.seeds, tasks=args.tasks, quick=args.quick, as_json=args.json,
+                      out_dir=args.out, workers=args.jobs, fresh=args.fresh)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -331,6 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "GiB of available memory; 1 on CUDA)")
     s.add_argument("--out", default="demo_out", help="folder for the table, JSON and plot")
     s.set_defaults(fn=_cmd_demo)
+
+    s = sub.add_parser("suite", help="the demo's protocol on the task suite's families (docs/suite.md)")
+    s.add_argument("--families", choices=("train", "held-out", "all"), default="train",
+                   help="which families (default train; held-out families are for judging only)")
+    s.add_argument("--seeds", type=_positive_int, default=None, help="paired seeds per task (default 3; 1 quick)")
+    s.add_argument("--tasks", type=_positive_int, default=None, help="tasks per family (default 2; 1 quick)")
+    s.add_argument("--quick", action="store_true", help="tiny tasks, 3 epochs: a smoke run (bars mean nothing)")
+    s.add_argument("--json", action="store_true", help="print results.json instead of the table")
+    s.add_argument("--jobs", type=_positive_int, default=None,
+                   help="worker processes (default: one per CPU core, as the demo)")
+    s.add_argument("--fresh", action="store_true", help="clear the cache of finished runs first")
+    s.add_argument("--out", default="suite_out", help="folder for results.json, suite.png and the run cache")
+    s.set_defaults(fn=_cmd_suite)
 
     s = sub.add_parser("bench", help="measure Esper against plain PyTorch and PEFT")
     s.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")

@@ -126,9 +126,14 @@ class MorphConfig:
         prune_below: a seed in HOLDING whose measured contribution (validation
             loss without it minus with it) is at or below this is pruned.
         min_gain: a held seed must also lower the validation loss by this
-            fraction of it (0.01: 1%); one that does not is pruned and its
-            layer is saturated (no more growth there). Growth stops when every
-            layer is saturated: this is what sizes the model.
+            fraction of it (0.01: 1%); one that does not is pruned, a miss of
+            its layer. Growth stops when every layer is saturated: this is
+            what sizes the model.
+        saturate_after: a layer is saturated (no more growth there) when this
+            many seeds in a row fell short there, with no fossilized seed
+            between them, or at once when a seed did not help at all (its
+            contribution <= 0). One seed that helped a little but fell short
+            does not end growth on its layer (1: the first miss does).
         holding_epochs: epochs a seed is held (and measured) before judgement.
         epochs: the run's planned length in epochs, if you know it (0:
             unknown). Tamiyo then stops germinating when fewer epochs are left
@@ -217,6 +222,7 @@ class MorphConfig:
     threshold: float = 0.01
     prune_below: float = 0.0
     min_gain: float = 0.01
+    saturate_after: int = 2
     holding_epochs: int = 1
     epochs: int = 0
     max_params: int = 0
@@ -250,6 +256,7 @@ class MorphConfig:
                 "threshold": self.threshold,
                 "prune_below": self.prune_below,
                 "min_gain": self.min_gain,
+                "saturate_after": self.saturate_after,
                 "holding_epochs": self.holding_epochs,
                 "epochs": self.epochs,
                 "template": self.template,

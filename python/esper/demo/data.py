@@ -1,7 +1,10 @@
 """Tasks for the demo: data that ships in packages, split 60/20/20 stratified.
 
 Every task returns float32 features standardised on the training split and
-int64 labels, as tensors on the requested device.
+int64 labels, as tensors on the requested device. :func:`split_task` makes a
+Task of any data (the task suite, ``esper.suite``, uses it): inputs of any
+per-sample shape (vectors, signals (C, L), images (C, H, W)) and float targets
+(regression, standardised on the training split too).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Task", "load_task", "TASKS", "NEGATIVE_CONTROLS"]
+__all__ = ["Task", "load_task", "split_task", "TASKS", "NEGATIVE_CONTROLS"]
 
 #: Tasks where growth is expected to help.
 TASKS = ("digits", "spirals", "classification")
@@ -21,13 +24,15 @@ NEGATIVE_CONTROLS = ("moons", "breast_cancer")
 
 @dataclass
 class Task:
-    """A classification task split into train / validation / test.
+    """A classification or regression task split into train / validation / test.
 
     Attributes:
         name: task name.
-        x_train, y_train, x_val, y_val, x_test, y_test: tensors (N, F) float32 and (N,) int64.
-        num_features: F.
-        num_classes: number of classes.
+        x_train, y_train, x_val, y_val, x_test, y_test: tensors (N, *shape) float32 and (N,) int64
+            labels, or (N,) float32 targets for a regression.
+        num_features: the features of one sample (the product of ``shape``).
+        num_classes: number of classes (1 for a regression: one output).
+        shape: one sample's input shape: (F,) for vectors, (C, L) for signals, (C, H, W) for images.
     """
 
     name: str
@@ -39,6 +44,12 @@ class Task:
     y_test: torch.Tensor
     num_features: int
     num_classes: int
+    shape: tuple[int, ...] = ()
+
+    @property
+    def regression(self) -> bool:
+        """Whether the targets are real numbers (mean squared error, R²) rather than class labels."""
+        return self.y_train.is_floating_point()
 
 
 def spirals(n_per_arm: int = 400, arms: int = 3, noise: float = 0.25, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -105,24 +116,53 @@ def load_task(name: str, seed: int = 0, device: str | torch.device = "cpu") -> T
         The Task, standardised with the training split's mean and deviation
         (see :func:`standard_scale`).
     """
+    x, y = _raw(name, seed)
+    return split_task(name, x, y, seed, device)
+
+
+def split_task(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0,
+               device: str | torch.device = "cpu") -> Task:
+    """Split data 60/20/20 (stratified for class labels) with ``seed`` and standardise it on the training split.
+
+    Args:
+        name: the task's name.
+        x: inputs (N, *shape), any per-sample shape; standardised per feature (each position of the shape).
+        y: int64 class labels 0..C-1, or float targets (a regression: standardised too, so that losses of
+            different tasks have one scale).
+        seed: the split's random seed.
+        device: where the tensors go.
+
+    Raises:
+        ValueError: x and y disagree in length, or y is neither integer labels nor real numbers.
+    """
     from sklearn.model_selection import train_test_split
 
-    x, y = _raw(name, seed)
-    x_train, x_rest, y_train, y_rest = train_test_split(x, y, test_size=0.4, stratify=y, random_state=seed)
+    if len(x) != len(y):
+        raise ValueError(f"task {name!r}: {len(x)} inputs but {len(y)} targets")
+    regression = np.issubdtype(y.dtype, np.floating)
+    if not regression and not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"task {name!r}: targets must be integer class labels or real numbers, got {y.dtype}")
+    shape = tuple(x.shape[1:])
+    flat = x.reshape(len(x), -1)
+    strat = None if regression else y
+    x_train, x_rest, y_train, y_rest = train_test_split(flat, y, test_size=0.4, stratify=strat, random_state=seed)
     x_val, x_test, y_val, y_test = train_test_split(
-        x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=seed
+        x_rest, y_rest, test_size=0.5, stratify=None if regression else y_rest, random_state=seed
     )
     mean, scale = standard_scale(x_train)
+    y_mean, y_scale = (float(y_train.mean()), float(y_train.std()) or 1.0) if regression else (0.0, 1.0)
 
     def t(a: np.ndarray, label: bool = False) -> torch.Tensor:
+        if label and not regression:
+            return torch.from_numpy(a.astype(np.int64)).to(device)
         if label:
-            return torch.from_numpy(a).to(device)
-        return torch.from_numpy((a - mean) / scale).float().to(device)
+            return torch.from_numpy((a - y_mean) / y_scale).float().to(device)
+        return torch.from_numpy((a - mean) / scale).float().reshape(len(a), *shape).to(device)
 
     return Task(
         name=name,
         x_train=t(x_train), y_train=t(y_train, True),
         x_val=t(x_val), y_val=t(y_val, True),
         x_test=t(x_test), y_test=t(y_test, True),
-        num_features=x.shape[1], num_classes=int(y.max()) + 1,
+        num_features=flat.shape[1], num_classes=1 if regression else int(y.max()) + 1, shape=shape,
     )

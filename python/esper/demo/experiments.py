@@ -20,11 +20,11 @@ from torch import nn
 from ..errors import BudgetError
 from ..tolaria import MorphConfig, Morphogenesis
 from ..wrap import wrap
-from .data import Task
-from .train import MLP, History, evaluate, train
+from .data import Task, load_task, split_task
+from .train import MLP, ConvNet, History, evaluate, train
 
-__all__ = ["Setup", "RunResult", "SETUPS", "fixed_run", "grown_run", "scratch_run", "hand_run", "seed_epochs",
-           "early_schedule", "equal_budget_schedule"]
+__all__ = ["Setup", "RunResult", "SETUPS", "setup_task", "build_model", "pick_best", "fixed_run", "grown_run",
+           "scratch_run", "hand_run", "seed_epochs", "early_schedule", "equal_budget_schedule"]
 
 
 @dataclass
@@ -34,12 +34,14 @@ class Setup:
     Attributes:
         task: task name.
         depth: hidden layers of the MLP.
-        start_width: width of the small model growth starts from.
+        start_width: width of the small model growth starts from (channels
+            for a CNN).
         sweep: widths of the fixed-size sweep (the first is "fixed small",
             the last "fixed large").
         targets: how the model is wrapped: "block" (the whole MLP is one
-            host: a seed adds hidden units beside it) or "linear" (every
-            Linear is a host).
+            host: a seed adds hidden units beside it), "linear" (every
+            Linear is a host) or "conv" (every convolution of a CNN is a
+            host).
         epochs, lr, batch_size: training.
         morph: the Morphogenesis settings of grown runs.
         hand_start, hand_gap: the early hand schedule germinates at
@@ -67,6 +69,12 @@ class Setup:
     hand_gap: int = 8
     horizon: bool = True
     tight_budgets: tuple[int, ...] = ()
+    #: The model: "mlp" (:class:`esper.demo.train.MLP`) or "cnn" (:class:`esper.demo.train.ConvNet`, for
+    #: tasks whose samples are signals (C, L) or images (C, H, W)).
+    arch: str = "mlp"
+    #: Where the data comes from: None for the demo's named tasks (:func:`esper.demo.data.load_task`), or a
+    #: picklable callable returning (x, y) (the task suite's generated tasks); the split depends on the seed.
+    source: Callable[[], tuple[Any, Any]] | None = None
 
 
 def _morph(**kw: Any) -> MorphConfig:
@@ -124,10 +132,41 @@ class Net(nn.Module):
         return self.body(x)
 
 
-def _wrap(model: Net, setup: Setup, slots: int = 4) -> Net:
+def setup_task(setup: Setup, seed: int, device: str | torch.device = "cpu", name: str | None = None) -> Task:
+    """The setup's task split with ``seed``: the named demo task (``name``, default ``setup.task``), or the data
+    its ``source`` makes."""
+    if setup.source is None:
+        return load_task(setup.task if name is None else name, seed, device)
+    x, y = setup.source()
+    return split_task(setup.task, x, y, seed, device)
+
+
+def build_model(task: Task, setup: Setup, width: int) -> nn.Module:
+    """The setup's model at ``width`` (hidden units, or channels for a CNN), on the task's device."""
+    if setup.arch == "mlp":
+        model: nn.Module = Net(task, width, setup.depth)
+    elif setup.arch == "cnn":
+        if len(task.shape) not in (2, 3):
+            raise ValueError(f"task {task.name!r}: a CNN needs samples of shape (C, L) or (C, H, W), got {task.shape}")
+        model = ConvNet(task.shape[0], task.num_classes, width, dims=len(task.shape) - 1)
+    else:
+        raise ValueError(f"setup {setup.task!r}: arch must be 'mlp' or 'cnn', got {setup.arch!r}")
+    return model.to(task.x_train.device)
+
+
+def _wrap(model: nn.Module, setup: Setup, slots: int = 4) -> nn.Module:
     if setup.targets == "block":
         return wrap(model, block_modules=["body"], seeds_per_layer=slots)
+    if setup.targets == "conv":
+        kinds = [t for t in (nn.Conv1d, nn.Conv2d) if any(isinstance(m, t) for m in model.modules())]
+        return wrap(model, target_modules=kinds, seeds_per_layer=slots)
     return wrap(model, target_modules=[nn.Linear], seeds_per_layer=slots)
+
+
+def pick_best(sweep: list[RunResult]) -> RunResult:
+    """The sweep's pick, made on validation like every other choice: best validation metric at each run's
+    chosen epoch, ties to the lower validation loss."""
+    return max(sweep, key=lambda r: (r.history["val_acc"][r.best_epoch], -r.history["val_loss"][r.best_epoch]))
 
 
 @dataclass
@@ -151,6 +190,8 @@ class RunResult:
     output_changes: list[float] = field(default_factory=list)
     final_seeds: list[dict[str, Any]] = field(default_factory=list)
     width: int | None = None
+    #: The grown run's id (``Morphogenesis.run_id``): its outcome records in Urza carry it.
+    run_id: str = ""
 
     def summary(self) -> dict[str, Any]:
         """Everything but the per-epoch history and events."""
@@ -173,7 +214,7 @@ def _result(kind: str, task: Task, seed: int, hist: History, wall: float, **kw: 
 def fixed_run(task: Task, setup: Setup, width: int, seed: int) -> RunResult:
     """A fixed-size MLP of the given width."""
     torch.manual_seed(seed)
-    model = Net(task, width, setup.depth).to(task.x_train.device)
+    model = build_model(task, setup, width)
     start = time.perf_counter()
     hist = train(model, task, epochs=setup.epochs, lr=setup.lr, batch_size=setup.batch_size, seed=seed)
     return _result("fixed", task, seed, hist, time.perf_counter() - start, width=width)
@@ -201,7 +242,7 @@ def _live_seeds(morph: Morphogenesis) -> list[dict[str, Any]]:
 def _grow(task: Task, setup: Setup, seed: int, config: MorphConfig, kind: str,
           on_epoch_extra: Callable[[Morphogenesis, int], None] | None = None) -> RunResult:
     torch.manual_seed(seed)
-    model = _wrap(Net(task, setup.start_width, setup.depth).to(task.x_train.device), setup)
+    model = _wrap(build_model(task, setup, setup.start_width), setup)
     opt = torch.optim.Adam(model.parameters(), lr=setup.lr)
     config.seed = seed
     morph = Morphogenesis(model, opt, config=config, evaluate=_evaluator(task))
@@ -232,12 +273,13 @@ def _grow(task: Task, setup: Setup, seed: int, config: MorphConfig, kind: str,
                  optimizer=opt, on_step=morph.step, on_epoch=on_epoch)
     wall = time.perf_counter() - start
     events = [dict(ev) for ev in morph.log if ev["kind"] == "event"]
+    run_id = morph.run_id
     morph.close()
     count = {to: sum(1 for ev in events if ev["to"] == to) for to in ("GERMINATED", "FOSSILIZED", "PRUNED")}
     return _result(
         kind, task, seed, hist, wall, events=events, germinations=count["GERMINATED"],
         fossilizations=count["FOSSILIZED"], prunes=count["PRUNED"], output_changes=changes,
-        final_seeds=seeds_by_epoch[hist.best_epoch] if hist.best_epoch >= 0 else [],
+        final_seeds=seeds_by_epoch[hist.best_epoch] if hist.best_epoch >= 0 else [], run_id=run_id,
     )
 
 
@@ -348,7 +390,7 @@ def scratch_run(task: Task, setup: Setup, seed: int, seeds: list[dict[str, Any]]
     """The grown run's final shape (host plus the same seed blueprints), trained
     from scratch with every seed active (alpha 1, trained jointly) from step 0."""
     torch.manual_seed(seed)
-    model = _wrap(Net(task, setup.start_width, setup.depth).to(task.x_train.device), setup)
+    model = _wrap(build_model(task, setup, setup.start_width), setup)
     opt = torch.optim.Adam(model.parameters(), lr=setup.lr)
     config = MorphConfig(**{**setup.morph.__dict__, "policy": "manual", "max_params": 0, "max_concurrent": 64,
                             "seed": seed})

@@ -19,14 +19,14 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import torch
 
-from .data import load_task
 from .experiments import (
     RunResult,
     Setup,
@@ -35,11 +35,17 @@ from .experiments import (
     fixed_run,
     grown_run,
     hand_run,
+    pick_best,
     scratch_run,
     seed_epochs,
+    setup_task,
 )
 
-__all__ = ["Job", "plan_jobs", "job_runs", "run_job", "run_jobs", "merge", "default_workers", "workers_for"]
+__all__ = ["Job", "plan_jobs", "job_runs", "run_job", "run_jobs", "run_pool", "one_thread", "merge",
+           "default_workers", "workers_for"]
+
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 
 #: What a loose-budget job fills, in the order the report reads them.
 LOOSE_KEYS = ("sweep_best", "small", "large", "grown", "scratch", "random", "hand", "hand_early", "sweep_all")
@@ -105,7 +111,7 @@ class _NoBar:
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     """Every run uses one intra-op thread, in a worker or not: the demo's models are too small to gain from
     more, and a float sum split over a different number of threads rounds differently."""
     before = torch.get_num_threads()
@@ -118,12 +124,12 @@ def _one_thread() -> Iterator[None]:
 
 def run_job(job: Job, device: str, bar: Any = None) -> dict[str, list[RunResult]]:
     """Make the job's runs (on one thread); returns them keyed by configuration (see :func:`merge`)."""
-    with _one_thread():
+    with one_thread():
         return _run_job(job, device, _NoBar() if bar is None else bar)
 
 
 def _run_job(job: Job, device: str, bar: Any) -> dict[str, list[RunResult]]:
-    task = load_task(job.task, job.seed, torch.device(device))
+    task = setup_task(job.setup, job.seed, torch.device(device), name=job.task)
     if job.kind == "loose":
         return _at_loose_budget(job, task, bar)
     if job.kind == "budget":
@@ -144,8 +150,7 @@ def _at_loose_budget(job: Job, task: Any, bar: Any) -> dict[str, list[RunResult]
     for width in setup.sweep:
         sweep.append(fixed_run(task, setup, width, seed))
         bar.update()
-    # The sweep's pick is made on validation, like every other choice.
-    best = max(sweep, key=lambda r: (r.history["val_acc"][r.best_epoch], -r.history["val_loss"][r.best_epoch]))
+    best = pick_best(sweep)
     bar.set_description(f"{name} seed {seed}: grown (heuristic)")
     grown = grown_run(task, setup, seed)
     bar.update()
@@ -267,28 +272,37 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run_indexed(item: tuple[int, Job, str]) -> tuple[int, dict[str, list[RunResult]]]:
-    i, job, device = item
-    return i, run_job(job, device)
+def _run_indexed(item: tuple[int, Callable[[Any], Any], Any]) -> tuple[int, Any]:
+    i, fn, arg = item
+    return i, fn(arg)
 
 
-def run_jobs(jobs: Sequence[Job], device: str, workers: int, bar: Any) -> list[dict[str, list[RunResult]]]:
-    """Run the jobs, ``workers`` at a time (in this process when 1); results in job order.
+def run_pool(fn: Callable[[_In], _Out], items: Sequence[_In], workers: int,
+             on_done: Callable[[int, _Out], None] | None = None) -> list[_Out]:
+    """``fn(item)`` for every item in ``workers`` spawned processes (in this process when 1); results in item
+    order. ``fn`` must be picklable (a module-level function, or a ``functools.partial`` of one);
+    ``on_done(i, result)`` runs in this process as each item finishes, in the order they finish.
 
-    A job that fails, or Ctrl-C, stops the demo: the workers are terminated, the jobs not yet run are
-    dropped, and the error is raised here.
+    Workers are spawned, never forked (DESIGN §3), and ignore SIGINT: Ctrl-C, an item that raises, or any
+    other error stops the pool (the workers are terminated, the items not yet run are dropped) and is raised
+    here.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if workers == 1 or len(jobs) <= 1:
-        return [run_job(job, device, bar) for job in jobs]
-    results: list[dict[str, list[RunResult]] | None] = [None] * len(jobs)
-    pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_ignore_sigint)
+    results: list[Any] = [None] * len(items)
+    done = [False] * len(items)
+    if workers == 1 or len(items) <= 1:
+        for i, item in enumerate(items):
+            results[i], done[i] = fn(item), True
+            if on_done is not None:
+                on_done(i, results[i])
+        return results
+    pool = multiprocessing.get_context("spawn").Pool(min(workers, len(items)), initializer=_ignore_sigint)
     try:
-        for i, res in pool.imap_unordered(_run_indexed, [(i, job, device) for i, job in enumerate(jobs)]):
-            results[i] = res
-            bar.set_description(f"{jobs[i].task} seed {jobs[i].seed}: {jobs[i].kind} done")
-            bar.update(job_runs(jobs[i]))
+        for i, res in pool.imap_unordered(_run_indexed, [(i, fn, item) for i, item in enumerate(items)]):
+            results[i], done[i] = res, True
+            if on_done is not None:
+                on_done(i, res)
     except BaseException:
         pool.terminate()
         raise
@@ -296,7 +310,25 @@ def run_jobs(jobs: Sequence[Job], device: str, workers: int, bar: Any) -> list[d
         pool.close()
     finally:
         pool.join()
-    missing = [jobs[i] for i, r in enumerate(results) if r is None]
+    missing = [items[i] for i, d in enumerate(done) if not d]
     if missing:
-        raise RuntimeError(f"demo jobs finished without a result: {missing}")
-    return [r for r in results if r is not None]
+        raise RuntimeError(f"jobs finished without a result: {missing}")
+    return results
+
+
+def run_jobs(jobs: Sequence[Job], device: str, workers: int, bar: Any) -> list[dict[str, list[RunResult]]]:
+    """Run the jobs, ``workers`` at a time (in this process when 1); results in job order.
+
+    A job that fails, or Ctrl-C, stops the demo: the workers are terminated, the jobs not yet run are
+    dropped, and the error is raised here (see :func:`run_pool`).
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers == 1 or len(jobs) <= 1:
+        return [run_job(job, device, bar) for job in jobs]
+
+    def done(i: int, res: dict[str, list[RunResult]]) -> None:
+        bar.set_description(f"{jobs[i].task} seed {jobs[i].seed}: {jobs[i].kind} done")
+        bar.update(job_runs(jobs[i]))
+
+    return run_pool(partial(run_job, device=device), jobs, workers, done)

@@ -23,7 +23,7 @@ from .. import build_info
 from .experiments import SETUPS, RunResult, Setup, mean, std
 from .jobs import default_workers, job_runs, merge, plan_jobs, run_jobs
 
-__all__ = ["main", "paired", "verdict", "at_equal_budget", "check_tasks"]
+__all__ = ["main", "paired", "verdict", "at_equal_budget", "check_tasks", "growth_bars", "summary_row", "progress_bar"]
 
 #: The growth tasks the demo runs unless told otherwise (`--tasks`).
 TASKS = ("digits", "spirals")
@@ -34,7 +34,8 @@ CONTROLS = ("moons", "breast_cancer")
 BUDGET_SEEDS = 20
 
 
-def _progress(total: int) -> Any:
+def progress_bar(total: int) -> Any:
+    """A tqdm progress bar counting runs (plain printed descriptions without tqdm)."""
     try:
         from tqdm import tqdm
 
@@ -64,7 +65,8 @@ def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     return tuple(tasks)
 
 
-def _row(label: str, runs: list[RunResult]) -> dict[str, Any]:
+def summary_row(label: str, runs: list[RunResult]) -> dict[str, Any]:
+    """A table row: the runs' mean and spread of test metric, parameters, FLOPs, wall time, lifecycle counts."""
     accs = [r.test_acc for r in runs]
     return {
         "config": label,
@@ -135,9 +137,13 @@ def _flops_vs(grown: list[RunResult], other: list[RunResult]) -> float:
     return mean([o.flops / g.flops for g, o in zip(grown, other, strict=True)])
 
 
-def _bars(res: dict[str, list[RunResult]], setup: Setup) -> dict[str, Any]:
-    grown, scratch, best = res["grown"], res["scratch"], res["sweep_best"]
-    sweep_flops = [sum(r.flops for r in res["sweep_all"] if r.seed == g.seed) for g in grown]
+def growth_bars(grown: list[RunResult], scratch: list[RunResult], best: list[RunResult],
+                sweep_all: list[RunResult]) -> dict[str, Any]:
+    """Bars (a) and (b) of DESIGN §9 over paired seeds: ``vs_scratch`` (grown within 0.5 points of its final
+    shape from scratch with <= 70% of its FLOPs) and ``auto_size`` (within 0.5 points of the best of the sweep
+    with <= 25% of the whole sweep's FLOPs, the sweep's runs of the same seed summed), and the largest output
+    change measured at a germination."""
+    sweep_flops = [sum(r.flops for r in sweep_all if r.seed == g.seed) for g in grown]
     acc = lambda rs: mean([r.test_acc for r in rs])  # noqa: E731
     flops_ratio = mean([g.flops / s.flops for g, s in zip(grown, scratch)])
     sweep_ratio = mean([g.flops / f for g, f in zip(grown, sweep_flops)])
@@ -154,12 +160,21 @@ def _bars(res: dict[str, list[RunResult]], setup: Setup) -> dict[str, Any]:
             "ok": acc(grown) >= acc(best) - 0.5 and sweep_ratio <= 0.25,
             "bar": "within 0.5 points of the best of the 5-size sweep, with <= 25% of the sweep's FLOPs",
         },
+        "germination_output_change_max": max(changes) if changes else 0.0,
+    }
+
+
+def _bars(res: dict[str, list[RunResult]], setup: Setup) -> dict[str, Any]:
+    core = growth_bars(res["grown"], res["scratch"], res["sweep_best"], res["sweep_all"])
+    return {
+        "vs_scratch": core["vs_scratch"],
+        "auto_size": core["auto_size"],
         "vs_random": (at_equal_budget(res, setup.tight_budgets, "random", "beats random placement at equal budget")
                       if setup.targets != "block" else
                       {"ok": None, "verdict": "n/a", "bar": "beats random placement at equal budget",
                        "note": "one host (the whole MLP is a block): random placement has no other choice"}),
         "vs_hand": at_equal_budget(res, setup.tight_budgets, "hand", "beats a hand schedule at equal budget"),
-        "germination_output_change_max": max(changes) if changes else 0.0,
+        "germination_output_change_max": core["germination_output_change_max"],
     }
 
 
@@ -311,7 +326,7 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
     print(f"esper demo: {', '.join(tasks)} ({n} seed(s) each, {nb} at the tight budgets{first}), negative controls "
           f"{', '.join(controls)}; device {device}, {min(workers, len(jobs))} worker(s)")
     start = time.perf_counter()
-    bar = _progress(sum(job_runs(j) for j in jobs))
+    bar = progress_bar(sum(job_runs(j) for j in jobs))
     merged = merge(jobs, run_jobs(jobs, device.type, workers, bar))
     bar.close()
     results = {t: merged[t] for t in tasks}
@@ -325,20 +340,20 @@ def main(quick: bool = False, out_dir: str = "demo_out", seeds: int | None = Non
     for name, res in results.items():
         setup = setups[name]
         rows = [
-            _row(f"fixed small (width {setup.sweep[0]})", res["small"]),
-            _row(f"fixed large (width {setup.sweep[-1]})", res["large"]),
-            _row("best of 5-size sweep (on val)", res["sweep_best"]),
-            _row(f"grown from width {setup.start_width} (Tamiyo)", res["grown"]),
-            _row("same final shape, from scratch", res["scratch"]),
-            _row(f"random placement, same budget ({setup.morph.max_params})", res["random"]),
-            _row(f"hand schedule, same budget ({setup.morph.max_params})", res["hand"]),
-            _row(f"hand schedule, early ({setup.hand_start}+{setup.hand_gap}k)", res["hand_early"]),
+            summary_row(f"fixed small (width {setup.sweep[0]})", res["small"]),
+            summary_row(f"fixed large (width {setup.sweep[-1]})", res["large"]),
+            summary_row("best of 5-size sweep (on val)", res["sweep_best"]),
+            summary_row(f"grown from width {setup.start_width} (Tamiyo)", res["grown"]),
+            summary_row("same final shape, from scratch", res["scratch"]),
+            summary_row(f"random placement, same budget ({setup.morph.max_params})", res["random"]),
+            summary_row(f"hand schedule, same budget ({setup.morph.max_params})", res["hand"]),
+            summary_row(f"hand schedule, early ({setup.hand_start}+{setup.hand_gap}k)", res["hand_early"]),
         ]
         for b in setup.tight_budgets:
-            rows.append(_row(f"grown, budget {b} ({nb} seeds)", res[f"grown@{b}"]))
+            rows.append(summary_row(f"grown, budget {b} ({nb} seeds)", res[f"grown@{b}"]))
             if f"random@{b}" in res:
-                rows.append(_row(f"random placement, budget {b} ({nb} seeds)", res[f"random@{b}"]))
-            rows.append(_row(f"hand schedule, budget {b} ({nb} seeds)", res[f"hand@{b}"]))
+                rows.append(summary_row(f"random placement, budget {b} ({nb} seeds)", res[f"random@{b}"]))
+            rows.append(summary_row(f"hand schedule, budget {b} ({nb} seeds)", res[f"hand@{b}"]))
         bars = _bars(res, setup)
         # Not a bar: the early schedule spends more compute than the grown run, which the FLOPs bar would not allow.
         early = paired(res["grown"], res["hand_early"], "none (more compute than the grown run)")

@@ -3,8 +3,10 @@ honest compute accounting.
 
 Training FLOPs are counted from the modules that actually ran each step:
 for every ``nn.Linear`` that took part in the forward, in * out multiply-adds per
-sample, counted as 2 FLOPs each forward and 4 backward when its weight trains
-(6 FLOPs per multiply-add), or 2 backward when it is frozen (input gradient only).
+sample (per output position for a convolution, ``nn.Conv1d``/``nn.Conv2d``: in
+channels / groups x kernel size multiply-adds per output value), counted as 2
+FLOPs each forward and 4 backward when its weight trains (6 FLOPs per
+multiply-add), or 2 backward when it is frozen (input gradient only).
 Modules in eval mode (validation) are not counted. Counting uses forward hooks,
 so seeds that do not run (GERMINATED, or switched off) cost nothing and seeds
 that ran are counted in whatever state they ran: TRAINING (forward and
@@ -30,7 +32,7 @@ from torch import nn
 from ..kasmina import KasminaLayer
 from .data import Task
 
-__all__ = ["MLP", "FlopCounter", "History", "evaluate", "train"]
+__all__ = ["MLP", "ConvNet", "FlopCounter", "History", "evaluate", "task_loss", "train"]
 
 
 class MLP(nn.Module):
@@ -48,8 +50,38 @@ class MLP(nn.Module):
         return self.head(x)
 
 
+class ConvNet(nn.Module):
+    """A small CNN for signals (C, L) or images (C, H, W): two 3-wide convolutions of ``width`` channels with
+    ReLU, global average pooling, and a linear head to the classes."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int, dims: int = 2) -> None:
+        super().__init__()
+        if dims not in (1, 2):
+            raise ValueError(f"ConvNet: dims must be 1 (signals) or 2 (images), got {dims}")
+        conv = nn.Conv1d if dims == 1 else nn.Conv2d
+        self.convs = nn.ModuleList([conv(in_channels, width, 3, padding=1), conv(width, width, 3, padding=1)])
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, *S) -> (B, classes)
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return self.head(x.flatten(2).mean(dim=2))
+
+
+def _macs(module: nn.Module, output: torch.Tensor) -> int | None:
+    """Multiply-adds of one forward of a counted module (None: not counted)."""
+    if isinstance(module, nn.Linear):
+        return output.numel() // module.out_features * module.in_features * module.out_features
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+    return None
+
+
+_COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
 class FlopCounter:
-    """Counts training FLOPs of every nn.Linear that runs in training mode.
+    """Counts training FLOPs of every nn.Linear, nn.Conv1d and nn.Conv2d that runs in training mode.
 
     Global forward hooks see modules created after the counter (seeds that
     germinate mid-run); modules in eval mode (validation) are not counted.
@@ -79,12 +111,13 @@ class FlopCounter:
             return
         if isinstance(module, KasminaLayer):
             module = module.base_layer  # it ran once, in this forward, with an output of the layer's shape
-        elif not isinstance(module, nn.Linear) or module in self._hosts:
+        elif not isinstance(module, _COUNTED) or module in self._hosts:
             return  # not counted, or counted by its layer's hook
-        if not (isinstance(module, nn.Linear) and module.training):
+        if not module.training:
             return
-        rows = output.numel() // module.out_features
-        macs = rows * module.in_features * module.out_features
+        macs = _macs(module, output)
+        if macs is None:
+            return
         self.total += (6.0 if module.weight.requires_grad else 4.0) * macs
 
     def close(self) -> None:
@@ -108,15 +141,29 @@ class History:
     test_loss: float = math.nan
 
 
+def task_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training loss: cross-entropy for class labels (int64), mean squared error for real targets
+    (the model's one output per sample against y)."""
+    if y.is_floating_point():
+        return F.mse_loss(out.squeeze(-1), y)
+    return F.cross_entropy(out, y)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Return (mean cross-entropy, accuracy in percent) of model on (x, y)."""
+    """Return (loss, metric) of model on (x, y): for class labels the mean cross-entropy and the accuracy in
+    percent; for real targets the mean squared error and R² in percent (100 x (1 - SSE / SST), so that "points"
+    read alike: 100 is perfect, 0 is the mean's guess)."""
     was = model.training
     model.eval()
-    logits = model(x)
+    out = model(x)
     model.train(was)
-    loss = F.cross_entropy(logits, y).item()
-    acc = (logits.argmax(dim=1) == y).float().mean().item() * 100.0
+    loss = task_loss(out, y).item()
+    if y.is_floating_point():
+        sst = (y - y.mean()).pow(2).sum().item()
+        sse = (out.squeeze(-1) - y).pow(2).sum().item()
+        return loss, 100.0 * (1.0 - sse / max(sst, 1e-12))
+    acc = (out.argmax(dim=1) == y).float().mean().item() * 100.0
     return loss, acc
 
 
@@ -167,8 +214,7 @@ def train(
             total, count = 0.0, 0
             for i in range(0, n, batch_size):
                 idx = perm[i : i + batch_size]
-                logits = model(task.x_train[idx])
-                loss = F.cross_entropy(logits, task.y_train[idx])
+                loss = task_loss(model(task.x_train[idx]), task.y_train[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -1,0 +1,54 @@
+package tamiyo
+
+import "fmt"
+
+// Saturation: when a layer stops growing.
+//
+// A layer is saturated (no more growth there) on evidence that seeds there
+// no longer pay, never on one unlucky seed:
+//   - Config.SaturateAfter seeds in a row fell short on it (pruned by the
+//     bars of judge, with no fossilized seed between them); or
+//   - the last seed that fell short did not help at all: its measured
+//     contribution was <= 0, so the validation loss is no worse without it.
+//     That seed's gain is the layer's predicted gain for another seed of the
+//     same kind, and a gain of none is below any cost.
+//
+// A fossilized seed shows the layer still pays and clears its misses. A seed
+// that helped but less than the bar (a near miss) leaves the layer open: the
+// next plateau may grow there again (on a one-host MLP the first seed,
+// judged early, fell short and ended growth for the rest of the run, the
+// model two to three times under the size the best fixed width had).
+
+// missed records that a seed of layer fell short: measured says whether its
+// contribution was measured, and delta is that contribution (validation loss
+// without the seed minus with it). It returns the note the prune's reason
+// carries.
+func (c *Controller) missed(layer int, delta float64, measured bool) string {
+	if layer < 0 || layer >= len(c.misses) {
+		return ""
+	}
+	c.misses[layer]++
+	n, limit := c.misses[layer], c.cfg.SaturateAfter
+	switch {
+	case c.saturated[layer]:
+		return fmt.Sprintf("; layer %d was already saturated", layer)
+	case measured && delta <= 0:
+		c.saturated[layer] = true
+		return fmt.Sprintf("; layer %d is saturated: the seed did not help at all (contribution <= 0), so another seed there is predicted to gain nothing", layer)
+	case n >= limit:
+		c.saturated[layer] = true
+		return fmt.Sprintf("; layer %d is saturated: %d seed(s) in a row fell short there (saturate_after %d)", layer, n, limit)
+	}
+	return fmt.Sprintf("; layer %d may grow again: %d of %d seeds in a row fell short there (saturate_after), and this one helped a little", layer, n, limit)
+}
+
+// paid records that a seed of layer was fossilized: the layer still pays,
+// and its misses are cleared.
+func (c *Controller) paid(layer int) {
+	if layer >= 0 && layer < len(c.misses) {
+		c.misses[layer] = 0
+	}
+}
+
+// Saturated reports, per layer, whether growth there has stopped (a copy).
+func (c *Controller) Saturated() []bool { return append([]bool{}, c.saturated...) }
