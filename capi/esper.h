@@ -572,6 +572,11 @@ int esper_session_growth_log(uint64_t handle, char **out_json);
  * also in the growth log (kinds "alarm" and "impact"). See docs/metrics.md. */
 int esper_session_reports(uint64_t handle, char **out_json);
 
+/* Writes the governor's rollback count (as esper_session_alarms) to
+ * *out_alarms and the number of reports waiting for esper_session_reports
+ * to *out_reports, in one call. */
+int esper_session_waiting(uint64_t handle, int64_t *out_alarms, int32_t *out_reports);
+
 /* Writes the run's metrics in the Prometheus text exposition format
  * (version 0.0.4) to *out_text (free with esper_free). The registry is the
  * session's own; series are listed in docs/metrics.md. */

@@ -23,6 +23,25 @@ func esper_session_reports(h C.uint64_t, out **C.char) C.int {
 	return queryJSON(h, out, "out_json", (*session.Session).Reports)
 }
 
+//export esper_session_waiting
+func esper_session_waiting(h C.uint64_t, outAlarms *C.int64_t, outReports *C.int32_t) C.int {
+	return call(uint64(h), func() error {
+		if outAlarms == nil || outReports == nil {
+			return errNull("out_alarms and out_reports")
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		alarms, reports, err := s.Waiting()
+		if err != nil {
+			return err
+		}
+		*outAlarms, *outReports = C.int64_t(alarms), C.int32_t(min(reports, 1<<31-1))
+		return nil
+	})
+}
+
 //export esper_session_metrics_text
 func esper_session_metrics_text(h C.uint64_t, out **C.char) C.int {
 	return call(uint64(h), func() error {

@@ -234,6 +234,18 @@ func (s *Session) Reports() (Reports, error) {
 	return r, nil
 }
 
+// Waiting returns the governor's rollback count (as Alarms does) and the
+// number of reports waiting for Reports, in one call: a trainer that reads
+// the first after every step that carried signals learns of reports at no
+// extra cost.
+func (s *Session) Waiting() (alarms int64, reports int, err error) {
+	if err := s.lock(); err != nil {
+		return 0, 0, err
+	}
+	defer s.unlock()
+	return s.counters.Alarms, len(s.mon.pending.Alarms) + len(s.mon.pending.Impacts), nil
+}
+
 // metricsView fills a metrics view (the metrics Set's Source).
 func (s *Session) metricsView(v *metrics.View) error {
 	if err := s.lock(); err != nil {

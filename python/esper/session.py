@@ -191,6 +191,14 @@ class Session(_lib.Handle):
         """Every slot's seed: state, alpha, blueprint, history."""
         return self._json_call("esper_session_seeds")
 
+    def waiting(self) -> tuple[int, int]:
+        """(the governor's rollbacks so far, as alarms() counts them; the reports waiting for
+        reports()), in one call."""
+        h = self.handle
+        waiting = c_int32()
+        _lib.check(_lib.lib().esper_session_waiting(h, self._alarms_ref, byref(waiting)), h)
+        return self._alarms.value, waiting.value
+
     def reports(self) -> dict[str, Any]:
         """Drain the alarms and impact records raised since the last call:
         {"alarms": [...], "impacts": [...], "dropped": n} (docs/metrics.md)."""

@@ -537,6 +537,7 @@ class Morphogenesis:
         self._epoch_loss_sum: torch.Tensor | None = None
         self._epoch_loss_count = 0
         self._last_good: dict[str, Any] | None = None
+        self._reports_waiting = 0  # Go's alarms and impact records not yet mirrored (seen with the rollbacks)
         #: The port this run's metrics endpoint bound (None: not serving; see serve_metrics).
         self.metrics_port: int | None = None
         self._alarms = 0  # the governor's rollbacks mirrored so far (Session.alarms() beyond it are new)
@@ -620,6 +621,7 @@ class Morphogenesis:
     def _drain_reports(self) -> None:
         """Mirror Nissa's alarms and the impact records Go raised since the last look into :attr:`log`."""
         reports = self.session.reports()
+        self._reports_waiting = 0
         for alarm in reports.get("alarms") or []:
             entry = {k: v for k, v in alarm.items() if k != "kind"}
             self._log({"kind": "alarm", "alarm": alarm["kind"], **entry})
@@ -799,7 +801,7 @@ class Morphogenesis:
         # leaves with its ROLLED_BACK event, before the last good state is restored.
         if n_events:
             self._apply(session.events())
-        if signals is not None:
+        if signals is not None and self._reports_waiting:
             self._drain_reports()
         if self._blending:
             alphas = session.alphas
@@ -820,7 +822,7 @@ class Morphogenesis:
     def _new_rollbacks(self, nonfinite: list[str]) -> bool:
         """Whether Go's governor called for a rollback since the last look; logs its decisions (a
         rollback with no seed to blame has no event: this count is how it reaches Python)."""
-        alarms = self.session.alarms()
+        alarms, self._reports_waiting = self.session.waiting()
         new, self._alarms = alarms - self._alarms, alarms
         if new <= 0:
             return False

@@ -34,7 +34,8 @@ from .. import Morphogenesis, wrap
 from . import harness, models
 from .rows import Row, Target, ratio_at_most, timing_row
 
-__all__ = ["StepSettings", "MODELS", "dormant_rows", "active_rows", "peft_rows", "scaling_rows", "compile_rows"]
+__all__ = ["StepSettings", "MODELS", "dormant_rows", "active_rows", "peft_rows", "scaling_rows", "compile_rows",
+           "metrics_rows"]
 
 Step = Callable[[], None]
 Sync = Callable[[], None]
@@ -398,4 +399,55 @@ def compile_rows(device: torch.device, settings: StepSettings, labels: Sequence[
                              + (" (a Go call every step while BLENDING)" if state == "BLENDING" else "")))
             _close(morph)
     torch._dynamo.reset()
+    return rows
+
+
+# ---------------------------------------------------------------------- metrics
+
+#: A scraper in its own process (as a Prometheus server would be): GET /metrics every ``interval`` s.
+_SCRAPER = """
+import sys, time, urllib.request
+url, interval = sys.argv[1], float(sys.argv[2])
+while True:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        r.read()
+    time.sleep(interval)
+"""
+
+
+def metrics_rows(device: torch.device, settings: StepSettings, labels: Sequence[str] = ("TinyMLP", "WideMLP"),
+                 interval: float = 0.1) -> list[Row]:
+    """The cost of metrics on a training step: the dormant wrapped model with its metrics served by
+    Go and scraped every ``interval`` s by another process (150 times Prometheus' default 15 s)
+    against the same model and step with no endpoint. Alarms and the impact analysis run on both
+    sides (they are always on; their per-step cost is one clock read in Go per flush)."""
+    import subprocess
+    import sys
+
+    rows = []
+    for spec in MODELS:
+        if spec.label not in labels:
+            continue
+        torch.manual_seed(0)
+        plain = spec.build().to(device)
+        on_model = wrap(copy.deepcopy(plain), list(spec.targets))
+        off_model = wrap(copy.deepcopy(plain), list(spec.targets))
+        x, y = models.make_batch(spec.batch_kind, spec.batch, device)
+        opt_on, opt_off = _adam(on_model), _adam(off_model)
+        morph_on, morph_off = _morph(on_model, opt_on), _morph(off_model, opt_off)
+        port = morph_on.serve_metrics(0)
+        scraper = subprocess.Popen([sys.executable, "-c", _SCRAPER, f"http://127.0.0.1:{port}/metrics", str(interval)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            rows.append(_row("metrics", f"train step, metrics served and scraped every {interval:g} s: {spec.label}",
+                             device, settings, make_step(on_model, opt_on, x, y, morph_on),
+                             make_step(off_model, opt_off, x, y, morph_off), "same step, metrics off",
+                             ratio_at_most(1.02, "<= 1.02x (< 2%)"),
+                             f"{spec.what}; dormant; a scraper process GETs /metrics from Go's promhttp"))
+            if scraper.poll() is not None:
+                rows[-1].note += f"; the scraper exited early (status {scraper.returncode})"
+        finally:
+            scraper.terminate()
+            scraper.wait(timeout=10)
+            _close(morph_on, morph_off)
     return rows
