@@ -246,3 +246,51 @@ func TestImpactSurvivesSnapshot(t *testing.T) {
 		t.Fatalf("impacts after restore: %+v", r.Impacts)
 	}
 }
+
+func TestEachSessionHasItsOwnRegistry(t *testing.T) {
+	a, b := newSession(t, baseConfig()), newSession(t, baseConfig())
+	germinate(t, a, 0, 0, `{"template":"residual_mlp","params":{"width":4}}`)
+	step(t, a, 5)
+	if ma, mb := metricsOf(t, a), metricsOf(t, b); ma["esper_germinations_total"] != 1 || mb["esper_germinations_total"] != 0 ||
+		ma["esper_steps_total"] != 5 || mb["esper_steps_total"] != 0 {
+		t.Fatalf("a: %v, b: %v", ma["esper_germinations_total"], mb["esper_germinations_total"])
+	}
+}
+
+func TestScrapesWhileTraining(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Alerts = nissa.AlertConfig{StepTimeFactor: 2, StallSeconds: 0.01}
+	s := newSession(t, cfg)
+	addr, err := s.ServeMetrics("127.0.0.1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 20; i++ {
+			resp, err := http.Get("http://" + addr.String() + "/metrics")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+		}
+	}()
+	alphas := make([]float32, 4)
+	for i := 0; i < 200; i++ {
+		if _, err := s.Step(1, signals(2, 1, 0), alphas); err != nil {
+			t.Fatal(err)
+		}
+		if i%50 == 0 {
+			if _, err := s.Reports(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	<-done
+	if m := metricsOf(t, s); m["esper_steps_total"] != 200 {
+		t.Fatalf("steps %v", m["esper_steps_total"])
+	}
+}
