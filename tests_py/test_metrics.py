@@ -263,3 +263,47 @@ def test_stall_and_step_time_alarms_are_seen_while_the_run_waits(esper_home: Pat
         assert len(slow) == 1 and slow[0]["value"] >= 0.3 and slow[0]["value"] > slow[0]["threshold"], (slow, rate)
         got = parse(scrape(port))
         assert got[("esper_step_rate", ())] > 0 and got[("esper_alarms_total", (("kind", "step_time"),))] == 1
+
+
+def free_port_pair() -> int:
+    """A port p with p and p + 1 both free now."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            p = a.getsockname()[1]
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", p + 1))
+                except OSError:
+                    continue
+        return p
+    pytest.fail("no two adjacent free ports")
+
+
+def test_a_port_per_rank_and_counts_that_follow_a_checkpoint(monkeypatch: pytest.MonkeyPatch,
+                                                              esper_home: Path) -> None:
+    base = free_port_pair()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("RANK", "3")
+    model, opt, morph = make(metrics_port=base)
+    with morph:
+        train(model, opt, morph, 4)
+        assert morph.metrics_port == base + 1 and listening_address(base + 1) == "0100007F"
+        text = scrape(base + 1)
+        assert f'run="{morph.run_id}"' in text and 'rank="3"' in text
+        morph.germinate(0, 0, "residual_mlp", width=4)
+        train(model, opt, morph, 4)
+        state = morph.state_dict()
+        before = parse(text := scrape(base + 1))
+        assert before[("esper_germinations_total", ())] == 1 and before[("esper_steps_total", ())] == 8
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    model2, opt2, morph2 = make(metrics_port=base)
+    with morph2:
+        morph2.load_state_dict(state)
+        assert morph2.metrics_port == base
+        after_text = scrape(base)
+        assert morph2.run_id == morph.run_id and f'run="{morph.run_id}"' in after_text  # the run goes on
+        after = parse(after_text)
+        for key in [("esper_germinations_total", ()), ("esper_steps_total", ()),
+                    ("esper_seeds", (("state", "TRAINING"),))]:
+            assert after[key] == before[key], (key, text)

@@ -20,12 +20,12 @@ type collector struct {
 	failures, decisions, events, trips, streak, alarms       *prometheus.Desc
 	impactEnded, impactPredicted, impactCompared, impactMAE  *prometheus.Desc
 	cacheOps, cacheBytes, cacheEntries, urzaOps, urzaErrors  *prometheus.Desc
-	urzaOpen, cacheEvict                                     *prometheus.Desc
+	urzaOpen, cacheEvict, decision                           *prometheus.Desc
 }
 
-func newCollector(src Source, set *Set, labels map[string]string) *collector {
+func newCollector(src Source, set *Set) *collector {
 	d := func(name, help string, vars ...string) *prometheus.Desc {
-		return prometheus.NewDesc(name, help, vars, labels)
+		return prometheus.NewDesc(name, help, append([]string{"run", "rank"}, vars...), nil)
 	}
 	return &collector{
 		src: src, set: set,
@@ -55,6 +55,7 @@ func newCollector(src Source, set *Set, labels map[string]string) *collector {
 		cacheEntries:    d("esper_kernel_cache_entries", "Artifacts held by the kernel cache, now."),
 		urzaOps:         d("esper_urza_operations_total", "Urza store operations made through this process's store handles, by operation.", "op"),
 		urzaErrors:      d("esper_urza_operation_errors_total", "Urza store operations that returned an error, by operation.", "op"),
+		decision:        d("esper_decision_latency_seconds", "Time the controller took to decide at an end of epoch (Tamiyo's decisions and their application)."),
 		cacheEvict:      d("esper_kernel_cache_evictions_total", "Artifacts the kernel cache evicted to stay within its byte bound."),
 		urzaOpen:        d("esper_urza_breakers_open", "Urza circuit breakers open now (artifacts whose loads keep failing)."),
 	}
@@ -65,7 +66,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.seeds, c.params, c.step, c.epoch, c.stepRate, c.sinceStep, c.germinations,
 		c.fossilizations, c.prunes, c.cancels, c.rollbacks, c.failures, c.decisions, c.events, c.trips, c.streak, c.alarms,
 		c.impactEnded, c.impactPredicted, c.impactCompared, c.impactMAE, c.cacheOps, c.cacheBytes, c.cacheEntries,
-		c.urzaOps, c.urzaErrors, c.urzaOpen, c.cacheEvict} {
+		c.urzaOps, c.urzaErrors, c.urzaOpen, c.cacheEvict, c.decision} {
 		ch <- d
 	}
 }
@@ -77,12 +78,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(c.step, err)
 		return
 	}
+	rank := strconv.Itoa(v.Rank)
 	gauge := func(d *prometheus.Desc, x float64, lv ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, x, lv...)
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, x, append([]string{v.Run, rank}, lv...)...)
 	}
 	counter := func(d *prometheus.Desc, x float64, lv ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, x, lv...)
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, x, append([]string{v.Run, rank}, lv...)...)
 	}
+	dl := &v.DecisionLatency
+	ch <- prometheus.MustNewConstHistogram(c.decision, dl.N, dl.Sum, dl.cumulative(), v.Run, rank)
 	for _, sc := range v.States {
 		gauge(c.seeds, float64(sc.N), sc.State)
 	}
@@ -118,11 +122,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.impactMAE, mae)
 	}
 	caches, stores := c.set.attached()
-	c.collectCaches(ch, caches)
-	c.collectStores(ch, stores)
+	c.collectCaches(counter, gauge, caches)
+	c.collectStores(counter, gauge, stores)
 }
 
-func (c *collector) collectCaches(ch chan<- prometheus.Metric, caches []*cache.Cache) {
+// emit sends one series of a descriptor with its variable labels (run and
+// rank added).
+type emit func(d *prometheus.Desc, x float64, lv ...string)
+
+func (c *collector) collectCaches(counter, gauge emit, caches []*cache.Cache) {
 	if len(caches) == 0 {
 		return
 	}
@@ -141,14 +149,14 @@ func (c *collector) collectCaches(ch chan<- prometheus.Metric, caches []*cache.C
 		result string
 		n      uint64
 	}{{"hit", st.Hits}, {"miss", st.Misses}, {"compat_miss", st.CompatMisses}} {
-		ch <- prometheus.MustNewConstMetric(c.cacheOps, prometheus.CounterValue, float64(kv.n), kv.result)
+		counter(c.cacheOps, float64(kv.n), kv.result)
 	}
-	ch <- prometheus.MustNewConstMetric(c.cacheEvict, prometheus.CounterValue, float64(st.Evictions))
-	ch <- prometheus.MustNewConstMetric(c.cacheBytes, prometheus.GaugeValue, float64(st.Bytes))
-	ch <- prometheus.MustNewConstMetric(c.cacheEntries, prometheus.GaugeValue, float64(st.Entries))
+	counter(c.cacheEvict, float64(st.Evictions))
+	gauge(c.cacheBytes, float64(st.Bytes))
+	gauge(c.cacheEntries, float64(st.Entries))
 }
 
-func (c *collector) collectStores(ch chan<- prometheus.Metric, stores []*urza.Store) {
+func (c *collector) collectStores(counter, gauge emit, stores []*urza.Store) {
 	if len(stores) == 0 {
 		return
 	}
@@ -163,8 +171,8 @@ func (c *collector) collectStores(ch chan<- prometheus.Metric, stores []*urza.St
 		open += st.OpenBreakers()
 	}
 	for _, op := range urza.Ops {
-		ch <- prometheus.MustNewConstMetric(c.urzaOps, prometheus.CounterValue, float64(calls[op]), op.String())
-		ch <- prometheus.MustNewConstMetric(c.urzaErrors, prometheus.CounterValue, float64(errs[op]), op.String())
+		counter(c.urzaOps, float64(calls[op]), op.String())
+		counter(c.urzaErrors, float64(errs[op]), op.String())
 	}
-	ch <- prometheus.MustNewConstMetric(c.urzaOpen, prometheus.GaugeValue, float64(open))
+	gauge(c.urzaOpen, float64(open))
 }

@@ -42,6 +42,11 @@ type Breaker struct {
 
 // View is what one collection reads from the session.
 type View struct {
+	// Run and Rank are the labels "run" and "rank" of every series (read
+	// at each collection: a restored checkpoint's run goes on under its
+	// own id).
+	Run  string
+	Rank int
 	// Step is the optimizer steps so far, Epoch the epoch in progress.
 	Step  int64
 	Epoch int
@@ -63,6 +68,44 @@ type View struct {
 	ParamsUsed int64
 	// Impact is the impact analysis' running totals.
 	Impact nissa.ImpactStats
+	// Decisions is the end-of-epoch decision latency histogram.
+	DecisionLatency Latency
+}
+
+// Latency is a histogram of durations over DecisionBuckets, kept by its
+// owner under its own lock (a plain value: no atomics, no allocation).
+type Latency struct {
+	// Counts holds, per bucket, the observations at or below its bound
+	// and above the previous one.
+	Counts [len(DecisionBuckets)]uint64
+	// N and Sum are the number and the sum (seconds) of all observations.
+	N   uint64
+	Sum float64
+}
+
+// Observe records one duration.
+func (l *Latency) Observe(d time.Duration) {
+	s := d.Seconds()
+	l.N++
+	l.Sum += s
+	for i, b := range DecisionBuckets {
+		if s <= b {
+			l.Counts[i]++
+			return
+		}
+	}
+}
+
+// cumulative returns the histogram's buckets as Prometheus wants them
+// (upper bound -> observations at or below it).
+func (l *Latency) cumulative() map[float64]uint64 {
+	out := make(map[float64]uint64, len(DecisionBuckets))
+	var c uint64
+	for i, b := range DecisionBuckets {
+		c += l.Counts[i]
+		out[b] = c
+	}
+	return out
 }
 
 // Source fills v from its owner's state; an error makes the collection
@@ -71,8 +114,7 @@ type Source func(v *View) error
 
 // Set is one run's metric registry. Create it with New.
 type Set struct {
-	reg      *prometheus.Registry
-	decision prometheus.Histogram
+	reg *prometheus.Registry
 
 	// mu guards caches, stores and server.
 	mu     sync.Mutex
@@ -83,27 +125,17 @@ type Set struct {
 
 // DecisionBuckets are the decision latency histogram's upper bounds, in
 // seconds (10 us to 1 s).
-var DecisionBuckets = []float64{1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1}
+var DecisionBuckets = [...]float64{1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1}
 
-// New returns a Set reading src, whose every series carries labels (run
-// and rank, typically) as constant labels.
-func New(src Source, labels map[string]string) (*Set, error) {
+// New returns a Set reading src; every series carries the labels run and
+// rank of the View.
+func New(src Source) (*Set, error) {
 	s := &Set{reg: prometheus.NewRegistry()}
-	s.decision = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name: "esper_decision_latency_seconds", Help: "Time the controller took to decide at an end of epoch (Tamiyo's decisions and their application).",
-		Buckets: DecisionBuckets, ConstLabels: labels,
-	})
-	c := newCollector(src, s, labels)
-	for _, col := range []prometheus.Collector{s.decision, c} {
-		if err := s.reg.Register(col); err != nil {
-			return nil, fmt.Errorf("metrics: register: %v: %w", err, errcode.ErrInternal)
-		}
+	if err := s.reg.Register(newCollector(src, s)); err != nil {
+		return nil, fmt.Errorf("metrics: register: %v: %w", err, errcode.ErrInternal)
 	}
 	return s, nil
 }
-
-// ObserveDecision records the latency of one end-of-epoch decision.
-func (s *Set) ObserveDecision(d time.Duration) { s.decision.Observe(d.Seconds()) }
 
 // AttachCache makes the Set report c's counters, in place of the cache
 // attached before (a process has one kernel cache at a time; one that was

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/esper-morph/esper/core/cache"
 	"github.com/esper-morph/esper/core/metrics"
@@ -16,7 +17,8 @@ import (
 
 func newSet(t *testing.T, v metrics.View) *metrics.Set {
 	t.Helper()
-	s, err := metrics.New(func(out *metrics.View) error { *out = v; return nil }, map[string]string{"run": "r", "rank": "0"})
+	v.Run = "r"
+	s, err := metrics.New(func(out *metrics.View) error { *out = v; return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,6 +52,9 @@ func TestTextCarriesTheView(t *testing.T) {
 	}
 	// NaN means "not measured yet": the series is absent, and so are the
 	// cache and store series while none is attached.
+	if !strings.Contains(string(text), `esper_decision_latency_seconds_count{rank="0",run="r"} 0`) {
+		t.Errorf("no empty decision histogram in\n%s", text)
+	}
 	for _, absent := range []string{"esper_step_rate", "esper_kernel_cache", "esper_urza_operations_total"} {
 		if strings.Contains(string(text), absent+"{") {
 			t.Errorf("%s present in\n%s", absent, text)
@@ -121,5 +126,28 @@ func TestServeNeedsAnExplicitHost(t *testing.T) {
 	}
 	if s.Addr() != nil {
 		t.Fatal("still serving after Close")
+	}
+}
+
+func TestLatencyBuckets(t *testing.T) {
+	var l metrics.Latency
+	for _, d := range []time.Duration{5 * time.Microsecond, 30 * time.Microsecond, 2 * time.Second} {
+		l.Observe(d)
+	}
+	s := newSet(t, metrics.View{StepRate: math.NaN(), SinceStep: math.NaN(), DecisionLatency: l})
+	text, err := s.Text()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`esper_decision_latency_seconds_bucket{rank="0",run="r",le="1e-05"} 1`,
+		`esper_decision_latency_seconds_bucket{rank="0",run="r",le="5e-05"} 2`,
+		`esper_decision_latency_seconds_bucket{rank="0",run="r",le="1"} 2`,
+		`esper_decision_latency_seconds_bucket{rank="0",run="r",le="+Inf"} 3`,
+		`esper_decision_latency_seconds_count{rank="0",run="r"} 3`,
+	} {
+		if !strings.Contains(string(text), want) {
+			t.Errorf("missing %q in\n%s", want, text)
+		}
 	}
 }

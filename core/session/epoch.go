@@ -64,7 +64,7 @@ func (s *Session) EndEpoch(m tamiyo.Metrics) (EpochResult, error) {
 		}
 		res.Decisions = append(res.Decisions, s.applyLocked(d))
 	}
-	s.mon.set.ObserveDecision(time.Since(began))
+	s.mon.latency.Observe(time.Since(began))
 	s.epochEndedLocked(epoch, m)
 	res.Events = s.drainLocked()
 	if res.Events == nil {

@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"strconv"
 	"time"
 
 	"github.com/esper-morph/esper/core/cache"
@@ -57,6 +56,8 @@ type monitor struct {
 	rate         float64
 	stall        *time.Timer
 	stallFired   bool
+	// latency is the end-of-epoch decision latency histogram.
+	latency metrics.Latency
 	// set is the metrics registry; never replaced.
 	set *metrics.Set
 }
@@ -67,8 +68,7 @@ func (s *Session) startMonitor() error {
 	if err != nil {
 		return fmt.Errorf("session: %w", err)
 	}
-	mc := s.set.cfg.Metrics
-	set, err := metrics.New(s.metricsView, map[string]string{"run": mc.Run, "rank": strconv.Itoa(mc.Rank)})
+	set, err := metrics.New(s.metricsView)
 	if err != nil {
 		return fmt.Errorf("session: %w", err)
 	}
@@ -253,6 +253,8 @@ func (s *Session) metricsView(v *metrics.View) error {
 	}
 	defer s.unlock()
 	c := s.counters
+	v.Run, v.Rank = s.set.cfg.Metrics.Run, s.set.cfg.Metrics.Rank
+	v.DecisionLatency = s.mon.latency
 	v.Step, v.Epoch = s.step, s.epoch
 	v.Germinations, v.Fossilizations, v.Prunes, v.Cancels = c.Germinations, c.Fossilizations, c.Prunes, c.Cancels
 	v.Rollbacks, v.Failures, v.Decisions, v.Events = c.Rollbacks, c.Failures, c.Decisions, c.Events

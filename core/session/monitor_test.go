@@ -294,3 +294,25 @@ func TestScrapesWhileTraining(t *testing.T) {
 		t.Fatalf("steps %v", m["esper_steps_total"])
 	}
 }
+
+func TestRestoredRunKeepsItsIDOnThisRank(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Metrics = session.MetricsConfig{Run: "first", Rank: 0}
+	s := newSession(t, cfg)
+	snap, err := s.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Metrics = session.MetricsConfig{Run: "fresh", Rank: 1}
+	back := newSession(t, cfg)
+	if err := back.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	text, err := back.MetricsText()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(text, []byte(`esper_steps_total{rank="1",run="first"} 0`)) {
+		t.Fatalf("labels after restore:\n%s", text)
+	}
+}
