@@ -8,7 +8,9 @@
 // state, the run's counters, breaker streaks, alarms, the impact analysis),
 // so the training step pays nothing for metrics: the counters the session
 // keeps anyway are the one truth, read when a scraper asks. Only the
-// decision latency is observed as it happens (a histogram). A kernel cache
+// decision latency is observed as it happens, into a Latency the owner
+// keeps under its own lock. The labels run and rank come with the View too.
+// A kernel cache
 // (core/cache) and Urza stores (core/urza) can be attached; their counters
 // are read the same way.
 //
