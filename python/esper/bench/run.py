@@ -182,7 +182,7 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
     """Runs one section on one device and returns its rows."""
     from . import memory, native, steps
 
-    if name in ("abi", "cache", "decision") and "go" not in state:
+    if name in ("abi", "cache", "decision", "metrics") and "go" not in state:
         state["go"] = native.go_benchmarks(plan.go_benchtime, count=5)
     if name == "abi":
         from .abi import bench_abi, bench_cold
@@ -205,7 +205,9 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
     if name == "compile":
         return steps.compile_rows(device, plan.steps(), ("TinyMLP",) if plan.quick else ("TinyMLP", "WideMLP"))
     if name == "metrics":
-        return steps.metrics_rows(device, plan.steps(), ("TinyMLP",) if plan.quick else ("TinyMLP", "WideMLP"))
+        scrape = state["go"].row("metrics", "one scrape in Go: read the session, gather, encode the text", "MetricsText",
+                                 "us", None, "2 layers x 2 slots, one seed live; what a scrape costs this process")
+        return [scrape, *steps.metrics_rows(device, plan.steps(), ("TinyMLP",) if plan.quick else ("TinyMLP", "WideMLP"))]
     if name == "memory":
         if device.type == "cuda":
             return memory.cuda_memory_rows(plan.cuda_memory_models, max(plan.memory_rounds, 5))
