@@ -205,9 +205,11 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
     if name == "compile":
         return steps.compile_rows(device, plan.steps(), ("TinyMLP",) if plan.quick else ("TinyMLP", "WideMLP"))
     if name == "metrics":
-        scrape = state["go"].row("metrics", "one scrape in Go: read the session, gather, encode the text", "MetricsText",
-                                 "us", None, "2 layers x 2 slots, one seed live; what a scrape costs this process")
-        return [scrape, *steps.metrics_rows(device, plan.steps(), ("TinyMLP",) if plan.quick else ("TinyMLP", "WideMLP"))]
+        scrape = state["go"].row("metrics", "one scrape in Go: read the session, gather, encode the text",
+                                 "MetricsText", "us", None,
+                                 "2 layers x 2 slots, one seed live; what a scrape costs this process")
+        labels = ("TinyMLP",) if plan.quick else ("TinyMLP", "WideMLP")
+        return [scrape, *steps.metrics_rows(device, plan.steps(), labels)]
     if name == "memory":
         if device.type == "cuda":
             return memory.cuda_memory_rows(plan.cuda_memory_models, max(plan.memory_rounds, 5))
