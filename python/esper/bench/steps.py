@@ -455,7 +455,7 @@ def metrics_rows(device: torch.device, settings: StepSettings, labels: Sequence[
                              f"{spec.what}; dormant; one scrape (Go: read, gather, encode) per {interval:g} s of "
                              "CPU time, rounds of that length (each holds one)"))
             # The noise floor of this pairing on this machine: the same step on both sides, no scrape.
-            rows.append(_row("metrics", f"A/A control, metrics off on both sides: {spec.label}", device, per_round,
+            rows.append(_row("metrics", f"A/A control, no scrape on either side: {spec.label}", device, per_round,
                              make_step(on_model, opt_on, x, y, morph_on), train_off, "the same step", None,
                              "informative: how far two identical sides differ here (read the row above against it)"))
         finally:
