@@ -307,3 +307,26 @@ def test_a_port_per_rank_and_counts_that_follow_a_checkpoint(monkeypatch: pytest
         for key in [("esper_germinations_total", ()), ("esper_steps_total", ()),
                     ("esper_seeds", (("state", "TRAINING"),))]:
             assert after[key] == before[key], (key, text)
+
+
+def test_metrics_exports_refuse_null_pointers_and_foreign_handles(esper_home: Path) -> None:
+    from ctypes import byref, c_int32
+
+    from esper import _lib
+    from esper.errors import HandleError
+
+    lib = _lib.lib()
+    model, opt, morph = make()
+    with morph:
+        h = morph.session.handle
+        assert lib.esper_session_metrics_text(h, None) != 0
+        assert lib.esper_session_reports(h, None) != 0
+        assert lib.esper_session_waiting(h, None, None) != 0
+        assert lib.esper_session_serve_metrics(h, None, 0, byref(c_int32())) != 0  # no host: never a default
+        assert lib.esper_session_serve_metrics(h, b"127.0.0.1", 0, None) != 0
+        assert morph.metrics_port is None  # nothing was served by the refused calls
+        with pytest.raises(HandleError, match="neither a kernel cache nor an Urza store"):
+            morph.session.metrics_attach(h)  # a session
+        with pytest.raises(HandleError):
+            morph.session.metrics_attach(1 << 40)  # forged
+        assert parse(morph.metrics_text())[("esper_steps_total", ())] == 0
