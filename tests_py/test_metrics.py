@@ -330,3 +330,15 @@ def test_metrics_exports_refuse_null_pointers_and_foreign_handles(esper_home: Pa
         with pytest.raises(HandleError):
             morph.session.metrics_attach(1 << 40)  # forged
         assert parse(morph.metrics_text())[("esper_steps_total", ())] == 0
+
+
+@pytest.mark.parametrize(("alerts", "match"), [
+    ({"step_time_factor": 1}, "step_time_factor"),
+    ({"failure_rate": 2}, "failure_rate"),
+    ({"stall_seconds": -1}, "stall_seconds"),
+    ({"stall_second": 5}, "stall_second"),  # a misspelt threshold is refused, never ignored
+])
+def test_alert_thresholds_are_checked_by_go(alerts: dict[str, Any], match: str, esper_home: Path) -> None:
+    _, _, morph = make(alerts=alerts)
+    with morph, pytest.raises(esper.InvalidArgumentError, match=match):
+        _ = morph.session
