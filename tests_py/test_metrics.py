@@ -184,6 +184,9 @@ def count(morph: esper.Morphogenesis, kind: str) -> float:
 def test_serve_metrics_refuses_a_second_endpoint_and_a_taken_port(esper_home: Path) -> None:
     model, opt, morph = make()
     with morph:
+        registry = CollectorRegistry()
+        registry.register(esper.PrometheusCollector(morph))
+        assert list(registry.collect()) == [] and morph._session is None  # a scrape never starts the session
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()

@@ -79,6 +79,6 @@ class PrometheusCollector:
         from prometheus_client.parser import text_string_to_metric_families
 
         morph = self._morph()
-        if morph is None or morph.closed:
-            return
+        if morph is None or morph.closed or morph._session is None:
+            return  # closed, collected, or not started: a scrape never starts the session
         yield from text_string_to_metric_families(morph.metrics_text())

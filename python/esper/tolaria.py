@@ -593,7 +593,10 @@ class Morphogenesis:
     def serve_metrics(self, port: int = 0, host: str = "127.0.0.1") -> int:
         """Serve this run's Prometheus metrics at ``http://host:port/metrics`` from Go (promhttp)
         until :meth:`close`; returns the port bound (0 picks a free one). It binds loopback unless
-        ``host`` names another interface. See ``esper.metrics`` and docs/metrics.md.
+        ``host`` names another interface. It starts the Go session if it has not started yet: with
+        channel-first residual hosts, call it after the model's first forward (or use
+        ``MorphConfig.metrics_port``, which serves when the session starts). See ``esper.metrics``
+        and docs/metrics.md.
 
         Raises:
             esper.StateError: the run already serves its metrics.
