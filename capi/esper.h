@@ -593,6 +593,43 @@ int esper_session_growth_log(uint64_t handle, char **out_json);
 
 /* @@ end session --------------------------------------------------------- */
 
+/* @@ begin metrics: core/metrics, core/session/monitor.go, core/nissa alarms */
+
+/* Drains the alarms and impact records raised since the last call into
+ * *out_json (free with esper_free): {"alarms": [{"kind": "rollback" |
+ * "step_time" | "failure_rate" | "stalled" | "no_improvement", "source":
+ * "governor" | "nissa", "step", "epoch", "value", "threshold", "message"}],
+ * "impacts": [{"layer", "slot", "generation", "outcome", "step", "epoch",
+ * "predicted_gain", "measured_gain", "error" (null when absent), "note"}],
+ * "dropped": reports dropped unread (1024 of each kind are kept)}. Both are
+ * also in the growth log (kinds "alarm" and "impact"). See docs/metrics.md. */
+int esper_session_reports(uint64_t handle, char **out_json);
+
+/* Writes the governor's rollback count (as esper_session_alarms) to
+ * *out_alarms and the number of reports waiting for esper_session_reports
+ * to *out_reports, in one call. */
+int esper_session_waiting(uint64_t handle, int64_t *out_alarms, int32_t *out_reports);
+
+/* Writes the run's metrics in the Prometheus text exposition format
+ * (version 0.0.4) to *out_text (free with esper_free). The registry is the
+ * session's own; series are listed in docs/metrics.md. */
+int esper_session_metrics_text(uint64_t handle, char **out_text);
+
+/* Serves the run's metrics at http://host:port/metrics (promhttp) until the
+ * session is freed, and writes the bound port to *out_port (port 0 picks a
+ * free one). host is required and is bound as given: pass "127.0.0.1" to
+ * stay on loopback. Errors: ESPER_ESTATE (this session already serves),
+ * ESPER_EIO (the address cannot be bound), ESPER_EINVALID. */
+int esper_session_serve_metrics(uint64_t handle, const char *host, int32_t port, int32_t *out_port);
+
+/* Makes the run's metrics report another object's counters: a kernel cache
+ * handle (esper_cache_new) or an Urza store handle (esper_urza_open). The
+ * session reads them at each collection while both live. Errors:
+ * ESPER_EHANDLE (neither). */
+int esper_session_metrics_attach(uint64_t handle, uint64_t other);
+
+/* @@ end metrics --------------------------------------------------------- */
+
 #ifdef __cplusplus
 }
 #endif

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/esper-morph/esper/blueprint"
 	"github.com/esper-morph/esper/blueprint/canon"
@@ -132,6 +133,13 @@ type Config struct {
 	// LogSignalsEvery writes every n-th signals buffer to the log. Default
 	// 0 (never), >= 0.
 	LogSignalsEvery int `json:"log_signals_every,omitempty"`
+	// Alerts holds Nissa's alarm thresholds (see nissa.AlertConfig and
+	// docs/metrics.md): step_time_factor (0: off), step_time_window (16),
+	// step_time_patience (3), failure_rate (0.2), failure_window (100),
+	// stall_seconds (0: off), no_improvement_epochs (0: off).
+	Alerts nissa.AlertConfig `json:"alerts"`
+	// Metrics labels the run's metrics (run, rank).
+	Metrics MetricsConfig `json:"metrics"`
 }
 
 // ParseConfig decodes a configuration document strictly: unknown fields,
@@ -323,6 +331,13 @@ func (c Config) settings() (settings, error) {
 	}
 	if strings.ContainsRune(c.Urza, 0) {
 		return bad("urza contains NUL")
+	}
+	if c.Alerts, err = c.Alerts.WithDefaults(); err != nil {
+		return bad("%v", err)
+	}
+	if len(c.Metrics.Run) > MaxNameLen || !utf8.ValidString(c.Metrics.Run) || c.Metrics.Rank < 0 || c.Metrics.Rank > 1<<20 {
+		return bad("metrics: run %q must be valid UTF-8 of at most %d bytes and rank %d in [0, %d]",
+			c.Metrics.Run, MaxNameLen, c.Metrics.Rank, 1<<20)
 	}
 	s.cfg = c
 	s.schedule = sched

@@ -2,6 +2,7 @@ package session
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/policy/tamiyo"
@@ -50,14 +51,21 @@ func (s *Session) EndEpoch(m tamiyo.Metrics) (EpochResult, error) {
 		mc.Epoch = &epoch
 		s.logq = append(s.logq, logRecord{kind: "metrics", step: s.step, payload: mc})
 	}
+	for _, c := range m.Contributions {
+		s.mon.impacts.Measured(c.Layer*s.slots+c.Slot, c.DeltaLoss)
+	}
+	began := time.Now()
 	decisions := s.ctl.Decide(&obs)
 	res := EpochResult{Epoch: epoch, Decisions: make([]DecisionResult, 0, len(decisions))}
 	for _, d := range decisions {
 		if d.Op == tamiyo.Rollback {
 			s.counters.Alarms++
+			s.governorAlarmLocked(d.Reason)
 		}
 		res.Decisions = append(res.Decisions, s.applyLocked(d))
 	}
+	s.mon.latency.Observe(time.Since(began))
+	s.epochEndedLocked(epoch, m)
 	res.Events = s.drainLocked()
 	if res.Events == nil {
 		res.Events = []Event{}

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/esper-morph/esper/core/lifecycle"
+	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/policy/tamiyo"
 )
 
@@ -61,7 +62,7 @@ type EpochResult struct {
 
 // LogEntry is one entry of the growth log.
 type LogEntry struct {
-	// Kind is "event", "decision" or "failure".
+	// Kind is "event", "decision", "failure", "alarm" or "impact".
 	Kind string `json:"kind"`
 	// Step and Epoch say when.
 	Step  int64 `json:"step"`
@@ -73,6 +74,12 @@ type LogEntry struct {
 	Decision *DecisionResult `json:"decision,omitempty"`
 	// Failure is set for kind "failure".
 	Failure *Failure `json:"failure,omitempty"`
+	// Alarm is set for kind "alarm" (Nissa's checks and the governor's
+	// rollbacks, see docs/metrics.md).
+	Alarm *nissa.Alarm `json:"alarm,omitempty"`
+	// Impact is set for kind "impact": an ended adaptation's predicted
+	// gain against its measured contribution.
+	Impact *nissa.Impact `json:"impact,omitempty"`
 }
 
 // Failure is a seed failure reported by the trainer.

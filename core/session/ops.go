@@ -148,6 +148,7 @@ func (s *Session) germinateLocked(i int, ir *blueprint.IR, reason string) error 
 	sd.UpdateAlpha(s.set.schedule, s.set.cfg.BlendSteps)
 	s.epochsIn[i] = 0
 	s.counters.Germinations++
+	s.mon.impacts.Germinated(i, sd.Generation)
 	s.ctl.Governor().RecordGermination(sd.Layer, s.epoch)
 	s.emitLocked(Event{Layer: sd.Layer, Slot: sd.Slot, From: lifecycle.Dormant, To: lifecycle.Germinated, Step: s.step,
 		Epoch: s.epoch, Alpha: sd.Alpha, Reason: reason, BlueprintID: id, Blueprint: sd.Blueprint, ParamCount: sd.ParamCount,
@@ -297,6 +298,7 @@ func (s *Session) ReportFailure(layer, slot int, kind FailureKind, msg string) (
 	sd.FailedStep = s.step
 	open := sd.Streak >= s.set.cfg.Breaker.Failures
 	f.Failures, f.Streak, f.BreakerOpen = sd.Failures, sd.Streak, open
+	s.failedLocked(open)
 	if !open {
 		f.Outcome = fmt.Sprintf("recorded: %d of %d consecutive failing steps open the breaker", sd.Streak, s.set.cfg.Breaker.Failures)
 		record()
@@ -378,6 +380,7 @@ func (s *Session) SeedFailed(layer, slot, generation int, reason string) ([]Even
 		f.Outcome = "seed failed to build: pruned"
 	}
 	s.counters.Failures++
+	s.failedLocked(false)
 	record()
 	if err := s.moveLocked(layer, slot, to, "seed failed to build: "+reason); err != nil {
 		return nil, err
@@ -400,6 +403,9 @@ func (s *Session) applyLocked(d tamiyo.Decision) DecisionResult {
 				err = fmt.Errorf("session: germinate decision for %d/%d without a blueprint: %w", d.Layer, d.Slot, ErrArgument)
 			} else {
 				err = s.germinateLocked(i, d.Blueprint, d.Reason)
+			}
+			if err == nil && d.PredictedGain != nil {
+				s.mon.impacts.Predicted(i, *d.PredictedGain)
 			}
 		}
 	case tamiyo.Prune:

@@ -68,6 +68,7 @@ type Session struct {
 	views    []tamiyo.SeedView // scratch for rollbacks
 	source   *outcomeSource    // Karn's outcome history (search on, urza set)
 	closed   bool
+	mon      *monitor // metrics, alarms, impact analysis (monitor.go)
 }
 
 // New starts a session. cfg is validated first; nothing is created when it
@@ -83,6 +84,9 @@ func New(cfg Config, opts ...Option) (*Session, error) {
 	}
 	s := &Session{}
 	if err := s.reset(set); err != nil {
+		return nil, err
+	}
+	if err := s.startMonitor(); err != nil {
 		return nil, err
 	}
 	switch {
@@ -154,6 +158,9 @@ func (s *Session) Close() error {
 		s.source.close()
 	}
 	s.mu.Unlock()
+	if err := s.stopMonitor(); err != nil {
+		slog.Warn("esper session: stopping the metrics server", "err", err)
+	}
 	s.logMu.Lock()
 	defer s.logMu.Unlock()
 	if s.logFile != nil {
@@ -276,6 +283,7 @@ func (s *Session) Step(steps int64, signals []float32, alphasOut []float32) (int
 			s.rollbackLocked(a)
 		}
 	}
+	s.steppedLocked(steps, len(signals) > 0)
 	for i, sd := range s.seeds {
 		alphasOut[i] = float32(sd.Alpha)
 	}
@@ -353,6 +361,7 @@ func (s *Session) transitionLocked(i int, to lifecycle.State, reason string, ste
 	}
 	s.emitLocked(Event{Layer: sd.Layer, Slot: sd.Slot, From: tr.From, To: tr.To, Step: step, Epoch: s.epoch,
 		Alpha: sd.Alpha, Reason: reason})
+	s.endedLocked(i, to, step)
 	return nil
 }
 
@@ -427,7 +436,9 @@ func (s *Session) Alarms() (int64, error) {
 // rollbackLocked answers a governor alarm raised during a step.
 func (s *Session) rollbackLocked(a tamiyo.Alarm) {
 	s.counters.Alarms++
-	s.applyLocked(tamiyo.RollbackDecision(s.seedViewsLocked(), a))
+	d := tamiyo.RollbackDecision(s.seedViewsLocked(), a)
+	s.governorAlarmLocked(d.Reason)
+	s.applyLocked(d)
 }
 
 // paramsUsedLocked counts the parameters of live and fossilized seeds and

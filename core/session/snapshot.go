@@ -34,6 +34,9 @@ type snapshot struct {
 	GrowthLog     []LogEntry        `json:"growth_log"`
 	GrowthDropped int64             `json:"growth_dropped"`
 	Counters      Counters          `json:"counters"`
+	// Impacts is the impact analysis' state (absent in older snapshots:
+	// the adaptations in flight then end without a comparison).
+	Impacts *nissa.ImpactState `json:"impacts,omitempty"`
 }
 
 // Snapshot returns the entire state as JSON: the configuration, the step
@@ -53,6 +56,8 @@ func (s *Session) Snapshot() ([]byte, error) {
 	snap := snapshot{Version: SnapshotVersion, Config: s.set.cfg, Step: s.step, Epoch: s.epoch,
 		Seeds: s.seeds, EpochsInState: s.epochsIn, Signals: s.stats.State(), Controller: ctl,
 		Pending: s.pending, GrowthLog: s.growth, GrowthDropped: s.dropped, Counters: s.counters}
+	im := s.mon.impacts.State()
+	snap.Impacts = &im
 	if snap.Pending == nil {
 		snap.Pending = []Event{}
 	}
@@ -88,6 +93,7 @@ func (s *Session) Restore(data []byte) error {
 	defer s.unlock()
 	snap.Config.LogPath, snap.Config.LogSignalsEvery = s.set.cfg.LogPath, s.set.cfg.LogSignalsEvery
 	snap.Config.Urza = s.set.cfg.Urza // the store this process was given, not the saving machine's path
+	snap.Config.Metrics.Rank = s.set.cfg.Metrics.Rank // the run goes on under its own id, on this rank
 	set, err := snap.Config.settings()
 	if err != nil {
 		return fmt.Errorf("session: restore: %w", err)
@@ -102,6 +108,12 @@ func (s *Session) Restore(data []byte) error {
 	if err := next.load(&snap); err != nil {
 		return err
 	}
+	impacts := nissa.NewImpacts(len(next.seeds))
+	if snap.Impacts != nil {
+		if err := impacts.Restore(*snap.Impacts); err != nil {
+			return fmt.Errorf("session: restore: %v: %w", err, ErrSnapshot)
+		}
+	}
 	s.set, s.step, s.epoch = next.set, next.step, next.epoch
 	s.seeds, s.epochsIn, s.stats, s.ctl = next.seeds, next.epochsIn, next.stats, next.ctl
 	s.pending, s.growth, s.dropped, s.counters = next.pending, next.growth, next.dropped, next.counters
@@ -110,7 +122,7 @@ func (s *Session) Restore(data []byte) error {
 		s.source.close()
 	}
 	s.source = next.source
-	return nil
+	return s.resetMonitorLocked(impacts)
 }
 
 // maxDiffs bounds the differing layers layersDiff names.

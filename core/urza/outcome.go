@@ -234,7 +234,8 @@ func (s *Store) runDir(run string) string { return filepath.Join(s.root, outcome
 // PutOutcome validates an outcome record, stamps its schema and write time,
 // and writes it atomically under outcomes/<run_id>/. It returns the
 // record's key, "<run_id>/<name>".
-func (s *Store) PutOutcome(data []byte) (string, error) {
+func (s *Store) PutOutcome(data []byte) (_ string, err error) {
+	defer s.ops.count(OpPutOutcome, &err)
 	if err := s.checkOpen("put outcome"); err != nil {
 		return "", err
 	}

@@ -96,6 +96,7 @@ type Store struct {
 	root     string
 	opts     Options
 	breakers *recovery.Breakers
+	ops      opCounters
 
 	// idLocks serialise writes (Put, Delete, GC) to ids sharing their first
 	// byte; readers take none. Lock order: an id lock before indexMu.
@@ -220,7 +221,8 @@ func checkID(op, id string) error {
 // well-formed safetensors file. Files are written atomically, weights
 // first. Putting an artifact that is already stored intact is a no-op; one
 // stored corrupt is rewritten.
-func (s *Store) Put(manifestJSON, weights []byte) (string, error) {
+func (s *Store) Put(manifestJSON, weights []byte) (_ string, err error) {
+	defer s.ops.count(OpPut, &err)
 	if err := s.checkOpen("put"); err != nil {
 		return "", err
 	}
@@ -316,7 +318,8 @@ type Artifact struct {
 // Transient I/O errors are retried. After Options.Breaker.Failures
 // consecutive failed loads, Get fails fast with recovery.ErrOpen
 // (Unavailable) until the cool-down passes.
-func (s *Store) Get(id string) (*Artifact, error) {
+func (s *Store) Get(id string) (_ *Artifact, err error) {
+	defer s.ops.count(OpGet, &err)
 	if err := s.checkOpen("get"); err != nil {
 		return nil, err
 	}
@@ -324,7 +327,7 @@ func (s *Store) Get(id string) (*Artifact, error) {
 		return nil, err
 	}
 	var a *Artifact
-	err := s.breakers.Do(id, func() error {
+	err = s.breakers.Do(id, func() error {
 		return recovery.Retry(context.Background(), s.opts.Retry, func(context.Context) error {
 			var err error
 			a, err = s.load(id)
@@ -448,7 +451,8 @@ func (s *Store) Stat(id string) (Info, error) {
 // Delete removes the artifact id: manifest first (so it stops existing),
 // then weights, then its index entry. Deleting a missing artifact returns
 // ErrNotFound.
-func (s *Store) Delete(id string) error {
+func (s *Store) Delete(id string) (err error) {
+	defer s.ops.count(OpDelete, &err)
 	if err := s.checkOpen("delete"); err != nil {
 		return err
 	}
@@ -459,7 +463,6 @@ func (s *Store) Delete(id string) error {
 	defer unlock()
 	mErr := os.Remove(s.manifestPath(id))
 	wErr := os.Remove(s.weightsPath(id))
-	var err error
 	switch {
 	case errors.Is(mErr, fs.ErrNotExist) && errors.Is(wErr, fs.ErrNotExist):
 		err = ErrNotFound
@@ -488,7 +491,8 @@ func (s *Store) Delete(id string) error {
 // List returns the index entries matching q, newest first (then by id). It
 // reads the in-memory index, reloading it when another process changed
 // index.json.
-func (s *Store) List(q Query) ([]Info, error) {
+func (s *Store) List(q Query) (_ []Info, err error) {
+	defer s.ops.count(OpList, &err)
 	if err := s.checkOpen("list"); err != nil {
 		return nil, err
 	}

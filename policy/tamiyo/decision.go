@@ -76,6 +76,12 @@ type Decision struct {
 	Blueprint *blueprint.IR `json:"-"`
 	// Reason says why, in words.
 	Reason string `json:"reason"`
+	// PredictedGain is a germination's predicted contribution (the
+	// validation-loss delta its seed is expected to bring), when the
+	// policy made a prediction; nil otherwise. The heuristic and random
+	// policies make none. The session compares it with the measured
+	// contribution when the seed's adaptation ends (impact analysis).
+	PredictedGain *float64 `json:"predicted_gain,omitempty"`
 }
 
 func waitDecision(format string, args ...any) Decision {

@@ -43,6 +43,7 @@ from .kasmina import (
     kasmina_layers,
     set_sampling,
 )
+from .metrics import PrometheusCollector, serve_metrics
 from .tezzeret import SeedModule, SeedValidationError, build_seed, load_weights, save_weights, validate_seed
 from .tolaria import MorphConfig, Morphogenesis
 from .version import __version__
@@ -56,6 +57,8 @@ __all__ = [
     "export",
     "Morphogenesis",
     "MorphConfig",
+    "serve_metrics",
+    "PrometheusCollector",
     "kasmina_layers",
     "host_specs",
     "KasminaLayer",

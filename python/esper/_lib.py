@@ -99,6 +99,12 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     ),
     "esper_cache_remove": (c_int, [c_uint64, c_char_p, POINTER(c_int32)]),
     "esper_cache_stats": (c_int, [c_uint64, POINTER(c_void_p)]),
+    # metrics (core/metrics, core/session/monitor.go): Prometheus exports, alarms, impact analysis.
+    "esper_session_reports": (c_int, [c_uint64, POINTER(c_void_p)]),
+    "esper_session_waiting": (c_int, [c_uint64, POINTER(c_int64), POINTER(c_int32)]),
+    "esper_session_metrics_text": (c_int, [c_uint64, POINTER(c_void_p)]),
+    "esper_session_serve_metrics": (c_int, [c_uint64, c_char_p, c_int32, POINTER(c_int32)]),
+    "esper_session_metrics_attach": (c_int, [c_uint64, c_uint64]),
 }
 
 _lock = threading.Lock()

@@ -191,6 +191,40 @@ class Session(_lib.Handle):
         """Every slot's seed: state, alpha, blueprint, history."""
         return self._json_call("esper_session_seeds")
 
+    def waiting(self) -> tuple[int, int]:
+        """(the governor's rollbacks so far, as alarms() counts them; the reports waiting for
+        reports()), in one call."""
+        h = self.handle
+        waiting = c_int32()
+        _lib.check(_lib.lib().esper_session_waiting(h, self._alarms_ref, byref(waiting)), h)
+        return self._alarms.value, waiting.value
+
+    def reports(self) -> dict[str, Any]:
+        """Drain the alarms and impact records raised since the last call:
+        {"alarms": [...], "impacts": [...], "dropped": n} (docs/metrics.md)."""
+        return self._json_call("esper_session_reports")
+
+    def metrics_text(self) -> str:
+        """The run's metrics in the Prometheus text exposition format (Go's registry)."""
+        out = c_void_p()
+        h = self.handle
+        _lib.check(_lib.lib().esper_session_metrics_text(h, byref(out)), h)
+        return _lib.take_string(out)
+
+    def serve_metrics(self, host: str, port: int) -> int:
+        """Serve the metrics at http://host:port/metrics from Go until the session is freed; returns
+        the bound port (0 picks a free one). ``host`` is bound as given."""
+        _lib.check_range("port", port, 0, 65535)
+        out = c_int32()
+        h = self.handle
+        _lib.check(_lib.lib().esper_session_serve_metrics(h, host.encode(), port, byref(out)), h)
+        return out.value
+
+    def metrics_attach(self, handle: int) -> None:
+        """Report a kernel cache's or an Urza store's counters in this run's metrics."""
+        h = self.handle
+        _lib.check(_lib.lib().esper_session_metrics_attach(h, handle), h)
+
     def growth_log(self) -> dict[str, Any]:
         """Every event, decision and failure of the run, in order: {"entries": [...], ...}
         (bounded by the config's growth_log_max; see capi/esper.h)."""

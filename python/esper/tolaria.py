@@ -52,6 +52,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -63,7 +64,7 @@ import torch
 from torch import nn
 
 from . import _lib, karn
-from .builds import BuildCache, StoredKernel
+from .builds import BuildCache, StoredKernel, kernel_cache
 from .errors import EsperError
 from .kasmina import (
     SIGNALS,
@@ -208,6 +209,19 @@ class MorphConfig:
         record_outcomes: write one outcome record per germination to Urza
             (see ``esper.outcomes``; ``esper urza outcomes --run RUN_ID``).
             Written at lifecycle ends and end_epoch only, never per step.
+        metrics_port: serve the run's Prometheus metrics over HTTP from Go
+            (``http://metrics_host:port/metrics``) once the session starts:
+            -1 (the default) serves nothing, 0 picks a free port, a port > 0
+            is offset by the ``LOCAL_RANK`` environment variable when set (one
+            port per rank under torchrun). :attr:`Morphogenesis.metrics_port`
+            is the port bound. See ``esper.metrics`` and docs/metrics.md.
+        metrics_host: the interface the endpoint binds: loopback unless you
+            name another.
+        alerts: Nissa's alarm thresholds (docs/metrics.md): e.g.
+            ``{"step_time_factor": 3, "stall_seconds": 600,
+            "no_improvement_epochs": 10, "failure_rate": 0.2}``. Alarms are
+            reports (in :attr:`Morphogenesis.log` as ``{"kind": "alarm"}``
+            entries, and counted in the metrics); the governor alone acts.
     """
 
     policy: str = "heuristic"
@@ -240,6 +254,9 @@ class MorphConfig:
     record_outcomes: bool = True
     karn_search: bool = False
     log_max: int = 10_000
+    metrics_port: int = -1
+    metrics_host: str = "127.0.0.1"
+    alerts: dict[str, Any] = field(default_factory=dict)
 
     def session_config(self, layers: list[dict[str, Any]], slots: int) -> dict[str, Any]:
         """The Go session configuration for these settings and layers."""
@@ -275,6 +292,7 @@ class MorphConfig:
             "growth_log_max": self.log_max,
             "log_path": self.log_path,
             "urza": self.urza if self.karn_search else "",
+            "alerts": dict(self.alerts),
         }
 
 
@@ -434,6 +452,13 @@ def _each_scheduler(schedulers: Sequence[Any]) -> Iterator[Any]:
             queue.extend(getattr(sched, "_schedulers", ()))
 
 
+def _rank() -> int:
+    """This process's rank in a multi-process run (torch.distributed, else RANK, else 0)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_rank())
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def _session_stats(ref: weakref.ReferenceType[Morphogenesis]) -> Callable[[], dict[str, Any]]:
     """Go's session stats of the referenced Morphogenesis, held weakly (no reference cycle)."""
 
@@ -531,6 +556,9 @@ class Morphogenesis:
         self._epoch_loss_sum: torch.Tensor | None = None
         self._epoch_loss_count = 0
         self._last_good: dict[str, Any] | None = None
+        self._reports_waiting = 0  # Go's alarms and impact records not yet mirrored (seen with the rollbacks)
+        #: The port this run's metrics endpoint bound (None: not serving; see serve_metrics).
+        self.metrics_port: int | None = None
         self._alarms = 0  # the governor's rollbacks mirrored so far (Session.alarms() beyond it are new)
         #: The events and decisions, in order, as Go reported them: the most recent ``log_max``
         #: at most (see :attr:`log_dropped`).
@@ -566,8 +594,63 @@ class Morphogenesis:
                 entry["name"] = name
             if self.config.karn_search and not self.config.urza:
                 _lib.refresh_settings()  # Karn's history is read from $ESPER_HOME/urza as os.environ says now
-            self._session = Session(self.config.session_config(layers, self.slots))
+            config = self.config.session_config(layers, self.slots)
+            config["metrics"] = {"run": self.run_id, "rank": _rank()}
+            self._session = Session(config)
+            if self.config.metrics_port >= 0:
+                port = self.config.metrics_port
+                if port > 0:
+                    port += int(os.environ.get("LOCAL_RANK", "0") or 0)
+                self.serve_metrics(port, host=self.config.metrics_host)
         return self._session
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (the Go session is released)."""
+        return self._closed
+
+    # ------------------------------------------------------------------ metrics
+
+    def serve_metrics(self, port: int = 0, host: str = "127.0.0.1") -> int:
+        """Serve this run's Prometheus metrics at ``http://host:port/metrics`` from Go (promhttp)
+        until :meth:`close`; returns the port bound (0 picks a free one). It binds loopback unless
+        ``host`` names another interface. It starts the Go session if it has not started yet: with
+        channel-first residual hosts, call it after the model's first forward (or use
+        ``MorphConfig.metrics_port``, which serves when the session starts). See ``esper.metrics``
+        and docs/metrics.md.
+
+        Raises:
+            esper.StateError: the run already serves its metrics.
+            esper.StorageError: the address cannot be bound.
+        """
+        session = self.session
+        self._attach_metrics()
+        self.metrics_port = session.serve_metrics(host, port)
+        return self.metrics_port
+
+    def metrics_text(self) -> str:
+        """This run's metrics in the Prometheus text exposition format (one call into Go)."""
+        session = self.session
+        self._attach_metrics()
+        return session.metrics_text()
+
+    def _attach_metrics(self) -> None:
+        """Report the process's kernel cache and this run's Urza store in the run's metrics."""
+        session = self.session
+        session.metrics_attach(kernel_cache().handle)
+        store = self._outcomes.store()
+        if store is not None:
+            session.metrics_attach(store.handle)
+
+    def _drain_reports(self) -> None:
+        """Mirror Nissa's alarms and the impact records Go raised since the last look into :attr:`log`."""
+        reports = self.session.reports()
+        self._reports_waiting = 0
+        for alarm in reports.get("alarms") or []:
+            entry = {k: v for k, v in alarm.items() if k != "kind"}
+            self._log({"kind": "alarm", "alarm": alarm["kind"], **entry})
+        for impact in reports.get("impacts") or []:
+            self._log({"kind": "impact", **impact})
 
     def _claim_layers(self) -> None:
         """Mark every layer as driven by this Morphogenesis; refuse layers a live one drives.
@@ -742,6 +825,8 @@ class Morphogenesis:
         # leaves with its ROLLED_BACK event, before the last good state is restored.
         if n_events:
             self._apply(session.events())
+        if signals is not None and self._reports_waiting:
+            self._drain_reports()
         if self._blending:
             alphas = session.alphas
             for i, layer in enumerate(self.layers):
@@ -761,7 +846,7 @@ class Morphogenesis:
     def _new_rollbacks(self, nonfinite: list[str]) -> bool:
         """Whether Go's governor called for a rollback since the last look; logs its decisions (a
         rollback with no seed to blame has no event: this count is how it reaches Python)."""
-        alarms = self.session.alarms()
+        alarms, self._reports_waiting = self.session.waiting()
         new, self._alarms = alarms - self._alarms, alarms
         if new <= 0:
             return False
@@ -825,6 +910,7 @@ class Morphogenesis:
             if decision.get("op") != "wait":
                 self._log({"kind": "decision", "epoch": self.epoch, **decision})
         self._apply(result.get("events", []))
+        self._drain_reports()
         self._alarms = session.alarms()
         if any(d.get("op") == "rollback" for d in result.get("decisions", [])):
             # A non-finite or exploding training loss, or a non-finite validation loss: the blamed
@@ -968,6 +1054,7 @@ class Morphogenesis:
             self._record(ev, held=key not in failed)
         for (i, slot), (generation, reason) in failed.items():
             applied += self._apply(self.session.seed_failed(i, slot, generation, reason))
+        self._drain_reports()
         if errors:
             raise errors[0]
         return applied

@@ -33,6 +33,7 @@ GO_BENCHMARKS = {
     "DecideGerminate": "./policy/tamiyo",
     "Step8Layers": "./core/session",
     "EndEpoch": "./core/session",
+    "MetricsText": "./core/session",
 }
 _LINE = re.compile(r"^Benchmark(\w+?)(?:-\d+)?\s+\d+\s+([\d.]+) ns/op")
 

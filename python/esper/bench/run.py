@@ -8,7 +8,8 @@ between them.
 
 Sections (in order): abi, cache, decision (Go core, inside Go and through the ABI), dormant,
 active, peft, scaling, compile (training steps, also on CUDA when present; compile: both models under
-torch.compile), memory. Step figures are taken
+torch.compile), metrics (a step with Go's metrics endpoint served and scraped against the same step
+without), memory. Step figures are taken
 with one torch thread, interleaved with their baseline (harness.compare); see the modules of this
 package for what each row measures.
 
@@ -42,7 +43,8 @@ from .rows import Row, format_markdown, format_table
 __all__ = ["main", "run", "describe_machine", "SECTIONS", "BEGIN", "END"]
 
 #: Every section, in the order they run.
-SECTIONS = ("abi", "cache", "decision", "karn", "dormant", "active", "peft", "scaling", "compile", "memory")
+SECTIONS = ("abi", "cache", "decision", "karn", "dormant", "active", "peft", "scaling", "compile", "metrics",
+            "memory")
 #: Sections that also run on CUDA.
 DEVICE_SECTIONS = ("dormant", "active", "peft", "scaling", "compile", "memory")
 #: How the figures are timed (printed above every table).
@@ -181,7 +183,7 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
     """Runs one section on one device and returns its rows."""
     from . import memory, native, steps, widen
 
-    if name in ("abi", "cache", "decision") and "go" not in state:
+    if name in ("abi", "cache", "decision", "metrics") and "go" not in state:
         state["go"] = native.go_benchmarks(plan.go_benchtime, count=5)
     if name == "abi":
         from .abi import bench_abi, bench_cold
@@ -209,6 +211,12 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
         return steps.scaling_rows(device, plan.steps())
     if name == "compile":
         return steps.compile_rows(device, plan.steps(), ("TinyMLP",) if plan.quick else ("TinyMLP", "WideMLP"))
+    if name == "metrics":
+        scrape = state["go"].row("metrics", "one scrape in Go: read the session, gather, encode the text",
+                                 "MetricsText", "us", None,
+                                 "2 layers x 2 slots, one seed live; what a scrape costs this process")
+        labels = ("TinyMLP",) if plan.quick else ("TinyMLP", "WideMLP")
+        return [scrape, *steps.metrics_rows(device, plan.steps(), labels)]
     if name == "memory":
         if device.type == "cuda":
             return memory.cuda_memory_rows(plan.cuda_memory_models, max(plan.memory_rounds, 5))

@@ -20,6 +20,7 @@ of 10 so that each round holds the same share of sampled steps.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +35,8 @@ from .. import Morphogenesis, wrap
 from . import harness, models
 from .rows import Row, Target, ratio_at_most, timing_row
 
-__all__ = ["StepSettings", "MODELS", "dormant_rows", "active_rows", "peft_rows", "scaling_rows", "compile_rows"]
+__all__ = ["StepSettings", "MODELS", "dormant_rows", "active_rows", "peft_rows", "scaling_rows", "compile_rows",
+           "metrics_rows"]
 
 Step = Callable[[], None]
 Sync = Callable[[], None]
@@ -398,4 +400,68 @@ def compile_rows(device: torch.device, settings: StepSettings, labels: Sequence[
                              + (" (a Go call every step while BLENDING)" if state == "BLENDING" else "")))
             _close(morph)
     torch._dynamo.reset()
+    return rows
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+def _scraping(step: Step, morph: Morphogenesis, every: int) -> Step:
+    """``step``, plus one scrape's work in Go (``morph.metrics_text()``) every ``every`` calls."""
+    calls = 0
+
+    def scraped() -> None:
+        nonlocal calls
+        step()
+        calls += 1
+        if calls % every == 0:
+            morph.metrics_text()
+
+    return scraped
+
+
+def metrics_rows(device: torch.device, settings: StepSettings, labels: Sequence[str] = ("TinyMLP", "WideMLP"),
+                 interval: float = 0.1) -> list[Row]:
+    """The cost of metrics on a training step: the dormant wrapped model with its metrics endpoint
+    served and one scrape's work (Go reads the session, gathers and encodes the text exposition; here
+    through the ABI, ``morph.metrics_text()``) every ``interval`` seconds of training (150 times
+    Prometheus' default 15 s), against the same model and step with no endpoint and no scrape. The
+    scrape is made by the timed side itself, so its cost lands on that side (a scraper in another
+    process would make Go work in this process during either side's rounds alike). Alarms and the
+    impact analysis run on both sides: they are always on. A round lasts ``interval`` (at least), so
+    that every round of the scraped side holds a scrape and the median of per-round ratios sees it."""
+    per_round = dataclasses.replace(settings, block_s=max(settings.block_s, interval), max_inner=1 << 20)
+    rows = []
+    for spec in MODELS:
+        if spec.label not in labels:
+            continue
+        torch.manual_seed(0)
+        plain = spec.build().to(device)
+        on_model = wrap(copy.deepcopy(plain), list(spec.targets))
+        off_model = wrap(copy.deepcopy(plain), list(spec.targets))
+        x, y = models.make_batch(spec.batch_kind, spec.batch, device)
+        opt_on, opt_off = _adam(on_model), _adam(off_model)
+        morph_on, morph_off = _morph(on_model, opt_on), _morph(off_model, opt_off)
+        morph_on.serve_metrics(0)
+        train_on = make_step(on_model, opt_on, x, y, morph_on)
+        train_off = make_step(off_model, opt_off, x, y, morph_off)
+        for _ in range(settings.warmup):
+            train_off()
+        start = time.process_time()  # steps per interval of this process's CPU time (no clock read per step)
+        for _ in range(50):
+            train_off()
+        every = max(1, round(interval * 50 / max(time.process_time() - start, 1e-7)))
+        scraped = _scraping(train_on, morph_on, every)
+        try:
+            rows.append(_row("metrics", f"train step, metrics served and scraped every {interval:g} s: {spec.label}",
+                             device, per_round, scraped, train_off, "same step, metrics off",
+                             ratio_at_most(1.02, "<= 1.02x (< 2%)"),
+                             f"{spec.what}; dormant; one scrape (Go: read, gather, encode) every {every} steps "
+                             f"({interval:g} s of CPU time as measured before timing), rounds of about that length"))
+            # The noise floor of this pairing on this machine: the same step on both sides, no scrape.
+            rows.append(_row("metrics", f"A/A control, no scrape on either side: {spec.label}", device, per_round,
+                             make_step(on_model, opt_on, x, y, morph_on), train_off, "the same step", None,
+                             "informative: how far two identical sides differ here (read the row above against it)"))
+        finally:
+            _close(morph_on, morph_off)
     return rows
