@@ -55,6 +55,7 @@ func (s *Session) EndEpoch(m tamiyo.Metrics) (EpochResult, error) {
 	for _, d := range decisions {
 		if d.Op == tamiyo.Rollback {
 			s.counters.Alarms++
+			s.publishAlarmLocked(d)
 		}
 		res.Decisions = append(res.Decisions, s.applyLocked(d))
 	}
@@ -62,6 +63,7 @@ func (s *Session) EndEpoch(m tamiyo.Metrics) (EpochResult, error) {
 	if res.Events == nil {
 		res.Events = []Event{}
 	}
+	s.publishEpochLocked(epoch, m, len(res.Decisions))
 	s.epoch = epoch + 1
 	return res, nil
 }

@@ -104,6 +104,7 @@ func (s *Session) Restore(data []byte) error {
 	s.seeds, s.epochsIn, s.stats, s.ctl = next.seeds, next.epochsIn, next.stats, next.ctl
 	s.pending, s.growth, s.dropped, s.counters = next.pending, next.growth, next.dropped, next.counters
 	s.views, s.reasons = next.views, next.reasons
+	s.publishRunLocked("resume", nil)
 	return nil
 }
 

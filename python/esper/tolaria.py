@@ -53,6 +53,7 @@ import hashlib
 import json
 import math
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -77,6 +78,7 @@ from .kasmina import (
     set_sampling,
     stamp_failures,
 )
+from .oona import Oona
 from .outcomes import OutcomeRecorder
 from .session import LIVE_STATES, Session
 from .tezzeret import SeedValidationError, build_seed
@@ -194,6 +196,17 @@ class MorphConfig:
         record_outcomes: write one outcome record per germination to Urza
             (see ``esper.outcomes``; ``esper urza outcomes --run RUN_ID``).
             Written at lifecycle ends and end_epoch only, never per step.
+        runs: the runs root of the run log ("": ``$ESPER_HOME/runs``). Every
+            run appends its events (lifecycle transitions, decisions with
+            their reasons, failures, alarms, epoch and health summaries,
+            artifacts, start and end; docs/events.md) to
+            ``<runs>/<run_id>/events.jsonl``, always: see ``esper.oona``,
+            ``esper runs`` and ``esper events RUN``.
+        run_log_max_bytes: the run log's file rotates at this size (at least
+            4096); the previous files are kept as ``events.1.jsonl`` (newest)
+            to ``events.<run_log_keep>.jsonl``, older ones deleted, so a run's
+            log holds at most about (run_log_keep + 1) x run_log_max_bytes.
+        run_log_keep: rotated files kept (0: only the current file).
     """
 
     policy: str = "heuristic"
@@ -224,6 +237,9 @@ class MorphConfig:
     urza: str = ""
     record_outcomes: bool = True
     log_max: int = 10_000
+    runs: str = ""
+    run_log_max_bytes: int = 64 << 20
+    run_log_keep: int = 4
 
     def session_config(self, layers: list[dict[str, Any]], slots: int) -> dict[str, Any]:
         """The Go session configuration for these settings and layers."""
@@ -483,6 +499,9 @@ class Morphogenesis:
             raise ValueError(f"signal_every must be >= 1, got {self.config.signal_every}")
         if not 1 <= self.config.log_max <= 1 << 20:
             raise ValueError(f"log_max must be in [1, 1048576], got {self.config.log_max}")
+        if self.config.run_log_max_bytes < 4096 or self.config.run_log_keep < 0:
+            raise ValueError(f"run_log_max_bytes must be >= 4096 and run_log_keep >= 0, got "
+                             f"{self.config.run_log_max_bytes} and {self.config.run_log_keep}")
         scale = self.config.seed_lr_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"seed_lr_scale must be a finite number > 0 (a multiple of the host's LR), got {scale!r}")
@@ -500,7 +519,10 @@ class Morphogenesis:
             raise ValueError("every Kasmina layer of one model must have the same number of slots")
         self._claim_layers()
         self._session: Session | None = None
+        self._oona: Oona | None = None  # the run's event bus and run log (opened with the session)
+        self._oona_run: str | None = None  # the run id a checkpoint being loaded brings (see load_state_dict)
         self._closed = False
+        self._warned_flush = False
         self.steps = 0
         self.epoch = 0
         self._pending = 0  # optimizer steps not yet sent to Go
@@ -519,6 +541,7 @@ class Morphogenesis:
         #: Writes one outcome record per germination to Urza (see esper.outcomes).
         self._outcomes = OutcomeRecorder(self.layers, self.layer_names, self.config.policy, self.config.urza,
                                          self.config.record_outcomes, _session_stats(weakref.ref(self)))
+        self._outcomes.on_artifact = self._publish_artifact
         #: Validates the first germination of each blueprint on its host; serves the later ones.
         self._builds = BuildCache(self._outcomes.store, lambda rec=self._outcomes: {"run": rec.run_id})
         self._kernels: dict[tuple[int, int], StoredKernel] = {}  # stored kernels awaiting their germination
@@ -545,8 +568,50 @@ class Morphogenesis:
             layers = [layer.spec.to_dict() for layer in self.layers]
             for entry, name in zip(layers, self.layer_names):
                 entry["name"] = name
-            self._session = Session(self.config.session_config(layers, self.slots))
+            session = Session(self.config.session_config(layers, self.slots))
+            try:
+                self._open_oona(session, self._oona_run or self.run_id)
+            except BaseException:
+                session.close()
+                raise
+            self._session = session
         return self._session
+
+    @property
+    def oona(self) -> Oona:
+        """The run's event bus and run log (:class:`esper.oona.Oona`): ``morph.oona.stats()`` has
+        its counts, ``morph.oona.path`` the log file; ``esper.oona.read_events(morph.run_id)`` reads
+        it back."""
+        self.session  # noqa: B018 - opened with the session
+        assert self._oona is not None
+        return self._oona
+
+    def _open_oona(self, session: Session, run: str) -> None:
+        """Open the bus and run log of ``run`` and attach ``session`` to it (replacing, and closing,
+        the one it had)."""
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        bus = Oona(run, rank, self.config.runs or None, max_bytes=self.config.run_log_max_bytes,
+                   keep=self.config.run_log_keep if self.config.run_log_keep > 0 else -1)
+        try:
+            session.attach_oona(bus)
+        except BaseException:
+            bus.close()
+            raise
+        old, self._oona = self._oona, bus
+        if old is not None:
+            old.close()
+
+    def _publish_artifact(self, data: dict[str, Any], step: int, epoch: int) -> None:
+        """An artifact the run published to Urza, as an event (called from the Urza writer's thread)."""
+        bus = self._oona
+        if bus is None:
+            return
+        try:
+            bus.publish("artifact", "trainer", data, step=step, epoch=epoch)
+        except EsperError:
+            pass  # the bus closed meanwhile (a checkpoint switched runs): the artifact is in Urza all the same
 
     def _claim_layers(self) -> None:
         """Mark every layer as driven by this Morphogenesis; refuse layers a live one drives.
@@ -580,8 +645,11 @@ class Morphogenesis:
                 self._outcomes.close(self.steps, self.epoch)  # the seeds still in flight: ended_by "run_end"
         finally:
             if self._session is not None:
-                self._session.close()
+                self._session.close()  # publishes the run's end
                 self._session = None
+            if self._oona is not None:
+                self._oona.close()  # writes what the run log holds, fsyncs, closes
+                self._oona = None
 
     def __enter__(self) -> Morphogenesis:
         return self
@@ -811,11 +879,24 @@ class Morphogenesis:
             self._restore_good()
             rolled_back = True
         self._outcomes.end_epoch(self.steps, self.epoch)  # records of the seeds in flight, as last seen
+        self._flush_events()
         self.epoch += 1
         finite = all(v is None or math.isfinite(v) for v in (train_loss, val_loss))
         if self.config.rollback and finite and not rolled_back:
             self._save_good()
         return result
+
+    def _flush_events(self) -> None:
+        """The epoch's events reach the OS before end_epoch returns (a killed run keeps them)."""
+        if self._oona is None:
+            return
+        try:
+            self._oona.flush(timeout=5.0)
+        except EsperError as exc:
+            if not self._warned_flush:
+                self._warned_flush = True
+                warnings.warn(f"esper: run log {self._oona.path} is behind: {exc}; training goes on",
+                              RuntimeWarning, stacklevel=3)
 
     def _check_weights(self) -> bool:
         """Counts the model's non-finite tensors (one pass, one synchronisation per device); any is a
@@ -1298,6 +1379,9 @@ class Morphogenesis:
                              f"{_CHECKPOINT_VERSION})")
         if any(len(layer.seeds) for layer in self.layers):
             raise ValueError("load_state_dict needs a model without seeds (wrap a fresh model)")
+        run = (state.get("outcomes") or {}).get("run_id")
+        if self._session is None and run:
+            self._oona_run = str(run)  # the run log continues the checkpointed run's, not a fresh one
         session = self.session
         before = session.snapshot()
         session.restore(state["session"])  # checked completely by Go; nothing changes on error
@@ -1350,6 +1434,8 @@ class Morphogenesis:
         self._last_good = state.get("last_good") if self.config.rollback else None
         if "outcomes" in state:  # the same run goes on: its id, and the records of its seeds in flight
             self._outcomes.load_state_dict(state["outcomes"])
+        if self._oona is not None and self._oona.run != self.run_id:
+            self._open_oona(session, self.run_id)  # a session opened before the checkpoint: follow its run
         if "builds" in state:
             self._builds.load_state_dict(state["builds"])
         self._sources = {(int(i), int(slot)): str(aid) for i, slot, aid in state.get("sources", [])}

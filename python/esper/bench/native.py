@@ -21,7 +21,7 @@ import torch
 from ..kasmina import SIGNALS
 from ..session import Session
 from ..tezzeret import build_seed, save_weights
-from .rows import Row, samples_row, value_at_most
+from .rows import Row, samples_row, value_at_least, value_at_most
 
 __all__ = ["GoBench", "go_benchmarks", "session_rows", "cache_rows", "decision_rows", "repo_root"]
 
@@ -159,6 +159,29 @@ def session_rows(go: GoBench, rounds: int, inner: int = 5000) -> list[Row]:
         samples_row("abi", "session step, 8 layers + signals (Session.step)", "cpu", samples, "us", target=None,
                     source="ABI", baseline=in_go, baseline_name=_named(in_go, "the same step inside Go (Go benchmark)"),
                     note="esper_session_step through ctypes: 50 float32 in, 16 alphas out, as the Go benchmark"),
+    ]
+
+
+# ---------------------------------------------------------------------- Oona bus
+
+
+def bus_rows(rounds: int, quick: bool = False) -> list[Row]:
+    """The Oona bus in process: events published to 2 draining subscribers, timed in Go until all are
+    received (esper_oona_measure); and the same with the run log writing to a temporary folder."""
+    import tempfile
+
+    from .. import oona
+
+    events = 20_000 if quick else 100_000
+    bus = [oona.measure(events, 2)["events_per_s"] for _ in range(rounds)]
+    with tempfile.TemporaryDirectory(prefix="esper-bench-oona-") as d:
+        logged = [oona.measure(events, 1, d)["events_per_s"] for _ in range(rounds)]
+    return [
+        samples_row("bus", "Oona bus in process, 2 subscribers", "cpu", bus, "events/s",
+                    target=value_at_least(200_000, ">= 200K events/s"), source="ABI",
+                    note=f"{events} lifecycle events per round, published and received in Go (esper_oona_measure)"),
+        samples_row("bus", "Oona bus + run log (events.jsonl), 1 subscriber", "cpu", logged, "events/s", target=None,
+                    source="ABI", note=f"{events} events per round until the run log has written them to the OS"),
     ]
 
 

@@ -42,7 +42,7 @@ from .rows import Row, format_markdown, format_table
 __all__ = ["main", "run", "describe_machine", "SECTIONS", "BEGIN", "END"]
 
 #: Every section, in the order they run.
-SECTIONS = ("abi", "cache", "decision", "dormant", "active", "peft", "scaling", "compile", "memory")
+SECTIONS = ("abi", "cache", "decision", "bus", "dormant", "active", "peft", "scaling", "compile", "memory")
 #: Sections that also run on CUDA.
 DEVICE_SECTIONS = ("dormant", "active", "peft", "scaling", "compile", "memory")
 #: How the figures are timed (printed above every table).
@@ -193,6 +193,8 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
                                                                                                  plan.quick)
     if name == "decision":
         return native.decision_rows(state["go"], plan.rounds, plan.quick)
+    if name == "bus":
+        return native.bus_rows(plan.rounds, plan.quick)
     if name == "dormant":
         return steps.dormant_rows(device, plan.steps())
     if name == "active":
