@@ -151,6 +151,9 @@ class RunResult:
     output_changes: list[float] = field(default_factory=list)
     final_seeds: list[dict[str, Any]] = field(default_factory=list)
     width: int | None = None
+    #: The Morphogenesis run id of a grown or scratch run: its events are in
+    #: ``$ESPER_HOME/runs/<run_id>/events.jsonl`` (``esper events RUN``).
+    run_id: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """Everything but the per-epoch history and events."""
@@ -235,7 +238,7 @@ def _grow(task: Task, setup: Setup, seed: int, config: MorphConfig, kind: str,
     morph.close()
     count = {to: sum(1 for ev in events if ev["to"] == to) for to in ("GERMINATED", "FOSSILIZED", "PRUNED")}
     return _result(
-        kind, task, seed, hist, wall, events=events, germinations=count["GERMINATED"],
+        kind, task, seed, hist, wall, events=events, run_id=morph.run_id, germinations=count["GERMINATED"],
         fossilizations=count["FOSSILIZED"], prunes=count["PRUNED"], output_changes=changes,
         final_seeds=seeds_by_epoch[hist.best_epoch] if hist.best_epoch >= 0 else [],
     )
@@ -362,8 +365,10 @@ def scratch_run(task: Task, setup: Setup, seed: int, seeds: list[dict[str, Any]]
                  optimizer=opt)
     wall = time.perf_counter() - start
     morph.close()
-    return _result("scratch", task, seed, hist, wall, final_seeds=[{k: v for k, v in s.items() if k != "ir"}
-                                                                    for s in seeds])
+    # Without seeds the Morphogenesis never opened its session: no events, no run log.
+    run_id = morph.run_id if seeds else None
+    final = [{k: v for k, v in s.items() if k != "ir"} for s in seeds]
+    return _result("scratch", task, seed, hist, wall, run_id=run_id, final_seeds=final)
 
 
 def mean(xs: list[float]) -> float:
