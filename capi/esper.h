@@ -582,7 +582,17 @@ int esper_session_growth_log(uint64_t handle, char **out_json);
  *   {"run": str (1..128 of [A-Za-z0-9_-]), "rank" [0],
  *    "home" [esper_oona_runs_root()]: the runs root,
  *    "log": {"max_bytes" [67108864] (>= 4096), "keep" [4] (rotated files
- *            kept, 0..1000; negative: none), "buffer" [65536] (events)}}
+ *            kept, 0..1000; negative: none), "buffer" [65536] (events)},
+ *    "nats" [absent: none]: {"url" (required), "creds", "user", "password",
+ *            "token", "ca", "cert", "key", "allow_plaintext" [false],
+ *            "stream" ["ESPER_EVENTS"], "buffer" [10000] (events)}}
+ * With "nats", every event is also published to esper.v1.<run>.<rank>.<kind>
+ * and stored in the JetStream stream (Nats-Msg-Id = the event id), from a
+ * goroutine that retries while the server is unreachable (docs/events.md).
+ * A plaintext url to a non-loopback host without allow_plaintext is
+ * ESPER_EINVALID. esper_oona_stats then has "nats": {"url", "connected",
+ * "sent", "retries", "unsent", "dropped", "pending", "reconnects",
+ * "last_error"}.
  */
 
 /* Open a bus and its run log (creating <home>/<run>/); *out receives the

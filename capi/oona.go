@@ -13,6 +13,7 @@ import (
 
 	"github.com/esper-morph/esper/core/errcode"
 	"github.com/esper-morph/esper/core/oona"
+	"github.com/esper-morph/esper/core/oona/natsink"
 	"github.com/esper-morph/esper/core/session"
 )
 
@@ -53,9 +54,25 @@ func esper_oona_new(configJSON *C.char, out *C.uint64_t) C.int {
 				return err
 			}
 		}
+		var natsCfg *natsink.Config
+		if len(cfg.NATS) > 0 && string(cfg.NATS) != "null" {
+			c, err := natsink.Parse(cfg.NATS)
+			if err != nil {
+				return err
+			}
+			natsCfg = &c
+		}
 		n, err := oona.OpenNode(cfg)
 		if err != nil {
 			return err
+		}
+		if natsCfg != nil {
+			sink, err := natsink.Open(n.Bus, *natsCfg)
+			if err != nil {
+				_ = n.Close(oonaCloseTimeout)
+				return err
+			}
+			n.NATS = sink
 		}
 		*out = C.uint64_t(handles.add(n))
 		return nil

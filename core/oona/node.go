@@ -20,6 +20,18 @@ type NodeConfig struct {
 	Home string `json:"home"`
 	// Log configures the run log (its Dir is set from Home and Run).
 	Log LogConfig `json:"log"`
+	// NATS, when present, configures the NATS transport (package
+	// natsink decodes it); null or absent: none.
+	NATS json.RawMessage `json:"nats,omitempty"`
+}
+
+// Transport is a subscriber that carries a bus's events elsewhere (see
+// package natsink). A Node closes its transports after its bus.
+type Transport interface {
+	// Close gives the transport's backlog at most timeout, then releases it.
+	Close(timeout time.Duration)
+	// TransportStats returns its counts (encoded as JSON in NodeStats).
+	TransportStats() any
 }
 
 // Node is one run's bus with its run log, the unit the C ABI hands out.
@@ -27,6 +39,9 @@ type Node struct {
 	// Bus is the run's bus; Log writes its events to the run directory.
 	Bus *Bus
 	Log *RunLog
+	// NATS is the NATS transport, or nil (set once, before the node is
+	// shared).
+	NATS Transport
 }
 
 // RunsRoot returns the runs root for an ESPER_HOME value: home/runs, with
@@ -82,16 +97,32 @@ func OpenNode(cfg NodeConfig, opts ...Option) (*Node, error) {
 // NodeStats is a node's counts.
 type NodeStats struct {
 	Stats
-	// Log is the run log's.
-	Log LogStats `json:"log"`
+	// Log is the run log's; NATS the NATS transport's (absent without one).
+	Log  LogStats `json:"log"`
+	NATS any      `json:"nats,omitempty"`
 }
 
-// Stats returns the bus's and the run log's counts.
-func (n *Node) Stats() NodeStats { return NodeStats{Stats: n.Bus.Stats(), Log: n.Log.Stats()} }
+// Stats returns the bus's, the run log's and the transport's counts.
+func (n *Node) Stats() NodeStats {
+	st := NodeStats{Stats: n.Bus.Stats(), Log: n.Log.Stats()}
+	if n.NATS != nil {
+		st.NATS = n.NATS.TransportStats()
+	}
+	return st
+}
+
+// MaxTransportClose bounds the time a transport's backlog gets at Close
+// (a server that is down must not hold up the end of a run).
+const MaxTransportClose = 3 * time.Second
 
 // Close closes the bus, then waits at most timeout for the run log to
-// write what it holds and close. It may be called again.
+// write what it holds and close, and gives the transport at most
+// min(timeout, MaxTransportClose) for its backlog. It may be called again.
 func (n *Node) Close(timeout time.Duration) error {
 	n.Bus.Close()
-	return n.Log.Close(timeout)
+	err := n.Log.Close(timeout)
+	if n.NATS != nil {
+		n.NATS.Close(min(timeout, MaxTransportClose))
+	}
+	return err
 }

@@ -254,6 +254,22 @@ def _cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_oona(args: argparse.Namespace) -> int:
+    import os
+
+    from . import oona
+
+    try:
+        cmd = oona.serve_command(args.host, args.port, args.store, args.allow_remote)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"esper: {exc}", file=sys.stderr)
+        return 2
+    print(f"esper oona serve: nats://{args.host}:{args.port}, JetStream in {cmd[-1]} "
+          f"(set ESPER_NATS_URL=nats://{args.host}:{args.port} for runs to publish there)", flush=True)
+    os.execv(cmd[0], cmd)  # the server takes the process over: Ctrl-C stops it
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `esper` command."""
     p = argparse.ArgumentParser(prog="esper", description="Morphogenetic training for PyTorch.")
@@ -304,6 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", default=None, help="runs root (default $ESPER_HOME/runs)")
     s.add_argument("--json", action="store_true", help="one JSON event per line, as logged")
     s.set_defaults(fn=_cmd_events)
+
+    s = sub.add_parser("oona", help="the event bus between processes (NATS)")
+    osub = s.add_subparsers(dest="oona_cmd", required=True)
+    serve = osub.add_parser("serve", help="run a local NATS server with JetStream for runs' events")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    serve.add_argument("--port", type=int, default=4222)
+    serve.add_argument("--store", default=None, help="JetStream folder (default $ESPER_HOME/oona)")
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="listen on a non-loopback address (plaintext: prefer a nats-server config with TLS)")
+    serve.set_defaults(fn=_cmd_oona)
 
     s = sub.add_parser("urza", help="the artifact store")
     s.add_argument("--root", default=None, help="store folder (default $ESPER_HOME/urza, ~/.esper/urza)")

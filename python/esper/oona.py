@@ -28,7 +28,7 @@ from typing import Any
 from . import _lib
 
 __all__ = ["Oona", "SCHEMA_VERSION", "KINDS", "ACTORS", "runs_root", "run_dir", "log_files", "read_events",
-           "iter_events", "runs", "measure"]
+           "iter_events", "runs", "measure", "nats_server", "serve_command"]
 
 #: The event schema version this package reads (``"v"`` of every event; docs/events.md).
 SCHEMA_VERSION = 1
@@ -61,6 +61,10 @@ class Oona(_lib.Handle):
             to ``<root>/<run>/events.jsonl`` (``events.rank<k>.jsonl`` for rank k > 0).
         max_bytes: the size at which the log rotates (0: 64 MiB; at least 4096).
         keep: rotated files kept (0: 4; negative: none, only the current file).
+        nats: also publish every event to NATS (subjects ``esper.v1.<run>.<rank>.<kind>``) and store
+            it in the JetStream stream ``ESPER_EVENTS``, deduplicated by event id: {"url", and
+            optionally "creds", "user", "password", "token", "ca", "cert", "key",
+            "allow_plaintext", "stream", "buffer"} (see docs/events.md, "NATS"). None: no NATS.
 
     Raises:
         esper.InvalidArgumentError: a bad run id or setting.
@@ -70,9 +74,11 @@ class Oona(_lib.Handle):
     _free_symbol = "esper_oona_free"
 
     def __init__(self, run: str, rank: int = 0, root: str | os.PathLike[str] | None = None, *,
-                 max_bytes: int = 0, keep: int = 0) -> None:
-        config = {"run": run, "rank": rank, "home": str(root) if root else "",
-                  "log": {"max_bytes": max_bytes, "keep": keep}}
+                 max_bytes: int = 0, keep: int = 0, nats: dict[str, Any] | None = None) -> None:
+        config: dict[str, Any] = {"run": run, "rank": rank, "home": str(root) if root else "",
+                                  "log": {"max_bytes": max_bytes, "keep": keep}}
+        if nats:
+            config["nats"] = nats
         if not root:
             _lib.refresh_settings()  # ESPER_HOME as os.environ holds it now
         out = ctypes.c_uint64()
@@ -82,8 +88,9 @@ class Oona(_lib.Handle):
         self.rank = rank
 
     def stats(self) -> dict[str, Any]:
-        """The bus's counts (published, delivered, dropped, per subscriber) and the run log's
-        (path, lines, bytes, rotations, syncs, dropped, lost, error)."""
+        """The bus's counts (published, delivered, dropped, per subscriber), the run log's (path,
+        lines, bytes, rotations, syncs, dropped, lost, error) and, with NATS, the transport's under
+        "nats" (url, connected, sent, retries, unsent, dropped, pending, reconnects, last_error)."""
         out = c_void_p()
         h = self.handle
         _lib.check(_lib.lib().esper_oona_stats(h, byref(out)), h)
@@ -234,3 +241,56 @@ def runs(root: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
             continue
         out.append(summary)
     return out
+
+
+def nats_server() -> Path:
+    """The NATS server binary: ``$ESPER_NATS_SERVER``, else ``build/bin/esper-nats`` of the source
+    tree this package runs from (``make nats-server`` builds it from the nats-server Go module
+    pinned in go.mod), else ``nats-server`` on the PATH.
+
+    Raises:
+        FileNotFoundError: none found; the message says how to get one.
+    """
+    import shutil
+
+    tried = []
+    env = os.environ.get("ESPER_NATS_SERVER")
+    if env:
+        if Path(env).is_file():
+            return Path(env)
+        tried.append(f"{env} (ESPER_NATS_SERVER)")
+    built = Path(__file__).resolve().parent.parent.parent / "build" / "bin" / "esper-nats"
+    if built.is_file():
+        return built
+    tried.append(str(built))
+    found = shutil.which("nats-server")
+    if found:
+        return Path(found)
+    tried.append("nats-server on the PATH")
+    raise FileNotFoundError("no NATS server: tried " + ", ".join(tried) + ". Run `make nats-server` in the "
+                            "source tree, or point ESPER_NATS_SERVER at a nats-server binary.")
+
+
+def serve_command(host: str = "127.0.0.1", port: int = 4222, store: str | os.PathLike[str] | None = None,
+                  allow_remote: bool = False) -> list[str]:
+    """The command line of a local NATS server with JetStream for Esper's runs (``esper oona
+    serve``): listening on host:port, storing streams in ``store`` (default ``$ESPER_HOME/oona``).
+
+    Raises:
+        ValueError: a host other than loopback without ``allow_remote`` (the server then accepts
+            plaintext connections from the network).
+    """
+    import ipaddress
+
+    loopback = host == "localhost"
+    try:
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    if not loopback and not allow_remote:
+        raise ValueError(f"host {host!r} is not loopback: the server would accept plaintext connections from the "
+                         "network; pass allow_remote (--allow-remote) to do it anyway, ideally with TLS and "
+                         "authorization in a nats-server config")
+    if store is None:
+        store = runs_root().parent / "oona"
+    return [str(nats_server()), "-a", host, "-p", str(port), "-js", "-sd", str(store)]

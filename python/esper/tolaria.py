@@ -52,6 +52,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import threading
 import warnings
 import weakref
@@ -207,6 +208,21 @@ class MorphConfig:
             to ``events.<run_log_keep>.jsonl``, older ones deleted, so a run's
             log holds at most about (run_log_keep + 1) x run_log_max_bytes.
         run_log_keep: rotated files kept (0: only the current file).
+        nats_url: also publish the run's events to this NATS server
+            (subjects ``esper.v1.<run>.<rank>.<kind>``, stored in the
+            JetStream stream ``ESPER_EVENTS`` and deduplicated by event id),
+            so another process can follow or replay the run ("": the
+            environment's ``ESPER_NATS_URL``, or none). ``esper oona serve``
+            runs a local server. Training never waits on it: while the
+            server is unreachable, events wait in a bounded backlog and are
+            sent after it comes back (those that do not fit are counted as
+            dropped, see ``morph.oona.stats()["nats"]``). A plaintext
+            connection to a host other than loopback is refused unless
+            ``nats_options["allow_plaintext"]`` is set.
+        nats_options: NATS credentials and TLS: "creds" (a credentials
+            file), "user" and "password", "token", "ca", "cert", "key",
+            "allow_plaintext", "stream" (default ESPER_EVENTS), "buffer"
+            (the backlog in events, default 10000).
     """
 
     policy: str = "heuristic"
@@ -240,6 +256,8 @@ class MorphConfig:
     runs: str = ""
     run_log_max_bytes: int = 64 << 20
     run_log_keep: int = 4
+    nats_url: str = ""
+    nats_options: dict[str, Any] = field(default_factory=dict)
 
     def session_config(self, layers: list[dict[str, Any]], slots: int) -> dict[str, Any]:
         """The Go session configuration for these settings and layers."""
@@ -592,8 +610,10 @@ class Morphogenesis:
         import torch.distributed as dist
 
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        url = self.config.nats_url or os.environ.get("ESPER_NATS_URL", "")
+        nats = {**self.config.nats_options, "url": url} if url else None
         bus = Oona(run, rank, self.config.runs or None, max_bytes=self.config.run_log_max_bytes,
-                   keep=self.config.run_log_keep if self.config.run_log_keep > 0 else -1)
+                   keep=self.config.run_log_keep if self.config.run_log_keep > 0 else -1, nats=nats)
         try:
             session.attach_oona(bus)
         except BaseException:
