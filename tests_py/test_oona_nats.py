@@ -251,3 +251,30 @@ def test_ctrl_c_reaches_python_while_nats_is_unreachable() -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130 and "interrupted" in out, (proc.returncode, out, err[-2000:])
+
+
+def test_esper_oona_serve_runs_a_local_server(tmp_path: Path) -> None:
+    port = free_port()
+    env = dict(os.environ, ESPER_GO_MAXPROCS="1")
+    refused = subprocess.run([sys.executable, "-m", "esper", "oona", "serve", "--host", "0.0.0.0"],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode == 2 and "not loopback" in refused.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "esper", "oona", "serve", "--port", str(port), "--store",
+                             str(tmp_path / "js")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert f"nats://127.0.0.1:{port}" in proc.stdout.readline()
+        bus = oona.Oona("served-run", nats={"url": f"nats://127.0.0.1:{port}"})
+        bus.publish("run", "system", {"phase": "start"})
+        deadline = time.monotonic() + 20
+        while bus.stats()["nats"]["sent"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert bus.stats()["nats"]["sent"] == 1, bus.stats()["nats"]
+        bus.close()
+        assert (tmp_path / "js" / "jetstream").is_dir()  # JetStream stores where it was told
+        proc.send_signal(signal.SIGINT)  # Ctrl-C reaches the server, which stops
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/esper-morph/esper/core/oona"
 )
@@ -235,4 +236,51 @@ func TestClose(t *testing.T) {
 	if _, err := b.Subscribe("bad", -1); err == nil {
 		t.Fatal("negative buffer accepted")
 	}
+}
+
+// FuzzPublishData: whatever bytes a caller hands Publish as data (the C
+// ABI passes them through), the bus either refuses them with ErrEvent or
+// publishes a line that decodes back to an event holding a JSON object.
+func FuzzPublishData(f *testing.F) {
+	for _, s := range []string{`{}`, `{"a":1}`, ` { "a" : [1, 2] } `, `[1]`, `"x"`, `{"a":`, `{"a":NaN}`, "{\"\\u0000\":1}", "{\"a\":\"\xff\"}"} {
+		f.Add([]byte(s))
+	}
+	b, err := oona.New(oona.Config{Run: "fuzz"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer b.Close()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ev, err := b.Publish(lifecycle(1), data)
+		if err != nil {
+			if !errors.Is(err, oona.ErrEvent) {
+				t.Fatalf("refused with %v, not ErrEvent", err)
+			}
+			return
+		}
+		var back struct {
+			ID   string                     `json:"id"`
+			Data map[string]json.RawMessage `json:"data"`
+		}
+		if !utf8.Valid(ev.Line()) {
+			t.Fatalf("line %q is not UTF-8 (readers in other languages would refuse it)", ev.Line())
+		}
+		if err := json.Unmarshal(ev.Line(), &back); err != nil || back.ID != ev.ID || back.Data == nil {
+			t.Fatalf("line %q does not decode: %v", ev.Line(), err)
+		}
+	})
+}
+
+// FuzzParseNodeConfig: a configuration document is decoded or refused with
+// ErrConfig, never a panic.
+func FuzzParseNodeConfig(f *testing.F) {
+	for _, s := range []string{`{"run":"r","home":"/x"}`, `{"run":"r","log":{"max_bytes":4096},"nats":{"url":"nats://127.0.0.1:1"}}`,
+		`{"run":1}`, `{} {}`, `{"extra":1}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if _, err := oona.ParseNodeConfig(data); err != nil && !errors.Is(err, oona.ErrConfig) {
+			t.Fatalf("refused with %v, not ErrConfig", err)
+		}
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // SchemaVersion is the version of the event schema (the "v" field of every
@@ -202,8 +203,8 @@ func encodeData(data any) (json.RawMessage, error) {
 	if len(raw) > MaxDataBytes {
 		return nil, fmt.Errorf("oona: data is %d bytes, limit %d: %w", len(raw), MaxDataBytes, ErrEvent)
 	}
-	if !json.Valid(raw) {
-		return nil, fmt.Errorf("oona: data is not valid JSON: %w", ErrEvent)
+	if !json.Valid(raw) || !utf8.Valid(raw) {
+		return nil, fmt.Errorf("oona: data is not valid JSON in UTF-8: %w", ErrEvent)
 	}
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, raw); err != nil {

@@ -245,3 +245,15 @@ func TestConfigRefusesPlaintextOffLoopback(t *testing.T) {
 		t.Fatalf("misspelled field accepted: %v", err)
 	}
 }
+
+// FuzzParse: a NATS configuration is decoded or refused with ErrConfig.
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{`{"url":"nats://127.0.0.1:4222"}`, `{"url":"tls://h:1","ca":"/c","buffer":5}`, `{"x":1}`, `[]`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if _, err := natsink.Parse(data); err != nil && !errors.Is(err, natsink.ErrConfig) {
+			t.Fatalf("refused with %v, not ErrConfig", err)
+		}
+	})
+}
