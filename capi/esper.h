@@ -636,6 +636,13 @@ int esper_oona_runs_root(char **out);
  * "delivered", "dropped", "log_bytes"}. For `make bench`. */
 int esper_oona_measure(int64_t events, int32_t subscribers, const char *dir, char **out_json);
 
+/* Measure NATS: publish `events` (1..100000) lifecycle events one at a
+ * time on a fresh bus whose NATS transport sends them to the server at url
+ * (stored in JetStream), timing each until a second connection subscribed
+ * to the run's subjects receives it; *out_json gets {"events", "p50_us",
+ * "p99_us", "max_us"}. For `make bench`, against a loopback server. */
+int esper_oona_measure_nats(const char *url, int64_t events, char **out_json);
+
 /* Make session `handle` publish its events to bus `oona_handle` (0:
  * stop), and publish a run event ("start" on a fresh session, "resume"
  * otherwise). The session never frees the bus. */

@@ -163,6 +163,24 @@ func esper_oona_measure(events C.int64_t, subscribers C.int32_t, dir *C.char, ou
 	})
 }
 
+//export esper_oona_measure_nats
+func esper_oona_measure_nats(url *C.char, events C.int64_t, out **C.char) C.int {
+	return call(0, func() error {
+		if out == nil {
+			return errNull("out")
+		}
+		u, err := goString(url, "url")
+		if err != nil {
+			return err
+		}
+		lat, err := natsink.MeasureLatency(u, int(events))
+		if err != nil {
+			return err
+		}
+		return setJSON(out, lat)
+	})
+}
+
 //export esper_session_attach_oona
 func esper_session_attach_oona(h C.uint64_t, oonaHandle C.uint64_t) C.int {
 	return call(uint64(h), func() error {

@@ -36,15 +36,19 @@ def test_quick_demo_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert report["controls"]["moons"]["germinations"]
     png = (out / "growth.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    # Every grown run wrote its run log (the demo's workers share the test's ESPER_HOME), to its end.
+    # Every grown run wrote its run log (the demo's workers share the test's ESPER_HOME), to its end, and
+    # its log holds the germinations the demo counted.
     from esper import oona
 
     logged = {r["run"]: r for r in oona.runs(Path(os.environ["ESPER_HOME"]) / "runs")}
-    runs = [r for task in report["tasks"].values() for rs in task["runs"].values() for r in rs]
-    ids = {r["run_id"] for r in runs if r.get("run_id")}
+    runs = [r for task in report["tasks"].values() for rs in task["runs"].values() for r in rs if r.get("run_id")]
+    ids = {r["run_id"] for r in runs}
     assert ids and ids <= set(logged), (sorted(ids - set(logged))[:3], len(logged))
     assert all(logged[i]["ended"] and logged[i]["epochs"] > 0 for i in ids)
-    assert sum(logged[i]["lifecycle"] for i in ids) > 0
+    for r in runs:
+        if r["kind"] != "scratch":
+            events = oona.read_events(r["run_id"], root=Path(os.environ["ESPER_HOME"]) / "runs", kinds=["lifecycle"])
+            assert sum(e["data"]["to"] == "GERMINATED" for e in events) == r["germinations"], r["run_id"]
 
 
 def _runs(accs: list[float]) -> list:

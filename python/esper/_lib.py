@@ -76,6 +76,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_oona_publish": (c_int, [c_uint64, c_char_p, c_char_p, c_int64, c_int32, c_char_p]),
     "esper_oona_runs_root": (c_int, [POINTER(c_void_p)]),
     "esper_oona_measure": (c_int, [c_int64, c_int32, c_char_p, POINTER(c_void_p)]),
+    "esper_oona_measure_nats": (c_int, [c_char_p, c_int64, POINTER(c_void_p)]),
     # karn-urza-cache (blueprint/, core/urza, core/cache). Out-strings and out-buffers are c_void_p
     # so that take_string / take_bytes can release them with esper_free.
     "esper_blueprint_templates": (c_int, [POINTER(c_void_p)]),

@@ -28,7 +28,7 @@ from typing import Any
 from . import _lib
 
 __all__ = ["Oona", "SCHEMA_VERSION", "KINDS", "ACTORS", "runs_root", "run_dir", "log_files", "read_events",
-           "iter_events", "runs", "measure", "nats_server", "serve_command"]
+           "iter_events", "runs", "measure", "measure_nats", "nats_server", "serve_command"]
 
 #: The event schema version this package reads (``"v"`` of every event; docs/events.md).
 SCHEMA_VERSION = 1
@@ -131,6 +131,15 @@ def measure(events: int, subscribers: int, log_dir: str | os.PathLike[str] | Non
     out = c_void_p()
     d = str(log_dir).encode() if log_dir else None
     _lib.check(_lib.lib().esper_oona_measure(events, subscribers, d, byref(out)))
+    return _lib.take_json(out)
+
+
+def measure_nats(url: str, events: int) -> dict[str, Any]:
+    """Go's measurement of the NATS transport (``make bench``): ``events`` events published one at a
+    time to the server at ``url`` (stored in JetStream), each timed until a second connection
+    receives it: {"events", "p50_us", "p99_us", "max_us"}."""
+    out = c_void_p()
+    _lib.check(_lib.lib().esper_oona_measure_nats(url.encode(), events, byref(out)))
     return _lib.take_json(out)
 
 

@@ -257,3 +257,19 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestMeasureLatency(t *testing.T) {
+	port := freePort(t)
+	startServer(t, port, t.TempDir())
+	lat, err := natsink.MeasureLatency(fmt.Sprintf("nats://127.0.0.1:%d", port), 200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lat.Events != 200 || !(lat.P50 > 0 && lat.P50 <= lat.P99 && lat.P99 <= lat.Max) {
+		t.Fatalf("%+v", lat)
+	}
+	t.Logf("publish to receive through JetStream: %+v", lat)
+	if _, err := natsink.MeasureLatency("nats://127.0.0.1:1", 0); err == nil {
+		t.Fatal("0 events accepted")
+	}
+}

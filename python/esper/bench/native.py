@@ -176,13 +176,53 @@ def bus_rows(rounds: int, quick: bool = False) -> list[Row]:
     bus = [oona.measure(events, 2)["events_per_s"] for _ in range(rounds)]
     with tempfile.TemporaryDirectory(prefix="esper-bench-oona-") as d:
         logged = [oona.measure(events, 1, d)["events_per_s"] for _ in range(rounds)]
-    return [
+    rows = [
         samples_row("bus", "Oona bus in process, 2 subscribers", "cpu", bus, "events/s",
                     target=value_at_least(200_000, ">= 200K events/s"), source="ABI",
                     note=f"{events} lifecycle events per round, published and received in Go (esper_oona_measure)"),
         samples_row("bus", "Oona bus + run log (events.jsonl), 1 subscriber", "cpu", logged, "events/s", target=None,
                     source="ABI", note=f"{events} events per round until the run log has written them to the OS"),
     ]
+    return rows + _nats_rows(rounds, 200 if quick else 2000)
+
+
+def _nats_rows(rounds: int, events: int) -> list[Row]:
+    """Publish-to-receive latency through a local nats-server (build/bin/esper-nats, started here on
+    loopback with JetStream in a temporary folder): p99 per round."""
+    import socket
+    import subprocess
+    import tempfile
+    import time
+
+    from .. import oona
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="esper-bench-nats-") as d:
+        proc = subprocess.Popen(oona.serve_command("127.0.0.1", port, d), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("the NATS server did not start") from None
+                    time.sleep(0.05)
+            url = f"nats://127.0.0.1:{port}"
+            measured = [oona.measure_nats(url, events) for _ in range(rounds)]
+        finally:
+            proc.kill()
+            proc.wait()
+    p99 = [m["p99_us"] for m in measured]
+    return [samples_row("bus", "Oona through local NATS (JetStream), publish to receive, p99", "cpu", p99, "us",
+                        target=value_at_most(2000, "p99 < 2 ms", strict=True), source="ABI",
+                        note=f"{events} events per round, one at a time: Bus.Publish until a second connection "
+                             "receives it; each stored in JetStream on the way",
+                        extra={"p50_us": [m["p50_us"] for m in measured], "max_us": [m["max_us"] for m in measured]})]
 
 
 # ---------------------------------------------------------------------- cache and artifacts
