@@ -569,7 +569,8 @@ int esper_session_growth_log(uint64_t handle, char **out_json);
  * An oona handle is a bus for one run and rank with its run log, which
  * appends every event as one JSON line to <home>/<run>/events.jsonl
  * (events.rank<k>.jsonl for rank k > 0), flushed to the OS after each burst
- * of events, fsynced at epoch and run events, rotated at max_bytes. A
+ * of events, fsynced at run events and epoch ends (at most once a
+ * second), rotated at max_bytes. A
  * session attached to it (esper_session_attach_oona) publishes its
  * lifecycle events, decisions, failures, alarms, epoch and health
  * summaries and its start/resume/end. Publishing never blocks: a full

@@ -332,3 +332,22 @@ def test_cli_lists_runs_and_prints_events(capsys: pytest.CaptureFixture[str]) ->
 def test_bus_throughput_in_process() -> None:
     measured = oona.measure(20_000, 2)
     assert measured["delivered"] == 40_000 and measured["dropped"] == 0 and measured["events_per_s"] > 0
+
+
+def test_unwritable_runs_root_warns_and_training_goes_on(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the runs root should be")
+    model = esper.wrap(tiny(), target_modules=["0"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    morph = esper.Morphogenesis(model, opt, policy="manual", runs=str(blocked))
+    x, y = data()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    morph.step(loss.detach())
+    with pytest.warns(RuntimeWarning, match="has no run log"):
+        morph.end_epoch(val_loss=1.0)  # opens the session (and tries the run log)
+    morph.germinate(0, 0, "residual_mlp", width=2)
+    with pytest.raises(esper.EsperError, match="no run log"):
+        morph.oona.stats()
+    morph.close()

@@ -14,7 +14,8 @@
 //
 // RunLog is the subscriber that appends every event to the run's
 // events.jsonl: whole lines, flushed to the operating system after each
-// burst of events, fsynced at epoch and run boundaries, rotated at a size
+// burst of events, fsynced at run boundaries and at epoch ends (at most
+// once a second), rotated at a size
 // bound. A process killed at any point leaves a log that is readable up to
 // its last complete line.
 //

@@ -90,9 +90,10 @@ type RunLog struct {
 	firstErr                             atomic.Pointer[string]
 
 	// Owned by the writer goroutine only.
-	f    *os.File
-	w    *bufio.Writer
-	size int64
+	f        *os.File
+	w        *bufio.Writer
+	size     int64
+	lastSync time.Time
 
 	closeOnce sync.Once
 	closeErr  error
@@ -192,7 +193,7 @@ func (l *RunLog) open() error {
 
 // run is the writer goroutine: it writes every event it receives, flushes
 // to the operating system after each burst, and fsyncs after a burst that
-// held an epoch or run event.
+// held a run event, or an epoch event SyncEvery after the last fsync.
 func (l *RunLog) run() {
 	defer close(l.done)
 	for {
@@ -239,7 +240,7 @@ func (l *RunLog) drain() (sync, open bool) {
 
 // write appends one event's line, rotating first when the line would take
 // the file past MaxBytes; it reports whether the event asks for an fsync
-// (epoch and run events).
+// (run events; epoch events SyncEvery after the last fsync).
 func (l *RunLog) write(ev *Event) bool {
 	line := ev.Line()
 	if l.size > 0 && l.size+int64(len(line)) > l.cfg.MaxBytes {
@@ -257,8 +258,13 @@ func (l *RunLog) write(ev *Event) bool {
 	l.size += int64(len(line))
 	l.lines.Add(1)
 	l.bytes.Add(int64(len(line)))
-	return ev.Kind == KindEpoch || ev.Kind == KindRun
+	return ev.Kind == KindRun || ev.Kind == KindEpoch && time.Since(l.lastSync) >= SyncEvery
 }
+
+// SyncEvery is the least time between two fsyncs for epoch events (runs of
+// short epochs would otherwise fsync many times a second); run events,
+// rotations and Close always fsync.
+const SyncEvery = time.Second
 
 // flush hands the buffered lines to the operating system (so a killed
 // process loses none of them) and, with sync, fsyncs the file.
@@ -277,6 +283,7 @@ func (l *RunLog) flush(sync bool) {
 			l.fail(fmt.Errorf("oona: run log: sync %s: %v: %w", l.file(0), err, ErrIO))
 			return
 		}
+		l.lastSync = time.Now()
 		l.syncs.Add(1)
 	}
 }

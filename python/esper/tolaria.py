@@ -601,7 +601,9 @@ class Morphogenesis:
         its counts, ``morph.oona.path`` the log file; ``esper.oona.read_events(morph.run_id)`` reads
         it back."""
         self.session  # noqa: B018 - opened with the session
-        assert self._oona is not None
+        if self._oona is None:
+            raise EsperError("this run has no run log: its folder could not be created (see the warning "
+                             "given when the run started)")
         return self._oona
 
     def _open_oona(self, session: Session, run: str) -> None:
@@ -612,8 +614,16 @@ class Morphogenesis:
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         url = self.config.nats_url or os.environ.get("ESPER_NATS_URL", "")
         nats = {**self.config.nats_options, "url": url} if url else None
-        bus = Oona(run, rank, self.config.runs or None, max_bytes=self.config.run_log_max_bytes,
-                   keep=self.config.run_log_keep if self.config.run_log_keep > 0 else -1, nats=nats)
+        try:
+            bus = Oona(run, rank, self.config.runs or None, max_bytes=self.config.run_log_max_bytes,
+                       keep=self.config.run_log_keep if self.config.run_log_keep > 0 else -1, nats=nats)
+        except OSError as exc:  # StorageError included: as Urza's records, the log never stops training
+            warnings.warn(f"esper: run {run} has no run log: {exc}. Set ESPER_HOME (or MorphConfig.runs) to a "
+                          "writable folder.", RuntimeWarning, stacklevel=4)
+            old, self._oona = self._oona, None
+            if old is not None:
+                old.close()
+            return
         try:
             session.attach_oona(bus)
         except BaseException:
