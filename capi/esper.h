@@ -583,7 +583,7 @@ int esper_session_growth_log(uint64_t handle, char **out_json);
  *   {"run": str (1..128 of [A-Za-z0-9_-]), "rank" [0],
  *    "home" [esper_oona_runs_root()]: the runs root,
  *    "log": {"max_bytes" [67108864] (>= 4096), "keep" [4] (rotated files
- *            kept, 0..1000; negative: none), "buffer" [65536] (events)},
+ *            kept, 0..1000; negative: none), "buffer" [8192] (events)},
  *    "nats" [absent: none]: {"url" (required), "creds", "user", "password",
  *            "token", "ca", "cert", "key", "allow_plaintext" [false],
  *            "stream" ["ESPER_EVENTS"], "buffer" [10000] (events)}}

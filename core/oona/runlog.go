@@ -24,7 +24,7 @@ const (
 	// MaxKeep bounds the rotated files kept.
 	MaxKeep = 1000
 	// DefaultLogBuffer is the run log's subscriber buffer (events).
-	DefaultLogBuffer = 65536
+	DefaultLogBuffer = 8192
 )
 
 // LogConfig configures a RunLog. Zero values mean the defaults.
@@ -44,7 +44,8 @@ type LogConfig struct {
 	Keep int `json:"keep,omitempty"`
 	// Buffer is the writer's subscriber buffer, in events: events
 	// published while it is full (the disk stalled that long) are dropped
-	// from the log and counted. Default 65536.
+	// from the log and counted. Default 8192 (64 KiB of pointers; an
+	// Esper run publishes a few events a second).
 	Buffer int `json:"buffer,omitempty"`
 }
 

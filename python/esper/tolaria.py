@@ -459,6 +459,17 @@ def _session_stats(ref: weakref.ReferenceType[Morphogenesis]) -> Callable[[], di
     return stats
 
 
+def _artifact_publisher(ref: weakref.ReferenceType[Morphogenesis]) -> Callable[[dict[str, Any], int, int], None]:
+    """Publishes an artifact event on the referenced Morphogenesis's bus, held weakly."""
+
+    def publish(data: dict[str, Any], step: int, epoch: int) -> None:
+        morph = ref()
+        if morph is not None:
+            morph._publish_artifact(data, step, epoch)
+
+    return publish
+
+
 class Morphogenesis:
     """Drives the growth of a wrapped model during ordinary training.
 
@@ -559,7 +570,7 @@ class Morphogenesis:
         #: Writes one outcome record per germination to Urza (see esper.outcomes).
         self._outcomes = OutcomeRecorder(self.layers, self.layer_names, self.config.policy, self.config.urza,
                                          self.config.record_outcomes, _session_stats(weakref.ref(self)))
-        self._outcomes.on_artifact = self._publish_artifact
+        self._outcomes.on_artifact = _artifact_publisher(weakref.ref(self))  # weakly: no reference cycle
         #: Validates the first germination of each blueprint on its host; serves the later ones.
         self._builds = BuildCache(self._outcomes.store, lambda rec=self._outcomes: {"run": rec.run_id})
         self._kernels: dict[tuple[int, int], StoredKernel] = {}  # stored kernels awaiting their germination
