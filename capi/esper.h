@@ -633,7 +633,8 @@ int esper_oona_runs_root(char **out);
 /* Measure the bus: publish `events` lifecycle events to a fresh bus with
  * `subscribers` draining subscribers (and a run log in a temporary folder
  * under dir, when dir is not NULL or ""), until all are received; *out_json
- * gets {"events", "subscribers", "run_log", "seconds", "events_per_s",
+ * gets {"events", "subscribers", "run_log", "seconds", "cpu_seconds",
+ * "events_per_s" (per CPU second of the process), "wall_events_per_s",
  * "delivered", "dropped", "log_bytes"}. For `make bench`. */
 int esper_oona_measure(int64_t events, int32_t subscribers, const char *dir, char **out_json);
 

@@ -127,7 +127,8 @@ class Oona(_lib.Handle):
 def measure(events: int, subscribers: int, log_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Go's measurement of the bus (``make bench``): ``events`` lifecycle events published to
     ``subscribers`` draining subscribers (and a run log under ``log_dir`` when given), timed until
-    all are received: {"events", "seconds", "events_per_s", "delivered", "dropped", ...}."""
+    all are received: {"events", "seconds", "cpu_seconds", "events_per_s" (per CPU second of the
+    process), "wall_events_per_s", "delivered", "dropped", ...}."""
     out = c_void_p()
     d = str(log_dir).encode() if log_dir else None
     _lib.check(_lib.lib().esper_oona_measure(events, subscribers, d, byref(out)))
