@@ -15,9 +15,11 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -extldflags
 # A count, not a duration: a duration's deadline races the fuzz workers in Go 1.26 and fails a
 # clean run with "context deadline exceeded" on a loaded machine (golang/go#75804, fixed in 1.27).
 FUZZTIME ?= 2000x
+# The NATS server the tests start (and `esper oona serve` runs): nats-server from the version pinned in go.mod.
+NATS_SERVER := build/bin/esper-nats
 
 .DEFAULT_GOAL := help
-.PHONY: help lib test-lib venv test test-go test-py fuzz demo bench lint fmt clean
+.PHONY: help lib test-lib nats-server venv test test-go test-py fuzz demo bench lint fmt clean
 
 help: ## Show this help.
 	@echo "Esper $(VERSION): morphogenetic training for PyTorch with a Go core"
@@ -37,6 +39,12 @@ $(TEST_LIB): $(GO_SOURCES) capi/testexports.go
 	@mkdir -p $(dir $@)
 	CGO_ENABLED=1 go build -tags esper_test -buildmode=c-shared -trimpath -ldflags "$(LDFLAGS)" -o $@ ./capi
 	@rm -f $(basename $@).h
+
+nats-server: $(NATS_SERVER) ## Build the NATS server (nats-server, pinned in go.mod) into build/bin/esper-nats.
+
+$(NATS_SERVER): go.mod go.sum
+	@mkdir -p $(dir $@)
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $@ github.com/nats-io/nats-server/v2
 
 venv: $(VENV)/.installed ## Create .venv with PyTorch and the package (editable).
 
@@ -60,7 +68,7 @@ fuzz: ## Run every Fuzz target for FUZZTIME (default 2000x: executions, not seco
 	  done; \
 	done
 
-test-py: venv $(LIB) $(TEST_LIB) ## Python tests (real PyTorch, the real library).
+test-py: venv $(LIB) $(TEST_LIB) $(NATS_SERVER) ## Python tests (real PyTorch, the real library).
 	$(PY) -m pytest -q tests_py
 
 demo: venv $(LIB) ## Grow models on digits and spirals; prints a table, writes demo_out/.

@@ -630,6 +630,98 @@ int esper_session_metrics_attach(uint64_t handle, uint64_t other);
 
 /* @@ end metrics --------------------------------------------------------- */
 
+/* @@ begin oona: core/oona (event bus, run log) --------------------------- */
+
+/* ------------------------------------------------------------------------ */
+/* Oona: one run's event bus and its run log (core/oona, docs/events.md)     */
+/* ------------------------------------------------------------------------ */
+/*
+ * An oona handle is a bus for one run and rank with its run log, which
+ * appends every event as one JSON line to <home>/<run>/events.jsonl
+ * (events.rank<k>.jsonl for rank k > 0), flushed to the OS after each burst
+ * of events, fsynced at run events and epoch ends (at most once a
+ * second), rotated at max_bytes. A
+ * session attached to it (esper_session_attach_oona) publishes its
+ * lifecycle events, decisions, failures, alarms, epoch and health
+ * summaries and its start/resume/end. Publishing never blocks: a full
+ * subscriber buffer drops the event for that subscriber and counts it.
+ * Every function is safe from several threads; errors are kept per handle
+ * (esper_oona_new, esper_oona_free, esper_oona_runs_root and
+ * esper_oona_measure: per thread, pass 0).
+ *
+ * Config (esper_oona_new), defaults in brackets:
+ *   {"run": str (1..128 of [A-Za-z0-9_-]), "rank" [0],
+ *    "home" [esper_oona_runs_root()]: the runs root,
+ *    "log": {"max_bytes" [67108864] (>= 4096), "keep" [4] (rotated files
+ *            kept, 0..1000; negative: none), "buffer" [8192] (events)},
+ *    "nats" [absent: none]: {"url" (required), "creds", "user", "password",
+ *            "token", "ca", "cert", "key", "allow_plaintext" [false],
+ *            "stream" ["ESPER_EVENTS"], "buffer" [10000] (events)}}
+ * With "nats", every event is also published to esper.v1.<run>.<rank>.<kind>
+ * and stored in the JetStream stream (Nats-Msg-Id = the event id), from a
+ * goroutine that retries while the server is unreachable (docs/events.md).
+ * A plaintext url to a non-loopback host without allow_plaintext is
+ * ESPER_EINVALID. esper_oona_stats then has "nats": {"url", "connected",
+ * "sent", "retries", "unsent", "dropped", "pending", "reconnects",
+ * "last_error"}.
+ */
+
+/* Open a bus and its run log (creating <home>/<run>/); *out receives the
+ * handle. ESPER_EINVALID for a bad config, ESPER_EIO when the log cannot be
+ * opened. */
+int esper_oona_new(const char *config_json, uint64_t *out);
+
+/* Close the bus, let the run log write what it holds, fsync and close it
+ * (waiting at most 10 s), and release the handle. A session still attached
+ * publishes nothing more (its events are ignored, not errors). */
+int esper_oona_free(uint64_t handle);
+
+/* The counts as JSON in *out_json (release with esper_free): {"run", "rank",
+ * "published", "delivered", "dropped", "subscribers": [{"name",
+ * "delivered", "dropped", "pending", "buffer"}], "log": {"path", "lines",
+ * "bytes", "rotations", "syncs", "dropped", "lost", "error"}}. */
+int esper_oona_stats(uint64_t handle, char **out_json);
+
+/* Wait until every event published before the call is written to the OS
+ * (a killed process keeps it), at most timeout_ms (1..3600000).
+ * ESPER_EUNAVAILABLE on time-out (nothing is lost), ESPER_EIO after a
+ * write error. */
+int esper_oona_flush(uint64_t handle, int64_t timeout_ms);
+
+/* Publish one event: kind "run"|"lifecycle"|"decision"|"failure"|"alarm"|
+ * "epoch"|"health"|"artifact", actor "policy"|"governor"|"manual"|
+ * "schedule"|"breaker"|"trainer"|"system", data_json a JSON object (NULL:
+ * {}). ESPER_EINVALID for anything else; ESPER_ESTATE after free. */
+int esper_oona_publish(uint64_t handle, const char *kind, const char *actor, int64_t step, int32_t epoch,
+                       const char *data_json);
+
+/* The default runs root in *out (release with esper_free): $ESPER_HOME/runs
+ * (the ESPER_HOME given to esper_init, else the environment's; ~/.esper
+ * when empty). */
+int esper_oona_runs_root(char **out);
+
+/* Measure the bus: publish `events` lifecycle events to a fresh bus with
+ * `subscribers` draining subscribers (and a run log in a temporary folder
+ * under dir, when dir is not NULL or ""), until all are received; *out_json
+ * gets {"events", "subscribers", "run_log", "seconds", "cpu_seconds",
+ * "events_per_s" (per CPU second of the process), "wall_events_per_s",
+ * "delivered", "dropped", "log_bytes"}. For `make bench`. */
+int esper_oona_measure(int64_t events, int32_t subscribers, const char *dir, char **out_json);
+
+/* Measure NATS: publish `events` (1..100000) lifecycle events one at a
+ * time on a fresh bus whose NATS transport sends them to the server at url
+ * (stored in JetStream), timing each until a second connection subscribed
+ * to the run's subjects receives it; *out_json gets {"events", "p50_us",
+ * "p99_us", "max_us"}. For `make bench`, against a loopback server. */
+int esper_oona_measure_nats(const char *url, int64_t events, char **out_json);
+
+/* Make session `handle` publish its events to bus `oona_handle` (0:
+ * stop), and publish a run event ("start" on a fresh session, "resume"
+ * otherwise). The session never frees the bus. */
+int esper_session_attach_oona(uint64_t handle, uint64_t oona_handle);
+
+/* @@ end oona ------------------------------------------------------------ */
+
 #ifdef __cplusplus
 }
 #endif

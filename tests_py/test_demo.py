@@ -43,6 +43,19 @@ def test_quick_demo_writes_table_json_and_plot(tmp_path: Path) -> None:
     small = rows["fixed small"]
     assert f"| {small['config']} | {small['test_acc_mean']:.2f} ± {small['test_acc_std']:.2f} |" in tables
     assert "Bars: grown " in tables and "Negative control `moons`" in tables
+    # Every grown run wrote its run log (the demo's workers share the test's ESPER_HOME), to its end, and
+    # its log holds the germinations the demo counted.
+    from esper import oona
+
+    logged = {r["run"]: r for r in oona.runs(Path(os.environ["ESPER_HOME"]) / "runs")}
+    runs = [r for task in report["tasks"].values() for rs in task["runs"].values() for r in rs if r.get("run_id")]
+    ids = {r["run_id"] for r in runs}
+    assert ids and ids <= set(logged), (sorted(ids - set(logged))[:3], len(logged))
+    assert all(logged[i]["ended"] and logged[i]["epochs"] > 0 for i in ids)
+    for r in runs:
+        if r["kind"] != "scratch":
+            events = oona.read_events(r["run_id"], root=Path(os.environ["ESPER_HOME"]) / "runs", kinds=["lifecycle"])
+            assert sum(e["data"]["to"] == "GERMINATED" for e in events) == r["germinations"], r["run_id"]
 
 
 def _runs(accs: list[float]) -> list:

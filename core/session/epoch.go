@@ -61,6 +61,7 @@ func (s *Session) EndEpoch(m tamiyo.Metrics) (EpochResult, error) {
 		if d.Op == tamiyo.Rollback {
 			s.counters.Alarms++
 			s.governorAlarmLocked(d.Reason)
+			s.publishAlarmLocked(d)
 		}
 		res.Decisions = append(res.Decisions, s.applyLocked(d))
 	}
@@ -70,6 +71,7 @@ func (s *Session) EndEpoch(m tamiyo.Metrics) (EpochResult, error) {
 	if res.Events == nil {
 		res.Events = []Event{}
 	}
+	s.publishEpochLocked(epoch, m, len(res.Decisions))
 	s.epoch = epoch + 1
 	return res, nil
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/esper-morph/esper/blueprint"
 	"github.com/esper-morph/esper/blueprint/canon"
 	"github.com/esper-morph/esper/core/lifecycle"
+	"github.com/esper-morph/esper/core/oona"
 	"github.com/esper-morph/esper/policy/tamiyo"
 )
 
@@ -110,6 +111,7 @@ func (s *Session) Germinate(layer, slot int, ir *blueprint.IR, reason string) ([
 		return nil, err
 	}
 	defer s.unlock()
+	s.actor = oona.ActorManual
 	i, err := s.indexLocked(layer, slot)
 	if err != nil {
 		return nil, err
@@ -176,6 +178,7 @@ func (s *Session) manual(layer, slot int, to func(*lifecycle.Seed) (lifecycle.St
 		return nil, err
 	}
 	defer s.unlock()
+	s.actor = oona.ActorManual
 	i, err := s.indexLocked(layer, slot)
 	if err != nil {
 		return nil, err
@@ -318,6 +321,7 @@ func (s *Session) ReportFailure(layer, slot int, kind FailureKind, msg string) (
 		f.Outcome = "breaker open: seed pruned"
 	}
 	record()
+	s.actor = oona.ActorBreaker
 	if err := s.moveLocked(layer, slot, to, reason); err != nil {
 		return nil, err
 	}
@@ -382,6 +386,7 @@ func (s *Session) SeedFailed(layer, slot, generation int, reason string) ([]Even
 	s.counters.Failures++
 	s.failedLocked(false)
 	record()
+	s.actor = oona.ActorTrainer
 	if err := s.moveLocked(layer, slot, to, "seed failed to build: "+reason); err != nil {
 		return nil, err
 	}
@@ -391,6 +396,12 @@ func (s *Session) SeedFailed(layer, slot, generation int, reason string) ([]Even
 // applyLocked carries out one decision and records it in the growth log.
 func (s *Session) applyLocked(d tamiyo.Decision) DecisionResult {
 	dr := &DecisionResult{Decision: d, Applied: true}
+	was := s.actor
+	s.actor = oona.ActorPolicy
+	if d.Op == tamiyo.Rollback {
+		s.actor = oona.ActorGovernor
+	}
+	defer func() { s.actor = was }()
 	s.counters.Decisions++
 	s.recordLocked(LogEntry{Kind: "decision", Step: s.step, Epoch: s.epoch, Decision: dr}, "decision", dr)
 	var err error

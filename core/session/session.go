@@ -13,6 +13,7 @@ import (
 	"github.com/esper-morph/esper/core/errcode"
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
+	"github.com/esper-morph/esper/core/oona"
 	"github.com/esper-morph/esper/policy/tamiyo"
 )
 
@@ -69,6 +70,12 @@ type Session struct {
 	source   *outcomeSource    // Karn's outcome history (search on, urza set)
 	closed   bool
 	mon      *monitor // metrics, alarms, impact analysis (monitor.go)
+	// bus receives the session's events (nil: none); busq holds those
+	// queued under mu, published by unlock; actor is who acts in the
+	// call in progress (oona.go).
+	bus   *oona.Bus
+	busq  []busRecord
+	actor oona.Actor
 }
 
 // New starts a session. cfg is validated first; nothing is created when it
@@ -157,18 +164,30 @@ func (s *Session) Close() error {
 	if s.source != nil {
 		s.source.close()
 	}
+	bus := s.bus
+	if bus != nil {
+		st := bus.Stats()
+		s.publishRunLocked("end", &st)
+	}
+	q := s.busq
+	s.bus, s.busq = nil, nil
+	s.logMu.Lock()
 	s.mu.Unlock()
+	if bus != nil {
+		publish(bus, q)
+	}
+	var closeErr error
+	if s.logFile != nil {
+		if err := s.logFile.Close(); err != nil {
+			closeErr = fmt.Errorf("session: close log: %v: %w", err, errcode.ErrIO)
+		}
+	}
+	s.logMu.Unlock()
+	// The metrics server is stopped holding no lock: its handlers take mu.
 	if err := s.stopMonitor(); err != nil {
 		slog.Warn("esper session: stopping the metrics server", "err", err)
 	}
-	s.logMu.Lock()
-	defer s.logMu.Unlock()
-	if s.logFile != nil {
-		if err := s.logFile.Close(); err != nil {
-			return fmt.Errorf("session: close log: %v: %w", err, errcode.ErrIO)
-		}
-	}
-	return nil
+	return closeErr
 }
 
 // lock takes the state lock, refusing a closed session.
@@ -181,18 +200,27 @@ func (s *Session) lock() error {
 	return nil
 }
 
-// unlock releases the state lock, then writes the queued log records.
+// unlock releases the state lock, then writes the queued log records and
+// publishes the queued events (in the order the calls made them: logMu is
+// taken before mu is released).
 func (s *Session) unlock() {
-	if len(s.logq) == 0 || s.logger == nil {
+	s.actor = ""
+	if (len(s.logq) == 0 || s.logger == nil) && len(s.busq) == 0 {
 		s.logq = s.logq[:0]
 		s.mu.Unlock()
 		return
 	}
-	q := s.logq
-	s.logq = nil
+	q, bq, bus := s.logq, s.busq, s.bus
+	s.logq, s.busq = nil, nil
+	if s.logger == nil {
+		q = nil
+	}
 	s.logMu.Lock()
 	s.mu.Unlock()
 	defer s.logMu.Unlock()
+	if bus != nil {
+		defer publish(bus, bq)
+	}
 	for _, r := range q {
 		var err error
 		if r.signals != nil {
@@ -267,6 +295,7 @@ func (s *Session) Step(steps int64, signals []float32, alphasOut []float32) (int
 	if s.step+steps > MaxSteps {
 		return 0, fmt.Errorf("session: step: the step count would pass %d: %w", int64(MaxSteps), ErrArgument)
 	}
+	s.actor = oona.ActorSchedule
 	base := s.step
 	for i := range s.seeds {
 		s.advanceLocked(i, base, steps)
@@ -336,7 +365,10 @@ func (s *Session) advanceLocked(i int, base, steps int64) {
 // state's move to EMBARGOED, a zero embargo) after a transition outside
 // Step.
 func (s *Session) settleLocked(i int) {
+	was := s.actor
+	s.actor = oona.ActorSchedule
 	s.advanceLocked(i, s.step, 0)
+	s.actor = was
 }
 
 // transitionLocked moves seed i to state to, queueing the event and logging
@@ -383,6 +415,7 @@ func (s *Session) recordLocked(e LogEntry, kind string, payload any) {
 		s.dropped += int64(n)
 	}
 	s.growth = append(s.growth, e)
+	s.publishEntryLocked(e)
 	if s.logger != nil {
 		s.logq = append(s.logq, logRecord{kind: kind, step: e.Step, payload: payload})
 	}
@@ -438,6 +471,7 @@ func (s *Session) rollbackLocked(a tamiyo.Alarm) {
 	s.counters.Alarms++
 	d := tamiyo.RollbackDecision(s.seedViewsLocked(), a)
 	s.governorAlarmLocked(d.Reason)
+	s.publishAlarmLocked(d)
 	s.applyLocked(d)
 }
 

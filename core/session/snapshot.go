@@ -122,6 +122,7 @@ func (s *Session) Restore(data []byte) error {
 		s.source.close()
 	}
 	s.source = next.source
+	s.publishRunLocked("resume", nil)
 	return s.resetMonitorLocked(impacts)
 }
 

@@ -67,6 +67,16 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_session_stats": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_seeds": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_growth_log": (c_int, [c_uint64, POINTER(c_void_p)]),
+    "esper_session_attach_oona": (c_int, [c_uint64, c_uint64]),
+    # oona (core/oona): one run's event bus and run log.
+    "esper_oona_new": (c_int, [c_char_p, POINTER(c_uint64)]),
+    "esper_oona_free": (c_int, [c_uint64]),
+    "esper_oona_stats": (c_int, [c_uint64, POINTER(c_void_p)]),
+    "esper_oona_flush": (c_int, [c_uint64, c_int64]),
+    "esper_oona_publish": (c_int, [c_uint64, c_char_p, c_char_p, c_int64, c_int32, c_char_p]),
+    "esper_oona_runs_root": (c_int, [POINTER(c_void_p)]),
+    "esper_oona_measure": (c_int, [c_int64, c_int32, c_char_p, POINTER(c_void_p)]),
+    "esper_oona_measure_nats": (c_int, [c_char_p, c_int64, POINTER(c_void_p)]),
     # karn-urza-cache (blueprint/, core/urza, core/cache). Out-strings and out-buffers are c_void_p
     # so that take_string / take_bytes can release them with esper_free.
     "esper_blueprint_templates": (c_int, [POINTER(c_void_p)]),

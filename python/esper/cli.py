@@ -317,6 +317,79 @@ def _cmd_urza(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from . import oona
+
+    rows = oona.runs(args.root)
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'run':<26} {'events':>7} {'epochs':>6} {'lifecycle':>9} {'ended':<5}  last event")
+    for r in rows:
+        ended = "yes" if r["ended"] else "no"
+        print(f"{r['run']:<26} {r['events']:>7} {r['epochs']:>6} {r['lifecycle']:>9} {ended:<5}  {r['last'] or '-'}")
+    print(f"{len(rows)} run(s) in {args.root or oona.runs_root()}")
+    return 0
+
+
+def _event_line(ev: dict[str, Any]) -> str:
+    """One event as a line of `esper events`."""
+    d = ev.get("data") or {}
+    kind = ev["kind"]
+    if kind == "lifecycle":
+        seed = f"{d.get('layer_name') or d.get('layer')}/{d.get('slot')}"
+        what = f"{seed} {d.get('from')} -> {d.get('to')}: {d.get('reason', '')}"
+    elif kind == "decision":
+        where = f" {d.get('layer_name') or d.get('layer')}/{d.get('slot')}" if d.get("layer", -1) >= 0 else ""
+        refused = "" if d.get("applied", True) else f" (not applied: {d.get('error')})"
+        what = f"{d.get('op')}{where}{refused}: {d.get('reason', '')}"
+    elif kind == "epoch":
+        m = d.get("metrics") or {}
+        what = (f"train_loss {m.get('train_loss')} val_loss {m.get('val_loss')} val_metric {m.get('val_metric')} "
+                f"params {d.get('params_used')} seeds {d.get('seeds')}")
+    elif kind == "run":
+        what = f"{d.get('phase')} ({len(d.get('layers') or [])} layers, policy {d.get('policy')})"
+    elif kind == "failure":
+        what = f"{d.get('layer')}/{d.get('slot')} {d.get('kind')}: {d.get('message')} -> {d.get('outcome')}"
+    elif kind == "alarm":
+        what = f"{d.get('reason')} (seed {d.get('layer')}/{d.get('slot')})"
+    elif kind == "artifact":
+        what = f"{d.get('type')} {str(d.get('id'))[:16]} ({d.get('bytes')} bytes)"
+    else:
+        what = f"{len(d.get('layers') or [])} layers"
+    return f"{ev['seq']:>6} {ev['time'][:23]:<23} e{ev['epoch']:<4} s{ev['step']:<8} {kind:<9} {ev['actor']:<8} {what}"
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    from . import oona
+
+    try:
+        events = oona.iter_events(args.run, rank=args.rank, root=args.root,
+                                  kinds=args.kind.split(",") if args.kind else None)
+        for ev in events:
+            print(json.dumps(ev) if args.json else _event_line(ev))
+    except FileNotFoundError as exc:
+        print(f"esper: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_oona(args: argparse.Namespace) -> int:
+    import os
+
+    from . import oona
+
+    try:
+        cmd = oona.serve_command(args.host, args.port, args.store, args.allow_remote)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"esper: {exc}", file=sys.stderr)
+        return 2
+    print(f"esper oona serve: nats://{args.host}:{args.port}, JetStream in {cmd[-1]} "
+          f"(set ESPER_NATS_URL=nats://{args.host}:{args.port} for runs to publish there)", flush=True)
+    os.execv(cmd[0], cmd)  # the server takes the process over: Ctrl-C stops it
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `esper` command."""
     p = argparse.ArgumentParser(prog="esper", description="Morphogenetic training for PyTorch.")
@@ -369,6 +442,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--samples", type=_positive_int, default=20, help="memory samples over the run (>= 3)")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(fn=_cmd_soak)
+
+    s = sub.add_parser("runs", help="list the runs that wrote a run log ($ESPER_HOME/runs)")
+    s.add_argument("--root", default=None, help="runs root (default $ESPER_HOME/runs, ~/.esper/runs)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_cmd_runs)
+
+    s = sub.add_parser("events", help="print a run's events from its run log, oldest first")
+    s.add_argument("run", help="the run id (morph.run_id; see `esper runs`)")
+    s.add_argument("--kind", default=None, help="only these kinds, comma-separated (lifecycle,decision,...)")
+    s.add_argument("--rank", type=int, default=0, help="which rank's log (default 0)")
+    s.add_argument("--root", default=None, help="runs root (default $ESPER_HOME/runs)")
+    s.add_argument("--json", action="store_true", help="one JSON event per line, as logged")
+    s.set_defaults(fn=_cmd_events)
+
+    s = sub.add_parser("oona", help="the event bus between processes (NATS)")
+    osub = s.add_subparsers(dest="oona_cmd", required=True)
+    serve = osub.add_parser("serve", help="run a local NATS server with JetStream for runs' events")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    serve.add_argument("--port", type=int, default=4222)
+    serve.add_argument("--store", default=None, help="JetStream folder (default $ESPER_HOME/oona)")
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="listen on a non-loopback address (plaintext: prefer a nats-server config with TLS)")
+    serve.set_defaults(fn=_cmd_oona)
 
     s = sub.add_parser("urza", help="the artifact store")
     s.add_argument("--root", default=None, help="store folder (default $ESPER_HOME/urza, ~/.esper/urza)")

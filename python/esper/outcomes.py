@@ -123,6 +123,14 @@ def flush_all() -> None:
 atexit.register(flush_all)
 
 
+def _artifact_event(artifact_id: str, manifest: dict[str, Any], weights: bytes) -> dict[str, Any]:
+    """The data of a trained kernel's "artifact" event (docs/events.md)."""
+    lineage = manifest.get("lineage") if isinstance(manifest.get("lineage"), dict) else {}
+    return {"type": "kernel", "id": artifact_id, "blueprint_id": str(manifest.get("blueprint_id", "")),
+            "bytes": len(weights), "layer": lineage.get("layer"), "layer_name": lineage.get("layer_name"),
+            "slot": lineage.get("slot")}
+
+
 def new_run_id() -> str:
     """A fresh run id: UTC time to the second and 8 random hex digits (``20261207-054100-3f9a2c1b``)."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
@@ -161,6 +169,9 @@ class OutcomeRecorder:
         self._last_written: dict[tuple[int, int], int] = {}  # spans of an in-flight record when last written
         #: Keys of the records written by this recorder, in order (the latest write of each).
         self.written: list[str] = []
+        #: Called as on_artifact(data, step, epoch) on the writer's thread after a trained kernel is
+        #: published (the run's "artifact" event).
+        self.on_artifact: Callable[[dict[str, Any], int, int], None] | None = None
 
     # ------------------------------------------------------------------ inputs
 
@@ -341,6 +352,8 @@ class OutcomeRecorder:
         from .urza import _nulled
 
         doc = _nulled(record) if record is not None else None
+        when = ((int(record.get("ended_step", 0)), int(record.get("ended_epoch", 0))) if record is not None
+                else (0, 0))
         text = json.dumps(doc, allow_nan=False) if doc is not None else ""
 
         def job() -> None:
@@ -348,6 +361,8 @@ class OutcomeRecorder:
             try:
                 if kernel is not None:
                     kernel_id = store.put(*kernel)
+                    if self.on_artifact is not None:
+                        self.on_artifact(_artifact_event(kernel_id, kernel[0], kernel[1]), *when)
                     if doc is not None:
                         body = json.dumps({**doc, "kernel_id": kernel_id}, allow_nan=False)
                 if body:

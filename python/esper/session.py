@@ -225,6 +225,12 @@ class Session(_lib.Handle):
         h = self.handle
         _lib.check(_lib.lib().esper_session_metrics_attach(h, handle), h)
 
+    def attach_oona(self, oona: Any) -> None:
+        """Publish this session's events to an :class:`esper.oona.Oona` bus from now on (None: stop);
+        publishes the run's "start" (or "resume") event."""
+        h = self.handle
+        _lib.check(_lib.lib().esper_session_attach_oona(h, oona.handle if oona is not None else 0), h)
+
     def growth_log(self) -> dict[str, Any]:
         """Every event, decision and failure of the run, in order: {"entries": [...], ...}
         (bounded by the config's growth_log_max; see capi/esper.h)."""

@@ -54,6 +54,7 @@ import json
 import math
 import os
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -78,6 +79,7 @@ from .kasmina import (
     set_sampling,
     stamp_failures,
 )
+from .oona import Oona
 from .outcomes import OutcomeRecorder
 from .session import LIVE_STATES, Session
 from .tezzeret import SeedValidationError, build_seed
@@ -222,6 +224,32 @@ class MorphConfig:
             "no_improvement_epochs": 10, "failure_rate": 0.2}``. Alarms are
             reports (in :attr:`Morphogenesis.log` as ``{"kind": "alarm"}``
             entries, and counted in the metrics); the governor alone acts.
+        runs: the runs root of the run log ("": ``$ESPER_HOME/runs``). Every
+            run appends its events (lifecycle transitions, decisions with
+            their reasons, failures, alarms, epoch and health summaries,
+            artifacts, start and end; docs/events.md) to
+            ``<runs>/<run_id>/events.jsonl``, always: see ``esper.oona``,
+            ``esper runs`` and ``esper events RUN``.
+        run_log_max_bytes: the run log's file rotates at this size (at least
+            4096); the previous files are kept as ``events.1.jsonl`` (newest)
+            to ``events.<run_log_keep>.jsonl``, older ones deleted, so a run's
+            log holds at most about (run_log_keep + 1) x run_log_max_bytes.
+        run_log_keep: rotated files kept (0: only the current file).
+        nats_url: also publish the run's events to this NATS server
+            (subjects ``esper.v1.<run>.<rank>.<kind>``, stored in the
+            JetStream stream ``ESPER_EVENTS`` and deduplicated by event id),
+            so another process can follow or replay the run ("": the
+            environment's ``ESPER_NATS_URL``, or none). ``esper oona serve``
+            runs a local server. Training never waits on it: while the
+            server is unreachable, events wait in a bounded backlog and are
+            sent after it comes back (those that do not fit are counted as
+            dropped, see ``morph.oona.stats()["nats"]``). A plaintext
+            connection to a host other than loopback is refused unless
+            ``nats_options["allow_plaintext"]`` is set.
+        nats_options: NATS credentials and TLS: "creds" (a credentials
+            file), "user" and "password", "token", "ca", "cert", "key",
+            "allow_plaintext", "stream" (default ESPER_EVENTS), "buffer"
+            (the backlog in events, default 10000).
     """
 
     policy: str = "heuristic"
@@ -257,6 +285,11 @@ class MorphConfig:
     metrics_port: int = -1
     metrics_host: str = "127.0.0.1"
     alerts: dict[str, Any] = field(default_factory=dict)
+    runs: str = ""
+    run_log_max_bytes: int = 64 << 20
+    run_log_keep: int = 4
+    nats_url: str = ""
+    nats_options: dict[str, Any] = field(default_factory=dict)
 
     def session_config(self, layers: list[dict[str, Any]], slots: int) -> dict[str, Any]:
         """The Go session configuration for these settings and layers."""
@@ -469,6 +502,17 @@ def _session_stats(ref: weakref.ReferenceType[Morphogenesis]) -> Callable[[], di
     return stats
 
 
+def _artifact_publisher(ref: weakref.ReferenceType[Morphogenesis]) -> Callable[[dict[str, Any], int, int], None]:
+    """Publishes an artifact event on the referenced Morphogenesis's bus, held weakly."""
+
+    def publish(data: dict[str, Any], step: int, epoch: int) -> None:
+        morph = ref()
+        if morph is not None:
+            morph._publish_artifact(data, step, epoch)
+
+    return publish
+
+
 class Morphogenesis:
     """Drives the growth of a wrapped model during ordinary training.
 
@@ -527,6 +571,9 @@ class Morphogenesis:
             raise ValueError(f"signal_every must be >= 1, got {self.config.signal_every}")
         if not 1 <= self.config.log_max <= 1 << 20:
             raise ValueError(f"log_max must be in [1, 1048576], got {self.config.log_max}")
+        if self.config.run_log_max_bytes < 4096 or self.config.run_log_keep < 0:
+            raise ValueError(f"run_log_max_bytes must be >= 4096 and run_log_keep >= 0, got "
+                             f"{self.config.run_log_max_bytes} and {self.config.run_log_keep}")
         scale = self.config.seed_lr_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"seed_lr_scale must be a finite number > 0 (a multiple of the host's LR), got {scale!r}")
@@ -544,7 +591,10 @@ class Morphogenesis:
             raise ValueError("every Kasmina layer of one model must have the same number of slots")
         self._claim_layers()
         self._session: Session | None = None
+        self._oona: Oona | None = None  # the run's event bus and run log (opened with the session)
+        self._oona_run: str | None = None  # the run id a checkpoint being loaded brings (see load_state_dict)
         self._closed = False
+        self._warned_flush = False
         self.steps = 0
         self.epoch = 0
         self._pending = 0  # optimizer steps not yet sent to Go
@@ -566,6 +616,7 @@ class Morphogenesis:
         #: Writes one outcome record per germination to Urza (see esper.outcomes).
         self._outcomes = OutcomeRecorder(self.layers, self.layer_names, self.config.policy, self.config.urza,
                                          self.config.record_outcomes, _session_stats(weakref.ref(self)))
+        self._outcomes.on_artifact = _artifact_publisher(weakref.ref(self))  # weakly: no reference cycle
         #: Validates the first germination of each blueprint on its host; serves the later ones.
         self._builds = BuildCache(self._outcomes.store, lambda rec=self._outcomes: {"run": rec.run_id})
         self._kernels: dict[tuple[int, int], StoredKernel] = {}  # stored kernels awaiting their germination
@@ -596,7 +647,13 @@ class Morphogenesis:
                 _lib.refresh_settings()  # Karn's history is read from $ESPER_HOME/urza as os.environ says now
             config = self.config.session_config(layers, self.slots)
             config["metrics"] = {"run": self.run_id, "rank": _rank()}
-            self._session = Session(config)
+            session = Session(config)
+            try:
+                self._open_oona(session, self._oona_run or self.run_id)
+            except BaseException:
+                session.close()
+                raise
+            self._session = session
             if self.config.metrics_port >= 0:
                 port = self.config.metrics_port
                 if port > 0:
@@ -652,6 +709,54 @@ class Morphogenesis:
         for impact in reports.get("impacts") or []:
             self._log({"kind": "impact", **impact})
 
+    @property
+    def oona(self) -> Oona:
+        """The run's event bus and run log (:class:`esper.oona.Oona`): ``morph.oona.stats()`` has
+        its counts, ``morph.oona.path`` the log file; ``esper.oona.read_events(morph.run_id)`` reads
+        it back."""
+        self.session  # noqa: B018 - opened with the session
+        if self._oona is None:
+            raise EsperError("this run has no run log: its folder could not be created (see the warning "
+                             "given when the run started)")
+        return self._oona
+
+    def _open_oona(self, session: Session, run: str) -> None:
+        """Open the bus and run log of ``run`` and attach ``session`` to it (replacing, and closing,
+        the one it had)."""
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        url = self.config.nats_url or os.environ.get("ESPER_NATS_URL", "")
+        nats = {**self.config.nats_options, "url": url} if url else None
+        try:
+            bus = Oona(run, rank, self.config.runs or None, max_bytes=self.config.run_log_max_bytes,
+                       keep=self.config.run_log_keep if self.config.run_log_keep > 0 else -1, nats=nats)
+        except OSError as exc:  # StorageError included: as Urza's records, the log never stops training
+            warnings.warn(f"esper: run {run} has no run log: {exc}. Set ESPER_HOME (or MorphConfig.runs) to a "
+                          "writable folder.", RuntimeWarning, stacklevel=4)
+            old, self._oona = self._oona, None
+            if old is not None:
+                old.close()
+            return
+        try:
+            session.attach_oona(bus)
+        except BaseException:
+            bus.close()
+            raise
+        old, self._oona = self._oona, bus
+        if old is not None:
+            old.close()
+
+    def _publish_artifact(self, data: dict[str, Any], step: int, epoch: int) -> None:
+        """An artifact the run published to Urza, as an event (called from the Urza writer's thread)."""
+        bus = self._oona
+        if bus is None:
+            return
+        try:
+            bus.publish("artifact", "trainer", data, step=step, epoch=epoch)
+        except EsperError:
+            pass  # the bus closed meanwhile (a checkpoint switched runs): the artifact is in Urza all the same
+
     def _claim_layers(self) -> None:
         """Mark every layer as driven by this Morphogenesis; refuse layers a live one drives.
 
@@ -684,8 +789,11 @@ class Morphogenesis:
                 self._outcomes.close(self.steps, self.epoch)  # the seeds still in flight: ended_by "run_end"
         finally:
             if self._session is not None:
-                self._session.close()
+                self._session.close()  # publishes the run's end
                 self._session = None
+            if self._oona is not None:
+                self._oona.close()  # writes what the run log holds, fsyncs, closes
+                self._oona = None
 
     def __enter__(self) -> Morphogenesis:
         return self
@@ -918,11 +1026,24 @@ class Morphogenesis:
             self._restore_good()
             rolled_back = True
         self._outcomes.end_epoch(self.steps, self.epoch)  # records of the seeds in flight, as last seen
+        self._flush_events()
         self.epoch += 1
         finite = all(v is None or math.isfinite(v) for v in (train_loss, val_loss))
         if self.config.rollback and finite and not rolled_back:
             self._save_good()
         return result
+
+    def _flush_events(self) -> None:
+        """The epoch's events reach the OS before end_epoch returns (a killed run keeps them)."""
+        if self._oona is None:
+            return
+        try:
+            self._oona.flush(timeout=5.0)
+        except EsperError as exc:
+            if not self._warned_flush:
+                self._warned_flush = True
+                warnings.warn(f"esper: run log {self._oona.path} is behind: {exc}; training goes on",
+                              RuntimeWarning, stacklevel=3)
 
     def _check_weights(self) -> bool:
         """Counts the model's non-finite tensors (one pass, one synchronisation per device); any is a
@@ -1406,6 +1527,9 @@ class Morphogenesis:
                              f"{_CHECKPOINT_VERSION})")
         if any(len(layer.seeds) for layer in self.layers):
             raise ValueError("load_state_dict needs a model without seeds (wrap a fresh model)")
+        run = (state.get("outcomes") or {}).get("run_id")
+        if self._session is None and run:
+            self._oona_run = str(run)  # the run log continues the checkpointed run's, not a fresh one
         session = self.session
         before = session.snapshot()
         session.restore(state["session"])  # checked completely by Go; nothing changes on error
@@ -1458,6 +1582,8 @@ class Morphogenesis:
         self._last_good = state.get("last_good") if self.config.rollback else None
         if "outcomes" in state:  # the same run goes on: its id, and the records of its seeds in flight
             self._outcomes.load_state_dict(state["outcomes"])
+        if self._oona is not None and self._oona.run != self.run_id:
+            self._open_oona(session, self.run_id)  # a session opened before the checkpoint: follow its run
         if "builds" in state:
             self._builds.load_state_dict(state["builds"])
         self._sources = {(int(i), int(slot)): str(aid) for i, slot, aid in state.get("sources", [])}

@@ -21,7 +21,7 @@ import torch
 from ..kasmina import SIGNALS
 from ..session import Session
 from ..tezzeret import build_seed, save_weights
-from .rows import Row, samples_row, value_at_most
+from .rows import Row, samples_row, value_at_least, value_at_most
 
 __all__ = ["GoBench", "go_benchmarks", "session_rows", "cache_rows", "decision_rows", "repo_root"]
 
@@ -161,6 +161,73 @@ def session_rows(go: GoBench, rounds: int, inner: int = 5000) -> list[Row]:
                     source="ABI", baseline=in_go, baseline_name=_named(in_go, "the same step inside Go (Go benchmark)"),
                     note="esper_session_step through ctypes: 50 float32 in, 16 alphas out, as the Go benchmark"),
     ]
+
+
+# ---------------------------------------------------------------------- Oona bus
+
+
+def bus_rows(rounds: int, quick: bool = False) -> list[Row]:
+    """The Oona bus in process: events published to 2 draining subscribers, timed in Go until all are
+    received (esper_oona_measure); and the same with the run log writing to a temporary folder."""
+    import tempfile
+
+    from .. import oona
+
+    events = 20_000 if quick else 100_000
+    bus = [oona.measure(events, 2) for _ in range(rounds)]
+    with tempfile.TemporaryDirectory(prefix="esper-bench-oona-") as d:
+        logged = [oona.measure(events, 1, d) for _ in range(rounds)]
+    cpu = "events per CPU second of the process (every thread), as the other CPU rows; wall figures in extra"
+    rows = [
+        samples_row("bus", "Oona bus in process, 2 subscribers", "cpu", [m["events_per_s"] for m in bus], "events/s",
+                    target=value_at_least(200_000, ">= 200K events/s"), source="ABI",
+                    note=f"{events} lifecycle events per round, published and received in Go (esper_oona_measure); "
+                         + cpu, extra={"wall_events_per_s": [m["wall_events_per_s"] for m in bus]}),
+        samples_row("bus", "Oona bus + run log (events.jsonl), 1 subscriber", "cpu",
+                    [m["events_per_s"] for m in logged], "events/s", target=None, source="ABI",
+                    note=f"{events} events per round until the run log has written them to the OS; " + cpu,
+                    extra={"wall_events_per_s": [m["wall_events_per_s"] for m in logged]}),
+    ]
+    return rows + _nats_rows(rounds, 200 if quick else 2000)
+
+
+def _nats_rows(rounds: int, events: int) -> list[Row]:
+    """Publish-to-receive latency through a local nats-server (build/bin/esper-nats, started here on
+    loopback with JetStream in a temporary folder): p99 per round."""
+    import socket
+    import subprocess
+    import tempfile
+    import time
+
+    from .. import oona
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="esper-bench-nats-") as d:
+        proc = subprocess.Popen(oona.serve_command("127.0.0.1", port, d), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("the NATS server did not start") from None
+                    time.sleep(0.05)
+            url = f"nats://127.0.0.1:{port}"
+            measured = [oona.measure_nats(url, events) for _ in range(rounds)]
+        finally:
+            proc.kill()
+            proc.wait()
+    p99 = [m["p99_us"] for m in measured]
+    return [samples_row("bus", "Oona through local NATS (JetStream), publish to receive, p99", "cpu", p99, "us",
+                        target=value_at_most(2000, "p99 < 2 ms", strict=True), source="ABI",
+                        note=f"{events} events per round, one at a time: Bus.Publish until a second connection "
+                             "receives it; each stored in JetStream on the way",
+                        extra={"p50_us": [m["p50_us"] for m in measured], "max_us": [m["max_us"] for m in measured]})]
 
 
 # ---------------------------------------------------------------------- cache and artifacts

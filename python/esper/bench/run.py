@@ -43,7 +43,7 @@ from .rows import Row, format_markdown, format_table
 __all__ = ["main", "run", "describe_machine", "SECTIONS", "BEGIN", "END"]
 
 #: Every section, in the order they run.
-SECTIONS = ("abi", "cache", "decision", "karn", "dormant", "active", "peft", "scaling", "compile", "metrics",
+SECTIONS = ("abi", "cache", "decision", "bus", "karn", "dormant", "active", "peft", "scaling", "compile", "metrics",
             "memory")
 #: Sections that also run on CUDA.
 DEVICE_SECTIONS = ("dormant", "active", "peft", "scaling", "compile", "memory")
@@ -201,6 +201,8 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
         from .karnsearch import karn_rows
 
         return karn_rows(plan.rounds, plan.quick)
+    if name == "bus":
+        return native.bus_rows(plan.rounds, plan.quick)
     if name == "dormant":
         return steps.dormant_rows(device, plan.steps()) + widen.dormant_rows(device, plan.steps())
     if name == "active":

@@ -190,8 +190,10 @@ class RunResult:
     output_changes: list[float] = field(default_factory=list)
     final_seeds: list[dict[str, Any]] = field(default_factory=list)
     width: int | None = None
-    #: The grown run's id (``Morphogenesis.run_id``): its outcome records in Urza carry it.
-    run_id: str = ""
+    #: The Morphogenesis run id of a grown or scratch run (None: a run that opened no session): its
+    #: events are in ``$ESPER_HOME/runs/<run_id>/events.jsonl`` (``esper events RUN``) and its
+    #: outcome records in Urza carry it.
+    run_id: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """Everything but the per-epoch history and events."""
@@ -404,8 +406,10 @@ def scratch_run(task: Task, setup: Setup, seed: int, seeds: list[dict[str, Any]]
                  optimizer=opt)
     wall = time.perf_counter() - start
     morph.close()
-    return _result("scratch", task, seed, hist, wall, final_seeds=[{k: v for k, v in s.items() if k != "ir"}
-                                                                    for s in seeds])
+    # Without seeds the Morphogenesis never opened its session: no events, no run log.
+    run_id = morph.run_id if seeds else None
+    final = [{k: v for k, v in s.items() if k != "ir"} for s in seeds]
+    return _result("scratch", task, seed, hist, wall, run_id=run_id, final_seeds=final)
 
 
 def mean(xs: list[float]) -> float:

@@ -1,0 +1,256 @@
+package oona
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Limits of Config and Subscribe.
+const (
+	// MaxRunLen bounds a run id.
+	MaxRunLen = 128
+	// MaxRank bounds a rank.
+	MaxRank = 1 << 20
+	// DefaultBuffer is a subscriber's buffer when Subscribe is given 0.
+	DefaultBuffer = 1024
+	// MaxBuffer bounds a subscriber's buffer (events).
+	MaxBuffer = 1 << 20
+)
+
+// Config configures a Bus.
+type Config struct {
+	// Run is the run id: 1 to 128 characters from [A-Za-z0-9_-] (it is a
+	// NATS subject token and a directory name). Required.
+	Run string `json:"run"`
+	// Rank is the process's rank in a multi-process run (0 for one
+	// process), in [0, 1<<20].
+	Rank int `json:"rank"`
+}
+
+// CheckRun returns an error wrapping ErrConfig unless run is a valid run
+// id (see Config.Run).
+func CheckRun(run string) error {
+	if run == "" || len(run) > MaxRunLen {
+		return fmt.Errorf("oona: run id %q must be 1 to %d characters: %w", run, MaxRunLen, ErrConfig)
+	}
+	for _, c := range []byte(run) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return fmt.Errorf("oona: run id %q may hold only letters, digits, '_' and '-': %w", run, ErrConfig)
+		}
+	}
+	return nil
+}
+
+// Bus is one run's in-process publish/subscribe bus (see the package doc).
+type Bus struct {
+	// Set at New and never changed.
+	run    string
+	rank   int
+	prefix string // this bus's random id: event ids are prefix-seq
+	now    func() time.Time
+
+	published atomic.Int64
+	delivered atomic.Int64
+	dropped   atomic.Int64
+
+	// mu guards seq, subs and closed; Publish holds it while it numbers an
+	// event and hands it to the subscribers, so every subscriber sees the
+	// events in sequence order.
+	mu     sync.Mutex
+	seq    uint64
+	subs   []*Subscription
+	closed bool
+}
+
+// Option configures a Bus beyond its Config.
+type Option func(*Bus)
+
+// WithClock makes the bus stamp events with now() instead of time.Now()
+// (tests use a fixed clock).
+func WithClock(now func() time.Time) Option { return func(b *Bus) { b.now = now } }
+
+// New returns a bus for cfg; cfg is checked first.
+func New(cfg Config, opts ...Option) (*Bus, error) {
+	if err := CheckRun(cfg.Run); err != nil {
+		return nil, err
+	}
+	if cfg.Rank < 0 || cfg.Rank > MaxRank {
+		return nil, fmt.Errorf("oona: rank %d must be in [0, %d]: %w", cfg.Rank, MaxRank, ErrConfig)
+	}
+	var id [8]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return nil, fmt.Errorf("oona: bus id: %w", err)
+	}
+	b := &Bus{run: cfg.Run, rank: cfg.Rank, prefix: hex.EncodeToString(id[:]), now: time.Now}
+	for _, o := range opts {
+		o(b)
+	}
+	return b, nil
+}
+
+// Run returns the bus's run id.
+func (b *Bus) Run() string { return b.run }
+
+// Rank returns the bus's rank.
+func (b *Bus) Rank() int { return b.rank }
+
+// Publish stamps an event with h and data (a JSON object: a value
+// encoding/json encodes as one, or json.RawMessage / []byte holding one;
+// nil means {}) and hands it to every subscriber without blocking: a
+// subscriber whose buffer is full misses it (counted in Stats). It returns
+// the event published. A closed bus returns ErrClosed; a bad kind, actor
+// or data returns an error wrapping ErrEvent, and nothing is published.
+func (b *Bus) Publish(h Header, data any) (*Event, error) {
+	if !h.Kind.Valid() {
+		return nil, fmt.Errorf("oona: publish: kind %q is not one of %v: %w", h.Kind, kinds, ErrEvent)
+	}
+	if !h.Actor.Valid() {
+		return nil, fmt.Errorf("oona: publish: actor %q is not one of %v: %w", h.Actor, actors, ErrEvent)
+	}
+	raw, err := encodeData(data)
+	if err != nil {
+		return nil, fmt.Errorf("oona: publish %s: %w", h.Kind, err)
+	}
+	ev := &Event{V: SchemaVersion, Run: b.run, Rank: b.rank, Step: h.Step, Epoch: h.Epoch, Kind: h.Kind,
+		Actor: h.Actor, Data: raw}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, fmt.Errorf("oona: publish %s: %w", h.Kind, ErrClosed)
+	}
+	b.seq++
+	ev.Seq = b.seq
+	ev.ID = b.prefix + "-" + strconv.FormatUint(b.seq, 10)
+	ev.Time = b.now().UTC()
+	ev.encode()
+	b.published.Add(1)
+	for _, s := range b.subs {
+		select {
+		case s.ch <- ev:
+			s.delivered.Add(1)
+			b.delivered.Add(1)
+		default:
+			s.dropped.Add(1)
+			b.dropped.Add(1)
+		}
+	}
+	return ev, nil
+}
+
+// Subscribe adds a subscriber named name (for Stats) with a buffer of
+// buffer events (0: DefaultBuffer). It receives every event published
+// from now on, in order, on C(), except those that find its buffer full.
+func (b *Bus) Subscribe(name string, buffer int) (*Subscription, error) {
+	if buffer == 0 {
+		buffer = DefaultBuffer
+	}
+	if buffer < 1 || buffer > MaxBuffer {
+		return nil, fmt.Errorf("oona: subscribe %q: buffer %d must be in [1, %d]: %w", name, buffer, MaxBuffer, ErrConfig)
+	}
+	s := &Subscription{name: name, bus: b, ch: make(chan *Event, buffer)}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, fmt.Errorf("oona: subscribe %q: %w", name, ErrClosed)
+	}
+	b.subs = append(b.subs, s)
+	return s, nil
+}
+
+// Close closes the bus: every subscriber's channel is closed (after the
+// events already in its buffer), and Publish and Subscribe fail from now
+// on. Close may be called again.
+func (b *Bus) Close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return
+	}
+	b.closed = true
+	for _, s := range b.subs {
+		close(s.ch)
+	}
+	b.subs = nil
+}
+
+// SubscriberStats is one subscriber's counts.
+type SubscriberStats struct {
+	Name string `json:"name"`
+	// Delivered counts events put in its buffer, Dropped those that found
+	// it full; Pending is the number waiting in it now, of Buffer.
+	Delivered int64 `json:"delivered"`
+	Dropped   int64 `json:"dropped"`
+	Pending   int   `json:"pending"`
+	Buffer    int   `json:"buffer"`
+}
+
+// Stats is a bus's counts.
+type Stats struct {
+	Run  string `json:"run"`
+	Rank int    `json:"rank"`
+	// Published counts events published; Delivered and Dropped count, over
+	// every subscriber there ever was, events put in a subscriber's buffer
+	// and events a full buffer refused.
+	Published int64 `json:"published"`
+	Delivered int64 `json:"delivered"`
+	Dropped   int64 `json:"dropped"`
+	// Subscribers are the current subscribers.
+	Subscribers []SubscriberStats `json:"subscribers"`
+}
+
+// Stats returns the bus's counts.
+func (b *Bus) Stats() Stats {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st := Stats{Run: b.run, Rank: b.rank, Published: b.published.Load(), Delivered: b.delivered.Load(),
+		Dropped: b.dropped.Load(), Subscribers: make([]SubscriberStats, 0, len(b.subs))}
+	for _, s := range b.subs {
+		st.Subscribers = append(st.Subscribers, s.statsLocked())
+	}
+	return st
+}
+
+// Subscription is one subscriber of a Bus.
+type Subscription struct {
+	name      string
+	bus       *Bus
+	ch        chan *Event
+	delivered atomic.Int64
+	dropped   atomic.Int64
+}
+
+// C returns the channel the subscriber reads; it is closed by Close (of
+// the subscription or the bus) after the events in the buffer.
+func (s *Subscription) C() <-chan *Event { return s.ch }
+
+// Stats returns the subscriber's counts.
+func (s *Subscription) Stats() SubscriberStats {
+	s.bus.mu.Lock()
+	defer s.bus.mu.Unlock()
+	return s.statsLocked()
+}
+
+func (s *Subscription) statsLocked() SubscriberStats {
+	return SubscriberStats{Name: s.name, Delivered: s.delivered.Load(), Dropped: s.dropped.Load(),
+		Pending: len(s.ch), Buffer: cap(s.ch)}
+}
+
+// Close removes the subscriber from its bus and closes its channel (the
+// events already in the buffer can still be read). It may be called again.
+func (s *Subscription) Close() {
+	b := s.bus
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, o := range b.subs {
+		if o == s {
+			b.subs = append(b.subs[:i], b.subs[i+1:]...)
+			close(s.ch)
+			return
+		}
+	}
+}

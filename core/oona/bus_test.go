@@ -1,0 +1,286 @@
+package oona_test
+
+import (
+	"encoding/json"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/esper-morph/esper/core/oona"
+)
+
+func newBus(t testing.TB, run string) *oona.Bus {
+	t.Helper()
+	b, err := oona.New(oona.Config{Run: run, Rank: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	return b
+}
+
+func lifecycle(step int64) oona.Header {
+	return oona.Header{Kind: oona.KindLifecycle, Actor: oona.ActorPolicy, Step: step, Epoch: 2}
+}
+
+func TestConfig(t *testing.T) {
+	cases := []struct {
+		name string
+		cfg  oona.Config
+		ok   bool
+	}{
+		{"plain", oona.Config{Run: "20261207-054100-3f9a2c1b"}, true},
+		{"rank", oona.Config{Run: "r_1", Rank: 3}, true},
+		{"empty run", oona.Config{}, false},
+		{"dot", oona.Config{Run: "a.b"}, false},
+		{"wildcard", oona.Config{Run: "a*"}, false},
+		{"space", oona.Config{Run: "a b"}, false},
+		{"slash", oona.Config{Run: "../x"}, false},
+		{"negative rank", oona.Config{Run: "r", Rank: -1}, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			b, err := oona.New(c.cfg)
+			if c.ok != (err == nil) {
+				t.Fatalf("New(%+v) err = %v, want ok=%v", c.cfg, err, c.ok)
+			}
+			if err != nil && !errors.Is(err, oona.ErrConfig) {
+				t.Fatalf("err %v does not wrap ErrConfig", err)
+			}
+			if b != nil {
+				b.Close()
+			}
+		})
+	}
+}
+
+func TestPublishStampsAndEncodes(t *testing.T) {
+	fixed := time.Date(2026, 12, 7, 8, 0, 0, 123, time.UTC)
+	b, err := oona.New(oona.Config{Run: "run-1", Rank: 2}, oona.WithClock(func() time.Time { return fixed }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	sub, err := b.Subscribe("t", 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for i := range 5 {
+		ev, err := b.Publish(lifecycle(int64(i)), map[string]any{"to": "TRAINING", "i": i})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := <-sub.C()
+		if got != ev {
+			t.Fatalf("subscriber got %p, publish returned %p", got, ev)
+		}
+		var back oona.Event
+		if err := json.Unmarshal(ev.Line(), &back); err != nil {
+			t.Fatalf("line %q: %v", ev.Line(), err)
+		}
+		if back.V != oona.SchemaVersion || back.Run != "run-1" || back.Rank != 2 || back.Seq != uint64(i+1) ||
+			back.Step != int64(i) || back.Epoch != 2 || back.Kind != oona.KindLifecycle || back.Actor != oona.ActorPolicy ||
+			!back.Time.Equal(fixed) || back.ID != ev.ID {
+			t.Fatalf("decoded %+v from %s", back, ev.Line())
+		}
+		if ev.Line()[len(ev.Line())-1] != '\n' {
+			t.Fatal("line does not end with a newline")
+		}
+		if seen[ev.ID] {
+			t.Fatalf("id %s repeated", ev.ID)
+		}
+		seen[ev.ID] = true
+		if ev.Subject() != "esper.v1.run-1.2.lifecycle" {
+			t.Fatalf("subject %s", ev.Subject())
+		}
+	}
+	// Two buses of one run (a resumed run) never share an id.
+	b2, _ := oona.New(oona.Config{Run: "run-1", Rank: 2})
+	defer b2.Close()
+	ev, _ := b2.Publish(lifecycle(0), nil)
+	if seen[ev.ID] {
+		t.Fatalf("a second bus reused id %s", ev.ID)
+	}
+}
+
+func TestPublishRefusesBadEvents(t *testing.T) {
+	b := newBus(t, "r")
+	cases := []struct {
+		name string
+		h    oona.Header
+		data any
+	}{
+		{"kind", oona.Header{Kind: "gossip", Actor: oona.ActorPolicy}, nil},
+		{"actor", oona.Header{Kind: oona.KindEpoch, Actor: "someone"}, nil},
+		{"array", lifecycle(0), []int{1}},
+		{"raw array", lifecycle(0), json.RawMessage(`[1]`)},
+		{"raw invalid", lifecycle(0), []byte(`{"a":`)},
+		{"unencodable", lifecycle(0), map[string]any{"f": func() {}}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if _, err := b.Publish(c.h, c.data); !errors.Is(err, oona.ErrEvent) {
+				t.Fatalf("err = %v, want ErrEvent", err)
+			}
+		})
+	}
+	if st := b.Stats(); st.Published != 0 {
+		t.Fatalf("published %d after refusals", st.Published)
+	}
+	ev, err := b.Publish(lifecycle(0), json.RawMessage(" { \"a\" : 1 } "))
+	if err != nil || string(ev.Data) != `{"a":1}` || ev.Seq != 1 {
+		t.Fatalf("raw object: %v %s seq %d", err, ev.Data, ev.Seq)
+	}
+}
+
+func TestSlowSubscriberNeverBlocks(t *testing.T) {
+	b := newBus(t, "r")
+	slow, _ := b.Subscribe("slow", 2)
+	fast, _ := b.Subscribe("fast", 100)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 50 {
+			if _, err := b.Publish(lifecycle(1), nil); err != nil {
+				t.Error(err)
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Publish blocked on a subscriber nobody reads")
+	}
+	st := b.Stats()
+	if st.Published != 50 || st.Delivered != 52 || st.Dropped != 48 {
+		t.Fatalf("stats %+v, want published 50, delivered 2+50, dropped 48", st)
+	}
+	if s := slow.Stats(); s.Delivered != 2 || s.Dropped != 48 || s.Pending != 2 || s.Buffer != 2 {
+		t.Fatalf("slow %+v", s)
+	}
+	if s := fast.Stats(); s.Delivered != 50 || s.Dropped != 0 {
+		t.Fatalf("fast %+v", s)
+	}
+	// The slow subscriber still gets the first events, in order.
+	if a, c := <-slow.C(), <-slow.C(); a.Seq != 1 || c.Seq != 2 {
+		t.Fatalf("slow got seq %d, %d", a.Seq, c.Seq)
+	}
+}
+
+func TestConcurrentPublishersKeepOrderPerSubscriber(t *testing.T) {
+	b := newBus(t, "r")
+	subs := make([]*oona.Subscription, 3)
+	for i := range subs {
+		subs[i], _ = b.Subscribe("s", 10000)
+	}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 500 {
+				if _, err := b.Publish(lifecycle(1), nil); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.Close()
+	for i, s := range subs {
+		var last uint64
+		n := 0
+		for ev := range s.C() {
+			if ev.Seq != last+1 {
+				t.Fatalf("subscriber %d: seq %d after %d", i, ev.Seq, last)
+			}
+			last = ev.Seq
+			n++
+		}
+		if n != 2000 {
+			t.Fatalf("subscriber %d got %d events, want 2000", i, n)
+		}
+	}
+}
+
+func TestClose(t *testing.T) {
+	b := newBus(t, "r")
+	s, _ := b.Subscribe("s", 4)
+	gone, _ := b.Subscribe("gone", 4)
+	gone.Close()
+	gone.Close()
+	if _, err := b.Publish(lifecycle(0), nil); err != nil {
+		t.Fatal(err)
+	}
+	if st := gone.Stats(); st.Delivered != 0 {
+		t.Fatalf("an unsubscribed subscriber got %d events", st.Delivered)
+	}
+	b.Close()
+	b.Close()
+	if ev, ok := <-s.C(); !ok || ev.Seq != 1 {
+		t.Fatal("the buffered event was lost at Close")
+	}
+	if _, ok := <-s.C(); ok {
+		t.Fatal("channel still open after Close")
+	}
+	s.Close() // after the bus closed it: no double close
+	if _, err := b.Publish(lifecycle(0), nil); !errors.Is(err, oona.ErrClosed) {
+		t.Fatalf("publish after close: %v", err)
+	}
+	if _, err := b.Subscribe("late", 1); !errors.Is(err, oona.ErrClosed) {
+		t.Fatalf("subscribe after close: %v", err)
+	}
+	if _, err := b.Subscribe("bad", -1); err == nil {
+		t.Fatal("negative buffer accepted")
+	}
+}
+
+// FuzzPublishData: whatever bytes a caller hands Publish as data (the C
+// ABI passes them through), the bus either refuses them with ErrEvent or
+// publishes a line that decodes back to an event holding a JSON object.
+func FuzzPublishData(f *testing.F) {
+	for _, s := range []string{`{}`, `{"a":1}`, ` { "a" : [1, 2] } `, `[1]`, `"x"`, `{"a":`, `{"a":NaN}`, "{\"\\u0000\":1}", "{\"a\":\"\xff\"}"} {
+		f.Add([]byte(s))
+	}
+	b, err := oona.New(oona.Config{Run: "fuzz"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer b.Close()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ev, err := b.Publish(lifecycle(1), data)
+		if err != nil {
+			if !errors.Is(err, oona.ErrEvent) {
+				t.Fatalf("refused with %v, not ErrEvent", err)
+			}
+			return
+		}
+		var back struct {
+			ID   string                     `json:"id"`
+			Data map[string]json.RawMessage `json:"data"`
+		}
+		if !utf8.Valid(ev.Line()) {
+			t.Fatalf("line %q is not UTF-8 (readers in other languages would refuse it)", ev.Line())
+		}
+		if err := json.Unmarshal(ev.Line(), &back); err != nil || back.ID != ev.ID || back.Data == nil {
+			t.Fatalf("line %q does not decode: %v", ev.Line(), err)
+		}
+	})
+}
+
+// FuzzParseNodeConfig: a configuration document is decoded or refused with
+// ErrConfig, never a panic.
+func FuzzParseNodeConfig(f *testing.F) {
+	for _, s := range []string{`{"run":"r","home":"/x"}`, `{"run":"r","log":{"max_bytes":4096},"nats":{"url":"nats://127.0.0.1:1"}}`,
+		`{"run":1}`, `{} {}`, `{"extra":1}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if _, err := oona.ParseNodeConfig(data); err != nil && !errors.Is(err, oona.ErrConfig) {
+			t.Fatalf("refused with %v, not ErrConfig", err)
+		}
+	})
+}

@@ -1,0 +1,21 @@
+// Package natsink carries a run's Oona events to NATS (docs/events.md,
+// "NATS"): each event is published to esper.v1.<run>.<rank>.<kind> and
+// stored in the JetStream stream ESPER_EVENTS, deduplicated by its id
+// (header Nats-Msg-Id), so another process or machine can follow the run
+// live or replay it from the start.
+//
+// A Sink is a subscriber of the bus: its bounded subscription buffer is
+// the backlog. Its goroutine publishes one event at a time to JetStream
+// and waits for the server's ack; while the server is absent or down it
+// retries the same event with backoff, and events published meanwhile
+// wait in the buffer, or, once it is full, are dropped and counted by the
+// bus (Stats). Training never waits on NATS: Publish on the bus never
+// blocks, and Close gives the backlog a bounded time.
+//
+// Connections take the standard NATS credentials (a creds file,
+// user/password, a token) and TLS (a CA, a client certificate); a
+// plaintext connection to a host other than loopback is refused unless
+// Config.AllowPlaintext is set.
+//
+// Concurrency: Stats and Close are safe for concurrent use.
+package natsink

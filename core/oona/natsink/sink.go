@@ -1,0 +1,347 @@
+package natsink
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/esper-morph/esper/core/errcode"
+	"github.com/esper-morph/esper/core/oona"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Defaults of Config.
+const (
+	// DefaultStream is the JetStream stream events are stored in.
+	DefaultStream = "ESPER_EVENTS"
+	// DefaultBuffer is the backlog, in events, kept while the server is
+	// unreachable.
+	DefaultBuffer = 10000
+	// DefaultDuplicates is the stream's deduplication window.
+	DefaultDuplicates = 10 * time.Minute
+)
+
+// ErrConfig is returned for a malformed or unsafe configuration.
+var ErrConfig = errcode.New(errcode.Invalid, "natsink: bad config")
+
+// Parse decodes a Config strictly (unknown fields are errors).
+func Parse(data []byte) (Config, error) {
+	var c Config
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return c, fmt.Errorf("natsink: config: %v: %w", err, ErrConfig)
+	}
+	if dec.More() {
+		return c, fmt.Errorf("natsink: config: trailing data: %w", ErrConfig)
+	}
+	return c, nil
+}
+
+// Config configures a Sink.
+type Config struct {
+	// URL is the server ("nats://127.0.0.1:4222", "tls://host:4222"; a
+	// comma-separated list for a cluster). Required.
+	URL string `json:"url"`
+	// Creds is a credentials file (JWT and nkey); User and Password, or
+	// Token, are the other ways to authenticate.
+	Creds    string `json:"creds,omitempty"`
+	User     string `json:"user,omitempty"`
+	Password string `json:"password,omitempty"`
+	Token    string `json:"token,omitempty"`
+	// CA, Cert and Key configure TLS: the CA that signed the server's
+	// certificate, and a client certificate and key.
+	CA   string `json:"ca,omitempty"`
+	Cert string `json:"cert,omitempty"`
+	Key  string `json:"key,omitempty"`
+	// AllowPlaintext permits a connection without TLS to a host other
+	// than loopback (events, and a password or token, then cross the
+	// network in clear). Default false.
+	AllowPlaintext bool `json:"allow_plaintext,omitempty"`
+	// Stream is the JetStream stream (created if absent, capturing
+	// "esper.v1.>"). Default ESPER_EVENTS.
+	Stream string `json:"stream,omitempty"`
+	// Buffer is the backlog in events (the subscription's buffer).
+	// Default 10000.
+	Buffer int `json:"buffer,omitempty"`
+}
+
+// Stats is a sink's counts.
+type Stats struct {
+	// URL is the server (credentials removed); Connected says whether the
+	// connection is up now.
+	URL       string `json:"url"`
+	Connected bool   `json:"connected"`
+	// Sent counts events the server acknowledged (stored); Retries counts
+	// failed attempts; Unsent counts events left in the backlog at Close.
+	Sent    int64 `json:"sent"`
+	Retries int64 `json:"retries"`
+	Unsent  int64 `json:"unsent"`
+	// Dropped counts events that found the backlog full (the bus's count
+	// for this subscriber); Pending those waiting now.
+	Dropped int64 `json:"dropped"`
+	Pending int   `json:"pending"`
+	// Reconnects counts the connection's reconnections (the client's own
+	// count, updated before publishing resumes); LastError is the last
+	// failure.
+	Reconnects int64  `json:"reconnects"`
+	LastError  string `json:"last_error,omitempty"`
+}
+
+// Sink publishes a bus's events to NATS JetStream.
+type Sink struct {
+	cfg   Config
+	shown string
+	sub   *oona.Subscription
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	stop  chan struct{}
+	done  chan struct{}
+
+	sent, retries, unsent atomic.Int64
+	lastErr               atomic.Pointer[string]
+
+	// streamMu guards streamReady (the writer's own flag, also reset by
+	// the reconnect handler).
+	streamMu    sync.Mutex
+	streamReady bool
+
+	closeOnce sync.Once
+}
+
+// checkURL refuses plaintext to a non-loopback host without the opt-in.
+func checkURL(cfg Config) (string, error) {
+	if cfg.URL == "" {
+		return "", fmt.Errorf("natsink: url is required: %w", ErrConfig)
+	}
+	var shown []string
+	for _, raw := range strings.Split(cfg.URL, ",") {
+		raw = strings.TrimSpace(raw)
+		u, err := url.Parse(raw)
+		if err != nil || u.Host == "" {
+			return "", fmt.Errorf("natsink: url %q: want nats://host:port or tls://host:port: %w", raw, ErrConfig)
+		}
+		host := u.Hostname()
+		tlsOn := u.Scheme == "tls" || cfg.CA != "" || cfg.Cert != ""
+		if !tlsOn && !cfg.AllowPlaintext && !loopback(host) {
+			return "", fmt.Errorf("natsink: %s is not loopback and the connection has no TLS: use tls:// (and ca), "+
+				"or set allow_plaintext to send events in clear: %w", host, ErrConfig)
+		}
+		if u.User != nil && !tlsOn && !loopback(host) && !cfg.AllowPlaintext {
+			return "", fmt.Errorf("natsink: credentials in a plaintext url: %w", ErrConfig)
+		}
+		u.User = nil
+		shown = append(shown, u.String())
+	}
+	return strings.Join(shown, ","), nil
+}
+
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Open connects to cfg.URL (in the background: a server that is absent
+// now is tried again and again) and subscribes the sink to b.
+func Open(b *oona.Bus, cfg Config) (*Sink, error) {
+	shown, err := checkURL(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Stream == "" {
+		cfg.Stream = DefaultStream
+	}
+	if cfg.Buffer == 0 {
+		cfg.Buffer = DefaultBuffer
+	}
+	if cfg.Buffer < 1 || cfg.Buffer > oona.MaxBuffer {
+		return nil, fmt.Errorf("natsink: buffer %d must be in [1, %d]: %w", cfg.Buffer, oona.MaxBuffer, ErrConfig)
+	}
+	s := &Sink{cfg: cfg, shown: shown, stop: make(chan struct{}), done: make(chan struct{})}
+	opts := []nats.Option{
+		nats.Name("esper " + b.Run() + "/" + fmt.Sprint(b.Rank())),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(200 * time.Millisecond),
+		nats.ReconnectJitter(100*time.Millisecond, 100*time.Millisecond),
+		nats.Timeout(2 * time.Second),
+		nats.ReconnectBufSize(-1), // no second buffer: the backlog is the subscription's
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				s.fail(fmt.Errorf("natsink: disconnected: %w", err))
+			}
+			s.setStream(false)
+		}),
+		nats.NoCallbacksAfterClientClose(),
+	}
+	if cfg.Creds != "" {
+		opts = append(opts, nats.UserCredentials(cfg.Creds))
+	}
+	if cfg.User != "" {
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	}
+	if cfg.Token != "" {
+		opts = append(opts, nats.Token(cfg.Token))
+	}
+	if cfg.CA != "" {
+		opts = append(opts, nats.RootCAs(cfg.CA))
+	}
+	if cfg.Cert != "" || cfg.Key != "" {
+		opts = append(opts, nats.ClientCert(cfg.Cert, cfg.Key))
+	}
+	nc, err := nats.Connect(cfg.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("natsink: connect %s: %v: %w", shown, err, errcode.ErrUnavailable)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("natsink: jetstream: %v: %w", err, errcode.ErrUnavailable)
+	}
+	sub, err := b.Subscribe("nats", cfg.Buffer)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("natsink: %w", err)
+	}
+	s.nc, s.js, s.sub = nc, js, sub
+	go s.run()
+	return s, nil
+}
+
+func (s *Sink) setStream(ok bool) {
+	s.streamMu.Lock()
+	s.streamReady = ok
+	s.streamMu.Unlock()
+}
+
+func (s *Sink) streamOK() bool {
+	s.streamMu.Lock()
+	defer s.streamMu.Unlock()
+	return s.streamReady
+}
+
+func (s *Sink) fail(err error) {
+	msg := err.Error()
+	if p := s.lastErr.Swap(&msg); p == nil || *p != msg {
+		slog.Debug("esper oona: nats", "err", err)
+	}
+}
+
+// run is the writer goroutine: one event at a time, each retried until
+// the server stores it or the sink stops.
+func (s *Sink) run() {
+	defer close(s.done)
+	defer func() {
+		if r := recover(); r != nil {
+			s.fail(fmt.Errorf("natsink: panic: %v", r))
+		}
+	}()
+	backoff := 50 * time.Millisecond
+	for {
+		var ev *oona.Event
+		select {
+		case e, ok := <-s.sub.C():
+			if !ok {
+				return
+			}
+			ev = e
+		case <-s.stop:
+			return
+		}
+		for {
+			err := s.publish(ev)
+			if err == nil {
+				s.sent.Add(1)
+				backoff = 50 * time.Millisecond
+				break
+			}
+			s.retries.Add(1)
+			s.fail(err)
+			select {
+			case <-s.stop:
+				s.unsent.Add(1)
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Second)
+		}
+	}
+}
+
+// publish stores one event in the stream (creating the stream first when
+// needed) and waits for the ack.
+func (s *Sink) publish(ev *oona.Event) error {
+	if !s.nc.IsConnected() {
+		return fmt.Errorf("natsink: not connected to %s", s.shown)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if !s.streamOK() {
+		_, err := s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+			Name: s.cfg.Stream, Subjects: []string{"esper.v1.>"}, Storage: jetstream.FileStorage,
+			Duplicates: DefaultDuplicates, MaxAge: 30 * 24 * time.Hour, MaxBytes: 1 << 30,
+		})
+		if err != nil {
+			return fmt.Errorf("natsink: stream %s: %w", s.cfg.Stream, err)
+		}
+		s.setStream(true)
+	}
+	line := ev.Line()
+	msg := &nats.Msg{Subject: ev.Subject(), Data: line[:len(line)-1], Header: nats.Header{}}
+	msg.Header.Set(nats.MsgIdHdr, ev.ID)
+	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(ev.ID)); err != nil {
+		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			s.setStream(false)
+		}
+		return fmt.Errorf("natsink: publish %s: %w", ev.ID, err)
+	}
+	return nil
+}
+
+// Stats returns the sink's counts.
+func (s *Sink) Stats() Stats {
+	sub := s.sub.Stats()
+	st := Stats{URL: s.shown, Connected: s.nc.IsConnected(), Sent: s.sent.Load(), Retries: s.retries.Load(),
+		Unsent: s.unsent.Load(), Dropped: sub.Dropped, Pending: sub.Pending, Reconnects: int64(s.nc.Stats().Reconnects)}
+	if p := s.lastErr.Load(); p != nil {
+		st.LastError = *p
+	}
+	return st
+}
+
+// TransportStats returns Stats (for oona.Node).
+func (s *Sink) TransportStats() any { return s.Stats() }
+
+// Close stops taking events and gives the backlog at most timeout to
+// reach the server; what is left is counted as Unsent. Then the
+// connection closes. It may be called again.
+func (s *Sink) Close(timeout time.Duration) {
+	s.closeOnce.Do(func() {
+		s.sub.Close()
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		select {
+		case <-s.done:
+		case <-t.C:
+			close(s.stop)
+			<-s.done
+		}
+		for range s.sub.C() {
+			s.unsent.Add(1)
+		}
+		s.nc.Close()
+	})
+}

@@ -1,0 +1,181 @@
+package session
+
+import (
+	"errors"
+	"log/slog"
+
+	"github.com/esper-morph/esper/core/lifecycle"
+	"github.com/esper-morph/esper/core/oona"
+	"github.com/esper-morph/esper/policy/tamiyo"
+)
+
+// The session's events on an Oona bus (docs/events.md). Every entry of
+// the growth log (lifecycle events, decisions, failures) is published, and
+// so are alarms, the end of each epoch (metrics, parameters, seeds by
+// state, counters) with the health statistics, and the run's start,
+// resume and end. Events are queued under the state lock and published
+// after it is released, in order (see unlock), so a publish never runs
+// under the state lock; Publish itself never blocks.
+
+// busRecord is an event waiting to be published once the state lock is
+// released.
+type busRecord struct {
+	h    oona.Header
+	data any
+}
+
+// lifecycleData is a lifecycle event's data: the transition as the trainer
+// receives it, less the blueprint's IR (its id names it; Urza holds it),
+// with the layer's name.
+type lifecycleData struct {
+	Event
+	LayerName string `json:"layer_name"`
+}
+
+// decisionData is a decision event's data.
+type decisionData struct {
+	DecisionResult
+	LayerName string `json:"layer_name,omitempty"`
+}
+
+// alarmData is an alarm event's data.
+type alarmData struct {
+	// Reason says what was seen; Layer and Slot name the seed rolled back
+	// (-1 when none could be blamed); Alarms counts the run's alarms.
+	Reason string `json:"reason"`
+	Layer  int    `json:"layer"`
+	Slot   int    `json:"slot"`
+	Alarms int64  `json:"alarms"`
+}
+
+// epochData is an epoch event's data.
+type epochData struct {
+	Metrics    tamiyo.Metrics `json:"metrics"`
+	ParamsUsed int64          `json:"params_used"`
+	Seeds      map[string]int `json:"seeds"`
+	Decisions  int            `json:"decisions"`
+	Counters   Counters       `json:"counters"`
+}
+
+// runData is a run event's data.
+type runData struct {
+	// Phase is "start", "resume" or "end".
+	Phase  string   `json:"phase"`
+	Layers []string `json:"layers"`
+	Slots  int      `json:"slots_per_layer"`
+	Policy string   `json:"policy"`
+	// Counters are the run's counts so far.
+	Counters Counters `json:"counters"`
+	// Bus is the bus's counts (at the end only).
+	Bus *oona.Stats `json:"bus,omitempty"`
+}
+
+// AttachBus makes the session publish its events to b from now on (nil
+// stops it) and publishes a run event: "start" on a fresh session,
+// "resume" on one that has already stepped or restored a snapshot. The
+// caller keeps ownership of b (the session never closes it).
+func (s *Session) AttachBus(b *oona.Bus) error {
+	if err := s.lock(); err != nil {
+		return err
+	}
+	defer s.unlock()
+	s.bus = b
+	phase := "start"
+	if s.step > 0 || s.epoch > 0 {
+		phase = "resume"
+	}
+	s.publishRunLocked(phase, nil)
+	return nil
+}
+
+// publishLocked queues an event for the bus (nothing without one).
+func (s *Session) publishLocked(kind oona.Kind, actor oona.Actor, step int64, epoch int, data any) {
+	if s.bus == nil {
+		return
+	}
+	s.busq = append(s.busq, busRecord{h: oona.Header{Kind: kind, Actor: actor, Step: step, Epoch: epoch}, data: data})
+}
+
+func (s *Session) publishRunLocked(phase string, bus *oona.Stats) {
+	s.publishLocked(oona.KindRun, oona.ActorSystem, s.step, s.epoch, runData{Phase: phase,
+		Layers: append([]string(nil), s.set.names...), Slots: s.slots, Policy: s.set.cfg.Policy, Counters: s.counters,
+		Bus: bus})
+}
+
+// publishEntryLocked queues a growth log entry as its event: lifecycle
+// transitions by the session's current actor, decisions by the policy
+// (the governor's rollbacks by the governor), failures as the trainer
+// reported them.
+func (s *Session) publishEntryLocked(e LogEntry) {
+	if s.bus == nil {
+		return
+	}
+	switch {
+	case e.Event != nil:
+		ev := *e.Event
+		ev.Blueprint = nil
+		s.publishLocked(oona.KindLifecycle, s.actorLocked(), e.Step, e.Epoch, lifecycleData{Event: ev, LayerName: s.layerName(ev.Layer)})
+	case e.Decision != nil:
+		actor := oona.ActorPolicy
+		if e.Decision.Op == tamiyo.Rollback {
+			actor = oona.ActorGovernor
+		}
+		s.publishLocked(oona.KindDecision, actor, e.Step, e.Epoch, decisionData{DecisionResult: *e.Decision,
+			LayerName: s.layerName(e.Decision.Layer)})
+	case e.Failure != nil:
+		s.publishLocked(oona.KindFailure, oona.ActorTrainer, e.Step, e.Epoch, *e.Failure)
+	}
+}
+
+// publishAlarmLocked queues the governor's alarm for decision d.
+func (s *Session) publishAlarmLocked(d tamiyo.Decision) {
+	s.publishLocked(oona.KindAlarm, oona.ActorGovernor, s.step, s.epoch, alarmData{Reason: d.Reason, Layer: d.Layer,
+		Slot: d.Slot, Alarms: s.counters.Alarms})
+}
+
+// publishEpochLocked queues the end of an epoch: its summary, then the
+// health statistics.
+func (s *Session) publishEpochLocked(epoch int, m tamiyo.Metrics, decisions int) {
+	if s.bus == nil {
+		return
+	}
+	used, _ := s.paramsUsedLocked()
+	seeds := map[string]int{}
+	for _, sd := range s.seeds {
+		if sd.State != lifecycle.Dormant {
+			seeds[sd.State.String()]++
+		}
+	}
+	m.Epoch = &epoch
+	m.Contributions = append([]tamiyo.Contribution(nil), m.Contributions...)
+	s.publishLocked(oona.KindEpoch, oona.ActorTrainer, s.step, epoch, epochData{Metrics: m, ParamsUsed: used,
+		Seeds: seeds, Decisions: decisions, Counters: s.counters})
+	s.publishLocked(oona.KindHealth, oona.ActorTrainer, s.step, epoch, s.stats.Snapshot(s.set.names))
+}
+
+// actorLocked returns who is acting now (ActorSchedule when no entry
+// point said).
+func (s *Session) actorLocked() oona.Actor {
+	if s.actor == "" {
+		return oona.ActorSchedule
+	}
+	return s.actor
+}
+
+func (s *Session) layerName(layer int) string {
+	if layer >= 0 && layer < len(s.set.names) {
+		return s.set.names[layer]
+	}
+	return ""
+}
+
+// publish publishes queued events (called with logMu held, not mu). A
+// refused event is a bug of this file: it is logged, never raised into
+// training.
+func publish(bus *oona.Bus, q []busRecord) {
+	for _, r := range q {
+		if _, err := bus.Publish(r.h, r.data); err != nil && !errors.Is(err, oona.ErrClosed) {
+			slog.Warn("esper session: event not published", "kind", r.h.Kind, "err", err)
+		}
+	}
+}
