@@ -64,9 +64,11 @@ from torch import nn
 
 from . import karn
 from .builds import BuildCache, StoredKernel
+from .distributed import RankError, RankSync, active_group
 from .errors import EsperError
 from .kasmina import (
     SIGNALS,
+    FailureKind,
     KasminaLayer,
     SeedFailure,
     SeedState,
@@ -194,6 +196,15 @@ class MorphConfig:
         record_outcomes: write one outcome record per germination to Urza
             (see ``esper.outcomes``; ``esper urza outcomes --run RUN_ID``).
             Written at lifecycle ends and end_epoch only, never per step.
+            In a run of several ranks only rank 0 records.
+        distributed: "auto" (default): synchronise the ranks when
+            ``torch.distributed`` is initialized with more than one rank
+            (DDP or FSDP2; see :mod:`esper.distributed` and
+            docs/distributed.md); "on": the same, and refuse to start
+            without a process group; "off": never (each rank alone).
+        rank_timeout: seconds Esper's collectives wait for the other ranks
+            before raising :class:`esper.distributed.RankError` (a rank died
+            or hangs).
     """
 
     policy: str = "heuristic"
@@ -224,6 +235,8 @@ class MorphConfig:
     urza: str = ""
     record_outcomes: bool = True
     log_max: int = 10_000
+    distributed: str = "auto"
+    rank_timeout: float = 300.0
 
     def session_config(self, layers: list[dict[str, Any]], slots: int) -> dict[str, Any]:
         """The Go session configuration for these settings and layers."""
@@ -472,6 +485,8 @@ class Morphogenesis:
         schedulers: Sequence[Any] = (),
         **overrides: Any,
     ) -> None:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module  # the model DDP wraps: its layers, evaluation and state_dict
         self.model = model
         self.optimizer = optimizer
         self.config = copy.deepcopy(config) if config is not None else MorphConfig()
@@ -499,6 +514,8 @@ class Morphogenesis:
         if any(layer.num_slots != self.slots for layer in self.layers):
             raise ValueError("every Kasmina layer of one model must have the same number of slots")
         self._claim_layers()
+        #: The synchronisation across ranks (None in a single process; see esper.distributed).
+        self._dist = RankSync(self.config.rank_timeout) if active_group(self.config.distributed) else None
         self._session: Session | None = None
         self._closed = False
         self.steps = 0
@@ -517,8 +534,9 @@ class Morphogenesis:
         #: at most (see :attr:`log_dropped`).
         self.log: list[dict[str, Any]] = []
         #: Writes one outcome record per germination to Urza (see esper.outcomes).
+        record = self.config.record_outcomes and (self._dist is None or self._dist.rank == 0)
         self._outcomes = OutcomeRecorder(self.layers, self.layer_names, self.config.policy, self.config.urza,
-                                         self.config.record_outcomes, _session_stats(weakref.ref(self)))
+                                         record, _session_stats(weakref.ref(self)))
         #: Validates the first germination of each blueprint on its host; serves the later ones.
         self._builds = BuildCache(self._outcomes.store, lambda rec=self._outcomes: {"run": rec.run_id})
         self._kernels: dict[tuple[int, int], StoredKernel] = {}  # stored kernels awaiting their germination
@@ -575,6 +593,8 @@ class Morphogenesis:
             if isinstance(mark, _Driver) and mark.get() is self:
                 del layer.__dict__["_esper_driver"]
         was_closed, self._closed = self._closed, True
+        if self._dist is not None:
+            self._dist.close()
         try:
             if not was_closed:
                 self._outcomes.close(self.steps, self.epoch)  # the seeds still in flight: ended_by "run_end"
@@ -671,6 +691,11 @@ class Morphogenesis:
             header = np.asarray([loss, float(len(nonfinite))], dtype=np.float32)
             signals = np.concatenate([header, values.numpy()])
             failures = collect_failures(self.layers)
+            if self._dist is not None:  # every rank's Go session ingests the same numbers
+                signals, everywhere = self._dist.reduce_signals(signals, len(failures))
+                if everywhere:
+                    failures = self._dist.gather_failures(failures, lambda slot, kind, message, step, every:
+                                                          SeedFailure(slot, FailureKind(kind), message, step, every))
         else:
             failures = []
         if failures:
@@ -791,6 +816,8 @@ class Morphogenesis:
             train_loss = float(self._epoch_loss_sum) / self._epoch_loss_count
             self._epoch_loss_sum.zero_()
             self._epoch_loss_count = 0
+        if self._dist is not None:  # Tamiyo decides on the whole job: every rank's mean
+            train_loss, val_loss, val_metric = self._dist.reduce_metrics([train_loss, val_loss, val_metric])
         metrics: dict[str, Any] = {
             "epoch": self.epoch,
             "train_loss": train_loss,
@@ -798,7 +825,13 @@ class Morphogenesis:
             "val_metric": val_metric,
             "contributions": self._contributions(val_loss),
         }
-        result = session.end_epoch(metrics)
+        if self._dist is None:
+            result = session.end_epoch(metrics)
+        else:
+            # Go's digest of every rank's session must be rank 0's; then rank 0 alone decides.
+            self._dist.check_state(session.state_hash(), f"at the end of epoch {self.epoch}")
+            result = self._dist.decide_once("the epoch's decisions", lambda: session.end_epoch(metrics),
+                                            session.snapshot, session.restore)
         self._outcomes.decided(result.get("decisions", []), metrics)
         for decision in result.get("decisions", []):
             if decision.get("op") != "wait":
@@ -810,6 +843,9 @@ class Morphogenesis:
             # seed (if any) left with its ROLLED_BACK event; restore the last good state.
             self._restore_good()
             rolled_back = True
+        if self._dist is not None:
+            self._dist.broadcast_buffers([layer.seeds for layer in self.layers])
+            self._dist.applied("the epoch's decisions")
         self._outcomes.end_epoch(self.steps, self.epoch)  # records of the seeds in flight, as last seen
         self.epoch += 1
         finite = all(v is None or math.isfinite(v) for v in (train_loss, val_loss))
@@ -824,16 +860,20 @@ class Morphogenesis:
         for name, t in self.model.state_dict().items():
             if t.is_floating_point():
                 names.append(name)
-                flags.append(torch.isfinite(t).all())
+                local = t.to_local() if hasattr(t, "to_local") else t  # FSDP2: this rank's shard
+                flags.append(torch.isfinite(local).all())
         if not flags:
             return False
         if len({f.device for f in flags}) > 1:
             flags = [f.cpu() for f in flags]
         bad = [name for name, ok in zip(names, torch.stack(flags).tolist()) if not ok]
-        if not bad:
+        count = float(len(bad))
+        if self._dist is not None:  # shards differ under FSDP2: every rank must see the same count
+            count = (self._dist.reduce_metrics([count])[0] or 0.0) * self._dist.world
+        if not count:
             return False
         signals = np.full(2 + len(self.layers) * len(SIGNALS), math.nan, dtype=np.float32)
-        signals[1] = len(bad)
+        signals[1] = count
         before = self._alarms
         self._send(signals, bad)
         return self._alarms != before
@@ -848,6 +888,8 @@ class Morphogenesis:
                 if layer.state(slot) == SeedState.HOLDING:
                     with layer.disable_seeds(slot):
                         without, _ = _check_evaluated(self.evaluate(self.model), None)
+                    if self._dist is not None:
+                        without = self._dist.reduce_metrics([without])[0]
                     if math.isfinite(without):
                         out.append({"layer": i, "slot": slot, "delta_loss": without - val_loss})
                     else:
@@ -896,21 +938,41 @@ class Morphogenesis:
         if kernel is not None:
             self._kernels[(i, slot)] = kernel
         try:
-            return self._apply(self.session.germinate(i, slot, spec))
+            return self._decided("germinate", {"layer": i, "slot": slot, "blueprint": spec},
+                                 lambda: self.session.germinate(i, slot, spec))
         finally:
             self._kernels.pop((i, slot), None)
 
     def advance(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
         """Move a seed to its next natural state (e.g. TRAINING -> BLENDING)."""
-        return self._apply(self.session.advance(self._layer_index(layer), slot, reason))
+        i = self._layer_index(layer)
+        return self._decided("advance", {"layer": i, "slot": slot, "reason": reason},
+                             lambda: self.session.advance(i, slot, reason))
 
     def prune(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
         """Prune a seed: its parameters leave the model and the optimizer."""
-        return self._apply(self.session.prune(self._layer_index(layer), slot, reason))
+        i = self._layer_index(layer)
+        return self._decided("prune", {"layer": i, "slot": slot, "reason": reason},
+                             lambda: self.session.prune(i, slot, reason))
 
     def fossilize(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
         """Fossilize a seed in HOLDING: it is kept for good (and frozen, with ``freeze_fossilized``)."""
-        return self._apply(self.session.fossilize(self._layer_index(layer), slot, reason))
+        i = self._layer_index(layer)
+        return self._decided("fossilize", {"layer": i, "slot": slot, "reason": reason},
+                             lambda: self.session.fossilize(i, slot, reason))
+
+    def _decided(self, what: str, args: dict[str, Any], call: Callable[[], list[dict[str, Any]]]
+                 ) -> list[dict[str, Any]]:
+        """Carry out a manual lifecycle call and mirror its events. Across ranks, every rank must
+        make the call with the same arguments; rank 0's Go session carries it out, and every rank
+        takes its session state and mirrors its events (see esper.distributed)."""
+        if self._dist is None:
+            return self._apply(call())
+        self._dist.check_same_call(what, args)
+        session = self.session
+        applied = self._apply(self._dist.decide_once(what, call, session.snapshot, session.restore))
+        self._dist.applied(what)
+        return applied
 
     # ------------------------------------------------------------------ mirroring Go's events
 
@@ -937,6 +999,8 @@ class Morphogenesis:
                 failed.pop(key, None)
                 try:
                     self._add_seed(*key, ev)
+                except RankError:
+                    raise  # another rank died or hangs: not this seed's failure
                 except Exception as exc:  # noqa: BLE001 - any build or check failure is reported to Go
                     failed[key] = (int(ev.get("generation") or 0), f"{type(exc).__name__}: {exc}")
             elif key not in failed:  # a seed Python could not build: Go removes it once told, below
@@ -961,6 +1025,8 @@ class Morphogenesis:
         if to == "BLENDING":
             self._blending += 1
         if to in _EXITS:
+            if self._dist is not None:
+                self._dist.detach_seed((i, slot))
             if layer.seed(slot) is not None:
                 layer.remove_seed(slot)
             self._drop_group(i, slot)
@@ -1019,6 +1085,8 @@ class Morphogenesis:
         self._builds.admit(seed, layer=i, slot=slot, step=step)
         if kernel is not None:
             self._builds.load_kernel(seed, kernel)  # starts from the stored kernel's trained weights
+        if self._dist is not None:  # rank 0's weights everywhere; gradients averaged in backward
+            self._dist.attach_seed((i, slot), seed)
         self.layers[i].add_seed(slot, seed)
         if kernel is not None:
             self._sources[(i, slot)] = kernel.id
@@ -1216,6 +1284,8 @@ class Morphogenesis:
         (validated and recorded), see :mod:`esper.builds`."""
         stats = self.session.stats()
         stats["builds"] = self._builds.stats()
+        if self._dist is not None:
+            stats["distributed"] = self._dist.stats()
         return stats
 
     def seed_params(self) -> int:
@@ -1316,6 +1386,8 @@ class Morphogenesis:
         for s in seeds:
             i, slot, state_name = int(s["layer"]), int(s["slot"]), str(s["state"])
             layer, seed = self.layers[i], built[(i, slot)]
+            if self._dist is not None:
+                self._dist.attach_seed((i, slot), seed)
             layer.add_seed(slot, seed)
             if state_name == "BLENDING":
                 layer.set_state(slot, state_name, alpha=float(s["alpha"]))
