@@ -149,7 +149,7 @@ def main() -> None:
     stats = morph.stats()
     result = {
         "weights": {k: full(v) for k, v in model.state_dict().items()},
-        "seeds": [{k: s[k] for k in ("layer", "slot", "state", "alpha") if k in s} | {"id": s.get("blueprint_id", "")} for s in morph.seeds()],
+        "seeds": [{k: s.get(k) for k in ("layer", "slot", "state", "alpha", "blueprint_id")} for s in morph.seeds()],
         "hash": morph.session.state_hash()["sha256"],
         "counters": stats["counters"],
         "distributed": stats.get("distributed"),

@@ -275,7 +275,7 @@ class RankSync:
                 if a["name"] != b["name"] or a["sha256"] != b["sha256"]:
                     raise RankDivergenceError(
                         f"rank {r}'s session state differs from rank 0's {when}: first difference in "
-                        f"{a['name']!r}: rank 0 has {a['summary']}; rank {r} has {b['name']}: {b['summary']}. "
+                        f"{a['name']!r}: rank 0 has {a['summary']}, rank {r} has {b['summary']}. "
                         "The ranks no longer train the same model; stop and resume from the last checkpoint")
             raise RankDivergenceError(f"rank {r}'s session state differs from rank 0's {when}: rank 0 has "
                                       f"{len(ref['parts'])} parts, rank {r} {len(other['parts'])}")

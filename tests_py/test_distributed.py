@@ -1,0 +1,194 @@
+"""Growth under torch.distributed: 2 gloo ranks on CPU, each a separate process running the README's
+loop (tests_py/dist_worker.py) with a scripted growth: two germinations... (see the worker).
+
+Oracle: the 2-rank run (DDP, then FSDP2's fully_shard) equals one process on the union batch within
+1e-6 in float64, and the ranks hold identical weights, seeds and Go session digests. Negative
+control: the same run with Esper's synchronisation switched off (a test-only switch) diverges.
+Faults: a rank whose session state drifts, a rank killed mid-run, a hung rank, and a killed rank
+restarted by ``torchrun --max-restarts 1`` that resumes from the checkpoint and finishes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import esper
+
+REPO = Path(__file__).resolve().parent.parent
+WORKER = REPO / "tests_py" / "dist_worker.py"
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "python") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def run_ranks(tmp: Path, mode: str, *args: str, timeout: float = 120) -> tuple[list[int], list[str], float]:
+    """Start 2 ranks of the worker; returns their exit codes, their output and the wall time."""
+    env = _env()
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
+    procs, logs = [], []
+    start = time.monotonic()
+    for rank in range(2):
+        log = open(tmp / f"{mode}.log{rank}", "w+")  # noqa: SIM115 - closed below
+        logs.append(log)
+        procs.append(subprocess.Popen(
+            [sys.executable, str(WORKER), "--mode", mode, "--out", str(tmp / mode), *args],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdout=log, stderr=subprocess.STDOUT))
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout=max(1.0, timeout - (time.monotonic() - start))))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes.append(p.wait())
+    elapsed = time.monotonic() - start
+    out = []
+    for log in logs:
+        log.seek(0)
+        out.append(log.read())
+        log.close()
+    return codes, out, elapsed
+
+
+def load(tmp: Path, name: str, rank: int = 0) -> dict[str, Any]:
+    return torch.load(tmp / f"{name}.rank{rank}.pt", weights_only=False)
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert set(a) == set(b), f"different tensors: {sorted(set(a) ^ set(b))}"
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same loop in one process on the union batch (the reference)."""
+    tmp = tmp_path_factory.mktemp("single")
+    env = _env()
+    env["ESPER_HOME"] = str(tmp / "home")
+    done = subprocess.run([sys.executable, str(WORKER), "--mode", "single", "--out", str(tmp / "single")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return load(tmp, "single")
+
+
+def check_grown(result: dict[str, Any]) -> None:
+    counters = result["counters"]
+    assert counters["germinations"] >= 2 and counters["prunes"] >= 1 and counters["fossilizations"] >= 1, counters
+    assert any(k.startswith("fc1.seeds.0.") for k in result["weights"])  # the fossilized seed is in the model
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_ranks_match_one_process_on_the_union_batch(tmp_path: Path, single: dict[str, Any], mode: str) -> None:
+    codes, out, _ = run_ranks(tmp_path, mode)
+    assert codes == [0, 0], "\n".join(out)
+    r0, r1 = load(tmp_path, mode, 0), load(tmp_path, mode, 1)
+    check_grown(r0)
+    assert r0["seeds"] == r1["seeds"] == single["seeds"]
+    assert r0["hash"] == r1["hash"]  # Go's digest of the whole session state
+    assert r0["counters"] == r1["counters"] == single["counters"]
+    assert max_diff(r0["weights"], r1["weights"]) == 0.0
+    assert max_diff(r0["weights"], single["weights"]) < 1e-6
+    dist0 = r0["distributed"]
+    assert dist0["world"] == 2 and dist0["state_checks"] == 5 and dist0["decisions"] >= 10
+    assert 0 < dist0["agreement_max_s"] < 5
+
+
+def test_without_esper_synchronisation_the_ranks_diverge(tmp_path: Path, single: dict[str, Any]) -> None:
+    """Negative control: the same DDP run with the test-only switch off diverges, between the ranks
+    and from the single process (the seeds' gradients are no longer averaged)."""
+    codes, out, _ = run_ranks(tmp_path, "ddp", "--unsynced")
+    assert codes == [0, 0], "\n".join(out)
+    r0, r1 = load(tmp_path, "ddp", 0), load(tmp_path, "ddp", 1)
+    check_grown(r0)
+    assert r0["distributed"] is None
+    assert max_diff(r0["weights"], r1["weights"]) > 1e-3
+    assert max_diff(r0["weights"], single["weights"]) > 1e-3
+
+
+def test_a_drifted_session_is_named_on_every_rank(tmp_path: Path) -> None:
+    """Rank 1's Go session is stepped once behind Esper's back during epoch 1: at that epoch's end
+    both ranks stop with RankDivergenceError naming the first part that differs (the step)."""
+    codes, out, _ = run_ranks(tmp_path, "ddp", "--desync-at", "1")
+    assert codes[0] != 0 and codes[1] != 0, "\n".join(out)
+    for text in out:
+        assert "RankDivergenceError: rank 1's session state differs from rank 0's at the end of epoch 1" in text, text
+        assert "first difference in 'step': rank 0 has step 8, rank 1 has step 9" in text, text
+
+
+def test_a_killed_rank_stops_the_other_and_leaves_the_checkpoint(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt.pt"
+    codes, out, elapsed = run_ranks(tmp_path, "ddp", "--checkpoint", str(ckpt), "--die-at", "2",
+                                    "--rank-timeout", "30", timeout=90)
+    assert codes[1] == -9, out[1]
+    assert codes[0] != 0, out[0]
+    assert "esper.distributed.RankError: rank 0: average the epoch's metrics failed" in out[0], out[0]
+    assert "Another rank has died, hangs" in out[0]
+    assert elapsed < 60
+    state = torch.load(ckpt, weights_only=False)  # the last good checkpoint: epoch 1, complete
+    assert state["epoch"] == 1 and state["morph"]["epoch"] == 2
+    assert not (tmp_path / "ckpt.pt.tmp").exists()
+
+
+def test_a_hung_rank_stops_the_other_within_the_timeout(tmp_path: Path) -> None:
+    codes, out, elapsed = run_ranks(tmp_path, "ddp", "--hang-at", "1", "--rank-timeout", "5", timeout=60)
+    assert codes[0] not in (0, -9), out[0]  # rank 0 stopped by itself, with an error
+    assert "RankError: rank 0: average the epoch's metrics failed" in out[0], out[0]
+    assert "the timeout is 5 s" in out[0]
+    assert codes[1] == -9  # the hung rank was killed by the harness once rank 0 had stopped
+    assert elapsed < 55
+
+
+def test_torchrun_restarts_a_killed_rank_and_the_job_resumes(tmp_path: Path) -> None:
+    """Rank 1 kills itself after epoch 2 (on the first attempt only); torchrun --max-restarts 1
+    restarts both ranks, which load rank 0's checkpoint of epoch 2 and finish: the result equals an
+    uninterrupted run."""
+    ckpt = tmp_path / "ckpt.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "1",
+           "--monitor-interval", "0.5", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}",
+           str(WORKER), "--mode", "ddp", "--out", str(tmp_path / "elastic"), "--checkpoint", str(ckpt),
+           "--die-at", "2", "--rank-timeout", "30"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert "rank 1: killing myself at the end of epoch 2" in log
+    assert "rank 0: resumed after epoch 1 (restart 1)" in log and "rank 1: resumed after epoch 1 (restart 1)" in log
+    r0, r1 = load(tmp_path, "elastic", 0), load(tmp_path, "elastic", 1)
+    assert r0["start"] == r1["start"] == 2
+    assert r0["hash"] == r1["hash"] and max_diff(r0["weights"], r1["weights"]) == 0.0
+    codes, out, _ = run_ranks(tmp_path, "ddp")  # the same run, uninterrupted
+    assert codes == [0, 0], "\n".join(out)
+    plain = load(tmp_path, "ddp", 0)
+    check_grown(plain)
+    assert r0["seeds"] == plain["seeds"]
+    assert max_diff(r0["weights"], plain["weights"]) < 1e-12
+
+
+def test_distributed_setting_is_checked() -> None:
+    model = esper.wrap(torch.nn.Sequential(torch.nn.Linear(4, 4)), target_modules=["0"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match='distributed="on" needs torch.distributed.init_process_group'):
+        esper.Morphogenesis(model, opt, distributed="on")
+    with pytest.raises(ValueError, match='distributed must be "auto", "on" or "off"'):
+        esper.Morphogenesis(model, opt, distributed="yes")
+    morph = esper.Morphogenesis(model, opt)  # no process group: one process, nothing synchronised
+    assert "distributed" not in morph.stats()
+    morph.close()
