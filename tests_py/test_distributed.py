@@ -41,8 +41,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run_ranks(tmp: Path, mode: str, *args: str, timeout: float = 120) -> tuple[list[int], list[str], float]:
-    """Start 2 ranks of the worker; returns their exit codes, their output and the wall time."""
+def run_ranks(tmp: Path, mode: str, *args: str, timeout: float = 120,
+              after_first: float | None = None) -> tuple[list[int], list[str], float]:
+    """Start 2 ranks of the worker; returns their exit codes, their output and the wall time until
+    the first rank exited. With ``after_first``, a rank still running that many seconds after the
+    first exit is killed (a hung rank)."""
     env = _env()
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
     procs, logs = [], []
@@ -53,14 +56,22 @@ def run_ranks(tmp: Path, mode: str, *args: str, timeout: float = 120) -> tuple[l
         procs.append(subprocess.Popen(
             [sys.executable, str(WORKER), "--mode", mode, "--out", str(tmp / mode), *args],
             env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdout=log, stderr=subprocess.STDOUT))
+    deadline, first = start + timeout, None
+    while first is None and time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            first = time.monotonic()
+        else:
+            time.sleep(0.1)
+    elapsed = (first or time.monotonic()) - start
+    if first is not None and after_first is not None:
+        deadline = min(deadline, first + after_first)
     codes = []
     for p in procs:
         try:
-            codes.append(p.wait(timeout=max(1.0, timeout - (time.monotonic() - start))))
+            codes.append(p.wait(timeout=max(0.1, deadline - time.monotonic())))
         except subprocess.TimeoutExpired:
             p.kill()
             codes.append(p.wait())
-    elapsed = time.monotonic() - start
     out = []
     for log in logs:
         log.seek(0)
@@ -140,7 +151,7 @@ def test_a_killed_rank_stops_the_other_and_leaves_the_checkpoint(tmp_path: Path)
                                     "--rank-timeout", "30", timeout=90)
     assert codes[1] == -9, out[1]
     assert codes[0] != 0, out[0]
-    assert "esper.distributed.RankError: rank 0: average the epoch's metrics failed" in out[0], out[0]
+    assert "esper.distributed.RankError: rank 0: wait for every rank at the end of epoch 2 failed" in out[0], out[0]
     assert "Another rank has died, hangs" in out[0]
     assert elapsed < 60
     state = torch.load(ckpt, weights_only=False)  # the last good checkpoint: epoch 1, complete
@@ -149,12 +160,14 @@ def test_a_killed_rank_stops_the_other_and_leaves_the_checkpoint(tmp_path: Path)
 
 
 def test_a_hung_rank_stops_the_other_within_the_timeout(tmp_path: Path) -> None:
-    codes, out, elapsed = run_ranks(tmp_path, "ddp", "--hang-at", "1", "--rank-timeout", "5", timeout=60)
+    codes, out, elapsed = run_ranks(tmp_path, "ddp", "--hang-at", "1", "--rank-timeout", "5", timeout=90,
+                                    after_first=3)
     assert codes[0] not in (0, -9), out[0]  # rank 0 stopped by itself, with an error
-    assert "RankError: rank 0: average the epoch's metrics failed" in out[0], out[0]
-    assert "the timeout is 5 s" in out[0]
+    assert "RankError: rank 0: wait for every rank at the end of epoch 1 failed" in out[0], out[0]
+    assert "Rank 1 failed to pass monitoredBarrier" in out[0] and "the timeout is 5 s" in out[0]
     assert codes[1] == -9  # the hung rank was killed by the harness once rank 0 had stopped
-    assert elapsed < 55
+    assert "rank 1: hanging at the end of epoch 1" in out[1]
+    assert elapsed < 45  # start (about 10 s here), 2 epochs, then the 5 s timeout
 
 
 def test_torchrun_restarts_a_killed_rank_and_the_job_resumes(tmp_path: Path) -> None:
