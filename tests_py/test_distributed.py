@@ -205,3 +205,20 @@ def test_distributed_setting_is_checked() -> None:
     morph = esper.Morphogenesis(model, opt)  # no process group: one process, nothing synchronised
     assert "distributed" not in morph.stats()
     morph.close()
+
+
+def test_bench_section_measures_agreement_and_overhead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make bench`'s distributed rows run end to end (figures are for the bench, not asserted)."""
+    from esper.bench import ranks
+
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    rows = {r.name: r for r in ranks.distributed_rows(rounds=5, quick=True)}
+    assert set(rows) == {"2-rank DDP train step, Esper dormant",
+                         "2-rank DDP train step, Esper active (1 seed per layer, TRAINING)",
+                         "decision agreement: rank 0 decides -> every rank applied (2 ranks)",
+                         "plain DDP throughput, 2 ranks (samples/s)"}
+    for row in rows.values():
+        assert row.value is not None and row.value > 0 and row.rounds >= 5, row
+    agreement = rows["decision agreement: rank 0 decides -> every rank applied (2 ranks)"]
+    assert agreement.rounds == 12 and agreement.target == "< 5 s" and agreement.ok is True
+    assert rows["2-rank DDP train step, Esper dormant"].ratio is not None
