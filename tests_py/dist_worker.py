@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--hang-at", type=int, default=-1)
     ap.add_argument("--desync-at", type=int, default=-1)
     ap.add_argument("--rank-timeout", type=float, default=60.0)
+    ap.add_argument("--policy", choices=["manual", "heuristic"], default="manual")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
@@ -105,9 +106,12 @@ def main() -> None:
             return {"loss": float(nn.functional.cross_entropy(out, vy[vrows])),
                     "metric": float((out.argmax(1) == vy[vrows]).double().mean())}
 
-    morph = esper.Morphogenesis(net, optimizer, evaluate=evaluate, policy="manual", train_steps=3, blend_steps=3,
+    # heuristic: Tamiyo grows at every epoch's end (every epoch is a plateau) and prunes every held
+    # seed (none lowers the validation loss by 100%): its decisions, not a script, drive the run.
+    tamiyo = {"patience": 1, "threshold": 1.0, "cooldown_epochs": 0, "min_gain": 1.0}
+    morph = esper.Morphogenesis(net, optimizer, evaluate=evaluate, policy=args.policy, train_steps=3, blend_steps=3,
                                 signal_every=2, max_concurrent=2, template_params={"width": 4},
-                                rank_timeout=args.rank_timeout)
+                                rank_timeout=args.rank_timeout, **(tamiyo if args.policy == "heuristic" else {}))
     start = 0
     if args.checkpoint and os.path.exists(args.checkpoint):
         ckpt = torch.load(args.checkpoint, weights_only=False)
@@ -119,7 +123,7 @@ def main() -> None:
 
     for epoch in range(start, args.epochs):
         for at, op, layer, slot in SCRIPT:
-            if at == epoch:
+            if at == epoch and args.policy == "manual":
                 getattr(morph, op)(layer, slot)
         for step in range(STEPS_PER_EPOCH):
             out = net(x[epoch, step, rows])

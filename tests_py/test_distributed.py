@@ -123,6 +123,26 @@ def test_two_ranks_match_one_process_on_the_union_batch(tmp_path: Path, single: 
     assert 0 < dist0["agreement_max_s"] < 5
 
 
+def test_tamiyo_decides_once_for_both_ranks(tmp_path: Path) -> None:
+    """The heuristic policy (settings that make it grow every epoch and prune every held seed on its
+    measured contribution): rank 0's decisions, broadcast, give both ranks the run of one process."""
+    env = _env()
+    env["ESPER_HOME"] = str(tmp_path / "home")
+    done = subprocess.run([sys.executable, str(WORKER), "--mode", "single", "--policy", "heuristic", "--out",
+                           str(tmp_path / "single")], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    alone = load(tmp_path, "single")
+    codes, out, _ = run_ranks(tmp_path, "ddp", "--policy", "heuristic")
+    assert codes == [0, 0], "\n".join(out)
+    r0, r1 = load(tmp_path, "ddp", 0), load(tmp_path, "ddp", 1)
+    counters = r0["counters"]
+    assert counters["germinations"] >= 2 and counters["prunes"] >= 1 and counters["decisions"] >= 3, counters
+    assert r0["seeds"] == r1["seeds"] == alone["seeds"] and r0["counters"] == alone["counters"]
+    assert r0["hash"] == r1["hash"]
+    assert max_diff(r0["weights"], r1["weights"]) == 0.0
+    assert max_diff(r0["weights"], alone["weights"]) < 1e-6
+
+
 def test_without_esper_synchronisation_the_ranks_diverge(tmp_path: Path, single: dict[str, Any]) -> None:
     """Negative control: the same DDP run with the test-only switch off diverges, between the ranks
     and from the single process (the seeds' gradients are no longer averaged)."""
