@@ -9,6 +9,7 @@ distributed stats to ``--out`` (``.rank<R>.pt``).
 
 Usage: python dist_worker.py --mode ddp|fsdp|single --out PATH [--unsynced] [--epochs N]
        [--checkpoint PATH] [--die-at EPOCH] [--hang-at EPOCH] [--rank-timeout S] [--desync-at EPOCH]
+       [--stop-after EPOCH] [--nan-at EPOCH] [--policy manual|heuristic]
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main() -> None:
     ap.add_argument("--die-at", type=int, default=-1)
     ap.add_argument("--hang-at", type=int, default=-1)
     ap.add_argument("--desync-at", type=int, default=-1)
+    ap.add_argument("--stop-after", type=int, default=-1)
+    ap.add_argument("--nan-at", type=int, default=-1)
     ap.add_argument("--rank-timeout", type=float, default=60.0)
     ap.add_argument("--policy", choices=["manual", "heuristic"], default="manual")
     args = ap.parse_args()
@@ -112,12 +115,28 @@ def main() -> None:
     morph = esper.Morphogenesis(net, optimizer, evaluate=evaluate, policy=args.policy, train_steps=3, blend_steps=3,
                                 signal_every=2, max_concurrent=2, template_params={"width": 4},
                                 rank_timeout=args.rank_timeout, **(tamiyo if args.policy == "heuristic" else {}))
+    if args.mode == "fsdp":  # whole tensors for rank 0's file: torch.distributed.checkpoint's helpers
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+        def model_and_optimizer() -> tuple[dict, dict]:
+            return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+        def load_model_and_optimizer(msd: dict, osd: dict) -> None:
+            set_state_dict(model, optimizer, model_state_dict=msd, optim_state_dict=osd,
+                           options=StateDictOptions(full_state_dict=True))
+    else:
+        def model_and_optimizer() -> tuple[dict, dict]:
+            return model.state_dict(), optimizer.state_dict()
+
+        def load_model_and_optimizer(msd: dict, osd: dict) -> None:
+            model.load_state_dict(msd)
+            optimizer.load_state_dict(osd)
+
     start = 0
     if args.checkpoint and os.path.exists(args.checkpoint):
         ckpt = torch.load(args.checkpoint, weights_only=False)
-        morph.load_state_dict(ckpt["morph"])
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        morph.load_state_dict(ckpt["morph"])  # first: it rebuilds the seeds
+        load_model_and_optimizer(ckpt["model"], ckpt["optimizer"])
         start = int(ckpt["epoch"]) + 1
         print(f"rank {rank}: resumed after epoch {ckpt['epoch']} (restart {restarts})", flush=True)
 
@@ -128,6 +147,8 @@ def main() -> None:
         for step in range(STEPS_PER_EPOCH):
             out = net(x[epoch, step, rows])
             loss = nn.functional.cross_entropy(out, y[epoch, step, rows])
+            if epoch == args.nan_at and step < 2:  # every rank: the governor rolls back at the next flush
+                loss = loss * float("nan")
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -142,13 +163,16 @@ def main() -> None:
             morph.session.step(1)  # behind Esper's back: rank 1's Go session is one step ahead
         morph.end_epoch()
         if args.checkpoint:
-            state = {"morph": morph.state_dict(), "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "epoch": epoch}
+            msd, osd = model_and_optimizer()  # every rank: under FSDP2 these gather the shards
+            state = {"morph": morph.state_dict(), "model": msd, "optimizer": osd, "epoch": epoch}
             if rank == 0:  # rank 0 writes, atomically; every rank loads it on restart
                 torch.save(state, args.checkpoint + ".tmp")
                 os.replace(args.checkpoint + ".tmp", args.checkpoint)
             if world > 1:
                 dist.barrier()
+        if epoch == args.stop_after:
+            print(f"rank {rank}: stopping after epoch {epoch}", flush=True)
+            break
 
     stats = morph.stats()
     result = {

@@ -143,6 +143,33 @@ def test_tamiyo_decides_once_for_both_ranks(tmp_path: Path) -> None:
     assert max_diff(r0["weights"], alone["weights"]) < 1e-6
 
 
+def test_fsdp2_checkpoint_resumes_and_rolls_back_like_one_process(tmp_path: Path) -> None:
+    """FSDP2: every rank takes the state (whole tensors: torch.distributed.checkpoint's full state
+    dicts for the model and optimizer, Esper's last good state gathered by morph.state_dict()), rank
+    0 writes it after epoch 2 and the run stops; a new run of 2 ranks loads it, and at epoch 3 a
+    NaN loss on every rank makes the governor roll back to the checkpoint's last good state (each
+    rank cutting its shards from the whole tensors). The result equals one process that ran
+    through, with the same NaN, on the union batch."""
+    env = _env()
+    env["ESPER_HOME"] = str(tmp_path / "home")
+    done = subprocess.run([sys.executable, str(WORKER), "--mode", "single", "--nan-at", "3", "--out",
+                           str(tmp_path / "single")], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    alone = load(tmp_path, "single")
+    assert alone["counters"]["rollbacks"] == 1
+    ckpt = tmp_path / "ckpt.pt"
+    codes, out, _ = run_ranks(tmp_path, "fsdp", "--checkpoint", str(ckpt), "--stop-after", "2")
+    assert codes == [0, 0] and "rank 0: stopping after epoch 2" in out[0], "\n".join(out)
+    codes, out, _ = run_ranks(tmp_path, "fsdp", "--checkpoint", str(ckpt), "--nan-at", "3")
+    assert codes == [0, 0], "\n".join(out)
+    assert "rank 1: resumed after epoch 2" in out[1]
+    r0, r1 = load(tmp_path, "fsdp", 0), load(tmp_path, "fsdp", 1)
+    assert r0["start"] == 3 and r0["counters"] == alone["counters"]
+    assert r0["seeds"] == r1["seeds"] == alone["seeds"] and r0["hash"] == r1["hash"]
+    assert max_diff(r0["weights"], r1["weights"]) == 0.0
+    assert max_diff(r0["weights"], alone["weights"]) < 1e-6
+
+
 def test_without_esper_synchronisation_the_ranks_diverge(tmp_path: Path, single: dict[str, Any]) -> None:
     """Negative control: the same DDP run with the test-only switch off diverges, between the ranks
     and from the single process (the seeds' gradients are no longer averaged)."""

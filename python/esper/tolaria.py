@@ -52,6 +52,7 @@ import copy
 import hashlib
 import json
 import math
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -387,6 +388,49 @@ class _Driver:
 
 def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.to(device).clone()
+
+
+def _reshard(model: nn.Module) -> None:
+    """Under FSDP2, reshard every ``fully_shard`` module: the root keeps its parameters unsharded
+    (plain tensors, not the optimizer's DTensors) after a forward, and Esper matches parameters to
+    the optimizer's by identity. Nothing happens without FSDP2 (a model that used it imported it)."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    kind = getattr(fsdp, "FSDPModule", None)
+    if kind is None:
+        return
+    for module in model.modules():
+        if isinstance(module, kind):
+            module.reshard()
+
+
+def _is_dtensor(t: Any) -> bool:
+    """Whether t is a DTensor (FSDP2's sharded parameters and their optimizer state)."""
+    return hasattr(t, "full_tensor") and hasattr(t, "device_mesh")
+
+
+def _whole(good: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The last good state with every DTensor gathered whole (a collective: under FSDP2 every rank
+    takes ``state_dict()`` together), so that rank 0's checkpoint holds every rank's shards."""
+    if good is None:
+        return None
+    tensors = list(good["model"].values()) + [x for st in good["optim"].values() for x in st.values()]
+    if not any(_is_dtensor(t) for t in tensors):
+        return good
+    model = {k: v.full_tensor() if _is_dtensor(v) else v for k, v in good["model"].items()}
+    optim = {n: {k: v.full_tensor() if _is_dtensor(v) else v for k, v in st.items()}
+             for n, st in good["optim"].items()}
+    return {**good, "model": model, "optim": optim}
+
+
+def _sharded_like(saved: Any, ref: Any) -> Any:
+    """A whole tensor of a checkpoint's last good state, as this rank's shard of ``ref`` when ref is a
+    DTensor of the same shape (FSDP2); anything else unchanged. Every rank holds the whole tensor, so
+    each cuts its own shard (no communication)."""
+    if not (_is_dtensor(ref) and isinstance(saved, torch.Tensor)) or _is_dtensor(saved) or saved.shape != ref.shape:
+        return saved
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(saved.to(ref.device), ref.device_mesh, ref.placements, src_data_rank=None)
 
 
 def _placement_entry(entry: Any) -> dict[str, Any]:
@@ -1118,6 +1162,7 @@ class Morphogenesis:
     def _host_group(self, i: int) -> int:
         """The index of the parameter group holding layer i's host: that of its first parameter the
         optimizer holds, or 0 when it holds none (a frozen host)."""
+        _reshard(self.model)
         index = {id(p): g for g, group in enumerate(self.optimizer.param_groups) for p in group["params"]}
         for p in self.layers[i].base_layer.parameters():
             if id(p) in index:
@@ -1205,6 +1250,7 @@ class Morphogenesis:
     def _save_good(self) -> None:
         """Keep a copy of every tensor of the model and the optimizer's per-parameter state: the
         last good state a rollback restores (see :meth:`_restore_good`)."""
+        _reshard(self.model)
         names = {id(p): n for n, p in self.model.named_parameters()}
         self._last_good = {
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
@@ -1248,6 +1294,7 @@ class Morphogenesis:
         differs from the saved one, or that had no state then, starts with none (the optimizer
         initialises it at its next step). Gradients are cleared, and so are the losses gathered
         since the last flush. The seed the rollback blamed has left already."""
+        _reshard(self.model)
         good = self._last_good
         if good is None:
             return
@@ -1256,7 +1303,7 @@ class Morphogenesis:
             for name, tensor in self.model.state_dict().items():
                 saved = saved_model.get(name)
                 if saved is not None and saved.shape == tensor.shape:
-                    tensor.copy_(saved)
+                    tensor.copy_(_sharded_like(saved, tensor))
         in_optimizer = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         for name, p in self.model.named_parameters():
             p.grad = None
@@ -1264,8 +1311,8 @@ class Morphogenesis:
                 continue
             state, saved = good["optim"].get(name), saved_model.get(name)
             if state is not None and saved is not None and saved.shape == p.shape:
-                self.optimizer.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
-                                           for k, v in state.items()}
+                self.optimizer.state[p] = {k: _sharded_like(v, p).clone() if isinstance(v, torch.Tensor)
+                                           else copy.deepcopy(v) for k, v in state.items()}
             else:
                 self.optimizer.state.pop(p, None)
         if self._loss_sum is not None:
@@ -1341,7 +1388,7 @@ class Morphogenesis:
             "epoch_loss_sum": loss(self._epoch_loss_sum),
             "epoch_loss_count": self._epoch_loss_count,
             "rank_samples": [layer._samples for layer in self.layers],
-            "last_good": self._last_good,
+            "last_good": _whole(self._last_good),
             "outcomes": self._outcomes.state_dict(),  # the run id and the germinations in flight
             "builds": self._builds.stats(),  # how the run's germinations were served so far
             "sources": [[i, slot, aid] for (i, slot), aid in self._sources.items()],  # seeds from stored kernels
