@@ -13,9 +13,10 @@ ranks identical (DESIGN.md §8; docs/distributed.md):
   arguments); its result and its session state are broadcast, every other rank's Go session
   restores that state (Go checks it), and every rank mirrors the same events;
 - a new seed is built with the same seeded initial weights on every rank, then its parameters and
-  buffers are broadcast from rank 0; a post-accumulate-grad hook averages each seed parameter's
-  gradient across ranks during ``backward`` (so gradient clipping and ``GradScaler`` see averaged
-  gradients, as with DDP's own); seed buffers are broadcast from rank 0 at each ``end_epoch``;
+  buffers are broadcast from rank 0; post-accumulate-grad hooks on the seed parameters have every
+  seed gradient averaged across ranks, in one all-reduce, when ``backward`` ends (so gradient
+  clipping and ``GradScaler`` see averaged gradients, as with DDP's own); seed buffers are
+  broadcast from rank 0 at each ``end_epoch``;
 - at every ``end_epoch`` each rank's Go session state digest (:meth:`esper.session.Session.state_hash`,
   computed by Go) is compared with rank 0's before the decision, and a difference raises
   :class:`RankDivergenceError` naming the first part that differs, on every rank;
@@ -107,6 +108,8 @@ class RankSync:
         self.group = self._collective("create Esper's gloo group", lambda: dist.new_group(
             backend="gloo", timeout=timedelta(seconds=self.timeout)))
         self._hooks: dict[tuple[int, int], list[Any]] = {}
+        self._params: dict[tuple[int, int], list[nn.Parameter]] = {}  # live seeds' parameters
+        self._queued = False  # the end-of-backward averaging is queued
         #: Seconds from rank 0's last decision to every rank having applied it (rank 0 only).
         self.agreement_s: float | None = None
         self.agreement_max_s = 0.0
@@ -284,29 +287,51 @@ class RankSync:
 
     def attach_seed(self, key: tuple[int, int], seed: nn.Module) -> None:
         """Make a new seed identical on every rank (its parameters and buffers broadcast from rank 0
-        over the training group) and average its gradients during backward."""
+        over the training group) and average its gradients during backward: each parameter's
+        post-accumulate-grad hook queues, once per backward, a callback that runs when the
+        backward pass ends and averages every seed's gradients in one all-reduce per dtype and
+        device (so the code between ``backward()`` and ``step()`` sees averaged gradients)."""
         self.detach_seed(key)
         with torch.no_grad():
             for t in list(seed.parameters()) + list(seed.buffers()):
                 self._collective("broadcast a new seed's weights", lambda t=t: dist.broadcast(t.data, 0))
-        world = self.world
-        avg = self.backend == "nccl"
+        params = list(seed.parameters())
+        self._params[key] = params
+        self._hooks[key] = [p.register_post_accumulate_grad_hook(self._grad_ready) for p in params]
 
-        def average(p: torch.Tensor) -> None:
-            if p.grad is None:
-                return
-            if avg:
-                self._collective("average a seed's gradient", lambda: dist.all_reduce(p.grad, op=dist.ReduceOp.AVG))
+    def _grad_ready(self, _: torch.Tensor) -> None:
+        """A seed parameter's gradient was accumulated: average them all when this backward ends."""
+        if not self._queued:
+            self._queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._average_grads)
+
+    def _average_grads(self) -> None:
+        """Average every seed gradient across ranks: one all-reduce per (device, dtype), in the
+        seeds' (layer, slot) order, the same on every rank."""
+        self._queued = False
+        groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        for key in sorted(self._params):
+            for p in self._params[key]:
+                if p.grad is not None:
+                    groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+        for grads in groups.values():
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            if self.backend == "nccl":
+                self._collective("average the seeds' gradients",
+                                 lambda flat=flat: dist.all_reduce(flat, op=dist.ReduceOp.AVG))
             else:  # gloo has no AVG
-                self._collective("average a seed's gradient", lambda: dist.all_reduce(p.grad))
-                p.grad.div_(world)
-
-        self._hooks[key] = [p.register_post_accumulate_grad_hook(average) for p in seed.parameters()]
+                self._collective("average the seeds' gradients", lambda flat=flat: dist.all_reduce(flat))
+                flat.div_(self.world)
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
 
     def detach_seed(self, key: tuple[int, int]) -> None:
         """Remove a seed's gradient hooks (it left the model)."""
         for handle in self._hooks.pop(key, []):
             handle.remove()
+        self._params.pop(key, None)
 
     def broadcast_buffers(self, modules: Sequence[nn.Module]) -> None:
         """Rank 0's buffers (BatchNorm statistics) of the seeds on every rank."""
