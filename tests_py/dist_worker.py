@@ -79,10 +79,17 @@ def main() -> None:
     esper.distributed._TEST_ONLY_UNSYNCED = args.unsynced
 
     rank, world = 0, 1
-    if args.mode != "single":
-        dist.init_process_group("gloo", timeout=timedelta(seconds=args.rank_timeout))
-        rank, world = dist.get_rank(), dist.get_world_size()
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if args.mode != "single":
+        # The process group's keys under a prefix of this attempt: after a torchrun restart, ranks
+        # otherwise read the dead attempt's addresses from the store and fail to connect (seen here
+        # in about half the restarts, with both static and c10d rendezvous).
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                              is_master=rank == 0 and not agent, timeout=timedelta(seconds=args.rank_timeout))
+        dist.init_process_group("gloo", store=dist.PrefixStore(f"attempt_{restarts}", store), rank=rank,
+                                world_size=world, timeout=timedelta(seconds=args.rank_timeout))
 
     torch.manual_seed(0)
     model = nn.Sequential()

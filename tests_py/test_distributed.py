@@ -200,7 +200,7 @@ def test_a_killed_rank_stops_the_other_and_leaves_the_checkpoint(tmp_path: Path)
     assert codes[0] != 0, out[0]
     assert "esper.distributed.RankError: rank 0: wait for every rank at the end of epoch 2 failed" in out[0], out[0]
     assert "Another rank has died, hangs" in out[0]
-    assert elapsed < 60
+    assert elapsed < 25  # a dead rank fails the barrier at once, well before the 30 s timeout
     state = torch.load(ckpt, weights_only=False)  # the last good checkpoint: epoch 1, complete
     assert state["epoch"] == 1 and state["morph"]["epoch"] == 2
     assert not (tmp_path / "ckpt.pt.tmp").exists()
@@ -211,7 +211,7 @@ def test_a_hung_rank_stops_the_other_within_the_timeout(tmp_path: Path) -> None:
                                     after_first=3)
     assert codes[0] not in (0, -9), out[0]  # rank 0 stopped by itself, with an error
     assert "RankError: rank 0: wait for every rank at the end of epoch 1 failed" in out[0], out[0]
-    assert "Rank 1 failed to pass monitoredBarrier" in out[0] and "the timeout is 5 s" in out[0]
+    assert "Timed out waiting 5000ms" in out[0] and "the timeout is 5 s" in out[0]
     assert codes[1] == -9  # the hung rank was killed by the harness once rank 0 had stopped
     assert "rank 1: hanging at the end of epoch 1" in out[1]
     assert elapsed < 45  # start (about 10 s here), 2 epochs, then the 5 s timeout
@@ -223,7 +223,7 @@ def test_torchrun_restarts_a_killed_rank_and_the_job_resumes(tmp_path: Path) -> 
     uninterrupted run."""
     ckpt = tmp_path / "ckpt.pt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "1",
-           "--monitor-interval", "0.5", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}",
+           "--monitor-interval", "0.5", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
            str(WORKER), "--mode", "ddp", "--out", str(tmp_path / "elastic"), "--checkpoint", str(ckpt),
            "--die-at", "2", "--rank-timeout", "30"]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)

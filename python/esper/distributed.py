@@ -133,9 +133,10 @@ class RankSync:
                 "automatically when the script loads its checkpoint at start)") from exc
 
     def barrier(self, what: str) -> None:
-        """Wait for every rank; rank 0 names the ranks that did not arrive within the timeout."""
-        self._collective(what, lambda: dist.monitored_barrier(
-            group=self.group, timeout=timedelta(seconds=self.timeout), wait_all_ranks=True))
+        """Wait for every rank: a dead rank fails it at once, a hung one after the timeout.
+        (gloo's ``monitored_barrier`` would name a hung rank, but it waits out the whole timeout
+        for a dead one too, which delays a restart by ``rank_timeout``.)"""
+        self._collective(what, lambda: dist.barrier(group=self.group))
 
     def broadcast_bytes(self, what: str, data: bytes | None) -> bytes:
         """Rank 0's ``data`` on every rank (others pass None)."""

@@ -850,7 +850,7 @@ class Morphogenesis:
         self._check_schedulers()  # Tamiyo may germinate
         if self._pending:
             self._flush(with_signals=False)
-        if self._dist is not None:  # the first collective of the epoch's end: rank 0 names a hung rank
+        if self._dist is not None:  # the first collective of the epoch's end: a dead or hung rank fails it
             self._dist.barrier(f"wait for every rank at the end of epoch {self.epoch}")
         # Weights that went non-finite since the last flush must not be judged or kept as good.
         rolled_back = self.config.rollback and self._check_weights()
