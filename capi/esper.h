@@ -561,6 +561,14 @@ int esper_session_snapshot(uint64_t handle, char **out_json);
  * inconsistent, other layers). */
 int esper_session_restore(uint64_t handle, const char *snapshot_json);
 
+/* Writes a digest of the session state to *out_json (free with esper_free):
+ * {"sha256": hex over every part, "parts": [{"name", "sha256", "summary"}]},
+ * parts in a fixed order: "step", "epoch", "config" (without the log
+ * settings), one "seed <layer>/<slot>" per slot, "signals", "controller",
+ * "counters", "pending events", "growth log". The ranks of a data-parallel
+ * run compare it to find the first part on which their sessions differ. */
+int esper_session_state_hash(uint64_t handle, char **out_json);
+
 /* Writes a summary to *out_json (free with esper_free): {"step", "epoch"
  * (in progress), "policy", "counters": {"germinations", "fossilizations",
  * "prunes", "cancels", "rollbacks", "failures", "alarms", "decisions",

@@ -290,3 +290,8 @@ func esper_session_seeds(h C.uint64_t, out **C.char) C.int {
 func esper_session_growth_log(h C.uint64_t, out **C.char) C.int {
 	return queryJSON(h, out, "out_json", (*session.Session).GrowthLog)
 }
+
+//export esper_session_state_hash
+func esper_session_state_hash(h C.uint64_t, out **C.char) C.int {
+	return queryJSON(h, out, "out_json", (*session.Session).StateHash)
+}

@@ -64,6 +64,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_session_seed_failed": (c_int, [c_uint64, c_int32, c_int32, c_int32, c_char_p, POINTER(c_void_p)]),
     "esper_session_snapshot": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_restore": (c_int, [c_uint64, c_char_p]),
+    "esper_session_state_hash": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_stats": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_seeds": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_growth_log": (c_int, [c_uint64, POINTER(c_void_p)]),

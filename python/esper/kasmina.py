@@ -707,8 +707,10 @@ class KasminaLayer(nn.Module):
         if probe is None or probe[0].shape[0] != width or probe[0].device != device:
             gen = torch.Generator(device=device).manual_seed(_PROBE_SEED)
             bound = 1.0 / math.sqrt(width)
-            weight = (torch.rand(width, _PROBE_FEATURES, generator=gen, device=device) * 2 - 1) * bound
-            bias = (torch.rand(_PROBE_FEATURES, generator=gen, device=device) * 2 - 1) * bound
+            # float32 like the rows it meets (_seed_gain_of), whatever torch's default dtype is.
+            f32 = torch.float32
+            weight = (torch.rand(width, _PROBE_FEATURES, generator=gen, device=device, dtype=f32) * 2 - 1) * bound
+            bias = (torch.rand(_PROBE_FEATURES, generator=gen, device=device, dtype=f32) * 2 - 1) * bound
             probe = self._probe = (weight, bias)
         return probe
 

@@ -183,6 +183,11 @@ class Session(_lib.Handle):
         h = self.handle
         _lib.check(_lib.lib().esper_session_restore(h, snapshot.encode()), h)
 
+    def state_hash(self) -> dict[str, Any]:
+        """Go's digest of the session state: {"sha256", "parts": [{"name", "sha256", "summary"}]}
+        (see capi/esper.h). The ranks of a data-parallel run compare it; Python never hashes it."""
+        return self._json_call("esper_session_state_hash")
+
     def stats(self) -> dict[str, Any]:
         """Nissa's rolling statistics of the health signals."""
         return self._json_call("esper_session_stats")

@@ -53,6 +53,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -66,9 +67,11 @@ from torch import nn
 
 from . import _lib, karn
 from .builds import BuildCache, StoredKernel, kernel_cache
+from .distributed import RankError, RankSync, active_group
 from .errors import EsperError
 from .kasmina import (
     SIGNALS,
+    FailureKind,
     KasminaLayer,
     SeedFailure,
     SeedState,
@@ -211,6 +214,7 @@ class MorphConfig:
         record_outcomes: write one outcome record per germination to Urza
             (see ``esper.outcomes``; ``esper urza outcomes --run RUN_ID``).
             Written at lifecycle ends and end_epoch only, never per step.
+            In a run of several ranks only rank 0 records.
         metrics_port: serve the run's Prometheus metrics over HTTP from Go
             (``http://metrics_host:port/metrics``) once the session starts:
             -1 (the default) serves nothing, 0 picks a free port, a port > 0
@@ -250,6 +254,14 @@ class MorphConfig:
             file), "user" and "password", "token", "ca", "cert", "key",
             "allow_plaintext", "stream" (default ESPER_EVENTS), "buffer"
             (the backlog in events, default 10000).
+        distributed: "auto" (default): synchronise the ranks when
+            ``torch.distributed`` is initialized with more than one rank
+            (DDP or FSDP2; see :mod:`esper.distributed` and
+            docs/distributed.md); "on": the same, and refuse to start
+            without a process group; "off": never (each rank alone).
+        rank_timeout: seconds Esper's collectives wait for the other ranks
+            before raising :class:`esper.distributed.RankError` (a rank died
+            or hangs).
     """
 
     policy: str = "heuristic"
@@ -290,6 +302,8 @@ class MorphConfig:
     run_log_keep: int = 4
     nats_url: str = ""
     nats_options: dict[str, Any] = field(default_factory=dict)
+    distributed: str = "auto"
+    rank_timeout: float = 300.0
 
     def session_config(self, layers: list[dict[str, Any]], slots: int) -> dict[str, Any]:
         """The Go session configuration for these settings and layers."""
@@ -446,6 +460,49 @@ def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.to(device).clone()
 
 
+def _reshard(model: nn.Module) -> None:
+    """Under FSDP2, reshard every ``fully_shard`` module: the root keeps its parameters unsharded
+    (plain tensors, not the optimizer's DTensors) after a forward, and Esper matches parameters to
+    the optimizer's by identity. Nothing happens without FSDP2 (a model that used it imported it)."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    kind = getattr(fsdp, "FSDPModule", None)
+    if kind is None:
+        return
+    for module in model.modules():
+        if isinstance(module, kind):
+            module.reshard()
+
+
+def _is_dtensor(t: Any) -> bool:
+    """Whether t is a DTensor (FSDP2's sharded parameters and their optimizer state)."""
+    return hasattr(t, "full_tensor") and hasattr(t, "device_mesh")
+
+
+def _whole(good: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The last good state with every DTensor gathered whole (a collective: under FSDP2 every rank
+    takes ``state_dict()`` together), so that rank 0's checkpoint holds every rank's shards."""
+    if good is None:
+        return None
+    tensors = list(good["model"].values()) + [x for st in good["optim"].values() for x in st.values()]
+    if not any(_is_dtensor(t) for t in tensors):
+        return good
+    model = {k: v.full_tensor() if _is_dtensor(v) else v for k, v in good["model"].items()}
+    optim = {n: {k: v.full_tensor() if _is_dtensor(v) else v for k, v in st.items()}
+             for n, st in good["optim"].items()}
+    return {**good, "model": model, "optim": optim}
+
+
+def _sharded_like(saved: Any, ref: Any) -> Any:
+    """A whole tensor of a checkpoint's last good state, as this rank's shard of ``ref`` when ref is a
+    DTensor of the same shape (FSDP2); anything else unchanged. Every rank holds the whole tensor, so
+    each cuts its own shard (no communication)."""
+    if not (_is_dtensor(ref) and isinstance(saved, torch.Tensor)) or _is_dtensor(saved) or saved.shape != ref.shape:
+        return saved
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(saved.to(ref.device), ref.device_mesh, ref.placements, src_data_rank=None)
+
+
 def _placement_entry(entry: Any) -> dict[str, Any]:
     """A checkpoint's record of where a seed's parameters sit. Checkpoints from before seeds joined
     their host's group list [layer, slot] pairs, each a group of its own appended in that order."""
@@ -560,6 +617,8 @@ class Morphogenesis:
         schedulers: Sequence[Any] = (),
         **overrides: Any,
     ) -> None:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module  # the model DDP wraps: its layers, evaluation and state_dict
         self.model = model
         self.optimizer = optimizer
         self.config = copy.deepcopy(config) if config is not None else MorphConfig()
@@ -590,6 +649,8 @@ class Morphogenesis:
         if any(layer.num_slots != self.slots for layer in self.layers):
             raise ValueError("every Kasmina layer of one model must have the same number of slots")
         self._claim_layers()
+        #: The synchronisation across ranks (None in a single process; see esper.distributed).
+        self._dist = RankSync(self.config.rank_timeout) if active_group(self.config.distributed) else None
         self._session: Session | None = None
         self._oona: Oona | None = None  # the run's event bus and run log (opened with the session)
         self._oona_run: str | None = None  # the run id a checkpoint being loaded brings (see load_state_dict)
@@ -614,9 +675,13 @@ class Morphogenesis:
         #: at most (see :attr:`log_dropped`).
         self.log: list[dict[str, Any]] = []
         #: Writes one outcome record per germination to Urza (see esper.outcomes).
+        record = self.config.record_outcomes and (self._dist is None or self._dist.rank == 0)
         self._outcomes = OutcomeRecorder(self.layers, self.layer_names, self.config.policy, self.config.urza,
-                                         self.config.record_outcomes, _session_stats(weakref.ref(self)))
+                                         record, _session_stats(weakref.ref(self)))
         self._outcomes.on_artifact = _artifact_publisher(weakref.ref(self))  # weakly: no reference cycle
+        if self._dist is not None:  # one run id for the job, rank 0's: its run logs and metrics share it
+            mine = self._outcomes.run_id.encode() if self._dist.rank == 0 else None
+            self._outcomes.run_id = self._dist.broadcast_bytes("broadcast the run id", mine).decode()
         #: Validates the first germination of each blueprint on its host; serves the later ones.
         self._builds = BuildCache(self._outcomes.store, lambda rec=self._outcomes: {"run": rec.run_id})
         self._kernels: dict[tuple[int, int], StoredKernel] = {}  # stored kernels awaiting their germination
@@ -784,6 +849,8 @@ class Morphogenesis:
             if isinstance(mark, _Driver) and mark.get() is self:
                 del layer.__dict__["_esper_driver"]
         was_closed, self._closed = self._closed, True
+        if self._dist is not None:
+            self._dist.close()
         try:
             if not was_closed:
                 self._outcomes.close(self.steps, self.epoch)  # the seeds still in flight: ended_by "run_end"
@@ -883,6 +950,11 @@ class Morphogenesis:
             header = np.asarray([loss, float(len(nonfinite))], dtype=np.float32)
             signals = np.concatenate([header, values.numpy()])
             failures = collect_failures(self.layers)
+            if self._dist is not None:  # every rank's Go session ingests the same numbers
+                signals, everywhere = self._dist.reduce_signals(signals, len(failures))
+                if everywhere:
+                    failures = self._dist.gather_failures(failures, lambda slot, kind, message, step, every:
+                                                          SeedFailure(slot, FailureKind(kind), message, step, every))
         else:
             failures = []
         if failures:
@@ -995,6 +1067,8 @@ class Morphogenesis:
         self._check_schedulers()  # Tamiyo may germinate
         if self._pending:
             self._flush(with_signals=False)
+        if self._dist is not None:  # the first collective of the epoch's end: a dead or hung rank fails it
+            self._dist.barrier(f"wait for every rank at the end of epoch {self.epoch}")
         # Weights that went non-finite since the last flush must not be judged or kept as good.
         rolled_back = self.config.rollback and self._check_weights()
         if val_loss is None and self.evaluate is not None:
@@ -1005,6 +1079,8 @@ class Morphogenesis:
             train_loss = float(self._epoch_loss_sum) / self._epoch_loss_count
             self._epoch_loss_sum.zero_()
             self._epoch_loss_count = 0
+        if self._dist is not None:  # Tamiyo decides on the whole job: every rank's mean
+            train_loss, val_loss, val_metric = self._dist.reduce_metrics([train_loss, val_loss, val_metric])
         metrics: dict[str, Any] = {
             "epoch": self.epoch,
             "train_loss": train_loss,
@@ -1012,7 +1088,13 @@ class Morphogenesis:
             "val_metric": val_metric,
             "contributions": self._contributions(val_loss),
         }
-        result = session.end_epoch(metrics)
+        if self._dist is None:
+            result = session.end_epoch(metrics)
+        else:
+            # Go's digest of every rank's session must be rank 0's; then rank 0 alone decides.
+            self._dist.check_state(session.state_hash(), f"at the end of epoch {self.epoch}")
+            result = self._dist.decide_once("the epoch's decisions", lambda: session.end_epoch(metrics),
+                                            session.snapshot, session.restore)
         self._outcomes.decided(result.get("decisions", []), metrics)
         for decision in result.get("decisions", []):
             if decision.get("op") != "wait":
@@ -1025,6 +1107,9 @@ class Morphogenesis:
             # seed (if any) left with its ROLLED_BACK event; restore the last good state.
             self._restore_good()
             rolled_back = True
+        if self._dist is not None:
+            self._dist.broadcast_buffers([layer.seeds for layer in self.layers])
+            self._dist.applied("the epoch's decisions")
         self._outcomes.end_epoch(self.steps, self.epoch)  # records of the seeds in flight, as last seen
         self._flush_events()
         self.epoch += 1
@@ -1052,16 +1137,20 @@ class Morphogenesis:
         for name, t in self.model.state_dict().items():
             if t.is_floating_point():
                 names.append(name)
-                flags.append(torch.isfinite(t).all())
+                local = t.to_local() if hasattr(t, "to_local") else t  # FSDP2: this rank's shard
+                flags.append(torch.isfinite(local).all())
         if not flags:
             return False
         if len({f.device for f in flags}) > 1:
             flags = [f.cpu() for f in flags]
         bad = [name for name, ok in zip(names, torch.stack(flags).tolist()) if not ok]
-        if not bad:
+        count = float(len(bad))
+        if self._dist is not None:  # shards differ under FSDP2: every rank must see the same count
+            count = (self._dist.reduce_metrics([count])[0] or 0.0) * self._dist.world
+        if not count:
             return False
         signals = np.full(2 + len(self.layers) * len(SIGNALS), math.nan, dtype=np.float32)
-        signals[1] = len(bad)
+        signals[1] = count
         before = self._alarms
         self._send(signals, bad)
         return self._alarms != before
@@ -1076,6 +1165,8 @@ class Morphogenesis:
                 if layer.state(slot) == SeedState.HOLDING:
                     with layer.disable_seeds(slot):
                         without, _ = _check_evaluated(self.evaluate(self.model), None)
+                    if self._dist is not None:
+                        without = self._dist.reduce_metrics([without])[0]
                     if math.isfinite(without):
                         out.append({"layer": i, "slot": slot, "delta_loss": without - val_loss})
                     else:
@@ -1124,21 +1215,41 @@ class Morphogenesis:
         if kernel is not None:
             self._kernels[(i, slot)] = kernel
         try:
-            return self._apply(self.session.germinate(i, slot, spec))
+            return self._decided("germinate", {"layer": i, "slot": slot, "blueprint": spec},
+                                 lambda: self.session.germinate(i, slot, spec))
         finally:
             self._kernels.pop((i, slot), None)
 
     def advance(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
         """Move a seed to its next natural state (e.g. TRAINING -> BLENDING)."""
-        return self._apply(self.session.advance(self._layer_index(layer), slot, reason))
+        i = self._layer_index(layer)
+        return self._decided("advance", {"layer": i, "slot": slot, "reason": reason},
+                             lambda: self.session.advance(i, slot, reason))
 
     def prune(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
         """Prune a seed: its parameters leave the model and the optimizer."""
-        return self._apply(self.session.prune(self._layer_index(layer), slot, reason))
+        i = self._layer_index(layer)
+        return self._decided("prune", {"layer": i, "slot": slot, "reason": reason},
+                             lambda: self.session.prune(i, slot, reason))
 
     def fossilize(self, layer: LayerRef, slot: int, reason: str = "manual") -> list[dict[str, Any]]:
         """Fossilize a seed in HOLDING: it is kept for good (and frozen, with ``freeze_fossilized``)."""
-        return self._apply(self.session.fossilize(self._layer_index(layer), slot, reason))
+        i = self._layer_index(layer)
+        return self._decided("fossilize", {"layer": i, "slot": slot, "reason": reason},
+                             lambda: self.session.fossilize(i, slot, reason))
+
+    def _decided(self, what: str, args: dict[str, Any], call: Callable[[], list[dict[str, Any]]]
+                 ) -> list[dict[str, Any]]:
+        """Carry out a manual lifecycle call and mirror its events. Across ranks, every rank must
+        make the call with the same arguments; rank 0's Go session carries it out, and every rank
+        takes its session state and mirrors its events (see esper.distributed)."""
+        if self._dist is None:
+            return self._apply(call())
+        self._dist.check_same_call(what, args)
+        session = self.session
+        applied = self._apply(self._dist.decide_once(what, call, session.snapshot, session.restore))
+        self._dist.applied(what)
+        return applied
 
     # ------------------------------------------------------------------ mirroring Go's events
 
@@ -1165,6 +1276,8 @@ class Morphogenesis:
                 failed.pop(key, None)
                 try:
                     self._add_seed(*key, ev)
+                except RankError:
+                    raise  # another rank died or hangs: not this seed's failure
                 except Exception as exc:  # noqa: BLE001 - any build or check failure is reported to Go
                     failed[key] = (int(ev.get("generation") or 0), f"{type(exc).__name__}: {exc}")
             elif key not in failed:  # a seed Python could not build: Go removes it once told, below
@@ -1190,6 +1303,8 @@ class Morphogenesis:
         if to == "BLENDING":
             self._blending += 1
         if to in _EXITS:
+            if self._dist is not None:
+                self._dist.detach_seed((i, slot))
             if layer.seed(slot) is not None:
                 layer.remove_seed(slot)
             self._drop_group(i, slot)
@@ -1248,6 +1363,8 @@ class Morphogenesis:
         self._builds.admit(seed, layer=i, slot=slot, step=step)
         if kernel is not None:
             self._builds.load_kernel(seed, kernel)  # starts from the stored kernel's trained weights
+        if self._dist is not None:  # rank 0's weights everywhere; gradients averaged in backward
+            self._dist.attach_seed((i, slot), seed)
         self.layers[i].add_seed(slot, seed)
         if kernel is not None:
             self._sources[(i, slot)] = kernel.id
@@ -1277,6 +1394,7 @@ class Morphogenesis:
     def _host_group(self, i: int) -> int:
         """The index of the parameter group holding layer i's host: that of its first parameter the
         optimizer holds, or 0 when it holds none (a frozen host)."""
+        _reshard(self.model)
         index = {id(p): g for g, group in enumerate(self.optimizer.param_groups) for p in group["params"]}
         for p in self.layers[i].base_layer.parameters():
             if id(p) in index:
@@ -1364,6 +1482,7 @@ class Morphogenesis:
     def _save_good(self) -> None:
         """Keep a copy of every tensor of the model and the optimizer's per-parameter state: the
         last good state a rollback restores (see :meth:`_restore_good`)."""
+        _reshard(self.model)
         names = {id(p): n for n, p in self.model.named_parameters()}
         self._last_good = {
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
@@ -1407,6 +1526,7 @@ class Morphogenesis:
         differs from the saved one, or that had no state then, starts with none (the optimizer
         initialises it at its next step). Gradients are cleared, and so are the losses gathered
         since the last flush. The seed the rollback blamed has left already."""
+        _reshard(self.model)
         good = self._last_good
         if good is None:
             return
@@ -1415,7 +1535,7 @@ class Morphogenesis:
             for name, tensor in self.model.state_dict().items():
                 saved = saved_model.get(name)
                 if saved is not None and saved.shape == tensor.shape:
-                    tensor.copy_(saved)
+                    tensor.copy_(_sharded_like(saved, tensor))
         in_optimizer = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         for name, p in self.model.named_parameters():
             p.grad = None
@@ -1423,8 +1543,8 @@ class Morphogenesis:
                 continue
             state, saved = good["optim"].get(name), saved_model.get(name)
             if state is not None and saved is not None and saved.shape == p.shape:
-                self.optimizer.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
-                                           for k, v in state.items()}
+                self.optimizer.state[p] = {k: _sharded_like(v, p).clone() if isinstance(v, torch.Tensor)
+                                           else copy.deepcopy(v) for k, v in state.items()}
             else:
                 self.optimizer.state.pop(p, None)
         if self._loss_sum is not None:
@@ -1445,6 +1565,8 @@ class Morphogenesis:
         (validated and recorded), see :mod:`esper.builds`."""
         stats = self.session.stats()
         stats["builds"] = self._builds.stats()
+        if self._dist is not None:
+            stats["distributed"] = self._dist.stats()
         return stats
 
     def seed_params(self) -> int:
@@ -1498,7 +1620,7 @@ class Morphogenesis:
             "epoch_loss_sum": loss(self._epoch_loss_sum),
             "epoch_loss_count": self._epoch_loss_count,
             "rank_samples": [layer._samples for layer in self.layers],
-            "last_good": self._last_good,
+            "last_good": _whole(self._last_good),
             "outcomes": self._outcomes.state_dict(),  # the run id and the germinations in flight
             "builds": self._builds.stats(),  # how the run's germinations were served so far
             "sources": [[i, slot, aid] for (i, slot), aid in self._sources.items()],  # seeds from stored kernels
@@ -1548,6 +1670,8 @@ class Morphogenesis:
         for s in seeds:
             i, slot, state_name = int(s["layer"]), int(s["slot"]), str(s["state"])
             layer, seed = self.layers[i], built[(i, slot)]
+            if self._dist is not None:
+                self._dist.attach_seed((i, slot), seed)
             layer.add_seed(slot, seed)
             if state_name == "BLENDING":
                 layer.set_state(slot, state_name, alpha=float(s["alpha"]))

@@ -55,7 +55,7 @@ class Row:
 
     Attributes:
         section: the group ("dormant", "active", "peft", "abi", "cache", "decision", "scaling", "compile",
-            "metrics", "memory").
+            "metrics", "memory", "distributed").
         name: what is measured.
         device: "cpu" or "cuda".
         unit: the unit of ``value`` and ``baseline``.

@@ -44,7 +44,7 @@ __all__ = ["main", "run", "describe_machine", "SECTIONS", "BEGIN", "END"]
 
 #: Every section, in the order they run.
 SECTIONS = ("abi", "cache", "decision", "bus", "karn", "dormant", "active", "peft", "scaling", "compile", "metrics",
-            "memory")
+            "memory", "distributed")
 #: Sections that also run on CUDA.
 DEVICE_SECTIONS = ("dormant", "active", "peft", "scaling", "compile", "memory")
 #: How the figures are timed (printed above every table).
@@ -224,6 +224,10 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
             return memory.cuda_memory_rows(plan.cuda_memory_models, max(plan.memory_rounds, 5))
         return memory.per_layer_rows(device, rounds=plan.memory_rounds) + memory.rss_rows(
             plan.memory_models, plan.memory_rounds)
+    if name == "distributed":
+        from .ranks import distributed_rows
+
+        return distributed_rows(plan.rounds, plan.quick)
     raise ValueError(f"unknown bench section {name!r}; sections: {', '.join(SECTIONS)}")
 
 
