@@ -670,7 +670,9 @@ class Morphogenesis:
             # Every non-finite measurement is counted: Go's governor rolls back on any.
             header = np.asarray([loss, float(len(nonfinite))], dtype=np.float32)
             signals = np.concatenate([header, values.numpy()])
-            failures = collect_failures(self.layers)
+            # With no seed in the model there is nothing to drain (a removed seed's counters are zeroed).
+            failures = collect_failures(self.layers) if any(layer.seeds or layer.failures for layer in self.layers) \
+                else []
         else:
             failures = []
         if failures:
