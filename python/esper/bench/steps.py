@@ -53,6 +53,12 @@ class StepSettings:
     block_s: float = 0.02
     warmup: int = 20
     max_inner: int = 2000
+    #: Time only the rows whose name contains one of these (``esper.bench.run --only``); all when empty.
+    only: tuple[str, ...] = ()
+
+    def wants(self, name: str) -> bool:
+        """Whether the row ``name`` is timed under :attr:`only`."""
+        return not self.only or any(part in name for part in self.only)
 
 
 @dataclass(frozen=True)
@@ -146,11 +152,18 @@ def _morph(model: nn.Module, opt: torch.optim.Optimizer, **overrides: Any) -> Mo
 
 
 def _row(section: str, name: str, device: torch.device, settings: StepSettings, esper: Step, baseline: Step,
-         baseline_name: str, target: Target, note: str) -> Row:
+         baseline_name: str, target: Target, note: str) -> Row | None:
+    if not settings.wants(name):
+        return None
     clock = clock_for(device)
     te, tb, inner = time_pair(esper, baseline, settings, _sync_for(device), clock)
     return timing_row(section, name, device.type, te, tb, baseline_name=baseline_name, target=target, note=note,
                       extra={"calls_per_round": inner, "clock": "wall" if clock is time.perf_counter else "cpu"})
+
+
+def _kept(rows: list[Row | None]) -> list[Row]:
+    """The rows timed (those ``--only`` left out are None)."""
+    return [r for r in rows if r is not None]
 
 
 def _close(*morphs: Morphogenesis) -> None:
@@ -182,7 +195,7 @@ def dormant_pair(spec: ModelSpec, device: torch.device,
 
 def dormant_rows(device: torch.device, settings: StepSettings, labels: Sequence[str] | None = None) -> list[Row]:
     """Dormant wrapped model vs the plain model, for each benchmark model."""
-    rows = []
+    rows: list[Row | None] = []
     for spec in MODELS:
         if labels is not None and spec.label not in labels:
             continue
@@ -190,7 +203,7 @@ def dormant_rows(device: torch.device, settings: StepSettings, labels: Sequence[
         rows.append(_row("dormant", f"train step, dormant: {spec.label}", device, settings, esper, plain,
                          "plain model", DORMANT, f"{spec.what}; Esper includes morph.step(loss)"))
         _close(morph)
-    return rows
+    return _kept(rows)
 
 
 # ---------------------------------------------------------------------- active
@@ -248,7 +261,7 @@ def active_pair(spec: ModelSpec, device: torch.device, state: str, template: str
 def active_rows(device: torch.device, settings: StepSettings, labels: Sequence[str] = ("TinyMLP", "WideMLP"),
                 states: Sequence[str] = ("BLENDING", "HOLDING")) -> list[Row]:
     """One active seed (residual_mlp, width 32, on fc2) vs the same model written by hand."""
-    rows = []
+    rows: list[Row | None] = []
     for label in labels:
         spec = _BY_LABEL[label]
         for state in states:
@@ -259,7 +272,7 @@ def active_rows(device: torch.device, settings: StepSettings, labels: Sequence[s
             rows.append(_row("active", f"train step, 1 seed {state}: {label}", device, settings, esper, hand,
                              "same model written by hand", ACTIVE, note))
             _close(morph)
-    return rows
+    return _kept(rows)
 
 
 # ---------------------------------------------------------------------- PEFT
@@ -296,7 +309,7 @@ def peft_rows(device: torch.device, settings: StepSettings,
     except ImportError:
         return [Row("peft", f"train step, lowrank r={r} vs PEFT LoRA: {label}", device.type, "ms", None,
                     target=NO_SLOWER.text, note="peft is not installed (pip install peft)") for label, r in cases]
-    rows = []
+    rows: list[Row | None] = []
     for label, rank in cases:
         esper, lora, morph, n_e, n_p = peft_pair(_BY_LABEL[label], device, rank)
         note = (f"trainable params Esper {n_e}, PEFT {n_p} (base frozen on both sides, PEFT {peft.__version__}); "
@@ -305,7 +318,7 @@ def peft_rows(device: torch.device, settings: StepSettings,
         rows.append(_row("peft", f"train step, lowrank r={rank} vs PEFT LoRA: {label}", device, settings, esper,
                          lora, "PEFT LoRA, same rank", NO_SLOWER, note))
         _close(morph)
-    return rows
+    return _kept(rows)
 
 
 # ---------------------------------------------------------------------- scaling
@@ -319,7 +332,7 @@ def scaling_rows(device: torch.device, settings: StepSettings, depths: Sequence[
                  slots: Sequence[int] = (1, 4, 16)) -> list[Row]:
     """Dormant overhead against the number of wrapped layers and of slots per layer, and one seed in
     HOLDING with many slots."""
-    rows = []
+    rows: list[Row | None] = []
     for n in depths:
         spec = _deep_spec(n)
         esper, plain, morph = dormant_pair(spec, device)
@@ -355,7 +368,7 @@ def scaling_rows(device: torch.device, settings: StepSettings, depths: Sequence[
                          f"10 layers x {k} slots wrapped, residual_mlp width 16 in layers.5 slot 0; hand-written "
                          "baseline has only that branch; includes morph.step(loss)"))
         _close(morph)
-    return rows
+    return _kept(rows)
 
 
 # ---------------------------------------------------------------------- torch.compile
@@ -377,7 +390,7 @@ def compile_rows(device: torch.device, settings: StepSettings, labels: Sequence[
     compiled plain model (dormant) and the compiled hand-written model (one seed)."""
     import torch._dynamo  # loaded by torch.compile anyway; imported here for reset()
 
-    rows = []
+    rows: list[Row | None] = []
     for label in labels:
         spec = _BY_LABEL[label]
         torch._dynamo.reset()  # each pair compiles afresh: no model counts against another's cache
@@ -398,4 +411,4 @@ def compile_rows(device: torch.device, settings: StepSettings, labels: Sequence[
                              + (" (a Go call every step while BLENDING)" if state == "BLENDING" else "")))
             _close(morph)
     torch._dynamo.reset()
-    return rows
+    return _kept(rows)
