@@ -35,11 +35,15 @@ runs and includes the seed. ``nn.TransformerEncoder`` may still hand a layer a n
 ``src_key_padding_mask`` given): a layer with seeds then runs each sequence of it on its own.
 
 Execution is guarded: a seed that raises, returns the wrong shape or a non-finite value leaves the
-layer's output equal to the host's for that step. Exceptions and wrong shapes are recorded at once
-in ``layer.failures``; non-finite outputs are detected on the device (``torch.where`` picks the host
-output, no synchronisation) and counted in a device tensor that :func:`collect_failures` reads every
-N steps. Health signals are reduced on the device into a 7-float buffer per layer on sampling steps
-(:data:`SIGNALS` gives the layout) and read by :func:`gather_signals`, which also estimates the
+layer's output equal to the host's for that step. With ``guard_every_step`` False
+(``MorphConfig(guard="sampled")``) the finiteness check runs on sampling forwards only (and always
+under torch.compile); the other forwards add the seed as plain PyTorch would, and a non-finite
+output there reaches the loss, which the driver reads at the next flush (Go's governor rolls back).
+Exceptions and wrong shapes are recorded at once in ``layer.failures``; non-finite outputs are
+detected on the device (``torch.where`` picks the host output, no synchronisation) and counted in a
+device tensor that :func:`collect_failures` reads every N steps. Health signals are reduced on the
+device on sampling steps (eager: 0-d tensors per layer; compiled: a 7-float buffer per layer;
+:data:`SIGNALS` gives the layout) and read by :func:`gather_signals`, which also estimates the
 effective rank from rows kept on every ``rank_every``-th sampling step (an SVD synchronises, so it
 waits for the read, which synchronises anyway). The forward never synchronises with the device.
 
@@ -411,6 +415,10 @@ class KasminaLayer(nn.Module):
         self._checked = spec.kind not in ("residual", "block")
         self._unit_dim = 1 if spec.kind in ("conv1d", "conv2d") or spec.channel_first else -1
         self._unfused: RemovableHandle | None = None  # the pre-hook that keeps fused fast paths away
+        #: Check every running seed's output for finiteness on every forward (the default; the
+        #: driver sets it from ``MorphConfig.guard``). False: only on sampling forwards (and always
+        #: under torch.compile); other forwards add the seed as a hand-written model would.
+        self.guard_every_step = True
         self._allocate(_device_of(base_layer))
         self._sync_forward()
         self.register_load_state_dict_pre_hook(_accept_unwrapped_keys)  # checkpoints saved before wrap
@@ -536,10 +544,45 @@ class KasminaLayer(nn.Module):
         runs on its own, with the guards of a dense forward; the result is nested like x."""
         return torch.nested.as_nested_tensor([self.forward(t) for t in x.unbind()], layout=x.layout)
 
+    def _add_seeds_unguarded(self, x: Tensor, h: Tensor) -> Tensor:
+        """:meth:`_add_seeds` without the finiteness guard (``guard_every_step`` False, a step that
+        does not sample, eager): the sum a hand-written model computes, ``h + a * s``. A seed that
+        raises or returns the wrong shape still falls back to the host; a non-finite output reaches
+        the output (and the loss, which the driver reads at the next flush: Go's governor then rolls
+        back)."""
+        y = h
+        for slot, seed, straight_through, alpha in self._branches:
+            if straight_through:
+                if not (self.training and torch.is_grad_enabled()):
+                    continue  # 0 in value and nothing to learn
+                seed_in = x.detach()
+            else:
+                seed_in = x
+            try:
+                s = seed(seed_in)
+            except Exception as e:  # a seed may fail in any way: fall back to the host for this step
+                self._fail(slot, FailureKind.EXCEPTION, f"{type(e).__name__}: {e}")
+                continue
+            if not isinstance(s, Tensor) or s.shape != h.shape:
+                got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+                self._fail(slot, FailureKind.SHAPE, f"expected output shape {tuple(h.shape)}, got {got}")
+                continue
+            if s.dtype != h.dtype:
+                s = s.to(h.dtype)
+            if straight_through:
+                y = y + (s - s.detach())
+            elif alpha == 1.0:
+                y = y + s
+            else:
+                y = torch.add(y, s, alpha=alpha)
+        return y
+
     def _add_seeds(self, x: Tensor, h: Tensor) -> Tensor:
         # Under torch.compile: alphas from a device tensor, finiteness counted on the device, so
         # that nothing the graph depends on changes from step to step (no recompilation).
         compiling = torch.compiler.is_compiling()
+        if not (compiling or self.guard_every_step or self._sampling):
+            return self._add_seeds_unguarded(x, h)
         grad_on = torch.is_grad_enabled()
         learning = self.training and grad_on
         gate = grad_on and x.requires_grad
@@ -1136,9 +1179,13 @@ def _drain(layers: list[KasminaLayer]) -> list[list[SeedFailure]]:
         layer.failures.clear()
         for slot, (runs, compiled, failed) in enumerate(zip(layer._runs, seen, counts)):
             if failed:
+                # Every step of the window failed only if every forward was checked: an eager
+                # forward is not checked between samples under guard "sampled" (a compiled one always is).
+                checked_all = layer.guard_every_step or runs == 0
                 found.append(SeedFailure(slot, FailureKind.NONFINITE,
-                                         f"non-finite output in {failed} of {runs + compiled} forward passes",
-                                         every_step=failed >= runs + compiled))
+                                         f"non-finite output in {failed} of {runs + compiled} forward passes"
+                                         + ("" if checked_all else " checked (sampling steps only: guard 'sampled')"),
+                                         every_step=checked_all and failed >= runs + compiled))
         layer._bad.zero_()
         layer._seen.zero_()
         layer._runs = [0] * layer.num_slots

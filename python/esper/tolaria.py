@@ -98,6 +98,7 @@ _SCHEDULER_OTHERS = ("lr_lambdas", "base_momentums", "max_momentums")
 _RNG_LOCK = threading.Lock()
 # Version 2: the seeds live in Go's snapshot only (version 1 also listed them, read by a check).
 _CHECKPOINT_VERSION = 2
+_GUARDS = ("step", "sampled")  # MorphConfig.guard
 
 
 @dataclass
@@ -154,6 +155,20 @@ class MorphConfig:
             device, fail the window's last step, or each of its steps when
             every forward pass in the window failed. There is no cool-down: an
             open breaker prunes the seed.
+        guard: "step" (the default): every forward of a running seed checks
+            its output for finiteness on the device and, when it is not
+            finite, uses the host's output alone and keeps the seed's
+            gradient from the host's input (a few small ops per seed and
+            step; on a sub-millisecond step, most of a seed's overhead).
+            "sampled": the check runs on sampling steps only (one in
+            ``signal_every``); on the other steps the seed is added as a
+            hand-written model would add it, so a seed whose output turns
+            non-finite there makes the loss non-finite: the loss is read
+            at the next flush and Go's governor rolls back (the newest
+            seed in flight is removed and the last good state restored;
+            see ``rollback``). Faster, and less safe: up to
+            ``signal_every`` steps may be lost. Exceptions and wrong shapes
+            fall back to the host in both modes.
         seed_lr_scale: a seed's learning rate as a multiple of its host's.
             At 1 (the default) a seed's parameters join the optimizer's
             parameter group that holds its host layer (the group of the host's
@@ -217,6 +232,7 @@ class MorphConfig:
     loss_min_delta: float = 0.05
     failures_before_prune: int = 3
     seed_lr_scale: float = 1.0
+    guard: str = "step"
     seed: int = 0
     rollback: bool = True
     freeze_fossilized: bool = False
@@ -481,6 +497,8 @@ class Morphogenesis:
             setattr(self.config, key, value)
         if self.config.signal_every < 1:
             raise ValueError(f"signal_every must be >= 1, got {self.config.signal_every}")
+        if self.config.guard not in _GUARDS:
+            raise ValueError(f"guard must be one of {', '.join(_GUARDS)}, got {self.config.guard!r}")
         if not 1 <= self.config.log_max <= 1 << 20:
             raise ValueError(f"log_max must be in [1, 1048576], got {self.config.log_max}")
         scale = self.config.seed_lr_scale
@@ -499,6 +517,8 @@ class Morphogenesis:
         if any(layer.num_slots != self.slots for layer in self.layers):
             raise ValueError("every Kasmina layer of one model must have the same number of slots")
         self._claim_layers()
+        for layer in self.layers:
+            layer.guard_every_step = self.config.guard == "step"
         self._session: Session | None = None
         self._closed = False
         self.steps = 0
