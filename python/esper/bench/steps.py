@@ -275,7 +275,8 @@ def active_rows(device: torch.device, settings: StepSettings, labels: Sequence[s
                 esper, hand, morph, n_seed = active_pair(spec, device, state, guard=guard, width=32)
                 note = (f"seed residual_mlp width 32 ({n_seed} params) on fc2, only fc2 wrapped; hand-written: "
                         "host(x) + a*branch(x) with the same branch and weights; Esper includes morph.step(loss); "
-                        f"guard {guard!r}")
+                        f"guard {guard!r}" + ("; alphas from Go's table between flushes (one call per flush)"
+                                              if state == "BLENDING" else ""))
                 rows.append(_row("active", name, device, settings, esper, hand, "same model written by hand", ACTIVE,
                                  note))
                 _close(morph)
@@ -428,7 +429,7 @@ def compile_rows(device: torch.device, settings: StepSettings, labels: Sequence[
                              esper, hand, "same model written by hand, compiled", ACTIVE,
                              f"seed residual_mlp width 32 ({n_seed} params) on fc2; both models torch.compile "
                              "(inductor); Esper includes morph.step(loss)"
-                             + (" (a Go call every step while BLENDING)" if state == "BLENDING" else "")))
+                             + ("; alphas from Go's table between flushes" if state == "BLENDING" else "")))
             _close(morph)
     torch._dynamo.reset()
     return _kept(rows)
