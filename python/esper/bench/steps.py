@@ -7,6 +7,8 @@ side) of a wrapped model timed side by side with its baseline, interleaved round
 - peft: an Esper ``lowrank`` seed against a PEFT LoRA layer of the same rank on the same host;
 - scaling: :class:`~esper.bench.models.Deep` with 1, 10, 100 wrapped layers, and 1, 4, 16 slots
   per layer (dormant, and with one seed in HOLDING);
+- guard: the active, peft and scaling HOLDING rows are timed under both finiteness guards
+  (``MorphConfig.guard``): the default "step" (rows named as before) and "sampled" (", guard sampled");
 - compile: the dormant and active pairs with both models under ``torch.compile`` (inductor), each
   compiled before it is timed (``signal_every`` + 1 steps first, so that the wrapped model's
   sampling graph is built too).
