@@ -28,10 +28,13 @@ func Check(ir *IR, host Host, b Budget) error {
 	if err != nil {
 		return err
 	}
-	return b.admit(a.ParamCount, a.FLOPsPerSample)
+	return b.Admit(a.ParamCount, a.FLOPsPerSample)
 }
 
-func (b Budget) admit(params, flops int64) error {
+// Admit reports whether counts already computed for an IR's host (by
+// Instantiate, Parse or Complete) fit within b: nil, or an error wrapping
+// ErrOverBudget. Check analyses the IR first; Admit does not.
+func (b Budget) Admit(params, flops int64) error {
 	if b.MaxParams > 0 && params > b.MaxParams {
 		return fmt.Errorf("%w: param_count %d > max_params %d", ErrOverBudget, params, b.MaxParams)
 	}
@@ -75,7 +78,7 @@ func Mutate(ir *IR, b Budget, rng *rand.Rand) (*IR, error) {
 		p[s.Name] = v
 		next, err := t.Instantiate(p, ir.Host)
 		if err == nil {
-			err = b.admit(next.ParamCount, next.FLOPsPerSample)
+			err = b.Admit(next.ParamCount, next.FLOPsPerSample)
 		}
 		if err == nil {
 			return next, nil

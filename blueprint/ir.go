@@ -173,10 +173,29 @@ func (ir *IR) Canonical() ([]byte, error) {
 	if err := c.Complete(); err != nil {
 		return nil, err
 	}
-	for i := range c.Ops {
-		dropDefaults(&c.Ops[i])
+	return c.marshalCanonical()
+}
+
+// CanonicalComplete returns the bytes Canonical returns, for an IR that
+// Instantiate (or Complete) has just analysed and counted for its host,
+// without analysing it again: a germination decided by Tamiyo instantiates
+// its template once and records it with this. An IR built or changed any
+// other way must go through Canonical, which validates it. An IR with no
+// counts (param_count 0) is analysed, as Canonical does.
+func (ir *IR) CanonicalComplete() ([]byte, error) {
+	if ir.ParamCount == 0 {
+		return ir.Canonical()
 	}
-	b, err := canon.Marshal(c)
+	return ir.Clone().marshalCanonical()
+}
+
+// marshalCanonical encodes ir, a completed clone, canonically; it drops
+// default-valued optional attributes from ir.
+func (ir *IR) marshalCanonical() ([]byte, error) {
+	for i := range ir.Ops {
+		dropDefaults(&ir.Ops[i])
+	}
+	b, err := canon.Marshal(ir)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}

@@ -234,3 +234,51 @@ func TestGroupNormAndAttentionOps(t *testing.T) {
 	_, err = blueprint.Instantiate("attention_head", blueprint.Params{"heads": 3}, blueprint.Host{Kind: "residual", Dim: 32})
 	wantErr(t, err, blueprint.ErrAttr, errcode.Invalid, "divisible by heads 3")
 }
+
+// TestCanonicalCompleteEqualsCanonical: an instantiated IR recorded without
+// a second analysis has the bytes (and so the id) Canonical gives, for every
+// template on every host it supports; an IR without counts is analysed.
+func TestCanonicalCompleteEqualsCanonical(t *testing.T) {
+	hosts := []blueprint.Host{
+		{Kind: "linear", In: 64, Out: 10},
+		{Kind: "conv2d", In: 8, Out: 16, Kernel: 3, Stride: 2, Padding: 1},
+		{Kind: "residual", Dim: 32},
+	}
+	checked := 0
+	for _, tpl := range blueprint.Templates() {
+		for _, host := range hosts {
+			if !tpl.Supports(host) {
+				continue
+			}
+			ir, err := tpl.Instantiate(nil, host)
+			if err != nil {
+				t.Fatalf("%s on %+v: %v", tpl.Name, host, err)
+			}
+			want, err := ir.Canonical()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := ir.CanonicalComplete()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != string(want) {
+				t.Fatalf("%s on %+v: CanonicalComplete\n%s\nwant\n%s", tpl.Name, host, got, want)
+			}
+			checked++
+		}
+	}
+	if checked < 3 {
+		t.Fatalf("only %d template/host pairs checked", checked)
+	}
+	bare, err := blueprint.Parse([]byte(exampleIR))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := bare.Canonical()
+	bare.ParamCount, bare.FLOPsPerSample = 0, 0
+	got, err := bare.CanonicalComplete()
+	if err != nil || string(got) != string(want) {
+		t.Fatalf("uncounted IR: %s, %v; want %s", got, err, want)
+	}
+}

@@ -461,6 +461,21 @@ int esper_session_free(uint64_t handle);
 int esper_session_step(uint64_t handle, int64_t steps, const float *signals, size_t n_signals,
                        float *alphas_out, size_t alphas_cap, int32_t *out_n_events);
 
+/* Writes to out the alpha every slot will have after each of the next n
+ * steps, were esper_session_step called once per step with nothing else in
+ * between: row k (0-based) holds layers * slots_per_layer floats,
+ * layer-major, the alphas after k + 1 steps. A BLENDING seed follows its
+ * ramp (1 once it ends); every other slot keeps its alpha of now. Nothing
+ * changes: a trainer takes the table once, blends with row k at step k + 1,
+ * and sends the steps in one esper_session_step later (a call per step
+ * while a seed blends costs the thread handoff each time).
+ *   n: in [0, 65536].
+ *   out: caller buffer of out_cap floats, written during the call; out_cap
+ *     must be >= n * layers * slots_per_layer. May be NULL when out_cap is 0.
+ * Errors: ESPER_EINVALID (n out of range, NULL out), ESPER_EBUFFER (out_cap
+ * too small), ESPER_EHANDLE. */
+int esper_session_alphas_ahead(uint64_t handle, int32_t n, float *out, size_t out_cap);
+
 /* Drains the pending events into *out_json, a JSON array of events ("[]"
  * when none; free with esper_free). */
 int esper_session_events(uint64_t handle, char **out_json);

@@ -89,6 +89,20 @@ func esper_session_step(h C.uint64_t, steps C.int64_t, signals *C.float, nSignal
 	})
 }
 
+//export esper_session_alphas_ahead
+func esper_session_alphas_ahead(h C.uint64_t, n C.int32_t, out *C.float, outCap C.size_t) C.int {
+	return call(uint64(h), func() error {
+		if out == nil && outCap > 0 {
+			return errNull("out")
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		return s.AlphasAhead(int(n), float32s(out, outCap))
+	})
+}
+
 //export esper_session_alarms
 func esper_session_alarms(h C.uint64_t, outAlarms *C.int64_t) C.int {
 	return call(uint64(h), func() error {

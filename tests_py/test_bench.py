@@ -139,3 +139,18 @@ def test_compile_rows_time_compiled_pairs() -> None:
         assert r.section == "compile" and r.target and r.ok in (True, False), r
         assert _finite(r.value) and _finite(r.baseline) and _finite(r.ratio) and r.rounds == 5, r
     assert counters["frames"]["ok"] == counters["frames"]["total"]  # every frame compiled, none fell back
+
+
+def test_only_times_the_rows_named() -> None:
+    # `--only`: rows whose name holds none of the substrings are not timed (nor returned).
+    settings = steps.StepSettings(rounds=5, block_s=0.001, warmup=1, max_inner=10, only=("Deep(1)",))
+    assert settings.wants("dormant, 1 wrapped layers: Deep(1)") and not settings.wants("dormant: TinyMLP")
+    assert steps.StepSettings().wants("anything")  # no filter: every row
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = steps.scaling_rows(torch.device("cpu"), settings, depths=(1, 10), slots=())
+    finally:
+        torch.set_num_threads(threads)
+    assert [r.name for r in rows] == ["dormant, 1 wrapped layers: Deep(1)"]
+    assert _finite(rows[0].ratio)

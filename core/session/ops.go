@@ -119,15 +119,17 @@ func (s *Session) Germinate(layer, slot int, ir *blueprint.IR, reason string) ([
 	if err := blueprint.Check(ir, s.hostOfLocked(layer), blueprint.Budget{}); err != nil {
 		return nil, fmt.Errorf("session: germinate %d/%d: %w", layer, slot, err)
 	}
-	if err := s.germinateLocked(i, ir, reason); err != nil {
+	if err := s.germinateLocked(i, ir, reason, false); err != nil {
 		return nil, err
 	}
 	return s.drainLocked(), nil
 }
 
 // germinateLocked germinates seed i with a checked ir, enforcing the
-// governor's limits.
-func (s *Session) germinateLocked(i int, ir *blueprint.IR, reason string) error {
+// governor's limits. analysed says that ir comes from Instantiate for this
+// layer's host (Tamiyo's decisions): its counts are then trusted and the
+// IR is not analysed again to be recorded.
+func (s *Session) germinateLocked(i int, ir *blueprint.IR, reason string, analysed bool) error {
 	sd := s.seeds[i]
 	if !lifecycle.CanTransition(sd.State, lifecycle.Germinated) {
 		return &lifecycle.TransitionError{Layer: sd.Layer, Slot: sd.Slot, From: sd.State, To: lifecycle.Germinated}
@@ -139,7 +141,11 @@ func (s *Session) germinateLocked(i int, ir *blueprint.IR, reason string) error 
 	if err := s.ctl.Governor().Admit(used, ir.ParamCount, active); err != nil {
 		return fmt.Errorf("session: germinate %d/%d: %w", sd.Layer, sd.Slot, err)
 	}
-	doc, err := ir.Canonical()
+	canonical := ir.Canonical
+	if analysed {
+		canonical = ir.CanonicalComplete
+	}
+	doc, err := canonical()
 	if err != nil {
 		return fmt.Errorf("session: germinate %d/%d: %w", sd.Layer, sd.Slot, err)
 	}
@@ -413,7 +419,7 @@ func (s *Session) applyLocked(d tamiyo.Decision) DecisionResult {
 			if d.Blueprint == nil {
 				err = fmt.Errorf("session: germinate decision for %d/%d without a blueprint: %w", d.Layer, d.Slot, ErrArgument)
 			} else {
-				err = s.germinateLocked(i, d.Blueprint, d.Reason)
+				err = s.germinateLocked(i, d.Blueprint, d.Reason, true) // instantiated by Tamiyo for this host
 			}
 			if err == nil && d.PredictedGain != nil {
 				s.mon.impacts.Predicted(i, *d.PredictedGain)

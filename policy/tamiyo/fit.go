@@ -35,7 +35,9 @@ func (c *Controller) fit(layer int, remaining int64) (*blueprint.IR, string, err
 				ct.t.Name, ir.ParamCount, minSizeDivisor, least*minSizeDivisor, ErrOverBudget)
 			continue
 		}
-		if err := blueprint.Check(ir, host, blueprint.Budget{MaxParams: min(remaining, maxBudget)}); err != nil {
+		// ir was instantiated (analysed, counted) for host just now: its counts are admitted
+		// without a second analysis.
+		if err := (blueprint.Budget{MaxParams: min(remaining, maxBudget)}).Admit(ir.ParamCount, ir.FLOPsPerSample); err != nil {
 			last = err
 			continue
 		}

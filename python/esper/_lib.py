@@ -54,6 +54,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     ),
     "esper_session_events": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_alarms": (c_int, [c_uint64, POINTER(c_int64)]),
+    "esper_session_alphas_ahead": (c_int, [c_uint64, c_int32, POINTER(c_float), c_size_t]),
     "esper_session_end_epoch": (c_int, [c_uint64, c_char_p, POINTER(c_void_p)]),
     "esper_session_germinate": (c_int, [c_uint64, c_int32, c_int32, c_char_p, POINTER(c_void_p)]),
     "esper_session_advance": (c_int, [c_uint64, c_int32, c_int32, c_char_p, POINTER(c_void_p)]),

@@ -35,11 +35,15 @@ runs and includes the seed. ``nn.TransformerEncoder`` may still hand a layer a n
 ``src_key_padding_mask`` given): a layer with seeds then runs each sequence of it on its own.
 
 Execution is guarded: a seed that raises, returns the wrong shape or a non-finite value leaves the
-layer's output equal to the host's for that step. Exceptions and wrong shapes are recorded at once
-in ``layer.failures``; non-finite outputs are detected on the device (``torch.where`` picks the host
-output, no synchronisation) and counted in a device tensor that :func:`collect_failures` reads every
-N steps. Health signals are reduced on the device into a 7-float buffer per layer on sampling steps
-(:data:`SIGNALS` gives the layout) and read by :func:`gather_signals`, which also estimates the
+layer's output equal to the host's for that step. With ``guard_every_step`` False
+(``MorphConfig(guard="sampled")``) the finiteness check runs on sampling forwards only (and always
+under torch.compile); the other forwards add the seed as plain PyTorch would, and a non-finite
+output there reaches the loss, which the driver reads at the next flush (Go's governor rolls back).
+Exceptions and wrong shapes are recorded at once in ``layer.failures``; non-finite outputs are
+detected on the device (``torch.where`` picks the host output, no synchronisation) and counted in a
+device tensor that :func:`collect_failures` reads every N steps. Health signals are reduced on the
+device on sampling steps (eager: 0-d tensors per layer; compiled: a 7-float buffer per layer;
+:data:`SIGNALS` gives the layout) and read by :func:`gather_signals`, which also estimates the
 effective rank from rows kept on every ``rank_every``-th sampling step (an SVD synchronises, so it
 waits for the read, which synchronises anyway). The forward never synchronises with the device.
 
@@ -67,6 +71,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Callable, Iterator, NamedTuple, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
@@ -241,6 +246,11 @@ class _Branch(NamedTuple):
     alpha: float
 
 
+# Sets a plain attribute (never a parameter, buffer or submodule) of a layer without nn.Module's
+# __setattr__ (about 3 us a call, measured): used on the sampling path, which runs on every layer.
+_put = object.__setattr__
+
+
 def _device_of(module: nn.Module) -> torch.device:
     for t in module.parameters():
         return t.device
@@ -304,6 +314,14 @@ class _GradTap(torch.autograd.Function):
 def _seed_gain_of(x: Tensor, grad: Tensor, unit_dim: int, probe: tuple[Tensor, Tensor]) -> Tensor:
     """:meth:`KasminaLayer._seed_gain` with the layer's unit dim and probe features given
     (NaN when the shapes of ``x`` and ``grad`` do not pair up)."""
+    gain, scale = _seed_gain_parts(x, grad, unit_dim, probe)
+    return gain * scale if scale != 1.0 else gain
+
+
+def _seed_gain_parts(x: Tensor, grad: Tensor, unit_dim: int, probe: tuple[Tensor, Tensor]) -> tuple[Tensor, float]:
+    """The seed gain on the rows used, and the factor that scales it to all rows (1.0 when every
+    row is used): :func:`_seed_gain_of` without its last multiplication, which the eager path
+    leaves to the host."""
     if unit_dim == 1 and x.ndim > 2:  # (N, C, *spatial): conv, channel-first residual
         if x.shape[2:] != grad.shape[2:]:
             # A strided conv: the input at the output's stride (a view; pooling costs a pass).
@@ -312,7 +330,7 @@ def _seed_gain_of(x: Tensor, grad: Tensor, unit_dim: int, probe: tuple[Tensor, T
             x = x[(slice(None), slice(None)) + index]
         xp, gp = x.flatten(2), grad.flatten(2)  # (N, C, P) views
         if xp.shape[2] != gp.shape[2]:
-            return grad.new_full((), math.nan, dtype=torch.float32)
+            return grad.new_full((), math.nan, dtype=torch.float32), 1.0
         rows = xp.shape[0] * xp.shape[2]
         # Thin the positions before the copy that puts channels last.
         every = min(xp.shape[2], max(1, rows // _PROBE_ROWS))
@@ -322,12 +340,17 @@ def _seed_gain_of(x: Tensor, grad: Tensor, unit_dim: int, probe: tuple[Tensor, T
         xs, gs = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
         rows = xs.shape[0]
     if rows == 0 or xs.shape[0] != gs.shape[0]:
-        return grad.new_full((), math.nan, dtype=torch.float32)
+        return grad.new_full((), math.nan, dtype=torch.float32), 1.0
     every = max(1, xs.shape[0] // _PROBE_ROWS)
-    xs, gs = xs[::every].float(), gs[::every].float()
+    if every > 1:
+        xs, gs = xs[::every], gs[::every]
+    if xs.dtype != torch.float32:
+        xs = xs.float()
+    if gs.dtype != torch.float32:
+        gs = gs.float()
     weight, bias = probe
-    features = torch.relu(torch.addmm(bias, xs, weight))  # (rows, k)
-    return torch.linalg.matrix_norm(gs.T @ features) * (rows / xs.shape[0])
+    features = torch.relu_(torch.addmm(bias, xs, weight))  # (rows, k)
+    return torch.linalg.matrix_norm(torch.mm(gs.t(), features)), rows / xs.shape[0]
 
 
 def _effective_rank(rows: Tensor) -> float:
@@ -400,6 +423,13 @@ class KasminaLayer(nn.Module):
         self.samples_per_step = 0
         self._per_image = spec.channel_first or spec.kind in ("conv1d", "conv2d") or spec.is_pair
         self._measured = False  # _sample ran since the last gather_health (its values are measurements)
+        # An eager sampled forward leaves its reductions here as 0-d device tensors, not written into
+        # _signals: (first, second, dead units, weight norm) with first, second the sum and the sum of
+        # squares of the output on CPU (mean and variance on CUDA); gather_health reads every layer's
+        # with one stack and one copy, and does the scalar arithmetic on the host.
+        self._taps: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        self._tap_meta = (0, 0, False)  # (elements, units, first and second are moments)
+        self._grad_taps: tuple[Tensor, Tensor, float] | None = None  # (grad norm, seed gain unscaled, scale)
         self._probe: tuple[Tensor, Tensor] | None = None  # the seed gain's features, see _probe_features
         self._rank_rows: Tensor | None = None  # (<= 64, units) output rows for the effective rank
         # A compiled forward keeps rows on every sampled step (a counter would be a guard that changes
@@ -412,6 +442,10 @@ class KasminaLayer(nn.Module):
         self._checked = spec.kind not in ("residual", "block")
         self._unit_dim = 1 if spec.kind in ("conv1d", "conv2d") or spec.channel_first or spec.is_pair else -1
         self._unfused: RemovableHandle | None = None  # the pre-hook that keeps fused fast paths away
+        #: Check every running seed's output for finiteness on every forward (the default; the
+        #: driver sets it from ``MorphConfig.guard``). False: only on sampling forwards (and always
+        #: under torch.compile); other forwards add the seed as a hand-written model would.
+        self.guard_every_step = True
         self._allocate(_device_of(base_layer))
         self._sync_forward()
         self.register_load_state_dict_pre_hook(_accept_unwrapped_keys)  # checkpoints saved before wrap
@@ -537,10 +571,45 @@ class KasminaLayer(nn.Module):
         runs on its own, with the guards of a dense forward; the result is nested like x."""
         return torch.nested.as_nested_tensor([self.forward(t) for t in x.unbind()], layout=x.layout)
 
+    def _add_seeds_unguarded(self, x: Tensor, h: Tensor) -> Tensor:
+        """:meth:`_add_seeds` without the finiteness guard (``guard_every_step`` False, a step that
+        does not sample, eager): the sum a hand-written model computes, ``h + a * s``. A seed that
+        raises or returns the wrong shape still falls back to the host; a non-finite output reaches
+        the output (and the loss, which the driver reads at the next flush: Go's governor then rolls
+        back)."""
+        y = h
+        for slot, seed, straight_through, alpha in self._branches:
+            if straight_through:
+                if not (self.training and torch.is_grad_enabled()):
+                    continue  # 0 in value and nothing to learn
+                seed_in = x.detach()
+            else:
+                seed_in = x
+            try:
+                s = seed(seed_in)
+            except Exception as e:  # a seed may fail in any way: fall back to the host for this step
+                self._fail(slot, FailureKind.EXCEPTION, f"{type(e).__name__}: {e}")
+                continue
+            if not isinstance(s, Tensor) or s.shape != h.shape:
+                got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+                self._fail(slot, FailureKind.SHAPE, f"expected output shape {tuple(h.shape)}, got {got}")
+                continue
+            if s.dtype != h.dtype:
+                s = s.to(h.dtype)
+            if straight_through:
+                y = y + (s - s.detach())
+            elif alpha == 1.0:
+                y = y + s
+            else:
+                y = torch.add(y, s, alpha=alpha)
+        return y
+
     def _add_seeds(self, x: Tensor, h: Tensor) -> Tensor:
         # Under torch.compile: alphas from a device tensor, finiteness counted on the device, so
         # that nothing the graph depends on changes from step to step (no recompilation).
         compiling = torch.compiler.is_compiling()
+        if not (compiling or self.guard_every_step or self._sampling):
+            return self._add_seeds_unguarded(x, h)
         grad_on = torch.is_grad_enabled()
         learning = self.training and grad_on
         gate = grad_on and x.requires_grad
@@ -569,6 +638,7 @@ class KasminaLayer(nn.Module):
             if s.dtype != h.dtype:
                 s = s.to(h.dtype)  # e.g. a norm under autocast
             # "finite" as a device flag, no synchronisation (one reduction; NaN and inf fail abs < inf).
+            # Not torch.isfinite: a composite of four ops (eq, abs, ne, and) where this is two.
             ok = s.sum(dtype=torch.float32).abs() < math.inf
             if compiling:
                 self._bad[slot].add_(ok.logical_not())
@@ -630,6 +700,8 @@ class KasminaLayer(nn.Module):
         """Records the forward's signals and arranges for the backward's; returns ``y`` (under
         torch.compile, ``y`` through the gradient tap)."""
         compiling = torch.compiler.is_compiling()
+        if not compiling:
+            return self._sample_eager(x, h, y)
         with torch.no_grad():
             hf = h.detach().float()
             unit_dim = self._unit_dim % hf.ndim
@@ -674,10 +746,47 @@ class KasminaLayer(nn.Module):
         y.register_hook(functools.partial(self._record_grad, x.detach()))
         return y
 
+    def _sample_eager(self, x: Tensor, h: Tensor, y: Tensor) -> Tensor:
+        """:meth:`_sample` outside torch.compile: the fewest device ops that give the signals (a sum
+        and a dot product, a per-unit maximum and a count, the weight's norm; the divisions are done on
+        the host by :func:`gather_health`), kept as 0-d tensors (no write, no synchronisation)."""
+        with torch.no_grad():
+            hf = h.detach()
+            if hf.dtype != torch.float32:
+                hf = hf.float()
+            unit_dim = self._unit_dim % hf.ndim
+            if hf.is_cuda:
+                var, mean = torch.var_mean(hf)
+                first, second, moments = mean, var, False
+            else:
+                # On CPU, var_mean is 10-50x slower than a sum and a dot product (measured by
+                # `make bench`); the one-pass formula (in float64 on the host) is exact enough for a
+                # health signal.
+                flat = hf.reshape(-1)
+                first, second, moments = flat.sum(), torch.dot(flat, flat), True
+            # Per-unit maximum over every other dim: no transposed copy of the output.
+            others = [d for d in range(hf.ndim) if d != unit_dim]
+            peak = hf.amax(dim=others) if others else hf
+            dead = (peak <= 0).sum()
+            if self._samples % self.rank_every == 0:
+                # The SVD synchronises on CUDA: keep a slice of rows, gather_health estimates the rank.
+                units = hf.movedim(unit_dim, -1).reshape(-1, hf.shape[unit_dim])  # (rows, units)
+                _put(self, "_rank_rows", units[::max(1, units.shape[0] // _RANK_ROWS)][:_RANK_ROWS].clone())
+            _put(self, "_taps", (first, second, dead, self._weight_norm()))
+            _put(self, "_tap_meta", (hf.numel(), peak.numel(), moments))
+            _put(self, "_samples", self._samples + 1)
+            _put(self, "samples_per_step",
+                 hf.shape[0] if self._per_image else hf.numel() // max(hf.shape[-1], 1))
+            _put(self, "_measured", True)
+        if y.requires_grad:
+            y.register_hook(functools.partial(self._record_grad, x.detach()))
+        return y
+
     def _record_grad(self, x: Tensor, grad: Tensor) -> None:
         with torch.no_grad():
-            self._grad_norm_out.copy_(_norm(grad))
-            self._seed_gain_out.copy_(self._seed_gain(x, grad))
+            width = x.shape[1] if self._unit_dim == 1 and x.ndim > 2 else x.shape[-1]
+            gain, scale = _seed_gain_parts(x, grad, self._unit_dim, self._probe_features(width, x.device))
+            _put(self, "_grad_taps", (_norm(grad), gain, scale))
 
     def _seed_gain(self, x: Tensor, grad: Tensor) -> Tensor:
         """How fast a new seed here could lower the loss, to first order.
@@ -731,13 +840,21 @@ class KasminaLayer(nn.Module):
             sampling: record signals on the following forwards (and the output gradient's norm on
                 their backwards) until turned off.
         """
-        self._sampling = bool(sampling)
+        _put(self, "_sampling", bool(sampling))
         if self._sampling:
-            self._sample_steps += 1
+            _put(self, "_sample_steps", self._sample_steps + 1)
             if self._probe is None or self._probe[0].device != self._signals.device:
                 # Drawn here, not in a compiled forward: a generator cannot be created in a graph.
                 self._probe_features(self.spec.in_features, self._signals.device)
-        self._sync_forward()
+        if self._branches or not self._checked:
+            return  # the layer runs its own forward either way: nothing else changes
+        # Dormant: only which forward runs changes (what _sync_forward would pick, without its
+        # walk over the slots: this runs twice per signal interval on every layer).
+        if self._sampling:
+            self.__dict__.pop("forward", None)
+        else:
+            base = self.base_layer
+            self.__dict__["forward"] = base.__call__ if _has_hooks(base) else base.forward
 
     # ------------------------------------------------------------------ seeds
 
@@ -1075,6 +1192,14 @@ def _to_host(tensors: list[Tensor]) -> list[list[Any]]:
     return [t.tolist() for t in tensors]
 
 
+def _scalars_to_host(tensors: list[Tensor]) -> list[float]:
+    """The values of 0-d tensors as floats, with one synchronisation per device they are on."""
+    device = tensors[0].device
+    if all(t.device == device for t in tensors):
+        return torch.stack(tensors).tolist()
+    return [float(t) for t in tensors]
+
+
 def _drain(layers: list[KasminaLayer]) -> list[list[SeedFailure]]:
     for layer in layers:
         for slot in range(layer.num_slots):
@@ -1086,9 +1211,13 @@ def _drain(layers: list[KasminaLayer]) -> list[list[SeedFailure]]:
         layer.failures.clear()
         for slot, (runs, compiled, failed) in enumerate(zip(layer._runs, seen, counts)):
             if failed:
+                # Every step of the window failed only if every forward was checked: an eager
+                # forward is not checked between samples under guard "sampled" (a compiled one always is).
+                checked_all = layer.guard_every_step or runs == 0
                 found.append(SeedFailure(slot, FailureKind.NONFINITE,
-                                         f"non-finite output in {failed} of {runs + compiled} forward passes",
-                                         every_step=failed >= runs + compiled))
+                                         f"non-finite output in {failed} of {runs + compiled} forward passes"
+                                         + ("" if checked_all else " checked (sampling steps only: guard 'sampled')"),
+                                         every_step=checked_all and failed >= runs + compiled))
         layer._bad.zero_()
         layer._seen.zero_()
         layer._runs = [0] * layer.num_slots
@@ -1134,7 +1263,8 @@ def collect_failures(layers: LayersLike) -> list[tuple[int, SeedFailure]]:
 # Signals whose non-finite measurement is damage to the model: the layer's output (activations) and
 # its host's weights. A non-finite gradient is not counted here: a GradScaler produces one by design
 # and skips the step; one that reaches the weights shows in these at the next sample.
-_DAMAGE = (SIGNALS.index("act_mean"), SIGNALS.index("act_var"), SIGNALS.index("weight_norm"))
+_ACT_MEAN, _ACT_VAR, _DEAD_FRAC, _GRAD_NORM, _WEIGHT_NORM, _EFF_RANK, _SEED_GAIN = range(len(SIGNALS))
+_DAMAGE = (_ACT_MEAN, _ACT_VAR, _WEIGHT_NORM)
 
 
 def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[str]]:
@@ -1158,37 +1288,71 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
         ``"<layer name>.<signal>"`` per non-finite measurement.
     """
     chosen = _layers(layers)
-    for layer in chosen:
+    width = len(SIGNALS)
+    values = np.full(len(chosen) * width, math.nan, dtype=np.float32)
+    taps: list[Tensor] = []  # every eager layer's 0-d reductions, read with one stack and one copy
+    eager: list[tuple[int, KasminaLayer]] = []
+    buffered: list[tuple[int, KasminaLayer]] = []  # compiled forwards write the layer's _signals
+    for i, layer in enumerate(chosen):
         measured = layer._grad_sink.grad  # what a compiled forward's gradient tap measured
         if measured is not None:
             layer._grad_norm_out.copy_(measured[0])
             layer._seed_gain_out.copy_(measured[1])
             if reset:
                 layer._grad_sink.grad = None
-    values = torch.tensor([v for row in _to_host([layer._signals for layer in chosen]) for v in row],
-                          dtype=torch.float32)
-    rank = SIGNALS.index("eff_rank")
+        if layer._taps is not None or layer._grad_taps is not None:
+            eager.append((i, layer))
+            taps.extend(layer._taps or ())
+            taps.extend(layer._grad_taps[:2] if layer._grad_taps is not None else ())
+        if (layer._measured and layer._taps is None) or measured is not None:
+            buffered.append((i, layer))
+    if buffered:
+        for (i, _), row in zip(buffered, _to_host([layer._signals for _, layer in buffered])):
+            values[i * width:(i + 1) * width] = row
+    if taps:
+        host = _scalars_to_host(taps)
+        at = 0
+        for i, layer in eager:
+            row = values[i * width:(i + 1) * width]
+            if layer._taps is not None:
+                first, second, dead, weight = host[at:at + 4]
+                at += 4
+                n, units, moments = layer._tap_meta
+                if moments:  # sum and sum of squares: the unbiased variance, like torch.var's
+                    mean = first / n
+                    var = (second - n * mean * mean) / max(n - 1, 1)
+                    first, second = mean, (0.0 if var < 0 else var)  # NaN stays NaN
+                row[_ACT_MEAN], row[_ACT_VAR] = first, second
+                row[_DEAD_FRAC] = dead / units if units else math.nan
+                row[_WEIGHT_NORM] = weight
+            if layer._grad_taps is not None:
+                grad_norm, gain = host[at:at + 2]
+                at += 2
+                row[_GRAD_NORM], row[_SEED_GAIN] = grad_norm, gain * layer._grad_taps[2]
     nonfinite: list[str] = []
     for i, layer in enumerate(chosen):
-        row = values[i * len(SIGNALS):(i + 1) * len(SIGNALS)]
+        row = values[i * width:(i + 1) * width]
         if layer._measured:
             weighted = next(layer.base_layer.parameters(), None) is not None
             nonfinite += [f"{layer.spec.name}.{SIGNALS[k]}" for k in _DAMAGE
-                          if not math.isfinite(float(row[k])) and (weighted or SIGNALS[k] != "weight_norm")]
+                          if not math.isfinite(row[k]) and (weighted or SIGNALS[k] != "weight_norm")]
         rows = layer._rank_rows
         if rows is None and layer._rank_rows_compiled is not None and \
                 (layer._sample_steps - 1) % layer.rank_every == 0:
             rows = layer._rank_rows_compiled  # the last sampling step was one of the rank's
         if rows is not None:
             if bool(torch.isfinite(rows).all()):
-                row[rank] = _effective_rank(rows)
+                row[_EFF_RANK] = _effective_rank(rows)
             else:
                 nonfinite.append(f"{layer.spec.name}.eff_rank")
         if reset:
+            for name in ("_taps", "_grad_taps", "_rank_rows", "_rank_rows_compiled"):
+                _put(layer, name, None)
+            _put(layer, "_measured", False)
+    if reset:
+        for _, layer in buffered:
             layer._signals.fill_(math.nan)
-            layer._rank_rows = layer._rank_rows_compiled = None
-            layer._measured = False
-    return values, nonfinite
+    return torch.from_numpy(values), nonfinite
 
 
 def gather_signals(layers: LayersLike, reset: bool = True) -> Tensor:

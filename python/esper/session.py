@@ -112,6 +112,17 @@ class Session(_lib.Handle):
             _lib.check(rc, h)
         return self._n_events.value
 
+    def alphas_ahead(self, n: int) -> np.ndarray:
+        """The alpha of every slot after each of the next ``n`` steps, were :meth:`step` called once
+        per step: row k (shape ``(n, layers * slots)``, layer-major) holds the alphas after k + 1
+        steps. A BLENDING seed follows its ramp; every other slot keeps its alpha of now. Nothing
+        changes in Go (one call instead of a call per step while a seed blends)."""
+        _lib.check_range("n", n, 0, _lib.INT32_MAX)
+        out = np.empty((n, self.num_slots), dtype=np.float32)
+        h = self.handle
+        _lib.check(_lib.lib().esper_session_alphas_ahead(h, n, out.ctypes.data_as(POINTER(c_float)), out.size), h)
+        return out
+
     def alarms(self) -> int:
         """The number of rollbacks the governor has called for so far (in step and end_epoch,
         with or without a seed to blame; a rollback with none emits no event, so the trainer reads

@@ -104,6 +104,7 @@ _SCHEDULER_OTHERS = ("lr_lambdas", "base_momentums", "max_momentums")
 _RNG_LOCK = threading.Lock()
 # Version 2: the seeds live in Go's snapshot only (version 1 also listed them, read by a check).
 _CHECKPOINT_VERSION = 2
+_GUARDS = ("step", "sampled")  # MorphConfig.guard
 
 
 @dataclass
@@ -165,6 +166,20 @@ class MorphConfig:
             device, fail the window's last step, or each of its steps when
             every forward pass in the window failed. There is no cool-down: an
             open breaker prunes the seed.
+        guard: "step" (the default): every forward of a running seed checks
+            its output for finiteness on the device and, when it is not
+            finite, uses the host's output alone and keeps the seed's
+            gradient from the host's input (a few small ops per seed and
+            step; on a sub-millisecond step, most of a seed's overhead).
+            "sampled": the check runs on sampling steps only (one in
+            ``signal_every``); on the other steps the seed is added as a
+            hand-written model would add it, so a seed whose output turns
+            non-finite there makes the loss non-finite: the loss is read
+            at the next flush and Go's governor rolls back (the newest
+            seed in flight is removed and the last good state restored;
+            see ``rollback``). Faster, and less safe: up to
+            ``signal_every`` steps may be lost. Exceptions and wrong shapes
+            fall back to the host in both modes.
         seed_lr_scale: a seed's learning rate as a multiple of its host's.
             At 1 (the default) a seed's parameters join the optimizer's
             parameter group that holds its host layer (the group of the host's
@@ -286,6 +301,7 @@ class MorphConfig:
     loss_min_delta: float = 0.05
     failures_before_prune: int = 3
     seed_lr_scale: float = 1.0
+    guard: str = "step"
     seed: int = 0
     rollback: bool = True
     freeze_fossilized: bool = False
@@ -503,6 +519,27 @@ def _sharded_like(saved: Any, ref: Any) -> Any:
     return distribute_tensor(saved.to(ref.device), ref.device_mesh, ref.placements, src_data_rank=None)
 
 
+def _offload(t: torch.Tensor) -> torch.Tensor:
+    """A copy of t for the last good state: in pinned host memory when t is on CUDA (one blocking
+    device-to-host copy, taken at end_epoch), else a clone."""
+    t = t.detach()
+    if t.is_cuda:
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t)
+        return host
+    return t.clone()
+
+
+def _onload(saved: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """An optimizer-state tensor of the last good state, as the optimizer holds it for parameter p:
+    back on p's CUDA device when it was moved off it (:func:`_offload`; a checkpoint loses the
+    pinning, so a host tensor shaped like state of p counts too), else a copy where it is (a CPU
+    step counter stays on the CPU)."""
+    if p.is_cuda and not saved.is_cuda and (saved.dim() > 0 or saved.is_pinned()):
+        return saved.to(p.device)
+    return saved.clone()
+
+
 def _placement_entry(entry: Any) -> dict[str, Any]:
     """A checkpoint's record of where a seed's parameters sit. Checkpoints from before seeds joined
     their host's group list [layer, slot] pairs, each a group of its own appended in that order."""
@@ -628,6 +665,8 @@ class Morphogenesis:
             setattr(self.config, key, value)
         if self.config.signal_every < 1:
             raise ValueError(f"signal_every must be >= 1, got {self.config.signal_every}")
+        if self.config.guard not in _GUARDS:
+            raise ValueError(f"guard must be one of {', '.join(_GUARDS)}, got {self.config.guard!r}")
         if not 1 <= self.config.log_max <= 1 << 20:
             raise ValueError(f"log_max must be in [1, 1048576], got {self.config.log_max}")
         if self.config.run_log_max_bytes < 4096 or self.config.run_log_keep < 0:
@@ -651,6 +690,8 @@ class Morphogenesis:
         self._claim_layers()
         #: The synchronisation across ranks (None in a single process; see esper.distributed).
         self._dist = RankSync(self.config.rank_timeout) if active_group(self.config.distributed) else None
+        for layer in self.layers:
+            layer.guard_every_step = self.config.guard == "step"
         self._session: Session | None = None
         self._oona: Oona | None = None  # the run's event bus and run log (opened with the session)
         self._oona_run: str | None = None  # the run id a checkpoint being loaded brings (see load_state_dict)
@@ -660,7 +701,12 @@ class Morphogenesis:
         self.epoch = 0
         self._pending = 0  # optimizer steps not yet sent to Go
         self._failures_seen = failures_recorded()  # layers' failures already stamped with their step
-        self._blending = 0  # slots in BLENDING: Go is called every step while > 0
+        self._blending = 0  # slots in BLENDING: their alphas come from _ahead between flushes while > 0
+        # Go's alphas for the steps up to the next flush (Session.alphas_ahead), taken at step
+        # _ahead_from; None when a state changed since (the next blending step flushes and retakes it).
+        self._ahead: np.ndarray | None = None
+        self._ahead_from = 0
+        self._ahead_layers: list[int] = []  # the layers holding a BLENDING slot when it was taken
         self._groups: dict[tuple[int, int], _Placement] = {}  # (layer, slot) -> where its parameters sit
         self._loss_sum: torch.Tensor | None = None  # device sum of losses since the last flush
         self._loss_count = 0
@@ -888,8 +934,10 @@ class Morphogenesis:
         """Call once after every optimizer step.
 
         Most steps cost a counter increment: the loss is sampled, and Go is
-        called, only every ``signal_every`` steps (and every step while a seed
-        blends, for its alpha).
+        called, only every ``signal_every`` steps. While a seed blends, its
+        alpha for each step comes from the table Go gives at each flush
+        (``Session.alphas_ahead``), without a call per step; state changes
+        Go makes in between (the end of a ramp, say) arrive at the next flush.
 
         Args:
             loss: the step's training loss. It is read on the steps that send
@@ -926,9 +974,34 @@ class Morphogenesis:
         if phase == 0:
             self._flush(with_signals=True)
         elif self._blending:
-            self._flush(with_signals=False)
+            self._blend_ahead()
         if phase == every - 1 or every == 1:
             set_sampling(self.layers, True)  # the next step's forward and backward are measured
+
+    def _blend_ahead(self) -> None:
+        """A step between flushes while a seed blends: its alpha from the table Go gave at the last
+        flush (no Go call); without a table (a state changed since), a flush that takes one."""
+        table, k = self._ahead, self.steps - self._ahead_from - 1
+        if table is None or not 0 <= k < len(table):
+            self._flush(with_signals=False)
+            return
+        row, slots = table[k], self.slots
+        for i in self._ahead_layers:
+            self.layers[i].set_alphas(row[i * slots:(i + 1) * slots])
+
+    def _take_ahead(self) -> None:
+        """After a flush that left a seed blending (or a checkpoint loaded): Go's alphas for the steps
+        from Go's step (``steps - _pending``) up to the next flush."""
+        every = self.config.signal_every
+        go_step = self.steps - self._pending
+        n = every - 1 - go_step % every
+        if not self._blending or n <= 0:
+            self._ahead = None
+            return
+        self._ahead = self.session.alphas_ahead(n)
+        self._ahead_from = go_step
+        self._ahead_layers = [i for i, layer in enumerate(self.layers)
+                              if any(layer.state(s) == SeedState.BLENDING for s in range(self.slots))]
 
     def _flush(self, with_signals: bool) -> None:
         """Send the pending steps (and the signals) to Go; mirror what comes back."""
@@ -949,7 +1022,9 @@ class Morphogenesis:
             # Every non-finite measurement is counted: Go's governor rolls back on any.
             header = np.asarray([loss, float(len(nonfinite))], dtype=np.float32)
             signals = np.concatenate([header, values.numpy()])
-            failures = collect_failures(self.layers)
+            # With no seed in the model there is nothing to drain (a removed seed's counters are zeroed).
+            failures = collect_failures(self.layers) if any(layer.seeds or layer.failures for layer in self.layers) \
+                else []
             if self._dist is not None:  # every rank's Go session ingests the same numbers
                 signals, everywhere = self._dist.reduce_signals(signals, len(failures))
                 if everywhere:
@@ -960,6 +1035,7 @@ class Morphogenesis:
         if failures:
             self._report_failures(failures)
         self._send(signals, nonfinite)
+        self._take_ahead()
 
     def _report_failures(self, failures: list[tuple[int, SeedFailure]]) -> None:
         """Report each failure to Go at the step it happened in, stepping Go through the window.
@@ -1302,6 +1378,8 @@ class Morphogenesis:
             self._blending -= 1
         if to == "BLENDING":
             self._blending += 1
+        if "BLENDING" in (was, to):
+            self._ahead = None  # the table no longer names the blending slots
         if to in _EXITS:
             if self._dist is not None:
                 self._dist.detach_seed((i, slot))
@@ -1481,13 +1559,16 @@ class Morphogenesis:
 
     def _save_good(self) -> None:
         """Keep a copy of every tensor of the model and the optimizer's per-parameter state: the
-        last good state a rollback restores (see :meth:`_restore_good`)."""
+        last good state a rollback restores (see :meth:`_restore_good`). A CUDA tensor's copy is kept
+        in pinned host memory, not on the GPU (the copy costs no GPU memory; restoring it is one
+        host-to-device copy)."""
         _reshard(self.model)
         names = {id(p): n for n, p in self.model.named_parameters()}
         self._last_good = {
-            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "model": {k: _offload(v) for k, v in self.model.state_dict().items()},
             "optim": {
-                names[id(p)]: {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in s.items()}
+                names[id(p)]: {k: _offload(v) if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                               for k, v in s.items()}
                 for p, s in self.optimizer.state.items()
                 if id(p) in names
             },
@@ -1507,7 +1588,7 @@ class Morphogenesis:
         self._forget_seed(i, slot)
         prefix = self._seed_prefix(i, slot)
         seed = self.layers[i].seed(slot)
-        self._last_good["model"].update({prefix + k: v.detach().clone() for k, v in seed.state_dict().items()})
+        self._last_good["model"].update({prefix + k: _offload(v) for k, v in seed.state_dict().items()})
 
     def _forget_seed(self, i: int, slot: int) -> None:
         """Drops a removed seed's tensors from the last good state."""
@@ -1543,7 +1624,7 @@ class Morphogenesis:
                 continue
             state, saved = good["optim"].get(name), saved_model.get(name)
             if state is not None and saved is not None and saved.shape == p.shape:
-                self.optimizer.state[p] = {k: _sharded_like(v, p).clone() if isinstance(v, torch.Tensor)
+                self.optimizer.state[p] = {k: _onload(_sharded_like(v, p), p) if isinstance(v, torch.Tensor)
                                            else copy.deepcopy(v) for k, v in state.items()}
             else:
                 self.optimizer.state.pop(p, None)
@@ -1701,6 +1782,13 @@ class Morphogenesis:
             layer._samples = int(samples)
         every = self.config.signal_every
         set_sampling(self.layers, self.steps % every == every - 1 or every == 1)
+        # Blending seeds: Go's table from its last flush, as the checkpointed run held it, and the
+        # alphas of the step the checkpoint was taken at.
+        self._take_ahead()
+        if self._ahead is not None and 0 < self._pending <= len(self._ahead):
+            row = self._ahead[self._pending - 1]
+            for i in self._ahead_layers:
+                self.layers[i].set_alphas(row[i * self.slots:(i + 1) * self.slots])
         # The checkpoint's last good state; without one, the weights the caller loads next are taken
         # as good at the next step (the fresh model's weights never are).
         self._last_good = state.get("last_good") if self.config.rollback else None

@@ -14,7 +14,8 @@ with one torch thread, interleaved with their baseline (harness.compare); see th
 package for what each row measures.
 
 Beyond ``esper bench [--quick] [--out DIR]``, ``python -m esper.bench.run`` takes ``--sections``,
-``--devices`` and ``--tag`` (e.g. ``--devices cuda --tag cuda`` on a GPU machine).
+``--devices``, ``--tag`` (e.g. ``--devices cuda --tag cuda`` on a GPU machine) and ``--only`` (time
+only the training-step rows whose name holds one of the given substrings).
 """
 
 from __future__ import annotations
@@ -59,16 +60,18 @@ END = "<!-- bench:end -->"
 
 @dataclass(frozen=True)
 class Plan:
-    """How much to measure: quick (a smoke run) or full."""
+    """How much to measure: quick (a smoke run) or full; ``only``: the training-step rows to time
+    (substrings of their names; all when empty)."""
 
     quick: bool
+    only: tuple[str, ...] = ()
 
     def steps(self) -> Any:
         from .steps import StepSettings
 
         if self.quick:
-            return StepSettings(rounds=5, block_s=0.004, warmup=10, max_inner=200)
-        return StepSettings(rounds=25, block_s=0.02, warmup=20)
+            return StepSettings(rounds=5, block_s=0.004, warmup=10, max_inner=200, only=self.only)
+        return StepSettings(rounds=25, block_s=0.02, warmup=20, only=self.only)
 
     @property
     def rounds(self) -> int:
@@ -347,7 +350,8 @@ def _report(machine: dict[str, Any], quick: bool, started: float, rows: Sequence
 
 
 def run(quick: bool, out_dir: str, sections: Sequence[str] | None = None, devices: Sequence[str] | None = None,
-        tag: str = "", echo: Callable[[str], None] = print) -> tuple[list[Row], dict[str, Any]]:
+        tag: str = "", echo: Callable[[str], None] = print,
+        only: Sequence[str] = ()) -> tuple[list[Row], dict[str, Any]]:
     """Measures the chosen sections on the chosen devices and writes the results.
 
     Args:
@@ -358,6 +362,8 @@ def run(quick: bool, out_dir: str, sections: Sequence[str] | None = None, device
             when cpu is among them.
         tag: a suffix of the file names ("cuda" gives latest-cuda.json).
         echo: where progress lines go.
+        only: time only the training-step rows whose name contains one of these (e.g. "TinyMLP",
+            "Deep(10)"); a partial run, for working on one row: write it to another ``out_dir``.
 
     Returns:
         (rows, report) as written to the JSON file.
@@ -371,7 +377,7 @@ def run(quick: bool, out_dir: str, sections: Sequence[str] | None = None, device
         raise ValueError("devices include cuda, but torch.cuda.is_available() is False")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    plan = Plan(quick)
+    plan = Plan(quick, tuple(only))
     started = time.time()
     machine = describe_machine()
     out = Path(out_dir)
@@ -441,8 +447,12 @@ def _cli(argv: list[str] | None = None) -> int:
     p.add_argument("--sections", default="", help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--devices", default="", help="comma-separated: cpu, cuda")
     p.add_argument("--tag", default="", help="file name suffix, e.g. cuda")
+    p.add_argument("--only", default="", help="'|'-separated substrings (row names hold commas): time only the "
+                                              "training-step rows whose name holds one (e.g. 'dormant: TinyMLP|"
+                                              "Deep(10)'); write such a run to another --out")
     a = p.parse_args(argv)
-    _, report = run(a.quick, a.out, _split(a.sections), _split(a.devices), a.tag)
+    only = [x for x in a.only.split("|") if x]
+    _, report = run(a.quick, a.out, _split(a.sections), _split(a.devices), a.tag, only=only)
     return 1 if report["summary"]["errors"] else 0
 
 

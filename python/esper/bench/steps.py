@@ -7,6 +7,8 @@ side) of a wrapped model timed side by side with its baseline, interleaved round
 - peft: an Esper ``lowrank`` seed against a PEFT LoRA layer of the same rank on the same host;
 - scaling: :class:`~esper.bench.models.Deep` with 1, 10, 100 wrapped layers, and 1, 4, 16 slots
   per layer (dormant, and with one seed in HOLDING);
+- guard: the active, peft and scaling HOLDING rows are timed under both finiteness guards
+  (``MorphConfig.guard``): the default "step" (rows named as before) and "sampled" (", guard sampled");
 - compile: the dormant and active pairs with both models under ``torch.compile`` (inductor), each
   compiled before it is timed (``signal_every`` + 1 steps first, so that the wrapped model's
   sampling graph is built too).
@@ -55,6 +57,12 @@ class StepSettings:
     block_s: float = 0.02
     warmup: int = 20
     max_inner: int = 2000
+    #: Time only the rows whose name contains one of these (``esper.bench.run --only``); all when empty.
+    only: tuple[str, ...] = ()
+
+    def wants(self, name: str) -> bool:
+        """Whether the row ``name`` is timed under :attr:`only`."""
+        return not self.only or any(part in name for part in self.only)
 
 
 @dataclass(frozen=True)
@@ -148,11 +156,18 @@ def _morph(model: nn.Module, opt: torch.optim.Optimizer, **overrides: Any) -> Mo
 
 
 def _row(section: str, name: str, device: torch.device, settings: StepSettings, esper: Step, baseline: Step,
-         baseline_name: str, target: Target, note: str) -> Row:
+         baseline_name: str, target: Target, note: str) -> Row | None:
+    if not settings.wants(name):
+        return None
     clock = clock_for(device)
     te, tb, inner = time_pair(esper, baseline, settings, _sync_for(device), clock)
     return timing_row(section, name, device.type, te, tb, baseline_name=baseline_name, target=target, note=note,
                       extra={"calls_per_round": inner, "clock": "wall" if clock is time.perf_counter else "cpu"})
+
+
+def _kept(rows: list[Row | None]) -> list[Row]:
+    """The rows timed (those ``--only`` left out are None)."""
+    return [r for r in rows if r is not None]
 
 
 def _close(*morphs: Morphogenesis) -> None:
@@ -184,7 +199,7 @@ def dormant_pair(spec: ModelSpec, device: torch.device,
 
 def dormant_rows(device: torch.device, settings: StepSettings, labels: Sequence[str] | None = None) -> list[Row]:
     """Dormant wrapped model vs the plain model, for each benchmark model."""
-    rows = []
+    rows: list[Row | None] = []
     for spec in MODELS:
         if labels is not None and spec.label not in labels:
             continue
@@ -192,7 +207,7 @@ def dormant_rows(device: torch.device, settings: StepSettings, labels: Sequence[
         rows.append(_row("dormant", f"train step, dormant: {spec.label}", device, settings, esper, plain,
                          "plain model", DORMANT, f"{spec.what}; Esper includes morph.step(loss)"))
         _close(morph)
-    return rows
+    return _kept(rows)
 
 
 # ---------------------------------------------------------------------- active
@@ -212,16 +227,17 @@ def _hand_branch(seed: nn.Module) -> nn.Module:
 
 
 def active_pair(spec: ModelSpec, device: torch.device, state: str, template: str = "residual_mlp",
-                layer: str = "fc2", compile_models: bool = False,
+                layer: str = "fc2", compile_models: bool = False, guard: str = "step",
                 **params: Any) -> tuple[Step, Step, Morphogenesis, int]:
     """(Esper step, hand-written step, morph, seed params) with one seed at ``layer`` in ``state``;
-    with ``compile_models`` both models run through ``torch.compile``."""
+    with ``compile_models`` both models run through ``torch.compile``; ``guard`` is
+    ``MorphConfig.guard``."""
     torch.manual_seed(0)
     base = spec.build().to(device)
     esper_model = wrap(copy.deepcopy(base), [layer])
     opt_e = _adam(esper_model)
     blend = 10**7  # BLENDING lasts the whole benchmark; alpha still changes every step
-    morph = _morph(esper_model, opt_e, blend_steps=blend, train_steps=blend)
+    morph = _morph(esper_model, opt_e, blend_steps=blend, train_steps=blend, guard=guard)
     morph.germinate(layer, 0, template, **params)
     _to_state(morph, layer, 0, state)
     seed = esper_model.get_submodule(layer).seed(0)
@@ -248,26 +264,39 @@ def active_pair(spec: ModelSpec, device: torch.device, state: str, template: str
 
 
 def active_rows(device: torch.device, settings: StepSettings, labels: Sequence[str] = ("TinyMLP", "WideMLP"),
-                states: Sequence[str] = ("BLENDING", "HOLDING")) -> list[Row]:
-    """One active seed (residual_mlp, width 32, on fc2) vs the same model written by hand."""
-    rows = []
-    for label in labels:
-        spec = _BY_LABEL[label]
-        for state in states:
-            esper, hand, morph, n_seed = active_pair(spec, device, state, width=32)
-            note = (f"seed residual_mlp width 32 ({n_seed} params) on fc2, only fc2 wrapped; hand-written: "
-                    "host(x) + a*branch(x) with the same branch and weights; Esper includes morph.step(loss)"
-                    + (" (a Go call every step while BLENDING)" if state == "BLENDING" else ""))
-            rows.append(_row("active", f"train step, 1 seed {state}: {label}", device, settings, esper, hand,
-                             "same model written by hand", ACTIVE, note))
-            _close(morph)
-    return rows
+                states: Sequence[str] = ("BLENDING", "HOLDING"),
+                guards: Sequence[str] = ("step", "sampled")) -> list[Row]:
+    """One active seed (residual_mlp, width 32, on fc2) vs the same model written by hand, under each
+    finiteness guard (``MorphConfig.guard``: the default "step", and "sampled")."""
+    rows: list[Row | None] = []
+    for guard in guards:
+        for label in labels:
+            spec = _BY_LABEL[label]
+            for state in states:
+                name = f"train step, 1 seed {state}{_guard_label(guard)}: {label}"
+                if not settings.wants(name):
+                    continue
+                esper, hand, morph, n_seed = active_pair(spec, device, state, guard=guard, width=32)
+                note = (f"seed residual_mlp width 32 ({n_seed} params) on fc2, only fc2 wrapped; hand-written: "
+                        "host(x) + a*branch(x) with the same branch and weights; Esper includes morph.step(loss); "
+                        f"guard {guard!r}" + ("; alphas from Go's table between flushes (one call per flush)"
+                                              if state == "BLENDING" else ""))
+                rows.append(_row("active", name, device, settings, esper, hand, "same model written by hand", ACTIVE,
+                                 note))
+                _close(morph)
+    return _kept(rows)
+
+
+def _guard_label(guard: str) -> str:
+    """The row-name suffix of a guard: none for the default ("step"), else ", guard <name>"."""
+    return "" if guard == "step" else f", guard {guard}"
 
 
 # ---------------------------------------------------------------------- PEFT
 
 
-def peft_pair(spec: ModelSpec, device: torch.device, rank: int) -> tuple[Step, Step, Morphogenesis, int, int]:
+def peft_pair(spec: ModelSpec, device: torch.device, rank: int,
+              guard: str = "step") -> tuple[Step, Step, Morphogenesis, int, int]:
     """(Esper step, PEFT step, morph, Esper trainable params, PEFT trainable params): a lowrank seed
     in HOLDING vs a LoRA layer of the same rank on fc2, base frozen on both sides."""
     from peft import LoraConfig, get_peft_model
@@ -278,7 +307,7 @@ def peft_pair(spec: ModelSpec, device: torch.device, rank: int) -> tuple[Step, S
     esper_model.requires_grad_(False)  # PEFT freezes the base; so does this side, for equal trainable params
     wrap(esper_model, ["fc2"])
     opt_e = _adam(esper_model)
-    morph = _morph(esper_model, opt_e)
+    morph = _morph(esper_model, opt_e, guard=guard)
     morph.germinate("fc2", 0, "lowrank", rank=rank)
     _to_state(morph, "fc2", 0, "HOLDING")
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["fc2"], lora_dropout=0.0, bias="none")
@@ -291,23 +320,27 @@ def peft_pair(spec: ModelSpec, device: torch.device, rank: int) -> tuple[Step, S
 
 
 def peft_rows(device: torch.device, settings: StepSettings,
-              cases: Sequence[tuple[str, int]] = (("TinyMLP", 4), ("WideMLP", 8))) -> list[Row]:
+              cases: Sequence[tuple[str, int]] = (("TinyMLP", 4), ("WideMLP", 8)),
+              guards: Sequence[str] = ("step", "sampled")) -> list[Row]:
     """Esper lowrank seed vs PEFT LoRA of equal rank (Esper must be no slower)."""
     try:
         import peft
     except ImportError:
         return [Row("peft", f"train step, lowrank r={r} vs PEFT LoRA: {label}", device.type, "ms", None,
                     target=NO_SLOWER.text, note="peft is not installed (pip install peft)") for label, r in cases]
-    rows = []
-    for label, rank in cases:
-        esper, lora, morph, n_e, n_p = peft_pair(_BY_LABEL[label], device, rank)
-        note = (f"trainable params Esper {n_e}, PEFT {n_p} (base frozen on both sides, PEFT {peft.__version__}); "
-                "Esper: KasminaLayer + SeedModule in HOLDING (alpha 1) plus morph.step(loss); PEFT: lora.Linear "
-                "(scaling lora_alpha/r = 1, no dropout) inside PeftModel")
-        rows.append(_row("peft", f"train step, lowrank r={rank} vs PEFT LoRA: {label}", device, settings, esper,
-                         lora, "PEFT LoRA, same rank", NO_SLOWER, note))
-        _close(morph)
-    return rows
+    rows: list[Row | None] = []
+    for guard in guards:
+        for label, rank in cases:
+            name = f"train step, lowrank r={rank} vs PEFT LoRA{_guard_label(guard)}: {label}"
+            if not settings.wants(name):
+                continue
+            esper, lora, morph, n_e, n_p = peft_pair(_BY_LABEL[label], device, rank, guard=guard)
+            note = (f"trainable params Esper {n_e}, PEFT {n_p} (base frozen on both sides, PEFT {peft.__version__}); "
+                    "Esper: KasminaLayer + SeedModule in HOLDING (alpha 1) plus morph.step(loss), guard "
+                    f"{guard!r}; PEFT: lora.Linear (scaling lora_alpha/r = 1, no dropout) inside PeftModel")
+            rows.append(_row("peft", name, device, settings, esper, lora, "PEFT LoRA, same rank", NO_SLOWER, note))
+            _close(morph)
+    return _kept(rows)
 
 
 # ---------------------------------------------------------------------- scaling
@@ -318,10 +351,10 @@ def _deep_spec(n: int) -> ModelSpec:
 
 
 def scaling_rows(device: torch.device, settings: StepSettings, depths: Sequence[int] = (1, 10, 100),
-                 slots: Sequence[int] = (1, 4, 16)) -> list[Row]:
+                 slots: Sequence[int] = (1, 4, 16), guards: Sequence[str] = ("step", "sampled")) -> list[Row]:
     """Dormant overhead against the number of wrapped layers and of slots per layer, and one seed in
     HOLDING with many slots."""
-    rows = []
+    rows: list[Row | None] = []
     for n in depths:
         spec = _deep_spec(n)
         esper, plain, morph = dormant_pair(spec, device)
@@ -340,24 +373,27 @@ def scaling_rows(device: torch.device, settings: StepSettings, depths: Sequence[
                          make_step(wrapped, opt_w, x, y, morph), make_step(plain, _adam(plain), x, y),
                          "plain model", DORMANT, f"10 layers x {k} slots, all dormant; includes morph.step(loss)"))
         _close(morph)
-    for k in slots:
+    for guard, k in [(g, k) for g in guards for k in slots]:
+        name = f"1 seed HOLDING, {k} slots/layer{_guard_label(guard)}: Deep(10)"
+        if not settings.wants(name):
+            continue
         torch.manual_seed(0)
         base = models.Deep(10).to(device)
         esper_model = wrap(copy.deepcopy(base), [nn.Linear], seeds_per_layer=k)
         opt_e = _adam(esper_model)
-        morph = _morph(esper_model, opt_e)
+        morph = _morph(esper_model, opt_e, guard=guard)
         morph.germinate("layers.5", 0, "residual_mlp", width=16)
         _to_state(morph, "layers.5", 0, "HOLDING")
         hand_model = copy.deepcopy(base)
         models.with_hand_seed(hand_model, "layers.5", _hand_branch(esper_model.layers[5].seed(0)))
         x, y = models.make_batch("deep", 32, device)
-        rows.append(_row("scaling", f"1 seed HOLDING, {k} slots/layer: Deep(10)", device, settings,
+        rows.append(_row("scaling", name, device, settings,
                          make_step(esper_model, opt_e, x, y, morph), make_step(hand_model, _adam(hand_model), x, y),
                          "same model written by hand", ACTIVE,
                          f"10 layers x {k} slots wrapped, residual_mlp width 16 in layers.5 slot 0; hand-written "
-                         "baseline has only that branch; includes morph.step(loss)"))
+                         f"baseline has only that branch; includes morph.step(loss); guard {guard!r}"))
         _close(morph)
-    return rows
+    return _kept(rows)
 
 
 # ---------------------------------------------------------------------- torch.compile
@@ -379,7 +415,7 @@ def compile_rows(device: torch.device, settings: StepSettings, labels: Sequence[
     compiled plain model (dormant) and the compiled hand-written model (one seed)."""
     import torch._dynamo  # loaded by torch.compile anyway; imported here for reset()
 
-    rows = []
+    rows: list[Row | None] = []
     for label in labels:
         spec = _BY_LABEL[label]
         torch._dynamo.reset()  # each pair compiles afresh: no model counts against another's cache
@@ -397,10 +433,10 @@ def compile_rows(device: torch.device, settings: StepSettings, labels: Sequence[
                              esper, hand, "same model written by hand, compiled", ACTIVE,
                              f"seed residual_mlp width 32 ({n_seed} params) on fc2; both models torch.compile "
                              "(inductor); Esper includes morph.step(loss)"
-                             + (" (a Go call every step while BLENDING)" if state == "BLENDING" else "")))
+                             + ("; alphas from Go's table between flushes" if state == "BLENDING" else "")))
             _close(morph)
     torch._dynamo.reset()
-    return rows
+    return _kept(rows)
 
 
 # ---------------------------------------------------------------------- metrics
