@@ -92,7 +92,7 @@ func (s *Session) Restore(data []byte) error {
 	}
 	defer s.unlock()
 	snap.Config.LogPath, snap.Config.LogSignalsEvery = s.set.cfg.LogPath, s.set.cfg.LogSignalsEvery
-	snap.Config.Urza = s.set.cfg.Urza // the store this process was given, not the saving machine's path
+	snap.Config.Urza = s.set.cfg.Urza                 // the store this process was given, not the saving machine's path
 	snap.Config.Metrics.Rank = s.set.cfg.Metrics.Rank // the run goes on under its own id, on this rank
 	set, err := snap.Config.settings()
 	if err != nil {
