@@ -43,7 +43,10 @@ func (s *Session) StateHash() (StateHash, error) {
 		return StateHash{}, fmt.Errorf("session: state hash: %w", err)
 	}
 	cfg := s.set.cfg
+	// Settings of this process, not of the run: where it logs, which store
+	// it reads and which rank it labels its metrics with differ by rank.
 	cfg.LogPath, cfg.LogSignalsEvery = "", 0
+	cfg.Urza, cfg.Metrics = "", MetricsConfig{}
 	type part struct {
 		name, summary string
 		value         any

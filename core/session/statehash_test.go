@@ -68,8 +68,11 @@ func TestStateHashNamesFirstDifference(t *testing.T) {
 
 func TestStateHashIgnoresLogSettingsAndSurvivesRestore(t *testing.T) {
 	cfg := baseConfig()
+	cfg.Metrics = session.MetricsConfig{Run: "run-a", Rank: 0}
 	a := newSession(t, cfg)
 	cfg.LogPath = t.TempDir() + "/run.jsonl"
+	cfg.Metrics = session.MetricsConfig{Run: "run-a", Rank: 1} // another rank of the same run
+	cfg.Urza = t.TempDir()                                     // with its own store folder
 	b := newSession(t, cfg)
 	germinate(t, a, 0, 1, `{"template":"residual_mlp","params":{"width":4}}`)
 	step(t, a, 5)
