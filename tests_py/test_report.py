@@ -257,3 +257,28 @@ def test_monitor_of_a_run_without_an_end_stops_on_ctrl_c(grown: dict[str, Any], 
             mon.wait()
     assert mon.returncode == 130, (mon.returncode, err)
     assert "interrupted" in err
+
+
+def test_follower_reads_whole_lines_only_as_a_log_grows_in_pieces(grown: dict[str, Any], tmp_path: Path) -> None:
+    from esper.report import LogFollower
+
+    raw = (grown["root"] / grown["run"] / "events.jsonl").read_bytes()
+    want = oona.read_events(grown["run"], root=grown["root"], strict=True)
+    (tmp_path / "grow").mkdir()
+    path = tmp_path / "grow" / "events.jsonl"
+    path.write_bytes(b"")
+    follower = LogFollower("grow", root=tmp_path)
+    got: list[dict[str, Any]] = []
+    # Cut the log at odd places (inside lines, inside UTF-8 and JSON tokens), polling after each piece.
+    cuts = sorted({0, len(raw), *range(7, len(raw), 997), *range(3, len(raw), 1531)})
+    with open(path, "ab") as f:
+        for a, b in zip(cuts, cuts[1:]):
+            f.write(raw[a:b])
+            f.flush()
+            got.extend(follower.poll())
+            assert all(e["seq"] == i + 1 for i, e in enumerate(got))
+        f.write(b'{"v": 1, "id": "cut-by-a-crash", "kind": "epo')  # a last line a crash cut
+        f.flush()
+    got.extend(follower.poll())
+    follower.close()
+    assert got == want

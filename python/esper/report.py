@@ -49,7 +49,8 @@ class Seed:
     germinated_epoch: int
     actor: str  # who germinated it
     state: str = "GERMINATED"  # the latest state of the slot while this is its seed
-    alpha: float | None = None  # alpha at the latest transition
+    alpha: float | None = None  # alpha at the latest transition (the log has no per-step alpha)
+    alpha_step: int | None = None  # the step of that transition
     fate: str = ""  # the state that ended it (FATES), "" while alive
     fate_step: int | None = None
     reason: str = ""  # the reason of the fate's transition (or of the latest one while alive)
@@ -174,7 +175,7 @@ class RunView:
         seed = self.slots.get(key)
         if seed is not None:
             seed.state = to
-            seed.alpha = d.get("alpha")
+            seed.alpha, seed.alpha_step = d.get("alpha"), step
             if not seed.fate:
                 seed.reason = str(d.get("reason", "")) or seed.reason
                 if to in FATES:
@@ -438,8 +439,9 @@ def _spark(values: list[float], width: int = 40) -> str:
 
 def render_frame(view: RunView, *, last_decisions: int = 5, last_alarms: int = 3, width: int = 120) -> str:
     """One frame of ``esper monitor``: the run's status, the latest losses and metric with their
-    curves, each layer's slots (state, alpha at the latest transition, parameters, template), the
-    last decisions with their reasons and the alarms."""
+    curves, each layer's slots (state, alpha at the latest transition and its step, parameters,
+    template, generation, latest measured contribution), the last decisions with their reasons and
+    the alarms."""
     status = "ended" if view.ended else "running"
     out = [f"esper monitor  run {view.run}  [{status}]  policy {view.policy or '-'}  epoch {view.epoch}  "
            f"step {view.step}  events {view.events}"]
@@ -464,8 +466,8 @@ def render_frame(view: RunView, *, last_decisions: int = 5, last_alarms: int = 3
             line = f"  slot {slot}: {state:<11}"
             if seed is not None and state != "DORMANT":
                 contrib = f"  contribution {_num(seed.contribution)}" if seed.contribution is not None else ""
-                line += (f" alpha {_num(seed.alpha, '.2f')}  params {seed.param_count}  {seed.what}  "
-                         f"g{seed.generation}{contrib}")
+                line += (f" alpha {_num(seed.alpha, '.2f')} at s{seed.alpha_step}  params {seed.param_count}  "
+                         f"{seed.what}  g{seed.generation}{contrib}")
             out.append(line.rstrip())
     out.append("")
     out.append("last decisions:" if view.decisions else "last decisions: none yet")
