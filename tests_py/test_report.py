@@ -282,3 +282,42 @@ def test_follower_reads_whole_lines_only_as_a_log_grows_in_pieces(grown: dict[st
     got.extend(follower.poll())
     follower.close()
     assert got == want
+
+
+def test_report_counts_a_rollback_and_its_alarm(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = esper.wrap(nn.Sequential(nn.Linear(IN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, OUT)), target_modules=["0"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    morph = esper.Morphogenesis(model, opt, policy="manual", train_steps=2, blend_steps=2, signal_every=1,
+                                runs=str(tmp_path / "runs"))
+    x, y = torch.randn(16, IN), torch.randint(0, OUT, (16,))
+    for epoch in range(4):
+        for i in range(3):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            morph.step(float("nan") if epoch == 2 and i == 1 else loss)  # the governor rolls the seed back
+        if epoch == 0:
+            morph.germinate(0, 0, "residual_mlp", width=2)
+        morph.end_epoch(val_loss=float(loss.detach()))
+    run, log = morph.run_id, list(morph.log)
+    morph.close()
+    rollbacks = sum(1 for e in log if e["kind"] == "decision" and e.get("op") == "rollback")
+    alarms = sum(1 for e in log if e["kind"] == "alarm" and e["alarm"] == "rollback")
+    assert rollbacks == alarms == 1 and _transitions(log, "ROLLED_BACK") == 1, log
+    root = tmp_path / "runs"
+    assert cli.main(["report", run, "--root", str(root), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"germinations: 1, fossilizations: 0, prunes: 0, rollbacks: {rollbacks}, alarms: {alarms} " in md, md
+    assert "ROLLED_BACK (step" in md and "non-finite" in md
+    assert "counters at the last epoch or end event differ" not in md  # the events agree with Go's counters
+    # Negative control: a log that lost an event no longer agrees with Go's counters, and says so.
+    (root / "cut").mkdir()
+    lines = (root / run / "events.jsonl").read_text().splitlines(keepends=True)
+    (root / "cut" / "events.jsonl").write_text("".join(ln for ln in lines if '"to":"GERMINATED"' not in ln
+                                                       and '"to": "GERMINATED"' not in ln))
+    assert len((root / "cut" / "events.jsonl").read_text().splitlines()) == len(lines) - 1
+    assert cli.main(["report", "cut", "--root", str(root), "--out", str(tmp_path / "cut")]) == 0
+    cut = (tmp_path / "cut" / "report.md").read_text()
+    assert "germinations: 0," in cut and "differ: germinations: 1," in cut, cut

@@ -222,9 +222,10 @@ def markdown(view: RunView, plots: Iterable[str] = (), last_decisions: int = 10)
     decisions with their reasons, and the plots (file names relative to the summary)."""
     c = view.counts()
     last = view.epochs[-1] if view.epochs else {}
+    end = view.end or f"no end event (still running, or killed; last event {view.last_time or '-'})"
     lines = [f"# Run {view.run}", "",
              f"- start: {view.start or '-'}",
-             f"- end: {view.end or f'no end event (still running, or killed; last event {view.last_time or chr(45)})'}",
+             f"- end: {end}",
              f"- policy: {view.policy or '-'}; layers: {', '.join(view.layers) or '-'}; "
              f"slots per layer: {view.slots_per_layer}",
              f"- epochs: {len(view.epochs)}; steps: {view.step}; events: {view.events}",
@@ -232,8 +233,15 @@ def markdown(view: RunView, plots: Iterable[str] = (), last_decisions: int = 10)
              f"validation metric {_num(last.get('val_metric'))}, "
              f"seed parameters in use {_num(last.get('params_used'), 'd')}",
              f"- germinations: {c['germinations']}, fossilizations: {c['fossilizations']}, prunes: {c['prunes']}, "
-             f"rollbacks: {c['rollbacks']}, alarms: {c['alarms']}, seed failures: {view.failures}",
+             f"rollbacks: {c['rollbacks']}, alarms: {c['alarms']} (the governor's), seed failures: {view.failures}",
              "- plotted against optimizer steps: the run log's epoch events carry no training FLOPs", ""]
+    go = {k: view.counters[k] for k in c if k in view.counters}
+    if go and go != c:
+        # The counts above come from the events in the log; Go's own counters differ when rotated
+        # files were deleted (run_log_keep) or the run resumed from a checkpoint.
+        lines.insert(-2, "- Go's counters at the last epoch or end event differ: "
+                     + ", ".join(f"{k}: {v}" for k, v in go.items())
+                     + " (the log lost rotated files, or the run resumed from an earlier checkpoint)")
     lines += ["## Seeds", ""]
     if not view.seeds:
         lines += ["No seed was germinated in this run.", ""]
