@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,9 +190,15 @@ WRITER = textwrap.dedent("""
 
 
 def _monitor_proc(run: str, *extra: str) -> subprocess.Popen[str]:
+    """`esper monitor RUN` in its own process, killed after 120 s whatever happens (a monitor that
+    never sees its run end would otherwise hang the test in a read)."""
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-m", "esper", "monitor", run, "--interval", "0.1", *extra],
+    proc = subprocess.Popen([sys.executable, "-m", "esper", "monitor", run, "--interval", "0.1", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    guard = threading.Timer(120, proc.kill)
+    guard.daemon = True
+    guard.start()
+    return proc
 
 
 def _first_frame(proc: subprocess.Popen[str]) -> None:
