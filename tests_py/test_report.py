@@ -328,3 +328,48 @@ def test_report_counts_a_rollback_and_its_alarm(tmp_path: Path) -> None:
     assert cli.main(["report", "cut", "--root", str(root), "--out", str(tmp_path / "cut")]) == 0
     cut = (tmp_path / "cut" / "report.md").read_text()
     assert "germinations: 0," in cut and "differ: germinations: 1," in cut, cut
+
+
+def test_readme_loop_reports_and_replays_while_open_and_after_close(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from test_readme import MyModel
+
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    code = re.search(r"## Use it in your training loop\n\n```python\n(.*?)```", readme.read_text(), re.S)
+    assert code, "README lost its usage example"
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(64, 1, 4, 4, generator=g), torch.randint(0, 3, (64,), generator=g)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def my_validation(m: nn.Module) -> tuple[float, float]:
+        with torch.no_grad():
+            logits = m(xs)
+        return float(loss_fn(logits, ys)), float((logits.argmax(1) == ys).float().mean())
+
+    scope: dict[str, Any] = {"MyModel": MyModel, "my_validation": my_validation, "loss_fn": loss_fn, "epochs": 4,
+                             "loader": [(xs[i:i + 16], ys[i:i + 16]) for i in range(0, 64, 16)],
+                             "print": lambda *a: printed.append(a)}
+    printed: list[tuple[Any, ...]] = []  # the loop prints each decision's op and reason
+    exec(compile(code.group(1), str(readme), "exec"), scope)  # noqa: S102 - our own README
+    morph = scope["morph"]
+    run, log = morph.run_id, list(morph.log)
+    # The loop never closes morph: the report is of a run without its end event yet.
+    assert cli.main(["report", run, "--out", str(tmp_path / "open")]) == 0
+    md = (tmp_path / "open" / "report.md").read_text()
+    assert "- end: no end event" in md and "- epochs: 4;" in md
+    assert f"germinations: {_transitions(log, 'GERMINATED')}, fossilizations: {_transitions(log, 'FOSSILIZED')}, " \
+           f"prunes: {_transitions(log, 'PRUNED')}," in md, md
+    assert printed and f"## Last decisions ({min(10, len(printed))} of {len(printed)})" in md
+    table = md.split("## Last decisions")[1].split("\n\n")[2].splitlines()
+    op, reason = printed[-1]
+    assert f"| {op} |" in table[-1] and table[-1].endswith(f"| {reason} |"), (table[-1], printed[-1])
+    assert "| validation metric" not in md and "validation metric " in md
+    assert cli.main(["monitor", run, "--once"]) == 0
+    assert "[running]" in capsys.readouterr().out
+    morph.close()
+    assert cli.main(["monitor", run, "--replay", "--speed", "0"]) == 0
+    frames = _frames(capsys.readouterr().out)
+    assert len(frames) == 5 and "[ended]" in frames[-1] and "[ended]" not in frames[-2]
+    last = (tmp_path / "open").parent / "closed"
+    assert cli.main(["report", run, "--out", str(last)]) == 0
+    assert "- end: 20" in (last / "report.md").read_text()
