@@ -360,7 +360,7 @@ def test_readme_loop_reports_and_replays_while_open_and_after_close(tmp_path: Pa
     assert f"germinations: {_transitions(log, 'GERMINATED')}, fossilizations: {_transitions(log, 'FOSSILIZED')}, " \
            f"prunes: {_transitions(log, 'PRUNED')}," in md, md
     assert printed and f"## Last decisions ({min(10, len(printed))} of {len(printed)})" in md
-    table = md.split("## Last decisions")[1].split("\n\n")[2].splitlines()
+    table = md.split("## Last decisions")[1].split("\n\n")[1].splitlines()
     op, reason = printed[-1]
     assert f"| {op} |" in table[-1] and table[-1].endswith(f"| {reason} |"), (table[-1], printed[-1])
     assert "| validation metric" not in md and "validation metric " in md
