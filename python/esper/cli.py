@@ -6,6 +6,7 @@
     esper urza ls | show ID | verify | gc   [--root DIR]
     esper blueprints [--host linear:64:10]
     esper soak --minutes N [--seed S] [--samples K] [--json]
+    esper runs | events RUN | report RUN [--out DIR] | monitor RUN [--replay] [--once]
     esper info
 """
 
@@ -374,6 +375,41 @@ def _cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    try:
+        paths = report.write_report(args.run, args.out, rank=args.rank, root=args.root)
+    except (FileNotFoundError, ImportError) as exc:
+        print(f"esper: {exc}", file=sys.stderr)
+        return 2
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from . import report
+
+    try:
+        return report.monitor(args.run, rank=args.rank, root=args.root, interval=args.interval,
+                              replay=args.replay, speed=args.speed, once=args.once)
+    except FileNotFoundError as exc:
+        print(f"esper: {exc}", file=sys.stderr)
+        return 2
+
+
+def _nonnegative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def _cmd_oona(args: argparse.Namespace) -> int:
     import os
 
@@ -455,6 +491,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", default=None, help="runs root (default $ESPER_HOME/runs)")
     s.add_argument("--json", action="store_true", help="one JSON event per line, as logged")
     s.set_defaults(fn=_cmd_events)
+
+    s = sub.add_parser("report", help="PNG plots and a Markdown summary of a run, from its run log")
+    s.add_argument("run", help="the run id (morph.run_id; see `esper runs`)")
+    s.add_argument("--out", default=None, help="output directory (default <run dir>/report)")
+    s.add_argument("--rank", type=int, default=0, help="which rank's log (default 0)")
+    s.add_argument("--root", default=None, help="runs root (default $ESPER_HOME/runs)")
+    s.set_defaults(fn=_cmd_report)
+
+    s = sub.add_parser("monitor", help="a live terminal view of a run, following its run log to the run's end")
+    s.add_argument("run", help="the run id (morph.run_id; see `esper runs`)")
+    s.add_argument("--interval", type=_positive_float, default=1.0, help="seconds between redraws (default 1)")
+    s.add_argument("--replay", action="store_true", help="play the log from its start and exit at its end")
+    s.add_argument("--speed", type=_nonnegative_float, default=4.0,
+                   help="with --replay: epochs per second (default 4; 0: as fast as possible)")
+    s.add_argument("--once", action="store_true", help="print one frame of the log as it is now and exit")
+    s.add_argument("--rank", type=int, default=0, help="which rank's log (default 0)")
+    s.add_argument("--root", default=None, help="runs root (default $ESPER_HOME/runs)")
+    s.set_defaults(fn=_cmd_monitor)
 
     s = sub.add_parser("oona", help="the event bus between processes (NATS)")
     osub = s.add_subparsers(dest="oona_cmd", required=True)
