@@ -571,6 +571,21 @@ class KasminaLayer(nn.Module):
         runs on its own, with the guards of a dense forward; the result is nested like x."""
         return torch.nested.as_nested_tensor([self.forward(t) for t in x.unbind()], layout=x.layout)
 
+    def _run_seed(self, slot: int, seed: nn.Module, seed_in: Tensor, h: Tensor) -> Tensor | None:
+        """The seed's output on ``seed_in`` in the host output's dtype, or None after recording its
+        failure (an exception, or an output not shaped like the host's ``h``): the host alone then
+        stands for this step."""
+        try:
+            s = seed(seed_in)
+        except Exception as e:  # a seed may fail in any way: fall back to the host for this step
+            self._fail(slot, FailureKind.EXCEPTION, f"{type(e).__name__}: {e}")
+            return None
+        if not isinstance(s, Tensor) or s.shape != h.shape:
+            got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+            self._fail(slot, FailureKind.SHAPE, f"expected output shape {tuple(h.shape)}, got {got}")
+            return None
+        return s if s.dtype == h.dtype else s.to(h.dtype)  # e.g. a norm under autocast
+
     def _add_seeds_unguarded(self, x: Tensor, h: Tensor) -> Tensor:
         """:meth:`_add_seeds` without the finiteness guard (``guard_every_step`` False, a step that
         does not sample, eager): the sum a hand-written model computes, ``h + a * s``. A seed that
@@ -585,17 +600,9 @@ class KasminaLayer(nn.Module):
                 seed_in = x.detach()
             else:
                 seed_in = x
-            try:
-                s = seed(seed_in)
-            except Exception as e:  # a seed may fail in any way: fall back to the host for this step
-                self._fail(slot, FailureKind.EXCEPTION, f"{type(e).__name__}: {e}")
+            s = self._run_seed(slot, seed, seed_in, h)
+            if s is None:
                 continue
-            if not isinstance(s, Tensor) or s.shape != h.shape:
-                got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
-                self._fail(slot, FailureKind.SHAPE, f"expected output shape {tuple(h.shape)}, got {got}")
-                continue
-            if s.dtype != h.dtype:
-                s = s.to(h.dtype)
             if straight_through:
                 y = y + (s - s.detach())
             elif alpha == 1.0:
@@ -626,17 +633,9 @@ class KasminaLayer(nn.Module):
             else:
                 # Its own autograd node, so the gate hook below sees only the seed's gradient.
                 seed_in = x.view_as(x) if gate else x
-            try:
-                s = seed(seed_in)
-            except Exception as e:  # a seed may fail in any way: fall back to the host for this step
-                self._fail(slot, FailureKind.EXCEPTION, f"{type(e).__name__}: {e}")
+            s = self._run_seed(slot, seed, seed_in, h)
+            if s is None:
                 continue
-            if not isinstance(s, Tensor) or s.shape != h.shape:
-                got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
-                self._fail(slot, FailureKind.SHAPE, f"expected output shape {tuple(h.shape)}, got {got}")
-                continue
-            if s.dtype != h.dtype:
-                s = s.to(h.dtype)  # e.g. a norm under autocast
             # "finite" as a device flag, no synchronisation (one reduction; NaN and inf fail abs < inf).
             # Not torch.isfinite: a composite of four ops (eq, abs, ne, and) where this is two.
             ok = s.sum(dtype=torch.float32).abs() < math.inf
