@@ -193,8 +193,11 @@ def _monitor_proc(run: str, *extra: str) -> subprocess.Popen[str]:
     """`esper monitor RUN` in its own process, killed after 120 s whatever happens (a monitor that
     never sees its run end would otherwise hang the test in a read)."""
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # SIGINT at its default, as a terminal starts commands: a shell without job control (CI's background
+    # run) starts them with SIGINT ignored, and Python keeps an inherited SIG_IGN.
     proc = subprocess.Popen([sys.executable, "-m", "esper", "monitor", run, "--interval", "0.1", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     guard = threading.Timer(120, proc.kill)
     guard.daemon = True
     guard.start()
