@@ -141,7 +141,7 @@ def main() -> None:
 
     start = 0
     if args.checkpoint and os.path.exists(args.checkpoint):
-        ckpt = torch.load(args.checkpoint, weights_only=False)
+        ckpt = torch.load(args.checkpoint, weights_only=True)
         morph.load_state_dict(ckpt["morph"])  # first: it rebuilds the seeds
         load_model_and_optimizer(ckpt["model"], ckpt["optimizer"])
         start = int(ckpt["epoch"]) + 1

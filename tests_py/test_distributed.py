@@ -81,7 +81,7 @@ def run_ranks(tmp: Path, mode: str, *args: str, timeout: float = 120,
 
 
 def load(tmp: Path, name: str, rank: int = 0) -> dict[str, Any]:
-    return torch.load(tmp / f"{name}.rank{rank}.pt", weights_only=False)
+    return torch.load(tmp / f"{name}.rank{rank}.pt", weights_only=True)
 
 
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -201,7 +201,7 @@ def test_a_killed_rank_stops_the_other_and_leaves_the_checkpoint(tmp_path: Path)
     assert "esper.distributed.RankError: rank 0: wait for every rank at the end of epoch 2 failed" in out[0], out[0]
     assert "Another rank has died, hangs" in out[0]
     assert elapsed < 25  # a dead rank fails the barrier at once, well before the 30 s timeout
-    state = torch.load(ckpt, weights_only=False)  # the last good checkpoint: epoch 1, complete
+    state = torch.load(ckpt, weights_only=True)  # the last good checkpoint: epoch 1, complete
     assert state["epoch"] == 1 and state["morph"]["epoch"] == 2
     assert not (tmp_path / "ckpt.pt.tmp").exists()
 

@@ -206,7 +206,7 @@ def test_killed_run_leaves_a_readable_log_and_a_resumed_one_appends() -> None:
     assert not any(e["kind"] == "run" and e["data"]["phase"] == "end" for e in events)
     assert any(t[2] == "PRUNED" for t in lifecycle(events))
 
-    # A crash can cut the last line in the middle (simulated here): a resumed run starts a new line,
+    # A crash can cut the last line in the middle (written here by hand): a resumed run starts a new line,
     # the reader skips the cut one (and raises on it when strict).
     path = oona.run_dir(run) / "events.jsonl"
     with open(path, "ab") as f:
