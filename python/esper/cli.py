@@ -2,6 +2,9 @@
 
     esper demo [--quick] [--tasks T,..] [--seeds N] [--budget-seeds N] [--seed-offset N] [--jobs N] [--out DIR]
     esper suite [--families train|held-out|all] [--seeds N] [--tasks N] [--quick] [--json] [--jobs N] [--out DIR]
+                [--set NAME=VALUE ...]
+    esper tune [--candidates N] [--top K] [--seed S] [--tasks N] [--seeds N] [--families A,..] [--quick] [--jobs N]
+               [--out DIR]
     esper bench [--quick] [--out DIR]
     esper urza ls | show ID | verify | gc   [--root DIR]
     esper blueprints [--host linear:64:10]
@@ -75,7 +78,26 @@ def _cmd_suite(args: argparse.Namespace) -> int:
     from .suite.run import main as suite_main
 
     return suite_main(which=args.families, seeds=args.seeds, tasks=args.tasks, quick=args.quick, as_json=args.json,
-                      out_dir=args.out, workers=args.jobs, fresh=args.fresh)
+                      out_dir=args.out, workers=args.jobs, fresh=args.fresh, settings=dict(args.set or []))
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .suite.tune import main as tune_main
+
+    return tune_main(candidates=args.candidates, top=args.top, seed=args.seed, tasks=args.tasks, seeds=args.seeds,
+                     quick=args.quick, out_dir=args.out, workers=args.jobs,
+                     only=args.families.split(",") if args.families else None)
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """NAME=VALUE for ``--set``: VALUE is read as JSON (numbers, true/false, lists), else as a string."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"want NAME=VALUE (a MorphConfig field), got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -460,7 +482,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes (default: one per CPU core, as the demo)")
     s.add_argument("--fresh", action="store_true", help="clear the cache of finished runs first")
     s.add_argument("--out", default="suite_out", help="folder for results.json, suite.png and the run cache")
+    s.add_argument("--set", type=_setting, action="append", metavar="NAME=VALUE",
+                   help="override a MorphConfig default for the grown runs (repeatable), e.g. --set patience=2")
     s.set_defaults(fn=_cmd_suite)
+
+    s = sub.add_parser("tune", help="choose MorphConfig's growth defaults on the suite's training families "
+                                    "(docs/suite.md)")
+    s.add_argument("--candidates", type=int, default=12, help="settings drawn besides the defaults (default 12)")
+    s.add_argument("--top", type=_positive_int, default=3, help="finalists run again on more tasks (default 3)")
+    s.add_argument("--seed", type=int, default=0, help="seeds the draw of candidates (default 0)")
+    s.add_argument("--tasks", type=_positive_int, default=1, help="stage 1 tasks per family (stage 2: twice)")
+    s.add_argument("--seeds", type=_positive_int, default=1, help="stage 1 paired seeds (stage 2: twice)")
+    s.add_argument("--quick", action="store_true", help="tiny tasks, 3 epochs: a smoke run (chooses nothing)")
+    s.add_argument("--jobs", type=_positive_int, default=None, help="worker processes (default: one per core)")
+    s.add_argument("--families", default=None, metavar="NAME,..",
+                   help="search on these training families only (default: all training families)")
+    s.add_argument("--out", default="tune_out", help="folder for tune.json, the run cache and outcome records")
+    s.set_defaults(fn=_cmd_tune)
 
     s = sub.add_parser("bench", help="measure Esper against plain PyTorch and PEFT")
     s.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")

@@ -49,7 +49,7 @@ from ..demo.run import growth_bars
 from ..tolaria import MorphConfig
 from .families import FAMILIES, TRAIN, Family, families, load
 
-__all__ = ["Arm", "main", "plan", "setup_for", "run_arm", "CONTROL_EPOCHS"]
+__all__ = ["Arm", "Settings", "main", "plan", "settings_of", "setup_for", "run_arm", "CONTROL_EPOCHS"]
 
 #: A negative control is judged at these run lengths (at most one germination at each).
 CONTROL_EPOCHS = (30, 60)
@@ -61,12 +61,26 @@ DEFAULT_TASKS = 2
 PROTOCOL = 1
 
 
-def setup_for(family: Family, index: int, quick: bool, reader: str) -> Setup:
-    """The demo Setup of task ``index`` of ``family``: its model, sweep, epochs and data source, and
-    ``MorphConfig()`` for growth (the defaults: no per-task settings)."""
+#: Settings: ``MorphConfig`` fields that override its defaults for every grown run of a suite run, as
+#: sorted (name, value) pairs (hashable, so an Arm stays frozen). Empty: the library's defaults.
+Settings = tuple[tuple[str, Any], ...]
+
+
+def settings_of(overrides: dict[str, Any] | None) -> Settings:
+    """The Settings of a dict of ``MorphConfig`` field overrides; an unknown field is an error."""
+    names = {f.name for f in fields(MorphConfig)}
+    unknown = sorted(set(overrides or {}) - names)
+    if unknown:
+        raise ValueError(f"esper suite: {unknown} are not MorphConfig fields")
+    return tuple(sorted((overrides or {}).items()))
+
+
+def setup_for(family: Family, index: int, quick: bool, reader: str, settings: Settings = ()) -> Setup:
+    """The demo Setup of task ``index`` of ``family``: its model, sweep, epochs and data source, and for
+    growth ``MorphConfig()`` with ``settings`` applied (none: the defaults, no per-task settings)."""
     return Setup(task=f"{family.name}/{index}", depth=family.depth, start_width=family.start_width,
                  sweep=list(family.sweep), targets=family.targets, epochs=QUICK_EPOCHS if quick else family.epochs,
-                 morph=MorphConfig(), arch=family.arch,
+                 morph=replace(MorphConfig(), **dict(settings)), arch=family.arch,
                  source=partial(load, family.name, index, quick, reader))
 
 
@@ -83,6 +97,7 @@ class Arm:
         reader: "train" when the run may feed fitting (only training families), else "eval".
         cache: the JSON file the result goes to.
         urza: the Urza store grown runs record their outcomes to.
+        settings: ``MorphConfig`` overrides of the grown runs (see :data:`Settings`).
     """
 
     family: str
@@ -93,38 +108,46 @@ class Arm:
     reader: str
     cache: str
     urza: str
+    settings: Settings = ()
 
     def setup(self) -> Setup:
         """The task's Setup."""
-        return setup_for(FAMILIES[self.family], self.index, self.quick, self.reader)
+        return setup_for(FAMILIES[self.family], self.index, self.quick, self.reader, self.settings)
 
 
-def _key(family: Family, index: int, seed: int, arm: str, quick: bool) -> str:
-    """The cache key: a digest of everything the arm's result depends on."""
+def _key(family: Family, index: int, seed: int, arm: str, quick: bool, settings: Settings = ()) -> str:
+    """The cache key: a digest of everything the arm's result depends on. A fixed-size run does not grow,
+    so its key leaves the growth settings out: every settings search shares one sweep."""
     info = build_info()
+    morph = None if arm.startswith("fixed@") else asdict(replace(MorphConfig(), **dict(settings)))
     doc = {"protocol": PROTOCOL, "family": asdict(replace(family, make=None)), "maker": family.make.__name__,
-           "index": index, "seed": seed, "arm": arm, "quick": quick, "morph": asdict(MorphConfig()),
+           "index": index, "seed": seed, "arm": arm, "quick": quick, "morph": morph,
            "quick_epochs": QUICK_EPOCHS, "control_epochs": CONTROL_EPOCHS, "version": info.get("version"),
            "commit": info.get("commit")}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def plan(which: str, tasks: int, seeds: int, quick: bool, out_dir: str) -> list[Arm]:
+def plan(which: str, tasks: int, seeds: int, quick: bool, out_dir: str, settings: Settings = (),
+         urza: str | None = None, only: tuple[str, ...] = ()) -> list[Arm]:
     """Every arm of a suite run, in a fixed order: per task index, seed and family, the sweep, grown, scratch
     (or the control's runs). Every family gets its first task and seed before any gets a second: a run cut
-    short has covered the families evenly, and its cache serves a smaller ``--tasks``/``--seeds`` at once."""
+    short has covered the families evenly, and its cache serves a smaller ``--tasks``/``--seeds`` at once.
+    ``settings`` override ``MorphConfig`` for the grown runs; ``urza`` is their store (default
+    ``<out_dir>/urza``); ``only`` keeps the named families of ``which`` (default all of them)."""
     reader = "train" if which == TRAIN else "eval"
-    urza = os.path.join(out_dir, "urza")
+    urza = urza or os.path.join(out_dir, "urza")
     arms = []
     for index in range(tasks):
         for seed in range(seeds):
             for family in families(which):
+                if only and family.name not in only:
+                    continue
                 names = ([f"control@{e}" for e in CONTROL_EPOCHS] if family.control else
                          [f"fixed@{w}" for w in family.sweep] + ["grown", "scratch"])
                 for name in names:
                     path = os.path.join(out_dir, "cache", family.name, str(index), str(seed),
-                                        f"{name}-{_key(family, index, seed, name, quick)}.json")
-                    arms.append(Arm(family.name, index, seed, name, quick, reader, path, urza))
+                                        f"{name}-{_key(family, index, seed, name, quick, settings)}.json")
+                    arms.append(Arm(family.name, index, seed, name, quick, reader, path, urza, settings))
     return arms
 
 
@@ -152,7 +175,7 @@ def _load(path: str) -> RunResult:
 
 def _sibling(arm: Arm, name: str) -> Arm:
     """The arm ``name`` of the same task and seed."""
-    key = _key(FAMILIES[arm.family], arm.index, arm.seed, name, arm.quick)
+    key = _key(FAMILIES[arm.family], arm.index, arm.seed, name, arm.quick, arm.settings)
     return replace(arm, arm=name, cache=os.path.join(os.path.dirname(arm.cache), f"{name}-{key}.json"))
 
 
@@ -343,7 +366,8 @@ def _text(fams: list[Family], report: dict[str, Any]) -> str:
 
 
 def main(which: str = TRAIN, seeds: int | None = None, tasks: int | None = None, quick: bool = False,
-         as_json: bool = False, out_dir: str = "suite_out", workers: int | None = None, fresh: bool = False) -> int:
+         as_json: bool = False, out_dir: str = "suite_out", workers: int | None = None, fresh: bool = False,
+         settings: dict[str, Any] | None = None) -> int:
     """Run the suite; returns 0 (bars missed are reported, not fatal).
 
     Args:
@@ -355,8 +379,10 @@ def main(which: str = TRAIN, seeds: int | None = None, tasks: int | None = None,
         out_dir: where results.json, suite.png, the cache and the Urza store of the grown runs go.
         workers: processes (default: one per core, see :func:`esper.demo.jobs.default_workers`).
         fresh: clear the cache first.
+        settings: ``MorphConfig`` field overrides for every grown run (default none: the library's defaults).
     """
     fams = families(which)  # checks ``which``
+    chosen = settings_of(settings)
     seeds = seeds if seeds is not None else (1 if quick else 3)
     tasks = tasks if tasks is not None else (1 if quick else DEFAULT_TASKS)
     if seeds < 1 or tasks < 1:
@@ -367,7 +393,7 @@ def main(which: str = TRAIN, seeds: int | None = None, tasks: int | None = None,
         raise ValueError(f"esper suite: workers must be >= 1, got {workers}")
     if fresh:
         shutil.rmtree(os.path.join(out_dir, "cache"), ignore_errors=True)
-    arms = plan(which, tasks, seeds, quick, out_dir)
+    arms = plan(which, tasks, seeds, quick, out_dir, chosen)
     reader = arms[0].reader if arms else "eval"
     if not as_json:
         print(f"esper suite: {which} families ({', '.join(f.name for f in fams)}), {tasks} task(s) each, "
@@ -385,7 +411,8 @@ def main(which: str = TRAIN, seeds: int | None = None, tasks: int | None = None,
         "command": {"families": which, "seeds": seeds, "tasks": tasks, "quick": quick},
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "device": str(device),
                     "esper": build_info(), "workers": workers, "cpus": os.cpu_count()},
-        "protocol": {"version": PROTOCOL, "morph": asdict(MorphConfig()), "control_epochs": list(CONTROL_EPOCHS),
+        "protocol": {"version": PROTOCOL, "morph": asdict(replace(MorphConfig(), **dict(chosen))),
+                     "settings": dict(chosen), "control_epochs": list(CONTROL_EPOCHS),
                      "reader": reader, "urza": os.path.join(out_dir, "urza"),
                      "bars": {"a": "grown within 0.5 points of its final shape from scratch, with <= 70% of its "
                                    "FLOPs", "b": "within 0.5 points of the best of the 5-size sweep, with <= 25% "
