@@ -71,14 +71,14 @@ func record(t *testing.T, mod func(map[string]any)) *urza.Outcome {
 	r := map[string]any{
 		"run_id": "run-a", "seq": 0, "layer": 1, "layer_name": "fc1", "slot": 0, "policy": "heuristic", "reason": "plateau",
 		"observation": map[string]any{"epoch": 3, "step": 40, "epochs": 16,
-			"metrics": map[string]any{"epoch": 3, "train_loss": 0.4, "val_loss": 0.5, "val_metric": 0.9},
+			"metrics":       map[string]any{"epoch": 3, "train_loss": 0.4, "val_loss": 0.5, "val_metric": 0.9},
 			"layer_signals": map[string]any{"grad_norm": map[string]any{"mean": 2.0}},
-			"params_used": 150, "max_params": 400, "host_params": 1000},
+			"params_used":   150, "max_params": 400, "host_params": 1000},
 		"blueprint_id": strings.Repeat("a", 64), "template": "residual_mlp", "template_params": map[string]any{"width": 4},
 		"blueprint": map[string]any{}, "host": map[string]any{"kind": "linear", "in": 8, "out": 8},
 		"param_count": 100, "flops_per_sample": 200, "train_flops": 0,
 		"contributions": []any{map[string]any{"epoch": 7, "val_loss": 0.8, "val_loss_without": 1.0, "delta_loss": 0.2}},
-		"final_state": "FOSSILIZED", "ended_by": "fossilized", "final_reason": "paid",
+		"final_state":   "FOSSILIZED", "ended_by": "fossilized", "final_reason": "paid",
 		"germinated_step": 40, "germinated_epoch": 3, "ended_step": 80, "ended_epoch": 7,
 		"states": []any{
 			map[string]any{"state": "GERMINATED", "from_step": 40, "to_step": 40, "steps": 0, "from_epoch": 3, "to_epoch": 3, "epochs": 0, "reason": "", "samples": 0, "train_flops": 0},
