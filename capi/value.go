@@ -81,3 +81,14 @@ func esper_value_predict(modelDir, rowsJSON *C.char, out **C.char) C.int {
 		return setJSON(out, map[string]any{"predictions": preds, "features": m.Manifest().Features, "target": m.Manifest().Target})
 	})
 }
+
+//export esper_value_features
+func esper_value_features(out **C.char) C.int {
+	return call(0, func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		return setJSON(out, map[string]any{"features": value.FeatureNames(), "target": value.TargetName,
+			"kind": value.Kind, "schema": value.Schema})
+	})
+}

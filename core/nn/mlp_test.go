@@ -207,3 +207,31 @@ func BenchmarkForward(b *testing.B) {
 		}
 	}
 }
+
+func TestForwardBatch64(t *testing.T) {
+	path := twoLayer(t)
+	spec := twoSpec
+	spec.XMean, spec.XStd, spec.YMean, spec.YStd = "x_mean", "x_std", "y_mean", "y_std"
+	m, err := nn.LoadMLP(path, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Hand values of TestForward's "output scaled" row ([3, 1.5] -> 2), and
+	// [1, 1] -> x' = [0, 0], h = relu([0, -1]) = [0, 0], y = 0.5 x 2 + 10 = 11.
+	xs := [][]float64{{3, 1.5}, {1, 1}, {3, 1.5}}
+	got, err := m.ForwardBatch64(nil, xs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []float64{2, 11, 2} {
+		if math.Abs(got[i]-want) > 1e-12 {
+			t.Fatalf("row %d = %v, want %v", i, got[i], want)
+		}
+	}
+	if got, err := m.ForwardBatch64(got, nil); err != nil || len(got) != 0 {
+		t.Fatalf("no rows: %v, %v", got, err)
+	}
+	if _, err := m.ForwardBatch64(nil, [][]float64{{1, 2}, {1}}); !errors.Is(err, nn.ErrSpec) || !strings.Contains(err.Error(), "row 1") {
+		t.Fatalf("short row: %v, want ErrSpec naming row 1", err)
+	}
+}

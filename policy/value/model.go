@@ -51,6 +51,10 @@ type Model struct {
 	dir      string
 	manifest Manifest
 	net      *nn.MLP
+	// ctxNames and ctxIdx are the context features and their positions
+	// (PredictPrepared).
+	ctxNames []string
+	ctxIdx   []int
 }
 
 // retrain is the advice every load error ends with.
@@ -97,7 +101,8 @@ func Load(dir string) (*Model, error) {
 	if net.In() != len(m.Features) || net.Out() != 1 {
 		return nil, bad("the network maps %d inputs to %d outputs, want %d to 1", net.In(), net.Out(), len(m.Features))
 	}
-	return &Model{dir: dir, manifest: m, net: net}, nil
+	ctxNames, ctxIdx := contextIndex(m.Features)
+	return &Model{dir: dir, manifest: m, net: net, ctxNames: ctxNames, ctxIdx: ctxIdx}, nil
 }
 
 func firstDiff(got, want []string) string {
