@@ -72,11 +72,9 @@ func esper_value_predict(modelDir, rowsJSON *C.char, out **C.char) C.int {
 		if err != nil {
 			return err
 		}
-		preds := make([]float64, len(req.X))
-		for i, x := range req.X {
-			if preds[i], err = m.PredictX(x); err != nil {
-				return fmt.Errorf("value predict: row %d: %w", i, err)
-			}
+		preds, err := m.PredictBatchX(nil, req.X)
+		if err != nil {
+			return fmt.Errorf("value predict: %w", err)
 		}
 		return setJSON(out, map[string]any{"predictions": preds, "features": m.Manifest().Features, "target": m.Manifest().Target})
 	})

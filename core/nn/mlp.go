@@ -284,8 +284,15 @@ func (m *MLP) ForwardBatch64(dst []float64, xs [][]float64) ([]float64, error) {
 			}
 		}
 	}
+	return m.layersBatch(dst, a, b, n, 0), nil
+}
+
+// layersBatch runs layers[from:] on n rows held in a (row major, the
+// first of them taking layers[from].in values), using b as the other
+// buffer (both n x max long), scales the output and appends it to dst[:0].
+func (m *MLP) layersBatch(dst, a, b []float64, n, from int) []float64 {
 	impl := gonum.Implementation{}
-	for _, l := range m.layers {
+	for _, l := range m.layers[from:] {
 		out := b[:n*l.out]
 		for r := range n {
 			copy(out[r*l.out:(r+1)*l.out], l.b)
@@ -299,12 +306,16 @@ func (m *MLP) ForwardBatch64(dst []float64, xs [][]float64) ([]float64, error) {
 		}
 		a, b = b, a
 	}
-	dst = append(dst[:0], a[:n*m.out]...)
+	return m.scaleOut(append(dst[:0], a[:n*m.out]...))
+}
+
+// scaleOut applies the output scaling to rows of Out values.
+func (m *MLP) scaleOut(y []float64) []float64 {
 	if m.yStd != nil {
-		for i := range dst {
+		for i := range y {
 			o := i % m.out
-			dst[i] = dst[i]*m.yStd[o] + m.yMean[o]
+			y[i] = y[i]*m.yStd[o] + m.yMean[o]
 		}
 	}
-	return dst, nil
+	return y
 }

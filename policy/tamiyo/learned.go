@@ -33,17 +33,18 @@ type learner struct {
 	c       *Controller
 	model   *value.Model
 	options [][]option
-	// cands, rows and preds are reused from epoch to epoch: the
-	// candidates, their feature rows and the predictions.
-	cands []scored
-	rows  [][]float64
-	preds []float64
+	// cands, prepared, rows and preds are reused from epoch to epoch: the
+	// candidates, their prepared blueprints, context rows and predictions.
+	cands    []scored
+	prepared []*value.Prepared
+	rows     [][]float64
+	preds    []float64
 }
 
-// row returns feature row i, allocated on first use.
+// row returns context row i, allocated on first use.
 func (l *learner) row(i int) []float64 {
 	for len(l.rows) <= i {
-		l.rows = append(l.rows, make([]float64, len(l.model.Manifest().Features)))
+		l.rows = append(l.rows, make([]float64, l.model.ContextLen()))
 	}
 	return l.rows[i]
 }
@@ -130,7 +131,7 @@ func (l *learner) grow(obs *Observation, judged []Decision) Decision {
 		return waitDecision("learned: the parameter budget is spent (%d of %d)", used, c.gov.cfg.MaxParams)
 	}
 	threshold := *c.cfg.ValueThreshold
-	l.cands = l.cands[:0]
+	l.cands, l.prepared = l.cands[:0], l.prepared[:0]
 	cooling := 0
 	for layer := range c.hosts {
 		slot := dormantSlot(obs, layer)
@@ -153,12 +154,12 @@ func (l *learner) grow(obs *Observation, judged []Decision) Decision {
 			cand := value.Candidate{Sample: sample(ir, c.hosts[layer]), Epoch: obs.Epoch, Epochs: c.cfg.Epochs, ParamsUsed: used,
 				MaxParams: c.gov.cfg.MaxParams, HostParams: obs.HostParams}
 			cand.Signals = signals
-			x := l.row(len(l.cands))
-			if ir == o.ir {
-				l.model.FillPrepared(o.prepared, &cand, x)
-			} else { // refitted to the budget left: every feature afresh
-				value.FillFeatures(l.model.Manifest().Features, &cand, x)
+			p := o.prepared
+			if ir != o.ir { // refitted to the budget left
+				p = l.model.Prepare(&cand)
 			}
+			l.model.FillContext(&cand, l.row(len(l.cands)))
+			l.prepared = append(l.prepared, p)
 			l.cands = append(l.cands, scored{layer: layer, slot: slot, ir: ir, note: note})
 		}
 	}
@@ -166,7 +167,7 @@ func (l *learner) grow(obs *Observation, judged []Decision) Decision {
 	var best *scored
 	if n > 0 {
 		var err error
-		if l.preds, err = l.model.PredictBatchX(l.preds, l.rows[:n]); err != nil {
+		if l.preds, err = l.model.PredictPrepared(l.preds, l.prepared, l.rows[:n]); err != nil {
 			return waitDecision("learned: %v", err)
 		}
 		for i := range l.cands {

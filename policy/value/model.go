@@ -55,6 +55,7 @@ type Model struct {
 	// (PredictPrepared).
 	ctxNames []string
 	ctxIdx   []int
+	split    *nn.Split
 }
 
 // retrain is the advice every load error ends with.
@@ -102,7 +103,11 @@ func Load(dir string) (*Model, error) {
 		return nil, bad("the network maps %d inputs to %d outputs, want %d to 1", net.In(), net.Out(), len(m.Features))
 	}
 	ctxNames, ctxIdx := contextIndex(m.Features)
-	return &Model{dir: dir, manifest: m, net: net, ctxNames: ctxNames, ctxIdx: ctxIdx}, nil
+	split, err := net.Split(ctxIdx)
+	if err != nil {
+		return nil, bad("%v", err)
+	}
+	return &Model{dir: dir, manifest: m, net: net, ctxNames: ctxNames, ctxIdx: ctxIdx, split: split}, nil
 }
 
 func firstDiff(got, want []string) string {

@@ -316,12 +316,13 @@ func TestPreparedAndBatchedMatchPredict(t *testing.T) {
 	p := m.Prepare(&base)
 	var rows [][]float64
 	var want []float64
-	for i, mod := range []func(c *value.Candidate){
+	mods := []func(c *value.Candidate){
 		func(c *value.Candidate) {},
 		func(c *value.Candidate) { c.Epoch, c.Epochs, c.ParamsUsed = 7, 0, 390 },
 		func(c *value.Candidate) { c.Signals = karn.Signals{"eff_rank": 3, "seed_gain": 0.4, "dead_frac": 0.5} },
 		func(c *value.Candidate) { c.HostParams, c.MaxParams = 0, 0 },
-	} {
+	}
+	for i, mod := range mods {
 		c := base
 		mod(&c)
 		y, err := m.Predict(&c)
@@ -342,9 +343,22 @@ func TestPreparedAndBatchedMatchPredict(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var ps []*value.Prepared
+	var ctx [][]float64
+	for _, mod := range mods {
+		c := base
+		mod(&c)
+		row := make([]float64, m.ContextLen())
+		m.FillContext(&c, row)
+		ps, ctx = append(ps, p), append(ctx, row)
+	}
+	split, err := m.PredictPrepared(nil, ps, ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := range want {
-		if math.Abs(got[i]-want[i]) > 1e-9*math.Max(1, math.Abs(want[i])) {
-			t.Fatalf("row %d: batched %v, one by one %v", i, got[i], want[i])
+		if math.Abs(got[i]-want[i]) > 1e-9*math.Max(1, math.Abs(want[i])) || math.Abs(split[i]-want[i]) > 1e-9*math.Max(1, math.Abs(want[i])) {
+			t.Fatalf("row %d: batched %v, prepared %v, one by one %v", i, got[i], split[i], want[i])
 		}
 	}
 }
