@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/esper-morph/esper/blueprint"
+	"github.com/esper-morph/esper/blueprint/karn"
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/core/nn"
 	"github.com/esper-morph/esper/core/safetensors"
@@ -229,5 +230,46 @@ func BenchmarkLearnedDecide(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		c.Decide(o)
+	}
+}
+
+// TestLearnedPredictionMatchesTheModel checks the decision path's batched,
+// prepared scoring against value.Model.Predict on the same candidate built
+// by hand (a 64 x 64 MLP: the split first layer and the batched layers
+// after it are exercised).
+func TestLearnedPredictionMatchesTheModel(t *testing.T) {
+	dir := mlpModel(t)
+	th := -1e9 // always grow: the best candidate is returned with its prediction
+	cfg := learnedConfig(dir)
+	cfg.ValueThreshold, cfg.Epochs, cfg.Governor.MaxParams = &th, 20, 100_000
+	hosts := linearHosts(3)
+	c := newController(t, cfg, hosts)
+	w := newWorld(3, 1)
+	w.epoch = 4
+	for l := range 3 {
+		w.signal(l, nissa.GradNorm, 0.5+float64(l))
+		w.signal(l, nissa.SeedGain, 0.2*float64(l))
+		w.signal(l, nissa.EffRank, 10)
+	}
+	o := w.obs(0.7)
+	o.HostParams = 3 * (32*32 + 32)
+	d := only(t, c.Decide(o), tamiyo.Germinate)
+	m, err := value.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cand := value.Candidate{
+		Sample: karn.Sample{Template: d.Blueprint.Template, Params: d.Blueprint.Params, Host: hosts[d.Layer],
+			ParamCount: d.Blueprint.ParamCount, FLOPsPerSample: d.Blueprint.FLOPsPerSample,
+			Signals: karn.Signals{"grad_norm": 0.5 + float64(d.Layer), "seed_gain": 0.2 * float64(d.Layer), "eff_rank": 10,
+				"val_loss": 0.7, "train_loss": 0.7}},
+		Epoch: 4, Epochs: 20, MaxParams: 100_000, HostParams: o.HostParams,
+	}
+	want, err := m.Predict(&cand)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(*d.PredictedValue-want) > 1e-9*math.Max(1, math.Abs(want)) {
+		t.Fatalf("decision predicted %v, the model predicts %v for the same candidate", *d.PredictedValue, want)
 	}
 }
