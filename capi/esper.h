@@ -665,8 +665,9 @@ int esper_session_metrics_attach(uint64_t handle, uint64_t other);
  * of events, fsynced at run events and epoch ends (at most once a
  * second), rotated at max_bytes. A
  * session attached to it (esper_session_attach_oona) publishes its
- * lifecycle events, decisions, failures, alarms, epoch and health
- * summaries and its start/resume/end. Publishing never blocks: a full
+ * lifecycle events, decisions, failures, alarms (the governor's and
+ * Nissa's), impact records, epoch and health summaries and its
+ * start/resume/end. Publishing never blocks: a full
  * subscriber buffer drops the event for that subscriber and counts it.
  * Every function is safe from several threads; errors are kept per handle
  * (esper_oona_new, esper_oona_free, esper_oona_runs_root and
@@ -712,8 +713,8 @@ int esper_oona_stats(uint64_t handle, char **out_json);
 int esper_oona_flush(uint64_t handle, int64_t timeout_ms);
 
 /* Publish one event: kind "run"|"lifecycle"|"decision"|"failure"|"alarm"|
- * "epoch"|"health"|"artifact", actor "policy"|"governor"|"manual"|
- * "schedule"|"breaker"|"trainer"|"system", data_json a JSON object (NULL:
+ * "epoch"|"health"|"artifact"|"impact", actor "policy"|"governor"|"manual"|
+ * "schedule"|"breaker"|"trainer"|"system"|"nissa", data_json a JSON object (NULL:
  * {}). ESPER_EINVALID for anything else; ESPER_ESTATE after free. */
 int esper_oona_publish(uint64_t handle, const char *kind, const char *actor, int64_t step, int32_t epoch,
                        const char *data_json);

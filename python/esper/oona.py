@@ -33,9 +33,9 @@ __all__ = ["Oona", "SCHEMA_VERSION", "KINDS", "ACTORS", "runs_root", "run_dir", 
 #: The event schema version this package reads (``"v"`` of every event; docs/events.md).
 SCHEMA_VERSION = 1
 #: Event kinds (core/oona is the source; docs/events.md describes each one's data).
-KINDS = ("run", "lifecycle", "decision", "failure", "alarm", "epoch", "health", "artifact")
+KINDS = ("run", "lifecycle", "decision", "failure", "alarm", "epoch", "health", "artifact", "impact")
 #: Who took the action an event reports.
-ACTORS = ("policy", "governor", "manual", "schedule", "breaker", "trainer", "system")
+ACTORS = ("policy", "governor", "manual", "schedule", "breaker", "trainer", "system", "nissa")
 
 
 def _finite(obj: Any) -> Any:
