@@ -8,6 +8,7 @@ contribution). Two commands use it::
 
     esper report RUN [--out DIR]       # PNG plots and a Markdown summary (write_report)
     esper monitor RUN [--replay]       # a live terminal view that follows the log (monitor)
+    esper monitor RUN --nats URL       # the same view, following the run's events from NATS
 
 The run log carries no training FLOPs, so the plots are against optimizer steps.
 """
@@ -433,17 +434,13 @@ class LogFollower:
         self._partial = b""
 
     def _lines(self, data: bytes) -> Iterator[dict[str, Any]]:
-        import json
-
         data = self._partial + data
         *whole, self._partial = data.split(b"\n")
         for raw in whole:
             try:
-                ev = json.loads(raw)
+                yield oona.decode_event(raw)
             except ValueError:
                 continue  # a line cut by a crash (docs/events.md)
-            if isinstance(ev, dict) and "id" in ev and "kind" in ev:
-                yield ev
 
     def poll(self) -> list[dict[str, Any]]:
         """The events appended since the last call (complete lines only)."""
@@ -538,8 +535,25 @@ def _show(frame: str, stream: IO[str], tty: bool) -> None:
     stream.flush()
 
 
-def monitor(run: str, *, rank: int = 0, root: str | os.PathLike[str] | None = None, interval: float = 1.0,
-            replay: bool = False, speed: float = 4.0, once: bool = False, stream: IO[str] | None = None) -> int:
+def _caught_up(follower: oona.NatsFollower, interval: float) -> Iterator[dict[str, Any]]:
+    """The events a NATS follower receives until it has caught up with what the server holds: the
+    stream has nothing more for it (JetStream), or a poll of ``interval`` seconds brought nothing
+    (a core subscription, or an empty stream), or 5 intervals (at least 5 s) passed without a
+    connection."""
+    deadline = time.monotonic() + max(5.0, 5 * interval)
+    while True:
+        fresh = follower.poll(interval)
+        yield from fresh
+        state = follower.state
+        if fresh and state.get("mode") == "jetstream" and state.get("pending") == 0:
+            return
+        if not fresh and (state.get("mode") or time.monotonic() > deadline):
+            return
+
+
+def monitor(run: str | None, *, rank: int = 0, root: str | os.PathLike[str] | None = None, interval: float = 1.0,
+            replay: bool = False, speed: float = 4.0, once: bool = False, stream: IO[str] | None = None,
+            nats: str | None = None, subject: str | None = None, nats_options: dict[str, Any] | None = None) -> int:
     """Show a run in the terminal (``esper monitor``); returns the exit status.
 
     Following (the default): redraw every ``interval`` seconds while the run log grows, and return
@@ -547,11 +561,24 @@ def monitor(run: str, *, rank: int = 0, root: str | os.PathLike[str] | None = No
     ``speed`` epochs per second (0: as fast as possible), and return at its end. ``once``: print
     one frame of the log as it is now. Frames clear the screen only on a terminal.
 
+    With ``nats`` (a server URL) the events come from NATS instead of the run log
+    (:class:`esper.oona.NatsFollower`: the JetStream stream from the run's start, or the core
+    subjects from now on), for run ``run`` (rank ``rank``) or for ``subject``; ``nats_options``
+    are the connection's (credentials, TLS). ``once`` and ``replay`` then read what the server
+    holds until the follower has caught up. A view shows one run: with a wildcard subject, the
+    first whose events arrive; other runs' events are left out.
+
     Raises:
-        FileNotFoundError: no such run.
+        FileNotFoundError: no such run (reading the run log).
+        esper.InvalidArgumentError: a bad NATS setting.
     """
     stream = stream or sys.stdout
     tty = stream.isatty() if not isinstance(stream, io.StringIO) else False
+    if nats:
+        return _monitor_nats(run, rank=rank, interval=interval, replay=replay, speed=speed, once=once,
+                             stream=stream, tty=tty, url=nats, subject=subject, options=nats_options or {})
+    if not run:
+        raise FileNotFoundError("no run given: name the run (see `esper runs`)")
     follower = LogFollower(run, rank=rank, root=root)
     view = RunView(run=run)
     try:
@@ -578,5 +605,37 @@ def monitor(run: str, *, rank: int = 0, root: str | os.PathLike[str] | None = No
             if view.ended:
                 return 0
             time.sleep(interval)
+    finally:
+        follower.close()
+
+
+def _monitor_nats(run: str | None, *, rank: int, interval: float, replay: bool, speed: float, once: bool,
+                  stream: IO[str], tty: bool, url: str, subject: str | None, options: dict[str, Any]) -> int:
+    """``monitor`` with its events from NATS (see :func:`monitor`)."""
+    follower = oona.NatsFollower(url, None if subject else run, rank=rank, subject=subject, **options)
+    view = RunView(run=run or "")
+
+    def add(ev: dict[str, Any]) -> bool:
+        if view.run and ev.get("run") != view.run:
+            return False  # another run on a wildcard subject
+        view.add(ev)
+        return True
+
+    try:
+        if once or replay:
+            for ev in _caught_up(follower, interval):
+                if add(ev) and replay and ev.get("kind") == "epoch":
+                    _show(render_frame(view), stream, tty)
+                    if speed > 0:
+                        time.sleep(1.0 / speed)
+            _show(render_frame(view), stream, tty)
+            return 0
+        _show(render_frame(view), stream, tty)
+        while True:
+            fresh = [ev for ev in follower.poll(interval) if add(ev)]
+            if fresh:
+                _show(render_frame(view), stream, tty)
+            if view.ended:
+                return 0
     finally:
         follower.close()
