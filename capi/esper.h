@@ -765,8 +765,9 @@ int esper_oona_follow_new(const char *config_json, uint64_t *out);
  * "subject", "stream", "mode" ("jetstream", "core", or "" before the
  * first connection), "connected", "received", "skipped" (messages that
  * were not JSON), "dropped" (lost by a core subscription that fell
- * behind), "pending" (messages of the subject the stream holds beyond the
- * last one received; -1 when not known), "last_error"}. */
+ * behind), "pending" (messages of the subject the stream holds that were
+ * not handed out yet: 0 once caught up; -1 when not known, as with a core
+ * subscription), "last_error"}. */
 int esper_oona_follow_poll(uint64_t handle, int64_t timeout_ms, char **out_json);
 
 /* Stop following, close the connection and release the handle. */

@@ -537,17 +537,17 @@ def _show(frame: str, stream: IO[str], tty: bool) -> None:
 
 def _caught_up(follower: oona.NatsFollower, interval: float) -> Iterator[dict[str, Any]]:
     """The events a NATS follower receives until it has caught up with what the server holds: the
-    stream has nothing more for it (JetStream), or a poll of ``interval`` seconds brought nothing
-    (a core subscription, or an empty stream), or 5 intervals (at least 5 s) passed without a
-    connection."""
+    stream has nothing more for it (JetStream: Go counts what the stream holds that it has not
+    handed out), or, where that is not known (a core subscription), a poll of ``interval`` seconds
+    brought nothing; or 5 intervals (at least 5 s) passed without a connection."""
     deadline = time.monotonic() + max(5.0, 5 * interval)
     while True:
         fresh = follower.poll(interval)
         yield from fresh
-        state = follower.state
-        if fresh and state.get("mode") == "jetstream" and state.get("pending") == 0:
+        mode, pending = follower.state.get("mode"), follower.state.get("pending", -1)
+        if mode == "jetstream" and pending == 0:
             return
-        if not fresh and (state.get("mode") or time.monotonic() > deadline):
+        if not fresh and ((mode and pending < 0) or time.monotonic() > deadline):
             return
 
 

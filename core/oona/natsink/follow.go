@@ -104,9 +104,11 @@ type FollowStats struct {
 	Received int64 `json:"received"`
 	Skipped  int64 `json:"skipped"`
 	Dropped  int64 `json:"dropped"`
-	// Pending is how many of the subject's messages the stream held beyond
-	// the last one received (JetStream only; -1: not known): 0 means the
-	// follower has caught up with what was published so far.
+	// Pending is how many of the subject's messages the stream holds
+	// that Poll has not handed out yet (JetStream only; -1: not known):
+	// until the messages the stream held when the follower started are
+	// handed out, those left of them, then the count beyond the last one.
+	// 0 means the follower has caught up with what was published so far.
 	Pending   int64  `json:"pending"`
 	LastError string `json:"last_error,omitempty"`
 }
@@ -135,8 +137,11 @@ type Follower struct {
 	done    chan struct{}
 
 	received, skipped atomic.Int64
-	pending           atomic.Int64
-	lastErr           atomic.Pointer[string]
+	// initial is how many of the subject's messages the stream held when
+	// the consumer started (-1: not known); pending the stream's count
+	// beyond the last message handed out (-1: none handed out yet).
+	initial, pending atomic.Int64
+	lastErr          atomic.Pointer[string]
 
 	// mu guards mode, cc and sub (set once by the starting goroutine,
 	// released by Close).
@@ -171,6 +176,7 @@ func Follow(cfg FollowConfig) (*Follower, error) {
 	f := &Follower{cfg: cfg.Config, shown: shown, subject: subject, ch: make(chan followed, cfg.Buffer),
 		stop: make(chan struct{}), done: make(chan struct{})}
 	f.pending.Store(-1)
+	f.initial.Store(-1)
 	opts := []nats.Option{
 		nats.Name("esper follow " + subject),
 		nats.RetryOnFailedConnect(true),
@@ -249,6 +255,9 @@ func (f *Follower) start() error {
 		if err != nil {
 			return fmt.Errorf("natsink: follow: consume %s: %w", f.cfg.Stream, err)
 		}
+		if info, err := cons.Info(ctx); err == nil {
+			f.initial.Store(int64(info.NumPending + info.Delivered.Consumer))
+		}
 		f.mu.Lock()
 		f.mode, f.cc = ModeJetStream, cc
 		f.mu.Unlock()
@@ -325,6 +334,13 @@ more:
 func (f *Follower) Stats() FollowStats {
 	st := FollowStats{URL: f.shown, Subject: f.subject, Stream: f.cfg.Stream, Connected: f.nc.IsConnected(),
 		Received: f.received.Load(), Skipped: f.skipped.Load(), Pending: f.pending.Load()}
+	if initial := f.initial.Load(); initial >= 0 {
+		if left := initial - st.Received - st.Skipped; left > 0 {
+			st.Pending = left
+		} else if st.Pending < 0 {
+			st.Pending = 0 // the stream held nothing of the subject
+		}
+	}
 	f.mu.Lock()
 	st.Mode = f.mode
 	if f.sub != nil {

@@ -90,6 +90,13 @@ func TestFollowerReadsTheRunFromTheStreamsStartThenLive(t *testing.T) {
 	waitSent(t, so, 5)
 
 	f := follow(t, natsink.FollowConfig{Config: natsink.Config{URL: url}, Run: "nats-run"})
+	deadline := time.Now().Add(10 * time.Second)
+	for f.Stats().Mode == "" && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := f.Stats(); st.Mode != natsink.ModeJetStream || st.Pending != 20 {
+		t.Fatalf("before the first poll, the stream's 20 events are pending: %+v", st)
+	}
 	seqs, st := collect(t, f, 20)
 	wantSeqs(t, seqs, 1, 20) // from the run's first event
 	if st.Mode != natsink.ModeJetStream || st.Pending != 0 || st.Subject != "esper.v1.nats-run.0.>" {
