@@ -110,6 +110,7 @@ def make(url: str, root: Path) -> tuple[nn.Module, torch.optim.Optimizer, esper.
                                            signal_every=1, nats_url=url, runs=str(root))
 
 
+@pytest.mark.slow
 def test_monitor_follows_a_training_run_from_nats_live_to_its_end(server: Server, tmp_path: Path) -> None:
     root = tmp_path / "runs"
     # Another run on the same server first: its events are in the stream too, and must not show.
@@ -161,6 +162,7 @@ def _cli(argv: list[str]) -> str:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_monitor_from_nats_stops_on_ctrl_c_and_refuses_bad_arguments(server: Server,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     mon = Monitor("no-such-run-yet", "--nats", server.url)  # nothing published: it waits for the run
