@@ -698,8 +698,9 @@ int esper_session_metrics_attach(uint64_t handle, uint64_t other);
  * of events, fsynced at run events and epoch ends (at most once a
  * second), rotated at max_bytes. A
  * session attached to it (esper_session_attach_oona) publishes its
- * lifecycle events, decisions, failures, alarms, epoch and health
- * summaries and its start/resume/end. Publishing never blocks: a full
+ * lifecycle events, decisions, failures, alarms (the governor's and
+ * Nissa's), impact records, epoch and health summaries and its
+ * start/resume/end. Publishing never blocks: a full
  * subscriber buffer drops the event for that subscriber and counts it.
  * Every function is safe from several threads; errors are kept per handle
  * (esper_oona_new, esper_oona_free, esper_oona_runs_root and
@@ -745,8 +746,8 @@ int esper_oona_stats(uint64_t handle, char **out_json);
 int esper_oona_flush(uint64_t handle, int64_t timeout_ms);
 
 /* Publish one event: kind "run"|"lifecycle"|"decision"|"failure"|"alarm"|
- * "epoch"|"health"|"artifact", actor "policy"|"governor"|"manual"|
- * "schedule"|"breaker"|"trainer"|"system", data_json a JSON object (NULL:
+ * "epoch"|"health"|"artifact"|"impact", actor "policy"|"governor"|"manual"|
+ * "schedule"|"breaker"|"trainer"|"system"|"nissa", data_json a JSON object (NULL:
  * {}). ESPER_EINVALID for anything else; ESPER_ESTATE after free. */
 int esper_oona_publish(uint64_t handle, const char *kind, const char *actor, int64_t step, int32_t epoch,
                        const char *data_json);
@@ -775,6 +776,35 @@ int esper_oona_measure_nats(const char *url, int64_t events, char **out_json);
  * stop), and publish a run event ("start" on a fresh session, "resume"
  * otherwise). The session never frees the bus. */
 int esper_session_attach_oona(uint64_t handle, uint64_t oona_handle);
+
+/* Following a run from NATS (the other end of the "nats" transport; core/
+ * oona/natsink, docs/report.md "esper monitor --nats"). Config: the "nats"
+ * object above ({"url", "creds", "user", "password", "token", "ca",
+ * "cert", "key", "allow_plaintext", "stream", "buffer" [10000] (events
+ * held for polls)}) plus what to follow: "run" (and "rank" [0]): the
+ * subjects esper.v1.<run>.<rank>.>, or "subject" (a NATS subject, wildcards
+ * allowed), not both. Connecting happens in the background (an absent
+ * server is retried); once connected the follower reads the stream with
+ * an ordered consumer from its first message on the subject (the run from
+ * its start, then live) or, when the server has no such stream or no
+ * JetStream, subscribes to the subject (live events only). The follower
+ * decodes nothing: it hands out the messages, which are run log lines.
+ * ESPER_EINVALID for a bad config (the same plaintext rule as "nats"). */
+int esper_oona_follow_new(const char *config_json, uint64_t *out);
+
+/* Wait at most timeout_ms (0..60000; esper_cancel(handle) ends the wait)
+ * for an event, then return it with the others already received (at most
+ * 4096): *out_json gets {"events": [event objects, oldest first], "url",
+ * "subject", "stream", "mode" ("jetstream", "core", or "" before the
+ * first connection), "connected", "received", "skipped" (messages that
+ * were not JSON), "dropped" (lost by a core subscription that fell
+ * behind), "pending" (messages of the subject the stream holds that were
+ * not handed out yet: 0 once caught up; -1 when not known, as with a core
+ * subscription), "last_error"}. */
+int esper_oona_follow_poll(uint64_t handle, int64_t timeout_ms, char **out_json);
+
+/* Stop following, close the connection and release the handle. */
+int esper_oona_follow_free(uint64_t handle);
 
 /* @@ end oona ------------------------------------------------------------ */
 

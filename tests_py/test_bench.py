@@ -6,6 +6,7 @@ it writes is complete and well-formed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -154,3 +155,36 @@ def test_only_times_the_rows_named() -> None:
         torch.set_num_threads(threads)
     assert [r.name for r in rows] == ["dormant, 1 wrapped layers: Deep(1)"]
     assert _finite(rows[0].ratio)
+
+
+@pytest.mark.slow
+def test_run_log_and_nats_footprint_rows() -> None:
+    """The run log on/off rows time a session attached to its bus against one detached (the "on"
+    side's log holds the epochs' events), and the footprint rows run their children against a real
+    local nats-server (the sink's events acknowledged); --only keeps the rows named."""
+    from esper.bench.runlog import footprint_rows, runlog_rows
+
+    settings = steps.StepSettings(rounds=5, block_s=0.001, warmup=1, max_inner=10)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = runlog_rows(torch.device("cpu"), settings)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r.name for r in rows] == ["train step, run log on vs off (dormant, no event per step): TinyMLP",
+                                      "epoch of 20 steps + end_epoch, run log on vs off: TinyMLP",
+                                      "A/A control, epoch, run log off on both sides: TinyMLP"]
+    for r in rows:
+        assert _finite(r.value) and _finite(r.baseline) and _finite(r.ratio) and r.rounds == 5, r
+    # The "on" side wrote every epoch's events (epoch + health each), the "off" side none.
+    assert rows[1].extra["run_log_lines"] >= 2 * 5 and rows[1].extra["run_log_syncs"] >= 1, rows[1].extra
+    assert rows[0].ok in (True, False) and rows[2].target == ""
+
+    only = dataclasses.replace(settings, only=("libesper.so size", "NATS sink attached"))
+    assert runlog_rows(torch.device("cpu"), only) == []
+    foot = footprint_rows(1, only)
+    assert [r.name for r in foot] == ["libesper.so size (NATS client linked in, no server)",
+                                      "process RSS after a short run, NATS sink attached vs not: 2-layer MLP"]
+    size, rss = foot
+    assert 1 < size.value < 100, size
+    assert rss.value > 0 and rss.baseline and rss.baseline > 0 and min(rss.extra["events_sent"]) > 10, rss

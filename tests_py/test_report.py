@@ -376,3 +376,67 @@ def test_readme_loop_reports_and_replays_while_open_and_after_close(tmp_path: Pa
     last = (tmp_path / "open").parent / "closed"
     assert cli.main(["report", run, "--out", str(last)]) == 0
     assert "- end: 20" in (last / "report.md").read_text()
+
+
+def test_nissas_alarms_and_impact_records_reach_the_run_log_report_and_monitor(
+        grown: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    model = esper.wrap(nn.Sequential(nn.Linear(IN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, OUT)), target_modules=["0"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    root = tmp_path / "runs"
+    # A flat validation loss for 5 epochs: Nissa's no-improvement check (2 epochs) raises an alarm.
+    morph = esper.Morphogenesis(model, opt, policy="manual", train_steps=2, blend_steps=2, signal_every=1,
+                                runs=str(root), alerts={"no_improvement_epochs": 2},
+                                evaluate=lambda m: {"loss": 1.0, "metric": 0.5})
+    x, y = torch.randn(16, IN), torch.randint(0, OUT, (16,))
+    for epoch in range(5):
+        for _ in range(3):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            morph.step(loss)
+        if epoch == 0:
+            morph.germinate(0, 0, "residual_mlp", width=2)
+        if epoch == 2:
+            morph.prune(0, 0, reason="by hand")  # the adaptation ends: an impact record, with no prediction
+        morph.end_epoch()
+    run, log = morph.run_id, list(morph.log)
+    morph.close()
+    events = oona.read_events(run, root=root, strict=True)
+    # What the loop mirrored from Go's reports (morph.log) is what the run log holds, by another path.
+    alarms = [e for e in events if e["kind"] == "alarm"]
+    mirrored = [e for e in log if e["kind"] == "alarm"]
+    assert alarms and [a["data"]["alarm"] for a in alarms] == [m["alarm"] for m in mirrored] == \
+        ["no_improvement"] * len(alarms), (alarms, mirrored)
+    assert all(a["actor"] == "nissa" and a["data"]["source"] == "nissa" and a["data"]["threshold"] == 2
+               for a in alarms), alarms
+    impacts = [e for e in events if e["kind"] == "impact"]
+    assert [(i["data"]["outcome"], i["data"]["note"]) for i in impacts] == \
+        [(m["outcome"], m["note"]) for m in log if m["kind"] == "impact"] == [("PRUNED", "no prediction")]
+    assert impacts[0]["actor"] == "nissa" and impacts[0]["data"]["running"]["ended"] == 1
+    assert impacts[0]["data"]["running"]["mean_abs_error"] is None
+
+    out = tmp_path / "rep"
+    assert cli.main(["report", run, "--root", str(root), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert f"alarms: 0 (the governor's) and {len(alarms)} (Nissa's)" in md, md
+    assert "nissa (no_improvement): " in md, md
+    assert "## Impact: predicted against measured gain" in md
+    assert "| 0/0 | 1 | PRUNED | - |" in md and "| no prediction |" in md, md
+    assert "- impact: 1 ended, 0 with a prediction" in md and "no running error" in md, md
+    assert cli.main(["monitor", run, "--root", str(root), "--once"]) == 0
+    frame = capsys.readouterr().out
+    assert f"alarms 0+{len(alarms)} (governor+nissa)" in frame and "impact: 1 ended, 0 with a prediction" in frame
+    assert re.search(r"e\d+ s\d+ nissa: ", frame), frame
+
+    # Negative control: the shared run configured no alerts and raised none; its impact records are
+    # its ended adaptations, as its loop mirrored them.
+    g_events = oona.read_events(grown["run"], root=grown["root"], strict=True)
+    assert not [e for e in g_events if e["kind"] == "alarm"]
+    g_impacts = [(e["data"]["layer"], e["data"]["slot"], e["data"]["outcome"]) for e in g_events
+                 if e["kind"] == "impact"]
+    assert g_impacts and g_impacts == [(m["layer"], m["slot"], m["outcome"]) for m in grown["log"]
+                                       if m["kind"] == "impact"]
+    assert cli.main(["report", grown["run"], "--root", str(grown["root"]), "--out", str(tmp_path / "g")]) == 0
+    assert "alarms: 0 (the governor's) and 0 (Nissa's)" in (tmp_path / "g" / "report.md").read_text()

@@ -30,8 +30,9 @@ const (
 	// KindFailure: a seed failed (its forward raised, went non-finite, had
 	// the wrong shape, or it could not be built).
 	KindFailure Kind = "failure"
-	// KindAlarm: the governor raised an alarm (a non-finite signal, an
-	// exploding or non-finite loss).
+	// KindAlarm: an alarm: the governor's (a non-finite signal, an
+	// exploding or non-finite loss) or one of Nissa's checks (step time,
+	// seed failure rate, a stalled run, no improvement).
 	KindAlarm Kind = "alarm"
 	// KindEpoch: an epoch ended: its losses and metric, parameters,
 	// seeds by state, counters.
@@ -42,9 +43,12 @@ const (
 	// KindArtifact: an artifact was published to Urza (a trained kernel,
 	// a validated build).
 	KindArtifact Kind = "artifact"
+	// KindImpact: an adaptation ended and Nissa compared its predicted
+	// gain with its measured contribution (or said why it could not).
+	KindImpact Kind = "impact"
 )
 
-var kinds = []Kind{KindRun, KindLifecycle, KindDecision, KindFailure, KindAlarm, KindEpoch, KindHealth, KindArtifact}
+var kinds = []Kind{KindRun, KindLifecycle, KindDecision, KindFailure, KindAlarm, KindEpoch, KindHealth, KindArtifact, KindImpact}
 
 // Kinds returns every event kind, in the order docs/events.md lists them.
 func Kinds() []Kind { return append([]Kind(nil), kinds...) }
@@ -83,9 +87,12 @@ const (
 	ActorTrainer Actor = "trainer"
 	// ActorSystem: Esper itself (the run's start, resume and end).
 	ActorSystem Actor = "system"
+	// ActorNissa: the monitor (core/nissa) raised it: its alarms and the
+	// impact records.
+	ActorNissa Actor = "nissa"
 )
 
-var actors = []Actor{ActorPolicy, ActorGovernor, ActorManual, ActorSchedule, ActorBreaker, ActorTrainer, ActorSystem}
+var actors = []Actor{ActorPolicy, ActorGovernor, ActorManual, ActorSchedule, ActorBreaker, ActorTrainer, ActorSystem, ActorNissa}
 
 // Valid reports whether a is one of the actors.
 func (a Actor) Valid() bool {

@@ -3,15 +3,17 @@ package session
 import (
 	"errors"
 	"log/slog"
+	"math"
 
 	"github.com/esper-morph/esper/core/lifecycle"
+	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/core/oona"
 	"github.com/esper-morph/esper/policy/tamiyo"
 )
 
 // The session's events on an Oona bus (docs/events.md). Every entry of
-// the growth log (lifecycle events, decisions, failures) is published, and
-// so are alarms, the end of each epoch (metrics, parameters, seeds by
+// the growth log (lifecycle events, decisions, failures, Nissa's alarms,
+// impact records) is published, and so are the governor's alarms, the end of each epoch (metrics, parameters, seeds by
 // state, counters) with the health statistics, and the run's start,
 // resume and end. Events are queued under the state lock and published
 // after it is released, in order (see unlock), so a publish never runs
@@ -41,11 +43,43 @@ type decisionData struct {
 // alarmData is an alarm event's data.
 type alarmData struct {
 	// Reason says what was seen; Layer and Slot name the seed rolled back
-	// (-1 when none could be blamed); Alarms counts the run's alarms.
+	// (-1 when none could be blamed, and for Nissa's alarms); Alarms
+	// counts the governor's alarms for a governor alarm, and the alarms
+	// of this kind raised by this session for one of Nissa's.
 	Reason string `json:"reason"`
 	Layer  int    `json:"layer"`
 	Slot   int    `json:"slot"`
 	Alarms int64  `json:"alarms"`
+	// Alarm is the alarm's kind (nissa.AlarmKinds: "rollback" for the
+	// governor's) and Source "governor" or "nissa"; Value is the
+	// measurement that crossed Threshold (null when there is none).
+	Alarm     string    `json:"alarm"`
+	Source    string    `json:"source"`
+	Value     nissa.Num `json:"value"`
+	Threshold nissa.Num `json:"threshold"`
+}
+
+// impactData is an impact event's data: the comparison with the layer's
+// name and the running totals after it.
+type impactData struct {
+	nissa.Impact
+	LayerName string        `json:"layer_name"`
+	Running   impactRunning `json:"running"`
+}
+
+// impactRunning is nissa.ImpactStats with its mean absolute error (null
+// while no adaptation had both a prediction and a measurement).
+type impactRunning struct {
+	nissa.ImpactStats
+	MeanAbsError nissa.Num `json:"mean_abs_error"`
+}
+
+func runningImpact(st nissa.ImpactStats) impactRunning {
+	mae, ok := st.MeanAbsError()
+	if !ok {
+		mae = math.NaN()
+	}
+	return impactRunning{ImpactStats: st, MeanAbsError: nissa.Num(mae)}
 }
 
 // epochData is an epoch event's data.
@@ -124,13 +158,24 @@ func (s *Session) publishEntryLocked(e LogEntry) {
 			LayerName: s.layerName(e.Decision.Layer)})
 	case e.Failure != nil:
 		s.publishLocked(oona.KindFailure, oona.ActorTrainer, e.Step, e.Epoch, *e.Failure)
+	case e.Alarm != nil && e.Alarm.Source != "governor":
+		// The governor's alarms are published by publishAlarmLocked, with
+		// the seed they blame.
+		a := *e.Alarm
+		s.publishLocked(oona.KindAlarm, oona.ActorNissa, e.Step, e.Epoch, alarmData{Reason: a.Message, Layer: -1,
+			Slot: -1, Alarms: s.mon.alarms[a.Kind], Alarm: a.Kind, Source: a.Source, Value: a.Value,
+			Threshold: a.Threshold})
+	case e.Impact != nil:
+		s.publishLocked(oona.KindImpact, oona.ActorNissa, e.Step, e.Epoch, impactData{Impact: *e.Impact,
+			LayerName: s.layerName(e.Impact.Layer), Running: runningImpact(s.mon.impacts.Stats())})
 	}
 }
 
 // publishAlarmLocked queues the governor's alarm for decision d.
 func (s *Session) publishAlarmLocked(d tamiyo.Decision) {
 	s.publishLocked(oona.KindAlarm, oona.ActorGovernor, s.step, s.epoch, alarmData{Reason: d.Reason, Layer: d.Layer,
-		Slot: d.Slot, Alarms: s.counters.Alarms})
+		Slot: d.Slot, Alarms: s.counters.Alarms, Alarm: nissa.AlarmRollback, Source: "governor",
+		Value: nissa.Num(s.counters.Alarms), Threshold: nissa.Num(math.NaN())})
 }
 
 // publishEpochLocked queues the end of an epoch: its summary, then the

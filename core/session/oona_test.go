@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"testing"
+	"time"
 
+	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/core/oona"
 	"github.com/esper-morph/esper/core/session"
 	"github.com/esper-morph/esper/policy/tamiyo"
@@ -48,6 +50,10 @@ func received(t testing.TB, sub *oona.Subscription) []string {
 				s += fmt.Sprintf("/%v", d["op"])
 			case oona.KindRun:
 				s += fmt.Sprintf("/%v", d["phase"])
+			case oona.KindAlarm:
+				s += fmt.Sprintf("/%v", d["alarm"])
+			case oona.KindImpact:
+				s += fmt.Sprintf("/%v/%v", d["outcome"], d["note"])
 			}
 			out = append(out, s)
 		default:
@@ -79,6 +85,7 @@ func TestSessionPublishesItsEventsWithActors(t *testing.T) {
 		"lifecycle/schedule/TRAINING->BLENDING",
 		"lifecycle/schedule/BLENDING->HOLDING",
 		"lifecycle/manual/HOLDING->FOSSILIZED",
+		"impact/nissa/FOSSILIZED/no prediction", // the manual call predicted nothing; nothing was measured either
 		"lifecycle/manual/DORMANT->GERMINATED",
 		"failure/trainer",
 		"epoch/trainer", // the manual policy decides nothing
@@ -115,10 +122,12 @@ func TestSessionPublishesGovernorRollbackAndBreaker(t *testing.T) {
 		"lifecycle/schedule/GERMINATED->TRAINING",
 		"failure/trainer",
 		"lifecycle/breaker/TRAINING->PRUNED",
+		"impact/nissa/PRUNED/no prediction",
 		"lifecycle/schedule/PRUNED->EMBARGOED",
-		"alarm/governor",
+		"alarm/governor/rollback",
 		"decision/governor/rollback",
 		"lifecycle/governor/TRAINING->ROLLED_BACK",
+		"impact/nissa/ROLLED_BACK/no prediction",
 		"lifecycle/schedule/ROLLED_BACK->EMBARGOED",
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
@@ -169,4 +178,68 @@ func TestSessionWithoutBusPublishesNothing(t *testing.T) {
 		t.Fatalf("got %v", got)
 	}
 	_ = b
+}
+
+func TestSessionPublishesNissasAlarms(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		alerts nissa.AlertConfig
+		want   map[string]int // "actor/alarm" -> count
+	}{
+		{"alerts on", nissa.AlertConfig{FailureRate: 0.2, FailureWindow: 10, NoImprovementEpochs: 2, StallSeconds: 0.05},
+			map[string]int{"nissa/failure_rate": 1, "nissa/no_improvement": 1, "nissa/stalled": 1}},
+		// The negative control: the same run with the checks off raises none.
+		{"alerts off", nissa.AlertConfig{FailureRate: -1}, map[string]int{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := baseConfig()
+			cfg.Alerts = tc.alerts
+			s := newSession(t, cfg)
+			_, sub := attach(t, s)
+			germinate(t, s, 0, 0, `{"template":"residual_mlp","params":{"width":4}}`)
+			for i := 0; i < 6; i++ { // a failure every other step: the breaker never opens
+				step(t, s, 1)
+				if i%2 == 0 {
+					if _, err := s.ReportFailure(0, 0, session.FailureNonfinite, "nan"); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			for e := 0; e < 4; e++ { // a flat validation loss
+				if _, err := s.EndEpoch(metrics(e, 1)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(300 * time.Millisecond) // no step: the stall timer fires
+			got := map[string]int{}
+			for {
+				var ev *oona.Event
+				select {
+				case ev = <-sub.C():
+				default:
+				}
+				if ev == nil {
+					break
+				}
+				if ev.Kind != oona.KindAlarm {
+					continue
+				}
+				var d struct {
+					Alarm, Source, Reason string
+					Layer, Slot           int
+					Threshold             *float64
+				}
+				if err := json.Unmarshal(ev.Data, &d); err != nil {
+					t.Fatal(err)
+				}
+				if d.Source != string(ev.Actor) || d.Reason == "" || d.Layer != -1 || d.Slot != -1 || d.Threshold == nil {
+					t.Errorf("alarm event %s", ev.Data)
+				}
+				got[string(ev.Actor)+"/"+d.Alarm]++
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Fatalf("alarms published %v, want %v", got, tc.want)
+			}
+		})
+	}
 }

@@ -79,6 +79,9 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_oona_runs_root": (c_int, [POINTER(c_void_p)]),
     "esper_oona_measure": (c_int, [c_int64, c_int32, c_char_p, POINTER(c_void_p)]),
     "esper_oona_measure_nats": (c_int, [c_char_p, c_int64, POINTER(c_void_p)]),
+    "esper_oona_follow_new": (c_int, [c_char_p, POINTER(c_uint64)]),
+    "esper_oona_follow_poll": (c_int, [c_uint64, c_int64, POINTER(c_void_p)]),
+    "esper_oona_follow_free": (c_int, [c_uint64]),
     # karn-urza-cache (blueprint/, core/urza, core/cache). Out-strings and out-buffers are c_void_p
     # so that take_string / take_bytes can release them with esper_free.
     "esper_blueprint_templates": (c_int, [POINTER(c_void_p)]),

@@ -9,7 +9,7 @@
     esper urza ls | show ID | verify | gc   [--root DIR]
     esper blueprints [--host linear:64:10]
     esper soak --minutes N [--seed S] [--samples K] [--json]
-    esper runs | events RUN | report RUN [--out DIR] | monitor RUN [--replay] [--once]
+    esper runs | events RUN | report RUN [--out DIR] | monitor RUN [--replay] [--once] [--nats URL [--subject S]]
     esper info
 """
 
@@ -412,11 +412,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from . import report
+    from .errors import InvalidArgumentError
 
+    if args.nats is None and (args.subject or args.nats_creds):
+        print("esper: --subject and --nats-creds go with --nats URL", file=sys.stderr)
+        return 2
+    if args.nats is not None and bool(args.run) == bool(args.subject):
+        print("esper: with --nats, name the run or give --subject, not both", file=sys.stderr)
+        return 2
+    options = {"creds": args.nats_creds} if args.nats_creds else None
     try:
         return report.monitor(args.run, rank=args.rank, root=args.root, interval=args.interval,
-                              replay=args.replay, speed=args.speed, once=args.once)
-    except FileNotFoundError as exc:
+                              replay=args.replay, speed=args.speed, once=args.once, nats=args.nats,
+                              subject=args.subject, nats_options=options)
+    except (FileNotFoundError, InvalidArgumentError) as exc:
         print(f"esper: {exc}", file=sys.stderr)
         return 2
 
@@ -537,8 +546,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", default=None, help="runs root (default $ESPER_HOME/runs)")
     s.set_defaults(fn=_cmd_report)
 
-    s = sub.add_parser("monitor", help="a live terminal view of a run, following its run log to the run's end")
-    s.add_argument("run", help="the run id (morph.run_id; see `esper runs`)")
+    s = sub.add_parser("monitor", help="a live terminal view of a run, following its run log (or NATS) to its end")
+    s.add_argument("run", nargs="?", default=None, help="the run id (morph.run_id; see `esper runs`)")
+    s.add_argument("--nats", default=None, metavar="URL",
+                   help="follow the run from this NATS server (its JetStream stream, else its live subjects) "
+                        "instead of the run log")
+    s.add_argument("--subject", default=None,
+                   help="with --nats: follow this subject instead of the run's (esper.v1.<run>.<rank>.>; "
+                        "wildcards allowed, the first run seen is shown)")
+    s.add_argument("--nats-creds", default=None, metavar="FILE", help="with --nats: a NATS credentials file")
     s.add_argument("--interval", type=_positive_float, default=1.0, help="seconds between redraws (default 1)")
     s.add_argument("--replay", action="store_true", help="play the log from its start and exit at its end")
     s.add_argument("--speed", type=_nonnegative_float, default=4.0,

@@ -27,15 +27,16 @@ from typing import Any
 
 from . import _lib
 
-__all__ = ["Oona", "SCHEMA_VERSION", "KINDS", "ACTORS", "runs_root", "run_dir", "log_files", "read_events",
-           "iter_events", "runs", "measure", "measure_nats", "nats_server", "serve_command"]
+__all__ = ["Oona", "NatsFollower", "SCHEMA_VERSION", "KINDS", "ACTORS", "decode_event", "runs_root", "run_dir",
+           "log_files", "read_events", "iter_events", "runs", "measure", "measure_nats", "nats_server",
+           "serve_command"]
 
 #: The event schema version this package reads (``"v"`` of every event; docs/events.md).
 SCHEMA_VERSION = 1
 #: Event kinds (core/oona is the source; docs/events.md describes each one's data).
-KINDS = ("run", "lifecycle", "decision", "failure", "alarm", "epoch", "health", "artifact")
+KINDS = ("run", "lifecycle", "decision", "failure", "alarm", "epoch", "health", "artifact", "impact")
 #: Who took the action an event reports.
-ACTORS = ("policy", "governor", "manual", "schedule", "breaker", "trainer", "system")
+ACTORS = ("policy", "governor", "manual", "schedule", "breaker", "trainer", "system", "nissa")
 
 
 def _finite(obj: Any) -> Any:
@@ -124,6 +125,71 @@ class Oona(_lib.Handle):
         _lib.check(_lib.lib().esper_oona_publish(h, kind.encode(), actor.encode(), step, epoch, doc), h)
 
 
+def decode_event(raw: bytes | str | Any) -> dict[str, Any]:
+    """One event from a run log line or a NATS message (the same JSON line), or an already parsed
+    object: the event as a dict, checked to be one (an object with "id" and "kind").
+
+    Raises:
+        ValueError: not an event (not JSON, or not an event object).
+    """
+    ev = json.loads(raw) if isinstance(raw, (bytes, bytearray, str)) else raw
+    if not isinstance(ev, dict) or "id" not in ev or "kind" not in ev:
+        raise ValueError("not an event")
+    return ev
+
+
+class NatsFollower(_lib.Handle):
+    """Follows a run's events from a NATS server, as another process or machine sees them (Go's
+    subscriber, core/oona/natsink): from the JetStream stream when the server has it (the run from
+    its first event, then live), else from the core subjects (live events from now on).
+
+    Args:
+        url: the server (``nats://host:port``, ``tls://...``).
+        run: the run id: follows the subjects ``esper.v1.<run>.<rank>.>``.
+        rank: which rank's events.
+        subject: another subject to follow instead of a run's (NATS wildcards allowed).
+        options: the connection options of :class:`Oona`'s ``nats`` ("creds", "user", "password",
+            "token", "ca", "cert", "key", "allow_plaintext", "stream", "buffer").
+
+    Raises:
+        esper.InvalidArgumentError: a bad setting, neither or both of run and subject, or a
+            plaintext url to a host other than loopback without ``allow_plaintext``.
+    """
+
+    _free_symbol = "esper_oona_follow_free"
+
+    def __init__(self, url: str, run: str | None = None, *, rank: int = 0, subject: str | None = None,
+                 **options: Any) -> None:
+        config: dict[str, Any] = {"url": url, **options}
+        if run is not None:
+            config.update(run=run, rank=rank)
+        if subject is not None:
+            config["subject"] = subject
+        out = ctypes.c_uint64()
+        _lib.check(_lib.lib().esper_oona_follow_new(json.dumps(config).encode(), byref(out)))
+        super().__init__(out.value)
+        self.state: dict[str, Any] = {}
+
+    def poll(self, timeout: float = 0.0) -> list[dict[str, Any]]:
+        """The events received since the last call, oldest first, waiting at most ``timeout``
+        seconds for the first. :attr:`state` then holds the follower's state: {"mode" ("jetstream",
+        "core", "" before connecting), "connected", "received", "skipped", "dropped", "pending"
+        (stream messages not yet received; 0: caught up; -1: not known), "url", "subject",
+        "stream", "last_error"}."""
+        out = c_void_p()
+        h = self.handle
+        _lib.check(_lib.lib().esper_oona_follow_poll(h, max(0, min(60_000, int(timeout * 1000))), byref(out)), h)
+        batch = _lib.take_json(out)
+        events = []
+        for raw in batch.pop("events"):
+            try:
+                events.append(decode_event(raw))
+            except ValueError:
+                batch["skipped"] = batch.get("skipped", 0) + 1
+        self.state = batch
+        return events
+
+
 def measure(events: int, subscribers: int, log_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Go's measurement of the bus (``make bench``): ``events`` lifecycle events published to
     ``subscribers`` draining subscribers (and a run log under ``log_dir`` when given), timed until
@@ -190,9 +256,7 @@ def iter_events(run: str, *, rank: int = 0, root: str | os.PathLike[str] | None 
         with open(path, "rb") as f:
             for n, raw in enumerate(f, 1):
                 try:
-                    ev = json.loads(raw)
-                    if not isinstance(ev, dict) or "id" not in ev or "kind" not in ev:
-                        raise ValueError("not an event")
+                    ev = decode_event(raw)
                 except ValueError as exc:
                     if strict:
                         raise ValueError(f"{path}:{n}: not an event ({exc}); a line cut by a crash is "

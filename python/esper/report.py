@@ -2,14 +2,15 @@
 
 :class:`RunView` folds a run's events (docs/events.md), one at a time, into what a person wants to
 see: the epochs' losses and metric, every seed the run germinated (where, what, how large, its fate,
-its measured contribution and why), the decisions with their reasons, the alarms. Two commands use
-it::
+its measured contribution and why), the decisions with their reasons, the alarms (the governor's
+and Nissa's), the impact records (each ended adaptation's predicted gain against its measured
+contribution). Two commands use it::
 
     esper report RUN [--out DIR]       # PNG plots and a Markdown summary (write_report)
     esper monitor RUN [--replay]       # a live terminal view that follows the log (monitor)
+    esper monitor RUN --nats URL       # the same view, following the run's events from NATS
 
-The run log carries no training FLOPs and no impact records (predicted against measured gain), so
-the plots are against optimizer steps and the summary has no impact line.
+The run log carries no training FLOPs, so the plots are against optimizer steps.
 """
 
 from __future__ import annotations
@@ -89,7 +90,13 @@ class RunView:
     marks: list[tuple[int, str]] = field(default_factory=list)  # (step, state) of the marked transitions
     #: {step, epoch, actor, op, where, reason, applied, error} per decision event
     decisions: list[dict[str, Any]] = field(default_factory=list)
-    alarms: list[dict[str, Any]] = field(default_factory=list)  # {step, epoch, reason, where}
+    #: {step, epoch, reason, where, alarm (its kind), source ("governor" or "nissa")} per alarm event
+    alarms: list[dict[str, Any]] = field(default_factory=list)
+    #: {step, epoch, where, generation, outcome, predicted, measured, error, note} per impact event
+    impacts: list[dict[str, Any]] = field(default_factory=list)
+    #: Go's running totals of the comparisons after the latest impact event: {"ended", "predicted",
+    #: "measured", "compared", "mean_abs_error", ...}
+    impact_running: dict[str, Any] = field(default_factory=dict)
     failures: int = 0
     counters: dict[str, int] = field(default_factory=dict)  # Go's counters at the latest epoch or run event
     _pending: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
@@ -100,12 +107,14 @@ class RunView:
         return self.end is not None
 
     def counts(self) -> dict[str, int]:
-        """Germinations, fossilizations, prunes, rollbacks and alarms counted from the events."""
+        """Germinations, fossilizations, prunes, rollbacks, alarms (the governor's, as Go's counter
+        "alarms" counts them) and Nissa's alarms, counted from the events."""
         fates = [s.fate for s in self.seeds]
+        governor = sum(1 for a in self.alarms if a["source"] == "governor")
         return {"germinations": len(self.seeds), "fossilizations": fates.count("FOSSILIZED"),
                 "prunes": fates.count("PRUNED"),
                 "rollbacks": sum(1 for d in self.decisions if d["op"] == "rollback" and d["applied"]),
-                "alarms": len(self.alarms)}
+                "alarms": governor, "nissa_alarms": len(self.alarms) - governor}
 
     def add(self, ev: dict[str, Any]) -> None:
         """Fold one event (a run log line as a dict) into the view."""
@@ -148,8 +157,16 @@ class RunView:
                     seed.contribution = c.get("delta_loss")
             self.counters = dict(d.get("counters") or self.counters)
         elif kind == "alarm":
+            # Logs written before Nissa's alarms were published hold the governor's only (no "source").
             self.alarms.append({"step": ev.get("step"), "epoch": ev.get("epoch"), "reason": d.get("reason", ""),
-                                "where": _where(d)})
+                                "where": _where(d), "alarm": d.get("alarm") or "rollback",
+                                "source": d.get("source") or "governor"})
+        elif kind == "impact":
+            self.impacts.append({"step": ev.get("step"), "epoch": ev.get("epoch"), "where": _where(d),
+                                 "generation": d.get("generation"), "outcome": d.get("outcome", ""),
+                                 "predicted": d.get("predicted_gain"), "measured": d.get("measured_gain"),
+                                 "error": d.get("error"), "note": d.get("note") or ""})
+            self.impact_running = dict(d.get("running") or {})
         elif kind == "failure":
             self.failures += 1
 
@@ -233,10 +250,12 @@ def markdown(view: RunView, plots: Iterable[str] = (), last_decisions: int = 10)
              f"validation metric {_num(last.get('val_metric'))}, "
              f"seed parameters in use {_num(last.get('params_used'), 'd')}",
              f"- germinations: {c['germinations']}, fossilizations: {c['fossilizations']}, prunes: {c['prunes']}, "
-             f"rollbacks: {c['rollbacks']}, alarms: {c['alarms']} (the governor's), seed failures: {view.failures}",
+             f"rollbacks: {c['rollbacks']}, alarms: {c['alarms']} (the governor's) and {c['nissa_alarms']} "
+             f"(Nissa's), seed failures: {view.failures}",
+             f"- impact: {_impact_line(view)}",
              "- plotted against optimizer steps: the run log's epoch events carry no training FLOPs", ""]
     go = {k: view.counters[k] for k in c if k in view.counters}
-    if go and go != c:
+    if go and go != {k: c[k] for k in go}:
         # The counts above come from the events in the log; Go's own counters differ when rotated
         # files were deleted (run_log_keep) or the run resumed from a checkpoint.
         lines.insert(-2, "- Go's counters at the last epoch or end event differ: "
@@ -266,13 +285,36 @@ def markdown(view: RunView, plots: Iterable[str] = (), last_decisions: int = 10)
         lines.append("No decision was logged.")
     lines.append("")
     if view.alarms:
-        lines += ["## Alarms", ""] + [f"- epoch {a['epoch']}, step {a['step']}: {a['reason']}"
-                                      f"{' (seed ' + a['where'] + ')' if a['where'] else ''}" for a in view.alarms]
+        lines += ["## Alarms", ""] + [f"- epoch {a['epoch']}, step {a['step']}, {a['source']} ({a['alarm']}): "
+                                      f"{a['reason']}{' (seed ' + a['where'] + ')' if a['where'] else ''}"
+                                      for a in view.alarms]
         lines.append("")
+    if view.impacts:
+        lines += ["## Impact: predicted against measured gain", "",
+                  "| epoch | step | seed | generation | outcome | predicted | measured | error | note |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for im in view.impacts:
+            lines.append(f"| {im['epoch']} | {im['step']} | {im['where'] or '-'} | {im['generation']} | "
+                         f"{im['outcome']} | {_num(im['predicted'])} | {_num(im['measured'])} | {_num(im['error'])} | "
+                         f"{_cell(im['note'])} |")
+        lines += ["", "Gains are validation-loss deltas (without the seed minus with it); error is measured minus "
+                  "predicted. The running error is Go's (core/nissa), as the metrics report it.", ""]
     plots = list(plots)
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def _impact_line(view: RunView) -> str:
+    """The impact analysis in one line, from Go's running totals of the latest impact event."""
+    r = view.impact_running
+    if not view.impacts:
+        return "no adaptation ended"
+    mae = r.get("mean_abs_error")
+    err = f"mean |error| {_num(mae)} over {r.get('compared', 0)} compared" if mae is not None else \
+        "no running error (no adaptation had both a prediction and a measurement)"
+    return (f"{r.get('ended', len(view.impacts))} ended, {r.get('predicted', 0)} with a prediction, "
+            f"{r.get('measured', 0)} measured; {err}")
 
 
 def _mark(ax: Any, view: RunView, seen: set[str], legend: bool) -> None:
@@ -392,17 +434,13 @@ class LogFollower:
         self._partial = b""
 
     def _lines(self, data: bytes) -> Iterator[dict[str, Any]]:
-        import json
-
         data = self._partial + data
         *whole, self._partial = data.split(b"\n")
         for raw in whole:
             try:
-                ev = json.loads(raw)
+                yield oona.decode_event(raw)
             except ValueError:
                 continue  # a line cut by a crash (docs/events.md)
-            if isinstance(ev, dict) and "id" in ev and "kind" in ev:
-                yield ev
 
     def poll(self) -> list[dict[str, Any]]:
         """The events appended since the last call (complete lines only)."""
@@ -462,7 +500,9 @@ def render_frame(view: RunView, *, last_decisions: int = 5, last_alarms: int = 3
             out.append(f"  {label} {curve}")
     c = view.counts()
     out.append(f"germinated {c['germinations']}  fossilized {c['fossilizations']}  pruned {c['prunes']}  "
-               f"rollbacks {c['rollbacks']}  alarms {c['alarms']}  failures {view.failures}")
+               f"rollbacks {c['rollbacks']}  alarms {c['alarms']}+{c['nissa_alarms']} (governor+nissa)  "
+               f"failures {view.failures}")
+    out.append(f"impact: {_impact_line(view)}")
     out.append("")
     names = view.layers or sorted({str(k[0]) for k in view.states})
     slots = max([view.slots_per_layer] + [k[1] + 1 for k in view.states])
@@ -485,7 +525,8 @@ def render_frame(view: RunView, *, last_decisions: int = 5, last_alarms: int = 3
         out.append(line if len(line) <= width else line[: width - 3] + "...")
     out.append("alarms:" if view.alarms else "alarms: none")
     for a in view.alarms[-last_alarms:]:
-        out.append(f"  e{a['epoch']} s{a['step']}: {a['reason']}{' (seed ' + a['where'] + ')' if a['where'] else ''}")
+        out.append(f"  e{a['epoch']} s{a['step']} {a['source']}: {a['reason']}"
+                   f"{' (seed ' + a['where'] + ')' if a['where'] else ''}")
     return "\n".join(out)
 
 
@@ -494,8 +535,25 @@ def _show(frame: str, stream: IO[str], tty: bool) -> None:
     stream.flush()
 
 
-def monitor(run: str, *, rank: int = 0, root: str | os.PathLike[str] | None = None, interval: float = 1.0,
-            replay: bool = False, speed: float = 4.0, once: bool = False, stream: IO[str] | None = None) -> int:
+def _caught_up(follower: oona.NatsFollower, interval: float) -> Iterator[dict[str, Any]]:
+    """The events a NATS follower receives until it has caught up with what the server holds: the
+    stream has nothing more for it (JetStream: Go counts what the stream holds that it has not
+    handed out), or, where that is not known (a core subscription), a poll of ``interval`` seconds
+    brought nothing; or 5 intervals (at least 5 s) passed without a connection."""
+    deadline = time.monotonic() + max(5.0, 5 * interval)
+    while True:
+        fresh = follower.poll(interval)
+        yield from fresh
+        mode, pending = follower.state.get("mode"), follower.state.get("pending", -1)
+        if mode == "jetstream" and pending == 0:
+            return
+        if not fresh and ((mode and pending < 0) or time.monotonic() > deadline):
+            return
+
+
+def monitor(run: str | None, *, rank: int = 0, root: str | os.PathLike[str] | None = None, interval: float = 1.0,
+            replay: bool = False, speed: float = 4.0, once: bool = False, stream: IO[str] | None = None,
+            nats: str | None = None, subject: str | None = None, nats_options: dict[str, Any] | None = None) -> int:
     """Show a run in the terminal (``esper monitor``); returns the exit status.
 
     Following (the default): redraw every ``interval`` seconds while the run log grows, and return
@@ -503,11 +561,24 @@ def monitor(run: str, *, rank: int = 0, root: str | os.PathLike[str] | None = No
     ``speed`` epochs per second (0: as fast as possible), and return at its end. ``once``: print
     one frame of the log as it is now. Frames clear the screen only on a terminal.
 
+    With ``nats`` (a server URL) the events come from NATS instead of the run log
+    (:class:`esper.oona.NatsFollower`: the JetStream stream from the run's start, or the core
+    subjects from now on), for run ``run`` (rank ``rank``) or for ``subject``; ``nats_options``
+    are the connection's (credentials, TLS). ``once`` and ``replay`` then read what the server
+    holds until the follower has caught up. A view shows one run: with a wildcard subject, the
+    first whose events arrive; other runs' events are left out.
+
     Raises:
-        FileNotFoundError: no such run.
+        FileNotFoundError: no such run (reading the run log).
+        esper.InvalidArgumentError: a bad NATS setting.
     """
     stream = stream or sys.stdout
     tty = stream.isatty() if not isinstance(stream, io.StringIO) else False
+    if nats:
+        return _monitor_nats(run, rank=rank, interval=interval, replay=replay, speed=speed, once=once,
+                             stream=stream, tty=tty, url=nats, subject=subject, options=nats_options or {})
+    if not run:
+        raise FileNotFoundError("no run given: name the run (see `esper runs`)")
     follower = LogFollower(run, rank=rank, root=root)
     view = RunView(run=run)
     try:
@@ -534,5 +605,37 @@ def monitor(run: str, *, rank: int = 0, root: str | os.PathLike[str] | None = No
             if view.ended:
                 return 0
             time.sleep(interval)
+    finally:
+        follower.close()
+
+
+def _monitor_nats(run: str | None, *, rank: int, interval: float, replay: bool, speed: float, once: bool,
+                  stream: IO[str], tty: bool, url: str, subject: str | None, options: dict[str, Any]) -> int:
+    """``monitor`` with its events from NATS (see :func:`monitor`)."""
+    follower = oona.NatsFollower(url, None if subject else run, rank=rank, subject=subject, **options)
+    view = RunView(run=run or "")
+
+    def add(ev: dict[str, Any]) -> bool:
+        if view.run and ev.get("run") != view.run:
+            return False  # another run on a wildcard subject
+        view.add(ev)
+        return True
+
+    try:
+        if once or replay:
+            for ev in _caught_up(follower, interval):
+                if add(ev) and replay and ev.get("kind") == "epoch":
+                    _show(render_frame(view), stream, tty)
+                    if speed > 0:
+                        time.sleep(1.0 / speed)
+            _show(render_frame(view), stream, tty)
+            return 0
+        _show(render_frame(view), stream, tty)
+        while True:
+            fresh = [ev for ev in follower.poll(interval) if add(ev)]
+            if fresh:
+                _show(render_frame(view), stream, tty)
+            if view.ended:
+                return 0
     finally:
         follower.close()

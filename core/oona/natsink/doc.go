@@ -17,5 +17,12 @@
 // plaintext connection to a host other than loopback is refused unless
 // Config.AllowPlaintext is set.
 //
-// Concurrency: Stats and Close are safe for concurrent use.
+// A Follower is the other end: it receives one run's events (or a
+// subject's) from the server, from the stream's start with an ordered
+// consumer, or live from the core subjects when the server has no stream,
+// and hands them out as the raw JSON lines the run log holds (Poll); it
+// decodes nothing. `esper monitor --nats` reads runs through it.
+//
+// Concurrency: Stats and Close are safe for concurrent use; so are a
+// Follower's Poll, Stats and Close.
 package natsink

@@ -146,6 +146,27 @@ func checkURL(cfg Config) (string, error) {
 	return strings.Join(shown, ","), nil
 }
 
+// authOptions returns cfg's credentials and TLS as connection options.
+func authOptions(cfg Config) []nats.Option {
+	var opts []nats.Option
+	if cfg.Creds != "" {
+		opts = append(opts, nats.UserCredentials(cfg.Creds))
+	}
+	if cfg.User != "" {
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	}
+	if cfg.Token != "" {
+		opts = append(opts, nats.Token(cfg.Token))
+	}
+	if cfg.CA != "" {
+		opts = append(opts, nats.RootCAs(cfg.CA))
+	}
+	if cfg.Cert != "" || cfg.Key != "" {
+		opts = append(opts, nats.ClientCert(cfg.Cert, cfg.Key))
+	}
+	return opts
+}
+
 func loopback(host string) bool {
 	if host == "localhost" {
 		return true
@@ -187,22 +208,7 @@ func Open(b *oona.Bus, cfg Config) (*Sink, error) {
 		}),
 		nats.NoCallbacksAfterClientClose(),
 	}
-	if cfg.Creds != "" {
-		opts = append(opts, nats.UserCredentials(cfg.Creds))
-	}
-	if cfg.User != "" {
-		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
-	}
-	if cfg.Token != "" {
-		opts = append(opts, nats.Token(cfg.Token))
-	}
-	if cfg.CA != "" {
-		opts = append(opts, nats.RootCAs(cfg.CA))
-	}
-	if cfg.Cert != "" || cfg.Key != "" {
-		opts = append(opts, nats.ClientCert(cfg.Cert, cfg.Key))
-	}
-	nc, err := nats.Connect(cfg.URL, opts...)
+	nc, err := nats.Connect(cfg.URL, append(opts, authOptions(cfg)...)...)
 	if err != nil {
 		return nil, fmt.Errorf("natsink: connect %s: %v: %w", shown, err, errcode.ErrUnavailable)
 	}

@@ -4,6 +4,7 @@ sources are present) and through the C ABI from Python (ctypes, JSON and copies 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -11,7 +12,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,13 +194,11 @@ def bus_rows(rounds: int, quick: bool = False) -> list[Row]:
     return rows + _nats_rows(rounds, 200 if quick else 2000)
 
 
-def _nats_rows(rounds: int, events: int) -> list[Row]:
-    """Publish-to-receive latency through a local nats-server (build/bin/esper-nats, started here on
-    loopback with JetStream in a temporary folder): p99 per round."""
+@contextlib.contextmanager
+def local_nats() -> Iterator[str]:
+    """A local nats-server (build/bin/esper-nats; ``esper oona serve``'s command) with JetStream in a
+    temporary folder, on a free loopback port, for the time of the block: yields its URL."""
     import socket
-    import subprocess
-    import tempfile
-    import time
 
     from .. import oona
 
@@ -219,11 +218,19 @@ def _nats_rows(rounds: int, events: int) -> list[Row]:
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError("the NATS server did not start") from None
                     time.sleep(0.05)
-            url = f"nats://127.0.0.1:{port}"
-            measured = [oona.measure_nats(url, events) for _ in range(rounds)]
+            yield f"nats://127.0.0.1:{port}"
         finally:
             proc.kill()
             proc.wait()
+
+
+def _nats_rows(rounds: int, events: int) -> list[Row]:
+    """Publish-to-receive latency through a local nats-server (build/bin/esper-nats, started here on
+    loopback with JetStream in a temporary folder): p99 per round."""
+    from .. import oona
+
+    with local_nats() as url:
+        measured = [oona.measure_nats(url, events) for _ in range(rounds)]
     p99 = [m["p99_us"] for m in measured]
     return [samples_row("bus", "Oona through local NATS (JetStream), publish to receive, p99", "cpu", p99, "us",
                         target=value_at_most(2000, "p99 < 2 ms", strict=True), source="ABI",

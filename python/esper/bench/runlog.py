@@ -1,0 +1,201 @@
+"""What the run log and the NATS transport cost a training run (section ``bus``).
+
+- *Per step and per epoch*: the dormant wrapped TinyMLP trained with its session attached to its
+  Oona bus and run log (events.jsonl in a temporary folder, the default: always on) against the same
+  model and step with the session detached from the bus (``session.attach_oona(None)``: nothing is
+  published or written). A dormant step publishes nothing; an epoch (20 steps and ``end_epoch``)
+  publishes its epoch and health events and waits until the run log has handed them to the OS
+  (fsync at most once a second). Interleaved rounds of the step harness (steps.time_pair), CPU time
+  of the process (the run log's writer goroutine included), the median of per-round ratios; an A/A
+  row gives the pairing's noise floor.
+- *Footprint*: the size of ``libesper.so``, and the resident memory of a process that ran a short
+  training run with the NATS sink attached (to a local nats-server) against the same run without
+  NATS, each in a fresh subprocess, sides alternating; the same children give the RSS that loading
+  the library adds to a process that has imported torch.
+
+``python -m esper.bench.runlog URL|-`` is the child: it prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .rows import Row, ratio_at_most, samples_row
+
+__all__ = ["runlog_rows", "footprint_rows"]
+
+
+def runlog_rows(device: torch.device, settings: Any) -> list[Row]:
+    """The run log's cost on a dormant training step and on an epoch (see the module doc)."""
+    from .. import wrap
+    from . import models
+    from .steps import MODELS, _adam, _close, _morph, _row, make_step
+
+    names = {"step": "train step, run log on vs off (dormant, no event per step): TinyMLP",
+             "epoch": "epoch of 20 steps + end_epoch, run log on vs off: TinyMLP",
+             "aa": "A/A control, epoch, run log off on both sides: TinyMLP"}
+    if not any(settings.wants(n) for n in names.values()):
+        return []
+    spec = next(m for m in MODELS if m.label == "TinyMLP")
+    rows: list[Row | None] = []
+    with tempfile.TemporaryDirectory(prefix="esper-bench-runlog-") as runs:
+        torch.manual_seed(0)
+        plain = spec.build().to(device)
+        x, y = models.make_batch(spec.batch_kind, spec.batch, device)
+        morphs, steps = [], []
+        for _ in range(3):  # on, off, off (the A/A partner)
+            model = wrap(copy.deepcopy(plain), list(spec.targets))
+            opt = _adam(model)
+            morph = _morph(model, opt, runs=runs)
+            morphs.append(morph)
+            steps.append(make_step(model, opt, x, y, morph))
+        on, off, off2 = morphs
+        off.session.attach_oona(None)  # detached: no event published, nothing written
+        off2.session.attach_oona(None)
+
+        def epoch_of(i: int) -> Callable[[], None]:
+            step, morph = steps[i], morphs[i]
+
+            def run() -> None:
+                for _ in range(20):
+                    step()
+                morph.end_epoch(val_loss=1.0)
+
+            return run
+
+        per_epoch = dataclasses.replace(settings, block_s=max(settings.block_s, 0.05), warmup=2)
+        try:
+            rows.append(_row("bus", names["step"], device, settings, steps[0], steps[1],
+                             "same step, session detached from its bus (no run log)", ratio_at_most(1.02, "< 2%"),
+                             f"{spec.what}; dormant, manual policy: a step publishes no event"))
+            rows.append(_row("bus", names["epoch"], device, per_epoch, epoch_of(0), epoch_of(1),
+                             "same epoch, session detached from its bus (no run log)", ratio_at_most(1.02, "< 2%"),
+                             f"{spec.what}; end_epoch publishes the epoch and health events and waits until the "
+                             f"run log has written them to the OS (fsync at most once a second; {runs})"))
+            rows.append(_row("bus", names["aa"], device, per_epoch, epoch_of(2), epoch_of(1), "the same epoch",
+                             None, "informative: how far two identical sides differ here"))
+            written = on.oona.stats()["log"]
+        finally:
+            _close(*morphs)
+    kept = [r for r in rows if r is not None]
+    for r in kept:
+        if "run log on" in r.name:
+            r.extra.update(run_log_lines=written["lines"], run_log_bytes=written["bytes"],
+                           run_log_syncs=written["syncs"])
+    return kept
+
+
+def _child(url: str) -> dict[str, float]:
+    """A short training run with or without the NATS sink; RSS (MiB) at each stage."""
+
+    def rss() -> float:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS in /proc/self/status")
+
+    from torch import nn
+
+    torch.set_num_threads(1)
+    with_torch = rss()
+    import esper
+    from esper import _lib
+
+    _lib.lib()
+    with_lib = rss()
+    torch.manual_seed(0)
+    model = esper.wrap(nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10)), target_modules=["0"])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with tempfile.TemporaryDirectory(prefix="esper-bench-rss-") as runs:
+        morph = esper.Morphogenesis(model, opt, policy="manual", runs=runs, nats_url=url)
+        x, y = torch.randn(16, 32), torch.randint(0, 10, (16,))
+        for epoch in range(5):
+            for _ in range(20):
+                loss = nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                morph.step(loss)
+            if epoch == 1:
+                morph.germinate(0, 0, "residual_mlp", width=4)
+            morph.end_epoch(val_loss=1.0)
+        sent = -1
+        if url:
+            import time
+
+            deadline = time.monotonic() + 20
+            while morph.oona.stats()["nats"]["pending"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            sent = morph.oona.stats()["nats"]["sent"]
+        after = rss()
+        morph.close()
+    return {"torch_mb": with_torch, "lib_mb": with_lib, "run_mb": after, "sent": sent}
+
+
+def _run_child(url: str) -> dict[str, float]:
+    env = {k: v for k, v in os.environ.items() if k != "ESPER_NATS_URL"}
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run([sys.executable, "-m", "esper.bench.runlog", url or "-"], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"runlog subprocess ({url or 'no NATS'}) failed: {proc.stderr.strip()[-500:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def footprint_rows(rounds: int, settings: Any) -> list[Row]:
+    """libesper.so's size; RSS of a short run with the NATS sink against without; RSS of loading the
+    library (see the module doc)."""
+    from .. import _lib
+    from .native import local_nats
+
+    names = {"size": "libesper.so size (NATS client linked in, no server)",
+             "rss": "process RSS after a short run, NATS sink attached vs not: 2-layer MLP",
+             "load": "RSS added by loading libesper.so (after import torch)"}
+    rows = []
+    if settings.wants(names["size"]):
+        _lib.lib()
+        path = Path(_lib.library_path())
+        rows.append(samples_row("bus", names["size"], "cpu", [path.stat().st_size / 2**20], "MB", target=None,
+                                source="python", note=f"{path.name} as loaded (stripped, -s -w)"))
+    if not (settings.wants(names["rss"]) or settings.wants(names["load"])):
+        return rows
+    got: dict[str, list[dict[str, float]]] = {"nats": [], "none": []}
+    with local_nats() as url:
+        for r in range(rounds):
+            for side in ("nats", "none") if r % 2 == 0 else ("none", "nats"):
+                got[side].append(_run_child(url if side == "nats" else ""))
+    with_nats = [c["run_mb"] for c in got["nats"]]
+    without = [c["run_mb"] for c in got["none"]]
+    base = statistics.median(without)
+    sent = [c["sent"] for c in got["nats"]]
+    if settings.wants(names["rss"]):
+        rows.append(samples_row(
+            "bus", names["rss"], "cpu", with_nats, "MB", target=None, source="python", baseline=base,
+            baseline_name="the same run without NATS",
+            note=f"VmRSS after 5 epochs of 20 steps and a germination, events sent to a local nats-server "
+                 f"(JetStream) and acknowledged ({min(sent)}..{max(sent)} events); fresh subprocess per run, "
+                 f"sides alternating; added {statistics.median(with_nats) - base:+.1f} MB",
+            extra={"without_runs_mb": without, "events_sent": sent}))
+    if settings.wants(names["load"]):
+        loads = [c["lib_mb"] - c["torch_mb"] for side in got.values() for c in side]
+        rows.append(samples_row("bus", names["load"], "cpu", loads, "MB", target=None, source="python",
+                                note="VmRSS after loading the library minus before, in the same children"))
+    return rows
+
+
+if __name__ == "__main__":
+    print(json.dumps(_child("" if sys.argv[1] == "-" else sys.argv[1])))
