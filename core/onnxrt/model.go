@@ -3,6 +3,7 @@ package onnxrt
 import (
 	"fmt"
 	"os"
+	"sync"
 
 	ort "github.com/yalue/onnxruntime_go"
 )
@@ -26,6 +27,9 @@ type Options struct {
 // (batch may be dynamic) and one or more float32 outputs [batch, k] or
 // [batch].
 type Model struct {
+	// mu is held shared by Run and exclusively by Close, so closing waits
+	// for the runs in flight and no run sees a destroyed session.
+	mu       sync.RWMutex
 	path     string
 	sess     *ort.DynamicAdvancedSession
 	input    string
@@ -102,6 +106,8 @@ func (m *Model) Outputs() []Output { return append([]Output(nil), m.outputs...) 
 // values) and returns each output's values row-major ([rows*k] for an output
 // of width k), in the order of Outputs. x is not modified or kept.
 func (m *Model) Run(x []float32, rows int) ([][]float32, error) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
 	if m.sess == nil {
 		return nil, fmt.Errorf("onnxrt: run %s: the model is closed", m.path)
 	}
@@ -143,8 +149,10 @@ func (m *Model) Run(x []float32, rows int) ([][]float32, error) {
 }
 
 // Close releases the session. Safe to call more than once; Run after Close
-// returns an error. Close must not run while a Run on the same Model does.
+// returns an error; Close waits for the runs in flight.
 func (m *Model) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.sess == nil {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package onnxrt
+package onnxrt_test
 
 import (
 	"errors"
@@ -10,6 +10,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	. "github.com/esper-morph/esper/core/onnxrt"
+	"github.com/esper-morph/esper/core/onnxrt/onnxtest"
 )
 
 // libPath is the library `make onnxruntime` installs beside libesper.so, or
@@ -39,7 +42,7 @@ func runtimeFor(t *testing.T) *Runtime {
 	return rt
 }
 
-func randomMLP(rng *rand.Rand, n, h, k int, sum bool) mlp {
+func randomMLP(rng *rand.Rand, n, h, k int, sum bool) onnxtest.MLP {
 	vals := func(c int, scale float64) []float32 {
 		v := make([]float32, c)
 		for i := range v {
@@ -47,8 +50,8 @@ func randomMLP(rng *rand.Rand, n, h, k int, sum bool) mlp {
 		}
 		return v
 	}
-	return mlp{n: n, h: h, k: k, w1: vals(n*h, 1/math.Sqrt(float64(n))), b1: vals(h, 0.1),
-		w2: vals(h*k, 1/math.Sqrt(float64(h))), b2: vals(k, 0.1), sum: sum}
+	return onnxtest.MLP{N: n, H: h, K: k, W1: vals(n*h, 1/math.Sqrt(float64(n))), B1: vals(h, 0.1),
+		W2: vals(h*k, 1/math.Sqrt(float64(h))), B2: vals(k, 0.1), Sum: sum}
 }
 
 func writeModel(t *testing.T, data []byte) string {
@@ -127,7 +130,7 @@ func TestRunMatchesReference(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			p := randomMLP(rng, c.n, c.h, c.k, c.sum)
-			m, err := rt.Open(writeModel(t, p.onnx()), Options{})
+			m, err := rt.Open(writeModel(t, p.ONNX()), Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -152,7 +155,7 @@ func TestRunMatchesReference(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				want := p.forward(x, rows)
+				want := p.Forward(x, rows)
 				if len(got[0]) != len(want) {
 					t.Fatalf("rows %d: %d values, want %d", rows, len(got[0]), len(want))
 				}
@@ -186,9 +189,9 @@ func TestReferenceCatchesPerturbation(t *testing.T) {
 	rt := runtimeFor(t)
 	p := randomMLP(rand.New(rand.NewPCG(3, 4)), 10, 16, 1, false)
 	bad := p
-	bad.w2 = append([]float32(nil), p.w2...)
-	bad.w2[0] += 1e-3
-	m, err := rt.Open(writeModel(t, bad.onnx()), Options{})
+	bad.W2 = append([]float32(nil), p.W2...)
+	bad.W2[0] += 1e-3
+	m, err := rt.Open(writeModel(t, bad.ONNX()), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +204,7 @@ func TestReferenceCatchesPerturbation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := p.forward(x, 4)
+	want := p.Forward(x, 4)
 	var worst float64
 	for i := range want {
 		worst = math.Max(worst, math.Abs(float64(got[0][i])-want[i]))
@@ -214,7 +217,7 @@ func TestReferenceCatchesPerturbation(t *testing.T) {
 func TestRunErrors(t *testing.T) {
 	rt := runtimeFor(t)
 	p := randomMLP(rand.New(rand.NewPCG(5, 6)), 4, 8, 2, false)
-	m, err := rt.Open(writeModel(t, p.onnx()), Options{Threads: 2})
+	m, err := rt.Open(writeModel(t, p.ONNX()), Options{Threads: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,15 +250,15 @@ func TestRunErrors(t *testing.T) {
 func TestOpenRefuses(t *testing.T) {
 	rt := runtimeFor(t)
 	p := randomMLP(rand.New(rand.NewPCG(7, 8)), 3, 4, 1, false)
-	intInput := model(
-		[][]byte{node("Cast", []string{"x"}, []string{"y"}, map[string]int64{"to": onnxFloat})}, nil,
-		[][]byte{valueInfo("x", onnxInt64, []int64{-1, 3})}, [][]byte{valueInfo("y", onnxFloat, []int64{-1, 3})})
-	rank3 := model(
-		[][]byte{node("Relu", []string{"x"}, []string{"y"}, nil)}, nil,
-		[][]byte{valueInfo("x", onnxFloat, []int64{-1, 3, 2})}, [][]byte{valueInfo("y", onnxFloat, []int64{-1, 3, 2})})
-	dynamicWidth := model(
-		[][]byte{node("Relu", []string{"x"}, []string{"y"}, nil)}, nil,
-		[][]byte{valueInfo("x", onnxFloat, []int64{-1, -1})}, [][]byte{valueInfo("y", onnxFloat, []int64{-1, -1})})
+	intInput := onnxtest.Model(
+		[][]byte{onnxtest.Node("Cast", []string{"x"}, []string{"y"}, map[string]int64{"to": onnxtest.Float})}, nil,
+		[][]byte{onnxtest.ValueInfo("x", onnxtest.Int64, []int64{-1, 3})}, [][]byte{onnxtest.ValueInfo("y", onnxtest.Float, []int64{-1, 3})})
+	rank3 := onnxtest.Model(
+		[][]byte{onnxtest.Node("Relu", []string{"x"}, []string{"y"}, nil)}, nil,
+		[][]byte{onnxtest.ValueInfo("x", onnxtest.Float, []int64{-1, 3, 2})}, [][]byte{onnxtest.ValueInfo("y", onnxtest.Float, []int64{-1, 3, 2})})
+	dynamicWidth := onnxtest.Model(
+		[][]byte{onnxtest.Node("Relu", []string{"x"}, []string{"y"}, nil)}, nil,
+		[][]byte{onnxtest.ValueInfo("x", onnxtest.Float, []int64{-1, -1})}, [][]byte{onnxtest.ValueInfo("y", onnxtest.Float, []int64{-1, -1})})
 	cases := []struct {
 		name string
 		path string
@@ -273,7 +276,7 @@ func TestOpenRefuses(t *testing.T) {
 		}
 	}
 	// The good model still opens (the refusals left nothing behind).
-	m, err := rt.Open(writeModel(t, p.onnx()), Options{})
+	m, err := rt.Open(writeModel(t, p.ONNX()), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +286,7 @@ func TestOpenRefuses(t *testing.T) {
 func TestConcurrentRuns(t *testing.T) {
 	rt := runtimeFor(t)
 	p := randomMLP(rand.New(rand.NewPCG(9, 10)), 12, 32, 1, false)
-	m, err := rt.Open(writeModel(t, p.onnx()), Options{})
+	m, err := rt.Open(writeModel(t, p.ONNX()), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,7 +302,7 @@ func TestConcurrentRuns(t *testing.T) {
 			for i := range x {
 				x[i] = float32(i%7) - float32(g)
 			}
-			want := p.forward(x, rows)
+			want := p.Forward(x, rows)
 			for it := 0; it < 50; it++ {
 				got, err := m.Run(x, rows)
 				if err != nil {

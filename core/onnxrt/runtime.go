@@ -13,7 +13,7 @@
 // unloading a library a running process used is unsafe), so Load initialises
 // them once under a lock and later calls return the same Runtime. A Model may
 // be run from many goroutines at once (ONNX Runtime's Run is thread-safe;
-// every call has its own tensors); Close must not race Run.
+// every call has its own tensors); Close waits for the runs in flight.
 package onnxrt
 
 import (
