@@ -80,6 +80,10 @@ func hostFeatures(h blueprint.Host) (in, out float64) {
 	return float64(max(1, h.In)), float64(max(1, h.Out))
 }
 
+// FillFeatures writes the sample's features, named by names (a subset of
+// FeatureNames, in any order), into x (len(names)).
+func FillFeatures(names []string, s *Sample, x []float64) { featureVector(names, s, x) }
+
 // featureVector fills x (len(names)) with the sample's features.
 func featureVector(names []string, s *Sample, x []float64) {
 	in, out := hostFeatures(s.Host)
@@ -88,6 +92,10 @@ func featureVector(names []string, s *Sample, x []float64) {
 	lp := math.Log1p(float64(max(0, s.ParamCount)))
 	pos := func(name string) float64 { return math.Log1p(math.Max(0, s.Signals.Get(name, 0))) }
 	clamp := func(v, lo, hi float64) float64 { return math.Min(hi, math.Max(lo, v)) }
+	tpl, actName, layoutName := "tpl:"+s.Template, "", "layout:"+layout
+	if act != "" {
+		actName = "act:" + act
+	}
 	for i, n := range names {
 		var v float64
 		switch n {
@@ -111,7 +119,7 @@ func featureVector(names []string, s *Sample, x []float64) {
 			v = clamp(s.Signals.Get("eff_rank", 0)/out, 0, 1)
 		default:
 			switch {
-			case n == "tpl:"+s.Template, act != "" && n == "act:"+act, n == "layout:"+layout:
+			case n == tpl, actName != "" && n == actName, n == layoutName:
 				v = 1
 			}
 		}
