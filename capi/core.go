@@ -163,10 +163,10 @@ func esper_init(settingsJSON *C.char) C.int {
 			debug.SetMaxThreads(s.MaxThreads)
 		}
 		slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
-		if s.OnnxruntimeLib != nil && *s.OnnxruntimeLib != "" {
-			ortMu.Lock()
-			ortLib = *s.OnnxruntimeLib
-			ortMu.Unlock()
+		if s.OnnxruntimeLib != nil {
+			setOnnxruntimeLib(*s.OnnxruntimeLib)
+		} else {
+			setOnnxruntimeLib("")
 		}
 		if s.EsperHome != nil {
 			home := *s.EsperHome

@@ -9,7 +9,6 @@ import "C"
 import (
 	"fmt"
 	"path/filepath"
-	"sync"
 
 	"github.com/esper-morph/esper/blueprint/canon"
 	"github.com/esper-morph/esper/core/errcode"
@@ -23,26 +22,23 @@ import (
 // onnxruntimeLibName is the file `make onnxruntime` places beside libesper.so.
 const onnxruntimeLibName = "libonnxruntime.so.1"
 
-// ortMu guards ortLib.
-var ortMu sync.Mutex
-
-// ortLib is the onnxruntime_lib given to esper_init ("" until one is given).
-var ortLib string
-
-// onnxruntimeLib is the ONNX Runtime library to load: the path given to
-// esper_init (the caller's ESPER_ONNXRUNTIME_LIB), else libonnxruntime.so.1
-// in the folder of libesper.so.
-func onnxruntimeLib() string {
-	ortMu.Lock()
-	p := ortLib
-	ortMu.Unlock()
-	if p != "" {
-		return p
-	}
+// defaultOnnxruntimeLib is libonnxruntime.so.1 in the folder of libesper.so
+// (the bare name when the loader does not say where libesper.so is).
+func defaultOnnxruntimeLib() string {
 	if self := selfPath(); self != "" {
 		return filepath.Join(filepath.Dir(self), onnxruntimeLibName)
 	}
 	return onnxruntimeLibName
+}
+
+// setOnnxruntimeLib records the library the ONNX runtime loads: path, or
+// the default beside libesper.so when path is "" and none was set yet.
+func setOnnxruntimeLib(path string) {
+	if path != "" {
+		onnxrt.SetDefaultLibrary(path)
+	} else if onnxrt.DefaultLibrary() == "" {
+		onnxrt.SetDefaultLibrary(defaultOnnxruntimeLib())
+	}
 }
 
 // nnConfig is esper_nn_open's argument.
@@ -72,7 +68,8 @@ func esper_nn_open(configJSON *C.char, out *C.uint64_t) C.int {
 		if cfg.Threads < 0 || cfg.Threads > 64 {
 			return fmt.Errorf("nn open: threads %d is not in [0, 64]: %w", cfg.Threads, errcode.ErrInvalid)
 		}
-		m, err := infer.OpenDir(cfg.Dir, infer.Options{Runtime: cfg.Runtime, ONNXRuntimeLib: onnxruntimeLib(), Threads: cfg.Threads})
+		setOnnxruntimeLib("") // a caller that skipped esper_init gets the default
+		m, err := infer.OpenDir(cfg.Dir, infer.Options{Runtime: cfg.Runtime, Threads: cfg.Threads})
 		if err != nil {
 			return fmt.Errorf("nn open: %w", err)
 		}

@@ -59,7 +59,8 @@ type Options struct {
 	// Runtime is Native ("" means Native) or ONNX.
 	Runtime string
 	// ONNXRuntimeLib is the path of libonnxruntime.so, read when Runtime is
-	// ONNX (loaded once per process: see core/onnxrt).
+	// ONNX ("" means onnxrt.DefaultLibrary; loaded once per process: see
+	// core/onnxrt).
 	ONNXRuntimeLib string
 	// Threads is ONNX Runtime's thread count per forward (0: 1).
 	Threads int
@@ -118,12 +119,16 @@ func openONNX(dir string, in, out int, opts Options) (Model, error) {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("infer: model folder %s has no %s (export one with esper.onnxrt.export_onnx, or use runtime %q): %w", dir, ONNXFile, Native, ErrNoModel)
 	}
-	rt, err := onnxrt.Load(opts.ONNXRuntimeLib)
+	lib := opts.ONNXRuntimeLib
+	if lib == "" {
+		lib = onnxrt.DefaultLibrary()
+	}
+	rt, err := onnxrt.Load(lib)
 	if err != nil {
 		if errors.Is(err, onnxrt.ErrNoLibrary) {
 			return nil, fmt.Errorf("infer: runtime %q needs libonnxruntime.so.1 (ONNX Runtime >= 1.24), not found at %q: "+
 				"run `make onnxruntime` (it installs it beside libesper.so) or set ESPER_ONNXRUNTIME_LIB to its path: %w",
-				ONNX, opts.ONNXRuntimeLib, ErrNoRuntime)
+				ONNX, lib, ErrNoRuntime)
 		}
 		return nil, fmt.Errorf("infer: %w: %w", err, ErrNoRuntime)
 	}

@@ -38,22 +38,45 @@ type Runtime struct {
 	version string
 }
 
-// process holds the one Runtime of the process. ONNX Runtime's environment
-// is process-global state owned by onnxruntime_go; this lock and pointer only
-// record whether (and from where) it was initialised.
+// process holds the one Runtime of the process and the library path Load
+// uses when given none. ONNX Runtime's environment is process-global state
+// owned by onnxruntime_go; this lock and these fields only record whether
+// (and from where) it was initialised, and where to find it: like the
+// library itself, they are per process.
 var process struct {
-	mu sync.Mutex
-	rt *Runtime
+	mu      sync.Mutex
+	rt      *Runtime
+	library string
 }
 
-// Load loads the ONNX Runtime library at path and initialises its
-// environment, once per process. A later call returns the same Runtime when
+// SetDefaultLibrary sets the path Load uses when it is given "" (the C ABI
+// sets it: the caller's ESPER_ONNXRUNTIME_LIB, else the file beside
+// libesper.so). It does not change an already loaded Runtime.
+func SetDefaultLibrary(path string) {
+	process.mu.Lock()
+	defer process.mu.Unlock()
+	process.library = path
+}
+
+// DefaultLibrary is the path Load uses when it is given "" ("" when none
+// was set).
+func DefaultLibrary() string {
+	process.mu.Lock()
+	defer process.mu.Unlock()
+	return process.library
+}
+
+// Load loads the ONNX Runtime library at path ("" means DefaultLibrary) and
+// initialises its environment, once per process. A later call returns the same Runtime when
 // path names the same file, and an error when it names another (a process
 // cannot hold two ONNX Runtimes). A failed load leaves nothing loaded, so a
 // later call may try another path.
 func Load(path string) (*Runtime, error) {
 	process.mu.Lock()
 	defer process.mu.Unlock()
+	if path == "" {
+		path = process.library
+	}
 	if rt := process.rt; rt != nil {
 		if same(rt.path, path) {
 			return rt, nil
@@ -61,7 +84,7 @@ func Load(path string) (*Runtime, error) {
 		return nil, fmt.Errorf("onnxrt: load %s: this process already loaded ONNX Runtime from %s, and a process holds one", path, rt.path)
 	}
 	if path == "" {
-		return nil, fmt.Errorf("onnxrt: load: no library path given: %w", ErrNoLibrary)
+		return nil, fmt.Errorf("onnxrt: load: no library path given and no default set: %w", ErrNoLibrary)
 	}
 	st, err := os.Stat(path)
 	if err != nil {

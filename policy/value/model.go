@@ -10,6 +10,7 @@ import (
 
 	"github.com/esper-morph/esper/blueprint/canon"
 	"github.com/esper-morph/esper/core/errcode"
+	"github.com/esper-morph/esper/core/infer"
 	"github.com/esper-morph/esper/core/nn"
 )
 
@@ -51,6 +52,8 @@ type Model struct {
 	dir      string
 	manifest Manifest
 	net      *nn.MLP
+	// onnx, when set (LoadOn), runs the predictions instead of net.
+	onnx infer.Model
 }
 
 // retrain is the advice every load error ends with.
@@ -121,6 +124,9 @@ func (m *Model) Manifest() Manifest { return m.manifest }
 // PredictX returns the prediction for one feature vector (FeatureNames
 // order). A non-finite prediction is an error.
 func (m *Model) PredictX(x []float64) (float64, error) {
+	if m.onnx != nil {
+		return m.predictONNX(x)
+	}
 	y, err := m.net.Forward64(nil, x)
 	if err != nil {
 		return 0, fmt.Errorf("value: predict: %w", err)

@@ -35,8 +35,8 @@ func Initializer(name string, dims []int64, data []float32) []byte {
 	for _, d := range dims {
 		t = intField(t, 1, d) // dims
 	}
-	t = intField(t, 2, Float) // data_type
-	t = stringField(t, 8, name)   // name
+	t = intField(t, 2, Float)   // data_type
+	t = stringField(t, 8, name) // name
 	raw := make([]byte, 0, 4*len(data))
 	for _, v := range data {
 		u := math.Float32bits(v)
