@@ -3,6 +3,7 @@ package infer_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -17,7 +18,7 @@ import (
 	"github.com/esper-morph/esper/core/safetensors"
 )
 
-func ortLib(t *testing.T) string {
+func ortLib(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("ESPER_ONNXRUNTIME_LIB"); p != "" {
 		return p
@@ -45,7 +46,7 @@ func transpose(w []float32, r, c int) []float32 {
 
 // folder writes a model folder holding p: model.onnx, model.safetensors
 // (nn.Linear layout, [out, in]) and a manifest naming the layers.
-func folder(t *testing.T, p onnxtest.MLP, withONNX bool) string {
+func folder(t testing.TB, p onnxtest.MLP, withONNX bool) string {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := safetensors.EncodeF32([]safetensors.F32{
@@ -197,4 +198,31 @@ func TestCloseWaitsForForwards(t *testing.T) {
 		t.Fatal(err)
 	}
 	wg.Wait()
+}
+
+// BenchmarkForward times one batched forward of a 40-32-32-1 ReLU network
+// (the value model's default shape) on each runtime at 16 and 200 rows.
+func BenchmarkForward(b *testing.B) {
+	p := randomMLP(11, 40, 32, 1)
+	dir := folder(b, p, true)
+	for _, rt := range []string{infer.Native, infer.ONNX} {
+		m, err := infer.OpenDir(dir, infer.Options{Runtime: rt, ONNXRuntimeLib: ortLib(b)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, rows := range []int{16, 200} {
+			x := make([]float32, rows*40)
+			for i := range x {
+				x[i] = float32(i%13) / 13
+			}
+			b.Run(fmt.Sprintf("%s/%d", rt, rows), func(b *testing.B) {
+				for b.Loop() {
+					if _, err := m.Forward(x, rows); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+		m.Close()
+	}
 }

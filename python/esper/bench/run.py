@@ -199,7 +199,9 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
         return (native.cache_rows(state["go"], plan.rounds, plan.quick)
                 + native.germination_rows(plan.rounds, plan.quick) + recording_rows(plan.rounds, plan.quick))
     if name == "decision":
-        return native.decision_rows(state["go"], plan.rounds, plan.quick)
+        from .nets import net_rows
+
+        return native.decision_rows(state["go"], plan.rounds, plan.quick) + net_rows(plan.rounds, plan.quick)
     if name == "karn":
         from .karnsearch import karn_rows
 
