@@ -56,6 +56,8 @@ $(NATS_SERVER): go.mod go.sum
 	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $@ github.com/nats-io/nats-server/v2
 
 onnxruntime: $(ORT_LIB) ## Fetch libonnxruntime.so.1 (npm onnxruntime-node, checked by sha256) beside libesper.so.
+	@echo "$(ORT_LIB_SHA256)  $(ORT_LIB)" | sha256sum -c --status || { \
+	  echo "make onnxruntime: $(ORT_LIB) is not ONNX Runtime $(ORT_VERSION) as pinned (sha256 differs): remove it and run make onnxruntime again"; exit 1; }
 
 $(ORT_LIB):
 	@mkdir -p $(dir $@) build/onnxruntime
