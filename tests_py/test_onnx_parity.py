@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,27 @@ def test_missing_onnxruntime_names_the_fix(model: tuple[Reference, Path], tmp_pa
     assert str(tmp_path / "absent") in out.stdout
     assert "NATIVE (1, 1)" in out.stdout
     assert UnavailableError is not None
+
+
+def test_threads_share_a_network(model: tuple[Reference, Path]) -> None:
+    """ctypes releases the GIL: four Python threads run one handle of each runtime at once and each
+    gets what a lone call gives."""
+    _, folder = model
+    xs = [np.random.default_rng(i).standard_normal((8 + i, 24)).astype(np.float32) for i in range(4)]
+    with Network(folder, "native") as native, Network(folder, "onnx") as onnx:
+        want = {(rt, i): net.forward(x) for rt, net in (("native", native), ("onnx", onnx)) for i, x in enumerate(xs)}
+        errors: list[str] = []
+
+        def work(i: int) -> None:
+            for _ in range(50):
+                for rt, net in (("native", native), ("onnx", onnx)):
+                    if not np.array_equal(net.forward(xs[i]), want[(rt, i)]):
+                        errors.append(f"thread {i} {rt}")
+                        return
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
