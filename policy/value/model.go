@@ -52,6 +52,11 @@ type Model struct {
 	dir      string
 	manifest Manifest
 	net      *nn.MLP
+	// ctxNames and ctxIdx are the context features and their positions
+	// (PredictPrepared).
+	ctxNames []string
+	ctxIdx   []int
+	split    *nn.Split
 	// onnx, when set (LoadOn), runs the predictions instead of net.
 	onnx infer.Model
 }
@@ -100,7 +105,12 @@ func Load(dir string) (*Model, error) {
 	if net.In() != len(m.Features) || net.Out() != 1 {
 		return nil, bad("the network maps %d inputs to %d outputs, want %d to 1", net.In(), net.Out(), len(m.Features))
 	}
-	return &Model{dir: dir, manifest: m, net: net}, nil
+	ctxNames, ctxIdx := contextIndex(m.Features)
+	split, err := net.Split(ctxIdx)
+	if err != nil {
+		return nil, bad("%v", err)
+	}
+	return &Model{dir: dir, manifest: m, net: net, ctxNames: ctxNames, ctxIdx: ctxIdx, split: split}, nil
 }
 
 func firstDiff(got, want []string) string {

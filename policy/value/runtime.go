@@ -2,7 +2,6 @@ package value
 
 import (
 	"fmt"
-	"math"
 	"runtime"
 
 	"github.com/esper-morph/esper/core/infer"
@@ -39,19 +38,67 @@ func (m *Model) Runtime() string {
 	return infer.Native
 }
 
-// predictONNX is PredictX on the ONNX runtime (float32 in and out).
+// predictONNX is PredictX on the ONNX runtime.
 func (m *Model) predictONNX(x []float64) (float64, error) {
-	row := make([]float32, len(x))
-	for i, v := range x {
-		row[i] = float32(v)
-	}
-	y, err := m.onnx.Forward(row, 1)
+	y, err := m.predictBatchONNX(nil, [][]float64{x})
 	if err != nil {
-		return 0, fmt.Errorf("value: predict: %w", err)
+		return 0, err
 	}
-	v := float64(y[0])
-	if math.IsNaN(v) || math.IsInf(v, 0) {
-		return 0, fmt.Errorf("value: predict: the model gave %v: %w", v, ErrModel)
+	return y[0], nil
+}
+
+// predictBatchONNX is PredictBatchX on the ONNX runtime: one float32 batch
+// in, one forward, float32 out.
+func (m *Model) predictBatchONNX(dst []float64, xs [][]float64) ([]float64, error) {
+	n := len(m.manifest.Features)
+	batch := make([]float32, 0, len(xs)*n)
+	for i, x := range xs {
+		if len(x) != n {
+			return nil, fmt.Errorf("value: predict: row %d has %d features, the model takes %d: %w", i, len(x), n, ErrModel)
+		}
+		for _, v := range x {
+			batch = append(batch, float32(v))
+		}
 	}
-	return v, nil
+	return m.runONNX(dst, batch, len(xs))
+}
+
+// predictPreparedONNX is PredictPrepared on the ONNX runtime: each row is
+// the prepared blueprint's features with the context features of its row
+// (FillPrepared's result), all rows in one forward.
+func (m *Model) predictPreparedONNX(dst []float64, ps []*Prepared, ctx [][]float64) ([]float64, error) {
+	if len(ps) != len(ctx) {
+		return nil, fmt.Errorf("value: predict: %d prepared blueprints for %d context rows: %w", len(ps), len(ctx), ErrModel)
+	}
+	n := len(m.manifest.Features)
+	batch := make([]float32, len(ps)*n)
+	for i, p := range ps {
+		row := batch[i*n : (i+1)*n]
+		for j, v := range p.x {
+			row[j] = float32(v)
+		}
+		if len(ctx[i]) != len(m.ctxIdx) {
+			return nil, fmt.Errorf("value: predict: context row %d has %d values, want %d: %w", i, len(ctx[i]), len(m.ctxIdx), ErrModel)
+		}
+		for k, j := range m.ctxIdx {
+			row[j] = float32(ctx[i][k])
+		}
+	}
+	return m.runONNX(dst, batch, len(ps))
+}
+
+// runONNX runs rows rows of batch and appends the predictions to dst[:0].
+func (m *Model) runONNX(dst []float64, batch []float32, rows int) ([]float64, error) {
+	dst = dst[:0]
+	if rows == 0 {
+		return dst, nil
+	}
+	y, err := m.onnx.Forward(batch, rows)
+	if err != nil {
+		return nil, fmt.Errorf("value: predict: %w", err)
+	}
+	for _, v := range y {
+		dst = append(dst, float64(v))
+	}
+	return checkFinite(dst)
 }

@@ -295,3 +295,70 @@ func TestLoadErrors(t *testing.T) {
 		t.Fatalf("empty folder: %v, want ErrModel saying how to train one", err)
 	}
 }
+
+func TestPreparedAndBatchedMatchPredict(t *testing.T) {
+	dir := t.TempDir()
+	coef := map[string]float64{}
+	for i, n := range value.FeatureNames() {
+		coef[n] = float64(i%5) - 1.5 // every feature counts
+	}
+	if err := value.WriteLinear(dir, coef, 0.2, nil); err != nil {
+		t.Fatal(err)
+	}
+	m, err := value.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := value.FromOutcome(record(t, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := m.Prepare(&base)
+	var rows [][]float64
+	var want []float64
+	mods := []func(c *value.Candidate){
+		func(c *value.Candidate) {},
+		func(c *value.Candidate) { c.Epoch, c.Epochs, c.ParamsUsed = 7, 0, 390 },
+		func(c *value.Candidate) { c.Signals = karn.Signals{"eff_rank": 3, "seed_gain": 0.4, "dead_frac": 0.5} },
+		func(c *value.Candidate) { c.HostParams, c.MaxParams = 0, 0 },
+	}
+	for i, mod := range mods {
+		c := base
+		mod(&c)
+		y, err := m.Predict(&c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := make([]float64, len(value.FeatureNames()))
+		m.FillPrepared(p, &c, x)
+		full := value.Features(&c)
+		for j := range x {
+			if x[j] != full[j] {
+				t.Fatalf("case %d: prepared feature %s = %v, Features gives %v", i, value.FeatureNames()[j], x[j], full[j])
+			}
+		}
+		rows, want = append(rows, x), append(want, y)
+	}
+	got, err := m.PredictBatchX(nil, rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ps []*value.Prepared
+	var ctx [][]float64
+	for _, mod := range mods {
+		c := base
+		mod(&c)
+		row := make([]float64, m.ContextLen())
+		m.FillContext(&c, row)
+		ps, ctx = append(ps, p), append(ctx, row)
+	}
+	split, err := m.PredictPrepared(nil, ps, ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range want {
+		if math.Abs(got[i]-want[i]) > 1e-9*math.Max(1, math.Abs(want[i])) || math.Abs(split[i]-want[i]) > 1e-9*math.Max(1, math.Abs(want[i])) {
+			t.Fatalf("row %d: batched %v, prepared %v, one by one %v", i, got[i], split[i], want[i])
+		}
+	}
+}
