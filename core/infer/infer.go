@@ -145,7 +145,7 @@ func openONNX(dir string, in, out int, opts Options) (Model, error) {
 	return &onnxModel{m: m, out: out}, nil
 }
 
-// native runs core/nn's forward pass row by row.
+// native runs core/nn's batched forward pass (one matrix product per layer).
 type native struct{ mlp *nn.MLP }
 
 func (n *native) In() int         { return n.mlp.In() }
@@ -154,24 +154,25 @@ func (n *native) Runtime() string { return Native }
 func (n *native) Close() error    { return nil }
 
 func (n *native) Forward(x []float32, rows int) ([]float32, error) {
-	in, out := n.mlp.In(), n.mlp.Out()
+	in := n.mlp.In()
 	if err := checkBatch(x, rows, in); err != nil {
 		return nil, err
 	}
-	res := make([]float32, 0, rows*out)
-	row := make([]float64, in)
-	var y []float64
-	for r := range rows {
-		for i, v := range x[r*in : (r+1)*in] {
-			row[i] = float64(v)
-		}
-		var err error
-		if y, err = n.mlp.Forward64(y, row); err != nil {
-			return nil, fmt.Errorf("infer: native forward, row %d: %w", r, err)
-		}
-		for _, v := range y {
-			res = append(res, float32(v))
-		}
+	flat := make([]float64, rows*in)
+	for i, v := range x {
+		flat[i] = float64(v)
+	}
+	xs := make([][]float64, rows)
+	for r := range xs {
+		xs[r] = flat[r*in : (r+1)*in]
+	}
+	y, err := n.mlp.ForwardBatch64(nil, xs)
+	if err != nil {
+		return nil, fmt.Errorf("infer: native forward: %w", err)
+	}
+	res := make([]float32, len(y))
+	for i, v := range y {
+		res[i] = float32(v)
 	}
 	return res, nil
 }
