@@ -66,6 +66,7 @@ def train(epochs: int, **config: Any) -> tuple[esper.Morphogenesis, list[dict[st
     return morph, decisions, stats
 
 
+@pytest.mark.slow
 def test_dataset_rows_from_a_real_run(esper_home: Path) -> None:
     morph, decisions, _ = train(10)
     germinated = [d for d in decisions if d["op"] == "germinate"]
@@ -132,10 +133,13 @@ def test_predict_a_hand_written_model(tmp_path: Path, esper_home: Path) -> None:
         valuemodel.predict(folder, [[0.0, 1.0, 2.0]])
     with pytest.raises(InvalidArgumentError, match="esper simic train"):
         valuemodel.predict(tmp_path / "absent", [x])
-    # A model trained on another feature list is refused, naming the difference.
-    write_linear_model(tmp_path / "old", names[:-1], {}, 0.0)
-    with pytest.raises(InvalidArgumentError, match="lacks"):
-        valuemodel.predict(tmp_path / "old", [x[:-1]])
+    # A model reads its features by name: a subset in its own order works...
+    sub = write_linear_model(tmp_path / "sub", ["epoch_frac", "log_epoch"], {"epoch_frac": 1.0, "log_epoch": 2.0}, 0.0)
+    assert valuemodel.predict(sub, [[0.5, 0.25]]) == pytest.approx([1.0])
+    # ...and a name this library does not compute is refused, naming it.
+    write_linear_model(tmp_path / "old", [*names[:-1], "tpl:gone"], {}, 0.0)
+    with pytest.raises(InvalidArgumentError, match='"tpl:gone" is not a feature'):
+        valuemodel.predict(tmp_path / "old", [x])
 
 
 def test_learned_policy_grows_what_the_model_prefers(tmp_path: Path, esper_home: Path) -> None:

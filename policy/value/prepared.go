@@ -86,8 +86,8 @@ func (m *Model) FillPrepared(p *Prepared, c *Candidate, x []float64) {
 	}
 }
 
-// PredictBatchX returns the predictions for feature rows (FeatureNames
-// order) in one batched forward pass, appended to dst[:0]. A non-finite
+// PredictBatchX returns the predictions for feature rows (in the order of
+// the model's features) in one batched forward pass, appended to dst[:0]. A non-finite
 // prediction is an error naming the row.
 func (m *Model) PredictBatchX(dst []float64, xs [][]float64) ([]float64, error) {
 	if m.onnx != nil {
