@@ -17,9 +17,18 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -extldflags
 FUZZTIME ?= 2000x
 # The NATS server the tests start (and `esper oona serve` runs): nats-server from the version pinned in go.mod.
 NATS_SERVER := build/bin/esper-nats
+# ONNX Runtime for the ONNX inference path (core/onnxrt): libonnxruntime.so.1 for linux-x64 from the npm
+# package onnxruntime-node (MIT), which ships the prebuilt library in its registry tarball (its postinstall
+# script only fetches CUDA binaries, and `npm pack` runs no scripts). onnxruntime_go v1.27.0 needs ORT >= 1.24
+# (C API version 24). Placed beside libesper.so, where the core looks first; ESPER_ONNXRUNTIME_LIB overrides.
+ORT_VERSION := 1.24.1
+ORT_TGZ_SHA256 := 57181cf6e6e711b155c5b942d591fd63ded0b5de5c4922d51fd994e7f6ac2772
+ORT_LIB_SHA256 := 53ef1ac028dd1b05554b8da28d9159eb3876f99868193d2aaa6e67f0243c23d4
+ORT_LIB_SIZE := 35057880
+ORT_LIB := python/esper/_lib/libonnxruntime.so.1
 
 .DEFAULT_GOAL := help
-.PHONY: help lib test-lib nats-server venv test test-go test-py fuzz demo bench lint fmt clean
+.PHONY: help lib test-lib nats-server onnxruntime venv test test-go test-py fuzz demo bench lint fmt clean
 
 help: ## Show this help.
 	@echo "Esper $(VERSION): morphogenetic training for PyTorch with a Go core"
@@ -46,6 +55,31 @@ $(NATS_SERVER): go.mod go.sum
 	@mkdir -p $(dir $@)
 	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $@ github.com/nats-io/nats-server/v2
 
+onnxruntime: $(ORT_LIB) ## Fetch libonnxruntime.so.1 (npm onnxruntime-node, checked by sha256) beside libesper.so.
+	@echo "$(ORT_LIB_SHA256)  $(ORT_LIB)" | sha256sum -c --status || { \
+	  echo "make onnxruntime: $(ORT_LIB) is not ONNX Runtime $(ORT_VERSION) as pinned (sha256 differs): remove it and run make onnxruntime again"; exit 1; }
+
+$(ORT_LIB):
+	@mkdir -p $(dir $@) build/onnxruntime
+	@set -euo pipefail; \
+	case "$$(uname -s)-$$(uname -m)" in Linux-x86_64) ;; *) \
+	  echo "make onnxruntime: only linux-x64 is pinned here; set ESPER_ONNXRUNTIME_LIB to a libonnxruntime >= 1.24"; exit 1;; esac; \
+	tgz=build/onnxruntime/onnxruntime-node-$(ORT_VERSION).tgz; \
+	if [ ! -f $$tgz ] || ! echo "$(ORT_TGZ_SHA256)  $$tgz" | sha256sum -c --status; then \
+	  rm -f $$tgz; \
+	  if command -v npm >/dev/null; then \
+	    npm pack --silent --pack-destination build/onnxruntime onnxruntime-node@$(ORT_VERSION) >/dev/null; \
+	  else \
+	    curl -fsSL -o $$tgz https://registry.npmjs.org/onnxruntime-node/-/onnxruntime-node-$(ORT_VERSION).tgz; \
+	  fi; \
+	fi; \
+	echo "$(ORT_TGZ_SHA256)  $$tgz" | sha256sum -c --status || { echo "make onnxruntime: $$tgz has the wrong sha256"; exit 1; }; \
+	tar -xzf $$tgz -O package/bin/napi-v6/linux/x64/libonnxruntime.so.1 > $@.tmp; \
+	test "$$(stat -c %s $@.tmp)" = $(ORT_LIB_SIZE) || { echo "make onnxruntime: unexpected size"; rm -f $@.tmp; exit 1; }; \
+	echo "$(ORT_LIB_SHA256)  $@.tmp" | sha256sum -c --status || { echo "make onnxruntime: wrong sha256"; rm -f $@.tmp; exit 1; }; \
+	mv $@.tmp $@; rm -f $$tgz; \
+	echo "installed $@ (ONNX Runtime $(ORT_VERSION), $(ORT_LIB_SIZE) bytes, sha256 $(ORT_LIB_SHA256))"
+
 venv: $(VENV)/.installed ## Create .venv with PyTorch and the package (editable).
 
 $(VENV)/.installed: pyproject.toml setup.py
@@ -56,7 +90,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 test: test-go test-py ## Run every test (Go, fuzz briefly, Python).
 
-test-go: ## Go tests, then each fuzz target briefly.
+test-go: $(ORT_LIB) ## Go tests, then each fuzz target briefly (core/onnxrt loads libonnxruntime).
 	go vet ./...
 	go test -count=1 ./...
 	$(MAKE) --no-print-directory fuzz
@@ -68,7 +102,7 @@ fuzz: ## Run every Fuzz target for FUZZTIME (default 2000x: executions, not seco
 	  done; \
 	done
 
-test-py: venv $(LIB) $(TEST_LIB) $(NATS_SERVER) ## Python tests (real PyTorch, the real library).
+test-py: venv $(LIB) $(TEST_LIB) $(NATS_SERVER) $(ORT_LIB) ## Python tests (real PyTorch, the real library).
 	$(PY) -m pytest -q tests_py
 
 demo: venv $(LIB) ## Grow models on digits and spirals; prints a table, writes demo_out/.

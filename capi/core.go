@@ -102,6 +102,11 @@ type initSettings struct {
 	// passed here. Absent (null) keeps the current setting, which starts as
 	// the environment's.
 	EsperHome *string `json:"esper_home"`
+	// OnnxruntimeLib is the ONNX Runtime library the ONNX runtime of
+	// esper_nn_open loads (the caller's $ESPER_ONNXRUNTIME_LIB); absent,
+	// null or "" keeps the current one, which starts as libonnxruntime.so.1
+	// beside libesper.so.
+	OnnxruntimeLib *string `json:"onnxruntime_lib"`
 }
 
 // homeMu guards esperHome.
@@ -158,6 +163,11 @@ func esper_init(settingsJSON *C.char) C.int {
 			debug.SetMaxThreads(s.MaxThreads)
 		}
 		slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+		if s.OnnxruntimeLib != nil {
+			setOnnxruntimeLib(*s.OnnxruntimeLib)
+		} else {
+			setOnnxruntimeLib("")
+		}
 		if s.EsperHome != nil {
 			home := *s.EsperHome
 			homeMu.Lock()

@@ -65,7 +65,10 @@ int esper_build_info(char **out);
  * 0 = keep), "log_level": "debug"|"info"|"warn"|"error", "esper_home":
  * string (replaces $ESPER_HOME for the default Urza store, "" = ~/.esper;
  * absent or null = keep; Go copies the environment at load, so a value set
- * later by the caller is passed here)}. Unknown keys are ESPER_EINVALID. May
+ * later by the caller is passed here), "onnxruntime_lib": string (the ONNX
+ * Runtime library esper_nn_open's "onnx" runtime loads, the caller's
+ * $ESPER_ONNXRUNTIME_LIB; absent, null or "" = keep, which starts as
+ * libonnxruntime.so.1 in the folder of libesper.so)}. Unknown keys are ESPER_EINVALID. May
  * be called again to change the settings. */
 int esper_init(const char *settings_json);
 
@@ -807,6 +810,48 @@ int esper_oona_follow_poll(uint64_t handle, int64_t timeout_ms, char **out_json)
 int esper_oona_follow_free(uint64_t handle);
 
 /* @@ end oona ------------------------------------------------------------ */
+
+/* @@ begin nn: core/infer, core/nn, core/onnxrt (learned networks) -------- */
+
+/* ------------------------------------------------------------------------ */
+/* Networks: a model folder (docs/simic.md) on the native or ONNX runtime    */
+/* ------------------------------------------------------------------------ */
+/*
+ * A model folder holds manifest.json, model.safetensors and optionally
+ * model.onnx. The "native" runtime runs the network in Go from the
+ * safetensors weights; the "onnx" runtime runs model.onnx through ONNX
+ * Runtime (>= 1.24), loaded with dlopen on first use, once per process,
+ * from the onnxruntime_lib given to esper_init or else libonnxruntime.so.1
+ * beside libesper.so (`make onnxruntime` installs it there). Nothing else
+ * in the library needs ONNX Runtime. A handle is safe from several threads;
+ * esper_nn_free waits for the forwards in flight. Errors are kept per
+ * handle (esper_nn_open: per thread, pass 0).
+ */
+
+/* Opens the network of a model folder: config_json is {"dir": string,
+ * "runtime": "native" (default) | "onnx", "threads": int (ONNX Runtime's
+ * threads per forward, 0..64, 0 = 1)}; writes its handle to *out. The onnx
+ * runtime also checks that model.onnx takes and gives the widths of the
+ * safetensors network. Errors: ESPER_EINVALID (config, manifest, weights or
+ * model), ESPER_ENOTFOUND (manifest.json, model.safetensors or model.onnx
+ * missing), ESPER_EUNAVAILABLE (ONNX Runtime cannot be loaded; the message
+ * names the path tried, `make onnxruntime` and ESPER_ONNXRUNTIME_LIB). */
+int esper_nn_open(const char *config_json, uint64_t *out);
+
+/* Writes {"runtime", "in", "out", "onnxruntime": {"path", "version"} or
+ * null} to *out_json (free with esper_free). */
+int esper_nn_info(uint64_t handle, char **out_json);
+
+/* Runs the network on rows rows of x (row-major, rows * in floats, read
+ * during the call only) and writes rows * out floats to out; out_len must be
+ * exactly rows * out. Errors: ESPER_EINVALID (rows 0 or over 2^24, NULL x
+ * or out, out_len). */
+int esper_nn_forward(uint64_t handle, const float *x, size_t rows, float *out, size_t out_len);
+
+/* Releases a network handle. 0 is a no-op. Errors: ESPER_EHANDLE. */
+int esper_nn_free(uint64_t handle);
+
+/* @@ end nn -------------------------------------------------------------- */
 
 #ifdef __cplusplus
 }

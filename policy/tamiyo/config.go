@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/esper-morph/esper/blueprint"
+	"github.com/esper-morph/esper/core/infer"
 )
 
 // Kind selects the policy.
@@ -175,6 +176,10 @@ type Config struct {
 	// only read for, the learned policy; Python passes the shipped model's
 	// folder when the user names none.
 	ValueModel string `json:"value_model,omitempty"`
+	// ValueRuntime is the runtime the value model runs on: "native" (Go's
+	// forward pass over model.safetensors; "" too) or "onnx" (the folder's
+	// model.onnx through ONNX Runtime, docs/simic.md "ONNX runtime").
+	ValueRuntime string `json:"value_runtime,omitempty"`
 	// ValueThreshold is the predicted value (gain_per_compute_v1: the share
 	// of the validation loss a seed removes per host-epoch of training
 	// compute) the best candidate must reach for the learned policy to grow
@@ -289,6 +294,8 @@ func (c Config) WithDefaults() (Config, error) {
 		return c, fmt.Errorf("tamiyo: min_gain %v is not in [0, 1]: %w", *c.MinGain, ErrConfig)
 	case math.IsNaN(*c.ValueThreshold) || math.IsInf(*c.ValueThreshold, 0):
 		return c, fmt.Errorf("tamiyo: value_threshold %v is not finite: %w", *c.ValueThreshold, ErrConfig)
+	case c.ValueRuntime != "" && c.ValueRuntime != infer.Native && c.ValueRuntime != infer.ONNX:
+		return c, fmt.Errorf("tamiyo: value_runtime %q is not %q or %q: %w", c.ValueRuntime, infer.Native, infer.ONNX, ErrConfig)
 	case c.Kind == Learned && c.ValueModel == "":
 		return c, fmt.Errorf("tamiyo: the learned policy needs a value model: set value_model to a model folder, or train one with `esper simic train` (docs/simic.md): %w", ErrConfig)
 	case c.SaturateAfter < 1 || c.SaturateAfter > MaxSaturateAfter:

@@ -6,6 +6,7 @@ import (
 
 	"github.com/esper-morph/esper/blueprint"
 	"github.com/esper-morph/esper/blueprint/karn"
+	"github.com/esper-morph/esper/core/infer"
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/policy/value"
 )
@@ -52,7 +53,7 @@ func (l *learner) row(i int) []float64 {
 // newLearner loads the value model named by the configuration and lists
 // each layer's options.
 func newLearner(c *Controller) (*learner, error) {
-	m, err := value.Load(c.cfg.ValueModel)
+	m, err := value.LoadOn(c.cfg.ValueModel, infer.Options{Runtime: c.cfg.ValueRuntime})
 	if err != nil {
 		return nil, fmt.Errorf("tamiyo: learned policy: %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/esper-morph/esper/blueprint/canon"
 	"github.com/esper-morph/esper/core/errcode"
+	"github.com/esper-morph/esper/core/infer"
 	"github.com/esper-morph/esper/core/nn"
 )
 
@@ -56,6 +57,8 @@ type Model struct {
 	ctxNames []string
 	ctxIdx   []int
 	split    *nn.Split
+	// onnx, when set (LoadOn), runs the predictions instead of net.
+	onnx infer.Model
 }
 
 // retrain is the advice every load error ends with.
@@ -133,6 +136,9 @@ func (m *Model) Manifest() Manifest { return m.manifest }
 // the model's features (Manifest().Features). A non-finite prediction is
 // an error.
 func (m *Model) PredictX(x []float64) (float64, error) {
+	if m.onnx != nil {
+		return m.predictONNX(x)
+	}
 	y, err := m.net.Forward64(nil, x)
 	if err != nil {
 		return 0, fmt.Errorf("value: predict: %w", err)

@@ -45,6 +45,9 @@ func (m *Model) FillContext(c *Candidate, ctx []float64) {
 // layer computed once per blueprint (nn.Split). A non-finite prediction is
 // an error naming the row.
 func (m *Model) PredictPrepared(dst []float64, ps []*Prepared, ctx [][]float64) ([]float64, error) {
+	if m.onnx != nil {
+		return m.predictPreparedONNX(dst, ps, ctx)
+	}
 	fixed := make([][]float64, len(ps))
 	for i, p := range ps {
 		fixed[i] = p.fixed
@@ -87,6 +90,9 @@ func (m *Model) FillPrepared(p *Prepared, c *Candidate, x []float64) {
 // the model's features) in one batched forward pass, appended to dst[:0]. A non-finite
 // prediction is an error naming the row.
 func (m *Model) PredictBatchX(dst []float64, xs [][]float64) ([]float64, error) {
+	if m.onnx != nil {
+		return m.predictBatchONNX(dst, xs)
+	}
 	y, err := m.net.ForwardBatch64(dst, xs)
 	if err != nil {
 		return nil, fmt.Errorf("value: predict: %w", err)

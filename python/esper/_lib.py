@@ -123,6 +123,11 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_session_metrics_text": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_serve_metrics": (c_int, [c_uint64, c_char_p, c_int32, POINTER(c_int32)]),
     "esper_session_metrics_attach": (c_int, [c_uint64, c_uint64]),
+    # nn (core/infer): a model folder on the native or the ONNX runtime.
+    "esper_nn_open": (c_int, [c_char_p, POINTER(c_uint64)]),
+    "esper_nn_info": (c_int, [c_uint64, POINTER(c_void_p)]),
+    "esper_nn_forward": (c_int, [c_uint64, POINTER(c_float), c_size_t, POINTER(c_float), c_size_t]),
+    "esper_nn_free": (c_int, [c_uint64]),
 }
 
 _lock = threading.Lock()
@@ -205,6 +210,8 @@ def _init_settings() -> bytes:
         "max_procs": int(os.environ.get("ESPER_GO_MAXPROCS", "2")),
         "log_level": os.environ.get("ESPER_LOG_LEVEL", "warn"),
         "esper_home": os.environ.get("ESPER_HOME", ""),
+        # "" keeps the library's default: libonnxruntime.so.1 beside libesper.so.
+        "onnxruntime_lib": os.environ.get("ESPER_ONNXRUNTIME_LIB", ""),
     }
     return json.dumps(settings).encode()
 

@@ -123,6 +123,10 @@ class MorphConfig:
         value_threshold: the predicted value (share of the validation loss a
             seed removes per host-epoch of training compute) the best
             candidate must reach for the learned policy to grow now.
+        value_runtime: where the value model runs: "native" (Go's forward
+            pass over model.safetensors) or "onnx" (the folder's model.onnx
+            through ONNX Runtime: ``make onnxruntime`` installs the library,
+            or set ESPER_ONNXRUNTIME_LIB; docs/simic.md, "ONNX runtime").
         train_steps: optimizer steps a seed trains in isolation before blending.
         blend_steps: steps of the alpha ramp 0 -> 1 (the tempo).
         schedule: "linear" or "cosine" alpha ramp.
@@ -319,6 +323,7 @@ class MorphConfig:
     karn_search: bool = False
     value_model: str = ""
     value_threshold: float = 0.01
+    value_runtime: str = "native"
     log_max: int = 10_000
     metrics_port: int = -1
     metrics_host: str = "127.0.0.1"
@@ -376,7 +381,10 @@ class MorphConfig:
             return {}
         from .valuemodel import default_model_dir
 
-        return {"value_model": str(self.value_model) or default_model_dir(), "value_threshold": self.value_threshold}
+        if self.value_runtime == "onnx":
+            _lib.refresh_settings()  # ESPER_ONNXRUNTIME_LIB as os.environ holds it now
+        return {"value_model": str(self.value_model) or default_model_dir(), "value_threshold": self.value_threshold,
+                "value_runtime": self.value_runtime}
 
 
 def _number(what: str, value: Any) -> float | None:
