@@ -17,9 +17,12 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -extldflags
 FUZZTIME ?= 2000x
 # The NATS server the tests start (and `esper oona serve` runs): nats-server from the version pinned in go.mod.
 NATS_SERVER := build/bin/esper-nats
+# The S3-compatible server the Urza-on-S3 tests start: versitygw, pinned in its own module
+# (tools/s3server/go.mod) so its dependencies stay out of the library's go.mod.
+S3_SERVER := build/bin/esper-s3
 
 .DEFAULT_GOAL := help
-.PHONY: help lib test-lib nats-server venv test test-go test-py fuzz demo bench lint fmt clean
+.PHONY: help lib test-lib nats-server s3-server venv test test-go test-py fuzz demo bench lint fmt clean
 
 help: ## Show this help.
 	@echo "Esper $(VERSION): morphogenetic training for PyTorch with a Go core"
@@ -46,6 +49,12 @@ $(NATS_SERVER): go.mod go.sum
 	@mkdir -p $(dir $@)
 	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $@ github.com/nats-io/nats-server/v2
 
+s3-server: $(S3_SERVER) ## Build the S3 test server (versitygw, pinned in tools/s3server/go.mod) into build/bin/esper-s3.
+
+$(S3_SERVER): tools/s3server/go.mod tools/s3server/go.sum
+	@mkdir -p $(dir $@)
+	cd tools/s3server && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $(CURDIR)/$@ github.com/versity/versitygw/cmd/versitygw
+
 venv: $(VENV)/.installed ## Create .venv with PyTorch and the package (editable).
 
 $(VENV)/.installed: pyproject.toml setup.py
@@ -56,7 +65,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 test: test-go test-py ## Run every test (Go, fuzz briefly, Python).
 
-test-go: ## Go tests, then each fuzz target briefly.
+test-go: $(S3_SERVER) ## Go tests, then each fuzz target briefly.
 	go vet ./...
 	go test -count=1 ./...
 	$(MAKE) --no-print-directory fuzz
@@ -68,7 +77,7 @@ fuzz: ## Run every Fuzz target for FUZZTIME (default 2000x: executions, not seco
 	  done; \
 	done
 
-test-py: venv $(LIB) $(TEST_LIB) $(NATS_SERVER) ## Python tests (real PyTorch, the real library).
+test-py: venv $(LIB) $(TEST_LIB) $(NATS_SERVER) $(S3_SERVER) ## Python tests (real PyTorch, the real library).
 	$(PY) -m pytest -q tests_py
 
 demo: venv $(LIB) ## Grow models on digits and spirals; prints a table, writes demo_out/.
