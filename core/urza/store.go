@@ -142,19 +142,19 @@ func Open(root string, opts *Options) (*Store, error) {
 	if opts != nil {
 		o = *opts
 	}
-	o, err := o.withDefaults()
-	if err != nil {
-		return nil, err
-	}
-	if root == "" {
-		return nil, fmt.Errorf("urza: open: root is empty: %w", errcode.ErrInvalid)
-	}
 	if IsURL(root) {
 		cfg, err := S3ConfigFromEnv(root, os.Getenv)
 		if err != nil {
 			return nil, fmt.Errorf("urza: open %s: %w", root, err)
 		}
 		return openS3(cfg, o)
+	}
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if root == "" {
+		return nil, fmt.Errorf("urza: open: root is empty: %w", errcode.ErrInvalid)
 	}
 	abs, err := filepath.Abs(root)
 	if err != nil {
