@@ -20,6 +20,7 @@ from hosts import HOSTS
 from test_outcomes import TEMPO, run_readme_loop
 
 from esper import karn
+from esper.builds import clear_kernel_cache
 from esper.errors import CorruptError, StorageError
 from esper.tezzeret import build_seed
 from esper.urza import Urza, load_seed, publish_seed
@@ -132,12 +133,14 @@ def test_server_down_is_an_error_naming_the_url(s3: S3Server) -> None:
 
 @pytest.mark.slow
 def test_training_run_records_to_s3(s3: S3Server, monkeypatch: pytest.MonkeyPatch, esper_home: Path) -> None:
-    """The README's loop, unchanged, with ESPER_URZA_URL set: its outcome records (and kernels of
-    fossilized seeds) land in the S3 store, readable by another handle."""
+    """The README's loop, unchanged, with ESPER_URZA_URL set: its outcome records, builds and kernels
+    of fossilized seeds land in the S3 store, readable by another handle; a second machine's run
+    is served its builds from there."""
     scope = run_readme_loop(monkeypatch, epochs=10, **TEMPO)
     morph = scope["morph"]
     germinations = [e for e in morph.log if e["kind"] == "event" and e["to"] == "GERMINATED"]
     assert germinations, "the loop must germinate for this test to mean anything"
+    first = morph.stats()["builds"]
     morph.close()
     with Urza() as store:
         records = store.outcomes(morph.run_id)
@@ -148,6 +151,15 @@ def test_training_run_records_to_s3(s3: S3Server, monkeypatch: pytest.MonkeyPatc
         assert store.verify()["bad"] == []
     assert not (esper_home / "urza").exists()
     assert (s3.data / "esper" / "team" / "urza" / "outcomes" / morph.run_id).is_dir()
+    assert first["builds"] > 0 and first["store_hits"] == 0, first  # a fresh store: validated here
+    # Another machine (its own ESPER_HOME, an empty kernel cache) runs the same job: its
+    # germinations are served by the shared store, verified by Go, then by its kernel cache.
+    clear_kernel_cache()
+    monkeypatch.setenv("ESPER_HOME", str(esper_home / "other-machine"))
+    again = run_readme_loop(monkeypatch, epochs=8, **TEMPO)["morph"]
+    second = again.stats()["builds"]
+    again.close()
+    assert second["store_hits"] > 0 and second["builds"] == 0, second
 
 
 OUTCOME = {
