@@ -3,6 +3,7 @@ package urza
 import (
 	"context"
 	"errors"
+	"io"
 	"time"
 )
 
@@ -21,6 +22,9 @@ type backend interface {
 	// read returns key's bytes and metadata. When the object is larger
 	// than limit it returns nil bytes and the metadata (nothing is read).
 	read(ctx context.Context, key string, limit int64) ([]byte, object, error)
+	// open returns a reader of key's bytes and its metadata, for reading
+	// an object without holding it whole; the caller closes it.
+	open(ctx context.Context, key string) (io.ReadCloser, object, error)
 	// write stores data under key atomically: a reader sees the previous
 	// object or the new one, never a part.
 	write(ctx context.Context, key string, data []byte) error

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -37,6 +38,19 @@ func (b *dirBackend) read(_ context.Context, key string, limit int64) ([]byte, o
 		obj = fileObject(key, st)
 	}
 	return data, obj, nil
+}
+
+func (b *dirBackend) open(_ context.Context, key string) (io.ReadCloser, object, error) {
+	f, err := os.Open(b.path(key))
+	if err != nil {
+		return nil, object{}, ioErr(err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, object{}, ioErr(err)
+	}
+	return f, fileObject(key, st), nil
 }
 
 func (b *dirBackend) write(_ context.Context, key string, data []byte) error {

@@ -238,6 +238,36 @@ func (b *s3Backend) read(ctx context.Context, key string, limit int64) ([]byte, 
 	return data, o, nil
 }
 
+func (b *s3Backend) open(ctx context.Context, key string) (io.ReadCloser, object, error) {
+	obj, err := b.client.GetObject(ctx, b.cfg.Bucket, b.cfg.Prefix+key, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, object{}, b.fail("get", key, err)
+	}
+	st, err := obj.Stat()
+	if err != nil {
+		obj.Close()
+		return nil, object{}, b.fail("get", key, err)
+	}
+	return &s3Reader{obj: obj, b: b, key: key}, b.object(key, st), nil
+}
+
+// s3Reader names the object's URL in its read errors.
+type s3Reader struct {
+	obj *minio.Object
+	b   *s3Backend
+	key string
+}
+
+func (r *s3Reader) Read(p []byte) (int, error) {
+	n, err := r.obj.Read(p)
+	if err != nil && err != io.EOF {
+		err = r.b.fail("get", r.key, err)
+	}
+	return n, err
+}
+
+func (r *s3Reader) Close() error { return r.obj.Close() }
+
 func (b *s3Backend) put(ctx context.Context, key string, data []byte, opts minio.PutObjectOptions) (string, error) {
 	opts.ContentType = "application/octet-stream"
 	if strings.HasSuffix(key, manifestExt) {

@@ -3,9 +3,11 @@ package urza
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -361,14 +363,36 @@ func (s *Store) load(id string) (*Artifact, error) {
 	return &Artifact{ID: id, Manifest: m, ManifestJSON: mb, Weights: wb}, nil
 }
 
-// verifyStored checks id's two objects like load, without keeping them,
-// and returns the weights size.
+// verifyStored checks id's two objects like load, streaming the weights
+// through the hash instead of keeping them, and returns the weights size.
 func (s *Store) verifyStored(id string) (int64, error) {
-	a, err := s.load(id)
+	m, _, err := s.readManifest(id)
 	if err != nil {
 		return 0, err
 	}
-	return int64(len(a.Weights)), nil
+	f, st, err := s.be.open(context.Background(), weightsKey(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("%w: weights file is missing", ErrCorrupt)
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	if st.Size != m.WeightsSize {
+		return 0, sizeErr(st.Size, m.WeightsSize)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, io.LimitReader(f, m.WeightsSize+1))
+	if err != nil {
+		return 0, err
+	}
+	if n != m.WeightsSize {
+		return 0, sizeErr(n, m.WeightsSize)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != m.WeightsSHA256 {
+		return 0, fmt.Errorf("%w: weights hash to %s, manifest says %s", ErrCorrupt, got, m.WeightsSHA256)
+	}
+	return n, nil
 }
 
 // readManifest reads id's manifest and checks that it hashes to id.
