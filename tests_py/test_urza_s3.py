@@ -19,7 +19,7 @@ import torch
 from hosts import HOSTS
 from test_outcomes import TEMPO, run_readme_loop
 
-from esper import karn
+from esper import cli, karn
 from esper.builds import clear_kernel_cache
 from esper.errors import CorruptError, StorageError
 from esper.tezzeret import build_seed
@@ -87,7 +87,8 @@ def s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
     srv.kill()
 
 
-def test_default_store_is_the_s3_url_and_reads_verify(s3: S3Server, esper_home: Path) -> None:
+def test_default_store_is_the_s3_url_and_reads_verify(s3: S3Server, esper_home: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     seed = build_seed(karn.instantiate("lowrank", HOSTS["linear"], rank=2))
     with torch.no_grad():
         for p in seed.parameters():
@@ -101,6 +102,11 @@ def test_default_store_is_the_s3_url_and_reads_verify(s3: S3Server, esper_home: 
         loaded = load_seed(other, artifact_id)
         for a, b in zip(seed.parameters(), loaded.parameters()):
             assert torch.equal(a, b)
+    # The CLI reads the same store (the default, and by its URL).
+    for argv in (["urza", "ls", "--json"], ["urza", "--root", "s3://esper/team/urza", "ls", "--json"]):
+        capsys.readouterr()
+        assert cli.main(argv) == 0
+        assert [row["id"] for row in json.loads(capsys.readouterr().out)] == [artifact_id]
     # Nothing went to the local default store, and the objects are where the server keeps them.
     assert not (esper_home / "urza").exists()
     weights = s3.data / "esper" / "team" / "urza" / "objects" / artifact_id[:2] / f"{artifact_id}.safetensors"

@@ -289,7 +289,9 @@ func (b *s3Backend) write(ctx context.Context, key string, data []byte) error {
 // writeIf returns the ETag of the object written (the service's answer to
 // this PUT, not a later look-up that another writer could have overtaken).
 func (b *s3Backend) writeIf(ctx context.Context, key string, data []byte, prev string) (string, error) {
-	var opts minio.PutObjectOptions
+	// One PUT, never a multipart upload, so that the condition applies to
+	// the object as published (an index up to S3's 5 GiB single-PUT limit).
+	opts := minio.PutObjectOptions{DisableMultipart: true}
 	if prev == "" {
 		opts.SetMatchETagExcept("*")
 	} else {
