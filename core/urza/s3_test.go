@@ -18,9 +18,9 @@ import (
 )
 
 // openS3 opens the store at s3://bucket/prefix on srv with opts.
-func openS3(t testing.TB, srv *s3Server, url string, opts *urza.Options) *urza.Store {
+func openS3(t testing.TB, srv *urza.S3Server, url string, opts *urza.Options) *urza.Store {
 	t.Helper()
-	cfg, err := urza.S3ConfigFromEnv(url, srv.env)
+	cfg, err := urza.S3ConfigFromEnv(url, srv.Env)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +36,7 @@ func openS3(t testing.TB, srv *s3Server, url string, opts *urza.Options) *urza.S
 // on a real S3 server: content addressing, verified reads, the index seen by
 // a second store, outcomes, Verify and Delete.
 func TestStoreContractOnEveryBackend(t *testing.T) {
-	srv := startS3(t)
+	srv := urza.StartS3(t)
 	backends := []struct {
 		name string
 		open func(t *testing.T) (a, b *urza.Store)
@@ -111,7 +111,7 @@ func TestStoreContractOnEveryBackend(t *testing.T) {
 // TestS3CorruptObjectRefused damages objects where the server keeps them:
 // every read is refused with the verify error, and GC removes the artifact.
 func TestS3CorruptObjectRefused(t *testing.T) {
-	srv := startS3(t)
+	srv := urza.StartS3(t)
 	cases := []struct {
 		name   string
 		key    func(id string) string
@@ -127,7 +127,7 @@ func TestS3CorruptObjectRefused(t *testing.T) {
 			prefix := fmt.Sprintf("corrupt/%d", i)
 			s := openS3(t, srv, "s3://esper/"+prefix, nil)
 			id := put(t, s, manifest(t, 3, nil, nil), safetensors(128, uint64(i)))
-			path := srv.objectPath("esper", prefix, tc.key(id))
+			path := srv.ObjectPath("esper", prefix, tc.key(id))
 			b, err := os.ReadFile(path)
 			if err != nil {
 				t.Fatal(err)
@@ -159,7 +159,7 @@ func manifestObj(id string) string { return "objects/" + id[:2] + "/" + id + ".j
 // index entry loads and verifies, Verify finds no index entry without its
 // objects).
 func TestS3ServerDown(t *testing.T) {
-	srv := startS3(t)
+	srv := urza.StartS3(t)
 	var attempts atomic.Int64
 	opts := &urza.Options{Retry: recovery.Policy{Attempts: 4, Base: 20 * time.Millisecond, Max: 100 * time.Millisecond,
 		Classify: func(err error) recovery.Class { attempts.Add(1); return recovery.Classify(err) }}}
@@ -187,7 +187,7 @@ func TestS3ServerDown(t *testing.T) {
 	for stored.Load() < 3 {
 		time.Sleep(5 * time.Millisecond)
 	}
-	srv.stop()
+	srv.Stop()
 	attempts.Store(0)
 	start := time.Now()
 	wg.Wait()
@@ -205,7 +205,7 @@ func TestS3ServerDown(t *testing.T) {
 	_, err = s.List(urza.Query{})
 	wantCode(t, err, nil, errcode.IO, "s3://esper/down/")
 
-	srv.start()
+	srv.Start()
 	fresh := openS3(t, srv, url, nil)
 	all, err := fresh.List(urza.Query{})
 	if err != nil {
@@ -231,7 +231,7 @@ func TestS3ServerDown(t *testing.T) {
 // TestS3IndexTwoWriters has two stores (two clients, as two machines would)
 // publish at once: the conditional index writes keep every entry.
 func TestS3IndexTwoWriters(t *testing.T) {
-	srv := startS3(t)
+	srv := urza.StartS3(t)
 	url := "s3://esper/two"
 	stores := []*urza.Store{openS3(t, srv, url, nil), openS3(t, srv, url, nil)}
 	const each = 12
@@ -256,7 +256,7 @@ func TestS3IndexTwoWriters(t *testing.T) {
 	}
 	// The index as stored (not reconciled: a fresh store trusts it unless it
 	// disagrees with the objects, so read it through List after a refresh).
-	raw, err := os.ReadFile(srv.objectPath("esper", "two", "index.json"))
+	raw, err := os.ReadFile(srv.ObjectPath("esper", "two", "index.json"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package urza_test
+package urza
 
 import (
 	"fmt"
@@ -17,10 +17,10 @@ const (
 	s3Secret = "esper-test-secret-key"
 )
 
-// s3Server is a real S3-compatible server (versitygw, built by `make
+// S3Server is a real S3-compatible server (versitygw, built by `make
 // s3-server` into build/bin/esper-s3) serving a temporary directory on a
 // loopback port: no mock.
-type s3Server struct {
+type S3Server struct {
 	t    testing.TB
 	bin  string
 	addr string // 127.0.0.1:port
@@ -29,9 +29,9 @@ type s3Server struct {
 	done chan struct{} // closed when cmd exits
 }
 
-// s3ServerBin finds the server binary: $ESPER_S3_SERVER, else
+// S3ServerBin finds the server binary: $ESPER_S3_SERVER, else
 // build/bin/esper-s3 of this source tree.
-func s3ServerBin(t testing.TB) string {
+func S3ServerBin(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("ESPER_S3_SERVER"); p != "" {
 		return p
@@ -46,9 +46,9 @@ func s3ServerBin(t testing.TB) string {
 	return p
 }
 
-// startS3 starts a server on a free loopback port, stopped when the test
+// StartS3 starts a server on a free loopback port, stopped when the test
 // ends.
-func startS3(t testing.TB) *s3Server {
+func StartS3(t testing.TB) *S3Server {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -56,19 +56,19 @@ func startS3(t testing.TB) *s3Server {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	s := &s3Server{t: t, bin: s3ServerBin(t), addr: addr, dir: t.TempDir()}
-	s.start()
-	t.Cleanup(s.stop)
+	s := &S3Server{t: t, bin: S3ServerBin(t), addr: addr, dir: t.TempDir()}
+	s.Start()
+	t.Cleanup(s.Stop)
 	return s
 }
 
-// start runs the server and waits until it accepts connections. Its posix
+// Start runs the server and waits until it accepts connections. Its posix
 // backend keeps an object's metadata (the ETag) in extended attributes set
 // on the file before it is renamed into place, so a read returns a body and
 // its ETag together; with --sidecar metadata it does not, and two writers
 // racing on index.json lose entries (measured: 3 to 4 of 24), which
 // TestS3IndexTwoWriters detects.
-func (s *s3Server) start() {
+func (s *S3Server) Start() {
 	s.t.Helper()
 	cmd := exec.Command(s.bin, "--access", s3Access, "--secret", s3Secret, "--port", s.addr, "--quiet",
 		"posix", s.dir)
@@ -92,15 +92,15 @@ func (s *s3Server) start() {
 		default:
 		}
 		if time.Now().After(deadline) {
-			s.stop()
+			s.Stop()
 			s.t.Fatalf("the S3 server did not listen on %s within 20 s: %v", s.addr, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
-// stop kills the server (SIGKILL: a crash, not a shutdown) and waits for it.
-func (s *s3Server) stop() {
+// Stop kills the server (SIGKILL: a crash, not a shutdown) and waits for it.
+func (s *S3Server) Stop() {
 	if s.cmd == nil {
 		return
 	}
@@ -109,8 +109,8 @@ func (s *s3Server) stop() {
 	s.cmd = nil
 }
 
-// env returns the store's configuration as the environment gives it.
-func (s *s3Server) env(name string) string {
+// Env returns the store's configuration as the environment gives it.
+func (s *S3Server) Env(name string) string {
 	switch name {
 	case "ESPER_S3_ENDPOINT":
 		return "http://" + s.addr
@@ -124,21 +124,10 @@ func (s *s3Server) env(name string) string {
 	return ""
 }
 
-// setEnv points this process's environment at the server (for urza.Open
-// of an s3:// URL), restored when the test ends.
-func (s *s3Server) setEnv(t *testing.T) {
-	for _, name := range []string{"ESPER_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"} {
-		t.Setenv(name, s.env(name))
-	}
-	for _, name := range []string{"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"} {
-		t.Setenv(name, "")
-	}
-}
-
-// objectPath is where the server keeps an object of the store at
+// ObjectPath is where the server keeps an object of the store at
 // s3://bucket/prefix.
-func (s *s3Server) objectPath(bucket, prefix, key string) string {
+func (s *S3Server) ObjectPath(bucket, prefix, key string) string {
 	return filepath.Join(s.dir, bucket, filepath.FromSlash(prefix), filepath.FromSlash(key))
 }
 
-func (s *s3Server) String() string { return fmt.Sprintf("versitygw on %s serving %s", s.addr, s.dir) }
+func (s *S3Server) String() string { return fmt.Sprintf("versitygw on %s serving %s", s.addr, s.dir) }
