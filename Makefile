@@ -17,6 +17,10 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -extldflags
 FUZZTIME ?= 2000x
 # The NATS server the tests start (and `esper oona serve` runs): nats-server from the version pinned in go.mod.
 NATS_SERVER := build/bin/esper-nats
+# The S3-compatible server the Urza-on-S3 tests start: versitygw, pinned in its own module
+# (tools/s3server/go.mod) so its dependencies stay out of the library's go.mod.
+S3_SERVER := build/bin/esper-s3
+
 # ONNX Runtime for the ONNX inference path (core/onnxrt): libonnxruntime.so.1 for linux-x64 from the npm
 # package onnxruntime-node (MIT), which ships the prebuilt library in its registry tarball (its postinstall
 # script only fetches CUDA binaries, and `npm pack` runs no scripts). onnxruntime_go v1.27.0 needs ORT >= 1.24
@@ -28,7 +32,7 @@ ORT_LIB_SIZE := 35057880
 ORT_LIB := python/esper/_lib/libonnxruntime.so.1
 
 .DEFAULT_GOAL := help
-.PHONY: help lib test-lib nats-server onnxruntime venv test test-go test-py fuzz demo bench lint fmt clean
+.PHONY: help lib test-lib nats-server s3-server onnxruntime venv test test-go test-py fuzz demo bench lint fmt clean
 
 help: ## Show this help.
 	@echo "Esper $(VERSION): morphogenetic training for PyTorch with a Go core"
@@ -80,6 +84,12 @@ $(ORT_LIB):
 	mv $@.tmp $@; rm -f $$tgz; \
 	echo "installed $@ (ONNX Runtime $(ORT_VERSION), $(ORT_LIB_SIZE) bytes, sha256 $(ORT_LIB_SHA256))"
 
+s3-server: $(S3_SERVER) ## Build the S3 test server (versitygw, pinned in tools/s3server/go.mod) into build/bin/esper-s3.
+
+$(S3_SERVER): tools/s3server/go.mod tools/s3server/go.sum
+	@mkdir -p $(dir $@)
+	cd tools/s3server && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $(CURDIR)/$@ github.com/versity/versitygw/cmd/versitygw
+
 venv: $(VENV)/.installed ## Create .venv with PyTorch and the package (editable).
 
 $(VENV)/.installed: pyproject.toml setup.py
@@ -90,7 +100,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 test: test-go test-py ## Run every test (Go, fuzz briefly, Python).
 
-test-go: $(ORT_LIB) ## Go tests, then each fuzz target briefly (core/onnxrt loads libonnxruntime).
+test-go: $(ORT_LIB) $(S3_SERVER) ## Go tests, then each fuzz target briefly (core/onnxrt loads libonnxruntime).
 	go vet ./...
 	go test -count=1 ./...
 	$(MAKE) --no-print-directory fuzz
@@ -102,7 +112,7 @@ fuzz: ## Run every Fuzz target for FUZZTIME (default 2000x: executions, not seco
 	  done; \
 	done
 
-test-py: venv $(LIB) $(TEST_LIB) $(NATS_SERVER) $(ORT_LIB) ## Python tests (real PyTorch, the real library).
+test-py: venv $(LIB) $(TEST_LIB) $(NATS_SERVER) $(ORT_LIB) $(S3_SERVER) ## Python tests (real PyTorch, the real library).
 	$(PY) -m pytest -q tests_py
 
 demo: venv $(LIB) ## Grow models on digits and spirals; prints a table, writes demo_out/.

@@ -107,6 +107,54 @@ type initSettings struct {
 	// null or "" keeps the current one, which starts as libonnxruntime.so.1
 	// beside libesper.so.
 	OnnxruntimeLib *string `json:"onnxruntime_lib"`
+	// Env holds the caller's current values of the environment variables
+	// named AWS_* and ESPER_* (ESPER_URZA_URL, ESPER_S3_ENDPOINT, the S3
+	// credentials), which Go reads when a store is opened but copied at
+	// load. Absent (null) leaves Go's environment alone; a map replaces
+	// those variables: each listed one is set, each other AWS_*/ESPER_*
+	// one is unset.
+	Env map[string]string `json:"env"`
+}
+
+// syncedEnvPrefixes are the families of variables Env mirrors.
+var syncedEnvPrefixes = [...]string{"AWS_", "ESPER_"}
+
+func syncedEnvName(name string) bool {
+	for _, p := range syncedEnvPrefixes {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// syncEnv makes Go's copy of the AWS_*/ESPER_* variables equal to env,
+// touching only those that differ.
+func syncEnv(env map[string]string) error {
+	for name := range env {
+		if !syncedEnvName(name) || strings.ContainsAny(name, "=\x00") {
+			return fmt.Errorf("init: env: %q is not an AWS_* or ESPER_* variable name: %w", name, errcode.ErrInvalid)
+		}
+		if strings.ContainsRune(env[name], 0) {
+			return fmt.Errorf("init: env: %s contains NUL: %w", name, errcode.ErrInvalid)
+		}
+	}
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if _, keep := env[name]; !keep && syncedEnvName(name) {
+			if err := os.Unsetenv(name); err != nil {
+				return fmt.Errorf("init: env: unset %s: %w", name, err)
+			}
+		}
+	}
+	for name, v := range env {
+		if cur, ok := os.LookupEnv(name); !ok || cur != v {
+			if err := os.Setenv(name, v); err != nil {
+				return fmt.Errorf("init: env: set %s: %w", name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // homeMu guards esperHome.
@@ -116,9 +164,13 @@ var homeMu sync.Mutex
 // environment's (as copied at load) applies.
 var esperHome *string
 
-// defaultUrzaRoot returns the default store root under the ESPER_HOME given
-// to esper_init, or the environment's when none was given.
+// defaultUrzaRoot returns the default store: $ESPER_URZA_URL when set (an
+// s3:// URL or a directory), else the root under the ESPER_HOME given to
+// esper_init, or the environment's when none was given.
 func defaultUrzaRoot() (string, error) {
+	if u := os.Getenv(urza.EnvURL); u != "" {
+		return u, nil
+	}
 	homeMu.Lock()
 	home := esperHome
 	homeMu.Unlock()
@@ -155,6 +207,11 @@ func esper_init(settingsJSON *C.char) C.int {
 			level = slog.LevelError
 		default:
 			return fmt.Errorf("init: log_level %q is not one of debug, info, warn, error: %w", s.LogLevel, errcode.ErrInvalid)
+		}
+		if s.Env != nil {
+			if err := syncEnv(s.Env); err != nil {
+				return err
+			}
 		}
 		if s.MaxProcs > 0 {
 			runtime.GOMAXPROCS(s.MaxProcs)

@@ -68,8 +68,12 @@ int esper_build_info(char **out);
  * later by the caller is passed here), "onnxruntime_lib": string (the ONNX
  * Runtime library esper_nn_open's "onnx" runtime loads, the caller's
  * $ESPER_ONNXRUNTIME_LIB; absent, null or "" = keep, which starts as
- * libonnxruntime.so.1 in the folder of libesper.so)}. Unknown keys are ESPER_EINVALID. May
- * be called again to change the settings. */
+ * libonnxruntime.so.1 in the folder of libesper.so), "env": {name: value}
+ * (the caller's current AWS_* and ESPER_* variables, read when a store is opened: each
+ * listed one is set in Go's copy of the environment, every other AWS_* and
+ * ESPER_* one is unset; absent or null = keep; a name outside those two
+ * families is ESPER_EINVALID)}. Unknown keys are ESPER_EINVALID. May be
+ * called again to change the settings. */
 int esper_init(const char *settings_json);
 
 /* Releases a string or buffer returned by the library. NULL is a no-op. */
@@ -259,9 +263,14 @@ int esper_value_predict(const char *model_dir, const char *rows_json, char **out
  * kept per handle.
  */
 
-/* Opens (creating if needed) the store at root (NULL or "": $ESPER_HOME/urza,
- * ESPER_HOME defaulting to ~/.esper) and writes its handle to *out. The
- * index is reconciled with the objects on disk. Errors: ESPER_EIO. */
+/* Opens (creating if needed) the store at root, a folder or an
+ * s3://bucket/prefix URL (NULL or "": $ESPER_URZA_URL when set, else
+ * $ESPER_HOME/urza, ESPER_HOME defaulting to ~/.esper), and writes its handle
+ * to *out. An S3 store reads ESPER_S3_ENDPOINT (or AWS_ENDPOINT_URL_S3,
+ * AWS_ENDPOINT_URL), AWS_REGION and the AWS_* credentials (docs/urza.md);
+ * each operation is retried with backoff. The index is reconciled with the
+ * stored objects. Errors: ESPER_EIO (naming the folder or URL),
+ * ESPER_EINVALID (a malformed URL or endpoint). */
 int esper_urza_open(const char *root, uint64_t *out);
 
 /* Closes a store handle. 0 is a no-op. Errors: ESPER_EHANDLE. */

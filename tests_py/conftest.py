@@ -1,6 +1,6 @@
 """Shared pytest configuration: the `cuda` marker runs only where a GPU is present, and every test
-gets a temporary ESPER_HOME (training runs write their outcome records to $ESPER_HOME/urza: tests
-never touch the user's ~/.esper)."""
+gets a temporary ESPER_HOME and no ESPER_URZA_URL (training runs write their outcome records to
+$ESPER_HOME/urza: tests never touch the user's ~/.esper or shared store)."""
 
 from __future__ import annotations
 
@@ -24,4 +24,5 @@ def esper_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
     """A fresh ESPER_HOME for each test (Go is sent it when a store is opened)."""
     home = tmp_path_factory.mktemp("esper_home")
     monkeypatch.setenv("ESPER_HOME", str(home))
+    monkeypatch.delenv("ESPER_URZA_URL", raising=False)  # a user's shared store never receives test runs
     return home

@@ -6,13 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/esper-morph/esper/blueprint/canon"
+	"github.com/esper-morph/esper/core/recovery"
 )
 
 // indexVersion is the format version of index.json.
@@ -133,12 +133,12 @@ type objectFiles struct {
 	manifest, weights bool
 }
 
-// scanObjects lists the artifact files under objects/ by id, without
+// scanObjects lists the artifact objects under objects/ by id, without
 // reading them.
 func (s *Store) scanObjects(ctx context.Context) (map[string]objectFiles, error) {
 	found := make(map[string]objectFiles)
-	err := s.walkObjects(ctx, func(dir, name string, _ fs.DirEntry) error {
-		if id, ext, ok := objectName(name); ok && filepath.Base(dir) == id[:2] {
+	err := s.walkObjects(ctx, func(dir, name string, _ object) error {
+		if id, ext, ok := objectName(name); ok && dir == id[:2] {
 			f := found[id]
 			if ext == manifestExt {
 				f.manifest = true
@@ -152,35 +152,23 @@ func (s *Store) scanObjects(ctx context.Context) (map[string]objectFiles, error)
 	return found, err
 }
 
-// walkObjects calls fn for every file in every objects/<xx> dir, checking
-// ctx between dirs.
-func (s *Store) walkObjects(ctx context.Context, fn func(dir, name string, e fs.DirEntry) error) error {
-	top := filepath.Join(s.root, objectsDir)
-	dirs, err := os.ReadDir(top)
+// walkObjects calls fn for every object in every objects/<xx> folder with
+// the folder's name (xx) and the object's.
+func (s *Store) walkObjects(ctx context.Context, fn func(dir, name string, o object) error) error {
+	objs, err := s.be.list(ctx, objectsDir+"/", true)
 	if err != nil {
-		return ioErr(err)
+		return err
 	}
-	for _, d := range dirs {
+	for _, o := range objs {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("%w: %w", ErrCancelled, err)
 		}
-		if !d.IsDir() {
+		dir, name, ok := strings.Cut(strings.TrimPrefix(o.Key, objectsDir+"/"), "/")
+		if !ok || strings.Contains(name, "/") {
 			continue
 		}
-		dir := filepath.Join(top, d.Name())
-		entries, err := os.ReadDir(dir)
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
-			}
-			return ioErr(err)
-		}
-		for _, e := range entries {
-			if e.Type().IsRegular() {
-				if err := fn(dir, e.Name(), e); err != nil {
-					return err
-				}
-			}
+		if err := fn(dir, name, o); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -193,21 +181,22 @@ func (s *Store) indexEntry(id string) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
-	st, err := os.Stat(s.manifestPath(id))
+	ctx := context.Background()
+	st, err := s.be.stat(ctx, manifestKey(id))
 	if err != nil {
-		return Info{}, ioErr(err)
+		return Info{}, err
 	}
-	wst, err := os.Stat(s.weightsPath(id))
+	wst, err := s.be.stat(ctx, weightsKey(id))
 	if errors.Is(err, fs.ErrNotExist) {
 		return Info{}, fmt.Errorf("%w: weights file is missing", ErrCorrupt)
 	}
 	if err != nil {
-		return Info{}, ioErr(err)
+		return Info{}, err
 	}
-	if wst.Size() != m.WeightsSize {
-		return Info{}, sizeErr(wst.Size(), m.WeightsSize)
+	if wst.Size != m.WeightsSize {
+		return Info{}, sizeErr(wst.Size, m.WeightsSize)
 	}
-	return infoOf(id, m, st.ModTime()), nil
+	return infoOf(id, m, st.ModTime), nil
 }
 
 // reconcile brings entries in line with the objects on disk: ids whose
@@ -242,30 +231,29 @@ func (s *Store) reconcile(ctx context.Context, entries map[string]Info) (bool, e
 	return changed, nil
 }
 
-// readIndexFile loads index.json; ok is false when it is missing or
-// unreadable (then it must be rebuilt).
-func (s *Store) readIndexFile() (map[string]Info, os.FileInfo, bool) {
-	path := s.indexPath()
-	b, _, err := readLimited(path, 1<<30)
+// readIndexFile loads index.json and its tag; ok is false when it is
+// missing or unreadable (then it must be rebuilt). tag is the tag of the
+// object read ("" when there is none), for a conditional rewrite.
+func (s *Store) readIndexFile(ctx context.Context) (entries map[string]Info, tag string, ok bool) {
+	b, obj, err := s.be.read(ctx, indexName, 1<<30)
+	if err == nil {
+		tag = obj.Tag
+	}
 	if err != nil || b == nil {
-		return nil, nil, false
+		return nil, tag, false
 	}
 	var f indexFile
 	if err := canon.DecodeLenient(b, &f); err != nil || f.Version != indexVersion {
-		return nil, nil, false
+		return nil, tag, false
 	}
-	entries := make(map[string]Info, len(f.Artifacts))
+	entries = make(map[string]Info, len(f.Artifacts))
 	for _, in := range f.Artifacts {
 		if !canon.IsID(in.ID) {
-			return nil, nil, false
+			return nil, tag, false
 		}
 		entries[in.ID] = in
 	}
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, nil, false
-	}
-	return entries, st, true
+	return entries, tag, true
 }
 
 // indexMode says how much updateIndex trusts index.json.
@@ -282,19 +270,38 @@ const (
 	rebuildIndex
 )
 
-// updateIndex rewrites the index under the process and file locks: it
-// loads index.json as mode says, applies mutate (may be nil), writes the
-// result if anything changed and makes it the in-memory index.
+// maxIndexRaces bounds how often updateIndex re-reads an index that
+// another writer replaced between its read and its conditional write.
+const maxIndexRaces = 50
+
+// updateIndex rewrites the index under the process lock and the backend's
+// lock: it loads index.json as mode says, applies mutate (may be nil),
+// writes the result if anything changed and makes it the in-memory index.
+// On a backend without a lock (S3) the write is conditional on the index
+// being the one read; when another writer replaced it, the update starts
+// again from the new one, so no writer's entries are lost.
 func (s *Store) updateIndex(ctx context.Context, mode indexMode, mutate func(map[string]Info) bool) error {
 	s.indexMu.Lock()
 	defer s.indexMu.Unlock()
-	unlock, err := lockFile(filepath.Join(s.root, lockName))
+	unlock, err := s.be.lockIndex()
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	for race := 0; ; race++ {
+		err := s.updateIndexOnce(ctx, mode, mutate)
+		if !errors.Is(err, errChanged) {
+			return err
+		}
+		if race == maxIndexRaces {
+			return fmt.Errorf("write index: %w (%d times in a row)", err, maxIndexRaces)
+		}
+	}
+}
 
-	entries, st, ok := s.readIndexFile()
+// updateIndexOnce is one read-modify-write of updateIndex.
+func (s *Store) updateIndexOnce(ctx context.Context, mode indexMode, mutate func(map[string]Info) bool) error {
+	entries, tag, ok := s.readIndexFile(ctx)
 	if mode == rebuildIndex {
 		ok = false
 	}
@@ -322,15 +329,20 @@ func (s *Store) updateIndex(ctx context.Context, mode indexMode, mutate func(map
 		if err != nil {
 			return fmt.Errorf("encode index: %w", err)
 		}
-		if err := writeAtomic(s.root, indexName, b, s.opts.FileMode); err != nil {
+		prev := tag
+		if err := recovery.Retry(ctx, s.opts.Retry, func(ctx context.Context) error {
+			var err error
+			tag, err = s.be.writeIf(ctx, indexName, b, prev)
+			return err
+		}); err != nil {
+			if errors.Is(err, errChanged) {
+				return err
+			}
 			return fmt.Errorf("write index: %w", err)
-		}
-		if st, err = os.Stat(s.indexPath()); err != nil {
-			return ioErr(err)
 		}
 	}
 	s.mu.Lock()
-	s.entries, s.indexStat = entries, st
+	s.entries, s.indexTag = entries, tag
 	s.mu.Unlock()
 	return nil
 }
@@ -339,16 +351,16 @@ func (s *Store) updateIndex(ctx context.Context, mode indexMode, mutate func(map
 // it was loaded (another process wrote it), rebuilding it when it is
 // missing or unreadable.
 func (s *Store) refreshIndex(ctx context.Context) error {
-	st, err := os.Stat(s.indexPath())
+	st, err := s.be.stat(ctx, indexName)
 	s.mu.RLock()
-	prev := s.indexStat
+	prev := s.indexTag
 	s.mu.RUnlock()
-	if err == nil && prev != nil && os.SameFile(st, prev) && st.ModTime().Equal(prev.ModTime()) && st.Size() == prev.Size() {
+	if err == nil && prev != "" && st.Tag == prev {
 		return nil
 	}
-	if entries, st, ok := s.readIndexFile(); ok {
+	if entries, tag, ok := s.readIndexFile(ctx); ok {
 		s.mu.Lock()
-		s.entries, s.indexStat = entries, st
+		s.entries, s.indexTag = entries, tag
 		s.mu.Unlock()
 		return nil
 	}

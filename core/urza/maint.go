@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -123,16 +121,17 @@ func (s *Store) problem(id string, err error) Problem {
 	kind := KindUnreadable
 	if errors.Is(err, ErrCorrupt) {
 		kind = KindCorrupt
-		if os.IsNotExist(statErr(s.weightsPath(id))) {
+		if s.missing(weightsKey(id)) {
 			kind = KindIncomplete
 		}
 	}
-	return Problem{ID: id, Path: s.rel(s.manifestPath(id)), Kind: kind, Detail: err.Error()}
+	return Problem{ID: id, Path: manifestKey(id), Kind: kind, Detail: err.Error()}
 }
 
-func statErr(path string) error {
-	_, err := os.Stat(path)
-	return err
+// missing reports whether key is known not to exist.
+func (s *Store) missing(key string) bool {
+	_, err := s.be.stat(context.Background(), key)
+	return errors.Is(err, fs.ErrNotExist)
 }
 
 // survey is one pass over objects/: the ids with a manifest, the files
@@ -151,20 +150,18 @@ func (s *Store) survey(ctx context.Context) (*survey, error) {
 	sv := &survey{files: make(map[string]objectFiles), ages: make(map[string]time.Duration), sizes: make(map[string]int64)}
 	now := time.Now()
 	var temps, others []Problem
-	err := s.walkObjects(ctx, func(dir, name string, e fs.DirEntry) error {
-		path := filepath.Join(dir, name)
-		if info, err := e.Info(); err == nil {
-			sv.ages[path] = now.Sub(info.ModTime())
-			sv.sizes[path] = info.Size()
-		}
+	err := s.walkObjects(ctx, func(dir, name string, o object) error {
+		path := o.Key
+		sv.ages[path] = now.Sub(o.ModTime)
+		sv.sizes[path] = o.Size
 		if strings.HasPrefix(name, tmpPrefix) {
 			id, _ := tempID(name)
-			temps = append(temps, Problem{ID: id, Path: s.rel(path), Kind: KindTemp, Detail: "temp file of an interrupted or ongoing write"})
+			temps = append(temps, Problem{ID: id, Path: path, Kind: KindTemp, Detail: "temp file of an interrupted or ongoing write"})
 			return nil
 		}
 		id, ext, ok := objectName(name)
-		if !ok || filepath.Base(dir) != id[:2] {
-			others = append(others, Problem{Path: s.rel(path), Kind: KindUnexpected, Detail: "not a file the store writes"})
+		if !ok || dir != id[:2] {
+			others = append(others, Problem{Path: path, Kind: KindUnexpected, Detail: "not a file the store writes"})
 			return nil
 		}
 		f := sv.files[id]
@@ -180,25 +177,22 @@ func (s *Store) survey(ctx context.Context) (*survey, error) {
 		return nil, err
 	}
 	// Temp files of index.json live in the root.
-	rootEntries, err := os.ReadDir(s.root)
+	rootEntries, err := s.be.list(ctx, "", false)
 	if err != nil {
-		return nil, ioErr(err)
+		return nil, err
 	}
 	for _, e := range rootEntries {
-		if e.Type().IsRegular() && strings.HasPrefix(e.Name(), tmpPrefix) {
-			path := filepath.Join(s.root, e.Name())
-			if info, err := e.Info(); err == nil {
-				sv.ages[path] = now.Sub(info.ModTime())
-				sv.sizes[path] = info.Size()
-			}
-			temps = append(temps, Problem{Path: s.rel(path), Kind: KindTemp, Detail: "temp file of an interrupted or ongoing index write"})
+		if !e.Dir && strings.HasPrefix(e.Key, tmpPrefix) {
+			sv.ages[e.Key] = now.Sub(e.ModTime)
+			sv.sizes[e.Key] = e.Size
+			temps = append(temps, Problem{Path: e.Key, Kind: KindTemp, Detail: "temp file of an interrupted or ongoing index write"})
 		}
 	}
 	for id, f := range sv.files {
 		if f.manifest {
 			sv.manifests = append(sv.manifests, id)
 		} else {
-			others = append(others, Problem{ID: id, Path: s.rel(s.weightsPath(id)), Kind: KindOrphan, Detail: "weights without a manifest"})
+			others = append(others, Problem{ID: id, Path: weightsKey(id), Kind: KindOrphan, Detail: "weights without a manifest"})
 		}
 	}
 	sort.Strings(sv.manifests)
@@ -223,7 +217,7 @@ func (s *Store) GC(ctx context.Context) (GCReport, error) {
 		return rep, fmt.Errorf("urza: gc: %w", err)
 	}
 	remove := func(p Problem, size int64) {
-		if err := os.Remove(filepath.Join(s.root, filepath.FromSlash(p.Path))); err == nil {
+		if err := s.be.remove(ctx, p.Path); err == nil {
 			rep.Removed = append(rep.Removed, p)
 			rep.Bytes += size
 		}
@@ -233,7 +227,7 @@ func (s *Store) GC(ctx context.Context) (GCReport, error) {
 		if err := ctx.Err(); err != nil {
 			return rep, fmt.Errorf("urza: gc: %w: %w", ErrCancelled, err)
 		}
-		path := filepath.Join(s.root, filepath.FromSlash(p.Path))
+		path := p.Path
 		if p.Kind == KindUnexpected || (s.opts.TempGrace > 0 && sv.ages[path] < s.opts.TempGrace) {
 			continue
 		}
@@ -247,7 +241,7 @@ func (s *Store) GC(ctx context.Context) (GCReport, error) {
 		// Under the id's lock, a write of this process is not in progress;
 		// re-check that an orphan is still one.
 		unlock := s.lockID(p.ID)
-		if p.Kind != KindOrphan || os.IsNotExist(statErr(s.manifestPath(p.ID))) {
+		if p.Kind != KindOrphan || s.missing(manifestKey(p.ID)) {
 			remove(p, sv.sizes[path])
 		}
 		unlock()
@@ -261,12 +255,12 @@ func (s *Store) GC(ctx context.Context) (GCReport, error) {
 		if errors.Is(lerr, ErrCorrupt) {
 			p := s.problem(id, lerr)
 			var size int64
-			if st, err := os.Stat(s.weightsPath(id)); err == nil {
-				size = st.Size()
+			if st, err := s.be.stat(ctx, weightsKey(id)); err == nil {
+				size = st.Size
 			}
-			remove(Problem{ID: id, Path: s.rel(s.weightsPath(id)), Kind: p.Kind, Detail: p.Detail}, size)
-			if st, err := os.Stat(s.manifestPath(id)); err == nil {
-				size = st.Size()
+			remove(Problem{ID: id, Path: weightsKey(id), Kind: p.Kind, Detail: p.Detail}, size)
+			if st, err := s.be.stat(ctx, manifestKey(id)); err == nil {
+				size = st.Size
 			}
 			remove(p, size)
 			dropped = append(dropped, id)

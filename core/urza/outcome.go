@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io/fs"
 	"math"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -236,7 +234,8 @@ func (o *Outcome) Name() string {
 	return fmt.Sprintf("%012d-%d-%d-%d", o.GerminatedStep, o.Layer, o.Slot, o.Seq)
 }
 
-func (s *Store) runDir(run string) string { return filepath.Join(s.root, outcomesDir, run) }
+// runPrefix is the key prefix of a run's outcome records.
+func runPrefix(run string) string { return outcomesDir + "/" + run + "/" }
 
 // PutOutcome validates an outcome record, stamps its schema and write time,
 // and writes it atomically under outcomes/<run_id>/. It returns the
@@ -255,13 +254,9 @@ func (s *Store) PutOutcome(data []byte) (_ string, err error) {
 	if err != nil {
 		return "", fmt.Errorf("urza: put outcome: %w: %v", ErrInvalidOutcome, err)
 	}
-	dir, name := s.runDir(o.RunID), o.Name()
-	ctx := context.Background()
-	if err := recovery.Retry(ctx, s.opts.Retry, func(context.Context) error { return ioErr(os.MkdirAll(dir, 0o755)) }); err != nil {
-		return "", fmt.Errorf("urza: put outcome: %w", err)
-	}
-	if err := recovery.Retry(ctx, s.opts.Retry, func(context.Context) error {
-		return writeAtomic(dir, name+manifestExt, b, s.opts.FileMode)
+	name := o.Name()
+	if err := recovery.Retry(context.Background(), s.opts.Retry, func(ctx context.Context) error {
+		return s.be.write(ctx, runPrefix(o.RunID)+name+manifestExt, b)
 	}); err != nil {
 		return "", fmt.Errorf("urza: put outcome %s/%s: %w", o.RunID, name, err)
 	}
@@ -298,17 +293,15 @@ func (s *Store) Outcomes(run string) ([]json.RawMessage, error) {
 
 // runIDs lists the run folders, sorted.
 func (s *Store) runIDs() ([]string, error) {
-	entries, err := os.ReadDir(filepath.Join(s.root, outcomesDir))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+	entries, err := s.be.list(context.Background(), outcomesDir+"/", false)
 	if err != nil {
-		return nil, ioErr(err)
+		return nil, err
 	}
 	var ids []string
 	for _, e := range entries {
-		if e.IsDir() && validRunID(e.Name()) {
-			ids = append(ids, e.Name())
+		name := strings.TrimSuffix(strings.TrimPrefix(e.Key, outcomesDir+"/"), "/")
+		if e.Dir && validRunID(name) {
+			ids = append(ids, name)
 		}
 	}
 	sort.Strings(ids)
@@ -317,26 +310,23 @@ func (s *Store) runIDs() ([]string, error) {
 
 // readRun reads one run's records in name order (names sort by step).
 func (s *Store) readRun(run string) ([]json.RawMessage, error) {
-	dir := s.runDir(run)
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+	ctx := context.Background()
+	entries, err := s.runRecords(ctx, run)
 	if err != nil {
-		return nil, ioErr(err)
+		return nil, err
 	}
 	var out []json.RawMessage
 	for _, e := range entries {
-		name := e.Name()
-		if !e.Type().IsRegular() || strings.HasPrefix(name, tmpPrefix) || !strings.HasSuffix(name, manifestExt) {
-			continue
+		name := strings.TrimPrefix(e.Key, runPrefix(run))
+		b, obj, err := s.be.read(ctx, e.Key, MaxOutcomeBytes)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed between the listing and now
 		}
-		b, size, err := readLimited(filepath.Join(dir, name), MaxOutcomeBytes)
 		if err != nil {
-			return nil, ioErr(err)
+			return nil, err
 		}
 		if b == nil {
-			return nil, fmt.Errorf("%w: outcome %s/%s is %d bytes, over the %d-byte limit", ErrCorrupt, run, name, size, MaxOutcomeBytes)
+			return nil, fmt.Errorf("%w: outcome %s/%s is %d bytes, over the %d-byte limit", ErrCorrupt, run, name, obj.Size, MaxOutcomeBytes)
 		}
 		var probe struct {
 			Schema int    `json:"schema"`
@@ -347,6 +337,24 @@ func (s *Store) readRun(run string) ([]json.RawMessage, error) {
 		}
 		out = append(out, json.RawMessage(b))
 	}
+	return out, nil
+}
+
+// runRecords lists one run's record objects (not temp files), by name.
+func (s *Store) runRecords(ctx context.Context, run string) ([]object, error) {
+	entries, err := s.be.list(ctx, runPrefix(run), false)
+	if err != nil {
+		return nil, err
+	}
+	out := entries[:0]
+	for _, e := range entries {
+		name := strings.TrimPrefix(e.Key, runPrefix(run))
+		if e.Dir || strings.HasPrefix(name, tmpPrefix) || !strings.HasSuffix(name, manifestExt) {
+			continue
+		}
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
 	return out, nil
 }
 

@@ -1,12 +1,11 @@
 package urza
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 )
@@ -35,26 +34,13 @@ func (s *Store) OutcomeFiles() ([]OutcomeFile, error) {
 	}
 	var out []OutcomeFile
 	for _, run := range runs {
-		entries, err := os.ReadDir(s.runDir(run))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
+		entries, err := s.runRecords(context.Background(), run)
 		if err != nil {
-			return nil, fmt.Errorf("urza: outcome files: %w", ioErr(err))
+			return nil, fmt.Errorf("urza: outcome files: %w", err)
 		}
 		for _, e := range entries {
-			name := e.Name()
-			if !e.Type().IsRegular() || strings.HasPrefix(name, tmpPrefix) || !strings.HasSuffix(name, manifestExt) {
-				continue
-			}
-			info, err := e.Info()
-			if errors.Is(err, fs.ErrNotExist) {
-				continue // replaced between the listing and now: the next listing has it
-			}
-			if err != nil {
-				return nil, fmt.Errorf("urza: outcome files: %w", ioErr(err))
-			}
-			out = append(out, OutcomeFile{Key: run + "/" + strings.TrimSuffix(name, manifestExt), Size: info.Size(), ModTime: info.ModTime()})
+			name := strings.TrimSuffix(strings.TrimPrefix(e.Key, runPrefix(run)), manifestExt)
+			out = append(out, OutcomeFile{Key: run + "/" + name, Size: e.Size, ModTime: e.ModTime})
 		}
 	}
 	return out, nil
@@ -71,15 +57,15 @@ func (s *Store) OutcomeRecord(key string) (json.RawMessage, error) {
 	if !ok || !validRunID(run) || name == "" || strings.ContainsAny(name, `/\`) || strings.HasPrefix(name, ".") {
 		return nil, fmt.Errorf("urza: outcome record %q: %w: want <run_id>/<name>", key, ErrInvalidOutcome)
 	}
-	b, size, err := readLimited(filepath.Join(s.runDir(run), name+manifestExt), MaxOutcomeBytes)
+	b, obj, err := s.be.read(context.Background(), runPrefix(run)+name+manifestExt, MaxOutcomeBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("urza: outcome record %s: %w", key, ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("urza: outcome record %s: %w", key, ioErr(err))
+		return nil, fmt.Errorf("urza: outcome record %s: %w", key, err)
 	}
 	if b == nil {
-		return nil, fmt.Errorf("%w: outcome %s is %d bytes, over the %d-byte limit", ErrCorrupt, key, size, MaxOutcomeBytes)
+		return nil, fmt.Errorf("%w: outcome %s is %d bytes, over the %d-byte limit", ErrCorrupt, key, obj.Size, MaxOutcomeBytes)
 	}
 	if !json.Valid(b) {
 		return nil, fmt.Errorf("%w: outcome %s does not decode", ErrCorrupt, key)

@@ -90,10 +90,11 @@ func (o Options) withDefaults() (Options, error) {
 	return o, nil
 }
 
-// Store is an artifact store rooted at a local directory. Create it with
-// Open; it is safe for concurrent use.
+// Store is an artifact store on a local directory or an S3-compatible
+// bucket. Create it with Open; it is safe for concurrent use.
 type Store struct {
 	root     string
+	be       backend
 	opts     Options
 	breakers *recovery.Breakers
 	ops      opCounters
@@ -106,11 +107,11 @@ type Store struct {
 	// index.lock serialises them between processes.
 	indexMu sync.Mutex
 
-	// mu guards entries, indexStat and closed.
-	mu        sync.RWMutex
-	entries   map[string]Info
-	indexStat os.FileInfo
-	closed    bool
+	// mu guards entries, indexTag and closed.
+	mu       sync.RWMutex
+	entries  map[string]Info
+	indexTag string
+	closed   bool
 }
 
 // DefaultRoot returns the default store root: $ESPER_HOME/urza, with
@@ -133,13 +134,22 @@ func RootUnder(home string) (string, error) {
 	return filepath.Join(home, "urza"), nil
 }
 
-// Open opens (creating if needed) the store at root. It loads the index
-// and reconciles it with the objects on disk, rebuilding it when it is
-// missing, unreadable or stale. opts may be nil.
+// Open opens (creating if needed) the store at root: a local directory, or
+// an S3-compatible bucket when root is an s3://bucket/prefix URL (see
+// OpenS3's configuration from the environment). It loads the index and
+// reconciles it with the stored objects, rebuilding it when it is missing,
+// unreadable or stale. opts may be nil.
 func Open(root string, opts *Options) (*Store, error) {
 	var o Options
 	if opts != nil {
 		o = *opts
+	}
+	if IsURL(root) {
+		cfg, err := S3ConfigFromEnv(root, os.Getenv)
+		if err != nil {
+			return nil, fmt.Errorf("urza: open %s: %w", root, err)
+		}
+		return openS3(cfg, o)
 	}
 	o, err := o.withDefaults()
 	if err != nil {
@@ -159,14 +169,19 @@ func Open(root string, opts *Options) (*Store, error) {
 	if err := os.MkdirAll(filepath.Join(abs, objectsDir), 0o755); err != nil {
 		return nil, fmt.Errorf("urza: open %s: %w", abs, ioErr(err))
 	}
-	s := &Store{root: abs, opts: o, breakers: br}
+	return open(&dirBackend{root: abs, mode: o.FileMode}, o, br)
+}
+
+// open loads the index of the store on be.
+func open(be backend, o Options, br *recovery.Breakers) (*Store, error) {
+	s := &Store{root: be.location(), be: be, opts: o, breakers: br}
 	if err := s.updateIndex(context.Background(), reconcileIndex, nil); err != nil {
-		return nil, fmt.Errorf("urza: open %s: index: %w", abs, err)
+		return nil, fmt.Errorf("urza: open %s: index: %w", s.root, err)
 	}
 	return s, nil
 }
 
-// Root returns the store's absolute root directory.
+// Root returns the store's absolute root directory, or its s3:// URL.
 func (s *Store) Root() string { return s.root }
 
 // Close marks the store closed: later calls return ErrClosed. Calls in
@@ -187,18 +202,9 @@ func (s *Store) checkOpen(op string) error {
 	return nil
 }
 
-func (s *Store) dir(id string) string { return filepath.Join(s.root, objectsDir, id[:2]) }
-func (s *Store) manifestPath(id string) string {
-	return filepath.Join(s.dir(id), id+manifestExt)
-}
-func (s *Store) weightsPath(id string) string { return filepath.Join(s.dir(id), id+weightsExt) }
-func (s *Store) indexPath() string            { return filepath.Join(s.root, indexName) }
-func (s *Store) rel(path string) string {
-	if r, err := filepath.Rel(s.root, path); err == nil {
-		return filepath.ToSlash(r)
-	}
-	return path
-}
+// Keys of an artifact's two objects.
+func manifestKey(id string) string { return objectsDir + "/" + id[:2] + "/" + id + manifestExt }
+func weightsKey(id string) string  { return objectsDir + "/" + id[:2] + "/" + id + weightsExt }
 
 // lockID locks the write lock of id's stripe and returns its unlock.
 func (s *Store) lockID(id string) func() {
@@ -256,8 +262,8 @@ func (s *Store) Put(manifestJSON, weights []byte) (_ string, err error) {
 		return "", fmt.Errorf("urza: put %s: %w", id, err)
 	}
 	info := infoOf(id, m, time.Now())
-	if st, err := os.Stat(s.manifestPath(id)); err == nil {
-		info.Created = st.ModTime().UTC()
+	if st, err := s.be.stat(context.Background(), manifestKey(id)); err == nil {
+		info.Created = st.ModTime.UTC()
 	}
 	err = s.updateIndex(context.Background(), trustIndex, func(e map[string]Info) bool {
 		if _, ok := e[id]; ok {
@@ -276,24 +282,19 @@ func (s *Store) Put(manifestJSON, weights []byte) (_ string, err error) {
 // write stores the two files of id unless an intact copy is there. The
 // caller holds id's lock.
 func (s *Store) write(id string, manifest, weights []byte) error {
-	if old, err := os.ReadFile(s.manifestPath(id)); err == nil && bytes.Equal(old, manifest) {
-		if w, err := os.ReadFile(s.weightsPath(id)); err == nil && bytes.Equal(w, weights) {
+	ctx := context.Background()
+	if old, _, err := s.be.read(ctx, manifestKey(id), MaxManifestBytes); err == nil && bytes.Equal(old, manifest) {
+		if w, _, err := s.be.read(ctx, weightsKey(id), int64(len(weights))); err == nil && bytes.Equal(w, weights) {
 			return nil
 		}
 	}
-	ctx := context.Background()
-	if err := recovery.Retry(ctx, s.opts.Retry, func(context.Context) error {
-		return ioErr(os.MkdirAll(s.dir(id), 0o755))
-	}); err != nil {
-		return err
-	}
-	if err := recovery.Retry(ctx, s.opts.Retry, func(context.Context) error {
-		return writeAtomic(s.dir(id), id+weightsExt, weights, s.opts.FileMode)
+	if err := recovery.Retry(ctx, s.opts.Retry, func(ctx context.Context) error {
+		return s.be.write(ctx, weightsKey(id), weights)
 	}); err != nil {
 		return fmt.Errorf("write weights: %w", err)
 	}
-	if err := recovery.Retry(ctx, s.opts.Retry, func(context.Context) error {
-		return writeAtomic(s.dir(id), id+manifestExt, manifest, s.opts.FileMode)
+	if err := recovery.Retry(ctx, s.opts.Retry, func(ctx context.Context) error {
+		return s.be.write(ctx, manifestKey(id), manifest)
 	}); err != nil {
 		return fmt.Errorf("write manifest: %w", err)
 	}
@@ -346,15 +347,15 @@ func (s *Store) load(id string) (*Artifact, error) {
 	if err != nil {
 		return nil, err
 	}
-	wb, wsize, err := readLimited(s.weightsPath(id), m.WeightsSize)
+	wb, wobj, err := s.be.read(context.Background(), weightsKey(id), m.WeightsSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: weights file is missing", ErrCorrupt)
 	}
 	if err != nil {
-		return nil, ioErr(err)
+		return nil, err
 	}
-	if wb == nil || wsize != m.WeightsSize {
-		return nil, sizeErr(wsize, m.WeightsSize)
+	if wb == nil || int64(len(wb)) != m.WeightsSize {
+		return nil, sizeErr(max(wobj.Size, int64(len(wb))), m.WeightsSize)
 	}
 	if got := canon.ID(wb); got != m.WeightsSHA256 {
 		return nil, fmt.Errorf("%w: weights hash to %s, manifest says %s", ErrCorrupt, got, m.WeightsSHA256)
@@ -362,32 +363,28 @@ func (s *Store) load(id string) (*Artifact, error) {
 	return &Artifact{ID: id, Manifest: m, ManifestJSON: mb, Weights: wb}, nil
 }
 
-// verifyStored checks id's two files like load, streaming the weights
+// verifyStored checks id's two objects like load, streaming the weights
 // through the hash instead of keeping them, and returns the weights size.
 func (s *Store) verifyStored(id string) (int64, error) {
 	m, _, err := s.readManifest(id)
 	if err != nil {
 		return 0, err
 	}
-	f, err := os.Open(s.weightsPath(id))
+	f, st, err := s.be.open(context.Background(), weightsKey(id))
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, fmt.Errorf("%w: weights file is missing", ErrCorrupt)
 	}
 	if err != nil {
-		return 0, ioErr(err)
+		return 0, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return 0, ioErr(err)
-	}
-	if st.Size() != m.WeightsSize {
-		return 0, sizeErr(st.Size(), m.WeightsSize)
+	if st.Size != m.WeightsSize {
+		return 0, sizeErr(st.Size, m.WeightsSize)
 	}
 	h := sha256.New()
-	n, err := io.Copy(h, f)
+	n, err := io.Copy(h, io.LimitReader(f, m.WeightsSize+1))
 	if err != nil {
-		return 0, ioErr(err)
+		return 0, err
 	}
 	if n != m.WeightsSize {
 		return 0, sizeErr(n, m.WeightsSize)
@@ -400,15 +397,15 @@ func (s *Store) verifyStored(id string) (int64, error) {
 
 // readManifest reads id's manifest and checks that it hashes to id.
 func (s *Store) readManifest(id string) (*Manifest, []byte, error) {
-	mb, size, err := readLimited(s.manifestPath(id), MaxManifestBytes)
+	mb, obj, err := s.be.read(context.Background(), manifestKey(id), MaxManifestBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, ErrNotFound
 	}
 	if err != nil {
-		return nil, nil, ioErr(err)
+		return nil, nil, err
 	}
 	if mb == nil {
-		return nil, nil, fmt.Errorf("%w: manifest is %d bytes, over the %d-byte limit", ErrCorrupt, size, MaxManifestBytes)
+		return nil, nil, fmt.Errorf("%w: manifest is %d bytes, over the %d-byte limit", ErrCorrupt, obj.Size, MaxManifestBytes)
 	}
 	if got := canon.ID(mb); got != id {
 		return nil, nil, fmt.Errorf("%w: manifest hashes to %s, not its id", ErrCorrupt, got)
@@ -438,7 +435,7 @@ func (s *Store) Stat(id string) (Info, error) {
 	if err := checkID("stat", id); err != nil {
 		return Info{}, err
 	}
-	if _, err := os.Stat(s.manifestPath(id)); errors.Is(err, fs.ErrNotExist) {
+	if _, err := s.be.stat(context.Background(), manifestKey(id)); errors.Is(err, fs.ErrNotExist) {
 		return Info{}, fmt.Errorf("urza: stat %s: %w", id, ErrNotFound)
 	}
 	info, err := s.indexEntry(id)
@@ -461,17 +458,16 @@ func (s *Store) Delete(id string) (err error) {
 	}
 	unlock := s.lockID(id)
 	defer unlock()
-	mErr := os.Remove(s.manifestPath(id))
-	wErr := os.Remove(s.weightsPath(id))
+	ctx := context.Background()
+	mErr := s.be.remove(ctx, manifestKey(id))
+	wErr := s.be.remove(ctx, weightsKey(id))
 	switch {
 	case errors.Is(mErr, fs.ErrNotExist) && errors.Is(wErr, fs.ErrNotExist):
 		err = ErrNotFound
 	case mErr != nil && !errors.Is(mErr, fs.ErrNotExist):
-		err = ioErr(mErr)
+		err = mErr
 	case wErr != nil && !errors.Is(wErr, fs.ErrNotExist):
-		err = ioErr(wErr)
-	default:
-		err = syncDir(s.dir(id))
+		err = wErr
 	}
 	s.breakers.Reset(id)
 	ierr := s.updateIndex(context.Background(), trustIndex, func(e map[string]Info) bool {

@@ -212,14 +212,17 @@ def _init_settings() -> bytes:
         "esper_home": os.environ.get("ESPER_HOME", ""),
         # "" keeps the library's default: libonnxruntime.so.1 beside libesper.so.
         "onnxruntime_lib": os.environ.get("ESPER_ONNXRUNTIME_LIB", ""),
+        # What Go reads when it opens a store (ESPER_URZA_URL, ESPER_S3_ENDPOINT, the AWS_*
+        # credentials), as os.environ holds it now; Go mirrors exactly these two families.
+        "env": {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "ESPER_"))},
     }
     return json.dumps(settings).encode()
 
 
 def refresh_settings() -> None:
     """Send the settings again if the environment changed them since the library read them
-    (e.g. ``os.environ["ESPER_HOME"]`` set after the first Esper call). Called where a setting
-    is used: opening the default Urza store."""
+    (e.g. ``os.environ["ESPER_HOME"]`` or ``ESPER_URZA_URL`` set after the first Esper call).
+    Called where a setting is used: opening an Urza store."""
     global _sent_settings
     cdll = lib()
     settings = _init_settings()

@@ -575,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(fn=_cmd_oona)
 
     s = sub.add_parser("urza", help="the artifact store")
-    s.add_argument("--root", default=None, help="store folder (default $ESPER_HOME/urza, ~/.esper/urza)")
+    s.add_argument("--root", default=None,
+                   help="store folder or s3://bucket/prefix (default $ESPER_URZA_URL, else $ESPER_HOME/urza)")
     s.add_argument("--json", action="store_true")
     usub = s.add_subparsers(dest="urza_cmd", required=True)
     json_here = {"action": "store_true", "default": argparse.SUPPRESS, "help": "print JSON"}

@@ -224,10 +224,12 @@ class MorphConfig:
             seed is final (no longer judged, pruned or rolled back) but keeps
             training jointly with the host, as the same shape trained from
             scratch would.
-        urza: the Urza store folder the run records to: validated builds,
-            fossilized seeds (trained kernels) and outcome records ("": the
-            default store, ``$ESPER_HOME/urza`` with ESPER_HOME defaulting to
-            ``~/.esper``; see docs/internals.md).
+        urza: the Urza store the run records to, a folder or an
+            ``s3://bucket/prefix`` URL: validated builds, fossilized seeds
+            (trained kernels) and outcome records ("": the default store,
+            ``$ESPER_URZA_URL`` when set, else ``$ESPER_HOME/urza`` with
+            ESPER_HOME defaulting to ``~/.esper``; see docs/internals.md and
+            docs/urza.md).
         karn_search: Tamiyo asks Karn to search for each germination's blueprint
             (docs/karn.md) instead of growing ``template`` as configured. The
             search costs no more than the seed ``template`` would have grown
@@ -782,8 +784,10 @@ class Morphogenesis:
             layers = [layer.spec.to_dict() for layer in self.layers]
             for entry, name in zip(layers, self.layer_names):
                 entry["name"] = name
-            if self.config.karn_search and not self.config.urza:
-                _lib.refresh_settings()  # Karn's history is read from $ESPER_HOME/urza as os.environ says now
+            if self.config.karn_search:
+                # Go opens Karn's history store with ESPER_HOME, ESPER_URZA_URL and the S3 variables
+                # as os.environ says now.
+                _lib.refresh_settings()
             config = self.config.session_config(layers, self.slots)
             config["metrics"] = {"run": self.run_id, "rank": _rank()}
             session = Session(config)

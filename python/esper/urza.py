@@ -72,19 +72,25 @@ def _nulled(obj: Any) -> Any:
 
 
 class Urza(_lib.Handle):
-    """A handle on a local artifact store (``core/urza``).
+    """A handle on an artifact store (``core/urza``): a local folder or an S3-compatible bucket.
 
-    Writes are atomic (temp file, fsync, rename); an index answers queries by blueprint, template
-    and tag, and is reconciled with the objects on disk when the store is opened. Several processes
-    may use one root at once. Close the store with :meth:`close` or a ``with`` block.
+    Writes are atomic (temp file, fsync, rename; on S3 one PUT per object, the manifest after the
+    weights and the index last); an index answers queries by blueprint, template and tag, and is
+    reconciled with the stored objects when the store is opened. Several processes and machines
+    may use one store at once. Every read is verified by Go. Close the store with :meth:`close`
+    or a ``with`` block.
 
     Args:
-        root: the store's folder, created if needed. None or "" opens the default store,
-            ``$ESPER_HOME/urza`` with ``ESPER_HOME`` defaulting to ``~/.esper`` (decided by Go,
-            from ``os.environ["ESPER_HOME"]`` as it is when the store is opened).
+        root: the store's folder (created if needed) or an ``s3://bucket/prefix`` URL. None or ""
+            opens the default store: ``$ESPER_URZA_URL`` when set, else ``$ESPER_HOME/urza`` with
+            ``ESPER_HOME`` defaulting to ``~/.esper`` (decided by Go, from ``os.environ`` as it
+            is when the store is opened). An S3 store reads its service and credentials from
+            ``ESPER_S3_ENDPOINT`` (or ``AWS_ENDPOINT_URL``), ``AWS_REGION``,
+            ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` (docs/urza.md).
 
     Raises:
-        StorageError: the folder cannot be created or read.
+        StorageError: the folder cannot be created or read, or the S3 service cannot be reached
+            (after retries with backoff; the message names the URL).
     """
 
     _free_symbol = "esper_urza_close"
@@ -92,8 +98,9 @@ class Urza(_lib.Handle):
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         out = c_uint64()
         arg = os.fsencode(root) if root else None
-        if arg is None:
-            _lib.refresh_settings()  # ESPER_HOME as os.environ holds it now, not as Go copied it at load
+        # ESPER_HOME, ESPER_URZA_URL and the S3 variables as os.environ holds them now, not as Go
+        # copied them at load.
+        _lib.refresh_settings()
         _lib.check(_lib.lib().esper_urza_open(arg, byref(out)))
         super().__init__(out.value)
 
@@ -115,7 +122,7 @@ class Urza(_lib.Handle):
 
     @property
     def root(self) -> str:
-        """The store's absolute root folder."""
+        """The store's absolute root folder, or its ``s3://`` URL."""
         out = c_void_p()
         self._call("esper_urza_root", byref(out))
         return _lib.take_string(out)
