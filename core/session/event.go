@@ -110,6 +110,10 @@ type Counters struct {
 	Alarms         int64 `json:"alarms"`
 	Decisions      int64 `json:"decisions"`
 	Events         int64 `json:"events"`
+	// Proposals counts the moves proposed from outside (Propose) and
+	// Refused those the lifecycle or the governor refused: not executed.
+	Proposals int64 `json:"proposals"`
+	Refused   int64 `json:"refused"`
 }
 
 // FailureKind classifies a seed failure (the int32 kind of
