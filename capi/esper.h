@@ -619,7 +619,8 @@ int esper_session_growth_log(uint64_t handle, char **out_json);
  * "slots", "nodes": [{"kind": "layer"|"seed", "layer", "slot" (-1 for a
  * layer), "name", "host", "in", "out", "params", "signals": {name: window
  * mean or null}, "cooldown", "dormant", "state", "alpha", "steps_in_state",
- * "epochs_in_state", "template", "generation"}], "edges": [{"from", "to",
+ * "epochs_in_state", "template", "generation", "contribution" (last measured;
+ * null: none)}], "edges": [{"from", "to",
  * "kind": "flow"|"seed"}], "global": {"params_used", "max_params",
  * "remaining", "host_params", "active", "max_concurrent", "epochs",
  * "lifecycle_steps", "val_losses": [{"epoch", "value"}]}, "ops", "templates",

@@ -41,6 +41,9 @@ type GraphNode struct {
 	EpochsInState int     `json:"epochs_in_state"`
 	Template      string  `json:"template,omitempty"`
 	Generation    int     `json:"generation"`
+	// Contribution is the seed's last measured contribution (validation
+	// loss without it minus with it; null when none was measured).
+	Contribution nissa.Num `json:"contribution"`
 }
 
 // GraphEdge is a directed edge of the layer graph, between node indices:
@@ -130,7 +133,7 @@ func (s *Session) Graph() (Graph, error) {
 		h := s.hostOfLocked(l)
 		n := GraphNode{Kind: "layer", Layer: l, Slot: -1, Name: s.set.names[l], Host: h.Kind, In: h.In, Out: h.Out,
 			Params: s.set.cfg.Layers[l].Params, Signals: make(map[string]nissa.Num, nissa.NumSignals),
-			Cooldown: gov.Cooldown(l, s.epoch)}
+			Cooldown: gov.Cooldown(l, s.epoch), Contribution: nissa.Num(math.NaN())}
 		if h.Kind == blueprint.HostResidual {
 			n.In, n.Out = h.Dim, h.Dim
 		}
@@ -158,7 +161,7 @@ func (s *Session) Graph() (Graph, error) {
 		}
 		n := GraphNode{Kind: "seed", Layer: sd.Layer, Slot: sd.Slot, Name: s.set.names[sd.Layer], Params: sd.ParamCount,
 			State: sd.State.String(), Alpha: sd.Alpha, StepsInState: sd.StepsInState, EpochsInState: s.epochsIn[i],
-			Template: templateOf(sd.Blueprint), Generation: sd.Generation}
+			Template: templateOf(sd.Blueprint), Generation: sd.Generation, Contribution: nissa.Num(s.mon.impacts.LastMeasured(i))}
 		g.Edges = append(g.Edges, GraphEdge{From: len(g.Nodes), To: sd.Layer, Kind: "seed"})
 		g.Nodes = append(g.Nodes, n)
 	}

@@ -2,11 +2,13 @@ package session_test
 
 import (
 	"errors"
+	"math"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/esper-morph/esper/core/lifecycle"
+	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/core/session"
 	"github.com/esper-morph/esper/policy/tamiyo"
 )
@@ -239,5 +241,20 @@ func TestProposeApplied(t *testing.T) {
 	}
 	if _, err := session.ParseProposal([]byte(`{"op": "wait", "extra": 1}`)); !errors.Is(err, session.ErrArgument) {
 		t.Errorf("unknown field: %v, want ErrArgument", err)
+	}
+}
+
+func TestGraphCarriesMeasuredContribution(t *testing.T) {
+	s := newSession(t, baseConfig())
+	advanceTo(t, s, 0, 1, lifecycle.Holding)
+	if c := graph(t, s).Nodes[2].Contribution; !math.IsNaN(float64(c)) {
+		t.Fatalf("contribution before any measurement = %v, want null", c)
+	}
+	val := nissa.Metric{Value: 0.5, Measured: true}
+	if _, err := s.EndEpoch(tamiyo.Metrics{ValLoss: val, Contributions: []tamiyo.Contribution{{Layer: 0, Slot: 1, DeltaLoss: 0.125}}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := graph(t, s).Nodes[2]; n.Kind != "seed" || float64(n.Contribution) != 0.125 {
+		t.Errorf("seed node after a measurement: %+v, want contribution 0.125", n)
 	}
 }

@@ -1137,7 +1137,8 @@ class Morphogenesis:
         ``rollback``). The epoch is then not kept as the last good state.
 
         Returns:
-            {"epoch", "decisions": [...], "events": [...]} as Go reported them.
+            {"epoch", "decisions": [...], "events": [...]} as Go reported them, and "metrics": the
+            metrics sent to Go (contributions of held seeds included).
         """
         session = self.session
         self._check_schedulers()  # Tamiyo may germinate
@@ -1172,6 +1173,7 @@ class Morphogenesis:
             result = self._dist.decide_once("the epoch's decisions", lambda: session.end_epoch(metrics),
                                             session.snapshot, session.restore)
         self._outcomes.decided(result.get("decisions", []), metrics)
+        result["metrics"] = metrics  # what Tamiyo decided on (esper.simic replays it)
         for decision in result.get("decisions", []):
             if decision.get("op") != "wait":
                 self._log({"kind": "decision", "epoch": self.epoch, **decision})

@@ -33,8 +33,9 @@ _STATES = tuple(s.name for s in SeedState)
 
 #: Width of a node's feature vector: kind (2), position (1), host kind (len + 1), log in/out/params (3),
 #: signals and their measured flags (2 x 7), cooldown and dormant slots (2), seed state (11), alpha, log
-#: steps and epochs in state (3).
-NODE_FEATURES = 2 + 1 + len(HOST_KINDS) + 1 + 3 + 2 * len(SIGNALS) + 2 + len(_STATES) + 3
+#: steps and epochs in state (3), the seed's last measured contribution relative to the validation loss and
+#: its measured flag (2).
+NODE_FEATURES = 2 + 1 + len(HOST_KINDS) + 1 + 3 + 2 * len(SIGNALS) + 2 + len(_STATES) + 3 + 2
 #: Width of the global feature vector: progress, run length known, log params used, budget left, seeds in
 #: flight over the limit, validation loss (symlog), its relative change over 1 and 3 epochs, how many
 #: validation losses are known.
@@ -78,7 +79,7 @@ class EncodedGraph:
     slots: int
 
 
-def _node(n: dict[str, Any], layers: int) -> list[float]:
+def _node(n: dict[str, Any], layers: int, val: float) -> list[float]:
     f = [1.0, 0.0] if n["kind"] == "layer" else [0.0, 1.0]
     f.append(n["layer"] / max(1, layers - 1))
     host = [0.0] * (len(HOST_KINDS) + 1)
@@ -98,6 +99,9 @@ def _node(n: dict[str, Any], layers: int) -> list[float]:
     f += state
     f += [float(n.get("alpha", 0.0)), math.log1p(max(0, n.get("steps_in_state", 0))),
           float(n.get("epochs_in_state", 0))]
+    c = n.get("contribution")
+    measured = c is not None and math.isfinite(c)
+    f += [symlog(c / max(abs(val), 1e-12)) if measured else 0.0, 1.0 if measured else 0.0]
     return f
 
 
@@ -131,7 +135,9 @@ def encode(g: dict[str, Any]) -> EncodedGraph:
                          "reinstall esper so that both come from one version")
     layers, slots = g["layers"], g["slots"]
     nodes = g["nodes"]
-    x = torch.tensor([_node(n, layers) for n in nodes], dtype=torch.float32).reshape(len(nodes), NODE_FEATURES)
+    vals = g["global"].get("val_losses") or []
+    val = vals[-1]["value"] if vals else 1.0
+    x = torch.tensor([_node(n, layers, val) for n in nodes], dtype=torch.float32).reshape(len(nodes), NODE_FEATURES)
     src = [e["from"] for e in g["edges"]] + [e["to"] for e in g["edges"]]
     dst = [e["to"] for e in g["edges"]] + [e["from"] for e in g["edges"]]
     edges = torch.tensor([src, dst], dtype=torch.int64).reshape(2, len(src))
