@@ -91,6 +91,8 @@ def test_without_masks_illegal_moves_are_sampled_and_go_refuses_them() -> None:
 
 def test_one_policy_runs_on_any_model_size() -> None:
     torch.manual_seed(0)
+    one = encode(session(1).graph())  # a block host: one node, no edges
+    assert one.x.shape[0] == 1 and one.edges.shape == (2, 0)
     small, large = session(2), session(40)
     gs, gl = encode(small.graph()), encode(large.graph())
     policy = GraphPolicy(gs.templates, gs.size_mask.shape[-1], hidden=16)

@@ -128,7 +128,7 @@ func (s *Session) Graph() (Graph, error) {
 	used, active := s.paramsUsedLocked()
 	gov := s.ctl.Governor()
 	g := Graph{Epoch: s.epoch, Step: s.step, Layers: layers, Slots: s.slots, Ops: tamiyo.MoveOps(),
-		Sizes: tamiyo.SizeScales(), Nodes: make([]GraphNode, 0, layers+len(s.seeds))}
+		Sizes: tamiyo.SizeScales(), Nodes: make([]GraphNode, 0, layers+len(s.seeds)), Edges: []GraphEdge{}}
 	for l := range layers {
 		h := s.hostOfLocked(l)
 		n := GraphNode{Kind: "layer", Layer: l, Slot: -1, Name: s.set.names[l], Host: h.Kind, In: h.In, Out: h.Out,

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from .graph import OPS, encode
-from .policy import Action, GraphPolicy
+from .policy import Action, GraphPolicy, legal
 
 __all__ = ["Prices", "EpisodeSpec", "PPOConfig", "Trainer", "run_episode", "reward", "training_specs",
            "gae", "bc_pairs"]
@@ -120,14 +120,19 @@ def _heuristic_labels(snapshot: str, metrics: dict[str, Any], decisions: list[di
         for d in decisions:
             if d.get("op") == "rollback":
                 return []  # the governor acted, not the policy: nothing to imitate
+            if not d.get("applied", False):
+                continue  # the session refused it: the heuristic did not make that move
             g = scratch.graph()
             a = _map_decision(d, g)
-            if a is None:
+            if a is None or not legal(encode(g), a):
+                # Not expressible in the policy's move space (or not legal under Go's masks of the replayed
+                # graph): the epoch's later moves would be imitated out of context, so stop here.
                 return pairs
             pairs.append((g, a))
             if a.op == 0:
                 return pairs
-            scratch.propose(a.proposal(encode(g)))
+            if not scratch.propose(a.proposal(encode(g)))["applied"]:
+                return pairs
         pairs.append((scratch.graph(), Action(0)))
         return pairs
     finally:
@@ -469,3 +474,58 @@ def _job(job: tuple[EpisodeSpec, str], policy_state: dict[str, Any] | None, move
     """A worker's job: one episode."""
     spec, mode = job
     return run_episode(spec, mode, policy_state if mode == "policy" else None, moves_per_epoch)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m esper.simic.ppo train``: behaviour cloning on heuristic runs, then PPO, on the suite's
+    training families; prints the BC loss per epoch and each episode's reward terms, and the rate in
+    episodes per hour (a PPO episode is a policy run and its paired heuristic run). Resumes from
+    ``--out``'s checkpoint."""
+    import argparse
+
+    from ..demo.jobs import default_workers
+
+    p = argparse.ArgumentParser(prog="python -m esper.simic.ppo", description=main.__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="behaviour cloning, then PPO")
+    t.add_argument("--out", default="simic-ppo", help="checkpoint directory (resumed when it holds one)")
+    t.add_argument("--bc-episodes", type=int, default=8, help="heuristic runs to imitate")
+    t.add_argument("--episodes", type=int, default=8, help="PPO episodes")
+    t.add_argument("--epochs", type=int, default=15, help="training epochs of every run")
+    t.add_argument("--workers", type=int, default=0, help="spawned workers (0: one per core)")
+    t.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    workers = args.workers or default_workers("cpu")
+    config = PPOConfig(epochs=args.epochs, quick=False, seed=args.seed, episodes_per_update=max(2, workers))
+    trainer = Trainer(args.out, config, workers=workers)
+    bc = training_specs(args.bc_episodes, seed=args.seed, epochs=args.epochs, quick=False)
+    start = time.perf_counter()
+    if not any(e["kind"] == "bc" for e in trainer.log):
+        trainer.heuristic_runs(bc)
+        runs_wall = time.perf_counter() - start
+        print(f"heuristic runs: {len(bc)} in {runs_wall:.0f} s ({3600 * len(bc) / runs_wall:.0f} runs/hour, "
+              f"{workers} workers)")
+        losses = trainer.behaviour_clone(bc)
+        print("bc loss per epoch: " + " ".join(f"{x:.3f}" for x in losses))
+    specs = training_specs(args.episodes, seed=args.seed + 1, epochs=args.epochs, quick=False)
+    start = time.perf_counter()
+    done = trainer.ppo(specs)
+    wall = time.perf_counter() - start
+    for e in done:
+        r = e["reward"]
+        print(f"episode {e['episode']} {e['spec']['family']}/{e['spec']['index']} seed {e['spec']['seed']}: "
+              f"reward {r['total']:+.3f} (accuracy {r['accuracy']:+.3f}, compute {r['compute']:+.3f}, "
+              f"params {r['params']:+.3f}, stability {r['stability']:+.3f}); {e['moves']} moves, "
+              f"{e['germinations']} germinations (heuristic {e['heuristic_germinations']}), {e['refused']} refused")
+    for u in (e for e in trainer.log if e["kind"] == "update"):
+        print(f"update at episode {u['episode']}: policy loss {u['policy_loss']:+.4f}, value loss "
+              f"{u['value_loss']:.3f}, explained variance {u['explained_variance']:.3f}, entropy op "
+              f"{u['entropy_op']:.3f}")
+    if done:
+        print(f"ppo: {len(done)} episodes in {wall:.0f} s: {3600 * len(done) / wall:.0f} episodes/hour "
+              f"({workers} workers; each a policy run plus its paired heuristic run)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
