@@ -263,6 +263,7 @@ class PPOConfig:
     lr: float = 3e-4
     bc_lr: float = 1e-3
     bc_epochs: int = 20
+    bc_batch: int = 16
     clip: float = 0.2
     value_clip: float = 0.2
     gamma: float = 1.0
@@ -354,13 +355,16 @@ class Trainer:
             for epoch in range(epochs or self.config.bc_epochs):
                 rng.shuffle(order)
                 total = 0.0
-                for i in order:
-                    loss = -weight[i] * self.policy.act(graphs[i], action=pairs[i][1]).log_prob
+                size = self.config.bc_batch
+                for b in range(0, len(order), size):
+                    batch = order[b:b + size]
+                    loss = sum(-weight[i] * self.policy.act(graphs[i], action=pairs[i][1]).log_prob
+                               for i in batch) / len(batch)
                     opt.zero_grad()
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
                     opt.step()
-                    total += float(loss.detach())
+                    total += float(loss.detach()) * len(batch)
                 losses.append(total / len(pairs))
                 self.log.append({"kind": "bc", "epoch": epoch, "loss": losses[-1], "pairs": len(pairs)})
         self.save()
