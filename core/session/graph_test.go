@@ -2,11 +2,13 @@ package session_test
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/esper-morph/esper/blueprint"
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/core/session"
@@ -256,5 +258,34 @@ func TestGraphCarriesMeasuredContribution(t *testing.T) {
 	}
 	if n := graph(t, s).Nodes[2]; n.Kind != "seed" || float64(n.Contribution) != 0.125 {
 		t.Errorf("seed node after a measurement: %+v, want contribution 0.125", n)
+	}
+}
+
+// BenchmarkGraph measures Session.Graph (nodes, edges and masks) with a
+// seed live in every layer (64x64 linear layers, 2 slots), after the
+// first call (which fills the masks' table of seed sizes).
+func BenchmarkGraph(b *testing.B) {
+	for _, layers := range []int{3, 200} {
+		b.Run(fmt.Sprintf("layers=%d", layers), func(b *testing.B) {
+			cfg := session.Config{SlotsPerLayer: 2, Policy: "manual", TrainSteps: 1 << 30}
+			cfg.Governor.MaxConcurrent = 2 * layers
+			for l := range layers {
+				cfg.Layers = append(cfg.Layers, session.LayerConfig{Name: fmt.Sprintf("fc%d", l),
+					Host: blueprint.Host{Kind: "linear", In: 64, Out: 64}})
+			}
+			s := newSession(b, cfg)
+			for l := range layers {
+				germinate(b, s, l, 0, `{"template": "lowrank"}`)
+			}
+			if _, err := s.Graph(); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for range b.N {
+				if _, err := s.Graph(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
