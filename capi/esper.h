@@ -659,6 +659,33 @@ int esper_session_seeds(uint64_t handle, char **out_json);
  * growth_log_max}. */
 int esper_session_growth_log(uint64_t handle, char **out_json);
 
+/* Writes Tamiyo's layer graph with the legal moves to *out_json (free with
+ * esper_free), what a learned policy observes: {"epoch", "step", "layers",
+ * "slots", "nodes": [{"kind": "layer"|"seed", "layer", "slot" (-1 for a
+ * layer), "name", "host", "in", "out", "params", "signals": {name: window
+ * mean or null}, "cooldown", "dormant", "state", "alpha", "steps_in_state",
+ * "epochs_in_state", "template", "generation", "contribution" (last measured;
+ * null: none)}], "edges": [{"from", "to",
+ * "kind": "flow"|"seed"}], "global": {"params_used", "max_params",
+ * "remaining", "host_params", "active", "max_concurrent", "epochs",
+ * "lifecycle_steps", "val_losses": [{"epoch", "value"}]}, "ops", "templates",
+ * "sizes", "masks": {"op": [bool per op], "target": {op: [bool per slot,
+ * layer-major]}, "template": [[bool per template] per layer], "size":
+ * [[[bool per size] per template] per layer], "size_params"}}. The masks are
+ * the rules esper_session_propose applies. See docs/simic.md. */
+int esper_session_graph(uint64_t handle, char **out_json);
+
+/* Carries out a move proposed from outside, {"op": "wait"|"germinate"|
+ * "prune"|"fossilize"|"advance", "layer", "slot", "template", "size" (an
+ * index of the graph's "sizes"), "reason"}, through the session's own
+ * operations: every move passes the lifecycle's transitions and the
+ * governor's limits. Writes {"proposal", "applied", "refused" (why, when not
+ * applied), "events"} to *out_json (free with esper_free). A refused move is
+ * not executed and is counted in the stats' counters "refused" (every move
+ * in "proposals"). Errors: ESPER_EINVALID (malformed document),
+ * ESPER_ESTATE (closed session). */
+int esper_session_propose(uint64_t handle, const char *proposal_json, char **out_json);
+
 /* @@ end session --------------------------------------------------------- */
 
 /* @@ begin metrics: core/metrics, core/session/monitor.go, core/nissa alarms */

@@ -309,3 +309,34 @@ func esper_session_growth_log(h C.uint64_t, out **C.char) C.int {
 func esper_session_state_hash(h C.uint64_t, out **C.char) C.int {
 	return queryJSON(h, out, "out_json", (*session.Session).StateHash)
 }
+
+//export esper_session_graph
+func esper_session_graph(h C.uint64_t, out **C.char) C.int {
+	return queryJSON(h, out, "out_json", (*session.Session).Graph)
+}
+
+//export esper_session_propose
+func esper_session_propose(h C.uint64_t, proposalJSON *C.char, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		doc, err := goString(proposalJSON, "proposal_json")
+		if err != nil {
+			return err
+		}
+		p, err := session.ParseProposal([]byte(doc))
+		if err != nil {
+			return err
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		res, err := s.Propose(p)
+		if err != nil {
+			return err
+		}
+		return setJSON(out, res)
+	})
+}

@@ -97,6 +97,15 @@ func (t *Impacts) Measured(i int, gain float64) {
 	}
 }
 
+// LastMeasured returns the last contribution measured for slot i's
+// adaptation (NaN when none was measured since it germinated).
+func (t *Impacts) LastMeasured(i int) float64 {
+	if i < 0 || i >= len(t.measured) {
+		return math.NaN()
+	}
+	return t.measured[i]
+}
+
 // Ended closes slot i's adaptation (of layer/slot) with outcome and
 // returns its comparison; ok is false when no adaptation was in flight
 // there (generation 0: nothing germinated since the tracker started).

@@ -109,10 +109,13 @@ type Counters struct {
 	Failures       int64 `json:"failures"`
 	Alarms         int64 `json:"alarms"`
 	Decisions      int64 `json:"decisions"`
-	// Refused counts decisions the session did not apply (a germination
-	// the lifecycle or the budget refused, for one).
-	Refused int64 `json:"refused"`
-	Events  int64 `json:"events"`
+	Events         int64 `json:"events"`
+	// Proposals counts the moves proposed from outside (Propose). Refused
+	// counts the moves the session did not carry out: a policy's decision
+	// or an outside proposal that the lifecycle, the budget or the governor
+	// refused (a refused move is never executed).
+	Proposals int64 `json:"proposals"`
+	Refused   int64 `json:"refused"`
 }
 
 // FailureKind classifies a seed failure (the int32 kind of

@@ -76,6 +76,9 @@ type Session struct {
 	bus   *oona.Bus
 	busq  []busRecord
 	actor oona.Actor
+	// sizeParams caches the seed sizes of the graph's masks (graph.go):
+	// they follow from the hosts alone.
+	sizeParams [][][]int64
 }
 
 // New starts a session. cfg is validated first; nothing is created when it
@@ -122,6 +125,7 @@ func (s *Session) reset(set settings) error {
 		return fmt.Errorf("session: controller: %w", err)
 	}
 	s.set = set
+	s.sizeParams = nil
 	s.slots = set.cfg.SlotsPerLayer
 	s.step, s.epoch = 0, 0
 	s.seeds = make([]*lifecycle.Seed, n)

@@ -201,6 +201,7 @@ func (s *Session) load(snap *snapshot) error {
 		return bad("%d seeds and %d epoch counters for %d slots", len(snap.Seeds), len(snap.EpochsInState), n)
 	case snap.GrowthDropped < 0 || snap.Counters.Germinations < 0 || snap.Counters.Fossilizations < 0 ||
 		snap.Counters.Prunes < 0 || snap.Counters.Cancels < 0 || snap.Counters.Rollbacks < 0 ||
+		snap.Counters.Proposals < 0 || snap.Counters.Refused < 0 ||
 		snap.Counters.Failures < 0 || snap.Counters.Alarms < 0 || snap.Counters.Decisions < 0 || snap.Counters.Events < 0:
 		return bad("negative counters")
 	}

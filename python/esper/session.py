@@ -251,3 +251,16 @@ class Session(_lib.Handle):
         """Every event, decision and failure of the run, in order: {"entries": [...], ...}
         (bounded by the config's growth_log_max; see capi/esper.h)."""
         return self._json_call("esper_session_growth_log")
+
+    def graph(self) -> dict[str, Any]:
+        """Tamiyo's layer graph with the legal moves (nodes, edges, global features, masks): what a
+        learned policy observes. The masks are the rules :meth:`propose` applies (see capi/esper.h,
+        ``esper_session_graph``, and docs/simic.md)."""
+        return self._json_call("esper_session_graph")
+
+    def propose(self, proposal: dict[str, Any]) -> dict[str, Any]:
+        """Carry out a move proposed from outside ({"op", "layer", "slot", "template", "size", "reason"})
+        through the session's own operations. Returns {"proposal", "applied", "refused", "events"}: a
+        move the lifecycle or the governor refuses is not executed, and is counted in the stats'
+        counters ("refused", of "proposals")."""
+        return self._json_call("esper_session_propose", json.dumps(proposal).encode())

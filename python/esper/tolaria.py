@@ -1169,7 +1169,8 @@ class Morphogenesis:
         ``rollback``). The epoch is then not kept as the last good state.
 
         Returns:
-            {"epoch", "decisions": [...], "events": [...]} as Go reported them.
+            {"epoch", "decisions": [...], "events": [...]} as Go reported them, and "metrics": the
+            metrics sent to Go (contributions of held seeds included).
         """
         session = self.session
         self._check_schedulers()  # Tamiyo may germinate
@@ -1204,6 +1205,7 @@ class Morphogenesis:
             result = self._dist.decide_once("the epoch's decisions", lambda: session.end_epoch(metrics),
                                             session.snapshot, session.restore)
         self._outcomes.decided(result.get("decisions", []), metrics)
+        result["metrics"] = metrics  # what Tamiyo decided on (esper.simic replays it)
         for decision in result.get("decisions", []):
             if decision.get("op") != "wait":
                 self._log({"kind": "decision", "epoch": self.epoch, **decision})
@@ -1345,6 +1347,41 @@ class Morphogenesis:
         i = self._layer_index(layer)
         return self._decided("fossilize", {"layer": i, "slot": slot, "reason": reason},
                              lambda: self.session.fossilize(i, slot, reason))
+
+    def graph(self) -> dict[str, Any]:
+        """Tamiyo's layer graph with the legal moves, as Go computes them (see
+        :meth:`esper.session.Session.graph`): what an external policy (``esper.simic``) observes."""
+        return self.session.graph()
+
+    def propose(self, op: str, layer: LayerRef = 0, slot: int = 0, template: str = "", size: int = 0,
+                reason: str = "") -> dict[str, Any]:
+        """Propose a move from an external policy: Go carries it out through its own operations, so it
+        passes the lifecycle's gates and the governor's limits, or is refused (not executed, counted in
+        ``stats()["counters"]["refused"]``). Run with ``MorphConfig(policy="manual")`` so that Tamiyo
+        does not act on its own while the external policy drives (the governor's rollbacks still apply).
+
+        Args:
+            op: "wait", "germinate", "prune", "fossilize" or "advance".
+            layer, slot: the target slot.
+            template, size: a germination's template and size index (of ``graph()["sizes"]``).
+            reason: recorded with the transition.
+
+        Returns:
+            {"proposal", "applied", "refused" (why, when refused), "events"}; the events are mirrored.
+
+        Raises:
+            ValueError: in a distributed run (an external policy drives one process).
+        """
+        if self._dist is not None:
+            raise ValueError("propose runs in a single process: an external policy drives one training process, "
+                             "not a distributed job")
+        i = self._layer_index(layer) if isinstance(layer, str) else layer  # Go refuses (and counts) a bad index
+        if op == "germinate":
+            self._check_schedulers()
+        result = self.session.propose({"op": op, "layer": i, "slot": slot, "template": template, "size": size,
+                                       "reason": reason})
+        result["events"] = self._apply(result.get("events", []))
+        return result
 
     def _decided(self, what: str, args: dict[str, Any], call: Callable[[], list[dict[str, Any]]]
                  ) -> list[dict[str, Any]]:
