@@ -7,6 +7,7 @@
     esper blueprints [--host linear:64:10]
     esper soak --minutes N [--seed S] [--samples K] [--json]
     esper runs | events RUN | report RUN [--out DIR] | monitor RUN [--replay] [--once]
+    esper simic collect [--tasks N] [--seeds N] [--families F,..] [--policies P,..] [--epochs N] [--quick] [--out DIR]
     esper info
 """
 
@@ -76,6 +77,52 @@ def _cmd_suite(args: argparse.Namespace) -> int:
 
     return suite_main(which=args.families, seeds=args.seeds, tasks=args.tasks, quick=args.quick, as_json=args.json,
                       out_dir=args.out, workers=args.jobs, fresh=args.fresh)
+
+
+def _names(text: str) -> list[str]:
+    """An argparse type: a comma-separated list of names."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: no names")
+    return names
+
+
+def _cmd_simic(args: argparse.Namespace) -> int:
+    from .suite.families import HeldOutError
+
+    try:
+        if args.simic_cmd == "collect":
+            from .simic.collect import main as collect_main
+
+            collect_main(tasks=args.tasks, seeds=args.seeds, quick=args.quick, out_dir=args.out, store=args.store,
+                         workers=args.jobs, policies=tuple(args.policies), epochs=args.epochs,
+                         family_names=args.families)
+            return 0
+    except (HeldOutError, ValueError) as exc:
+        print(f"esper simic {args.simic_cmd}: {exc}", file=sys.stderr)
+        return 2
+    raise ValueError(f"unknown simic command {args.simic_cmd!r}")
+
+
+def _add_simic(sub: Any) -> None:
+    s = sub.add_parser("simic", help="the value model: collect outcomes on training families, fit, judge on "
+                                     "held-out families (docs/simic.md)")
+    ssub = s.add_subparsers(dest="simic_cmd", required=True)
+    c = ssub.add_parser("collect", help="grown runs on the suite's training families that record outcomes to Urza "
+                                        "(resumable: finished episodes are kept)")
+    c.add_argument("--tasks", type=_positive_int, default=1, help="tasks per family (default 1)")
+    c.add_argument("--seeds", type=_positive_int, default=3, help="seeds per task and policy (default 3)")
+    c.add_argument("--families", type=_names, default=None,
+                   help="training families, comma-separated (default every growth family of the training split)")
+    c.add_argument("--policies", type=_names, default=["heuristic", "random"],
+                   help="controllers, comma-separated, of heuristic, random (default both)")
+    c.add_argument("--epochs", type=_positive_int, default=None, help="run length (default the family's; 8 quick)")
+    c.add_argument("--quick", action="store_true",
+                   help="tiny tasks, 8 epochs, a lifecycle of a few steps (a smoke run)")
+    c.add_argument("--jobs", type=_positive_int, default=None, help="worker processes (default one per CPU core)")
+    c.add_argument("--out", default=None, help="collection folder (default $ESPER_HOME/simic)")
+    c.add_argument("--store", default=None, help="Urza store of the outcome records (default <out>/urza)")
+    c.set_defaults(fn=_cmd_simic)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -461,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fresh", action="store_true", help="clear the cache of finished runs first")
     s.add_argument("--out", default="suite_out", help="folder for results.json, suite.png and the run cache")
     s.set_defaults(fn=_cmd_suite)
+
+    _add_simic(sub)
 
     s = sub.add_parser("bench", help="measure Esper against plain PyTorch and PEFT")
     s.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
