@@ -33,7 +33,7 @@ extern "C" {
 #endif
 
 /* Version of this header; esper_abi_version() must return the same value. */
-#define ESPER_ABI_VERSION 3
+#define ESPER_ABI_VERSION 4
 
 /* Status codes (source of truth: core/errcode/codes.go). */
 #define ESPER_OK 0
@@ -209,6 +209,34 @@ int esper_karn_search(const char *request_json, const char *urza_root, char **ou
  * "note", "features", "min_records_runs"} to *out_json (free with
  * esper_free). Errors: ESPER_EIO, ESPER_ECORRUPT the store. */
 int esper_karn_predictor_eval(const char *urza_root, char **out_json);
+
+/* ------------------------------------------------------------------------ */
+/* The value model: features, target, training rows, predictions            */
+/* (policy/value, docs/simic.md)                                            */
+/* ------------------------------------------------------------------------ */
+
+/* Builds the value model's training set from the outcome records of the
+ * store at urza_root ("" for $ESPER_HOME/urza) and writes to *out_json
+ * (free with esper_free): {"features": [names], "target":
+ * "gain_per_compute_v1", "rows": [{"run", "seq", "layer", "template",
+ * "policy", "x": [...], "y", "gain", "measured", "cost", "size_frac",
+ * "epochs", "final_state", "ended_by", "prediction" (null unless the
+ * learned policy chose it)}], "skipped": {"in_flight", "policy",
+ * "no_scale"}}. options_json (NULL or "" for defaults): {"runs": [ids],
+ * "policies": [names], "in_flight": false}. The features are computed by
+ * the same Go function Tamiyo's learned policy uses at decision time.
+ * Errors: ESPER_EINVALID malformed options; ESPER_EIO, ESPER_ECORRUPT the
+ * store. */
+int esper_value_dataset(const char *urza_root, const char *options_json, char **out_json);
+
+/* Loads the value model in model_dir (manifest.json + model.safetensors,
+ * docs/simic.md) and predicts each row of rows_json ({"x": [[...], ...]},
+ * each row in the model's feature order); writes {"predictions": [...],
+ * "features": [names], "target"} to *out_json (free with esper_free).
+ * Errors: ESPER_EINVALID a model folder that cannot be used (the message
+ * says why and how to train one), a malformed document or a row of the
+ * wrong length. */
+int esper_value_predict(const char *model_dir, const char *rows_json, char **out_json);
 
 /* ------------------------------------------------------------------------ */
 /* Urza: content-addressed artifact store (core/urza)                        */

@@ -27,8 +27,8 @@ RECORD_KEYS = {"schema", "run_id", "seq", "layer", "layer_name", "slot", "policy
                "blueprint_id", "template", "template_params", "blueprint", "host", "param_count",
                "flops_per_sample", "train_flops", "contributions", "final_state", "ended_by", "final_reason",
                "germinated_step", "germinated_epoch", "ended_step", "ended_epoch", "states", "written"}
-OBSERVATION_KEYS = {"epoch", "step", "metrics", "layer_signals", "global_signals", "params_used", "max_params",
-                    "host_params", "seeds_active", "cooldowns"}
+OBSERVATION_KEYS = {"epoch", "step", "epochs", "metrics", "layer_signals", "global_signals", "params_used",
+                    "max_params", "host_params", "seeds_active", "cooldowns"}
 
 
 class Block(nn.Module):

@@ -80,6 +80,10 @@ func hostFeatures(h blueprint.Host) (in, out float64) {
 	return float64(max(1, h.In)), float64(max(1, h.Out))
 }
 
+// FillFeatures writes the sample's features, named by names (a subset of
+// FeatureNames, in any order), into x (len(names)).
+func FillFeatures(names []string, s *Sample, x []float64) { featureVector(names, s, x) }
+
 // featureVector fills x (len(names)) with the sample's features.
 func featureVector(names []string, s *Sample, x []float64) {
 	in, out := hostFeatures(s.Host)

@@ -24,16 +24,8 @@ func TrialFromOutcome(raw json.RawMessage) (t Trial, ok bool, err error) {
 	if err := json.Unmarshal(raw, &o); err != nil {
 		return Trial{}, false, fmt.Errorf("karn: outcome record: %w", err)
 	}
-	gain, measured := 0.0, false
-	for _, c := range o.Contributions {
-		if c.ValLoss == nil || math.IsInf(*c.ValLoss, 0) || math.IsNaN(*c.ValLoss) || math.IsNaN(c.DeltaLoss) {
-			continue
-		}
-		if without := *c.ValLoss + c.DeltaLoss; without > 0 && !math.IsInf(without, 0) {
-			gain, measured = c.DeltaLoss/without, true
-		}
-	}
-	if !measured || math.IsInf(gain, 0) || math.IsNaN(gain) {
+	gain, measured := MeasuredGain(&o)
+	if !measured {
 		return Trial{}, false, nil
 	}
 	var host blueprint.Host
@@ -50,6 +42,30 @@ func TrialFromOutcome(raw json.RawMessage) (t Trial, ok bool, err error) {
 		FLOPsPerSample: o.FLOPsPerSample, Gain: gain, Fossilized: o.FinalState == "FOSSILIZED",
 		Signals: observedSignals(o.Observation)}, true, nil
 }
+
+// MeasuredGain returns the gain of an outcome record's last HOLDING
+// measurement with finite losses and a positive validation loss without
+// the seed: its delta_loss over that loss (val_loss + delta_loss), the share
+// of the loss the seed removed, at most 1. ok is false when no measurement
+// qualifies.
+func MeasuredGain(o *urza.Outcome) (gain float64, ok bool) {
+	for _, c := range o.Contributions {
+		if c.ValLoss == nil || math.IsInf(*c.ValLoss, 0) || math.IsNaN(*c.ValLoss) || math.IsNaN(c.DeltaLoss) {
+			continue
+		}
+		if without := *c.ValLoss + c.DeltaLoss; without > 0 && !math.IsInf(without, 0) {
+			gain, ok = c.DeltaLoss/without, true
+		}
+	}
+	if math.IsInf(gain, 0) || math.IsNaN(gain) {
+		return 0, false
+	}
+	return gain, ok
+}
+
+// ObservedSignals is observedSignals, for other packages that read the
+// same records (policy/value).
+func ObservedSignals(raw json.RawMessage) Signals { return observedSignals(raw) }
 
 // observedSignals reads the signals of SignalNames from an outcome
 // record's observation: layer_signals.<name>.mean and metrics.val_loss /

@@ -1,6 +1,9 @@
 package urza
 
-import "github.com/esper-morph/esper/core/errcode"
+import (
+	"github.com/esper-morph/esper/core/errcode"
+	"github.com/esper-morph/esper/core/safetensors"
+)
 
 // Sentinel errors; each returned error wraps one, with context. The stable
 // code is in brackets.
@@ -19,7 +22,7 @@ var (
 	ErrInvalidManifest = errcode.New(errcode.Invalid, "invalid manifest")
 	// ErrInvalidWeights is returned by Put when the weights are not a
 	// well-formed safetensors file. [INVALID]
-	ErrInvalidWeights = errcode.New(errcode.Invalid, "invalid safetensors weights")
+	ErrInvalidWeights = safetensors.ErrInvalid
 	// ErrInvalidQuery is returned by ParseQuery for a malformed query.
 	// [INVALID]
 	ErrInvalidQuery = errcode.New(errcode.Invalid, "invalid query")

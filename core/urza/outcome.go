@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -89,7 +90,7 @@ type Outcome struct {
 	Layer     int    `json:"layer"`
 	LayerName string `json:"layer_name"`
 	Slot      int    `json:"slot"`
-	// Policy is who decided ("heuristic", "random" or "manual") and
+	// Policy is who decided ("heuristic", "random", "learned" or "manual") and
 	// Reason why, in words.
 	Policy string `json:"policy"`
 	Reason string `json:"reason"`
@@ -129,6 +130,9 @@ type Outcome struct {
 	// SourceKernel the stored kernel the seed started from (both optional).
 	KernelID     string `json:"kernel_id,omitempty"`
 	SourceKernel string `json:"source_kernel,omitempty"`
+	// Prediction is the value the learned policy predicted for this
+	// germination when it chose it (policy/value; optional).
+	Prediction *float64 `json:"prediction,omitempty"`
 	// Written is when the store wrote the record (filled here).
 	Written time.Time `json:"written"`
 }
@@ -213,6 +217,9 @@ func (o *Outcome) check() error {
 	}
 	if sum != o.TrainFLOPs {
 		return bad("train_flops %d is not the sum of the states' train_flops (%d)", o.TrainFLOPs, sum)
+	}
+	if o.Prediction != nil && (math.IsNaN(*o.Prediction) || math.IsInf(*o.Prediction, 0)) {
+		return bad("prediction %v must be a finite number", *o.Prediction)
 	}
 	if o.Contributions == nil {
 		o.Contributions = []ContributionSample{}

@@ -26,7 +26,7 @@ from .errors import EsperError, ForkError, LibraryError, error_for_code
 __all__ = ["ABI_VERSION", "lib", "check", "take_string", "take_bytes", "library_path", "build_info", "Handle"]
 
 #: Must equal ESPER_ABI_VERSION in capi/esper.h and abiVersion in capi/core.go.
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 _LIB_NAME = "libesper.so"
 
@@ -89,6 +89,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_blueprint_mutate": (c_int, [c_char_p, c_char_p, c_uint64, POINTER(c_void_p)]),
     "esper_karn_search": (c_int, [c_char_p, c_char_p, POINTER(c_void_p)]),
     "esper_karn_predictor_eval": (c_int, [c_char_p, POINTER(c_void_p)]),
+    "esper_value_dataset": (c_int, [c_char_p, c_char_p, POINTER(c_void_p)]),
+    "esper_value_predict": (c_int, [c_char_p, c_char_p, POINTER(c_void_p)]),
     "esper_urza_open": (c_int, [c_char_p, POINTER(c_uint64)]),
     "esper_urza_close": (c_int, [c_uint64]),
     "esper_urza_root": (c_int, [c_uint64, POINTER(c_void_p)]),

@@ -147,16 +147,19 @@ class OutcomeRecorder:
         enabled: whether records are written at all.
         stats: a callable returning Go's session stats (``Session.stats()``), called once per
             germination for its observation.
+        epochs: the run's planned length in epochs (``MorphConfig.epochs``; 0: unknown), recorded in
+            each observation (the value model's timing features read it).
     """
 
     def __init__(self, layers: Sequence[KasminaLayer], layer_names: Sequence[str], policy: str, root: str,
-                 enabled: bool, stats: Callable[[], dict[str, Any]]) -> None:
+                 enabled: bool, stats: Callable[[], dict[str, Any]], epochs: int = 0) -> None:
         self.layers = list(layers)
         self.layer_names = list(layer_names)
         self.policy = policy
         self.root = root
         self.enabled = enabled
         self._stats = stats
+        self.epochs = int(epochs)
         #: The run id: new for each Morphogenesis, restored from its checkpoint by load_state_dict.
         self.run_id = new_run_id()
         self._seq = 0  # germinations so far
@@ -252,7 +255,8 @@ class OutcomeRecorder:
         i, slot = key
         ir = ev.get("blueprint") or {}
         decision = self._decided.pop(key, None)
-        observation: dict[str, Any] = {"epoch": int(ev["epoch"]), "step": int(ev["step"]), "metrics": self._metrics}
+        observation: dict[str, Any] = {"epoch": int(ev["epoch"]), "step": int(ev["step"]), "epochs": self.epochs,
+                                       "metrics": self._metrics}
         stats = self._stats()
         layers = (stats.get("signals") or {}).get("layers") or []
         observation.update(
@@ -280,6 +284,8 @@ class OutcomeRecorder:
             "germinated_step": step, "germinated_epoch": epoch,
             "states": [self._span("GERMINATED", ev)],
         }
+        if decision is not None and decision.get("predicted_value") is not None:
+            rec["prediction"] = float(decision["predicted_value"])  # the learned policy's (policy/value)
         self._seq += 1
         self._open[key] = rec
 

@@ -723,7 +723,7 @@ class Morphogenesis:
         #: Writes one outcome record per germination to Urza (see esper.outcomes).
         record = self.config.record_outcomes and (self._dist is None or self._dist.rank == 0)
         self._outcomes = OutcomeRecorder(self.layers, self.layer_names, self.config.policy, self.config.urza,
-                                         record, _session_stats(weakref.ref(self)))
+                                         record, _session_stats(weakref.ref(self)), epochs=self.config.epochs)
         self._outcomes.on_artifact = _artifact_publisher(weakref.ref(self))  # weakly: no reference cycle
         if self._dist is not None:  # one run id for the job, rank 0's: its run logs and metrics share it
             mine = self._outcomes.run_id.encode() if self._dist.rank == 0 else None

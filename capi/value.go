@@ -1,0 +1,83 @@
+package main
+
+/*
+#include <stdint.h>
+#include <stdlib.h>
+*/
+import "C"
+
+import (
+	"fmt"
+
+	"github.com/esper-morph/esper/blueprint/canon"
+	"github.com/esper-morph/esper/core/errcode"
+	"github.com/esper-morph/esper/policy/value"
+)
+
+// The value model's exports: translation only, see policy/value.
+
+//export esper_value_dataset
+func esper_value_dataset(root, optionsJSON *C.char, out **C.char) C.int {
+	return call(0, func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		if root == nil {
+			return errNull("urza_root")
+		}
+		var opts value.Options
+		if optionsJSON != nil {
+			var err error
+			if opts, err = value.ParseOptions([]byte(C.GoString(optionsJSON))); err != nil {
+				return err
+			}
+		}
+		store, err := historyStore(root)
+		if err != nil {
+			return fmt.Errorf("value dataset: %w", err)
+		}
+		defer store.Close()
+		d, err := value.Build(store, opts)
+		if err != nil {
+			return err
+		}
+		return setJSON(out, d)
+	})
+}
+
+// predictRequest is esper_value_predict's input.
+type predictRequest struct {
+	X [][]float64 `json:"x"`
+}
+
+//export esper_value_predict
+func esper_value_predict(modelDir, rowsJSON *C.char, out **C.char) C.int {
+	return call(0, func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		dir, err := goString(modelDir, "model_dir")
+		if err != nil {
+			return err
+		}
+		doc, err := goString(rowsJSON, "rows_json")
+		if err != nil {
+			return err
+		}
+		var req predictRequest
+		if err := canon.DecodeStrict([]byte(doc), &req); err != nil {
+			return errcode.Errorf(errcode.Invalid, "value predict: rows_json: %v", err)
+		}
+		m, err := value.Load(dir)
+		if err != nil {
+			return err
+		}
+		preds := make([]float64, len(req.X))
+		for i, x := range req.X {
+			if preds[i], err = m.PredictX(x); err != nil {
+				return fmt.Errorf("value predict: row %d: %w", i, err)
+			}
+		}
+		return setJSON(out, map[string]any{"predictions": preds, "features": m.Manifest().Features, "target": m.Manifest().Target})
+	})
+}

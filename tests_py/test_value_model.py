@@ -1,0 +1,134 @@
+"""The value model through the real library: training rows built in Go from the outcome records of a
+real wrapped training run, predictions of a model folder, and policy="learned" in the user's loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import esper
+from esper import valuemodel
+from esper.errors import InvalidArgumentError
+
+# A short lifecycle so that a few epochs of a tiny model see germinations end.
+TEMPO: dict[str, Any] = {"train_steps": 4, "blend_steps": 4, "patience": 1, "threshold": 0.5, "cooldown_epochs": 1,
+                         "signal_every": 2, "holding_epochs": 1, "min_gain": 0.0}
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def train(epochs: int, **config: Any) -> tuple[esper.Morphogenesis, list[dict[str, Any]]]:
+    """The README's loop on a small task; returns the Morphogenesis (closed) and every decision."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(96, 8, generator=g)
+    ys = (xs[:, 0] * xs[:, 1] > 0).long() + (xs[:, 2] > 0.5).long()
+    model = MLP()
+    esper.wrap(model, target_modules=["fc1", "fc2"], seeds_per_layer=1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            logits = m(xs)
+        return {"loss": float(loss_fn(logits, ys)), "metric": float((logits.argmax(1) == ys).float().mean())}
+
+    morph = esper.Morphogenesis(model, opt, evaluate=evaluate, template="residual_mlp",
+                                template_params={"width": 8}, max_params=5_000, epochs=epochs,
+                                **{**TEMPO, **config})
+    decisions: list[dict[str, Any]] = []
+    for _ in range(epochs):
+        for i in range(0, 96, 16):
+            loss = loss_fn(model(xs[i:i + 16]), ys[i:i + 16])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            morph.step(loss)
+        decisions += morph.end_epoch()["decisions"]
+    morph.close()
+    return morph, decisions
+
+
+def test_dataset_rows_from_a_real_run(esper_home: Path) -> None:
+    morph, decisions = train(10)
+    germinated = [d for d in decisions if d["op"] == "germinate"]
+    assert germinated, "the run must germinate for this test to mean anything"
+    d = valuemodel.dataset("", runs=[morph.run_id])
+    assert d["target"] == valuemodel.TARGET
+    names = d["features"]
+    assert {"epoch_frac", "budget_used", "size_frac", "log_params", "tpl:residual_mlp"} <= set(names)
+    rows = d["rows"]
+    assert len(rows) == len(germinated) and d["skipped"]["no_scale"] == 0
+    for r in rows:
+        assert r["run"] == morph.run_id and r["policy"] == "heuristic" and r["prediction"] is None
+        assert len(r["x"]) == len(names)
+        x = dict(zip(names, r["x"]))
+        # Read from the record: epochs=10 planned, a budget of 5 000 params, the template used.
+        assert x["epochs_known"] == 1 and x["budget_known"] == 1 and x["tpl:residual_mlp"] == 1
+        assert 0 <= x["epoch_frac"] <= 1 and x["size_frac"] > 0
+        # The target's parts, checked from the record itself: y = gain / max(cost, 0.01).
+        assert r["y"] == pytest.approx(r["gain"] / max(r["cost"], 0.01))
+        assert r["cost"] == pytest.approx(r["size_frac"] * r["epochs"])
+        if not r["measured"]:
+            assert r["gain"] == 0 and r["y"] == 0
+    recs = {(rec["seq"]): rec for rec in esper.urza.Urza().outcomes(morph.run_id)}
+    for r in rows:
+        rec = recs[r["seq"]]
+        host_params = rec["observation"]["host_params"]
+        assert r["size_frac"] == pytest.approx(rec["param_count"] / host_params)
+        assert r["final_state"] == rec["final_state"] and r["ended_by"] == rec["ended_by"]
+        x = dict(zip(names, r["x"]))
+        assert x["epoch_frac"] == pytest.approx(rec["germinated_epoch"] / 10)
+    # Filters: another policy keeps nothing.
+    assert valuemodel.dataset("", runs=[morph.run_id], policies=["random"])["rows"] == []
+
+
+def write_linear_model(folder: Path, names: list[str], coef: dict[str, float], bias: float) -> Path:
+    """A one-layer value model written with PyTorch and safetensors, as the trainer writes one:
+    prediction = bias + sum(coef[name] * feature)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    w = torch.zeros(1, len(names))
+    for k, v in coef.items():
+        w[0, names.index(k)] = v
+    save_file({"l0.weight": w, "l0.bias": torch.tensor([bias])}, str(folder / "model.safetensors"))
+    manifest = {"kind": "value_mlp", "schema": 1, "features": names, "target": valuemodel.TARGET,
+                "layers": [{"weight": "l0.weight", "bias": "l0.bias", "activation": "identity"}],
+                "training": {"by": "hand", "test": "test_value_model"}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def feature_names() -> list[str]:
+    return valuemodel.dataset("")["features"]
+
+
+def test_predict_a_hand_written_model(tmp_path: Path, esper_home: Path) -> None:
+    names = feature_names()
+    folder = write_linear_model(tmp_path / "m", names, {"epoch_frac": 2.0, "budget_used": -1.0}, 0.25)
+    x = [0.0] * len(names)
+    x[names.index("epoch_frac")] = 0.5
+    x[names.index("budget_used")] = 0.25
+    assert valuemodel.predict(folder, [x, [0.0] * len(names)]) == pytest.approx([0.25 + 1.0 - 0.25, 0.25])
+    with pytest.raises(InvalidArgumentError, match="input has 3 values"):
+        valuemodel.predict(folder, [[0.0, 1.0, 2.0]])
+    with pytest.raises(InvalidArgumentError, match="esper simic train"):
+        valuemodel.predict(tmp_path / "absent", [x])
+    # A model trained on another feature list is refused, naming the difference.
+    write_linear_model(tmp_path / "old", names[:-1], {}, 0.0)
+    with pytest.raises(InvalidArgumentError, match="lacks"):
+        valuemodel.predict(tmp_path / "old", [x[:-1]])
