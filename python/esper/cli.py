@@ -8,6 +8,8 @@
     esper soak --minutes N [--seed S] [--samples K] [--json]
     esper runs | events RUN | report RUN [--out DIR] | monitor RUN [--replay] [--once]
     esper simic collect [--tasks N] [--seeds N] [--families F,..] [--policies P,..] [--epochs N] [--quick] [--out DIR]
+    esper simic train [--out DIR] [--model DIR] [--epochs N] [--seed S] [--val-by run|family]
+    esper simic eval [--model DIR] [--families F,..] [--tasks N] [--seeds N] [--quick] [--out DIR]
     esper info
 """
 
@@ -98,7 +100,20 @@ def _cmd_simic(args: argparse.Namespace) -> int:
                          workers=args.jobs, policies=tuple(args.policies), epochs=args.epochs,
                          family_names=args.families)
             return 0
-    except (HeldOutError, ValueError) as exc:
+        if args.simic_cmd == "train":
+            from .simic.value import TrainConfig, train_main
+
+            cfg = TrainConfig(hidden=tuple(args.hidden), epochs=args.epochs, patience=args.patience, seed=args.seed,
+                              val_by=args.val_by)
+            train_main(out_dir=args.out, model_dir=args.model, cfg=cfg, onnx=not args.no_onnx)
+            return 0
+        if args.simic_cmd == "eval":
+            from .simic.value import eval_main
+
+            eval_main(model_dir=args.model, family_names=args.families, tasks=args.tasks, seeds=args.seeds,
+                      quick=args.quick, epochs=args.epochs, out_dir=args.out, workers=args.jobs)
+            return 0
+    except (HeldOutError, ValueError, FileNotFoundError) as exc:
         print(f"esper simic {args.simic_cmd}: {exc}", file=sys.stderr)
         return 2
     raise ValueError(f"unknown simic command {args.simic_cmd!r}")
@@ -123,6 +138,35 @@ def _add_simic(sub: Any) -> None:
     c.add_argument("--out", default=None, help="collection folder (default $ESPER_HOME/simic)")
     c.add_argument("--store", default=None, help="Urza store of the outcome records (default <out>/urza)")
     c.set_defaults(fn=_cmd_simic)
+
+    t = ssub.add_parser("train", help="fit the value model on a collection's outcome records (features and target "
+                                      "from Go) and write the model folder")
+    t.add_argument("--out", default=None, help="the collection folder (default $ESPER_HOME/simic)")
+    t.add_argument("--model", default=None, help="model folder to write (default the shipped one, "
+                                                      "python/esper/models/value)")
+    t.add_argument("--epochs", type=_positive_int, default=400, help="epochs at most (default 400)")
+    t.add_argument("--patience", type=_positive_int, default=40,
+                   help="epochs without a better validation error before stopping (default 40)")
+    t.add_argument("--hidden", type=lambda s: [_positive_int(v) for v in _names(s)], default=[32, 32],
+                   help="hidden widths, comma-separated (default 32,32)")
+    t.add_argument("--seed", type=_nonnegative_int, default=0, help="split, initialisation and batch seed")
+    t.add_argument("--val-by", choices=("run", "family"), default="run",
+                   help="validation holds out whole runs (default) or whole families")
+    t.add_argument("--no-onnx", action="store_true", help="do not write model.onnx")
+    t.set_defaults(fn=_cmd_simic)
+
+    e = ssub.add_parser("eval", help="the model's error on held-out families' outcome records, predicted by Go")
+    e.add_argument("--model", default=None, help="model folder (default the shipped one)")
+    e.add_argument("--families", type=_names, default=None,
+                   help="held-out families, comma-separated (default every held-out growth family)")
+    e.add_argument("--tasks", type=_positive_int, default=1, help="tasks per family (default 1)")
+    e.add_argument("--seeds", type=_positive_int, default=2, help="seeds per task and policy (default 2)")
+    e.add_argument("--epochs", type=_positive_int, default=None, help="run length (default the family's; 8 quick)")
+    e.add_argument("--quick", action="store_true", help="tiny tasks, 8 epochs (a smoke run)")
+    e.add_argument("--jobs", type=_positive_int, default=None, help="worker processes (default one per CPU core)")
+    e.add_argument("--out", default=None, help="folder for episodes, eval.json and eval.md "
+                                               "(default $ESPER_HOME/simic/eval)")
+    e.set_defaults(fn=_cmd_simic)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

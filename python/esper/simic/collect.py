@@ -14,9 +14,10 @@ held-out families with reader ``"eval"`` into a store of its own, to judge on.
 Episodes run in spawned workers (one per core, the demo's pool). Each finished episode is written at once to
 ``<out>/episodes/<family>/<index>/<seed>/<policy>-<key>.json`` (its run id, drawn settings and counts), so an
 interrupted collection resumes where it stopped and a finished episode is never rerun; the key digests what
-the episode depends on (family, task, seed, policy, quick, epochs, the settings' version, the library's
-version and commit). The store may also hold records of an episode that was interrupted: only the runs named
-by finished episodes are read (:func:`episodes`).
+the episode depends on (family, task, seed, policy, quick, epochs, the drawn settings, the library's
+version; the commit is recorded in the file but left out of the key, so a collection resumes across
+commits). The store may also hold records of an episode that was interrupted: only the runs named by
+finished episodes are read.
 """
 
 from __future__ import annotations
@@ -112,11 +113,13 @@ def draw_settings(family: str, index: int, seed: int, policy: str, quick: bool) 
 
 
 def _key(ep: Episode, settings: dict[str, Any]) -> str:
+    """The episode's key: a digest of its task, seed, policy, length, settings and the library's version.
+    The commit is left out (it is recorded in the episode file): a collection resumes across commits."""
     info = build_info()
     family = FAMILIES[ep.family]
     doc = {"version": SETTINGS_VERSION, "family": {**asdict(replace(family, make=None)), "maker": family.make.__name__},
            "index": ep.index, "seed": ep.seed, "policy": ep.policy, "quick": ep.quick, "epochs": ep.epochs,
-           "settings": settings, "esper": info.get("version"), "commit": info.get("commit")}
+           "settings": settings, "esper": info.get("version")}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
