@@ -32,8 +32,9 @@ class MLP(nn.Module):
         return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
-def train(epochs: int, **config: Any) -> tuple[esper.Morphogenesis, list[dict[str, Any]]]:
-    """The README's loop on a small task; returns the Morphogenesis (closed) and every decision."""
+def train(epochs: int, **config: Any) -> tuple[esper.Morphogenesis, list[dict[str, Any]], dict[str, Any]]:
+    """The README's loop on a small task; returns the Morphogenesis (closed), every decision, and Go's
+    stats at the end."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     xs = torch.randn(96, 8, generator=g)
@@ -48,9 +49,9 @@ def train(epochs: int, **config: Any) -> tuple[esper.Morphogenesis, list[dict[st
             logits = m(xs)
         return {"loss": float(loss_fn(logits, ys)), "metric": float((logits.argmax(1) == ys).float().mean())}
 
-    morph = esper.Morphogenesis(model, opt, evaluate=evaluate, template="residual_mlp",
-                                template_params={"width": 8}, max_params=5_000, epochs=epochs,
-                                **{**TEMPO, **config})
+    settings = {"template": "residual_mlp", "template_params": {"width": 8}, "max_params": 5_000, "epochs": epochs,
+                **TEMPO, **config}
+    morph = esper.Morphogenesis(model, opt, evaluate=evaluate, **settings)
     decisions: list[dict[str, Any]] = []
     for _ in range(epochs):
         for i in range(0, 96, 16):
@@ -60,12 +61,13 @@ def train(epochs: int, **config: Any) -> tuple[esper.Morphogenesis, list[dict[st
             opt.step()
             morph.step(loss)
         decisions += morph.end_epoch()["decisions"]
+    stats = morph.stats()
     morph.close()
-    return morph, decisions
+    return morph, decisions, stats
 
 
 def test_dataset_rows_from_a_real_run(esper_home: Path) -> None:
-    morph, decisions = train(10)
+    morph, decisions, _ = train(10)
     germinated = [d for d in decisions if d["op"] == "germinate"]
     assert germinated, "the run must germinate for this test to mean anything"
     d = valuemodel.dataset("", runs=[morph.run_id])
@@ -132,3 +134,39 @@ def test_predict_a_hand_written_model(tmp_path: Path, esper_home: Path) -> None:
     write_linear_model(tmp_path / "old", names[:-1], {}, 0.0)
     with pytest.raises(InvalidArgumentError, match="lacks"):
         valuemodel.predict(tmp_path / "old", [x[:-1]])
+
+
+def test_learned_policy_grows_what_the_model_prefers(tmp_path: Path, esper_home: Path) -> None:
+    """A hand-set model: value = [residual_mlp] + 0.01 x log(1 + params) - 0.5. Every residual_mlp
+    candidate is over the 0.01 threshold and every other template under 0, so Tamiyo grows at once
+    (no plateau to wait for) the largest residual_mlp it considers: width 16, twice the configured 8."""
+    names = feature_names()
+    folder = write_linear_model(tmp_path / "m", names, {"tpl:residual_mlp": 1.0, "log_params": 0.01}, -0.5)
+    morph, decisions, stats = train(6, policy="learned", value_model=str(folder), template_params={"width": 8})
+    grows = [d for d in decisions if d["op"] == "germinate"]
+    assert grows, [d["reason"] for d in decisions]
+    first = grows[0]
+    assert decisions.index(first) == 0, "the model's value is over the threshold at epoch 0: no plateau wait"
+    assert first["template"] == "residual_mlp" and first["params"]["width"] == 16
+    assert first["reason"].startswith("learned: ") and first["predicted_value"] > 0.01
+    # The record keeps the policy and the prediction, and the dataset gives it back.
+    rows = valuemodel.dataset("", runs=[morph.run_id])["rows"]
+    learned = [r for r in rows if r["seq"] == 0]
+    assert learned and learned[0]["policy"] == "learned"
+    assert learned[0]["prediction"] == pytest.approx(first["predicted_value"])
+    # The model, run from Python on the row's features, predicts what Tamiyo predicted.
+    assert valuemodel.predict(folder, [learned[0]["x"]])[0] == pytest.approx(first["predicted_value"], rel=1e-5)
+    assert stats["policy"] == "learned" and stats["counters"]["refused"] == 0
+
+
+def test_learned_policy_negative_control_never_grows(tmp_path: Path, esper_home: Path) -> None:
+    folder = write_linear_model(tmp_path / "low", feature_names(), {}, -1.0)
+    _, decisions, stats = train(6, policy="learned", value_model=str(folder))
+    assert decisions and all(d["op"] == "wait" for d in decisions), [d["op"] for d in decisions]
+    assert all("under value_threshold" in d["reason"] for d in decisions)
+    assert stats["counters"]["germinations"] == 0
+
+
+def test_learned_policy_without_a_model_says_how_to_train_one(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="esper simic train"):
+        train(1, policy="learned", value_model=str(tmp_path / "nothing-here"))

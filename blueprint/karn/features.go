@@ -92,6 +92,10 @@ func featureVector(names []string, s *Sample, x []float64) {
 	lp := math.Log1p(float64(max(0, s.ParamCount)))
 	pos := func(name string) float64 { return math.Log1p(math.Max(0, s.Signals.Get(name, 0))) }
 	clamp := func(v, lo, hi float64) float64 { return math.Min(hi, math.Max(lo, v)) }
+	tpl, actName, layoutName := "tpl:"+s.Template, "", "layout:"+layout
+	if act != "" {
+		actName = "act:" + act
+	}
 	for i, n := range names {
 		var v float64
 		switch n {
@@ -115,7 +119,7 @@ func featureVector(names []string, s *Sample, x []float64) {
 			v = clamp(s.Signals.Get("eff_rank", 0)/out, 0, 1)
 		default:
 			switch {
-			case n == "tpl:"+s.Template, act != "" && n == "act:"+act, n == "layout:"+layout:
+			case n == tpl, actName != "" && n == actName, n == layoutName:
 				v = 1
 			}
 		}

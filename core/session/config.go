@@ -99,8 +99,8 @@ type Config struct {
 	// rollback before it resets (EMBARGOED -> RESETTING). Default 100; an
 	// explicit 0 means none.
 	EmbargoSteps *int64 `json:"embargo_steps,omitempty"`
-	// Policy is the controller: "heuristic" (default), "random", or
-	// "manual" ("none").
+	// Policy is the controller: "heuristic" (default), "random", "manual"
+	// ("none"), or "learned" (the value model in controller.value_model).
 	Policy string `json:"policy,omitempty"`
 	// Controller holds the policy's settings (see tamiyo.Config): patience
 	// (3), threshold (0.01), prune_below (0), min_gain (0.01), saturate_after (2), holding_epochs (1), template

@@ -39,7 +39,7 @@ func (s *Session) EndEpoch(m tamiyo.Metrics) (EpochResult, error) {
 	}
 	used, _ := s.paramsUsedLocked()
 	obs := tamiyo.Observation{Epoch: epoch, Step: s.step, Metrics: m, Layers: make([]tamiyo.LayerView, len(s.set.hosts)),
-		Seeds: s.seedViewsLocked(), ParamsUsed: used, LifecycleSteps: s.set.cfg.TrainSteps + s.set.cfg.BlendSteps}
+		Seeds: s.seedViewsLocked(), ParamsUsed: used, HostParams: s.hostParams(), LifecycleSteps: s.set.cfg.TrainSteps + s.set.cfg.BlendSteps}
 	for l := range obs.Layers {
 		obs.Layers[l].Name = s.set.names[l]
 		for sig := nissa.Signal(0); sig < nissa.NumSignals; sig++ {

@@ -109,7 +109,10 @@ type Counters struct {
 	Failures       int64 `json:"failures"`
 	Alarms         int64 `json:"alarms"`
 	Decisions      int64 `json:"decisions"`
-	Events         int64 `json:"events"`
+	// Refused counts decisions the session did not apply (a germination
+	// the lifecycle or the budget refused, for one).
+	Refused int64 `json:"refused"`
+	Events  int64 `json:"events"`
 }
 
 // FailureKind classifies a seed failure (the int32 kind of

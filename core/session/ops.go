@@ -438,6 +438,7 @@ func (s *Session) applyLocked(d tamiyo.Decision) DecisionResult {
 	}
 	if err != nil {
 		dr.Applied, dr.Error = false, err.Error()
+		s.counters.Refused++
 	}
 	return *dr
 }

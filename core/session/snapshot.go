@@ -350,6 +350,15 @@ type GovernorStats struct {
 	Cooldowns []int `json:"cooldowns"`
 }
 
+// hostParams sums the wrapped layers' own parameters as configured.
+func (s *Session) hostParams() int64 {
+	var n int64
+	for _, l := range s.set.cfg.Layers {
+		n += l.Params
+	}
+	return n
+}
+
 // Stats returns a summary of the run.
 func (s *Session) Stats() (Stats, error) {
 	if err := s.lock(); err != nil {
@@ -363,9 +372,7 @@ func (s *Session) Stats() (Stats, error) {
 		MaxParams: gov.Config().MaxParams, Active: active, States: make(map[string]int), PendingEvents: len(s.pending),
 		Governor: GovernorStats{Alarms: gov.Alarms(), LossMean: nissa.Num(mean), LossSamples: n, Cooldowns: make([]int, len(s.set.hosts))},
 		Signals:  s.stats.Snapshot(s.set.names), GrowthLog: len(s.growth), GrowthDropped: s.dropped}
-	for _, l := range s.set.cfg.Layers {
-		st.HostParams += l.Params
-	}
+	st.HostParams = s.hostParams()
 	for _, sd := range s.seeds {
 		st.States[sd.State.String()]++
 	}

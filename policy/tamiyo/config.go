@@ -22,13 +22,19 @@ const (
 	// Manual never germinates, prunes or fossilizes on its own; the
 	// governor still calls for rollbacks. "none" is accepted as a synonym.
 	Manual
+	// Learned grows with the value model (policy/value, docs/simic.md):
+	// at each end of epoch it predicts the value of every candidate
+	// germination (layer x template x size) and grows the best when its
+	// predicted value reaches ValueThreshold, else waits. Held seeds are
+	// judged as by Heuristic; the governor rules as for every policy.
+	Learned
 
 	numKinds
 )
 
-var kindNames = [numKinds]string{"heuristic", "random", "manual"}
+var kindNames = [numKinds]string{"heuristic", "random", "manual", "learned"}
 
-// String returns "heuristic", "random" or "manual".
+// String returns "heuristic", "random", "manual" or "learned".
 func (k Kind) String() string {
 	if k < numKinds {
 		return kindNames[k]
@@ -46,7 +52,7 @@ func ParseKind(name string) (Kind, error) {
 			return Kind(i), nil
 		}
 	}
-	return 0, fmt.Errorf("tamiyo: policy %q is not one of heuristic, random, manual: %w", name, ErrConfig)
+	return 0, fmt.Errorf("tamiyo: policy %q is not one of heuristic, random, manual, learned: %w", name, ErrConfig)
 }
 
 // MarshalText encodes the policy's name.
@@ -78,6 +84,8 @@ const (
 	DefaultMaxConcurrent  = 1
 	DefaultCooldownEpochs = 2
 	DefaultLossWindow     = 20
+	// DefaultValueThreshold is Config.ValueThreshold's default.
+	DefaultValueThreshold = 0.01
 	DefaultLossFactor     = 3.0
 	DefaultLossMinDelta   = 0.05
 	DefaultMinLossSamples = 5
@@ -162,6 +170,17 @@ type Config struct {
 	Epochs int `json:"epochs,omitempty"`
 	// Seed seeds the random policy's generator. Default 0.
 	Seed uint64 `json:"seed,omitempty"`
+	// ValueModel is the folder of the value model the learned policy loads
+	// (manifest.json + model.safetensors, docs/simic.md). Required by, and
+	// only read for, the learned policy; Python passes the shipped model's
+	// folder when the user names none.
+	ValueModel string `json:"value_model,omitempty"`
+	// ValueThreshold is the predicted value (gain_per_compute_v1: the share
+	// of the validation loss a seed removes per host-epoch of training
+	// compute) the best candidate must reach for the learned policy to grow
+	// now; below it, it waits. Default 0.01 (1% of the loss per host-epoch),
+	// finite.
+	ValueThreshold *float64 `json:"value_threshold,omitempty"`
 	// Governor configures the safety governor.
 	Governor GovernorConfig `json:"-"`
 }
@@ -251,6 +270,7 @@ func (c Config) WithDefaults() (Config, error) {
 		c.Template = DefaultTemplate
 	}
 	c.MinGain = valueOr(c.MinGain, DefaultMinGain)
+	c.ValueThreshold = valueOr(c.ValueThreshold, DefaultValueThreshold)
 	if c.SaturateAfter == 0 {
 		c.SaturateAfter = DefaultSaturateAfter
 	}
@@ -267,6 +287,10 @@ func (c Config) WithDefaults() (Config, error) {
 		return c, fmt.Errorf("tamiyo: holding_epochs %d must be >= 1: %w", c.HoldingEpochs, ErrConfig)
 	case !(*c.MinGain >= 0 && *c.MinGain <= 1):
 		return c, fmt.Errorf("tamiyo: min_gain %v is not in [0, 1]: %w", *c.MinGain, ErrConfig)
+	case math.IsNaN(*c.ValueThreshold) || math.IsInf(*c.ValueThreshold, 0):
+		return c, fmt.Errorf("tamiyo: value_threshold %v is not finite: %w", *c.ValueThreshold, ErrConfig)
+	case c.Kind == Learned && c.ValueModel == "":
+		return c, fmt.Errorf("tamiyo: the learned policy needs a value model: set value_model to a model folder, or train one with `esper simic train` (docs/simic.md): %w", ErrConfig)
 	case c.SaturateAfter < 1 || c.SaturateAfter > MaxSaturateAfter:
 		return c, fmt.Errorf("tamiyo: saturate_after %d is not in [1, %d]: %w", c.SaturateAfter, MaxSaturateAfter, ErrConfig)
 	}

@@ -20,7 +20,8 @@ func TestParseKind(t *testing.T) {
 		{"Random", tamiyo.Random, true},
 		{"manual", tamiyo.Manual, true},
 		{"none", tamiyo.Manual, true},
-		{"learned", 0, false},
+		{"learned", tamiyo.Learned, true},
+		{"ppo", 0, false},
 		{"", 0, false},
 	} {
 		t.Run(tc.in, func(t *testing.T) {

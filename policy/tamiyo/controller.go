@@ -58,6 +58,9 @@ type Controller struct {
 	trials []int
 	// karn answers blueprint requests when Config.Search is on.
 	karn *karn.Service
+	// learned holds the learned policy's model and candidates (nil for
+	// other policies).
+	learned *learner
 }
 
 type candidateTemplate struct {
@@ -90,6 +93,11 @@ func New(cfg Config, hosts []blueprint.Host) (*Controller, error) {
 	}
 	if cfg.Search {
 		c.karn = karn.NewService(nil)
+	}
+	if cfg.Kind == Learned {
+		if c.learned, err = newLearner(c); err != nil {
+			return nil, err
+		}
 	}
 	return c, nil
 }
@@ -368,6 +376,9 @@ type growthCandidate struct {
 // grow decides on a germination, given the judgements already made this
 // epoch (they free concurrency and budget once applied).
 func (c *Controller) grow(obs *Observation, judged []Decision) Decision {
+	if c.learned != nil {
+		return c.learned.grow(obs, judged)
+	}
 	ok, why := c.plateau(obs, judged)
 	if !ok {
 		return waitDecision("%s", why)
@@ -375,23 +386,7 @@ func (c *Controller) grow(obs *Observation, judged []Decision) Decision {
 	if late, note := c.tooLate(obs); late {
 		return waitDecision("%s; but %s", why, note)
 	}
-	active := 0
-	used := obs.ParamsUsed
-	for i := range obs.Seeds {
-		if obs.Seeds[i].State.Active() {
-			active++
-		}
-	}
-	for _, d := range judged {
-		active--
-		if d.Op == Prune {
-			for i := range obs.Seeds {
-				if obs.Seeds[i].Layer == d.Layer && obs.Seeds[i].Slot == d.Slot {
-					used -= obs.Seeds[i].ParamCount
-				}
-			}
-		}
-	}
+	used, active := afterJudged(obs, judged)
 	if err := c.gov.Admit(used, 0, active); err != nil {
 		return waitDecision("%s; but %d seeds are in flight (max_concurrent %d)", why, active, c.gov.cfg.MaxConcurrent)
 	}
@@ -439,6 +434,29 @@ func (c *Controller) grow(obs *Observation, judged []Decision) Decision {
 			Reason: fmt.Sprintf("%s; %s; %s %s = %d params (%s%s)", why, where, ir.Template, describeParams(ir.Params), ir.ParamCount, budget, note)}
 	}
 	return waitDecision("%s; but no blueprint fits any candidate layer within %s", why, budget)
+}
+
+// afterJudged returns the parameters used and the seeds in flight once the
+// judgements made this epoch are applied (each frees a slot of
+// concurrency, a prune its parameters too).
+func afterJudged(obs *Observation, judged []Decision) (used int64, active int) {
+	used = obs.ParamsUsed
+	for i := range obs.Seeds {
+		if obs.Seeds[i].State.Active() {
+			active++
+		}
+	}
+	for _, d := range judged {
+		active--
+		if d.Op == Prune {
+			for i := range obs.Seeds {
+				if obs.Seeds[i].Layer == d.Layer && obs.Seeds[i].Slot == d.Slot {
+					used -= obs.Seeds[i].ParamCount
+				}
+			}
+		}
+	}
+	return used, active
 }
 
 // payoffNote says what the layer's measured seeds brought, or that it is

@@ -82,6 +82,10 @@ type Decision struct {
 	// policies make none. The session compares it with the measured
 	// contribution when the seed's adaptation ends (impact analysis).
 	PredictedGain *float64 `json:"predicted_gain,omitempty"`
+	// PredictedValue is the learned policy's predicted value for a
+	// germination (policy/value's target, gain_per_compute_v1); nil for
+	// other policies. The outcome record keeps it as "prediction".
+	PredictedValue *float64 `json:"predicted_value,omitempty"`
 }
 
 func waitDecision(format string, args ...any) Decision {

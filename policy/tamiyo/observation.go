@@ -112,6 +112,9 @@ type Observation struct {
 	Seeds []SeedView
 	// ParamsUsed counts the parameters of live and fossilized seeds.
 	ParamsUsed int64
+	// HostParams sums the wrapped layers' own parameters (0: unknown); the
+	// learned policy measures a seed's size against it.
+	HostParams int64
 	// LifecycleSteps is how many optimizer steps a seed takes from
 	// germination to full weight (training plus blending); with
 	// Config.Epochs it tells when growing is too late to pay. 0: unknown.

@@ -113,8 +113,16 @@ class MorphConfig:
 
     Attributes:
         policy: "heuristic" (Tamiyo decides), "random" (random layer at the
-            same timing and budget: a baseline), or "manual" (you call
-            germinate/advance/prune/fossilize).
+            same timing and budget: a baseline), "manual" (you call
+            germinate/advance/prune/fossilize), or "learned" (the value model
+            decides when and what to grow: docs/simic.md).
+        value_model: the learned policy's model folder (manifest.json +
+            model.safetensors); "" for the shipped one (``esper/models/value``).
+            A folder with no usable model fails at session creation with the
+            reason; ``esper simic train`` makes one.
+        value_threshold: the predicted value (share of the validation loss a
+            seed removes per host-epoch of training compute) the best
+            candidate must reach for the learned policy to grow now.
         train_steps: optimizer steps a seed trains in isolation before blending.
         blend_steps: steps of the alpha ramp 0 -> 1 (the tempo).
         schedule: "linear" or "cosine" alpha ramp.
@@ -309,6 +317,8 @@ class MorphConfig:
     urza: str = ""
     record_outcomes: bool = True
     karn_search: bool = False
+    value_model: str = ""
+    value_threshold: float = 0.01
     log_max: int = 10_000
     metrics_port: int = -1
     metrics_host: str = "127.0.0.1"
@@ -343,6 +353,7 @@ class MorphConfig:
                 "params": self.template_params,
                 "seed": self.seed,
                 "search": self.karn_search,
+                **self._value_settings(),
             },
             "governor": {
                 "max_params": self.max_params,
@@ -357,6 +368,15 @@ class MorphConfig:
             "urza": self.urza if self.karn_search else "",
             "alerts": dict(self.alerts),
         }
+
+
+    def _value_settings(self) -> dict[str, Any]:
+        """The learned policy's controller settings (none for the other policies)."""
+        if self.policy.lower() != "learned":
+            return {}
+        from .valuemodel import default_model_dir
+
+        return {"value_model": str(self.value_model) or default_model_dir(), "value_threshold": self.value_threshold}
 
 
 def _number(what: str, value: Any) -> float | None:
