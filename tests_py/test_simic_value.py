@@ -151,3 +151,53 @@ def test_train_without_outcome_rows_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(NoOutcomesError, match="no outcome rows"):
         train_main(out_dir=str(out), model_dir=str(tmp_path / "model"), quiet=True)
     assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.slow
+def test_quick_collect_train_predict_in_go_and_eval(tmp_path: Path) -> None:
+    """Collect tiny episodes in spawned workers, resume without rerunning, fit, load the model folder in Go
+    (predictions equal PyTorch's), and judge it on a held-out family: prediction error and a paired run."""
+    from esper import valuemodel
+    from esper.simic.value import ValueMLP, eval_main, training_set
+
+    out, model_dir = tmp_path / "collect", tmp_path / "model"
+    args = {"tasks": 1, "seeds": 1, "quick": True, "out_dir": str(out), "family_names": ["blobs", "spirals"],
+            "quiet": True}
+    first = collect.main(workers=2, **args)
+    assert first["total"]["episodes"] == 4 and first["total"]["germinations"] >= 2, first
+    files = sorted(out.glob("episodes/*/*/*/*.json"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = collect.main(workers=1, **args)  # resumed: every episode is finished, none reruns
+    assert again["runs"] == first["runs"] and [f.stat().st_mtime_ns for f in files] == stamps
+
+    rec = train_main(out_dir=str(out), model_dir=str(model_dir), cfg=TrainConfig(hidden=(8,), epochs=5, patience=5),
+                     quiet=True)
+    assert rec["collection"]["families"] == ["blobs", "spirals"] and rec["samples"] >= 2
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["target"] == valuemodel.TARGET and manifest["training"]["commit"]
+    # Go loads the folder and predicts what PyTorch predicts from the same float32 weights.
+    data = training_set(str(out))
+    from safetensors.torch import load_file
+
+    t = load_file(str(model_dir / "model.safetensors"))
+    net = ValueMLP(len(data.features), (8,))
+    net.load_state_dict({**{f"layers.{i}.{k}": t[f"l{i}.{k}"] for i in range(2) for k in ("weight", "bias")},
+                         **{k: t[k] for k in ("x_mean", "x_std", "y_mean", "y_std")}})
+    with torch.no_grad():
+        expected = net(torch.tensor(data.x, dtype=torch.float32)).squeeze(-1).numpy()
+    np.testing.assert_allclose(valuemodel.predict(str(model_dir), data.x.tolist()), expected, rtol=1e-5, atol=1e-7)
+
+    ev = tmp_path / "eval"
+    report = eval_main(model_dir=str(model_dir), family_names=["quantiles"], tasks=1, seeds=1, quick=True,
+                       out_dir=str(ev), workers=2, paired_seeds=1, quiet=True)
+    held = training_set(str(ev), HELD_OUT)
+    assert set(held.families) == {"quantiles"} and report["prediction"]["overall"]["n"] == len(held.y) > 0
+    preds = np.asarray(valuemodel.predict(str(model_dir), held.x.tolist()))
+    assert report["prediction"]["overall"]["mae"] == pytest.approx(float(np.mean(np.abs(preds - held.y))))
+    paired = report["paired"]
+    assert paired["overall"]["pairs"] == 1 and {r["policy"] for r in paired["runs"]} == {"heuristic", "learned"}
+    assert json.loads((ev / "eval.json").read_text())["prediction"] == report["prediction"]
+    assert "| quantiles |" in (ev / "eval.md").read_text()
+    # The held-out collection is never fitted on: training on it is refused.
+    with pytest.raises(HeldOutError, match="held-out families"):
+        train_main(out_dir=str(ev), model_dir=str(tmp_path / "m2"), quiet=True)

@@ -9,7 +9,7 @@
     esper runs | events RUN | report RUN [--out DIR] | monitor RUN [--replay] [--once]
     esper simic collect [--tasks N] [--seeds N] [--families F,..] [--policies P,..] [--epochs N] [--quick] [--out DIR]
     esper simic train [--out DIR] [--model DIR] [--epochs N] [--seed S] [--val-by run|family]
-    esper simic eval [--model DIR] [--families F,..] [--tasks N] [--seeds N] [--quick] [--out DIR]
+    esper simic eval [--model DIR] [--families F,..] [--tasks N] [--seeds N] [--paired-seeds N] [--quick] [--out DIR]
     esper info
 """
 
@@ -111,7 +111,8 @@ def _cmd_simic(args: argparse.Namespace) -> int:
             from .simic.value import eval_main
 
             eval_main(model_dir=args.model, family_names=args.families, tasks=args.tasks, seeds=args.seeds,
-                      quick=args.quick, epochs=args.epochs, out_dir=args.out, workers=args.jobs)
+                      quick=args.quick, epochs=args.epochs, out_dir=args.out, workers=args.jobs,
+                      paired_seeds=args.paired_seeds)
             return 0
     except (HeldOutError, ValueError, FileNotFoundError) as exc:
         print(f"esper simic {args.simic_cmd}: {exc}", file=sys.stderr)
@@ -163,6 +164,9 @@ def _add_simic(sub: Any) -> None:
     e.add_argument("--seeds", type=_positive_int, default=2, help="seeds per task and policy (default 2)")
     e.add_argument("--epochs", type=_positive_int, default=None, help="run length (default the family's; 8 quick)")
     e.add_argument("--quick", action="store_true", help="tiny tasks, 8 epochs (a smoke run)")
+    e.add_argument("--paired-seeds", type=_nonnegative_int, default=0,
+                   help="also compare policy=learned with the heuristic, paired, on this many seeds per held-out "
+                        "task (default 0: prediction error only)")
     e.add_argument("--jobs", type=_positive_int, default=None, help="worker processes (default one per CPU core)")
     e.add_argument("--out", default=None, help="folder for episodes, eval.json and eval.md "
                                                "(default $ESPER_HOME/simic/eval)")

@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -449,12 +450,17 @@ def eval_families(names: list[str] | None) -> list[str]:
 
 def eval_main(*, model_dir: str | None = None, family_names: list[str] | None = None, tasks: int = 1, seeds: int = 2,
               quick: bool = False, epochs: int | None = None, out_dir: str | None = None, workers: int | None = None,
-              quiet: bool = False) -> dict[str, Any]:
+              paired_seeds: int = 0, quiet: bool = False) -> dict[str, Any]:
     """`esper simic eval`: the model's prediction error on held-out families' outcome records, computed by
     Go (``esper_value_predict``); writes ``<out>/eval.json`` and ``<out>/eval.md``.
 
     Episodes run as in ``esper simic collect`` (both policies, drawn settings) on held-out families, with
     reader "eval", into ``<out>/episodes`` and ``<out>/urza`` (resumable).
+
+    With ``paired_seeds`` > 0, also the paired comparison: per held-out task and seed, a grown run with
+    ``policy="learned"`` (this model) and one with the heuristic, both at ``MorphConfig()`` defaults with the
+    suite's protocol (cached under ``<out>/paired``): the mean paired difference of the test metric (learned
+    minus heuristic), its standard error and the FLOPs ratio.
 
     Raises:
         ValueError: a training family named as held-out.
@@ -488,12 +494,131 @@ def eval_main(*, model_dir: str | None = None, family_names: list[str] | None = 
         "prediction": {"overall": metrics(pred, data.y),
                        "families": {n: metrics(pred[fams == n], data.y[fams == n]) for n in names},
                        "constant_mae": float(np.mean(np.abs(float(_y_mean(model_dir)) - data.y)))},
-        "wall_s": round(time.perf_counter() - start, 1),
     }
+    if paired_seeds > 0:
+        from ..demo.jobs import default_workers, run_pool
+        from ..suite.run import _progress
+
+        runs = paired_plan(names, tasks, paired_seeds, quick, epochs, model_dir, out_dir)
+        pending = [r for r in runs if not os.path.exists(r.cache)]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        bar = _progress(len(runs), quiet)
+        bar.update(len(runs) - len(pending))
+
+        def done(i: int, doc: dict[str, Any]) -> None:
+            r = pending[i]
+            bar.set_description(f"paired {r.family}/{r.index} seed {r.seed}: {r.policy}")
+            bar.update()
+
+        try:
+            run_pool(partial(paired_run, device=device), pending, workers or default_workers(device), done)
+        finally:
+            bar.close()
+        docs = []
+        for r in runs:
+            with open(r.cache) as f:
+                docs.append(json.load(f))
+        report["paired"] = {"seeds": paired_seeds, "runs": docs, **paired_summary(docs)}
+    report["wall_s"] = round(time.perf_counter() - start, 1)
     _write_report(out_dir, report)
     if not quiet:
         print(_markdown(report))
     return report
+
+
+@dataclass(frozen=True)
+class PairedRun:
+    """One arm of the paired comparison: a held-out task's grown run at a seed under a policy, with the
+    suite's protocol and ``MorphConfig()`` defaults (the learned arm reads ``value_model``)."""
+
+    family: str
+    index: int
+    seed: int
+    policy: str
+    quick: bool
+    epochs: int | None
+    model_dir: str
+    cache: str
+    urza: str
+
+
+def _model_digest(model_dir: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("manifest.json", "model.safetensors"):
+        with open(os.path.join(model_dir, name), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def paired_plan(names: list[str], tasks: int, seeds: int, quick: bool, epochs: int | None, model_dir: str,
+                out_dir: str) -> list[PairedRun]:
+    """The paired runs: per task, seed and held-out family, the heuristic and the learned policy. The cache
+    key holds the model's digest (a retrained model reruns the learned arm) and the library's version."""
+    digest = _model_digest(model_dir)
+    version = build_info().get("version")
+    out = []
+    for index in range(tasks):
+        for seed in range(seeds):
+            for name in names:
+                for policy in ("heuristic", "learned"):
+                    tag = f"{digest}-{version}" if policy == "learned" else str(version)
+                    leaf = f"{policy}-{'quick-' if quick else ''}{epochs or 'default'}-{tag}.json"
+                    path = os.path.join(out_dir, "paired", name, str(index), str(seed), leaf)
+                    out.append(PairedRun(name, index, seed, policy, quick, epochs, model_dir, path,
+                                         os.path.join(out_dir, "paired", "urza")))
+    return out
+
+
+def paired_run(run: PairedRun, device: str = "cpu") -> dict[str, Any]:
+    """Make one paired arm (a worker's job, on one thread) through the suite's setup and the demo's grown run;
+    writes and returns its figures."""
+    from dataclasses import replace
+
+    from ..demo.experiments import grown_run, setup_task
+    from ..demo.jobs import one_thread
+    from ..suite.run import setup_for
+    from ..tolaria import MorphConfig
+
+    with one_thread():
+        setup = setup_for(FAMILIES[run.family], run.index, run.quick, "eval")
+        morph = MorphConfig(urza=run.urza, value_model=run.model_dir if run.policy == "learned" else "")
+        setup = replace(setup, morph=morph, epochs=run.epochs or setup.epochs)
+        task = setup_task(setup, run.seed, torch.device(device))
+        res = grown_run(task, setup, run.seed, policy=run.policy)
+        doc = {"family": run.family, "index": run.index, "seed": run.seed, "policy": run.policy,
+               "test_metric": res.test_acc, "flops": res.flops, "params": res.params,
+               "germinations": res.germinations, "fossilizations": res.fossilizations, "prunes": res.prunes,
+               "run_id": res.run_id, "wall_s": res.wall}
+        os.makedirs(os.path.dirname(run.cache), exist_ok=True)
+        tmp = f"{run.cache}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, run.cache)
+        return doc
+
+
+def paired_summary(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Learned minus heuristic, paired by task and seed: test metric and FLOPs, mean and standard error, per
+    family and overall."""
+    pairs: dict[tuple[str, int, int], dict[str, dict[str, Any]]] = {}
+    for d in docs:
+        pairs.setdefault((d["family"], d["index"], d["seed"]), {})[d["policy"]] = d
+
+    def stats(keys: list[tuple[str, int, int]]) -> dict[str, Any]:
+        diff = np.array([pairs[k]["learned"]["test_metric"] - pairs[k]["heuristic"]["test_metric"] for k in keys])
+        flops = np.array([pairs[k]["learned"]["flops"] / pairs[k]["heuristic"]["flops"] for k in keys])
+        n = len(diff)
+        se = float(np.std(diff, ddof=1) / np.sqrt(n)) if n > 1 else None
+        return {"pairs": n, "diff_mean": float(np.mean(diff)) if n else None, "diff_se": se,
+                "flops_ratio_mean": float(np.mean(flops)) if n else None,
+                "learned_germinations": sum(pairs[k]["learned"]["germinations"] for k in keys),
+                "heuristic_germinations": sum(pairs[k]["heuristic"]["germinations"] for k in keys)}
+
+    complete = sorted(k for k, v in pairs.items() if {"learned", "heuristic"} <= set(v))
+    fams = sorted({k[0] for k in complete})
+    return {"families": {f: stats([k for k in complete if k[0] == f]) for f in fams}, "overall": stats(complete)}
 
 
 def _y_mean(model_dir: str) -> float:
@@ -515,6 +640,17 @@ def _markdown(report: dict[str, Any]) -> str:
                      f"{_fmt(m['spearman'])} |")
     lines.append("")
     lines.append(f"A constant prediction (the training rows' mean) has MAE {p['constant_mae']:.4g}.")
+    paired = report.get("paired")
+    if paired:
+        lines += ["", f"Paired runs, policy=\"learned\" minus the heuristic (MorphConfig() defaults, the suite's "
+                      f"protocol, {paired['seeds']} seed(s) per task):", "",
+                  "| family | pairs | test metric difference | SE | FLOPs learned / heuristic | germinations "
+                  "learned / heuristic |", "|---|---|---|---|---|---|"]
+        for name, m in [*paired["families"].items(), ("all", paired["overall"])]:
+            if not m["pairs"]:
+                continue
+            lines.append(f"| {name} | {m['pairs']} | {m['diff_mean']:+.2f} | {_fmt(m['diff_se'])} | "
+                         f"{m['flops_ratio_mean']:.2f} | {m['learned_germinations']} / {m['heuristic_germinations']} |")
     return "\n".join(lines)
 
 
