@@ -38,8 +38,9 @@ def _synthetic(noise_only: bool, seed: int = 0) -> Dataset:
     return Dataset([f"f{i}" for i in range(4)], "synthetic", x, y, runs, ["blobs"] * n)
 
 
+@pytest.mark.slow
 def test_fit_learns_a_known_function_and_not_noise() -> None:
-    cfg = TrainConfig(epochs=150, patience=30)
+    cfg = TrainConfig(epochs=100, patience=30, batch_size=128)
     _, rec = fit(_synthetic(False), cfg)
     val = rec["metrics"]["val"]
     assert rec["split"]["val_runs"] == 6 and rec["split"]["train_runs"] == 18  # whole runs held out
@@ -70,11 +71,12 @@ def test_fit_needs_two_groups_to_validate_on() -> None:
         fit(data, TrainConfig(epochs=2, val_by="family"))
 
 
+@pytest.mark.slow
 def test_model_folder_matches_torch_in_safetensors_and_onnx(tmp_path: Path) -> None:
     from safetensors.numpy import load_file
 
     data = _synthetic(False)
-    model, rec = fit(data, TrainConfig(epochs=10, patience=10))
+    model, rec = fit(data, TrainConfig(epochs=3, patience=3))
     files = save_model(model, data.features, data.target, {"note": "test"}, str(tmp_path))
     assert sorted(os.path.basename(f) for f in files) == ["manifest.json", "model.onnx", "model.safetensors"]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
@@ -140,6 +142,7 @@ def test_settings_vary_over_episodes() -> None:
     assert drawn[0] == collect.draw_settings("blobs", 0, 0, "heuristic", False)
 
 
+@pytest.mark.slow
 def test_train_without_outcome_rows_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(NoOutcomesError, match="no finished episodes"):
         train_main(out_dir=str(tmp_path / "empty"), model_dir=str(tmp_path / "model"), quiet=True)
