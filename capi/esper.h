@@ -229,6 +229,11 @@ int esper_karn_predictor_eval(const char *urza_root, char **out_json);
  * store. */
 int esper_value_dataset(const char *urza_root, const char *options_json, char **out_json);
 
+/* Writes {"features": [names], "target", "kind": "value_mlp", "schema": 1}
+ * to *out_json (free with esper_free): the value model's feature names in
+ * order and what a model's manifest must declare (docs/simic.md). */
+int esper_value_features(char **out_json);
+
 /* Loads the value model in model_dir (manifest.json + model.safetensors,
  * docs/simic.md) and predicts each row of rows_json ({"x": [[...], ...]},
  * each row in the model's feature order); writes {"predictions": [...],

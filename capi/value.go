@@ -72,12 +72,21 @@ func esper_value_predict(modelDir, rowsJSON *C.char, out **C.char) C.int {
 		if err != nil {
 			return err
 		}
-		preds := make([]float64, len(req.X))
-		for i, x := range req.X {
-			if preds[i], err = m.PredictX(x); err != nil {
-				return fmt.Errorf("value predict: row %d: %w", i, err)
-			}
+		preds, err := m.PredictBatchX(nil, req.X)
+		if err != nil {
+			return fmt.Errorf("value predict: %w", err)
 		}
 		return setJSON(out, map[string]any{"predictions": preds, "features": m.Manifest().Features, "target": m.Manifest().Target})
+	})
+}
+
+//export esper_value_features
+func esper_value_features(out **C.char) C.int {
+	return call(0, func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		return setJSON(out, map[string]any{"features": value.FeatureNames(), "target": value.TargetName,
+			"kind": value.Kind, "schema": value.Schema})
 	})
 }

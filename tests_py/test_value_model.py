@@ -116,7 +116,9 @@ def write_linear_model(folder: Path, names: list[str], coef: dict[str, float], b
 
 
 def feature_names() -> list[str]:
-    return valuemodel.dataset("")["features"]
+    names = valuemodel.feature_names()
+    assert names == valuemodel.dataset("")["features"]  # one list, whichever export gives it
+    return names
 
 
 def test_predict_a_hand_written_model(tmp_path: Path, esper_home: Path) -> None:
@@ -126,14 +128,17 @@ def test_predict_a_hand_written_model(tmp_path: Path, esper_home: Path) -> None:
     x[names.index("epoch_frac")] = 0.5
     x[names.index("budget_used")] = 0.25
     assert valuemodel.predict(folder, [x, [0.0] * len(names)]) == pytest.approx([0.25 + 1.0 - 0.25, 0.25])
-    with pytest.raises(InvalidArgumentError, match="input has 3 values"):
+    with pytest.raises(InvalidArgumentError, match="has 3 values, the network takes"):
         valuemodel.predict(folder, [[0.0, 1.0, 2.0]])
     with pytest.raises(InvalidArgumentError, match="esper simic train"):
         valuemodel.predict(tmp_path / "absent", [x])
-    # A model trained on another feature list is refused, naming the difference.
-    write_linear_model(tmp_path / "old", names[:-1], {}, 0.0)
-    with pytest.raises(InvalidArgumentError, match="lacks"):
-        valuemodel.predict(tmp_path / "old", [x[:-1]])
+    # A model reads its features by name: a subset in its own order works...
+    sub = write_linear_model(tmp_path / "sub", ["epoch_frac", "log_epoch"], {"epoch_frac": 1.0, "log_epoch": 2.0}, 0.0)
+    assert valuemodel.predict(sub, [[0.5, 0.25]]) == pytest.approx([1.0])
+    # ...and a name this library does not compute is refused, naming it.
+    write_linear_model(tmp_path / "old", [*names[:-1], "tpl:gone"], {}, 0.0)
+    with pytest.raises(InvalidArgumentError, match='"tpl:gone" is not a feature'):
+        valuemodel.predict(tmp_path / "old", [x])
 
 
 def test_learned_policy_grows_what_the_model_prefers(tmp_path: Path, esper_home: Path) -> None:

@@ -3,6 +3,7 @@ package nn_test
 import (
 	"errors"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -205,5 +206,111 @@ func BenchmarkForward(b *testing.B) {
 		if y, err = m.Forward64(y, x); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestForwardBatch64(t *testing.T) {
+	path := twoLayer(t)
+	spec := twoSpec
+	spec.XMean, spec.XStd, spec.YMean, spec.YStd = "x_mean", "x_std", "y_mean", "y_std"
+	m, err := nn.LoadMLP(path, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Hand values of TestForward's "output scaled" row ([3, 1.5] -> 2), and
+	// [1, 1] -> x' = [0, 0], h = relu([0, -1]) = [0, 0], y = 0.5 x 2 + 10 = 11.
+	xs := [][]float64{{3, 1.5}, {1, 1}, {3, 1.5}}
+	got, err := m.ForwardBatch64(nil, xs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []float64{2, 11, 2} {
+		if math.Abs(got[i]-want) > 1e-12 {
+			t.Fatalf("row %d = %v, want %v", i, got[i], want)
+		}
+	}
+	if got, err := m.ForwardBatch64(got, nil); err != nil || len(got) != 0 {
+		t.Fatalf("no rows: %v, %v", got, err)
+	}
+	if _, err := m.ForwardBatch64(nil, [][]float64{{1, 2}, {1}}); !errors.Is(err, nn.ErrSpec) || !strings.Contains(err.Error(), "row 1") {
+		t.Fatalf("short row: %v, want ErrSpec naming row 1", err)
+	}
+}
+
+// randomNet writes a 5 -> 4 (tanh) -> 3 (relu) -> 2 network with input
+// normalisation and output scaling, pseudo-random weights.
+func randomNet(t *testing.T) *nn.MLP {
+	t.Helper()
+	r := rand.New(rand.NewPCG(3, 4))
+	vals := func(n int, lo float32) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = lo + float32(r.Float64())
+		}
+		return v
+	}
+	path := write(t,
+		f32("w0", []uint64{4, 5}, vals(20, -0.5)...), f32("b0", []uint64{4}, vals(4, -0.5)...),
+		f32("w1", []uint64{3, 4}, vals(12, -0.5)...), f32("b1", []uint64{3}, vals(3, -0.5)...),
+		f32("w2", []uint64{2, 3}, vals(6, -0.5)...), f32("b2", []uint64{2}, vals(2, -0.5)...),
+		f32("xm", []uint64{5}, vals(5, -0.5)...), f32("xs", []uint64{5}, vals(5, 0.5)...),
+		f32("ym", []uint64{2}, vals(2, -0.5)...), f32("ys", []uint64{2}, vals(2, 0.5)...))
+	m, err := nn.LoadMLP(path, nn.Spec{Layers: []nn.LayerSpec{{Weight: "w0", Bias: "b0", Activation: "tanh"},
+		{Weight: "w1", Bias: "b1", Activation: "relu"}, {Weight: "w2", Bias: "b2"}},
+		XMean: "xm", XStd: "xs", YMean: "ym", YStd: "ys"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestSplitMatchesForward(t *testing.T) {
+	m := randomNet(t)
+	r := rand.New(rand.NewPCG(5, 6))
+	rows := make([][]float64, 6)
+	for i := range rows {
+		rows[i] = []float64{r.NormFloat64(), r.NormFloat64(), r.NormFloat64(), r.NormFloat64(), r.NormFloat64()}
+	}
+	for _, free := range [][]int{{}, {0, 1, 2, 3, 4}, {3, 1}, {4}} {
+		s, err := m.Split(free)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fixed, freeRows [][]float64
+		for _, x := range rows {
+			h, err := s.Fixed(x)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fr := make([]float64, len(free))
+			for k, j := range free {
+				fr[k] = x[j]
+			}
+			fixed, freeRows = append(fixed, h), append(freeRows, fr)
+		}
+		got, err := s.ForwardBatch(nil, fixed, freeRows)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, x := range rows {
+			want, _ := m.Forward64(nil, x)
+			for o := range want {
+				if math.Abs(got[i*2+o]-want[o]) > 1e-12 {
+					t.Fatalf("free %v row %d out %d: split %v, forward %v", free, i, o, got[i*2+o], want[o])
+				}
+			}
+		}
+	}
+	for _, bad := range [][]int{{5}, {-1}, {1, 1}} {
+		if _, err := m.Split(bad); !errors.Is(err, nn.ErrSpec) {
+			t.Errorf("Split(%v): %v, want ErrSpec", bad, err)
+		}
+	}
+	s, _ := m.Split([]int{0})
+	if _, err := s.ForwardBatch(nil, [][]float64{{1, 2, 3, 4}}, [][]float64{{1, 2}}); !errors.Is(err, nn.ErrSpec) {
+		t.Errorf("free row of the wrong length: %v, want ErrSpec", err)
+	}
+	if _, err := s.Fixed([]float64{1}); !errors.Is(err, nn.ErrSpec) {
+		t.Errorf("Fixed on a short input: %v, want ErrSpec", err)
 	}
 }

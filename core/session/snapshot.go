@@ -94,6 +94,9 @@ func (s *Session) Restore(data []byte) error {
 	snap.Config.LogPath, snap.Config.LogSignalsEvery = s.set.cfg.LogPath, s.set.cfg.LogSignalsEvery
 	snap.Config.Urza = s.set.cfg.Urza                 // the store this process was given, not the saving machine's path
 	snap.Config.Metrics.Rank = s.set.cfg.Metrics.Rank // the run goes on under its own id, on this rank
+	if vm := s.set.cfg.Controller.ValueModel; vm != "" {
+		snap.Config.Controller.ValueModel = vm // this process's model folder (an install's path), not the saving machine's
+	}
 	set, err := snap.Config.settings()
 	if err != nil {
 		return fmt.Errorf("session: restore: %w", err)

@@ -10,9 +10,11 @@ import (
 	"github.com/esper-morph/esper/policy/value"
 )
 
-// sizeMultipliers are the sizes the learned policy considers for each
-// template with a size parameter: half, the configured (or default) size,
-// and double, within the parameter's bounds.
+// sizeMultipliers are the sizes the learned policy considers for the
+// configured template (when it has a size parameter): half, the configured
+// size, and double, within the parameter's bounds. Every other template
+// that supports the layer is considered at its default size: 8 layers then
+// make 56 candidates on linear hosts, scored in one batched forward pass.
 var sizeMultipliers = []float64{0.5, 1, 2}
 
 // option is one blueprint the learned policy may grow on a layer, before
@@ -21,6 +23,8 @@ type option struct {
 	t      blueprint.Template
 	params blueprint.Params
 	ir     *blueprint.IR
+	// prepared holds ir's blueprint-only features.
+	prepared *value.Prepared
 }
 
 // learner is the learned policy's state: its model and, per layer, the
@@ -29,6 +33,20 @@ type learner struct {
 	c       *Controller
 	model   *value.Model
 	options [][]option
+	// cands, prepared, rows and preds are reused from epoch to epoch: the
+	// candidates, their prepared blueprints, context rows and predictions.
+	cands    []scored
+	prepared []*value.Prepared
+	rows     [][]float64
+	preds    []float64
+}
+
+// row returns context row i, allocated on first use.
+func (l *learner) row(i int) []float64 {
+	for len(l.rows) <= i {
+		l.rows = append(l.rows, make([]float64, l.model.ContextLen()))
+	}
+	return l.rows[i]
 }
 
 // newLearner loads the value model named by the configuration and lists
@@ -41,8 +59,8 @@ func newLearner(c *Controller) (*learner, error) {
 	l := &learner{c: c, model: m, options: make([][]option, len(c.hosts))}
 	for layer, host := range c.hosts {
 		seen := map[string]bool{}
-		for _, ct := range c.templates[layer] {
-			for _, p := range sizes(ct) {
+		for i, ct := range c.templates[layer] {
+			for _, p := range sizes(ct, i == 0 && ct.t.Name == c.cfg.Template) {
 				ir, err := ct.t.Instantiate(p, host)
 				if err != nil || ir.ParamCount < c.least[layer] {
 					continue
@@ -52,23 +70,25 @@ func newLearner(c *Controller) (*learner, error) {
 					continue
 				}
 				seen[key] = true
-				l.options[layer] = append(l.options[layer], option{t: ct.t, params: ir.Params, ir: ir})
+				o := option{t: ct.t, params: ir.Params, ir: ir}
+				o.prepared = m.Prepare(&value.Candidate{Sample: sample(ir, host)})
+				l.options[layer] = append(l.options[layer], o)
 			}
 		}
 	}
 	return l, nil
 }
 
-// sizes returns the template's parameters at each of sizeMultipliers (the
-// template's parameters alone when it has no size parameter).
-func sizes(ct candidateTemplate) []blueprint.Params {
+// sizes returns the template's parameters at each of sizeMultipliers when
+// vary is set, else (or when it has no size parameter) its parameters alone.
+func sizes(ct candidateTemplate, vary bool) []blueprint.Params {
 	resolved, err := ct.t.Resolve(ct.params)
 	if err != nil {
 		return nil
 	}
 	knob, spec, ok := sizeKnob(ct.t)
 	base, isInt := resolved[knob].(int64)
-	if !ok || !isInt {
+	if !vary || !ok || !isInt {
 		return []blueprint.Params{resolved}
 	}
 	var out []blueprint.Params
@@ -111,8 +131,8 @@ func (l *learner) grow(obs *Observation, judged []Decision) Decision {
 		return waitDecision("learned: the parameter budget is spent (%d of %d)", used, c.gov.cfg.MaxParams)
 	}
 	threshold := *c.cfg.ValueThreshold
-	var best *scored
-	n, cooling, failed := 0, 0, 0
+	l.cands, l.prepared = l.cands[:0], l.prepared[:0]
+	cooling := 0
 	for layer := range c.hosts {
 		slot := dormantSlot(obs, layer)
 		if slot < 0 {
@@ -131,26 +151,34 @@ func (l *learner) grow(obs *Observation, judged []Decision) Decision {
 					continue
 				}
 			}
-			cand := value.Candidate{
-				Sample: karn.Sample{Template: ir.Template, Params: ir.Params, Host: c.hosts[layer], ParamCount: ir.ParamCount,
-					FLOPsPerSample: ir.FLOPsPerSample, Signals: signals},
-				Epoch: obs.Epoch, Epochs: c.cfg.Epochs, ParamsUsed: used, MaxParams: c.gov.cfg.MaxParams, HostParams: obs.HostParams,
+			cand := value.Candidate{Sample: sample(ir, c.hosts[layer]), Epoch: obs.Epoch, Epochs: c.cfg.Epochs, ParamsUsed: used,
+				MaxParams: c.gov.cfg.MaxParams, HostParams: obs.HostParams}
+			cand.Signals = signals
+			p := o.prepared
+			if ir != o.ir { // refitted to the budget left
+				p = l.model.Prepare(&cand)
 			}
-			v, err := l.model.Predict(&cand)
-			if err != nil {
-				failed++
-				continue
-			}
-			n++
-			if best == nil || v > best.value {
-				best = &scored{layer: layer, slot: slot, ir: ir, value: v, note: note}
+			l.model.FillContext(&cand, l.row(len(l.cands)))
+			l.prepared = append(l.prepared, p)
+			l.cands = append(l.cands, scored{layer: layer, slot: slot, ir: ir, note: note})
+		}
+	}
+	n := len(l.cands)
+	var best *scored
+	if n > 0 {
+		var err error
+		if l.preds, err = l.model.PredictPrepared(l.preds, l.prepared, l.rows[:n]); err != nil {
+			return waitDecision("learned: %v", err)
+		}
+		for i := range l.cands {
+			l.cands[i].value = l.preds[i]
+			if best == nil || l.preds[i] > best.value {
+				best = &l.cands[i]
 			}
 		}
 	}
 	if best == nil {
 		switch {
-		case failed > 0:
-			return waitDecision("learned: the value model gave no finite prediction for %d candidates", failed)
 		case cooling > 0:
 			return waitDecision("learned: no layer has a dormant slot outside its cooldown (%d cooling down)", cooling)
 		}
@@ -165,6 +193,11 @@ func (l *learner) grow(obs *Observation, judged []Decision) Decision {
 		ParamCount: best.ir.ParamCount, Blueprint: best.ir, PredictedValue: &v,
 		Reason: fmt.Sprintf("learned: %s %s = %d params at layer %d (%s) predicts value %.4g (value_threshold %.4g), the best of %d candidates%s",
 			best.ir.Template, describeParams(best.ir.Params), best.ir.ParamCount, best.layer, c.layerName(obs, best.layer), v, threshold, n, best.note)}
+}
+
+// sample is Karn's view of a blueprint on a host (no signals).
+func sample(ir *blueprint.IR, host blueprint.Host) karn.Sample {
+	return karn.Sample{Template: ir.Template, Params: ir.Params, Host: host, ParamCount: ir.ParamCount, FLOPsPerSample: ir.FLOPsPerSample}
 }
 
 // dormantSlot returns the layer's lowest dormant slot, or -1.

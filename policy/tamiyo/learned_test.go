@@ -1,13 +1,21 @@
 package tamiyo_test
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/esper-morph/esper/blueprint"
+	"github.com/esper-morph/esper/blueprint/karn"
 	"github.com/esper-morph/esper/core/nissa"
+	"github.com/esper-morph/esper/core/nn"
+	"github.com/esper-morph/esper/core/safetensors"
 	"github.com/esper-morph/esper/policy/tamiyo"
 	"github.com/esper-morph/esper/policy/value"
 )
@@ -162,16 +170,106 @@ func TestLearnedNeedsAModel(t *testing.T) {
 	}
 }
 
+// mlpModel writes a value model of the shipped kind's size (features ->
+// 64 -> 64 -> 1, relu, with input normalisation) with fixed pseudo-random
+// weights, and returns its folder.
+func mlpModel(t testing.TB) string {
+	t.Helper()
+	names := value.FeatureNames()
+	sizes := []int{len(names), 64, 64, 1}
+	var ts []safetensors.F32
+	spec := nn.Spec{XMean: "x_mean", XStd: "x_std"}
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i+1 < len(sizes); i++ {
+		w := make([]float32, sizes[i]*sizes[i+1])
+		for j := range w {
+			w[j] = float32(r.NormFloat64() / math.Sqrt(float64(sizes[i])))
+		}
+		wn, bn := fmt.Sprintf("l%d.weight", i), fmt.Sprintf("l%d.bias", i)
+		ts = append(ts, safetensors.F32{Name: wn, Shape: []uint64{uint64(sizes[i+1]), uint64(sizes[i])}, Data: w},
+			safetensors.F32{Name: bn, Shape: []uint64{uint64(sizes[i+1])}, Data: make([]float32, sizes[i+1])})
+		act := nn.ReLU
+		if i+2 == len(sizes) {
+			act = nn.Identity
+		}
+		spec.Layers = append(spec.Layers, nn.LayerSpec{Weight: wn, Bias: bn, Activation: act})
+	}
+	ones := make([]float32, len(names))
+	for i := range ones {
+		ones[i] = 1
+	}
+	ts = append(ts, safetensors.F32{Name: "x_mean", Shape: []uint64{uint64(len(names))}, Data: make([]float32, len(names))},
+		safetensors.F32{Name: "x_std", Shape: []uint64{uint64(len(names))}, Data: ones})
+	b, err := safetensors.EncodeF32(ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := json.Marshal(value.Manifest{Kind: value.Kind, Schema: value.Schema, Features: names, Spec: spec, Target: value.TargetName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if os.WriteFile(filepath.Join(dir, value.WeightsFile), b, 0o644) != nil || os.WriteFile(filepath.Join(dir, value.ManifestFile), doc, 0o644) != nil {
+		t.Fatal("write model")
+	}
+	return dir
+}
+
+// BenchmarkLearnedDecide times one learned decision on 8 layers x 2 slots
+// (linear 32 -> 32 hosts: the configured template at three sizes and the
+// other templates at their defaults, 7 candidates a layer, 56 in all) with
+// a features -> 64 -> 64 -> 1 model.
 func BenchmarkLearnedDecide(b *testing.B) {
-	dir := linearModel(b, map[string]float64{"log_params": 0.01}, -1) // waits: every epoch scores every candidate
-	c := newController(b, learnedConfig(dir), linearHosts(4))
-	w := newWorld(4, 2)
-	for l := range 4 {
+	c := newController(b, learnedConfig(mlpModel(b)), linearHosts(8))
+	w := newWorld(8, 2)
+	for l := range 8 {
 		w.signal(l, nissa.GradNorm, float64(l))
+		w.signal(l, nissa.SeedGain, 0.1*float64(l))
 	}
 	o := w.obs(1)
 	b.ReportAllocs()
 	for b.Loop() {
 		c.Decide(o)
+	}
+}
+
+// TestLearnedPredictionMatchesTheModel checks the decision path's batched,
+// prepared scoring against value.Model.Predict on the same candidate built
+// by hand (a 64 x 64 MLP: the split first layer and the batched layers
+// after it are exercised).
+func TestLearnedPredictionMatchesTheModel(t *testing.T) {
+	dir := mlpModel(t)
+	th := -1e9 // always grow: the best candidate is returned with its prediction
+	cfg := learnedConfig(dir)
+	cfg.ValueThreshold, cfg.Epochs, cfg.Governor.MaxParams = &th, 20, 100_000
+	hosts := linearHosts(3)
+	c := newController(t, cfg, hosts)
+	w := newWorld(3, 1)
+	w.epoch = 4
+	for l := range 3 {
+		w.signal(l, nissa.GradNorm, 0.5+float64(l))
+		w.signal(l, nissa.SeedGain, 0.2*float64(l))
+		w.signal(l, nissa.EffRank, 10)
+	}
+	o := w.obs(0.7)
+	o.HostParams = 3 * (32*32 + 32)
+	d := only(t, c.Decide(o), tamiyo.Germinate)
+	m, err := value.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cand := value.Candidate{
+		Sample: karn.Sample{Template: d.Blueprint.Template, Params: d.Blueprint.Params, Host: hosts[d.Layer],
+			ParamCount: d.Blueprint.ParamCount, FLOPsPerSample: d.Blueprint.FLOPsPerSample,
+			Signals: karn.Signals{"grad_norm": 0.5 + float64(d.Layer), "seed_gain": 0.2 * float64(d.Layer), "eff_rank": 10,
+				"val_loss": 0.7, "train_loss": 0.7}},
+		Epoch: 4, Epochs: 20, MaxParams: 100_000, HostParams: o.HostParams,
+	}
+	want, err := m.Predict(&cand)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(*d.PredictedValue-want) > 1e-9*math.Max(1, math.Abs(want)) {
+		t.Fatalf("decision predicted %v, the model predicts %v for the same candidate", *d.PredictedValue, want)
 	}
 }

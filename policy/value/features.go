@@ -42,8 +42,8 @@ var extraNames = []string{"epoch_frac", "epochs_known", "log_epoch", "budget_use
 //	grown_frac     log(1 + ParamsUsed / HostParams); 0 when HostParams is unknown
 //	gen_gap        (val_loss - train_loss) / val_loss, clamped to [-1, 1]; 0 unless both are measured and val_loss > 0
 //
-// A model's manifest lists the names it was trained on; Load refuses a
-// model whose list differs.
+// A model's manifest lists the names it reads, in its own order; Load
+// refuses a name this list lacks.
 func FeatureNames() []string {
 	return append(karn.FeatureNames(), extraNames...)
 }
@@ -57,7 +57,7 @@ func Features(c *Candidate) []float64 {
 }
 
 // FillFeatures writes the candidate's features named by names (FeatureNames
-// or a model's list, which Load checked equal to it) into x (len(names)).
+// or a subset in any order, such as a model's list) into x (len(names)).
 func FillFeatures(names []string, c *Candidate, x []float64) {
 	karn.FillFeatures(names, &c.Sample, x)
 	clamp := func(v, lo, hi float64) float64 { return math.Min(hi, math.Max(lo, v)) }

@@ -51,13 +51,20 @@ type Model struct {
 	dir      string
 	manifest Manifest
 	net      *nn.MLP
+	// ctxNames and ctxIdx are the context features and their positions
+	// (PredictPrepared).
+	ctxNames []string
+	ctxIdx   []int
+	split    *nn.Split
 }
 
 // retrain is the advice every load error ends with.
 const retrain = "train one with `esper simic train` (docs/simic.md)"
 
 // Load reads the value model in dir: manifest.json and model.safetensors.
-// The manifest's features must equal FeatureNames and its target
+// The manifest's features must be distinct names of FeatureNames, in any
+// order and not necessarily all (a template added to the library later
+// adds a feature the model simply does not read); its target must be
 // TargetName; the network must take len(features) inputs and give 1.
 func Load(dir string) (*Model, error) {
 	bad := func(format string, args ...any) error {
@@ -87,8 +94,19 @@ func Load(dir string) (*Model, error) {
 	case m.Target != TargetName:
 		return nil, bad("target %q is not this library's %q", m.Target, TargetName)
 	}
-	if want := FeatureNames(); !slices.Equal(m.Features, want) {
-		return nil, bad("its %d features differ from this library's %d (%s)", len(m.Features), len(want), firstDiff(m.Features, want))
+	if len(m.Features) == 0 {
+		return nil, bad("it lists no features")
+	}
+	known := FeatureNames()
+	seen := map[string]bool{}
+	for i, f := range m.Features {
+		if !slices.Contains(known, f) {
+			return nil, bad("features[%d] %q is not a feature of this library (it has %d: see esper.valuemodel.feature_names())", i, f, len(known))
+		}
+		if seen[f] {
+			return nil, bad("features[%d] %q is listed twice", i, f)
+		}
+		seen[f] = true
 	}
 	net, err := nn.LoadMLP(filepath.Join(dir, WeightsFile), m.Spec)
 	if err != nil {
@@ -97,19 +115,12 @@ func Load(dir string) (*Model, error) {
 	if net.In() != len(m.Features) || net.Out() != 1 {
 		return nil, bad("the network maps %d inputs to %d outputs, want %d to 1", net.In(), net.Out(), len(m.Features))
 	}
-	return &Model{dir: dir, manifest: m, net: net}, nil
-}
-
-func firstDiff(got, want []string) string {
-	for i := range min(len(got), len(want)) {
-		if got[i] != want[i] {
-			return fmt.Sprintf("feature %d is %q, want %q", i, got[i], want[i])
-		}
+	ctxNames, ctxIdx := contextIndex(m.Features)
+	split, err := net.Split(ctxIdx)
+	if err != nil {
+		return nil, bad("%v", err)
 	}
-	if len(got) < len(want) {
-		return fmt.Sprintf("it lacks %q", want[len(got)])
-	}
-	return fmt.Sprintf("it has %q beyond the last", got[len(want)])
+	return &Model{dir: dir, manifest: m, net: net, ctxNames: ctxNames, ctxIdx: ctxIdx, split: split}, nil
 }
 
 // Dir is the folder the model was loaded from.
@@ -118,8 +129,9 @@ func (m *Model) Dir() string { return m.dir }
 // Manifest returns the model's manifest.
 func (m *Model) Manifest() Manifest { return m.manifest }
 
-// PredictX returns the prediction for one feature vector (FeatureNames
-// order). A non-finite prediction is an error.
+// PredictX returns the prediction for one feature vector, in the order of
+// the model's features (Manifest().Features). A non-finite prediction is
+// an error.
 func (m *Model) PredictX(x []float64) (float64, error) {
 	y, err := m.net.Forward64(nil, x)
 	if err != nil {

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/esper-morph/esper/blueprint/karn"
+	"github.com/esper-morph/esper/core/nn"
+	"github.com/esper-morph/esper/core/safetensors"
 	"github.com/esper-morph/esper/core/urza"
 	"github.com/esper-morph/esper/policy/value"
 )
@@ -273,11 +275,10 @@ func TestLoadErrors(t *testing.T) {
 		{"kind", func(m map[string]any) { m["kind"] = "ppo" }, `kind "ppo"`},
 		{"schema", func(m map[string]any) { m["schema"] = 2 }, "schema 2"},
 		{"target", func(m map[string]any) { m["target"] = "gain" }, `target "gain"`},
-		{"features reordered", func(m map[string]any) {
-			f := m["features"].([]any)
-			f[0], f[1] = f[1], f[0]
-		}, "feature 0 is"},
-		{"feature missing", func(m map[string]any) { f := m["features"].([]any); m["features"] = f[:len(f)-1] }, "lacks"},
+		{"unknown feature", func(m map[string]any) { m["features"].([]any)[3] = "tpl:gone" }, `features[3] "tpl:gone" is not a feature`},
+		{"feature twice", func(m map[string]any) { f := m["features"].([]any); f[1] = f[0] }, "listed twice"},
+		{"no features", func(m map[string]any) { m["features"] = []any{} }, "no features"},
+		{"more inputs than features", func(m map[string]any) { f := m["features"].([]any); m["features"] = f[:len(f)-1] }, "inputs to 1 outputs"},
 		{"unknown field", func(m map[string]any) { m["extra"] = 1 }, "extra"},
 		{"missing tensor", func(m map[string]any) {
 			m["layers"] = []any{map[string]any{"weight": "l0.weight", "bias": "b9", "activation": "identity"}}
@@ -293,5 +294,107 @@ func TestLoadErrors(t *testing.T) {
 	}
 	if _, err := value.Load(t.TempDir()); !errors.Is(err, value.ErrModel) || !strings.Contains(err.Error(), "esper simic train") {
 		t.Fatalf("empty folder: %v, want ErrModel saying how to train one", err)
+	}
+}
+
+func TestPreparedAndBatchedMatchPredict(t *testing.T) {
+	dir := t.TempDir()
+	coef := map[string]float64{}
+	for i, n := range value.FeatureNames() {
+		coef[n] = float64(i%5) - 1.5 // every feature counts
+	}
+	if err := value.WriteLinear(dir, coef, 0.2, nil); err != nil {
+		t.Fatal(err)
+	}
+	m, err := value.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := value.FromOutcome(record(t, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := m.Prepare(&base)
+	var rows [][]float64
+	var want []float64
+	mods := []func(c *value.Candidate){
+		func(c *value.Candidate) {},
+		func(c *value.Candidate) { c.Epoch, c.Epochs, c.ParamsUsed = 7, 0, 390 },
+		func(c *value.Candidate) { c.Signals = karn.Signals{"eff_rank": 3, "seed_gain": 0.4, "dead_frac": 0.5} },
+		func(c *value.Candidate) { c.HostParams, c.MaxParams = 0, 0 },
+	}
+	for i, mod := range mods {
+		c := base
+		mod(&c)
+		y, err := m.Predict(&c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := make([]float64, len(value.FeatureNames()))
+		m.FillPrepared(p, &c, x)
+		full := value.Features(&c)
+		for j := range x {
+			if x[j] != full[j] {
+				t.Fatalf("case %d: prepared feature %s = %v, Features gives %v", i, value.FeatureNames()[j], x[j], full[j])
+			}
+		}
+		rows, want = append(rows, x), append(want, y)
+	}
+	got, err := m.PredictBatchX(nil, rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ps []*value.Prepared
+	var ctx [][]float64
+	for _, mod := range mods {
+		c := base
+		mod(&c)
+		row := make([]float64, m.ContextLen())
+		m.FillContext(&c, row)
+		ps, ctx = append(ps, p), append(ctx, row)
+	}
+	split, err := m.PredictPrepared(nil, ps, ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range want {
+		if math.Abs(got[i]-want[i]) > 1e-9*math.Max(1, math.Abs(want[i])) || math.Abs(split[i]-want[i]) > 1e-9*math.Max(1, math.Abs(want[i])) {
+			t.Fatalf("row %d: batched %v, prepared %v, one by one %v", i, got[i], split[i], want[i])
+		}
+	}
+}
+
+// TestLoadReadsFeaturesByName: a model lists the features it reads in its
+// own order, and may leave some out; predictions follow the names.
+func TestLoadReadsFeaturesByName(t *testing.T) {
+	dir := t.TempDir()
+	names := []string{"budget_used", "epoch_frac"} // reversed from FeatureNames' order, two of them
+	w, err := safetensors.EncodeF32([]safetensors.F32{
+		{Name: "w", Shape: []uint64{1, 2}, Data: []float32{-1, 2}},
+		{Name: "b", Shape: []uint64{1}, Data: []float32{0.1}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, _ := json.Marshal(value.Manifest{Kind: value.Kind, Schema: value.Schema, Features: names, Target: value.TargetName,
+		Spec: nn.Spec{Layers: []nn.LayerSpec{{Weight: "w", Bias: "b"}}}})
+	if os.WriteFile(filepath.Join(dir, value.WeightsFile), w, 0o644) != nil || os.WriteFile(filepath.Join(dir, value.ManifestFile), doc, 0o644) != nil {
+		t.Fatal("write")
+	}
+	m, err := value.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := value.Candidate{Epoch: 3, Epochs: 12, ParamsUsed: 50, MaxParams: 100}
+	// 0.1 - 1 x budget_used (0.5) + 2 x epoch_frac (0.25) = 0.1.
+	got, err := m.Predict(&c)
+	if err != nil || math.Abs(got-0.1) > 1e-6 {
+		t.Fatalf("Predict = %v, %v; want 0.1", got, err)
+	}
+	p := m.Prepare(&c)
+	ctx := make([]float64, m.ContextLen())
+	m.FillContext(&c, ctx)
+	if y, err := m.PredictPrepared(nil, []*value.Prepared{p}, [][]float64{ctx}); err != nil || math.Abs(y[0]-0.1) > 1e-6 {
+		t.Fatalf("PredictPrepared = %v, %v; want 0.1", y, err)
 	}
 }

@@ -91,6 +91,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_karn_predictor_eval": (c_int, [c_char_p, POINTER(c_void_p)]),
     "esper_value_dataset": (c_int, [c_char_p, c_char_p, POINTER(c_void_p)]),
     "esper_value_predict": (c_int, [c_char_p, c_char_p, POINTER(c_void_p)]),
+    "esper_value_features": (c_int, [POINTER(c_void_p)]),
     "esper_urza_open": (c_int, [c_char_p, POINTER(c_uint64)]),
     "esper_urza_close": (c_int, [c_uint64]),
     "esper_urza_root": (c_int, [c_uint64, POINTER(c_void_p)]),

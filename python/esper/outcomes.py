@@ -142,7 +142,7 @@ class OutcomeRecorder:
     Args:
         layers: the run's Kasmina layers, in session order.
         layer_names: their names.
-        policy: the run's policy ("heuristic", "random", "manual").
+        policy: the run's policy ("heuristic", "random", "manual", "learned").
         root: the Urza store folder; "" for ``$ESPER_HOME/urza``.
         enabled: whether records are written at all.
         stats: a callable returning Go's session stats (``Session.stats()``), called once per

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from . import _lib
 
-__all__ = ["MODEL_DIR", "TARGET", "dataset", "predict", "default_model_dir"]
+__all__ = ["MODEL_DIR", "TARGET", "dataset", "predict", "default_model_dir", "feature_names"]
 
 #: The shipped value model's folder (manifest.json + model.safetensors); it may be absent.
 MODEL_DIR = Path(__file__).resolve().parent / "models" / "value"
@@ -33,6 +33,14 @@ def default_model_dir() -> str:
     """The folder ``policy="learned"`` loads when ``MorphConfig.value_model`` is not set: the shipped
     model's (``esper/models/value``), whether or not it exists (Go says what is missing)."""
     return str(MODEL_DIR)
+
+
+def feature_names() -> list[str]:
+    """The value model's input names, in order, as this library computes them (a model's manifest must
+    list exactly these)."""
+    out = c_void_p()
+    _lib.check(_lib.lib().esper_value_features(byref(out)))
+    return [str(n) for n in _lib.take_json(out)["features"]]
 
 
 def dataset(urza: str = "", *, runs: Sequence[str] | None = None, policies: Sequence[str] | None = None,

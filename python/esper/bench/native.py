@@ -23,7 +23,7 @@ from ..session import Session
 from ..tezzeret import build_seed, save_weights
 from .rows import Row, samples_row, value_at_least, value_at_most
 
-__all__ = ["GoBench", "go_benchmarks", "session_rows", "cache_rows", "decision_rows", "repo_root"]
+__all__ = ["GoBench", "go_benchmarks", "session_rows", "cache_rows", "decision_rows", "learned_rows", "repo_root"]
 
 #: Go benchmarks the bench reads: name -> package.
 GO_BENCHMARKS = {
@@ -31,6 +31,7 @@ GO_BENCHMARKS = {
     "Get1MB": "./core/urza",
     "Put1MB": "./core/urza",
     "DecideGerminate": "./policy/tamiyo",
+    "LearnedDecide": "./policy/tamiyo",
     "Step8Layers": "./core/session",
     "EndEpoch": "./core/session",
     "MetricsText": "./core/session",
@@ -40,6 +41,7 @@ _LINE = re.compile(r"^Benchmark(\w+?)(?:-\d+)?\s+\d+\s+([\d.]+) ns/op")
 CACHE_HIT = value_at_most(1.0, "<= 1 us")
 ARTIFACT = value_at_most(10.0, "<= 10 ms")
 DECISION = value_at_most(100.0, "< 100 us", strict=True)
+LEARNED = value_at_most(1000.0, "< 1 ms", strict=True)
 
 
 def repo_root() -> Path | None:
@@ -407,3 +409,58 @@ def decision_rows(go: GoBench, rounds: int, quick: bool = False) -> list[Row]:
                          "event with its blueprint JSON out"),
     ]
 
+
+
+def _value_model(folder: Path) -> tuple[str, str]:
+    """The value model the learned-decision row runs: the shipped one when the package has it, else
+    one of the same architecture as the Go benchmark's (features -> 64 -> 64 -> 1, relu, seeded
+    random weights) written to ``folder``. Returns the folder and a note saying which."""
+    from safetensors.torch import save_file
+
+    from .. import valuemodel
+
+    if (valuemodel.MODEL_DIR / "manifest.json").is_file():
+        return str(valuemodel.MODEL_DIR), "the shipped model (esper/models/value)"
+    names = valuemodel.feature_names()
+    g = torch.Generator().manual_seed(0)
+    sizes = [len(names), 64, 64, 1]
+    tensors: dict[str, torch.Tensor] = {}
+    layers = []
+    for i in range(3):
+        tensors[f"l{i}.weight"] = torch.randn(sizes[i + 1], sizes[i], generator=g) / sizes[i] ** 0.5
+        tensors[f"l{i}.bias"] = torch.zeros(sizes[i + 1])
+        layers.append({"weight": f"l{i}.weight", "bias": f"l{i}.bias", "activation": "relu" if i < 2 else "identity"})
+    tensors["x_mean"], tensors["x_std"] = torch.zeros(len(names)), torch.ones(len(names))
+    save_file(tensors, str(folder / "model.safetensors"))
+    manifest = {"kind": "value_mlp", "schema": 1, "features": names, "layers": layers, "x_mean": "x_mean",
+                "x_std": "x_std", "target": valuemodel.TARGET, "training": {"by": "esper.bench (random weights)"}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return str(folder), "no shipped model: one of its size (features -> 64 -> 64 -> 1) with random weights"
+
+
+def learned_rows(go: GoBench, rounds: int, quick: bool = False) -> list[Row]:
+    """The learned policy's decision latency inside Go and through Session.end_epoch."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model, which = _value_model(Path(tmp))
+        # value_threshold 1e9: every epoch scores every candidate and waits (the most work a decision does).
+        cfg = {"layers": _linear_layers(8), "slots_per_layer": 2, "policy": "learned",
+               "controller": {"value_model": model, "value_threshold": 1e9, "epochs": 100}}
+        metrics = {"train_loss": 1.0, "val_loss": 1.0, "val_metric": 0.5, "contributions": []}
+        signals = np.full(2 + len(SIGNALS) * 8, 0.5, dtype=np.float32)
+        signals[1] = 0.0
+        with Session(cfg) as s:
+            s.step(1, signals)
+            op = s.end_epoch(metrics)["decisions"][0]["op"]
+            samples = _rounds(lambda: s.end_epoch(metrics), 20 if quick else 100, rounds)
+    in_go = _go_figure(go, "LearnedDecide", 1e-3)
+    return [
+        go.row("decision", "learned decision, scores 56 candidates (in Go)", "LearnedDecide", "us", LEARNED,
+               "tamiyo.Controller.Decide, policy learned, 8 layers x 2 slots, a features -> 64 -> 64 -> 1 model, "
+               "one batched forward"),
+        samples_row("decision", f"learned end_epoch -> {op}, every candidate scored (Session.end_epoch)", "cpu",
+                    [t * 1e6 for t in samples], "us", target=LEARNED, source="ABI", baseline=in_go,
+                    baseline_name=_named(in_go, "the decision alone inside Go (Go benchmark)"),
+                    note=f"8 linear 64->64 layers x 2 slots, policy learned with {which}: each end of epoch "
+                         "computes every candidate's features (layer x template x size) in Go, predicts them in one "
+                         "native forward pass and waits (value_threshold 1e9); metrics JSON in, decision out"),
+    ]

@@ -199,7 +199,8 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
         return (native.cache_rows(state["go"], plan.rounds, plan.quick)
                 + native.germination_rows(plan.rounds, plan.quick) + recording_rows(plan.rounds, plan.quick))
     if name == "decision":
-        return native.decision_rows(state["go"], plan.rounds, plan.quick)
+        return (native.decision_rows(state["go"], plan.rounds, plan.quick)
+                + native.learned_rows(state["go"], plan.rounds, plan.quick))
     if name == "karn":
         from .karnsearch import karn_rows
 
