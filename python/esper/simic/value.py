@@ -480,10 +480,12 @@ def eval_main(*, model_dir: str | None = None, family_names: list[str] | None = 
     start = time.perf_counter()
     collect.collect(planned, workers=workers, quiet=quiet)
     data = training_set(out_dir, HELD_OUT)
-    if list(manifest["features"]) != data.features:
-        raise ValueError(f"the model at {model_dir} reads other features than this library computes: retrain it "
-                         f"(`esper simic train`)")
-    pred = go_predict(model_dir, data.x)
+    missing = [n for n in manifest["features"] if n not in data.features]
+    if missing:
+        raise ValueError(f"the model at {model_dir} reads features this library does not compute ({missing}): "
+                         f"retrain it (`esper simic train`)")
+    columns = [data.features.index(n) for n in manifest["features"]]  # the model's inputs, by name
+    pred = go_predict(model_dir, data.x[:, columns])
     fams = np.asarray(data.families)
     report = {
         "model": {"dir": model_dir, "target": manifest.get("target"),
