@@ -204,3 +204,26 @@ def test_quick_collect_train_predict_in_go_and_eval(tmp_path: Path) -> None:
     # The held-out collection is never fitted on: training on it is refused.
     with pytest.raises(HeldOutError, match="held-out families"):
         train_main(out_dir=str(ev), model_dir=str(tmp_path / "m2"), quiet=True)
+
+
+def test_shipped_model_was_fitted_on_training_families_and_its_onnx_matches_go() -> None:
+    """The artifact in the package: its record names only training families, Go loads and runs it, and its
+    ONNX export computes what Go's native forward computes from the safetensors weights."""
+    from onnx.reference import ReferenceEvaluator
+    from safetensors.numpy import load_file
+
+    from esper import valuemodel
+    from esper.simic.value import MODEL_DIR
+
+    manifest = json.loads((Path(MODEL_DIR) / "manifest.json").read_text())
+    trained_on = set(manifest["training"]["collection"]["families"])
+    assert trained_on and trained_on <= {f.name for f in families(TRAIN)}, trained_on
+    assert manifest["training"]["samples"] == manifest["training"]["split"]["train_rows"] + \
+        manifest["training"]["split"]["val_rows"]
+    t = load_file(str(Path(MODEL_DIR) / "model.safetensors"))
+    rng = np.random.default_rng(0)
+    x = (t["x_mean"] + rng.normal(size=(64, len(manifest["features"]))) * t["x_std"]).astype(np.float32)
+    go = np.asarray(valuemodel.predict(MODEL_DIR, x.tolist()))
+    assert np.isfinite(go).all() and np.std(go) > 0
+    (onnx_y,) = ReferenceEvaluator(str(Path(MODEL_DIR) / "model.onnx")).run(None, {"x": x})
+    np.testing.assert_allclose(onnx_y[:, 0], go, rtol=1e-4, atol=1e-6)
