@@ -192,7 +192,7 @@ def test_quick_collect_train_predict_in_go_and_eval(tmp_path: Path) -> None:
 
     ev = tmp_path / "eval"
     report = eval_main(model_dir=str(model_dir), family_names=["quantiles"], tasks=1, seeds=1, quick=True,
-                       out_dir=str(ev), workers=2, paired_seeds=1, quiet=True)
+                       out_dir=str(ev), workers=1, paired_seeds=1, quiet=True)
     held = training_set(str(ev), HELD_OUT)
     assert set(held.families) == {"quantiles"} and report["prediction"]["overall"]["n"] == len(held.y) > 0
     preds = np.asarray(valuemodel.predict(str(model_dir), held.x.tolist()))
