@@ -66,6 +66,7 @@ def train(epochs: int, **config: Any) -> tuple[esper.Morphogenesis, list[dict[st
     return morph, decisions, stats
 
 
+@pytest.mark.slow
 def test_dataset_rows_from_a_real_run(esper_home: Path) -> None:
     morph, decisions, _ = train(10)
     germinated = [d for d in decisions if d["op"] == "germinate"]
