@@ -375,7 +375,7 @@ def _export_onnx(model: ValueMLP, inputs: int, path: str) -> None:
 
 
 def _commit() -> str:
-    """The library's commit (the Go build's), with the Python tree's state when it differs."""
+    """The library's commit (the Go build's, ``esper.build_info()``)."""
     return str(build_info().get("commit", ""))
 
 
