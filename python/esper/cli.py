@@ -10,6 +10,10 @@
     esper blueprints [--host linear:64:10]
     esper soak --minutes N [--seed S] [--samples K] [--json]
     esper runs | events RUN | report RUN [--out DIR] | monitor RUN [--replay] [--once] [--nats URL [--subject S]]
+    esper simic collect [--tasks N] [--seeds N] [--families F,..] [--policies P,..] [--epochs N] [--quick] [--out DIR]
+    esper simic train [--out DIR] [--model DIR] [--epochs N] [--seed S] [--val-by run|family]
+    esper simic eval [--model DIR] [--families F,..] [--tasks N] [--seeds N] [--paired-seeds N] [--quick] [--out DIR]
+    esper simic ppo train [--out DIR] [--bc-episodes N] [--episodes N] [--epochs N] [--workers N] [--seed S]
     esper info
 """
 
@@ -98,6 +102,107 @@ def _setting(text: str) -> tuple[str, object]:
         return name, json.loads(value)
     except json.JSONDecodeError:
         return name, value
+
+
+def _names(text: str) -> list[str]:
+    """An argparse type: a comma-separated list of names."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: no names")
+    return names
+
+
+def _cmd_simic(args: argparse.Namespace) -> int:
+    from .suite.families import HeldOutError
+
+    if args.simic_cmd == "ppo":
+        from .simic.ppo import main as ppo_main
+
+        return ppo_main(args.ppo_args)
+    try:
+        if args.simic_cmd == "collect":
+            from .simic.collect import main as collect_main
+
+            collect_main(tasks=args.tasks, seeds=args.seeds, quick=args.quick, out_dir=args.out, store=args.store,
+                         workers=args.jobs, policies=tuple(args.policies), epochs=args.epochs,
+                         family_names=args.families)
+            return 0
+        if args.simic_cmd == "train":
+            from .simic.value import TrainConfig, train_main
+
+            cfg = TrainConfig(hidden=tuple(args.hidden), epochs=args.epochs, patience=args.patience, seed=args.seed,
+                              val_by=args.val_by)
+            train_main(out_dir=args.out, model_dir=args.model, cfg=cfg, onnx=not args.no_onnx)
+            return 0
+        if args.simic_cmd == "eval":
+            from .simic.value import eval_main
+
+            eval_main(model_dir=args.model, family_names=args.families, tasks=args.tasks, seeds=args.seeds,
+                      quick=args.quick, epochs=args.epochs, out_dir=args.out, workers=args.jobs,
+                      paired_seeds=args.paired_seeds)
+            return 0
+    except (HeldOutError, ValueError, FileNotFoundError) as exc:
+        print(f"esper simic {args.simic_cmd}: {exc}", file=sys.stderr)
+        return 2
+    raise ValueError(f"unknown simic command {args.simic_cmd!r}")
+
+
+def _add_simic(sub: Any) -> None:
+    s = sub.add_parser("simic", help="the value model: collect outcomes on training families, fit, judge on "
+                                     "held-out families (docs/simic.md)")
+    ssub = s.add_subparsers(dest="simic_cmd", required=True)
+    c = ssub.add_parser("collect", help="grown runs on the suite's training families that record outcomes to Urza "
+                                        "(resumable: finished episodes are kept)")
+    c.add_argument("--tasks", type=_positive_int, default=1, help="tasks per family (default 1)")
+    c.add_argument("--seeds", type=_positive_int, default=3, help="seeds per task and policy (default 3)")
+    c.add_argument("--families", type=_names, default=None,
+                   help="training families, comma-separated (default every growth family of the training split)")
+    c.add_argument("--policies", type=_names, default=["heuristic", "random"],
+                   help="controllers, comma-separated, of heuristic, random (default both)")
+    c.add_argument("--epochs", type=_positive_int, default=None, help="run length (default the family's; 8 quick)")
+    c.add_argument("--quick", action="store_true",
+                   help="tiny tasks, 8 epochs, a lifecycle of a few steps (a smoke run)")
+    c.add_argument("--jobs", type=_positive_int, default=None, help="worker processes (default one per CPU core)")
+    c.add_argument("--out", default=None, help="collection folder (default $ESPER_HOME/simic)")
+    c.add_argument("--store", default=None, help="Urza store of the outcome records (default <out>/urza)")
+    c.set_defaults(fn=_cmd_simic)
+
+    t = ssub.add_parser("train", help="fit the value model on a collection's outcome records (features and target "
+                                      "from Go) and write the model folder")
+    t.add_argument("--out", default=None, help="the collection folder (default $ESPER_HOME/simic)")
+    t.add_argument("--model", default=None, help="model folder to write (default the shipped one, "
+                                                      "python/esper/models/value)")
+    t.add_argument("--epochs", type=_positive_int, default=400, help="epochs at most (default 400)")
+    t.add_argument("--patience", type=_positive_int, default=40,
+                   help="epochs without a better validation error before stopping (default 40)")
+    t.add_argument("--hidden", type=lambda s: [_positive_int(v) for v in _names(s)], default=[32, 32],
+                   help="hidden widths, comma-separated (default 32,32)")
+    t.add_argument("--seed", type=_nonnegative_int, default=0, help="split, initialisation and batch seed")
+    t.add_argument("--val-by", choices=("run", "family"), default="run",
+                   help="validation holds out whole runs (default) or whole families")
+    t.add_argument("--no-onnx", action="store_true", help="do not write model.onnx")
+    t.set_defaults(fn=_cmd_simic)
+
+    e = ssub.add_parser("eval", help="the model's error on held-out families' outcome records, predicted by Go")
+    e.add_argument("--model", default=None, help="model folder (default the shipped one)")
+    e.add_argument("--families", type=_names, default=None,
+                   help="held-out families, comma-separated (default every held-out growth family)")
+    e.add_argument("--tasks", type=_positive_int, default=1, help="tasks per family (default 1)")
+    e.add_argument("--seeds", type=_positive_int, default=2, help="seeds per task and policy (default 2)")
+    e.add_argument("--epochs", type=_positive_int, default=None, help="run length (default the family's; 8 quick)")
+    e.add_argument("--quick", action="store_true", help="tiny tasks, 8 epochs (a smoke run)")
+    e.add_argument("--paired-seeds", type=_nonnegative_int, default=0,
+                   help="also compare policy=learned with the heuristic, paired, on this many seeds per held-out "
+                        "task (default 0: prediction error only)")
+    e.add_argument("--jobs", type=_positive_int, default=None, help="worker processes (default one per CPU core)")
+    e.add_argument("--out", default=None, help="folder for episodes, eval.json and eval.md "
+                                               "(default $ESPER_HOME/simic/eval)")
+    e.set_defaults(fn=_cmd_simic)
+
+    g = ssub.add_parser("ppo", add_help=False, help="the graph policy: behaviour cloning, then PPO "
+                                                    "(`esper simic ppo train --help`)")
+    g.add_argument("ppo_args", nargs=argparse.REMAINDER, help="arguments of esper.simic.ppo (train ...)")
+    g.set_defaults(fn=_cmd_simic)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -508,6 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search on these training families only (default: all training families)")
     s.add_argument("--out", default="tune_out", help="folder for tune.json, the run cache and outcome records")
     s.set_defaults(fn=_cmd_tune)
+
+    _add_simic(sub)
 
     s = sub.add_parser("bench", help="measure Esper against plain PyTorch and PEFT")
     s.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")

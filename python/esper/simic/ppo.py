@@ -481,15 +481,15 @@ def _job(job: tuple[EpisodeSpec, str], policy_state: dict[str, Any] | None, move
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m esper.simic.ppo train``: behaviour cloning on heuristic runs, then PPO, on the suite's
-    training families; prints the BC loss per epoch and each episode's reward terms, and the rate in
-    episodes per hour (a PPO episode is a policy run and its paired heuristic run). Resumes from
+    """``esper simic ppo train`` (or ``python -m esper.simic.ppo train``): behaviour cloning on heuristic
+    runs, then PPO, on the suite's training families; prints the BC loss per epoch and each episode's reward
+    terms, and the rate in episodes per hour (a PPO episode is a policy run and its paired heuristic run). Resumes from
     ``--out``'s checkpoint."""
     import argparse
 
     from ..demo.jobs import default_workers
 
-    p = argparse.ArgumentParser(prog="python -m esper.simic.ppo", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="esper simic ppo", description=main.__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="behaviour cloning, then PPO")
     t.add_argument("--out", default="simic-ppo", help="checkpoint directory (resumed when it holds one)")
