@@ -99,9 +99,12 @@ def test_go_bench_output_is_parsed() -> None:
         "BenchmarkGetHit-2   \t 3801026\t        62.13 ns/op\t       0 B/op\t       0 allocs/op\n"
         "BenchmarkGet1MB-2   \t     180\t   1495518 ns/op\t 701.13 MB/s\n"
         "BenchmarkGetHit-2   \t 3801026\t        70.00 ns/op\n"
+        "BenchmarkEndEpochGerminateABI-2 \t 1500\t 98778 ns/op\t 68427 cpu-ns/op\t 16835 B/op\t 121 allocs/op\n"
         "PASS\n"
     )
-    assert native.parse_go_bench(text) == {"GetHit": [62.13, 70.0], "Get1MB": [1495518.0]}
+    assert native.parse_go_bench(text) == {"GetHit": [62.13, 70.0], "Get1MB": [1495518.0],
+                                           "EndEpochGerminateABI": [98778.0],
+                                           "EndEpochGerminateABI:cpu": [68427.0]}
 
 
 def test_table_formats_missing_figures() -> None:
