@@ -239,3 +239,52 @@ func processCPU(tb testing.TB) time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkSessionMemory reports the Go heap a session keeps per wrapped
+// layer (after New, a step with signals and an end of epoch, collected
+// garbage excluded), for 10, 100 and 1000 linear 32x32 layers with 1, 2
+// and 4 slots each: metric "heapB/layer-L<layers>-S<slots>". The bench's
+// scaling rows read it (python/esper/bench/scale.py).
+func BenchmarkSessionMemory(b *testing.B) {
+	for _, layers := range []int{10, 100, 1000} {
+		for _, slots := range []int{1, 2, 4} {
+			cfg := session.Config{SlotsPerLayer: slots, Policy: "heuristic"}
+			for l := 0; l < layers; l++ {
+				cfg.Layers = append(cfg.Layers, session.LayerConfig{Name: fmt.Sprintf("layers.%d", l),
+					Host: blueprint.Host{Kind: "linear", In: 32, Out: 32}, Params: 32*32 + 32})
+			}
+			keep := max(1, 2000/layers)
+			buf := make([]float32, nissa.Len(layers))
+			for i := range buf {
+				buf[i] = 0.5
+			}
+			buf[nissa.NonfiniteCount] = 0
+			alphas := make([]float32, layers*slots)
+			var perLayer float64
+			for range b.N {
+				sessions := make([]*session.Session, 0, keep)
+				runtime.GC()
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				for range keep {
+					s, err := session.New(cfg)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := s.Step(1, buf, alphas); err != nil {
+						b.Fatal(err)
+					}
+					endEpoch(b, s, metrics(0, 1))
+					sessions = append(sessions, s)
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				perLayer = float64(after.HeapAlloc-before.HeapAlloc) / float64(keep*layers)
+				for _, s := range sessions {
+					_ = s.Close()
+				}
+			}
+			b.ReportMetric(perLayer, fmt.Sprintf("heapB/layer-L%d-S%d", layers, slots))
+		}
+	}
+}

@@ -36,9 +36,10 @@ GO_BENCHMARKS = {
     "EndEpoch": "./core/session",
     "EndEpochGerminateABI": "./core/session",
     "MetricsText": "./core/session",
+    "SessionMemory": "./core/session",
 }
 _LINE = re.compile(r"^Benchmark(\w+?)(?:-\d+)?\s+\d+\s+([\d.]+) ns/op")
-_CPU = re.compile(r"\s([\d.]+) cpu-ns/op")
+_METRIC = re.compile(r"\s([\d.]+) (\S+)")
 
 CACHE_HIT = value_at_most(1.0, "<= 1 us")
 ARTIFACT = value_at_most(10.0, "<= 10 ms")
@@ -70,7 +71,7 @@ class GoBench:
 
     def row(self, section: str, name: str, bench: str, unit: str, target: Any, note: str) -> Row:
         """A row of one benchmark's ns/op converted to ``unit`` ("ns", "us" or "ms")."""
-        scale = {"ns": 1.0, "us": 1e-3, "ms": 1e-6}[unit]
+        scale = {"ns": 1.0, "us": 1e-3, "ms": 1e-6, "bytes": 1.0}[unit]
         runs = self.results.get(bench)
         if not runs:
             why = self.why_not or f"Benchmark{bench} did not report"
@@ -82,16 +83,15 @@ class GoBench:
 
 
 def parse_go_bench(text: str) -> dict[str, list[float]]:
-    """Benchmark name -> ns/op values from ``go test -bench`` output; a benchmark that also reports
-    its process CPU time (``cpu-ns/op``) gets those under ``<name>:cpu``."""
+    """Benchmark name -> ns/op values from ``go test -bench`` output; the other figures a line
+    reports (``cpu-ns/op``, ``B/op``, a benchmark's own metrics) go under ``<name>:<unit>``."""
     out: dict[str, list[float]] = {}
     for line in text.splitlines():
         m = _LINE.match(line.strip())
         if m:
             out.setdefault(m.group(1), []).append(float(m.group(2)))
-            cpu = _CPU.search(line)
-            if cpu:
-                out.setdefault(m.group(1) + ":cpu", []).append(float(cpu.group(1)))
+            for value, unit in _METRIC.findall(line.strip()[m.end():]):
+                out.setdefault(f"{m.group(1)}:{unit}", []).append(float(value))
     return out
 
 
@@ -443,7 +443,7 @@ def decision_rows(go: GoBench, rounds: int, quick: bool = False) -> list[Row]:
     the GERMINATED event makes the trainer build (Tezzeret)."""
     samples, op, event = _decision_samples(rounds, 30 if quick else 150)
     in_go = _go_figure(go, "DecideGerminate", 1e-3)
-    abi_go = _go_figure(go, "EndEpochGerminateABI:cpu", 1e-3)
+    abi_go = _go_figure(go, "EndEpochGerminateABI:cpu-ns/op", 1e-3)
     rows = [
         go.row("decision", "heuristic decision, germinate (in Go)", "DecideGerminate", "us", DECISION,
                "tamiyo.Controller.Decide on 8 layers x 2 slots after a plateau"),
@@ -455,9 +455,10 @@ def decision_rows(go: GoBench, rounds: int, quick: bool = False) -> list[Row]:
                     note="8 layers x 2 slots, heuristic, on a plateau: metrics JSON in; Tamiyo decides, the session "
                          "germinates (template instantiated, IR canonicalised and hashed); decision + GERMINATED "
                          "event with its blueprint JSON out"),
-        go.row("decision", "end_epoch -> germinate, the ABI call's work (in Go, CPU time)", "EndEpochGerminateABI:cpu",
-               "us", DECISION, "what esper_session_end_epoch runs: metrics JSON decoded, EndEpoch, result JSON "
-                               "encoded; the same session and metrics as the rows beside it; process CPU time"),
+        go.row("decision", "end_epoch -> germinate, the ABI call's work (in Go, CPU time)",
+               "EndEpochGerminateABI:cpu-ns/op", "us", DECISION,
+               "what esper_session_end_epoch runs: metrics JSON decoded, EndEpoch, result JSON encoded; the same "
+               "session and metrics as the rows beside it; process CPU time"),
         samples_row("decision", f"end_epoch -> {op} through the ABI, result JSON not decoded (ctypes)", "cpu",
                     [t * 1e6 for t in samples["abi"]], "us", target=DECISION, source="ABI", baseline=abi_go,
                     baseline_name=_named(abi_go, "the call's work inside Go (Go benchmark)"),

@@ -186,7 +186,8 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
     """Runs one section on one device and returns its rows."""
     from . import memory, native, steps, widen
 
-    if name in ("abi", "cache", "decision", "metrics") and "go" not in state:
+    if (name in ("abi", "cache", "decision", "metrics") or (name == "scaling" and device.type == "cpu")) \
+            and "go" not in state:
         state["go"] = native.go_benchmarks(plan.go_benchtime, count=5)
     if name == "abi":
         from .abi import bench_abi, bench_cold
@@ -213,7 +214,14 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
     if name == "peft":
         return steps.peft_rows(device, plan.steps())
     if name == "scaling":
-        return steps.scaling_rows(device, plan.steps())
+        from . import scale
+
+        settings = plan.steps()
+        rows = steps.scaling_rows(device, settings) + scale.medium_rows(device, settings)
+        if device.type == "cpu":
+            rows += scale.session_scale_rows(plan.rounds, plan.quick, wants=settings.wants) + scale.memory_rows(
+                state["go"])
+        return rows
     if name == "compile":
         return steps.compile_rows(device, plan.steps(), ("TinyMLP",) if plan.quick else ("TinyMLP", "WideMLP"))
     if name == "metrics":
