@@ -288,3 +288,32 @@ func BenchmarkSessionMemory(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkEndEpoch1000Layers measures an end of epoch that waits (the
+// loss improving) on 1000 linear layers x 2 slots, every signal's window
+// full (nissa.DefaultWindow steps with signals): the session summarises
+// every layer's statistics for Tamiyo. It allocates no per-layer memory
+// (the layer views are the session's scratch).
+func BenchmarkEndEpoch1000Layers(b *testing.B) {
+	cfg := session.Config{SlotsPerLayer: 2, Policy: "heuristic"}
+	for l := 0; l < 1000; l++ {
+		cfg.Layers = append(cfg.Layers, session.LayerConfig{Name: fmt.Sprintf("layers.%d", l),
+			Host: blueprint.Host{Kind: "linear", In: 32, Out: 32}, Params: 32*32 + 32})
+	}
+	s := newSession(b, cfg)
+	buf := make([]float32, nissa.Len(1000))
+	for i := range buf {
+		buf[i] = 0.5 + float32(i%5)*0.1
+	}
+	buf[nissa.NonfiniteCount] = 0
+	for range nissa.DefaultWindow {
+		if _, err := s.Step(1, buf, make([]float32, 2000)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		endEpoch(b, s, metrics(i, 1/float64(i+1)))
+	}
+}
