@@ -7,7 +7,9 @@ the markers ``<!-- bench:begin -->`` and ``<!-- bench:end -->``, a full run rewr
 between them.
 
 Sections (in order): abi, cache, decision (Go core, inside Go and through the ABI), dormant,
-active, peft, scaling, compile (training steps, also on CUDA when present; compile: both models under
+active, peft, scaling (with, on CPU, the session's per-call costs and Go memory per layer at 10, 100
+and 1000 layers x 1, 2 and 4 slots: bench/scale.py), compile (training steps, also on CUDA when
+present; compile: both models under
 torch.compile), metrics (a step with Go's metrics endpoint served and scraped against the same step
 without), memory. Step figures are taken
 with one torch thread, interleaved with their baseline (harness.compare); see the modules of this
@@ -219,8 +221,9 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
         settings = plan.steps()
         rows = steps.scaling_rows(device, settings) + scale.medium_rows(device, settings)
         if device.type == "cpu":
-            rows += scale.session_scale_rows(plan.rounds, plan.quick, wants=settings.wants) + scale.memory_rows(
-                state["go"])
+            layers = scale.LAYERS[:2] if plan.quick else scale.LAYERS  # a smoke run leaves out 1000 layers
+            rows += (scale.session_scale_rows(plan.rounds, plan.quick, layers=layers, wants=settings.wants)
+                     + scale.memory_rows(state["go"]))
         return rows
     if name == "compile":
         return steps.compile_rows(device, plan.steps(), ("TinyMLP",) if plan.quick else ("TinyMLP", "WideMLP"))
