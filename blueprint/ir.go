@@ -186,12 +186,18 @@ func (ir *IR) CanonicalComplete() ([]byte, error) {
 	if ir.ParamCount == 0 {
 		return ir.Canonical()
 	}
+	if b, ok := ir.appendCanonical(make([]byte, 0, 1024)); ok {
+		return b, nil
+	}
 	return ir.Clone().marshalCanonical()
 }
 
 // marshalCanonical encodes ir, a completed clone, canonically; it drops
 // default-valued optional attributes from ir.
 func (ir *IR) marshalCanonical() ([]byte, error) {
+	if b, ok := ir.appendCanonical(make([]byte, 0, 1024)); ok {
+		return b, nil
+	}
 	for i := range ir.Ops {
 		dropDefaults(&ir.Ops[i])
 	}

@@ -94,7 +94,7 @@ func setJSON(out **C.char, v any) error {
 	if err != nil {
 		return fmt.Errorf("encode result: %w", err)
 	}
-	setString(out, string(b))
+	*out = (*C.char)(C.CBytes(append(b, 0))) // one copy, NUL-terminated; freed with esper_free
 	return nil
 }
 

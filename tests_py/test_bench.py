@@ -100,9 +100,15 @@ def test_go_bench_output_is_parsed() -> None:
         "BenchmarkGetHit-2   \t 3801026\t        62.13 ns/op\t       0 B/op\t       0 allocs/op\n"
         "BenchmarkGet1MB-2   \t     180\t   1495518 ns/op\t 701.13 MB/s\n"
         "BenchmarkGetHit-2   \t 3801026\t        70.00 ns/op\n"
+        "BenchmarkEndEpochGerminateABI-2 \t 1500\t 98778 ns/op\t 68427 cpu-ns/op\t 16835 B/op\t 121 allocs/op\n"
         "PASS\n"
     )
-    assert native.parse_go_bench(text) == {"GetHit": [62.13, 70.0], "Get1MB": [1495518.0]}
+    assert native.parse_go_bench(text) == {"GetHit": [62.13, 70.0], "GetHit:B/op": [0.0], "GetHit:allocs/op": [0.0],
+                                           "Get1MB": [1495518.0], "Get1MB:MB/s": [701.13],
+                                           "EndEpochGerminateABI": [98778.0],
+                                           "EndEpochGerminateABI:cpu-ns/op": [68427.0],
+                                           "EndEpochGerminateABI:B/op": [16835.0],
+                                           "EndEpochGerminateABI:allocs/op": [121.0]}
 
 
 def test_table_formats_missing_figures() -> None:
@@ -188,3 +194,27 @@ def test_run_log_and_nats_footprint_rows() -> None:
     size, rss = foot
     assert 1 < size.value < 100, size
     assert rss.value > 0 and rss.baseline and rss.baseline > 0 and min(rss.extra["events_sent"]) > 10, rss
+
+
+def test_session_scale_rows_measure_each_size() -> None:
+    from esper.bench import scale
+
+    rows = scale.session_scale_rows(2, quick=True, layers=(3,), slots=(1, 2))
+    names = [r.name for r in rows]
+    assert names == [f"{kind}, 3 layers x {k} slots" for k in (1, 2) for kind in (
+        "Session.step with signals", "Session.step without signals", "Session.end_epoch, waiting",
+        "Session.end_epoch -> germinate")]
+    assert all(_finite(r.value) and r.value > 0 and r.rounds == 2 for r in rows)
+    assert scale.session_scale_rows(2, layers=(3,), slots=(1,), wants=lambda name: "1000 layers" in name) == []
+
+
+def test_go_memory_rows_read_the_benchmark_metric() -> None:
+    from esper.bench import scale
+
+    text = "BenchmarkSessionMemory-2 \t 1\t 2595848138 ns/op\t 11345 heapB/layer-L10-S1\t 9278 heapB/layer-L1000-S1\n"
+    rows = scale.memory_rows(native.GoBench(native.parse_go_bench(text)), layers=(10, 1000), slots=(1,))
+    assert [(r.name, r.value, r.unit) for r in rows] == [
+        ("Go memory per wrapped layer, 10 layers x 1 slots (in Go)", 11345.0, "bytes"),
+        ("Go memory per wrapped layer, 1000 layers x 1 slots (in Go)", 9278.0, "bytes")]
+    missing = scale.memory_rows(native.GoBench({}, "no Go toolchain"), layers=(10,), slots=(4,))
+    assert missing[0].value is None and "no Go toolchain" in missing[0].note

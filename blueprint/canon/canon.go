@@ -1,6 +1,7 @@
 package canon
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -66,6 +67,25 @@ func IsID(s string) bool {
 	return true
 }
 
+// appendNumber appends the canonical spelling of a JSON number literal
+// (checked against JSON's grammar by the scanner). An integer literal of at
+// most 18 digits other than -0 is its own canonical spelling (the grammar
+// allows no leading zero, and it fits an int64), so it is copied as is.
+func appendNumber(out, lit []byte) ([]byte, error) {
+	digits := len(lit)
+	if digits > 0 && lit[0] == '-' {
+		digits--
+	}
+	if digits <= 18 && bytes.IndexAny(lit, ".eE") < 0 && string(lit) != "-0" {
+		return append(out, lit...), nil
+	}
+	num, err := formatNumber(string(lit))
+	if err != nil {
+		return nil, err
+	}
+	return append(out, num...), nil
+}
+
 // formatNumber returns the canonical spelling of a JSON number literal.
 func formatNumber(lit string) (string, error) {
 	if !strings.ContainsAny(lit, ".eE") {
@@ -85,8 +105,26 @@ func formatNumber(lit string) (string, error) {
 
 const hexDigits = "0123456789abcdef"
 
+// AppendString appends s, valid UTF-8, as a canonical JSON string (minimal
+// escaping), as Canonicalize writes it. Callers check validity: invalid
+// UTF-8 would be copied as is, where encoding/json writes U+FFFD.
+func AppendString(out []byte, s string) []byte { return appendString(out, s) }
+
+// AppendInt appends n as Canonicalize writes an integer.
+func AppendInt(out []byte, n int64) []byte { return strconv.AppendInt(out, n, 10) }
+
+// AppendFloat appends the finite f as Canonicalize writes the number
+// encoding/json writes for it (an integral value of magnitude below 2^53 as
+// an integer, any other in the shortest form that reads back exactly).
+func AppendFloat(out []byte, f float64) []byte {
+	if f == math.Trunc(f) && math.Abs(f) < maxExactInt {
+		return strconv.AppendInt(out, int64(f), 10)
+	}
+	return strconv.AppendFloat(out, f, 'g', -1, 64)
+}
+
 // appendString appends s as a JSON string with minimal escaping.
-func appendString(out []byte, s string) []byte {
+func appendString[S ~string | ~[]byte](out []byte, s S) []byte {
 	out = append(out, '"')
 	for i := 0; i < len(s); i++ {
 		c := s[i]

@@ -1,9 +1,9 @@
 package canon
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
-	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -15,6 +15,12 @@ import (
 type scanner struct {
 	data []byte
 	pos  int
+	// vals and members are the scratch buffers of the objects being
+	// scanned, one per nesting depth, reused by the next object at that
+	// depth (an object's canonical form is copied out before its next
+	// sibling starts).
+	vals    [][]byte
+	members [][]member
 }
 
 func (s *scanner) errorf(format string, args ...any) error {
@@ -49,9 +55,13 @@ func (s *scanner) value(out []byte, depth int) ([]byte, error) {
 		}
 		return s.array(out, depth+1)
 	case c == '"':
-		str, err := s.str()
+		str, raw, err := s.str()
 		if err != nil {
 			return nil, err
+		}
+		if raw {
+			// No escape and no control character: the canonical form is the literal itself.
+			return append(append(append(out, '"'), str...), '"'), nil
 		}
 		return appendString(out, str), nil
 	case c == '-' || (c >= '0' && c <= '9'):
@@ -59,11 +69,7 @@ func (s *scanner) value(out []byte, depth int) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		num, err := formatNumber(lit)
-		if err != nil {
-			return nil, err
-		}
-		return append(out, num...), nil
+		return appendNumber(out, lit)
 	default:
 		for _, word := range [...]string{"true", "false", "null"} {
 			if string(s.data[s.pos:min(len(s.data), s.pos+len(word))]) == word {
@@ -78,19 +84,22 @@ func (s *scanner) value(out []byte, depth int) ([]byte, error) {
 // member is one object member: its decoded key and where its canonical value
 // lies in the object's scratch buffer.
 type member struct {
-	key    string
+	key    []byte
 	lo, hi int
 }
 
 func (s *scanner) object(out []byte, depth int) ([]byte, error) {
 	s.pos++ // '{'
-	var members []member
-	var vals []byte
 	s.skipSpace()
 	if s.pos < len(s.data) && s.data[s.pos] == '}' {
 		s.pos++
 		return append(out, '{', '}'), nil
 	}
+	for len(s.vals) <= depth {
+		s.vals = append(s.vals, nil)
+		s.members = append(s.members, nil)
+	}
+	members, vals := s.members[depth][:0], s.vals[depth][:0]
 	for {
 		s.skipSpace()
 		if s.pos >= len(s.data) || s.data[s.pos] != '"' {
@@ -99,7 +108,7 @@ func (s *scanner) object(out []byte, depth int) ([]byte, error) {
 			}
 			return nil, s.errorf("object key is not a string")
 		}
-		key, err := s.str()
+		key, _, err := s.str()
 		if err != nil {
 			return nil, err
 		}
@@ -126,11 +135,12 @@ func (s *scanner) object(out []byte, depth int) ([]byte, error) {
 		}
 		s.pos++
 	}
-	slices.SortFunc(members, func(a, b member) int { return strings.Compare(a.key, b.key) })
+	s.members[depth], s.vals[depth] = members, vals // kept for the next object at this depth
+	slices.SortFunc(members, func(a, b member) int { return bytes.Compare(a.key, b.key) })
 	out = append(out, '{')
 	for i, m := range members {
 		if i > 0 {
-			if m.key == members[i-1].key {
+			if bytes.Equal(m.key, members[i-1].key) {
 				return nil, fmt.Errorf("%w: duplicate object key %q", ErrSyntax, m.key)
 			}
 			out = append(out, ',')
@@ -175,7 +185,7 @@ func (s *scanner) array(out []byte, depth int) ([]byte, error) {
 
 // number returns the number literal at s.pos, checked against JSON's grammar:
 // -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
-func (s *scanner) number() (string, error) {
+func (s *scanner) number() ([]byte, error) {
 	start := s.pos
 	if s.peek() == '-' {
 		s.pos++
@@ -186,12 +196,12 @@ func (s *scanner) number() (string, error) {
 	case c >= '1' && c <= '9':
 		s.digits()
 	default:
-		return "", s.errorf("invalid number")
+		return nil, s.errorf("invalid number")
 	}
 	if s.peek() == '.' {
 		s.pos++
 		if !s.digits() {
-			return "", s.errorf("invalid number: no digit after the decimal point")
+			return nil, s.errorf("invalid number: no digit after the decimal point")
 		}
 	}
 	if c := s.peek(); c == 'e' || c == 'E' {
@@ -200,10 +210,10 @@ func (s *scanner) number() (string, error) {
 			s.pos++
 		}
 		if !s.digits() {
-			return "", s.errorf("invalid number: no digit in the exponent")
+			return nil, s.errorf("invalid number: no digit in the exponent")
 		}
 	}
-	return string(s.data[start:s.pos]), nil
+	return s.data[start:s.pos:s.pos], nil
 }
 
 // peek returns the byte at s.pos, or 0 at the end.
@@ -223,35 +233,36 @@ func (s *scanner) digits() bool {
 	return s.pos > start
 }
 
-// str decodes the string at s.pos.
-func (s *scanner) str() (string, error) {
+// str decodes the string at s.pos. raw reports that the literal held no
+// escape: the result is then a slice of the document (not to be modified).
+func (s *scanner) str() (str []byte, raw bool, err error) {
 	s.pos++ // '"'
 	start := s.pos
 	// Fast path: no escape.
 	for s.pos < len(s.data) {
 		c := s.data[s.pos]
 		if c == '"' {
-			str := string(s.data[start:s.pos])
+			str := s.data[start:s.pos:s.pos]
 			s.pos++
-			return str, nil
+			return str, true, nil
 		}
 		if c == '\\' {
 			break
 		}
 		if c < 0x20 {
-			return "", s.errorf("invalid control character %q in string", c)
+			return nil, false, s.errorf("invalid control character %q in string", c)
 		}
 		s.pos++
 	}
-	buf := []byte(string(s.data[start:s.pos]))
+	buf := slices.Clone(s.data[start:s.pos])
 	for s.pos < len(s.data) {
 		c := s.data[s.pos]
 		switch {
 		case c == '"':
 			s.pos++
-			return string(buf), nil
+			return buf, false, nil
 		case c < 0x20:
-			return "", s.errorf("invalid control character %q in string", c)
+			return nil, false, s.errorf("invalid control character %q in string", c)
 		case c != '\\':
 			buf = append(buf, c)
 			s.pos++
@@ -279,7 +290,7 @@ func (s *scanner) str() (string, error) {
 		case 'u':
 			r, ok := s.hex4()
 			if !ok {
-				return "", s.errorf("invalid \\u escape in string")
+				return nil, false, s.errorf("invalid \\u escape in string")
 			}
 			if utf16.IsSurrogate(r) {
 				// A pair makes one rune; a lone half is U+FFFD, as encoding/json decodes it.
@@ -298,10 +309,10 @@ func (s *scanner) str() (string, error) {
 			}
 			buf = utf8.AppendRune(buf, r)
 		default:
-			return "", s.errorf("invalid escape '\\%c' in string", e)
+			return nil, false, s.errorf("invalid escape '\\%c' in string", e)
 		}
 	}
-	return "", fmt.Errorf("%w: unexpected end of document in a string", ErrSyntax)
+	return nil, false, fmt.Errorf("%w: unexpected end of document in a string", ErrSyntax)
 }
 
 // hex4 reads four hex digits.

@@ -38,7 +38,7 @@ func (s *Session) EndEpoch(m tamiyo.Metrics) (EpochResult, error) {
 		s.epochsIn[i]++
 	}
 	used, _ := s.paramsUsedLocked()
-	obs := tamiyo.Observation{Epoch: epoch, Step: s.step, Metrics: m, Layers: make([]tamiyo.LayerView, len(s.set.hosts)),
+	obs := tamiyo.Observation{Epoch: epoch, Step: s.step, Metrics: m, Layers: s.layerViews,
 		Seeds: s.seedViewsLocked(), ParamsUsed: used, HostParams: s.hostParams(), LifecycleSteps: s.set.cfg.TrainSteps + s.set.cfg.BlendSteps}
 	for l := range obs.Layers {
 		obs.Layers[l].Name = s.set.names[l]

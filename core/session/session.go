@@ -67,9 +67,12 @@ type Session struct {
 	reasons  [lifecycle.NumStates]string // automatic transitions' reasons, by from-state
 	logq     []logRecord
 	views    []tamiyo.SeedView // scratch for rollbacks
-	source   *outcomeSource    // Karn's outcome history (search on, urza set)
-	closed   bool
-	mon      *monitor // metrics, alarms, impact analysis (monitor.go)
+	// layerViews is EndEpoch's scratch for the controller's view of every
+	// layer (the controller keeps nothing of an observation after Decide).
+	layerViews []tamiyo.LayerView
+	source     *outcomeSource // Karn's outcome history (search on, urza set)
+	closed     bool
+	mon        *monitor // metrics, alarms, impact analysis (monitor.go)
 	// bus receives the session's events (nil: none); busq holds those
 	// queued under mu, published by unlock; actor is who acts in the
 	// call in progress (oona.go).
@@ -139,6 +142,7 @@ func (s *Session) reset(set settings) error {
 	}
 	s.pending, s.growth, s.dropped, s.counters = nil, nil, 0, Counters{}
 	s.views = make([]tamiyo.SeedView, n)
+	s.layerViews = make([]tamiyo.LayerView, len(set.hosts))
 	s.initReasons()
 	return nil
 }

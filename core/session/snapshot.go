@@ -120,7 +120,7 @@ func (s *Session) Restore(data []byte) error {
 	s.set, s.step, s.epoch = next.set, next.step, next.epoch
 	s.seeds, s.epochsIn, s.stats, s.ctl = next.seeds, next.epochsIn, next.stats, next.ctl
 	s.pending, s.growth, s.dropped, s.counters = next.pending, next.growth, next.dropped, next.counters
-	s.views, s.reasons = next.views, next.reasons
+	s.views, s.reasons, s.layerViews = next.views, next.reasons, next.layerViews
 	if s.source != nil {
 		s.source.close()
 	}

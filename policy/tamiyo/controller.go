@@ -84,10 +84,19 @@ func New(cfg Config, hosts []blueprint.Host) (*Controller, error) {
 		trials: make([]int, len(hosts))}
 	c.pcg = rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)
 	c.rng = rand.New(c.pcg)
+	// Layers with equal hosts share their (read-only) template list: a model of many
+	// identical layers keeps one list, not one per layer.
+	byHost := map[string]int{}
 	for i, h := range hosts {
 		if err := h.Validate(); err != nil {
 			return nil, fmt.Errorf("tamiyo: layer %d: %v: %w", i, err, ErrConfig)
 		}
+		key := fmt.Sprintf("%#v", h)
+		if j, ok := byHost[key]; ok {
+			c.templates[i], c.least[i] = c.templates[j], c.least[j]
+			continue
+		}
+		byHost[key] = i
 		c.templates[i] = templatesFor(cfg, h)
 		c.least[i] = leastParams(c.templates[i], h)
 	}

@@ -343,8 +343,14 @@ def take_string(ptr: c_void_p) -> str:
 
 
 def take_json(ptr: c_void_p) -> Any:
-    """Decode a library-allocated JSON string and release it."""
-    return json.loads(take_string(ptr))
+    """Decode a library-allocated JSON string and release it (json.loads reads the UTF-8 bytes
+    as they are, without a str made first)."""
+    if not ptr.value:
+        return json.loads("")
+    try:
+        return json.loads(ctypes.string_at(ptr.value))
+    finally:
+        lib().esper_free(ptr)
 
 
 def take_bytes(ptr: c_void_p, n: int) -> bytes:

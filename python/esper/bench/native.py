@@ -5,6 +5,7 @@ sources are present) and through the C ABI from Python (ctypes, JSON and copies 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import re
 import shutil
@@ -35,9 +36,12 @@ GO_BENCHMARKS = {
     "LearnedDecide": "./policy/tamiyo",
     "Step8Layers": "./core/session",
     "EndEpoch": "./core/session",
+    "EndEpochGerminateABI": "./core/session",
     "MetricsText": "./core/session",
+    "SessionMemory": "./core/session",
 }
 _LINE = re.compile(r"^Benchmark(\w+?)(?:-\d+)?\s+\d+\s+([\d.]+) ns/op")
+_METRIC = re.compile(r"\s([\d.]+) (\S+)")
 
 CACHE_HIT = value_at_most(1.0, "<= 1 us")
 ARTIFACT = value_at_most(10.0, "<= 10 ms")
@@ -70,23 +74,27 @@ class GoBench:
 
     def row(self, section: str, name: str, bench: str, unit: str, target: Any, note: str) -> Row:
         """A row of one benchmark's ns/op converted to ``unit`` ("ns", "us" or "ms")."""
-        scale = {"ns": 1.0, "us": 1e-3, "ms": 1e-6}[unit]
+        scale = {"ns": 1.0, "us": 1e-3, "ms": 1e-6, "bytes": 1.0}[unit]
         runs = self.results.get(bench)
         if not runs:
             why = self.why_not or f"Benchmark{bench} did not report"
             return Row(section, name, "cpu", unit, None, target=target.text if target else "", source="Go benchmark",
                        note=f"not measured: {why}")
+        base = bench.split(":")[0]
         return samples_row(section, name, "cpu", [r * scale for r in runs], unit, target=target,
-                           source="Go benchmark", note=f"Benchmark{bench} in {GO_BENCHMARKS[bench]}; {note}")
+                           source="Go benchmark", note=f"Benchmark{base} in {GO_BENCHMARKS[base]}; {note}")
 
 
 def parse_go_bench(text: str) -> dict[str, list[float]]:
-    """Benchmark name -> ns/op values from ``go test -bench`` output."""
+    """Benchmark name -> ns/op values from ``go test -bench`` output; the other figures a line
+    reports (``cpu-ns/op``, ``B/op``, a benchmark's own metrics) go under ``<name>:<unit>``."""
     out: dict[str, list[float]] = {}
     for line in text.splitlines():
         m = _LINE.match(line.strip())
         if m:
             out.setdefault(m.group(1), []).append(float(m.group(2)))
+            for value, unit in _METRIC.findall(line.strip()[m.end():]):
+                out.setdefault(f"{m.group(1)}:{unit}", []).append(float(value))
     return out
 
 
@@ -376,45 +384,109 @@ def _plateau_session(snapshot: str | None = None) -> Session:
     return s
 
 
-def _decision_samples(rounds: int, inner: int) -> tuple[list[float], str]:
+def _decision_samples(rounds: int, inner: int) -> tuple[dict[str, list[float]], str, dict[str, Any]]:
     """CPU seconds per Session.end_epoch that germinates: each call on its own session, all made
-    (from one snapshot) before the round is timed, so no set-up garbage is collected inside it."""
+    (from one snapshot) before the round is timed, so no set-up garbage is collected inside it.
+    Each round times the whole call ("call"), then on fresh sessions its parts: the ABI call with
+    the metrics encoded and the result left as bytes ("abi"), and json.loads of those results
+    ("decode"). Returns the samples, the decision's op and one GERMINATED event."""
+    from .. import _lib
+
     first = _plateau_session()
     snap = first.snapshot()
     first.close()
     metrics = {"epoch": 2, "train_loss": 1.0, "val_loss": 1.0, "val_metric": 0.5, "contributions": []}
+    cdll = _lib.lib()
     op = ""
-    out = []
+    event: dict[str, Any] = {}
+    out: dict[str, list[float]] = {"call": [], "abi": [], "decode": []}
     for r in range(rounds + 1):
         sessions = [_plateau_session(snap) for _ in range(inner)]
         start = time.process_time()
         for s in sessions:
             result = s.end_epoch(metrics)
-        elapsed = time.process_time() - start
+        call = time.process_time() - start
         op = result["decisions"][0]["op"]
+        event = next((e for e in result["events"] if e["to"] == "GERMINATED"), event)
         for s in sessions:
             s.close()
+        sessions = [_plateau_session(snap) for _ in range(inner)]
+        texts = []
+        start = time.process_time()
+        for s in sessions:
+            ptr = ctypes.c_void_p()
+            h = s.handle
+            _lib.check(cdll.esper_session_end_epoch(h, json.dumps(metrics).encode(), ctypes.byref(ptr)), h)
+            texts.append(ctypes.string_at(ptr.value))
+            cdll.esper_free(ptr)
+        abi = time.process_time() - start
+        for s in sessions:
+            s.close()
+        start = time.process_time()
+        for text in texts:
+            json.loads(text)
+        decode = time.process_time() - start
         if r:  # the first round warms up
-            out.append(elapsed / inner)
-    return out, op
+            out["call"].append(call / inner)
+            out["abi"].append(abi / inner)
+            out["decode"].append(decode / inner)
+    return out, op, event
+
+
+def _seed_build_samples(event: dict[str, Any], rounds: int, inner: int) -> list[float]:
+    """CPU seconds to build the seed of a GERMINATED event as the trainer does (Tolaria's _build):
+    the torch generator forked and seeded, Tezzeret's build_seed on Go's IR and id."""
+    ir, ident = event["blueprint"], str(event["blueprint_id"])
+
+    def build() -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1234)
+            build_seed(ir, blueprint_id=ident)
+
+    return _rounds(build, inner, rounds)
 
 
 def decision_rows(go: GoBench, rounds: int, quick: bool = False) -> list[Row]:
-    """Heuristic decision latency inside Go and through Session.end_epoch."""
-    samples, op = _decision_samples(rounds, 30 if quick else 150)
+    """Heuristic decision latency inside Go and through Session.end_epoch, the ABI call's part of it
+    (in Go and through ctypes), Python's part (the result's JSON decoded), and the seed module that
+    the GERMINATED event makes the trainer build (Tezzeret)."""
+    samples, op, event = _decision_samples(rounds, 30 if quick else 150)
     in_go = _go_figure(go, "DecideGerminate", 1e-3)
-    return [
+    abi_go = _go_figure(go, "EndEpochGerminateABI:cpu-ns/op", 1e-3)
+    rows = [
         go.row("decision", "heuristic decision, germinate (in Go)", "DecideGerminate", "us", DECISION,
                "tamiyo.Controller.Decide on 8 layers x 2 slots after a plateau"),
         go.row("decision", "end of epoch (in Go)", "EndEpoch", "us", DECISION,
                "session.EndEpoch: metrics in, decide, apply, events out (heuristic, improving loss)"),
         samples_row("decision", f"end_epoch -> {op}, decided and applied (Session.end_epoch)", "cpu",
-                    [t * 1e6 for t in samples], "us", target=DECISION, source="ABI", baseline=in_go,
+                    [t * 1e6 for t in samples["call"]], "us", target=DECISION, source="ABI", baseline=in_go,
                     baseline_name=_named(in_go, "the decision alone inside Go (Go benchmark)"),
                     note="8 layers x 2 slots, heuristic, on a plateau: metrics JSON in; Tamiyo decides, the session "
                          "germinates (template instantiated, IR canonicalised and hashed); decision + GERMINATED "
                          "event with its blueprint JSON out"),
+        go.row("decision", "end_epoch -> germinate, the ABI call's work (in Go, CPU time)",
+               "EndEpochGerminateABI:cpu-ns/op", "us", DECISION,
+               "what esper_session_end_epoch runs: metrics JSON decoded, EndEpoch, result JSON encoded; the same "
+               "session and metrics as the rows beside it; process CPU time"),
+        samples_row("decision", f"end_epoch -> {op} through the ABI, result JSON not decoded (ctypes)", "cpu",
+                    [t * 1e6 for t in samples["abi"]], "us", target=DECISION, source="ABI", baseline=abi_go,
+                    baseline_name=_named(abi_go, "the call's work inside Go (Go benchmark)"),
+                    note="the Go + ABI part of Session.end_epoch: metrics json.dumps, esper_session_end_epoch "
+                         "through ctypes, the result copied to bytes, esper_free"),
+        samples_row("decision", f"end_epoch -> {op}, Python's part: the result JSON decoded (json.loads)", "cpu",
+                    [t * 1e6 for t in samples["decode"]], "us", target=None, source="python",
+                    note="json.loads of the bytes the row above returned (decisions, events, the seed's IR)"),
     ]
+    if event:
+        built = _seed_build_samples(event, rounds, 10 if quick else 50)
+        rows.append(samples_row(
+            "decision", "germination, Python's part: the seed module built from the event (Tezzeret)", "cpu",
+            [t * 1e6 for t in built], "us", target=None, source="python",
+            note=f"what the trainer does with the GERMINATED event above ({event['blueprint'].get('template')} "
+                 f"on a linear 64->64 host, {event.get('param_count')} params): torch's generator forked and "
+                 "seeded, build_seed on Go's IR and id (no Go call); attaching it and the optimizer's group are "
+                 "not counted"))
+    return rows
 
 
 

@@ -7,7 +7,9 @@ the markers ``<!-- bench:begin -->`` and ``<!-- bench:end -->``, a full run rewr
 between them.
 
 Sections (in order): abi, cache, decision (Go core, inside Go and through the ABI), dormant,
-active, peft, scaling, compile (training steps, also on CUDA when present; compile: both models under
+active, peft, scaling (with, on CPU, the session's per-call costs and Go memory per layer at 10, 100
+and 1000 layers x 1, 2 and 4 slots: bench/scale.py), compile (training steps, also on CUDA when
+present; compile: both models under
 torch.compile), metrics (a step with Go's metrics endpoint served and scraped against the same step
 without), memory. Step figures are taken
 with one torch thread, interleaved with their baseline (harness.compare); see the modules of this
@@ -186,7 +188,8 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
     """Runs one section on one device and returns its rows."""
     from . import memory, native, steps, widen
 
-    if name in ("abi", "cache", "decision", "metrics") and "go" not in state:
+    if (name in ("abi", "cache", "decision", "metrics") or (name == "scaling" and device.type == "cpu")) \
+            and "go" not in state:
         state["go"] = native.go_benchmarks(plan.go_benchtime, count=5)
     if name == "abi":
         from .abi import bench_abi, bench_cold
@@ -219,7 +222,15 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
     if name == "peft":
         return steps.peft_rows(device, plan.steps())
     if name == "scaling":
-        return steps.scaling_rows(device, plan.steps())
+        from . import scale
+
+        settings = plan.steps()
+        rows = steps.scaling_rows(device, settings) + scale.medium_rows(device, settings)
+        if device.type == "cpu":
+            layers = scale.LAYERS[:2] if plan.quick else scale.LAYERS  # a smoke run leaves out 1000 layers
+            rows += (scale.session_scale_rows(plan.rounds, plan.quick, layers=layers, wants=settings.wants)
+                     + scale.memory_rows(state["go"]))
+        return rows
     if name == "compile":
         return steps.compile_rows(device, plan.steps(), ("TinyMLP",) if plan.quick else ("TinyMLP", "WideMLP"))
     if name == "metrics":

@@ -350,7 +350,7 @@ def _deep_spec(n: int) -> ModelSpec:
     return ModelSpec(f"Deep({n})", "deep", 32, lambda: models.Deep(n), (nn.Linear,), f"{n} Linear(32, 32) wrapped")
 
 
-def scaling_rows(device: torch.device, settings: StepSettings, depths: Sequence[int] = (1, 10, 100),
+def scaling_rows(device: torch.device, settings: StepSettings, depths: Sequence[int] = (1, 10, 100, 1000),
                  slots: Sequence[int] = (1, 4, 16), guards: Sequence[str] = ("step", "sampled")) -> list[Row]:
     """Dormant overhead against the number of wrapped layers and of slots per layer, and one seed in
     HOLDING with many slots."""
