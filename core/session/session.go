@@ -65,10 +65,10 @@ type Session struct {
 	dropped  int64
 	counters Counters
 	// flops counts the run's training FLOPs (flops.go).
-	flops flopCount
-	reasons  [lifecycle.NumStates]string // automatic transitions' reasons, by from-state
-	logq     []logRecord
-	views    []tamiyo.SeedView // scratch for rollbacks
+	flops   flopCount
+	reasons [lifecycle.NumStates]string // automatic transitions' reasons, by from-state
+	logq    []logRecord
+	views   []tamiyo.SeedView // scratch for rollbacks
 	// layerViews is EndEpoch's scratch for the controller's view of every
 	// layer (the controller keeps nothing of an observation after Decide).
 	layerViews []tamiyo.LayerView
