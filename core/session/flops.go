@@ -21,8 +21,15 @@ type flopCount struct {
 	// host is each layer's forward FLOPs per sample (0: not counted).
 	host []int64
 	// pending is, per layer, the sum over the steps since the last end of
-	// epoch of the layer's forward FLOPs per sample (host and live seeds).
+	// epoch of the layer's forward FLOPs per sample (host and live seeds),
+	// but for the last since steps, which ran at perStep.
 	pending []int64
+	// perStep is each layer's forward FLOPs per sample with the seeds live
+	// now; dirty says a seed changed state since it was computed (every
+	// transition goes through emitLocked, which sets it).
+	perStep []int64
+	since   int64
+	dirty   bool
 	// seedID and seedFLOPs cache each slot's blueprint id and its forward
 	// FLOPs per sample.
 	seedID    []string
@@ -34,23 +41,32 @@ type flopCount struct {
 // newFLOPCount returns the count of a fresh session of set.
 func newFLOPCount(set settings, seeds int) flopCount {
 	f := flopCount{host: make([]int64, len(set.hosts)), pending: make([]int64, len(set.hosts)),
-		seedID: make([]string, seeds), seedFLOPs: make([]int64, seeds)}
+		perStep: make([]int64, len(set.hosts)), dirty: true, seedID: make([]string, seeds), seedFLOPs: make([]int64, seeds)}
 	for l, h := range set.hosts {
 		f.host[l], _ = h.ForwardFLOPs(set.cfg.Layers[l].Params)
 	}
 	return f
 }
 
-// steppedLocked adds steps steps of every layer's forward as it is now
-// (before the steps' automatic transitions).
+// flopsSteppedLocked counts steps steps of every layer's forward as it is
+// now (before the steps' automatic transitions). Without a transition
+// since the last call it only adds to a counter.
 func (s *Session) flopsSteppedLocked(steps int64) {
-	if steps == 0 {
-		return
+	if s.flops.dirty {
+		s.flopsFlushLocked()
 	}
+	s.flops.since = satAdd(s.flops.since, steps)
+}
+
+// flopsFlushLocked adds the steps counted at perStep to pending and
+// recomputes perStep from the seeds live now.
+func (s *Session) flopsFlushLocked() {
 	f := &s.flops
-	for l, h := range f.host {
-		f.pending[l] = satAdd(f.pending[l], satMul(steps, h))
+	for l := range f.pending {
+		f.pending[l] = satAdd(f.pending[l], satMul(f.since, f.perStep[l]))
 	}
+	f.since = 0
+	copy(f.perStep, f.host)
 	for i, sd := range s.seeds {
 		if !sd.State.Live() {
 			continue
@@ -64,14 +80,16 @@ func (s *Session) flopsSteppedLocked(steps int64) {
 			_ = json.Unmarshal(sd.Blueprint, &ir)
 			f.seedID[i], f.seedFLOPs[i] = sd.BlueprintID, max(ir.FLOPsPerSample, 0)
 		}
-		f.pending[sd.Layer] = satAdd(f.pending[sd.Layer], satMul(steps, f.seedFLOPs[i]))
+		f.perStep[sd.Layer] = satAdd(f.perStep[sd.Layer], f.seedFLOPs[i])
 	}
+	f.dirty = false
 }
 
 // flopsEpochLocked adds the epoch's training FLOPs from the layers' samples
 // per step (nil: not reported, the epoch adds nothing) and starts the next
 // epoch's count.
 func (s *Session) flopsEpochLocked(samplesPerStep []int64) {
+	s.flopsFlushLocked()
 	f := &s.flops
 	for l := range f.pending {
 		if samplesPerStep != nil {

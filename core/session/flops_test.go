@@ -88,3 +88,27 @@ func TestTrainFLOPsSamplesChecked(t *testing.T) {
 		t.Error("a negative samples_per_step parsed")
 	}
 }
+
+// TestTrainFLOPsSeedPrunedMidEpoch: a seed counts for the steps it was
+// live only (3 of 8 here), the host for all of them.
+func TestTrainFLOPsSeedPrunedMidEpoch(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Layers = []session.LayerConfig{{Name: "l0", Host: blueprint.Host{Kind: "linear", In: 16, Out: 32}, Params: 544}}
+	s := newSession(t, cfg)
+	germinate(t, s, 0, 0, `{"template": "lowrank", "params": {"rank": 2}}`)
+	step(t, s, 3)
+	if _, err := s.Prune(0, 0, "test"); err != nil {
+		t.Fatal(err)
+	}
+	step(t, s, 5)
+	if _, err := s.EndEpoch(tamiyo.Metrics{SamplesPerStep: []int64{10}}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(3 * 10 * (1056*8 + 192*3)); st.TrainFLOPs != want {
+		t.Errorf("train_flops %d, want %d", st.TrainFLOPs, want)
+	}
+}

@@ -413,6 +413,7 @@ func (s *Session) transitionLocked(i int, to lifecycle.State, reason string, ste
 func (s *Session) emitLocked(ev Event) {
 	s.pending = append(s.pending, ev)
 	s.counters.Events++
+	s.flops.dirty = true // a seed changed state: the FLOPs count recomputes its layers' forward
 	e := ev
 	s.recordLocked(LogEntry{Kind: "event", Step: ev.Step, Epoch: ev.Epoch, Event: &e}, "event", &e)
 }

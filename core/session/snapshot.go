@@ -273,7 +273,6 @@ func (s *Session) load(snap *snapshot) error {
 	}
 	s.growth, s.dropped, s.counters = growth, dropped, snap.Counters
 	s.flops.total = snap.TrainFLOPs
-	clear(s.flops.pending)
 	return nil
 }
 
