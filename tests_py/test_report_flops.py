@@ -90,6 +90,8 @@ def test_report_plots_against_flops_and_says_so(run: dict[str, Any], tmp_path: P
     assert f"against {report.FLOPS_LABEL}: {total:.4g} at step {3 * STEPS}" in md, md
     assert report.NO_FLOPS not in md
     assert _colored_right(out / "losses.png") > 500  # the curves against FLOPs are drawn
+    frame = report.render_frame(report.load(run["run"], root=run["root"]))
+    assert f"train FLOPs {total:.3g}" in frame, frame
 
 
 def test_a_log_without_flops_renders_without_flops_plots(run: dict[str, Any], tmp_path: Path) -> None:
@@ -110,3 +112,4 @@ def test_a_log_without_flops_renders_without_flops_plots(run: dict[str, Any], tm
     md = (out / "report.md").read_text()
     assert f"plotted against optimizer steps only: {report.NO_FLOPS}" in md, md
     assert _colored_right(out / "losses.png") == 0  # the FLOPs column says there are none
+    assert "train FLOPs -" in report.render_frame(report.load(run["run"], root=root))

@@ -540,7 +540,8 @@ def render_frame(view: RunView, *, last_decisions: int = 5, last_alarms: int = 3
            f"step {view.step}  events {view.events}"]
     last = view.epochs[-1] if view.epochs else {}
     out.append(f"train loss {_num(last.get('train_loss'))}  val loss {_num(last.get('val_loss'))}  "
-               f"val metric {_num(last.get('val_metric'))}  seed params {_num(last.get('params_used'), 'd')}")
+               f"val metric {_num(last.get('val_metric'))}  seed params {_num(last.get('params_used'), 'd')}  "
+               f"train FLOPs {_num(last.get('train_flops'), '.3g')}")
     for key, label in (("train_loss", "train loss"), ("val_loss", "val loss  "), ("val_metric", "val metric")):
         curve = _spark([e[key] for e in view.epochs if e.get(key) is not None])
         if curve:
