@@ -106,7 +106,7 @@ def test_report_writes_plots_and_a_summary_that_matches_the_run(grown: dict[str,
     got = {k: int(v) for k, v in re.findall(r"(germinations|fossilizations|prunes|rollbacks|alarms): (\d+)", md)}
     assert got == want, md
     assert f"- epochs: {grown['epochs']};" in md
-    assert "no training FLOPs" in md  # the epoch events carry none: plotted against steps only
+    assert "plotted against optimizer steps and against training FLOPs" in md  # Go's count, in the epoch events
     # The seeds' table: one row per germination, with its fate, contribution and reason.
     rows = [r for r in md.splitlines() if re.match(r"\| 2 \| [01] \|", r)]
     assert len(rows) == 2, md

@@ -25,6 +25,9 @@ func (s *Session) EndEpoch(m tamiyo.Metrics) (EpochResult, error) {
 			return EpochResult{}, fmt.Errorf("session: end epoch: contributions[%d]: %w", i, err)
 		}
 	}
+	if err := s.checkSamplesLocked(m.SamplesPerStep); err != nil {
+		return EpochResult{}, err
+	}
 	epoch := s.epoch
 	if m.Epoch != nil {
 		if *m.Epoch < s.epoch {
@@ -67,6 +70,7 @@ func (s *Session) EndEpoch(m tamiyo.Metrics) (EpochResult, error) {
 	}
 	s.mon.latency.Observe(time.Since(began))
 	s.epochEndedLocked(epoch, m)
+	s.flopsEpochLocked(m.SamplesPerStep)
 	res.Events = s.drainLocked()
 	if res.Events == nil {
 		res.Events = []Event{}

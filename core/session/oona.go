@@ -89,6 +89,9 @@ type epochData struct {
 	Seeds      map[string]int `json:"seeds"`
 	Decisions  int            `json:"decisions"`
 	Counters   Counters       `json:"counters"`
+	// TrainFLOPs is the run's training FLOPs so far, this epoch included
+	// (flopCount: the wrapped layers and their live seeds).
+	TrainFLOPs int64 `json:"train_flops"`
 }
 
 // runData is a run event's data.
@@ -194,7 +197,8 @@ func (s *Session) publishEpochLocked(epoch int, m tamiyo.Metrics, decisions int)
 	m.Epoch = &epoch
 	m.Contributions = append([]tamiyo.Contribution(nil), m.Contributions...)
 	s.publishLocked(oona.KindEpoch, oona.ActorTrainer, s.step, epoch, epochData{Metrics: m, ParamsUsed: used,
-		Seeds: seeds, Decisions: decisions, Counters: s.counters})
+		Seeds: seeds, Decisions: decisions, Counters: s.counters,
+		TrainFLOPs: s.flops.total})
 	s.publishLocked(oona.KindHealth, oona.ActorTrainer, s.step, epoch, s.stats.Snapshot(s.set.names))
 }
 

@@ -64,9 +64,11 @@ type Session struct {
 	growth   []LogEntry
 	dropped  int64
 	counters Counters
-	reasons  [lifecycle.NumStates]string // automatic transitions' reasons, by from-state
-	logq     []logRecord
-	views    []tamiyo.SeedView // scratch for rollbacks
+	// flops counts the run's training FLOPs (flops.go).
+	flops   flopCount
+	reasons [lifecycle.NumStates]string // automatic transitions' reasons, by from-state
+	logq    []logRecord
+	views   []tamiyo.SeedView // scratch for rollbacks
 	// layerViews is EndEpoch's scratch for the controller's view of every
 	// layer (the controller keeps nothing of an observation after Decide).
 	layerViews []tamiyo.LayerView
@@ -141,6 +143,7 @@ func (s *Session) reset(set settings) error {
 		ctl.SetKarn(s.karnService())
 	}
 	s.pending, s.growth, s.dropped, s.counters = nil, nil, 0, Counters{}
+	s.flops = newFLOPCount(set, n)
 	s.views = make([]tamiyo.SeedView, n)
 	s.layerViews = make([]tamiyo.LayerView, len(set.hosts))
 	s.initReasons()
@@ -305,6 +308,7 @@ func (s *Session) Step(steps int64, signals []float32, alphasOut []float32) (int
 	}
 	s.actor = oona.ActorSchedule
 	base := s.step
+	s.flopsSteppedLocked(steps)
 	for i := range s.seeds {
 		s.advanceLocked(i, base, steps)
 	}
@@ -409,6 +413,7 @@ func (s *Session) transitionLocked(i int, to lifecycle.State, reason string, ste
 func (s *Session) emitLocked(ev Event) {
 	s.pending = append(s.pending, ev)
 	s.counters.Events++
+	s.flops.dirty = true // a seed changed state: the FLOPs count recomputes its layers' forward
 	e := ev
 	s.recordLocked(LogEntry{Kind: "event", Step: ev.Step, Epoch: ev.Epoch, Event: &e}, "event", &e)
 }

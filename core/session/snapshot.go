@@ -37,6 +37,9 @@ type snapshot struct {
 	// Impacts is the impact analysis' state (absent in older snapshots:
 	// the adaptations in flight then end without a comparison).
 	Impacts *nissa.ImpactState `json:"impacts,omitempty"`
+	// TrainFLOPs is the run's training FLOPs counted at the last end of
+	// epoch (absent in older snapshots: 0).
+	TrainFLOPs int64 `json:"train_flops,omitempty"`
 }
 
 // Snapshot returns the entire state as JSON: the configuration, the step
@@ -55,7 +58,7 @@ func (s *Session) Snapshot() ([]byte, error) {
 	}
 	snap := snapshot{Version: SnapshotVersion, Config: s.set.cfg, Step: s.step, Epoch: s.epoch,
 		Seeds: s.seeds, EpochsInState: s.epochsIn, Signals: s.stats.State(), Controller: ctl,
-		Pending: s.pending, GrowthLog: s.growth, GrowthDropped: s.dropped, Counters: s.counters}
+		Pending: s.pending, GrowthLog: s.growth, GrowthDropped: s.dropped, Counters: s.counters, TrainFLOPs: s.flops.total}
 	im := s.mon.impacts.State()
 	snap.Impacts = &im
 	if snap.Pending == nil {
@@ -120,6 +123,7 @@ func (s *Session) Restore(data []byte) error {
 	s.set, s.step, s.epoch = next.set, next.step, next.epoch
 	s.seeds, s.epochsIn, s.stats, s.ctl = next.seeds, next.epochsIn, next.stats, next.ctl
 	s.pending, s.growth, s.dropped, s.counters = next.pending, next.growth, next.dropped, next.counters
+	s.flops = next.flops
 	s.views, s.reasons, s.layerViews = next.views, next.reasons, next.layerViews
 	if s.source != nil {
 		s.source.close()
@@ -233,6 +237,9 @@ func (s *Session) load(snap *snapshot) error {
 			return bad("seed %d/%d germinated at step %d, after step %d", sd.Layer, sd.Slot, sd.GerminatedStep, snap.Step)
 		}
 	}
+	if snap.TrainFLOPs < 0 {
+		return bad("train_flops %d must be >= 0", snap.TrainFLOPs)
+	}
 	stats, err := nissa.FromState(snap.Signals)
 	if err != nil {
 		return fmt.Errorf("session: restore: signals: %w", err)
@@ -265,6 +272,7 @@ func (s *Session) load(snap *snapshot) error {
 		s.pending = nil
 	}
 	s.growth, s.dropped, s.counters = growth, dropped, snap.Counters
+	s.flops.total = snap.TrainFLOPs
 	return nil
 }
 
@@ -323,6 +331,10 @@ type Stats struct {
 	ParamsUsed int64 `json:"params_used"`
 	MaxParams  int64 `json:"max_params"`
 	HostParams int64 `json:"host_params"`
+	// TrainFLOPs is the run's training FLOPs of the wrapped layers and
+	// their live seeds counted so far (at the ends of epoch; see
+	// docs/events.md, "Training FLOPs").
+	TrainFLOPs int64 `json:"train_flops"`
 	// Active counts seeds in flight; States counts slots per state.
 	Active int            `json:"active"`
 	States map[string]int `json:"states"`
@@ -372,7 +384,7 @@ func (s *Session) Stats() (Stats, error) {
 	used, active := s.paramsUsedLocked()
 	gov := s.ctl.Governor()
 	mean, n := gov.RollingMean()
-	st := Stats{Step: s.step, Epoch: s.epoch, Policy: s.set.cfg.Policy, Counters: s.counters, ParamsUsed: used,
+	st := Stats{Step: s.step, Epoch: s.epoch, Policy: s.set.cfg.Policy, Counters: s.counters, ParamsUsed: used, TrainFLOPs: s.flops.total,
 		MaxParams: gov.Config().MaxParams, Active: active, States: make(map[string]int), PendingEvents: len(s.pending),
 		Governor: GovernorStats{Alarms: gov.Alarms(), LossMean: nissa.Num(mean), LossSamples: n, Cooldowns: make([]int, len(s.set.hosts))},
 		Signals:  s.stats.Snapshot(s.set.names), GrowthLog: len(s.growth), GrowthDropped: s.dropped}

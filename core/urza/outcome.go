@@ -105,7 +105,8 @@ type Outcome struct {
 	ParamCount     int64           `json:"param_count"`
 	// FLOPsPerSample is the seed's forward cost of one sample (Karn's);
 	// TrainFLOPs estimates the training FLOPs spent on it (the sum of its
-	// spans'), see docs/internals.md.
+	// spans', each TrainFLOPs(FLOPsPerSample, Samples): ParseOutcome fills
+	// them), see docs/internals.md.
 	FLOPsPerSample int64 `json:"flops_per_sample"`
 	TrainFLOPs     int64 `json:"train_flops"`
 	// Contributions are the HOLDING measurements, in order.
@@ -206,16 +207,30 @@ func (o *Outcome) check() error {
 	if len(o.States) == 0 {
 		return bad("states must list at least the GERMINATED span")
 	}
+	// Training FLOPs are Go's (TrainFLOPs of flops_per_sample and each
+	// span's samples): a writer may leave them 0; a value it gives must agree.
 	var sum int64
-	for i, sp := range o.States {
+	for i := range o.States {
+		sp := &o.States[i]
 		if sp.State == "" || sp.Steps < 0 || sp.Epochs < 0 || sp.Samples < 0 || sp.TrainFLOPs < 0 || sp.ToStep < sp.FromStep {
 			return bad("states[%d] (%q): steps, epochs, samples and train_flops must be >= 0 and to_step >= from_step", i, sp.State)
 		}
-		sum += sp.TrainFLOPs
+		want := TrainFLOPs(o.FLOPsPerSample, sp.Samples)
+		if sp.TrainFLOPs != 0 && sp.TrainFLOPs != want {
+			return bad("states[%d] (%q): train_flops %d is not %d x flops_per_sample %d x samples %d = %d",
+				i, sp.State, sp.TrainFLOPs, TrainFLOPsFactor, o.FLOPsPerSample, sp.Samples, want)
+		}
+		sp.TrainFLOPs = want
+		if sum > math.MaxInt64-want {
+			sum = math.MaxInt64
+		} else {
+			sum += want
+		}
 	}
-	if sum != o.TrainFLOPs {
+	if o.TrainFLOPs != 0 && o.TrainFLOPs != sum {
 		return bad("train_flops %d is not the sum of the states' train_flops (%d)", o.TrainFLOPs, sum)
 	}
+	o.TrainFLOPs = sum
 	if o.Prediction != nil && (math.IsNaN(*o.Prediction) || math.IsInf(*o.Prediction, 0)) {
 		return bad("prediction %v must be a finite number", *o.Prediction)
 	}

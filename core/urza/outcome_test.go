@@ -114,6 +114,8 @@ func TestPutOutcomeRefusesBadRecords(t *testing.T) {
 		"unknown end":         {"ended_by": "magic"},
 		"end before start":    {"ended_step": 1},
 		"flops not summed":    {"train_flops": 1},
+		"span flops not Go's": {"train_flops": 3841, "states": []any{map[string]any{"state": "TRAINING", "from_step": 20,
+			"to_step": 30, "steps": 10, "from_epoch": 3, "to_epoch": 5, "epochs": 2, "reason": "", "samples": 10, "train_flops": 3841}}},
 		"no states":           {"states": []any{}},
 		"observation missing": {"observation": nil},
 		"unknown field":       {"surprise": 1},
@@ -145,5 +147,31 @@ func TestOutcomeCorruptRecordIsReported(t *testing.T) {
 	}
 	if _, err := s.Outcomes("run-a"); !errors.Is(err, urza.ErrCorrupt) {
 		t.Fatalf("corrupt record: %v", err)
+	}
+}
+
+// TestParseOutcomeFillsTrainFLOPs: a record that leaves train_flops 0 gets
+// Go's estimate, 3 x flops_per_sample x samples per span, and their sum.
+func TestParseOutcomeFillsTrainFLOPs(t *testing.T) {
+	span := func(state string, samples int) map[string]any {
+		return map[string]any{"state": state, "from_step": 20, "to_step": 30, "steps": 10, "from_epoch": 3,
+			"to_epoch": 5, "epochs": 2, "reason": "", "samples": samples, "train_flops": 0}
+	}
+	o, err := urza.ParseOutcome(outcome(t, "run-a", 20, map[string]any{"train_flops": 0,
+		"states": []any{span("GERMINATED", 0), span("TRAINING", 10), span("BLENDING", 7)}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []int64{0, 3 * 128 * 10, 3 * 128 * 7}
+	for i, sp := range o.States {
+		if sp.TrainFLOPs != want[i] {
+			t.Errorf("states[%d] train_flops %d, want %d", i, sp.TrainFLOPs, want[i])
+		}
+	}
+	if o.TrainFLOPs != 3*128*17 {
+		t.Errorf("train_flops %d, want %d", o.TrainFLOPs, 3*128*17)
+	}
+	if got := urza.TrainFLOPs(1<<62, 4); got != 1<<63-1 {
+		t.Errorf("TrainFLOPs saturates at MaxInt64: got %d", got)
 	}
 }

@@ -26,6 +26,12 @@ type Metrics struct {
 	// Contributions are the contributions of held seeds measured this
 	// epoch.
 	Contributions []Contribution `json:"contributions,omitempty"`
+	// SamplesPerStep is, per wrapped layer, the samples one training step
+	// passes through it (feature vectors for a linear host, images for a
+	// conv host), as the trainer last measured them. It is not a decision
+	// input: the session counts the run's training FLOPs with it
+	// (docs/events.md). Absent: the epoch's FLOPs are not counted.
+	SamplesPerStep []int64 `json:"samples_per_step,omitempty"`
 }
 
 // Contribution is a held seed's measured effect on the validation loss.
@@ -55,6 +61,11 @@ func ParseMetrics(data []byte) (Metrics, error) {
 	}
 	if m.Epoch != nil && *m.Epoch < 0 {
 		return Metrics{}, fmt.Errorf("tamiyo: metrics: epoch %d must be >= 0: %w", *m.Epoch, ErrMetrics)
+	}
+	for i, n := range m.SamplesPerStep {
+		if n < 0 {
+			return Metrics{}, fmt.Errorf("tamiyo: metrics: samples_per_step[%d] is %d, must be >= 0: %w", i, n, ErrMetrics)
+		}
 	}
 	seen := make(map[[2]int]bool, len(m.Contributions))
 	for i, c := range m.Contributions {

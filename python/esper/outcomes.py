@@ -14,13 +14,14 @@ policy and reason, the blueprint (id, template, template parameters, IR, host si
 parameter count, the training FLOPs estimate, the HOLDING measurements (validation loss with and
 without the seed), the final state and why, and the steps and epochs spent in each state.
 
-Training FLOPs: ``3 x flops_per_sample x samples_per_step x steps`` summed over the spans the seed
-ran and trained in (TRAINING, BLENDING, HOLDING). ``flops_per_sample`` is Karn's forward cost of
-one sample (a feature vector for linear hosts; an image at the host's spatial extents, or 32 per
-dim, for conv hosts); the factor 3 counts forward plus backward (about twice the forward);
-``samples_per_step`` is the layer's input batch at its last measured forward (every
-``signal_every`` steps), read when the span closes. The extra forwards of the HOLDING
-measurements are not counted.
+Training FLOPs are Go's (``core/urza.TrainFLOPs``, filled in when the record is written):
+``3 x flops_per_sample x samples`` for each span. This module gives each span's samples:
+``steps x samples_per_step`` over the spans the seed ran and trained in (TRAINING, BLENDING,
+HOLDING), 0 for the others. ``flops_per_sample`` is Karn's forward cost of one sample (a feature
+vector for linear hosts; an image at the host's spatial extents, or 32 per dim, for conv hosts);
+the factor 3 counts forward plus backward (about twice the forward); ``samples_per_step`` is the
+layer's input batch at its last measured forward (every ``signal_every`` steps), read when the span
+closes. The extra forwards of the HOLDING measurements are not counted.
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ __all__ = ["OutcomeRecorder", "new_run_id", "RUNNING_STATES"]
 #: States in which a seed runs forward and backward (its training FLOPs count).
 RUNNING_STATES = frozenset({"TRAINING", "BLENDING", "HOLDING"})
 _ENDS = {"FOSSILIZED": "fossilized", "PRUNED": "pruned", "CANCELLED": "cancelled", "ROLLED_BACK": "rolled_back"}
-#: Multiple of the forward FLOPs one training step costs (forward + backward).
-TRAIN_FLOPS_FACTOR = 3
 
 
 class _Writer:
@@ -293,7 +292,7 @@ class OutcomeRecorder:
     def _span(state: str, ev: dict[str, Any]) -> dict[str, Any]:
         return {"state": state, "from_step": int(ev["step"]), "to_step": int(ev["step"]), "steps": 0,
                 "from_epoch": int(ev["epoch"]), "to_epoch": int(ev["epoch"]), "epochs": 0,
-                "reason": str(ev.get("reason", "")), "samples": 0, "train_flops": 0, "open": True}
+                "reason": str(ev.get("reason", "")), "samples": 0, "open": True}
 
     def _close_span(self, rec: dict[str, Any], step: int, epoch: int) -> None:
         span = rec["states"][-1]
@@ -306,16 +305,14 @@ class OutcomeRecorder:
         span["epochs"] = span["to_epoch"] - span["from_epoch"]
         if span["state"] in RUNNING_STATES:
             per_step = self.layers[rec["layer"]].samples_per_step
-            span["samples"] = span["steps"] * per_step
-            span["train_flops"] = TRAIN_FLOPS_FACTOR * rec["flops_per_sample"] * span["samples"]
+            span["samples"] = span["steps"] * per_step  # Go multiplies (core/urza.TrainFLOPs)
 
     def _complete(self, rec: dict[str, Any], final_state: str, ended_by: str, reason: str, step: int,
                   epoch: int) -> dict[str, Any]:
         out = {k: v for k, v in rec.items() if k != "states"}
         out["states"] = [{k: v for k, v in s.items() if k != "open"} for s in rec["states"]]
         out.update(final_state=final_state, ended_by=ended_by, final_reason=reason,
-                   ended_step=max(step, rec["germinated_step"]), ended_epoch=max(epoch, rec["germinated_epoch"]),
-                   train_flops=sum(s["train_flops"] for s in out["states"]))
+                   ended_step=max(step, rec["germinated_step"]), ended_epoch=max(epoch, rec["germinated_epoch"]))
         return out
 
     def _provisional(self, key: tuple[int, int], ended_by: str, step: int, epoch: int) -> dict[str, Any]:

@@ -10,7 +10,10 @@ contribution). Two commands use it::
     esper monitor RUN [--replay]       # a live terminal view that follows the log (monitor)
     esper monitor RUN --nats URL       # the same view, following the run's events from NATS
 
-The run log carries no training FLOPs, so the plots are against optimizer steps.
+The losses and metric are plotted against optimizer steps and against the run's training FLOPs that
+Go counts (``train_flops`` of the epoch events: the wrapped layers' and their seeds' forward x 3 x
+samples; docs/events.md, "Training FLOPs"). Logs written before that field existed have no FLOPs
+plots (the report says so).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import io
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 from . import oona
 
@@ -150,7 +155,7 @@ class RunView:
             m = d.get("metrics") or {}
             self.epochs.append({"epoch": ev.get("epoch"), "step": ev.get("step"), "train_loss": m.get("train_loss"),
                                 "val_loss": m.get("val_loss"), "val_metric": m.get("val_metric"),
-                                "params_used": d.get("params_used")})
+                                "params_used": d.get("params_used"), "train_flops": d.get("train_flops")})
             for c in m.get("contributions") or []:
                 seed = self.slots.get((int(c["layer"]), int(c["slot"])))
                 if seed is not None:
@@ -253,7 +258,7 @@ def markdown(view: RunView, plots: Iterable[str] = (), last_decisions: int = 10)
              f"rollbacks: {c['rollbacks']}, alarms: {c['alarms']} (the governor's) and {c['nissa_alarms']} "
              f"(Nissa's), seed failures: {view.failures}",
              f"- impact: {_impact_line(view)}",
-             "- plotted against optimizer steps: the run log's epoch events carry no training FLOPs", ""]
+             f"- {_flops_line(view)}", ""]
     go = {k: view.counters[k] for k in c if k in view.counters}
     if go and go != {k: c[k] for k in go}:
         # The counts above come from the events in the log; Go's own counters differ when rotated
@@ -317,14 +322,31 @@ def _impact_line(view: RunView) -> str:
             f"{r.get('measured', 0)} measured; {err}")
 
 
-def _mark(ax: Any, view: RunView, seen: set[str], legend: bool) -> None:
+#: The FLOPs axis' label: what Go counts (docs/events.md, "Training FLOPs").
+FLOPS_LABEL = "training FLOPs of wrapped layers and seeds (Go's estimate)"
+#: What the FLOPs plots and the summary say for a log whose epoch events carry no FLOPs.
+NO_FLOPS = "this run log's epoch events carry no training FLOPs (written before they were logged)"
+
+
+def _flops_line(view: RunView) -> str:
+    """The summary's line on the FLOPs axis."""
+    xs, ys = _series(view, "train_flops")
+    if not xs:
+        return f"plotted against optimizer steps only: {NO_FLOPS}"
+    return f"plotted against optimizer steps and against {FLOPS_LABEL}: {ys[-1]:.4g} at step {xs[-1]}"
+
+
+def _mark(ax: Any, view: RunView, seen: set[str], legend: bool, at: Callable[[int], float] | None = None) -> None:
+    """Marks lifecycle transitions and alarms at their steps (``at`` maps a step to the x axis)."""
+    x = at or float
     for step, state in view.marks:
         color, label = MARKS[state]
-        ax.axvline(step, color=color, alpha=0.5, linestyle="--", label=label if legend and label not in seen else None)
+        ax.axvline(x(step), color=color, alpha=0.5, linestyle="--",
+                   label=label if legend and label not in seen else None)
         if legend:
             seen.add(label)
     for a in view.alarms:
-        ax.axvline(a["step"], color="tab:orange", alpha=0.6, linestyle=":",
+        ax.axvline(x(a["step"]), color="tab:orange", alpha=0.6, linestyle=":",
                    label="alarm" if legend and "alarm" not in seen else None)
         if legend:
             seen.add("alarm")
@@ -338,7 +360,8 @@ def _series(view: RunView, key: str) -> tuple[list[int], list[float]]:
 def write_report(run: str, out: str | os.PathLike[str] | None = None, *, rank: int = 0,
                  root: str | os.PathLike[str] | None = None) -> dict[str, Path]:
     """Write a run's report into ``out`` (default ``<run dir>/report``): ``losses.png`` (train and
-    validation loss and the validation metric against steps, lifecycle events and alarms marked),
+    validation loss and the validation metric against steps, and against Go's training FLOPs when the
+    log has them; lifecycle events and alarms marked),
     ``params.png`` (seed parameters in use over the steps), ``contributions.png`` (each seed's
     measured contribution) and ``report.md``. Returns {name: path}.
 
@@ -359,24 +382,48 @@ def write_report(run: str, out: str | os.PathLike[str] | None = None, *, rank: i
     dest.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
 
-    fig, (ax_loss, ax_metric) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
-    for key, label in (("train_loss", "train loss"), ("val_loss", "validation loss")):
-        xs, ys = _series(view, key)
-        if xs:
-            ax_loss.plot(xs, ys, marker=".", label=label)
-    xs, ys = _series(view, "val_metric")
-    if xs:
-        ax_metric.plot(xs, ys, marker=".", color="tab:purple", label="validation metric")
-    else:
-        ax_metric.text(0.5, 0.5, "no validation metric logged", ha="center", va="center", transform=ax_metric.transAxes)
-    seen: set[str] = set()
-    _mark(ax_loss, view, seen, legend=False)
-    _mark(ax_metric, view, seen, legend=True)
-    ax_loss.set_title(f"run {run}: losses")
-    ax_metric.set_title("validation metric")
-    ax_metric.set_xlabel("optimizer step (the run log carries no FLOPs)")
-    ax_loss.legend(fontsize=8, loc="upper right")
-    ax_metric.legend(fontsize=8, loc="lower right")
+    fig, axes = plt.subplots(2, 2, figsize=(15, 7), sharex="col")
+    steps_f, flops = _series(view, "train_flops")
+    # The FLOPs at an epoch's end; a mark between two ends is placed by linear interpolation in steps.
+    at_step = dict(zip(steps_f, flops))
+
+    def at(step: int) -> float:
+        return float(np.interp(step, steps_f, flops))
+
+    for col, (ax_loss, ax_metric) in enumerate(zip(axes[0], axes[1])):
+        by_flops = col == 1
+        if by_flops and not steps_f:
+            for ax in (ax_loss, ax_metric):
+                ax.text(0.5, 0.5, NO_FLOPS, ha="center", va="center", wrap=True, fontsize=9, transform=ax.transAxes)
+            ax_loss.set_title("against training FLOPs: none logged")
+            ax_metric.set_xlabel(FLOPS_LABEL)
+            continue
+
+        def x_of(xs: list[int], by_flops: bool = by_flops) -> tuple[list[float], list[int]]:
+            """The x values of the points (FLOPs, or steps) and which points have one."""
+            keep = [i for i, s in enumerate(xs) if not by_flops or s in at_step]
+            return [at_step[xs[i]] if by_flops else float(xs[i]) for i in keep], keep
+
+        for key, label in (("train_loss", "train loss"), ("val_loss", "validation loss")):
+            xs, ys = _series(view, key)
+            px, keep = x_of(xs)
+            if px:
+                ax_loss.plot(px, [ys[i] for i in keep], marker=".", label=label)
+        xs, ys = _series(view, "val_metric")
+        px, keep = x_of(xs)
+        if px:
+            ax_metric.plot(px, [ys[i] for i in keep], marker=".", color="tab:purple", label="validation metric")
+        else:
+            ax_metric.text(0.5, 0.5, "no validation metric logged", ha="center", va="center",
+                           transform=ax_metric.transAxes)
+        seen: set[str] = set()
+        _mark(ax_loss, view, seen, legend=False, at=at if by_flops else None)
+        _mark(ax_metric, view, seen, legend=True, at=at if by_flops else None)
+        ax_loss.set_title(f"run {run}: losses" + (" against training FLOPs" if by_flops else ""))
+        ax_metric.set_title("validation metric")
+        ax_metric.set_xlabel(FLOPS_LABEL if by_flops else "optimizer step")
+        ax_loss.legend(fontsize=8, loc="upper right")
+        ax_metric.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     paths["losses"] = dest / "losses.png"
     fig.savefig(paths["losses"], dpi=110)
@@ -493,7 +540,8 @@ def render_frame(view: RunView, *, last_decisions: int = 5, last_alarms: int = 3
            f"step {view.step}  events {view.events}"]
     last = view.epochs[-1] if view.epochs else {}
     out.append(f"train loss {_num(last.get('train_loss'))}  val loss {_num(last.get('val_loss'))}  "
-               f"val metric {_num(last.get('val_metric'))}  seed params {_num(last.get('params_used'), 'd')}")
+               f"val metric {_num(last.get('val_metric'))}  seed params {_num(last.get('params_used'), 'd')}  "
+               f"train FLOPs {_num(last.get('train_flops'), '.3g')}")
     for key, label in (("train_loss", "train loss"), ("val_loss", "val loss  "), ("val_metric", "val metric")):
         curve = _spark([e[key] for e in view.epochs if e.get(key) is not None])
         if curve:

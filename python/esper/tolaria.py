@@ -1197,12 +1197,15 @@ class Morphogenesis:
             "val_metric": val_metric,
             "contributions": self._contributions(val_loss),
         }
+        # Each layer's samples a step (its last measured forward): Go counts the run's training FLOPs
+        # with them (docs/events.md, "Training FLOPs"); they are not a decision input.
+        to_go = {**metrics, "samples_per_step": [int(layer.samples_per_step) for layer in self.layers]}
         if self._dist is None:
-            result = session.end_epoch(metrics)
+            result = session.end_epoch(to_go)
         else:
             # Go's digest of every rank's session must be rank 0's; then rank 0 alone decides.
             self._dist.check_state(session.state_hash(), f"at the end of epoch {self.epoch}")
-            result = self._dist.decide_once("the epoch's decisions", lambda: session.end_epoch(metrics),
+            result = self._dist.decide_once("the epoch's decisions", lambda: session.end_epoch(to_go),
                                             session.snapshot, session.restore)
         self._outcomes.decided(result.get("decisions", []), metrics)
         result["metrics"] = metrics  # what Tamiyo decided on (esper.simic replays it)
