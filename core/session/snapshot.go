@@ -37,6 +37,8 @@ type snapshot struct {
 	// Impacts is the impact analysis' state (absent in older snapshots:
 	// the adaptations in flight then end without a comparison).
 	Impacts *nissa.ImpactState `json:"impacts,omitempty"`
+	// Rollout is the value model's rolling deployment (absent without one).
+	Rollout *RolloutState `json:"rollout,omitempty"`
 }
 
 // Snapshot returns the entire state as JSON: the configuration, the step
@@ -58,6 +60,10 @@ func (s *Session) Snapshot() ([]byte, error) {
 		Pending: s.pending, GrowthLog: s.growth, GrowthDropped: s.dropped, Counters: s.counters}
 	im := s.mon.impacts.State()
 	snap.Impacts = &im
+	if s.roll != nil {
+		st := s.roll.st
+		snap.Rollout = &st
+	}
 	if snap.Pending == nil {
 		snap.Pending = []Event{}
 	}
@@ -104,8 +110,8 @@ func (s *Session) Restore(data []byte) error {
 	if diff := layersDiff(set, set.cfg.SlotsPerLayer, s.set, s.slots); diff != "" {
 		return fmt.Errorf("session: restore: %s: %w", diff, ErrSnapshot)
 	}
-	next := &Session{}
-	if err := next.reset(set); err != nil {
+	next := &Session{modelCache: s.modelCache}
+	if err := next.reset(set, snap.Rollout, s.roll); err != nil {
 		return fmt.Errorf("session: restore: %w", err)
 	}
 	if err := next.load(&snap); err != nil {
@@ -125,6 +131,10 @@ func (s *Session) Restore(data []byte) error {
 		s.source.close()
 	}
 	s.source = next.source
+	if s.roll != next.roll {
+		s.roll.close()
+		s.roll = next.roll
+	}
 	s.publishRunLocked("resume", nil)
 	return s.resetMonitorLocked(impacts)
 }

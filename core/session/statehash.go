@@ -74,6 +74,7 @@ func (s *Session) StateHash() (StateHash, error) {
 		part{"controller", fmt.Sprintf("%d validation losses remembered, %d alarms", len(ctl.ValHistory),
 			ctl.Governor.Alarms), ctl},
 		part{"counters", fmt.Sprintf("%+v", s.counters), s.counters},
+		part{"rollout", s.rolloutSummaryLocked(), s.rolloutStateLocked()},
 		part{"pending events", fmt.Sprintf("%d events", len(s.pending)), s.pending},
 		part{"growth log", fmt.Sprintf("%d entries, %d dropped", len(s.growth), s.dropped), struct {
 			Entries []LogEntry `json:"entries"`

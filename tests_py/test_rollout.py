@@ -1,0 +1,175 @@
+"""Rolling deployment of the learned policy's value model, in the user's loop: versions published to
+Urza under a name, a run with ``value_model="urza:<name>"`` that switches to a newer version at the
+next end of epoch, and goes back to the previous one when validation gets worse than before the
+switch by more than the margin within K epochs; every switch and revert is in the run log (Oona)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+from test_value_model import MLP, TEMPO, feature_names, write_linear_model
+from torch import nn
+
+import esper
+from esper import oona
+from esper.errors import CorruptError, InvalidArgumentError
+from esper.urza import Urza
+
+
+def models(tmp_path: Path) -> tuple[Path, Path]:
+    """v1 never grows (every prediction -1, under the threshold); v2 grows a residual_mlp at once
+    (value 1 + 0.01 log(1 + params) - 0.5 for residual_mlp, under 0 for the other templates)."""
+    names = feature_names()
+    v1 = write_linear_model(tmp_path / "v1", names, {}, -1.0)
+    v2 = write_linear_model(tmp_path / "v2", names, {"tpl:residual_mlp": 1.0, "log_params": 0.01}, -0.5)
+    return v1, v2
+
+
+def run(epochs: int, val: list[float], between: Callable[[int], None] = lambda e: None,
+        **config: Any) -> tuple[esper.Morphogenesis, list[dict[str, Any]], list[str]]:
+    """The README's loop with the validation loss injected through ``evaluate`` (val[epoch]);
+    ``between(e)`` runs after end_epoch of epoch e. Returns the (closed) Morphogenesis, every
+    decision, and the active version after each end_epoch (Go's, from its snapshot)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(64, 8, generator=g)
+    ys = (xs[:, 0] > 0).long()
+    model = MLP()
+    esper.wrap(model, target_modules=["fc1", "fc2"], seeds_per_layer=1)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    loss_fn = nn.CrossEntropyLoss()
+    epoch = [0]
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        return {"loss": val[epoch[0]]}
+
+    morph = esper.Morphogenesis(model, opt, evaluate=evaluate, policy="learned", template="residual_mlp",
+                                template_params={"width": 8}, max_params=5_000, epochs=epochs,
+                                **{**TEMPO, "threshold": 0.0}, **config)
+    decisions: list[dict[str, Any]] = []
+    active: list[str] = []
+    for e in range(epochs):
+        epoch[0] = e
+        for i in range(0, 64, 16):
+            loss = loss_fn(model(xs[i:i + 16]), ys[i:i + 16])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            morph.step(loss)
+        decisions += morph.end_epoch()["decisions"]
+        active.append(json.loads(morph.session.snapshot())["rollout"]["active"])
+        between(e)
+    morph.close()
+    return morph, decisions, active
+
+
+def policy_events(morph: esper.Morphogenesis, esper_home: Path) -> list[dict[str, Any]]:
+    return oona.read_events(morph.run_id, root=esper_home / "runs", kinds=["policy"], strict=True)
+
+
+def test_publish_versions_content_addressed_and_verified(tmp_path: Path, esper_home: Path) -> None:
+    v1, v2 = models(tmp_path)
+    store = Urza()
+    a = store.publish_model("value", v1)
+    assert store.publish_model("value", v1) == a  # the same content is the same version
+    b = store.publish_model("value", v2)
+    assert a["id"] != b["id"] and len(a["id"]) == 64
+    assert [v["id"] for v in store.models("value")] == [a["id"], b["id"]]
+    assert store.models("other") == []
+    with pytest.raises(InvalidArgumentError, match="model name"):
+        store.publish_model("Bad Name", v1)
+    with pytest.raises(InvalidArgumentError, match="value publish"):
+        store.publish_model("value", tmp_path / "nothing-here")
+    # A weights file changed in the store is refused when a run loads it.
+    weights = Path(store.root) / "models" / "value" / f"{b['id']}.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CorruptError, match="weights hash to"):
+        run(1, [1.0], value_model="urza:value")
+
+
+def test_no_version_published_says_how_to_publish(esper_home: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="esper simic publish"):
+        run(1, [1.0], value_model="urza:value")
+
+
+def test_switch_at_the_next_epoch_boundary_then_revert_when_validation_worsens(tmp_path: Path,
+                                                                               esper_home: Path) -> None:
+    v1, v2 = models(tmp_path)
+    store = Urza()
+    a = store.publish_model("value", v1)["id"]
+    published: dict[str, str] = {}
+
+    def publish_v2(e: int) -> None:
+        if e == 1:  # mid-run: between the end of epoch 1 and the end of epoch 2
+            published["v2"] = store.publish_model("value", v2)["id"]
+
+    # Epoch 2 (the switch) has validation 1.0; epoch 3 has 1.2, worse by 20% > the 5% margin.
+    morph, decisions, active = run(6, [1.0, 1.0, 1.0, 1.2, 1.2, 1.2], publish_v2, value_model="urza:value",
+                                   rollout_margin=0.05, rollout_epochs=2)
+    b = published["v2"]
+    assert active == [a, a, b, a, a, a]
+    # v1 decides epochs 0-2 (waits), v2 epoch 3 (grows at once), v1 again after the revert.
+    ops = [d["op"] for d in decisions]
+    assert ops[:3] == ["wait"] * 3 and ops[3] == "germinate", ops
+    assert decisions[3]["reason"].startswith("learned: ")
+    changes = [e for e in morph.log if e["kind"] == "rollout"]
+    assert [(c["action"], c["from"], c["to"], c["epoch"]) for c in changes] == \
+        [("switch", a, b, 2), ("revert", b, a, 3)]
+    assert changes[1]["baseline"] == 1.0 and changes[1]["val_loss"] == 1.2
+    assert "worse than 1 before the switch at epoch 2" in changes[1]["reason"]
+    # The run log (Oona) has both, with both versions' ids and the reason; v2 is never taken again.
+    events = policy_events(morph, esper_home)
+    assert [(e["data"]["action"], e["data"]["from"], e["data"]["to"], e["epoch"]) for e in events] == \
+        [("switch", a, b, 2), ("revert", b, a, 3)]
+    assert all(e["actor"] == "policy" and e["data"]["reason"] for e in events)
+
+
+def test_negative_control_validation_not_worse_keeps_the_new_version(tmp_path: Path, esper_home: Path) -> None:
+    v1, v2 = models(tmp_path)
+    store = Urza()
+    a = store.publish_model("value", v1)["id"]
+    published: dict[str, str] = {}
+
+    def publish_v2(e: int) -> None:
+        if e == 1:
+            published["v2"] = store.publish_model("value", v2)["id"]
+
+    # Within the margin (1.04 <= 1.05), then better.
+    morph, _, active = run(6, [1.0, 1.0, 1.0, 1.04, 0.9, 2.0], publish_v2, value_model="urza:value",
+                           rollout_margin=0.05, rollout_epochs=2)
+    b = published["v2"]
+    # After K=2 epochs (3 and 4) the watch ends: the 2.0 of epoch 5 is no revert.
+    assert active == [a, a, b, b, b, b]
+    assert [(c["action"], c["to"]) for c in morph.log if c["kind"] == "rollout"] == [("switch", b)]
+    assert [e["data"]["action"] for e in policy_events(morph, esper_home)] == ["switch"]
+
+
+def test_rollout_state_survives_a_checkpoint(tmp_path: Path, esper_home: Path) -> None:
+    """Go's snapshot carries the active version: a session restored from it uses that version even
+    when a newer one is published (the switch waits for an end of epoch)."""
+    v1, v2 = models(tmp_path)
+    store = Urza()
+    a = store.publish_model("value", v1)["id"]
+    cfg = esper.MorphConfig(policy="learned", value_model="urza:value")
+    layers = [{"name": "l", "kind": "linear", "in": 8, "out": 8}]
+    s = esper.session.Session(cfg.session_config(layers, 1))
+    snap = s.snapshot()
+    b = store.publish_model("value", v2)["id"]
+    t = esper.session.Session(cfg.session_config(layers, 1))
+    assert json.loads(t.snapshot())["rollout"]["active"] == b  # a new session takes the newest
+    t.restore(snap)
+    assert json.loads(t.snapshot())["rollout"]["active"] == a
+    assert rollout_part(t) == rollout_part(s)  # the state hash covers the active version
+    t.end_epoch({"epoch": 0, "val_loss": 1.0})
+    assert json.loads(t.snapshot())["rollout"]["active"] == b
+    assert rollout_part(t) != rollout_part(s) and b[:12] in rollout_part(t)["summary"]
+
+
+def rollout_part(s: esper.session.Session) -> dict[str, Any]:
+    return next(p for p in s.state_hash()["parts"] if p["name"] == "rollout")
