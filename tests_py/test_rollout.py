@@ -16,6 +16,7 @@ from torch import nn
 
 import esper
 from esper import oona
+from esper.cli import main
 from esper.errors import CorruptError, InvalidArgumentError
 from esper.urza import Urza
 
@@ -173,3 +174,14 @@ def test_rollout_state_survives_a_checkpoint(tmp_path: Path, esper_home: Path) -
 
 def rollout_part(s: esper.session.Session) -> dict[str, Any]:
     return next(p for p in s.state_hash()["parts"] if p["name"] == "rollout")
+
+
+def test_cli_publish_and_versions(tmp_path: Path, esper_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    v1, _ = models(tmp_path)
+    assert main(["simic", "publish", "--name", "value", str(v1)]) == 0
+    (version,) = Urza().models("value")
+    assert f"published value version {version['id']}" in capsys.readouterr().out
+    assert main(["simic", "versions", "--name", "value"]) == 0
+    assert version["id"] in capsys.readouterr().out
+    assert main(["simic", "publish", "--name", "value", str(tmp_path / "nothing-here")]) != 0
+    assert "value publish" in capsys.readouterr().err
