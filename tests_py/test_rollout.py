@@ -6,6 +6,8 @@ switch by more than the margin within K epochs; every switch and revert is in th
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -185,3 +187,30 @@ def test_cli_publish_and_versions(tmp_path: Path, esper_home: Path, capsys: pyte
     assert version["id"] in capsys.readouterr().out
     assert main(["simic", "publish", "--name", "value", str(tmp_path / "nothing-here")]) != 0
     assert "value publish" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_ranks_switch_and_revert_at_the_same_epoch(tmp_path: Path, esper_home: Path) -> None:
+    """2 gloo ranks under DDP share one store; rank 0 alone publishes v2 after epoch 1 (rank 1 never
+    looks at the store's versions: it takes rank 0's decision with its session state). Both ranks
+    switch at the end of epoch 2 and revert at the end of epoch 3, with equal Go state digests."""
+    from test_distributed import _env, _free_port
+
+    v1, v2 = models(tmp_path)
+    a = Urza().publish_model("value", v1)["id"]
+    env = _env()
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2", ESPER_HOME=str(esper_home))
+    worker = Path(__file__).resolve().parent / "rollout_worker.py"
+    procs = [subprocess.Popen([sys.executable, str(worker), "--out", str(tmp_path / "r"), "--v2", str(v2),
+                               "--val", "1,1,1,1.2,1.2"], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
+    r0, r1 = (json.loads((tmp_path / f"r.rank{r}.json").read_text()) for r in range(2))
+    (b,) = [v["id"] for v in Urza().models("value") if v["id"] != a]
+    assert r0["active"] == r1["active"] == [a, a, b, a, a]
+    assert r0["hashes"] == r1["hashes"]
+    for r in (r0, r1):
+        assert [(c["action"], c["from"], c["to"], c["epoch"]) for c in r["rollout"]] == \
+            [("switch", a, b, 2), ("revert", b, a, 3)]
+    assert r0["counters"]["germinations"] >= 1  # v2 grew in epoch 3, on both ranks alike
