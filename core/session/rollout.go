@@ -126,6 +126,9 @@ func openRollout(root, name, cache string, st *RolloutState, prev *rollout) (*ro
 			return nil, "", err
 		}
 	}
+	if st != nil && st.Name != name {
+		return nil, "", fmt.Errorf("value_model %q: the snapshot follows model %q: %w", UrzaModelPrefix+name, st.Name, ErrSnapshot)
+	}
 	if cache == "" {
 		var err error
 		if cache, err = modelCache(); err != nil {
@@ -135,7 +138,7 @@ func openRollout(root, name, cache string, st *RolloutState, prev *rollout) (*ro
 	var store *urza.Store
 	var err error
 	if prev != nil && prev.store.Root() == prev.rootFor(root) {
-		store, prev.store = prev.store, nil // reused: the previous state's rollout gives it up
+		store = prev.store // shared until one of the two is dropped (release)
 	} else if store, err = urza.Open(root, nil); err != nil {
 		return nil, "", fmt.Errorf("value_model %q: %w", UrzaModelPrefix+name, err)
 	}
@@ -146,11 +149,11 @@ func openRollout(root, name, cache string, st *RolloutState, prev *rollout) (*ro
 	} else {
 		vs, err := store.ModelVersions(name)
 		if err != nil {
-			store.Close()
+			r.release(prev)
 			return nil, "", fmt.Errorf("value_model %q: %w", UrzaModelPrefix+name, err)
 		}
 		if len(vs) == 0 {
-			store.Close()
+			r.release(prev)
 			return nil, "", fmt.Errorf("value_model %q: no version of %q is published in %s: publish one with `esper simic publish --name %s MODEL_DIR`: %w",
 				UrzaModelPrefix+name, name, store.Root(), name, ErrConfig)
 		}
@@ -158,7 +161,7 @@ func openRollout(root, name, cache string, st *RolloutState, prev *rollout) (*ro
 	}
 	dir, err := store.ModelFolder(name, r.st.Active, cache)
 	if err != nil {
-		store.Close()
+		r.release(prev)
 		return nil, "", fmt.Errorf("value_model %q: version %s: %w", UrzaModelPrefix+name, r.st.Active, err)
 	}
 	return r, dir, nil
@@ -177,6 +180,14 @@ func (r *rollout) close() {
 	if r != nil && r.store != nil {
 		r.store.Close()
 	}
+}
+
+// release drops r, closing its store unless keep shares it.
+func (r *rollout) release(keep *rollout) {
+	if r == nil || r == keep || (keep != nil && keep.store == r.store) {
+		return
+	}
+	r.close()
 }
 
 // rolloutLocked runs the rolling deployment's rule at the end of epoch,

@@ -143,7 +143,7 @@ func (s *Session) reset(set settings, roll *RolloutState, prev *rollout) error {
 	}
 	ctl, err := tamiyo.New(ctlCfg, set.hosts)
 	if err != nil {
-		r.close()
+		r.release(prev)
 		return fmt.Errorf("session: controller: %w", err)
 	}
 	s.roll = r

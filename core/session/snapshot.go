@@ -115,11 +115,13 @@ func (s *Session) Restore(data []byte) error {
 		return fmt.Errorf("session: restore: %w", err)
 	}
 	if err := next.load(&snap); err != nil {
+		next.roll.release(s.roll)
 		return err
 	}
 	impacts := nissa.NewImpacts(len(next.seeds))
 	if snap.Impacts != nil {
 		if err := impacts.Restore(*snap.Impacts); err != nil {
+			next.roll.release(s.roll)
 			return fmt.Errorf("session: restore: %v: %w", err, ErrSnapshot)
 		}
 	}
@@ -131,10 +133,8 @@ func (s *Session) Restore(data []byte) error {
 		s.source.close()
 	}
 	s.source = next.source
-	if s.roll != next.roll {
-		s.roll.close()
-		s.roll = next.roll
-	}
+	s.roll.release(next.roll)
+	s.roll = next.roll
 	s.publishRunLocked("resume", nil)
 	return s.resetMonitorLocked(impacts)
 }
