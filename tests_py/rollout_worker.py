@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from datetime import timedelta
 
 import torch
@@ -29,6 +30,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--v2", required=True)
     ap.add_argument("--val", required=True)
+    ap.add_argument("--v2-at-start", action="store_true",
+                    help="rank 1 publishes --v2 after rank 0's session opened and before its own opens")
     args = ap.parse_args()
     vals = [float(v) for v in args.val.split(",")]
     torch.set_num_threads(1)
@@ -55,6 +58,15 @@ def main() -> None:
                                 rollout_margin=0.05, rollout_epochs=2, template="residual_mlp",
                                 template_params={"width": 8}, max_params=5_000, epochs=len(vals), train_steps=4,
                                 blend_steps=4, signal_every=2, cooldown_epochs=1, rank_timeout=60.0)
+    if args.v2_at_start:
+        if rank == 1:  # rank 0's Go session has loaded v1 once v1's folder is in the model cache
+            (v1,) = Urza().models("value")
+            cached = os.path.join(os.environ["ESPER_HOME"], "models", "value", v1["id"])
+            deadline = time.monotonic() + 60
+            while not os.path.isdir(cached) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            Urza().publish_model("value", args.v2)
+        _ = morph.session  # opened here on both ranks: rank 0 with v1, rank 1 with v2
     active, hashes = [], []
     for e in range(len(vals)):
         epoch[0] = e
@@ -67,7 +79,7 @@ def main() -> None:
         morph.end_epoch()
         active.append(json.loads(morph.session.snapshot())["rollout"]["active"])
         hashes.append(morph.session.state_hash()["sha256"])
-        if e == 1 and rank == 0:  # mid-run, on one rank only: rank 0 decides for every rank
+        if e == 1 and rank == 0 and not args.v2_at_start:  # mid-run, on one rank only: rank 0 decides for every rank
             Urza().publish_model("value", args.v2)
         dist.barrier()
     result = {"active": active, "hashes": hashes, "rollout": [x for x in morph.log if x["kind"] == "rollout"],

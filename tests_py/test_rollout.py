@@ -189,11 +189,10 @@ def test_cli_publish_and_versions(tmp_path: Path, esper_home: Path, capsys: pyte
     assert "value publish" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_two_ranks_switch_and_revert_at_the_same_epoch(tmp_path: Path, esper_home: Path) -> None:
-    """2 gloo ranks under DDP share one store; rank 0 alone publishes v2 after epoch 1 (rank 1 never
-    looks at the store's versions: it takes rank 0's decision with its session state). Both ranks
-    switch at the end of epoch 2 and revert at the end of epoch 3, with equal Go state digests."""
+def two_ranks(tmp_path: Path, esper_home: Path, val: str, *flags: str) -> tuple[list[int], list[str], dict[str, Any],
+                                                                       dict[str, Any], str, str]:
+    """2 gloo ranks of tests_py/rollout_worker.py sharing one store, v1 published first; returns their
+    exit codes and output, each rank's result, and the ids of v1 and v2."""
     from test_distributed import _env, _free_port
 
     v1, v2 = models(tmp_path)
@@ -202,15 +201,38 @@ def test_two_ranks_switch_and_revert_at_the_same_epoch(tmp_path: Path, esper_hom
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2", ESPER_HOME=str(esper_home))
     worker = Path(__file__).resolve().parent / "rollout_worker.py"
     procs = [subprocess.Popen([sys.executable, str(worker), "--out", str(tmp_path / "r"), "--v2", str(v2),
-                               "--val", "1,1,1,1.2,1.2"], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                               "--val", val, *flags], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
     outs = [p.communicate(timeout=180)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
+    codes = [p.returncode for p in procs]
+    if codes != [0, 0]:
+        return codes, outs, {}, {}, a, ""
     r0, r1 = (json.loads((tmp_path / f"r.rank{r}.json").read_text()) for r in range(2))
     (b,) = [v["id"] for v in Urza().models("value") if v["id"] != a]
+    return codes, outs, r0, r1, a, b
+
+
+@pytest.mark.slow
+def test_two_ranks_switch_and_revert_at_the_same_epoch(tmp_path: Path, esper_home: Path) -> None:
+    """2 gloo ranks under DDP share one store; rank 0 alone publishes v2 after epoch 1 (rank 1 never
+    looks at the store's versions: it takes rank 0's decision with its session state). Both ranks
+    switch at the end of epoch 2 and revert at the end of epoch 3, with equal Go state digests."""
+    codes, outs, r0, r1, a, b = two_ranks(tmp_path, esper_home, "1,1,1,1.2,1.2")
+    assert codes == [0, 0], "\n".join(outs)
     assert r0["active"] == r1["active"] == [a, a, b, a, a]
     assert r0["hashes"] == r1["hashes"]
     for r in (r0, r1):
         assert [(c["action"], c["from"], c["to"], c["epoch"]) for c in r["rollout"]] == \
             [("switch", a, b, 2), ("revert", b, a, 3)]
     assert r0["counters"]["germinations"] >= 1  # v2 grew in epoch 3, on both ranks alike
+
+
+@pytest.mark.slow
+def test_two_ranks_opened_on_different_versions_take_rank_0s(tmp_path: Path, esper_home: Path) -> None:
+    """v2 is published after rank 0's session opened (with v1) and before rank 1's (with v2): every
+    rank takes rank 0's version when its session opens, then both switch to v2 at the end of epoch 0.
+    Without that, the state-hash check at the end of epoch 0 stops the job."""
+    codes, outs, r0, r1, a, b = two_ranks(tmp_path, esper_home, "1,1,1", "--v2-at-start")
+    assert codes == [0, 0], "\n".join(outs)
+    assert r0["active"] == r1["active"] == [b, b, b] and r0["hashes"] == r1["hashes"]
+    assert [(c["action"], c["from"], c["to"], c["epoch"]) for c in r1["rollout"]] == [("switch", a, b, 0)]

@@ -806,6 +806,11 @@ class Morphogenesis:
             config["metrics"] = {"run": self.run_id, "rank": _rank()}
             session = Session(config)
             try:
+                if self._dist is not None and self.config._rolling():
+                    # Each rank's Go loaded the newest published version when its session opened; one
+                    # published meanwhile may have reached some ranks only: every rank takes rank 0's.
+                    self._dist.decide_once("the value model version in use", lambda: None, session.snapshot,
+                                           session.restore)
                 self._open_oona(session, self._oona_run or self.run_id)
             except BaseException:
                 session.close()
