@@ -236,3 +236,47 @@ def test_two_ranks_opened_on_different_versions_take_rank_0s(tmp_path: Path, esp
     assert codes == [0, 0], "\n".join(outs)
     assert r0["active"] == r1["active"] == [b, b, b] and r0["hashes"] == r1["hashes"]
     assert [(c["action"], c["from"], c["to"], c["epoch"]) for c in r1["rollout"]] == [("switch", a, b, 0)]
+
+
+def test_checkpoint_resumes_on_the_version_in_use(tmp_path: Path, esper_home: Path) -> None:
+    """``morph.state_dict()`` after the switch to v2 (end of epoch 1), then v3 published: a run resumed
+    from it uses v2 (Go's snapshot says so), finishes v2's watch, then takes v3 up."""
+    v1, v2 = models(tmp_path)
+    v3 = write_linear_model(tmp_path / "v3", feature_names(), {}, -2.0)
+    store = Urza()
+    store.publish_model("value", v1)
+    saved: dict[str, Any] = {}
+
+    def between(e: int) -> None:
+        if e == 0:
+            saved["v2"] = store.publish_model("value", v2)["id"]
+        if e == 1:
+            saved["state"] = morphs[-1].state_dict()
+            saved["v3"] = store.publish_model("value", v3)["id"]
+
+    morphs: list[esper.Morphogenesis] = []
+    orig = esper.Morphogenesis.__init__
+
+    def keep(self: esper.Morphogenesis, *args: Any, **kwargs: Any) -> None:
+        orig(self, *args, **kwargs)
+        morphs.append(self)
+
+    esper.Morphogenesis.__init__ = keep  # type: ignore[method-assign]
+    try:
+        _, _, active = run(2, [1.0, 1.0], between, value_model="urza:value")
+    finally:
+        esper.Morphogenesis.__init__ = orig  # type: ignore[method-assign]
+    assert active[1] == saved["v2"]
+    model = MLP()
+    esper.wrap(model, target_modules=["fc1", "fc2"], seeds_per_layer=1)
+    morph = esper.Morphogenesis(model, torch.optim.SGD(model.parameters(), lr=1e-2), policy="learned",
+                                value_model="urza:value")
+    morph.load_state_dict(saved["state"])
+    assert json.loads(morph.session.snapshot())["rollout"]["active"] == saved["v2"]
+    morph.end_epoch(val_loss=1.0)  # epoch 2: v2's watch (switched at the end of epoch 1, K=2) goes on
+    assert json.loads(morph.session.snapshot())["rollout"]["active"] == saved["v2"]
+    morph.end_epoch(val_loss=1.0)  # epoch 3: the watch ends, v3 is taken up
+    assert json.loads(morph.session.snapshot())["rollout"]["active"] == saved["v3"]
+    last = [c for c in morph.log if c["kind"] == "rollout"][-1]
+    assert (last["action"], last["from"], last["to"], last["epoch"]) == ("switch", saved["v2"], saved["v3"], 3)
+    morph.close()
