@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -178,6 +179,24 @@ func defaultUrzaRoot() (string, error) {
 		return urza.DefaultRoot()
 	}
 	return urza.RootUnder(*home)
+}
+
+// modelCacheDir returns where rolling deployments materialise the model
+// versions they load from Urza: models/ under the ESPER_HOME given to
+// esper_init (or the environment's; "" means ~/.esper).
+func modelCacheDir() (string, error) {
+	homeMu.Lock()
+	home := esperHome
+	homeMu.Unlock()
+	h := os.Getenv("ESPER_HOME")
+	if home != nil {
+		h = *home
+	}
+	root, err := urza.RootUnder(h)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(filepath.Dir(root), "models"), nil
 }
 
 //export esper_init

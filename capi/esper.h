@@ -353,6 +353,22 @@ int esper_urza_outcomes(uint64_t handle, const char *run, char **out_json);
  * esper_free). */
 int esper_urza_runs(uint64_t handle, char **out_json);
 
+/* Publishes the value model folder model_dir (manifest.json +
+ * model.safetensors, checked to load first) to the store as a version of
+ * name (1-64 of a-z 0-9 _ . -, starting with a letter or digit): content-
+ * addressed, verified on every read. Writes {"name", "id", "weights_sha256",
+ * "weights_size", "published"} to *out_json (free with esper_free); the same
+ * content published again is the same version. A learned policy with
+ * value_model "urza:<name>" switches to the newest version at its next end
+ * of epoch (docs/simic.md, "Rolling deployment"). Errors: ESPER_EINVALID (bad
+ * name, or a folder with no usable model, saying why), ESPER_EIO. */
+int esper_value_publish(uint64_t handle, const char *name, const char *model_dir, char **out_json);
+
+/* Writes the published versions of model name, oldest first, as a JSON
+ * array of esper_value_publish's objects to *out_json (free with
+ * esper_free); none is []. Errors: ESPER_EINVALID (bad name), ESPER_EIO. */
+int esper_urza_models(uint64_t handle, const char *name, char **out_json);
+
 /* ------------------------------------------------------------------------ */
 /* Kernel cache: byte-bounded LRU of artifacts (core/cache)                  */
 /* ------------------------------------------------------------------------ */

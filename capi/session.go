@@ -8,6 +8,7 @@ import "C"
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/esper-morph/esper/core/session"
 	"github.com/esper-morph/esper/policy/tamiyo"
@@ -38,12 +39,17 @@ func esper_session_new(configJSON *C.char, out *C.uint64_t) C.int {
 		if err != nil {
 			return err
 		}
-		if cfg.Controller.Search && cfg.Urza == "" {
+		_, rolling := strings.CutPrefix(cfg.Controller.ValueModel, session.UrzaModelPrefix)
+		if (cfg.Controller.Search || rolling) && cfg.Urza == "" {
 			if cfg.Urza, err = defaultUrzaRoot(); err != nil {
 				return err
 			}
 		}
-		s, err := session.New(cfg)
+		cache, err := modelCacheDir()
+		if err != nil {
+			return err
+		}
+		s, err := session.New(cfg, session.WithModelCache(cache))
 		if err != nil {
 			return err
 		}

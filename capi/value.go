@@ -11,6 +11,7 @@ import (
 
 	"github.com/esper-morph/esper/blueprint/canon"
 	"github.com/esper-morph/esper/core/errcode"
+	"github.com/esper-morph/esper/core/urza"
 	"github.com/esper-morph/esper/policy/value"
 )
 
@@ -88,5 +89,53 @@ func esper_value_features(out **C.char) C.int {
 		}
 		return setJSON(out, map[string]any{"features": value.FeatureNames(), "target": value.TargetName,
 			"kind": value.Kind, "schema": value.Schema})
+	})
+}
+
+//export esper_value_publish
+func esper_value_publish(h C.uint64_t, name, modelDir *C.char, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		s, err := lookup[*urza.Store](uint64(h))
+		if err != nil {
+			return err
+		}
+		n, err := goString(name, "name")
+		if err != nil {
+			return err
+		}
+		dir, err := goString(modelDir, "model_dir")
+		if err != nil {
+			return err
+		}
+		v, err := value.Publish(s, n, dir)
+		if err != nil {
+			return err
+		}
+		return setJSON(out, v)
+	})
+}
+
+//export esper_urza_models
+func esper_urza_models(h C.uint64_t, name *C.char, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		s, err := lookup[*urza.Store](uint64(h))
+		if err != nil {
+			return err
+		}
+		n, err := goString(name, "name")
+		if err != nil {
+			return err
+		}
+		vs, err := s.ModelVersions(n)
+		if err != nil {
+			return err
+		}
+		return setJSON(out, vs)
 	})
 }

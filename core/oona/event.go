@@ -46,9 +46,13 @@ const (
 	// KindImpact: an adaptation ended and Nissa compared its predicted
 	// gain with its measured contribution (or said why it could not).
 	KindImpact Kind = "impact"
+	// KindPolicy: the learned policy's value model changed version in a
+	// rolling deployment: a switch to a newer published version, a revert
+	// to the previous one, or a version refused (docs/simic.md).
+	KindPolicy Kind = "policy"
 )
 
-var kinds = []Kind{KindRun, KindLifecycle, KindDecision, KindFailure, KindAlarm, KindEpoch, KindHealth, KindArtifact, KindImpact}
+var kinds = []Kind{KindRun, KindLifecycle, KindDecision, KindFailure, KindAlarm, KindEpoch, KindHealth, KindArtifact, KindImpact, KindPolicy}
 
 // Kinds returns every event kind, in the order docs/events.md lists them.
 func Kinds() []Kind { return append([]Kind(nil), kinds...) }

@@ -138,6 +138,10 @@ type Config struct {
 	// step_time_patience (3), failure_rate (0.2), failure_window (100),
 	// stall_seconds (0: off), no_improvement_epochs (0: off).
 	Alerts nissa.AlertConfig `json:"alerts"`
+	// Rollout sets the rolling deployment of a value model published to
+	// Urza (controller.value_model "urza:<name>"): margin (0.05) and
+	// epochs (2); see RolloutConfig.
+	Rollout RolloutConfig `json:"rollout"`
 	// Metrics labels the run's metrics (run, rank).
 	Metrics MetricsConfig `json:"metrics"`
 }
@@ -331,6 +335,9 @@ func (c Config) settings() (settings, error) {
 	}
 	if strings.ContainsRune(c.Urza, 0) {
 		return bad("urza contains NUL")
+	}
+	if c.Rollout, err = c.Rollout.withDefaults(); err != nil {
+		return bad("%v", err)
 	}
 	if c.Alerts, err = c.Alerts.WithDefaults(); err != nil {
 		return bad("%v", err)

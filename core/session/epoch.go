@@ -69,8 +69,10 @@ func (s *Session) EndEpoch(m tamiyo.Metrics) (EpochResult, error) {
 		res.Decisions = append(res.Decisions, s.applyLocked(d))
 	}
 	s.mon.latency.Observe(time.Since(began))
+	rolled := s.rolloutLocked(epoch, m.ValLoss)
 	s.epochEndedLocked(epoch, m)
 	s.flopsEpochLocked(m.SamplesPerStep)
+	res.Rollout = rolled
 	res.Events = s.drainLocked()
 	if res.Events == nil {
 		res.Events = []Event{}

@@ -55,6 +55,9 @@ type EpochResult struct {
 	Epoch int `json:"epoch"`
 	// Decisions are the controller's decisions, in the order applied.
 	Decisions []DecisionResult `json:"decisions"`
+	// Rollout holds the value model's switch, revert or refusal at this
+	// epoch's end (rolling deployment; absent when none).
+	Rollout []RolloutEvent `json:"rollout,omitempty"`
 	// Events are every pending event, in order, those the decisions caused
 	// included; the queue is empty afterwards.
 	Events []Event `json:"events"`
@@ -80,6 +83,9 @@ type LogEntry struct {
 	// Impact is set for kind "impact": an ended adaptation's predicted
 	// gain against its measured contribution.
 	Impact *nissa.Impact `json:"impact,omitempty"`
+	// Rollout is set for kind "rollout": a switch, revert or refusal of
+	// the value model's version (rolling deployment).
+	Rollout *RolloutEvent `json:"rollout,omitempty"`
 }
 
 // Failure is a seed failure reported by the trainer.

@@ -168,6 +168,8 @@ func (s *Session) publishEntryLocked(e LogEntry) {
 		s.publishLocked(oona.KindAlarm, oona.ActorNissa, e.Step, e.Epoch, alarmData{Reason: a.Message, Layer: -1,
 			Slot: -1, Alarms: s.mon.alarms[a.Kind], Alarm: a.Kind, Source: a.Source, Value: a.Value,
 			Threshold: a.Threshold})
+	case e.Rollout != nil:
+		s.publishLocked(oona.KindPolicy, oona.ActorPolicy, e.Step, e.Epoch, *e.Rollout)
 	case e.Impact != nil:
 		s.publishLocked(oona.KindImpact, oona.ActorNissa, e.Step, e.Epoch, impactData{Impact: *e.Impact,
 			LayerName: s.layerName(e.Impact.Layer), Running: runningImpact(s.mon.impacts.Stats())})

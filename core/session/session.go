@@ -21,13 +21,19 @@ import (
 type Option func(*options)
 
 type options struct {
-	log io.Writer
+	log        io.Writer
+	modelCache string
 }
 
 // WithLog makes the session write its JSON-lines log (see nissa.Logger) to
 // w; the caller keeps ownership of w. It takes precedence over
 // Config.LogPath.
 func WithLog(w io.Writer) Option { return func(o *options) { o.log = w } }
+
+// WithModelCache sets the folder where a rolling deployment materialises
+// the value model versions it loads from Urza (default $ESPER_HOME/models,
+// ESPER_HOME as this process's environment has it).
+func WithModelCache(dir string) Option { return func(o *options) { o.modelCache = dir } }
 
 // logRecord is a log line waiting to be written once the state lock is
 // released.
@@ -73,6 +79,8 @@ type Session struct {
 	// layer (the controller keeps nothing of an observation after Decide).
 	layerViews []tamiyo.LayerView
 	source     *outcomeSource // Karn's outcome history (search on, urza set)
+	roll       *rollout       // the value model's rolling deployment (value_model "urza:<name>")
+	modelCache string         // where roll materialises model versions ("": the default)
 	closed     bool
 	mon        *monitor // metrics, alarms, impact analysis (monitor.go)
 	// bus receives the session's events (nil: none); busq holds those
@@ -97,8 +105,8 @@ func New(cfg Config, opts ...Option) (*Session, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	s := &Session{}
-	if err := s.reset(set); err != nil {
+	s := &Session{modelCache: o.modelCache}
+	if err := s.reset(set, nil, nil); err != nil {
 		return nil, err
 	}
 	if err := s.startMonitor(); err != nil {
@@ -118,17 +126,29 @@ func New(cfg Config, opts ...Option) (*Session, error) {
 	return s, nil
 }
 
-// reset (re)builds the state for set: every slot dormant, step 0.
-func (s *Session) reset(set settings) error {
+// reset (re)builds the state for set: every slot dormant, step 0. With a
+// value model published to Urza, roll is the rolling deployment's state to
+// resume (nil: load the newest version) and prev a rollout whose open store
+// may be reused.
+func (s *Session) reset(set settings, roll *RolloutState, prev *rollout) error {
 	n := len(set.hosts) * set.cfg.SlotsPerLayer
 	stats, err := nissa.New(nissa.Config{Layers: len(set.hosts), Window: set.cfg.Signals.Window, EWMA: set.cfg.Signals.EWMA})
 	if err != nil {
 		return fmt.Errorf("session: signals: %w", err)
 	}
-	ctl, err := tamiyo.New(set.ctl, set.hosts)
+	ctlCfg := set.ctl
+	var r *rollout
+	if name, ok := urzaModelName(ctlCfg.ValueModel); ok && ctlCfg.Kind == tamiyo.Learned {
+		if r, ctlCfg.ValueModel, err = openRollout(set.cfg.Urza, name, s.modelCache, roll, prev); err != nil {
+			return fmt.Errorf("session: controller: %w", err)
+		}
+	}
+	ctl, err := tamiyo.New(ctlCfg, set.hosts)
 	if err != nil {
+		r.release(prev)
 		return fmt.Errorf("session: controller: %w", err)
 	}
+	s.roll = r
 	s.set = set
 	s.sizeParams = nil
 	s.slots = set.cfg.SlotsPerLayer
@@ -175,6 +195,7 @@ func (s *Session) Close() error {
 	if s.source != nil {
 		s.source.close()
 	}
+	s.roll.close()
 	bus := s.bus
 	if bus != nil {
 		st := bus.Stats()

@@ -40,6 +40,8 @@ type snapshot struct {
 	// TrainFLOPs is the run's training FLOPs counted at the last end of
 	// epoch (absent in older snapshots: 0).
 	TrainFLOPs int64 `json:"train_flops,omitempty"`
+	// Rollout is the value model's rolling deployment (absent without one).
+	Rollout *RolloutState `json:"rollout,omitempty"`
 }
 
 // Snapshot returns the entire state as JSON: the configuration, the step
@@ -61,6 +63,10 @@ func (s *Session) Snapshot() ([]byte, error) {
 		Pending: s.pending, GrowthLog: s.growth, GrowthDropped: s.dropped, Counters: s.counters, TrainFLOPs: s.flops.total}
 	im := s.mon.impacts.State()
 	snap.Impacts = &im
+	if s.roll != nil {
+		st := s.roll.st
+		snap.Rollout = &st
+	}
 	if snap.Pending == nil {
 		snap.Pending = []Event{}
 	}
@@ -107,16 +113,18 @@ func (s *Session) Restore(data []byte) error {
 	if diff := layersDiff(set, set.cfg.SlotsPerLayer, s.set, s.slots); diff != "" {
 		return fmt.Errorf("session: restore: %s: %w", diff, ErrSnapshot)
 	}
-	next := &Session{}
-	if err := next.reset(set); err != nil {
+	next := &Session{modelCache: s.modelCache}
+	if err := next.reset(set, snap.Rollout, s.roll); err != nil {
 		return fmt.Errorf("session: restore: %w", err)
 	}
 	if err := next.load(&snap); err != nil {
+		next.roll.release(s.roll)
 		return err
 	}
 	impacts := nissa.NewImpacts(len(next.seeds))
 	if snap.Impacts != nil {
 		if err := impacts.Restore(*snap.Impacts); err != nil {
+			next.roll.release(s.roll)
 			return fmt.Errorf("session: restore: %v: %w", err, ErrSnapshot)
 		}
 	}
@@ -129,6 +137,8 @@ func (s *Session) Restore(data []byte) error {
 		s.source.close()
 	}
 	s.source = next.source
+	s.roll.release(next.roll)
+	s.roll = next.roll
 	s.publishRunLocked("resume", nil)
 	return s.resetMonitorLocked(impacts)
 }

@@ -69,16 +69,26 @@ func (s *Session) StateHash() (StateHash, error) {
 			EpochsInState int `json:"epochs_in_state"`
 		}{seed, s.epochsIn[i]}})
 	}
+	// A restored session holds empty lists where a fresh one holds none:
+	// the same state, hashed the same.
+	pending, growth := s.pending, s.growth
+	if pending == nil {
+		pending = []Event{}
+	}
+	if growth == nil {
+		growth = []LogEntry{}
+	}
 	parts = append(parts,
 		part{"signals", "the health signals' rolling statistics", s.stats.State()},
 		part{"controller", fmt.Sprintf("%d validation losses remembered, %d alarms", len(ctl.ValHistory),
 			ctl.Governor.Alarms), ctl},
 		part{"counters", fmt.Sprintf("%+v", s.counters), s.counters},
-		part{"pending events", fmt.Sprintf("%d events", len(s.pending)), s.pending},
+		part{"rollout", s.rolloutSummaryLocked(), s.rolloutStateLocked()},
+		part{"pending events", fmt.Sprintf("%d events", len(pending)), pending},
 		part{"growth log", fmt.Sprintf("%d entries, %d dropped", len(s.growth), s.dropped), struct {
 			Entries []LogEntry `json:"entries"`
 			Dropped int64      `json:"dropped"`
-		}{s.growth, s.dropped}},
+		}{growth, s.dropped}},
 	)
 	out := StateHash{Parts: make([]HashPart, 0, len(parts))}
 	all := sha256.New()

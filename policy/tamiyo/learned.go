@@ -212,3 +212,22 @@ func dormantSlot(obs *Observation, layer int) int {
 	}
 	return slot
 }
+
+// SetValueModel has the learned policy use the value model in folder dir
+// from now on (a rolling deployment's switch or revert). The model is
+// loaded and validated first; on error the policy keeps its model and the
+// error says why. It fails for policies other than the learned one.
+func (c *Controller) SetValueModel(dir string) error {
+	if c.learned == nil {
+		return fmt.Errorf("tamiyo: set value model: the %s policy has no value model: %w", c.cfg.Kind, ErrConfig)
+	}
+	next := *c
+	next.cfg.ValueModel = dir
+	l, err := newLearner(&next)
+	if err != nil {
+		return err
+	}
+	l.c = c
+	c.cfg.ValueModel, c.learned = dir, l
+	return nil
+}

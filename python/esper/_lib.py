@@ -110,6 +110,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_urza_put_outcome": (c_int, [c_uint64, c_char_p, POINTER(c_void_p)]),
     "esper_urza_outcomes": (c_int, [c_uint64, c_char_p, POINTER(c_void_p)]),
     "esper_urza_runs": (c_int, [c_uint64, POINTER(c_void_p)]),
+    "esper_urza_models": (c_int, [c_uint64, c_char_p, POINTER(c_void_p)]),
+    "esper_value_publish": (c_int, [c_uint64, c_char_p, c_char_p, POINTER(c_void_p)]),
     "esper_cache_new": (c_int, [c_int64, POINTER(c_uint64)]),
     "esper_cache_free": (c_int, [c_uint64]),
     "esper_cache_put": (c_int, [c_uint64, c_char_p, c_uint8_p, c_size_t, POINTER(c_void_p)]),

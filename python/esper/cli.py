@@ -13,6 +13,8 @@
     esper simic collect [--tasks N] [--seeds N] [--families F,..] [--policies P,..] [--epochs N] [--quick] [--out DIR]
     esper simic train [--out DIR] [--model DIR] [--epochs N] [--seed S] [--val-by run|family]
     esper simic eval [--model DIR] [--families F,..] [--tasks N] [--seeds N] [--paired-seeds N] [--quick] [--out DIR]
+    esper simic publish --name NAME [--root URZA] MODEL_DIR
+    esper simic versions --name NAME [--root URZA]
     esper simic ppo train [--out DIR] [--bc-episodes N] [--episodes N] [--epochs N] [--workers N] [--seed S]
     esper info
 """
@@ -119,6 +121,8 @@ def _cmd_simic(args: argparse.Namespace) -> int:
         from .simic.ppo import main as ppo_main
 
         return ppo_main(args.ppo_args)
+    if args.simic_cmd in ("publish", "versions"):
+        return _cmd_simic_versions(args)
     try:
         if args.simic_cmd == "collect":
             from .simic.collect import main as collect_main
@@ -145,6 +149,21 @@ def _cmd_simic(args: argparse.Namespace) -> int:
         print(f"esper simic {args.simic_cmd}: {exc}", file=sys.stderr)
         return 2
     raise ValueError(f"unknown simic command {args.simic_cmd!r}")
+
+
+def _cmd_simic_versions(args: argparse.Namespace) -> int:
+    """``esper simic publish`` and ``esper simic versions``: a model folder's versions in Urza, for the
+    rolling deployment of ``value_model="urza:<name>"`` (docs/simic.md, "Rolling deployment")."""
+    from .urza import Urza
+
+    with Urza(args.root) as store:
+        if args.simic_cmd == "publish":
+            v = store.publish_model(args.name, args.model_dir)
+            print(f"published {v['name']} version {v['id']} ({v['weights_size']} bytes of weights) to {store.root}")
+            return 0
+        for v in store.models(args.name):
+            print(f"{v['published']}  {v['id']}  {v['weights_size']} B")
+    return 0
 
 
 def _add_simic(sub: Any) -> None:
@@ -198,6 +217,18 @@ def _add_simic(sub: Any) -> None:
     e.add_argument("--out", default=None, help="folder for episodes, eval.json and eval.md "
                                                "(default $ESPER_HOME/simic/eval)")
     e.set_defaults(fn=_cmd_simic)
+
+    p = ssub.add_parser("publish", help="publish a value model folder to Urza as a version of NAME; runs with "
+                                        "value_model='urza:NAME' switch to it at their next end of epoch")
+    p.add_argument("model_dir", help="the model folder (manifest.json + model.safetensors)")
+    p.add_argument("--name", required=True, help="the model's name in Urza (e.g. value)")
+    p.add_argument("--root", default=None, help="Urza store: a folder or s3:// URL (default $ESPER_URZA_URL or "
+                                                 "$ESPER_HOME/urza)")
+    p.set_defaults(fn=_cmd_simic)
+    v = ssub.add_parser("versions", help="the published versions of NAME, oldest first")
+    v.add_argument("--name", required=True, help="the model's name in Urza")
+    v.add_argument("--root", default=None, help="Urza store (default as for publish)")
+    v.set_defaults(fn=_cmd_simic)
 
     g = ssub.add_parser("ppo", add_help=False, help="the graph policy: behaviour cloning, then PPO "
                                                     "(`esper simic ppo train --help`)")

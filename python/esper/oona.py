@@ -34,7 +34,7 @@ __all__ = ["Oona", "NatsFollower", "SCHEMA_VERSION", "KINDS", "ACTORS", "decode_
 #: The event schema version this package reads (``"v"`` of every event; docs/events.md).
 SCHEMA_VERSION = 1
 #: Event kinds (core/oona is the source; docs/events.md describes each one's data).
-KINDS = ("run", "lifecycle", "decision", "failure", "alarm", "epoch", "health", "artifact", "impact")
+KINDS = ("run", "lifecycle", "decision", "failure", "alarm", "epoch", "health", "artifact", "impact", "policy")
 #: Who took the action an event reports.
 ACTORS = ("policy", "governor", "manual", "schedule", "breaker", "trainer", "system", "nissa")
 

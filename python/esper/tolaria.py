@@ -117,12 +117,19 @@ class MorphConfig:
             germinate/advance/prune/fossilize), or "learned" (the value model
             decides when and what to grow: docs/simic.md).
         value_model: the learned policy's model folder (manifest.json +
-            model.safetensors); "" for the shipped one (``esper/models/value``).
+            model.safetensors); "" for the shipped one (``esper/models/value``);
+            "urza:<name>" for the newest version published to Urza under that
+            name (``esper simic publish``), taken up at each end of epoch.
             A folder with no usable model fails at session creation with the
             reason; ``esper simic train`` makes one.
         value_threshold: the predicted value (share of the validation loss a
             seed removes per host-epoch of training compute) the best
             candidate must reach for the learned policy to grow now.
+        rollout_margin: with ``value_model="urza:<name>"`` (the newest version
+            of a model published to Urza, taken up at each end of epoch: docs/simic.md,
+            "Rolling deployment"), how much worse than before a switch the validation
+            loss may get, as a share of it, before the switch is reverted.
+        rollout_epochs: how many epochs after a switch are watched (K).
         value_runtime: where the value model runs: "native" (Go's forward
             pass over model.safetensors) or "onnx" (the folder's model.onnx
             through ONNX Runtime: ``make onnxruntime`` installs the library,
@@ -326,6 +333,8 @@ class MorphConfig:
     value_model: str = ""
     value_threshold: float = 0.01
     value_runtime: str = "native"
+    rollout_margin: float = 0.05
+    rollout_epochs: int = 2
     log_max: int = 10_000
     metrics_port: int = -1
     metrics_host: str = "127.0.0.1"
@@ -372,10 +381,15 @@ class MorphConfig:
             "breaker": {"failures": self.failures_before_prune},
             "growth_log_max": self.log_max,
             "log_path": self.log_path,
-            "urza": self.urza if self.karn_search else "",
+            "urza": self.urza if self.karn_search or self._rolling() else "",
+            "rollout": {"margin": self.rollout_margin, "epochs": self.rollout_epochs},
             "alerts": dict(self.alerts),
         }
 
+
+    def _rolling(self) -> bool:
+        """Whether the learned policy's value model is published to Urza ("urza:<name>")."""
+        return self.policy.lower() == "learned" and str(self.value_model).startswith("urza:")
 
     def _value_settings(self) -> dict[str, Any]:
         """The learned policy's controller settings (none for the other policies)."""
@@ -383,7 +397,7 @@ class MorphConfig:
             return {}
         from .valuemodel import default_model_dir
 
-        if self.value_runtime == "onnx":
+        if self.value_runtime == "onnx" or self._rolling():
             _lib.refresh_settings()  # ESPER_ONNXRUNTIME_LIB as os.environ holds it now
         return {"value_model": str(self.value_model) or default_model_dir(), "value_threshold": self.value_threshold,
                 "value_runtime": self.value_runtime}
@@ -792,6 +806,11 @@ class Morphogenesis:
             config["metrics"] = {"run": self.run_id, "rank": _rank()}
             session = Session(config)
             try:
+                if self._dist is not None and self.config._rolling():
+                    # Each rank's Go loaded the newest published version when its session opened; one
+                    # published meanwhile may have reached some ranks only: every rank takes rank 0's.
+                    self._dist.decide_once("the value model version in use", lambda: None, session.snapshot,
+                                           session.restore)
                 self._open_oona(session, self._oona_run or self.run_id)
             except BaseException:
                 session.close()
@@ -1212,6 +1231,8 @@ class Morphogenesis:
         for decision in result.get("decisions", []):
             if decision.get("op") != "wait":
                 self._log({"kind": "decision", "epoch": self.epoch, **decision})
+        for change in result.get("rollout", []):  # Go's switch or revert of the value model's version
+            self._log({"kind": "rollout", **change})
         self._apply(result.get("events", []))
         self._drain_reports()
         self._alarms = session.alarms()

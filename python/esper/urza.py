@@ -362,6 +362,27 @@ class Urza(_lib.Handle):
         flush_all()
         return self._json("esper_urza_runs")
 
+    def publish_model(self, name: str, model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+        """Publishes a value model folder (manifest.json + model.safetensors, as ``esper simic train``
+        writes it) as a version of ``name``. Go checks that the folder loads first; the version is
+        content-addressed (publishing the same folder again is the same version) and verified on every
+        read. A run with ``MorphConfig(policy="learned", value_model="urza:<name>")`` switches to the
+        newest version at its next end of epoch (docs/simic.md, "Rolling deployment").
+
+        Returns:
+            ``{"name", "id", "weights_sha256", "weights_size", "published"}``.
+
+        Raises:
+            InvalidArgumentError: a bad name, or a folder with no usable model (the message says why).
+            StorageError: the store cannot be written.
+        """
+        return self._json("esper_value_publish", str(name).encode(), os.fspath(model_dir).encode())
+
+    def models(self, name: str) -> list[dict[str, Any]]:
+        """The published versions of model ``name``, oldest first, as :meth:`publish_model` returns
+        them (``[]`` when none)."""
+        return self._json("esper_urza_models", str(name).encode())
+
     def cancel(self) -> None:
         """Cancels a :meth:`verify` or :meth:`gc` in flight on this store (from another thread)."""
         h = self.handle
