@@ -34,10 +34,9 @@ import torch
 
 from .. import build_info
 from ..demo.jobs import default_workers
-from ..demo.run import progress_bar
 from ..tolaria import MorphConfig
 from .families import FAMILIES, TRAIN, HeldOutError, families
-from .run import Arm, RunResult, Settings, _execute, _family_summary, _task_report, plan, settings_of
+from .run import Arm, RunResult, Settings, _execute, _family_summary, _progress, _task_report, plan, settings_of
 
 __all__ = ["SPACE", "Candidate", "score", "main"]
 
@@ -129,24 +128,12 @@ def _stage(name: str, cands: list[Candidate], tasks: int, seeds: int, quick: boo
         per[c.name] = arms
         for a in arms:
             unique.setdefault(a.cache, a)
-    bar = progress_bar(len(unique)) if not quiet else None
-    results = _execute(list(unique.values()), device, workers, bar if bar is not None else _Silent())
-    if bar is not None:
-        bar.close()
+    bar = _progress(len(unique), quiet)
+    results = _execute(list(unique.values()), device, workers, bar)
+    bar.close()
     for c in cands:
         summaries = _evaluate(per[c.name], results, seeds, quick)
         c.stages[name] = {"tasks": tasks, "seeds": seeds, "families": summaries, "score": score(summaries)}
-
-
-class _Silent:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_description(self, text: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _key(c: Candidate, stage: str) -> list[float]:
