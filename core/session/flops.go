@@ -85,6 +85,18 @@ func (s *Session) flopsFlushLocked() {
 	f.dirty = false
 }
 
+// pendingNow returns, per layer, the forward FLOPs per sample summed over
+// the steps since the last end of epoch (what a snapshot keeps so that a run
+// resumed mid-epoch counts the whole epoch). The steps not yet flushed ran
+// at perStep: flopsSteppedLocked flushes before counting when seeds changed.
+func (f *flopCount) pendingNow() []int64 {
+	out := make([]int64, len(f.pending))
+	for l := range f.pending {
+		out[l] = satAdd(f.pending[l], satMul(f.since, f.perStep[l]))
+	}
+	return out
+}
+
 // flopsEpochLocked adds the epoch's training FLOPs from the layers' samples
 // per step (nil: not reported, the epoch adds nothing) and starts the next
 // epoch's count.

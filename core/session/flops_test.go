@@ -1,6 +1,7 @@
 package session_test
 
 import (
+	"encoding/json"
 	"testing"
 
 	"github.com/esper-morph/esper/blueprint"
@@ -111,4 +112,78 @@ func TestTrainFLOPsSeedPrunedMidEpoch(t *testing.T) {
 	if want := int64(3 * 10 * (1056*8 + 192*3)); st.TrainFLOPs != want {
 		t.Errorf("train_flops %d, want %d", st.TrainFLOPs, want)
 	}
+}
+
+// TestTrainFLOPsResumedMidEpoch checks that a snapshot taken mid-epoch
+// carries the epoch's steps so far: the resumed run's total equals the
+// uninterrupted run's, and a snapshot without them (older ones) counts the
+// epoch only from the resume.
+func TestTrainFLOPsResumedMidEpoch(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Layers = []session.LayerConfig{{Name: "l0", Host: blueprint.Host{Kind: "linear", In: 16, Out: 32}, Params: 544}}
+	metrics := tamiyo.Metrics{SamplesPerStep: []int64{10}}
+	total := func(s *session.Session) int64 {
+		t.Helper()
+		st, err := s.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.TrainFLOPs
+	}
+	whole := newSession(t, cfg)
+	step(t, whole, 8)
+	if _, err := whole.EndEpoch(metrics); err != nil {
+		t.Fatal(err)
+	}
+	// By hand: 8 steps x 1056 FLOPs per sample x 10 samples x 3.
+	if want := int64(3 * 10 * 1056 * 8); total(whole) != want {
+		t.Fatalf("whole run: train_flops %d, want %d", total(whole), want)
+	}
+
+	cut := newSession(t, cfg)
+	step(t, cut, 3)
+	snap, err := cut.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		snap []byte
+		want int64
+	}{
+		{"snapshot with the epoch's steps", snap, 3 * 10 * 1056 * 8},
+		{"older snapshot without them", dropKey(t, snap, "flops_pending"), 3 * 10 * 1056 * 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newSession(t, cfg)
+			if err := r.Restore(tc.snap); err != nil {
+				t.Fatal(err)
+			}
+			step(t, r, 5)
+			if _, err := r.EndEpoch(metrics); err != nil {
+				t.Fatal(err)
+			}
+			if got := total(r); got != tc.want {
+				t.Errorf("train_flops %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
+
+// dropKey returns the JSON object doc without key.
+func dropKey(t *testing.T, doc []byte, key string) []byte {
+	t.Helper()
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(doc, &m); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m[key]; !ok {
+		t.Fatalf("snapshot has no %q", key)
+	}
+	delete(m, key)
+	out, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

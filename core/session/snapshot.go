@@ -40,6 +40,10 @@ type snapshot struct {
 	// TrainFLOPs is the run's training FLOPs counted at the last end of
 	// epoch (absent in older snapshots: 0).
 	TrainFLOPs int64 `json:"train_flops,omitempty"`
+	// FLOPsPending is, per layer, the forward FLOPs per sample summed over
+	// the steps since the last end of epoch (absent in older snapshots: a
+	// run resumed mid-epoch then counts that epoch from the resume).
+	FLOPsPending []int64 `json:"flops_pending,omitempty"`
 	// Rollout is the value model's rolling deployment (absent without one).
 	Rollout *RolloutState `json:"rollout,omitempty"`
 }
@@ -60,7 +64,8 @@ func (s *Session) Snapshot() ([]byte, error) {
 	}
 	snap := snapshot{Version: SnapshotVersion, Config: s.set.cfg, Step: s.step, Epoch: s.epoch,
 		Seeds: s.seeds, EpochsInState: s.epochsIn, Signals: s.stats.State(), Controller: ctl,
-		Pending: s.pending, GrowthLog: s.growth, GrowthDropped: s.dropped, Counters: s.counters, TrainFLOPs: s.flops.total}
+		Pending: s.pending, GrowthLog: s.growth, GrowthDropped: s.dropped, Counters: s.counters, TrainFLOPs: s.flops.total,
+		FLOPsPending: s.flops.pendingNow()}
 	im := s.mon.impacts.State()
 	snap.Impacts = &im
 	if s.roll != nil {
@@ -250,6 +255,14 @@ func (s *Session) load(snap *snapshot) error {
 	if snap.TrainFLOPs < 0 {
 		return bad("train_flops %d must be >= 0", snap.TrainFLOPs)
 	}
+	if snap.FLOPsPending != nil && len(snap.FLOPsPending) != len(s.set.hosts) {
+		return bad("flops_pending has %d values, want one per layer (%d)", len(snap.FLOPsPending), len(s.set.hosts))
+	}
+	for l, v := range snap.FLOPsPending {
+		if v < 0 {
+			return bad("flops_pending[%d] %d must be >= 0", l, v)
+		}
+	}
 	stats, err := nissa.FromState(snap.Signals)
 	if err != nil {
 		return fmt.Errorf("session: restore: signals: %w", err)
@@ -283,6 +296,9 @@ func (s *Session) load(snap *snapshot) error {
 	}
 	s.growth, s.dropped, s.counters = growth, dropped, snap.Counters
 	s.flops.total = snap.TrainFLOPs
+	if snap.FLOPsPending != nil {
+		copy(s.flops.pending, snap.FLOPsPending)
+	}
 	return nil
 }
 
