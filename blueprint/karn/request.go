@@ -89,6 +89,10 @@ type Request struct {
 	// Budget bounds every candidate's parameters and FLOPs per sample (a
 	// zero field: no limit).
 	Budget blueprint.Budget `json:"budget"`
+	// MinParams is the fewest parameters a candidate may have (0: no
+	// floor): smaller blueprints are neither returned nor bred from, so a
+	// caller with a least seed size gets candidates it can use.
+	MinParams int64 `json:"min_params,omitempty"`
 	// Signals are the layer's signals now.
 	Signals Signals `json:"signals,omitempty"`
 	// History is what was tried before and how it paid; the search is
@@ -164,6 +168,9 @@ func (r *Request) Validate() error {
 	}
 	if r.Budget.MaxParams < 0 || r.Budget.MaxFLOPs < 0 {
 		return bad("budget limits must be >= 0 (max_params %d, max_flops %d)", r.Budget.MaxParams, r.Budget.MaxFLOPs)
+	}
+	if r.MinParams < 0 || (r.Budget.MaxParams > 0 && r.MinParams > r.Budget.MaxParams) {
+		return bad("min_params %d must be in [0, max_params %d]", r.MinParams, r.Budget.MaxParams)
 	}
 	if err := checkSignals("signals", r.Signals); err != nil {
 		return err

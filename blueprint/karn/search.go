@@ -205,7 +205,7 @@ func (s *searcher) add(ir *blueprint.IR, origin string) bool {
 		return false
 	}
 	s.seen[key] = true
-	if blueprint.Check(ir, s.req.Host, s.req.Budget) != nil {
+	if blueprint.Check(ir, s.req.Host, s.req.Budget) != nil || ir.ParamCount < s.req.MinParams {
 		return false
 	}
 	e := &entry{ir: ir, origin: origin, pref: len(s.req.Prefer)}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/esper-morph/esper/blueprint"
@@ -233,6 +234,46 @@ func BenchmarkSearch(b *testing.B) {
 	for b.Loop() {
 		if _, err := Search(req, nil, ""); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestSearchMinParams checks the floor: with min_params no candidate is
+// smaller, while the same search without it returns smaller ones (the
+// control), and a floor above the budget is refused.
+func TestSearchMinParams(t *testing.T) {
+	host := testHosts["linear"]
+	budget := blueprint.Budget{MaxParams: 5000}
+	smallest := func(req Request) int64 {
+		t.Helper()
+		ans, err := Search(req, nil, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ans.Candidates) == 0 {
+			t.Fatalf("no candidate: %s", ans.Note)
+		}
+		least := ans.Candidates[0].ParamCount
+		for _, c := range ans.Candidates {
+			least = min(least, c.ParamCount)
+		}
+		return least
+	}
+	base := Request{Host: host, Budget: budget, Seed: 7, Count: 16}
+	free := smallest(base)
+	floor := free + 1
+	base.MinParams = floor
+	if got := smallest(base); got < floor {
+		t.Fatalf("smallest candidate %d params, floor %d", got, floor)
+	}
+	for _, tc := range []struct {
+		min     int64
+		refused bool
+	}{{10, false}, {11, true}, {-1, true}} {
+		r := Request{Host: host, Budget: blueprint.Budget{MaxParams: 10}, MinParams: tc.min}
+		err := r.Validate()
+		if refused := err != nil && strings.Contains(err.Error(), "min_params"); refused != tc.refused {
+			t.Errorf("min_params %d: error %v, want refused %v", tc.min, err, tc.refused)
 		}
 	}
 }

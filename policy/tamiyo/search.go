@@ -32,12 +32,15 @@ func (c *Controller) Karn() *karn.Service { return c.karn }
 // reason's note; or nil and a note saying why the fixed template grows.
 func (c *Controller) search(obs *Observation, layer int, fixed *blueprint.IR, used int64, active int) (*blueprint.IR, string) {
 	req := karn.Request{
-		ID:      fmt.Sprintf("epoch%d-layer%d", obs.Epoch, layer),
-		Host:    c.hosts[layer],
-		Budget:  blueprint.Budget{MaxParams: fixed.ParamCount, MaxFLOPs: fixed.FLOPsPerSample},
-		Signals: layerSignals(obs, layer),
-		Count:   searchCount,
-		Seed:    c.cfg.Seed ^ uint64(obs.Epoch)<<16 ^ uint64(layer),
+		ID:     fmt.Sprintf("epoch%d-layer%d", obs.Epoch, layer),
+		Host:   c.hosts[layer],
+		Budget: blueprint.Budget{MaxParams: fixed.ParamCount, MaxFLOPs: fixed.FLOPsPerSample},
+		// Candidates under the least seed size would be refused below:
+		// Karn leaves them out, so its best few are ones Tamiyo can take.
+		MinParams: min(c.least[layer], fixed.ParamCount),
+		Signals:   layerSignals(obs, layer),
+		Count:     searchCount,
+		Seed:      c.cfg.Seed ^ uint64(obs.Epoch)<<16 ^ uint64(layer),
 		// The evaluation cap, not the clock, ends a search (the time
 		// budget is a safety bound): a run's decisions are reproducible.
 		TimeBudgetMS: int(karn.MaxTimeBudget.Milliseconds()),
