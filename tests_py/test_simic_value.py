@@ -177,7 +177,7 @@ def test_quick_collect_train_predict_in_go_and_eval(tmp_path: Path) -> None:
                      quiet=True)
     assert rec["collection"]["families"] == ["blobs", "spirals"] and rec["samples"] >= 2
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    assert manifest["target"] == valuemodel.TARGET and manifest["training"]["commit"]
+    assert manifest["target"] == valuemodel.target() and manifest["training"]["commit"]
     # Go loads the folder and predicts what PyTorch predicts from the same float32 weights.
     data = training_set(str(out))
     from safetensors.torch import load_file

@@ -72,7 +72,7 @@ def test_dataset_rows_from_a_real_run(esper_home: Path) -> None:
     germinated = [d for d in decisions if d["op"] == "germinate"]
     assert germinated, "the run must germinate for this test to mean anything"
     d = valuemodel.dataset("", runs=[morph.run_id])
-    assert d["target"] == valuemodel.TARGET
+    assert d["target"] == valuemodel.target() == "gain_per_compute_v1"
     names = d["features"]
     assert {"epoch_frac", "budget_used", "size_frac", "log_params", "tpl:residual_mlp"} <= set(names)
     rows = d["rows"]
@@ -109,7 +109,7 @@ def write_linear_model(folder: Path, names: list[str], coef: dict[str, float], b
     for k, v in coef.items():
         w[0, names.index(k)] = v
     save_file({"l0.weight": w, "l0.bias": torch.tensor([bias])}, str(folder / "model.safetensors"))
-    manifest = {"kind": "value_mlp", "schema": 1, "features": names, "target": valuemodel.TARGET,
+    manifest = {"kind": "value_mlp", "schema": 1, "features": names, "target": valuemodel.target(),
                 "layers": [{"weight": "l0.weight", "bias": "l0.bias", "activation": "identity"}],
                 "training": {"by": "hand", "test": "test_value_model"}}
     (folder / "manifest.json").write_text(json.dumps(manifest))

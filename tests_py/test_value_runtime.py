@@ -31,7 +31,7 @@ def write_relu_model(folder: Path, names: list[str]) -> Path:
     b0 = torch.tensor([-0.5, 0.0])
     w1, b1 = torch.tensor([[1.0, 1.0]]), torch.tensor([0.0])
     save_file({"l0.weight": w0, "l0.bias": b0, "l1.weight": w1, "l1.bias": b1}, str(folder / "model.safetensors"))
-    manifest = {"kind": "value_mlp", "schema": 1, "features": names, "target": valuemodel.TARGET,
+    manifest = {"kind": "value_mlp", "schema": 1, "features": names, "target": valuemodel.target(),
                 "layers": [{"weight": "l0.weight", "bias": "l0.bias", "activation": "relu"},
                            {"weight": "l1.weight", "bias": "l1.bias", "activation": "identity"}],
                 "training": {"by": "hand", "test": "test_value_runtime"}}

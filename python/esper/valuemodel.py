@@ -20,14 +20,10 @@ from typing import Any, Sequence
 
 from . import _lib
 
-__all__ = ["MODEL_DIR", "TARGET", "dataset", "predict", "default_model_dir", "feature_names"]
+__all__ = ["MODEL_DIR", "dataset", "predict", "default_model_dir", "feature_names", "target"]
 
 #: The shipped value model's folder (manifest.json + model.safetensors); it may be absent.
 MODEL_DIR = Path(__file__).resolve().parent / "models" / "value"
-
-#: The target definition this library's Go side computes (docs/simic.md, "The target").
-TARGET = "gain_per_compute_v1"
-
 
 def default_model_dir() -> str:
     """The folder ``policy="learned"`` loads when ``MorphConfig.value_model`` is not set: the shipped
@@ -35,12 +31,22 @@ def default_model_dir() -> str:
     return str(MODEL_DIR)
 
 
+def _features_doc() -> dict[str, Any]:
+    out = c_void_p()
+    _lib.check(_lib.lib().esper_value_features(byref(out)))
+    return _lib.take_json(out)
+
+
 def feature_names() -> list[str]:
     """The value model's input names, in order, as this library computes them (a model's manifest must
     list exactly these)."""
-    out = c_void_p()
-    _lib.check(_lib.lib().esper_value_features(byref(out)))
-    return [str(n) for n in _lib.take_json(out)["features"]]
+    return [str(n) for n in _features_doc()["features"]]
+
+
+def target() -> str:
+    """The name of the target definition Go computes (docs/simic.md, "The target"); a model's manifest
+    names the target it was trained on."""
+    return str(_features_doc()["target"])
 
 
 def dataset(urza: str = "", *, runs: Sequence[str] | None = None, policies: Sequence[str] | None = None,

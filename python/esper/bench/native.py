@@ -512,7 +512,7 @@ def _value_model(folder: Path) -> tuple[str, str]:
     tensors["x_mean"], tensors["x_std"] = torch.zeros(len(names)), torch.ones(len(names))
     save_file(tensors, str(folder / "model.safetensors"))
     manifest = {"kind": "value_mlp", "schema": 1, "features": names, "layers": layers, "x_mean": "x_mean",
-                "x_std": "x_std", "target": valuemodel.TARGET, "training": {"by": "esper.bench (random weights)"}}
+                "x_std": "x_std", "target": valuemodel.target(), "training": {"by": "esper.bench (random weights)"}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return str(folder), "no shipped model: one of its size (features -> 64 -> 64 -> 1) with random weights"
 

@@ -323,8 +323,8 @@ class Trainer:
 
     def heuristic_runs(self, specs: list[EpisodeSpec]) -> list[dict[str, Any]]:
         """The heuristic's runs of ``specs`` (cached per spec: the reward's baseline and BC's data)."""
-        todo = [s for s in specs if json.dumps(asdict(s)) not in self._heuristic]
-        for run in self._run([(s, "heuristic") for s in todo]):
+        missing = [s for s in specs if json.dumps(asdict(s)) not in self._heuristic]
+        for run in self._run([(s, "heuristic") for s in missing]):
             self._heuristic[json.dumps(run["spec"])] = run
         return [self._heuristic[json.dumps(asdict(s))] for s in specs]
 
@@ -378,9 +378,9 @@ class Trainer:
             raise ValueError("no policy yet: run behaviour_clone first (the warm start)")
         c = self.config
         done: list[dict[str, Any]] = []
-        todo = specs[self.episodes:]
-        for start in range(0, len(todo), c.episodes_per_update):
-            batch = todo[start:start + c.episodes_per_update]
+        remaining = specs[self.episodes:]
+        for start in range(0, len(remaining), c.episodes_per_update):
+            batch = remaining[start:start + c.episodes_per_update]
             heuristic = self.heuristic_runs(batch)
             runs = self._run([(s, "policy") for s in batch])
             samples = []
