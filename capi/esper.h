@@ -33,7 +33,7 @@ extern "C" {
 #endif
 
 /* Version of this header; esper_abi_version() must return the same value. */
-#define ESPER_ABI_VERSION 4
+#define ESPER_ABI_VERSION 5
 
 /* Status codes (source of truth: core/errcode/codes.go). */
 #define ESPER_OK 0
@@ -482,6 +482,12 @@ int esper_cache_stats(uint64_t handle, char **out_json);
  *    "template", "params", "param_count" (germinate), "reason",
  *    "applied": bool, "error" (when not applied)}
  */
+
+/* Writes the configuration a session fills in for the settings its config
+ * leaves out, as config JSON without "layers" (settings whose default is
+ * zero are left out): the one source of the defaults the Python package's
+ * MorphConfig shows. Free *out_json with esper_free. */
+int esper_session_defaults(char **out_json);
 
 /* Creates a session from config_json (see above) and writes its handle to
  * *out. config_json is copied; the caller keeps it. Errors: ESPER_EINVALID

@@ -25,6 +25,20 @@ func sessionEvents(out **C.char, evs []session.Event) error {
 	return setJSON(out, evs)
 }
 
+//export esper_session_defaults
+func esper_session_defaults(out **C.char) C.int {
+	return call(0, func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		c, err := session.DefaultConfig()
+		if err != nil {
+			return err
+		}
+		return setJSON(out, c)
+	})
+}
+
 //export esper_session_new
 func esper_session_new(configJSON *C.char, out *C.uint64_t) C.int {
 	return call(0, func() error {

@@ -13,7 +13,9 @@ and every status code goes through :func:`check`, which raises the matching
 
 from __future__ import annotations
 
+import copy
 import ctypes
+import functools
 import json
 import os
 import threading
@@ -26,7 +28,7 @@ from .errors import EsperError, ForkError, LibraryError, error_for_code
 __all__ = ["ABI_VERSION", "lib", "check", "take_string", "take_bytes", "library_path", "build_info", "Handle"]
 
 #: Must equal ESPER_ABI_VERSION in capi/esper.h and abiVersion in capi/core.go.
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 _LIB_NAME = "libesper.so"
 
@@ -46,6 +48,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_checksum_f32": (c_int, [POINTER(c_float), c_size_t, POINTER(c_double)]),
     "esper_test_panic": (c_int, [c_int32]),
     # session (core/session): one training run.
+    "esper_session_defaults": (c_int, [POINTER(c_void_p)]),
     "esper_session_new": (c_int, [c_char_p, POINTER(c_uint64)]),
     "esper_session_free": (c_int, [c_uint64]),
     "esper_session_step": (
@@ -372,6 +375,35 @@ def runtime_stats() -> dict[str, Any]:
     out = c_void_p()
     check(lib().esper_runtime_stats(ctypes.byref(out)))
     return take_json(out)
+
+
+@functools.cache
+def _session_defaults_doc() -> dict[str, Any]:
+    """esper_session_defaults' document, read once per process (a library's defaults cannot change).
+    Private and shared: callers get copies."""
+    out = c_void_p()
+    check(lib().esper_session_defaults(ctypes.byref(out)))
+    doc = take_json(out)
+    if not isinstance(doc, dict):
+        raise EsperError(f"esper_session_defaults returned {type(doc).__name__}, not an object")
+    return doc
+
+
+def session_defaults() -> dict[str, Any]:
+    """The settings a Go session fills in when its config leaves them out (config JSON without
+    "layers"; zero-valued defaults are absent): the one source of ``MorphConfig``'s defaults."""
+    return copy.deepcopy(_session_defaults_doc())
+
+
+def session_default(path: tuple[str, ...], zero: Any) -> Any:
+    """The default of the session setting at ``path`` (e.g. ``("controller", "patience")``), or
+    ``zero`` where Go's default is the zero value it leaves out of the document."""
+    node: Any = _session_defaults_doc()
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return zero
+        node = node[key]
+    return copy.deepcopy(node)
 
 
 def build_info() -> dict[str, Any]:

@@ -107,9 +107,57 @@ _CHECKPOINT_VERSION = 2
 _GUARDS = ("step", "sampled")  # MorphConfig.guard
 
 
+# The settings Go owns: MorphConfig's field -> its path in the session config. Their defaults are
+# Go's (esper_session_defaults, read when a MorphConfig is made: one copy of each, in
+# core/session and policy/tamiyo); session_config sends each on its path.
+_GO_SETTINGS: dict[str, tuple[str, ...]] = {
+    "policy": ("policy",),
+    "train_steps": ("train_steps",),
+    "blend_steps": ("blend_steps",),
+    "schedule": ("schedule",),
+    "embargo_steps": ("embargo_steps",),
+    "template": ("controller", "template"),
+    "patience": ("controller", "patience"),
+    "threshold": ("controller", "threshold"),
+    "prune_below": ("controller", "prune_below"),
+    "min_gain": ("controller", "min_gain"),
+    "saturate_after": ("controller", "saturate_after"),
+    "holding_epochs": ("controller", "holding_epochs"),
+    "epochs": ("controller", "epochs"),
+    "seed": ("controller", "seed"),
+    "karn_search": ("controller", "search"),
+    "value_threshold": ("controller", "value_threshold"),
+    "max_params": ("governor", "max_params"),
+    "max_concurrent": ("governor", "max_concurrent"),
+    "cooldown_epochs": ("governor", "cooldown_epochs"),
+    "loss_factor": ("governor", "loss_factor"),
+    "loss_min_delta": ("governor", "loss_min_delta"),
+    "failures_before_prune": ("breaker", "failures"),
+    "log_max": ("growth_log_max",),
+    "rollout_margin": ("rollout", "margin"),
+    "rollout_epochs": ("rollout", "epochs"),
+}
+
+
+def _from_go(name: str, zero: Any) -> Any:
+    """A dataclass field whose default is Go's default of the session setting ``name`` maps to
+    (``zero`` where Go's default is the zero value it leaves out)."""
+    path = _GO_SETTINGS[name]
+
+    def default() -> Any:
+        value = _lib.session_default(path, zero)
+        return float(value) if isinstance(zero, float) else value  # JSON writes 3.0 as 3
+
+    return field(default_factory=default)
+
+
 @dataclass
 class MorphConfig:
     """Settings of a morphogenetic run. Every field has a working default.
+
+    The defaults of the lifecycle, Tamiyo's and the governor's settings are the
+    Go library's (one copy, in ``core/session`` and ``policy/tamiyo``), read
+    when a ``MorphConfig`` is made: ``MorphConfig()`` shows them.
 
     Attributes:
         policy: "heuristic" (Tamiyo decides), "random" (random layer at the
@@ -300,42 +348,42 @@ class MorphConfig:
             or hangs).
     """
 
-    policy: str = "heuristic"
-    train_steps: int = 100
-    blend_steps: int = 100
-    schedule: str = "linear"
-    embargo_steps: int = 100
+    policy: str = _from_go("policy", "")
+    train_steps: int = _from_go("train_steps", 0)
+    blend_steps: int = _from_go("blend_steps", 0)
+    schedule: str = _from_go("schedule", "")
+    embargo_steps: int = _from_go("embargo_steps", 0)
     signal_every: int = 50
-    template: str = "residual_mlp"
+    template: str = _from_go("template", "")
     template_params: dict[str, Any] = field(default_factory=dict)
-    patience: int = 3
-    threshold: float = 0.01
-    prune_below: float = 0.0
-    min_gain: float = 0.01
-    saturate_after: int = 2
-    holding_epochs: int = 1
-    epochs: int = 0
-    max_params: int = 0
-    max_concurrent: int = 1
-    cooldown_epochs: int = 2
-    loss_factor: float = 3.0
-    loss_min_delta: float = 0.05
-    failures_before_prune: int = 3
+    patience: int = _from_go("patience", 0)
+    threshold: float = _from_go("threshold", 0.0)
+    prune_below: float = _from_go("prune_below", 0.0)
+    min_gain: float = _from_go("min_gain", 0.0)
+    saturate_after: int = _from_go("saturate_after", 0)
+    holding_epochs: int = _from_go("holding_epochs", 0)
+    epochs: int = _from_go("epochs", 0)
+    max_params: int = _from_go("max_params", 0)
+    max_concurrent: int = _from_go("max_concurrent", 0)
+    cooldown_epochs: int = _from_go("cooldown_epochs", 0)
+    loss_factor: float = _from_go("loss_factor", 0.0)
+    loss_min_delta: float = _from_go("loss_min_delta", 0.0)
+    failures_before_prune: int = _from_go("failures_before_prune", 0)
     seed_lr_scale: float = 1.0
     guard: str = "step"
-    seed: int = 0
+    seed: int = _from_go("seed", 0)
     rollback: bool = True
     freeze_fossilized: bool = False
     log_path: str = ""
     urza: str = ""
     record_outcomes: bool = True
-    karn_search: bool = False
+    karn_search: bool = _from_go("karn_search", False)
     value_model: str = ""
-    value_threshold: float = 0.01
+    value_threshold: float = _from_go("value_threshold", 0.0)
     value_runtime: str = "native"
-    rollout_margin: float = 0.05
-    rollout_epochs: int = 2
-    log_max: int = 10_000
+    rollout_margin: float = _from_go("rollout_margin", 0.0)
+    rollout_epochs: int = _from_go("rollout_epochs", 0)
+    log_max: int = _from_go("log_max", 0)
     metrics_port: int = -1
     metrics_host: str = "127.0.0.1"
     alerts: dict[str, Any] = field(default_factory=dict)
@@ -349,43 +397,18 @@ class MorphConfig:
 
     def session_config(self, layers: list[dict[str, Any]], slots: int) -> dict[str, Any]:
         """The Go session configuration for these settings and layers."""
-        return {
-            "layers": layers,
-            "slots_per_layer": slots,
-            "train_steps": self.train_steps,
-            "blend_steps": self.blend_steps,
-            "schedule": self.schedule,
-            "embargo_steps": self.embargo_steps,
-            "policy": self.policy,
-            "controller": {
-                "patience": self.patience,
-                "threshold": self.threshold,
-                "prune_below": self.prune_below,
-                "min_gain": self.min_gain,
-                "saturate_after": self.saturate_after,
-                "holding_epochs": self.holding_epochs,
-                "epochs": self.epochs,
-                "template": self.template,
-                "params": self.template_params,
-                "seed": self.seed,
-                "search": self.karn_search,
-                **self._value_settings(),
-            },
-            "governor": {
-                "max_params": self.max_params,
-                "max_concurrent": self.max_concurrent,
-                "cooldown_epochs": self.cooldown_epochs,
-                "loss_factor": self.loss_factor,
-                "loss_min_delta": self.loss_min_delta,
-            },
-            "breaker": {"failures": self.failures_before_prune},
-            "growth_log_max": self.log_max,
-            "log_path": self.log_path,
-            "urza": self.urza if self.karn_search or self._rolling() else "",
-            "rollout": {"margin": self.rollout_margin, "epochs": self.rollout_epochs},
-            "alerts": dict(self.alerts),
-        }
-
+        doc: dict[str, Any] = {"layers": layers, "slots_per_layer": slots}
+        for name, path in _GO_SETTINGS.items():
+            if name == "value_threshold":
+                continue  # the learned policy's, with its model (below)
+            node = doc
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = getattr(self, name)
+        doc["controller"].update({"params": self.template_params, **self._value_settings()})
+        doc.update({"log_path": self.log_path, "urza": self.urza if self.karn_search or self._rolling() else "",
+                    "alerts": dict(self.alerts)})
+        return doc
 
     def _rolling(self) -> bool:
         """Whether the learned policy's value model is published to Urza ("urza:<name>")."""
