@@ -34,7 +34,8 @@ func TestPlateauDetection(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newController(t, tamiyo.Config{}, linearHosts(2))
+			// The threshold is set, not the default: these cases sit on either side of 1%.
+			c := newController(t, tamiyo.Config{Threshold: 0.01}, linearHosts(2))
 			w := newWorld(2, 1)
 			ds := w.run(t, c, tc.vals...)
 			if len(ds) != 1 || ds[0].Op != tc.op || !strings.Contains(ds[0].Reason, tc.reason) {
@@ -311,8 +312,8 @@ func TestMinGainSaturatesLayer(t *testing.T) {
 		op      tamiyo.Op
 		reason  string
 	}{
-		{"below relative bar, harmless", nil, 0.005, tamiyo.Prune, "layer 0 may grow again"},
-		{"above relative bar", nil, 0.02, tamiyo.Fossilize, "reaches the bar 0.01"},
+		{"below relative bar, harmless", floatp(0.01), 0.005, tamiyo.Prune, "layer 0 may grow again"},
+		{"above relative bar", floatp(0.01), 0.02, tamiyo.Fossilize, "reaches the bar 0.01"},
 		{"relative bar off", floatp(0), 0.005, tamiyo.Fossilize, "reaches the bar 0"},
 		{"harmful seed", floatp(0), -0.1, tamiyo.Prune, "layer 0 is saturated"},
 	}
@@ -373,7 +374,7 @@ func TestSaturationNeedsEvidence(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newController(t, tamiyo.Config{SaturateAfter: tc.saturateAfter,
+			c := newController(t, tamiyo.Config{SaturateAfter: tc.saturateAfter, MinGain: floatp(0.01),
 				Governor: tamiyo.GovernorConfig{CooldownEpochs: intp(0)}}, linearHosts(1))
 			w := newWorld(1, len(tc.deltas)+1)
 			var last tamiyo.Decision
@@ -430,13 +431,13 @@ func TestSaturationNeedsEvidence(t *testing.T) {
 }
 
 func TestRestoredMissesCount(t *testing.T) {
-	c := newController(t, tamiyo.Config{Governor: tamiyo.GovernorConfig{CooldownEpochs: intp(0)}}, linearHosts(1))
+	c := newController(t, tamiyo.Config{MinGain: floatp(0.01), Governor: tamiyo.GovernorConfig{CooldownEpochs: intp(0)}}, linearHosts(1))
 	st, err := c.State()
 	if err != nil {
 		t.Fatal(err)
 	}
 	st.Misses = []int{1}
-	fresh := newController(t, tamiyo.Config{}, linearHosts(1))
+	fresh := newController(t, tamiyo.Config{MinGain: floatp(0.01)}, linearHosts(1))
 	if err := fresh.SetState(st); err != nil {
 		t.Fatal(err)
 	}

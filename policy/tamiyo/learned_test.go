@@ -146,7 +146,9 @@ func TestLearnedGovernorRules(t *testing.T) {
 		}
 	})
 	t.Run("cooldown", func(t *testing.T) {
-		c := newController(t, learnedConfig(dir), linearHosts(1))
+		cfg := learnedConfig(dir)
+		cfg.Governor.CooldownEpochs = intp(2) // one epoch of rest after the germination's
+		c := newController(t, cfg, linearHosts(1))
 		w := newWorld(1, 2)
 		w.apply(t, c, c.Decide(w.obs(1)))
 		w.seed(0, 0).State = 0 // as if the seed were gone: only the cooldown stands in the way
