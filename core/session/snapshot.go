@@ -44,7 +44,11 @@ type snapshot struct {
 	// the steps since the last end of epoch (absent in older snapshots: a
 	// run resumed mid-epoch then counts that epoch from the resume).
 	FLOPsPending []int64 `json:"flops_pending,omitempty"`
-	// Rollout is the value model's rolling deployment (absent without one).
+	// Rollouts are the rolling deployments, one per artifact kind followed
+	// (absent without one).
+	Rollouts []RolloutState `json:"rollouts,omitempty"`
+	// Rollout is the value model's rolling deployment in older snapshots
+	// (read, never written: Rollouts holds it now).
 	Rollout *RolloutState `json:"rollout,omitempty"`
 }
 
@@ -68,10 +72,7 @@ func (s *Session) Snapshot() ([]byte, error) {
 		FLOPsPending: s.flops.pendingNow()}
 	im := s.mon.impacts.State()
 	snap.Impacts = &im
-	if s.roll != nil {
-		st := s.roll.st
-		snap.Rollout = &st
-	}
+	snap.Rollouts = s.rolloutStatesLocked()
 	if snap.Pending == nil {
 		snap.Pending = []Event{}
 	}
@@ -111,6 +112,12 @@ func (s *Session) Restore(data []byte) error {
 	if vm := s.set.cfg.Controller.ValueModel; vm != "" {
 		snap.Config.Controller.ValueModel = vm // this process's model folder (an install's path), not the saving machine's
 	}
+	if kp := s.set.cfg.KarnPredictor; kp != "" {
+		snap.Config.KarnPredictor = kp // likewise
+	}
+	if snap.Rollouts == nil && snap.Rollout != nil {
+		snap.Rollouts = []RolloutState{*snap.Rollout}
+	}
 	set, err := snap.Config.settings()
 	if err != nil {
 		return fmt.Errorf("session: restore: %w", err)
@@ -119,17 +126,17 @@ func (s *Session) Restore(data []byte) error {
 		return fmt.Errorf("session: restore: %s: %w", diff, ErrSnapshot)
 	}
 	next := &Session{modelCache: s.modelCache}
-	if err := next.reset(set, snap.Rollout, s.roll); err != nil {
+	if err := next.reset(set, snap.Rollouts, s.rolls); err != nil {
 		return fmt.Errorf("session: restore: %w", err)
 	}
 	if err := next.load(&snap); err != nil {
-		next.roll.release(s.roll)
+		releaseRolls(next.rolls, s.rolls)
 		return err
 	}
 	impacts := nissa.NewImpacts(len(next.seeds))
 	if snap.Impacts != nil {
 		if err := impacts.Restore(*snap.Impacts); err != nil {
-			next.roll.release(s.roll)
+			releaseRolls(next.rolls, s.rolls)
 			return fmt.Errorf("session: restore: %v: %w", err, ErrSnapshot)
 		}
 	}
@@ -142,8 +149,8 @@ func (s *Session) Restore(data []byte) error {
 		s.source.close()
 	}
 	s.source = next.source
-	s.roll.release(next.roll)
-	s.roll = next.roll
+	releaseRolls(s.rolls, next.rolls)
+	s.rolls = next.rolls
 	s.publishRunLocked("resume", nil)
 	return s.resetMonitorLocked(impacts)
 }
