@@ -477,6 +477,9 @@ func (s *Session) emitLocked(ev Event) {
 // log writer. A full log drops its oldest quarter at once, so recording
 // stays O(1) amortised.
 func (s *Session) recordLocked(e LogEntry, kind string, payload any) {
+	if e.Event != nil && e.Actor == "" {
+		e.Actor = s.actorLocked()
+	}
 	if limit := s.set.cfg.GrowthLogMax; len(s.growth) >= limit {
 		n := len(s.growth) - limit + max(1, limit/4)
 		s.growth = append(s.growth[:0], s.growth[n:]...)

@@ -90,8 +90,20 @@ func (s *Session) Snapshot() ([]byte, error) {
 // snapshot must be for the same layers (names and shapes) and slots per
 // layer; the session keeps its own log settings. The snapshot is checked
 // completely before anything changes; errors wrap ErrSnapshot (code
-// INVALID) or the code of the component that refused.
-func (s *Session) Restore(data []byte) error {
+// INVALID) or the code of the component that refused. The run log records
+// a "resume" run event.
+func (s *Session) Restore(data []byte) error { return s.restore(data, false) }
+
+// Apply is Restore for a rank of a data-parallel job taking rank 0's state
+// after a decision rank 0 made (a session that was rank 0's equal before
+// it): the same checks and the same state afterwards, but the run log
+// records what the decision did, as rank 0's does, instead of a resume:
+// each growth log entry the snapshot holds beyond this session's (the
+// decisions, the transitions with their actors, the rolling deployments'
+// switches and reverts) is published as its event.
+func (s *Session) Apply(data []byte) error { return s.restore(data, true) }
+
+func (s *Session) restore(data []byte, apply bool) error {
 	if len(data) > MaxSnapshotBytes {
 		return fmt.Errorf("session: restore: snapshot is %d bytes, limit %d: %w", len(data), MaxSnapshotBytes, ErrSnapshot)
 	}
@@ -140,6 +152,7 @@ func (s *Session) Restore(data []byte) error {
 			return fmt.Errorf("session: restore: %v: %w", err, ErrSnapshot)
 		}
 	}
+	seen := int64(len(s.growth)) + s.dropped // entries this session recorded, dropped ones included
 	s.set, s.step, s.epoch = next.set, next.step, next.epoch
 	s.seeds, s.epochsIn, s.stats, s.ctl = next.seeds, next.epochsIn, next.stats, next.ctl
 	s.pending, s.growth, s.dropped, s.counters = next.pending, next.growth, next.dropped, next.counters
@@ -151,8 +164,17 @@ func (s *Session) Restore(data []byte) error {
 	s.source = next.source
 	releaseRolls(s.rolls, next.rolls)
 	s.rolls = next.rolls
-	s.publishRunLocked("resume", nil)
-	return s.resetMonitorLocked(impacts)
+	if err := s.resetMonitorLocked(impacts); err != nil {
+		return err
+	}
+	if !apply {
+		s.publishRunLocked("resume", nil)
+		return nil
+	}
+	for _, e := range s.growth[min(int64(len(s.growth)), max(0, seen-s.dropped)):] {
+		s.publishEntryLocked(e)
+	}
+	return nil
 }
 
 // maxDiffs bounds the differing layers layersDiff names.

@@ -26,7 +26,7 @@ from .errors import EsperError, ForkError, LibraryError, error_for_code
 __all__ = ["ABI_VERSION", "lib", "check", "take_string", "take_bytes", "library_path", "build_info", "Handle"]
 
 #: Must equal ESPER_ABI_VERSION in capi/esper.h and abiVersion in capi/core.go.
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 _LIB_NAME = "libesper.so"
 
@@ -65,6 +65,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_session_seed_failed": (c_int, [c_uint64, c_int32, c_int32, c_int32, c_char_p, POINTER(c_void_p)]),
     "esper_session_snapshot": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_restore": (c_int, [c_uint64, c_char_p]),
+    "esper_session_apply": (c_int, [c_uint64, c_char_p]),
     "esper_session_state_hash": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_stats": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_seeds": (c_int, [c_uint64, POINTER(c_void_p)]),
@@ -94,6 +95,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_blueprint_mutate": (c_int, [c_char_p, c_char_p, c_uint64, POINTER(c_void_p)]),
     "esper_karn_search": (c_int, [c_char_p, c_char_p, POINTER(c_void_p)]),
     "esper_karn_predictor_eval": (c_int, [c_char_p, POINTER(c_void_p)]),
+    "esper_karn_predictor_fit": (c_int, [c_char_p, c_char_p, POINTER(c_void_p)]),
+    "esper_karn_publish": (c_int, [c_uint64, c_char_p, c_char_p, POINTER(c_void_p)]),
     "esper_value_dataset": (c_int, [c_char_p, c_char_p, POINTER(c_void_p)]),
     "esper_value_predict": (c_int, [c_char_p, c_char_p, POINTER(c_void_p)]),
     "esper_value_features": (c_int, [POINTER(c_void_p)]),
