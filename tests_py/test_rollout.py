@@ -216,6 +216,23 @@ def test_cli_publish_and_versions(tmp_path: Path, esper_home: Path, capsys: pyte
     assert "value publish" in capsys.readouterr().err
 
 
+def test_cli_karn_fit_publish_versions(tmp_path: Path, esper_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p1 = write_predictor(tmp_path / "p1", 1.0)
+    assert main(["karn", "publish", "--name", "pred", str(p1)]) == 0
+    (version,) = Urza().models("pred")
+    assert f"published pred version {version['id']}" in capsys.readouterr().out
+    assert main(["karn", "versions", "--name", "pred"]) == 0
+    assert version["id"] in capsys.readouterr().out
+    # A value model folder is no predictor: Go refuses it before anything is published.
+    v1, _ = models(tmp_path)
+    assert main(["karn", "publish", "--name", "pred", str(v1)]) != 0
+    assert "esper.karn.predictor" in capsys.readouterr().err
+    assert [v["id"] for v in Urza().models("pred")] == [version["id"]]
+    # An empty store has nothing to fit on: the error says how many records there are.
+    assert main(["karn", "fit", "--out", str(tmp_path / "fitted")]) != 0
+    assert "0 measured records from 0 runs" in capsys.readouterr().err
+
+
 def two_ranks(tmp_path: Path, esper_home: Path, val: str, *flags: str, kind: str = "value"
               ) -> tuple[list[int], list[str], dict[str, Any], dict[str, Any], str, str]:
     """2 gloo ranks of tests_py/rollout_worker.py sharing one store, v1 published first; returns their
