@@ -15,6 +15,7 @@
     esper simic eval [--model DIR] [--families F,..] [--tasks N] [--seeds N] [--paired-seeds N] [--quick] [--out DIR]
     esper simic publish --name NAME [--root URZA] MODEL_DIR
     esper simic versions --name NAME [--root URZA]
+    esper karn [--root URZA] fit --out DIR | publish --name NAME PREDICTOR_DIR | versions --name NAME
     esper simic ppo train [--out DIR] [--bc-episodes N] [--episodes N] [--epochs N] [--workers N] [--seed S]
     esper info
 """
