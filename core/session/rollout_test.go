@@ -330,3 +330,52 @@ func TestKarnPredictorConfig(t *testing.T) {
 		t.Fatal("a predictor folder is no rolling deployment")
 	}
 }
+
+// TestRolloutOlderSnapshot: a snapshot written before rollouts were per
+// kind ("rollout": the value model's state, no kind) restores with its
+// version; a snapshot following another model name is refused.
+func TestRolloutOlderSnapshot(t *testing.T) {
+	root := t.TempDir()
+	store, err := urza.Open(root, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	a := artifacts()[0]
+	v1 := a.publish(t, store, 1)
+	snap, err := rolloutSession(t, a, root, 0.05, 2).Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(snap, &doc); err != nil {
+		t.Fatal(err)
+	}
+	var states []map[string]any
+	if err := json.Unmarshal(doc["rollouts"], &states); err != nil || len(states) != 1 || states[0]["kind"] != session.ArtifactValueModel {
+		t.Fatalf("rollouts %s: %v", doc["rollouts"], err)
+	}
+	delete(states[0], "kind")
+	old, _ := json.Marshal(states[0])
+	delete(doc, "rollouts")
+	doc["rollout"] = old
+	older, _ := json.Marshal(doc)
+	a.publish(t, store, 2)
+	r := rolloutSession(t, a, root, 0.05, 2)
+	if err := r.Restore(older); err != nil {
+		t.Fatal(err)
+	}
+	if active(t, r, a.kind) != v1 {
+		t.Fatalf("restored an older snapshot: active %s, want v1", active(t, r, a.kind))
+	}
+	states[0]["name"] = "other"
+	other, _ := json.Marshal(states[0])
+	doc["rollout"] = other
+	b, _ := json.Marshal(doc)
+	if err := r.Restore(b); !errors.Is(err, session.ErrSnapshot) {
+		t.Fatalf("another model's snapshot: %v", err)
+	}
+	if active(t, r, a.kind) != v1 {
+		t.Fatal("a refused restore must change nothing")
+	}
+}
