@@ -695,10 +695,11 @@ int esper_session_stats(uint64_t handle, char **out_json);
 int esper_session_seeds(uint64_t handle, char **out_json);
 
 /* Writes the growth log to *out_json (free with esper_free): {"entries":
- * [{"kind": "event"|"decision"|"failure", "step", "epoch", "event" |
- * "decision" | "failure": {"layer", "slot", "kind", "message", "failures",
- * "streak", "breaker_open", "outcome"}}], "dropped": entries dropped beyond
- * growth_log_max}. */
+ * [{"kind": "event"|"decision"|"failure"|"alarm"|"impact"|"rollout", "step",
+ * "epoch", "event" | "decision" | "failure": {"layer", "slot", "kind",
+ * "message", "failures", "streak", "breaker_open", "outcome"} | "alarm" |
+ * "impact" | "rollout", "actor" (kind "event": who caused the transition)}],
+ * "dropped": entries dropped beyond growth_log_max}. */
 int esper_session_growth_log(uint64_t handle, char **out_json);
 
 /* Writes Tamiyo's layer graph with the legal moves to *out_json (free with
