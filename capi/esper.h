@@ -217,6 +217,23 @@ int esper_karn_search(const char *request_json, const char *urza_root, char **ou
  * esper_free). Errors: ESPER_EIO, ESPER_ECORRUPT the store. */
 int esper_karn_predictor_eval(const char *urza_root, char **out_json);
 
+/* Fits Karn's predictor on every measured outcome record of the store at
+ * urza_root ("" for $ESPER_HOME/urza) and writes it as a predictor folder
+ * (manifest.json + model.safetensors) in out_dir; writes {"dir", "records",
+ * "runs"} to *out_json (free with esper_free). Errors: ESPER_EINVALID too
+ * few records (karn.MinRecords from karn.MinRuns runs, the message says how
+ * many there are); ESPER_EIO, ESPER_ECORRUPT the store or the folder. */
+int esper_karn_predictor_fit(const char *urza_root, const char *out_dir, char **out_json);
+
+/* Publishes the predictor folder predictor_dir (checked to load first) to
+ * the store as a version of name, like esper_value_publish: writes {"name",
+ * "id", "weights_sha256", "weights_size", "published"} to *out_json (free
+ * with esper_free). A run with karn_predictor "urza:<name>" switches to the
+ * newest version at its next end of epoch (docs/karn.md, "Rolling
+ * deployment"). Errors: ESPER_EINVALID (bad name, or a folder that does not
+ * load, saying why), ESPER_EIO. */
+int esper_karn_publish(uint64_t handle, const char *name, const char *predictor_dir, char **out_json);
+
 /* ------------------------------------------------------------------------ */
 /* The value model: features, target, training rows, predictions            */
 /* (policy/value, docs/simic.md)                                            */
@@ -643,6 +660,15 @@ int esper_session_snapshot(uint64_t handle, char **out_json);
  * inconsistent, other layers). */
 int esper_session_restore(uint64_t handle, const char *snapshot_json);
 
+/* esper_session_restore for a rank of a data-parallel job taking rank 0's
+ * state after a decision rank 0 made: the same checks and state, but the
+ * run log (Oona) records what the decision did, as rank 0's does (each
+ * growth log entry the snapshot holds beyond this session's: decisions,
+ * transitions with their actors, rolling deployments' switches and
+ * reverts), instead of a "resume" run event. Errors: as
+ * esper_session_restore. */
+int esper_session_apply(uint64_t handle, const char *snapshot_json);
+
 /* Writes a digest of the session state to *out_json (free with esper_free):
  * {"sha256": hex over every part, "parts": [{"name", "sha256", "summary"}]},
  * parts in a fixed order: "step", "epoch", "config" (without the log
@@ -675,10 +701,11 @@ int esper_session_stats(uint64_t handle, char **out_json);
 int esper_session_seeds(uint64_t handle, char **out_json);
 
 /* Writes the growth log to *out_json (free with esper_free): {"entries":
- * [{"kind": "event"|"decision"|"failure", "step", "epoch", "event" |
- * "decision" | "failure": {"layer", "slot", "kind", "message", "failures",
- * "streak", "breaker_open", "outcome"}}], "dropped": entries dropped beyond
- * growth_log_max}. */
+ * [{"kind": "event"|"decision"|"failure"|"alarm"|"impact"|"rollout", "step",
+ * "epoch", "event" | "decision" | "failure": {"layer", "slot", "kind",
+ * "message", "failures", "streak", "breaker_open", "outcome"} | "alarm" |
+ * "impact" | "rollout", "actor" (kind "event": who caused the transition)}],
+ * "dropped": entries dropped beyond growth_log_max}. */
 int esper_session_growth_log(uint64_t handle, char **out_json);
 
 /* Writes Tamiyo's layer graph with the legal moves to *out_json (free with

@@ -120,3 +120,55 @@ func esper_karn_predictor_eval(root *C.char, out **C.char) C.int {
 		return setJSON(out, rep)
 	})
 }
+
+//export esper_karn_predictor_fit
+func esper_karn_predictor_fit(root, outDir *C.char, out **C.char) C.int {
+	return call(0, func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		if root == nil {
+			return errNull("root")
+		}
+		dir, err := goString(outDir, "out_dir")
+		if err != nil {
+			return err
+		}
+		store, err := historyStore(root)
+		if err != nil {
+			return fmt.Errorf("karn fit: %w", err)
+		}
+		defer store.Close()
+		p, err := karn.FitFromStore(store, dir)
+		if err != nil {
+			return err
+		}
+		return setJSON(out, map[string]any{"dir": dir, "records": p.Records, "runs": p.Runs})
+	})
+}
+
+//export esper_karn_publish
+func esper_karn_publish(h C.uint64_t, name, predictorDir *C.char, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		s, err := lookup[*urza.Store](uint64(h))
+		if err != nil {
+			return err
+		}
+		n, err := goString(name, "name")
+		if err != nil {
+			return err
+		}
+		dir, err := goString(predictorDir, "predictor_dir")
+		if err != nil {
+			return err
+		}
+		v, err := karn.PublishPredictor(s, n, dir)
+		if err != nil {
+			return err
+		}
+		return setJSON(out, v)
+	})
+}

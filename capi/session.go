@@ -310,6 +310,21 @@ func esper_session_restore(h C.uint64_t, snapshotJSON *C.char) C.int {
 	})
 }
 
+//export esper_session_apply
+func esper_session_apply(h C.uint64_t, snapshotJSON *C.char) C.int {
+	return call(uint64(h), func() error {
+		doc, err := goString(snapshotJSON, "snapshot_json")
+		if err != nil {
+			return err
+		}
+		s, err := lookup[*session.Session](uint64(h))
+		if err != nil {
+			return err
+		}
+		return s.Apply([]byte(doc))
+	})
+}
+
 //export esper_session_stats
 func esper_session_stats(h C.uint64_t, out **C.char) C.int {
 	return queryJSON(h, out, "out_json", (*session.Session).Stats)

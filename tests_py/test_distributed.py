@@ -263,7 +263,8 @@ def test_bench_section_measures_agreement_and_overhead(monkeypatch: pytest.Monke
     assert set(rows) == {"2-rank DDP train step, Esper dormant",
                          "2-rank DDP train step, Esper active (1 seed per layer, TRAINING)",
                          "decision agreement: rank 0 decides -> every rank applied (2 ranks)",
-                         "plain DDP throughput, 2 ranks (samples/s)"}
+                         "plain DDP throughput, 2 ranks (samples/s)",
+                         "Esper dormant under DDP throughput, 2 ranks (samples/s)"}
     for row in rows.values():
         assert row.value is not None and row.value > 0 and row.rounds >= 5, row
     agreement = rows["decision agreement: rank 0 decides -> every rank applied (2 ranks)"]

@@ -5,6 +5,7 @@ import (
 	"math"
 	"sort"
 
+	"github.com/esper-morph/esper/core/errcode"
 	"gonum.org/v1/gonum/mat"
 	"gonum.org/v1/gonum/stat"
 )
@@ -54,7 +55,8 @@ type Predictor struct {
 func (p *Predictor) Covers(layout string) bool { return p.layouts[layout] }
 
 // ErrTooFew is returned by Fit when there are too few records or runs.
-var ErrTooFew = fmt.Errorf("karn: too few outcome records to fit the predictor")
+// [INVALID]
+var ErrTooFew = errcode.New(errcode.Invalid, "karn: too few outcome records to fit the predictor")
 
 // Fit fits a predictor on measured trials. With fewer than MinRecords
 // trials or MinRuns runs it returns ErrTooFew, saying how many it had.

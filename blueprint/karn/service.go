@@ -64,6 +64,8 @@ type Service struct {
 	pred   *Predictor
 	why    string
 	stats  Stats
+	// fixed is set by UsePredictor: the predictor is not refitted.
+	fixed bool
 }
 
 // NewService returns a service reading history from src (nil: no history;
@@ -98,6 +100,9 @@ func (s *Service) Refresh() error {
 	}
 	s.stats.LastReadError = ""
 	s.stats.Trials = len(s.trials)
+	if s.fixed {
+		return nil
+	}
 	if s.pred == nil || len(s.trials) >= s.stats.FittedOn+RetrainEvery {
 		p, err := Fit(s.trials)
 		switch {
@@ -189,6 +194,15 @@ func (s *Service) History(req Request) []Trial {
 
 // note says what the predictor was fitted on, or why the prior ranks.
 func (s *Service) note() string { return s.why }
+
+// UsePredictor makes the service rank with p, a published predictor
+// (LoadPredictor), from now on, and never refit it; note says which
+// predictor it is (a decision's reason shows it). The history is still read
+// for the requests' trials.
+func (s *Service) UsePredictor(p *Predictor, note string) {
+	s.pred, s.fixed, s.why = p, true, note
+	s.stats.FittedOn = p.Records
+}
 
 // Stats returns the service's counters.
 func (s *Service) Stats() Stats { return s.stats }

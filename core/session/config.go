@@ -139,9 +139,15 @@ type Config struct {
 	// step_time_patience (3), failure_rate (0.2), failure_window (100),
 	// stall_seconds (0: off), no_improvement_epochs (0: off).
 	Alerts nissa.AlertConfig `json:"alerts"`
-	// Rollout sets the rolling deployment of a value model published to
-	// Urza (controller.value_model "urza:<name>"): margin (0.05) and
-	// epochs (2); see RolloutConfig.
+	// KarnPredictor is the predictor Karn's search ranks with
+	// (controller.search only): "" (the default) fits one on the outcome
+	// history as it grows; a predictor folder (karn.WritePredictor) is used
+	// as it is; "urza:<name>" uses the newest version of <name> published
+	// to Urza and follows newer ones by rolling deployment (rollout.go).
+	KarnPredictor string `json:"karn_predictor,omitempty"`
+	// Rollout sets the rolling deployment of a model published to Urza
+	// (controller.value_model or karn_predictor "urza:<name>"): margin
+	// (0.05) and epochs (2); see RolloutConfig.
 	Rollout RolloutConfig `json:"rollout"`
 	// Metrics labels the run's metrics (run, rank).
 	Metrics MetricsConfig `json:"metrics"`
@@ -336,6 +342,12 @@ func (c Config) settings() (settings, error) {
 	}
 	if strings.ContainsRune(c.Urza, 0) {
 		return bad("urza contains NUL")
+	}
+	if c.KarnPredictor != "" && !ctl.Search {
+		return bad("karn_predictor %q is read by Karn's search only: set controller.search (karn_search=True) or leave it empty", c.KarnPredictor)
+	}
+	if strings.ContainsRune(c.KarnPredictor, 0) {
+		return bad("karn_predictor contains NUL")
 	}
 	if c.Rollout, err = c.Rollout.withDefaults(); err != nil {
 		return bad("%v", err)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
+	"github.com/esper-morph/esper/core/oona"
 	"github.com/esper-morph/esper/policy/tamiyo"
 )
 
@@ -84,8 +85,12 @@ type LogEntry struct {
 	// gain against its measured contribution.
 	Impact *nissa.Impact `json:"impact,omitempty"`
 	// Rollout is set for kind "rollout": a switch, revert or refusal of
-	// the value model's version (rolling deployment).
+	// a model version (rolling deployment).
 	Rollout *RolloutEvent `json:"rollout,omitempty"`
+	// Actor is who caused a kind "event" transition (policy, manual,
+	// schedule, ...), as its run log event names it; absent in older
+	// snapshots.
+	Actor oona.Actor `json:"actor,omitempty"`
 }
 
 // Failure is a seed failure reported by the trainer.

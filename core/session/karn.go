@@ -73,16 +73,16 @@ func (o *outcomeSource) close() {
 }
 
 // karnService returns the Karn service for a controller with search on,
-// reading history from the session's Urza store ("" : none).
-func (s *Session) karnService() *karn.Service {
+// reading history from the Urza store at root ("" : none).
+func (s *Session) karnService(root string) *karn.Service {
 	if s.source != nil {
 		s.source.close()
 		s.source = nil
 	}
-	if s.set.cfg.Urza == "" {
+	if root == "" {
 		return karn.NewService(nil)
 	}
-	s.source = &outcomeSource{root: s.set.cfg.Urza}
+	s.source = &outcomeSource{root: root}
 	return karn.NewService(s.source)
 }
 

@@ -151,7 +151,11 @@ func (s *Session) publishEntryLocked(e LogEntry) {
 	case e.Event != nil:
 		ev := *e.Event
 		ev.Blueprint = nil
-		s.publishLocked(oona.KindLifecycle, s.actorLocked(), e.Step, e.Epoch, lifecycleData{Event: ev, LayerName: s.layerName(ev.Layer)})
+		actor := e.Actor
+		if actor == "" {
+			actor = oona.ActorSchedule // an entry of an older snapshot
+		}
+		s.publishLocked(oona.KindLifecycle, actor, e.Step, e.Epoch, lifecycleData{Event: ev, LayerName: s.layerName(ev.Layer)})
 	case e.Decision != nil:
 		actor := oona.ActorPolicy
 		if e.Decision.Op == tamiyo.Rollback {

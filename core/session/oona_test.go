@@ -243,3 +243,66 @@ func TestSessionPublishesNissasAlarms(t *testing.T) {
 		})
 	}
 }
+
+// TestApplyPublishesTheDecision: a session that takes another's state
+// after a decision made there (rank > 0 of a job) with Apply publishes
+// what the decision did, as the deciding session did: the same lifecycle
+// and decision events, with the same actors; Restore of the same snapshot
+// (the control) publishes a resume instead.
+func TestApplyPublishesTheDecision(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Policy = "heuristic"
+	cfg.Controller = tamiyo.Config{Patience: 1, Threshold: 0.5}
+	decider, follower, control := newSession(t, cfg), newSession(t, cfg), newSession(t, cfg)
+	_, subD := attach(t, decider)
+	_, subF := attach(t, follower)
+	_, subC := attach(t, control)
+	received(t, subD)
+	received(t, subF)
+	received(t, subC)
+	for _, s := range []*session.Session{decider, follower, control} {
+		step(t, s, 2)
+	}
+	// Manual: a germination on the deciding session.
+	germinate(t, decider, 0, 0, `{"template":"residual_mlp","params":{"width":4}}`)
+	snap, err := decider.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := follower.Apply(snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := control.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	// The policy: two ends of epoch.
+	var want []string
+	want = append(want, received(t, subD)...)
+	for e := range 2 {
+		if _, err := decider.EndEpoch(tamiyo.Metrics{Epoch: &e, ValLoss: nissa.Measure(1)}); err != nil {
+			t.Fatal(err)
+		}
+		snap, err := decider.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := follower.Apply(snap); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ev := range received(t, subD) {
+		if ev[:5] != "epoch" && ev[:6] != "health" { // the end of epoch's summary is the deciding rank's
+			want = append(want, ev)
+		}
+	}
+	got := received(t, subF)
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("follower published\n%v\nthe decider\n%v", got, want)
+	}
+	if len(got) != 3 || got[0] != "lifecycle/manual/DORMANT->GERMINATED" || got[2] != "decision/policy/wait" {
+		t.Fatalf("follower published %v: want the manual germination and the policy's two decisions", got)
+	}
+	if c := received(t, subC); fmt.Sprint(c) != "[run/system/resume]" {
+		t.Fatalf("control: %v", c)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/esper-morph/esper/blueprint"
+	"github.com/esper-morph/esper/blueprint/karn"
 	"github.com/esper-morph/esper/core/errcode"
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
@@ -79,8 +80,8 @@ type Session struct {
 	// layer (the controller keeps nothing of an observation after Decide).
 	layerViews []tamiyo.LayerView
 	source     *outcomeSource // Karn's outcome history (search on, urza set)
-	roll       *rollout       // the value model's rolling deployment (value_model "urza:<name>")
-	modelCache string         // where roll materialises model versions ("": the default)
+	rolls      []*rollout     // rolling deployments (value_model, karn_predictor "urza:<name>"), in kind order
+	modelCache string         // where rolls materialise model versions ("": the default)
 	closed     bool
 	mon        *monitor // metrics, alarms, impact analysis (monitor.go)
 	// bus receives the session's events (nil: none); busq holds those
@@ -126,29 +127,65 @@ func New(cfg Config, opts ...Option) (*Session, error) {
 	return s, nil
 }
 
-// reset (re)builds the state for set: every slot dormant, step 0. With a
-// value model published to Urza, roll is the rolling deployment's state to
-// resume (nil: load the newest version) and prev a rollout whose open store
-// may be reused.
-func (s *Session) reset(set settings, roll *RolloutState, prev *rollout) error {
+// reset (re)builds the state for set: every slot dormant, step 0. With
+// models published to Urza (a value model, Karn's predictor), rolls are the
+// rolling deployments' states to resume (none for a kind: load the newest
+// version) and prev rollouts whose open stores may be reused.
+func (s *Session) reset(set settings, rolls []RolloutState, prev []*rollout) error {
 	n := len(set.hosts) * set.cfg.SlotsPerLayer
 	stats, err := nissa.New(nissa.Config{Layers: len(set.hosts), Window: set.cfg.Signals.Window, EWMA: set.cfg.Signals.EWMA})
 	if err != nil {
 		return fmt.Errorf("session: signals: %w", err)
 	}
 	ctlCfg := set.ctl
-	var r *rollout
-	if name, ok := urzaModelName(ctlCfg.ValueModel); ok && ctlCfg.Kind == tamiyo.Learned {
-		if r, ctlCfg.ValueModel, err = openRollout(set.cfg.Urza, name, s.modelCache, roll, prev); err != nil {
+	var opened []*rollout
+	open := func(key, setting string) (string, error) {
+		name, ok := urzaModelName(setting)
+		if !ok {
+			return setting, nil
+		}
+		kind, _ := kindOf(key)
+		r, dir, err := openRollout(kind, set.cfg.Urza, name, s.modelCache, stateFor(rolls, key), rollFor(prev, key))
+		if err != nil {
+			return "", err
+		}
+		opened = append(opened, r)
+		return dir, nil
+	}
+	if ctlCfg.Kind == tamiyo.Learned {
+		if ctlCfg.ValueModel, err = open(ArtifactValueModel, ctlCfg.ValueModel); err != nil {
 			return fmt.Errorf("session: controller: %w", err)
+		}
+	}
+	predictor := ""
+	if ctlCfg.Search {
+		if predictor, err = open(ArtifactKarnPredictor, set.cfg.KarnPredictor); err != nil {
+			releaseRolls(opened, prev)
+			return fmt.Errorf("session: karn: %w", err)
 		}
 	}
 	ctl, err := tamiyo.New(ctlCfg, set.hosts)
 	if err != nil {
-		r.release(prev)
+		releaseRolls(opened, prev)
 		return fmt.Errorf("session: controller: %w", err)
 	}
-	s.roll = r
+	if ctlCfg.Search {
+		svc := s.karnService(set.cfg.Urza)
+		if predictor != "" {
+			p, err := karn.LoadPredictor(predictor)
+			if err != nil {
+				releaseRolls(opened, prev)
+				return fmt.Errorf("session: karn_predictor: %w", err)
+			}
+			note := "predictor folder " + predictor
+			if r := rollFor(opened, ArtifactKarnPredictor); r != nil {
+				note = predictorNote(r.st.Name, r.st.Active, p)
+			}
+			svc.UsePredictor(p, note)
+		}
+		ctl.SetKarn(svc)
+	}
+	s.rolls = opened
 	s.set = set
 	s.sizeParams = nil
 	s.slots = set.cfg.SlotsPerLayer
@@ -159,9 +196,6 @@ func (s *Session) reset(set settings, roll *RolloutState, prev *rollout) error {
 	}
 	s.epochsIn = make([]int, n)
 	s.stats, s.ctl = stats, ctl
-	if set.ctl.Search {
-		ctl.SetKarn(s.karnService())
-	}
 	s.pending, s.growth, s.dropped, s.counters = nil, nil, 0, Counters{}
 	s.flops = newFLOPCount(set, n)
 	s.views = make([]tamiyo.SeedView, n)
@@ -195,7 +229,7 @@ func (s *Session) Close() error {
 	if s.source != nil {
 		s.source.close()
 	}
-	s.roll.close()
+	closeRolls(s.rolls)
 	bus := s.bus
 	if bus != nil {
 		st := bus.Stats()
@@ -443,6 +477,9 @@ func (s *Session) emitLocked(ev Event) {
 // log writer. A full log drops its oldest quarter at once, so recording
 // stays O(1) amortised.
 func (s *Session) recordLocked(e LogEntry, kind string, payload any) {
+	if e.Event != nil && e.Actor == "" {
+		e.Actor = s.actorLocked()
+	}
 	if limit := s.set.cfg.GrowthLogMax; len(s.growth) >= limit {
 		n := len(s.growth) - limit + max(1, limit/4)
 		s.growth = append(s.growth[:0], s.growth[n:]...)

@@ -44,7 +44,11 @@ type snapshot struct {
 	// the steps since the last end of epoch (absent in older snapshots: a
 	// run resumed mid-epoch then counts that epoch from the resume).
 	FLOPsPending []int64 `json:"flops_pending,omitempty"`
-	// Rollout is the value model's rolling deployment (absent without one).
+	// Rollouts are the rolling deployments, one per artifact kind followed
+	// (absent without one).
+	Rollouts []RolloutState `json:"rollouts,omitempty"`
+	// Rollout is the value model's rolling deployment in older snapshots
+	// (read, never written: Rollouts holds it now).
 	Rollout *RolloutState `json:"rollout,omitempty"`
 }
 
@@ -68,10 +72,7 @@ func (s *Session) Snapshot() ([]byte, error) {
 		FLOPsPending: s.flops.pendingNow()}
 	im := s.mon.impacts.State()
 	snap.Impacts = &im
-	if s.roll != nil {
-		st := s.roll.st
-		snap.Rollout = &st
-	}
+	snap.Rollouts = s.rolloutStatesLocked()
 	if snap.Pending == nil {
 		snap.Pending = []Event{}
 	}
@@ -89,8 +90,20 @@ func (s *Session) Snapshot() ([]byte, error) {
 // snapshot must be for the same layers (names and shapes) and slots per
 // layer; the session keeps its own log settings. The snapshot is checked
 // completely before anything changes; errors wrap ErrSnapshot (code
-// INVALID) or the code of the component that refused.
-func (s *Session) Restore(data []byte) error {
+// INVALID) or the code of the component that refused. The run log records
+// a "resume" run event.
+func (s *Session) Restore(data []byte) error { return s.restore(data, false) }
+
+// Apply is Restore for a rank of a data-parallel job taking rank 0's state
+// after a decision rank 0 made (a session that was rank 0's equal before
+// it): the same checks and the same state afterwards, but the run log
+// records what the decision did, as rank 0's does, instead of a resume:
+// each growth log entry the snapshot holds beyond this session's (the
+// decisions, the transitions with their actors, the rolling deployments'
+// switches and reverts) is published as its event.
+func (s *Session) Apply(data []byte) error { return s.restore(data, true) }
+
+func (s *Session) restore(data []byte, apply bool) error {
 	if len(data) > MaxSnapshotBytes {
 		return fmt.Errorf("session: restore: snapshot is %d bytes, limit %d: %w", len(data), MaxSnapshotBytes, ErrSnapshot)
 	}
@@ -111,6 +124,12 @@ func (s *Session) Restore(data []byte) error {
 	if vm := s.set.cfg.Controller.ValueModel; vm != "" {
 		snap.Config.Controller.ValueModel = vm // this process's model folder (an install's path), not the saving machine's
 	}
+	if kp := s.set.cfg.KarnPredictor; kp != "" {
+		snap.Config.KarnPredictor = kp // likewise
+	}
+	if snap.Rollouts == nil && snap.Rollout != nil {
+		snap.Rollouts = []RolloutState{*snap.Rollout}
+	}
 	set, err := snap.Config.settings()
 	if err != nil {
 		return fmt.Errorf("session: restore: %w", err)
@@ -119,20 +138,21 @@ func (s *Session) Restore(data []byte) error {
 		return fmt.Errorf("session: restore: %s: %w", diff, ErrSnapshot)
 	}
 	next := &Session{modelCache: s.modelCache}
-	if err := next.reset(set, snap.Rollout, s.roll); err != nil {
+	if err := next.reset(set, snap.Rollouts, s.rolls); err != nil {
 		return fmt.Errorf("session: restore: %w", err)
 	}
 	if err := next.load(&snap); err != nil {
-		next.roll.release(s.roll)
+		releaseRolls(next.rolls, s.rolls)
 		return err
 	}
 	impacts := nissa.NewImpacts(len(next.seeds))
 	if snap.Impacts != nil {
 		if err := impacts.Restore(*snap.Impacts); err != nil {
-			next.roll.release(s.roll)
+			releaseRolls(next.rolls, s.rolls)
 			return fmt.Errorf("session: restore: %v: %w", err, ErrSnapshot)
 		}
 	}
+	seen := int64(len(s.growth)) + s.dropped // entries this session recorded, dropped ones included
 	s.set, s.step, s.epoch = next.set, next.step, next.epoch
 	s.seeds, s.epochsIn, s.stats, s.ctl = next.seeds, next.epochsIn, next.stats, next.ctl
 	s.pending, s.growth, s.dropped, s.counters = next.pending, next.growth, next.dropped, next.counters
@@ -142,10 +162,19 @@ func (s *Session) Restore(data []byte) error {
 		s.source.close()
 	}
 	s.source = next.source
-	s.roll.release(next.roll)
-	s.roll = next.roll
-	s.publishRunLocked("resume", nil)
-	return s.resetMonitorLocked(impacts)
+	releaseRolls(s.rolls, next.rolls)
+	s.rolls = next.rolls
+	if err := s.resetMonitorLocked(impacts); err != nil {
+		return err
+	}
+	if !apply {
+		s.publishRunLocked("resume", nil)
+		return nil
+	}
+	for _, e := range s.growth[min(int64(len(s.growth)), max(0, seen-s.dropped)):] {
+		s.publishEntryLocked(e)
+	}
+	return nil
 }
 
 // maxDiffs bounds the differing layers layersDiff names.

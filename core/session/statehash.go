@@ -83,7 +83,7 @@ func (s *Session) StateHash() (StateHash, error) {
 		part{"controller", fmt.Sprintf("%d validation losses remembered, %d alarms", len(ctl.ValHistory),
 			ctl.Governor.Alarms), ctl},
 		part{"counters", fmt.Sprintf("%+v", s.counters), s.counters},
-		part{"rollout", s.rolloutSummaryLocked(), s.rolloutStateLocked()},
+		part{"rollout", s.rolloutSummaryLocked(), s.rolloutStatesLocked()},
 		part{"pending events", fmt.Sprintf("%d events", len(pending)), pending},
 		part{"growth log", fmt.Sprintf("%d entries, %d dropped", len(s.growth), s.dropped), struct {
 			Entries []LogEntry `json:"entries"`

@@ -15,6 +15,7 @@
     esper simic eval [--model DIR] [--families F,..] [--tasks N] [--seeds N] [--paired-seeds N] [--quick] [--out DIR]
     esper simic publish --name NAME [--root URZA] MODEL_DIR
     esper simic versions --name NAME [--root URZA]
+    esper karn [--root URZA] fit --out DIR | publish --name NAME PREDICTOR_DIR | versions --name NAME
     esper simic ppo train [--out DIR] [--bc-episodes N] [--episodes N] [--epochs N] [--workers N] [--seed S]
     esper info
 """
@@ -296,6 +297,27 @@ def _karn_root(args: argparse.Namespace) -> str | None:
     return None if getattr(args, "no_history", False) else (args.root or "")
 
 
+def _cmd_karn_versions(args: argparse.Namespace) -> int:
+    """``esper karn fit``, ``publish`` and ``versions``: Karn's predictor as a folder and its versions
+    in Urza, for the rolling deployment of ``karn_predictor="urza:<name>"`` (docs/karn.md)."""
+    from . import karn
+    from .urza import Urza
+
+    if args.karn_cmd == "fit":
+        res = karn.fit_predictor(args.out, args.root or "")
+        print(f"fitted Karn's predictor on {res['records']} measured outcome records from {res['runs']} runs: "
+              f"{res['dir']}")
+        return 0
+    with Urza(args.root) as store:
+        if args.karn_cmd == "publish":
+            v = store.publish_predictor(args.name, args.predictor_dir)
+            print(f"published {v['name']} version {v['id']} ({v['weights_size']} bytes of weights) to {store.root}")
+            return 0
+        for v in store.models(args.name):
+            print(f"{v['published']}  {v['id']}  {v['weights_size']} B")
+    return 0
+
+
 def _cmd_karn(args: argparse.Namespace) -> int:
     from . import karn
 
@@ -328,6 +350,8 @@ def _cmd_karn(args: argparse.Namespace) -> int:
             print(f"{c['rank']:>4} {c['template']:<16} {c['param_count']:>8} {c['flops_per_sample']:>13} {gain:>15} "
                   f"{c['origin']:<10} {params}")
         return 0
+    if args.karn_cmd in ("fit", "publish", "versions"):
+        return _cmd_karn_versions(args)
     if args.karn_cmd == "predictor":
         report = karn.predictor_eval(args.root or "")
         if args.json:
@@ -748,6 +772,14 @@ def build_parser() -> argparse.ArgumentParser:
     kp = ksub.add_parser("predictor", help="the predictor's error on the store's outcome records, held out by run")
     kp.add_argument("--eval", action="store_true", required=True, help="measure the error (the only action)")
     kp.add_argument("--json", action="store_true")
+    kf = ksub.add_parser("fit", help="fit the predictor on the store's outcome records and write it as a folder")
+    kf.add_argument("--out", required=True, help="the predictor folder to write")
+    kpub = ksub.add_parser("publish", help="publish a predictor folder to the store as a version of NAME "
+                                           "(a run with karn_predictor='urza:NAME' takes it up)")
+    kpub.add_argument("--name", required=True)
+    kpub.add_argument("predictor_dir")
+    kv = ksub.add_parser("versions", help="the published versions of predictor NAME, oldest first")
+    kv.add_argument("--name", required=True)
     kst = ksub.add_parser("stats", help="random requests now: request success, compile success, latency; "
                                         "and the predictor's error")
     kst.add_argument("--requests", type=_positive_int, default=200)

@@ -11,7 +11,8 @@ ranks identical (DESIGN.md §8; docs/distributed.md):
 - decisions are made once: rank 0's Go session decides (``end_epoch``, or a manual
   ``germinate``/``advance``/``prune``/``fossilize``, which every rank must call with the same
   arguments); its result and its session state are broadcast, every other rank's Go session
-  restores that state (Go checks it), and every rank mirrors the same events;
+  takes that state (Go checks it; its run log records the decision as rank 0's does), and every
+  rank mirrors the same events;
 - a new seed is built with the same seeded initial weights on every rank, then its parameters and
   buffers are broadcast from rank 0; post-accumulate-grad hooks on the seed parameters have every
   seed gradient averaged across ranks, in one all-reduce, when ``backward`` ends (so gradient

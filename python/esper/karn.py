@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 from ctypes import byref, c_void_p
 from typing import Any, Union
 
@@ -363,3 +364,25 @@ def predictor_eval(urza: str = "") -> dict[str, Any]:
     _lib.check(_lib.lib().esper_karn_predictor_eval(urza.encode(), byref(out)))
     return _lib.take_json(out)
 
+
+
+def fit_predictor(out_dir: str | os.PathLike[str], urza: str = "") -> dict[str, Any]:
+    """Fit Karn's predictor on every measured outcome record of a store and write it as a predictor
+    folder (manifest.json + model.safetensors) in ``out_dir``, for :meth:`esper.urza.Urza.publish_predictor`
+    or ``MorphConfig(karn_predictor=out_dir)``.
+
+    Args:
+        out_dir: the folder to write (created if needed).
+        urza: the store's folder ("" for ``$ESPER_HOME/urza``).
+
+    Returns:
+        ``{"dir", "records", "runs"}``: what it was fitted on.
+
+    Raises:
+        InvalidArgumentError: too few measured records (20 from 3 runs), saying how many there are.
+        StorageError: the store or the folder cannot be read or written.
+    """
+    _lib.refresh_settings()
+    out = c_void_p()
+    _lib.check(_lib.lib().esper_karn_predictor_fit(urza.encode(), os.fspath(out_dir).encode(), byref(out)))
+    return _lib.take_json(out)

@@ -194,6 +194,12 @@ class Session(_lib.Handle):
         h = self.handle
         _lib.check(_lib.lib().esper_session_restore(h, snapshot.encode()), h)
 
+    def apply(self, snapshot: str) -> None:
+        """Take rank 0's state after a decision rank 0 made (:meth:`restore`'s checks and state); this
+        session's run log then records what the decision did, as rank 0's does, not a resume."""
+        h = self.handle
+        _lib.check(_lib.lib().esper_session_apply(h, snapshot.encode()), h)
+
     def state_hash(self) -> dict[str, Any]:
         """Go's digest of the session state: {"sha256", "parts": [{"name", "sha256", "summary"}]}
         (see capi/esper.h). The ranks of a data-parallel run compare it; Python never hashes it."""

@@ -173,9 +173,9 @@ class MorphConfig:
         value_threshold: the predicted value (share of the validation loss a
             seed removes per host-epoch of training compute) the best
             candidate must reach for the learned policy to grow now.
-        rollout_margin: with ``value_model="urza:<name>"`` (the newest version
-            of a model published to Urza, taken up at each end of epoch: docs/simic.md,
-            "Rolling deployment"), how much worse than before a switch the validation
+        rollout_margin: with ``value_model`` or ``karn_predictor`` "urza:<name>"
+            (the newest version of a model published to Urza, taken up at each end
+            of epoch: docs/simic.md, "Rolling deployment"), how much worse than before a switch the validation
             loss may get, as a share of it, before the switch is reverted.
         rollout_epochs: how many epochs after a switch are watched (K).
         value_runtime: where the value model runs: "native" (Go's forward
@@ -295,6 +295,13 @@ class MorphConfig:
             measured records from 3 runs), by a documented prior before that;
             each germination's reason names the request, the candidates and
             their predictions. Off by default: the fixed template.
+        karn_predictor: with ``karn_search``, the predictor Karn ranks with: ""
+            (the default) fits one on the outcome records as they grow; a
+            predictor folder (``esper karn fit``) is used as it is;
+            "urza:<name>" uses the newest version published to Urza under that
+            name (``esper karn publish``) and takes newer ones up at the ends
+            of epoch, reverted as ``rollout_margin`` and ``rollout_epochs``
+            say (docs/karn.md, "Rolling deployment").
         record_outcomes: write one outcome record per germination to Urza
             (see ``esper.outcomes``; ``esper urza outcomes --run RUN_ID``).
             Written at lifecycle ends and end_epoch only, never per step.
@@ -378,6 +385,7 @@ class MorphConfig:
     urza: str = ""
     record_outcomes: bool = True
     karn_search: bool = _from_go("karn_search", False)
+    karn_predictor: str = ""
     value_model: str = ""
     value_threshold: float = _from_go("value_threshold", 0.0)
     value_runtime: str = "native"
@@ -407,10 +415,16 @@ class MorphConfig:
             node[path[-1]] = getattr(self, name)
         doc["controller"].update({"params": self.template_params, **self._value_settings()})
         doc.update({"log_path": self.log_path, "urza": self.urza if self.karn_search or self._rolling() else "",
+                    "karn_predictor": str(self.karn_predictor) if self.karn_search else "",
                     "alerts": dict(self.alerts)})
         return doc
 
     def _rolling(self) -> bool:
+        """Whether the run follows a model published to Urza ("urza:<name>"): the learned policy's
+        value model or Karn's predictor."""
+        return self._rolling_value() or (self.karn_search and str(self.karn_predictor).startswith("urza:"))
+
+    def _rolling_value(self) -> bool:
         """Whether the learned policy's value model is published to Urza ("urza:<name>")."""
         return self.policy.lower() == "learned" and str(self.value_model).startswith("urza:")
 
@@ -420,7 +434,7 @@ class MorphConfig:
             return {}
         from .valuemodel import default_model_dir
 
-        if self.value_runtime == "onnx" or self._rolling():
+        if self.value_runtime == "onnx" or self._rolling_value():
             _lib.refresh_settings()  # ESPER_ONNXRUNTIME_LIB as os.environ holds it now
         return {"value_model": str(self.value_model) or default_model_dir(), "value_threshold": self.value_threshold,
                 "value_runtime": self.value_runtime}
@@ -832,7 +846,7 @@ class Morphogenesis:
                 if self._dist is not None and self.config._rolling():
                     # Each rank's Go loaded the newest published version when its session opened; one
                     # published meanwhile may have reached some ranks only: every rank takes rank 0's.
-                    self._dist.decide_once("the value model version in use", lambda: None, session.snapshot,
+                    self._dist.decide_once("the model versions in use", lambda: None, session.snapshot,
                                            session.restore)
                 self._open_oona(session, self._oona_run or self.run_id)
             except BaseException:
@@ -1248,13 +1262,13 @@ class Morphogenesis:
             # Go's digest of every rank's session must be rank 0's; then rank 0 alone decides.
             self._dist.check_state(session.state_hash(), f"at the end of epoch {self.epoch}")
             result = self._dist.decide_once("the epoch's decisions", lambda: session.end_epoch(to_go),
-                                            session.snapshot, session.restore)
+                                            session.snapshot, session.apply)
         self._outcomes.decided(result.get("decisions", []), metrics)
         result["metrics"] = metrics  # what Tamiyo decided on (esper.simic replays it)
         for decision in result.get("decisions", []):
             if decision.get("op") != "wait":
                 self._log({"kind": "decision", "epoch": self.epoch, **decision})
-        for change in result.get("rollout", []):  # Go's switch or revert of the value model's version
+        for change in result.get("rollout", []):  # Go's switch or revert of a model's version
             self._log({"kind": "rollout", **change})
         self._apply(result.get("events", []))
         self._drain_reports()
@@ -1439,7 +1453,7 @@ class Morphogenesis:
             return self._apply(call())
         self._dist.check_same_call(what, args)
         session = self.session
-        applied = self._apply(self._dist.decide_once(what, call, session.snapshot, session.restore))
+        applied = self._apply(self._dist.decide_once(what, call, session.snapshot, session.apply))
         self._dist.applied(what)
         return applied
 

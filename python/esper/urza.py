@@ -378,6 +378,21 @@ class Urza(_lib.Handle):
         """
         return self._json("esper_value_publish", str(name).encode(), os.fspath(model_dir).encode())
 
+    def publish_predictor(self, name: str, predictor_dir: str | os.PathLike[str]) -> dict[str, Any]:
+        """Publishes a Karn predictor folder (as :func:`esper.karn.fit_predictor` writes it) as a
+        version of ``name``, like :meth:`publish_model`. A run with ``MorphConfig(karn_search=True,
+        karn_predictor="urza:<name>")`` ranks Karn's candidates with the newest version and switches
+        to a newer one at its next end of epoch (docs/karn.md, "Rolling deployment").
+
+        Returns:
+            ``{"name", "id", "weights_sha256", "weights_size", "published"}``.
+
+        Raises:
+            InvalidArgumentError: a bad name, or a folder that does not load (the message says why).
+            StorageError: the store cannot be written.
+        """
+        return self._json("esper_karn_publish", str(name).encode(), os.fspath(predictor_dir).encode())
+
     def models(self, name: str) -> list[dict[str, Any]]:
         """The published versions of model ``name``, oldest first, as :meth:`publish_model` returns
         them (``[]`` when none)."""
