@@ -68,6 +68,9 @@ func (s *Session) EndEpoch(m tamiyo.Metrics) (EpochResult, error) {
 		}
 		res.Decisions = append(res.Decisions, s.applyLocked(d))
 	}
+	if s.ppo != nil && len(decisions) == 0 {
+		res.Decisions = s.ppoMovesLocked(res.Decisions)
+	}
 	s.mon.latency.Observe(time.Since(began))
 	rolled := s.rolloutLocked(epoch, m.ValLoss)
 	s.epochEndedLocked(epoch, m)

@@ -14,6 +14,7 @@ import (
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/core/oona"
+	"github.com/esper-morph/esper/policy/graphpolicy"
 	"github.com/esper-morph/esper/policy/tamiyo"
 )
 
@@ -78,9 +79,10 @@ type Session struct {
 	// layerViews is EndEpoch's scratch for the controller's view of every
 	// layer (the controller keeps nothing of an observation after Decide).
 	layerViews []tamiyo.LayerView
-	source     *outcomeSource // Karn's outcome history (search on, urza set)
-	roll       *rollout       // the value model's rolling deployment (value_model "urza:<name>")
-	modelCache string         // where roll materialises model versions ("": the default)
+	source     *outcomeSource     // Karn's outcome history (search on, urza set)
+	roll       *rollout           // the value model's rolling deployment (value_model "urza:<name>")
+	ppo        *graphpolicy.Model // the ppo policy's graph network (nil for other policies)
+	modelCache string             // where roll materialises model versions ("": the default)
 	closed     bool
 	mon        *monitor // metrics, alarms, impact analysis (monitor.go)
 	// bus receives the session's events (nil: none); busq holds those
@@ -148,6 +150,14 @@ func (s *Session) reset(set settings, roll *RolloutState, prev *rollout) error {
 		r.release(prev)
 		return fmt.Errorf("session: controller: %w", err)
 	}
+	var ppo *graphpolicy.Model
+	if ctlCfg.Kind == tamiyo.PPO {
+		if ppo, err = graphpolicy.Load(ctlCfg.PPOModel); err != nil {
+			r.release(prev)
+			return fmt.Errorf("session: controller: ppo policy: %w", err)
+		}
+	}
+	s.ppo = ppo
 	s.roll = r
 	s.set = set
 	s.sizeParams = nil
