@@ -5,7 +5,6 @@ ONNX Runtime agree with PyTorch on real graphs from a real session, and ``policy
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ import esper
 from esper import Morphogenesis
 from esper.errors import InvalidArgumentError
 from esper.simic.export import dense, load_model, save_model
-from esper.simic.graph import MODEL_DIR, encode, feature_names, forward
-from esper.simic.policy import Action, GraphPolicy, legal
+from esper.simic.graph import encode, feature_names, forward
+from esper.simic.policy import GraphPolicy, legal
 
 
 @pytest.fixture(autouse=True)
