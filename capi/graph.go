@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 
 	"github.com/esper-morph/esper/core/errcode"
+	"github.com/esper-morph/esper/core/infer"
 	"github.com/esper-morph/esper/policy/graphpolicy"
 	"github.com/esper-morph/esper/policy/tamiyo"
 )
@@ -29,7 +30,7 @@ func esper_graph_features(out **C.char) C.int {
 }
 
 //export esper_graph_forward
-func esper_graph_forward(modelDir, graphJSON *C.char, out **C.char) C.int {
+func esper_graph_forward(modelDir, runtime, graphJSON *C.char, out **C.char) C.int {
 	return call(0, func() error {
 		if out == nil {
 			return errNull("out_json")
@@ -53,6 +54,19 @@ func esper_graph_forward(modelDir, graphJSON *C.char, out **C.char) C.int {
 		dense, action, err := m.Forward(&g)
 		if err != nil {
 			return err
+		}
+		rt := ""
+		if runtime != nil {
+			rt = C.GoString(runtime)
+		}
+		switch rt {
+		case "", infer.Native:
+		case infer.ONNX:
+			if dense, err = m.ForwardONNX(&g, ""); err != nil {
+				return err
+			}
+		default:
+			return errcode.Errorf(errcode.Invalid, "graph forward: runtime %q is not %q or %q", rt, infer.Native, infer.ONNX)
 		}
 		return setJSON(out, map[string]any{"dense": dense, "action": action})
 	})

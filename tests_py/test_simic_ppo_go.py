@@ -19,8 +19,9 @@ import esper
 from esper import Morphogenesis
 from esper.errors import InvalidArgumentError
 from esper.simic.export import dense, load_model, save_model
-from esper.simic.graph import encode, feature_names, forward
-from esper.simic.policy import GraphPolicy, legal
+from esper.simic.graph import MODEL_DIR, encode, feature_names, forward
+from esper.simic.ppo import _heuristic_labels
+from esper.simic.policy import Action, GraphPolicy, legal
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +54,7 @@ def real_graphs() -> list[dict[str, Any]]:
     x, y = _data()
     graphs = [morph.graph()]
     with morph:
-        for epoch in range(8):
+        for _epoch in range(8):
             for b in range(4):
                 xb, yb = x[b * 24:(b + 1) * 24], y[b * 24:(b + 1) * 24]
                 opt.zero_grad()
@@ -189,3 +190,102 @@ def test_model_folder_errors_name_the_training_command(graphs: list[dict[str, An
     (folder / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(InvalidArgumentError, match="node features"):
         forward(str(folder), graphs[0])
+
+
+def test_shipped_model_native_onnx_pytorch_agree(graphs: list[dict[str, Any]]) -> None:
+    """The shipped folder's three forms (model.safetensors in Go, model.onnx through ONNX Runtime, PyTorch) agree
+    to 1e-5 on real graphs; the negative control moves one PyTorch weight by 1e-3 and is caught."""
+    manifest = json.loads((MODEL_DIR / "manifest.json").read_text())
+    assert manifest["training"]["command"].startswith("esper simic ppo train")
+    policy = load_model(str(MODEL_DIR))
+    worst_native = worst_onnx = 0.0
+    for g in graphs:
+        ref = dense(policy, encode(g))
+        worst_native = max(worst_native, worst(forward(str(MODEL_DIR), g)["dense"], ref))
+        worst_onnx = max(worst_onnx, worst(forward(str(MODEL_DIR), g, runtime="onnx")["dense"], ref))
+    print(f"shipped model: native {worst_native:.2e}, onnx {worst_onnx:.2e} against pytorch")
+    assert worst_native < 1e-5 and worst_onnx < 1e-5, (worst_native, worst_onnx)
+    with torch.no_grad():
+        policy.size_head[2].weight[0, 0] += 1e-3
+    moved = max(worst(forward(str(MODEL_DIR), g, runtime="onnx")["dense"], dense(policy, encode(g))) for g in graphs)
+    assert moved > 1e-5, moved
+
+
+def _ppo_loop(model_dir: str, epochs: int = 8) -> tuple[dict[str, Any], list[dict[str, Any]],
+                                                          list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """A real wrapped training run with policy="ppo". Returns its counters, every decision, and per applied ppo
+    decision the graph the session decided on (replayed from its snapshot into a scratch session, as the
+    trainer's behaviour cloning does) with the decision."""
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    morph = Morphogenesis(model, opt, policy="ppo", ppo_model=model_dir, signal_every=2, train_steps=4,
+                          blend_steps=4, max_concurrent=2, epochs=epochs, max_params=3_000)
+    x, y = _data()
+    every: list[dict[str, Any]] = []
+    seen: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    with morph:
+        for _epoch in range(epochs):
+            for b in range(4):
+                xb, yb = x[b * 24:(b + 1) * 24], y[b * 24:(b + 1) * 24]
+                opt.zero_grad()
+                loss = F.cross_entropy(model(xb), yb)
+                loss.backward()
+                opt.step()
+                morph.step(loss)
+            with torch.no_grad():
+                val = float(F.cross_entropy(model(x), y))
+            snap = morph.session.snapshot()
+            res = morph.end_epoch(val_loss=val)
+            every.extend(res["decisions"])
+            decisions = [d for d in res["decisions"] if d["reason"].startswith("ppo:")]
+            assert decisions, "the ppo policy made no decision at an end of epoch"
+            labels = _heuristic_labels(snap, res["metrics"], decisions)
+            applied = [d for d in decisions if d["applied"]]
+            assert len(labels) >= len(applied)
+            seen.extend(zip([g for g, _ in labels], applied))
+            # The governor's limits hold after every epoch's moves.
+            g = morph.graph()
+            assert g["global"]["params_used"] <= 3_000 and g["global"]["active"] <= 2
+        counters = morph.stats()["counters"]
+    return counters, every, seen
+
+
+def test_policy_ppo_drives_the_users_loop(tmp_path: Path) -> None:
+    """policy="ppo" in esper.wrap + Morphogenesis: Go encodes each graph, runs the network and takes its masked
+    argmax move through the gates and the governor. Every executed move was legal under the masks of the graph it
+    was decided on and is the network's argmax there; refusals are counted (none: the masks are the gates)."""
+    model = _model()
+    with Morphogenesis(model, torch.optim.Adam(model.parameters()), policy="manual") as morph0:
+        g0 = morph0.graph()
+    policy = random_policy(g0, seed=3)
+    with torch.no_grad():  # a policy that grows when it may, so that the run has seeds to judge
+        policy.op_head[2].bias[1] += 3.0
+    folder = tmp_path / "model"
+    save_model(policy, str(folder), {"command": "test"}, onnx=False)
+    counters, every, seen = _ppo_loop(str(folder))
+    ops = [d["op"] for _, d in seen]
+    assert "germinate" in ops and len([o for o in ops if o != "wait"]) >= 2, ops
+    for graph, d in seen:
+        e = encode(graph)
+        a = forward(str(folder), graph)["action"]
+        assert a["op"] == d["op"] and (d["op"] == "wait" or (a["layer"], a["slot"]) == (d["layer"], d["slot"]))
+        if d["op"] == "wait":
+            continue
+        target = d["layer"] * graph["slots"] + d["slot"]
+        if d["op"] == "germinate":
+            k = graph["templates"].index(d["template"])
+            assert legal(e, Action(1, target, k, a["size"]))
+            assert graph["masks"]["size_params"][d["layer"]][k][a["size"]] == d["param_count"]
+        else:
+            assert legal(e, Action(("wait", "germinate", "prune", "fossilize", "advance").index(d["op"]), target))
+    assert counters["refused"] == sum(1 for d in every if not d["applied"]) == 0
+    assert counters["decisions"] == len(every)
+
+
+def test_policy_ppo_without_a_model_names_the_command(tmp_path: Path) -> None:
+    model = _model()
+    opt = torch.optim.Adam(model.parameters())
+    morph = Morphogenesis(model, opt, policy="ppo", ppo_model=str(tmp_path / "none"))
+    with pytest.raises(InvalidArgumentError, match="esper simic ppo train"):
+        _ = morph.session  # the Go session opens on first use
+    morph.close()

@@ -58,14 +58,18 @@ def default_model_dir() -> str:
     return str(MODEL_DIR)
 
 
-def forward(model_dir: str, graph: dict[str, Any]) -> dict[str, Any]:
-    """Go's native forward of the graph policy in ``model_dir`` on one graph document (``esper_graph_forward``):
+def forward(model_dir: str, graph: dict[str, Any], runtime: str = "native") -> dict[str, Any]:
+    """The graph policy in ``model_dir`` run by Go on one graph document (``esper_graph_forward``), on
+    ``runtime`` "native" (Go's forward over model.safetensors) or "onnx" (model.onnx through ONNX Runtime):
     ``{"dense": {"value", "op", "target", "template", "size"}, "action": {...}}``, the action being the masked
-    argmax move ``policy="ppo"`` takes."""
+    argmax move ``policy="ppo"`` takes (from the native forward)."""
     import json
 
+    if runtime == "onnx":
+        _lib.refresh_settings()  # ESPER_ONNXRUNTIME_LIB as os.environ holds it now
     out = c_void_p()
-    _lib.check(_lib.lib().esper_graph_forward(str(model_dir).encode(), json.dumps(graph).encode(), byref(out)))
+    _lib.check(_lib.lib().esper_graph_forward(str(model_dir).encode(), runtime.encode(), json.dumps(graph).encode(),
+                                              byref(out)))
     return _lib.take_json(out)
 
 

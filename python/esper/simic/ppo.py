@@ -550,9 +550,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ppo: {len(done)} episodes in {wall:.0f} s: {3600 * len(done) / wall:.0f} episodes/hour "
               f"({workers} workers; each a policy run plus its paired heuristic run)")
     model_dir = args.model or os.path.join(args.out, "model")
-    for path in trainer.export(model_dir, command="esper simic ppo train " + " ".join(argv if argv is not None
-                                                                                      else sys.argv[1:]),
-                               bc_episodes=args.bc_episodes):
+    command = "esper simic ppo " + " ".join(argv if argv is not None else sys.argv[1:])
+    for path in trainer.export(model_dir, command=command, bc_episodes=args.bc_episodes):
         print(f"wrote {path}")
     return 0
 
