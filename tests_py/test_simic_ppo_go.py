@@ -20,8 +20,8 @@ from esper import Morphogenesis
 from esper.errors import InvalidArgumentError
 from esper.simic.export import dense, load_model, save_model
 from esper.simic.graph import MODEL_DIR, encode, feature_names, forward
-from esper.simic.ppo import _heuristic_labels
 from esper.simic.policy import Action, GraphPolicy, legal
+from esper.simic.ppo import _heuristic_labels
 
 
 @pytest.fixture(autouse=True)
