@@ -58,7 +58,7 @@ type Manifest struct {
 }
 
 // Config is the network shape the manifest states.
-func (m *Manifest) Config() gnn.Config {
+func (m Manifest) Config() gnn.Config {
 	return gnn.Config{NodeFeatures: len(m.NodeFeatures), GlobalFeatures: len(m.GlobalFeatures), Hidden: m.Hidden,
 		Rounds: m.Rounds, Templates: len(m.Templates), Sizes: len(m.Sizes)}
 }
