@@ -4,8 +4,7 @@ import (
 	"fmt"
 	"math"
 
-	"gonum.org/v1/gonum/blas"
-	"gonum.org/v1/gonum/blas/gonum"
+	"gonum.org/v1/gonum/floats"
 )
 
 // Input is one encoded graph (its JSON names are the graph document's
@@ -69,10 +68,10 @@ type State struct {
 	// h holds the node embeddings (Nodes x Hidden); glob the global
 	// embedding; summary the mean and max of h and glob (3 x Hidden).
 	h, glob, summary []float64
-	// sumPre holds, per head, the summary's share of its first layer's
-	// pre-activation (bias included).
-	targetPre, templatePre, sizePre []float64
-	targets                         []float64
+	// targetPre is the summary's share of the target head's first layer's
+	// pre-activation (bias included); targets the target logits, once
+	// computed.
+	targetPre, targets []float64
 }
 
 // Run runs the message passing on in and returns the state the heads read.
@@ -88,30 +87,37 @@ func (n *Net) Run(in *Input) (*State, error) {
 	for _, d := range in.Dst {
 		degree[d]++
 	}
-	cat := make([]float64, nodes*3*hid)
+	// A message's first layer takes [h, the neighbour mean, glob]: the glob
+	// share (with the bias) is the same for every node, computed once.
+	agg := make([]float64, nodes*hid)
+	pre := make([]float64, nodes*hid)
 	for r, msg := range n.message {
-		for i := range nodes {
-			row := cat[i*3*hid : (i+1)*3*hid]
-			copy(row[:hid], s.h[i*hid:(i+1)*hid])
-			clear(row[hid : 2*hid])
-			copy(row[2*hid:], s.glob)
-		}
+		clear(agg)
 		for e, src := range in.Src {
 			d := in.Dst[e]
-			agg := cat[d*3*hid+hid : d*3*hid+2*hid]
+			a := agg[d*hid : (d+1)*hid]
 			for j, v := range s.h[src*hid : (src+1)*hid] {
-				agg[j] += v
+				a[j] += v
 			}
 		}
 		for i := range nodes {
 			if degree[i] > 1 {
-				agg := cat[i*3*hid+hid : i*3*hid+2*hid]
-				for j := range agg {
-					agg[j] /= degree[i]
+				a := agg[i*hid : (i+1)*hid]
+				for j := range a {
+					a[j] /= degree[i]
 				}
 			}
 		}
-		m := msg.batch(cat, nodes)
+		shared := msg.l1.partial(s.glob, 2*hid)
+		for i := range nodes {
+			copy(pre[i*hid:(i+1)*hid], shared)
+		}
+		msg.l1.columnsAdd(pre, s.h, nodes, 0, hid)
+		msg.l1.columnsAdd(pre, agg, nodes, hid, hid)
+		for i, v := range pre {
+			pre[i] = math.Tanh(v)
+		}
+		m := msg.l2.batch(pre, nodes)
 		for i := range nodes {
 			row := s.h[i*hid : (i+1)*hid]
 			for j := range row {
@@ -152,9 +158,8 @@ func (s *State) TargetLogits() []float64 {
 	n, hid := s.n, s.n.cfg.Hidden
 	l1 := n.target.l1 // columns: layer node (hid), seed node (hid), has-seed (1), summary (3 hid)
 	s.targetPre = l1.partial(s.summary, 2*hid+1)
-	// The layer and seed nodes' shares, per node.
-	layerPart := l1.columns(s.h, s.in.Nodes, 0, hid)
-	seedPart := l1.columns(s.h, s.in.Nodes, hid, hid)
+	// The layer nodes' shares (the first Layers nodes), once per layer.
+	layerPart := l1.columns(s.h, s.in.Layers, 0, hid)
 	t := len(s.in.TargetLayer)
 	pre := make([]float64, t*hid)
 	for i := range t {
@@ -165,8 +170,9 @@ func (s *State) TargetLogits() []float64 {
 			row[j] += layerPart[l*hid+j]
 		}
 		if sd := s.in.TargetSeed[i]; sd >= 0 {
+			hs := s.h[sd*hid : (sd+1)*hid]
 			for j := range row {
-				row[j] += seedPart[sd*hid+j] + l1.w[j*l1.in+2*hid]
+				row[j] += floats.Dot(l1.w[j*l1.in+hid:j*l1.in+2*hid], hs) + l1.w[j*l1.in+2*hid]
 			}
 		}
 		for j := range row {
@@ -253,9 +259,12 @@ func (m *mlp) batch(x []float64, rows int) []float64 {
 func (d *dense) batch(x []float64, rows int) []float64 {
 	out := make([]float64, rows*d.out)
 	for r := range rows {
-		copy(out[r*d.out:(r+1)*d.out], d.b)
+		xr := x[r*d.in : (r+1)*d.in]
+		o := out[r*d.out : (r+1)*d.out]
+		for j := range o {
+			o[j] = d.b[j] + floats.Dot(d.w[j*d.in:(j+1)*d.in], xr)
+		}
 	}
-	gonum.Implementation{}.Dgemm(blas.NoTrans, blas.Trans, rows, d.out, d.in, 1, x[:rows*d.in], d.in, d.w, d.in, 1, out, d.out)
 	return out
 }
 
@@ -263,8 +272,26 @@ func (d *dense) batch(x []float64, rows int) []float64 {
 // W's columns [from, from+width): rows x out, no bias.
 func (d *dense) columns(x []float64, rows, from, width int) []float64 {
 	out := make([]float64, rows*d.out)
-	gonum.Implementation{}.Dgemm(blas.NoTrans, blas.Trans, rows, d.out, width, 1, x[:rows*width], width, d.w[from:], d.in, 0, out, d.out)
+	for r := range rows {
+		xr := x[r*width : (r+1)*width]
+		o := out[r*d.out : (r+1)*d.out]
+		for j := range o {
+			o[j] = floats.Dot(d.w[j*d.in+from:j*d.in+from+width], xr)
+		}
+	}
 	return out
+}
+
+// columnsAdd adds to out (rows x out) the product of rows rows of x (each
+// width wide) with W's columns [from, from+width).
+func (d *dense) columnsAdd(out, x []float64, rows, from, width int) {
+	for r := range rows {
+		xr := x[r*width : (r+1)*width]
+		o := out[r*d.out : (r+1)*d.out]
+		for j := range o {
+			o[j] += floats.Dot(d.w[j*d.in+from:j*d.in+from+width], xr)
+		}
+	}
 }
 
 // partial is W's columns from `from` on times x, plus the bias: the share

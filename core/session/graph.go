@@ -81,7 +81,7 @@ func (s *Session) graphLocked() (Graph, error) {
 		}
 		n := GraphNode{Kind: "seed", Layer: sd.Layer, Slot: sd.Slot, Name: s.set.names[sd.Layer], Params: sd.ParamCount,
 			State: sd.State.String(), Alpha: sd.Alpha, StepsInState: sd.StepsInState, EpochsInState: s.epochsIn[i],
-			Template: templateOf(sd.Blueprint), Generation: sd.Generation, Contribution: nissa.Num(s.mon.impacts.LastMeasured(i))}
+			Template: s.templateLocked(sd), Generation: sd.Generation, Contribution: nissa.Num(s.mon.impacts.LastMeasured(i))}
 		g.Edges = append(g.Edges, GraphEdge{From: len(g.Nodes), To: sd.Layer, Kind: "seed"})
 		g.Nodes = append(g.Nodes, n)
 	}
@@ -104,6 +104,25 @@ func (s *Session) graphLocked() (Graph, error) {
 
 // graphValLosses is how many validation losses a graph carries.
 const graphValLosses = 8
+
+// maxTemplateCache bounds Session.tplByID.
+const maxTemplateCache = 4096
+
+// templateLocked returns the template of seed sd's blueprint, decoded once
+// per blueprint id (the id hashes the document, so the cache is exact).
+func (s *Session) templateLocked(sd *lifecycle.Seed) string {
+	if t, ok := s.tplByID[sd.BlueprintID]; ok {
+		return t
+	}
+	t := templateOf(sd.Blueprint)
+	if s.tplByID == nil {
+		s.tplByID = map[string]string{}
+	}
+	if len(s.tplByID) < maxTemplateCache {
+		s.tplByID[sd.BlueprintID] = t
+	}
+	return t
+}
 
 // templateOf returns the template named in a canonical blueprint document.
 func templateOf(doc []byte) string {

@@ -1,10 +1,12 @@
 package session_test
 
 import (
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/esper-morph/esper/blueprint"
 	"github.com/esper-morph/esper/core/gnn"
 	"github.com/esper-morph/esper/core/session"
 	"github.com/esper-morph/esper/policy/graphpolicy"
@@ -111,5 +113,63 @@ func TestPPOPolicyMovesThroughTheGates(t *testing.T) {
 	}
 	if st.Counters.Refused != 0 || st.Counters.Germinations != int64(moves[tamiyo.Germinate]) {
 		t.Fatalf("counters %+v for moves %v", st.Counters, moves)
+	}
+}
+
+// ppoBenchSession returns a ppo session on 100 linear 64x64 layers x 2
+// slots with a seed in every layer's first slot (a 200-node graph) and a
+// network of the shipped model's size (hidden 32, 2 rounds) with random
+// weights biased to wait, so that each end of epoch decides once: the
+// graph, its encoding, the forward and the masked argmax.
+func ppoBenchSession(b *testing.B) *session.Session {
+	dir := filepath.Join(b.TempDir(), "ppo")
+	tensors, err := gnn.RandomTensors(graphpolicy.LibraryManifest(32, 2).Config(), 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range tensors {
+		if tensors[i].Name == "op_head.2.bias" {
+			tensors[i].Data[0] += 100
+		}
+	}
+	if err := graphpolicy.WriteTensors(dir, 32, 2, tensors, nil); err != nil {
+		b.Fatal(err)
+	}
+	cfg := session.Config{SlotsPerLayer: 2, Policy: "ppo", TrainSteps: 1 << 30}
+	cfg.Controller.PPOModel = dir
+	cfg.Governor.MaxConcurrent = 200
+	for l := range 100 {
+		cfg.Layers = append(cfg.Layers, session.LayerConfig{Name: fmt.Sprintf("fc%d", l),
+			Host: blueprint.Host{Kind: "linear", In: 64, Out: 64}, Params: 64*64 + 64})
+	}
+	s := newSession(b, cfg)
+	for l := range 100 {
+		germinate(b, s, l, 0, `{"template": "lowrank"}`)
+	}
+	return s
+}
+
+// BenchmarkPPODecide measures an end of epoch of the ppo policy on a
+// 200-node graph (see ppoBenchSession): Session.EndEpoch with one decision.
+// Besides ns/op (wall time) it reports cpu-ns/op, the process's CPU time
+// (on a shared machine the wall clock counts other work too).
+func BenchmarkPPODecide(b *testing.B) {
+	s := ppoBenchSession(b)
+	epoch := 0
+	if _, err := s.EndEpoch(metrics(epoch, 1)); err != nil { // the masks' table of seed sizes is filled once
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	cpu := processCPU(b)
+	defer func() { b.ReportMetric(float64((processCPU(b) - cpu).Nanoseconds())/float64(b.N), "cpu-ns/op") }()
+	for b.Loop() {
+		epoch++
+		res, err := s.EndEpoch(metrics(epoch, 1))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(res.Decisions) != 1 || res.Decisions[0].Op != tamiyo.Wait {
+			b.Fatalf("decisions %+v, want one wait", res.Decisions)
+		}
 	}
 }

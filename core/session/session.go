@@ -82,6 +82,7 @@ type Session struct {
 	source     *outcomeSource     // Karn's outcome history (search on, urza set)
 	roll       *rollout           // the value model's rolling deployment (value_model "urza:<name>")
 	ppo        *graphpolicy.Model // the ppo policy's graph network (nil for other policies)
+	tplByID    map[string]string  // blueprint id -> its template's name (Graph's seed nodes)
 	modelCache string             // where roll materialises model versions ("": the default)
 	closed     bool
 	mon        *monitor // metrics, alarms, impact analysis (monitor.go)

@@ -32,7 +32,8 @@ func (a Action) String() string {
 	return fmt.Sprintf("%s %d/%d", a.Op, a.Layer, a.Slot)
 }
 
-// Decide returns the policy's deterministic move on g: each head's most
+// Decide returns the policy's deterministic move on g (on g.Encoded when
+// set, as the session's graphs carry it; else on Encode(g)): each head's most
 // likely legal choice in turn (op; the op's target slot; for a germination
 // the template at the target's layer, then the size), every head masked
 // with g's legal moves (Graph.Masks) so an illegal choice is never taken.
@@ -40,9 +41,12 @@ func (m *Model) Decide(g *Graph) (Action, error) {
 	if err := m.fits(g); err != nil {
 		return Action{}, err
 	}
-	enc, err := Encode(g)
-	if err != nil {
-		return Action{}, err
+	enc := g.Encoded
+	if enc == nil {
+		var err error
+		if enc, err = Encode(g); err != nil {
+			return Action{}, err
+		}
 	}
 	st, err := m.net.Run(enc)
 	if err != nil {
@@ -109,9 +113,10 @@ func argmax(logits []float64, legal []bool, head string) (int, error) {
 	return best, nil
 }
 
-// Forward runs the network on g and returns every head's output on every
-// target, layer, template and size (what a parity test compares with
-// PyTorch and ONNX Runtime), with the decision Decide takes.
+// Forward encodes g (replacing g.Encoded) and runs the network on it,
+// returning every head's output on every target, layer, template and size
+// (what a parity test compares with PyTorch and ONNX Runtime), with the
+// decision Decide takes.
 func (m *Model) Forward(g *Graph) (gnn.Dense, Action, error) {
 	if err := m.fits(g); err != nil {
 		return gnn.Dense{}, Action{}, err
@@ -120,6 +125,7 @@ func (m *Model) Forward(g *Graph) (gnn.Dense, Action, error) {
 	if err != nil {
 		return gnn.Dense{}, Action{}, err
 	}
+	g.Encoded = enc // the decision below reads this encoding, not one a caller gave
 	st, err := m.net.Run(enc)
 	if err != nil {
 		return gnn.Dense{}, Action{}, fmt.Errorf("graphpolicy: forward: %w", err)
