@@ -161,7 +161,7 @@ func BenchmarkPPODecide(b *testing.B) {
 	}
 	b.ResetTimer()
 	cpu := processCPU(b)
-	defer func() { b.ReportMetric(float64((processCPU(b) - cpu).Nanoseconds())/float64(b.N), "cpu-ns/op") }()
+	defer func() { b.ReportMetric(float64((processCPU(b)-cpu).Nanoseconds())/float64(b.N), "cpu-ns/op") }()
 	for b.Loop() {
 		epoch++
 		res, err := s.EndEpoch(metrics(epoch, 1))
