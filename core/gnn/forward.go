@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/gonum"
 	"gonum.org/v1/gonum/floats"
 )
 
@@ -255,16 +257,31 @@ func (m *mlp) batch(x []float64, rows int) []float64 {
 	return m.l2.batch(a, rows)
 }
 
+// serialRows is the most rows one matrix product takes: gonum's Dgemm
+// splits a product of 4 or more 64 x 64 blocks over goroutines, which on
+// these small products costs more than it saves (and competes with
+// PyTorch's threads); 128 rows by at most 64 outputs stay on one core.
+const serialRows = 128
+
+// gemm adds x (rows x width, row major) times W's columns [from,
+// from+width) transposed to out (rows x out), in row chunks that gonum
+// runs serially (outputs wider than 64 are rare here and go parallel).
+func (d *dense) gemm(out, x []float64, rows, from, width int) {
+	impl := gonum.Implementation{}
+	for r := 0; r < rows; r += serialRows {
+		n := min(serialRows, rows-r)
+		impl.Dgemm(blas.NoTrans, blas.Trans, n, d.out, width, 1, x[r*width:(r+n)*width], width, d.w[from:], d.in, 1,
+			out[r*d.out:(r+n)*d.out], d.out)
+	}
+}
+
 // batch computes W x + b for rows rows of x (rows x in, row major).
 func (d *dense) batch(x []float64, rows int) []float64 {
 	out := make([]float64, rows*d.out)
 	for r := range rows {
-		xr := x[r*d.in : (r+1)*d.in]
-		o := out[r*d.out : (r+1)*d.out]
-		for j := range o {
-			o[j] = d.b[j] + floats.Dot(d.w[j*d.in:(j+1)*d.in], xr)
-		}
+		copy(out[r*d.out:(r+1)*d.out], d.b)
 	}
+	d.gemm(out, x, rows, 0, d.in)
 	return out
 }
 
@@ -272,26 +289,14 @@ func (d *dense) batch(x []float64, rows int) []float64 {
 // W's columns [from, from+width): rows x out, no bias.
 func (d *dense) columns(x []float64, rows, from, width int) []float64 {
 	out := make([]float64, rows*d.out)
-	for r := range rows {
-		xr := x[r*width : (r+1)*width]
-		o := out[r*d.out : (r+1)*d.out]
-		for j := range o {
-			o[j] = floats.Dot(d.w[j*d.in+from:j*d.in+from+width], xr)
-		}
-	}
+	d.gemm(out, x, rows, from, width)
 	return out
 }
 
 // columnsAdd adds to out (rows x out) the product of rows rows of x (each
 // width wide) with W's columns [from, from+width).
 func (d *dense) columnsAdd(out, x []float64, rows, from, width int) {
-	for r := range rows {
-		xr := x[r*width : (r+1)*width]
-		o := out[r*d.out : (r+1)*d.out]
-		for j := range o {
-			o[j] += floats.Dot(d.w[j*d.in+from:j*d.in+from+width], xr)
-		}
-	}
+	d.gemm(out, x, rows, from, width)
 }
 
 // partial is W's columns from `from` on times x, plus the bias: the share
