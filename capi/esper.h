@@ -33,7 +33,7 @@ extern "C" {
 #endif
 
 /* Version of this header; esper_abi_version() must return the same value. */
-#define ESPER_ABI_VERSION 4
+#define ESPER_ABI_VERSION 5
 
 /* Status codes (source of truth: core/errcode/codes.go). */
 #define ESPER_OK 0

@@ -26,7 +26,7 @@ from .errors import EsperError, ForkError, LibraryError, error_for_code
 __all__ = ["ABI_VERSION", "lib", "check", "take_string", "take_bytes", "library_path", "build_info", "Handle"]
 
 #: Must equal ESPER_ABI_VERSION in capi/esper.h and abiVersion in capi/core.go.
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 _LIB_NAME = "libesper.so"
 
