@@ -38,12 +38,14 @@ func (s *Session) Graph() (Graph, error) {
 		return Graph{}, err
 	}
 	defer s.unlock()
-	return s.graphLocked()
+	return s.graphLocked(false)
 }
 
 // graphLocked builds the graph (see Graph) with its encoding
-// (graphpolicy.Encode).
-func (s *Session) graphLocked() (Graph, error) {
+// (graphpolicy.Encode). With share, the masks' SizeParams are the session's
+// cached table itself, not a copy: for callers inside the session that only
+// read the graph (the ppo policy's decision).
+func (s *Session) graphLocked(share bool) (Graph, error) {
 	layers := len(s.set.hosts)
 	used, active := s.paramsUsedLocked()
 	gov := s.ctl.Governor()
@@ -93,7 +95,7 @@ func (s *Session) graphLocked() (Graph, error) {
 		HostParams: g.Global.HostParams, Active: active, MaxConcurrent: gov.Config().MaxConcurrent,
 		Epochs: s.ctl.Config().Epochs, LifecycleSteps: s.set.cfg.TrainSteps + s.set.cfg.BlendSteps,
 		ValLosses: s.ctl.ValLosses(graphValLosses)}
-	g.Templates, g.Masks = s.masksLocked(used, active)
+	g.Templates, g.Masks = s.masksLocked(used, active, share)
 	enc, err := graphpolicy.Encode(&g)
 	if err != nil {
 		return Graph{}, fmt.Errorf("session: graph: %w", err)
@@ -139,7 +141,7 @@ func templateOf(doc []byte) string {
 }
 
 // masksLocked computes the legal moves (see GraphMasks).
-func (s *Session) masksLocked(used int64, active int) ([]string, GraphMasks) {
+func (s *Session) masksLocked(used int64, active int, share bool) ([]string, GraphMasks) {
 	templates := blueprint.Templates()
 	names := make([]string, len(templates))
 	for i, t := range templates {
@@ -160,10 +162,13 @@ func (s *Session) masksLocked(used int64, active int) ([]string, GraphMasks) {
 		m.Size[l] = make([][]bool, len(templates))
 		m.SizeParams[l] = make([][]int64, len(templates))
 		for k := range templates {
-			m.SizeParams[l][k] = slices.Clone(counts[l][k])
+			m.SizeParams[l][k] = counts[l][k]
+			if !share {
+				m.SizeParams[l][k] = slices.Clone(counts[l][k])
+			}
 			m.Size[l][k] = make([]bool, sizes)
 			for z, params := range counts[l][k] {
-				if params > 0 && gov.Admit(used, params, active) == nil {
+				if params > 0 && gov.Admits(used, params, active) {
 					m.Size[l][k][z] = true
 					m.Template[l][k] = true
 					canGrow[l] = true

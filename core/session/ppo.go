@@ -37,7 +37,7 @@ func (s *Session) ppoDecisionLocked() (tamiyo.Decision, bool) {
 	wait := func(format string, args ...any) (tamiyo.Decision, bool) {
 		return tamiyo.Decision{Op: tamiyo.Wait, Layer: -1, Slot: -1, Reason: "ppo: " + fmt.Sprintf(format, args...)}, true
 	}
-	g, err := s.graphLocked()
+	g, err := s.graphLocked(true)
 	if err != nil {
 		return wait("no graph: %v", err)
 	}
