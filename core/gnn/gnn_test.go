@@ -295,12 +295,12 @@ func TestLoadAndInputErrors(t *testing.T) {
 }
 
 // BenchmarkGraphForward times the decision's forward on a 200-node graph (100
-// layers x 2 slots, a seed in every layer's first slot; hidden 32, 2
+// layers x 2 slots, a seed in every layer's first slot; hidden 16, 2
 // rounds): message passing, the op and target heads, one template and one
 // size head.
 func BenchmarkGraphForward(b *testing.B) {
 	cfg := testCfg
-	cfg.NodeFeatures, cfg.GlobalFeatures, cfg.Hidden, cfg.Templates = 46, 9, 32, 14
+	cfg.NodeFeatures, cfg.GlobalFeatures, cfg.Hidden, cfg.Templates = 46, 9, 16, 14
 	n, _, err := load(b, cfg, 1, nil)
 	if err != nil {
 		b.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"slices"
 
 	"github.com/esper-morph/esper/blueprint"
 	"github.com/esper-morph/esper/core/lifecycle"
@@ -157,16 +156,27 @@ func (s *Session) masksLocked(used int64, active int, share bool) ([]string, Gra
 	canGrow := make([]bool, layers)
 	gov := s.ctl.Governor()
 	counts := s.sizeParamsLocked(templates)
+	// One backing array per table (not one slice per layer and template):
+	// at 200 layers the masks were mostly allocations.
+	k := len(templates)
+	tplFlat, sizeRows, sizeFlat := make([]bool, layers*k), make([][]bool, layers*k), make([]bool, layers*k*sizes)
+	paramRows := make([][]int64, layers*k)
+	var paramFlat []int64
+	if !share {
+		paramFlat = make([]int64, 0, layers*k*sizes)
+	}
 	for l := range layers {
-		m.Template[l] = make([]bool, len(templates))
-		m.Size[l] = make([][]bool, len(templates))
-		m.SizeParams[l] = make([][]int64, len(templates))
+		m.Template[l] = tplFlat[l*k : (l+1)*k : (l+1)*k]
+		m.Size[l] = sizeRows[l*k : (l+1)*k : (l+1)*k]
+		m.SizeParams[l] = paramRows[l*k : (l+1)*k : (l+1)*k]
 		for k := range templates {
 			m.SizeParams[l][k] = counts[l][k]
 			if !share {
-				m.SizeParams[l][k] = slices.Clone(counts[l][k])
+				n := len(paramFlat)
+				paramFlat = append(paramFlat, counts[l][k]...)
+				m.SizeParams[l][k] = paramFlat[n:len(paramFlat):len(paramFlat)]
 			}
-			m.Size[l][k] = make([]bool, sizes)
+			m.Size[l][k] = sizeFlat[(l*len(templates)+k)*sizes : (l*len(templates)+k+1)*sizes : (l*len(templates)+k+1)*sizes]
 			for z, params := range counts[l][k] {
 				if params > 0 && gov.Admits(used, params, active) {
 					m.Size[l][k][z] = true

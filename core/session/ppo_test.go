@@ -118,12 +118,12 @@ func TestPPOPolicyMovesThroughTheGates(t *testing.T) {
 
 // ppoBenchSession returns a ppo session on 100 linear 64x64 layers x 2
 // slots with a seed in every layer's first slot (a 200-node graph) and a
-// network of the shipped model's size (hidden 32, 2 rounds) with random
+// network of the shipped model's size (hidden 16, 2 rounds) with random
 // weights biased to wait, so that each end of epoch decides once: the
 // graph, its encoding, the forward and the masked argmax.
 func ppoBenchSession(b *testing.B) *session.Session {
 	dir := filepath.Join(b.TempDir(), "ppo")
-	tensors, err := gnn.RandomTensors(graphpolicy.LibraryManifest(32, 2).Config(), 1)
+	tensors, err := gnn.RandomTensors(graphpolicy.LibraryManifest(16, 2).Config(), 1)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func ppoBenchSession(b *testing.B) *session.Session {
 			tensors[i].Data[0] += 100
 		}
 	}
-	if err := graphpolicy.WriteTensors(dir, 32, 2, tensors, nil); err != nil {
+	if err := graphpolicy.WriteTensors(dir, 16, 2, tensors, nil); err != nil {
 		b.Fatal(err)
 	}
 	cfg := session.Config{SlotsPerLayer: 2, Policy: "ppo", TrainSteps: 1 << 30}

@@ -548,29 +548,33 @@ def learned_rows(go: GoBench, rounds: int, quick: bool = False) -> list[Row]:
     ]
 
 
-def _ppo_model(folder: Path) -> str:
-    """A graph policy of the shipped model's size (hidden 32, 2 rounds) with seeded random weights biased to
-    wait (so that every end of epoch decides once and the run's state does not change), written to
-    ``folder``."""
+def _ppo_model(folder: Path) -> tuple[str, int, int]:
+    """A graph policy of the shipped model's size (its manifest's hidden width and rounds; 16 and 2 without
+    one) with seeded random weights biased to wait (so that every end of epoch decides once and the run's
+    state does not change), written to ``folder``. Returns the folder, the width and the rounds."""
     from ..simic.export import save_model
-    from ..simic.graph import feature_names
+    from ..simic.graph import MODEL_DIR, feature_names
     from ..simic.policy import GraphPolicy
 
+    hidden, rounds = 16, 2
+    if (MODEL_DIR / "manifest.json").is_file():
+        shipped = json.loads((MODEL_DIR / "manifest.json").read_text())
+        hidden, rounds = int(shipped["hidden"]), int(shipped["rounds"])
     with Session({"layers": _linear_layers(1), "slots_per_layer": 1, "policy": "manual"}) as s:
         templates = s.graph()["templates"]
     torch.manual_seed(0)
-    policy = GraphPolicy(templates, len(feature_names()["sizes"]), hidden=32, rounds=2)
+    policy = GraphPolicy(templates, len(feature_names()["sizes"]), hidden=hidden, rounds=rounds)
     with torch.no_grad():
         policy.op_head[2].bias[0] += 100.0
     save_model(policy, str(folder), {"by": "esper.bench (random weights, biased to wait)"}, onnx=False)
-    return str(folder)
+    return str(folder), hidden, rounds
 
 
 def ppo_rows(go: GoBench, rounds: int, quick: bool = False) -> list[Row]:
     """The ppo policy's decision latency on a 200-node graph: inside Go and through Session.end_epoch."""
     layers = 100
     with tempfile.TemporaryDirectory() as tmp:
-        model = _ppo_model(Path(tmp))
+        model, hidden, rounds = _ppo_model(Path(tmp))
         cfg = {"layers": _linear_layers(layers), "slots_per_layer": 2, "policy": "ppo", "train_steps": 1 << 30,
                "controller": {"ppo_model": model}, "governor": {"max_concurrent": 2 * layers}}
         metrics = {"train_loss": 1.0, "val_loss": 1.0, "val_metric": 0.5, "contributions": []}
@@ -588,16 +592,18 @@ def ppo_rows(go: GoBench, rounds: int, quick: bool = False) -> list[Row]:
     return [
         go.row("decision", "ppo decision, 200-node graph (in Go, CPU time)", "PPODecide:cpu-ns/op", "us", LEARNED,
                "session.EndEpoch, policy ppo, 100 linear 64->64 layers x 2 slots with a seed in every layer "
-               "(200 nodes): the graph and its masks, Go's encoding, the native forward of a hidden-32 2-round "
-               "network (random weights biased to wait) and the masked argmax; process CPU time"),
+               "(200 nodes): the graph and its masks, Go's encoding, the native forward of a hidden-16 2-round "
+               "network (the shipped model's size; random weights biased to wait) and the masked argmax; process "
+               "CPU time"),
         go.row("decision", "ppo network forward, 200-node graph (in Go)", "GraphForward", "us", LEARNED,
-               "gnn.Net.Run and the op, target, template and size heads the decision reads (hidden 32, 2 rounds, "
+               "gnn.Net.Run and the op, target, template and size heads the decision reads (hidden 16, 2 rounds, "
                "46 node features, 100 layers x 2 slots, 100 seeds); wall time"),
         samples_row("decision", f"ppo end_epoch -> {op}, {nodes}-node graph (Session.end_epoch)", "cpu",
                     [t * 1e6 for t in samples], "us", target=LEARNED, source="ABI", baseline=in_go,
                     baseline_name=_named(in_go, "the decision inside Go (Go benchmark)"),
                     note=f"{layers} linear 64->64 layers x 2 slots, a seed in every layer ({nodes} graph nodes), "
-                         "policy ppo with a network of the shipped model's size (hidden 32, 2 rounds, random weights "
-                         "biased to wait, so each end of epoch makes one decision): Go builds the graph, encodes it, "
+                         f"policy ppo with a network of the shipped model's size (hidden {hidden}, {rounds} rounds, "
+                         "random weights biased to wait, so each end of epoch makes one decision): Go builds the "
+                         "graph, encodes it, "
                          "runs the native forward and takes the masked argmax; metrics JSON in, decision out"),
     ]
