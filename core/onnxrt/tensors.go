@@ -97,14 +97,20 @@ func (m *TensorModel) Run(inputs []Tensor) ([]Tensor, error) {
 		if i < 0 || vals[i] != nil {
 			return nil, fmt.Errorf("onnxrt: run %s: input %q is not one of %v, or is given twice", m.path, in.Name, m.inputs)
 		}
-		var err error
+		// Only a tensor that was made goes into vals (a failed one would be a
+		// typed nil the deferred Destroy calls).
 		if in.I64 != nil {
-			vals[i], err = ort.NewTensor(ort.NewShape(in.Shape...), in.I64)
+			v, err := ort.NewTensor(ort.NewShape(in.Shape...), in.I64)
+			if err != nil {
+				return nil, fmt.Errorf("onnxrt: run %s: input %s: %w", m.path, in.Name, err)
+			}
+			vals[i] = v
 		} else {
-			vals[i], err = ort.NewTensor(ort.NewShape(in.Shape...), in.F32)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("onnxrt: run %s: input %s: %w", m.path, in.Name, err)
+			v, err := ort.NewTensor(ort.NewShape(in.Shape...), in.F32)
+			if err != nil {
+				return nil, fmt.Errorf("onnxrt: run %s: input %s: %w", m.path, in.Name, err)
+			}
+			vals[i] = v
 		}
 	}
 	for i, v := range vals {
