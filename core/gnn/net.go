@@ -100,22 +100,22 @@ func FromFile(f *safetensors.File, cfg Config) (*Net, error) {
 	}
 	n := &Net{cfg: cfg}
 	summary := 3 * h
+	// Every MLP is in -> Hidden -> out.
 	specs := []struct {
-		dst      *mlp
-		name     string
-		in, out  int
-		hiddenTo int
+		dst     *mlp
+		name    string
+		in, out int
 	}{
-		{&n.embed, "embed", cfg.NodeFeatures, h, h},
-		{&n.glob, "glob", cfg.GlobalFeatures, h, h},
-		{&n.op, "op_head", summary, NumOps, h},
-		{&n.target, "target_head", 2*h + 1 + summary, NumTargetOps, h},
-		{&n.template, "template_head", h + summary, cfg.Templates, h},
-		{&n.size, "size_head", 2*h + summary, cfg.Sizes, h},
-		{&n.value, "value_head", summary, 1, h},
+		{&n.embed, "embed", cfg.NodeFeatures, h},
+		{&n.glob, "glob", cfg.GlobalFeatures, h},
+		{&n.op, "op_head", summary, NumOps},
+		{&n.target, "target_head", 2*h + 1 + summary, NumTargetOps},
+		{&n.template, "template_head", h + summary, cfg.Templates},
+		{&n.size, "size_head", 2*h + summary, cfg.Sizes},
+		{&n.value, "value_head", summary, 1},
 	}
 	for _, s := range specs {
-		m, err := readMLP(f, s.name, s.in, s.hiddenTo, s.out)
+		m, err := readMLP(f, s.name, s.in, h, s.out)
 		if err != nil {
 			return nil, err
 		}
