@@ -16,6 +16,7 @@
     esper simic publish --name NAME [--root URZA] MODEL_DIR
     esper simic versions --name NAME [--root URZA]
     esper simic ppo train [--out DIR] [--bc-episodes N] [--episodes N] [--epochs N] [--workers N] [--seed S]
+                          [--hidden N] [--model DIR]
     esper info
 """
 
