@@ -721,8 +721,32 @@ int esper_session_growth_log(uint64_t handle, char **out_json);
  * "sizes", "masks": {"op": [bool per op], "target": {op: [bool per slot,
  * layer-major]}, "template": [[bool per template] per layer], "size":
  * [[[bool per size] per template] per layer], "size_params"}}. The masks are
- * the rules esper_session_propose applies. See docs/simic.md. */
+ * the rules esper_session_propose applies; "encoded": the graph as the graph
+ * policy's input ({"nodes", "features", "x" (row major), "src", "dst",
+ * "global", "layers", "target_layer", "target_seed"}: policy/graphpolicy's
+ * Encode, the one encoding the trainer and Go's forward read). See
+ * docs/simic.md. */
 int esper_session_graph(uint64_t handle, char **out_json);
+
+/* Writes {"node": [names], "global": [names], "kind": "graph_policy",
+ * "schema": 1, "ops", "sizes", "train_command"} to *out_json (free with
+ * esper_free): the graph policy's input features in order, as a model's
+ * manifest must list them (docs/simic.md, "Graph policy in Go"). */
+int esper_graph_features(char **out_json);
+
+/* Loads the graph policy in model_dir (manifest.json + model.safetensors)
+ * and runs its forward on graph_json (a document of esper_session_graph; its
+ * encoding is recomputed from it) on runtime "native" (Go's forward; NULL or
+ * "" too) or "onnx" (the folder's model.onnx through ONNX Runtime); writes
+ * {"dense": {"value", "op", "target" (4 x targets), "template" (layers x
+ * templates), "size" (layers x templates x sizes)}, "action": {"op",
+ * "layer", "slot", "template", "size", "value"}} (the masked argmax move the
+ * ppo policy takes) to *out_json (free with esper_free). Errors:
+ * ESPER_EINVALID a model folder that cannot be used (the message names the
+ * command that trains one), a malformed graph or one of another library;
+ * ESPER_ENOTFOUND no model.onnx; ESPER_EUNAVAILABLE no ONNX Runtime. The
+ * action is always the native forward's. */
+int esper_graph_forward(const char *model_dir, const char *runtime, const char *graph_json, char **out_json);
 
 /* Carries out a move proposed from outside, {"op": "wait"|"germinate"|
  * "prune"|"fossilize"|"advance", "layer", "slot", "template", "size" (an

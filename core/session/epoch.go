@@ -79,5 +79,15 @@ func (s *Session) EndEpoch(m tamiyo.Metrics) (EpochResult, error) {
 	}
 	s.publishEpochLocked(epoch, m, len(res.Decisions))
 	s.epoch = epoch + 1
+	if s.ppo != nil && len(decisions) == 0 {
+		// The ppo policy moves once the epoch has ended, on the graph of the
+		// epoch in progress: the graph its trainer reads after end_epoch
+		// (Morphogenesis.graph()), so the network sees at decision time what
+		// it saw in training. Its moves' events follow the epoch's.
+		began := time.Now()
+		res.Decisions = s.ppoMovesLocked(res.Decisions)
+		res.Events = append(res.Events, s.drainLocked()...)
+		s.mon.latency.Observe(time.Since(began))
+	}
 	return res, nil
 }

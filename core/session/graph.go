@@ -2,117 +2,30 @@ package session
 
 import (
 	"encoding/json"
+	"fmt"
 	"math"
-	"slices"
 
 	"github.com/esper-morph/esper/blueprint"
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
+	"github.com/esper-morph/esper/policy/graphpolicy"
 	"github.com/esper-morph/esper/policy/tamiyo"
 )
 
-// GraphNode is one node of Tamiyo's layer graph: a wrapped layer (Kind
-// "layer", Slot -1) or a live seed (Kind "seed").
-type GraphNode struct {
-	Kind  string `json:"kind"`
-	Layer int    `json:"layer"`
-	Slot  int    `json:"slot"`
-	// Name is the layer's name.
-	Name string `json:"name"`
-	// Host, In and Out describe the layer's host (layers only).
-	Host string `json:"host,omitempty"`
-	In   int64  `json:"in,omitempty"`
-	Out  int64  `json:"out,omitempty"`
-	// Params is the host layer's own parameter count (layers) or the
-	// seed's (seeds).
-	Params int64 `json:"params"`
-	// Signals holds the window mean of each of Nissa's signals, by name
-	// (null: not measured); layers only.
-	Signals map[string]nissa.Num `json:"signals,omitempty"`
-	// Cooldown is the epochs the governor still rests the layer (layers).
-	Cooldown int `json:"cooldown"`
-	// Dormant counts the layer's dormant slots (layers).
-	Dormant int `json:"dormant"`
-	// State, Alpha, StepsInState, EpochsInState, Template and Generation
-	// describe a seed.
-	State         string  `json:"state,omitempty"`
-	Alpha         float64 `json:"alpha"`
-	StepsInState  int64   `json:"steps_in_state"`
-	EpochsInState int     `json:"epochs_in_state"`
-	Template      string  `json:"template,omitempty"`
-	Generation    int     `json:"generation"`
-	// Contribution is the seed's last measured contribution (validation
-	// loss without it minus with it; null when none was measured).
-	Contribution nissa.Num `json:"contribution"`
-}
-
-// GraphEdge is a directed edge of the layer graph, between node indices:
-// Kind "flow" (data flows from layer From to layer To, in wrapping order)
-// or "seed" (seed From adds its output to layer To).
-type GraphEdge struct {
-	From int    `json:"from"`
-	To   int    `json:"to"`
-	Kind string `json:"kind"`
-}
-
-// GraphGlobal holds the run-wide features of a graph.
-type GraphGlobal struct {
-	// ParamsUsed counts the parameters of live and fossilized seeds;
-	// MaxParams is the governor's budget (0: none) and Remaining what is
-	// left of it (null when there is no budget).
-	ParamsUsed int64     `json:"params_used"`
-	MaxParams  int64     `json:"max_params"`
-	Remaining  nissa.Num `json:"remaining"`
-	// HostParams sums the wrapped layers' own parameters.
-	HostParams int64 `json:"host_params"`
-	// Active counts the seeds in flight; MaxConcurrent is the governor's
-	// limit.
-	Active        int `json:"active"`
-	MaxConcurrent int `json:"max_concurrent"`
-	// Epochs is the planned run length (0: unknown) and LifecycleSteps the
-	// steps from germination to full weight.
-	Epochs         int   `json:"epochs"`
-	LifecycleSteps int64 `json:"lifecycle_steps"`
-	// ValLosses are the last finite validation losses, oldest first.
-	ValLosses []tamiyo.EpochValue `json:"val_losses"`
-}
-
-// GraphMasks are the legal moves: what the session would carry out now
-// (Propose refuses everything else). Targets are slots, layer-major
-// (layer*slots + slot).
-type GraphMasks struct {
-	// Op is indexed like Graph.Ops: an op is legal when some target is.
-	Op []bool `json:"op"`
-	// Target holds, per op but wait, the legal target slots.
-	Target map[string][]bool `json:"target"`
-	// Template holds, per layer, the templates (indexed like
-	// Graph.Templates) a germination there may use: some size of it fits.
-	Template [][]bool `json:"template"`
-	// Size holds, per layer and template, the legal sizes (indexed like
-	// Graph.Sizes): the host supports it and the governor admits it.
-	Size [][][]bool `json:"size"`
-	// SizeParams holds, per layer and template, each size's parameter
-	// count (0 where it does not instantiate).
-	SizeParams [][][]int64 `json:"size_params"`
-}
-
-// Graph is Tamiyo's layer graph with the legal moves: what a learned
-// policy observes (see Session.Graph).
-type Graph struct {
-	Epoch int   `json:"epoch"`
-	Step  int64 `json:"step"`
-	// Layers and Slots give the shape of the targets (Layers*Slots).
-	Layers int         `json:"layers"`
-	Slots  int         `json:"slots"`
-	Nodes  []GraphNode `json:"nodes"`
-	Edges  []GraphEdge `json:"edges"`
-	Global GraphGlobal `json:"global"`
-	// Ops, Templates and Sizes name the heads' choices, in order.
-	Ops       []string   `json:"ops"`
-	Templates []string   `json:"templates"`
-	Sizes     []float64  `json:"sizes"`
-	Masks     GraphMasks `json:"masks"`
-}
+// The layer graph's types are policy/graphpolicy's (the graph policy's
+// observation); the session builds them.
+type (
+	// Graph is Tamiyo's layer graph with the legal moves (see Session.Graph).
+	Graph = graphpolicy.Graph
+	// GraphNode is one node of the layer graph.
+	GraphNode = graphpolicy.Node
+	// GraphEdge is a directed edge of the layer graph.
+	GraphEdge = graphpolicy.Edge
+	// GraphGlobal holds the run-wide features of a graph.
+	GraphGlobal = graphpolicy.Global
+	// GraphMasks are the legal moves.
+	GraphMasks = graphpolicy.Masks
+)
 
 // Graph returns the layer graph (nodes: the wrapped layers, then the live
 // seeds; edges: data flow between consecutive layers in wrapping order and
@@ -124,6 +37,14 @@ func (s *Session) Graph() (Graph, error) {
 		return Graph{}, err
 	}
 	defer s.unlock()
+	return s.graphLocked(false)
+}
+
+// graphLocked builds the graph (see Graph) with its encoding
+// (graphpolicy.Encode). With share, the masks' SizeParams are the session's
+// cached table itself, not a copy: for callers inside the session that only
+// read the graph (the ppo policy's decision).
+func (s *Session) graphLocked(share bool) (Graph, error) {
 	layers := len(s.set.hosts)
 	used, active := s.paramsUsedLocked()
 	gov := s.ctl.Governor()
@@ -161,7 +82,7 @@ func (s *Session) Graph() (Graph, error) {
 		}
 		n := GraphNode{Kind: "seed", Layer: sd.Layer, Slot: sd.Slot, Name: s.set.names[sd.Layer], Params: sd.ParamCount,
 			State: sd.State.String(), Alpha: sd.Alpha, StepsInState: sd.StepsInState, EpochsInState: s.epochsIn[i],
-			Template: templateOf(sd.Blueprint), Generation: sd.Generation, Contribution: nissa.Num(s.mon.impacts.LastMeasured(i))}
+			Template: s.templateLocked(sd), Generation: sd.Generation, Contribution: nissa.Num(s.mon.impacts.LastMeasured(i))}
 		g.Edges = append(g.Edges, GraphEdge{From: len(g.Nodes), To: sd.Layer, Kind: "seed"})
 		g.Nodes = append(g.Nodes, n)
 	}
@@ -173,12 +94,36 @@ func (s *Session) Graph() (Graph, error) {
 		HostParams: g.Global.HostParams, Active: active, MaxConcurrent: gov.Config().MaxConcurrent,
 		Epochs: s.ctl.Config().Epochs, LifecycleSteps: s.set.cfg.TrainSteps + s.set.cfg.BlendSteps,
 		ValLosses: s.ctl.ValLosses(graphValLosses)}
-	g.Templates, g.Masks = s.masksLocked(used, active)
+	g.Templates, g.Masks = s.masksLocked(used, active, share)
+	enc, err := graphpolicy.Encode(&g)
+	if err != nil {
+		return Graph{}, fmt.Errorf("session: graph: %w", err)
+	}
+	g.Encoded = enc
 	return g, nil
 }
 
 // graphValLosses is how many validation losses a graph carries.
 const graphValLosses = 8
+
+// maxTemplateCache bounds Session.tplByID.
+const maxTemplateCache = 4096
+
+// templateLocked returns the template of seed sd's blueprint, decoded once
+// per blueprint id (the id hashes the document, so the cache is exact).
+func (s *Session) templateLocked(sd *lifecycle.Seed) string {
+	if t, ok := s.tplByID[sd.BlueprintID]; ok {
+		return t
+	}
+	t := templateOf(sd.Blueprint)
+	if s.tplByID == nil {
+		s.tplByID = map[string]string{}
+	}
+	if len(s.tplByID) < maxTemplateCache {
+		s.tplByID[sd.BlueprintID] = t
+	}
+	return t
+}
 
 // templateOf returns the template named in a canonical blueprint document.
 func templateOf(doc []byte) string {
@@ -195,7 +140,7 @@ func templateOf(doc []byte) string {
 }
 
 // masksLocked computes the legal moves (see GraphMasks).
-func (s *Session) masksLocked(used int64, active int) ([]string, GraphMasks) {
+func (s *Session) masksLocked(used int64, active int, share bool) ([]string, GraphMasks) {
 	templates := blueprint.Templates()
 	names := make([]string, len(templates))
 	for i, t := range templates {
@@ -211,15 +156,29 @@ func (s *Session) masksLocked(used int64, active int) ([]string, GraphMasks) {
 	canGrow := make([]bool, layers)
 	gov := s.ctl.Governor()
 	counts := s.sizeParamsLocked(templates)
+	// One backing array per table (not one slice per layer and template):
+	// at 200 layers the masks were mostly allocations.
+	k := len(templates)
+	tplFlat, sizeRows, sizeFlat := make([]bool, layers*k), make([][]bool, layers*k), make([]bool, layers*k*sizes)
+	paramRows := make([][]int64, layers*k)
+	var paramFlat []int64
+	if !share {
+		paramFlat = make([]int64, 0, layers*k*sizes)
+	}
 	for l := range layers {
-		m.Template[l] = make([]bool, len(templates))
-		m.Size[l] = make([][]bool, len(templates))
-		m.SizeParams[l] = make([][]int64, len(templates))
+		m.Template[l] = tplFlat[l*k : (l+1)*k : (l+1)*k]
+		m.Size[l] = sizeRows[l*k : (l+1)*k : (l+1)*k]
+		m.SizeParams[l] = paramRows[l*k : (l+1)*k : (l+1)*k]
 		for k := range templates {
-			m.SizeParams[l][k] = slices.Clone(counts[l][k])
-			m.Size[l][k] = make([]bool, sizes)
+			m.SizeParams[l][k] = counts[l][k]
+			if !share {
+				n := len(paramFlat)
+				paramFlat = append(paramFlat, counts[l][k]...)
+				m.SizeParams[l][k] = paramFlat[n:len(paramFlat):len(paramFlat)]
+			}
+			m.Size[l][k] = sizeFlat[(l*len(templates)+k)*sizes : (l*len(templates)+k+1)*sizes : (l*len(templates)+k+1)*sizes]
 			for z, params := range counts[l][k] {
-				if params > 0 && gov.Admit(used, params, active) == nil {
+				if params > 0 && gov.Admits(used, params, active) {
 					m.Size[l][k][z] = true
 					m.Template[l][k] = true
 					canGrow[l] = true

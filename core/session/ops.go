@@ -429,6 +429,17 @@ func (s *Session) applyLocked(d tamiyo.Decision) DecisionResult {
 		err = s.moveLocked(d.Layer, d.Slot, lifecycle.Pruned, d.Reason)
 	case tamiyo.Fossilize:
 		err = s.moveLocked(d.Layer, d.Slot, lifecycle.Fossilized, d.Reason)
+	case tamiyo.Advance:
+		var i int
+		if i, err = s.indexLocked(d.Layer, d.Slot); err == nil {
+			if st := s.seeds[i].State; !tamiyo.AdvanceLegal(st) {
+				err = fmt.Errorf("session: a policy may advance only a GERMINATED, TRAINING or BLENDING seed, %d/%d is %s: %w",
+					d.Layer, d.Slot, st, ErrSeedState)
+			} else {
+				next, _ := st.Next()
+				err = s.moveLocked(d.Layer, d.Slot, next, d.Reason)
+			}
+		}
 	case tamiyo.Rollback:
 		if d.Layer >= 0 {
 			err = s.moveLocked(d.Layer, d.Slot, lifecycle.RolledBack, d.Reason)

@@ -15,6 +15,7 @@ import (
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/core/oona"
+	"github.com/esper-morph/esper/policy/graphpolicy"
 	"github.com/esper-morph/esper/policy/tamiyo"
 )
 
@@ -79,9 +80,11 @@ type Session struct {
 	// layerViews is EndEpoch's scratch for the controller's view of every
 	// layer (the controller keeps nothing of an observation after Decide).
 	layerViews []tamiyo.LayerView
-	source     *outcomeSource // Karn's outcome history (search on, urza set)
-	rolls      []*rollout     // rolling deployments (value_model, karn_predictor "urza:<name>"), in kind order
-	modelCache string         // where rolls materialise model versions ("": the default)
+	source     *outcomeSource     // Karn's outcome history (search on, urza set)
+	rolls      []*rollout         // rolling deployments (value_model, karn_predictor "urza:<name>"), in kind order
+	ppo        *graphpolicy.Model // the ppo policy's graph network (nil for other policies)
+	tplByID    map[string]string  // blueprint id -> its template's name (Graph's seed nodes)
+	modelCache string             // where rolls materialise model versions ("": the default)
 	closed     bool
 	mon        *monitor // metrics, alarms, impact analysis (monitor.go)
 	// bus receives the session's events (nil: none); busq holds those
@@ -185,6 +188,14 @@ func (s *Session) reset(set settings, rolls []RolloutState, prev []*rollout) err
 		}
 		ctl.SetKarn(svc)
 	}
+	var ppo *graphpolicy.Model
+	if ctlCfg.Kind == tamiyo.PPO {
+		if ppo, err = graphpolicy.Load(ctlCfg.PPOModel); err != nil {
+			releaseRolls(opened, prev)
+			return fmt.Errorf("session: controller: ppo policy: %w", err)
+		}
+	}
+	s.ppo = ppo
 	s.rolls = opened
 	s.set = set
 	s.sizeParams = nil

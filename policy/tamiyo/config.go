@@ -29,13 +29,19 @@ const (
 	// predicted value reaches ValueThreshold, else waits. Held seeds are
 	// judged as by Heuristic; the governor rules as for every policy.
 	Learned
+	// PPO is Simic's graph policy (policy/graphpolicy, docs/simic.md): the
+	// controller itself decides only the governor's rollbacks, as Manual;
+	// at each end of epoch the session runs the network in PPOModel on the
+	// layer graph and carries out its moves through the gates and the
+	// governor.
+	PPO
 
 	numKinds
 )
 
-var kindNames = [numKinds]string{"heuristic", "random", "manual", "learned"}
+var kindNames = [numKinds]string{"heuristic", "random", "manual", "learned", "ppo"}
 
-// String returns "heuristic", "random", "manual" or "learned".
+// String returns "heuristic", "random", "manual", "learned" or "ppo".
 func (k Kind) String() string {
 	if k < numKinds {
 		return kindNames[k]
@@ -53,7 +59,7 @@ func ParseKind(name string) (Kind, error) {
 			return Kind(i), nil
 		}
 	}
-	return 0, fmt.Errorf("tamiyo: policy %q is not one of heuristic, random, manual, learned: %w", name, ErrConfig)
+	return 0, fmt.Errorf("tamiyo: policy %q is not one of heuristic, random, manual, learned, ppo: %w", name, ErrConfig)
 }
 
 // MarshalText encodes the policy's name.
@@ -183,6 +189,11 @@ type Config struct {
 	// forward pass over model.safetensors; "" too) or "onnx" (the folder's
 	// model.onnx through ONNX Runtime, docs/simic.md "ONNX runtime").
 	ValueRuntime string `json:"value_runtime,omitempty"`
+	// PPOModel is the folder of the graph policy the ppo policy runs
+	// (manifest.json + model.safetensors, docs/simic.md). Required by, and
+	// only read for, the ppo policy; Python passes the shipped model's
+	// folder when the user names none.
+	PPOModel string `json:"ppo_model,omitempty"`
 	// ValueThreshold is the predicted value (gain_per_compute_v1: the share
 	// of the validation loss a seed removes per host-epoch of training
 	// compute) the best candidate must reach for the learned policy to grow
@@ -301,6 +312,8 @@ func (c Config) WithDefaults() (Config, error) {
 		return c, fmt.Errorf("tamiyo: value_runtime %q is not %q or %q: %w", c.ValueRuntime, infer.Native, infer.ONNX, ErrConfig)
 	case c.Kind == Learned && c.ValueModel == "":
 		return c, fmt.Errorf("tamiyo: the learned policy needs a value model: set value_model to a model folder, or train one with `esper simic train` (docs/simic.md): %w", ErrConfig)
+	case c.Kind == PPO && c.PPOModel == "":
+		return c, fmt.Errorf("tamiyo: the ppo policy needs a graph policy model: set ppo_model to a model folder, or train one with `esper simic ppo train --out DIR` (docs/simic.md): %w", ErrConfig)
 	case c.SaturateAfter < 1 || c.SaturateAfter > MaxSaturateAfter:
 		return c, fmt.Errorf("tamiyo: saturate_after %d is not in [1, %d]: %w", c.SaturateAfter, MaxSaturateAfter, ErrConfig)
 	}

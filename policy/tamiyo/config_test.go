@@ -21,7 +21,8 @@ func TestParseKind(t *testing.T) {
 		{"manual", tamiyo.Manual, true},
 		{"none", tamiyo.Manual, true},
 		{"learned", tamiyo.Learned, true},
-		{"ppo", 0, false},
+		{"PPO", tamiyo.PPO, true},
+		{"bandit", 0, false},
 		{"", 0, false},
 	} {
 		t.Run(tc.in, func(t *testing.T) {

@@ -149,7 +149,7 @@ func (c *Controller) Governor() *Governor { return c.gov }
 // an alarm on the epoch's training loss or finds its validation loss
 // non-finite (nothing is decided on a NaN); otherwise the judgements of
 // held seeds (prune or fossilize) and then one germination or one wait. The
-// manual policy returns only rollbacks.
+// manual and ppo policies return only rollbacks.
 func (c *Controller) Decide(obs *Observation) []Decision {
 	c.recordVal(obs.Epoch, obs.Metrics.ValLoss)
 	if a := c.gov.ObserveEpoch(obs.Metrics.TrainLoss); a.Raised() {
@@ -158,8 +158,8 @@ func (c *Controller) Decide(obs *Observation) []Decision {
 	if a := c.gov.ObserveValidation(obs.Metrics.ValLoss); a.Raised() {
 		return []Decision{RollbackDecision(obs.Seeds, a)}
 	}
-	if c.cfg.Kind == Manual {
-		return nil
+	if c.cfg.Kind == Manual || c.cfg.Kind == PPO {
+		return nil // the ppo policy's moves are the session's (policy/graphpolicy)
 	}
 	out := c.judge(obs, nil)
 	return append(out, c.grow(obs, out))

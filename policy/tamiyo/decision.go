@@ -25,13 +25,16 @@ const (
 	// loss (Layer -1 when no seed can be blamed); in every case the trainer
 	// restores its last good state (weights and optimizer state).
 	Rollback
+	// Advance moves the seed at Layer/Slot to its next state without
+	// waiting for the step gate (a graph policy's move, policy/graphpolicy).
+	Advance
 
 	numOps
 )
 
-var opNames = [numOps]string{"wait", "germinate", "prune", "fossilize", "rollback"}
+var opNames = [numOps]string{"wait", "germinate", "prune", "fossilize", "rollback", "advance"}
 
-// String returns the op's name: "wait", "germinate", "prune", "fossilize"
+// String returns the op's name: "wait", "germinate", "prune", "fossilize",
 // or "rollback".
 func (o Op) String() string {
 	if o < numOps {
@@ -56,7 +59,7 @@ func (o *Op) UnmarshalText(b []byte) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("tamiyo: op %q is not one of wait, germinate, prune, fossilize, rollback: %w", b, ErrState)
+	return fmt.Errorf("tamiyo: op %q is not one of wait, germinate, prune, fossilize, rollback, advance: %w", b, ErrState)
 }
 
 // Decision is one thing the controller wants done, with its reason.

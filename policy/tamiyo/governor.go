@@ -210,6 +210,9 @@ func (g *Governor) RecordGermination(layer, epoch int) {
 // (code BUDGET) that says why. Cooldowns are the policy's pacing and are
 // not checked here (see Cooldown).
 func (g *Governor) Admit(used, params int64, active int) error {
+	if g.Admits(used, params, active) {
+		return nil
+	}
 	if active >= g.cfg.MaxConcurrent {
 		return fmt.Errorf("tamiyo: governor: %d seeds in flight, max_concurrent is %d: %w", active, g.cfg.MaxConcurrent, ErrConcurrency)
 	}
@@ -217,6 +220,13 @@ func (g *Governor) Admit(used, params int64, active int) error {
 		return fmt.Errorf("tamiyo: governor: %s (%d in seeds + %d new): %w", v.Reason(), used, params, ErrOverBudget)
 	}
 	return nil
+}
+
+// Admits reports whether Admit admits a seed of params parameters, without
+// building the refusal's error (the layer graph's masks ask for every
+// layer, template and size).
+func (g *Governor) Admits(used, params int64, active int) bool {
+	return active < g.cfg.MaxConcurrent && lifecycle.Budget("params", used, params, g.cfg.MaxParams).OK()
 }
 
 // Remaining returns the parameters left in the budget when used are taken

@@ -74,6 +74,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_session_seeds": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_growth_log": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_graph": (c_int, [c_uint64, POINTER(c_void_p)]),
+    "esper_graph_features": (c_int, [POINTER(c_void_p)]),
+    "esper_graph_forward": (c_int, [c_char_p, c_char_p, c_char_p, POINTER(c_void_p)]),
     "esper_session_propose": (c_int, [c_uint64, c_char_p, POINTER(c_void_p)]),
     "esper_session_attach_oona": (c_int, [c_uint64, c_uint64]),
     # oona (core/oona): one run's event bus and run log.

@@ -17,6 +17,7 @@
     esper simic versions --name NAME [--root URZA]
     esper karn [--root URZA] fit --out DIR | publish --name NAME PREDICTOR_DIR | versions --name NAME
     esper simic ppo train [--out DIR] [--bc-episodes N] [--episodes N] [--epochs N] [--workers N] [--seed S]
+                          [--hidden N] [--model DIR]
     esper info
 """
 

@@ -162,8 +162,15 @@ class MorphConfig:
     Attributes:
         policy: "heuristic" (Tamiyo decides), "random" (random layer at the
             same timing and budget: a baseline), "manual" (you call
-            germinate/advance/prune/fossilize), or "learned" (the value model
-            decides when and what to grow: docs/simic.md).
+            germinate/advance/prune/fossilize), "learned" (the value model
+            decides when and what to grow: docs/simic.md), or "ppo" (Simic's
+            graph policy, run in Go on the layer graph at each end of epoch:
+            docs/simic.md, "Graph policy in Go").
+        ppo_model: the ppo policy's model folder (manifest.json +
+            model.safetensors); "" for the shipped one (``esper/models/ppo``, a
+            short behaviour-cloned checkpoint, not a long-trained policy). A
+            folder with no usable model fails at session creation with the
+            reason; ``esper simic ppo train --out DIR`` makes one.
         value_model: the learned policy's model folder (manifest.json +
             model.safetensors); "" for the shipped one (``esper/models/value``);
             "urza:<name>" for the newest version published to Urza under that
@@ -389,6 +396,7 @@ class MorphConfig:
     value_model: str = ""
     value_threshold: float = _from_go("value_threshold", 0.0)
     value_runtime: str = "native"
+    ppo_model: str = ""
     rollout_margin: float = _from_go("rollout_margin", 0.0)
     rollout_epochs: int = _from_go("rollout_epochs", 0)
     log_max: int = _from_go("log_max", 0)
@@ -429,7 +437,11 @@ class MorphConfig:
         return self.policy.lower() == "learned" and str(self.value_model).startswith("urza:")
 
     def _value_settings(self) -> dict[str, Any]:
-        """The learned policy's controller settings (none for the other policies)."""
+        """The learned or ppo policy's controller settings (none for the other policies)."""
+        if self.policy.lower() == "ppo":
+            from .simic.graph import default_model_dir as ppo_model_dir
+
+            return {"ppo_model": str(self.ppo_model) or ppo_model_dir()}
         if self.policy.lower() != "learned":
             return {}
         from .valuemodel import default_model_dir

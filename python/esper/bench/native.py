@@ -25,7 +25,8 @@ from ..session import Session
 from ..tezzeret import build_seed, save_weights
 from .rows import Row, samples_row, value_at_least, value_at_most
 
-__all__ = ["GoBench", "go_benchmarks", "session_rows", "cache_rows", "decision_rows", "learned_rows", "repo_root"]
+__all__ = ["GoBench", "go_benchmarks", "session_rows", "cache_rows", "decision_rows", "learned_rows", "ppo_rows",
+           "repo_root"]
 
 #: Go benchmarks the bench reads: name -> package.
 GO_BENCHMARKS = {
@@ -34,6 +35,8 @@ GO_BENCHMARKS = {
     "Put1MB": "./core/urza",
     "DecideGerminate": "./policy/tamiyo",
     "LearnedDecide": "./policy/tamiyo",
+    "PPODecide": "./core/session",
+    "GraphForward": "./core/gnn",
     "Step8Layers": "./core/session",
     "EndEpoch": "./core/session",
     "EndEpochGerminateABI": "./core/session",
@@ -542,4 +545,65 @@ def learned_rows(go: GoBench, rounds: int, quick: bool = False) -> list[Row]:
                     note=f"8 linear 64->64 layers x 2 slots, policy learned with {which}: each end of epoch "
                          "computes every candidate's features (layer x template x size) in Go, predicts them in one "
                          "native forward pass and waits (value_threshold 1e9); metrics JSON in, decision out"),
+    ]
+
+
+def _ppo_model(folder: Path) -> tuple[str, int, int]:
+    """A graph policy of the shipped model's size (its manifest's hidden width and rounds; 16 and 2 without
+    one) with seeded random weights biased to wait (so that every end of epoch decides once and the run's
+    state does not change), written to ``folder``. Returns the folder, the width and the rounds."""
+    from ..simic.export import save_model
+    from ..simic.graph import MODEL_DIR, feature_names
+    from ..simic.policy import GraphPolicy
+
+    hidden, rounds = 16, 2
+    if (MODEL_DIR / "manifest.json").is_file():
+        shipped = json.loads((MODEL_DIR / "manifest.json").read_text())
+        hidden, rounds = int(shipped["hidden"]), int(shipped["rounds"])
+    with Session({"layers": _linear_layers(1), "slots_per_layer": 1, "policy": "manual"}) as s:
+        templates = s.graph()["templates"]
+    torch.manual_seed(0)
+    policy = GraphPolicy(templates, len(feature_names()["sizes"]), hidden=hidden, rounds=rounds)
+    with torch.no_grad():
+        policy.op_head[2].bias[0] += 100.0
+    save_model(policy, str(folder), {"by": "esper.bench (random weights, biased to wait)"}, onnx=False)
+    return str(folder), hidden, rounds
+
+
+def ppo_rows(go: GoBench, rounds: int, quick: bool = False) -> list[Row]:
+    """The ppo policy's decision latency on a 200-node graph: inside Go and through Session.end_epoch."""
+    layers = 100
+    with tempfile.TemporaryDirectory() as tmp:
+        model, hidden, rounds = _ppo_model(Path(tmp))
+        cfg = {"layers": _linear_layers(layers), "slots_per_layer": 2, "policy": "ppo", "train_steps": 1 << 30,
+               "controller": {"ppo_model": model}, "governor": {"max_concurrent": 2 * layers}}
+        metrics = {"train_loss": 1.0, "val_loss": 1.0, "val_metric": 0.5, "contributions": []}
+        signals = np.full(2 + len(SIGNALS) * layers, 0.5, dtype=np.float32)
+        signals[1] = 0.0
+        with Session(cfg) as s:
+            for layer in range(layers):
+                s.germinate(layer, 0, {"template": "lowrank"})
+            s.step(1, signals)
+            nodes = len(s.graph()["nodes"])
+            decisions = s.end_epoch(metrics)["decisions"]
+            op = decisions[0]["op"]
+            samples = _rounds(lambda: s.end_epoch(metrics), 5 if quick else 20, rounds)
+    in_go = _go_figure(go, "PPODecide:cpu-ns/op", 1e-3)
+    return [
+        go.row("decision", "ppo decision, 200-node graph (in Go, CPU time)", "PPODecide:cpu-ns/op", "us", LEARNED,
+               "session.EndEpoch, policy ppo, 100 linear 64->64 layers x 2 slots with a seed in every layer "
+               "(200 nodes): the graph and its masks, Go's encoding, the native forward of a hidden-16 2-round "
+               "network (the shipped model's size; random weights biased to wait) and the masked argmax; process "
+               "CPU time"),
+        go.row("decision", "ppo network forward, 200-node graph (in Go)", "GraphForward", "us", LEARNED,
+               "gnn.Net.Run and the op, target, template and size heads the decision reads (hidden 16, 2 rounds, "
+               "46 node features, 100 layers x 2 slots, 100 seeds); wall time"),
+        samples_row("decision", f"ppo end_epoch -> {op}, {nodes}-node graph (Session.end_epoch)", "cpu",
+                    [t * 1e6 for t in samples], "us", target=LEARNED, source="ABI", baseline=in_go,
+                    baseline_name=_named(in_go, "the decision inside Go (Go benchmark)"),
+                    note=f"{layers} linear 64->64 layers x 2 slots, a seed in every layer ({nodes} graph nodes), "
+                         f"policy ppo with a network of the shipped model's size (hidden {hidden}, {rounds} rounds, "
+                         "random weights biased to wait, so each end of epoch makes one decision): Go builds the "
+                         "graph, encodes it, "
+                         "runs the native forward and takes the masked argmax; metrics JSON in, decision out"),
     ]

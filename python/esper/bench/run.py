@@ -205,7 +205,8 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
         from .nets import net_rows
 
         return (native.decision_rows(state["go"], plan.rounds, plan.quick)
-                + native.learned_rows(state["go"], plan.rounds, plan.quick) + net_rows(plan.rounds, plan.quick))
+                + native.learned_rows(state["go"], plan.rounds, plan.quick)
+                + native.ppo_rows(state["go"], plan.rounds, plan.quick) + net_rows(plan.rounds, plan.quick))
     if name == "karn":
         from .karnsearch import karn_rows
 

@@ -22,7 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .graph import GLOBAL_FEATURES, NODE_FEATURES, OPS, TARGET_OPS, EncodedGraph
+from .graph import OPS, TARGET_OPS, EncodedGraph
+from .graph import global_features as _global_features
+from .graph import node_features as _node_features
 
 __all__ = ["Action", "GraphPolicy", "Step", "legal", "masked"]
 
@@ -90,16 +92,20 @@ class GraphPolicy(nn.Module):
         sizes: the number of sizes (``len(graph["sizes"])``).
         hidden: width of the node embeddings and of every MLP.
         rounds: rounds of message passing.
+        node_features, global_features: the input widths (default: Go's encoding, ``esper_graph_features``).
     """
 
-    def __init__(self, templates: tuple[str, ...] | list[str], sizes: int, hidden: int = 64, rounds: int = 2) -> None:
+    def __init__(self, templates: tuple[str, ...] | list[str], sizes: int, hidden: int = 64, rounds: int = 2,
+                 node_features: int | None = None, global_features: int | None = None) -> None:
         super().__init__()
         self.templates = tuple(templates)
         self.sizes = sizes
         self.hidden = hidden
         self.rounds = rounds
-        self.embed = _mlp(NODE_FEATURES, hidden, hidden)
-        self.glob = _mlp(GLOBAL_FEATURES, hidden, hidden)
+        self.node_features = node_features or _node_features()
+        self.global_features = global_features or _global_features()
+        self.embed = _mlp(self.node_features, hidden, hidden)
+        self.glob = _mlp(self.global_features, hidden, hidden)
         self.message = nn.ModuleList(_mlp(3 * hidden, hidden, hidden) for _ in range(rounds))
         self.norm = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(rounds))
         summary = 3 * hidden  # mean and max of the nodes, and the global features
@@ -113,7 +119,8 @@ class GraphPolicy(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """The constructor's arguments (saved with a checkpoint)."""
-        return {"templates": list(self.templates), "sizes": self.sizes, "hidden": self.hidden, "rounds": self.rounds}
+        return {"templates": list(self.templates), "sizes": self.sizes, "hidden": self.hidden, "rounds": self.rounds,
+                "node_features": self.node_features, "global_features": self.global_features}
 
     def encode(self, g: EncodedGraph) -> tuple[Tensor, Tensor]:
         """Node embeddings (N, hidden) after message passing, and the graph's summary (3 * hidden)."""

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -448,6 +449,22 @@ class Trainer:
         out["explained_variance"] = ev
         return out
 
+    def export(self, model_dir: str, command: str, bc_episodes: int, onnx: bool = True) -> list[str]:
+        """Write the policy as a model folder for ``policy="ppo"`` (:func:`esper.simic.export.save_model`),
+        with a training record: the command, the library's commit, the episodes and the last losses."""
+        from .._lib import build_info
+        from .export import save_model
+
+        if self.policy is None:
+            raise ValueError("no policy to export: train one first (behaviour cloning)")
+        bc = [e for e in self.log if e["kind"] == "bc"]
+        updates = [e for e in self.log if e["kind"] == "update"]
+        record = {"command": command, "commit": str(build_info().get("commit", "")), "torch": torch.__version__,
+                  "bc_episodes": bc_episodes, "bc_pairs": bc[-1]["pairs"] if bc else 0,
+                  "bc_loss": [round(e["loss"], 4) for e in bc], "ppo_episodes": self.episodes,
+                  "ppo_updates": len(updates), "config": json.loads(json.dumps(asdict(self.config)))}
+        return save_model(self.policy, model_dir, record, onnx=onnx)
+
     def save(self) -> None:
         """Write the checkpoint (atomically)."""
         if self.policy is None or self.opt is None:
@@ -498,9 +515,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--epochs", type=int, default=15, help="training epochs of every run")
     t.add_argument("--workers", type=int, default=0, help="spawned workers (0: one per core)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--model", default="", help="model folder to write for policy=\"ppo\" (model.safetensors, "
+                                                "manifest.json, model.onnx; default OUT/model)")
+    t.add_argument("--hidden", type=int, default=PPOConfig.hidden, help="width of the network (a new run only)")
     args = p.parse_args(argv)
     workers = args.workers or default_workers("cpu")
-    config = PPOConfig(epochs=args.epochs, quick=False, seed=args.seed, episodes_per_update=max(2, workers))
+    config = PPOConfig(epochs=args.epochs, quick=False, seed=args.seed, episodes_per_update=max(2, workers),
+                       hidden=args.hidden)
     trainer = Trainer(args.out, config, workers=workers)
     bc = training_specs(args.bc_episodes, seed=args.seed, epochs=args.epochs, quick=False)
     start = time.perf_counter()
@@ -528,6 +549,10 @@ def main(argv: list[str] | None = None) -> int:
     if done:
         print(f"ppo: {len(done)} episodes in {wall:.0f} s: {3600 * len(done) / wall:.0f} episodes/hour "
               f"({workers} workers; each a policy run plus its paired heuristic run)")
+    model_dir = args.model or os.path.join(args.out, "model")
+    command = "esper simic ppo " + " ".join(argv if argv is not None else sys.argv[1:])
+    for path in trainer.export(model_dir, command=command, bc_episodes=args.bc_episodes):
+        print(f"wrote {path}")
     return 0
 
 

@@ -1,0 +1,138 @@
+package graphpolicy
+
+import (
+	"fmt"
+	"math"
+	"slices"
+
+	"github.com/esper-morph/esper/core/gnn"
+	"github.com/esper-morph/esper/policy/tamiyo"
+)
+
+// Action is the policy's move on a graph: the op, and for every op but wait
+// the target slot; for a germination the template and the size index (of
+// tamiyo.SizeScales). Value is the value head's estimate.
+type Action struct {
+	Op       string  `json:"op"`
+	Layer    int     `json:"layer"`
+	Slot     int     `json:"slot"`
+	Template string  `json:"template,omitempty"`
+	Size     int     `json:"size"`
+	Value    float64 `json:"value"`
+}
+
+// String describes the action in words.
+func (a Action) String() string {
+	switch a.Op {
+	case tamiyo.MoveWait:
+		return "wait"
+	case tamiyo.MoveGerminate:
+		return fmt.Sprintf("germinate %s at size %g at %d/%d", a.Template, tamiyo.SizeScales()[a.Size], a.Layer, a.Slot)
+	}
+	return fmt.Sprintf("%s %d/%d", a.Op, a.Layer, a.Slot)
+}
+
+// Decide returns the policy's deterministic move on g (on g.Encoded when
+// set, as the session's graphs carry it; else on Encode(g)): each head's most
+// likely legal choice in turn (op; the op's target slot; for a germination
+// the template at the target's layer, then the size), every head masked
+// with g's legal moves (Graph.Masks) so an illegal choice is never taken.
+func (m *Model) Decide(g *Graph) (Action, error) {
+	if err := m.fits(g); err != nil {
+		return Action{}, err
+	}
+	enc := g.Encoded
+	if enc == nil {
+		var err error
+		if enc, err = Encode(g); err != nil {
+			return Action{}, err
+		}
+	}
+	st, err := m.net.Run(enc)
+	if err != nil {
+		return Action{}, fmt.Errorf("graphpolicy: decide: %w", err)
+	}
+	a := Action{Layer: -1, Slot: -1, Value: st.Value()}
+	op, err := argmax(st.OpLogits(), g.Masks.Op, "op")
+	if err != nil {
+		return Action{}, err
+	}
+	a.Op = g.Ops[op]
+	if op == 0 {
+		return a, nil
+	}
+	t := len(enc.TargetLayer)
+	target, err := argmax(st.TargetLogits()[(op-1)*t:op*t], g.Masks.Target[a.Op], "target of "+a.Op)
+	if err != nil {
+		return Action{}, err
+	}
+	a.Layer, a.Slot = target/g.Slots, target%g.Slots
+	if a.Op != tamiyo.MoveGerminate {
+		return a, nil
+	}
+	k, err := argmax(st.TemplateLogits(a.Layer), g.Masks.Template[a.Layer], "template")
+	if err != nil {
+		return Action{}, err
+	}
+	z, err := argmax(st.SizeLogits(a.Layer, k), g.Masks.Size[a.Layer][k], "size")
+	if err != nil {
+		return Action{}, err
+	}
+	a.Template, a.Size = g.Templates[k], z
+	return a, nil
+}
+
+// fits checks that g's heads are the model's.
+func (m *Model) fits(g *Graph) error {
+	mf := &m.manifest
+	if !slices.Equal(g.Ops, mf.Ops) || !slices.Equal(g.Templates, mf.Templates) || !slices.Equal(g.Sizes, mf.Sizes) {
+		return fmt.Errorf("graphpolicy: the graph's ops, templates or sizes (%d, %d, %d) are not the model's (%d, %d, %d): it was trained with another library; retrain with `%s`: %w",
+			len(g.Ops), len(g.Templates), len(g.Sizes), len(mf.Ops), len(mf.Templates), len(mf.Sizes), TrainCommand, ErrGraph)
+	}
+	if len(g.Masks.Op) != len(g.Ops) || len(g.Masks.Template) != g.Layers || len(g.Masks.Size) != g.Layers {
+		return fmt.Errorf("graphpolicy: the graph's masks do not have its shape: %w", ErrGraph)
+	}
+	return nil
+}
+
+// argmax returns the index of the largest logit among the legal ones (the
+// first on a tie, as torch.argmax).
+func argmax(logits []float64, legal []bool, head string) (int, error) {
+	if len(legal) != len(logits) {
+		return 0, fmt.Errorf("graphpolicy: the %s head has %d logits and %d mask entries: %w", head, len(logits), len(legal), ErrGraph)
+	}
+	best, bv := -1, math.Inf(-1)
+	for i, ok := range legal {
+		if ok && (best < 0 || logits[i] > bv) {
+			best, bv = i, logits[i]
+		}
+	}
+	if best < 0 {
+		return 0, fmt.Errorf("graphpolicy: every choice of the %s head is masked: %w", head, ErrGraph)
+	}
+	return best, nil
+}
+
+// Forward encodes g (replacing g.Encoded) and runs the network on it,
+// returning every head's output on every target, layer, template and size
+// (what a parity test compares with PyTorch and ONNX Runtime), with the
+// decision Decide takes.
+func (m *Model) Forward(g *Graph) (gnn.Dense, Action, error) {
+	if err := m.fits(g); err != nil {
+		return gnn.Dense{}, Action{}, err
+	}
+	enc, err := Encode(g)
+	if err != nil {
+		return gnn.Dense{}, Action{}, err
+	}
+	g.Encoded = enc // the decision below reads this encoding, not one a caller gave
+	st, err := m.net.Run(enc)
+	if err != nil {
+		return gnn.Dense{}, Action{}, fmt.Errorf("graphpolicy: forward: %w", err)
+	}
+	a, err := m.Decide(g)
+	if err != nil {
+		return gnn.Dense{}, Action{}, err
+	}
+	return st.Dense(), a, nil
+}
