@@ -186,14 +186,42 @@ def test_run_log_and_nats_footprint_rows() -> None:
     assert rows[1].extra["run_log_lines"] >= 2 * 5 and rows[1].extra["run_log_syncs"] >= 1, rows[1].extra
     assert rows[0].ok in (True, False) and rows[2].target == ""
 
-    only = dataclasses.replace(settings, only=("libesper.so size", "NATS sink attached"))
+    only = dataclasses.replace(settings, only=("libesper.so size", "NATS sink attached", "without NATS vs with"))
     assert runlog_rows(torch.device("cpu"), only) == []
     foot = footprint_rows(1, only)
-    assert [r.name for r in foot] == ["libesper.so size (NATS client linked in, no server)",
-                                      "process RSS after a short run, NATS sink attached vs not: 2-layer MLP"]
-    size, rss = foot
+    assert [r.name for r in foot] == [
+        "libesper.so size (NATS client linked in, no server)",
+        "libesper.so size without the NATS client (-tags esper_nonats) vs with",
+        "process RSS after a short run, NATS sink attached vs not: 2-layer MLP",
+        "process RSS after a short run, library without NATS vs with (no sink): 2-layer MLP"]
+    size, small, rss, small_rss = foot
     assert 1 < size.value < 100, size
+    # The build without the NATS client (make test-py builds it) is smaller by the client's code.
+    assert small.value is not None and small.value < size.value and small.baseline == size.value, small
     assert rss.value > 0 and rss.baseline and rss.baseline > 0 and min(rss.extra["events_sent"]) > 10, rss
+    assert small_rss.value > 0 and small_rss.baseline == rss.baseline, small_rss
+
+
+@pytest.mark.slow
+def test_infrastructure_all_on_against_all_off_rows() -> None:
+    """The all-on rows run the bus, run log, NATS sink (to a real local nats-server: its events
+    acknowledged) and metrics endpoint with scrapes on one side and none of it on the other."""
+    from esper.bench.runlog import INFRA, infra_rows
+
+    settings = steps.StepSettings(rounds=5, block_s=0.001, warmup=1, max_inner=10)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = infra_rows(torch.device("cpu"), settings, interval=0.005)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r.name for r in rows] == list(INFRA.values())
+    for r in rows:
+        assert _finite(r.value) and _finite(r.baseline) and _finite(r.ratio) and r.rounds == 5, r
+    on = rows[1].extra
+    # Every event the run log wrote reached NATS; the scrapes ran on the timed side.
+    assert on["run_log_lines"] >= 2 * 5 and on["nats_sent"] == on["run_log_lines"] and on["nats_dropped"] == 0, on
+    assert on["scrape_every"] >= 1 and rows[0].target == "< 2%" and rows[2].target == ""
 
 
 def test_session_scale_rows_measure_each_size() -> None:

@@ -211,10 +211,10 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
 
         return karn_rows(plan.rounds, plan.quick)
     if name == "bus":
-        from .runlog import footprint_rows, runlog_rows
+        from .runlog import footprint_rows, infra_rows, runlog_rows
 
         return (native.bus_rows(plan.rounds, plan.quick) + runlog_rows(device, plan.steps())
-                + footprint_rows(plan.memory_rounds, plan.steps()))
+                + infra_rows(device, plan.steps()) + footprint_rows(plan.memory_rounds, plan.steps()))
     if name == "dormant":
         return steps.dormant_rows(device, plan.steps()) + widen.dormant_rows(device, plan.steps())
     if name == "active":
