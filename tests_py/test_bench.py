@@ -246,3 +246,23 @@ def test_go_memory_rows_read_the_benchmark_metric() -> None:
         ("Go memory per wrapped layer, 1000 layers x 1 slots (in Go)", 9278.0, "bytes")]
     missing = scale.memory_rows(native.GoBench({}, "no Go toolchain"), layers=(10,), slots=(4,))
     assert missing[0].value is None and "no Go toolchain" in missing[0].note
+
+
+def test_metrics_rows_give_a_scrapes_cost_beside_the_step_rows() -> None:
+    """The metrics section times a scrape from Python (its expected share of a step beside the
+    timed rows) and the scraped step against the step with metrics off, with its A/A control."""
+    settings = steps.StepSettings(rounds=5, block_s=0.001, warmup=1, max_inner=10)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = steps.metrics_rows(torch.device("cpu"), settings, ("TinyMLP",), interval=0.005)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r.name for r in rows] == ["one scrape from Python, morph.metrics_text(): TinyMLP",
+                                      "train step, metrics served and scraped every 0.005 s: TinyMLP",
+                                      "A/A control, no scrape on either side: TinyMLP"]
+    scrape = rows[0]
+    assert scrape.unit == "us" and 1 < scrape.value < 1e5 and scrape.rounds == 5, scrape
+    assert scrape.extra["expected_ratio"] > 1, scrape.extra
+    for r in rows[1:]:
+        assert _finite(r.value) and _finite(r.baseline) and _finite(r.ratio) and r.rounds == 5, r

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from torch import nn
 
 from .. import Morphogenesis, wrap
 from . import harness, models
-from .rows import Row, Target, ratio_at_most, timing_row
+from .rows import Row, Target, ratio_at_most, samples_row, timing_row
 
 __all__ = ["StepSettings", "MODELS", "dormant_rows", "active_rows", "peft_rows", "scaling_rows", "compile_rows",
            "metrics_rows"]
@@ -456,6 +457,21 @@ def _scraping(step: Step, morph: Morphogenesis, every: int) -> Step:
     return scraped
 
 
+def _scrape_cost(morph: Morphogenesis, settings: StepSettings, calls: int = 20) -> list[float] | None:
+    """CPU seconds per ``morph.metrics_text()`` call, per round (None when --only leaves the row out)."""
+    if not settings.wants("one scrape from Python"):
+        return None
+    for _ in range(3):
+        morph.metrics_text()
+    out = []
+    for _ in range(settings.rounds):
+        start = time.process_time()
+        for _ in range(calls):
+            morph.metrics_text()
+        out.append((time.process_time() - start) / calls)
+    return out
+
+
 def metrics_rows(device: torch.device, settings: StepSettings, labels: Sequence[str] = ("TinyMLP", "WideMLP"),
                  interval: float = 0.1) -> list[Row]:
     """The cost of metrics on a training step: the dormant wrapped model with its metrics endpoint
@@ -486,9 +502,21 @@ def metrics_rows(device: torch.device, settings: StepSettings, labels: Sequence[
         start = time.process_time()  # steps per interval of this process's CPU time (no clock read per step)
         for _ in range(50):
             train_off()
-        every = max(1, round(interval * 50 / max(time.process_time() - start, 1e-7)))
+        step_s = (time.process_time() - start) / 50
+        every = max(1, round(interval / max(step_s, 1e-9)))
         scraped = _scraping(train_on, morph_on, every)
         try:
+            scrape_s = _scrape_cost(morph_on, settings)
+            if scrape_s is not None:
+                # The arithmetic beside the measurement: a scrape's CPU time shared by the steps between two.
+                rows.append(samples_row(
+                    "metrics", f"one scrape from Python, morph.metrics_text(): {spec.label}", device.type,
+                    [x * 1e6 for x in scrape_s], "us", target=None, source="ABI",
+                    note=f"CPU time per call (attach the cache and store, Go reads, gathers and encodes, the text "
+                         f"back through the ABI), 20 calls per round; spread over {every} steps of "
+                         f"{step_s * 1e3:.2f} ms that is {statistics.median(scrape_s) / (every * step_s):.2%} "
+                         f"of a step (the expected cost of the row below)",
+                    extra={"expected_ratio": 1 + statistics.median(scrape_s) / (every * step_s)}))
             rows.append(_row("metrics", f"train step, metrics served and scraped every {interval:g} s: {spec.label}",
                              device, per_round, scraped, train_off, "same step, metrics off",
                              ratio_at_most(1.02, "<= 1.02x (< 2%)"),
