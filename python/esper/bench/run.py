@@ -238,7 +238,7 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
                                  "MetricsText", "us", None,
                                  "2 layers x 2 slots, one seed live; what a scrape costs this process")
         labels = ("TinyMLP",) if plan.quick else ("TinyMLP", "WideMLP")
-        return [scrape, *steps.metrics_rows(device, plan.steps(), labels)]
+        return [r for r in (scrape, *steps.metrics_rows(device, plan.steps(), labels)) if r is not None]
     if name == "memory":
         if device.type == "cuda":
             return memory.cuda_memory_rows(plan.cuda_memory_models, max(plan.memory_rounds, 5))

@@ -528,4 +528,4 @@ def metrics_rows(device: torch.device, settings: StepSettings, labels: Sequence[
                              "informative: how far two identical sides differ here (read the row above against it)"))
         finally:
             _close(morph_on, morph_off)
-    return rows
+    return _kept(rows)
