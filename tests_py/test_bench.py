@@ -222,6 +222,9 @@ def test_infrastructure_all_on_against_all_off_rows() -> None:
     # Every event the run log wrote reached NATS; the scrapes ran on the timed side.
     assert on["run_log_lines"] >= 2 * 5 and on["nats_sent"] == on["run_log_lines"] and on["nats_dropped"] == 0, on
     assert on["scrape_every"] >= 1 and rows[0].target == "< 2%" and rows[2].target == ""
+    # Each round holds exactly one scrape: rounds of as many steps (epochs of 20) as between two.
+    assert rows[0].extra["calls_per_round"] == rows[0].extra["scrape_every"], rows[0].extra
+    assert 20 * rows[1].extra["calls_per_round"] == on["scrape_every"], on
 
 
 def test_session_scale_rows_measure_each_size() -> None:
@@ -266,3 +269,6 @@ def test_metrics_rows_give_a_scrapes_cost_beside_the_step_rows() -> None:
     assert scrape.extra["expected_ratio"] > 1, scrape.extra
     for r in rows[1:]:
         assert _finite(r.value) and _finite(r.baseline) and _finite(r.ratio) and r.rounds == 5, r
+    # Each round holds exactly one scrape: rounds of as many steps as between two scrapes.
+    every = rows[1].extra["calls_per_round"]
+    assert f"one scrape (Go: read, gather, encode) every {every} steps" in rows[1].note, rows[1].note

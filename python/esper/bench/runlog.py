@@ -158,6 +158,9 @@ def infra_rows(device: torch.device, settings: Any, interval: float = 0.1) -> li
                     trains[1]()
                 every = max(1, round(interval * 50 / max(time.process_time() - start, 1e-7)))
                 step_on = scraping(trains[0], on, every)
+                # Epoch rounds: a scrape every whole number of epochs, one per round.
+                epochs = max(1, round(every / 20))
+                epoch_on = scraping(trains[0], on, 20 * epochs)
 
                 def epoch_of(step: Callable[[], None], morph: Any) -> Callable[[], None]:
                     def run() -> None:
@@ -168,19 +171,21 @@ def infra_rows(device: torch.device, settings: Any, interval: float = 0.1) -> li
                     return run
 
                 what = (f"{spec.what}; dormant, manual policy; on: bus + run log ({runs}), NATS sink to a local "
-                        f"nats-server (JetStream), metrics served and scraped (Go: read, gather, encode) every "
-                        f"{every} steps ({interval:g} s of CPU time as measured before timing)")
+                        f"nats-server (JetStream), metrics served and scraped (Go: read, gather, encode) about "
+                        f"every {interval:g} s of CPU time (as measured before timing)")
                 rows.append(_row("bus", INFRA["step"], device, per_round, step_on, trains[1],
                                  "same step, all off (session detached from its bus, no NATS, no metrics)",
-                                 ratio_at_most(1.02, "< 2%"), what + "; a dormant step publishes no event"))
-                rows.append(_row("bus", INFRA["epoch"], device, per_round, epoch_of(step_on, on),
+                                 ratio_at_most(1.02, "< 2%"), what + f": every {every} steps, rounds of {every} steps "
+                                 "(one scrape each); a dormant step publishes no event", inner=every))
+                rows.append(_row("bus", INFRA["epoch"], device, per_round, epoch_of(epoch_on, on),
                                  epoch_of(trains[1], off), "same epoch, all off", ratio_at_most(1.02, "< 2%"),
-                                 what + "; end_epoch publishes the epoch and health events: the run log writes them, "
-                                        "the sink sends them to NATS"))
+                                 what + f": every {epochs} epoch(s), rounds of {epochs} epoch(s) (one scrape each); "
+                                 "end_epoch publishes the epoch and health events: the run log writes them, the sink "
+                                 "sends them to NATS", inner=epochs))
                 rows.append(_row("bus", INFRA["aa"], device, per_round, epoch_of(trains[2], off2),
                                  epoch_of(trains[1], off), "the same epoch", None,
                                  "informative: how far two identical sides differ here (read the rows above "
-                                 "against it)"))
+                                 "against it)", inner=epochs))
                 on.oona.flush(10.0)
                 deadline = time.monotonic() + 10
                 while on.oona.stats()["nats"]["pending"] and time.monotonic() < deadline:
@@ -191,8 +196,9 @@ def infra_rows(device: torch.device, settings: Any, interval: float = 0.1) -> li
     kept = [r for r in rows if r is not None]
     for r in kept:
         if "all on" in r.name:
-            r.extra.update(scrape_every=every, run_log_lines=stats["log"]["lines"],
-                           nats_sent=stats["nats"]["sent"], nats_dropped=stats["nats"]["dropped"])
+            r.extra.update(scrape_every=every if "train step" in r.name else 20 * epochs,
+                           run_log_lines=stats["log"]["lines"], nats_sent=stats["nats"]["sent"],
+                           nats_dropped=stats["nats"]["dropped"])
     return kept
 
 
