@@ -272,3 +272,28 @@ def test_metrics_rows_give_a_scrapes_cost_beside_the_step_rows() -> None:
     # Each round holds exactly one scrape: rounds of as many steps as between two scrapes.
     every = rows[1].extra["calls_per_round"]
     assert f"one scrape (Go: read, gather, encode) every {every} steps" in rows[1].note, rows[1].note
+
+
+def test_infrastructure_rows_say_why_without_a_nats_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No NATS server that starts: the all-on rows are there, unmeasured, saying why."""
+    from esper.bench.runlog import INFRA, infra_rows
+
+    monkeypatch.setenv("ESPER_NATS_SERVER", "/bin/false")  # a binary that exits at once
+    rows = infra_rows(torch.device("cpu"), steps.StepSettings(rounds=5, block_s=0.001, warmup=1, max_inner=10))
+    assert [r.name for r in rows] == list(INFRA.values())
+    for r in rows:
+        assert r.value is None and r.note.startswith("not measured: no local NATS server"), r
+        assert "did not start" in r.note, r.note
+
+
+def test_footprint_rows_say_why_without_the_nonats_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from esper.bench import runlog
+
+    monkeypatch.setattr(runlog, "nonats_library", lambda: tmp_path / "libesper.so")
+    only = steps.StepSettings(only=("without the NATS client",))
+    rows = runlog.footprint_rows(1, only)
+    assert [r.name for r in rows] == [
+        "libesper.so size without the NATS client (-tags esper_nonats) vs with",
+        "RSS added by loading libesper.so without the NATS client (after import torch)"]
+    for r in rows:
+        assert r.value is None and "is absent; `make nonats-lib` builds it" in r.note, r
