@@ -218,6 +218,7 @@ def test_infrastructure_all_on_against_all_off_rows() -> None:
     assert [r.name for r in rows] == list(INFRA.values())
     for r in rows:
         assert _finite(r.value) and _finite(r.baseline) and _finite(r.ratio) and r.rounds == 5, r
+    assert rows[3].unit == "ms" and len(rows[3].extra["off_ms"]) == 5, rows[3]
     on = rows[1].extra
     # Every event the run log wrote reached NATS; the scrapes ran on the timed side.
     assert on["run_log_lines"] >= 2 * 5 and on["nats_sent"] == on["run_log_lines"] and on["nats_dropped"] == 0, on

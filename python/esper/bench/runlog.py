@@ -104,7 +104,8 @@ def runlog_rows(device: torch.device, settings: Any) -> list[Row]:
 
 INFRA = {"step": "train step, run log + bus + NATS sink + metrics all on vs all off: TinyMLP",
          "epoch": "epoch of 20 steps + end_epoch, run log + bus + NATS sink + metrics all on vs all off: TinyMLP",
-         "aa": "A/A control, epoch, all off on both sides: TinyMLP"}
+         "aa": "A/A control, epoch, all off on both sides: TinyMLP",
+         "end_epoch": "end_epoch alone (after 20 steps), all on vs all off: TinyMLP"}
 
 
 def infra_rows(device: torch.device, settings: Any, interval: float = 0.1) -> list[Row]:
@@ -186,6 +187,8 @@ def infra_rows(device: torch.device, settings: Any, interval: float = 0.1) -> li
                                  epoch_of(trains[1], off), "the same epoch", None,
                                  "informative: how far two identical sides differ here (read the rows above "
                                  "against it)", inner=epochs))
+                if settings.wants(INFRA["end_epoch"]):
+                    rows.append(_end_epoch_row(settings, (trains[0], on), (trains[1], off), what))
                 on.oona.flush(10.0)
                 deadline = time.monotonic() + 10
                 while on.oona.stats()["nats"]["pending"] and time.monotonic() < deadline:
@@ -200,6 +203,34 @@ def infra_rows(device: torch.device, settings: Any, interval: float = 0.1) -> li
                            run_log_lines=stats["log"]["lines"], nats_sent=stats["nats"]["sent"],
                            nats_dropped=stats["nats"]["dropped"])
     return kept
+
+
+def _end_epoch_row(settings: Any, on: tuple[Callable[[], None], Any], off: tuple[Callable[[], None], Any],
+                   what: str, epochs: int = 5) -> Row:
+    """The CPU time of ``end_epoch`` alone, all on against all off: the fixed cost per epoch that the
+    epoch row spreads over 20 steps (a longer epoch spreads it over more). Rounds of ``epochs``
+    epochs per side, sides alternating; the CPU time of this process during each call (the run log's
+    writer and the sink's goroutines included while they work within it)."""
+    got: dict[str, list[float]] = {"on": [], "off": []}
+    sides = {"on": on, "off": off}
+    for r in range(settings.rounds):
+        for name in ("on", "off") if r % 2 == 0 else ("off", "on"):
+            step, morph = sides[name]
+            spent = 0.0
+            for _ in range(epochs):
+                for _ in range(20):
+                    step()
+                start = time.process_time()
+                morph.end_epoch(val_loss=1.0)
+                spent += time.process_time() - start
+            got[name].append(spent / epochs * 1e3)
+    base = statistics.median(got["off"])
+    return samples_row("bus", INFRA["end_epoch"], "cpu", got["on"], "ms", target=None, source="python", baseline=base,
+                       baseline_name="end_epoch, all off",
+                       note=f"{what}; CPU time of end_epoch alone (the epoch and health events published, written, "
+                            f"flushed to the OS and sent), {epochs} epochs of 20 steps per round and side; "
+                            f"{statistics.median(got['on']) - base:+.3f} ms per epoch",
+                       extra={"off_ms": got["off"]})
 
 
 def _child(url: str) -> dict[str, float]:
