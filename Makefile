@@ -10,6 +10,9 @@ COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LIB := python/esper/_lib/libesper.so
 # The test variant: the production exports plus capi/testexports.go (esper_test_panic); never shipped.
 TEST_LIB := build/test/libesper.so
+# The variant without the NATS client (-tags esper_nonats): its NATS calls refuse, saying so; `make bench`
+# compares its size and RSS with the default build's.
+NONATS_LIB := build/nonats/libesper.so
 GO_SOURCES := $(shell find capi core policy blueprint -name '*.go' -not -name '*_test.go') go.mod go.sum capi/exports.map VERSION
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -extldflags -Wl,--version-script=$(CURDIR)/capi/exports.map
 # A count, not a duration: a duration's deadline races the fuzz workers in Go 1.26 and fails a
@@ -32,7 +35,7 @@ ORT_LIB_SIZE := 35057880
 ORT_LIB := python/esper/_lib/libonnxruntime.so.1
 
 .DEFAULT_GOAL := help
-.PHONY: help lib test-lib nats-server s3-server onnxruntime venv test test-go test-py fuzz demo bench lint fmt clean
+.PHONY: help lib test-lib nonats-lib nats-server s3-server onnxruntime venv test test-go test-py fuzz demo bench lint fmt clean
 
 help: ## Show this help.
 	@echo "Esper $(VERSION): morphogenetic training for PyTorch with a Go core"
@@ -51,6 +54,13 @@ test-lib: $(TEST_LIB) ## Build the test variant of the library (test-only export
 $(TEST_LIB): $(GO_SOURCES) capi/testexports.go
 	@mkdir -p $(dir $@)
 	CGO_ENABLED=1 go build -tags esper_test -buildmode=c-shared -trimpath -ldflags "$(LDFLAGS)" -o $@ ./capi
+	@rm -f $(basename $@).h
+
+nonats-lib: $(NONATS_LIB) ## Build the library without the NATS client (-tags esper_nonats) into build/nonats/.
+
+$(NONATS_LIB): $(GO_SOURCES)
+	@mkdir -p $(dir $@)
+	CGO_ENABLED=1 go build -tags esper_nonats -buildmode=c-shared -trimpath -ldflags "$(LDFLAGS)" -o $@ ./capi
 	@rm -f $(basename $@).h
 
 nats-server: $(NATS_SERVER) ## Build the NATS server (nats-server, pinned in go.mod) into build/bin/esper-nats.
@@ -112,13 +122,13 @@ fuzz: ## Run every Fuzz target for FUZZTIME (default 2000x: executions, not seco
 	  done; \
 	done
 
-test-py: venv $(LIB) $(TEST_LIB) $(NATS_SERVER) $(ORT_LIB) $(S3_SERVER) ## Python tests (real PyTorch, the real library).
+test-py: venv $(LIB) $(TEST_LIB) $(NONATS_LIB) $(NATS_SERVER) $(ORT_LIB) $(S3_SERVER) ## Python tests (real PyTorch, the real library).
 	$(PY) -m pytest -q tests_py
 
 demo: venv $(LIB) ## Grow models on digits and spirals; prints a table, writes demo_out/.
 	$(PY) -m esper demo
 
-bench: venv $(LIB) ## Measure Esper against plain PyTorch and PEFT; writes bench/results/.
+bench: venv $(LIB) $(NONATS_LIB) $(NATS_SERVER) ## Measure Esper against plain PyTorch and PEFT; writes bench/results/.
 	$(PY) -m esper bench
 
 lint: venv ## gofmt, go vet and ruff (check only).

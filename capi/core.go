@@ -55,6 +55,7 @@ func esper_build_info(out **C.char) C.int {
 			"goarch":      runtime.GOARCH,
 			"gomaxprocs":  runtime.GOMAXPROCS(0),
 			"pid":         os.Getpid(),
+			"nats":        natsBuilt,
 		}
 		b, err := json.Marshal(info)
 		if err != nil {

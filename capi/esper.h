@@ -57,7 +57,11 @@ extern "C" {
 int32_t esper_abi_version(void);
 
 /* Writes a JSON object {version, commit, abi_version, go_version, goos,
- * goarch, gomaxprocs, pid} to *out (free with esper_free). */
+ * goarch, gomaxprocs, pid, nats} to *out (free with esper_free). "nats" is
+ * false in a library built without the NATS client (go build -tags
+ * esper_nonats, make nonats-lib): there esper_oona_new with a "nats"
+ * section, esper_oona_measure_nats and esper_oona_follow_* return
+ * ESPER_EUNAVAILABLE, saying so. */
 int esper_build_info(char **out);
 
 /* Applies runtime settings from a JSON object (NULL = defaults):

@@ -13,7 +13,6 @@ import (
 
 	"github.com/esper-morph/esper/core/errcode"
 	"github.com/esper-morph/esper/core/oona"
-	"github.com/esper-morph/esper/core/oona/natsink"
 	"github.com/esper-morph/esper/core/session"
 )
 
@@ -54,25 +53,21 @@ func esper_oona_new(configJSON *C.char, out *C.uint64_t) C.int {
 				return err
 			}
 		}
-		var natsCfg *natsink.Config
+		var natsOn *natsOpener
 		if len(cfg.NATS) > 0 && string(cfg.NATS) != "null" {
-			c, err := natsink.Parse(cfg.NATS)
-			if err != nil {
+			if natsOn, err = parseNATS(cfg.NATS); err != nil {
 				return err
 			}
-			natsCfg = &c
 		}
 		n, err := oona.OpenNode(cfg)
 		if err != nil {
 			return err
 		}
-		if natsCfg != nil {
-			sink, err := natsink.Open(n.Bus, *natsCfg)
-			if err != nil {
+		if natsOn != nil {
+			if n.NATS, err = natsOn.open(n.Bus); err != nil {
 				_ = n.Close(oonaCloseTimeout)
 				return err
 			}
-			n.NATS = sink
 		}
 		*out = C.uint64_t(handles.add(n))
 		return nil
@@ -163,24 +158,6 @@ func esper_oona_measure(events C.int64_t, subscribers C.int32_t, dir *C.char, ou
 	})
 }
 
-//export esper_oona_measure_nats
-func esper_oona_measure_nats(url *C.char, events C.int64_t, out **C.char) C.int {
-	return call(0, func() error {
-		if out == nil {
-			return errNull("out")
-		}
-		u, err := goString(url, "url")
-		if err != nil {
-			return err
-		}
-		lat, err := natsink.MeasureLatency(u, int(events))
-		if err != nil {
-			return err
-		}
-		return setJSON(out, lat)
-	})
-}
-
 //export esper_session_attach_oona
 func esper_session_attach_oona(h C.uint64_t, oonaHandle C.uint64_t) C.int {
 	return call(uint64(h), func() error {
@@ -196,60 +173,5 @@ func esper_session_attach_oona(h C.uint64_t, oonaHandle C.uint64_t) C.int {
 			return fmt.Errorf("attach oona %d: %w", uint64(oonaHandle), err)
 		}
 		return s.AttachBus(n.Bus)
-	})
-}
-
-// followPollLimit bounds the events one esper_oona_follow_poll returns.
-const followPollLimit = 4096
-
-//export esper_oona_follow_new
-func esper_oona_follow_new(configJSON *C.char, out *C.uint64_t) C.int {
-	return call(0, func() error {
-		if out == nil {
-			return errNull("out")
-		}
-		doc, err := goString(configJSON, "config_json")
-		if err != nil {
-			return err
-		}
-		cfg, err := natsink.ParseFollow([]byte(doc))
-		if err != nil {
-			return err
-		}
-		f, err := natsink.Follow(cfg)
-		if err != nil {
-			return err
-		}
-		*out = C.uint64_t(handles.add(f))
-		return nil
-	})
-}
-
-//export esper_oona_follow_poll
-func esper_oona_follow_poll(h C.uint64_t, timeoutMS C.int64_t, out **C.char) C.int {
-	return call(uint64(h), func() error {
-		if out == nil {
-			return errNull("out_json")
-		}
-		if timeoutMS < 0 || timeoutMS > 60_000 {
-			return fmt.Errorf("oona follow poll: timeout_ms %d must be in [0, 60000]: %w", int64(timeoutMS), errcode.ErrInvalid)
-		}
-		f, err := lookup[*natsink.Follower](uint64(h))
-		if err != nil {
-			return err
-		}
-		b := f.Poll(handles.context(uint64(h)), time.Duration(timeoutMS)*time.Millisecond, followPollLimit)
-		return setJSON(out, b)
-	})
-}
-
-//export esper_oona_follow_free
-func esper_oona_follow_free(h C.uint64_t) C.int {
-	return call(0, func() error {
-		if err := free[*natsink.Follower](uint64(h), func(f *natsink.Follower) error { f.Close(); return nil }); err != nil {
-			return fmt.Errorf("oona follow free: %w", err)
-		}
-		lastErrors.drop(uint64(h))
-		return nil
 	})
 }

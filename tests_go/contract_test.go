@@ -62,9 +62,32 @@ func headerFunctions(t testing.TB, test ...bool) []string {
 	return names
 }
 
+// exportsOf lists the //export directives of one capi file, sorted.
+func exportsOf(t testing.TB, name string) []string {
+	t.Helper()
+	var names []string
+	for _, m := range exportLine.FindAllStringSubmatch(readFile(t, repoRoot(t), "capi", name), -1) {
+		names = append(names, m[1])
+	}
+	sort.Strings(names)
+	return names
+}
+
+// The library built without the NATS client (-tags esper_nonats) replaces
+// oona_nats.go with oona_nonats.go: the same exports, so the header and
+// the Python bindings hold for both builds.
+func TestNoNATSVariantHasTheSameExports(t *testing.T) {
+	with, without := exportsOf(t, "oona_nats.go"), exportsOf(t, "oona_nonats.go")
+	if len(with) == 0 || strings.Join(with, ",") != strings.Join(without, ",") {
+		t.Fatalf("oona_nats.go exports %v, oona_nonats.go %v", with, without)
+	}
+}
+
 // goExports lists the //export directives of capi/*.go: those of the
 // production library (test == false) or of the files built only with the
-// esper_test tag (test == true).
+// esper_test tag (test == true). The files of the build without NATS
+// (esper_nonats) are left out: they export what oona_nats.go does
+// (TestNoNATSVariantHasTheSameExports).
 func goExports(t testing.TB, test ...bool) []string {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join(repoRoot(t), "capi", "*.go"))
@@ -78,7 +101,7 @@ func goExports(t testing.TB, test ...bool) []string {
 			continue
 		}
 		src := readFile(t, f)
-		if strings.HasPrefix(src, "//go:build esper_test\n") != wantTest {
+		if strings.HasPrefix(src, "//go:build esper_test\n") != wantTest || strings.HasPrefix(src, "//go:build esper_nonats\n") {
 			continue
 		}
 		for _, m := range exportLine.FindAllStringSubmatch(src, -1) {

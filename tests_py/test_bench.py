@@ -186,14 +186,46 @@ def test_run_log_and_nats_footprint_rows() -> None:
     assert rows[1].extra["run_log_lines"] >= 2 * 5 and rows[1].extra["run_log_syncs"] >= 1, rows[1].extra
     assert rows[0].ok in (True, False) and rows[2].target == ""
 
-    only = dataclasses.replace(settings, only=("libesper.so size", "NATS sink attached"))
+    only = dataclasses.replace(settings, only=("libesper.so size", "NATS sink attached", "without NATS vs with"))
     assert runlog_rows(torch.device("cpu"), only) == []
     foot = footprint_rows(1, only)
-    assert [r.name for r in foot] == ["libesper.so size (NATS client linked in, no server)",
-                                      "process RSS after a short run, NATS sink attached vs not: 2-layer MLP"]
-    size, rss = foot
+    assert [r.name for r in foot] == [
+        "libesper.so size (NATS client linked in, no server)",
+        "libesper.so size without the NATS client (-tags esper_nonats) vs with",
+        "process RSS after a short run, NATS sink attached vs not: 2-layer MLP",
+        "process RSS after a short run, library without NATS vs with (no sink): 2-layer MLP"]
+    size, small, rss, small_rss = foot
     assert 1 < size.value < 100, size
+    # The build without the NATS client (make test-py builds it) is smaller by the client's code.
+    assert small.value is not None and small.value < size.value and small.baseline == size.value, small
     assert rss.value > 0 and rss.baseline and rss.baseline > 0 and min(rss.extra["events_sent"]) > 10, rss
+    assert small_rss.value > 0 and small_rss.baseline == rss.baseline, small_rss
+
+
+@pytest.mark.slow
+def test_infrastructure_all_on_against_all_off_rows() -> None:
+    """The all-on rows run the bus, run log, NATS sink (to a real local nats-server: its events
+    acknowledged) and metrics endpoint with scrapes on one side and none of it on the other."""
+    from esper.bench.runlog import INFRA, infra_rows
+
+    settings = steps.StepSettings(rounds=5, block_s=0.001, warmup=1, max_inner=10)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = infra_rows(torch.device("cpu"), settings, interval=0.005)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r.name for r in rows] == list(INFRA.values())
+    for r in rows:
+        assert _finite(r.value) and _finite(r.baseline) and _finite(r.ratio) and r.rounds == 5, r
+    assert rows[3].unit == "ms" and len(rows[3].extra["off_ms"]) == 5, rows[3]
+    on = rows[1].extra
+    # Every event the run log wrote reached NATS; the scrapes ran on the timed side.
+    assert on["run_log_lines"] >= 2 * 5 and on["nats_sent"] == on["run_log_lines"] and on["nats_dropped"] == 0, on
+    assert on["scrape_every"] >= 1 and rows[0].target == "< 2%" and rows[2].target == ""
+    # Each round holds exactly one scrape: rounds of as many steps (epochs of 20) as between two.
+    assert rows[0].extra["calls_per_round"] == rows[0].extra["scrape_every"], rows[0].extra
+    assert 20 * rows[1].extra["calls_per_round"] == on["scrape_every"], on
 
 
 def test_session_scale_rows_measure_each_size() -> None:
@@ -218,3 +250,51 @@ def test_go_memory_rows_read_the_benchmark_metric() -> None:
         ("Go memory per wrapped layer, 1000 layers x 1 slots (in Go)", 9278.0, "bytes")]
     missing = scale.memory_rows(native.GoBench({}, "no Go toolchain"), layers=(10,), slots=(4,))
     assert missing[0].value is None and "no Go toolchain" in missing[0].note
+
+
+def test_metrics_rows_give_a_scrapes_cost_beside_the_step_rows() -> None:
+    """The metrics section times a scrape from Python (its expected share of a step beside the
+    timed rows) and the scraped step against the step with metrics off, with its A/A control."""
+    settings = steps.StepSettings(rounds=5, block_s=0.001, warmup=1, max_inner=10)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = steps.metrics_rows(torch.device("cpu"), settings, ("TinyMLP",), interval=0.005)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r.name for r in rows] == ["one scrape from Python, morph.metrics_text(): TinyMLP",
+                                      "train step, metrics served and scraped every 0.005 s: TinyMLP",
+                                      "A/A control, no scrape on either side: TinyMLP"]
+    scrape = rows[0]
+    assert scrape.unit == "us" and 1 < scrape.value < 1e5 and scrape.rounds == 5, scrape
+    assert scrape.extra["expected_ratio"] > 1, scrape.extra
+    for r in rows[1:]:
+        assert _finite(r.value) and _finite(r.baseline) and _finite(r.ratio) and r.rounds == 5, r
+    # Each round holds exactly one scrape: rounds of as many steps as between two scrapes.
+    every = rows[1].extra["calls_per_round"]
+    assert f"one scrape (Go: read, gather, encode) every {every} steps" in rows[1].note, rows[1].note
+
+
+def test_infrastructure_rows_say_why_without_a_nats_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No NATS server that starts: the all-on rows are there, unmeasured, saying why."""
+    from esper.bench.runlog import INFRA, infra_rows
+
+    monkeypatch.setenv("ESPER_NATS_SERVER", "/bin/false")  # a binary that exits at once
+    rows = infra_rows(torch.device("cpu"), steps.StepSettings(rounds=5, block_s=0.001, warmup=1, max_inner=10))
+    assert [r.name for r in rows] == list(INFRA.values())
+    for r in rows:
+        assert r.value is None and r.note.startswith("not measured: no local NATS server"), r
+        assert "did not start" in r.note, r.note
+
+
+def test_footprint_rows_say_why_without_the_nonats_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from esper.bench import runlog
+
+    monkeypatch.setattr(runlog, "nonats_library", lambda: tmp_path / "libesper.so")
+    only = steps.StepSettings(only=("without the NATS client",))
+    rows = runlog.footprint_rows(1, only)
+    assert [r.name for r in rows] == [
+        "libesper.so size without the NATS client (-tags esper_nonats) vs with",
+        "RSS added by loading libesper.so without the NATS client (after import torch)"]
+    for r in rows:
+        assert r.value is None and "is absent; `make nonats-lib` builds it" in r.note, r

@@ -533,3 +533,32 @@ def test_flop_counter_counts_a_seed_in_the_states_where_it_runs() -> None:
     layer.remove_seed(1)
     assert layer.is_dormant
     assert _count_step(model, x, FlopCounter) == host
+
+
+@pytest.mark.slow
+def test_a_demo_runs_log_feeds_esper_report_and_monitor_replay(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """One grown run of the demo (digits, its quick settings: what `make demo` runs, shortened),
+    then `esper report` and `esper monitor --replay` on the run log it wrote."""
+    import contextlib
+    import io
+    from dataclasses import replace
+
+    from esper import cli, oona
+    from esper.demo.experiments import SETUPS, grown_run, setup_task
+
+    monkeypatch.setenv("ESPER_HOME", str(tmp_path / "home"))
+    setup = replace(SETUPS["digits"], epochs=6)
+    result = grown_run(setup_task(setup, 0), setup, 0)
+    root = tmp_path / "home" / "runs"
+    assert result.run_id and oona.read_events(result.run_id, root=root)[-1]["kind"] == "run"
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert cli.main(["report", result.run_id, "--root", str(root), "--out", str(tmp_path / "report")]) == 0
+        assert cli.main(["monitor", result.run_id, "--root", str(root), "--replay", "--speed", "0"]) == 0
+    pngs = list((tmp_path / "report").glob("*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert (tmp_path / "report" / "report.md").read_text().startswith(f"# Run {result.run_id}\n")
+    frames = buf.getvalue().split("esper monitor  run ")[1:]
+    assert len(frames) == setup.epochs + 1 and "[ended]" in frames[-1], buf.getvalue()[-2000:]

@@ -119,6 +119,13 @@ def test_readme_loop_metrics_match_the_run(monkeypatch: pytest.MonkeyPatch, espe
     morph._outcomes.flush()
     assert got[("esper_urza_operations_total", (("op", "put"),))] >= 1  # the validated build
     assert parse(scrape(morph.metrics_port))[("esper_urza_operations_total", (("op", "put_outcome"),))] >= len(impacts)
+    # The run's Oona bus: events published, and what its run log subscriber took and dropped.
+    bus = morph.oona.stats()  # the bus's counts, with the run log's under "log"
+    now = parse(morph.metrics_text())
+    assert bus["published"] > 2 * epochs and now[("esper_bus_events_total", ())] == bus["published"]
+    runlog = (("subscriber", "runlog"),)
+    assert now[("esper_bus_delivered_total", runlog)] == bus["published"], bus
+    assert now[("esper_bus_dropped_total", runlog)] == 0
 
     # 2. The prometheus_client collector, in a registry of the user's.
     registry = CollectorRegistry()

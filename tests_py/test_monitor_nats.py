@@ -183,3 +183,64 @@ def test_monitor_from_nats_stops_on_ctrl_c_and_refuses_bad_arguments(server: Ser
                       (["monitor", "--nats", server.url, "--subject", "esper..x"], "not a NATS subject")):
         assert cli.main(argv) == 2, argv
         assert why in capsys.readouterr().err, argv
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("auth", ["token", "user"])
+def test_monitor_authenticates_to_a_server_that_requires_it(auth: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A real nats-server requiring a token or a user and password: the run publishes with its
+    nats_options, `esper monitor --nats` follows it with the flags (the password from
+    $ESPER_NATS_PASSWORD), and wrong credentials show nothing but Go's reason (negative control)."""
+    if auth == "token":
+        flags, opts = ("--auth", "t0ken"), {"token": "t0ken"}
+        right, wrong = ["--nats-token", "t0ken"], ["--nats-token", "wrong"]
+    else:
+        flags, opts = ("--user", "esper", "--pass", "s3cret"), {"user": "esper", "password": "s3cret"}
+        monkeypatch.setenv("ESPER_NATS_PASSWORD", "s3cret")
+        right, wrong = ["--nats-user", "esper"], ["--nats-user", "esper", "--nats-password", "wrong"]
+    srv = Server(free_port(), tmp_path / "jetstream", flags)
+    srv.start()
+    try:
+        root = tmp_path / "runs"
+        torch.manual_seed(0)
+        model = esper.wrap(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), target_modules=["0"])
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        morph = esper.Morphogenesis(model, opt, policy="manual", signal_every=1, nats_url=srv.url,
+                                    nats_options=opts, runs=str(root))
+        train(morph, model, opt, range(2))
+        deadline = time.monotonic() + 20
+        while morph.oona.stats()["nats"]["pending"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert morph.oona.stats()["nats"]["sent"] > 0, morph.oona.stats()
+        run = morph.run_id
+        morph.close()
+        from_log = report.render_frame(report.load(run, root=root))
+        capsys.readouterr()
+
+        out = _cli(["monitor", run, "--nats", srv.url, *right, "--once"])
+        assert frames(out)[-1] == from_log, out[-3000:]
+        for creds in (wrong, []):
+            assert cli.main(["monitor", run, "--nats", srv.url, *creds, "--once", "--interval", "0.2"]) == 1
+            got = capsys.readouterr()
+            assert "authorization violation" in got.err.lower() and "esper monitor" not in got.out, got
+        if auth == "token":  # the token from the environment, out of the process list
+            monkeypatch.setenv("ESPER_NATS_TOKEN", "t0ken")
+            assert frames(_cli(["monitor", run, "--nats", srv.url, "--once"]))[-1] == from_log
+    finally:
+        srv.kill()
+
+
+def test_monitor_nats_options_are_checked_by_go(capsys: pytest.CaptureFixture[str]) -> None:
+    """The flags reach Go's checks (core/oona/natsink): a password needs its user, a client
+    certificate its key, one way to authenticate; plaintext off loopback needs the opt-in."""
+    for argv, why in ((["--nats-password", "p"], "a password needs its user"),
+                      (["--nats-cert", "/c.pem"], "needs its key"),
+                      (["--nats-token", "t", "--nats-user", "u"], "one way to authenticate"),
+                      (["--nats-token", "t"], None)):
+        assert cli.main(["monitor", "r", "--nats", "nats://192.0.2.1:4222", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert (why or "not loopback") in err, (argv, err)
+    assert cli.main(["monitor", "r", "--nats-token", "t"]) == 2
+    assert "go with --nats URL" in capsys.readouterr().err

@@ -34,8 +34,8 @@ def free_port() -> int:
 class Server:
     """A real nats-server with JetStream on 127.0.0.1:port, storing in store."""
 
-    def __init__(self, port: int, store: Path) -> None:
-        self.port, self.store = port, store
+    def __init__(self, port: int, store: Path, extra: tuple[str, ...] = ()) -> None:
+        self.port, self.store, self.extra = port, store, extra  # extra: more nats-server flags (auth)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -43,7 +43,7 @@ class Server:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        cmd = oona.serve_command("127.0.0.1", self.port, self.store)
+        cmd = [*oona.serve_command("127.0.0.1", self.port, self.store), *self.extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -21,6 +21,7 @@ type collector struct {
 	impactEnded, impactPredicted, impactCompared, impactMAE  *prometheus.Desc
 	cacheOps, cacheBytes, cacheEntries, urzaOps, urzaErrors  *prometheus.Desc
 	urzaOpen, cacheEvict, decision                           *prometheus.Desc
+	busEvents, busDelivered, busDropped, busPending          *prometheus.Desc
 }
 
 func newCollector(src Source, set *Set) *collector {
@@ -58,6 +59,10 @@ func newCollector(src Source, set *Set) *collector {
 		decision:        d("esper_decision_latency_seconds", "Time the controller took to decide at an end of epoch (Tamiyo's decisions and their application)."),
 		cacheEvict:      d("esper_kernel_cache_evictions_total", "Artifacts the kernel cache evicted to stay within its byte bound."),
 		urzaOpen:        d("esper_urza_breakers_open", "Urza circuit breakers open now (artifacts whose loads keep failing)."),
+		busEvents:       d("esper_bus_events_total", "Events published on the run's Oona bus (its throughput is the rate of this)."),
+		busDelivered:    d("esper_bus_delivered_total", "Events the bus put in a subscriber's buffer, by subscriber (runlog, nats).", "subscriber"),
+		busDropped:      d("esper_bus_dropped_total", "Events a subscriber's full buffer refused (the bus never waits), by subscriber.", "subscriber"),
+		busPending:      d("esper_bus_pending", "Events waiting in a subscriber's buffer now, by subscriber.", "subscriber"),
 	}
 }
 
@@ -66,7 +71,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.seeds, c.params, c.step, c.epoch, c.stepRate, c.sinceStep, c.germinations,
 		c.fossilizations, c.prunes, c.cancels, c.rollbacks, c.failures, c.decisions, c.events, c.trips, c.streak, c.alarms,
 		c.impactEnded, c.impactPredicted, c.impactCompared, c.impactMAE, c.cacheOps, c.cacheBytes, c.cacheEntries,
-		c.urzaOps, c.urzaErrors, c.urzaOpen, c.cacheEvict, c.decision} {
+		c.urzaOps, c.urzaErrors, c.urzaOpen, c.cacheEvict, c.decision, c.busEvents, c.busDelivered, c.busDropped,
+		c.busPending} {
 		ch <- d
 	}
 }
@@ -120,6 +126,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.impactCompared, float64(im.Compared))
 	if mae, ok := im.MeanAbsError(); ok {
 		gauge(c.impactMAE, mae)
+	}
+	if b := v.Bus; b != nil {
+		counter(c.busEvents, float64(b.Published))
+		for _, sub := range b.Subscribers {
+			counter(c.busDelivered, float64(sub.Delivered), sub.Name)
+			counter(c.busDropped, float64(sub.Dropped), sub.Name)
+			gauge(c.busPending, float64(sub.Pending), sub.Name)
+		}
 	}
 	caches, stores := c.set.attached()
 	c.collectCaches(counter, gauge, caches)

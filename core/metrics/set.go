@@ -13,6 +13,7 @@ import (
 	"github.com/esper-morph/esper/core/cache"
 	"github.com/esper-morph/esper/core/errcode"
 	"github.com/esper-morph/esper/core/nissa"
+	"github.com/esper-morph/esper/core/oona"
 	"github.com/esper-morph/esper/core/urza"
 )
 
@@ -70,6 +71,9 @@ type View struct {
 	Impact nissa.ImpactStats
 	// Decisions is the end-of-epoch decision latency histogram.
 	DecisionLatency Latency
+	// Bus is the counts of the run's event bus (core/oona), nil while the
+	// session publishes to none.
+	Bus *oona.Stats
 }
 
 // Latency is a histogram of durations over DecisionBuckets, kept by its

@@ -1,6 +1,7 @@
 package nissa_test
 
 import (
+	"encoding/json"
 	"math"
 	"testing"
 
@@ -53,6 +54,31 @@ func BenchmarkLayerSummary(b *testing.B) {
 	for range b.N {
 		if _, ok := s.Layer(3, nissa.GradNorm); !ok {
 			b.Fatal("range")
+		}
+	}
+}
+
+// BenchmarkSnapshotJSON encodes a 3-layer snapshot as the health event of
+// every end of epoch does.
+func BenchmarkSnapshotJSON(b *testing.B) {
+	s, err := nissa.New(nissa.Config{Layers: 3})
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]float32, nissa.Len(3))
+	for step := int64(1); step <= 20; step++ {
+		for i := range buf {
+			buf[i] = float32(i%13)*0.25 + float32(step)*1e-3
+		}
+		if err := s.Ingest(step, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	snap := s.Snapshot([]string{"fc1", "fc2", "fc3"})
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := json.Marshal(snap); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

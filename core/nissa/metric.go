@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 )
 
@@ -14,11 +15,35 @@ type Num float64
 
 // MarshalJSON encodes a finite value as a number and anything else as null.
 func (n Num) MarshalJSON() ([]byte, error) {
-	v := float64(n)
+	return appendNum64(nil, float64(n)), nil
+}
+
+// appendNum64 appends v as Num encodes it: a finite value as encoding/json
+// writes a float64, anything else as null.
+func appendNum64(b []byte, v float64) []byte {
 	if math.IsNaN(v) || math.IsInf(v, 0) {
-		return []byte("null"), nil
+		return append(b, "null"...)
 	}
-	return json.Marshal(v)
+	return appendFloat(b, v)
+}
+
+// appendFloat appends a finite v exactly as encoding/json writes a float64
+// (its floatEncoder: 'e' notation below 1e-6 and from 1e21, "e-07" written
+// "e-7"), without json.Marshal's reflection: the health event of every end
+// of epoch encodes hundreds of these.
+func appendFloat(b []byte, v float64) []byte {
+	format := byte('f')
+	if abs := math.Abs(v); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	b = strconv.AppendFloat(b, v, format, -1, 64)
+	if format == 'e' {
+		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+	}
+	return b
 }
 
 // UnmarshalJSON decodes a number, or null as NaN.
@@ -66,7 +91,7 @@ func (m Metric) MarshalJSON() ([]byte, error) {
 	case math.IsInf(m.Value, -1):
 		return []byte(`"-Infinity"`), nil
 	}
-	return json.Marshal(m.Value)
+	return appendFloat(nil, m.Value), nil
 }
 
 // UnmarshalJSON decodes what MarshalJSON writes; anything else wraps

@@ -1,6 +1,10 @@
 package nissa
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"slices"
+	"strconv"
+)
 
 // summaryJSON is how a Summary is encoded: NaN values become null.
 type summaryJSON struct {
@@ -18,10 +22,20 @@ type summaryJSON struct {
 // MarshalJSON encodes the summary as {"n", "total", "nonfinite", "mean",
 // "var", "slope", "ewma", "last", "last_step"}, with null for values that
 // are not available.
+// The bytes are those json.Marshal writes for summaryJSON, appended
+// directly (tested against it).
 func (m Summary) MarshalJSON() ([]byte, error) {
-	return json.Marshal(summaryJSON{N: m.N, Total: m.Total, Nonfinite: m.Nonfinite,
-		Mean: Num(m.Mean), Var: Num(m.Var), Slope: Num(m.Slope), EWMA: Num(m.EWMA),
-		Last: Num(m.Last), LastStep: m.LastStep})
+	b := make([]byte, 0, 160)
+	b = strconv.AppendInt(append(b, `{"n":`...), int64(m.N), 10)
+	b = strconv.AppendInt(append(b, `,"total":`...), m.Total, 10)
+	b = strconv.AppendInt(append(b, `,"nonfinite":`...), m.Nonfinite, 10)
+	b = appendNum64(append(b, `,"mean":`...), m.Mean)
+	b = appendNum64(append(b, `,"var":`...), m.Var)
+	b = appendNum64(append(b, `,"slope":`...), m.Slope)
+	b = appendNum64(append(b, `,"ewma":`...), m.EWMA)
+	b = appendNum64(append(b, `,"last":`...), m.Last)
+	b = strconv.AppendInt(append(b, `,"last_step":`...), m.LastStep, 10)
+	return append(b, '}'), nil
 }
 
 // UnmarshalJSON decodes what MarshalJSON writes (null becomes NaN).
@@ -58,6 +72,72 @@ type LayerSnapshot struct {
 	Name  string `json:"name,omitempty"`
 	// Signals maps each signal's name to its statistics.
 	Signals map[string]Summary `json:"signals"`
+}
+
+// MarshalJSON encodes the snapshot as encoding/json encodes its fields
+// (map keys sorted), appending the bytes directly: a run's health event
+// carries one at every end of epoch, and reflection over its hundreds of
+// numbers cost more than the rest of the run log's work (tested against
+// encoding/json).
+func (s Snapshot) MarshalJSON() ([]byte, error) {
+	b := make([]byte, 0, 512+len(s.Layers)*1300)
+	b = strconv.AppendInt(append(b, `{"window":`...), int64(s.Window), 10)
+	b = appendFloat(append(b, `,"ewma":`...), s.EWMA)
+	b = strconv.AppendInt(append(b, `,"ingests":`...), s.Ingests, 10)
+	b = strconv.AppendInt(append(b, `,"last_step":`...), s.LastStep, 10)
+	var err error
+	if b, err = appendSummaries(append(b, `,"global":`...), s.Global); err != nil {
+		return nil, err
+	}
+	b = append(b, `,"layers":`...)
+	if s.Layers == nil {
+		return append(b, "null}"...), nil
+	}
+	b = append(b, '[')
+	for i, l := range s.Layers {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(append(b, `{"layer":`...), int64(l.Layer), 10)
+		if l.Name != "" {
+			name, err := json.Marshal(l.Name) // encoding/json's string escaping
+			if err != nil {
+				return nil, err
+			}
+			b = append(append(b, `,"name":`...), name...)
+		}
+		if b, err = appendSummaries(append(b, `,"signals":`...), l.Signals); err != nil {
+			return nil, err
+		}
+		b = append(b, '}')
+	}
+	return append(b, "]}"...), nil
+}
+
+// appendSummaries appends m as encoding/json encodes a map (keys sorted,
+// nil as null).
+func appendSummaries(b []byte, m map[string]Summary) ([]byte, error) {
+	if m == nil {
+		return append(b, "null"...), nil
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	b = append(b, '{')
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		key, err := json.Marshal(k)
+		if err != nil {
+			return nil, err
+		}
+		sum, _ := m[k].MarshalJSON()
+		b = append(append(append(b, key...), ':'), sum...)
+	}
+	return append(b, '}'), nil
 }
 
 // Snapshot returns the statistics of every series. names, when it has one

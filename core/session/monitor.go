@@ -281,6 +281,10 @@ func (s *Session) metricsView(v *metrics.View) error {
 	}
 	v.ParamsUsed, _ = s.paramsUsedLocked()
 	v.Impact = s.mon.impacts.Stats()
+	if s.bus != nil {
+		st := s.bus.Stats()
+		v.Bus = &st
+	}
 	return nil
 }
 

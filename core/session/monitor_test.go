@@ -316,3 +316,53 @@ func TestRestoredRunKeepsItsIDOnThisRank(t *testing.T) {
 		t.Fatalf("labels after restore:\n%s", text)
 	}
 }
+
+// The bus's throughput and drops are read from the attached bus at each
+// scrape: events published, and per subscriber delivered, dropped (a full
+// buffer) and pending; absent while the session has no bus.
+func TestMetricsCountTheBus(t *testing.T) {
+	s := newSession(t, baseConfig())
+	if m := metricsOf(t, s); hasPrefix(m, "esper_bus_") {
+		t.Fatalf("bus series without a bus: %v", m)
+	}
+	b, sub := attach(t, s)
+	slow, err := b.Subscribe("slow", 1) // never read: its buffer fills at once
+	if err != nil {
+		t.Fatal(err)
+	}
+	germinate(t, s, 0, 0, `{"template":"residual_mlp","params":{"width":4}}`)
+	step(t, s, 3)
+	if _, err := s.EndEpoch(tamiyo.Metrics{}); err != nil {
+		t.Fatal(err)
+	}
+	got := len(received(t, sub))
+	st := b.Stats()
+	m := metricsOf(t, s)
+	want := map[string]float64{
+		"esper_bus_events_total":                    float64(st.Published),
+		"esper_bus_delivered_total,subscriber=test": float64(got),
+		"esper_bus_dropped_total,subscriber=test":   0,
+		"esper_bus_delivered_total,subscriber=slow": 1,
+		"esper_bus_dropped_total,subscriber=slow":   float64(slow.Stats().Dropped),
+		"esper_bus_pending,subscriber=slow":         1,
+		"esper_bus_pending,subscriber=test":         0,
+	}
+	// slow subscribed after the run's start event: it saw the others, kept one.
+	if st.Published < 3 || got != int(st.Published) || slow.Stats().Dropped != st.Published-2 {
+		t.Fatalf("the scenario did not happen: %d received, %+v", got, st)
+	}
+	for k, v := range want {
+		if g, ok := m[k]; !ok || g != v {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
+		}
+	}
+}
+
+func hasPrefix(m map[string]float64, prefix string) bool {
+	for k := range m {
+		if strings.HasPrefix(k, prefix) {
+			return true
+		}
+	}
+	return false
+}

@@ -575,13 +575,13 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     from . import report
     from .errors import InvalidArgumentError
 
-    if args.nats is None and (args.subject or args.nats_creds):
-        print("esper: --subject and --nats-creds go with --nats URL", file=sys.stderr)
+    options = _nats_options(args)
+    if args.nats is None and (args.subject or options):
+        print("esper: --subject and the --nats-* options go with --nats URL", file=sys.stderr)
         return 2
     if args.nats is not None and bool(args.run) == bool(args.subject):
         print("esper: with --nats, name the run or give --subject, not both", file=sys.stderr)
         return 2
-    options = {"creds": args.nats_creds} if args.nats_creds else None
     try:
         return report.monitor(args.run, rank=args.rank, root=args.root, interval=args.interval,
                               replay=args.replay, speed=args.speed, once=args.once, nats=args.nats,
@@ -589,6 +589,35 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     except (FileNotFoundError, InvalidArgumentError) as exc:
         print(f"esper: {exc}", file=sys.stderr)
         return 2
+
+
+#: ``esper monitor``'s NATS connection flags -> the option names of the NATS configuration Go parses
+#: (core/oona/natsink.Config, the same as ``Morphogenesis(nats_options=...)``).
+_NATS_FLAGS = {"nats_creds": "creds", "nats_user": "user", "nats_password": "password", "nats_token": "token",
+               "nats_ca": "ca", "nats_cert": "cert", "nats_key": "key"}
+
+
+def _nats_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The NATS connection options given to ``esper monitor``; None when none. Go checks them
+    (core/oona/natsink). Secrets not given as flags come from the environment (a command line is
+    visible to every user of the machine in the process list; the environment is not):
+    ``$ESPER_NATS_PASSWORD`` with ``--nats-user``, ``$ESPER_NATS_TOKEN`` when no other way to
+    authenticate is given."""
+    import os
+
+    options: dict[str, Any] = {}
+    for flag, name in _NATS_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            options[name] = value
+    if args.nats is not None:
+        if "user" in options and "password" not in options and os.environ.get("ESPER_NATS_PASSWORD"):
+            options["password"] = os.environ["ESPER_NATS_PASSWORD"]
+        if not {"user", "creds", "token"} & options.keys() and os.environ.get("ESPER_NATS_TOKEN"):
+            options["token"] = os.environ["ESPER_NATS_TOKEN"]
+    if args.nats_allow_plaintext:
+        options["allow_plaintext"] = True
+    return options or None
 
 
 def _nonnegative_float(text: str) -> float:
@@ -718,6 +747,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --nats: follow this subject instead of the run's (esper.v1.<run>.<rank>.>; "
                         "wildcards allowed, the first run seen is shown)")
     s.add_argument("--nats-creds", default=None, metavar="FILE", help="with --nats: a NATS credentials file")
+    s.add_argument("--nats-user", default=None, metavar="USER",
+                   help="with --nats: a user name; its password from $ESPER_NATS_PASSWORD (or --nats-password)")
+    s.add_argument("--nats-password", default=None, metavar="PASSWORD",
+                   help="with --nats-user (visible in the process list: prefer $ESPER_NATS_PASSWORD)")
+    s.add_argument("--nats-token", default=None, metavar="TOKEN",
+                   help="with --nats: an authorization token (visible in the process list: prefer "
+                        "$ESPER_NATS_TOKEN, read when no other credentials are given)")
+    s.add_argument("--nats-ca", default=None, metavar="FILE",
+                   help="with --nats: the CA that signed the server's TLS certificate (PEM)")
+    s.add_argument("--nats-cert", default=None, metavar="FILE", help="with --nats: a TLS client certificate (PEM)")
+    s.add_argument("--nats-key", default=None, metavar="FILE", help="with --nats-cert: its private key (PEM)")
+    s.add_argument("--nats-allow-plaintext", action="store_true",
+                   help="with --nats: allow a connection without TLS to a host other than loopback (events, and "
+                        "a password or token, then cross the network in clear)")
     s.add_argument("--interval", type=_positive_float, default=1.0, help="seconds between redraws (default 1)")
     s.add_argument("--replay", action="store_true", help="play the log from its start and exit at its end")
     s.add_argument("--speed", type=_nonnegative_float, default=4.0,

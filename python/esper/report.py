@@ -614,7 +614,9 @@ def monitor(run: str | None, *, rank: int = 0, root: str | os.PathLike[str] | No
     subjects from now on), for run ``run`` (rank ``rank``) or for ``subject``; ``nats_options``
     are the connection's (credentials, TLS). ``once`` and ``replay`` then read what the server
     holds until the follower has caught up. A view shows one run: with a wildcard subject, the
-    first whose events arrive; other runs' events are left out.
+    first whose events arrive; other runs' events are left out. While the follower has not
+    connected, Go's reason (a refused password or token, no server) goes to stderr; ``once`` and
+    ``replay`` then return 1 without a frame.
 
     Raises:
         FileNotFoundError: no such run (reading the run log).
@@ -669,6 +671,20 @@ def _monitor_nats(run: str | None, *, rank: int, interval: float, replay: bool, 
         view.add(ev)
         return True
 
+    said = ""
+
+    def unconnected() -> str:
+        """Go's reason while the follower has never connected (a refused password, no server), said
+        once on stderr per new reason; "" once connected."""
+        nonlocal said
+        why = follower.state.get("last_error") or "no connection yet"
+        if follower.state.get("mode") or follower.state.get("connected"):
+            return ""
+        if why != said:
+            print(f"esper monitor: not following {url} yet: {why}", file=sys.stderr, flush=True)
+            said = why
+        return why
+
     try:
         if once or replay:
             for ev in _caught_up(follower, interval):
@@ -676,6 +692,8 @@ def _monitor_nats(run: str | None, *, rank: int, interval: float, replay: bool, 
                     _show(render_frame(view), stream, tty)
                     if speed > 0:
                         time.sleep(1.0 / speed)
+            if unconnected():
+                return 1  # nothing was read: no frame that would look like an empty run
             _show(render_frame(view), stream, tty)
             return 0
         _show(render_frame(view), stream, tty)
@@ -683,6 +701,8 @@ def _monitor_nats(run: str | None, *, rank: int, interval: float, replay: bool, 
             fresh = [ev for ev in follower.poll(interval) if add(ev)]
             if fresh:
                 _show(render_frame(view), stream, tty)
+            else:
+                unconnected()
             if view.ended:
                 return 0
     finally:

@@ -220,6 +220,8 @@ func (f *Follower) run() {
 				return
 			}
 			f.fail(err)
+		} else if err := f.nc.LastError(); err != nil { // e.g. "nats: authorization violation"
+			f.fail(fmt.Errorf("natsink: follow: not connected to %s: %w", f.shown, err))
 		}
 		select {
 		case <-f.stop:

@@ -119,10 +119,14 @@ type Sink struct {
 	closeOnce sync.Once
 }
 
-// checkURL refuses plaintext to a non-loopback host without the opt-in.
+// checkURL refuses plaintext to a non-loopback host without the opt-in,
+// and credentials that cannot be used as given (checkAuth).
 func checkURL(cfg Config) (string, error) {
 	if cfg.URL == "" {
 		return "", fmt.Errorf("natsink: url is required: %w", ErrConfig)
+	}
+	if err := checkAuth(cfg); err != nil {
+		return "", err
 	}
 	var shown []string
 	for _, raw := range strings.Split(cfg.URL, ",") {
@@ -144,6 +148,28 @@ func checkURL(cfg Config) (string, error) {
 		shown = append(shown, u.String())
 	}
 	return strings.Join(shown, ","), nil
+}
+
+// checkAuth refuses a password without a user, a client certificate
+// without its key (or a key alone), and more than one way to authenticate.
+func checkAuth(cfg Config) error {
+	if cfg.Password != "" && cfg.User == "" {
+		return fmt.Errorf("natsink: a password needs its user: %w", ErrConfig)
+	}
+	if (cfg.Cert == "") != (cfg.Key == "") {
+		return fmt.Errorf("natsink: a TLS client certificate needs its key (give cert and key): %w", ErrConfig)
+	}
+	ways := 0
+	for _, set := range []bool{cfg.Creds != "", cfg.User != "", cfg.Token != ""} {
+		if set {
+			ways++
+		}
+	}
+	if ways > 1 {
+		return fmt.Errorf("natsink: give one way to authenticate (a creds file, a user and password, or a token): %w",
+			ErrConfig)
+	}
+	return nil
 }
 
 // authOptions returns cfg's credentials and TLS as connection options.
@@ -291,6 +317,9 @@ func (s *Sink) run() {
 // needed) and waits for the ack.
 func (s *Sink) publish(ev *oona.Event) error {
 	if !s.nc.IsConnected() {
+		if err := s.nc.LastError(); err != nil { // e.g. "nats: authorization violation"
+			return fmt.Errorf("natsink: not connected to %s: %w", s.shown, err)
+		}
 		return fmt.Errorf("natsink: not connected to %s", s.shown)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

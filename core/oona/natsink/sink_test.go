@@ -226,6 +226,13 @@ func TestConfigRefusesPlaintextOffLoopback(t *testing.T) {
 		{"bad buffer", natsink.Config{URL: "nats://127.0.0.1:1", Buffer: -1}, false},
 		{"remote plaintext, opted in", natsink.Config{URL: "nats://10.1.2.3:4222", AllowPlaintext: true}, true},
 		{"loopback", natsink.Config{URL: "nats://localhost:1"}, true},
+		{"password without user", natsink.Config{URL: "nats://127.0.0.1:1", Password: "p"}, false},
+		{"cert without key", natsink.Config{URL: "nats://127.0.0.1:1", Cert: "/c.pem"}, false},
+		{"key without cert", natsink.Config{URL: "nats://127.0.0.1:1", Key: "/k.pem"}, false},
+		{"token and user", natsink.Config{URL: "nats://127.0.0.1:1", Token: "t", User: "u", Password: "p"}, false},
+		{"user and password", natsink.Config{URL: "nats://127.0.0.1:1", User: "u", Password: "p"}, true},
+		{"token", natsink.Config{URL: "nats://127.0.0.1:1", Token: "t"}, true},
+		{"remote token, plaintext", natsink.Config{URL: "nats://10.1.2.3:4222", Token: "t"}, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -212,10 +212,10 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
 
         return karn_rows(plan.rounds, plan.quick)
     if name == "bus":
-        from .runlog import footprint_rows, runlog_rows
+        from .runlog import footprint_rows, infra_rows, runlog_rows
 
         return (native.bus_rows(plan.rounds, plan.quick) + runlog_rows(device, plan.steps())
-                + footprint_rows(plan.memory_rounds, plan.steps()))
+                + infra_rows(device, plan.steps()) + footprint_rows(plan.memory_rounds, plan.steps()))
     if name == "dormant":
         return steps.dormant_rows(device, plan.steps()) + widen.dormant_rows(device, plan.steps())
     if name == "active":
@@ -239,7 +239,7 @@ def _section_rows(name: str, device: torch.device, plan: Plan, state: dict[str, 
                                  "MetricsText", "us", None,
                                  "2 layers x 2 slots, one seed live; what a scrape costs this process")
         labels = ("TinyMLP",) if plan.quick else ("TinyMLP", "WideMLP")
-        return [scrape, *steps.metrics_rows(device, plan.steps(), labels)]
+        return [r for r in (scrape, *steps.metrics_rows(device, plan.steps(), labels)) if r is not None]
     if name == "memory":
         if device.type == "cuda":
             return memory.cuda_memory_rows(plan.cuda_memory_models, max(plan.memory_rounds, 5))

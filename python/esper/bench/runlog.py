@@ -11,13 +11,17 @@
 - *Footprint*: the size of ``libesper.so``, and the resident memory of a process that ran a short
   training run with the NATS sink attached (to a local nats-server) against the same run without
   NATS, each in a fresh subprocess, sides alternating; the same children give the RSS that loading
-  the library adds to a process that has imported torch.
+  the library adds to a process that has imported torch. The same for the library built without the
+  NATS client (``make nonats-lib``: build/nonats/libesper.so, ``-tags esper_nonats``): its size
+  against the default build's, and the same run (without NATS) in a child that loads it; when that
+  build is absent its rows say so.
 
 ``python -m esper.bench.runlog URL|-`` is the child: it prints one JSON line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -26,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +39,7 @@ import torch
 
 from .rows import Row, ratio_at_most, samples_row
 
-__all__ = ["runlog_rows", "footprint_rows"]
+__all__ = ["runlog_rows", "footprint_rows", "infra_rows", "nonats_library"]
 
 
 def runlog_rows(device: torch.device, settings: Any) -> list[Row]:
@@ -97,6 +102,137 @@ def runlog_rows(device: torch.device, settings: Any) -> list[Row]:
     return kept
 
 
+INFRA = {"step": "train step, run log + bus + NATS sink + metrics all on vs all off: TinyMLP",
+         "epoch": "epoch of 20 steps + end_epoch, run log + bus + NATS sink + metrics all on vs all off: TinyMLP",
+         "aa": "A/A control, epoch, all off on both sides: TinyMLP",
+         "end_epoch": "end_epoch alone (after 20 steps), all on vs all off: TinyMLP"}
+
+
+def infra_rows(device: torch.device, settings: Any, interval: float = 0.1) -> list[Row]:
+    """The whole infrastructure's cost on a training step and on an epoch: the dormant wrapped TinyMLP
+    with its session on its bus and run log, the NATS sink publishing to a local nats-server
+    (build/bin/esper-nats, started here on loopback with JetStream; its events acknowledged), its
+    metrics endpoint served and one scrape's work (``morph.metrics_text()``) every ``interval``
+    seconds of training, against the same model with all of it off (session detached from its bus:
+    nothing published, written or sent; no endpoint, no scrape). Interleaved rounds of at least
+    ``interval`` (so that each holds a scrape), CPU time of this process (every goroutine of the run
+    log, the sink and the endpoint included), the median of per-round ratios; an A/A row gives the
+    pairing's noise floor. Without a NATS server binary the rows say why instead."""
+    from .. import wrap
+    from . import models
+    from .native import local_nats
+    from .steps import MODELS, _adam, _close, _morph, _row, make_step
+    from .steps import _scraping as scraping
+
+    wanted = [k for k, n in INFRA.items() if settings.wants(n)]
+    if not wanted:
+        return []
+    spec = next(m for m in MODELS if m.label == "TinyMLP")
+    per_round = dataclasses.replace(settings, block_s=max(settings.block_s, interval), max_inner=1 << 20, warmup=2)
+    rows: list[Row | None] = []
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(local_nats())
+        except (FileNotFoundError, RuntimeError) as exc:
+            return [Row("bus", INFRA[k], device.type, "ms", None, source="python",
+                        note=f"not measured: no local NATS server for the sink ({exc})") for k in wanted]
+        with tempfile.TemporaryDirectory(prefix="esper-bench-infra-") as runs:
+            torch.manual_seed(0)
+            plain = spec.build().to(device)
+            x, y = models.make_batch(spec.batch_kind, spec.batch, device)
+            morphs, trains = [], []
+            for side in ("on", "off", "off2"):
+                model = wrap(copy.deepcopy(plain), list(spec.targets))
+                opt = _adam(model)
+                morph = _morph(model, opt, runs=runs, nats_url=url if side == "on" else "")
+                if side != "on":
+                    morph.session.attach_oona(None)  # nothing published, written or sent
+                morphs.append(morph)
+                trains.append(make_step(model, opt, x, y, morph))
+            on, off, off2 = morphs
+            try:
+                on.serve_metrics(0)
+                for _ in range(settings.warmup):
+                    trains[1]()
+                start = time.process_time()  # steps per interval of CPU time (no clock read per step)
+                for _ in range(50):
+                    trains[1]()
+                every = max(1, round(interval * 50 / max(time.process_time() - start, 1e-7)))
+                step_on = scraping(trains[0], on, every)
+                # Epoch rounds: a scrape every whole number of epochs, one per round.
+                epochs = max(1, round(every / 20))
+                epoch_on = scraping(trains[0], on, 20 * epochs)
+
+                def epoch_of(step: Callable[[], None], morph: Any) -> Callable[[], None]:
+                    def run() -> None:
+                        for _ in range(20):
+                            step()
+                        morph.end_epoch(val_loss=1.0)
+
+                    return run
+
+                what = (f"{spec.what}; dormant, manual policy; on: bus + run log ({runs}), NATS sink to a local "
+                        f"nats-server (JetStream), metrics served and scraped (Go: read, gather, encode) about "
+                        f"every {interval:g} s of CPU time (as measured before timing)")
+                rows.append(_row("bus", INFRA["step"], device, per_round, step_on, trains[1],
+                                 "same step, all off (session detached from its bus, no NATS, no metrics)",
+                                 ratio_at_most(1.02, "< 2%"), what + f": every {every} steps, rounds of {every} steps "
+                                 "(one scrape each); a dormant step publishes no event", inner=every))
+                rows.append(_row("bus", INFRA["epoch"], device, per_round, epoch_of(epoch_on, on),
+                                 epoch_of(trains[1], off), "same epoch, all off", ratio_at_most(1.02, "< 2%"),
+                                 what + f": every {epochs} epoch(s), rounds of {epochs} epoch(s) (one scrape each); "
+                                 "end_epoch publishes the epoch and health events: the run log writes them, the sink "
+                                 "sends them to NATS", inner=epochs))
+                rows.append(_row("bus", INFRA["aa"], device, per_round, epoch_of(trains[2], off2),
+                                 epoch_of(trains[1], off), "the same epoch", None,
+                                 "informative: how far two identical sides differ here (read the rows above "
+                                 "against it)", inner=epochs))
+                if settings.wants(INFRA["end_epoch"]):
+                    rows.append(_end_epoch_row(settings, (trains[0], on), (trains[1], off), what))
+                on.oona.flush(10.0)
+                deadline = time.monotonic() + 10
+                while on.oona.stats()["nats"]["pending"] and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                stats = on.oona.stats()
+            finally:
+                _close(*morphs)
+    kept = [r for r in rows if r is not None]
+    for r in kept:
+        if "all on" in r.name:
+            r.extra.update(scrape_every=every if "train step" in r.name else 20 * epochs,
+                           run_log_lines=stats["log"]["lines"], nats_sent=stats["nats"]["sent"],
+                           nats_dropped=stats["nats"]["dropped"])
+    return kept
+
+
+def _end_epoch_row(settings: Any, on: tuple[Callable[[], None], Any], off: tuple[Callable[[], None], Any],
+                   what: str, epochs: int = 5) -> Row:
+    """The CPU time of ``end_epoch`` alone, all on against all off: the fixed cost per epoch that the
+    epoch row spreads over 20 steps (a longer epoch spreads it over more). Rounds of ``epochs``
+    epochs per side, sides alternating; the CPU time of this process during each call (the run log's
+    writer and the sink's goroutines included while they work within it)."""
+    got: dict[str, list[float]] = {"on": [], "off": []}
+    sides = {"on": on, "off": off}
+    for r in range(settings.rounds):
+        for name in ("on", "off") if r % 2 == 0 else ("off", "on"):
+            step, morph = sides[name]
+            spent = 0.0
+            for _ in range(epochs):
+                for _ in range(20):
+                    step()
+                start = time.process_time()
+                morph.end_epoch(val_loss=1.0)
+                spent += time.process_time() - start
+            got[name].append(spent / epochs * 1e3)
+    base = statistics.median(got["off"])
+    return samples_row("bus", INFRA["end_epoch"], "cpu", got["on"], "ms", target=None, source="python", baseline=base,
+                       baseline_name="end_epoch, all off",
+                       note=f"{what}; CPU time of end_epoch alone (the epoch and health events published, written, "
+                            f"flushed to the OS and sent), {epochs} epochs of 20 steps per round and side; "
+                            f"{statistics.median(got['on']) - base:+.3f} ms per epoch",
+                       extra={"off_ms": got["off"]})
+
+
 def _child(url: str) -> dict[str, float]:
     """A short training run with or without the NATS sink; RSS (MiB) at each stage."""
 
@@ -134,8 +270,6 @@ def _child(url: str) -> dict[str, float]:
             morph.end_epoch(val_loss=1.0)
         sent = -1
         if url:
-            import time
-
             deadline = time.monotonic() + 20
             while morph.oona.stats()["nats"]["pending"] and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -145,8 +279,10 @@ def _child(url: str) -> dict[str, float]:
     return {"torch_mb": with_torch, "lib_mb": with_lib, "run_mb": after, "sent": sent}
 
 
-def _run_child(url: str) -> dict[str, float]:
-    env = {k: v for k, v in os.environ.items() if k != "ESPER_NATS_URL"}
+def _run_child(url: str, library: Path | None = None) -> dict[str, float]:
+    env = {k: v for k, v in os.environ.items() if k not in ("ESPER_NATS_URL", "ESPER_LIBRARY")}
+    if library is not None:
+        env["ESPER_LIBRARY"] = str(library)
     pkg_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.run([sys.executable, "-m", "esper.bench.runlog", url or "-"], env=env, capture_output=True,
@@ -164,20 +300,41 @@ def footprint_rows(rounds: int, settings: Any) -> list[Row]:
 
     names = {"size": "libesper.so size (NATS client linked in, no server)",
              "rss": "process RSS after a short run, NATS sink attached vs not: 2-layer MLP",
-             "load": "RSS added by loading libesper.so (after import torch)"}
+             "load": "RSS added by loading libesper.so (after import torch)",
+             "nonats_size": "libesper.so size without the NATS client (-tags esper_nonats) vs with",
+             "nonats_rss": "process RSS after a short run, library without NATS vs with (no sink): 2-layer MLP",
+             "nonats_load": "RSS added by loading libesper.so without the NATS client (after import torch)"}
     rows = []
+    _lib.lib()
+    default_lib = Path(_lib.library_path())
+    nonats = nonats_library()
+    missing = (f"not measured: {nonats} is absent; `make nonats-lib` builds it (`make bench` does)"
+               if not nonats.is_file() else "")
     if settings.wants(names["size"]):
-        _lib.lib()
-        path = Path(_lib.library_path())
-        rows.append(samples_row("bus", names["size"], "cpu", [path.stat().st_size / 2**20], "MB", target=None,
-                                source="python", note=f"{path.name} as loaded (stripped, -s -w)"))
-    if not (settings.wants(names["rss"]) or settings.wants(names["load"])):
+        rows.append(samples_row("bus", names["size"], "cpu", [default_lib.stat().st_size / 2**20], "MB",
+                                target=None, source="python", note=f"{default_lib.name} as loaded (stripped, -s -w)"))
+    if settings.wants(names["nonats_size"]):
+        if missing:
+            rows.append(Row("bus", names["nonats_size"], "cpu", "MB", None, source="python", note=missing))
+        else:
+            rows.append(samples_row(
+                "bus", names["nonats_size"], "cpu", [nonats.stat().st_size / 2**20], "MB", target=None,
+                source="python", baseline=default_lib.stat().st_size / 2**20,
+                baseline_name="the default build (NATS client linked in)",
+                note=f"{nonats} (make nonats-lib; stripped, -s -w) against {default_lib.name} as loaded; "
+                     f"{(default_lib.stat().st_size - nonats.stat().st_size) / 2**20:.2f} MB for the NATS client"))
+    wants_nonats = not missing and (settings.wants(names["nonats_rss"]) or settings.wants(names["nonats_load"]))
+    if missing and (settings.wants(names["nonats_rss"]) or settings.wants(names["nonats_load"])):
+        rows += [Row("bus", names[k], "cpu", "MB", None, source="python", note=missing)
+                 for k in ("nonats_rss", "nonats_load") if settings.wants(names[k])]
+    if not (settings.wants(names["rss"]) or settings.wants(names["load"]) or wants_nonats):
         return rows
-    got: dict[str, list[dict[str, float]]] = {"nats": [], "none": []}
+    got: dict[str, list[dict[str, float]]] = {"nats": [], "none": [], "nonats": []}
+    sides = ("nats", "none", "nonats") if wants_nonats else ("nats", "none")
     with local_nats() as url:
         for r in range(rounds):
-            for side in ("nats", "none") if r % 2 == 0 else ("none", "nats"):
-                got[side].append(_run_child(url if side == "nats" else ""))
+            for side in sides if r % 2 == 0 else tuple(reversed(sides)):
+                got[side].append(_run_child(url if side == "nats" else "", nonats if side == "nonats" else None))
     with_nats = [c["run_mb"] for c in got["nats"]]
     without = [c["run_mb"] for c in got["none"]]
     base = statistics.median(without)
@@ -191,10 +348,29 @@ def footprint_rows(rounds: int, settings: Any) -> list[Row]:
                  f"sides alternating; added {statistics.median(with_nats) - base:+.1f} MB",
             extra={"without_runs_mb": without, "events_sent": sent}))
     if settings.wants(names["load"]):
-        loads = [c["lib_mb"] - c["torch_mb"] for side in got.values() for c in side]
+        loads = [c["lib_mb"] - c["torch_mb"] for side in ("nats", "none") for c in got[side]]
         rows.append(samples_row("bus", names["load"], "cpu", loads, "MB", target=None, source="python",
                                 note="VmRSS after loading the library minus before, in the same children"))
+    if wants_nonats and settings.wants(names["nonats_rss"]):
+        small = [c["run_mb"] for c in got["nonats"]]
+        rows.append(samples_row(
+            "bus", names["nonats_rss"], "cpu", small, "MB", target=None, source="python", baseline=base,
+            baseline_name="the same run on the default build (no sink)",
+            note=f"VmRSS after the same 5 epochs, child loading {nonats} (ESPER_LIBRARY); fresh subprocess per "
+                 f"run, sides alternating with the two rows above; {statistics.median(small) - base:+.1f} MB",
+            extra={"with_nats_client_runs_mb": without}))
+    if wants_nonats and settings.wants(names["nonats_load"]):
+        loads = [c["lib_mb"] - c["torch_mb"] for c in got["nonats"]]
+        base_load = statistics.median([c["lib_mb"] - c["torch_mb"] for side in ("nats", "none") for c in got[side]])
+        rows.append(samples_row("bus", names["nonats_load"], "cpu", loads, "MB", target=None, source="python",
+                                baseline=base_load, baseline_name="the default build's load, same children",
+                                note="VmRSS after loading the library minus before"))
     return rows
+
+
+def nonats_library() -> Path:
+    """build/nonats/libesper.so of the source tree this package runs from (``make nonats-lib``)."""
+    return Path(__file__).resolve().parents[3] / "build" / "nonats" / "libesper.so"
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from torch import nn
 
 from .. import Morphogenesis, wrap
 from . import harness, models
-from .rows import Row, Target, ratio_at_most, timing_row
+from .rows import Row, Target, ratio_at_most, samples_row, timing_row
 
 __all__ = ["StepSettings", "MODELS", "dormant_rows", "active_rows", "peft_rows", "scaling_rows", "compile_rows",
            "metrics_rows"]
@@ -128,8 +129,14 @@ def _block(fn: Step, n: int, sync: Sync | None) -> float:
 
 
 def time_pair(esper: Step, baseline: Step, settings: StepSettings, sync: Sync | None,
-              clock: Callable[[], float] = time.process_time) -> tuple[harness.Timing, harness.Timing, int]:
+              clock: Callable[[], float] = time.process_time,
+              inner: int | None = None) -> tuple[harness.Timing, harness.Timing, int]:
     """Warm both sides up, size the blocks, and time them interleaved (harness.compare).
+
+    Args:
+        inner: calls per round; by default sized to ``settings.block_s`` (a multiple of
+            SIGNAL_EVERY). A side doing periodic work every N calls passes N (or a multiple), so
+            that every round holds it the same number of times.
 
     Returns:
         (Esper's timing, the baseline's timing, calls per round).
@@ -137,9 +144,10 @@ def time_pair(esper: Step, baseline: Step, settings: StepSettings, sync: Sync | 
     for _ in range(settings.warmup):
         esper()
         baseline()
-    per_call = max(_block(esper, SIGNAL_EVERY, sync), _block(baseline, SIGNAL_EVERY, sync))
-    inner = SIGNAL_EVERY * max(1, math.ceil(settings.block_s / max(per_call, 1e-7) / SIGNAL_EVERY))
-    inner = min(inner, settings.max_inner)
+    if inner is None:
+        per_call = max(_block(esper, SIGNAL_EVERY, sync), _block(baseline, SIGNAL_EVERY, sync))
+        inner = SIGNAL_EVERY * max(1, math.ceil(settings.block_s / max(per_call, 1e-7) / SIGNAL_EVERY))
+        inner = min(inner, settings.max_inner)
     res = harness.compare({"esper": esper, "baseline": baseline}, rounds=settings.rounds, inner=inner, warmup=0,
                           sync=sync, clock=clock)
     return res["esper"], res["baseline"], inner
@@ -156,11 +164,11 @@ def _morph(model: nn.Module, opt: torch.optim.Optimizer, **overrides: Any) -> Mo
 
 
 def _row(section: str, name: str, device: torch.device, settings: StepSettings, esper: Step, baseline: Step,
-         baseline_name: str, target: Target, note: str) -> Row | None:
+         baseline_name: str, target: Target, note: str, inner: int | None = None) -> Row | None:
     if not settings.wants(name):
         return None
     clock = clock_for(device)
-    te, tb, inner = time_pair(esper, baseline, settings, _sync_for(device), clock)
+    te, tb, inner = time_pair(esper, baseline, settings, _sync_for(device), clock, inner)
     return timing_row(section, name, device.type, te, tb, baseline_name=baseline_name, target=target, note=note,
                       extra={"calls_per_round": inner, "clock": "wall" if clock is time.perf_counter else "cpu"})
 
@@ -456,6 +464,22 @@ def _scraping(step: Step, morph: Morphogenesis, every: int) -> Step:
     return scraped
 
 
+def _scrape_cost(morph: Morphogenesis, settings: StepSettings, name: str, calls: int = 20) -> list[float] | None:
+    """CPU seconds per ``morph.metrics_text()`` call, per round (None when --only leaves the row
+    ``name`` out)."""
+    if not settings.wants(name):
+        return None
+    for _ in range(3):
+        morph.metrics_text()
+    out = []
+    for _ in range(settings.rounds):
+        start = time.process_time()
+        for _ in range(calls):
+            morph.metrics_text()
+        out.append((time.process_time() - start) / calls)
+    return out
+
+
 def metrics_rows(device: torch.device, settings: StepSettings, labels: Sequence[str] = ("TinyMLP", "WideMLP"),
                  interval: float = 0.1) -> list[Row]:
     """The cost of metrics on a training step: the dormant wrapped model with its metrics endpoint
@@ -486,18 +510,32 @@ def metrics_rows(device: torch.device, settings: StepSettings, labels: Sequence[
         start = time.process_time()  # steps per interval of this process's CPU time (no clock read per step)
         for _ in range(50):
             train_off()
-        every = max(1, round(interval * 50 / max(time.process_time() - start, 1e-7)))
+        step_s = (time.process_time() - start) / 50
+        every = max(1, round(interval / max(step_s, 1e-9)))
         scraped = _scraping(train_on, morph_on, every)
         try:
+            scrape_s = _scrape_cost(morph_on, settings, f"one scrape from Python, morph.metrics_text(): {spec.label}")
+            if scrape_s is not None:
+                # The arithmetic beside the measurement: a scrape's CPU time shared by the steps between two.
+                rows.append(samples_row(
+                    "metrics", f"one scrape from Python, morph.metrics_text(): {spec.label}", device.type,
+                    [x * 1e6 for x in scrape_s], "us", target=None, source="ABI",
+                    note=f"CPU time per call (attach the cache and store, Go reads, gathers and encodes, the text "
+                         f"back through the ABI), 20 calls per round; spread over {every} steps of "
+                         f"{step_s * 1e3:.2f} ms that is {statistics.median(scrape_s) / (every * step_s):.2%} "
+                         f"of a step (the expected cost of the row below)",
+                    extra={"expected_ratio": 1 + statistics.median(scrape_s) / (every * step_s)}))
             rows.append(_row("metrics", f"train step, metrics served and scraped every {interval:g} s: {spec.label}",
                              device, per_round, scraped, train_off, "same step, metrics off",
                              ratio_at_most(1.02, "<= 1.02x (< 2%)"),
                              f"{spec.what}; dormant; one scrape (Go: read, gather, encode) every {every} steps "
-                             f"({interval:g} s of CPU time as measured before timing), rounds of about that length"))
+                             f"({interval:g} s of CPU time as measured before timing); rounds of {every} steps, "
+                             f"so that each holds one scrape", inner=every))
             # The noise floor of this pairing on this machine: the same step on both sides, no scrape.
             rows.append(_row("metrics", f"A/A control, no scrape on either side: {spec.label}", device, per_round,
                              make_step(on_model, opt_on, x, y, morph_on), train_off, "the same step", None,
-                             "informative: how far two identical sides differ here (read the row above against it)"))
+                             "informative: how far two identical sides differ here (read the row above against it); "
+                             "the Esper side serves the endpoint, unscraped", inner=every))
         finally:
             _close(morph_on, morph_off)
-    return rows
+    return _kept(rows)
