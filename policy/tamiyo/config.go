@@ -80,19 +80,16 @@ func (k *Kind) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// Defaults of Config and GovernorConfig. Threshold, MinGain and
-// CooldownEpochs (with the session's TrainSteps and BlendSteps) were chosen
-// by the settings search on the task suite's training families (`esper tune`,
-// docs/suite.md, docs/results/tune-fe15e68.json); MorphConfig shows them.
+// Defaults of Config and GovernorConfig.
 const (
 	DefaultPatience       = 3
-	DefaultThreshold      = 0.03
+	DefaultThreshold      = 0.01
 	DefaultHoldingEpochs  = 1
-	DefaultMinGain        = 0.003
+	DefaultMinGain        = 0.01
 	DefaultSaturateAfter  = 2
 	DefaultTemplate       = "residual_mlp"
 	DefaultMaxConcurrent  = 1
-	DefaultCooldownEpochs = 1
+	DefaultCooldownEpochs = 2
 	DefaultLossWindow     = 20
 	// DefaultValueThreshold is Config.ValueThreshold's default.
 	DefaultValueThreshold = 0.01
@@ -120,7 +117,7 @@ type Config struct {
 	// Threshold (relative). Default 3, in [1, 1000].
 	Patience int `json:"patience,omitempty"`
 	// Threshold is the relative improvement of the validation loss below
-	// which the run has plateaued. Default 0.03 (3%), in (0, 1].
+	// which the run has plateaued. Default 0.01 (1%), in (0, 1].
 	Threshold float64 `json:"threshold,omitempty"`
 	// PruneBelow is the bar a held seed's contribution (delta_loss: the
 	// validation loss without the seed minus with it; positive helps) must
@@ -131,8 +128,8 @@ type Config struct {
 	// seed below it is pruned and counts as a miss of its layer; a layer is
 	// saturated (Tamiyo grows there no more) on the evidence that seeds
 	// there no longer pay: see SaturateAfter. Growth stops when every layer
-	// is saturated. 0 disables the relative bar. Default 0.003 (0.3%),
-	// in [0, 1].
+	// is saturated. 0 disables the relative bar. Default 0.01 (1%), in
+	// [0, 1].
 	MinGain *float64 `json:"min_gain,omitempty"`
 	// SaturateAfter is how many seeds in a row must fall short on a layer
 	// (pruned by the bars above, with no fossilized seed between them)
@@ -215,7 +212,7 @@ type GovernorConfig struct {
 	// BLENDING, HOLDING). Default 1, >= 1.
 	MaxConcurrent int `json:"max_concurrent,omitempty"`
 	// CooldownEpochs is how many epochs a layer rests after a germination
-	// before the policy may germinate there again. Default 1; an explicit
+	// before the policy may germinate there again. Default 2; an explicit
 	// 0 means no cooldown.
 	CooldownEpochs *int `json:"cooldown_epochs,omitempty"`
 	// LossWindow is the number of recent finite training losses whose mean
