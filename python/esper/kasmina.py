@@ -666,8 +666,9 @@ class KasminaLayer(nn.Module):
             if s is None:
                 continue
             # "finite" as a device flag, no synchronisation (one reduction; NaN and inf fail abs < inf).
-            # Not torch.isfinite: a composite of four ops (eq, abs, ne, and) where this is two.
-            ok = s.sum(dtype=torch.float32).abs() < math.inf
+            # Not torch.isfinite: a composite of four ops (eq, abs, ne, and) where this is two. On the
+            # detached output, so that autograd records no node for the sum and the abs.
+            ok = s.detach().sum(dtype=torch.float32).abs() < math.inf
             if compiling:
                 self._bad[slot].add_(ok.logical_not())
                 self._seen[slot].add_(1)
