@@ -1,0 +1,137 @@
+"""The cheaper sampling step (issue 20 item 1): the effective rank from the eigenvalues of the
+smaller Gram matrix, dead units counted on the host, and the signals a training loop sends to Go
+still equal to their definitions. Real PyTorch and the real library throughout."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import esper
+from esper import Morphogenesis
+from esper.kasmina import SIGNALS, _effective_rank, gather_signals, set_sampling
+from esper.session import Session
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def rank_by_svd(rows: Tensor) -> float:
+    """The effective rank by its definition: exp(entropy) of the normalised singular values."""
+    s = torch.linalg.svdvals(rows.double())
+    p = s / s.sum()
+    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum()))
+
+
+@pytest.mark.parametrize("shape", [(64, 10), (32, 64), (64, 64), (64, 1024), (3, 200)])
+def test_effective_rank_equals_the_svd_definition(shape: tuple[int, int]) -> None:
+    g = torch.Generator().manual_seed(sum(shape))
+    full = torch.randn(*shape, generator=g)
+    # Rank-deficient: two directions only, plus rows of very different scales.
+    low = torch.randn(shape[0], 2, generator=g) @ torch.randn(2, shape[1], generator=g)
+    scaled = full * torch.logspace(-3, 3, shape[0]).unsqueeze(1)
+    for rows in (full, low, scaled):
+        want = rank_by_svd(rows)
+        assert math.isclose(_effective_rank(rows), want, rel_tol=1e-5), (rows.shape, want)
+    assert math.isclose(_effective_rank(low), 2.0, rel_tol=0.5)  # near its true rank, far from min(shape)
+
+
+def test_effective_rank_of_zero_or_nonfinite_rows_is_nan() -> None:
+    assert math.isnan(_effective_rank(torch.zeros(8, 5)))
+    rows = torch.randn(8, 5)
+    rows[3, 1] = math.inf
+    assert math.isnan(_effective_rank(rows))
+
+
+def test_dead_units_are_counted_like_the_device_count() -> None:
+    # Units whose maximum over the batch is <= 0 are dead; a unit whose maximum is NaN is not
+    # (NaN <= 0 is false on the device and on the host alike).
+    torch.manual_seed(0)
+    model = esper.wrap(nn.Sequential(nn.Linear(6, 12)), target_modules=["0"])
+    layer = model[0]
+    with torch.no_grad():
+        layer.base_layer.weight[:4].zero_()
+        layer.base_layer.bias[:4] = torch.tensor([-1.0, 0.0, -0.5, 2.0])  # 3 dead units, 1 alive
+        layer.base_layer.bias[4] = math.nan
+    x = torch.randn(16, 6)
+    set_sampling(model, True)
+    h = model(x).detach()
+    got = gather_signals(model)[SIGNALS.index("dead_frac")].item()
+    want = (h.amax(0) <= 0).float().mean().item()
+    assert got == pytest.approx(want) and want > 0
+    assert got == pytest.approx(3 / 12 + float((h[:, 5:].amax(0) <= 0).sum()) / 12)
+
+
+def test_the_signals_sent_to_go_in_a_training_loop_equal_their_definitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The buffer Go ingests at a flush (the real call, recorded on its way in) holds, for each
+    layer, the measurements of the sampling step computed by definition from that step's
+    tensors; the steps between samples send nothing."""
+    every = 5
+    torch.manual_seed(0)
+    model = esper.wrap(nn.Sequential(nn.Linear(8, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 4)),
+                       target_modules=[nn.Linear])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    morph = Morphogenesis(model, opt, policy="manual", signal_every=every)
+    sent: list[tuple[int, np.ndarray | None]] = []
+    real = Session.step
+
+    def recorded(self: Session, steps: int = 1, signals: np.ndarray | None = None) -> int:
+        sent.append((steps, None if signals is None else signals.copy()))
+        return real(self, steps, signals)
+
+    monkeypatch.setattr(Session, "step", recorded)
+    seen: dict[int, dict[str, Tensor]] = {}
+
+    def keep(index: int):
+        def hook(layer: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
+            if out.requires_grad:
+                out.retain_grad()
+            seen[index] = {"x": args[0].detach().clone(), "y": out, "w": layer.base_layer.weight.detach().clone()}
+        return hook
+
+    wrapped = [model[0], model[2], model[4]]
+    for i, layer in enumerate(wrapped):
+        layer.register_forward_hook(keep(i))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 8, generator=g), torch.randint(0, 4, (32,), generator=g)
+    losses = []
+    for step in range(1, 2 * every + 1):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sampled = {i: {k: (v.grad.detach().clone() if k == "y" else v) for k, v in d.items()} | {"h": d["y"].detach()}
+                   for i, d in seen.items()}
+        opt.step()
+        losses.append(float(loss.detach()))
+        morph.step(loss)
+        if step % every == 0:
+            steps, buf = sent[-1]
+            assert steps == every and buf is not None
+            assert buf[0] == pytest.approx(losses[-1], rel=1e-6)  # the sampled loss (one per interval)
+            assert buf[1] == 0.0  # nothing non-finite
+            rows = buf[2:].reshape(len(wrapped), len(SIGNALS))
+            for i, row in enumerate(rows):
+                h, grad, w = sampled[i]["h"], sampled[i]["y"], sampled[i]["w"]
+                want = {"act_mean": h.mean(), "act_var": h.var(), "dead_frac": (h.amax(0) <= 0).float().mean(),
+                        "grad_norm": grad.norm(), "weight_norm": w.norm()}
+                for name, value in want.items():
+                    assert row[SIGNALS.index(name)] == pytest.approx(float(value), rel=1e-4, abs=1e-6), (i, name)
+                assert math.isfinite(row[SIGNALS.index("seed_gain")]) and row[SIGNALS.index("seed_gain")] >= 0
+                if step == every:  # the first sample is one of the rank's (every rank_every-th)
+                    assert row[SIGNALS.index("eff_rank")] == pytest.approx(rank_by_svd(h[:64]), rel=1e-5)
+                else:
+                    assert math.isnan(row[SIGNALS.index("eff_rank")])
+    assert [s for s, buf in sent if buf is None] == []  # no call between flushes while nothing blends
+    assert all(layer.is_dormant for layer in wrapped)  # the host's own forward between samples
+    morph.close()
