@@ -279,6 +279,8 @@ def _has_hooks(module: nn.Module) -> bool:
 
 def _norm(t: Tensor) -> Tensor:
     """The 2-norm of t as a float32 0-d tensor, accumulated in float32 at least."""
+    if t.dtype is torch.float32:
+        return torch.linalg.vector_norm(t)
     if t.dtype in (torch.float16, torch.bfloat16):
         return torch.linalg.vector_norm(t, dtype=torch.float32)
     return torch.linalg.vector_norm(t).float()
@@ -857,9 +859,14 @@ class KasminaLayer(nn.Module):
 
     def _weight_norm(self) -> Tensor:
         """The host weight's norm (linear, conv), or the norm of all its parameters (residual)."""
-        weight = getattr(self.base_layer, "weight", None)
-        params = [weight] if self.spec.kind in ("linear", "conv1d", "conv2d") and isinstance(weight, Tensor) else \
-            list(self.base_layer.parameters())
+        base = self.base_layer
+        if self.spec.kind in ("linear", "conv1d", "conv2d"):
+            weight = base._parameters.get("weight")  # nn.Module's own lookup, without its __getattr__
+            if weight is None:
+                weight = getattr(base, "weight", None)
+            if isinstance(weight, Tensor):
+                return _norm(weight.detach())
+        params = list(base.parameters())
         if not params:
             return self._nan
         norms = [_norm(p.detach()) for p in params]
@@ -1377,7 +1384,9 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
     nonfinite: list[str] = []
     for i, layer in enumerate(chosen):
         row = values[i * width:(i + 1) * width]
-        if layer._measured:
+        if layer._measured and not all(math.isfinite(row[k]) for k in _DAMAGE):
+            # A host without parameters has no weight norm to damage (NaN: not measured). Looked up
+            # only here: a walk over the host's parameters costs more than the rest of a layer's read.
             weighted = next(layer.base_layer.parameters(), None) is not None
             nonfinite += [f"{layer.spec.name}.{SIGNALS[k]}" for k in _DAMAGE
                           if not math.isfinite(row[k]) and (weighted or SIGNALS[k] != "weight_norm")]
