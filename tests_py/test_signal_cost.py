@@ -135,3 +135,37 @@ def test_the_signals_sent_to_go_in_a_training_loop_equal_their_definitions(monke
     assert [s for s, buf in sent if buf is None] == []  # no call between flushes while nothing blends
     assert all(layer.is_dormant for layer in wrapped)  # the host's own forward between samples
     morph.close()
+
+
+def test_the_fused_path_pre_hook_is_held_in_evaluation_mode_only() -> None:
+    """A seed that adds to the output needs the no-op pre-hook (which keeps PyTorch's fused eval
+    paths from skipping the seed) in evaluation mode only; in training mode, where PyTorch takes no
+    fused path, the layer holds no hook and its forward skips nn.Module's hook-calling path. The
+    outputs are the same either way."""
+    torch.manual_seed(0)
+    model = esper.wrap(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), target_modules=["2"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    morph = Morphogenesis(model, opt, policy="manual")
+    morph.germinate("2", 0, "residual_mlp", width=4)
+    layer = model[2]
+    for _ in range(3):
+        morph.advance("2", 0, "test")  # TRAINING, BLENDING, HOLDING
+    with torch.no_grad():
+        for p in layer.seed(0).parameters():
+            p.add_(0.1)  # a seed that changes the output
+    x = torch.randn(5, 8)
+    assert model.training and not layer._forward_pre_hooks
+    trained = model(x)
+    model.eval()
+    assert len(layer._forward_pre_hooks) == 1  # the control: evaluation mode holds it
+    with torch.no_grad():
+        evaluated = model(x)
+        with morph.without_seeds():
+            host = model(x)
+            assert not layer._forward_pre_hooks  # no seed adds: the fused path is free
+    assert len(layer._forward_pre_hooks) == 1
+    model.train()
+    assert not layer._forward_pre_hooks
+    torch.testing.assert_close(trained, evaluated, rtol=0, atol=0)
+    assert (evaluated - host).abs().max() > 1e-3  # the seed's contribution is in both
+    morph.close()

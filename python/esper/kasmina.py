@@ -28,11 +28,14 @@ is the host's.
 Fused fast paths: ``nn.TransformerEncoderLayer`` in eval mode under ``no_grad`` reads
 ``linear1.weight``, ``norm1.weight``, ... and calls one fused kernel instead of its submodules, which
 would drop every seed of a wrapped submodule. PyTorch skips that path when a submodule has forward
-hooks, so a layer registers a no-op forward pre-hook while a seed adds to its output (BLENDING,
-HOLDING, FOSSILIZED; a TRAINING seed adds 0 outside training) and removes it otherwise: with no such
-seed the fast path runs on the host's weights and gives the host's result; with one, the slow path
-runs and includes the seed. ``nn.TransformerEncoder`` may still hand a layer a nested tensor (eval,
-``src_key_padding_mask`` given): a layer with seeds then runs each sequence of it on its own.
+hooks, so a layer in evaluation mode registers a no-op forward pre-hook while a seed adds to its
+output (BLENDING, HOLDING, FOSSILIZED; a TRAINING seed adds 0 outside training) and removes it
+otherwise (and in training mode, where PyTorch takes no fused path and the hook would only cost every
+forward nn.Module's slower hook-calling path; ``train()``/``eval()`` of the layer or a module above
+it switch it): with no such seed the fast path runs on the host's weights and gives the host's
+result; with one, the slow path runs and includes the seed. ``nn.TransformerEncoder`` may still
+hand a layer a nested tensor (eval, ``src_key_padding_mask`` given): a layer with seeds then runs
+each sequence of it on its own.
 
 Execution is guarded: a seed that raises, returns the wrong shape or a non-finite value leaves the
 layer's output equal to the host's for that step. With ``guard_every_step`` False
@@ -416,8 +419,8 @@ class KasminaLayer(nn.Module):
     parameters or buffers sets it on the host (``lm_head.weight = wte.weight`` ties weights as it
     did before wrapping); any other attribute set is the layer's own.
 
-    Fused fast paths: while a seed adds to the output (BLENDING, HOLDING, FOSSILIZED), the layer
-    holds a no-op forward pre-hook, so ``nn.TransformerEncoderLayer``'s eval path (eval mode under
+    Fused fast paths: while a seed adds to the output (BLENDING, HOLDING, FOSSILIZED) in evaluation
+    mode, the layer holds a no-op forward pre-hook, so ``nn.TransformerEncoderLayer``'s eval path (eval mode under
     ``no_grad``, which would read ``linear1.weight`` etc. and skip the submodules' forwards, seeds
     included) falls back to calling them, as PyTorch does for any module with hooks; it costs one
     hook call per forward of that layer. With no such seed the hook is gone and the fast path runs
@@ -579,12 +582,26 @@ class KasminaLayer(nn.Module):
         else:
             base = self.base_layer
             self.forward = base.__call__ if _has_hooks(base) else base.forward
-        adds = any(not b.straight_through for b in self._branches)
+        self._sync_unfused()
+
+    def _sync_unfused(self) -> None:
+        """Holds the no-op forward pre-hook while a seed adds to the output in evaluation mode, and
+        only then: PyTorch's fused paths (``nn.TransformerEncoderLayer``, ``nn.TransformerEncoder``)
+        run only on modules in evaluation mode, and a module with a hook takes nn.Module's slower
+        hook-calling path on every forward (a cost on every training step otherwise)."""
+        adds = not self.training and any(not b.straight_through for b in self._branches)
         if adds and self._unfused is None:
             self._unfused = self.register_forward_pre_hook(_keep_unfused)
         elif not adds and self._unfused is not None:
             self._unfused.remove()
             self._unfused = None
+
+    def train(self, mode: bool = True) -> KasminaLayer:
+        """nn.Module's ``train``; also takes or drops the pre-hook that keeps fused fast paths away
+        (needed in evaluation mode only, see :meth:`_sync_unfused`)."""
+        super().train(mode)
+        self._sync_unfused()
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         if x.is_nested:
