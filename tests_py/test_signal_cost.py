@@ -169,3 +169,20 @@ def test_the_fused_path_pre_hook_is_held_in_evaluation_mode_only() -> None:
     torch.testing.assert_close(trained, evaluated, rtol=0, atol=0)
     assert (evaluated - host).abs().max() > 1e-3  # the seed's contribution is in both
     morph.close()
+
+
+def test_stepcost_counts_an_interval_and_times_its_sampling_step() -> None:
+    """The profile tool of docs/performance.md: deterministic counts over one signal interval (a
+    wrapped dormant model makes at least the plain model's calls and ops, plus its sampling) and the
+    sampling step's CPU time against an ordinary step's."""
+    from esper.bench import stepcost
+
+    esper_step, plain, morph = stepcost.build("dormant:Deep1", torch.device("cpu"))
+    every = morph.config.signal_every
+    c = stepcost.counts(esper_step, plain, every)
+    assert c["calls_esper"] > c["calls_baseline"] > 0 and c["ops_esper"] > c["ops_baseline"] > 0, c
+    t = stepcost.sampling_cost(esper_step, morph, 2)
+    assert t["sampling_min"] > 0 and t["ordinary_min"] > 0 and t["extra_min"] == t["sampling_min"] - t["ordinary_min"]
+    morph.close()
+    with pytest.raises(ValueError, match="unknown pair"):
+        stepcost.build("sleeping:TinyMLP", torch.device("cpu"))
