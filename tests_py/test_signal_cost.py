@@ -186,3 +186,64 @@ def test_stepcost_counts_an_interval_and_times_its_sampling_step() -> None:
     morph.close()
     with pytest.raises(ValueError, match="unknown pair"):
         stepcost.build("sleeping:TinyMLP", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("state", ["TRAINING", "BLENDING", "HOLDING"])
+def test_the_step_guard_gives_the_hand_written_outputs_and_gradients(state: str) -> None:
+    """Guard "step" adds the seed as where(finite, seed term, 0): outputs and gradients (input, host,
+    seed) equal the hand-written h + a * s (TRAINING: h + (s - s.detach())) on a finite seed; a
+    non-finite seed leaves the host's output and the host's and input's gradients of the model
+    without the seed (and those are NaN when the seed is added by hand: the control)."""
+    torch.manual_seed(0)
+    model = esper.wrap(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5)), target_modules=["2"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    morph = Morphogenesis(model, opt, policy="manual", blend_steps=10)
+    morph.germinate("2", 0, "residual_mlp", width=4)
+    layer = model[2]
+    for _ in range(["TRAINING", "BLENDING", "HOLDING"].index(state) + 1):
+        morph.advance("2", 0, "test")
+    if state == "BLENDING":
+        layer.set_alphas([0.3])
+    seed, host = layer.seed(0), layer.base_layer
+    with torch.no_grad():
+        for p in seed.parameters():
+            p.add_(0.1)
+    alpha = {"TRAINING": 0.0, "BLENDING": 0.3, "HOLDING": 1.0}[state]
+    x = torch.randn(7, 8)
+
+    def run(by_hand: bool) -> tuple[Tensor, list[Tensor]]:
+        xi = x.clone().requires_grad_(True)
+        if by_hand:
+            s = seed(xi.detach() if state == "TRAINING" else xi)
+            term = (s - s.detach()) if state == "TRAINING" else torch.add(torch.zeros_like(s), s, alpha=alpha)
+            out = host(xi) + term
+        else:
+            out = layer(xi)
+        out.square().sum().backward()
+        grads = [xi.grad, *(p.grad for p in host.parameters()), *(p.grad for p in seed.parameters())]
+        out = out.detach()
+        for p in [*host.parameters(), *seed.parameters()]:
+            p.grad = None
+        return out, [g.clone() for g in grads]
+
+    got, got_grads = run(False)
+    want, want_grads = run(True)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
+    with torch.no_grad():
+        next(seed.parameters()).fill_(math.nan)
+    got, got_grads = run(False)
+    xi = x.clone().requires_grad_(True)
+    host_out = host(xi)
+    host_out.square().sum().backward()
+    host_grads = [xi.grad, *(p.grad for p in host.parameters())]
+    for p in host.parameters():
+        p.grad = None
+    assert torch.equal(got, host_out.detach())
+    for g, w in zip(got_grads[:3], host_grads):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
+    _, hand_grads = run(True)
+    if state != "TRAINING":  # by hand, the NaN seed poisons the input's and the host's gradients
+        assert not torch.isfinite(hand_grads[0]).all()
+    morph.close()

@@ -702,11 +702,14 @@ class KasminaLayer(nn.Module):
                 y = torch.where(ok, y + alpha_t * s + training_t * (s - s.detach()), y)
                 if gate:
                     seed_in.register_hook(functools.partial(_gate_grad, ok & (training_t == 0)))
+            # The where picks the seed's term or 0 (not the sum or the host's output): the same values
+            # (bitwise where the seed is finite), and a backward of one where for the seed's term
+            # instead of two and a sum for both branches.
             elif straight_through:
                 # s - s.detach() is 0 in value (NaN when s is not: the where drops it) and s in gradient.
-                y = torch.where(ok, y + (s - s.detach()), y)
+                y = y + torch.where(ok, s - s.detach(), 0.0)
             else:
-                y = torch.where(ok, torch.add(y, s, alpha=alpha), y)
+                y = torch.add(y, torch.where(ok, s, 0.0), alpha=alpha)
                 if gate:
                     seed_in.register_hook(functools.partial(_gate_grad, ok))
         return y
