@@ -181,8 +181,9 @@ def test_stepcost_counts_an_interval_and_times_its_sampling_step() -> None:
     every = morph.config.signal_every
     c = stepcost.counts(esper_step, plain, every)
     assert c["calls_esper"] > c["calls_baseline"] > 0 and c["ops_esper"] > c["ops_baseline"] > 0, c
-    t = stepcost.sampling_cost(esper_step, morph, 2)
+    t = stepcost.sampling_cost(esper_step, morph, 2, plain)
     assert t["sampling_min"] > 0 and t["ordinary_min"] > 0 and t["extra_min"] == t["sampling_min"] - t["ordinary_min"]
+    assert t["baseline_min"] > 0 and t["baseline_p20"] >= t["baseline_min"]
     morph.close()
     with pytest.raises(ValueError, match="unknown pair"):
         stepcost.build("sleeping:TinyMLP", torch.device("cpu"))

@@ -8,7 +8,9 @@ model written by hand; the pairs of :mod:`esper.bench.steps`), over one signal i
   side: deterministic counts, the same on any machine;
 - the CPU time (this thread) of the sampling step and of the ordinary step before it, over many
   intervals: the minimum and the 20th percentile (load only adds time, so the low quantiles are
-  the cost), and their difference, the sampling step's extra cost.
+  the cost), and their difference, the sampling step's extra cost; and the baseline's step, timed
+  in the same intervals (an ordinary step against it is what every step but one in
+  ``signal_every`` costs).
 
 Run ``python -m esper.bench.stepcost dormant:TinyMLP dormant:Deep1 active:TinyMLP:HOLDING:step``
 (``dormant:<model>``, ``active:<model>:<BLENDING|HOLDING>:<guard>``; ``Deep<n>`` for ``Deep(n)``).
@@ -81,14 +83,17 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[int(q * (len(ordered) - 1))]
 
 
-def sampling_cost(esper_step: Callable[[], None], morph: Any, intervals: int) -> dict[str, float]:
+def sampling_cost(esper_step: Callable[[], None], morph: Any, intervals: int,
+                  baseline: Callable[[], None] | None = None) -> dict[str, float]:
     """CPU time (us, this thread) of the sampling step and of the ordinary step before it, min and
-    20th percentile over ``intervals`` intervals."""
+    20th percentile over ``intervals`` intervals; with ``baseline``, also the baseline's step, timed
+    interleaved with Esper's ordinary steps (``baseline_min``, ``baseline_p20``)."""
     every = morph.config.signal_every
     while morph.steps % every:
         esper_step()
     sampled: list[float] = []
     ordinary: list[float] = []
+    base: list[float] = []
     clock = time.thread_time_ns
     for _ in range(intervals):
         for i in range(every):
@@ -99,11 +104,17 @@ def sampling_cost(esper_step: Callable[[], None], morph: Any, intervals: int) ->
                 sampled.append(took)
             elif i == every - 2:
                 ordinary.append(took)
+            if baseline is not None and i == every - 3:
+                start = clock()
+                baseline()
+                base.append((clock() - start) / 1e3)
     out = {}
     for name, q in (("min", 0.0), ("p20", 0.2)):
         out[f"sampling_{name}"] = _quantile(sampled, q)
         out[f"ordinary_{name}"] = _quantile(ordinary, q)
         out[f"extra_{name}"] = out[f"sampling_{name}"] - out[f"ordinary_{name}"]
+        if base:
+            out[f"baseline_{name}"] = _quantile(base, q)
     return out
 
 
@@ -124,13 +135,14 @@ def main(argv: list[str] | None = None) -> int:
             esper_step()
             baseline()
         c = counts(esper_step, baseline, every)
-        t = sampling_cost(esper_step, morph, args.intervals)
+        t = sampling_cost(esper_step, morph, args.intervals, baseline)
         morph.close()
         print(f"{what}: per interval of {every} steps: Python calls {c['calls_esper']} vs {c['calls_baseline']} "
               f"(+{c['calls_esper'] - c['calls_baseline']}), top-level ATen ops {c['ops_esper']} vs "
               f"{c['ops_baseline']} (+{c['ops_esper'] - c['ops_baseline']}); sampling step "
               f"{t['sampling_min']:.0f}/{t['sampling_p20']:.0f} us, ordinary step {t['ordinary_min']:.0f}/"
-              f"{t['ordinary_p20']:.0f} us (min/p20 CPU time), extra {t['extra_min']:.0f}/{t['extra_p20']:.0f} us",
+              f"{t['ordinary_p20']:.0f} us (min/p20 CPU time), extra {t['extra_min']:.0f}/{t['extra_p20']:.0f} us; "
+              f"the baseline's step {t['baseline_min']:.0f}/{t['baseline_p20']:.0f} us",
               flush=True)
     return 0
 
