@@ -248,3 +248,18 @@ def test_the_step_guard_gives_the_hand_written_outputs_and_gradients(state: str)
     if state != "TRAINING":  # by hand, the NaN seed poisons the input's and the host's gradients
         assert not torch.isfinite(hand_grads[0]).all()
     morph.close()
+
+
+def test_taps_are_copied_in_one_piece_or_one_by_one_alike() -> None:
+    """gather_health's copy: scalars and vectors of one device and dtype in one copy; otherwise
+    (another dtype here) one by one, with the same values."""
+    from esper.kasmina import _taps_to_host
+
+    scalars = [torch.tensor(1.5), torch.tensor(-2.0)]
+    vectors = [torch.tensor([0.5, -1.0]), torch.tensor([3.0])]
+    host, maxima = _taps_to_host(scalars, vectors)
+    assert host == [1.5, -2.0] and maxima.tolist() == [0.5, -1.0, 3.0]
+    host, maxima = _taps_to_host(scalars, [vectors[0].double(), vectors[1]])
+    assert host == [1.5, -2.0] and maxima.tolist() == [0.5, -1.0, 3.0]
+    host, maxima = _taps_to_host(scalars, [])
+    assert host == [1.5, -2.0] and maxima.size == 0
