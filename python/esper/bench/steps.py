@@ -15,8 +15,8 @@ side) of a wrapped model timed side by side with its baseline, interleaved round
 
 Both sides start from the same weights and see the same batch. Esper's side runs the
 documented loop, ``morph.step(loss)`` included, with the default :class:`~esper.MorphConfig`
-(health signals sampled every ``signal_every`` = 10 steps): the calls per round are a multiple
-of 10 so that each round holds the same share of sampled steps.
+(health signals sampled every ``signal_every`` steps): the calls per round are a multiple of
+``signal_every`` so that each round holds the same share of sampling steps and flushes.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import Morphogenesis, wrap
+from .. import MorphConfig, Morphogenesis, wrap
 from . import harness, models
 from .rows import Row, Target, ratio_at_most, samples_row, timing_row
 
@@ -44,7 +44,6 @@ __all__ = ["StepSettings", "MODELS", "dormant_rows", "active_rows", "peft_rows",
 Step = Callable[[], None]
 Sync = Callable[[], None]
 
-SIGNAL_EVERY = 10  # MorphConfig's default; calls per round are a multiple of it
 DORMANT = ratio_at_most(1.02)
 ACTIVE = ratio_at_most(1.05)
 NO_SLOWER = ratio_at_most(1.00, "<= 1.00x (no slower)")
@@ -93,6 +92,11 @@ def _sync_for(device: torch.device) -> Sync | None:
     return torch.cuda.synchronize if device.type == "cuda" else None
 
 
+def signal_every() -> int:
+    """MorphConfig's default ``signal_every``: the calls per timed round are a multiple of it."""
+    return MorphConfig().signal_every
+
+
 def make_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
               morph: Morphogenesis | None = None, tick: Callable[[], None] | None = None) -> Step:
     """One training step: cross-entropy, zero_grad, backward, optimizer step, then ``morph.step``."""
@@ -134,8 +138,8 @@ def time_pair(esper: Step, baseline: Step, settings: StepSettings, sync: Sync | 
     """Warm both sides up, size the blocks, and time them interleaved (harness.compare).
 
     Args:
-        inner: calls per round; by default sized to ``settings.block_s`` (a multiple of
-            SIGNAL_EVERY). A side doing periodic work every N calls passes N (or a multiple), so
+        inner: calls per round; by default sized to ``settings.block_s`` (whole intervals of
+            MorphConfig's ``signal_every``). A side doing periodic work every N calls passes N (or a multiple), so
             that every round holds it the same number of times.
 
     Returns:
@@ -145,9 +149,13 @@ def time_pair(esper: Step, baseline: Step, settings: StepSettings, sync: Sync | 
         esper()
         baseline()
     if inner is None:
-        per_call = max(_block(esper, SIGNAL_EVERY, sync), _block(baseline, SIGNAL_EVERY, sync))
-        inner = SIGNAL_EVERY * max(1, math.ceil(settings.block_s / max(per_call, 1e-7) / SIGNAL_EVERY))
-        inner = min(inner, settings.max_inner)
+        every = signal_every()
+        per_call = max(_block(esper, every, sync), _block(baseline, every, sync))
+        inner = every * max(1, math.ceil(settings.block_s / max(per_call, 1e-7) / every))
+        # A round holds whole signal intervals (each exactly one sampling step and one flush), even
+        # past max_inner: a round cut shorter would hold a sampling step or none, and the median over
+        # rounds would then leave the sampling steps' cost out.
+        inner = max(every, min(inner, settings.max_inner - settings.max_inner % every))
     res = harness.compare({"esper": esper, "baseline": baseline}, rounds=settings.rounds, inner=inner, warmup=0,
                           sync=sync, clock=clock)
     return res["esper"], res["baseline"], inner
