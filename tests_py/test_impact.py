@@ -99,7 +99,7 @@ def test_learned_policy_prediction_reaches_the_impact_record_and_the_report(tmp_
     assert cli.main(["report", run, "--root", str(tmp_path / "runs"), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
     line = f"- impact: {len(impacts)} ended, {len(impacts)} with a prediction, {len(measured)} measured; mean |error| "
-    assert line in md and f"over {len(measured)} compared" in md, md
+    assert line in md and f"over {len(measured)} compared (relative gains)" in md, md
     assert "| value |" in md and "relative_gain" in md, md
 
 

@@ -323,7 +323,8 @@ def _impact_line(view: RunView) -> str:
     if not view.impacts:
         return "no adaptation ended"
     mae = r.get("mean_abs_error")
-    err = f"mean |error| {_num(mae)} over {r.get('compared', 0)} compared" if mae is not None else \
+    unit = " (relative gains)" if any(im["unit"] == "relative_gain" for im in view.impacts) else ""
+    err = f"mean |error| {_num(mae)} over {r.get('compared', 0)} compared{unit}" if mae is not None else \
         "no running error (no adaptation had both a prediction and a measurement)"
     return (f"{r.get('ended', len(view.impacts))} ended, {r.get('predicted', 0)} with a prediction, "
             f"{r.get('measured', 0)} measured; {err}")
