@@ -107,7 +107,8 @@ def test_readme_loop_metrics_match_the_run(monkeypatch: pytest.MonkeyPatch, espe
     counters = morph.stats()["counters"]
     assert got[("esper_germinations_total", ())] == counters["germinations"]
     assert got[("esper_decisions_total", ())] == counters["decisions"]
-    # Impact analysis: no policy predicts a gain today, so every comparison says so and no error exists.
+    # Impact analysis: manual calls predict no gain, so every comparison says so and no error exists
+    # (a prediction's record and error: test_impact.py).
     impacts = [e for e in morph.log if e["kind"] == "impact"]
     assert impacts and all(e["note"] == "no prediction" and e["predicted_gain"] is None for e in impacts)
     assert all(e["measured_gain"] is not None for e in impacts if e["outcome"] == "FOSSILIZED")

@@ -50,17 +50,35 @@ func TrialFromOutcome(raw json.RawMessage) (t Trial, ok bool, err error) {
 // qualifies.
 func MeasuredGain(o *urza.Outcome) (gain float64, ok bool) {
 	for _, c := range o.Contributions {
-		if c.ValLoss == nil || math.IsInf(*c.ValLoss, 0) || math.IsNaN(*c.ValLoss) || math.IsNaN(c.DeltaLoss) {
+		if c.ValLoss == nil {
 			continue
 		}
-		if without := *c.ValLoss + c.DeltaLoss; without > 0 && !math.IsInf(without, 0) {
-			gain, ok = c.DeltaLoss/without, true
+		if g, measured := RelativeGain(*c.ValLoss, c.DeltaLoss); measured {
+			gain, ok = g, true
 		}
 	}
+	return gain, ok
+}
+
+// RelativeGain returns the gain of one measurement: deltaLoss (validation
+// loss without the seed minus with it) over the validation loss without
+// the seed (valLoss, the loss with it, plus deltaLoss): the share of the
+// loss the seed removed, at most 1. ok is false when either number is not
+// finite or the loss without the seed is not positive. It is the unit of
+// Trial.Gain, of a predicted gain and of the impact analysis.
+func RelativeGain(valLoss, deltaLoss float64) (gain float64, ok bool) {
+	if math.IsInf(valLoss, 0) || math.IsNaN(valLoss) || math.IsInf(deltaLoss, 0) || math.IsNaN(deltaLoss) {
+		return 0, false
+	}
+	without := valLoss + deltaLoss
+	if !(without > 0) || math.IsInf(without, 0) {
+		return 0, false
+	}
+	gain = deltaLoss / without
 	if math.IsInf(gain, 0) || math.IsNaN(gain) {
 		return 0, false
 	}
-	return gain, ok
+	return gain, true
 }
 
 // ObservedSignals is observedSignals, for other packages that read the

@@ -239,3 +239,27 @@ func TestServiceRereadsChangedRecords(t *testing.T) {
 		t.Fatal("a key outside the run's folder was read")
 	}
 }
+
+// TestRelativeGain: the share of the loss without the seed that it
+// removed; values by hand, and the measurements that have none.
+func TestRelativeGain(t *testing.T) {
+	cases := []struct {
+		val, delta float64
+		want       float64
+		ok         bool
+	}{
+		{0.6, 0.15, 0.2, true},         // 0.15 / 0.75
+		{1, -0.25, -0.25 / 0.75, true}, // the seed hurt: 0.25 / 0.75 of the loss added
+		{1, 0, 0, true},
+		{0, 0, 0, false},      // no loss without the seed
+		{0.5, -0.5, 0, false}, // the same
+		{math.NaN(), 0.1, 0, false},
+		{1, math.Inf(1), 0, false},
+	}
+	for _, c := range cases {
+		got, ok := RelativeGain(c.val, c.delta)
+		if ok != c.ok || (ok && math.Abs(got-c.want) > 1e-12) {
+			t.Errorf("RelativeGain(%v, %v) = %v, %v; want %v, %v", c.val, c.delta, got, ok, c.want, c.ok)
+		}
+	}
+}

@@ -50,7 +50,7 @@ func newCollector(src Source, set *Set) *collector {
 		impactEnded:     d("esper_adaptations_ended_total", "Adaptations (germinations) that ended, by whether their policy predicted a gain.", "prediction"),
 		impactPredicted: d("esper_adaptations_measured_total", "Ended adaptations whose contribution was measured."),
 		impactCompared:  d("esper_adaptations_compared_total", "Ended adaptations with both a predicted and a measured gain."),
-		impactMAE:       d("esper_prediction_abs_error", "Mean absolute error of predicted against measured gains (validation-loss units); absent while no policy made a prediction."),
+		impactMAE:       d("esper_prediction_abs_error", "Mean absolute error of predicted against measured gains (relative gains: the share of the validation loss without the seed that it removed); absent while no policy made a prediction."),
 		cacheOps:        d("esper_kernel_cache_lookups_total", "Kernel cache lookups, by result (the process's cache, shared by every run in it).", "result"),
 		cacheBytes:      d("esper_kernel_cache_bytes", "Bytes held by the kernel cache, now."),
 		cacheEntries:    d("esper_kernel_cache_entries", "Artifacts held by the kernel cache, now."),

@@ -155,44 +155,72 @@ func TestNoImprovement(t *testing.T) {
 }
 
 func TestImpacts(t *testing.T) {
-	tr := nissa.NewImpacts(3)
-	if _, ok := tr.Ended(0, 0, 0, "PRUNED", 5, 1); ok {
+	tr := nissa.NewImpacts(4)
+	if _, ok := tr.Ended(0, 0, 0, "PRUNED", 5, 1, 1); ok {
 		t.Fatal("an adaptation that never began ended")
 	}
 	tr.Germinated(0, 1)
-	tr.Measured(0, 0.2)
-	im, ok := tr.Ended(0, 0, 0, "FOSSILIZED", 10, 2)
-	if !ok || im.PredictedGain != nil || im.Error != nil || im.Note != "no prediction" || *im.MeasuredGain != 0.2 {
+	tr.Measured(0, 0.2, 0.1)
+	im, ok := tr.Ended(0, 0, 0, "FOSSILIZED", 10, 2, 1)
+	if !ok || im.PredictedGain != nil || im.Error != nil || im.Note != "no prediction" || *im.MeasuredGain != 0.1 ||
+		*im.MeasuredDeltaLoss != 0.2 || im.Unit != "relative_gain" || im.Predictor != "" {
 		t.Fatalf("without a prediction: %+v", im)
 	}
 	if _, ok := tr.Stats().MeanAbsError(); ok {
 		t.Fatal("a running error exists without any prediction")
 	}
 	tr.Germinated(1, 1)
-	tr.Predicted(1, 0.5)
-	tr.Measured(1, 0.1)
-	tr.Measured(1, 0.3) // the last measurement is compared
-	im, _ = tr.Ended(1, 0, 1, "FOSSILIZED", 12, 2)
-	if im.Error == nil || math.Abs(*im.Error-(-0.2)) > 1e-12 || im.Note != "" {
+	tr.Predicted(1, 0.5, "karn")
+	tr.Measured(1, 0.1, 0.05)
+	tr.Measured(1, 0.3, 0.3)                          // the last measurement is compared
+	im, _ = tr.Ended(1, 0, 1, "FOSSILIZED", 12, 2, 7) // compute plays no part in a gain predicted as such
+	if im.Error == nil || math.Abs(*im.Error-(-0.2)) > 1e-12 || im.Note != "" || im.Predictor != "karn" || im.Compute != nil {
 		t.Fatalf("with a prediction: %+v", im)
 	}
 	tr.Germinated(2, 4)
-	tr.Predicted(2, 0.1)
-	im, _ = tr.Ended(2, 0, 2, "PRUNED", 13, 2)
+	tr.Predicted(2, 0.1, "karn")
+	im, _ = tr.Ended(2, 0, 2, "PRUNED", 13, 2, 1)
 	if im.Note != "not measured" || im.Error != nil || im.Generation != 4 {
 		t.Fatalf("pruned before measurement: %+v", im)
 	}
+	// A gain per unit of compute: 0.4 per host-epoch x 0.25 host-epochs = a gain of 0.1; measured 0.16: error 0.06.
+	tr.Germinated(3, 2)
+	tr.PredictedPerCompute(3, 0.4, "value")
+	tr.Measured(3, 0.2, 0.16)
+	im, _ = tr.Ended(3, 1, 0, "FOSSILIZED", 14, 3, 0.25)
+	if im.PredictedGain == nil || math.Abs(*im.PredictedGain-0.1) > 1e-12 || *im.PredictedValue != 0.4 || *im.Compute != 0.25 ||
+		math.Abs(*im.Error-0.06) > 1e-12 || im.Predictor != "value" {
+		t.Fatalf("per unit of compute: %+v", im)
+	}
 	st := tr.Stats()
 	mae, ok := st.MeanAbsError()
-	if st.Ended != 3 || st.Predicted != 2 || st.Measured != 2 || st.Compared != 1 || !ok || math.Abs(mae-0.2) > 1e-12 {
+	if st.Ended != 4 || st.Predicted != 3 || st.Measured != 3 || st.Compared != 2 || !ok || math.Abs(mae-0.13) > 1e-12 {
 		t.Fatalf("stats %+v, mae %v", st, mae)
 	}
-	// The state round-trips, and a state for other slots is refused.
-	back := nissa.NewImpacts(3)
+	// The state round-trips with an adaptation in flight, and a state for other slots is refused.
+	tr.Germinated(0, 2)
+	tr.PredictedPerCompute(0, 0.5, "value")
+	tr.Measured(0, 0.3, 0.2)
+	back := nissa.NewImpacts(4)
 	if err := back.Restore(tr.State()); err != nil || back.Stats() != st {
 		t.Fatalf("restore: %v, %+v", err, back.Stats())
 	}
+	if im, _ := back.Ended(0, 0, 0, "FOSSILIZED", 20, 4, 0.2); im.PredictedGain == nil || math.Abs(*im.PredictedGain-0.1) > 1e-12 ||
+		math.Abs(*im.Error-0.1) > 1e-12 || im.Predictor != "value" {
+		t.Fatalf("restored in flight: %+v", im)
+	}
 	if err := nissa.NewImpacts(2).Restore(tr.State()); !errors.Is(err, nissa.ErrState) {
 		t.Fatalf("restore into 2 slots: %v", err)
+	}
+	// A snapshot from before the relative gains: its measurement has no relative gain.
+	old := tr.State()
+	old.PerCompute, old.Source, old.Gain = nil, nil, nil
+	back = nissa.NewImpacts(4)
+	if err := back.Restore(old); err != nil {
+		t.Fatal(err)
+	}
+	if im, _ := back.Ended(0, 0, 0, "FOSSILIZED", 20, 4, 0.2); im.PredictedGain != nil || im.MeasuredGain != nil ||
+		*im.MeasuredDeltaLoss != 0.3 || im.Note != "no prediction" {
+		t.Fatalf("older state: %+v", im)
 	}
 }

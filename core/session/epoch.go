@@ -2,8 +2,10 @@ package session
 
 import (
 	"fmt"
+	"math"
 	"time"
 
+	"github.com/esper-morph/esper/blueprint/karn"
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/policy/tamiyo"
 )
@@ -55,7 +57,13 @@ func (s *Session) EndEpoch(m tamiyo.Metrics) (EpochResult, error) {
 		s.logq = append(s.logq, logRecord{kind: "metrics", step: s.step, payload: mc})
 	}
 	for _, c := range m.Contributions {
-		s.mon.impacts.Measured(c.Layer*s.slots+c.Slot, c.DeltaLoss)
+		gain := math.NaN() // relative gain: the impact analysis' unit, Karn's and the value model's
+		if m.ValLoss.Finite() {
+			if g, ok := karn.RelativeGain(m.ValLoss.Value, c.DeltaLoss); ok {
+				gain = g
+			}
+		}
+		s.mon.impacts.Measured(c.Layer*s.slots+c.Slot, c.DeltaLoss, gain)
 	}
 	began := time.Now()
 	decisions := s.ctl.Decide(&obs)

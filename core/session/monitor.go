@@ -13,6 +13,7 @@ import (
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/core/urza"
 	"github.com/esper-morph/esper/policy/tamiyo"
+	"github.com/esper-morph/esper/policy/value"
 )
 
 // Monitoring: the run's metrics (core/metrics), Nissa's alarms and the
@@ -195,6 +196,16 @@ func (s *Session) failedLocked(open bool) {
 	}
 }
 
+// What made an impact record's prediction (nissa.Impact.Predictor).
+const (
+	// PredictorKarn is Karn's predictor: a relative gain, for a candidate
+	// Tamiyo took from a search ranked by it.
+	PredictorKarn = "karn"
+	// PredictorValue is the learned policy's value model: a gain per
+	// host-epoch of compute, times the seed's compute when it ends.
+	PredictorValue = "value"
+)
+
 // endedLocked closes seed i's adaptation when it reaches a final or exit
 // state, recording its impact comparison.
 func (s *Session) endedLocked(i int, to lifecycle.State, step int64) {
@@ -204,7 +215,7 @@ func (s *Session) endedLocked(i int, to lifecycle.State, step int64) {
 		return
 	}
 	sd := s.seeds[i]
-	im, ok := s.mon.impacts.Ended(i, sd.Layer, sd.Slot, to.String(), step, s.epoch)
+	im, ok := s.mon.impacts.Ended(i, sd.Layer, sd.Slot, to.String(), step, s.epoch, s.computeLocked(i, step))
 	if !ok {
 		return
 	}
@@ -214,6 +225,39 @@ func (s *Session) endedLocked(i int, to lifecycle.State, step int64) {
 	}
 	s.mon.pending.Impacts = append(s.mon.pending.Impacts, im)
 	s.recordLocked(LogEntry{Kind: "impact", Step: step, Epoch: s.epoch, Impact: &im}, "impact", &im)
+}
+
+// computeLocked returns the compute seed i cost by step, as the value
+// model's target counts it (value.CostOf, floored by value.Charged): its
+// size over the wrapped layers' times the epochs it ran (TRAINING,
+// BLENDING, HOLDING: from its move to TRAINING to step, over the run's
+// steps per epoch when it germinated; for a germination at step 0, the
+// epochs since it germinated). A prediction of value per unit of compute
+// times this is a predicted relative gain (the impact analysis' unit).
+func (s *Session) computeLocked(i int, step int64) float64 {
+	sd := s.seeds[i]
+	var running int64
+	trained := false
+	for j := len(sd.History) - 1; j >= 0; j-- {
+		tr := sd.History[j]
+		if tr.To == lifecycle.Training {
+			running, trained = max(0, step-tr.Step), true
+			break
+		}
+		if tr.To == lifecycle.Germinated {
+			break
+		}
+	}
+	spanEpochs := 0
+	if trained {
+		spanEpochs = max(0, s.epoch-sd.GerminatedEpoch)
+	}
+	host := s.hostParams()
+	if host <= 0 {
+		return math.NaN()
+	}
+	_, _, cost := value.CostOf(sd.ParamCount, host, running, spanEpochs, sd.GerminatedStep, sd.GerminatedEpoch)
+	return value.Charged(cost)
 }
 
 // Reports drains the alarms and impact records raised since the last call

@@ -421,8 +421,12 @@ func (s *Session) applyLocked(d tamiyo.Decision) DecisionResult {
 			} else {
 				err = s.germinateLocked(i, d.Blueprint, d.Reason, true) // instantiated by Tamiyo for this host
 			}
-			if err == nil && d.PredictedGain != nil {
-				s.mon.impacts.Predicted(i, *d.PredictedGain)
+			switch {
+			case err != nil:
+			case d.PredictedValue != nil: // per unit of compute: times the seed's cost when it ends
+				s.mon.impacts.PredictedPerCompute(i, *d.PredictedValue, PredictorValue)
+			case d.PredictedGain != nil:
+				s.mon.impacts.Predicted(i, *d.PredictedGain, PredictorKarn)
 			}
 		}
 	case tamiyo.Prune:

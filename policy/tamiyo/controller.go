@@ -424,9 +424,10 @@ func (c *Controller) grow(obs *Observation, judged []Decision) Decision {
 		if err != nil {
 			continue
 		}
+		var gain *float64
 		if c.cfg.Search {
-			if found, why := c.search(obs, cand.layer, ir, used, active); found != nil {
-				ir, note = found, why
+			if found, why, predicted := c.search(obs, cand.layer, ir, used, active); found != nil {
+				ir, note, gain = found, why, predicted
 			} else {
 				note += why
 			}
@@ -439,7 +440,7 @@ func (c *Controller) grow(obs *Observation, judged []Decision) Decision {
 				cand.layer, c.layerName(obs, cand.layer), cand.score, cand.signal(), cand.alive, c.payoffNote(cand), rankNote(rank))
 		}
 		return Decision{Op: Germinate, Layer: cand.layer, Slot: cand.slot, Template: ir.Template, Params: ir.Params,
-			ParamCount: ir.ParamCount, Blueprint: ir,
+			ParamCount: ir.ParamCount, Blueprint: ir, PredictedGain: gain,
 			Reason: fmt.Sprintf("%s; %s; %s %s = %d params (%s%s)", why, where, ir.Template, describeParams(ir.Params), ir.ParamCount, budget, note)}
 	}
 	return waitDecision("%s; but no blueprint fits any candidate layer within %s", why, budget)

@@ -79,15 +79,20 @@ type Decision struct {
 	Blueprint *blueprint.IR `json:"-"`
 	// Reason says why, in words.
 	Reason string `json:"reason"`
-	// PredictedGain is a germination's predicted contribution (the
-	// validation-loss delta its seed is expected to bring), when the
-	// policy made a prediction; nil otherwise. The heuristic and random
-	// policies make none. The session compares it with the measured
-	// contribution when the seed's adaptation ends (impact analysis).
+	// PredictedGain is a germination's predicted relative gain (the share
+	// of the validation loss its seed is expected to remove,
+	// karn.RelativeGain's unit), when a predictor made one: Karn's, for a
+	// candidate Tamiyo took from a search ranked by its predictor (see
+	// controller.search); nil otherwise (the heuristic and random policies'
+	// rules, the fixed template, a search ranked by the prior). The session
+	// compares it with the measured gain when the seed's adaptation ends
+	// (impact analysis, docs/metrics.md).
 	PredictedGain *float64 `json:"predicted_gain,omitempty"`
 	// PredictedValue is the learned policy's predicted value for a
-	// germination (policy/value's target, gain_per_compute_v1); nil for
-	// other policies. The outcome record keeps it as "prediction".
+	// germination (policy/value's target, gain_per_compute_v1: relative
+	// gain per host-epoch of compute); nil for other policies. The outcome
+	// record keeps it as "prediction"; the impact analysis turns it into a
+	// gain with the seed's cost when it ends (value.CostOf).
 	PredictedValue *float64 `json:"predicted_value,omitempty"`
 }
 

@@ -29,8 +29,10 @@ func (c *Controller) Karn() *karn.Service { return c.karn }
 // search asks Karn for a blueprint for layer costing no more than fixed
 // (the fixed template's seed there) and returns the best candidate the
 // governor admits that is no smaller than the least seed allowed, with the
-// reason's note; or nil and a note saying why the fixed template grows.
-func (c *Controller) search(obs *Observation, layer int, fixed *blueprint.IR, used int64, active int) (*blueprint.IR, string) {
+// reason's note and its predicted gain (nil when Karn ranked by the prior:
+// no predictor made one); or nil and a note saying why the fixed template
+// grows.
+func (c *Controller) search(obs *Observation, layer int, fixed *blueprint.IR, used int64, active int) (*blueprint.IR, string, *float64) {
 	req := karn.Request{
 		ID:     fmt.Sprintf("epoch%d-layer%d", obs.Epoch, layer),
 		Host:   c.hosts[layer],
@@ -50,13 +52,13 @@ func (c *Controller) search(obs *Observation, layer int, fixed *blueprint.IR, us
 	}
 	ans, err := c.karn.Answer(req)
 	if err != nil {
-		return nil, fmt.Sprintf("; karn request %s failed (%v), so the fixed template", req.ID, err)
+		return nil, fmt.Sprintf("; karn request %s failed (%v), so the fixed template", req.ID, err), nil
 	}
 	head := fmt.Sprintf("; karn request %s (budget %d params, %d FLOPs per sample: the fixed %s seed's; %d past trials on %s hosts; %d blueprints tried in %.1f ms)",
 		req.ID, req.Budget.MaxParams, req.Budget.MaxFLOPs, fixed.Template, len(c.karn.History(req)), req.Host.Layout(), ans.Evaluated,
 		float64(ans.ElapsedUS)/1000)
 	if len(ans.Candidates) == 0 {
-		return nil, head + ": no candidate (" + ans.Note + "), so the fixed template"
+		return nil, head + ": no candidate (" + ans.Note + "), so the fixed template", nil
 	}
 	ranked := fmt.Sprintf("ranked by predicted gain (%s)", ans.Predictor)
 	if ans.RankedBy == karn.RankedByPrior {
@@ -71,11 +73,16 @@ func (c *Controller) search(obs *Observation, layer int, fixed *blueprint.IR, us
 		if err := c.gov.Admit(used, cd.ParamCount, active); err != nil {
 			continue
 		}
+		var gain *float64
+		if ans.RankedBy == karn.RankedByPredictor && cd.PredictedGain != nil {
+			g := *cd.PredictedGain
+			gain = &g
+		}
 		return cd.Blueprint(), fmt.Sprintf("%s: %d candidates %s: %s; took candidate %d (%s)",
-			head, len(ans.Candidates), ranked, list, cd.Rank, cd.Origin)
+			head, len(ans.Candidates), ranked, list, cd.Rank, cd.Origin), gain
 	}
 	return nil, fmt.Sprintf("%s: %d candidates (%s), none admitted by the governor nor at least %d params, so the fixed template",
-		head, len(ans.Candidates), list, c.least[layer])
+		head, len(ans.Candidates), list, c.least[layer]), nil
 }
 
 // describeCandidates lists candidates as "1. lowrank {rank=8} 1040 params

@@ -38,6 +38,9 @@ func TestSearchGerminatesKarnCandidate(t *testing.T) {
 			if d.Op != tamiyo.Germinate || d.Blueprint == nil {
 				t.Fatalf("decision %+v", d)
 			}
+			if d.PredictedGain != nil { // the fixed template and an answer ranked by the prior predict nothing
+				t.Fatalf("predicted gain %v without a predictor: %s", *d.PredictedGain, d.Reason)
+			}
 			for _, s := range tc.wantIn {
 				if !strings.Contains(d.Reason, s) {
 					t.Fatalf("reason lacks %q: %s", s, d.Reason)

@@ -66,7 +66,6 @@ func TargetOf(o *urza.Outcome) (Target, error) {
 	}
 	var t Target
 	t.Gain, t.Measured = karn.MeasuredGain(o)
-	t.SizeFrac = float64(max(0, o.ParamCount)) / float64(*obs.HostParams)
 	var steps int64
 	var spanEpochs int
 	for _, sp := range o.States {
@@ -76,12 +75,29 @@ func TargetOf(o *urza.Outcome) (Target, error) {
 			spanEpochs += sp.Epochs
 		}
 	}
-	if obs.Step > 0 {
-		t.Epochs = float64(steps) * float64(obs.Epoch+1) / float64(obs.Step)
-	} else {
-		t.Epochs = float64(spanEpochs)
-	}
-	t.Cost = t.SizeFrac * t.Epochs
-	t.Y = t.Gain / math.Max(t.Cost, MinCost)
+	t.SizeFrac, t.Epochs, t.Cost = CostOf(o.ParamCount, *obs.HostParams, steps, spanEpochs, obs.Step, obs.Epoch)
+	t.Y = t.Gain / Charged(t.Cost)
 	return t, nil
 }
+
+// CostOf returns a seed's training compute in host-epochs (Target.Cost)
+// and its parts: sizeFrac = paramCount / hostParams, epochs = the seed's
+// running steps (TRAINING, BLENDING, HOLDING) over the run's steps per
+// epoch as seen when it was decided (step / (epoch + 1)), or spanEpochs
+// (the epochs of those states) when it was decided at step 0; cost =
+// sizeFrac x epochs. hostParams must be positive. TargetOf and the
+// session's impact analysis (a predicted value back in gain units) share
+// it.
+func CostOf(paramCount, hostParams, runningSteps int64, spanEpochs int, step int64, epoch int) (sizeFrac, epochs, cost float64) {
+	sizeFrac = float64(max(0, paramCount)) / float64(hostParams)
+	if step > 0 {
+		epochs = float64(runningSteps) * float64(epoch+1) / float64(step)
+	} else {
+		epochs = float64(spanEpochs)
+	}
+	return sizeFrac, epochs, sizeFrac * epochs
+}
+
+// Charged returns the compute a target divides its gain by: cost, floored
+// at MinCost. A predicted value times Charged(cost) is a predicted gain.
+func Charged(cost float64) float64 { return math.Max(cost, MinCost) }

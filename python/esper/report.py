@@ -170,7 +170,8 @@ class RunView:
             self.impacts.append({"step": ev.get("step"), "epoch": ev.get("epoch"), "where": _where(d),
                                  "generation": d.get("generation"), "outcome": d.get("outcome", ""),
                                  "predicted": d.get("predicted_gain"), "measured": d.get("measured_gain"),
-                                 "error": d.get("error"), "note": d.get("note") or ""})
+                                 "error": d.get("error"), "note": d.get("note") or "",
+                                 "predictor": d.get("predictor") or "", "unit": d.get("unit") or ""})
             self.impact_running = dict(d.get("running") or {})
         elif kind == "failure":
             self.failures += 1
@@ -296,14 +297,20 @@ def markdown(view: RunView, plots: Iterable[str] = (), last_decisions: int = 10)
         lines.append("")
     if view.impacts:
         lines += ["## Impact: predicted against measured gain", "",
-                  "| epoch | step | seed | generation | outcome | predicted | measured | error | note |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| epoch | step | seed | generation | outcome | predicted by | predicted | measured | error | note |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for im in view.impacts:
             lines.append(f"| {im['epoch']} | {im['step']} | {im['where'] or '-'} | {im['generation']} | "
-                         f"{im['outcome']} | {_num(im['predicted'])} | {_num(im['measured'])} | {_num(im['error'])} | "
-                         f"{_cell(im['note'])} |")
-        lines += ["", "Gains are validation-loss deltas (without the seed minus with it); error is measured minus "
-                  "predicted. The running error is Go's (core/nissa), as the metrics report it.", ""]
+                         f"{im['outcome']} | {im['predictor'] or '-'} | {_num(im['predicted'])} | "
+                         f"{_num(im['measured'])} | {_num(im['error'])} | {_cell(im['note'])} |")
+        if any(im["unit"] for im in view.impacts):
+            lines += ["", "Gains are relative (Go's unit, relative_gain): the share of the validation loss without "
+                      "the seed that it removed; Karn predicts one, the value model's gain per host-epoch is "
+                      "multiplied by the compute the seed cost (docs/metrics.md). Error is measured minus predicted. "
+                      "The running error is Go's (core/nissa), as the metrics report it.", ""]
+        else:  # a log written before the impact records named their unit
+            lines += ["", "Gains are validation-loss deltas (without the seed minus with it); error is measured minus "
+                      "predicted. The running error is Go's (core/nissa), as the metrics report it.", ""]
     plots = list(plots)
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
@@ -316,7 +323,8 @@ def _impact_line(view: RunView) -> str:
     if not view.impacts:
         return "no adaptation ended"
     mae = r.get("mean_abs_error")
-    err = f"mean |error| {_num(mae)} over {r.get('compared', 0)} compared" if mae is not None else \
+    unit = " (relative gains)" if any(im["unit"] == "relative_gain" for im in view.impacts) else ""
+    err = f"mean |error| {_num(mae)} over {r.get('compared', 0)} compared{unit}" if mae is not None else \
         "no running error (no adaptation had both a prediction and a measurement)"
     return (f"{r.get('ended', len(view.impacts))} ended, {r.get('predicted', 0)} with a prediction, "
             f"{r.get('measured', 0)} measured; {err}")
