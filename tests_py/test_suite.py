@@ -201,3 +201,25 @@ def test_suite_command_refuses_bad_arguments(capsys: pytest.CaptureFixture[str],
     with pytest.raises(ValueError, match="'train', 'held-out' or 'all'"):
         main(which="test", out_dir=str(out))
     assert not out.exists()
+
+
+def test_cancer_control_refuses_settings_that_grow_twice_on_a_solved_task(tmp_path: Path) -> None:
+    """The training families' breast_cancer control is what the settings search needed: at the second
+    search's winner (docs/suite.md) it germinates twice on a task a 16-16 MLP already solves, where the
+    defaults (the control arm) germinate once."""
+    from esper.suite.run import Arm, run_arm
+
+    winner = (("threshold", 0.03), ("train_steps", 25), ("blend_steps", 50), ("cooldown_epochs", 1),
+              ("min_gain", 0.003))
+    found = {}
+    for name, settings in (("defaults", ()), ("winner", winner)):
+        counts = []
+        for seed in (2, 3):
+            arm = Arm("cancer_control", 1, seed, "control@30", False, "train", str(tmp_path / f"{name}{seed}.json"),
+                      str(tmp_path / "urza"), settings)
+            ((_, run),) = run_arm(arm)
+            assert run.test_acc >= 90.0, (name, seed, run.test_acc)  # solved: nothing for growth to fix
+            counts.append(run.germinations)
+        found[name] = counts
+    assert max(found["defaults"]) <= 1, found
+    assert max(found["winner"]) >= 2, found

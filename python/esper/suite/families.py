@@ -214,6 +214,20 @@ def _easy_blobs(rng: np.random.Generator, quick: bool) -> tuple[np.ndarray, np.n
     return x.astype(np.float32), y.astype(np.int64), p
 
 
+def _cancer_control(rng: np.random.Generator, quick: bool) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """scikit-learn's breast_cancer (569 samples, 2 classes), a random 10-30 of its 30 features."""
+    from sklearn.datasets import load_breast_cancer
+
+    d = load_breast_cancer()
+    features = int(rng.integers(10, 31))
+    cols = np.sort(rng.choice(d.data.shape[1], size=features, replace=False))
+    x, y = d.data[:, cols], d.target
+    if quick:
+        pick = rng.choice(len(x), size=240, replace=False)
+        x, y = x[pick], y[pick]
+    return x.astype(np.float32), y.astype(np.int64), {"n_features": features, "n_samples": len(x)}
+
+
 # Held-out makers: never read by a reader marked "train".
 
 
@@ -318,6 +332,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            sweep=_CNN_SWEEP, epochs=40),
     Family("easy_blobs", TRAIN, "negative control: two well-separated blobs", _easy_blobs, start_width=32,
            sweep=(32,), control=True),
+    Family("cancer_control", TRAIN, "negative control: breast_cancer on a random 10-30 of its 30 features; a "
+           "2-hidden-layer MLP (16), every Linear a host", _cancer_control, targets="linear", depth=2,
+           start_width=16, sweep=(16,), control=True),
     # Held-out families: judged on, never fitted on.
     Family("rings", HELD_OUT, "concentric rings in 2-D: 2-4 classes, radial noise; a 2-hidden-layer MLP, every "
            "Linear a host", _rings, targets="linear", depth=2, start_width=16),
