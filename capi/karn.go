@@ -149,26 +149,5 @@ func esper_karn_predictor_fit(root, outDir *C.char, out **C.char) C.int {
 
 //export esper_karn_publish
 func esper_karn_publish(h C.uint64_t, name, predictorDir *C.char, out **C.char) C.int {
-	return call(uint64(h), func() error {
-		if out == nil {
-			return errNull("out_json")
-		}
-		s, err := lookup[*urza.Store](uint64(h))
-		if err != nil {
-			return err
-		}
-		n, err := goString(name, "name")
-		if err != nil {
-			return err
-		}
-		dir, err := goString(predictorDir, "predictor_dir")
-		if err != nil {
-			return err
-		}
-		v, err := karn.PublishPredictor(s, n, dir)
-		if err != nil {
-			return err
-		}
-		return setJSON(out, v)
-	})
+	return publishModel(h, name, predictorDir, "predictor_dir", out, karn.PublishPredictor)
 }

@@ -94,6 +94,15 @@ func esper_value_features(out **C.char) C.int {
 
 //export esper_value_publish
 func esper_value_publish(h C.uint64_t, name, modelDir *C.char, out **C.char) C.int {
+	return publishModel(h, name, modelDir, "model_dir", out, value.Publish)
+}
+
+// publishModel translates an export that checks a model folder and
+// publishes it to the Urza store h as a version of name (publish decides
+// what a valid folder of its kind is); dirArg names the folder argument in
+// errors.
+func publishModel(h C.uint64_t, name, dir *C.char, dirArg string, out **C.char,
+	publish func(*urza.Store, string, string) (urza.ModelVersion, error)) C.int {
 	return call(uint64(h), func() error {
 		if out == nil {
 			return errNull("out_json")
@@ -106,11 +115,11 @@ func esper_value_publish(h C.uint64_t, name, modelDir *C.char, out **C.char) C.i
 		if err != nil {
 			return err
 		}
-		dir, err := goString(modelDir, "model_dir")
+		d, err := goString(dir, dirArg)
 		if err != nil {
 			return err
 		}
-		v, err := value.Publish(s, n, dir)
+		v, err := publish(s, n, d)
 		if err != nil {
 			return err
 		}
