@@ -2,8 +2,6 @@ package onnxrt
 
 import (
 	"fmt"
-	"os"
-	"sync"
 
 	ort "github.com/yalue/onnxruntime_go"
 )
@@ -25,14 +23,10 @@ type Options struct {
 
 // Model is one ONNX model opened for inference: one float32 input [batch, n]
 // (batch may be dynamic) and one or more float32 outputs [batch, k] or
-// [batch].
+// [batch]. It is a TensorModel whose signature was checked to have that
+// shape, run on rows of features.
 type Model struct {
-	// mu is held shared by Run and exclusively by Close, so closing waits
-	// for the runs in flight and no run sees a destroyed session.
-	mu       sync.RWMutex
-	path     string
-	sess     *ort.DynamicAdvancedSession
-	input    string
+	tm       *TensorModel
 	features int
 	outputs  []Output
 }
@@ -42,13 +36,9 @@ type Model struct {
 // fixed, and float32 outputs of rank 1 or 2 whose first dimension is the
 // batch.
 func (r *Runtime) Open(path string, opts Options) (*Model, error) {
-	data, err := os.ReadFile(path)
+	data, ins, outs, err := readModel(path)
 	if err != nil {
-		return nil, fmt.Errorf("onnxrt: open model: %w", err)
-	}
-	ins, outs, err := ort.GetInputOutputInfoWithONNXData(data)
-	if err != nil {
-		return nil, fmt.Errorf("onnxrt: open model %s: %w", path, err)
+		return nil, err
 	}
 	if len(ins) != 1 {
 		return nil, fmt.Errorf("onnxrt: model %s has %d inputs; one float32 [batch, n] input is supported", path, len(ins))
@@ -57,9 +47,8 @@ func (r *Runtime) Open(path string, opts Options) (*Model, error) {
 	if in.OrtValueType != ort.ONNXTypeTensor || in.DataType != ort.TensorElementDataTypeFloat || len(in.Dimensions) != 2 || in.Dimensions[1] <= 0 {
 		return nil, fmt.Errorf("onnxrt: model %s: input %s; a float32 [batch, n] tensor with a fixed n is supported", path, in.String())
 	}
-	m := &Model{path: path, input: in.Name, features: int(in.Dimensions[1])}
-	names := make([]string, len(outs))
-	for i, o := range outs {
+	m := &Model{features: int(in.Dimensions[1])}
+	for _, o := range outs {
 		if o.OrtValueType != ort.ONNXTypeTensor || o.DataType != ort.TensorElementDataTypeFloat || len(o.Dimensions) < 1 || len(o.Dimensions) > 2 {
 			return nil, fmt.Errorf("onnxrt: model %s: output %s; float32 [batch] or [batch, k] tensors are supported", path, o.String())
 		}
@@ -69,32 +58,15 @@ func (r *Runtime) Open(path string, opts Options) (*Model, error) {
 			width = int(o.Dimensions[1])
 		}
 		m.outputs = append(m.outputs, Output{Name: o.Name, Width: width})
-		names[i] = o.Name
 	}
-	so, err := ort.NewSessionOptions()
-	if err != nil {
-		return nil, fmt.Errorf("onnxrt: session options: %w", err)
-	}
-	defer so.Destroy()
-	threads := opts.Threads
-	if threads <= 0 {
-		threads = 1
-	}
-	if err := so.SetIntraOpNumThreads(threads); err != nil {
-		return nil, fmt.Errorf("onnxrt: session options: intra-op threads: %w", err)
-	}
-	if err := so.SetInterOpNumThreads(1); err != nil {
-		return nil, fmt.Errorf("onnxrt: session options: inter-op threads: %w", err)
-	}
-	m.sess, err = ort.NewDynamicAdvancedSessionWithONNXData(data, []string{in.Name}, names, so)
-	if err != nil {
-		return nil, fmt.Errorf("onnxrt: open model %s: session: %w", path, err)
+	if m.tm, err = newTensorModel(path, data, ins, outs, opts); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
 
 // Path is the model file the session was created from.
-func (m *Model) Path() string { return m.path }
+func (m *Model) Path() string { return m.tm.path }
 
 // Features is n, the width of the model's input [batch, n].
 func (m *Model) Features() int { return m.features }
@@ -106,60 +78,26 @@ func (m *Model) Outputs() []Output { return append([]Output(nil), m.outputs...) 
 // values) and returns each output's values row-major ([rows*k] for an output
 // of width k), in the order of Outputs. x is not modified or kept.
 func (m *Model) Run(x []float32, rows int) ([][]float32, error) {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	if m.sess == nil {
-		return nil, fmt.Errorf("onnxrt: run %s: the model is closed", m.path)
-	}
 	if rows <= 0 {
-		return nil, fmt.Errorf("onnxrt: run %s: rows %d must be > 0", m.path, rows)
+		return nil, fmt.Errorf("onnxrt: run %s: rows %d must be > 0", m.tm.path, rows)
 	}
 	if len(x) != rows*m.features {
-		return nil, fmt.Errorf("onnxrt: run %s: %d values for %d rows of %d features (want %d)", m.path, len(x), rows, m.features, rows*m.features)
+		return nil, fmt.Errorf("onnxrt: run %s: %d values for %d rows of %d features (want %d)", m.tm.path, len(x), rows, m.features, rows*m.features)
 	}
-	in, err := ort.NewTensor(ort.NewShape(int64(rows), int64(m.features)), x)
+	outs, err := m.tm.Run([]Tensor{{Name: m.tm.inputs[0], Shape: []int64{int64(rows), int64(m.features)}, F32: x}})
 	if err != nil {
-		return nil, fmt.Errorf("onnxrt: run %s: input tensor: %w", m.path, err)
-	}
-	defer in.Destroy()
-	outs := make([]ort.Value, len(m.outputs))
-	defer func() {
-		for _, o := range outs {
-			if o != nil {
-				o.Destroy()
-			}
-		}
-	}()
-	if err := m.sess.Run([]ort.Value{in}, outs); err != nil {
-		return nil, fmt.Errorf("onnxrt: run %s on %d rows: %w", m.path, rows, err)
+		return nil, err
 	}
 	res := make([][]float32, len(outs))
-	for i, o := range outs {
-		t, ok := o.(*ort.Tensor[float32])
-		if !ok {
-			return nil, fmt.Errorf("onnxrt: run %s: output %s is %T, not a float32 tensor", m.path, m.outputs[i].Name, o)
+	for i, t := range outs {
+		if len(t.Shape) == 0 || t.Shape[0] != int64(rows) {
+			return nil, fmt.Errorf("onnxrt: run %s: output %s has shape %v for %d rows", m.tm.path, t.Name, t.Shape, rows)
 		}
-		shape := t.GetShape()
-		if len(shape) == 0 || shape[0] != int64(rows) {
-			return nil, fmt.Errorf("onnxrt: run %s: output %s has shape %v for %d rows", m.path, m.outputs[i].Name, shape, rows)
-		}
-		res[i] = append([]float32(nil), t.GetData()...)
+		res[i] = t.F32
 	}
 	return res, nil
 }
 
 // Close releases the session. Safe to call more than once; Run after Close
 // returns an error; Close waits for the runs in flight.
-func (m *Model) Close() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.sess == nil {
-		return nil
-	}
-	err := m.sess.Destroy()
-	m.sess = nil
-	if err != nil {
-		return fmt.Errorf("onnxrt: close %s: %w", m.path, err)
-	}
-	return nil
-}
+func (m *Model) Close() error { return m.tm.Close() }

@@ -31,14 +31,29 @@ type TensorModel struct {
 // OpenTensors reads the ONNX model at path and creates its session. The
 // inputs of Run must be given in the order Inputs lists.
 func (r *Runtime) OpenTensors(path string, opts Options) (*TensorModel, error) {
+	data, ins, outs, err := readModel(path)
+	if err != nil {
+		return nil, err
+	}
+	return newTensorModel(path, data, ins, outs, opts)
+}
+
+// readModel reads the ONNX model at path and its inputs' and outputs' signatures.
+func readModel(path string) ([]byte, []ort.InputOutputInfo, []ort.InputOutputInfo, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("onnxrt: open model: %w", err)
+		return nil, nil, nil, fmt.Errorf("onnxrt: open model: %w", err)
 	}
 	ins, outs, err := ort.GetInputOutputInfoWithONNXData(data)
 	if err != nil {
-		return nil, fmt.Errorf("onnxrt: open model %s: %w", path, err)
+		return nil, nil, nil, fmt.Errorf("onnxrt: open model %s: %w", path, err)
 	}
+	return data, ins, outs, nil
+}
+
+// newTensorModel creates the session of the model data (read from path, with
+// those signatures): float32 or int64 tensor inputs, float32 tensor outputs.
+func newTensorModel(path string, data []byte, ins, outs []ort.InputOutputInfo, opts Options) (*TensorModel, error) {
 	m := &TensorModel{path: path}
 	for _, in := range ins {
 		if in.OrtValueType != ort.ONNXTypeTensor || (in.DataType != ort.TensorElementDataTypeFloat && in.DataType != ort.TensorElementDataTypeInt64) {
