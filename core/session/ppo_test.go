@@ -2,6 +2,7 @@ package session_test
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -113,6 +114,21 @@ func TestPPOPolicyMovesThroughTheGates(t *testing.T) {
 	}
 	if st.Counters.Refused != 0 || st.Counters.Germinations != int64(moves[tamiyo.Germinate]) {
 		t.Fatalf("counters %+v for moves %v", st.Counters, moves)
+	}
+	// Resumed on another machine: the model is installed elsewhere and the
+	// saving machine's folder is gone; the restoring session's folder holds.
+	snap, err := s.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := filepath.Join(t.TempDir(), "installed")
+	if err := os.Rename(dir, moved); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Controller.PPOModel = moved
+	r := newSession(t, cfg)
+	if err := r.Restore(snap); err != nil {
+		t.Fatalf("restore with the model at its new folder: %v", err)
 	}
 }
 

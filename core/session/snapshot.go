@@ -127,6 +127,9 @@ func (s *Session) restore(data []byte, apply bool) error {
 	if kp := s.set.cfg.KarnPredictor; kp != "" {
 		snap.Config.KarnPredictor = kp // likewise
 	}
+	if pm := s.set.cfg.Controller.PPOModel; pm != "" {
+		snap.Config.Controller.PPOModel = pm // likewise
+	}
 	if snap.Rollouts == nil && snap.Rollout != nil {
 		snap.Rollouts = []RolloutState{*snap.Rollout}
 	}
