@@ -60,3 +60,19 @@ def test_defaults_keep_their_types() -> None:
     config = esper.MorphConfig()
     assert isinstance(config.loss_factor, float) and isinstance(config.threshold, float)
     assert isinstance(config.patience, int) and isinstance(config.template, str)
+
+
+def test_go_alone_refuses_a_predictor_without_the_search(tmp_path: Any) -> None:
+    """MorphConfig sends karn_predictor as given; Go's config check refuses it without karn_search
+    (Python keeps no copy of that rule, so it cannot drop the setting silently)."""
+    import pytest
+
+    from esper.errors import InvalidArgumentError
+
+    folder = str(tmp_path / "pred")
+    with pytest.raises(InvalidArgumentError, match="read by Karn's search only"):
+        Session(esper.MorphConfig(karn_predictor=folder).session_config(LAYERS, 1))
+    # Control: with the search on, the same setting passes that rule (and fails on the missing folder).
+    with pytest.raises(InvalidArgumentError) as err:
+        Session(esper.MorphConfig(karn_predictor=folder, karn_search=True).session_config(LAYERS, 1))
+    assert "read by Karn's search only" not in str(err.value)

@@ -423,7 +423,7 @@ class MorphConfig:
             node[path[-1]] = getattr(self, name)
         doc["controller"].update({"params": self.template_params, **self._value_settings()})
         doc.update({"log_path": self.log_path, "urza": self.urza if self.karn_search or self._rolling() else "",
-                    "karn_predictor": str(self.karn_predictor) if self.karn_search else "",
+                    "karn_predictor": str(self.karn_predictor),
                     "alerts": dict(self.alerts)})
         return doc
 
