@@ -274,7 +274,7 @@ func TestJudgeHeldSeeds(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newController(t, tamiyo.Config{}, linearHosts(1))
+			c := newController(t, tamiyo.Config{MinGain: floatp(0.01)}, linearHosts(1))
 			w := newWorld(1, 2)
 			w.run(t, c, 1) // epoch 0: val 1
 			*w.seed(0, 0) = tamiyo.SeedView{Layer: 0, Slot: 0, State: lifecycle.Holding, EpochsInState: tc.epochsIn,
@@ -363,14 +363,15 @@ func TestSaturationNeedsEvidence(t *testing.T) {
 		saturated     []bool
 		reason        string
 	}{
-		{"one near miss leaves the layer open", 0, []float64{0.005}, []bool{false}, "may grow again: 1 of 2"},
-		{"two near misses in a row saturate", 0, []float64{0.005, 0.004}, []bool{false, true}, "2 seed(s) in a row fell short"},
-		{"a seed that did not help saturates at once", 0, []float64{-0.1}, []bool{true}, "did not help at all"},
-		{"a seed of no effect saturates at once", 0, []float64{0}, []bool{true}, "did not help at all"},
-		{"a fossilized seed clears the misses", 0, []float64{0.005, 0.02, 0.005}, []bool{false, false, false}, "may grow again: 1 of 2"},
-		{"misses after a fossilized seed count again", 0, []float64{0.005, 0.02, 0.005, 0.001}, []bool{false, false, false, true}, "2 seed(s) in a row"},
+		{"one near miss leaves the layer open", 2, []float64{0.005}, []bool{false}, "may grow again: 1 of 2"},
+		{"two near misses in a row saturate", 2, []float64{0.005, 0.004}, []bool{false, true}, "2 seed(s) in a row fell short"},
+		{"a seed that did not help saturates at once", 2, []float64{-0.1}, []bool{true}, "did not help at all"},
+		{"a seed of no effect saturates at once", 2, []float64{0}, []bool{true}, "did not help at all"},
+		{"a fossilized seed clears the misses", 2, []float64{0.005, 0.02, 0.005}, []bool{false, false, false}, "may grow again: 1 of 2"},
+		{"misses after a fossilized seed count again", 2, []float64{0.005, 0.02, 0.005, 0.001}, []bool{false, false, false, true}, "2 seed(s) in a row"},
 		{"saturate_after 1: the first miss ends growth", 1, []float64{0.005}, []bool{true}, "1 seed(s) in a row fell short"},
 		{"saturate_after 3", 3, []float64{0.005, 0.005, 0.005}, []bool{false, false, true}, "3 seed(s) in a row"},
+		{"the default: 4 near misses in a row", 0, []float64{0.005, 0.005, 0.005, 0.005}, []bool{false, false, false, true}, "4 seed(s) in a row"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -431,13 +432,13 @@ func TestSaturationNeedsEvidence(t *testing.T) {
 }
 
 func TestRestoredMissesCount(t *testing.T) {
-	c := newController(t, tamiyo.Config{MinGain: floatp(0.01), Governor: tamiyo.GovernorConfig{CooldownEpochs: intp(0)}}, linearHosts(1))
+	c := newController(t, tamiyo.Config{MinGain: floatp(0.01), SaturateAfter: 2, Governor: tamiyo.GovernorConfig{CooldownEpochs: intp(0)}}, linearHosts(1))
 	st, err := c.State()
 	if err != nil {
 		t.Fatal(err)
 	}
 	st.Misses = []int{1}
-	fresh := newController(t, tamiyo.Config{MinGain: floatp(0.01)}, linearHosts(1))
+	fresh := newController(t, tamiyo.Config{MinGain: floatp(0.01), SaturateAfter: 2}, linearHosts(1))
 	if err := fresh.SetState(st); err != nil {
 		t.Fatal(err)
 	}
