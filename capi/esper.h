@@ -470,16 +470,16 @@ int esper_cache_stats(uint64_t handle, char **out_json);
  *                host above,
  *                "spatial": [L] | [H, W] (optional), "params" [0]: the
  *                host layer's own parameter count}],   1..4096 layers
- *    "slots_per_layer" [1] (1..64), "train_steps" [25]: TRAINING length,
+ *    "slots_per_layer" [1] (1..64), "train_steps" [100]: TRAINING length,
  *    "blend_steps" [100]: BLENDING tempo, "schedule" ["linear"]|"cosine",
  *    "embargo_steps" [100] (0 allowed),
  *    "policy" ["heuristic"]|"random"|"manual" ("none"),
- *    "controller": {"patience" [3] epochs, "threshold" [0.03] relative
+ *    "controller": {"patience" [3] epochs, "threshold" [0.01] relative
  *        val-loss improvement, "prune_below" [0] contribution bar,
  *        "holding_epochs" [1], "template" ["residual_mlp"], "params" [{}]
  *        template params, "seed" [0] for the random policy},
  *    "governor": {"max_params" [0 = no limit] params of live + fossilized
- *        seeds, "max_concurrent" [1] seeds in flight, "cooldown_epochs" [1]
+ *        seeds, "max_concurrent" [1] seeds in flight, "cooldown_epochs" [2]
  *        (0 allowed), "loss_window" [20], "loss_factor" [3], "loss_min_delta" [0.05],
  *        "min_loss_samples" [5]},
  *    "breaker": {"failures" [3]: consecutive failing steps that prune a seed},

@@ -14,12 +14,10 @@ import (
 	"github.com/esper-morph/esper/policy/tamiyo"
 )
 
-// Defaults and limits of Config. TrainSteps was chosen with the controller's
-// settings by the settings search on the task suite's training families
-// (`esper tune`, docs/suite.md, docs/results/tune-ece4cec.json, candidate c9).
+// Defaults and limits of Config.
 const (
 	DefaultSlotsPerLayer = 1
-	DefaultTrainSteps    = 25
+	DefaultTrainSteps    = 100
 	DefaultBlendSteps    = 100
 	DefaultEmbargoSteps  = 100
 	DefaultPolicy        = "heuristic"
@@ -90,7 +88,7 @@ type Config struct {
 	// in [1, 64]; layers x slots at most 65536.
 	SlotsPerLayer int `json:"slots_per_layer,omitempty"`
 	// TrainSteps is how many optimizer steps a seed trains in isolation
-	// before it blends (TRAINING -> BLENDING). Default 25, >= 1.
+	// before it blends (TRAINING -> BLENDING). Default 100, >= 1.
 	TrainSteps int64 `json:"train_steps,omitempty"`
 	// BlendSteps is the blending tempo: alpha rises from 0 to 1 over this
 	// many steps, then BLENDING -> HOLDING. Default 100, >= 1.
@@ -105,11 +103,11 @@ type Config struct {
 	// ("none"), or "learned" (the value model in controller.value_model).
 	Policy string `json:"policy,omitempty"`
 	// Controller holds the policy's settings (see tamiyo.Config): patience
-	// (3), threshold (0.03), prune_below (0), min_gain (0.03), saturate_after (4), holding_epochs (1), template
+	// (3), threshold (0.01), prune_below (0), min_gain (0.01), saturate_after (2), holding_epochs (1), template
 	// ("residual_mlp"), params ({}), seed (0).
 	Controller tamiyo.Config `json:"controller"`
 	// Governor holds the safety limits (see tamiyo.GovernorConfig):
-	// max_params (0 = no limit), max_concurrent (1), cooldown_epochs (1),
+	// max_params (0 = no limit), max_concurrent (1), cooldown_epochs (2),
 	// loss_window (20), loss_factor (3), loss_min_delta (0.05), min_loss_samples (5).
 	Governor tamiyo.GovernorConfig `json:"governor"`
 	// Breaker configures the per-seed circuit breakers.

@@ -22,11 +22,11 @@ func TestConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if full.SlotsPerLayer != 1 || full.TrainSteps != 25 || full.BlendSteps != 100 || *full.EmbargoSteps != 100 ||
+	if full.SlotsPerLayer != 1 || full.TrainSteps != 100 || full.BlendSteps != 100 || *full.EmbargoSteps != 100 ||
 		full.Schedule != "linear" || full.Policy != "heuristic" || full.Breaker.Failures != 3 || !*full.AutoAdvance ||
 		full.Signals.Window != 64 || full.Signals.EWMA != 0.1 || full.GrowthLogMax != 10000 || full.Layers[1].Stride != 1 ||
 		full.Controller.Patience != 3 || full.Controller.Template != "residual_mlp" || full.Governor.MaxConcurrent != 1 ||
-		*full.Governor.CooldownEpochs != 1 {
+		*full.Governor.CooldownEpochs != 2 {
 		t.Fatalf("defaults: %s", mustJSON(t, full))
 	}
 	again, err := session.ParseConfig([]byte(mustJSON(t, full)))

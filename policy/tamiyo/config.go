@@ -80,20 +80,16 @@ func (k *Kind) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// Defaults of Config and GovernorConfig. Threshold, MinGain, SaturateAfter
-// and CooldownEpochs (with the session's TrainSteps) were chosen by the
-// settings search on the task suite's training families, negative controls
-// included (`esper tune`, docs/suite.md, docs/results/tune-ece4cec.json,
-// candidate c9); MorphConfig reads them through esper_session_defaults.
+// Defaults of Config and GovernorConfig.
 const (
 	DefaultPatience       = 3
-	DefaultThreshold      = 0.03
+	DefaultThreshold      = 0.01
 	DefaultHoldingEpochs  = 1
-	DefaultMinGain        = 0.03
-	DefaultSaturateAfter  = 4
+	DefaultMinGain        = 0.01
+	DefaultSaturateAfter  = 2
 	DefaultTemplate       = "residual_mlp"
 	DefaultMaxConcurrent  = 1
-	DefaultCooldownEpochs = 1
+	DefaultCooldownEpochs = 2
 	DefaultLossWindow     = 20
 	// DefaultValueThreshold is Config.ValueThreshold's default.
 	DefaultValueThreshold = 0.01
@@ -121,7 +117,7 @@ type Config struct {
 	// Threshold (relative). Default 3, in [1, 1000].
 	Patience int `json:"patience,omitempty"`
 	// Threshold is the relative improvement of the validation loss below
-	// which the run has plateaued. Default 0.03 (3%), in (0, 1].
+	// which the run has plateaued. Default 0.01 (1%), in (0, 1].
 	Threshold float64 `json:"threshold,omitempty"`
 	// PruneBelow is the bar a held seed's contribution (delta_loss: the
 	// validation loss without the seed minus with it; positive helps) must
@@ -132,7 +128,7 @@ type Config struct {
 	// seed below it is pruned and counts as a miss of its layer; a layer is
 	// saturated (Tamiyo grows there no more) on the evidence that seeds
 	// there no longer pay: see SaturateAfter. Growth stops when every layer
-	// is saturated. 0 disables the relative bar. Default 0.03 (3%), in
+	// is saturated. 0 disables the relative bar. Default 0.01 (1%), in
 	// [0, 1].
 	MinGain *float64 `json:"min_gain,omitempty"`
 	// SaturateAfter is how many seeds in a row must fall short on a layer
@@ -142,7 +138,7 @@ type Config struct {
 	// full: the layer may grow again. A seed that did not help at all
 	// (contribution <= 0: the validation loss is no worse without it)
 	// saturates its layer at once: the gain it predicts for another seed
-	// there is none, below any cost. Default 4, in [1, MaxSaturateAfter];
+	// there is none, below any cost. Default 2, in [1, MaxSaturateAfter];
 	// 1 saturates a layer at its first miss.
 	SaturateAfter int `json:"saturate_after,omitempty"`
 	// HoldingEpochs is how many end-of-epoch calls a seed may stay in
@@ -216,7 +212,7 @@ type GovernorConfig struct {
 	// BLENDING, HOLDING). Default 1, >= 1.
 	MaxConcurrent int `json:"max_concurrent,omitempty"`
 	// CooldownEpochs is how many epochs a layer rests after a germination
-	// before the policy may germinate there again. Default 1; an explicit
+	// before the policy may germinate there again. Default 2; an explicit
 	// 0 means no cooldown.
 	CooldownEpochs *int `json:"cooldown_epochs,omitempty"`
 	// LossWindow is the number of recent finite training losses whose mean

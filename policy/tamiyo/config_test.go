@@ -43,9 +43,9 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := c.Governor
-	if c.Patience != 3 || c.Threshold != 0.03 || c.HoldingEpochs != 1 || c.Template != "residual_mlp" ||
-		c.Params["width"] != int64(32) || g.MaxConcurrent != 1 || *g.CooldownEpochs != 1 || g.LossWindow != 20 ||
-		g.LossFactor != 3 || g.MinLossSamples != 5 || g.MaxParams != 0 || c.SaturateAfter != 4 || *c.MinGain != 0.03 {
+	if c.Patience != 3 || c.Threshold != 0.01 || c.HoldingEpochs != 1 || c.Template != "residual_mlp" ||
+		c.Params["width"] != int64(32) || g.MaxConcurrent != 1 || *g.CooldownEpochs != 2 || g.LossWindow != 20 ||
+		g.LossFactor != 3 || g.MinLossSamples != 5 || g.MaxParams != 0 || c.SaturateAfter != 2 {
 		t.Fatalf("defaults %+v %+v", c, g)
 	}
 	zero, err := tamiyo.GovernorConfig{CooldownEpochs: intp(0)}.WithDefaults()

@@ -371,7 +371,7 @@ func TestSaturationNeedsEvidence(t *testing.T) {
 		{"misses after a fossilized seed count again", 2, []float64{0.005, 0.02, 0.005, 0.001}, []bool{false, false, false, true}, "2 seed(s) in a row"},
 		{"saturate_after 1: the first miss ends growth", 1, []float64{0.005}, []bool{true}, "1 seed(s) in a row fell short"},
 		{"saturate_after 3", 3, []float64{0.005, 0.005, 0.005}, []bool{false, false, true}, "3 seed(s) in a row"},
-		{"the default: 4 near misses in a row", 0, []float64{0.005, 0.005, 0.005, 0.005}, []bool{false, false, false, true}, "4 seed(s) in a row"},
+		{"saturate_after 4", 4, []float64{0.005, 0.005, 0.005, 0.005}, []bool{false, false, false, true}, "4 seed(s) in a row"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import karn
 from ..errors import BudgetError
 from ..tolaria import MorphConfig, Morphogenesis
 from ..wrap import wrap
@@ -78,26 +77,43 @@ class Setup:
     source: Callable[[], tuple[Any, Any]] | None = None
 
 
-#: The grown runs' budget (loose: every layer gets seeds; budgets are not sizes, growth stops when
-#: seeds stop paying). Every other setting is ``MorphConfig()``'s, chosen by the settings search on the
-#: task suite's training families (docs/suite.md), with no per-task setting.
-LOOSE_BUDGET = 20_000
+def _morph(**kw: Any) -> MorphConfig:
+    base = dict(
+        train_steps=30,
+        blend_steps=30,
+        embargo_steps=30,
+        signal_every=5,
+        patience=2,
+        threshold=0.1,
+        holding_epochs=1,
+        cooldown_epochs=1,
+        max_concurrent=1,
+        template="residual_mlp",
+        template_params={"width": 16},
+        min_gain=0.005,
+    )
+    base.update(kw)
+    return MorphConfig(**base)
 
-#: The demo's tasks, grown at the library's defaults for 60-epoch runs, told the run's length.
+
+#: The demo's tasks. Growth tasks use "fast growth" settings for 60-epoch runs (a 10% plateau
+#: threshold over 2 epochs, short lifecycle phases); budgets are not sizes: growth stops when
+#: seeds stop paying (min_gain).
 SETUPS: dict[str, Setup] = {
-    # A digits seed (residual_mlp, width 32 by default, beside the 64-8-10 MLP) has 2410 parameters;
-    # at 1300 a seed halves to width 16 (1210).
+    # A digits seed (residual_mlp width 16 beside the 64-8-10 MLP) has 1210 parameters.
     "digits": Setup("digits", depth=1, start_width=8, sweep=[8, 16, 32, 64, 128], targets="block",
-                    morph=MorphConfig(max_params=LOOSE_BUDGET), tight_budgets=(1300, 2500)),
+                    morph=_morph(max_params=20_000), tight_budgets=(1300, 2500)),
     # Spirals seeds (width 32) have 624, 1072 and 643 parameters at the 2-16, 16-16 and 16-3 layers.
     "spirals": Setup("spirals", depth=2, start_width=16, sweep=[8, 16, 32, 64, 128], targets="linear",
-                     morph=MorphConfig(max_params=LOOSE_BUDGET), tight_budgets=(700, 1100, 1700)),
+                     morph=_morph(max_params=20_000, template_params={"width": 32}),
+                     tight_budgets=(700, 1100, 1700)),
     # Not in the default demo (`esper demo --tasks classification`): make_classification (20 features, 4 classes),
-    # grown like digits; a seed (width 32) has 804 parameters.
+    # grown like digits; a seed has 404 parameters.
     "classification": Setup("classification", depth=1, start_width=8, sweep=[8, 16, 32, 64, 128], targets="block",
-                            morph=MorphConfig(max_params=LOOSE_BUDGET)),
+                            morph=_morph(max_params=20_000)),
     # Negative controls run the controller at the library's defaults (what a user gets), without the
-    # horizon: the controls test the plateau judgement, not the horizon rule.
+    # horizon: at 6-10 steps per epoch the default 200-step lifecycle would forbid growth in 30 epochs on
+    # its own, and the controls test the plateau judgement.
     "moons": Setup("moons", depth=1, start_width=32, sweep=[32], targets="block", epochs=30,
                    morph=MorphConfig(), horizon=False),
     "breast_cancer": Setup("breast_cancer", depth=1, start_width=32, sweep=[32], targets="block", epochs=30,
@@ -356,18 +372,10 @@ def hand_run(task: Task, setup: Setup, seed: int, plan: list[int], kind: str = "
     return _grow(task, setup, seed, config, kind, on_epoch)
 
 
-def _template_defaults(name: str) -> dict[str, Any]:
-    """The template's parameters at their defaults (Go's template table)."""
-    for t in karn.templates():
-        if t["name"] == name:
-            return {p["name"]: p["default"] for p in t["params"]}
-    raise ValueError(f"unknown template {name!r}; see `esper blueprints`")
-
-
 def _germinate_within_budget(morph: Morphogenesis, layer: int, slot: int, setup: Setup) -> bool:
     """Germinate the configured blueprint, halving its size (width or rank) until the parameter budget
     takes it, as a person fitting a budget would; False when even size 1 does not fit."""
-    params = {**_template_defaults(setup.morph.template), **setup.morph.template_params}
+    params = dict(setup.morph.template_params)
     while True:
         try:
             morph.germinate(layer, slot, setup.morph.template, **params)
