@@ -175,6 +175,7 @@ func BenchmarkPPODecide(b *testing.B) {
 	if _, err := s.EndEpoch(metrics(epoch, 1)); err != nil { // the masks' table of seed sizes is filled once
 		b.Fatal(err)
 	}
+	b.ReportAllocs()
 	b.ResetTimer()
 	cpu := processCPU(b)
 	defer func() { b.ReportMetric(float64((processCPU(b)-cpu).Nanoseconds())/float64(b.N), "cpu-ns/op") }()
