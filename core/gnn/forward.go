@@ -81,6 +81,10 @@ type State struct {
 	// neighbour means (each Hidden x Nodes); deg the in-degrees; mu and inv
 	// the layer norm's per-node mean and inverse deviation.
 	xt, h, a, m, agg, deg, mu, inv []float64
+	// cols lists the input features left in xt (the others are 0 at every
+	// node) and wc holds the embedding's first layer's columns for them.
+	cols []int
+	wc   []float64
 	// glob is the global embedding, shared the message's global share,
 	// tmp an MLP's hidden activation on one vector, summary the mean and
 	// max of h and glob (3 x Hidden).
@@ -132,7 +136,8 @@ func (n *Net) RunInto(s *State, in *Input) error {
 		}
 	}
 	s.a, s.h = grow(s.a, hid*nodes), grow(s.h, hid*nodes)
-	n.embed.runT(s.h, s.a, s.xt, nodes)
+	embed := s.liveFeatures(&n.embed, nf)
+	embed.runT(s.h, s.a, s.xt, nodes)
 	s.tmp, s.glob = grow(s.tmp, hid), grow(s.glob, hid)
 	n.glob.vec(s.glob, s.tmp, in.Global)
 	s.deg = grow(s.deg, nodes)
@@ -158,6 +163,49 @@ func (n *Net) RunInto(s *State, in *Input) error {
 	}
 	copy(s.summary[2*hid:], s.glob)
 	return nil
+}
+
+// liveFeatures drops from s.xt the features that are 0 at every node (a
+// graph's one-hot columns are mostly so: host kinds and seed states it does
+// not hold) and returns the embedding MLP with its first layer's columns
+// for the features left (in s.wc). A dropped feature's terms are exact
+// zeros, so the products are those of the whole input.
+func (s *State) liveFeatures(embed *mlp, nf int) mlp {
+	nodes, hid := s.in.Nodes, s.n.cfg.Hidden
+	live := 0
+	for f := range nf {
+		row := s.xt[f*nodes : (f+1)*nodes]
+		if !allZero(row) {
+			if live != f {
+				copy(s.xt[live*nodes:(live+1)*nodes], row)
+			}
+			s.cols = append(s.cols[:live], f)
+			live++
+		}
+	}
+	if live == nf {
+		return *embed
+	}
+	s.wc = grow(s.wc, hid*live)
+	for o := range hid {
+		w := embed.l1.w[o*nf : (o+1)*nf]
+		for k, f := range s.cols[:live] {
+			s.wc[o*live+k] = w[f]
+		}
+	}
+	m := *embed
+	m.l1 = dense{in: live, out: hid, w: s.wc, b: embed.l1.b}
+	return m
+}
+
+// allZero reports whether every element of x is 0.
+func allZero(x []float64) bool {
+	for _, v := range x {
+		if v != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // messageRound adds to every node the message MLP of [itself, the mean of
@@ -256,9 +304,17 @@ func (s *State) TargetLogits() []float64 {
 	// the seed nodes' (every node: a target's seed may be any of them).
 	s.tLayer, s.tSeed = grow(s.tLayer, hid*layers), grow(s.tSeed, hid*nodes)
 	clear(s.tLayer)
-	clear(s.tSeed)
 	l1.gemm(s.tLayer, layers, s.h, nodes, layers, 0, hid)
-	l1.gemm(s.tSeed, nodes, s.h, nodes, nodes, hid, hid)
+	first := nodes // the seed nodes' shares, from the first seed node on
+	for _, sd := range s.in.TargetSeed {
+		if sd >= 0 {
+			first = min(first, sd)
+		}
+	}
+	if first < nodes {
+		clear(s.tSeed)
+		l1.gemm(s.tSeed[first:], nodes, s.h[first:], nodes, nodes-first, hid, hid)
+	}
 	t := len(s.in.TargetLayer)
 	s.tAct = grow(s.tAct, hid*t)
 	for j := range hid {
@@ -404,7 +460,9 @@ func serialCols(out int) int {
 // column chunks gonum runs serially.
 func (d *dense) gemm(out []float64, ldo int, x []float64, ldx, cols, from, width int) {
 	impl := gonum.Implementation{}
-	chunk := serialCols(d.out)
+	most := serialCols(d.out)
+	chunks := max(1, (cols+most-1)/most)
+	chunk := (cols + chunks - 1) / chunks // equal chunks (200 columns: 100 and 100, not 192 and 8)
 	for c := 0; c < cols; c += chunk {
 		n := min(chunk, cols-c)
 		impl.Dgemm(blas.NoTrans, blas.NoTrans, d.out, n, width, 1, d.w[from:], d.in, x[c:], ldx, 1, out[c:], ldo)

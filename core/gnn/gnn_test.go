@@ -206,6 +206,7 @@ func TestForwardMatchesReference(t *testing.T) {
 		{"chain with seeds", 3, 2, 3, 2},
 		{"no message passing", 4, 2, 2, 0},
 		{"forty layers", 40, 2, 5, 3},
+		{"features 0 at every node", 6, 2, 2, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testCfg
@@ -215,6 +216,11 @@ func TestForwardMatchesReference(t *testing.T) {
 				t.Fatalf("FromFile: %v", err)
 			}
 			in := graph(cfg, tc.layers, tc.slots, tc.seedEach, rand.New(rand.NewPCG(1, 2)))
+			if tc.name == "features 0 at every node" { // the embedding drops them (one-hots a graph does not use)
+				for i := range in.Nodes {
+					in.X[i*in.Features+1], in.X[i*in.Features+4] = 0, 0
+				}
+			}
 			st, err := n.Run(in)
 			if err != nil {
 				t.Fatalf("Run: %v", err)
@@ -407,7 +413,8 @@ func TestWarmForwardDoesNotAllocate(t *testing.T) {
 }
 
 // TestRunIntoReusesAcrossSizes: a State run on a larger graph, then a
-// smaller, then the larger again gives Run's outputs each time.
+// smaller one with a feature 0 everywhere, then the larger again gives
+// Run's outputs each time.
 func TestRunIntoReusesAcrossSizes(t *testing.T) {
 	n, _, err := load(t, testCfg, 3, nil)
 	if err != nil {
@@ -416,6 +423,11 @@ func TestRunIntoReusesAcrossSizes(t *testing.T) {
 	var st gnn.State
 	for i, layers := range []int{12, 3, 12} {
 		in := graph(testCfg, layers, 2, 3, rand.New(rand.NewPCG(uint64(i), 9)))
+		if i == 1 { // a feature 0 at every node: the embedding's columns change, then come back
+			for j := range in.Nodes {
+				in.X[j*in.Features+2] = 0
+			}
+		}
 		if err := n.RunInto(&st, in); err != nil {
 			t.Fatal(err)
 		}

@@ -102,11 +102,7 @@ func (s *Session) fillGraphLocked(g *Graph, buf *graphBuffers, share bool) error
 			n.In, n.Out = h.Dim, h.Dim
 		}
 		for sig := nissa.Signal(0); sig < nissa.NumSignals; sig++ {
-			sum, _ := s.stats.Layer(l, sig)
-			v := math.NaN()
-			if sum.N > 0 {
-				v = sum.Mean
-			}
+			v, _ := s.stats.LayerMean(l, sig) // NaN when not measured
 			n.Signals[sig.String()] = nissa.Num(v)
 		}
 		g.Nodes = append(g.Nodes, n)

@@ -208,3 +208,40 @@ func TestLoadErrors(t *testing.T) {
 		t.Fatalf("Decide on another library's templates = %v, want ErrGraph", err)
 	}
 }
+
+// TestDeciderReusesItsBuffers: a Decider decides as the Model does (a
+// germination, so every head is read), and once warm allocates nothing,
+// encoding the graph itself or reading the graph's encoding.
+func TestDeciderReusesItsBuffers(t *testing.T) {
+	for seed := range uint64(12) {
+		m := model(t, seed)
+		g := graphFor(m)
+		g.Masks.Op = []bool{false, true, false, false, false} // germinate only
+		want, err := m.Decide(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := m.NewDecider()
+		for range 2 {
+			if got, err := d.Decide(g); err != nil || got != want {
+				t.Fatalf("seed %d: Decider.Decide = %+v, %v; Model.Decide %+v", seed, got, err, want)
+			}
+		}
+		if n := testing.AllocsPerRun(10, func() { _, _ = d.Decide(g) }); n != 0 {
+			t.Fatalf("a warm Decider encoding the graph allocates %v times per decision, want 0", n)
+		}
+		enc, err := graphpolicy.Encode(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Encoded = enc
+		if n := testing.AllocsPerRun(10, func() { _, _ = d.Decide(g) }); n != 0 {
+			t.Fatalf("a warm Decider on the graph's encoding allocates %v times per decision, want 0", n)
+		}
+		if seed == 0 { // the control: a Model's Decide makes its buffers anew
+			if n := testing.AllocsPerRun(5, func() { _, _ = m.Decide(g) }); n < 5 {
+				t.Fatalf("Model.Decide allocates %v times: the count cannot see buffers made per decision", n)
+			}
+		}
+	}
+}

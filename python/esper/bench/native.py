@@ -37,6 +37,7 @@ GO_BENCHMARKS = {
     "LearnedDecide": "./policy/tamiyo",
     "PPODecide": "./core/session",
     "GraphForward": "./core/gnn",
+    "GraphForwardWarm": "./core/gnn",
     "Step8Layers": "./core/session",
     "EndEpoch": "./core/session",
     "EndEpochGerminateABI": "./core/session",
@@ -77,7 +78,7 @@ class GoBench:
 
     def row(self, section: str, name: str, bench: str, unit: str, target: Any, note: str) -> Row:
         """A row of one benchmark's ns/op converted to ``unit`` ("ns", "us" or "ms")."""
-        scale = {"ns": 1.0, "us": 1e-3, "ms": 1e-6, "bytes": 1.0}[unit]
+        scale = {"ns": 1.0, "us": 1e-3, "ms": 1e-6, "bytes": 1.0, "allocs": 1.0}[unit]
         runs = self.results.get(bench)
         if not runs:
             why = self.why_not or f"Benchmark{bench} did not report"
@@ -595,9 +596,18 @@ def ppo_rows(go: GoBench, rounds: int, quick: bool = False) -> list[Row]:
                "(200 nodes): the graph and its masks, Go's encoding, the native forward of a hidden-16 2-round "
                "network (the shipped model's size; random weights biased to wait) and the masked argmax; process "
                "CPU time"),
+        go.row("decision", "ppo decision, 200-node graph: allocations per end of epoch (in Go)",
+               "PPODecide:allocs/op", "allocs", None,
+               "the same benchmark's allocs/op: the decision reuses its graph, masks, encoding and network state "
+               "(TestPPODecisionAllocatesNothingPerNode bounds it at 40; the decision allocated 333 times, "
+               "460 KB, before the buffers were kept)"),
         go.row("decision", "ppo network forward, 200-node graph (in Go)", "GraphForward", "us", LEARNED,
-               "gnn.Net.Run and the op, target, template and size heads the decision reads (hidden 16, 2 rounds, "
+               "gnn.Net.Run on a new State and the value, op, target, template and size heads (hidden 16, 2 rounds, "
                "46 node features, 100 layers x 2 slots, 100 seeds); wall time"),
+        go.row("decision", "ppo network forward, 200-node graph, warm state (in Go, CPU time)",
+               "GraphForwardWarm:cpu-ns/op", "us", LEARNED,
+               "the same forward and heads with one gnn.State run again (Net.RunInto), as a session's decisions "
+               "run it; process CPU time"),
         samples_row("decision", f"ppo end_epoch -> {op}, {nodes}-node graph (Session.end_epoch)", "cpu",
                     [t * 1e6 for t in samples], "us", target=LEARNED, source="ABI", baseline=in_go,
                     baseline_name=_named(in_go, "the decision inside Go (Go benchmark)"),
