@@ -55,11 +55,12 @@ func (s *Session) ppoDecisionLocked() (tamiyo.Decision, bool) {
 	if err != nil {
 		return wait("no decision: %v", err)
 	}
-	reason := fmt.Sprintf("ppo: %s (the graph policy's most likely legal move; value estimate %.4g)", a, a.Value)
+	rt := p.dec.Model().Runtime()
+	reason := fmt.Sprintf("ppo: %s (the graph policy's most likely legal move, on %s; value estimate %.4g)", a, rt, a.Value)
 	d := tamiyo.Decision{Layer: a.Layer, Slot: a.Slot, Reason: reason}
 	switch a.Op {
 	case tamiyo.MoveWait:
-		return wait("wait (the graph policy's most likely legal move; value estimate %.4g)", a.Value)
+		return wait("wait (the graph policy's most likely legal move, on %s; value estimate %.4g)", rt, a.Value)
 	case tamiyo.MovePrune:
 		d.Op = tamiyo.Prune
 	case tamiyo.MoveFossilize:

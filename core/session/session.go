@@ -12,6 +12,7 @@ import (
 	"github.com/esper-morph/esper/blueprint"
 	"github.com/esper-morph/esper/blueprint/karn"
 	"github.com/esper-morph/esper/core/errcode"
+	"github.com/esper-morph/esper/core/infer"
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/core/oona"
@@ -191,7 +192,7 @@ func (s *Session) reset(set settings, rolls []RolloutState, prev []*rollout) err
 	}
 	var ppo *ppoPolicy
 	if ctlCfg.Kind == tamiyo.PPO {
-		model, err := graphpolicy.Load(ctlCfg.PPOModel)
+		model, err := graphpolicy.LoadOn(ctlCfg.PPOModel, infer.Options{Runtime: ctlCfg.PPORuntime})
 		if err != nil {
 			releaseRolls(opened, prev)
 			return fmt.Errorf("session: controller: ppo policy: %w", err)

@@ -48,6 +48,45 @@ type Decider struct {
 	model *Model
 	enc   Encoded
 	st    gnn.State
+	dense denseHeads // the ONNX runtime's outputs (Model.Runtime infer.ONNX)
+}
+
+// heads are the network's outputs a decision reads: gnn.State computes them
+// on demand (the native runtime); denseHeads reads them in ONNX Runtime's
+// outputs, computed for every layer, template and size at once.
+type heads interface {
+	Value() float64
+	OpLogits() []float64
+	TargetLogits() []float64
+	TemplateLogits(layer int) []float64
+	SizeLogits(layer, template int) []float64
+}
+
+// denseHeads reads the heads in a gnn.Dense of k templates and z sizes.
+type denseHeads struct {
+	d    gnn.Dense
+	k, z int
+}
+
+// Value is the value head's estimate.
+func (h *denseHeads) Value() float64 { return h.d.Value }
+
+// OpLogits are the op head's logits.
+func (h *denseHeads) OpLogits() []float64 { return h.d.Op }
+
+// TargetLogits are the target head's logits (NumTargetOps x targets).
+func (h *denseHeads) TargetLogits() []float64 { return h.d.Target }
+
+// TemplateLogits are the template head's logits at layer node layer.
+func (h *denseHeads) TemplateLogits(layer int) []float64 {
+	return h.d.Template[layer*h.k : (layer+1)*h.k]
+}
+
+// SizeLogits are the size head's logits at layer node layer for template
+// index template.
+func (h *denseHeads) SizeLogits(layer, template int) []float64 {
+	i := layer*h.k + template
+	return h.d.Size[i*h.z : (i+1)*h.z]
 }
 
 // NewDecider returns a Decider of m.
@@ -57,7 +96,9 @@ func (m *Model) NewDecider() *Decider { return &Decider{model: m} }
 func (d *Decider) Model() *Model { return d.model }
 
 // Decide is Model.Decide with d's buffers: g.Encoded when set, else g
-// encoded into d's encoding.
+// encoded into d's encoding. On a model loaded on ONNX Runtime (LoadOn)
+// the forward runs there (its float32 outputs for every head at once; it
+// allocates them), and the choice is the same masked argmax.
 func (d *Decider) Decide(g *Graph) (Action, error) {
 	if err := d.model.fits(g); err != nil {
 		return Action{}, err
@@ -69,8 +110,15 @@ func (d *Decider) Decide(g *Graph) (Action, error) {
 		}
 		enc = &d.enc
 	}
-	st := &d.st
-	if err := d.model.net.RunInto(st, enc); err != nil {
+	var st heads = &d.st
+	if om := d.model.onnx; om != nil {
+		dense, err := d.model.runONNX(om, enc)
+		if err != nil {
+			return Action{}, err
+		}
+		d.dense = denseHeads{d: dense, k: len(dense.Template) / enc.Layers, z: len(dense.Size) / len(dense.Template)}
+		st = &d.dense
+	} else if err := d.model.net.RunInto(&d.st, enc); err != nil {
 		return Action{}, fmt.Errorf("graphpolicy: decide: %w", err)
 	}
 	a := Action{Layer: -1, Slot: -1, Value: st.Value()}

@@ -5,8 +5,10 @@ import (
 	"math"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/esper-morph/esper/core/infer"
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/policy/graphpolicy"
 	"github.com/esper-morph/esper/policy/tamiyo"
@@ -243,5 +245,28 @@ func TestDeciderReusesItsBuffers(t *testing.T) {
 				t.Fatalf("Model.Decide allocates %v times: the count cannot see buffers made per decision", n)
 			}
 		}
+	}
+}
+
+// TestLoadOnRuntimes: the native runtime loads the weights alone; the ONNX
+// runtime needs the folder's model.onnx (infer.ErrNoModel without one,
+// before any library is loaded); another runtime is refused.
+func TestLoadOnRuntimes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "m")
+	if err := graphpolicy.WriteRandom(dir, 8, 2, 1, map[string]string{"by": "test"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, rt := range []string{"", infer.Native} {
+		m, err := graphpolicy.LoadOn(dir, infer.Options{Runtime: rt})
+		if err != nil || m.Runtime() != infer.Native {
+			t.Fatalf("LoadOn(%q) = %v; want the native runtime", rt, err)
+		}
+	}
+	if _, err := graphpolicy.LoadOn(dir, infer.Options{Runtime: infer.ONNX}); !errors.Is(err, infer.ErrNoModel) ||
+		!strings.Contains(err.Error(), graphpolicy.ONNXFile) {
+		t.Fatalf("LoadOn(onnx) without model.onnx = %v, want ErrNoModel naming it", err)
+	}
+	if _, err := graphpolicy.LoadOn(dir, infer.Options{Runtime: "tflite"}); !errors.Is(err, graphpolicy.ErrModel) {
+		t.Fatalf("LoadOn(tflite) = %v, want ErrModel", err)
 	}
 }
