@@ -214,15 +214,13 @@ func allZero(x []float64) bool {
 func (s *State) messageRound(msg *mlp, w, b []float64) {
 	hid, nodes, in := s.n.cfg.Hidden, s.in.Nodes, s.in
 	clear(s.agg)
-	for e, src := range in.Src {
-		d := in.Dst[e]
-		for j := range hid {
-			s.agg[j*nodes+d] += s.h[j*nodes+src]
+	dst := in.Dst[:len(in.Src)]
+	for j := range hid { // one feature row at a time: the edges gather and scatter within it
+		row, h := s.agg[j*nodes:(j+1)*nodes], s.h[j*nodes:(j+1)*nodes]
+		for e, src := range in.Src {
+			row[dst[e]] += h[src]
 		}
-	}
-	for j := range hid {
-		row := s.agg[j*nodes : (j+1)*nodes]
-		for i, dg := range s.deg {
+		for i, dg := range s.deg[:len(row)] {
 			if dg > 1 {
 				row[i] /= dg
 			}
