@@ -249,9 +249,10 @@ func (s *Session) masksLocked(g *Graph, buf *graphBuffers, used int64, active in
 }
 
 // resized returns x with length n (its contents left as they were),
-// reallocating only when its capacity is short.
+// reallocating only when its capacity is short or x is nil (a graph's
+// slices are never nil, so that its JSON holds [] and not null).
 func resized[T any](x []T, n int) []T {
-	if cap(x) < n {
+	if x == nil || cap(x) < n {
 		return make([]T, n)
 	}
 	return x[:n]

@@ -88,7 +88,7 @@ func EncodeInto(e *Encoded, g *Graph) error {
 	}
 	nf := numNodeFeatures
 	e.Nodes, e.Features, e.Layers = len(g.Nodes), nf, layers
-	e.X, e.Src, e.Dst = e.X[:0], e.Src[:0], e.Dst[:0]
+	e.X, e.Src, e.Dst = resizeF(e.X, 0), resize(e.Src, 0), resize(e.Dst, 0)
 	val := 1.0
 	if n := len(g.Global.ValLosses); n > 0 {
 		val = g.Global.ValLosses[n-1].Value
@@ -108,7 +108,7 @@ func EncodeInto(e *Encoded, g *Graph) error {
 		e.Src = append(e.Src, ed.To)
 		e.Dst = append(e.Dst, ed.From)
 	}
-	e.Global = appendGlobal(e.Global[:0], g)
+	e.Global = appendGlobal(resizeF(e.Global, 0), g)
 	e.TargetLayer, e.TargetSeed = resize(e.TargetLayer, layers*slots), resize(e.TargetSeed, layers*slots)
 	for t := range e.TargetLayer {
 		e.TargetLayer[t] = t / max(slots, 1)
@@ -127,13 +127,22 @@ func EncodeInto(e *Encoded, g *Graph) error {
 	return nil
 }
 
+// resizeF is resize for float64s.
+func resizeF(x []float64, n int) []float64 {
+	if x == nil || cap(x) < n {
+		return make([]float64, n)
+	}
+	return x[:n]
+}
+
 // numNodeFeatures is len(NodeFeatureNames()).
 var numNodeFeatures = len(NodeFeatureNames())
 
 // resize returns x with length n, reallocating only when its capacity is
-// short.
+// short (or x is nil: an encoding's slices are never nil, so that its JSON
+// holds [] and not null).
 func resize(x []int, n int) []int {
-	if cap(x) < n {
+	if x == nil || cap(x) < n {
 		return make([]int, n)
 	}
 	return x[:n]

@@ -1,6 +1,7 @@
 package graphpolicy_test
 
 import (
+	"encoding/json"
 	"errors"
 	"math"
 	"path/filepath"
@@ -268,5 +269,32 @@ func TestLoadOnRuntimes(t *testing.T) {
 	}
 	if _, err := graphpolicy.LoadOn(dir, infer.Options{Runtime: "tflite"}); !errors.Is(err, graphpolicy.ErrModel) {
 		t.Fatalf("LoadOn(tflite) = %v, want ErrModel", err)
+	}
+}
+
+// TestEncodingJSONHasNoNulls: a one-layer graph without edges encodes its
+// edge lists as [] (the trainer reads them as lists), fresh and into an
+// encoding that held a larger graph.
+func TestEncodingJSONHasNoNulls(t *testing.T) {
+	g := testGraph()
+	one := *g
+	one.Layers, one.Nodes, one.Edges = 1, g.Nodes[:1], nil
+	for _, into := range []bool{false, true} {
+		e := &graphpolicy.Encoded{}
+		if into {
+			if err := graphpolicy.EncodeInto(e, g); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := graphpolicy.EncodeInto(e, &one); err != nil {
+			t.Fatal(err)
+		}
+		b, err := json.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), "null") || !strings.Contains(string(b), `"src":[]`) {
+			t.Fatalf("reused %v: %s", into, b)
+		}
 	}
 }
