@@ -77,10 +77,10 @@ type State struct {
 	n  *Net
 	in *Input
 	// xt is the input transposed (Features x Nodes); h the node embeddings,
-	// a and m the message MLP's hidden activations and output, agg the
-	// neighbour means (each Hidden x Nodes); deg the in-degrees; mu and inv
-	// the layer norm's per-node mean and inverse deviation.
-	xt, h, a, m, agg, deg, mu, inv []float64
+	// a the MLPs' hidden activations, agg the neighbour means (each Hidden x
+	// Nodes); deg the in-degrees; mu and inv the layer norm's per-node mean
+	// and inverse deviation.
+	xt, h, a, agg, deg, mu, inv []float64
 	// cols lists the input features left in xt (the others are 0 at every
 	// node) and wc holds the embedding's first layer's columns for them.
 	cols []int
@@ -145,7 +145,7 @@ func (n *Net) RunInto(s *State, in *Input) error {
 	for _, d := range in.Dst {
 		s.deg[d]++
 	}
-	s.agg, s.m, s.shared = grow(s.agg, hid*nodes), grow(s.m, hid*nodes), grow(s.shared, hid)
+	s.agg, s.shared = grow(s.agg, hid*nodes), grow(s.shared, hid)
 	s.mu, s.inv = grow(s.mu, nodes), grow(s.inv, nodes)
 	for r, msg := range n.message {
 		s.messageRound(&msg, n.normW[r], n.normB[r])
@@ -235,14 +235,18 @@ func (s *State) messageRound(msg *mlp, w, b []float64) {
 	msg.l1.gemmT(s.a, s.h, nodes, 0, hid)
 	msg.l1.gemmT(s.a, s.agg, nodes, hid, hid)
 	tanh(s.a)
-	msg.l2.biasT(s.m, nodes)
-	msg.l2.gemmT(s.m, s.a, nodes, 0, hid)
+	// The residual: the message's bias, then its product, added into h.
+	for j, bj := range msg.l2.b {
+		row := s.h[j*nodes : (j+1)*nodes]
+		for i := range row {
+			row[i] += bj
+		}
+	}
+	msg.l2.gemmT(s.h, s.a, nodes, 0, hid)
 	clear(s.mu)
 	for j := range hid {
-		row, mrow := s.h[j*nodes:(j+1)*nodes], s.m[j*nodes:(j+1)*nodes]
-		for i := range row {
-			row[i] += mrow[i]
-			s.mu[i] += row[i]
+		for i, v := range s.h[j*nodes : (j+1)*nodes] {
+			s.mu[i] += v
 		}
 	}
 	for i := range s.mu {
