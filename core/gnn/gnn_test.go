@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/esper-morph/esper/core/gnn"
 	"github.com/esper-morph/esper/core/safetensors"
@@ -204,6 +206,7 @@ func TestForwardMatchesReference(t *testing.T) {
 		{"chain with seeds", 3, 2, 3, 2},
 		{"no message passing", 4, 2, 2, 0},
 		{"forty layers", 40, 2, 5, 3},
+		{"features 0 at every node", 6, 2, 2, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testCfg
@@ -213,6 +216,11 @@ func TestForwardMatchesReference(t *testing.T) {
 				t.Fatalf("FromFile: %v", err)
 			}
 			in := graph(cfg, tc.layers, tc.slots, tc.seedEach, rand.New(rand.NewPCG(1, 2)))
+			if tc.name == "features 0 at every node" { // the embedding drops them (one-hots a graph does not use)
+				for i := range in.Nodes {
+					in.X[i*in.Features+1], in.X[i*in.Features+4] = 0, 0
+				}
+			}
 			st, err := n.Run(in)
 			if err != nil {
 				t.Fatalf("Run: %v", err)
@@ -294,11 +302,10 @@ func TestLoadAndInputErrors(t *testing.T) {
 	}
 }
 
-// BenchmarkGraphForward times the decision's forward on a 200-node graph (100
-// layers x 2 slots, a seed in every layer's first slot; hidden 16, 2
-// rounds): message passing, the op and target heads, one template and one
-// size head.
-func BenchmarkGraphForward(b *testing.B) {
+// benchGraph returns the benchmarks' network and 200-node graph (100 layers
+// x 2 slots, a seed in every layer's first slot; hidden 16, 2 rounds, the
+// library's 46 node and 9 global features, 14 templates).
+func benchGraph(b *testing.B) (*gnn.Net, *gnn.Input) {
 	cfg := testCfg
 	cfg.NodeFeatures, cfg.GlobalFeatures, cfg.Hidden, cfg.Templates = 46, 9, 16, 14
 	n, _, err := load(b, cfg, 1, nil)
@@ -309,15 +316,127 @@ func BenchmarkGraphForward(b *testing.B) {
 	if in.Nodes != 200 {
 		b.Fatalf("%d nodes, want 200", in.Nodes)
 	}
+	return n, in
+}
+
+// decisionHeads computes the heads a decision reads.
+func decisionHeads(st *gnn.State) {
+	st.Value()
+	st.OpLogits()
+	st.TargetLogits()
+	st.TemplateLogits(3)
+	st.SizeLogits(3, 1)
+}
+
+// processCPU is the CPU time this process has used (every thread).
+func processCPU(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportCPU reports cpu-ns/op, the process's CPU time per op since start
+// (on a shared machine the wall clock counts other work too).
+func reportCPU(b *testing.B, start time.Duration) {
+	b.ReportMetric(float64((processCPU(b)-start).Nanoseconds())/float64(b.N), "cpu-ns/op")
+}
+
+// BenchmarkGraphForward times the decision's forward on a 200-node graph
+// (benchGraph) on a new State each time (Net.Run): message passing, the
+// value, op and target heads, one template and one size head.
+func BenchmarkGraphForward(b *testing.B) {
+	n, in := benchGraph(b)
 	b.ReportAllocs()
+	cpu := processCPU(b)
 	for b.Loop() {
 		st, err := n.Run(in)
 		if err != nil {
 			b.Fatal(err)
 		}
-		st.OpLogits()
-		st.TargetLogits()
-		st.TemplateLogits(3)
-		st.SizeLogits(3, 1)
+		decisionHeads(st)
+	}
+	reportCPU(b, cpu)
+}
+
+// BenchmarkGraphForwardWarm is BenchmarkGraphForward on one State run again
+// (Net.RunInto), as a session's decisions run it.
+func BenchmarkGraphForwardWarm(b *testing.B) {
+	n, in := benchGraph(b)
+	var st gnn.State
+	b.ReportAllocs()
+	cpu := processCPU(b)
+	for b.Loop() {
+		if err := n.RunInto(&st, in); err != nil {
+			b.Fatal(err)
+		}
+		decisionHeads(&st)
+	}
+	reportCPU(b, cpu)
+}
+
+// TestWarmForwardDoesNotAllocate: a State run again on a graph of the same
+// size allocates nothing (a per-node or per-round allocation fails it).
+func TestWarmForwardDoesNotAllocate(t *testing.T) {
+	cfg := testCfg
+	n, _, err := load(t, cfg, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := graph(cfg, 40, 2, 2, rand.New(rand.NewPCG(5, 6)))
+	var st gnn.State
+	if err := n.RunInto(&st, in); err != nil {
+		t.Fatal(err)
+	}
+	decisionHeads(&st)
+	allocs := testing.AllocsPerRun(20, func() {
+		if err := n.RunInto(&st, in); err != nil {
+			t.Fatal(err)
+		}
+		decisionHeads(&st)
+	})
+	if allocs != 0 {
+		t.Fatalf("a warm forward and the decision's heads allocate %v times per run, want 0", allocs)
+	}
+	// Negative control: a new State per run allocates its buffers.
+	fresh := testing.AllocsPerRun(5, func() {
+		st, err := n.Run(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		decisionHeads(st)
+	})
+	if fresh < 10 {
+		t.Fatalf("a new State allocates %v times: the count cannot tell buffers from none", fresh)
+	}
+}
+
+// TestRunIntoReusesAcrossSizes: a State run on a larger graph, then a
+// smaller one with a feature 0 everywhere, then the larger again gives
+// Run's outputs each time.
+func TestRunIntoReusesAcrossSizes(t *testing.T) {
+	n, _, err := load(t, testCfg, 3, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st gnn.State
+	for i, layers := range []int{12, 3, 12} {
+		in := graph(testCfg, layers, 2, 3, rand.New(rand.NewPCG(uint64(i), 9)))
+		if i == 1 { // a feature 0 at every node: the embedding's columns change, then come back
+			for j := range in.Nodes {
+				in.X[j*in.Features+2] = 0
+			}
+		}
+		if err := n.RunInto(&st, in); err != nil {
+			t.Fatal(err)
+		}
+		fresh, err := n.Run(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := worst(st.Dense(), fresh.Dense()); d != 0 {
+			t.Fatalf("graph %d (%d layers): a reused State differs from a new one by %g", i, layers, d)
+		}
 	}
 }

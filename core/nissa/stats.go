@@ -237,6 +237,39 @@ func (s *Stats) Layer(layer int, sig Signal) (Summary, bool) {
 	return s.Series(Index(layer, sig))
 }
 
+// LayerMean returns the window mean of signal sig of layer: Layer's
+// Summary.Mean (the same value, bit for bit), NaN when nothing is in the
+// window, without Layer's variance and slope (a graph reads only the mean
+// of every layer's every signal). ok is false when either is out of range.
+// It does not allocate.
+func (s *Stats) LayerMean(layer int, sig Signal) (float64, bool) {
+	if layer < 0 || layer >= s.cfg.Layers || sig >= NumSignals {
+		return 0, false
+	}
+	i := Index(layer, sig)
+	p := &s.series[i]
+	if p.total == 0 || p.n == 0 {
+		return math.NaN(), true
+	}
+	n, w := int(p.n), s.cfg.Window
+	base, start := i*w, int(p.head)-n
+	if start < 0 {
+		start += w
+	}
+	ys := s.ys[:n]
+	for k := range n {
+		j := start + k
+		if j >= w {
+			j -= w
+		}
+		ys[k] = float64(s.vals[base+j])
+	}
+	if n == 1 {
+		return ys[0], true
+	}
+	return stat.Mean(ys, nil), true
+}
+
 // Global returns the statistics of global signal g.
 func (s *Stats) Global(g Global) (Summary, bool) {
 	if g >= NumGlobals {

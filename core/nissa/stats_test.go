@@ -420,3 +420,48 @@ func FuzzStateJSON(f *testing.F) {
 		}
 	})
 }
+
+// TestLayerMeanIsLayersMean: LayerMean is Layer's Summary.Mean bit for bit
+// (NaN where nothing is measured) on windows that filled, wrapped and hold
+// one value, and refuses what Layer refuses; it does not allocate.
+func TestLayerMeanIsLayersMean(t *testing.T) {
+	const layers, window = 3, 5
+	s := newStats(t, nissa.Config{Layers: layers, Window: window})
+	rng := rand.New(rand.NewPCG(3, 4))
+	buf := buffer(layers)
+	check := func(step int64) {
+		t.Helper()
+		for l := range layers {
+			for sig := nissa.Signal(0); sig < nissa.NumSignals; sig++ {
+				sum, _ := s.Layer(l, sig)
+				got, ok := s.LayerMean(l, sig)
+				if !ok || math.Float64bits(got) != math.Float64bits(sum.Mean) && !(math.IsNaN(got) && math.IsNaN(sum.Mean)) {
+					t.Fatalf("step %d: LayerMean(%d, %v) = %v, %v; Layer's mean is %v", step, l, sig, got, ok, sum.Mean)
+				}
+			}
+		}
+	}
+	check(0)
+	for step := int64(1); step <= 12; step++ {
+		for i := range buf {
+			buf[i] = float32(math.NaN())
+		}
+		buf[nissa.Index(0, nissa.GradNorm)] = float32(rng.NormFloat64() * 1e3)
+		if step%3 == 0 {
+			buf[nissa.Index(2, nissa.EffRank)] = float32(rng.Float64())
+		}
+		if step == 12 {
+			buf[nissa.Index(1, nissa.ActMean)] = 0.1
+		}
+		if err := s.Ingest(step, buf); err != nil {
+			t.Fatal(err)
+		}
+		check(step)
+	}
+	if _, ok := s.LayerMean(layers, nissa.GradNorm); ok {
+		t.Fatalf("LayerMean accepts layer %d of %d", layers, layers)
+	}
+	if n := testing.AllocsPerRun(100, func() { s.LayerMean(0, nissa.GradNorm) }); n != 0 {
+		t.Fatalf("LayerMean allocates %v per call", n)
+	}
+}

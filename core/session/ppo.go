@@ -13,6 +13,16 @@ import (
 // move is refused, or this many moves were made.
 const PPOMovesPerEpoch = 3
 
+// ppoPolicy is a ppo session's graph policy: the network's decider and the
+// graph its decisions are built in, both kept from one decision to the next
+// so that a decision allocates no memory per node (the graph's nodes,
+// edges, masks and encoding, the network's activations).
+type ppoPolicy struct {
+	dec   *graphpolicy.Decider
+	graph Graph
+	buf   graphBuffers
+}
+
 // ppoMovesLocked runs the ppo policy at an end of epoch: it builds the
 // layer graph, takes the network's masked argmax move (graphpolicy.Decide)
 // and applies it as a decision of the policy, through the same gates and
@@ -37,19 +47,20 @@ func (s *Session) ppoDecisionLocked() (tamiyo.Decision, bool) {
 	wait := func(format string, args ...any) (tamiyo.Decision, bool) {
 		return tamiyo.Decision{Op: tamiyo.Wait, Layer: -1, Slot: -1, Reason: "ppo: " + fmt.Sprintf(format, args...)}, true
 	}
-	g, err := s.graphLocked(true)
-	if err != nil {
+	p := s.ppo
+	if err := s.fillGraphLocked(&p.graph, &p.buf, true); err != nil {
 		return wait("no graph: %v", err)
 	}
-	a, err := s.ppo.Decide(&g)
+	a, err := p.dec.Decide(&p.graph)
 	if err != nil {
 		return wait("no decision: %v", err)
 	}
-	reason := fmt.Sprintf("ppo: %s (the graph policy's most likely legal move; value estimate %.4g)", a, a.Value)
+	rt := p.dec.Model().Runtime()
+	reason := fmt.Sprintf("ppo: %s (the graph policy's most likely legal move, on %s; value estimate %.4g)", a, rt, a.Value)
 	d := tamiyo.Decision{Layer: a.Layer, Slot: a.Slot, Reason: reason}
 	switch a.Op {
 	case tamiyo.MoveWait:
-		return wait("wait (the graph policy's most likely legal move; value estimate %.4g)", a.Value)
+		return wait("wait (the graph policy's most likely legal move, on %s; value estimate %.4g)", rt, a.Value)
 	case tamiyo.MovePrune:
 		d.Op = tamiyo.Prune
 	case tamiyo.MoveFossilize:

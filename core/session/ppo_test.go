@@ -137,7 +137,7 @@ func TestPPOPolicyMovesThroughTheGates(t *testing.T) {
 // network of the shipped model's size (hidden 16, 2 rounds) with random
 // weights biased to wait, so that each end of epoch decides once: the
 // graph, its encoding, the forward and the masked argmax.
-func ppoBenchSession(b *testing.B) *session.Session {
+func ppoBenchSession(b testing.TB) *session.Session {
 	dir := filepath.Join(b.TempDir(), "ppo")
 	tensors, err := gnn.RandomTensors(graphpolicy.LibraryManifest(16, 2).Config(), 1)
 	if err != nil {
@@ -175,6 +175,7 @@ func BenchmarkPPODecide(b *testing.B) {
 	if _, err := s.EndEpoch(metrics(epoch, 1)); err != nil { // the masks' table of seed sizes is filled once
 		b.Fatal(err)
 	}
+	b.ReportAllocs()
 	b.ResetTimer()
 	cpu := processCPU(b)
 	defer func() { b.ReportMetric(float64((processCPU(b)-cpu).Nanoseconds())/float64(b.N), "cpu-ns/op") }()
@@ -187,5 +188,44 @@ func BenchmarkPPODecide(b *testing.B) {
 		if len(res.Decisions) != 1 || res.Decisions[0].Op != tamiyo.Wait {
 			b.Fatalf("decisions %+v, want one wait", res.Decisions)
 		}
+	}
+}
+
+// maxPPOAllocs bounds the allocations of an end of epoch of the ppo policy
+// on the 200-node graph (ppoBenchSession): the decision reuses its graph,
+// masks, encoding and network state, so what allocates is the end of
+// epoch's own work (12 at this writing); anything per node (100 layers,
+// 100 seeds) exceeds it.
+const maxPPOAllocs = 40
+
+// TestPPODecisionAllocatesNothingPerNode: a warm ppo session's end of epoch
+// allocates at most maxPPOAllocs times. The control: building the same
+// graph anew (Session.Graph, a caller's copy with a signals map per layer)
+// allocates more than that, so the count sees allocations per node.
+func TestPPODecisionAllocatesNothingPerNode(t *testing.T) {
+	s := ppoBenchSession(t)
+	epoch := 0
+	end := func() {
+		epoch++
+		res, err := s.EndEpoch(metrics(epoch, 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Decisions) != 1 || res.Decisions[0].Op != tamiyo.Wait {
+			t.Fatalf("decisions %+v, want one wait", res.Decisions)
+		}
+	}
+	end()
+	end()
+	if n := testing.AllocsPerRun(20, end); n > maxPPOAllocs {
+		t.Fatalf("an end of epoch of the ppo policy on 200 nodes allocates %v times, want at most %d", n, maxPPOAllocs)
+	}
+	fresh := testing.AllocsPerRun(5, func() {
+		if _, err := s.Graph(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if fresh <= maxPPOAllocs {
+		t.Fatalf("a new graph allocates %v times, within the bound %d: the bound cannot catch allocation per node", fresh, maxPPOAllocs)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/esper-morph/esper/blueprint"
 	"github.com/esper-morph/esper/blueprint/karn"
 	"github.com/esper-morph/esper/core/errcode"
+	"github.com/esper-morph/esper/core/infer"
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/core/oona"
@@ -80,11 +81,11 @@ type Session struct {
 	// layerViews is EndEpoch's scratch for the controller's view of every
 	// layer (the controller keeps nothing of an observation after Decide).
 	layerViews []tamiyo.LayerView
-	source     *outcomeSource     // Karn's outcome history (search on, urza set)
-	rolls      []*rollout         // rolling deployments (value_model, karn_predictor "urza:<name>"), in kind order
-	ppo        *graphpolicy.Model // the ppo policy's graph network (nil for other policies)
-	tplByID    map[string]string  // blueprint id -> its template's name (Graph's seed nodes)
-	modelCache string             // where rolls materialise model versions ("": the default)
+	source     *outcomeSource    // Karn's outcome history (search on, urza set)
+	rolls      []*rollout        // rolling deployments (value_model, karn_predictor "urza:<name>"), in kind order
+	ppo        *ppoPolicy        // the ppo policy (nil for other policies; ppo.go)
+	tplByID    map[string]string // blueprint id -> its template's name (Graph's seed nodes)
+	modelCache string            // where rolls materialise model versions ("": the default)
 	closed     bool
 	mon        *monitor // metrics, alarms, impact analysis (monitor.go)
 	// bus receives the session's events (nil: none); busq holds those
@@ -96,6 +97,7 @@ type Session struct {
 	// sizeParams caches the seed sizes of the graph's masks (graph.go):
 	// they follow from the hosts alone.
 	sizeParams [][][]int64
+	tplNames   []string // the template names sizeParams is indexed by
 }
 
 // New starts a session. cfg is validated first; nothing is created when it
@@ -188,12 +190,14 @@ func (s *Session) reset(set settings, rolls []RolloutState, prev []*rollout) err
 		}
 		ctl.SetKarn(svc)
 	}
-	var ppo *graphpolicy.Model
+	var ppo *ppoPolicy
 	if ctlCfg.Kind == tamiyo.PPO {
-		if ppo, err = graphpolicy.Load(ctlCfg.PPOModel); err != nil {
+		model, err := graphpolicy.LoadOn(ctlCfg.PPOModel, infer.Options{Runtime: ctlCfg.PPORuntime})
+		if err != nil {
 			releaseRolls(opened, prev)
 			return fmt.Errorf("session: controller: ppo policy: %w", err)
 		}
+		ppo = &ppoPolicy{dec: model.NewDecider()}
 	}
 	s.ppo = ppo
 	s.rolls = opened

@@ -72,13 +72,23 @@ func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
 // Encode returns g's encoding (see NodeFeatureNames and GlobalFeatureNames):
 // the one definition the Go forward and the PyTorch trainer read.
 func Encode(g *Graph) (*Encoded, error) {
+	e := &Encoded{}
+	if err := EncodeInto(e, g); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// EncodeInto writes g's encoding (Encode's) into e, reusing e's slices:
+// once e has held a graph of this size, it allocates nothing.
+func EncodeInto(e *Encoded, g *Graph) error {
 	layers, slots := g.Layers, g.Slots
 	if layers < 1 || len(g.Nodes) < layers {
-		return nil, fmt.Errorf("graphpolicy: encode: a graph of %d layers has %d nodes: %w", layers, len(g.Nodes), ErrGraph)
+		return fmt.Errorf("graphpolicy: encode: a graph of %d layers has %d nodes: %w", layers, len(g.Nodes), ErrGraph)
 	}
-	nf := len(NodeFeatureNames())
-	e := &Encoded{Nodes: len(g.Nodes), Features: nf, X: make([]float64, 0, len(g.Nodes)*nf), Layers: layers,
-		Src: make([]int, 0, 2*len(g.Edges)), Dst: make([]int, 0, 2*len(g.Edges))}
+	nf := numNodeFeatures
+	e.Nodes, e.Features, e.Layers = len(g.Nodes), nf, layers
+	e.X, e.Src, e.Dst = resizeF(e.X, 0), resize(e.Src, 0), resize(e.Dst, 0)
 	val := 1.0
 	if n := len(g.Global.ValLosses); n > 0 {
 		val = g.Global.ValLosses[n-1].Value
@@ -86,7 +96,7 @@ func Encode(g *Graph) (*Encoded, error) {
 	for i := range g.Nodes {
 		x, err := appendNode(e.X, &g.Nodes[i], layers, val)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		e.X = x
 	}
@@ -98,23 +108,44 @@ func Encode(g *Graph) (*Encoded, error) {
 		e.Src = append(e.Src, ed.To)
 		e.Dst = append(e.Dst, ed.From)
 	}
-	e.Global = global(g)
-	e.TargetLayer = make([]int, layers*slots)
-	e.TargetSeed = make([]int, layers*slots)
+	e.Global = appendGlobal(resizeF(e.Global, 0), g)
+	e.TargetLayer, e.TargetSeed = resize(e.TargetLayer, layers*slots), resize(e.TargetSeed, layers*slots)
 	for t := range e.TargetLayer {
 		e.TargetLayer[t] = t / max(slots, 1)
 		e.TargetSeed[t] = -1
 	}
-	for i, n := range g.Nodes {
+	for i := range g.Nodes {
+		n := &g.Nodes[i]
 		if n.Kind == "seed" {
 			t := n.Layer*slots + n.Slot
 			if n.Layer < 0 || n.Layer >= layers || n.Slot < 0 || n.Slot >= slots {
-				return nil, fmt.Errorf("graphpolicy: encode: seed node %d at %d/%d is outside %d layers x %d slots: %w", i, n.Layer, n.Slot, layers, slots, ErrGraph)
+				return fmt.Errorf("graphpolicy: encode: seed node %d at %d/%d is outside %d layers x %d slots: %w", i, n.Layer, n.Slot, layers, slots, ErrGraph)
 			}
 			e.TargetSeed[t] = i
 		}
 	}
-	return e, nil
+	return nil
+}
+
+// resizeF is resize for float64s.
+func resizeF(x []float64, n int) []float64 {
+	if x == nil || cap(x) < n {
+		return make([]float64, n)
+	}
+	return x[:n]
+}
+
+// numNodeFeatures is len(NodeFeatureNames()).
+var numNodeFeatures = len(NodeFeatureNames())
+
+// resize returns x with length n, reallocating only when its capacity is
+// short (or x is nil: an encoding's slices are never nil, so that its JSON
+// holds [] and not null).
+func resize(x []int, n int) []int {
+	if x == nil || cap(x) < n {
+		return make([]int, n)
+	}
+	return x[:n]
 }
 
 // appendNode appends node n's features to x.
@@ -158,8 +189,8 @@ func appendNode(x []float64, n *Node, layers int, val float64) ([]float64, error
 	return x, nil
 }
 
-// global returns g's global features.
-func global(g *Graph) []float64 {
+// appendGlobal appends g's global features to out.
+func appendGlobal(out []float64, g *Graph) []float64 {
 	gl := &g.Global
 	progress, known := 0.0, 0.0
 	if gl.Epochs > 0 {
@@ -181,8 +212,8 @@ func global(g *Graph) []float64 {
 		before := vals[len(vals)-1-k].Value
 		return (before - last) / math.Max(math.Abs(before), 1e-12)
 	}
-	return []float64{progress, known, math.Log1p(float64(gl.ParamsUsed)), left,
-		float64(gl.Active) / float64(max(1, gl.MaxConcurrent)), symlog(last), change(1), change(3), float64(len(vals)) / 8}
+	return append(out, progress, known, math.Log1p(float64(gl.ParamsUsed)), left,
+		float64(gl.Active)/float64(max(1, gl.MaxConcurrent)), symlog(last), change(1), change(3), float64(len(vals))/8)
 }
 
 func b2f(b bool) float64 {

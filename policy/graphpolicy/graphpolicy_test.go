@@ -1,12 +1,15 @@
 package graphpolicy_test
 
 import (
+	"encoding/json"
 	"errors"
 	"math"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/esper-morph/esper/core/infer"
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/policy/graphpolicy"
 	"github.com/esper-morph/esper/policy/tamiyo"
@@ -206,5 +209,92 @@ func TestLoadErrors(t *testing.T) {
 	g.Templates = g.Templates[1:]
 	if _, err := m.Decide(g); !errors.Is(err, graphpolicy.ErrGraph) {
 		t.Fatalf("Decide on another library's templates = %v, want ErrGraph", err)
+	}
+}
+
+// TestDeciderReusesItsBuffers: a Decider decides as the Model does (a
+// germination, so every head is read), and once warm allocates nothing,
+// encoding the graph itself or reading the graph's encoding.
+func TestDeciderReusesItsBuffers(t *testing.T) {
+	for seed := range uint64(12) {
+		m := model(t, seed)
+		g := graphFor(m)
+		g.Masks.Op = []bool{false, true, false, false, false} // germinate only
+		want, err := m.Decide(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := m.NewDecider()
+		for range 2 {
+			if got, err := d.Decide(g); err != nil || got != want {
+				t.Fatalf("seed %d: Decider.Decide = %+v, %v; Model.Decide %+v", seed, got, err, want)
+			}
+		}
+		if n := testing.AllocsPerRun(10, func() { _, _ = d.Decide(g) }); n != 0 {
+			t.Fatalf("a warm Decider encoding the graph allocates %v times per decision, want 0", n)
+		}
+		enc, err := graphpolicy.Encode(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Encoded = enc
+		if n := testing.AllocsPerRun(10, func() { _, _ = d.Decide(g) }); n != 0 {
+			t.Fatalf("a warm Decider on the graph's encoding allocates %v times per decision, want 0", n)
+		}
+		if seed == 0 { // the control: a Model's Decide makes its buffers anew
+			if n := testing.AllocsPerRun(5, func() { _, _ = m.Decide(g) }); n < 5 {
+				t.Fatalf("Model.Decide allocates %v times: the count cannot see buffers made per decision", n)
+			}
+		}
+	}
+}
+
+// TestLoadOnRuntimes: the native runtime loads the weights alone; the ONNX
+// runtime needs the folder's model.onnx (infer.ErrNoModel without one,
+// before any library is loaded); another runtime is refused.
+func TestLoadOnRuntimes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "m")
+	if err := graphpolicy.WriteRandom(dir, 8, 2, 1, map[string]string{"by": "test"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, rt := range []string{"", infer.Native} {
+		m, err := graphpolicy.LoadOn(dir, infer.Options{Runtime: rt})
+		if err != nil || m.Runtime() != infer.Native {
+			t.Fatalf("LoadOn(%q) = %v; want the native runtime", rt, err)
+		}
+	}
+	if _, err := graphpolicy.LoadOn(dir, infer.Options{Runtime: infer.ONNX}); !errors.Is(err, infer.ErrNoModel) ||
+		!strings.Contains(err.Error(), graphpolicy.ONNXFile) {
+		t.Fatalf("LoadOn(onnx) without model.onnx = %v, want ErrNoModel naming it", err)
+	}
+	if _, err := graphpolicy.LoadOn(dir, infer.Options{Runtime: "tflite"}); !errors.Is(err, graphpolicy.ErrModel) {
+		t.Fatalf("LoadOn(tflite) = %v, want ErrModel", err)
+	}
+}
+
+// TestEncodingJSONHasNoNulls: a one-layer graph without edges encodes its
+// edge lists as [] (the trainer reads them as lists), fresh and into an
+// encoding that held a larger graph.
+func TestEncodingJSONHasNoNulls(t *testing.T) {
+	g := testGraph()
+	one := *g
+	one.Layers, one.Nodes, one.Edges = 1, g.Nodes[:1], nil
+	for _, into := range []bool{false, true} {
+		e := &graphpolicy.Encoded{}
+		if into {
+			if err := graphpolicy.EncodeInto(e, g); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := graphpolicy.EncodeInto(e, &one); err != nil {
+			t.Fatal(err)
+		}
+		b, err := json.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), "null") || !strings.Contains(string(b), `"src":[]`) {
+			t.Fatalf("reused %v: %s", into, b)
+		}
 	}
 }

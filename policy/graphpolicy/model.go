@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 
 	"github.com/esper-morph/esper/core/errcode"
 	"github.com/esper-morph/esper/core/gnn"
+	"github.com/esper-morph/esper/core/infer"
+	"github.com/esper-morph/esper/core/onnxrt"
 	"github.com/esper-morph/esper/policy/tamiyo"
 )
 
@@ -68,6 +71,9 @@ type Model struct {
 	dir      string
 	manifest Manifest
 	net      *gnn.Net
+	// onnx, when set (LoadOn with the ONNX runtime), runs the decisions'
+	// forward instead of net.
+	onnx *onnxrt.TensorModel
 }
 
 // Dir is the model folder.
@@ -129,4 +135,40 @@ func Load(dir string) (*Model, error) {
 		return nil, fmt.Errorf("graphpolicy: model %s: %w; train one with `%s`", dir, err, TrainCommand)
 	}
 	return &Model{dir: dir, manifest: m, net: net}, nil
+}
+
+// LoadOn reads the graph policy in dir (Load) and opens it on the runtime
+// opts names: infer.Native ("" too) runs Go's forward over
+// model.safetensors; infer.ONNX runs the folder's model.onnx through ONNX
+// Runtime (infer.ErrNoModel without one, infer.ErrNoRuntime without the
+// library), the weights' native forward staying loaded (Forward, the
+// parity tests). The ONNX session is released when the Model is collected.
+func LoadOn(dir string, opts infer.Options) (*Model, error) {
+	m, err := Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	switch opts.Runtime {
+	case "", infer.Native:
+		return m, nil
+	case infer.ONNX:
+	default:
+		return nil, fmt.Errorf("graphpolicy: runtime %q is not %q or %q: %w", opts.Runtime, infer.Native, infer.ONNX, ErrModel)
+	}
+	om, err := m.openONNX(opts.ONNXRuntimeLib)
+	if err != nil {
+		return nil, fmt.Errorf("graphpolicy: model %s on runtime %q: %w", dir, opts.Runtime, err)
+	}
+	m.onnx = om
+	runtime.AddCleanup(m, func(om *onnxrt.TensorModel) { _ = om.Close() }, om)
+	return m, nil
+}
+
+// Runtime is the runtime the model's decisions run on (infer.Native or
+// infer.ONNX).
+func (m *Model) Runtime() string {
+	if m.onnx != nil {
+		return infer.ONNX
+	}
+	return infer.Native
 }

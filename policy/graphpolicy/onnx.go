@@ -69,16 +69,13 @@ func ONNXInputs(e *Encoded) []onnxrt.Tensor {
 	}
 }
 
-// ForwardONNX runs the folder's model.onnx on g through ONNX Runtime (the
-// library at lib, "" for onnxrt.DefaultLibrary) and returns every head's
-// output, as Forward does natively.
-func (m *Model) ForwardONNX(g *Graph, lib string) (gnn.Dense, error) {
-	if err := m.fits(g); err != nil {
-		return gnn.Dense{}, err
-	}
+// openONNX opens the folder's model.onnx through ONNX Runtime (the library
+// at lib, "" for onnxrt.DefaultLibrary) and checks that its inputs are
+// model.onnx's.
+func (m *Model) openONNX(lib string) (*onnxrt.TensorModel, error) {
 	path := filepath.Join(m.dir, ONNXFile)
 	if _, err := os.Stat(path); err != nil {
-		return gnn.Dense{}, fmt.Errorf("graphpolicy: model %s has no %s (`%s` writes one when the onnx package is installed): %w",
+		return nil, fmt.Errorf("graphpolicy: model %s has no %s (`%s` writes one when the onnx package is installed): %w",
 			m.dir, ONNXFile, TrainCommand, infer.ErrNoModel)
 	}
 	if lib == "" {
@@ -87,23 +84,45 @@ func (m *Model) ForwardONNX(g *Graph, lib string) (gnn.Dense, error) {
 	rt, err := onnxrt.Load(lib)
 	if err != nil {
 		if errors.Is(err, onnxrt.ErrNoLibrary) {
-			return gnn.Dense{}, fmt.Errorf("graphpolicy: ONNX Runtime (libonnxruntime.so.1 >= 1.24) not found at %q: run `make onnxruntime` or set ESPER_ONNXRUNTIME_LIB: %w",
+			return nil, fmt.Errorf("graphpolicy: ONNX Runtime (libonnxruntime.so.1 >= 1.24) not found at %q: run `make onnxruntime` or set ESPER_ONNXRUNTIME_LIB: %w",
 				lib, infer.ErrNoRuntime)
 		}
-		return gnn.Dense{}, fmt.Errorf("graphpolicy: %w: %w", err, infer.ErrNoRuntime)
+		return nil, fmt.Errorf("graphpolicy: %w: %w", err, infer.ErrNoRuntime)
 	}
 	om, err := rt.OpenTensors(path, onnxrt.Options{})
 	if err != nil {
-		return gnn.Dense{}, fmt.Errorf("graphpolicy: %w: %w", err, errcode.ErrInvalid)
+		return nil, fmt.Errorf("graphpolicy: %w: %w", err, errcode.ErrInvalid)
+	}
+	if !slices.Equal(om.Inputs(), onnxInputs) {
+		_ = om.Close()
+		return nil, fmt.Errorf("graphpolicy: %s takes %v, not %v: %w", path, om.Inputs(), onnxInputs, errcode.ErrInvalid)
+	}
+	return om, nil
+}
+
+// ForwardONNX runs the folder's model.onnx on g through ONNX Runtime (the
+// library at lib, "" for onnxrt.DefaultLibrary) and returns every head's
+// output, as Forward does natively.
+func (m *Model) ForwardONNX(g *Graph, lib string) (gnn.Dense, error) {
+	if err := m.fits(g); err != nil {
+		return gnn.Dense{}, err
+	}
+	om, err := m.openONNX(lib)
+	if err != nil {
+		return gnn.Dense{}, err
 	}
 	defer om.Close()
-	if !slices.Equal(om.Inputs(), onnxInputs) {
-		return gnn.Dense{}, fmt.Errorf("graphpolicy: %s takes %v, not %v: %w", path, om.Inputs(), onnxInputs, errcode.ErrInvalid)
-	}
 	enc, err := Encode(g)
 	if err != nil {
 		return gnn.Dense{}, err
 	}
+	return m.runONNX(om, enc)
+}
+
+// runONNX runs m's opened model.onnx on an encoded graph and returns every
+// head's output.
+func (m *Model) runONNX(om *onnxrt.TensorModel, enc *Encoded) (gnn.Dense, error) {
+	path := filepath.Join(m.dir, ONNXFile)
 	outs, err := om.Run(ONNXInputs(enc))
 	if err != nil {
 		return gnn.Dense{}, fmt.Errorf("graphpolicy: %w: %w", err, errcode.ErrInvalid)
@@ -135,6 +154,12 @@ func (m *Model) ForwardONNX(g *Graph, lib string) (gnn.Dense, error) {
 	}
 	if d.Op == nil || d.Target == nil || d.Template == nil || d.Size == nil {
 		return gnn.Dense{}, fmt.Errorf("graphpolicy: %s's outputs %v are not %v: %w", path, om.Outputs(), onnxOutputs, errcode.ErrInvalid)
+	}
+	t, l := len(enc.TargetLayer), enc.Layers
+	if len(d.Op) != gnn.NumOps || len(d.Target) != gnn.NumTargetOps*t || len(d.Template) == 0 || len(d.Template)%l != 0 ||
+		len(d.Size)%len(d.Template) != 0 {
+		return gnn.Dense{}, fmt.Errorf("graphpolicy: %s's outputs have %d, %d, %d and %d values for %d targets and %d layers: %w",
+			path, len(d.Op), len(d.Target), len(d.Template), len(d.Size), t, l, errcode.ErrInvalid)
 	}
 	return d, nil
 }

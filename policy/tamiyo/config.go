@@ -191,6 +191,11 @@ type Config struct {
 	// only read for, the ppo policy; Python passes the shipped model's
 	// folder when the user names none.
 	PPOModel string `json:"ppo_model,omitempty"`
+	// PPORuntime is the runtime the ppo policy's network runs on at each
+	// decision: "native" (Go's forward pass over model.safetensors; ""
+	// too) or "onnx" (the folder's model.onnx through ONNX Runtime,
+	// docs/simic.md "Graph policy in Go").
+	PPORuntime string `json:"ppo_runtime,omitempty"`
 	// ValueThreshold is the predicted value (gain_per_compute_v1: the share
 	// of the validation loss a seed removes per host-epoch of training
 	// compute) the best candidate must reach for the learned policy to grow
@@ -307,6 +312,8 @@ func (c Config) WithDefaults() (Config, error) {
 		return c, fmt.Errorf("tamiyo: value_threshold %v is not finite: %w", *c.ValueThreshold, ErrConfig)
 	case c.ValueRuntime != "" && c.ValueRuntime != infer.Native && c.ValueRuntime != infer.ONNX:
 		return c, fmt.Errorf("tamiyo: value_runtime %q is not %q or %q: %w", c.ValueRuntime, infer.Native, infer.ONNX, ErrConfig)
+	case c.PPORuntime != "" && c.PPORuntime != infer.Native && c.PPORuntime != infer.ONNX:
+		return c, fmt.Errorf("tamiyo: ppo_runtime %q is not %q or %q: %w", c.PPORuntime, infer.Native, infer.ONNX, ErrConfig)
 	case c.Kind == Learned && c.ValueModel == "":
 		return c, fmt.Errorf("tamiyo: the learned policy needs a value model: set value_model to a model folder, or train one with `esper simic train` (docs/simic.md): %w", ErrConfig)
 	case c.Kind == PPO && c.PPOModel == "":

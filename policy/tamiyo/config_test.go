@@ -74,6 +74,7 @@ func TestConfigErrors(t *testing.T) {
 		{"params", tamiyo.Config{Params: blueprint.Params{"width": 0}}, errcode.Invalid},
 		{"unknown param", tamiyo.Config{Params: blueprint.Params{"depth": 3}}, errcode.Invalid},
 		{"kind", tamiyo.Config{Kind: 9}, errcode.Invalid},
+		{"ppo runtime", tamiyo.Config{PPORuntime: "tflite"}, errcode.Invalid},
 		{"max params", tamiyo.Config{Governor: tamiyo.GovernorConfig{MaxParams: -1}}, errcode.Invalid},
 		{"max concurrent", tamiyo.Config{Governor: tamiyo.GovernorConfig{MaxConcurrent: -1}}, errcode.Invalid},
 		{"cooldown", tamiyo.Config{Governor: tamiyo.GovernorConfig{CooldownEpochs: intp(-1)}}, errcode.Invalid},
@@ -89,6 +90,11 @@ func TestConfigErrors(t *testing.T) {
 				t.Fatalf("err = %v (code %v)", err, errcode.Of(err))
 			}
 		})
+	}
+	for _, rt := range []string{"", "native", "onnx"} {
+		if _, err := (tamiyo.Config{PPORuntime: rt}).WithDefaults(); err != nil {
+			t.Fatalf("ppo_runtime %q: %v", rt, err)
+		}
 	}
 	if _, err := tamiyo.New(tamiyo.Config{}, []blueprint.Host{{Kind: "mystery"}}); !errors.Is(err, tamiyo.ErrConfig) {
 		t.Fatalf("bad host: %v", err)

@@ -171,6 +171,11 @@ class MorphConfig:
             short behaviour-cloned checkpoint, not a long-trained policy). A
             folder with no usable model fails at session creation with the
             reason; ``esper simic ppo train --out DIR`` makes one.
+        ppo_runtime: where the ppo policy's network runs at each decision:
+            "native" (Go's forward pass over model.safetensors) or "onnx" (the
+            folder's model.onnx through ONNX Runtime: ``make onnxruntime``
+            installs the library, or set ESPER_ONNXRUNTIME_LIB). Go checks the
+            value; docs/simic.md, "Graph policy in Go".
         value_model: the learned policy's model folder (manifest.json +
             model.safetensors); "" for the shipped one (``esper/models/value``);
             "urza:<name>" for the newest version published to Urza under that
@@ -397,6 +402,7 @@ class MorphConfig:
     value_threshold: float = _from_go("value_threshold", 0.0)
     value_runtime: str = "native"
     ppo_model: str = ""
+    ppo_runtime: str = "native"
     rollout_margin: float = _from_go("rollout_margin", 0.0)
     rollout_epochs: int = _from_go("rollout_epochs", 0)
     log_max: int = _from_go("log_max", 0)
@@ -441,7 +447,9 @@ class MorphConfig:
         if self.policy.lower() == "ppo":
             from .simic.graph import default_model_dir as ppo_model_dir
 
-            return {"ppo_model": str(self.ppo_model) or ppo_model_dir()}
+            if self.ppo_runtime == "onnx":
+                _lib.refresh_settings()  # ESPER_ONNXRUNTIME_LIB as os.environ holds it now
+            return {"ppo_model": str(self.ppo_model) or ppo_model_dir(), "ppo_runtime": self.ppo_runtime}
         if self.policy.lower() != "learned":
             return {}
         from .valuemodel import default_model_dir

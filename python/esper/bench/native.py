@@ -37,6 +37,7 @@ GO_BENCHMARKS = {
     "LearnedDecide": "./policy/tamiyo",
     "PPODecide": "./core/session",
     "GraphForward": "./core/gnn",
+    "GraphForwardWarm": "./core/gnn",
     "Step8Layers": "./core/session",
     "EndEpoch": "./core/session",
     "EndEpochGerminateABI": "./core/session",
@@ -77,7 +78,7 @@ class GoBench:
 
     def row(self, section: str, name: str, bench: str, unit: str, target: Any, note: str) -> Row:
         """A row of one benchmark's ns/op converted to ``unit`` ("ns", "us" or "ms")."""
-        scale = {"ns": 1.0, "us": 1e-3, "ms": 1e-6, "bytes": 1.0}[unit]
+        scale = {"ns": 1.0, "us": 1e-3, "ms": 1e-6, "bytes": 1.0, "allocs": 1.0}[unit]
         runs = self.results.get(bench)
         if not runs:
             why = self.why_not or f"Benchmark{bench} did not report"
@@ -548,10 +549,11 @@ def learned_rows(go: GoBench, rounds: int, quick: bool = False) -> list[Row]:
     ]
 
 
-def _ppo_model(folder: Path) -> tuple[str, int, int]:
+def _ppo_model(folder: Path, onnx: bool = False) -> tuple[str, int, int]:
     """A graph policy of the shipped model's size (its manifest's hidden width and rounds; 16 and 2 without
     one) with seeded random weights biased to wait (so that every end of epoch decides once and the run's
-    state does not change), written to ``folder``. Returns the folder, the width and the rounds."""
+    state does not change), written to ``folder`` (with model.onnx when ``onnx`` and the exporter is
+    installed). Returns the folder, the width and the rounds."""
     from ..simic.export import save_model
     from ..simic.graph import MODEL_DIR, feature_names
     from ..simic.policy import GraphPolicy
@@ -566,44 +568,89 @@ def _ppo_model(folder: Path) -> tuple[str, int, int]:
     policy = GraphPolicy(templates, len(feature_names()["sizes"]), hidden=hidden, rounds=rounds)
     with torch.no_grad():
         policy.op_head[2].bias[0] += 100.0
-    save_model(policy, str(folder), {"by": "esper.bench (random weights, biased to wait)"}, onnx=False)
+    save_model(policy, str(folder), {"by": "esper.bench (random weights, biased to wait)"}, onnx=onnx)
     return str(folder), hidden, rounds
 
 
+def _ppo_session_samples(cfg: dict[str, Any], layers: int, inner: int,
+                         rounds: int) -> tuple[list[float], int, str, str]:
+    """CPU seconds per Session.end_epoch of a ppo session (``cfg``) on ``layers`` linear layers with a seed in
+    every layer's first slot, and the node count, the decision's op and its reason."""
+    metrics = {"train_loss": 1.0, "val_loss": 1.0, "val_metric": 0.5, "contributions": []}
+    signals = np.full(2 + len(SIGNALS) * layers, 0.5, dtype=np.float32)
+    signals[1] = 0.0
+    with Session(cfg) as s:
+        for layer in range(layers):
+            s.germinate(layer, 0, {"template": "lowrank"})
+        s.step(1, signals)
+        nodes = len(s.graph()["nodes"])
+        decision = s.end_epoch(metrics)["decisions"][0]
+        samples = _rounds(lambda: s.end_epoch(metrics), inner, rounds)
+    return samples, nodes, decision["op"], decision["reason"]
+
+
 def ppo_rows(go: GoBench, rounds: int, quick: bool = False) -> list[Row]:
-    """The ppo policy's decision latency on a 200-node graph: inside Go and through Session.end_epoch."""
+    """The ppo policy's decision latency on a 200-node graph: inside Go and through Session.end_epoch, on
+    the native forward and on ONNX Runtime (ppo_runtime="onnx")."""
+    from ..errors import EsperError
+
     layers = 100
+    inner = 5 if quick else 20
     with tempfile.TemporaryDirectory() as tmp:
-        model, hidden, rounds = _ppo_model(Path(tmp))
+        model, hidden, net_rounds = _ppo_model(Path(tmp), onnx=True)
         cfg = {"layers": _linear_layers(layers), "slots_per_layer": 2, "policy": "ppo", "train_steps": 1 << 30,
                "controller": {"ppo_model": model}, "governor": {"max_concurrent": 2 * layers}}
-        metrics = {"train_loss": 1.0, "val_loss": 1.0, "val_metric": 0.5, "contributions": []}
-        signals = np.full(2 + len(SIGNALS) * layers, 0.5, dtype=np.float32)
-        signals[1] = 0.0
-        with Session(cfg) as s:
-            for layer in range(layers):
-                s.germinate(layer, 0, {"template": "lowrank"})
-            s.step(1, signals)
-            nodes = len(s.graph()["nodes"])
-            decisions = s.end_epoch(metrics)["decisions"]
-            op = decisions[0]["op"]
-            samples = _rounds(lambda: s.end_epoch(metrics), 5 if quick else 20, rounds)
+        samples, nodes, op, _ = _ppo_session_samples(cfg, layers, inner, rounds)
+        onnx_samples: list[float] = []
+        onnx_op, missing = "", ""
+        if not (Path(model) / "model.onnx").is_file():
+            missing = "no model.onnx (the onnx and onnxscript packages export it: the dev extras)"
+        else:
+            try:
+                onnx_cfg = {**cfg, "controller": {"ppo_model": model, "ppo_runtime": "onnx"}}
+                onnx_samples, _, onnx_op, reason = _ppo_session_samples(onnx_cfg, layers, inner, rounds)
+                if "on onnx;" not in reason:
+                    raise RuntimeError(f"the decision did not run on ONNX Runtime: {reason}")
+            except EsperError as exc:  # no ONNX Runtime library: the row says so
+                missing = str(exc)
     in_go = _go_figure(go, "PPODecide:cpu-ns/op", 1e-3)
+    native_us = statistics.median(samples) * 1e6
+    common = (f"{layers} linear 64->64 layers x 2 slots, a seed in every layer ({nodes} graph nodes), "
+              f"policy ppo with a network of the shipped model's size (hidden {hidden}, {net_rounds} rounds, "
+              "random weights biased to wait, so each end of epoch makes one decision): Go builds the graph, "
+              "encodes it, ")
+    if onnx_samples:
+        onnx_row = samples_row(
+            "decision", f"ppo end_epoch -> {onnx_op}, {nodes}-node graph, ppo_runtime onnx (Session.end_epoch)",
+            "cpu", [t * 1e6 for t in onnx_samples], "us", target=LEARNED, source="ABI", baseline=native_us,
+            baseline_name="the same call on the native forward (row above)",
+            note=common + "runs the folder's model.onnx through ONNX Runtime (1 intra-op thread; dense float32 "
+                          "outputs for every head) and takes the masked argmax; metrics JSON in, decision out")
+    else:
+        onnx_row = Row("decision", f"ppo end_epoch, {nodes}-node graph, ppo_runtime onnx (Session.end_epoch)", "cpu",
+                       "us", None, target=LEARNED.text, source="ABI", note=f"not measured: {missing}")
     return [
         go.row("decision", "ppo decision, 200-node graph (in Go, CPU time)", "PPODecide:cpu-ns/op", "us", LEARNED,
                "session.EndEpoch, policy ppo, 100 linear 64->64 layers x 2 slots with a seed in every layer "
                "(200 nodes): the graph and its masks, Go's encoding, the native forward of a hidden-16 2-round "
                "network (the shipped model's size; random weights biased to wait) and the masked argmax; process "
                "CPU time"),
+        go.row("decision", "ppo decision, 200-node graph: allocations per end of epoch (in Go)",
+               "PPODecide:allocs/op", "allocs", None,
+               "the same benchmark's allocs/op: the decision reuses its graph, masks, encoding and network state "
+               "(TestPPODecisionAllocatesNothingPerNode bounds it at 40; the decision allocated 333 times, "
+               "460 KB, before the buffers were kept)"),
         go.row("decision", "ppo network forward, 200-node graph (in Go)", "GraphForward", "us", LEARNED,
-               "gnn.Net.Run and the op, target, template and size heads the decision reads (hidden 16, 2 rounds, "
+               "gnn.Net.Run on a new State and the value, op, target, template and size heads (hidden 16, 2 rounds, "
                "46 node features, 100 layers x 2 slots, 100 seeds); wall time"),
+        go.row("decision", "ppo network forward, 200-node graph, warm state (in Go, CPU time)",
+               "GraphForwardWarm:cpu-ns/op", "us", LEARNED,
+               "the same forward and heads with one gnn.State run again (Net.RunInto), as a session's decisions "
+               "run it; process CPU time"),
         samples_row("decision", f"ppo end_epoch -> {op}, {nodes}-node graph (Session.end_epoch)", "cpu",
                     [t * 1e6 for t in samples], "us", target=LEARNED, source="ABI", baseline=in_go,
                     baseline_name=_named(in_go, "the decision inside Go (Go benchmark)"),
-                    note=f"{layers} linear 64->64 layers x 2 slots, a seed in every layer ({nodes} graph nodes), "
-                         f"policy ppo with a network of the shipped model's size (hidden {hidden}, {rounds} rounds, "
-                         "random weights biased to wait, so each end of epoch makes one decision): Go builds the "
-                         "graph, encodes it, "
-                         "runs the native forward and takes the masked argmax; metrics JSON in, decision out"),
+                    note=common + "runs the native forward and takes the masked argmax; metrics JSON in, decision "
+                                  "out"),
+        onnx_row,
     ]
