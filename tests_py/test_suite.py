@@ -223,3 +223,22 @@ def test_cancer_control_refuses_settings_that_grow_twice_on_a_solved_task(tmp_pa
         found[name] = counts
     assert max(found["defaults"]) <= 1, found
     assert max(found["winner"]) >= 2, found
+
+
+def test_a_policy_set_for_the_suite_reaches_its_grown_runs(esper_home: Path) -> None:
+    """``esper suite --set policy=...`` grows with that policy (it was silently replaced by the heuristic);
+    a policy named by the caller (the random-placement arm, a collection's episodes) still wins. The policy
+    is read from the run's own log, as Go started it."""
+    from esper.demo.experiments import grown_run, setup_task
+    from esper.suite.run import settings_of, setup_for
+
+    def started_with(setup: object, policy: str | None = None) -> str:
+        task = setup_task(setup, 0, torch.device("cpu"))
+        run = grown_run(task, setup, 0, policy=policy) if policy else grown_run(task, setup, 0)
+        first = (esper_home / "runs" / run.run_id / "events.jsonl").read_text().splitlines()[0]
+        return json.loads(first)["data"]["policy"]
+
+    family = FAMILIES["blobs"]
+    assert started_with(setup_for(family, 0, True, "train", settings_of({"policy": "random"}))) == "random"
+    assert started_with(setup_for(family, 0, True, "train")) == "heuristic"  # the control: the default
+    assert started_with(setup_for(family, 0, True, "train"), policy="random") == "random"

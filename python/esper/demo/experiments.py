@@ -285,12 +285,15 @@ def _grow(task: Task, setup: Setup, seed: int, config: MorphConfig, kind: str,
     )
 
 
-def grown_run(task: Task, setup: Setup, seed: int, policy: str = "heuristic") -> RunResult:
-    """Start at ``setup.start_width`` and let the policy grow the model."""
+def grown_run(task: Task, setup: Setup, seed: int, policy: str | None = None) -> RunResult:
+    """Start at ``setup.start_width`` and let the policy grow the model: ``policy`` when given (the
+    random-placement arm, a collection's episodes), else the setup's own (``setup.morph.policy``, which
+    ``esper suite --set policy=...`` sets)."""
+    policy = policy or setup.morph.policy
     # The demo knows its run's length, as most training scripts do: Tamiyo does not grow too late to repay.
     config = MorphConfig(**{**setup.morph.__dict__, "policy": policy,
                             "epochs": setup.epochs if setup.horizon else 0})
-    return _grow(task, setup, seed, config, "grown" if policy == "heuristic" else policy)
+    return _grow(task, setup, seed, config, "grown" if policy in ("heuristic", setup.morph.policy) else policy)
 
 
 def seed_epochs(events: list[dict[str, Any]], epochs: int) -> int:
