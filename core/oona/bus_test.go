@@ -3,6 +3,7 @@ package oona_test
 import (
 	"encoding/json"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -119,6 +120,9 @@ func TestPublishRefusesBadEvents(t *testing.T) {
 		{"raw array", lifecycle(0), json.RawMessage(`[1]`)},
 		{"raw invalid", lifecycle(0), []byte(`{"a":`)},
 		{"unencodable", lifecycle(0), map[string]any{"f": func() {}}},
+		{"appender array", lifecycle(0), appender(`[1]`)},
+		{"appender empty", lifecycle(0), appender(``)},
+		{"appender too large", lifecycle(0), appender(`{"a":"` + strings.Repeat("x", oona.MaxDataBytes) + `"}`)},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -133,6 +137,45 @@ func TestPublishRefusesBadEvents(t *testing.T) {
 	ev, err := b.Publish(lifecycle(0), json.RawMessage(" { \"a\" : 1 } "))
 	if err != nil || string(ev.Data) != `{"a":1}` || ev.Seq != 1 {
 		t.Fatalf("raw object: %v %s seq %d", err, ev.Data, ev.Seq)
+	}
+}
+
+// appender is data that writes itself (oona.Appender).
+type appender string
+
+func (a appender) AppendJSON(b []byte) []byte { return append(b, a...) }
+
+// An Appender's bytes are the event's data as they are (no second
+// encoding), and its line is the same as for the same object given as
+// JSON text.
+func TestPublishTakesAnAppendersBytes(t *testing.T) {
+	b := newBus(t, "r")
+	s, _ := b.Subscribe("s", 4)
+	doc := `{"b":[1,2.5,null],"a":"\u003cx\u003e"}`
+	ev, err := b.Publish(lifecycle(3), appender(doc))
+	if err != nil || string(ev.Data) != doc {
+		t.Fatalf("appender: %v, data %s", err, ev.Data)
+	}
+	ev2, err := b.Publish(lifecycle(3), json.RawMessage(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	strip := func(e *oona.Event) string { // the line less its id, seq and time
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(e.Line(), &m); err != nil {
+			t.Fatal(err)
+		}
+		delete(m, "id")
+		delete(m, "seq")
+		delete(m, "time")
+		out, _ := json.Marshal(m)
+		return string(out)
+	}
+	if strip(ev) != strip(ev2) {
+		t.Fatalf("lines differ:\n%s\n%s", ev.Line(), ev2.Line())
+	}
+	if got := <-s.C(); got != ev {
+		t.Fatal("the subscriber did not get the event")
 	}
 }
 

@@ -189,14 +189,34 @@ func (e *Event) encode() {
 // the largest an Esper run makes: about 1 KiB per layer).
 const MaxDataBytes = 4 << 20
 
-// encodeData returns data as a compact JSON object: json.RawMessage and
-// []byte are taken as JSON text (checked), anything else is encoded with
-// encoding/json.
+// Appender is event data that writes itself: AppendJSON appends one
+// compact JSON object (no insignificant space, valid UTF-8) to b and
+// returns the extended slice. The bus takes the bytes as they are, without
+// encoding/json's reflection or a second pass to check them: an Appender
+// owns that guarantee, and its tests hold it to encoding/json's output.
+// The session's health event (hundreds of numbers at every end of epoch)
+// is one.
+type Appender interface {
+	AppendJSON(b []byte) []byte
+}
+
+// encodeData returns data as a compact JSON object: an Appender's bytes
+// as it writes them, json.RawMessage and []byte taken as JSON text
+// (checked), anything else encoded with encoding/json.
 func encodeData(data any) (json.RawMessage, error) {
 	var raw []byte
 	switch d := data.(type) {
 	case nil:
 		return json.RawMessage("{}"), nil
+	case Appender:
+		b := d.AppendJSON(nil)
+		if len(b) > MaxDataBytes {
+			return nil, fmt.Errorf("oona: data is %d bytes, limit %d: %w", len(b), MaxDataBytes, ErrEvent)
+		}
+		if len(b) < 2 || b[0] != '{' || b[len(b)-1] != '}' {
+			return nil, fmt.Errorf("oona: data must encode as a JSON object, got %.20s: %w", b, ErrEvent)
+		}
+		return b, nil
 	case json.RawMessage:
 		raw = d
 	case []byte:
