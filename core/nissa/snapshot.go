@@ -81,7 +81,7 @@ type LayerSnapshot struct {
 // MarshalJSON encodes the snapshot as encoding/json encodes its fields
 // (map keys sorted), appending the bytes directly (AppendJSON).
 func (s Snapshot) MarshalJSON() ([]byte, error) {
-	return s.AppendJSON(make([]byte, 0, 512+len(s.Layers)*1300)), nil
+	return s.AppendJSON(nil), nil
 }
 
 // AppendJSON appends the bytes MarshalJSON returns to b: a run's health
@@ -90,6 +90,7 @@ func (s Snapshot) MarshalJSON() ([]byte, error) {
 // bus takes them as they are (oona.Appender); tests hold them to
 // encoding/json's output.
 func (s Snapshot) AppendJSON(b []byte) []byte {
+	b = slices.Grow(b, 512+len(s.Layers)*1300) // one allocation for the whole document
 	b = strconv.AppendInt(append(b, `{"window":`...), int64(s.Window), 10)
 	b = appendFloat(append(b, `,"ewma":`...), s.EWMA)
 	b = strconv.AppendInt(append(b, `,"ingests":`...), s.Ingests, 10)

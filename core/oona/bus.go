@@ -112,12 +112,12 @@ func (b *Bus) Publish(h Header, data any) (*Event, error) {
 	if !h.Actor.Valid() {
 		return nil, fmt.Errorf("oona: publish: actor %q is not one of %v: %w", h.Actor, actors, ErrEvent)
 	}
-	raw, err := encodeData(data)
+	buf, err := encodeData(data)
 	if err != nil {
 		return nil, fmt.Errorf("oona: publish %s: %w", h.Kind, err)
 	}
 	ev := &Event{V: SchemaVersion, Run: b.run, Rank: b.rank, Step: h.Step, Epoch: h.Epoch, Kind: h.Kind,
-		Actor: h.Actor, Data: raw}
+		Actor: h.Actor}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -127,7 +127,7 @@ func (b *Bus) Publish(h Header, data any) (*Event, error) {
 	ev.Seq = b.seq
 	ev.ID = b.prefix + "-" + strconv.FormatUint(b.seq, 10)
 	ev.Time = b.now().UTC()
-	ev.encode()
+	ev.encode(buf)
 	b.published.Add(1)
 	for _, s := range b.subs {
 		select {

@@ -3,6 +3,7 @@ package oona_test
 import (
 	"encoding/json"
 	"errors"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -176,6 +177,32 @@ func TestPublishTakesAnAppendersBytes(t *testing.T) {
 	}
 	if got := <-s.C(); got != ev {
 		t.Fatal("the subscriber did not get the event")
+	}
+}
+
+// The widest event head (the longest run id, the largest rank, step and
+// epoch) still makes one valid line around its data.
+func TestPublishWidestHead(t *testing.T) {
+	run := strings.Repeat("r", oona.MaxRunLen)
+	b, err := oona.New(oona.Config{Run: run, Rank: oona.MaxRank})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, data := range []any{nil, appender(`{"a":1}`), map[string]int{"b": 2}, json.RawMessage(` {"c" : 3} `)} {
+		ev, err := b.Publish(oona.Header{Kind: oona.KindPolicy, Actor: oona.ActorGovernor, Step: math.MaxInt64,
+			Epoch: math.MaxInt}, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back oona.Event
+		if err := json.Unmarshal(ev.Line(), &back); err != nil {
+			t.Fatalf("%s: %v", ev.Line(), err)
+		}
+		if back.Run != run || back.Rank != oona.MaxRank || back.Step != math.MaxInt64 || back.Epoch != math.MaxInt ||
+			string(back.Data) != string(ev.Data) || ev.Line()[len(ev.Line())-1] != '\n' {
+			t.Fatalf("line %s decodes to %+v", ev.Line(), back)
+		}
 	}
 }
 
