@@ -134,6 +134,12 @@ func (b *Bus) Publish(h Header, data any) (*Event, error) {
 		case s.ch <- ev:
 			s.delivered.Add(1)
 			b.delivered.Add(1)
+			if len(s.ch) == cap(s.ch)/2+1 {
+				select {
+				case s.half <- struct{}{}:
+				default:
+				}
+			}
 		default:
 			s.dropped.Add(1)
 			b.dropped.Add(1)
@@ -152,7 +158,7 @@ func (b *Bus) Subscribe(name string, buffer int) (*Subscription, error) {
 	if buffer < 1 || buffer > MaxBuffer {
 		return nil, fmt.Errorf("oona: subscribe %q: buffer %d must be in [1, %d]: %w", name, buffer, MaxBuffer, ErrConfig)
 	}
-	s := &Subscription{name: name, bus: b, ch: make(chan *Event, buffer)}
+	s := &Subscription{name: name, bus: b, ch: make(chan *Event, buffer), half: make(chan struct{}, 1)}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -220,6 +226,7 @@ type Subscription struct {
 	name      string
 	bus       *Bus
 	ch        chan *Event
+	half      chan struct{}
 	delivered atomic.Int64
 	dropped   atomic.Int64
 }
@@ -227,6 +234,11 @@ type Subscription struct {
 // C returns the channel the subscriber reads; it is closed by Close (of
 // the subscription or the bus) after the events in the buffer.
 func (s *Subscription) C() <-chan *Event { return s.ch }
+
+// HalfFull receives when an event published takes the buffer past half
+// full: a subscriber that reads in bursts (the run log) reads then, before
+// events are dropped.
+func (s *Subscription) HalfFull() <-chan struct{} { return s.half }
 
 // Stats returns the subscriber's counts.
 func (s *Subscription) Stats() SubscriberStats {
