@@ -298,3 +298,14 @@ def test_footprint_rows_say_why_without_the_nonats_build(monkeypatch: pytest.Mon
         "RSS added by loading libesper.so without the NATS client (after import torch)"]
     for r in rows:
         assert r.value is None and "is absent; `make nonats-lib` builds it" in r.note, r
+
+
+@pytest.mark.parametrize("side", ["off", "log"])
+def test_epoch_cost_times_each_end_epoch(side: str) -> None:
+    """The profiler's helper (esper.bench.epochcost) times every end_epoch after its warm-up."""
+    from esper.bench.epochcost import epoch_cost
+
+    got = epoch_cost(side, epochs=3)
+    assert len(got) == 3 and all(math.isfinite(t) and t > 0 for t in got), got
+    with pytest.raises(ValueError, match="side"):
+        epoch_cost("on")

@@ -130,6 +130,10 @@ func TestSnapshotEncodesAsEncodingJSON(t *testing.T) {
 		if string(got) != string(want) {
 			t.Fatalf("%s:\n got %s\nwant %s", name, got, want)
 		}
+		// AppendJSON (what the bus takes as it is) appends the same bytes.
+		if app := snap.AppendJSON([]byte("prefix")); string(app) != "prefix"+string(want) {
+			t.Fatalf("%s: AppendJSON after a prefix:\n got %s\nwant prefix%s", name, app, want)
+		}
 		var back nissa.Snapshot // and it decodes
 		if err := json.Unmarshal(got, &back); err != nil {
 			t.Fatalf("%s: %v", name, err)

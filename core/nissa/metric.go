@@ -81,18 +81,27 @@ func (m Metric) Finite() bool { return m.Measured && finite(m.Value) }
 
 // MarshalJSON encodes the metric: null, a number, or a non-finite string.
 func (m Metric) MarshalJSON() ([]byte, error) {
+	return m.AppendJSON(nil), nil
+}
+
+// AppendJSON appends the bytes MarshalJSON returns to b.
+func (m Metric) AppendJSON(b []byte) []byte {
 	switch {
 	case !m.Measured:
-		return []byte("null"), nil
+		return append(b, "null"...)
 	case math.IsNaN(m.Value):
-		return []byte(`"NaN"`), nil
+		return append(b, `"NaN"`...)
 	case math.IsInf(m.Value, 1):
-		return []byte(`"Infinity"`), nil
+		return append(b, `"Infinity"`...)
 	case math.IsInf(m.Value, -1):
-		return []byte(`"-Infinity"`), nil
+		return append(b, `"-Infinity"`...)
 	}
-	return appendFloat(nil, m.Value), nil
+	return appendFloat(b, m.Value)
 }
+
+// AppendNum appends v as Num encodes it: a finite value as encoding/json
+// writes a float64, anything else as null.
+func AppendNum(b []byte, v float64) []byte { return appendNum64(b, v) }
 
 // UnmarshalJSON decodes what MarshalJSON writes; anything else wraps
 // ErrMetric.

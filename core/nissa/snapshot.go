@@ -25,7 +25,11 @@ type summaryJSON struct {
 // The bytes are those json.Marshal writes for summaryJSON, appended
 // directly (tested against it).
 func (m Summary) MarshalJSON() ([]byte, error) {
-	b := make([]byte, 0, 160)
+	return m.appendJSON(make([]byte, 0, 160)), nil
+}
+
+// appendJSON appends the bytes MarshalJSON returns to b.
+func (m Summary) appendJSON(b []byte) []byte {
 	b = strconv.AppendInt(append(b, `{"n":`...), int64(m.N), 10)
 	b = strconv.AppendInt(append(b, `,"total":`...), m.Total, 10)
 	b = strconv.AppendInt(append(b, `,"nonfinite":`...), m.Nonfinite, 10)
@@ -35,7 +39,7 @@ func (m Summary) MarshalJSON() ([]byte, error) {
 	b = appendNum64(append(b, `,"ewma":`...), m.EWMA)
 	b = appendNum64(append(b, `,"last":`...), m.Last)
 	b = strconv.AppendInt(append(b, `,"last_step":`...), m.LastStep, 10)
-	return append(b, '}'), nil
+	return append(b, '}')
 }
 
 // UnmarshalJSON decodes what MarshalJSON writes (null becomes NaN).
@@ -75,23 +79,26 @@ type LayerSnapshot struct {
 }
 
 // MarshalJSON encodes the snapshot as encoding/json encodes its fields
-// (map keys sorted), appending the bytes directly: a run's health event
-// carries one at every end of epoch, and reflection over its hundreds of
-// numbers cost more than the rest of the run log's work (tested against
-// encoding/json).
+// (map keys sorted), appending the bytes directly (AppendJSON).
 func (s Snapshot) MarshalJSON() ([]byte, error) {
-	b := make([]byte, 0, 512+len(s.Layers)*1300)
+	return s.AppendJSON(nil), nil
+}
+
+// AppendJSON appends the bytes MarshalJSON returns to b: a run's health
+// event carries a snapshot at every end of epoch, and reflection over its
+// hundreds of numbers cost more than the rest of the run log's work. The
+// bus takes them as they are (oona.Appender); tests hold them to
+// encoding/json's output.
+func (s Snapshot) AppendJSON(b []byte) []byte {
+	b = slices.Grow(b, 512+len(s.Layers)*1300) // one allocation for the whole document
 	b = strconv.AppendInt(append(b, `{"window":`...), int64(s.Window), 10)
 	b = appendFloat(append(b, `,"ewma":`...), s.EWMA)
 	b = strconv.AppendInt(append(b, `,"ingests":`...), s.Ingests, 10)
 	b = strconv.AppendInt(append(b, `,"last_step":`...), s.LastStep, 10)
-	var err error
-	if b, err = appendSummaries(append(b, `,"global":`...), s.Global); err != nil {
-		return nil, err
-	}
+	b = appendSummaries(append(b, `,"global":`...), s.Global)
 	b = append(b, `,"layers":`...)
 	if s.Layers == nil {
-		return append(b, "null}"...), nil
+		return append(b, "null}"...)
 	}
 	b = append(b, '[')
 	for i, l := range s.Layers {
@@ -100,27 +107,22 @@ func (s Snapshot) MarshalJSON() ([]byte, error) {
 		}
 		b = strconv.AppendInt(append(b, `{"layer":`...), int64(l.Layer), 10)
 		if l.Name != "" {
-			name, err := json.Marshal(l.Name) // encoding/json's string escaping
-			if err != nil {
-				return nil, err
-			}
-			b = append(append(b, `,"name":`...), name...)
+			b = appendString(append(b, `,"name":`...), l.Name)
 		}
-		if b, err = appendSummaries(append(b, `,"signals":`...), l.Signals); err != nil {
-			return nil, err
-		}
+		b = appendSummaries(append(b, `,"signals":`...), l.Signals)
 		b = append(b, '}')
 	}
-	return append(b, "]}"...), nil
+	return append(b, "]}"...)
 }
 
 // appendSummaries appends m as encoding/json encodes a map (keys sorted,
 // nil as null).
-func appendSummaries(b []byte, m map[string]Summary) ([]byte, error) {
+func appendSummaries(b []byte, m map[string]Summary) []byte {
 	if m == nil {
-		return append(b, "null"...), nil
+		return append(b, "null"...)
 	}
-	keys := make([]string, 0, len(m))
+	var buf [16]string
+	keys := buf[:0]
 	for k := range m {
 		keys = append(keys, k)
 	}
@@ -130,14 +132,23 @@ func appendSummaries(b []byte, m map[string]Summary) ([]byte, error) {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		key, err := json.Marshal(k)
-		if err != nil {
-			return nil, err
-		}
-		sum, _ := m[k].MarshalJSON()
-		b = append(append(append(b, key...), ':'), sum...)
+		b = m[k].appendJSON(append(appendString(b, k), ':'))
 	}
-	return append(b, '}'), nil
+	return append(b, '}')
+}
+
+// appendString appends s as encoding/json encodes a string: quoted as it
+// is when it holds only printable ASCII that needs no escape (signal and
+// layer names, in practice), else by encoding/json itself.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20, c >= 0x7f, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(b, q...)
+		}
+	}
+	return append(append(append(b, '"'), s...), '"')
 }
 
 // Snapshot returns the statistics of every series. names, when it has one

@@ -112,12 +112,12 @@ func (b *Bus) Publish(h Header, data any) (*Event, error) {
 	if !h.Actor.Valid() {
 		return nil, fmt.Errorf("oona: publish: actor %q is not one of %v: %w", h.Actor, actors, ErrEvent)
 	}
-	raw, err := encodeData(data)
+	buf, err := encodeData(data)
 	if err != nil {
 		return nil, fmt.Errorf("oona: publish %s: %w", h.Kind, err)
 	}
 	ev := &Event{V: SchemaVersion, Run: b.run, Rank: b.rank, Step: h.Step, Epoch: h.Epoch, Kind: h.Kind,
-		Actor: h.Actor, Data: raw}
+		Actor: h.Actor}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -127,13 +127,19 @@ func (b *Bus) Publish(h Header, data any) (*Event, error) {
 	ev.Seq = b.seq
 	ev.ID = b.prefix + "-" + strconv.FormatUint(b.seq, 10)
 	ev.Time = b.now().UTC()
-	ev.encode()
+	ev.encode(buf)
 	b.published.Add(1)
 	for _, s := range b.subs {
 		select {
 		case s.ch <- ev:
 			s.delivered.Add(1)
 			b.delivered.Add(1)
+			if len(s.ch) == cap(s.ch)/2+1 {
+				select {
+				case s.half <- struct{}{}:
+				default:
+				}
+			}
 		default:
 			s.dropped.Add(1)
 			b.dropped.Add(1)
@@ -152,7 +158,7 @@ func (b *Bus) Subscribe(name string, buffer int) (*Subscription, error) {
 	if buffer < 1 || buffer > MaxBuffer {
 		return nil, fmt.Errorf("oona: subscribe %q: buffer %d must be in [1, %d]: %w", name, buffer, MaxBuffer, ErrConfig)
 	}
-	s := &Subscription{name: name, bus: b, ch: make(chan *Event, buffer)}
+	s := &Subscription{name: name, bus: b, ch: make(chan *Event, buffer), half: make(chan struct{}, 1)}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -220,6 +226,7 @@ type Subscription struct {
 	name      string
 	bus       *Bus
 	ch        chan *Event
+	half      chan struct{}
 	delivered atomic.Int64
 	dropped   atomic.Int64
 }
@@ -227,6 +234,11 @@ type Subscription struct {
 // C returns the channel the subscriber reads; it is closed by Close (of
 // the subscription or the bus) after the events in the buffer.
 func (s *Subscription) C() <-chan *Event { return s.ch }
+
+// HalfFull receives when an event published takes the buffer past half
+// full: a subscriber that reads in bursts (the run log) reads then, before
+// events are dropped.
+func (s *Subscription) HalfFull() <-chan struct{} { return s.half }
 
 // Stats returns the subscriber's counts.
 func (s *Subscription) Stats() SubscriberStats {

@@ -3,6 +3,8 @@ package oona_test
 import (
 	"encoding/json"
 	"errors"
+	"math"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -119,6 +121,9 @@ func TestPublishRefusesBadEvents(t *testing.T) {
 		{"raw array", lifecycle(0), json.RawMessage(`[1]`)},
 		{"raw invalid", lifecycle(0), []byte(`{"a":`)},
 		{"unencodable", lifecycle(0), map[string]any{"f": func() {}}},
+		{"appender array", lifecycle(0), appender(`[1]`)},
+		{"appender empty", lifecycle(0), appender(``)},
+		{"appender too large", lifecycle(0), appender(`{"a":"` + strings.Repeat("x", oona.MaxDataBytes) + `"}`)},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -133,6 +138,71 @@ func TestPublishRefusesBadEvents(t *testing.T) {
 	ev, err := b.Publish(lifecycle(0), json.RawMessage(" { \"a\" : 1 } "))
 	if err != nil || string(ev.Data) != `{"a":1}` || ev.Seq != 1 {
 		t.Fatalf("raw object: %v %s seq %d", err, ev.Data, ev.Seq)
+	}
+}
+
+// appender is data that writes itself (oona.Appender).
+type appender string
+
+func (a appender) AppendJSON(b []byte) []byte { return append(b, a...) }
+
+// An Appender's bytes are the event's data as they are (no second
+// encoding), and its line is the same as for the same object given as
+// JSON text.
+func TestPublishTakesAnAppendersBytes(t *testing.T) {
+	b := newBus(t, "r")
+	s, _ := b.Subscribe("s", 4)
+	doc := `{"b":[1,2.5,null],"a":"\u003cx\u003e"}`
+	ev, err := b.Publish(lifecycle(3), appender(doc))
+	if err != nil || string(ev.Data) != doc {
+		t.Fatalf("appender: %v, data %s", err, ev.Data)
+	}
+	ev2, err := b.Publish(lifecycle(3), json.RawMessage(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	strip := func(e *oona.Event) string { // the line less its id, seq and time
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(e.Line(), &m); err != nil {
+			t.Fatal(err)
+		}
+		delete(m, "id")
+		delete(m, "seq")
+		delete(m, "time")
+		out, _ := json.Marshal(m)
+		return string(out)
+	}
+	if strip(ev) != strip(ev2) {
+		t.Fatalf("lines differ:\n%s\n%s", ev.Line(), ev2.Line())
+	}
+	if got := <-s.C(); got != ev {
+		t.Fatal("the subscriber did not get the event")
+	}
+}
+
+// The widest event head (the longest run id, the largest rank, step and
+// epoch) still makes one valid line around its data.
+func TestPublishWidestHead(t *testing.T) {
+	run := strings.Repeat("r", oona.MaxRunLen)
+	b, err := oona.New(oona.Config{Run: run, Rank: oona.MaxRank})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, data := range []any{nil, appender(`{"a":1}`), map[string]int{"b": 2}, json.RawMessage(` {"c" : 3} `)} {
+		ev, err := b.Publish(oona.Header{Kind: oona.KindPolicy, Actor: oona.ActorGovernor, Step: math.MaxInt64,
+			Epoch: math.MaxInt}, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back oona.Event
+		if err := json.Unmarshal(ev.Line(), &back); err != nil {
+			t.Fatalf("%s: %v", ev.Line(), err)
+		}
+		if back.Run != run || back.Rank != oona.MaxRank || back.Step != math.MaxInt64 || back.Epoch != math.MaxInt ||
+			string(back.Data) != string(ev.Data) || ev.Line()[len(ev.Line())-1] != '\n' {
+			t.Fatalf("line %s decodes to %+v", ev.Line(), back)
+		}
 	}
 }
 

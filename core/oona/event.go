@@ -155,48 +155,86 @@ func (e *Event) Subject() string {
 	return "esper.v" + strconv.Itoa(SchemaVersion) + "." + e.Run + "." + strconv.Itoa(e.Rank) + "." + string(e.Kind)
 }
 
-// encode fills e.line. Run, kind and actor are checked tokens, so only
+// headroom is the room encodeData leaves before the data for the line's
+// head (everything up to `"data":`): with a run id of MaxRunLen and every
+// number at its widest the head takes about 400 bytes, so a line is built
+// in the data's own buffer, with no second allocation or copy of the data
+// (a health event's is kilobytes).
+const headroom = 448
+
+// encode fills e.line from buf, which holds headroom bytes of room and then
+// the data (encodeData). Run, kind and actor are checked tokens, so only
 // the id needs no quoting either (hex and digits).
-func (e *Event) encode() {
-	b := make([]byte, 0, 160+len(e.Data))
-	b = append(b, `{"v":`...)
-	b = strconv.AppendInt(b, int64(e.V), 10)
-	b = append(b, `,"id":"`...)
-	b = append(b, e.ID...)
-	b = append(b, `","seq":`...)
-	b = strconv.AppendUint(b, e.Seq, 10)
-	b = append(b, `,"run":"`...)
-	b = append(b, e.Run...)
-	b = append(b, `","rank":`...)
-	b = strconv.AppendInt(b, int64(e.Rank), 10)
-	b = append(b, `,"step":`...)
-	b = strconv.AppendInt(b, e.Step, 10)
-	b = append(b, `,"epoch":`...)
-	b = strconv.AppendInt(b, int64(e.Epoch), 10)
-	b = append(b, `,"time":"`...)
-	b = e.Time.AppendFormat(b, time.RFC3339Nano)
-	b = append(b, `","kind":"`...)
-	b = append(b, e.Kind...)
-	b = append(b, `","actor":"`...)
-	b = append(b, e.Actor...)
-	b = append(b, `","data":`...)
-	b = append(b, e.Data...)
-	b = append(b, "}\n"...)
-	e.line = b
+func (e *Event) encode(buf []byte) {
+	var hb [headroom]byte
+	h := append(hb[:0], `{"v":`...)
+	h = strconv.AppendInt(h, int64(e.V), 10)
+	h = append(h, `,"id":"`...)
+	h = append(h, e.ID...)
+	h = append(h, `","seq":`...)
+	h = strconv.AppendUint(h, e.Seq, 10)
+	h = append(h, `,"run":"`...)
+	h = append(h, e.Run...)
+	h = append(h, `","rank":`...)
+	h = strconv.AppendInt(h, int64(e.Rank), 10)
+	h = append(h, `,"step":`...)
+	h = strconv.AppendInt(h, e.Step, 10)
+	h = append(h, `,"epoch":`...)
+	h = strconv.AppendInt(h, int64(e.Epoch), 10)
+	h = append(h, `,"time":"`...)
+	h = e.Time.AppendFormat(h, time.RFC3339Nano)
+	h = append(h, `","kind":"`...)
+	h = append(h, e.Kind...)
+	h = append(h, `","actor":"`...)
+	h = append(h, e.Actor...)
+	h = append(h, `","data":`...)
+	data := buf[headroom:]
+	var line []byte
+	if len(h) <= headroom {
+		line = buf[headroom-len(h):]
+		copy(line, h)
+		line = append(line, "}\n"...)
+	} else { // a head wider than the room (not reachable with checked fields): a fresh line
+		line = append(append(append(make([]byte, 0, len(h)+len(data)+2), h...), data...), "}\n"...)
+	}
+	e.Data = line[len(h) : len(line)-2 : len(line)-2]
+	e.line = line
 }
 
 // MaxDataBytes bounds an event's data (a health summary of many layers is
 // the largest an Esper run makes: about 1 KiB per layer).
 const MaxDataBytes = 4 << 20
 
-// encodeData returns data as a compact JSON object: json.RawMessage and
-// []byte are taken as JSON text (checked), anything else is encoded with
-// encoding/json.
-func encodeData(data any) (json.RawMessage, error) {
+// Appender is event data that writes itself: AppendJSON appends one
+// compact JSON object (no insignificant space, valid UTF-8) to b and
+// returns the extended slice. The bus takes the bytes as they are, without
+// encoding/json's reflection or a second pass to check them: an Appender
+// owns that guarantee, and its tests hold it to encoding/json's output.
+// The session's health event (hundreds of numbers at every end of epoch)
+// is one.
+type Appender interface {
+	AppendJSON(b []byte) []byte
+}
+
+// encodeData returns headroom bytes of room (see encode) followed by data
+// as a compact JSON object: an Appender's bytes as it writes them,
+// json.RawMessage and []byte taken as JSON text (checked), anything else
+// encoded with encoding/json.
+func encodeData(data any) ([]byte, error) {
 	var raw []byte
 	switch d := data.(type) {
 	case nil:
-		return json.RawMessage("{}"), nil
+		return withRoom([]byte("{}")), nil
+	case Appender:
+		b := d.AppendJSON(make([]byte, headroom, headroom+256))
+		obj := b[headroom:]
+		if len(obj) > MaxDataBytes {
+			return nil, fmt.Errorf("oona: data is %d bytes, limit %d: %w", len(obj), MaxDataBytes, ErrEvent)
+		}
+		if len(obj) < 2 || obj[0] != '{' || obj[len(obj)-1] != '}' {
+			return nil, fmt.Errorf("oona: data must encode as a JSON object, got %.20s: %w", obj, ErrEvent)
+		}
+		return b, nil
 	case json.RawMessage:
 		raw = d
 	case []byte:
@@ -209,7 +247,7 @@ func encodeData(data any) (json.RawMessage, error) {
 		if len(b) == 0 || b[0] != '{' {
 			return nil, fmt.Errorf("oona: data must encode as a JSON object, got %.20s: %w", b, ErrEvent)
 		}
-		return b, nil
+		return withRoom(b), nil
 	}
 	if len(raw) > MaxDataBytes {
 		return nil, fmt.Errorf("oona: data is %d bytes, limit %d: %w", len(raw), MaxDataBytes, ErrEvent)
@@ -217,12 +255,18 @@ func encodeData(data any) (json.RawMessage, error) {
 	if !json.Valid(raw) || !utf8.Valid(raw) {
 		return nil, fmt.Errorf("oona: data is not valid JSON in UTF-8: %w", ErrEvent)
 	}
-	var buf bytes.Buffer
-	if err := json.Compact(&buf, raw); err != nil {
+	buf := bytes.NewBuffer(make([]byte, headroom, headroom+len(raw)+2))
+	if err := json.Compact(buf, raw); err != nil {
 		return nil, fmt.Errorf("oona: data: %v: %w", err, ErrEvent)
 	}
-	if buf.Len() == 0 || buf.Bytes()[0] != '{' {
+	if buf.Len() == headroom || buf.Bytes()[headroom] != '{' {
 		return nil, fmt.Errorf("oona: data must be a JSON object: %w", ErrEvent)
 	}
-	return json.RawMessage(buf.Bytes()), nil
+	return buf.Bytes(), nil
+}
+
+// withRoom returns headroom bytes of room followed by obj (and room for
+// the line's end).
+func withRoom(obj []byte) []byte {
+	return append(make([]byte, headroom, headroom+len(obj)+2), obj...)
 }

@@ -81,20 +81,29 @@ type LogStats struct {
 // package doc and docs/events.md).
 type RunLog struct {
 	// Set at Open and never changed.
-	cfg     LogConfig
-	base    string
-	sub     *Subscription
-	flushes chan chan error
-	done    chan struct{}
+	cfg  LogConfig
+	base string
+	sub  *Subscription
+	wake chan struct{} // the writer is asked to write (and fsync) now
+	stop chan struct{} // closed by Close
+	done chan struct{} // closed when the writer has closed the file
 
 	lines, bytes, rotations, syncs, lost atomic.Int64
 	firstErr                             atomic.Pointer[string]
 
-	// Owned by the writer goroutine only.
+	// wmu guards the file and the taking of events from the subscription:
+	// an event leaves the subscription's buffer only under wmu and is
+	// written before wmu is released, so whoever takes wmu after an event
+	// was published finds it in the file or still in the buffer. The
+	// writer goroutine holds it while it writes, Flush while it writes in
+	// its caller's goroutine.
+	wmu      sync.Mutex
 	f        *os.File
 	w        *bufio.Writer
 	size     int64
 	lastSync time.Time
+	syncDue  bool // a line written by Flush asked for an fsync: the writer does it
+	finished bool // the file is closed (Close, or the bus closed)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -127,7 +136,8 @@ func OpenRunLog(b *Bus, cfg LogConfig) (*RunLog, error) {
 	if cfg.Buffer < 1 || cfg.Buffer > MaxBuffer {
 		return nil, fmt.Errorf("oona: run log: buffer %d must be in [1, %d]: %w", cfg.Buffer, MaxBuffer, ErrConfig)
 	}
-	l := &RunLog{cfg: cfg, base: LogBase(b.Rank()), flushes: make(chan chan error), done: make(chan struct{})}
+	l := &RunLog{cfg: cfg, base: LogBase(b.Rank()), wake: make(chan struct{}, 1), stop: make(chan struct{}),
+		done: make(chan struct{})}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("oona: run log: create %s: %v: %w", cfg.Dir, err, ErrIO)
 	}
@@ -192,39 +202,58 @@ func (l *RunLog) open() error {
 	return nil
 }
 
-// run is the writer goroutine: it writes every event it receives, flushes
-// to the operating system after each burst, and fsyncs after a burst that
-// held a run event, or an epoch event SyncEvery after the last fsync.
+// WriteEvery is how long an event may wait in the run log's buffer before
+// the writer hands it to the operating system, unless Flush (every
+// Morphogenesis.end_epoch), Close, or a buffer half full writes it sooner.
+// Waking the writer for every event cost more than the write itself at
+// every end of epoch (docs/performance.md).
+const WriteEvery = 100 * time.Millisecond
+
+// run is the writer goroutine: every WriteEvery, when the subscription's
+// buffer is half full, and when Flush asks for an fsync, it writes the
+// events waiting, hands them to the operating system, and fsyncs when one
+// of them asks for it (see write). It closes the file at Close, or when
+// the bus closes.
 func (l *RunLog) run() {
 	defer close(l.done)
+	tick := time.NewTicker(WriteEvery)
+	defer tick.Stop()
 	for {
 		select {
-		case ev, ok := <-l.sub.C():
-			if !ok {
-				l.finish()
-				return
-			}
-			sync := l.write(ev)
-			more, open := l.drain()
-			l.flush(sync || more)
-			if !open {
-				l.finish()
-				return
-			}
-		case reply := <-l.flushes:
-			more, open := l.drain()
-			l.flush(more)
-			reply <- l.err()
-			if !open {
-				l.finish()
-				return
-			}
+		case <-tick.C:
+		case <-l.wake:
+		case <-l.sub.HalfFull():
+		case <-l.stop:
 		}
+		l.wmu.Lock()
+		sync, open := l.drain()
+		sync = sync || l.syncDue
+		l.syncDue = false
+		stopping := !open
+		select {
+		case <-l.stop:
+			stopping = true
+		default:
+		}
+		if stopping {
+			for open { // Close: the subscription is closed; write what it still holds
+				var more bool
+				more, open = l.drain()
+				sync = sync || more
+			}
+			l.finish()
+			l.finished = true
+			l.wmu.Unlock()
+			return
+		}
+		l.flush(sync)
+		l.wmu.Unlock()
 	}
 }
 
-// drain writes the events already buffered; sync reports whether one of
-// them asks for an fsync, open is false when the channel was closed.
+// drain writes the events already buffered (under wmu); sync reports
+// whether one of them asks for an fsync, open is false when the channel
+// was closed.
 func (l *RunLog) drain() (sync, open bool) {
 	for {
 		select {
@@ -344,28 +373,50 @@ func (l *RunLog) err() error {
 
 func ptr[T any](v T) *T { return &v }
 
-// Flush waits until every event published before the call is written to
-// the operating system (a killed process then keeps it), for at most
-// timeout. It returns ErrTimeout when the writer did not answer in time
-// (nothing is lost: it goes on writing), ErrClosed after Close, and the
-// first write error if one happened.
+// Flush writes every event published before the call and hands it to the
+// operating system (a killed process then keeps it), in the caller's
+// goroutine: no handoff to the writer. An fsync one of them asks for is
+// left to the writer goroutine, so the caller never waits on the disk's
+// sync. When the writer holds the file (a write or an fsync in progress),
+// Flush waits for it at most timeout: ErrTimeout then (nothing is lost: the
+// events are written with the writer's next burst). It returns ErrClosed
+// after Close, and the first write error if one happened.
 func (l *RunLog) Flush(timeout time.Duration) error {
+	if l.wmu.TryLock() {
+		defer l.wmu.Unlock()
+		return l.flushLocked()
+	}
+	reply := make(chan error, 1)
+	go func() {
+		l.wmu.Lock()
+		defer l.wmu.Unlock()
+		reply <- l.flushLocked()
+	}()
 	t := time.NewTimer(timeout)
 	defer t.Stop()
-	reply := make(chan error, 1)
-	select {
-	case l.flushes <- reply:
-	case <-l.done:
-		return fmt.Errorf("oona: run log flush: %w", ErrClosed)
-	case <-t.C:
-		return fmt.Errorf("oona: run log flush: the writer did not answer in %v: %w", timeout, ErrTimeout)
-	}
 	select {
 	case err := <-reply:
 		return err
 	case <-t.C:
-		return fmt.Errorf("oona: run log flush: not written in %v: %w", timeout, ErrTimeout)
+		return fmt.Errorf("oona: run log flush: the writer did not let go of the file in %v: %w", timeout, ErrTimeout)
 	}
+}
+
+// flushLocked is Flush's work, under wmu.
+func (l *RunLog) flushLocked() error {
+	if l.finished {
+		return fmt.Errorf("oona: run log flush: %w", ErrClosed)
+	}
+	sync, _ := l.drain() // a closed channel: the writer finishes the file at its next wake
+	l.flush(false)
+	if sync {
+		l.syncDue = true
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
+	}
+	return l.err()
 }
 
 // Close unsubscribes the log, writes the events still buffered, fsyncs and
@@ -375,6 +426,7 @@ func (l *RunLog) Flush(timeout time.Duration) error {
 func (l *RunLog) Close(timeout time.Duration) error {
 	l.closeOnce.Do(func() {
 		l.sub.Close()
+		close(l.stop)
 		t := time.NewTimer(timeout)
 		defer t.Stop()
 		select {

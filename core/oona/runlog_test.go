@@ -225,3 +225,68 @@ func TestRunLogOtherRankHasItsOwnFile(t *testing.T) {
 		t.Fatalf("rank 1 log: %+v", evs)
 	}
 }
+
+// fileLines counts the events in the run log's current file now.
+func fileLines(t testing.TB, n *oona.Node) int {
+	t.Helper()
+	evs, bad := readLines(t, n.Log.Path())
+	if bad != 0 {
+		t.Fatalf("%d bad lines", bad)
+	}
+	return len(evs)
+}
+
+// Without Flush, the writer hands events to the OS within about
+// WriteEvery; an fsync an event asks for (a run event) is done by the
+// writer after a Flush wrote the line.
+func TestRunLogWritesWithoutFlushAndSyncsAfterIt(t *testing.T) {
+	n := openNode(t, t.TempDir(), oona.LogConfig{})
+	if _, err := n.Bus.Publish(lifecycle(1), map[string]int{"i": 1}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * oona.WriteEvery)
+	for fileLines(t, n) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("not written after %v without Flush", 20*oona.WriteEvery)
+		}
+		time.Sleep(oona.WriteEvery / 10)
+	}
+	syncs := n.Log.Stats().Syncs
+	if _, err := n.Bus.Publish(oona.Header{Kind: oona.KindRun, Actor: oona.ActorSystem}, map[string]string{"phase": "start"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Log.Flush(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := fileLines(t, n); got != 2 {
+		t.Fatalf("%d lines after Flush, want 2", got)
+	}
+	for n.Log.Stats().Syncs == syncs {
+		if time.Now().After(deadline) {
+			t.Fatal("the run event's fsync was not done")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A burst that fills half the buffer wakes the writer before the next
+// tick: a buffer of 16 takes 200 events published over less than
+// WriteEvery without dropping one.
+func TestRunLogWritesWhenHalfFull(t *testing.T) {
+	n := openNode(t, t.TempDir(), oona.LogConfig{Buffer: 16})
+	const events = 200
+	start := time.Now()
+	for i := range events {
+		if _, err := n.Bus.Publish(lifecycle(int64(i)), map[string]int{"i": i}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	if err := n.Log.Flush(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	st := n.Log.Stats()
+	if st.Dropped != 0 || st.Lines != events || fileLines(t, n) != events {
+		t.Fatalf("after %v: stats %+v, %d lines in the file", time.Since(start), st, fileLines(t, n))
+	}
+}

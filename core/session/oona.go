@@ -4,6 +4,8 @@ import (
 	"errors"
 	"log/slog"
 	"math"
+	"slices"
+	"strconv"
 
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
@@ -92,6 +94,76 @@ type epochData struct {
 	// TrainFLOPs is the run's training FLOPs so far, this epoch included
 	// (flopCount: the wrapped layers and their live seeds).
 	TrainFLOPs int64 `json:"train_flops"`
+}
+
+// AppendJSON appends d as encoding/json encodes it (oona.Appender: an
+// end of epoch publishes one, and reflection cost more than the rest of
+// its event; tested against encoding/json). A non-finite delta_loss, which
+// ParseMetrics refuses, is written null.
+func (d epochData) AppendJSON(b []byte) []byte {
+	m := d.Metrics
+	b = append(b, `{"metrics":{`...)
+	if m.Epoch != nil {
+		b = strconv.AppendInt(append(b, `"epoch":`...), int64(*m.Epoch), 10)
+		b = append(b, ',')
+	}
+	b = m.TrainLoss.AppendJSON(append(b, `"train_loss":`...))
+	b = m.ValLoss.AppendJSON(append(b, `,"val_loss":`...))
+	b = m.ValMetric.AppendJSON(append(b, `,"val_metric":`...))
+	if len(m.Contributions) > 0 {
+		b = append(b, `,"contributions":[`...)
+		for i, c := range m.Contributions {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendInt(append(b, `{"layer":`...), int64(c.Layer), 10)
+			b = strconv.AppendInt(append(b, `,"slot":`...), int64(c.Slot), 10)
+			b = append(nissa.AppendNum(append(b, `,"delta_loss":`...), c.DeltaLoss), '}')
+		}
+		b = append(b, ']')
+	}
+	if len(m.SamplesPerStep) > 0 {
+		b = append(b, `,"samples_per_step":[`...)
+		for i, n := range m.SamplesPerStep {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendInt(b, n, 10)
+		}
+		b = append(b, ']')
+	}
+	b = strconv.AppendInt(append(b, `},"params_used":`...), d.ParamsUsed, 10)
+	b = append(b, `,"seeds":`...)
+	if d.Seeds == nil {
+		b = append(b, "null"...)
+	} else {
+		keys := make([]string, 0, len(d.Seeds))
+		for k := range d.Seeds {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		b = append(b, '{')
+		for i, k := range keys { // lifecycle state names: letters and '_' only
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendInt(append(append(append(b, '"'), k...), `":`...), int64(d.Seeds[k]), 10)
+		}
+		b = append(b, '}')
+	}
+	b = strconv.AppendInt(append(b, `,"decisions":`...), int64(d.Decisions), 10)
+	c := d.Counters
+	for _, f := range []struct {
+		key string
+		n   int64
+	}{{`,"counters":{"germinations":`, c.Germinations}, {`,"fossilizations":`, c.Fossilizations},
+		{`,"prunes":`, c.Prunes}, {`,"cancels":`, c.Cancels}, {`,"rollbacks":`, c.Rollbacks},
+		{`,"failures":`, c.Failures}, {`,"alarms":`, c.Alarms}, {`,"decisions":`, c.Decisions},
+		{`,"events":`, c.Events}, {`,"proposals":`, c.Proposals}, {`,"refused":`, c.Refused}} {
+		b = strconv.AppendInt(append(b, f.key...), f.n, 10)
+	}
+	b = strconv.AppendInt(append(b, `},"train_flops":`...), d.TrainFLOPs, 10)
+	return append(b, '}')
 }
 
 // runData is a run event's data.

@@ -238,7 +238,9 @@ func Open(b *oona.Bus, cfg Config) (*Sink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("natsink: connect %s: %v: %w", shown, err, errcode.ErrUnavailable)
 	}
-	js, err := jetstream.New(nc)
+	// Acks lost with a connection time out (the burst is then sent again):
+	// without a timeout the client would keep waiting for them.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(ackWait))
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("natsink: jetstream: %v: %w", err, errcode.ErrUnavailable)
@@ -272,8 +274,19 @@ func (s *Sink) fail(err error) {
 	}
 }
 
-// run is the writer goroutine: one event at a time, each retried until
-// the server stores it or the sink stops.
+// MaxBurst bounds the events the writer sends before it waits for their
+// acks.
+const MaxBurst = 256
+
+// ackWait bounds the wait for a burst's acks (a lost ack is then an error,
+// and the burst is sent again from the first event not acknowledged).
+const ackWait = 2 * time.Second
+
+// run is the writer goroutine: it takes the events waiting (a burst: an
+// end of epoch publishes its epoch and health events together), sends
+// them in order without waiting between them, then waits for their acks;
+// what the server did not acknowledge is sent again, from the first such
+// event, until it is stored or the sink stops.
 func (s *Sink) run() {
 	defer close(s.done)
 	defer func() {
@@ -282,29 +295,45 @@ func (s *Sink) run() {
 		}
 	}()
 	backoff := 50 * time.Millisecond
+	burst := make([]*oona.Event, 0, MaxBurst)
 	for {
-		var ev *oona.Event
 		select {
 		case e, ok := <-s.sub.C():
 			if !ok {
 				return
 			}
-			ev = e
+			burst = append(burst[:0], e)
 		case <-s.stop:
 			return
 		}
-		for {
-			err := s.publish(ev)
+		// The events waiting join the burst only while the connection is up:
+		// during an outage the writer holds one event and the backlog is the
+		// subscription's buffer, as configured.
+	more:
+		for len(burst) < MaxBurst && s.nc.IsConnected() {
+			select {
+			case e, ok := <-s.sub.C():
+				if !ok {
+					break more
+				}
+				burst = append(burst, e)
+			default:
+				break more
+			}
+		}
+		for len(burst) > 0 {
+			n, err := s.publish(burst)
+			s.sent.Add(int64(n))
+			burst = burst[n:]
 			if err == nil {
-				s.sent.Add(1)
 				backoff = 50 * time.Millisecond
-				break
+				continue
 			}
 			s.retries.Add(1)
 			s.fail(err)
 			select {
 			case <-s.stop:
-				s.unsent.Add(1)
+				s.unsent.Add(int64(len(burst)))
 				return
 			case <-time.After(backoff):
 			}
@@ -313,37 +342,68 @@ func (s *Sink) run() {
 	}
 }
 
-// publish stores one event in the stream (creating the stream first when
-// needed) and waits for the ack.
-func (s *Sink) publish(ev *oona.Event) error {
+// publish stores evs in the stream (creating the stream first when
+// needed): it sends them all, in order, then waits for their acks in
+// order. It returns how many, from the first, the server acknowledged, and
+// the error that stopped it. An event sent again after an error keeps its
+// id, so the server stores it once (Nats-Msg-Id) even when the first send
+// had reached it.
+func (s *Sink) publish(evs []*oona.Event) (int, error) {
 	if !s.nc.IsConnected() {
 		if err := s.nc.LastError(); err != nil { // e.g. "nats: authorization violation"
-			return fmt.Errorf("natsink: not connected to %s: %w", s.shown, err)
+			return 0, fmt.Errorf("natsink: not connected to %s: %w", s.shown, err)
 		}
-		return fmt.Errorf("natsink: not connected to %s", s.shown)
+		return 0, fmt.Errorf("natsink: not connected to %s", s.shown)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
 	if !s.streamOK() {
+		ctx, cancel := context.WithTimeout(context.Background(), ackWait)
 		_, err := s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 			Name: s.cfg.Stream, Subjects: []string{"esper.v1.>"}, Storage: jetstream.FileStorage,
 			Duplicates: DefaultDuplicates, MaxAge: 30 * 24 * time.Hour, MaxBytes: 1 << 30,
 		})
+		cancel()
 		if err != nil {
-			return fmt.Errorf("natsink: stream %s: %w", s.cfg.Stream, err)
+			return 0, fmt.Errorf("natsink: stream %s: %w", s.cfg.Stream, err)
 		}
 		s.setStream(true)
 	}
-	line := ev.Line()
-	msg := &nats.Msg{Subject: ev.Subject(), Data: line[:len(line)-1], Header: nats.Header{}}
-	msg.Header.Set(nats.MsgIdHdr, ev.ID)
-	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(ev.ID)); err != nil {
-		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
-			s.setStream(false)
+	futures := make([]jetstream.PubAckFuture, 0, len(evs))
+	var sendErr error
+	for _, ev := range evs {
+		line := ev.Line()
+		msg := &nats.Msg{Subject: ev.Subject(), Data: line[:len(line)-1], Header: nats.Header{}}
+		f, err := s.js.PublishMsgAsync(msg, jetstream.WithMsgID(ev.ID))
+		if err != nil {
+			sendErr = err
+			break
 		}
-		return fmt.Errorf("natsink: publish %s: %w", ev.ID, err)
+		futures = append(futures, f)
 	}
-	return nil
+	t := time.NewTimer(ackWait)
+	defer t.Stop()
+	for i, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return i, s.refused(evs[i], err)
+		case <-t.C:
+			return i, fmt.Errorf("natsink: publish %s: no ack in %v: %w", evs[i].ID, ackWait, jetstream.ErrAsyncPublishTimeout)
+		}
+	}
+	if sendErr != nil {
+		return len(futures), s.refused(evs[len(futures)], sendErr)
+	}
+	return len(futures), nil
+}
+
+// refused wraps a failed publish of ev; a missing stream is created again
+// before the next try.
+func (s *Sink) refused(ev *oona.Event, err error) error {
+	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) ||
+		errors.Is(err, nats.ErrNoResponders) {
+		s.setStream(false)
+	}
+	return fmt.Errorf("natsink: publish %s: %w", ev.ID, err)
 }
 
 // Stats returns the sink's counts.

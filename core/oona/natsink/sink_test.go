@@ -152,6 +152,33 @@ func TestSinkStoresEveryEventAndDeduplicates(t *testing.T) {
 	checkSeqs(t, replay(t, url, 60), 50)
 }
 
+// Events published faster than the server acknowledges them go in bursts
+// (sent together, acks awaited after): each is stored once, in the bus's
+// order.
+func TestSinkSendsBurstsInOrder(t *testing.T) {
+	port := freePort(t)
+	startServer(t, port, t.TempDir())
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	b := newBus(t)
+	s, err := natsink.Open(b, natsink.Config{URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(5 * time.Second)
+	const n = 600
+	for i := range n {
+		if _, err := b.Publish(oona.Header{Kind: oona.KindLifecycle, Actor: oona.ActorSchedule, Step: int64(i)},
+			map[string]int{"i": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitSent(t, s, n)
+	if st := s.Stats(); st.Dropped != 0 || st.Retries != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	checkSeqs(t, replay(t, url, n+10), n)
+}
+
 func TestSinkSurvivesServerAbsentKilledAndRestarted(t *testing.T) {
 	port := freePort(t)
 	dir := t.TempDir()

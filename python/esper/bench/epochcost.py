@@ -1,0 +1,74 @@
+"""One side of the end-of-epoch rows, alone in its process, for a profiler (issue 18).
+
+``python -m esper.bench.epochcost SIDE [EPOCHS]`` trains the dormant wrapped TinyMLP of the bench
+(``esper.bench.steps.MODELS``) for EPOCHS epochs (default 400) of 20 steps and ``end_epoch``, with
+SIDE one of: ``off`` (session detached from its bus: nothing published, written or sent), ``log``
+(bus and run log, in a temporary folder) or ``nats`` (bus, run log and the NATS sink to a local
+nats-server with JetStream, build/bin/esper-nats). It prints the CPU time of this process per
+``end_epoch`` (mean and median, microseconds), with one torch thread as the bench. Run it under a
+sampling profiler to see where an end of epoch goes, side by side, e.g. with a library built with
+symbols::
+
+    CGO_ENABLED=1 go build -buildmode=c-shared -o /tmp/sym.so ./capi
+    ESPER_LIBRARY=/tmp/sym.so perf record -F 4000 -g python -m esper.bench.epochcost nats
+
+then ``perf report --children --comm python`` (docs/performance.md, "The end of an epoch with the
+run log, bus, NATS and metrics on").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+__all__ = ["epoch_cost"]
+
+SIDES = ("off", "log", "nats")
+
+
+def epoch_cost(side: str, epochs: int = 400) -> list[float]:
+    """CPU seconds of this process per ``end_epoch`` on ``side`` (see the module doc)."""
+    from .. import wrap
+    from . import models
+    from .native import local_nats
+    from .steps import MODELS, _adam, _morph, make_step
+
+    if side not in SIDES:
+        raise ValueError(f"side {side!r}: want one of {SIDES}")
+    spec = next(m for m in MODELS if m.label == "TinyMLP")
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(local_nats()) if side == "nats" else ""
+        runs = stack.enter_context(tempfile.TemporaryDirectory(prefix="esper-bench-epochcost-"))
+        torch.manual_seed(0)
+        plain = spec.build()
+        x, y = models.make_batch(spec.batch_kind, spec.batch, torch.device("cpu"))
+        model = wrap(copy.deepcopy(plain), list(spec.targets))
+        opt = _adam(model)
+        morph = _morph(model, opt, runs=runs, nats_url=url)
+        stack.callback(morph.close)
+        if side == "off":
+            morph.session.attach_oona(None)
+        step = make_step(model, opt, x, y, morph)
+        got = []
+        for e in range(epochs + 5):  # the first 5 warm up
+            for _ in range(20):
+                step()
+            start = time.process_time()
+            morph.end_epoch(val_loss=1.0)
+            if e >= 5:
+                got.append(time.process_time() - start)
+    return got
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)  # as the bench
+    side = sys.argv[1] if len(sys.argv) > 1 else "nats"
+    got = epoch_cost(side, int(sys.argv[2]) if len(sys.argv) > 2 else 400)
+    print(f"{side}: end_epoch CPU time mean {statistics.mean(got) * 1e6:.0f} us, "
+          f"median {statistics.median(got) * 1e6:.0f} us over {len(got)} epochs")
