@@ -90,7 +90,14 @@ def test_the_signals_sent_to_go_in_a_training_loop_equal_their_definitions(monke
         sent.append((steps, None if signals is None else signals.copy()))
         return real(self, steps, signals)
 
+    real_waiting = Session.step_waiting
+
+    def recorded_waiting(self: Session, steps: int, signals: np.ndarray | None = None) -> tuple[int, int, int]:
+        sent.append((steps, None if signals is None else signals.copy()))
+        return real_waiting(self, steps, signals)
+
     monkeypatch.setattr(Session, "step", recorded)
+    monkeypatch.setattr(Session, "step_waiting", recorded_waiting)
     seen: dict[int, dict[str, Tensor]] = {}
 
     def keep(index: int):
