@@ -196,6 +196,24 @@ def test_stepcost_counts_an_interval_and_times_its_sampling_step() -> None:
         stepcost.build("sleeping:TinyMLP", torch.device("cpu"))
 
 
+def test_stepcost_phases_time_the_parts_of_the_sampling_step() -> None:
+    """--phases: only the sampling step flushes, reads the signals, calls Go (once) and runs the taps;
+    the functions it wraps are put back afterwards."""
+    from esper import kasmina, tolaria
+    from esper.bench import stepcost
+
+    before = (tolaria.gather_health, Session.step_waiting, kasmina.KasminaLayer._record_grad)
+    got = stepcost.phases("dormant:Deep1", torch.device("cpu"), 2)
+    assert (tolaria.gather_health, Session.step_waiting, kasmina.KasminaLayer._record_grad) == before
+    for label in ("flush", "gather_health", "go_step_waiting", "forward_taps", "backward_taps"):
+        sampling, ordinary = got[label]
+        assert sampling > 0 and ordinary == 0, (label, got[label])
+    assert got["go_step"] == (0, 0) and got["go_waiting"] == (0, 0)  # the flush's one call is step_waiting
+    assert got["total"][0] > got["total"][1] > 0
+    with pytest.raises(ValueError, match="dormant pairs"):
+        stepcost.phases("active:TinyMLP:HOLDING:step", torch.device("cpu"), 1)
+
+
 @pytest.mark.parametrize("state", ["TRAINING", "BLENDING", "HOLDING"])
 def test_the_step_guard_gives_the_hand_written_outputs_and_gradients(state: str) -> None:
     """Guard "step" adds the seed as where(finite, seed term, 0): outputs and gradients (input, host,
