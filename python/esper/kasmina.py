@@ -470,9 +470,9 @@ class KasminaLayer(nn.Module):
         self._taps: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # (first, second, weight norm, peaks)
         self._tap_meta = (0, False)  # (elements, first and second are moments)
         self._grad_taps: tuple[Tensor, Tensor, float] | None = None  # (grad norm, seed gain unscaled, scale)
-        # On CPU the taps are floats at once (no device to wait for): the layer's row of SIGNALS, filled by
-        # the sampled forward (act_mean, act_var, dead_frac, weight_norm) and its backward (grad_norm,
-        # seed_gain); gather_health copies it as it is.
+        # A small float32 output on CPU has its forward taps as floats at once (no device to wait for):
+        # the layer's row of SIGNALS with act_mean, act_var, dead_frac and weight_norm filled (NaN
+        # elsewhere); gather_health copies it, and adds the backward's taps read with every layer's.
         self._host_row: list[float] | None = None
         self._probe: tuple[Tensor, Tensor] | None = None  # the seed gain's features, see _probe_features
         self._rank_rows: Tensor | None = None  # (<= 64, units) output rows for the effective rank
@@ -908,11 +908,7 @@ class KasminaLayer(nn.Module):
         with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
             width = x.shape[1] if self._unit_dim == 1 and x.ndim > 2 else x.shape[-1]
             gain, scale = _seed_gain_parts(x, grad, self._unit_dim, self._probe_features(width, x.device))
-            row = self._host_row
-            if row is not None:  # CPU: floats at once, into the row the forward filled
-                row[_GRAD_NORM], row[_SEED_GAIN] = float(_norm(grad)), float(gain) * scale
-            else:
-                _put(self, "_grad_taps", (_norm(grad), gain, scale))
+            _put(self, "_grad_taps", (_norm(grad), gain, scale))
 
     def _seed_gain(self, x: Tensor, grad: Tensor) -> Tensor:
         """How fast a new seed here could lower the loss, to first order.
@@ -1438,7 +1434,7 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
             if reset:
                 layer._grad_sink.grad = None
         host_row = layer._host_row
-        if host_row is not None:  # CPU taps, already floats
+        if host_row is not None:  # forward taps on CPU, already floats
             values[i * width:(i + 1) * width] = host_row
         forward, backward = layer._taps, layer._grad_taps
         if forward is not None or backward is not None:
