@@ -699,7 +699,8 @@ class KasminaLayer(nn.Module):
                 # On CPU "finite" is known at once (no device to wait for): a finite seed is added as
                 # a hand-written model adds it (no where, no gradient gate); a non-finite one is left
                 # out of the output, so that its graph is not part of the loss: nothing of it reaches
-                # the output, the host's gradients or any weight (the same values as the device path).
+                # the output, the host's or the input's gradients (the device path's values) or any
+                # weight (its own parameters get no gradient).
                 self._runs[slot] += 1
                 if not math.isfinite(s.detach().sum(dtype=torch.float32).item()):
                     self._bad[slot].add_(1)
