@@ -357,6 +357,8 @@ class SeedModule(nn.Module):
             steps.append((node.id, _FUNCTIONS.get(node.op), node.inputs))
         # (op id, function or None for a child module, input names), in execution order.
         self._steps: tuple[tuple[str, Callable[..., Tensor] | None, tuple[str, ...]], ...] = tuple(steps)
+        # The steps as one straight-line function (see _straight_line): what forward runs.
+        self._run = _straight_line(self._steps, self._output)
 
     @property
     def param_count(self) -> int:
@@ -369,18 +371,19 @@ class SeedModule(nn.Module):
         return str(self.ir.get("template", ""))
 
     def forward(self, x: Tensor) -> Tensor:
-        run = self.__dict__.get("_run")
-        if run is None:
-            run = _straight_line(self._steps, self._output)
-            self.__dict__["_run"] = run
-        return run(self._modules, x)
+        return self._run(self._modules, x)
 
     def __getstate__(self) -> dict[str, Any]:
-        # The straight-line forward is made again after unpickling (a function made by exec does not
+        # The straight-line forward is made again by __setstate__ (a function made by exec does not
         # pickle); everything else is nn.Module's state.
         state = self.__dict__.copy()
         state.pop("_run", None)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # Made here and in __init__, never in forward: torch.compile cannot trace its making.
+        self._run = _straight_line(self._steps, self._output)
 
     def to_graph_module(self) -> fx.GraphModule:
         """The same computation as a ``torch.fx.GraphModule`` made only of PyTorch classes.
