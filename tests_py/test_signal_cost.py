@@ -216,7 +216,8 @@ def test_stepcost_phases_time_the_parts_of_the_sampling_step() -> None:
 
 @pytest.mark.parametrize("state", ["TRAINING", "BLENDING", "HOLDING"])
 def test_the_step_guard_gives_the_hand_written_outputs_and_gradients(state: str) -> None:
-    """Guard "step" adds the seed as where(finite, seed term, 0): outputs and gradients (input, host,
+    """Guard "step" (on CPU: the seed added by hand when finite, left out of the graph when not; on
+    CUDA: where(finite, seed term, 0)): outputs and gradients (input, host,
     seed) equal the hand-written h + a * s (TRAINING: h + (s - s.detach())) on a finite seed; a
     non-finite seed leaves the host's output and the host's and input's gradients of the model
     without the seed (and those are NaN when the seed is added by hand: the control)."""
