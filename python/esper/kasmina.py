@@ -46,8 +46,9 @@ Exceptions and wrong shapes are recorded at once in ``layer.failures``; non-fini
 detected on the device (``torch.where`` picks the host output, no synchronisation) and counted in a
 device tensor that :func:`collect_failures` reads every N steps. On CPU, where reading the flag
 waits for nothing, a finite seed is added as a hand-written model adds it and a non-finite one is
-left out of the output (and so out of the loss's graph: no gradient reaches it or through it). Health signals are reduced on the
-device on sampling steps (eager: 0-d tensors per layer; compiled: a 7-float buffer per layer;
+left out of the output (and so out of the loss's graph: no gradient reaches it or through it).
+Health signals are reduced on the device on sampling steps (eager: 0-d tensors per layer, or on
+CPU for a small output the forward's four as floats at once; compiled: a 7-float buffer per layer;
 :data:`SIGNALS` gives the layout) and read by :func:`gather_signals`, which also estimates the
 effective rank from rows kept on every ``rank_every``-th sampling step (an SVD synchronises, so it
 waits for the read, which synchronises anyway). The forward never synchronises with the device.
