@@ -33,7 +33,7 @@ extern "C" {
 #endif
 
 /* Version of this header; esper_abi_version() must return the same value. */
-#define ESPER_ABI_VERSION 5
+#define ESPER_ABI_VERSION 6
 
 /* Status codes (source of truth: core/errcode/codes.go). */
 #define ESPER_OK 0
@@ -548,6 +548,18 @@ int esper_session_free(uint64_t handle);
  * (alphas_cap too small), ESPER_EHANDLE. */
 int esper_session_step(uint64_t handle, int64_t steps, const float *signals, size_t n_signals,
                        float *alphas_out, size_t alphas_cap, int32_t *out_n_events);
+
+/* esper_session_step, then the reads of esper_session_waiting, in one call:
+ * the governor's rollback count so far to *out_alarms and the number of
+ * reports waiting for esper_session_reports to *out_reports, both as they
+ * are after the steps. A trainer makes this its one call per flush (a call
+ * into Go after a pause takes the scheduler's slow path; see
+ * docs/performance.md). Arguments and errors as esper_session_step's, plus
+ * ESPER_EINVALID for a NULL out_alarms or out_reports; nothing is written
+ * when the step fails. */
+int esper_session_step_waiting(uint64_t handle, int64_t steps, const float *signals, size_t n_signals,
+                               float *alphas_out, size_t alphas_cap, int32_t *out_n_events,
+                               int64_t *out_alarms, int32_t *out_reports);
 
 /* Writes to out the alpha every slot will have after each of the next n
  * steps, were esper_session_step called once per step with nothing else in

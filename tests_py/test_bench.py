@@ -163,6 +163,15 @@ def test_only_times_the_rows_named() -> None:
     assert _finite(rows[0].ratio)
 
 
+def test_only_leaves_the_conv_pair_rows_out() -> None:
+    # A conv-pair row that `--only` leaves out is absent (it was None, and the report crashed on it).
+    from esper.bench import widen
+
+    settings = steps.StepSettings(rounds=5, block_s=0.001, warmup=1, max_inner=10, only=("Deep(1)",))
+    assert widen.dormant_rows(torch.device("cpu"), settings) == []
+    assert widen.active_rows(torch.device("cpu"), settings) == []
+
+
 @pytest.mark.slow
 def test_run_log_and_nats_footprint_rows() -> None:
     """The run log on/off rows time a session attached to its bus against one detached (the "on"

@@ -90,7 +90,14 @@ def test_the_signals_sent_to_go_in_a_training_loop_equal_their_definitions(monke
         sent.append((steps, None if signals is None else signals.copy()))
         return real(self, steps, signals)
 
+    real_waiting = Session.step_waiting
+
+    def recorded_waiting(self: Session, steps: int, signals: np.ndarray | None = None) -> tuple[int, int, int]:
+        sent.append((steps, None if signals is None else signals.copy()))
+        return real_waiting(self, steps, signals)
+
     monkeypatch.setattr(Session, "step", recorded)
+    monkeypatch.setattr(Session, "step_waiting", recorded_waiting)
     seen: dict[int, dict[str, Tensor]] = {}
 
     def keep(index: int):
@@ -189,9 +196,28 @@ def test_stepcost_counts_an_interval_and_times_its_sampling_step() -> None:
         stepcost.build("sleeping:TinyMLP", torch.device("cpu"))
 
 
+def test_stepcost_phases_time_the_parts_of_the_sampling_step() -> None:
+    """--phases: only the sampling step flushes, reads the signals, calls Go (once) and runs the taps;
+    the functions it wraps are put back afterwards."""
+    from esper import kasmina, tolaria
+    from esper.bench import stepcost
+
+    before = (tolaria.gather_health, Session.step_waiting, kasmina.KasminaLayer._record_grad)
+    got = stepcost.phases("dormant:Deep1", torch.device("cpu"), 2)
+    assert (tolaria.gather_health, Session.step_waiting, kasmina.KasminaLayer._record_grad) == before
+    for label in ("flush", "gather_health", "go_step_waiting", "forward_taps", "backward_taps"):
+        sampling, ordinary = got[label]
+        assert sampling > 0 and ordinary == 0, (label, got[label])
+    assert got["go_step"] == (0, 0) and got["go_waiting"] == (0, 0)  # the flush's one call is step_waiting
+    assert got["total"][0] > got["total"][1] > 0
+    with pytest.raises(ValueError, match="dormant pairs"):
+        stepcost.phases("active:TinyMLP:HOLDING:step", torch.device("cpu"), 1)
+
+
 @pytest.mark.parametrize("state", ["TRAINING", "BLENDING", "HOLDING"])
 def test_the_step_guard_gives_the_hand_written_outputs_and_gradients(state: str) -> None:
-    """Guard "step" adds the seed as where(finite, seed term, 0): outputs and gradients (input, host,
+    """Guard "step" (on CPU: the seed added by hand when finite, left out of the graph when not; on
+    CUDA: where(finite, seed term, 0)): outputs and gradients (input, host,
     seed) equal the hand-written h + a * s (TRAINING: h + (s - s.detach())) on a finite seed; a
     non-finite seed leaves the host's output and the host's and input's gradients of the model
     without the seed (and those are NaN when the seed is added by hand: the control)."""
@@ -225,7 +251,7 @@ def test_the_step_guard_gives_the_hand_written_outputs_and_gradients(state: str)
         out = out.detach()
         for p in [*host.parameters(), *seed.parameters()]:
             p.grad = None
-        return out, [g.clone() for g in grads]
+        return out, [None if g is None else g.clone() for g in grads]
 
     got, got_grads = run(False)
     want, want_grads = run(True)
@@ -244,6 +270,8 @@ def test_the_step_guard_gives_the_hand_written_outputs_and_gradients(state: str)
     assert torch.equal(got, host_out.detach())
     for g, w in zip(got_grads[:3], host_grads):
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
+    # On CPU the failed seed is left out of the graph: no gradient at all reaches its weights.
+    assert all(g is None for g in got_grads[3:]), got_grads[3:]
     _, hand_grads = run(True)
     if state != "TRAINING":  # by hand, the NaN seed poisons the input's and the host's gradients
         assert not torch.isfinite(hand_grads[0]).all()

@@ -37,7 +37,14 @@ def test_blending_steps_call_go_only_at_flushes(monkeypatch: pytest.MonkeyPatch)
         calls.append(morph.steps)
         return real(self, steps, signals)
 
+    real_waiting = Session.step_waiting
+
+    def counted_waiting(self: Session, steps: int, signals: np.ndarray | None = None) -> tuple[int, int, int]:
+        calls.append(morph.steps)
+        return real_waiting(self, steps, signals)
+
     monkeypatch.setattr(Session, "step", counted)
+    monkeypatch.setattr(Session, "step_waiting", counted_waiting)
     x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
     alphas = []
     for _ in range(3 * every):
@@ -55,6 +62,70 @@ def test_blending_steps_call_go_only_at_flushes(monkeypatch: pytest.MonkeyPatch)
     go = morph.seeds()[0]
     assert go["alpha"] == pytest.approx(alphas[-1]) and morph.steps % every == 0  # Go agrees at a flush
     morph.close()
+
+
+def test_a_flush_with_signals_calls_go_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dormant model's step calls Go only at a flush, and that flush makes one call (the step and
+    the governor's alarm count together): every method of Session that enters Go is counted."""
+    every = 4
+    torch.manual_seed(0)
+    model = esper.wrap(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), target_modules=[nn.Linear])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    morph = Morphogenesis(model, opt, policy="manual", signal_every=every)
+    _ = morph.session
+    calls: list[tuple[str, int]] = []
+    for name in ("step", "step_waiting", "waiting", "alarms", "events", "alphas_ahead", "reports"):
+        real = getattr(Session, name)
+
+        def counted(self: Session, *args: object, _real: object = real, _name: str = name) -> object:
+            calls.append((_name, morph.steps))
+            return _real(self, *args)  # type: ignore[operator]
+
+        monkeypatch.setattr(Session, name, counted)
+    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+    for _ in range(3 * every):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        morph.step(loss)
+    assert calls == [("step_waiting", n) for n in range(every, 3 * every + 1, every)], calls
+    morph.close()
+
+
+def test_step_waiting_is_step_then_waiting() -> None:
+    """esper_session_step_waiting gives what esper_session_step then esper_session_waiting give, on
+    two sessions fed the same steps, one of which raises the governor's alarm (a non-finite loss);
+    NULL outputs are refused before anything changes."""
+    from ctypes import POINTER, byref, c_float, c_int32, c_int64
+
+    from esper import _lib
+
+    config = {"layers": [{"name": "fc", "kind": "linear", "in": 4, "out": 4}], "slots_per_layer": 1,
+              "policy": "manual"}
+    fine = np.array([0.5, 0.0] + [0.1] * 7, dtype=np.float32)
+    bad = fine.copy()
+    bad[1] = 1.0  # one non-finite measurement: the governor rolls back
+    with Session(config) as one, Session(config) as two:
+        for signals in (fine, bad, fine):
+            n = one.step(3, signals)
+            alarms, reports = one.waiting()
+            assert two.step_waiting(3, signals) == (n, alarms, reports)
+            assert np.array_equal(one.alphas, two.alphas)
+        assert two.alarms() == 1 and one.alarms() == 1  # the alarm was raised, and counted alike
+        one.step(2)
+        assert two.step_waiting(2) == (0, 1, one.waiting()[1])  # no signals: a step, and the counts read
+        lib = _lib.lib()
+        alphas = np.zeros(1, dtype=np.float32)
+        ptr = alphas.ctypes.data_as(POINTER(c_float))
+        n_events, alarms_out, reports_out = c_int32(), c_int64(), c_int32()
+        assert lib.esper_session_step_waiting(two.handle, 1, None, 0, ptr, 1, byref(n_events), None,
+                                              byref(reports_out)) != 0
+        assert lib.esper_session_step_waiting(two.handle, 1, None, 0, ptr, 1, byref(n_events), byref(alarms_out),
+                                              None) != 0
+        assert two.step_waiting(0) == (0, 1, one.waiting()[1])
+        assert lib.esper_session_step_waiting(two.handle, 1, None, 0, ptr, 1, byref(n_events), byref(alarms_out),
+                                              byref(reports_out)) == 0
 
 
 def test_alphas_ahead_is_what_a_call_per_step_gives() -> None:

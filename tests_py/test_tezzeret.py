@@ -338,3 +338,22 @@ def test_load_weights_refuses_mismatches_and_garbage() -> None:
     with pytest.raises(ValueError, match=r"weight 'fc1.weight': expected \(16, 8\) torch.float32, got \(17, 8\)"):
         load_weights(seed, save_weights(build_seed(wider, blueprint_id=HAND)))
     assert save_weights(seed) == before  # nothing was written
+
+
+@pytest.mark.parametrize("name,blueprint,shapes", FIXTURES, ids=IDS)
+def test_the_straight_line_forward_survives_copy_and_pickle(name: str, blueprint: dict, shapes: str) -> None:
+    """SeedModule's forward is one generated straight-line function (test_graph_module_and_op_order
+    holds it to the fx graph, bitwise); a deep copy and a pickled copy make their own and agree, and
+    gradients reach every parameter. test_compile holds the compiled forward to no graph break."""
+    import pickle
+
+    seed = build_seed(blueprint)
+    randomize(seed)
+    x, _ = example(shapes)
+    out = seed(x)
+    for other in (copy.deepcopy(seed), pickle.loads(pickle.dumps(seed))):
+        assert other._run is not seed._run  # made again for the copy
+        assert torch.equal(other(x), out)
+    xi = x.clone().requires_grad_(True) if x.is_floating_point() else x
+    seed(xi).float().square().sum().backward()
+    assert all(p.grad is not None for p in seed.parameters() if p.requires_grad)

@@ -28,7 +28,7 @@ from .errors import EsperError, ForkError, LibraryError, error_for_code
 __all__ = ["ABI_VERSION", "lib", "check", "take_string", "take_bytes", "library_path", "build_info", "Handle"]
 
 #: Must equal ESPER_ABI_VERSION in capi/esper.h and abiVersion in capi/core.go.
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 _LIB_NAME = "libesper.so"
 
@@ -54,6 +54,11 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_session_step": (
         c_int,
         [c_uint64, c_int64, POINTER(c_float), c_size_t, POINTER(c_float), c_size_t, POINTER(c_int32)],
+    ),
+    "esper_session_step_waiting": (
+        c_int,
+        [c_uint64, c_int64, POINTER(c_float), c_size_t, POINTER(c_float), c_size_t, POINTER(c_int32),
+         POINTER(c_int64), POINTER(c_int32)],
     ),
     "esper_session_events": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_session_alarms": (c_int, [c_uint64, POINTER(c_int64)]),

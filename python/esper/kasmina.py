@@ -44,8 +44,11 @@ under torch.compile); the other forwards add the seed as plain PyTorch would, an
 output there reaches the loss, which the driver reads at the next flush (Go's governor rolls back).
 Exceptions and wrong shapes are recorded at once in ``layer.failures``; non-finite outputs are
 detected on the device (``torch.where`` picks the host output, no synchronisation) and counted in a
-device tensor that :func:`collect_failures` reads every N steps. Health signals are reduced on the
-device on sampling steps (eager: 0-d tensors per layer; compiled: a 7-float buffer per layer;
+device tensor that :func:`collect_failures` reads every N steps. On CPU, where reading the flag
+waits for nothing, a finite seed is added as a hand-written model adds it and a non-finite one is
+left out of the output (and so out of the loss's graph: no gradient reaches it or through it).
+Health signals are reduced on the device on sampling steps (eager: 0-d tensors per layer, or on
+CPU for a small output the forward's four as floats at once; compiled: a 7-float buffer per layer;
 :data:`SIGNALS` gives the layout) and read by :func:`gather_signals`, which also estimates the
 effective rank from rows kept on every ``rank_every``-th sampling step (an SVD synchronises, so it
 waits for the read, which synchronises anyway). The forward never synchronises with the device.
@@ -166,6 +169,10 @@ _FOLD_EVERY = 256  # finiteness flags kept per slot before they are summed on th
 _PROBE_FEATURES = 32  # random ReLU features of the seed-gain probe
 _PROBE_ROWS = 1024  # rows (samples x positions) the seed gain is estimated on
 _PROBE_SEED = 0x5EED  # the probe's features are the same for every layer of a given input width
+# A float32 CPU output of at most this many elements has its forward taps computed with NumPy on a
+# view of the same memory, straight to floats (no tensor op, no copy at the flush: a NumPy reduction
+# costs a third to a half of an eager ATen op's dispatch on this size); within one BLAS thread's size.
+_HOST_NUMEL = 8192
 
 
 @dataclass
@@ -466,6 +473,10 @@ class KasminaLayer(nn.Module):
         self._taps: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # (first, second, weight norm, peaks)
         self._tap_meta = (0, False)  # (elements, first and second are moments)
         self._grad_taps: tuple[Tensor, Tensor, float] | None = None  # (grad norm, seed gain unscaled, scale)
+        # A small float32 output on CPU has its forward taps as floats at once (no device to wait for):
+        # the layer's row of SIGNALS with act_mean, act_var, dead_frac and weight_norm filled (NaN
+        # elsewhere); gather_health copies it, and adds the backward's taps read with every layer's.
+        self._host_row: list[float] | None = None
         self._probe: tuple[Tensor, Tensor] | None = None  # the seed gain's features, see _probe_features
         self._rank_rows: Tensor | None = None  # (<= 64, units) output rows for the effective rank
         # A compiled forward keeps rows on every sampled step (a counter would be a guard that changes
@@ -669,7 +680,8 @@ class KasminaLayer(nn.Module):
             return self._add_seeds_unguarded(x, h)
         grad_on = torch.is_grad_enabled()
         learning = self.training and grad_on
-        gate = grad_on and x.requires_grad
+        on_host = not compiling and h.device.type == "cpu"
+        gate = grad_on and x.requires_grad and not on_host
         y = h
         for slot, seed, straight_through, alpha in self._branches:
             if compiling:
@@ -685,6 +697,23 @@ class KasminaLayer(nn.Module):
                 seed_in = x.view_as(x) if gate else x
             s = self._run_seed(slot, seed, seed_in, h)
             if s is None:
+                continue
+            if on_host:
+                # On CPU "finite" is known at once (no device to wait for): a finite seed is added as
+                # a hand-written model adds it (no where, no gradient gate); a non-finite one is left
+                # out of the output, so that its graph is not part of the loss: nothing of it reaches
+                # the output, the host's or the input's gradients (the device path's values) or any
+                # weight (its own parameters get no gradient).
+                self._runs[slot] += 1
+                if not math.isfinite(s.detach().sum(dtype=torch.float32).item()):
+                    self._bad[slot].add_(1)
+                    continue
+                if straight_through:
+                    y = y + (s - s.detach())
+                elif alpha == 1.0:
+                    y = y + s
+                else:
+                    y = torch.add(y, s, alpha=alpha)
                 continue
             # "finite" as a device flag, no synchronisation (one reduction; NaN and inf fail abs < inf).
             # Not torch.isfinite: a composite of four ops (eq, abs, ne, and) where this is two. On the
@@ -809,6 +838,9 @@ class KasminaLayer(nn.Module):
         if hf.dtype != torch.float32:
             hf = hf.float()
         unit_dim = self._unit_dim % hf.ndim
+        if type(hf) is Tensor and hf.is_cpu and hf.layout is torch.strided and 1 < hf.ndim and \
+                hf.numel() <= _HOST_NUMEL:
+            return self._sample_host(x, hf, y, unit_dim)
         if hf.is_cuda:
             var, mean = torch.var_mean(hf)
             first, second, moments = mean, var, False
@@ -835,6 +867,44 @@ class KasminaLayer(nn.Module):
         if y.requires_grad:
             y.register_hook(functools.partial(self._record_grad, x.detach()))
         return y
+
+    def _sample_host(self, x: Tensor, hf: Tensor, y: Tensor, unit_dim: int) -> Tensor:
+        """:meth:`_sample_eager` of a small float32 output on CPU: the sum, the sum of squares and the
+        per-unit maxima with NumPy on a view of the output (no copy), the mean, variance and dead
+        fraction straight to floats in the layer's host row (the same definitions as the device taps
+        and :func:`gather_health`'s arithmetic)."""
+        a = hf.numpy()
+        flat = a.reshape(-1)
+        n = flat.size
+        first, second = float(flat.sum()), float(np.dot(flat, flat))
+        peak = a.max(axis=_other_dims(a.ndim, unit_dim))
+        wn = self._weight_norm_host()
+        mean = first / n
+        var = (second - n * mean * mean) / max(n - 1, 1)  # unbiased, like torch.var's
+        units = peak.size
+        # A unit is dead when its maximum is <= 0 (a NaN maximum is not: NaN <= 0 is false).
+        dead = np.count_nonzero(peak <= 0) / units if units else math.nan
+        nan = math.nan
+        _put(self, "_host_row", [mean, 0.0 if var < 0 else var, dead, nan, wn, nan, nan])
+        if self._samples % self.rank_every == 0:
+            units_view = hf.movedim(unit_dim, -1).reshape(-1, hf.shape[unit_dim])  # (rows, units)
+            _put(self, "_rank_rows", units_view[::max(1, units_view.shape[0] // _RANK_ROWS)][:_RANK_ROWS].clone())
+        _put(self, "_samples", self._samples + 1)
+        _put(self, "samples_per_step", hf.shape[0] if self._per_image else n // max(hf.shape[-1], 1))
+        _put(self, "_measured", True)
+        if y.requires_grad:
+            y.register_hook(functools.partial(self._record_grad, x.detach()))
+        return y
+
+    def _weight_norm_host(self) -> float:
+        """:meth:`_weight_norm` as a float: with NumPy for a small float32 CPU weight, else the tensor's."""
+        if self.spec.kind in ("linear", "conv1d", "conv2d"):
+            weight = self.base_layer._parameters.get("weight")
+            if isinstance(weight, Tensor) and weight.dtype is torch.float32 and weight.is_cpu \
+                    and weight.layout is torch.strided and weight.numel() <= _HOST_NUMEL and weight.is_contiguous():
+                w = weight.detach().numpy().reshape(-1)
+                return math.sqrt(float(np.dot(w, w)))
+        return float(self._weight_norm())
 
     def _record_grad(self, x: Tensor, grad: Tensor) -> None:
         # A hook runs in the backward, where grad mode is off unless the caller asked for a graph of
@@ -1367,6 +1437,9 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
             layer._seed_gain_out.copy_(measured[1])
             if reset:
                 layer._grad_sink.grad = None
+        host_row = layer._host_row
+        if host_row is not None:  # forward taps on CPU, already floats
+            values[i * width:(i + 1) * width] = host_row
         forward, backward = layer._taps, layer._grad_taps
         if forward is not None or backward is not None:
             eager.append((i, layer))
@@ -1375,7 +1448,7 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
                 peaks.append(forward[3].reshape(-1))
             if backward is not None:
                 taps += backward[:2]
-        if (layer._measured and forward is None) or measured is not None:
+        if (layer._measured and forward is None and host_row is None) or measured is not None:
             buffered.append((i, layer))
     if buffered:
         for (i, _), row in zip(buffered, _to_host([layer._signals for _, layer in buffered])):
@@ -1422,7 +1495,7 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
             else:
                 nonfinite.append(f"{layer.spec.name}.eff_rank")
         if reset:
-            for name in ("_taps", "_grad_taps", "_rank_rows", "_rank_rows_compiled"):
+            for name in ("_taps", "_grad_taps", "_host_row", "_rank_rows", "_rank_rows_compiled"):
                 _put(layer, name, None)
             _put(layer, "_measured", False)
     if reset:

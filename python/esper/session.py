@@ -83,6 +83,9 @@ class Session(_lib.Handle):
         self._step = _lib.unchecked(cdll, "esper_session_step")  # steps is range-checked in step()
         self._alarms = c_int64()
         self._alarms_ref = byref(self._alarms)
+        self._step_waiting = _lib.unchecked(cdll, "esper_session_step_waiting")
+        self._reports = c_int32()
+        self._reports_ref = byref(self._reports)
 
     def step(self, steps: int = 1, signals: np.ndarray | None = None) -> int:
         """Advance the lifecycle by ``steps`` optimizer steps, ingest signals.
@@ -111,6 +114,29 @@ class Session(_lib.Handle):
         if rc:
             _lib.check(rc, h)
         return self._n_events.value
+
+    def step_waiting(self, steps: int, signals: np.ndarray | None = None) -> tuple[int, int, int]:
+        """:meth:`step`, then what :meth:`waiting` reads, in one call into Go (a trainer's flush).
+
+        Returns:
+            (the number of lifecycle events waiting, the governor's rollbacks so far, the reports
+            waiting for :meth:`reports`); ``self.alphas`` holds the new alpha of every slot.
+        """
+        h = self.handle
+        if not 0 <= steps <= _lib.INT64_MAX:
+            _lib.check_range("steps", steps, 0, _lib.INT64_MAX)  # raises, naming it
+        if _lib._in_fork_child:
+            _lib.lib()  # raises ForkError: the cached symbol below would call into a dead Go runtime
+        if signals is None:
+            ptr, size = None, 0
+        else:
+            sig = np.ascontiguousarray(signals, dtype=np.float32)
+            ptr, size = sig.ctypes.data_as(POINTER(c_float)), sig.size
+        rc = self._step_waiting(h, steps, ptr, size, self._alphas_ptr, self.num_slots, self._n_events_ref,
+                                self._alarms_ref, self._reports_ref)
+        if rc:
+            _lib.check(rc, h)
+        return self._n_events.value, self._alarms.value, self._reports.value
 
     def alphas_ahead(self, n: int) -> np.ndarray:
         """The alpha of every slot after each of the next ``n`` steps, were :meth:`step` called once

@@ -1180,10 +1180,15 @@ class Morphogenesis:
     def _send(self, signals: np.ndarray | None, nonfinite: list[str]) -> None:
         """One esper_session_step with the pending steps; mirror its events, alphas and rollback."""
         session = self.session
-        n_events = session.step(self._pending, signals)
+        if signals is None:
+            n_events = session.step(self._pending)
+            rollback = False
+        else:
+            # Only a step that carries signals can raise the governor's alarm: its count is read in the
+            # same call (one call into Go per flush).
+            n_events, alarms, self._reports_waiting = session.step_waiting(self._pending, signals)
+            rollback = self._new_rollbacks(nonfinite, alarms)
         self._pending = 0
-        # Only a step that carries signals can raise the governor's alarm (one call to read it).
-        rollback = signals is not None and self._new_rollbacks(nonfinite)
         # Events first: a seed that entered BLENDING during these steps is already part-way up its
         # ramp, and the alphas Go wrote are the values after the steps. A seed the rollback blames
         # leaves with its ROLLED_BACK event, before the last good state is restored.
@@ -1207,10 +1212,10 @@ class Morphogenesis:
             self.log_dropped += n
         self.log.append(entry)
 
-    def _new_rollbacks(self, nonfinite: list[str]) -> bool:
-        """Whether Go's governor called for a rollback since the last look; logs its decisions (a
-        rollback with no seed to blame has no event: this count is how it reaches Python)."""
-        alarms, self._reports_waiting = self.session.waiting()
+    def _new_rollbacks(self, nonfinite: list[str], alarms: int) -> bool:
+        """Whether Go's governor called for a rollback since the last look (``alarms``, its count now);
+        logs its decisions (a rollback with no seed to blame has no event: this count is how it
+        reaches Python)."""
         new, self._alarms = alarms - self._alarms, alarms
         if new <= 0:
             return False

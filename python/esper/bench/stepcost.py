@@ -14,6 +14,9 @@ model written by hand; the pairs of :mod:`esper.bench.steps`), over one signal i
 
 Run ``python -m esper.bench.stepcost dormant:TinyMLP dormant:Deep1 active:TinyMLP:HOLDING:step``
 (``dormant:<model>``, ``active:<model>:<BLENDING|HOLDING>:<guard>``; ``Deep<n>`` for ``Deep(n)``).
+With ``--phases`` (dormant pairs), the median CPU time of each part of the sampling step instead:
+forward, backward, optimizer step, ``morph.step``, and inside it the flush, the health read, the
+call into Go, the forward and backward taps.
 The module imports ``esper`` by its absolute name, so that the same file can measure another
 checkout's package (``PYTHONPATH=<other>/python python path/to/stepcost.py ...``).
 """
@@ -29,7 +32,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["build", "counts", "sampling_cost", "main"]
+__all__ = ["build", "counts", "phases", "sampling_cost", "main"]
 
 
 def build(what: str, device: torch.device) -> tuple[Callable[[], None], Callable[[], None], Any]:
@@ -118,16 +121,125 @@ def sampling_cost(esper_step: Callable[[], None], morph: Any, intervals: int,
     return out
 
 
+# Where the sampling step's time goes: (owner module attribute path, function, label). Wrapped only by
+# phases(), for its measurement, and put back after.
+_PHASES = (
+    ("esper.tolaria", "Morphogenesis", "_flush", "flush"),
+    ("esper.tolaria", None, "gather_health", "gather_health"),
+    ("esper.tolaria", None, "set_sampling", "set_sampling"),
+    ("esper.session", "Session", "step", "go_step"),
+    ("esper.session", "Session", "waiting", "go_waiting"),
+    ("esper.session", "Session", "step_waiting", "go_step_waiting"),
+    ("esper.kasmina", "KasminaLayer", "_sample_eager", "forward_taps"),
+    ("esper.kasmina", "KasminaLayer", "_record_grad", "backward_taps"),
+)
+
+
+def phases(what: str, device: torch.device, intervals: int) -> dict[str, tuple[float, float]]:
+    """CPU time (us, this thread; median over ``intervals``) of each part of the sampling step and of
+    the ordinary step before it: the forward (with the loss), the backward, the optimizer step,
+    ``morph.step``, and the Esper functions named in ``_PHASES`` (0 where a checkout lacks one).
+
+    Returns:
+        label -> (sampling step, ordinary step).
+    """
+    import importlib
+
+    import torch.nn.functional as F
+
+    from esper import wrap
+    from esper.bench import models, steps
+
+    acc: dict[str, int] = {}
+    clock = time.thread_time_ns
+    saved = []
+    for module_name, owner_name, name, label in _PHASES:
+        module = importlib.import_module(module_name)
+        owner = getattr(module, owner_name) if owner_name else module
+        fn = getattr(owner, name, None)
+        if fn is None:
+            continue
+
+        def timed(*args: Any, _fn: Any = fn, _label: str = label, **kwargs: Any) -> Any:
+            start = clock()
+            try:
+                return _fn(*args, **kwargs)
+            finally:
+                acc[_label] = acc.get(_label, 0) + clock() - start
+
+        saved.append((owner, name, fn))
+        setattr(owner, name, timed)
+    try:
+        kind, _, label = what.partition(":")
+        if kind != "dormant":
+            raise ValueError(f"phases measures dormant pairs (dormant:<model>), got {what!r}")
+        spec = steps._deep_spec(int(label[4:].strip("()"))) if label.startswith("Deep") else steps._BY_LABEL[label]
+        torch.manual_seed(0)
+        model = wrap(spec.build().to(device), list(spec.targets))
+        x, y = models.make_batch(spec.batch_kind, spec.batch, device)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        morph = steps._morph(model, opt)
+        marks: dict[str, int] = {}
+
+        def step() -> None:
+            t0 = clock()
+            loss = F.cross_entropy(model(x), y)
+            t1 = clock()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            t2 = clock()
+            opt.step()
+            t3 = clock()
+            morph.step(loss)
+            t4 = clock()
+            marks.update(forward=t1 - t0, backward=t2 - t1, optimizer=t3 - t2, morph_step=t4 - t3, total=t4 - t0)
+
+        every = morph.config.signal_every
+        for _ in range(3 * every):
+            step()
+        while morph.steps % every:
+            step()
+        sampled: list[dict[str, int]] = []
+        ordinary: list[dict[str, int]] = []
+        for _ in range(intervals):
+            for i in range(every):
+                acc.clear()
+                step()
+                if i >= every - 2:
+                    (sampled if i == every - 1 else ordinary).append({**marks, **acc})
+        morph.close()
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+    labels = ["total", "forward", "backward", "optimizer", "morph_step"] + [p[3] for p in _PHASES]
+
+    def median(rows: list[dict[str, int]], key: str) -> float:
+        return _quantile([r.get(key, 0) / 1e3 for r in rows], 0.5)
+
+    return {k: (median(sampled, k), median(ordinary, k)) for k in labels}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("pairs", nargs="+", help="dormant:<model> or active:<model>:<state>:<guard>")
     p.add_argument("--intervals", type=int, default=40, help="signal intervals timed per pair")
+    p.add_argument("--phases", action="store_true",
+                   help="instead: the median CPU time of each part of the sampling step and of the ordinary "
+                        "step before it (dormant pairs)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     device = torch.device("cpu")
     import esper
 
     print(f"esper at {esper.__file__}")
+    if args.phases:
+        for what in args.pairs:
+            got = phases(what, device, args.intervals)
+            print(f"{what}: median CPU time (us, this thread) over {args.intervals} intervals, sampling step / "
+                  "ordinary step before it")
+            for label, (on, off) in got.items():
+                print(f"  {label:16s} {on:8.0f} {off:8.0f}")
+        return 0
     for what in args.pairs:
         esper_step, baseline, morph = build(what, device)
         every = morph.config.signal_every

@@ -17,7 +17,7 @@ from torch import nn
 from .. import find_conv_pairs, wrap
 from . import models
 from .rows import Row
-from .steps import ACTIVE, DORMANT, StepSettings, _adam, _hand_branch, _morph, _row, _to_state, make_step
+from .steps import ACTIVE, DORMANT, StepSettings, _adam, _hand_branch, _kept, _morph, _row, _to_state, make_step
 
 __all__ = ["active_rows", "dormant_rows", "pair_cnn"]
 
@@ -41,10 +41,10 @@ def dormant_rows(device: torch.device, settings: StepSettings) -> list[Row]:
     opt = _adam(wrapped)
     morph = _morph(wrapped, opt)
     try:
-        return [_row("dormant", "train step, dormant: PairCNN (conv pair)", device, settings,
+        return _kept([_row("dormant", "train step, dormant: PairCNN (conv pair)", device, settings,
                      make_step(wrapped, opt, x, y, morph), make_step(plain, _adam(plain), x, y), "plain model",
                      DORMANT, f"conv 3->16, ReLU, conv 16->32 wrapped as one conv pair, batch {_BATCH}x3x32x32; "
-                     "Esper includes morph.step(loss)")]
+                     "Esper includes morph.step(loss)")])
     finally:
         morph.close()
 
@@ -64,10 +64,10 @@ def active_rows(device: torch.device, settings: StepSettings) -> list[Row]:
         hand = nn.Sequential(models.HandSeeded(nn.Sequential(*members[:3]), _hand_branch(seed)), *members[3:])
         x, y = models.make_batch("cnn", _BATCH, device)
         n_seed = sum(p.numel() for p in seed.parameters())
-        return [_row("active", "train step, widen seed HOLDING: PairCNN (conv pair)", device, settings,
+        return _kept([_row("active", "train step, widen seed HOLDING: PairCNN (conv pair)", device, settings,
                      make_step(wrapped, opt, x, y, morph), make_step(hand, _adam(hand), x, y),
                      "same model written by hand", ACTIVE,
                      f"seed widen width {_WIDTH} ({n_seed} params) on the pair conv 16 -> conv 32; hand-written: "
-                     "pair(x) + branch(x) with the same branch and weights; Esper includes morph.step(loss)")]
+                     "pair(x) + branch(x) with the same branch and weights; Esper includes morph.step(loss)")])
     finally:
         morph.close()
