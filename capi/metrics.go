@@ -33,13 +33,18 @@ func esper_session_waiting(h C.uint64_t, outAlarms *C.int64_t, outReports *C.int
 		if err != nil {
 			return err
 		}
-		alarms, reports, err := s.Waiting()
-		if err != nil {
-			return err
-		}
-		*outAlarms, *outReports = C.int64_t(alarms), C.int32_t(min(reports, 1<<31-1))
-		return nil
+		return writeWaiting(s, outAlarms, outReports)
 	})
+}
+
+// writeWaiting writes the session's waiting alarm and report counts.
+func writeWaiting(s *session.Session, outAlarms *C.int64_t, outReports *C.int32_t) error {
+	alarms, reports, err := s.Waiting()
+	if err != nil {
+		return err
+	}
+	*outAlarms, *outReports = C.int64_t(alarms), C.int32_t(min(reports, 1<<31-1))
+	return nil
 }
 
 //export esper_session_metrics_text

@@ -87,26 +87,35 @@ func esper_session_free(h C.uint64_t) C.int {
 func esper_session_step(h C.uint64_t, steps C.int64_t, signals *C.float, nSignals C.size_t,
 	alphasOut *C.float, alphasCap C.size_t, outNEvents *C.int32_t) C.int {
 	return call(uint64(h), func() error {
-		if outNEvents == nil {
-			return errNull("out_n_events")
-		}
-		if signals == nil && nSignals > 0 {
-			return errNull("signals")
-		}
-		if alphasOut == nil && alphasCap > 0 {
-			return errNull("alphas_out")
-		}
-		s, err := lookup[*session.Session](uint64(h))
-		if err != nil {
-			return err
-		}
-		n, err := s.Step(int64(steps), float32s(signals, nSignals), float32s(alphasOut, alphasCap))
-		if err != nil {
-			return err
-		}
-		*outNEvents = C.int32_t(min(n, 1<<31-1))
-		return nil
+		_, err := step(h, steps, signals, nSignals, alphasOut, alphasCap, outNEvents)
+		return err
 	})
+}
+
+// step checks esper_session_step's arguments, runs the session's step and
+// writes its event count; it returns the session for a caller that reads
+// more (esper_session_step_waiting).
+func step(h C.uint64_t, steps C.int64_t, signals *C.float, nSignals C.size_t,
+	alphasOut *C.float, alphasCap C.size_t, outNEvents *C.int32_t) (*session.Session, error) {
+	if outNEvents == nil {
+		return nil, errNull("out_n_events")
+	}
+	if signals == nil && nSignals > 0 {
+		return nil, errNull("signals")
+	}
+	if alphasOut == nil && alphasCap > 0 {
+		return nil, errNull("alphas_out")
+	}
+	s, err := lookup[*session.Session](uint64(h))
+	if err != nil {
+		return nil, err
+	}
+	n, err := s.Step(int64(steps), float32s(signals, nSignals), float32s(alphasOut, alphasCap))
+	if err != nil {
+		return nil, err
+	}
+	*outNEvents = C.int32_t(min(n, 1<<31-1))
+	return s, nil
 }
 
 //export esper_session_alphas_ahead
