@@ -98,22 +98,23 @@ class Session(_lib.Handle):
             The number of lifecycle events waiting (read them with events());
             ``self.alphas`` holds the new alpha of every slot.
         """
-        h = self.handle
+        ptr, size, _keep = self._step_args(steps, signals)
+        rc = self._step(self.handle, steps, ptr, size, self._alphas_ptr, self.num_slots, self._n_events_ref)
+        if rc:
+            _lib.check(rc, self.handle)
+        return self._n_events.value
+
+    def _step_args(self, steps: int, signals: np.ndarray | None) -> tuple[Any, int, np.ndarray | None]:
+        """The checked step count's and signals' C arguments: (pointer, size, the array the pointer
+        points into, to keep alive through the call)."""
         if not 0 <= steps <= _lib.INT64_MAX:
             _lib.check_range("steps", steps, 0, _lib.INT64_MAX)  # raises, naming it
         if _lib._in_fork_child:
-            _lib.lib()  # raises ForkError: the cached symbol below would call into a dead Go runtime
+            _lib.lib()  # raises ForkError: the cached symbol would call into a dead Go runtime
         if signals is None:
-            rc = self._step(h, steps, None, 0, self._alphas_ptr, self.num_slots, self._n_events_ref)
-        else:
-            sig = np.ascontiguousarray(signals, dtype=np.float32)
-            rc = self._step(
-                h, steps, sig.ctypes.data_as(POINTER(c_float)), sig.size, self._alphas_ptr, self.num_slots,
-                self._n_events_ref,
-            )
-        if rc:
-            _lib.check(rc, h)
-        return self._n_events.value
+            return None, 0, None
+        sig = np.ascontiguousarray(signals, dtype=np.float32)
+        return sig.ctypes.data_as(POINTER(c_float)), sig.size, sig
 
     def step_waiting(self, steps: int, signals: np.ndarray | None = None) -> tuple[int, int, int]:
         """:meth:`step`, then what :meth:`waiting` reads, in one call into Go (a trainer's flush).
@@ -123,15 +124,7 @@ class Session(_lib.Handle):
             waiting for :meth:`reports`); ``self.alphas`` holds the new alpha of every slot.
         """
         h = self.handle
-        if not 0 <= steps <= _lib.INT64_MAX:
-            _lib.check_range("steps", steps, 0, _lib.INT64_MAX)  # raises, naming it
-        if _lib._in_fork_child:
-            _lib.lib()  # raises ForkError: the cached symbol below would call into a dead Go runtime
-        if signals is None:
-            ptr, size = None, 0
-        else:
-            sig = np.ascontiguousarray(signals, dtype=np.float32)
-            ptr, size = sig.ctypes.data_as(POINTER(c_float)), sig.size
+        ptr, size, _keep = self._step_args(steps, signals)
         rc = self._step_waiting(h, steps, ptr, size, self._alphas_ptr, self.num_slots, self._n_events_ref,
                                 self._alarms_ref, self._reports_ref)
         if rc:
