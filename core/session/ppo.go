@@ -46,10 +46,13 @@ func (s *Session) ppoDecisionLocked() (tamiyo.Decision, bool) {
 		return wait("no decision: %v", err)
 	}
 	reason := fmt.Sprintf("ppo: %s (the graph policy's most likely legal move; value estimate %.4g)", a, a.Value)
-	d := tamiyo.Decision{Layer: a.Layer, Slot: a.Slot, Reason: reason}
+	value := a.Value
+	d := tamiyo.Decision{Layer: a.Layer, Slot: a.Slot, Reason: reason, ValueEstimate: &value}
 	switch a.Op {
 	case tamiyo.MoveWait:
-		return wait("wait (the graph policy's most likely legal move; value estimate %.4g)", a.Value)
+		w, done := wait("wait (the graph policy's most likely legal move; value estimate %.4g)", a.Value)
+		w.ValueEstimate = &value
+		return w, done
 	case tamiyo.MovePrune:
 		d.Op = tamiyo.Prune
 	case tamiyo.MoveFossilize:
