@@ -15,7 +15,7 @@ import torch
 
 from esper.simic.export import dense, load_model
 from esper.simic.graph import encode, forward
-from esper.simic.ppo import EpisodeSpec, PPOConfig, Trainer, training_specs
+from esper.simic.ppo import EpisodeSpec, HeldOutEval, PPOConfig, Trainer, training_specs
 from esper.simic.ppo_eval import Arm, run_arm
 
 
@@ -64,6 +64,15 @@ def test_train_from_scratch_resume_curves_and_go_parity(tmp_path: Path) -> None:
         assert resumed["windowed"] and resumed["reward"]["x"] == [5, 6]
         assert resumed["reward"]["total"] == pytest.approx([sum(totals[:5]) / 5, totals[5]])
         assert resumed["reward"]["running_mean"][-1] == pytest.approx(sum(totals[1:]) / 5)
+        # A held-out evaluation during training (--eval-every): logged at its episode, and in the curves.
+        again.evaluate = HeldOutEval(every=0, families=("rings",), tasks=1, seeds=1, quick=True)
+        entry = again.held_out_eval()
+        report = json.loads((out / "eval" / "eval.json").read_text())
+        runs = {d["arm"]: d for d in report["runs"]}
+        assert entry["episode"] == 6 and entry["pairs"] == 1
+        assert entry["diff_mean"] == pytest.approx(runs["ppo"]["test_metric"] - runs["heuristic"]["test_metric"])
+        held = json.loads((out / "curves.json").read_text())["held_out"]
+        assert held["x"] == [6] and held["diff_mean"] == pytest.approx([entry["diff_mean"]])
         model = tmp_path / "model"
         again.export(str(model), command="esper simic ppo train (test)", bc_episodes=len(bc), onnx=False)
         policy = again.policy

@@ -46,8 +46,8 @@ import torch
 from .graph import OPS, encode
 from .policy import Action, GraphPolicy, legal
 
-__all__ = ["Prices", "EpisodeSpec", "PPOConfig", "Trainer", "Workers", "run_episode", "reward", "training_specs",
-           "gae", "bc_pairs", "morph_settings"]
+__all__ = ["Prices", "EpisodeSpec", "PPOConfig", "HeldOutEval", "Trainer", "Workers", "run_episode", "reward",
+           "training_specs", "gae", "bc_pairs", "morph_settings"]
 
 
 @dataclass(frozen=True)
