@@ -104,3 +104,22 @@ def test_train_from_scratch_resume_curves_and_go_parity(tmp_path: Path) -> None:
     assert doc["decisions"] >= 6 and len(doc["values"]) == doc["decisions"] and doc["refused"] == 0
     assert all(math.isfinite(v) for v in doc["values"])
     assert os.path.exists(tmp_path / "arm.json")
+
+
+def test_start_from_a_model_folder(tmp_path: Path) -> None:
+    """--init-model: PPO starts from the shipped folder's weights (no behaviour cloning); the checkpoint keeps
+    them and a second start on that checkpoint is refused (it resumes instead)."""
+    from esper.simic.graph import MODEL_DIR
+
+    shipped = load_model(str(MODEL_DIR))
+    with Trainer(str(tmp_path), PPOConfig(hidden=64), workers=1) as trainer:
+        trainer.start_from(str(MODEL_DIR))
+        assert trainer.config.hidden == shipped.hidden and trainer.policy is not None
+        for (k, v), (k2, v2) in zip(trainer.policy.state_dict().items(), shipped.state_dict().items()):
+            assert k == k2 and torch.equal(v, v2)
+    again = Trainer(str(tmp_path), workers=1)
+    assert again.policy is not None and [e["kind"] for e in again.log] == ["init"]
+    assert all(torch.equal(v, shipped.state_dict()[k]) for k, v in again.policy.state_dict().items())
+    with pytest.raises(ValueError, match="resumes"):
+        again.start_from(str(MODEL_DIR))
+    assert json.loads((tmp_path / "curves.json").read_text())["episodes"] == 0

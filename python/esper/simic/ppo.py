@@ -453,6 +453,29 @@ class Trainer:
             self._heuristic[json.dumps(run["spec"])] = run
         return [self._heuristic[json.dumps(asdict(s))] for s in specs]
 
+    def start_from(self, model_dir: str) -> None:
+        """Start from a model folder's weights (``esper simic ppo train --init-model DIR``, e.g. the shipped
+        warm start) instead of behaviour cloning; the network's width and rounds are the folder's. A new run
+        only: the optimizer starts fresh, and the log records the folder.
+
+        Raises:
+            ValueError: the trainer already holds a policy (its checkpoint is resumed instead).
+        """
+        if self.policy is not None:
+            raise ValueError(f"{self.path} already holds a policy: the run resumes from it; --init-model starts a "
+                             "new run only (use another --out)")
+        from .export import load_model
+
+        loaded = load_model(model_dir)
+        self.config = replace(self.config, hidden=loaded.hidden, rounds=loaded.rounds)
+        self._make(loaded.templates, loaded.sizes)
+        assert self.policy is not None
+        self.policy.load_state_dict(loaded.state_dict())
+        with open(os.path.join(model_dir, "manifest.json")) as f:
+            training = json.load(f).get("training") or {}
+        self.log.append({"kind": "init", "model": os.path.abspath(model_dir), "command": training.get("command")})
+        self.save()
+
     def behaviour_clone(self, specs: list[EpisodeSpec], epochs: int | None = None) -> list[float]:
         """Imitate the heuristic's moves on ``specs``' runs; returns the mean loss per epoch: the negative
         log-likelihood of the heuristic's move (summed over the heads used), each op's pairs weighted
@@ -633,6 +656,9 @@ class Trainer:
                   "bc_episodes": bc_episodes, "bc_pairs": bc[-1]["pairs"] if bc else 0,
                   "bc_loss": [round(e["loss"], 4) for e in bc], "ppo_episodes": self.episodes,
                   "ppo_updates": len(updates), "config": json.loads(json.dumps(asdict(self.config)))}
+        init = [e for e in self.log if e["kind"] == "init"]
+        if init:
+            record["init_model"] = {"model": init[0]["model"], "command": init[0]["command"]}
         return save_model(self.policy, model_dir, record, onnx=onnx)
 
     def save(self) -> None:
@@ -708,6 +734,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--model", default="", help="model folder to write for policy=\"ppo\" (model.safetensors, "
                                                 "manifest.json, model.onnx; default OUT/model)")
     t.add_argument("--hidden", type=int, default=PPOConfig.hidden, help="width of the network (a new run only)")
+    t.add_argument("--init-model", default="", help="start from this model folder's weights instead of behaviour "
+                                                     "cloning (a new run only; e.g. the shipped esper/models/ppo)")
     t.add_argument("--checkpoint-every", type=_positive, default=PPOConfig.checkpoint_every,
                    help="episodes between checkpoints and curve updates (a new run only)")
     t.add_argument("--curve-every", type=_positive, default=100,
@@ -734,7 +762,10 @@ def main(argv: list[str] | None = None) -> int:
                  evaluate=held) as trainer:
         bc = training_specs(args.bc_episodes, seed=args.seed, epochs=args.epochs, quick=False)
         start = time.perf_counter()
-        if not any(e["kind"] == "bc" for e in trainer.log):
+        if args.init_model and not any(e["kind"] in ("bc", "init") for e in trainer.log):
+            trainer.start_from(args.init_model)
+            print(f"starting from {args.init_model} (no behaviour cloning)")
+        elif not any(e["kind"] in ("bc", "init") for e in trainer.log):
             trainer.heuristic_runs(bc)
             runs_wall = time.perf_counter() - start
             print(f"heuristic runs: {len(bc)} in {runs_wall:.0f} s ({3600 * len(bc) / runs_wall:.0f} runs/hour, "
