@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -122,4 +123,6 @@ def test_start_from_a_model_folder(tmp_path: Path) -> None:
     assert all(torch.equal(v, shipped.state_dict()[k]) for k, v in again.policy.state_dict().items())
     with pytest.raises(ValueError, match="resumes"):
         again.start_from(str(MODEL_DIR))
+    # A deadline already past: no update starts (and nothing is run).
+    assert again.ppo(training_specs(4, seed=1), deadline=time.monotonic()) == [] and again.episodes == 0
     assert json.loads((tmp_path / "curves.json").read_text())["episodes"] == 0

@@ -17,7 +17,7 @@
     esper simic versions --name NAME [--root URZA]
     esper karn [--root URZA] fit --out DIR | publish --name NAME PREDICTOR_DIR | versions --name NAME
     esper simic ppo train [--out DIR] [--bc-episodes N] [--episodes N] [--epochs N] [--workers N] [--seed S]
-                          [--curve-every N] [--eval-every N] [--init-model DIR]
+                          [--curve-every N] [--eval-every N] [--init-model DIR] [--max-minutes M]
     esper simic ppo eval [--model DIR] [--families held-out|F,..] [--tasks N] [--seeds N] [--against heuristic,learned]
                           [--hidden N] [--model DIR]
     esper info

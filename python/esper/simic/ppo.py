@@ -518,10 +518,11 @@ class Trainer:
         self.save()
         return losses
 
-    def ppo(self, specs: list[EpisodeSpec]) -> list[dict[str, Any]]:
+    def ppo(self, specs: list[EpisodeSpec], deadline: float | None = None) -> list[dict[str, Any]]:
         """PPO on ``specs``, ``episodes_per_update`` episodes per update; checkpoints every
-        ``checkpoint_every`` episodes and skips the episodes a resumed trainer has done. Returns the log of
-        the episodes run."""
+        ``checkpoint_every`` episodes and skips the episodes a resumed trainer has done. With ``deadline``
+        (a ``time.monotonic()`` value), no update starts after it (a rerun resumes from the checkpoint).
+        Returns the log of the episodes run."""
         if self.policy is None:
             raise ValueError("no policy yet: run behaviour_clone first (the warm start)")
         c = self.config
@@ -531,6 +532,8 @@ class Trainer:
         bar.update(min(self.episodes, len(specs)))
         try:
             for start in range(0, len(remaining), c.episodes_per_update):
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
                 batch = remaining[start:start + c.episodes_per_update]
                 done.extend(self._ppo_batch(batch, bar))
         finally:
@@ -736,6 +739,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--hidden", type=int, default=PPOConfig.hidden, help="width of the network (a new run only)")
     t.add_argument("--init-model", default="", help="start from this model folder's weights instead of behaviour "
                                                      "cloning (a new run only; e.g. the shipped esper/models/ppo)")
+    t.add_argument("--episodes-per-update", type=int, default=0,
+                   help="episodes per PPO update (a new run only; default 0: the workers, at least 2)")
+    t.add_argument("--max-minutes", type=float, default=0.0,
+                   help="start no PPO update after this many minutes, then write the model (default 0: no limit)")
     t.add_argument("--checkpoint-every", type=_positive, default=PPOConfig.checkpoint_every,
                    help="episodes between checkpoints and curve updates (a new run only)")
     t.add_argument("--curve-every", type=_positive, default=100,
@@ -755,7 +762,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return eval_main(args)
     workers = args.workers or default_workers("cpu")
-    config = PPOConfig(epochs=args.epochs, quick=False, seed=args.seed, episodes_per_update=max(2, workers),
+    per_update = args.episodes_per_update or max(2, workers)
+    config = PPOConfig(epochs=args.epochs, quick=False, seed=args.seed, episodes_per_update=per_update,
                        hidden=args.hidden, checkpoint_every=args.checkpoint_every)
     held = HeldOutEval(every=args.eval_every, tasks=args.eval_tasks, seeds=args.eval_seeds)
     with Trainer(args.out, config, workers=workers, curve_every=args.curve_every, quiet=args.quiet,
@@ -777,7 +785,8 @@ def main(argv: list[str] | None = None) -> int:
         specs = training_specs(args.episodes, seed=args.seed + 1, epochs=args.epochs, quick=False)
         start = time.perf_counter()
         cpu = time.process_time()
-        done = trainer.ppo(specs)
+        deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes > 0 else None
+        done = trainer.ppo(specs, deadline=deadline)
         wall = time.perf_counter() - start
         for e in done:
             r = e["reward"]
