@@ -92,10 +92,11 @@ def curves(log: list[dict[str, Any]], every: int = 100) -> dict[str, Any]:
 
 
 def _plot(c: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    try:
+        from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
+    except ImportError as exc:
+        raise ImportError("esper simic ppo train draws curves.png with matplotlib: pip install 'esper[simic]' "
+                          "(or matplotlib)") from exc
 
     def line(ax: Any, x: list[int], y: list[Any], **kw: Any) -> None:
         pts = [(a, b) for a, b in zip(x, y) if b is not None]
@@ -103,7 +104,8 @@ def _plot(c: dict[str, Any], path: str) -> None:
             ax.plot([a for a, _ in pts], [b for _, b in pts], marker="." if len(pts) < 50 else None, **kw)
 
     unit = f"mean of {c['every']} episodes" if c["windowed"] else "per episode"
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig = Figure(figsize=(15, 8))
+    axes = fig.subplots(2, 3)
     r = c["reward"]
     ax = axes[0][0]
     line(ax, r["x"], r["total"], label=f"reward ({unit})")
@@ -149,7 +151,6 @@ def _plot(c: dict[str, Any], path: str) -> None:
     fig.tight_layout()
     tmp = f"{path}.{os.getpid()}.tmp.png"
     fig.savefig(tmp, dpi=80)
-    plt.close(fig)
     os.replace(tmp, path)
 
 
