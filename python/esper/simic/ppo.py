@@ -817,4 +817,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the package's module, not this __main__ copy: its classes (Workers, Trainer) are the ones
+    # esper.simic.ppo_eval and pickled jobs refer to.
+    from esper.simic.ppo import main as _main
+
+    raise SystemExit(_main())

@@ -289,7 +289,7 @@ def evaluate(model_dir: str, *, families: tuple[str, ...] | list[str] | None = N
     prices = Prices(**trained["prices"]) if "prices" in trained else Prices()
     out_dir = out_dir or default_out()
     arms = plan(names, tasks, seeds, epochs, quick, model_dir, tuple(against), out_dir, value_model)
-    pool = workers if isinstance(workers, Workers) else Workers(workers or default_workers("cpu"))
+    pool = workers if hasattr(workers, "map") else Workers(workers or default_workers("cpu"))
     pending = [a for a in arms if not os.path.exists(a.cache)]
     if not quiet:
         print(f"esper simic ppo eval: {len(arms)} runs ({len(arms) - len(pending)} already finished) on "
