@@ -126,3 +126,25 @@ def test_start_from_a_model_folder(tmp_path: Path) -> None:
     # A deadline already past: no update starts (and nothing is run).
     assert again.ppo(training_specs(4, seed=1), deadline=time.monotonic()) == [] and again.episodes == 0
     assert json.loads((tmp_path / "curves.json").read_text())["episodes"] == 0
+
+
+@pytest.mark.slow
+def test_command_line_resumes_from_a_warm_start_with_held_out_evaluations(tmp_path: Path) -> None:
+    """`python -m esper.simic.ppo train` as a user runs it: from the shipped warm start, two episodes, a
+    held-out evaluation at episode 2 (shared workers), the curves and the model written."""
+    import subprocess
+    import sys
+
+    from esper.simic.graph import MODEL_DIR
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "esper.simic.ppo", "train", "--out", str(out), "--init-model", str(MODEL_DIR),
+           "--episodes", "2", "--workers", "1", "--eval-every", "2", "--eval-seeds", "1", "--eval-families", "rings",
+           "--quiet"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "held-out at episode 2" in res.stdout and "starting from" in res.stdout
+    held = json.loads((out / "curves.json").read_text())["held_out"]
+    assert held["x"] == [2] and held["pairs"] == [1]
+    manifest = json.loads((out / "model" / "manifest.json").read_text())
+    assert manifest["training"]["ppo_episodes"] == 2 and manifest["training"]["init_model"]["model"] == str(MODEL_DIR)

@@ -751,6 +751,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="episodes between held-out evaluations against the heuristic (default 0: none)")
     t.add_argument("--eval-seeds", type=_positive, default=2, help="seeds per held-out task in those (default 2)")
     t.add_argument("--eval-tasks", type=_positive, default=1, help="tasks per held-out family in those (default 1)")
+    t.add_argument("--eval-families", default="held-out",
+                   help="held-out families of those, comma-separated (default held-out: every held-out growth family)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     e = sub.add_parser("eval", help="the policy against the heuristic on held-out families (writes eval.json)")
     from .ppo_eval import add_arguments
@@ -765,7 +767,8 @@ def main(argv: list[str] | None = None) -> int:
     per_update = args.episodes_per_update or max(2, workers)
     config = PPOConfig(epochs=args.epochs, quick=False, seed=args.seed, episodes_per_update=per_update,
                        hidden=args.hidden, checkpoint_every=args.checkpoint_every)
-    held = HeldOutEval(every=args.eval_every, tasks=args.eval_tasks, seeds=args.eval_seeds)
+    names = None if args.eval_families == "held-out" else tuple(n.strip() for n in args.eval_families.split(","))
+    held = HeldOutEval(every=args.eval_every, families=names, tasks=args.eval_tasks, seeds=args.eval_seeds)
     with Trainer(args.out, config, workers=workers, curve_every=args.curve_every, quiet=args.quiet,
                  evaluate=held) as trainer:
         bc = training_specs(args.bc_episodes, seed=args.seed, epochs=args.epochs, quick=False)
