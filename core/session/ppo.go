@@ -57,10 +57,13 @@ func (s *Session) ppoDecisionLocked() (tamiyo.Decision, bool) {
 	}
 	rt := p.dec.Model().Runtime()
 	reason := fmt.Sprintf("ppo: %s (the graph policy's most likely legal move, on %s; value estimate %.4g)", a, rt, a.Value)
-	d := tamiyo.Decision{Layer: a.Layer, Slot: a.Slot, Reason: reason}
+	value := a.Value
+	d := tamiyo.Decision{Layer: a.Layer, Slot: a.Slot, Reason: reason, ValueEstimate: &value}
 	switch a.Op {
 	case tamiyo.MoveWait:
-		return wait("wait (the graph policy's most likely legal move, on %s; value estimate %.4g)", rt, a.Value)
+		w, done := wait("wait (the graph policy's most likely legal move, on %s; value estimate %.4g)", rt, a.Value)
+		w.ValueEstimate = &value
+		return w, done
 	case tamiyo.MovePrune:
 		d.Op = tamiyo.Prune
 	case tamiyo.MoveFossilize:

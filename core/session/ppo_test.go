@@ -95,6 +95,10 @@ func TestPPOPolicyMovesThroughTheGates(t *testing.T) {
 			if !legalUnder(g, d) {
 				t.Fatalf("epoch %d: decision %+v is not legal under the graph's masks", epoch, d)
 			}
+			if d.ValueEstimate == nil || *d.ValueEstimate != a.Value {
+				t.Fatalf("epoch %d: decision %+v carries value estimate %v, the network's is %v", epoch, d,
+					d.ValueEstimate, a.Value)
+			}
 			moves[d.Op]++
 			if d.Op == tamiyo.Wait {
 				break

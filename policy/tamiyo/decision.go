@@ -94,6 +94,11 @@ type Decision struct {
 	// record keeps it as "prediction"; the impact analysis turns it into a
 	// gain with the seed's cost when it ends (value.CostOf).
 	PredictedValue *float64 `json:"predicted_value,omitempty"`
+	// ValueEstimate is the ppo graph policy's value head at the decision
+	// (its estimate of the episode's return, the trainer's reward); nil for
+	// other policies. Simic's evaluation reads it for the critic's
+	// explained variance on held-out episodes.
+	ValueEstimate *float64 `json:"value_estimate,omitempty"`
 }
 
 func waitDecision(format string, args ...any) Decision {

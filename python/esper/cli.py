@@ -17,6 +17,8 @@
     esper simic versions --name NAME [--root URZA]
     esper karn [--root URZA] fit --out DIR | publish --name NAME PREDICTOR_DIR | versions --name NAME
     esper simic ppo train [--out DIR] [--bc-episodes N] [--episodes N] [--epochs N] [--workers N] [--seed S]
+                          [--curve-every N] [--eval-every N] [--init-model DIR] [--max-minutes M]
+    esper simic ppo eval [--model DIR] [--families held-out|F,..] [--tasks N] [--seeds N] [--against heuristic,learned]
                           [--hidden N] [--model DIR]
     esper info
 """
@@ -232,9 +234,10 @@ def _add_simic(sub: Any) -> None:
     v.add_argument("--root", default=None, help="Urza store (default as for publish)")
     v.set_defaults(fn=_cmd_simic)
 
-    g = ssub.add_parser("ppo", add_help=False, help="the graph policy: behaviour cloning, then PPO "
-                                                    "(`esper simic ppo train --help`)")
-    g.add_argument("ppo_args", nargs=argparse.REMAINDER, help="arguments of esper.simic.ppo (train ...)")
+    g = ssub.add_parser("ppo", add_help=False, help="the graph policy: train it (behaviour cloning, then PPO) or "
+                                                    "judge it on held-out families (`esper simic ppo train --help`, "
+                                                    "`esper simic ppo eval --help`)")
+    g.add_argument("ppo_args", nargs=argparse.REMAINDER, help="arguments of esper.simic.ppo (train ... or eval ...)")
     g.set_defaults(fn=_cmd_simic)
 
 

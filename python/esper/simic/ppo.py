@@ -19,17 +19,25 @@ chooses wait (at most ``moves_per_epoch``); every move passes Go's gates and lim
 initialisation, at the documented prices of :class:`Prices`; each term is logged.
 
 **PPO**: clipped objective, GAE (λ), entropy bonus, value clipping, advantage normalisation. Training
-checkpoints every ``checkpoint_every`` episodes and resumes from its checkpoint.
+checkpoints every ``checkpoint_every`` episodes and resumes from its checkpoint; with each checkpoint it writes
+the learning curves (``curves.json``, ``curves.png``: :mod:`esper.simic.curves`) from the whole log, so a
+resumed run's curves continue the old ones.
+
+**Workers.** Episodes run in spawned worker processes kept for the trainer's life (:class:`Workers`): a
+worker imports torch and the library once, not once per update. A batch's heuristic baselines and policy
+runs go to the pool together.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -38,8 +46,8 @@ import torch
 from .graph import OPS, encode
 from .policy import Action, GraphPolicy, legal
 
-__all__ = ["Prices", "EpisodeSpec", "PPOConfig", "Trainer", "run_episode", "reward", "training_specs",
-           "gae", "bc_pairs"]
+__all__ = ["Prices", "EpisodeSpec", "PPOConfig", "HeldOutEval", "Trainer", "Workers", "run_episode", "reward",
+           "training_specs", "gae", "bc_pairs", "morph_settings"]
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ def training_specs(n: int, seed: int, epochs: int = 12, quick: bool = True, task
             for _ in range(n)]
 
 
-def _morph_settings(spec: EpisodeSpec) -> dict[str, Any]:
+def morph_settings(spec: EpisodeSpec) -> dict[str, Any]:
     """Short lifecycles for short runs (the demo's fast-growth settings), told the run's length."""
     return dict(train_steps=15, blend_steps=15, embargo_steps=15, signal_every=5, patience=2, threshold=0.05,
                 holding_epochs=1, cooldown_epochs=1, max_concurrent=1, min_gain=0.005, epochs=spec.epochs,
@@ -141,7 +149,7 @@ def _heuristic_labels(snapshot: str, metrics: dict[str, Any], decisions: list[di
 
 
 def run_episode(spec: EpisodeSpec, mode: str, policy_state: dict[str, Any] | None = None,
-                moves_per_epoch: int = 3, explore: bool = True) -> dict[str, Any]:
+                moves_per_epoch: int = 3, explore: bool = True, labels: bool = True) -> dict[str, Any]:
     """Run one episode (a worker's job) and return its figures and records.
 
     Args:
@@ -151,6 +159,8 @@ def run_episode(spec: EpisodeSpec, mode: str, policy_state: dict[str, Any] | Non
         policy_state: {"config": GraphPolicy.config(), "weights": state_dict} (mode "policy").
         moves_per_epoch: the most moves the policy proposes at one epoch's end.
         explore: sample the policy's moves (else its most likely ones).
+        labels: (mode "heuristic") log the (graph, action) pairs for behaviour cloning; a run that is only
+            a reward's baseline skips them (each epoch's end replays the session in a scratch copy).
 
     Returns:
         {"spec", "mode", "metric" (validation metric at the chosen epoch), "flops", "params", "rollbacks",
@@ -176,7 +186,7 @@ def run_episode(spec: EpisodeSpec, mode: str, policy_state: dict[str, Any] | Non
         torch.manual_seed(spec.seed)
         model = _wrap(build_model(task, setup, setup.start_width), setup)
         opt = torch.optim.Adam(model.parameters(), lr=setup.lr)
-        config = MorphConfig(**_morph_settings(spec), policy="heuristic" if mode == "heuristic" else "manual")
+        config = MorphConfig(**morph_settings(spec), policy="heuristic" if mode == "heuristic" else "manual")
         morph = Morphogenesis(model, opt, config=config, evaluate=_evaluator(task))
         policy = None
         if mode == "policy":
@@ -190,9 +200,10 @@ def run_episode(spec: EpisodeSpec, mode: str, policy_state: dict[str, Any] | Non
 
         def on_epoch(epoch: int, hist: Any) -> None:
             if mode == "heuristic":
-                snap = morph.session.snapshot()
+                snap = morph.session.snapshot() if labels else ""
                 res = morph.end_epoch(val_loss=hist.val_loss[-1], val_metric=hist.val_acc[-1])
-                pairs.extend(_heuristic_labels(snap, res["metrics"], res.get("decisions", [])))
+                if labels:
+                    pairs.extend(_heuristic_labels(snap, res["metrics"], res.get("decisions", [])))
                 return
             morph.end_epoch(val_loss=hist.val_loss[-1], val_metric=hist.val_acc[-1])
             assert policy is not None
@@ -218,7 +229,8 @@ def run_episode(spec: EpisodeSpec, mode: str, policy_state: dict[str, Any] | Non
            "germinations": counters["germinations"], "fossilizations": counters["fossilizations"],
            "wall": time.perf_counter() - start}
     if mode == "heuristic":
-        out["pairs"] = [(g, asdict(a)) for g, a in pairs]
+        if labels:
+            out["pairs"] = [(g, asdict(a)) for g, a in pairs]
     else:
         out["steps"] = steps
     return out
@@ -255,6 +267,69 @@ def bc_pairs(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Action]]:
     return [(g, Action(**a)) for run in runs for g, a in run["pairs"]]
 
 
+class Workers:
+    """``workers`` spawned processes kept until :meth:`close` (in this process when 1), so that each imports
+    torch and the library once rather than once per batch (DESIGN §3: spawned, never forked; they ignore
+    SIGINT, and Ctrl-C or a failing job terminates them and is raised in :meth:`map`)."""
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+        self._pool: Any = None
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any],
+            on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """``fn(item)`` for every item, results in item order; ``on_done(i, result)`` runs here as each
+        finishes. ``fn`` must be picklable (a module-level function or a ``functools.partial`` of one)."""
+        from ..demo.jobs import _ignore_sigint, _run_indexed
+
+        results: list[Any] = [None] * len(items)
+        if self.workers == 1 or len(items) <= 1 and self._pool is None:
+            for i, item in enumerate(items):
+                results[i] = fn(item)
+                if on_done is not None:
+                    on_done(i, results[i])
+            return results
+        if self._pool is None:
+            self._pool = multiprocessing.get_context("spawn").Pool(self.workers, initializer=_ignore_sigint)
+        done = [False] * len(items)
+        try:
+            for i, res in self._pool.imap_unordered(_run_indexed, [(i, fn, item) for i, item in enumerate(items)]):
+                results[i], done[i] = res, True
+                if on_done is not None:
+                    on_done(i, res)
+        except BaseException:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+            raise
+        missing = [items[i] for i, d in enumerate(done) if not d]
+        if missing:
+            raise RuntimeError(f"jobs finished without a result: {missing}")
+        return results
+
+    def close(self) -> None:
+        """Stop the workers (a later :meth:`map` spawns new ones)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+            self._pool = None
+
+
+def _bar(total: int, quiet: bool, unit: str = "episode") -> Any:
+    """A tqdm progress bar (the suite's plain fallback without tqdm, nothing when quiet)."""
+    from ..suite.run import _progress
+
+    if quiet:
+        return _progress(total, True)
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is in the simic and dev extras
+        return _progress(total, False)
+    return tqdm(total=total, unit=unit, dynamic_ncols=True)
+
+
 @dataclass
 class PPOConfig:
     """The trainer's settings (saved with every checkpoint)."""
@@ -282,15 +357,40 @@ class PPOConfig:
     prices: Prices = field(default_factory=Prices)
 
 
+@dataclass(frozen=True)
+class HeldOutEval:
+    """The trainer's held-out evaluations: every ``every`` episodes (0: never), ``tasks`` tasks and ``seeds``
+    seeds of each held-out family of ``families`` (None: every held-out growth family), quick tasks when
+    ``quick``."""
+
+    every: int = 0
+    families: tuple[str, ...] | None = None
+    tasks: int = 1
+    seeds: int = 2
+    quick: bool = False
+
+
 class Trainer:
     """Behaviour cloning then PPO for a graph policy, checkpointed in ``out_dir`` (``checkpoint.pt``:
     weights, optimizer, counters and the log; tensors, numbers and strings only, loaded with
-    ``weights_only=True``) and resumed from it."""
+    ``weights_only=True``) and resumed from it. Each checkpoint also writes ``curves.json`` and
+    ``curves.png`` (windows of ``curve_every`` episodes). Use it as a context manager (or call
+    :meth:`close`) to stop its workers.
 
-    def __init__(self, out_dir: str, config: PPOConfig | None = None, workers: int = 1) -> None:
+    With ``evaluate`` set (:class:`HeldOutEval`), every ``evaluate.every`` episodes the policy is exported
+    to ``<out_dir>/model`` and judged against the heuristic on held-out families through Go
+    (:func:`esper.simic.ppo_eval.evaluate`, into ``<out_dir>/eval``); the log gets an ``"eval"`` entry and
+    the curves the held-out score."""
+
+    def __init__(self, out_dir: str, config: PPOConfig | None = None, workers: int = 1, *, curve_every: int = 100,
+                 quiet: bool = True, evaluate: HeldOutEval | None = None) -> None:
         self.out_dir = out_dir
         self.config = config or PPOConfig()
         self.workers = workers
+        self.curve_every = curve_every
+        self.quiet = quiet
+        self.evaluate = evaluate
+        self._pool = Workers(workers)
         self.policy: GraphPolicy | None = None
         self.opt: torch.optim.Optimizer | None = None
         self.episodes = 0
@@ -299,6 +399,16 @@ class Trainer:
         os.makedirs(out_dir, exist_ok=True)
         if os.path.exists(self.path):
             self._load()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        self._pool.close()
 
     @property
     def path(self) -> str:
@@ -310,24 +420,61 @@ class Trainer:
         self.policy = GraphPolicy(templates, sizes, hidden=self.config.hidden, rounds=self.config.rounds)
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=self.config.lr)
 
-    def _run(self, jobs: list[tuple[EpisodeSpec, str]]) -> list[dict[str, Any]]:
+    def _run(self, jobs: list[tuple[EpisodeSpec, str]], on_done: Callable[[int, Any], None] | None = None
+             ) -> list[dict[str, Any]]:
+        """Run ``(spec, mode)`` jobs on the workers; mode "heuristic" (with BC's labels), "baseline" (a
+        heuristic run without them) or "policy" (the current weights)."""
         from functools import partial
-
-        from ..demo.jobs import run_pool
 
         state = None
         if self.policy is not None:
             weights = {k: v.clone() for k, v in self.policy.state_dict().items()}
             state = {"config": self.policy.config(), "weights": weights}
         fn = partial(_job, policy_state=state, moves_per_epoch=self.config.moves_per_epoch)
-        return run_pool(fn, jobs, self.workers)
+        return self._pool.map(fn, jobs, on_done)
 
-    def heuristic_runs(self, specs: list[EpisodeSpec]) -> list[dict[str, Any]]:
-        """The heuristic's runs of ``specs`` (cached per spec: the reward's baseline and BC's data)."""
-        missing = [s for s in specs if json.dumps(asdict(s)) not in self._heuristic]
-        for run in self._run([(s, "heuristic") for s in missing]):
+    def _cached(self, spec: EpisodeSpec, labels: bool) -> dict[str, Any] | None:
+        run = self._heuristic.get(json.dumps(asdict(spec)))
+        if run is None or (labels and "pairs" not in run):
+            return None
+        return run
+
+    def heuristic_runs(self, specs: list[EpisodeSpec], labels: bool = True) -> list[dict[str, Any]]:
+        """The heuristic's runs of ``specs``, cached per spec (a run is deterministic per spec): BC's data
+        (``labels``: with the (graph, action) pairs) or the reward's baseline (without them)."""
+        missing = [s for s in specs if self._cached(s, labels) is None]
+        bar = _bar(len(missing), self.quiet or not missing, unit="run")
+        try:
+            runs = self._run([(s, "heuristic" if labels else "baseline") for s in missing],
+                             lambda i, r: bar.update())
+        finally:
+            bar.close()
+        for run in runs:
             self._heuristic[json.dumps(run["spec"])] = run
         return [self._heuristic[json.dumps(asdict(s))] for s in specs]
+
+    def start_from(self, model_dir: str) -> None:
+        """Start from a model folder's weights (``esper simic ppo train --init-model DIR``, e.g. the shipped
+        warm start) instead of behaviour cloning; the network's width and rounds are the folder's. A new run
+        only: the optimizer starts fresh, and the log records the folder.
+
+        Raises:
+            ValueError: the trainer already holds a policy (its checkpoint is resumed instead).
+        """
+        if self.policy is not None:
+            raise ValueError(f"{self.path} already holds a policy: the run resumes from it; --init-model starts a "
+                             "new run only (use another --out)")
+        from .export import load_model
+
+        loaded = load_model(model_dir)
+        self.config = replace(self.config, hidden=loaded.hidden, rounds=loaded.rounds)
+        self._make(loaded.templates, loaded.sizes)
+        assert self.policy is not None
+        self.policy.load_state_dict(loaded.state_dict())
+        with open(os.path.join(model_dir, "manifest.json")) as f:
+            training = json.load(f).get("training") or {}
+        self.log.append({"kind": "init", "model": os.path.abspath(model_dir), "command": training.get("command")})
+        self.save()
 
     def behaviour_clone(self, specs: list[EpisodeSpec], epochs: int | None = None) -> list[float]:
         """Imitate the heuristic's moves on ``specs``' runs; returns the mean loss per epoch: the negative
@@ -371,45 +518,94 @@ class Trainer:
         self.save()
         return losses
 
-    def ppo(self, specs: list[EpisodeSpec]) -> list[dict[str, Any]]:
+    def ppo(self, specs: list[EpisodeSpec], deadline: float | None = None) -> list[dict[str, Any]]:
         """PPO on ``specs``, ``episodes_per_update`` episodes per update; checkpoints every
-        ``checkpoint_every`` episodes and skips the episodes a resumed trainer has done. Returns the log of
-        the episodes run."""
+        ``checkpoint_every`` episodes and skips the episodes a resumed trainer has done. With ``deadline``
+        (a ``time.monotonic()`` value), no update starts after it (a rerun resumes from the checkpoint).
+        Returns the log of the episodes run."""
         if self.policy is None:
             raise ValueError("no policy yet: run behaviour_clone first (the warm start)")
         c = self.config
         done: list[dict[str, Any]] = []
         remaining = specs[self.episodes:]
-        for start in range(0, len(remaining), c.episodes_per_update):
-            batch = remaining[start:start + c.episodes_per_update]
-            heuristic = self.heuristic_runs(batch)
-            runs = self._run([(s, "policy") for s in batch])
-            samples = []
-            for run, base in zip(runs, heuristic):
-                terms = reward(run, base, c.prices)
-                steps = run["steps"]
-                rewards = [0.0] * len(steps)
-                if steps:
-                    rewards[-1] = terms["total"]
-                adv, ret = gae(rewards, [s["value"] for s in steps], c.gamma, c.lam)
-                for s, a, r in zip(steps, adv, ret):
-                    samples.append((encode(s["graph"]), Action(**s["action"]), s["log_prob"], s["value"], a, r))
-                self.episodes += 1
-                entry = {"kind": "episode", "episode": self.episodes, "spec": run["spec"], "reward": terms,
-                         "moves": len(steps), "refused": run["refused"], "proposals": run["proposals"],
-                         "germinations": run["germinations"], "heuristic_germinations": base["germinations"],
-                         "wall": run["wall"] + base["wall"]}
-                self.log.append(entry)
-                done.append(entry)
-            if samples:
-                from ..demo.jobs import one_thread
-
-                with one_thread():
-                    self.log.append({"kind": "update", "episode": self.episodes, **self._update(samples)})
-            if self.episodes // c.checkpoint_every > (self.episodes - len(batch)) // c.checkpoint_every:
-                self.save()
+        bar = _bar(len(specs), self.quiet or not remaining)
+        bar.update(min(self.episodes, len(specs)))
+        try:
+            for start in range(0, len(remaining), c.episodes_per_update):
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                batch = remaining[start:start + c.episodes_per_update]
+                done.extend(self._ppo_batch(batch, bar))
+        finally:
+            bar.close()
         self.save()
         return done
+
+    def _ppo_batch(self, batch: list[EpisodeSpec], bar: Any) -> list[dict[str, Any]]:
+        """One PPO update: the batch's policy runs and (uncached) heuristic baselines on the workers
+        together, the rewards, the update, a checkpoint when one is due, and an evaluation when one is due."""
+        c = self.config
+        done: list[dict[str, Any]] = []
+        missing = [s for s in batch if self._cached(s, labels=False) is None]
+        jobs = [(s, "baseline") for s in missing] + [(s, "policy") for s in batch]
+        results = self._run(jobs)
+        for run in results[:len(missing)]:
+            self._heuristic[json.dumps(run["spec"])] = run
+        runs = results[len(missing):]
+        heuristic = [self._heuristic[json.dumps(asdict(s))] for s in batch]
+        samples = []
+        for run, base in zip(runs, heuristic):
+            terms = reward(run, base, c.prices)
+            steps = run["steps"]
+            rewards = [0.0] * len(steps)
+            if steps:
+                rewards[-1] = terms["total"]
+            adv, ret = gae(rewards, [s["value"] for s in steps], c.gamma, c.lam)
+            for s, a, r in zip(steps, adv, ret):
+                samples.append((encode(s["graph"]), Action(**s["action"]), s["log_prob"], s["value"], a, r))
+            self.episodes += 1
+            entry = {"kind": "episode", "episode": self.episodes, "spec": run["spec"], "reward": terms,
+                     "moves": len(steps), "refused": run["refused"], "proposals": run["proposals"],
+                     "germinations": run["germinations"], "heuristic_germinations": base["germinations"],
+                     "wall": run["wall"] + base["wall"]}
+            self.log.append(entry)
+            done.append(entry)
+        if samples:
+            from ..demo.jobs import one_thread
+
+            with one_thread():
+                self.log.append({"kind": "update", "episode": self.episodes, **self._update(samples)})
+        rewards = [e["reward"]["total"] for e in self.log if e["kind"] == "episode"][-c.episodes_per_update * 8:]
+        bar.set_description(f"episode {self.episodes}: reward {done[-1]['reward']['total']:+.3f} "
+                            f"(recent mean {sum(rewards) / len(rewards):+.3f})")
+        bar.update(len(batch))
+        previous = self.episodes - len(batch)
+        if self.episodes // c.checkpoint_every > previous // c.checkpoint_every:
+            self.save()
+        ev = self.evaluate
+        if ev is not None and ev.every > 0 and self.episodes // ev.every > previous // ev.every:
+            self.held_out_eval()
+        return done
+
+    def held_out_eval(self) -> dict[str, Any]:
+        """Export the policy to ``<out_dir>/model``, judge it against the heuristic on held-out families
+        through Go (``self.evaluate``'s families, tasks and seeds; the trainer's workers), log an ``"eval"``
+        entry and write the checkpoint and curves. Returns the entry."""
+        from .ppo_eval import evaluate
+
+        ev = self.evaluate or HeldOutEval()
+        model_dir = os.path.join(self.out_dir, "model")
+        self.export(model_dir, command="(held-out evaluation during training)", bc_episodes=0, onnx=False)
+        report = evaluate(model_dir, families=ev.families, tasks=ev.tasks, seeds=ev.seeds, quick=ev.quick,
+                          epochs=self.config.epochs, out_dir=os.path.join(self.out_dir, "eval"),
+                          against=("heuristic",), workers=self._pool, quiet=True)
+        vs = report["against"]["heuristic"]["overall"]
+        entry = {"kind": "eval", "episode": self.episodes, "pairs": vs["pairs"], "diff_mean": vs["diff_mean"],
+                 "diff_se": vs["diff_se"], "explained_variance": report["critic"]["explained_variance"],
+                 "decision_quality": report["arms"]["ppo"]["decision_quality"]}
+        self.log.append(entry)
+        self.save()
+        return entry
 
     def _update(self, samples: list[tuple[Any, Action, float, float, float, float]]) -> dict[str, float]:
         """PPO's update on one batch of samples; returns the mean losses, entropy per head and the critic's
@@ -463,6 +659,9 @@ class Trainer:
                   "bc_episodes": bc_episodes, "bc_pairs": bc[-1]["pairs"] if bc else 0,
                   "bc_loss": [round(e["loss"], 4) for e in bc], "ppo_episodes": self.episodes,
                   "ppo_updates": len(updates), "config": json.loads(json.dumps(asdict(self.config)))}
+        init = [e for e in self.log if e["kind"] == "init"]
+        if init:
+            record["init_model"] = {"model": init[0]["model"], "command": init[0]["command"]}
         return save_model(self.policy, model_dir, record, onnx=onnx)
 
     def save(self) -> None:
@@ -475,6 +674,9 @@ class Trainer:
         tmp = f"{self.path}.{os.getpid()}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, self.path)
+        from .curves import write_curves
+
+        write_curves(self.out_dir, self.log, self.curve_every)
 
     def _load(self) -> None:
         state = torch.load(self.path, weights_only=True)
@@ -492,69 +694,134 @@ class Trainer:
 
 
 def _job(job: tuple[EpisodeSpec, str], policy_state: dict[str, Any] | None, moves_per_epoch: int) -> dict[str, Any]:
-    """A worker's job: one episode."""
+    """A worker's job: one run; mode "heuristic", "baseline" (a heuristic run without BC's labels) or
+    "policy"."""
     spec, mode = job
+    if mode == "baseline":
+        return run_episode(spec, "heuristic", None, moves_per_epoch, labels=False)
     return run_episode(spec, mode, policy_state if mode == "policy" else None, moves_per_epoch)
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise ValueError(f"want a number >= 1, got {text}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``esper simic ppo train`` (or ``python -m esper.simic.ppo train``): behaviour cloning on heuristic
-    runs, then PPO, on the suite's training families; prints the BC loss per epoch and each episode's reward
-    terms, and the rate in episodes per hour (a PPO episode is a policy run and its paired heuristic run). Resumes from
-    ``--out``'s checkpoint."""
+    """``esper simic ppo train|eval`` (or ``python -m esper.simic.ppo``).
+
+    train: behaviour cloning on heuristic runs, then PPO, on the suite's training families, with a progress
+    bar; prints the BC loss per epoch, each episode's reward terms and the rate in episodes per hour (a PPO
+    episode is a policy run and its paired heuristic run). Resumes from ``--out``'s checkpoint; writes
+    curves.json and curves.png there at each checkpoint, and the model folder at the end.
+
+    eval: the policy (run by Go, ``policy="ppo"``) against the heuristic (and the value model) on the same
+    held-out tasks, seeds and initialisations; writes eval.json and prints a table.
+    """
     import argparse
 
     from ..demo.jobs import default_workers
 
-    p = argparse.ArgumentParser(prog="esper simic ppo", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="esper simic ppo", description="The graph policy: train it with behaviour "
+                                "cloning then PPO on training families; judge it on held-out families.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="behaviour cloning, then PPO")
-    t.add_argument("--out", default="simic-ppo", help="checkpoint directory (resumed when it holds one)")
+    t.add_argument("--out", default="simic-ppo", help="checkpoint folder (resumed when it holds one)")
     t.add_argument("--bc-episodes", type=int, default=8, help="heuristic runs to imitate")
-    t.add_argument("--episodes", type=int, default=8, help="PPO episodes")
+    t.add_argument("--episodes", type=int, default=8, help="PPO episodes in all (a resumed run goes on to this many)")
     t.add_argument("--epochs", type=int, default=15, help="training epochs of every run")
-    t.add_argument("--workers", type=int, default=0, help="spawned workers (0: one per core)")
+    t.add_argument("--workers", type=int, default=0, help="worker processes (0: one per core)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--model", default="", help="model folder to write for policy=\"ppo\" (model.safetensors, "
                                                 "manifest.json, model.onnx; default OUT/model)")
     t.add_argument("--hidden", type=int, default=PPOConfig.hidden, help="width of the network (a new run only)")
+    t.add_argument("--init-model", default="", help="start from this model folder's weights instead of behaviour "
+                                                     "cloning (a new run only; e.g. the shipped esper/models/ppo)")
+    t.add_argument("--episodes-per-update", type=int, default=0,
+                   help="episodes per PPO update (a new run only; default 0: the workers, at least 2)")
+    t.add_argument("--max-minutes", type=float, default=0.0,
+                   help="start no PPO update after this many minutes, then write the model (default 0: no limit)")
+    t.add_argument("--checkpoint-every", type=_positive, default=PPOConfig.checkpoint_every,
+                   help="episodes between checkpoints and curve updates (a new run only)")
+    t.add_argument("--curve-every", type=_positive, default=100,
+                   help="episodes per point of the curves (every episode while there are fewer; default 100)")
+    t.add_argument("--eval-every", type=int, default=0,
+                   help="episodes between held-out evaluations against the heuristic (default 0: none)")
+    t.add_argument("--eval-seeds", type=_positive, default=2, help="seeds per held-out task in those (default 2)")
+    t.add_argument("--eval-tasks", type=_positive, default=1, help="tasks per held-out family in those (default 1)")
+    t.add_argument("--eval-families", default="held-out",
+                   help="held-out families of those, comma-separated (default held-out: every held-out growth family)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    e = sub.add_parser("eval", help="the policy against the heuristic on held-out families (writes eval.json)")
+    from .ppo_eval import add_arguments
+
+    add_arguments(e)
     args = p.parse_args(argv)
+    if args.command == "eval":
+        from .ppo_eval import main as eval_main
+
+        return eval_main(args)
     workers = args.workers or default_workers("cpu")
-    config = PPOConfig(epochs=args.epochs, quick=False, seed=args.seed, episodes_per_update=max(2, workers),
-                       hidden=args.hidden)
-    trainer = Trainer(args.out, config, workers=workers)
-    bc = training_specs(args.bc_episodes, seed=args.seed, epochs=args.epochs, quick=False)
-    start = time.perf_counter()
-    if not any(e["kind"] == "bc" for e in trainer.log):
-        trainer.heuristic_runs(bc)
-        runs_wall = time.perf_counter() - start
-        print(f"heuristic runs: {len(bc)} in {runs_wall:.0f} s ({3600 * len(bc) / runs_wall:.0f} runs/hour, "
-              f"{workers} workers)")
-        losses = trainer.behaviour_clone(bc)
-        print("bc loss per epoch: " + " ".join(f"{x:.3f}" for x in losses))
-    specs = training_specs(args.episodes, seed=args.seed + 1, epochs=args.epochs, quick=False)
-    start = time.perf_counter()
-    done = trainer.ppo(specs)
-    wall = time.perf_counter() - start
-    for e in done:
-        r = e["reward"]
-        print(f"episode {e['episode']} {e['spec']['family']}/{e['spec']['index']} seed {e['spec']['seed']}: "
-              f"reward {r['total']:+.3f} (accuracy {r['accuracy']:+.3f}, compute {r['compute']:+.3f}, "
-              f"params {r['params']:+.3f}, stability {r['stability']:+.3f}); {e['moves']} moves, "
-              f"{e['germinations']} germinations (heuristic {e['heuristic_germinations']}), {e['refused']} refused")
-    for u in (e for e in trainer.log if e["kind"] == "update"):
-        print(f"update at episode {u['episode']}: policy loss {u['policy_loss']:+.4f}, value loss "
-              f"{u['value_loss']:.3f}, explained variance {u['explained_variance']:.3f}, entropy op "
-              f"{u['entropy_op']:.3f}")
-    if done:
-        print(f"ppo: {len(done)} episodes in {wall:.0f} s: {3600 * len(done) / wall:.0f} episodes/hour "
-              f"({workers} workers; each a policy run plus its paired heuristic run)")
-    model_dir = args.model or os.path.join(args.out, "model")
-    command = "esper simic ppo " + " ".join(argv if argv is not None else sys.argv[1:])
-    for path in trainer.export(model_dir, command=command, bc_episodes=args.bc_episodes):
-        print(f"wrote {path}")
+    per_update = args.episodes_per_update or max(2, workers)
+    config = PPOConfig(epochs=args.epochs, quick=False, seed=args.seed, episodes_per_update=per_update,
+                       hidden=args.hidden, checkpoint_every=args.checkpoint_every)
+    names = None if args.eval_families == "held-out" else tuple(n.strip() for n in args.eval_families.split(","))
+    held = HeldOutEval(every=args.eval_every, families=names, tasks=args.eval_tasks, seeds=args.eval_seeds)
+    with Trainer(args.out, config, workers=workers, curve_every=args.curve_every, quiet=args.quiet,
+                 evaluate=held) as trainer:
+        bc = training_specs(args.bc_episodes, seed=args.seed, epochs=args.epochs, quick=False)
+        start = time.perf_counter()
+        if args.init_model and not any(e["kind"] in ("bc", "init") for e in trainer.log):
+            trainer.start_from(args.init_model)
+            print(f"starting from {args.init_model} (no behaviour cloning)")
+        elif not any(e["kind"] in ("bc", "init") for e in trainer.log):
+            trainer.heuristic_runs(bc)
+            runs_wall = time.perf_counter() - start
+            print(f"heuristic runs: {len(bc)} in {runs_wall:.0f} s ({3600 * len(bc) / runs_wall:.0f} runs/hour, "
+                  f"{workers} workers)")
+            losses = trainer.behaviour_clone(bc)
+            print("bc loss per epoch: " + " ".join(f"{x:.3f}" for x in losses))
+        elif trainer.episodes:
+            print(f"resuming {trainer.path} at episode {trainer.episodes}")
+        specs = training_specs(args.episodes, seed=args.seed + 1, epochs=args.epochs, quick=False)
+        start = time.perf_counter()
+        cpu = time.process_time()
+        deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes > 0 else None
+        done = trainer.ppo(specs, deadline=deadline)
+        wall = time.perf_counter() - start
+        for e in done:
+            r = e["reward"]
+            print(f"episode {e['episode']} {e['spec']['family']}/{e['spec']['index']} seed {e['spec']['seed']}: "
+                  f"reward {r['total']:+.3f} (accuracy {r['accuracy']:+.3f}, compute {r['compute']:+.3f}, "
+                  f"params {r['params']:+.3f}, stability {r['stability']:+.3f}); {e['moves']} moves, "
+                  f"{e['germinations']} germinations (heuristic {e['heuristic_germinations']}), {e['refused']} "
+                  f"refused")
+        for u in (e for e in trainer.log if e["kind"] == "update" and e["episode"] > trainer.episodes - len(done)):
+            print(f"update at episode {u['episode']}: policy loss {u['policy_loss']:+.4f}, value loss "
+                  f"{u['value_loss']:.3f}, explained variance {u['explained_variance']:.3f}, entropy op "
+                  f"{u['entropy_op']:.3f}")
+        for v in (e for e in trainer.log if e["kind"] == "eval" and e["episode"] > trainer.episodes - len(done)):
+            se = "-" if v["diff_se"] is None else f"{v['diff_se']:.2f}"
+            print(f"held-out at episode {v['episode']}: {v['diff_mean']:+.2f} +- {se} points against the "
+                  f"heuristic over {v['pairs']} pairs")
+        if done:
+            print(f"ppo: {len(done)} episodes in {wall:.0f} s: {3600 * len(done) / wall:.0f} episodes/hour "
+                  f"({workers} workers; each a policy run plus its paired heuristic run; this process's CPU "
+                  f"{time.process_time() - cpu:.0f} s)")
+        model_dir = args.model or os.path.join(args.out, "model")
+        command = "esper simic ppo " + " ".join(argv if argv is not None else sys.argv[1:])
+        for path in trainer.export(model_dir, command=command, bc_episodes=args.bc_episodes):
+            print(f"wrote {path}")
+        for name in ("curves.json", "curves.png"):
+            print(f"wrote {os.path.join(args.out, name)}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the package's module, not this __main__ copy: its classes (Workers, Trainer) are the ones
+    # esper.simic.ppo_eval and pickled jobs refer to.
+    from esper.simic.ppo import main as _main
+
+    raise SystemExit(_main())
