@@ -242,3 +242,24 @@ def test_a_policy_set_for_the_suite_reaches_its_grown_runs(esper_home: Path) -> 
     assert started_with(setup_for(family, 0, True, "train", settings_of({"policy": "random"}))) == "random"
     assert started_with(setup_for(family, 0, True, "train")) == "heuristic"  # the control: the default
     assert started_with(setup_for(family, 0, True, "train"), policy="random") == "random"
+
+
+def test_why_counts_a_grown_runs_decisions_from_its_log() -> None:
+    """``python -m esper.suite.why`` (docs/suite.md, "Why growth stops early"): one grown run, its waits
+    counted by reason (with what refused the move) and its moves listed, read from the run's own log; a
+    held-out family is refused. With a plateau threshold of 1 every epoch after the first is a plateau,
+    and on 3 epochs the horizon rule refuses each one; at the defaults the run only watches (the control)."""
+    from esper.oona import iter_events
+    from esper.suite.why import why
+
+    late = why("blobs", overrides={"threshold": 1.0, "patience": 1, "train_steps": 1, "blend_steps": 1},
+               quick=True)
+    decisions = [e for e in iter_events(late["run"]) if e["kind"] == "decision"]
+    assert sum(late["waits"].values()) + len(late["moves"]) == len(decisions) == late["epochs"] == 3
+    refused = {k: n for k, n in late["waits"].items() if k.startswith("validation loss plateaued / but ")}
+    assert sum(refused.values()) == 2 and all("epochs are left" in k for k in refused), late["waits"]
+    assert late["moves"] == [] and late["germinations"] == 0
+    watches = why("blobs", quick=True)
+    assert watches["moves"] == [] and watches["waits"] == {"watching for a plateau": 3}
+    with pytest.raises(HeldOutError):
+        why("rings", quick=True)
