@@ -412,6 +412,16 @@ def _singular_values(rows: Tensor) -> Tensor | None:
     return eig.clamp_min_(0).sqrt_()
 
 
+
+def _plus(y: Tensor, s: Tensor, straight_through: bool, alpha: float) -> Tensor:
+    """y plus a running seed's output as a hand-written model adds it: ``y + alpha * s``, or for a
+    straight-through seed (TRAINING) its gradient alone, 0 in value."""
+    if straight_through:
+        return y + (s - s.detach())
+    if alpha == 1.0:
+        return y + s
+    return torch.add(y, s, alpha=alpha)
+
 class KasminaLayer(nn.Module):
     """A wrapped host module with ``num_slots`` seed slots (built by :func:`esper.wrap.wrap`).
 
@@ -664,12 +674,7 @@ class KasminaLayer(nn.Module):
             s = self._run_seed(slot, seed, seed_in, h)
             if s is None:
                 continue
-            if straight_through:
-                y = y + (s - s.detach())
-            elif alpha == 1.0:
-                y = y + s
-            else:
-                y = torch.add(y, s, alpha=alpha)
+            y = _plus(y, s, straight_through, alpha)
         return y
 
     def _add_seeds(self, x: Tensor, h: Tensor) -> Tensor:
@@ -708,12 +713,7 @@ class KasminaLayer(nn.Module):
                 if not math.isfinite(s.detach().sum(dtype=torch.float32).item()):
                     self._bad[slot].add_(1)
                     continue
-                if straight_through:
-                    y = y + (s - s.detach())
-                elif alpha == 1.0:
-                    y = y + s
-                else:
-                    y = torch.add(y, s, alpha=alpha)
+                y = _plus(y, s, straight_through, alpha)
                 continue
             # "finite" as a device flag, no synchronisation (one reduction; NaN and inf fail abs < inf).
             # Not torch.isfinite: a composite of four ops (eq, abs, ne, and) where this is two. On the
