@@ -8,6 +8,7 @@ import math
 import os
 
 import pytest
+import torch
 
 from esper.simic.graph import encode
 from esper.simic.policy import Action, legal
@@ -64,3 +65,38 @@ def test_bc_then_ppo_and_resume(tmp_path: os.PathLike[str]) -> None:
     for (k, v), (k2, v2) in zip(trainer.policy.state_dict().items(), again.policy.state_dict().items()):
         assert k == k2 and bool((v == v2).all())
     assert again.ppo(specs) == []
+
+
+@pytest.mark.slow
+def test_bc_reports_held_out_accuracy_and_critic_warmup_keeps_the_policy(tmp_path: os.PathLike[str]) -> None:
+    specs = [EpisodeSpec(fam, 0, seed, epochs=6) for fam, seed in
+             (("spirals", 1), ("waveforms", 2), ("spirals", 3), ("waveforms", 4))]
+    config = PPOConfig(hidden=16, bc_epochs=3, bc_holdout=2, episodes_per_update=2, checkpoint_every=2,
+                       ppo_epochs=1, critic_warmup=2)
+    with Trainer(str(tmp_path), config, workers=1) as trainer:
+        runs = trainer.heuristic_runs(specs)
+        trainer.behaviour_clone(specs)
+        bc = [e for e in trainer.log if e["kind"] == "bc"]
+        # Runs 2 and 4 (every 2nd) are held out: their pairs are scored, the others trained on.
+        held_pairs = len(runs[1]["pairs"]) + len(runs[3]["pairs"])
+        assert len(bc) == 3 and all(e["held_out_runs"] == 2 and e["held_out_pairs"] == held_pairs for e in bc)
+        assert all(e["pairs"] == len(runs[0]["pairs"]) + len(runs[2]["pairs"]) for e in bc)
+        assert all(0.0 <= e["held_out_op_accuracy"] <= 1.0 for e in bc)
+        assert sum(bc[-1]["held_out_confusion"].values()) == held_pairs
+        assert trainer.policy is not None
+
+        def split() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+            state = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+            return ({k: v for k, v in state.items() if k.startswith("value_head.")},
+                    {k: v for k, v in state.items() if not k.startswith("value_head.")})
+
+        value0, rest0 = split()
+        trainer.ppo(specs[:2])  # episodes 1-2: within the warm-up, the value head alone learns
+        value1, rest1 = split()
+        assert trainer.log[-1]["kind"] == "update" and trainer.log[-1]["critic_only"] is True
+        assert all(torch.equal(rest0[k], rest1[k]) for k in rest0)
+        assert any(not torch.equal(value0[k], value1[k]) for k in value0)
+        trainer.ppo(specs)  # episodes 3-4: past it, the policy's layers move too (the control)
+        _, rest2 = split()
+        assert trainer.log[-1]["kind"] == "update" and trainer.log[-1]["critic_only"] is False
+        assert any(not torch.equal(rest1[k], rest2[k]) for k in rest1)

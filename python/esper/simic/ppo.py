@@ -267,6 +267,19 @@ def bc_pairs(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Action]]:
     return [(g, Action(**a)) for run in runs for g, a in run["pairs"]]
 
 
+def _op_agreement(policy: GraphPolicy, graphs: list[Any], pairs: list[tuple[dict[str, Any], Action]]
+                  ) -> tuple[float, dict[str, int]]:
+    """The share of ``pairs`` whose op the policy's greedy move takes, and the counts of (label op, policy
+    op) as ``"label>policy"`` keys."""
+    confusion: dict[str, int] = {}
+    with torch.no_grad():
+        for g, (_, a) in zip(graphs, pairs):
+            key = f"{OPS[a.op]}>{OPS[policy.act(g, greedy=True).action.op]}"
+            confusion[key] = confusion.get(key, 0) + 1
+    same = sum(n for key, n in confusion.items() if key.split(">")[0] == key.split(">")[1])
+    return same / max(len(pairs), 1), confusion
+
+
 class Workers:
     """``workers`` spawned processes kept until :meth:`close` (in this process when 1), so that each imports
     torch and the library once rather than once per batch (DESIGN §3: spawned, never forked; they ignore
@@ -332,7 +345,11 @@ def _bar(total: int, quiet: bool, unit: str = "episode") -> Any:
 
 @dataclass
 class PPOConfig:
-    """The trainer's settings (saved with every checkpoint)."""
+    """The trainer's settings (saved with every checkpoint). Among them: ``bc_holdout``, behaviour cloning
+    holds out every ``bc_holdout``-th heuristic run to report its imitation accuracy (0: none);
+    ``critic_warmup``, the first ``critic_warmup`` PPO episodes train the value head only (the policy's
+    loss and entropy bonus are off and the shared layers are not updated), so that the first policy updates
+    use a critic that has seen returns instead of the warm start's untrained one."""
 
     hidden: int = 64
     rounds: int = 2
@@ -340,6 +357,7 @@ class PPOConfig:
     bc_lr: float = 1e-3
     bc_epochs: int = 20
     bc_batch: int = 16
+    bc_holdout: int = 8
     clip: float = 0.2
     value_clip: float = 0.2
     gamma: float = 1.0
@@ -349,6 +367,7 @@ class PPOConfig:
     max_grad_norm: float = 1.0
     ppo_epochs: int = 4
     episodes_per_update: int = 4
+    critic_warmup: int = 0
     moves_per_epoch: int = 3
     checkpoint_every: int = 8
     epochs: int = 12
@@ -477,13 +496,21 @@ class Trainer:
         self.save()
 
     def behaviour_clone(self, specs: list[EpisodeSpec], epochs: int | None = None) -> list[float]:
-        """Imitate the heuristic's moves on ``specs``' runs; returns the mean loss per epoch: the negative
-        log-likelihood of the heuristic's move (summed over the heads used), each op's pairs weighted
-        inversely to their count."""
-        pairs = bc_pairs(self.heuristic_runs(specs))
+        """Imitate the heuristic's moves on ``specs``' runs; returns the mean training loss per epoch: the
+        negative log-likelihood of the heuristic's move (summed over the heads used), every pair weighted
+        alike, so that the policy's probability of each move is the heuristic's (its greedy move is then the
+        heuristic's most often). Every ``bc_holdout``-th run (when there are at least that many) is held out:
+        each epoch's log entry has the op accuracy of the greedy move on the held-out runs' pairs and their
+        confusion of ops (heuristic's op, policy's op), the last one also the accuracy on the training pairs."""
+        runs = self.heuristic_runs(specs)
+        k = self.config.bc_holdout
+        held = [r for i, r in enumerate(runs) if k > 0 and len(runs) >= k and i % k == k - 1]
+        pairs = bc_pairs([r for r in runs if not any(r is h for h in held)])
+        test = bc_pairs(held)
         if not pairs:
             raise ValueError("the heuristic runs gave no (graph, action) pairs to imitate")
         graphs = [encode(g) for g, _ in pairs]
+        test_graphs = [encode(g) for g, _ in test]
         if self.policy is None:
             self._make(graphs[0].templates, graphs[0].size_mask.shape[-1])
         assert self.policy is not None
@@ -492,12 +519,6 @@ class Trainer:
         opt = torch.optim.Adam(self.policy.parameters(), lr=self.config.bc_lr)
         rng = random.Random(self.config.seed)
         order = list(range(len(pairs)))
-        # The heuristic waits at most epoch ends: each op's pairs weigh in inversely to their count, so that
-        # its few germinations and judgements are imitated too (the mean weight is 1).
-        counts = {a.op: 0 for _, a in pairs}
-        for _, a in pairs:
-            counts[a.op] += 1
-        weight = [len(pairs) / (len(counts) * counts[a.op]) for _, a in pairs]
         losses = []
         with one_thread():  # small graphs: one thread is 20x faster than two on a shared machine
             for epoch in range(epochs or self.config.bc_epochs):
@@ -506,15 +527,21 @@ class Trainer:
                 size = self.config.bc_batch
                 for b in range(0, len(order), size):
                     batch = order[b:b + size]
-                    loss = sum(-weight[i] * self.policy.act(graphs[i], action=pairs[i][1]).log_prob
-                               for i in batch) / len(batch)
+                    loss = sum(-self.policy.act(graphs[i], action=pairs[i][1]).log_prob for i in batch) / len(batch)
                     opt.zero_grad()
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
                     opt.step()
                     total += float(loss.detach()) * len(batch)
                 losses.append(total / len(pairs))
-                self.log.append({"kind": "bc", "epoch": epoch, "loss": losses[-1], "pairs": len(pairs)})
+                entry: dict[str, Any] = {"kind": "bc", "epoch": epoch, "loss": losses[-1], "pairs": len(pairs)}
+                if epoch + 1 == (epochs or self.config.bc_epochs):
+                    entry["train_op_accuracy"] = _op_agreement(self.policy, graphs, pairs)[0]
+                if test:
+                    acc, confusion = _op_agreement(self.policy, test_graphs, test)
+                    entry.update(held_out_pairs=len(test), held_out_runs=len(held), held_out_op_accuracy=acc,
+                                 held_out_confusion=confusion)
+                self.log.append(entry)
         self.save()
         return losses
 
@@ -618,6 +645,9 @@ class Trainer:
         returns = torch.tensor([s[5] for s in samples])
         old_values = torch.tensor([s[3] for s in samples])
         stats = {"policy_loss": 0.0, "value_loss": 0.0}
+        warmup = self.episodes <= c.critic_warmup
+        value_params = {id(p) for p in self.policy.value_head.parameters()}
+        frozen = [p for p in self.policy.parameters() if id(p) not in value_params]
         ent_sum = torch.zeros(4)
         n = 0
         for _ in range(c.ppo_epochs):
@@ -628,9 +658,15 @@ class Trainer:
                 pl = -torch.min(ratio * adv[i], ratio.clamp(1 - c.clip, 1 + c.clip) * adv[i])
                 v_clipped = old_values[i] + (step.value - old_values[i]).clamp(-c.value_clip, c.value_clip)
                 vl = torch.max((step.value - returns[i]) ** 2, (v_clipped - returns[i]) ** 2)
-                loss = pl + c.value_coef * vl - c.entropy_coef * step.entropy.sum()
+                if warmup:
+                    loss = c.value_coef * vl
+                else:
+                    loss = pl + c.value_coef * vl - c.entropy_coef * step.entropy.sum()
                 self.opt.zero_grad()
                 loss.backward()
+                if warmup:  # the value head alone learns: the shared layers (and so the policy) stay as they are
+                    for p in frozen:
+                        p.grad = None
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
                 self.opt.step()
                 stats["policy_loss"] += float(pl.detach())
@@ -643,6 +679,7 @@ class Trainer:
         heads = ("op", "target", "template", "size")
         out.update({f"entropy_{h}": float(e) / max(n, 1) for h, e in zip(heads, ent_sum)})
         out["explained_variance"] = ev
+        out["critic_only"] = warmup
         return out
 
     def export(self, model_dir: str, command: str, bc_episodes: int, onnx: bool = True) -> list[str]:
@@ -658,6 +695,9 @@ class Trainer:
         record = {"command": command, "commit": str(build_info().get("commit", "")), "torch": torch.__version__,
                   "bc_episodes": bc_episodes, "bc_pairs": bc[-1]["pairs"] if bc else 0,
                   "bc_loss": [round(e["loss"], 4) for e in bc], "ppo_episodes": self.episodes,
+                  "bc_op_accuracy": {k: bc[-1][k] for k in ("train_op_accuracy", "held_out_op_accuracy",
+                                                              "held_out_pairs", "held_out_confusion")
+                                     if bc and k in bc[-1]},
                   "ppo_updates": len(updates), "config": json.loads(json.dumps(asdict(self.config)))}
         init = [e for e in self.log if e["kind"] == "init"]
         if init:
@@ -732,6 +772,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--bc-episodes", type=int, default=8, help="heuristic runs to imitate")
     t.add_argument("--episodes", type=int, default=8, help="PPO episodes in all (a resumed run goes on to this many)")
     t.add_argument("--epochs", type=int, default=15, help="training epochs of every run")
+    t.add_argument("--bc-epochs", type=_positive, default=PPOConfig.bc_epochs,
+                   help="passes of behaviour cloning over the heuristic's pairs (a new run only)")
+    t.add_argument("--critic-warmup", type=int, default=0,
+                   help="the first N PPO episodes train the value head only (default 0)")
     t.add_argument("--workers", type=int, default=0, help="worker processes (0: one per core)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--model", default="", help="model folder to write for policy=\"ppo\" (model.safetensors, "
@@ -766,7 +810,8 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers or default_workers("cpu")
     per_update = args.episodes_per_update or max(2, workers)
     config = PPOConfig(epochs=args.epochs, quick=False, seed=args.seed, episodes_per_update=per_update,
-                       hidden=args.hidden, checkpoint_every=args.checkpoint_every)
+                       hidden=args.hidden, checkpoint_every=args.checkpoint_every, bc_epochs=args.bc_epochs,
+                       critic_warmup=args.critic_warmup)
     names = None if args.eval_families == "held-out" else tuple(n.strip() for n in args.eval_families.split(","))
     held = HeldOutEval(every=args.eval_every, families=names, tasks=args.eval_tasks, seeds=args.eval_seeds)
     with Trainer(args.out, config, workers=workers, curve_every=args.curve_every, quiet=args.quiet,
@@ -783,6 +828,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{workers} workers)")
             losses = trainer.behaviour_clone(bc)
             print("bc loss per epoch: " + " ".join(f"{x:.3f}" for x in losses))
+            last = [e for e in trainer.log if e["kind"] == "bc"][-1]
+            if "held_out_op_accuracy" in last:
+                print(f"bc op accuracy: {last['train_op_accuracy']:.3f} on the training pairs, "
+                      f"{last['held_out_op_accuracy']:.3f} on {last['held_out_pairs']} pairs of "
+                      f"{last['held_out_runs']} held-out runs (label>policy: {last['held_out_confusion']})")
         elif trainer.episodes:
             print(f"resuming {trainer.path} at episode {trainer.episodes}")
         specs = training_specs(args.episodes, seed=args.seed + 1, epochs=args.epochs, quick=False)
