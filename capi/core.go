@@ -28,7 +28,7 @@ import (
 // longer work together, added exports included (an older library lacks them).
 // It must equal ESPER_ABI_VERSION in esper.h and ABI_VERSION in
 // python/esper/_lib.py.
-const abiVersion = 6
+const abiVersion = 7
 
 // version is the release version, set at link time from the VERSION file
 // (-ldflags "-X main.version=...").

@@ -33,7 +33,7 @@ extern "C" {
 #endif
 
 /* Version of this header; esper_abi_version() must return the same value. */
-#define ESPER_ABI_VERSION 6
+#define ESPER_ABI_VERSION 7
 
 /* Status codes (source of truth: core/errcode/codes.go). */
 #define ESPER_OK 0
@@ -373,6 +373,30 @@ int esper_urza_outcomes(uint64_t handle, const char *run, char **out_json);
  * "first_step", "last_step", "updated"}] to *out_json (free with
  * esper_free). */
 int esper_urza_runs(uint64_t handle, char **out_json);
+
+/* Experience records (core/urza, experience.go): one per episode of a policy
+ * trainer (esper simic ppo train). Stores record_json (schema 1; validated
+ * strictly: unknown, missing or null required fields are refused, naming the
+ * field; schema and write time stamped) atomically as
+ * experience/<trainer_run>/<mode>-<episode, 9 digits>.json, replacing a
+ * record of the same trainer run, mode and episode, and writes its key
+ * "<trainer_run>/<mode>-<episode>" to *out_key (free with esper_free).
+ * Errors: ESPER_EINVALID (malformed record, naming the field), ESPER_EIO.
+ * Added in ABI 7. */
+int esper_urza_put_experience(uint64_t handle, const char *record_json, char **out_key);
+
+/* Writes the experience records of trainer run run as a JSON array, in the
+ * order the trainer ran them (mode "heuristic" then "policy", each by
+ * episode; [] when it has none) to *out_json (free with esper_free).
+ * Errors: ESPER_EINVALID (malformed or NULL run), ESPER_ECORRUPT (a record
+ * that does not decode as one of that run), ESPER_EIO. Added in ABI 7. */
+int esper_urza_experience(uint64_t handle, const char *run, char **out_json);
+
+/* Writes one summary per trainer run with experience records, newest first:
+ * [{"trainer_run", "episodes": {mode: count}, "last_episode": {mode:
+ * episode}, "updated"}] to *out_json (free with esper_free), from the
+ * listing alone. Errors: ESPER_EIO. Added in ABI 7. */
+int esper_urza_experience_runs(uint64_t handle, char **out_json);
 
 /* Publishes the value model folder model_dir (manifest.json +
  * model.safetensors, checked to load first) to the store as a version of

@@ -14,17 +14,18 @@ const (
 	OpPutOutcome
 	OpDelete
 	OpList
+	OpPutExperience
 	numOps
 )
 
-var opNames = [numOps]string{"put", "get", "put_outcome", "delete", "list"}
+var opNames = [numOps]string{"put", "get", "put_outcome", "delete", "list", "put_experience"}
 
 // String returns the operation's name: "put", "get", "put_outcome",
-// "delete" or "list".
+// "delete", "list" or "put_experience".
 func (o Op) String() string { return opNames[o] }
 
 // Ops lists the counted operations.
-var Ops = []Op{OpPut, OpGet, OpPutOutcome, OpDelete, OpList}
+var Ops = []Op{OpPut, OpGet, OpPutOutcome, OpDelete, OpList, OpPutExperience}
 
 // OpCount is how many times one operation ran, and how many of those
 // returned an error.

@@ -91,6 +91,18 @@ func TestStoreContractOnEveryBackend(t *testing.T) {
 			if err != nil || len(runs) != 1 || runs[0].RunID != "run-x" {
 				t.Fatalf("runs %+v, %v", runs, err)
 			}
+			for _, ep := range []int{2, 1, 2} {
+				if _, err := s.PutExperience(experience(t, "ppo-x", "policy", ep, nil)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			exp, err := other.Experience("ppo-x")
+			if err != nil || len(exp) != 2 {
+				t.Fatalf("experience: %d, %v", len(exp), err)
+			}
+			if xr, err := other.ExperienceRuns(); err != nil || len(xr) != 1 || xr[0].Episodes["policy"] != 2 || xr[0].LastEpisode["policy"] != 2 {
+				t.Fatalf("experience runs %+v, %v", xr, err)
+			}
 			rep, err := other.Verify(context.Background())
 			if err != nil || rep.Checked != 2 || rep.OK != 2 || len(rep.Bad) != 0 || len(rep.Leftovers) != 0 {
 				t.Fatalf("verify %+v, %v", rep, err)

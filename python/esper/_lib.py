@@ -28,7 +28,7 @@ from .errors import EsperError, ForkError, LibraryError, error_for_code
 __all__ = ["ABI_VERSION", "lib", "check", "take_string", "take_bytes", "library_path", "build_info", "Handle"]
 
 #: Must equal ESPER_ABI_VERSION in capi/esper.h and abiVersion in capi/core.go.
-ABI_VERSION = 6
+ABI_VERSION = 7
 
 _LIB_NAME = "libesper.so"
 
@@ -123,6 +123,9 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "esper_urza_put_outcome": (c_int, [c_uint64, c_char_p, POINTER(c_void_p)]),
     "esper_urza_outcomes": (c_int, [c_uint64, c_char_p, POINTER(c_void_p)]),
     "esper_urza_runs": (c_int, [c_uint64, POINTER(c_void_p)]),
+    "esper_urza_put_experience": (c_int, [c_uint64, c_char_p, POINTER(c_void_p)]),
+    "esper_urza_experience": (c_int, [c_uint64, c_char_p, POINTER(c_void_p)]),
+    "esper_urza_experience_runs": (c_int, [c_uint64, POINTER(c_void_p)]),
     "esper_urza_models": (c_int, [c_uint64, c_char_p, POINTER(c_void_p)]),
     "esper_value_publish": (c_int, [c_uint64, c_char_p, c_char_p, POINTER(c_void_p)]),
     "esper_cache_new": (c_int, [c_int64, POINTER(c_uint64)]),

@@ -466,6 +466,31 @@ def _cmd_soak(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_experience(store: Any, run: str | None, as_json: bool) -> None:
+    """`esper urza experience`: the trainer runs, or one run's episodes (docs/simic.md, "Experience in Urza")."""
+    if run is None:
+        runs = store.experience_runs()
+        if as_json:
+            _print_json(runs)
+            return
+        for r in runs:
+            counts = ", ".join(f"{m} {n} (last {r['last_episode'][m]})" for m, n in sorted(r["episodes"].items()))
+            print(f"{r['trainer_run']:<30} {counts}  updated {r['updated']}")
+        print(f"{len(runs)} trainer run(s) in {store.root}")
+        return
+    recs = store.experience(run)
+    if as_json:
+        _print_json(recs)
+        return
+    for e in recs:
+        sp = e["spec"]
+        reward = f"reward {e['reward']['total']:+.3f}" if "reward" in e else "(behaviour cloning)"
+        print(f"{e['mode']:<9} {e['episode']:>5}  {sp['family']}/{sp['index']} seed {sp['seed']}  {len(e['steps'])} "
+              f"steps  {reward}  run {e['run']['run_id']}"
+              + (f"  baseline {e['baseline'].get('run_id', '-')}" if "baseline" in e else ""))
+    print(f"{len(recs)} episode(s) of trainer run {run} in {store.root}")
+
+
 def _cmd_urza(args: argparse.Namespace) -> int:
     from .urza import Urza
 
@@ -484,6 +509,8 @@ def _cmd_urza(args: argparse.Namespace) -> int:
                     print(f"{r['run_id']:<26} {r['outcomes']:>4} germination(s)  {ended}  "
                           f"fossilized params {r['params_fossilized']}  updated {r['updated']}")
                 print(f"{len(runs)} run(s) in {store.root}")
+        elif args.urza_cmd == "experience":
+            _show_experience(store, args.run, args.json)
         elif args.urza_cmd == "ls":
             rows = store.list(tag=f"kind:{args.kind}" if args.kind else None)
             if args.json:
@@ -798,6 +825,10 @@ def build_parser() -> argparse.ArgumentParser:
     outcomes.add_argument("--json", **json_here)
     runs = usub.add_parser("runs", help="list the training runs that wrote outcome records")
     runs.add_argument("--json", **json_here)
+    exp = usub.add_parser("experience", help="list the policy trainers' runs, or one run's episodes "
+                                             "(esper simic ppo train's experience records)")
+    exp.add_argument("--run", default=None, help="one trainer run's episodes (see `esper urza experience`)")
+    exp.add_argument("--json", **json_here)
     show = usub.add_parser("show", help="show one artifact's manifest")
     show.add_argument("id")
     usub.add_parser("verify", help="re-hash every artifact; exit 1 if any is bad")

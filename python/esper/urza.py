@@ -362,6 +362,59 @@ class Urza(_lib.Handle):
         flush_all()
         return self._json("esper_urza_runs")
 
+    def put_experience(self, record: dict[str, Any]) -> str:
+        """Writes one episode's experience record (schema 1) atomically; Go validates it strictly.
+
+        The record is stored as ``experience/<trainer_run>/<mode>-<episode>.json`` under the root (the name
+        is derived by Go from the record's fields, the episode in nine digits); writing the same trainer
+        run, mode and episode again replaces it. ``esper simic ppo train`` writes one per episode (see
+        docs/simic.md, "Experience in Urza", for the fields).
+
+        Args:
+            record: the record: ``trainer_run``, ``episode`` (from 1), ``mode`` ("policy" or "heuristic"),
+                ``spec``, ``run`` (its ``run_id`` and figures), ``steps``, and in mode "policy"
+                ``baseline``, ``reward`` and ``checkpoint``.
+
+        Returns:
+            Its key, ``"<trainer_run>/<mode>-<episode>"``.
+
+        Raises:
+            InvalidArgumentError: a malformed record (the message names the field), or one holding NaN or
+                an infinity.
+            StorageError: a file operation failed.
+        """
+        try:
+            text = json.dumps(record, allow_nan=False, separators=(",", ":"))
+        except ValueError as e:
+            raise InvalidArgumentError(f"experience record of {record.get('trainer_run')!r} episode "
+                                       f"{record.get('episode')!r}: {e} (a NaN or infinity: the run's figures "
+                                       "are not finite)") from e
+        out = c_void_p()
+        self._call("esper_urza_put_experience", text.encode(), byref(out))
+        return _lib.take_string(out)
+
+    def experience(self, run: str) -> list[dict[str, Any]]:
+        """One trainer run's experience records, in the order the trainer ran them: mode "heuristic"
+        (behaviour cloning's runs) then "policy" (PPO's episodes), each by episode.
+
+        Args:
+            run: the trainer run id (``Trainer.trainer_run``; :meth:`experience_runs` lists them).
+
+        Returns:
+            The records as stored (schema and ``written`` stamped by Go); ``[]`` for a run with none.
+
+        Raises:
+            InvalidArgumentError: a malformed run id.
+            CorruptError: a stored record does not decode as one of that run.
+        """
+        return self._json("esper_urza_experience", str(run).encode())
+
+    def experience_runs(self) -> list[dict[str, Any]]:
+        """One summary per trainer run with experience records, newest first: ``{"trainer_run", "episodes"
+        (count per mode), "last_episode" (per mode), "updated"}`` (from the store's listing; no record is
+        read)."""
+        return self._json("esper_urza_experience_runs")
+
     def publish_model(self, name: str, model_dir: str | os.PathLike[str]) -> dict[str, Any]:
         """Publishes a value model folder (manifest.json + model.safetensors, as ``esper simic train``
         writes it) as a version of ``name``. Go checks that the folder loads first; the version is

@@ -149,7 +149,7 @@ def _heuristic_labels(snapshot: str, metrics: dict[str, Any], decisions: list[di
 
 
 def run_episode(spec: EpisodeSpec, mode: str, policy_state: dict[str, Any] | None = None,
-                moves_per_epoch: int = 3, explore: bool = True, labels: bool = True) -> dict[str, Any]:
+                moves_per_epoch: int = 3, explore: bool = True, labels: bool = True, urza: str = "") -> dict[str, Any]:
     """Run one episode (a worker's job) and return its figures and records.
 
     Args:
@@ -161,9 +161,12 @@ def run_episode(spec: EpisodeSpec, mode: str, policy_state: dict[str, Any] | Non
         explore: sample the policy's moves (else its most likely ones).
         labels: (mode "heuristic") log the (graph, action) pairs for behaviour cloning; a run that is only
             a reward's baseline skips them (each epoch's end replays the session in a scratch copy).
+        urza: the Urza store the run writes its outcome records to (``MorphConfig.urza``; "": the default
+            store, ``$ESPER_HOME/urza``).
 
     Returns:
-        {"spec", "mode", "metric" (validation metric at the chosen epoch), "flops", "params", "rollbacks",
+        {"spec", "mode", "run_id" (the run's ``Morphogenesis.run_id``: its outcome records in ``urza``),
+        "metric" (validation metric at the chosen epoch), "flops", "params", "rollbacks",
         "refused", "proposals", "germinations", "fossilizations", "wall", and "pairs" (heuristic: graphs
         and actions) or "steps" (policy: graphs, actions, log-probabilities, values)}.
 
@@ -186,7 +189,8 @@ def run_episode(spec: EpisodeSpec, mode: str, policy_state: dict[str, Any] | Non
         torch.manual_seed(spec.seed)
         model = _wrap(build_model(task, setup, setup.start_width), setup)
         opt = torch.optim.Adam(model.parameters(), lr=setup.lr)
-        config = MorphConfig(**morph_settings(spec), policy="heuristic" if mode == "heuristic" else "manual")
+        config = MorphConfig(**morph_settings(spec), policy="heuristic" if mode == "heuristic" else "manual",
+                             urza=urza)
         morph = Morphogenesis(model, opt, config=config, evaluate=_evaluator(task))
         policy = None
         if mode == "policy":
@@ -222,8 +226,10 @@ def run_episode(spec: EpisodeSpec, mode: str, policy_state: dict[str, Any] | Non
         hist = train(model, task, epochs=setup.epochs, lr=setup.lr, batch_size=setup.batch_size, seed=spec.seed,
                      optimizer=opt, on_step=morph.step, on_epoch=on_epoch)
         counters = morph.stats()["counters"]
-        morph.close()
-    out = {"spec": asdict(spec), "mode": mode, "metric": hist.val_acc[hist.best_epoch], "flops": hist.flops[-1],
+        run_id = morph.run_id
+        morph.close()  # waits for the run's outcome records
+    out = {"spec": asdict(spec), "mode": mode, "run_id": run_id, "metric": hist.val_acc[hist.best_epoch],
+           "flops": hist.flops[-1],
            "params": hist.params[hist.best_epoch], "rollbacks": counters["rollbacks"],
            "refused": counters["refused"], "proposals": counters["proposals"],
            "germinations": counters["germinations"], "fossilizations": counters["fossilizations"],
@@ -278,6 +284,49 @@ def _op_agreement(policy: GraphPolicy, graphs: list[Any], pairs: list[tuple[dict
             confusion[key] = confusion.get(key, 0) + 1
     same = sum(n for key, n in confusion.items() if key.split(">")[0] == key.split(">")[1])
     return same / max(len(pairs), 1), confusion
+
+
+def weights_sha256(policy: GraphPolicy) -> str:
+    """SHA-256 (hex) of the policy's weights as a model folder's ``model.safetensors`` holds them (float32,
+    written by :func:`esper.simic.export.save_model`): an experience record names the weights it ran with."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    weights = {k: v.detach().to(torch.float32).contiguous() for k, v in policy.state_dict().items()}
+    return hashlib.sha256(save(weights)).hexdigest()
+
+
+_RUN_FIGURES = ("metric", "flops", "params", "proposals", "refused", "germinations", "fossilizations", "rollbacks",
+                "wall")
+
+
+def _run_figures(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's figures as an experience record holds them (``run_id``: its outcome records)."""
+    out: dict[str, Any] = {k: run[k] for k in _RUN_FIGURES}
+    if run.get("run_id"):  # a baseline cached by a trainer from before run ids were recorded has none
+        out["run_id"] = run["run_id"]
+    return out
+
+
+def policy_record(trainer_run: str, episode: int, run: dict[str, Any], baseline: dict[str, Any],
+                  terms: dict[str, float], checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The experience record (mode "policy") of PPO episode ``episode``: the policy's run (``run_episode``'s
+    result, with its steps) and its heuristic baseline, the reward's ``terms`` and the policy ``checkpoint``
+    it ran with (``{"episodes", "weights_sha256"}``). Go validates it (:meth:`esper.urza.Urza.put_experience`)."""
+    return {"trainer_run": trainer_run, "episode": episode, "mode": "policy", "spec": run["spec"],
+            "run": _run_figures(run), "baseline": _run_figures(baseline), "reward": terms,
+            "checkpoint": checkpoint, "steps": run["steps"]}
+
+
+def heuristic_record(trainer_run: str, episode: int, run: dict[str, Any]) -> dict[str, Any]:
+    """The experience record (mode "heuristic") of behaviour cloning's heuristic run number ``episode``: its
+    figures and its (graph, action) pairs as steps."""
+    return {"trainer_run": trainer_run, "episode": episode, "mode": "heuristic", "spec": run["spec"],
+            "run": _run_figures(run), "steps": [{"graph": g, "action": a} for g, a in run["pairs"]]}
+
+
+__all__ += ["weights_sha256", "policy_record", "heuristic_record"]
 
 
 class Workers:
@@ -399,11 +448,26 @@ class Trainer:
     With ``evaluate`` set (:class:`HeldOutEval`), every ``evaluate.every`` episodes the policy is exported
     to ``<out_dir>/model`` and judged against the heuristic on held-out families through Go
     (:func:`esper.simic.ppo_eval.evaluate`, into ``<out_dir>/eval``); the log gets an ``"eval"`` entry and
-    the curves the held-out score."""
+    the curves the held-out score.
+
+    Every PPO episode is written to the Urza store ``urza`` as an experience record as it completes (the
+    policy's run with its steps, its paired heuristic baseline's figures, the reward and its terms, and the
+    run ids whose outcome records the runs wrote to the same store), under :attr:`trainer_run`, kept in the
+    checkpoint; a resumed trainer continues that run and replaces the records of episodes it runs again
+    (episode numbers are the key). ``urza`` is also where the episodes' runs write their outcome records
+    ("": the default store, ``$ESPER_URZA_URL`` or ``$ESPER_HOME/urza``). See docs/simic.md, "Experience in
+    Urza"."""
 
     def __init__(self, out_dir: str, config: PPOConfig | None = None, workers: int = 1, *, curve_every: int = 100,
-                 quiet: bool = True, evaluate: HeldOutEval | None = None) -> None:
+                 quiet: bool = True, evaluate: HeldOutEval | None = None, urza: str = "") -> None:
+        from ..outcomes import new_run_id
+
         self.out_dir = out_dir
+        #: The Urza store of the experience records and of the runs' outcome records ("": the default).
+        self.urza = urza
+        #: The trainer's run id in Urza's experience records (kept by the checkpoint).
+        self.trainer_run = "ppo-" + new_run_id()
+        self._store: Any = None
         self.config = config or PPOConfig()
         self.workers = workers
         self.curve_every = curve_every
@@ -426,8 +490,32 @@ class Trainer:
         self.close()
 
     def close(self) -> None:
-        """Stop the worker processes."""
+        """Stop the worker processes and release the Urza store."""
         self._pool.close()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def store(self) -> Any:
+        """The :class:`esper.urza.Urza` store the experience records go to (opened once, closed by
+        :meth:`close`)."""
+        if self._store is None:
+            from ..urza import Urza
+
+            self._store = Urza(self.urza or None)
+        return self._store
+
+    def store_heuristic_runs(self, specs: list[EpisodeSpec]) -> list[str]:
+        """Write behaviour cloning's heuristic runs of ``specs`` (cached by :meth:`heuristic_runs`, with their
+        (graph, action) pairs) as experience records of mode "heuristic", episodes numbered from 1 in
+        ``specs``' order; returns their keys."""
+        keys = []
+        for n, spec in enumerate(specs, 1):
+            run = self._cached(spec, labels=True)
+            if run is None:
+                raise ValueError(f"no heuristic run of {spec} with its pairs: run heuristic_runs first")
+            keys.append(self.store().put_experience(heuristic_record(self.trainer_run, n, run)))
+        return keys
 
     @property
     def path(self) -> str:
@@ -449,7 +537,7 @@ class Trainer:
         if self.policy is not None:
             weights = {k: v.clone() for k, v in self.policy.state_dict().items()}
             state = {"config": self.policy.config(), "weights": weights}
-        fn = partial(_job, policy_state=state, moves_per_epoch=self.config.moves_per_epoch)
+        fn = partial(_job, policy_state=state, moves_per_epoch=self.config.moves_per_epoch, urza=self.urza)
         return self._pool.map(fn, jobs, on_done)
 
     def _cached(self, spec: EpisodeSpec, labels: bool) -> dict[str, Any] | None:
@@ -573,6 +661,8 @@ class Trainer:
         together, the rewards, the update, a checkpoint when one is due, and an evaluation when one is due."""
         c = self.config
         done: list[dict[str, Any]] = []
+        assert self.policy is not None
+        checkpoint = {"episodes": self.episodes, "weights_sha256": weights_sha256(self.policy)}
         missing = [s for s in batch if self._cached(s, labels=False) is None]
         jobs = [(s, "baseline") for s in missing] + [(s, "policy") for s in batch]
         results = self._run(jobs)
@@ -597,6 +687,7 @@ class Trainer:
                      "wall": run["wall"] + base["wall"]}
             self.log.append(entry)
             done.append(entry)
+            self.store().put_experience(policy_record(self.trainer_run, self.episodes, run, base, terms, checkpoint))
         if samples:
             from ..demo.jobs import one_thread
 
@@ -710,7 +801,8 @@ class Trainer:
             return
         state = {"config": json.dumps(asdict(self.config)), "policy": json.dumps(self.policy.config()),
                  "weights": self.policy.state_dict(), "optimizer": self.opt.state_dict(), "episodes": self.episodes,
-                 "log": json.dumps(self.log), "heuristic": json.dumps(self._heuristic)}
+                 "log": json.dumps(self.log), "heuristic": json.dumps(self._heuristic),
+                 "trainer_run": self.trainer_run}
         tmp = f"{self.path}.{os.getpid()}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, self.path)
@@ -731,15 +823,17 @@ class Trainer:
         self.episodes = int(state["episodes"])
         self.log = json.loads(state["log"])
         self._heuristic = json.loads(state["heuristic"])
+        self.trainer_run = str(state.get("trainer_run") or self.trainer_run)  # older checkpoints: a new run
 
 
-def _job(job: tuple[EpisodeSpec, str], policy_state: dict[str, Any] | None, moves_per_epoch: int) -> dict[str, Any]:
+def _job(job: tuple[EpisodeSpec, str], policy_state: dict[str, Any] | None, moves_per_epoch: int,
+         urza: str = "") -> dict[str, Any]:
     """A worker's job: one run; mode "heuristic", "baseline" (a heuristic run without BC's labels) or
-    "policy"."""
+    "policy"; its outcome records go to ``urza``."""
     spec, mode = job
     if mode == "baseline":
-        return run_episode(spec, "heuristic", None, moves_per_epoch, labels=False)
-    return run_episode(spec, mode, policy_state if mode == "policy" else None, moves_per_epoch)
+        return run_episode(spec, "heuristic", None, moves_per_epoch, labels=False, urza=urza)
+    return run_episode(spec, mode, policy_state if mode == "policy" else None, moves_per_epoch, urza=urza)
 
 
 def _positive(text: str) -> int:
@@ -755,7 +849,8 @@ def main(argv: list[str] | None = None) -> int:
     train: behaviour cloning on heuristic runs, then PPO, on the suite's training families, with a progress
     bar; prints the BC loss per epoch, each episode's reward terms and the rate in episodes per hour (a PPO
     episode is a policy run and its paired heuristic run). Resumes from ``--out``'s checkpoint; writes
-    curves.json and curves.png there at each checkpoint, and the model folder at the end.
+    curves.json and curves.png there at each checkpoint, and the model folder at the end. Every episode (and each
+    behaviour-cloning heuristic run) is written to Urza (``--urza``) as an experience record.
 
     eval: the policy (run by Go, ``policy="ppo"``) against the heuristic (and the value model) on the same
     held-out tasks, seeds and initialisations; writes eval.json and prints a table.
@@ -797,6 +892,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--eval-tasks", type=_positive, default=1, help="tasks per held-out family in those (default 1)")
     t.add_argument("--eval-families", default="held-out",
                    help="held-out families of those, comma-separated (default held-out: every held-out growth family)")
+    t.add_argument("--urza", default="", help="Urza store (folder or s3:// URL) of the experience records (one per "
+                                             "episode) and of the runs' outcome records (default: $ESPER_URZA_URL, "
+                                             "else $ESPER_HOME/urza)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     e = sub.add_parser("eval", help="the policy against the heuristic on held-out families (writes eval.json)")
     from .ppo_eval import add_arguments
@@ -815,7 +913,7 @@ def main(argv: list[str] | None = None) -> int:
     names = None if args.eval_families == "held-out" else tuple(n.strip() for n in args.eval_families.split(","))
     held = HeldOutEval(every=args.eval_every, families=names, tasks=args.eval_tasks, seeds=args.eval_seeds)
     with Trainer(args.out, config, workers=workers, curve_every=args.curve_every, quiet=args.quiet,
-                 evaluate=held) as trainer:
+                 evaluate=held, urza=args.urza) as trainer:
         bc = training_specs(args.bc_episodes, seed=args.seed, epochs=args.epochs, quick=False)
         start = time.perf_counter()
         if args.init_model and not any(e["kind"] in ("bc", "init") for e in trainer.log):
@@ -833,6 +931,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bc op accuracy: {last['train_op_accuracy']:.3f} on the training pairs, "
                       f"{last['held_out_op_accuracy']:.3f} on {last['held_out_pairs']} pairs of "
                       f"{last['held_out_runs']} held-out runs (label>policy: {last['held_out_confusion']})")
+            trainer.store_heuristic_runs(bc)
         elif trainer.episodes:
             print(f"resuming {trainer.path} at episode {trainer.episodes}")
         specs = training_specs(args.episodes, seed=args.seed + 1, epochs=args.epochs, quick=False)
@@ -856,6 +955,8 @@ def main(argv: list[str] | None = None) -> int:
             se = "-" if v["diff_se"] is None else f"{v['diff_se']:.2f}"
             print(f"held-out at episode {v['episode']}: {v['diff_mean']:+.2f} +- {se} points against the "
                   f"heuristic over {v['pairs']} pairs")
+        print(f"experience: trainer run {trainer.trainer_run} in {trainer.store().root} (esper urza experience --run "
+              f"{trainer.trainer_run})")
         if done:
             print(f"ppo: {len(done)} episodes in {wall:.0f} s: {3600 * len(done) / wall:.0f} episodes/hour "
                   f"({workers} workers; each a policy run plus its paired heuristic run; this process's CPU "

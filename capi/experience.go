@@ -1,0 +1,64 @@
+package main
+
+/*
+#include <stdint.h>
+*/
+import "C"
+
+import (
+	"github.com/esper-morph/esper/core/urza"
+)
+
+// Urza's experience records (core/urza, experience.go): translation only.
+
+//export esper_urza_put_experience
+func esper_urza_put_experience(h C.uint64_t, recordJSON *C.char, outKey **C.char) C.int {
+	return call(uint64(h), func() error {
+		if outKey == nil {
+			return errNull("out_key")
+		}
+		s, err := lookup[*urza.Store](uint64(h))
+		if err != nil {
+			return err
+		}
+		rec, err := goString(recordJSON, "record_json")
+		if err != nil {
+			return err
+		}
+		key, err := s.PutExperience([]byte(rec))
+		if err != nil {
+			return err
+		}
+		setString(outKey, key)
+		return nil
+	})
+}
+
+//export esper_urza_experience
+func esper_urza_experience(h C.uint64_t, run *C.char, out **C.char) C.int {
+	return call(uint64(h), func() error {
+		if out == nil {
+			return errNull("out_json")
+		}
+		s, err := lookup[*urza.Store](uint64(h))
+		if err != nil {
+			return err
+		}
+		name, err := goString(run, "trainer_run")
+		if err != nil {
+			return err
+		}
+		recs, err := s.Experience(name)
+		if err != nil {
+			return err
+		}
+		return setJSON(out, recs)
+	})
+}
+
+//export esper_urza_experience_runs
+func esper_urza_experience_runs(h C.uint64_t, out **C.char) C.int {
+	return queryJSON(h, out, "out_json", func(s *urza.Store) ([]urza.ExperienceRun, error) {
+		return s.ExperienceRuns()
+	})
+}
