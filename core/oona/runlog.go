@@ -97,6 +97,14 @@ type RunLog struct {
 	// was published finds it in the file or still in the buffer. The
 	// writer goroutine holds it while it writes, Flush while it writes in
 	// its caller's goroutine.
+	// timer wakes the writer WriteEvery after an event lands in the empty
+	// buffer (armed by the subscription's OnFirst hook; armed says so);
+	// Flush stops it, having written the events itself. wakes counts the
+	// writer's wakes by it (tests).
+	timer *time.Timer
+	armed atomic.Bool
+	wakes atomic.Int64
+
 	wmu      sync.Mutex
 	f        *os.File
 	w        *bufio.Writer
@@ -150,6 +158,9 @@ func OpenRunLog(b *Bus, cfg LogConfig) (*RunLog, error) {
 		return nil, fmt.Errorf("oona: run log: %w", err)
 	}
 	l.sub = sub
+	l.timer = time.NewTimer(WriteEvery)
+	l.timer.Stop()
+	sub.OnFirst(l.arm)
 	go l.run()
 	return l, nil
 }
@@ -206,21 +217,40 @@ func (l *RunLog) open() error {
 // the writer hands it to the operating system, unless Flush (every
 // Morphogenesis.end_epoch), Close, or a buffer half full writes it sooner.
 // Waking the writer for every event cost more than the write itself at
-// every end of epoch (docs/performance.md).
+// every end of epoch (docs/performance.md); waking it on a clock woke the
+// process ten times a second with nothing to write.
 const WriteEvery = 100 * time.Millisecond
 
-// run is the writer goroutine: every WriteEvery, when the subscription's
+// arm starts the writer's timer (OnFirst: an event landed in the empty
+// buffer), unless it runs already.
+func (l *RunLog) arm() {
+	if l.armed.CompareAndSwap(false, true) {
+		l.timer.Reset(WriteEvery)
+	}
+}
+
+// disarm stops the timer before a drain (stopped first, then marked: an
+// event that lands in between finds it marked and is taken by the drain
+// that follows; one that lands after arms it again).
+func (l *RunLog) disarm() {
+	l.timer.Stop()
+	l.armed.Store(false)
+}
+
+// run is the writer goroutine: WriteEvery after an event lands in the
+// empty buffer (unless Flush wrote it first), when the subscription's
 // buffer is half full, and when Flush asks for an fsync, it writes the
 // events waiting, hands them to the operating system, and fsyncs when one
-// of them asks for it (see write). It closes the file at Close, or when
-// the bus closes.
+// of them asks for it (see write). It sleeps while nothing waits. It
+// closes the file at Close, or when the bus closes.
 func (l *RunLog) run() {
 	defer close(l.done)
-	tick := time.NewTicker(WriteEvery)
-	defer tick.Stop()
+	defer l.timer.Stop()
 	for {
 		select {
-		case <-tick.C:
+		case <-l.timer.C:
+			l.wakes.Add(1)
+			l.armed.Store(false)
 		case <-l.wake:
 		case <-l.sub.HalfFull():
 		case <-l.stop:
@@ -407,6 +437,7 @@ func (l *RunLog) flushLocked() error {
 	if l.finished {
 		return fmt.Errorf("oona: run log flush: %w", ErrClosed)
 	}
+	l.disarm()           // the events waiting are written here: the writer need not wake for them
 	sync, _ := l.drain() // a closed channel: the writer finishes the file at its next wake
 	l.flush(false)
 	if sync {
