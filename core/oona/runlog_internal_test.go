@@ -5,11 +5,11 @@ import (
 	"time"
 )
 
-// The writer sleeps while nothing waits: it wakes once WriteEvery after an
-// event that no Flush wrote, and not at all for events a Flush wrote (each
-// end of epoch flushes) nor while the bus is idle. With a clock it would
-// wake about ten times in this test.
-func TestRunLogWriterWakesOnlyForWhatWaits(t *testing.T) {
+// The writer's clock stops when no event came for a tick: an idle bus does
+// not wake the writer (a clock that ran always would wake it five times
+// in each idle wait below), and an event that no Flush writes starts the
+// clock again and is written.
+func TestRunLogWriterSleepsWhileTheBusIsIdle(t *testing.T) {
 	b, err := New(Config{Run: "wakes", Rank: 0})
 	if err != nil {
 		t.Fatal(err)
@@ -26,19 +26,33 @@ func TestRunLogWriterWakesOnlyForWhatWaits(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Bursts written by Flush, then an idle bus: no wake.
-	for i := range 3 {
+	// idleWakes waits until the clock has stopped, then returns the wakes
+	// so far, checked unchanged over an idle wait.
+	idleWakes := func() int64 {
+		t.Helper()
+		deadline := time.Now().Add(50 * WriteEvery)
+		for l.armed.Load() {
+			if time.Now().After(deadline) {
+				t.Fatalf("the writer's clock still runs %v after the last event", 50*WriteEvery)
+			}
+			time.Sleep(WriteEvery / 10)
+		}
+		w := l.wakes.Load()
+		time.Sleep(5 * WriteEvery)
+		if got := l.wakes.Load(); got != w {
+			t.Fatalf("the writer woke %d times on an idle bus", got-w)
+		}
+		return w
+	}
+	for i := range 3 { // bursts written by Flush, as at ends of epochs
 		publish(2 * i)
 		publish(2*i + 1)
 		if err := l.Flush(5 * time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(5 * WriteEvery)
-	if w := l.wakes.Load(); w != 0 {
-		t.Fatalf("the writer woke %d times for events Flush had written", w)
-	}
-	// An event nobody flushes: the timer wakes the writer, which writes it.
+	before := idleWakes()
+	// An event nobody flushes starts the clock again and is written.
 	publish(6)
 	deadline := time.Now().Add(50 * WriteEvery)
 	for l.Stats().Lines != 7 {
@@ -47,8 +61,7 @@ func TestRunLogWriterWakesOnlyForWhatWaits(t *testing.T) {
 		}
 		time.Sleep(WriteEvery / 10)
 	}
-	time.Sleep(5 * WriteEvery)
-	if w := l.wakes.Load(); w != 1 {
-		t.Fatalf("the writer woke %d times for one event, want 1", w)
+	if after := idleWakes(); after == before {
+		t.Fatal("the event was written without the writer waking")
 	}
 }
