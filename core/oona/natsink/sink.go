@@ -299,9 +299,9 @@ const ackWait = 2 * time.Second
 
 // run is the writer goroutine: it takes the events waiting (a burst: an
 // end of epoch publishes its epoch and health events together), sends
-// them in order without waiting between them, then waits for their acks;
-// what the server did not acknowledge is sent again, from the first such
-// event, until it is stored or the sink stops.
+// them in order without waiting between them, then waits for the burst's
+// one ack (publish); a burst not acknowledged is sent again until it is
+// stored or the sink stops.
 func (s *Sink) run() {
 	defer close(s.done)
 	defer func() {

@@ -336,6 +336,7 @@ func TestSinkAsksOneAckPerBurst(t *testing.T) {
 			continue
 		}
 		found = true
+		t.Logf("sink connection: %d messages in, %d out", c.InMsgs, c.OutMsgs)
 		// n/MaxBurst bursts, and a few more for the event held and retried while the server was absent.
 		if c.InMsgs < n || c.OutMsgs > n/natsink.MaxBurst+20 {
 			t.Fatalf("sink connection: %d messages in, %d out (acks): want %d in and about %d acks", c.InMsgs,
