@@ -247,8 +247,9 @@ func (s *Subscription) HalfFull() <-chan struct{} { return s.half }
 // OnFirst makes Publish call f each time an event lands in this
 // subscription's empty buffer, in the publisher's goroutine and under the
 // bus's lock (f must be quick, and must not publish or block). A
-// subscriber that takes its events in bursts arms a timer there, rather
-// than waking on a clock while nothing waits. nil removes the hook.
+// subscriber that takes its events in bursts starts its clock there, so
+// that it need not wake on a clock while nothing comes. nil removes the
+// hook.
 func (s *Subscription) OnFirst(f func()) {
 	s.bus.mu.Lock()
 	defer s.bus.mu.Unlock()

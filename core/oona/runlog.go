@@ -91,12 +91,6 @@ type RunLog struct {
 	lines, bytes, rotations, syncs, lost atomic.Int64
 	firstErr                             atomic.Pointer[string]
 
-	// wmu guards the file and the taking of events from the subscription:
-	// an event leaves the subscription's buffer only under wmu and is
-	// written before wmu is released, so whoever takes wmu after an event
-	// was published finds it in the file or still in the buffer. The
-	// writer goroutine holds it while it writes, Flush while it writes in
-	// its caller's goroutine.
 	// tick wakes the writer every WriteEvery while events come (armed
 	// says it runs): the writer stops it at a tick that finds no event
 	// delivered since the one before, and the subscription's OnFirst hook
@@ -106,6 +100,12 @@ type RunLog struct {
 	armed atomic.Bool
 	wakes atomic.Int64
 
+	// wmu guards the file and the taking of events from the subscription:
+	// an event leaves the subscription's buffer only under wmu and is
+	// written before wmu is released, so whoever takes wmu after an event
+	// was published finds it in the file or still in the buffer. The
+	// writer goroutine holds it while it writes, Flush while it writes in
+	// its caller's goroutine.
 	wmu      sync.Mutex
 	f        *os.File
 	w        *bufio.Writer
