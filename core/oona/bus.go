@@ -134,6 +134,9 @@ func (b *Bus) Publish(h Header, data any) (*Event, error) {
 		case s.ch <- ev:
 			s.delivered.Add(1)
 			b.delivered.Add(1)
+			if s.first != nil && len(s.ch) == 1 {
+				s.first()
+			}
 			if len(s.ch) == cap(s.ch)/2+1 {
 				select {
 				case s.half <- struct{}{}:
@@ -227,6 +230,7 @@ type Subscription struct {
 	bus       *Bus
 	ch        chan *Event
 	half      chan struct{}
+	first     func() // OnFirst's hook, under the bus's lock
 	delivered atomic.Int64
 	dropped   atomic.Int64
 }
@@ -239,6 +243,18 @@ func (s *Subscription) C() <-chan *Event { return s.ch }
 // full: a subscriber that reads in bursts (the run log) reads then, before
 // events are dropped.
 func (s *Subscription) HalfFull() <-chan struct{} { return s.half }
+
+// OnFirst makes Publish call f each time an event lands in this
+// subscription's empty buffer, in the publisher's goroutine and under the
+// bus's lock (f must be quick, and must not publish or block). A
+// subscriber that takes its events in bursts starts its clock there, so
+// that it need not wake on a clock while nothing comes. nil removes the
+// hook.
+func (s *Subscription) OnFirst(f func()) {
+	s.bus.mu.Lock()
+	defer s.bus.mu.Unlock()
+	s.first = f
+}
 
 // Stats returns the subscriber's counts.
 func (s *Subscription) Stats() SubscriberStats {

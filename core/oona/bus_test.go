@@ -354,3 +354,42 @@ func FuzzParseNodeConfig(f *testing.F) {
 		}
 	})
 }
+
+// OnFirst's hook runs when an event lands in the subscription's empty
+// buffer, not for the events that join it there; after the buffer is
+// drained the next event calls it again.
+func TestSubscriptionOnFirstCallsWhenTheBufferWasEmpty(t *testing.T) {
+	b, err := oona.New(oona.Config{Run: "first", Rank: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	sub, err := b.Subscribe("s", 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	sub.OnFirst(func() { calls++ })
+	publish := func(n int) {
+		for i := range n {
+			if _, err := b.Publish(oona.Header{Kind: oona.KindLifecycle, Actor: oona.ActorSchedule, Step: int64(i)},
+				map[string]int{"i": i}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, c := range []struct{ publish, drain, want int }{{3, 3, 1}, {1, 0, 2}, {2, 3, 2}, {1, 1, 3}} {
+		publish(c.publish)
+		if calls != c.want {
+			t.Fatalf("%d calls after %+v, want %d", calls, c, c.want)
+		}
+		for range c.drain {
+			<-sub.C()
+		}
+	}
+	sub.OnFirst(nil)
+	publish(1)
+	if calls != 3 {
+		t.Fatalf("%d calls after the hook was removed", calls)
+	}
+}

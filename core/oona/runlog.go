@@ -91,6 +91,15 @@ type RunLog struct {
 	lines, bytes, rotations, syncs, lost atomic.Int64
 	firstErr                             atomic.Pointer[string]
 
+	// tick wakes the writer every WriteEvery while events come (armed
+	// says it runs): the writer stops it at a tick that finds no event
+	// delivered since the one before, and the subscription's OnFirst hook
+	// starts it again when an event lands in the empty buffer. wakes
+	// counts the writer's wakes by it (tests).
+	tick  *time.Ticker
+	armed atomic.Bool
+	wakes atomic.Int64
+
 	// wmu guards the file and the taking of events from the subscription:
 	// an event leaves the subscription's buffer only under wmu and is
 	// written before wmu is released, so whoever takes wmu after an event
@@ -150,6 +159,9 @@ func OpenRunLog(b *Bus, cfg LogConfig) (*RunLog, error) {
 		return nil, fmt.Errorf("oona: run log: %w", err)
 	}
 	l.sub = sub
+	l.tick = time.NewTicker(WriteEvery)
+	l.tick.Stop()
+	sub.OnFirst(l.arm)
 	go l.run()
 	return l, nil
 }
@@ -206,21 +218,54 @@ func (l *RunLog) open() error {
 // the writer hands it to the operating system, unless Flush (every
 // Morphogenesis.end_epoch), Close, or a buffer half full writes it sooner.
 // Waking the writer for every event cost more than the write itself at
-// every end of epoch (docs/performance.md).
+// every end of epoch (docs/performance.md); its clock stops while no event
+// comes, so an idle run (or one between long epochs) does not wake.
 const WriteEvery = 100 * time.Millisecond
 
-// run is the writer goroutine: every WriteEvery, when the subscription's
-// buffer is half full, and when Flush asks for an fsync, it writes the
-// events waiting, hands them to the operating system, and fsyncs when one
-// of them asks for it (see write). It closes the file at Close, or when
-// the bus closes.
+// arm starts the writer's clock (OnFirst: an event landed in the empty
+// buffer), unless it runs already. Starting a clock wakes the thread that
+// waits for the next timer; a clock kept running while events come (a
+// run of short epochs) costs one wake per WriteEvery instead of one per
+// burst.
+func (l *RunLog) arm() {
+	if l.armed.CompareAndSwap(false, true) {
+		l.tick.Reset(WriteEvery)
+	}
+}
+
+// idle stops the clock at a tick that found no event delivered since the
+// tick before (seen is that count). It is stopped first, then marked: an
+// event that lands in between found it marked and did not start it, so
+// an event still waiting after the mark starts it again here.
+func (l *RunLog) idle(seen *int64) {
+	n := l.sub.delivered.Load()
+	if n != *seen {
+		*seen = n
+		return
+	}
+	l.tick.Stop()
+	l.armed.Store(false)
+	if len(l.sub.ch) > 0 {
+		l.arm()
+	}
+}
+
+// run is the writer goroutine: every WriteEvery while events come (its
+// clock stops when none came for a tick, and starts again with the next),
+// when the subscription's buffer is half full, and when Flush asks for an
+// fsync, it writes the events waiting, hands them to the operating
+// system, and fsyncs when one of them asks for it (see write). An idle
+// bus does not wake it. It closes the file at Close, or when the bus
+// closes.
 func (l *RunLog) run() {
 	defer close(l.done)
-	tick := time.NewTicker(WriteEvery)
-	defer tick.Stop()
+	defer l.tick.Stop()
+	seen := int64(0)
 	for {
 		select {
-		case <-tick.C:
+		case <-l.tick.C:
+			l.wakes.Add(1)
+			l.idle(&seen)
 		case <-l.wake:
 		case <-l.sub.HalfFull():
 		case <-l.stop:

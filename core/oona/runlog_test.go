@@ -269,8 +269,8 @@ func TestRunLogWritesWithoutFlushAndSyncsAfterIt(t *testing.T) {
 	}
 }
 
-// A burst that fills half the buffer wakes the writer before the next
-// tick: a buffer of 16 takes 200 events published over less than
+// A burst that fills half the buffer wakes the writer before its timer:
+// a buffer of 16 takes 200 events published over less than
 // WriteEvery without dropping one.
 func TestRunLogWritesWhenHalfFull(t *testing.T) {
 	n := openNode(t, t.TempDir(), oona.LogConfig{Buffer: 16})

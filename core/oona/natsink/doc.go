@@ -5,9 +5,11 @@
 // live or replay it from the start.
 //
 // A Sink is a subscriber of the bus: its bounded subscription buffer is
-// the backlog. Its goroutine publishes one event at a time to JetStream
-// and waits for the server's ack; while the server is absent or down it
-// retries the same event with backoff, and events published meanwhile
+// the backlog. Its goroutine publishes the events waiting as a burst to
+// JetStream and waits for one ack, the burst's last event's (a stream
+// stores one connection's messages in order); a burst not acknowledged
+// is sent again whole (ids deduplicate). While the server is absent or
+// down it retries the same event with backoff, and events published meanwhile
 // wait in the buffer, or, once it is full, are dropped and counted by the
 // bus (Stats). Training never waits on NATS: Publish on the bus never
 // blocks, and Close gives the backlog a bounded time.

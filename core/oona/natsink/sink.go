@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -107,6 +108,14 @@ type Sink struct {
 	js    jetstream.JetStream
 	stop  chan struct{}
 	done  chan struct{}
+
+	// acks receives the stream's ack of each burst's last event, on the
+	// subject inbox.<burst> (a subscription read by the writer itself: the
+	// client's reader hands an ack straight to it). burst numbers the
+	// bursts, so that a late ack of an earlier one is told apart.
+	acks  *nats.Subscription
+	inbox string
+	burst uint64
 
 	sent, retries, unsent atomic.Int64
 	lastErr               atomic.Pointer[string]
@@ -238,13 +247,19 @@ func Open(b *oona.Bus, cfg Config) (*Sink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("natsink: connect %s: %v: %w", shown, err, errcode.ErrUnavailable)
 	}
-	// Acks lost with a connection time out (the burst is then sent again):
-	// without a timeout the client would keep waiting for them.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(ackWait))
+	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("natsink: jetstream: %v: %w", err, errcode.ErrUnavailable)
 	}
+	s.inbox = nc.NewInbox()
+	// Registered now and sent to the server on every (re)connection.
+	acks, err := nc.SubscribeSync(s.inbox + ".*")
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("natsink: ack subscription: %v: %w", err, errcode.ErrUnavailable)
+	}
+	s.acks = acks
 	sub, err := b.Subscribe("nats", cfg.Buffer)
 	if err != nil {
 		nc.Close()
@@ -284,9 +299,9 @@ const ackWait = 2 * time.Second
 
 // run is the writer goroutine: it takes the events waiting (a burst: an
 // end of epoch publishes its epoch and health events together), sends
-// them in order without waiting between them, then waits for their acks;
-// what the server did not acknowledge is sent again, from the first such
-// event, until it is stored or the sink stops.
+// them in order without waiting between them, then waits for the burst's
+// one ack (publish); a burst not acknowledged is sent again until it is
+// stored or the sink stops.
 func (s *Sink) run() {
 	defer close(s.done)
 	defer func() {
@@ -343,11 +358,17 @@ func (s *Sink) run() {
 }
 
 // publish stores evs in the stream (creating the stream first when
-// needed): it sends them all, in order, then waits for their acks in
-// order. It returns how many, from the first, the server acknowledged, and
-// the error that stopped it. An event sent again after an error keeps its
-// id, so the server stores it once (Nats-Msg-Id) even when the first send
-// had reached it.
+// needed). It sends them all, in order, and asks for one ack, the last
+// event's: the stream takes a connection's messages in the order sent, so
+// the ack of the last confirms the burst (one ack per burst, not one per
+// event). It returns how many, from the first, are stored (all or none
+// but a refusal, below), and the error that stopped it. A burst whose ack
+// does not come (the connection dropped, the stream is missing) is sent
+// again whole: each event keeps its id, so the server stores once an
+// event that had reached it (Nats-Msg-Id). An event the client refuses
+// (over the server's max_payload) stops the burst there: the events before
+// it are confirmed by sending the one just before it again, with the reply
+// subject (a duplicate, acknowledged and not stored).
 func (s *Sink) publish(evs []*oona.Event) (int, error) {
 	if !s.nc.IsConnected() {
 		if err := s.nc.LastError(); err != nil { // e.g. "nats: authorization violation"
@@ -367,33 +388,98 @@ func (s *Sink) publish(evs []*oona.Event) (int, error) {
 		}
 		s.setStream(true)
 	}
-	futures := make([]jetstream.PubAckFuture, 0, len(evs))
+	s.burst++
+	reply := s.inbox + "." + strconv.FormatUint(s.burst, 10)
+	n := len(evs)
 	var sendErr error
-	for _, ev := range evs {
-		line := ev.Line()
-		msg := &nats.Msg{Subject: ev.Subject(), Data: line[:len(line)-1], Header: nats.Header{}}
-		f, err := s.js.PublishMsgAsync(msg, jetstream.WithMsgID(ev.ID))
-		if err != nil {
-			sendErr = err
+	for i, ev := range evs {
+		r := ""
+		if i == n-1 {
+			r = reply
+		}
+		if err := s.nc.PublishMsg(message(ev, r)); err != nil {
+			n, sendErr = i, err
 			break
 		}
-		futures = append(futures, f)
 	}
-	t := time.NewTimer(ackWait)
-	defer t.Stop()
-	for i, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return i, s.refused(evs[i], err)
-		case <-t.C:
-			return i, fmt.Errorf("natsink: publish %s: no ack in %v: %w", evs[i].ID, ackWait, jetstream.ErrAsyncPublishTimeout)
-		}
+	if n == 0 {
+		return 0, s.refused(evs[0], sendErr)
 	}
 	if sendErr != nil {
-		return len(futures), s.refused(evs[len(futures)], sendErr)
+		// Ask for the ack of the last event sent (again: stored once).
+		if err := s.nc.PublishMsg(message(evs[n-1], reply)); err != nil {
+			return 0, s.refused(evs[n-1], err)
+		}
 	}
-	return len(futures), nil
+	if err := s.awaitAck(reply); err != nil {
+		return 0, s.refused(evs[n-1], err)
+	}
+	if sendErr != nil {
+		return n, s.refused(evs[n], sendErr)
+	}
+	return n, nil
+}
+
+// message is ev as a NATS message: its subject, its line (without the
+// newline) and its id as Nats-Msg-Id, with reply as the reply subject
+// ("" for none: the server then sends no ack).
+func message(ev *oona.Event, reply string) *nats.Msg {
+	line := ev.Line()
+	return &nats.Msg{Subject: ev.Subject(), Reply: reply, Data: line[:len(line)-1],
+		Header: nats.Header{nats.MsgIdHdr: []string{ev.ID}}}
+}
+
+// pubAck is the part of JetStream's publish ack the sink reads.
+type pubAck struct {
+	Stream string `json:"stream"`
+	Error  *struct {
+		Code        int    `json:"code"`
+		ErrCode     int    `json:"err_code"`
+		Description string `json:"description"`
+	} `json:"error"`
+}
+
+// streamNotFound is JetStream's error code for a missing stream.
+const streamNotFound = 10059
+
+// awaitAck waits at most ackWait for the ack on reply (skipping late acks
+// of earlier bursts) and returns nil when the stream stored the message.
+func (s *Sink) awaitAck(reply string) error {
+	deadline := time.Now().Add(ackWait)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return fmt.Errorf("no ack in %v: %w", ackWait, jetstream.ErrAsyncPublishTimeout)
+		}
+		msg, err := s.acks.NextMsg(left)
+		if errors.Is(err, nats.ErrTimeout) {
+			return fmt.Errorf("no ack in %v: %w", ackWait, jetstream.ErrAsyncPublishTimeout)
+		}
+		if err != nil {
+			return fmt.Errorf("ack: %w", err)
+		}
+		if msg.Subject != reply {
+			continue
+		}
+		if len(msg.Data) == 0 && msg.Header.Get("Status") == "503" {
+			return nats.ErrNoResponders
+		}
+		var ack pubAck
+		if err := json.Unmarshal(msg.Data, &ack); err != nil {
+			return fmt.Errorf("ack %q: %v: %w", msg.Data, err, jetstream.ErrInvalidJSAck)
+		}
+		if ack.Error != nil {
+			if ack.Error.ErrCode == streamNotFound {
+				return fmt.Errorf("%s: %w", ack.Error.Description, jetstream.ErrStreamNotFound)
+			}
+			return fmt.Errorf("stream refused: %s (code %d, err_code %d)", ack.Error.Description, ack.Error.Code,
+				ack.Error.ErrCode)
+		}
+		if ack.Stream == "" {
+			return fmt.Errorf("ack %q: %w", msg.Data, jetstream.ErrInvalidJSAck)
+		}
+		return nil
+	}
 }
 
 // refused wraps a failed publish of ev; a missing stream is created again

@@ -307,3 +307,43 @@ func TestMeasureLatency(t *testing.T) {
 		t.Fatal("0 events accepted")
 	}
 }
+
+// A burst asks for one ack, its last event's: the server sends the sink's
+// connection one message per burst, not one per event. The events wait in
+// the backlog while the server is absent, then go in a few bursts of up
+// to MaxBurst; with an ack per event the connection would receive n.
+func TestSinkAsksOneAckPerBurst(t *testing.T) {
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	b := newBus(t)
+	s, err := natsink.Open(b, natsink.Config{URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(5 * time.Second)
+	const n = 600
+	publishN(t, b, 0, n)
+	srv := startServer(t, port, t.TempDir())
+	waitSent(t, s, n)
+	checkSeqs(t, replay(t, url, n+10), n)
+	cz, err := srv.Connz(&server.ConnzOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range cz.Conns {
+		if c.Name != "esper nats-run/0" {
+			continue
+		}
+		found = true
+		t.Logf("sink connection: %d messages in, %d out", c.InMsgs, c.OutMsgs)
+		// n/MaxBurst bursts, and a few more for the event held and retried while the server was absent.
+		if c.InMsgs < n || c.OutMsgs > n/natsink.MaxBurst+20 {
+			t.Fatalf("sink connection: %d messages in, %d out (acks): want %d in and about %d acks", c.InMsgs,
+				c.OutMsgs, n, n/natsink.MaxBurst)
+		}
+	}
+	if !found {
+		t.Fatalf("no connection named for the sink in %+v", cz.Conns)
+	}
+}
