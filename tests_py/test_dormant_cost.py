@@ -1,0 +1,97 @@
+"""A dormant step costs what the plain model's step costs (issue 20 item 1): on a step that does not
+sample, a wrapped model with no seed makes exactly the plain model's ATen ops, tensor allocations
+and forward calls, and calls Go not at all; the sampling step (the negative control) shows the
+taps' ops and the one call into Go. Counted, not timed: real PyTorch, the real library."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import esper
+from esper import Morphogenesis
+from esper.bench.stepcost import StepCounter, StepCounts
+
+EVERY = 4
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def pair() -> tuple[Callable[[], None], Callable[[], None], Callable[[], None], Callable[[], None], Morphogenesis]:
+    """(Esper step, plain step, Esper forward, plain forward, morph) of a small MLP, both layers
+    wrapped; build it inside ``StepCounter.counting`` (its session keeps the counted symbols)."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    wrapped = esper.wrap(copy.deepcopy(plain), target_modules=[nn.Linear])
+    opt_w = torch.optim.SGD(wrapped.parameters(), lr=0.05)
+    opt_p = torch.optim.SGD(plain.parameters(), lr=0.05)
+    morph = Morphogenesis(wrapped, opt_w, policy="manual", signal_every=EVERY)
+    _ = morph.session
+    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+
+    def step(model: nn.Module, opt: torch.optim.Optimizer, m: Morphogenesis | None) -> Callable[[], None]:
+        def run() -> None:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if m is not None:
+                m.step(loss)
+        return run
+
+    return step(wrapped, opt_w, morph), step(plain, opt_p, None), lambda: wrapped(x), lambda: plain(x), morph
+
+
+def test_a_dormant_step_that_does_not_sample_adds_no_op_and_no_go_call() -> None:
+    counter = StepCounter()
+    with counter.counting():
+        esper_step, plain_step, esper_fwd, plain_fwd, morph = pair()
+        for _ in range(2 * EVERY):
+            esper_step()
+            plain_step()
+        for ops in (True, False):
+            counter.step(plain_step, ops)  # the counter's own first-time work
+        rows: list[tuple[int, StepCounts, StepCounts, StepCounts, StepCounts]] = []
+        for _ in range(3 * EVERY):
+            phase = (morph.steps + 1) % EVERY  # 0: this step samples and flushes
+            # The forward alone first, in the state the step's own forward will find.
+            e_calls, p_calls = counter.step(esper_fwd, False), counter.step(plain_fwd, False)
+            e_ops, p_ops = counter.step(esper_step, True), counter.step(plain_step, True)
+            rows.append((phase, e_ops, p_ops, e_calls, p_calls))
+        # Python calls and Go calls of whole steps, counted on the next interval (a dispatch mode
+        # runs Python of its own).
+        whole = []
+        for _ in range(EVERY):
+            phase = (morph.steps + 1) % EVERY
+            whole.append((phase, counter.step(esper_step, False), counter.step(plain_step, False)))
+        morph.close()
+    ordinary = [r for r in rows if r[0] != 0]
+    sampled = [r for r in rows if r[0] == 0]
+    assert len(ordinary) == 9 and len(sampled) == 3
+    for phase, e, p, _, _ in ordinary:
+        assert (e.aten, e.allocs) == (p.aten, p.allocs), (phase, e, p)
+    for phase, _, _, e, p in ordinary:
+        # The wrapped model's forward between samples is the plain model's, call for call (each wrapped
+        # layer runs its host's own forward); an eval-style forward here is not a sampling one.
+        assert e.calls == p.calls, (phase, e, p)
+    for phase, e, p in whole:
+        if phase == 0:
+            assert e.go == 1, e  # the flush: one call into Go
+        else:
+            assert e.go == 0, (phase, e)
+            # morph.step alone: a counter and a modulo (the step before a sample turns the taps on).
+            assert e.calls - p.calls <= (1 if phase != EVERY - 1 else 8), (phase, e, p)
+    # The negative control: the sampling step's taps and flush are counted.
+    for _, e, p, _, _ in sampled:
+        assert e.aten > p.aten, (e, p)
