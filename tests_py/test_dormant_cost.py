@@ -95,3 +95,19 @@ def test_a_dormant_step_that_does_not_sample_adds_no_op_and_no_go_call() -> None
     # The negative control: the sampling step's taps and flush are counted.
     for _, e, p, _, _ in sampled:
         assert e.aten > p.aten, (e, p)
+
+
+def test_stepcost_per_step_counts_a_bench_pair() -> None:
+    """The tool of docs/performance.md (``python -m esper.bench.stepcost --per-step``) on a bench pair:
+    the same figures, per kind of step."""
+    from esper.bench import stepcost
+
+    got = stepcost.per_step("dormant:Deep1", cycles=2, every=EVERY)
+    assert got["every"] == EVERY and got["sampling"] == [False] * (EVERY - 1) + [True] + [False] * (EVERY - 1) + [True]
+    table = stepcost.per_step_table(got)
+    assert table["aten"]["baseline"] > 0 and table["calls"]["baseline"] > 0
+    assert table["aten"]["ordinary_max"] == 0 and table["allocs"]["ordinary_max"] == 0
+    assert table["go"]["ordinary_max"] == 0 and table["go"]["sampling"] == 1
+    assert table["aten"]["sampling"] > 0 and table["calls"]["sampling"] > table["calls"]["ordinary"]
+    with pytest.raises(ValueError, match="dormant pairs only"):
+        stepcost.build("active:TinyMLP:HOLDING:step", torch.device("cpu"), every=EVERY)

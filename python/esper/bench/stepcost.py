@@ -16,7 +16,10 @@ Run ``python -m esper.bench.stepcost dormant:TinyMLP dormant:Deep1 active:TinyML
 (``dormant:<model>``, ``active:<model>:<BLENDING|HOLDING>:<guard>``; ``Deep<n>`` for ``Deep(n)``).
 With ``--phases`` (dormant pairs), the median CPU time of each part of the sampling step instead:
 forward, backward, optimizer step, ``morph.step``, and inside it the flush, the health read, the
-call into Go, the forward and backward taps.
+call into Go, the forward and backward taps. With ``--per-step``, counts per step instead
+(:func:`per_step`): ATen ops (a dispatch mode: forward, backward, optimizer), the tensors they
+allocate, Python calls (``sys.setprofile``) and calls into libesper, Esper's extra over the baseline
+on the steps that do not sample and on the one that does.
 The module imports ``esper`` by its absolute name, so that the same file can measure another
 checkout's package (``PYTHONPATH=<other>/python python path/to/stepcost.py ...``).
 """
@@ -410,12 +413,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phases", action="store_true",
                    help="instead: the median CPU time of each part of the sampling step and of the ordinary "
                         "step before it (dormant pairs)")
+    p.add_argument("--per-step", action="store_true",
+                   help="instead: ATen ops, tensor allocations, Python calls and calls into Go per step, Esper's "
+                        "extra over the baseline on the steps that do not sample, on the sampling step and on "
+                        "average (per_step: 10 signal intervals each, deterministic)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     device = torch.device("cpu")
     import esper
 
     print(f"esper at {esper.__file__}")
+    if args.per_step:
+        for what in args.pairs:
+            table = per_step_table(per_step(what))
+            print(f"{what}: per step, the baseline's count, then Esper's extra: ordinary steps (mean, max), "
+                  "the sampling step (mean), every step (mean)")
+            for kind, v in table.items():
+                print(f"  {kind:7s} {v['baseline']:9.1f}  ordinary +{v['ordinary']:.2f} (max +{v['ordinary_max']})  "
+                      f"sampling +{v['sampling']:.1f}  per step +{v['per_step']:.3f}", flush=True)
+        return 0
     if args.phases:
         for what in args.pairs:
             got = phases(what, device, args.intervals)
