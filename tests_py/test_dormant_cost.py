@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -111,3 +112,49 @@ def test_stepcost_per_step_counts_a_bench_pair() -> None:
     assert table["aten"]["sampling"] > 0 and table["calls"]["sampling"] > table["calls"]["ordinary"]
     with pytest.raises(ValueError, match="dormant pairs only"):
         stepcost.build("active:TinyMLP:HOLDING:step", torch.device("cpu"), every=EVERY)
+
+
+def test_layers_of_one_shape_are_reduced_together_to_their_definitions() -> None:
+    """On CPU, layers whose output, input and gradient have the same shapes have their NumPy taps
+    reduced together at the flush (kasmina._host_rows); each row equals its definition on that
+    step's tensors, and the row each layer gives alone (_HostTaps.row, the other path)."""
+    from esper.kasmina import SIGNALS, _host_rows
+
+    torch.manual_seed(0)
+    width = 12
+    model = esper.wrap(nn.Sequential(*[m for _ in range(3) for m in (nn.Linear(width, width), nn.Tanh())]),
+                       target_modules=[nn.Linear])
+    layers = [model[0], model[2], model[4]]
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keep(index: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+        def hook(layer: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            out.retain_grad()
+            seen[index] = {"x": args[0].detach().clone(), "y": out}
+        return hook
+
+    for i, layer in enumerate(layers):
+        layer.register_forward_hook(keep(i))
+    esper.kasmina.set_sampling(model, True)
+    x = torch.randn(2, 5, width)  # rows in the leading dims
+    (model(x) ** 2).sum().backward()
+    hosted = [(i, layer, layer._host_taps) for i, layer in enumerate(layers)]
+    assert all(taps is not None and taps.grad is not None for _, _, taps in hosted)
+    grouped = np.full(3 * len(SIGNALS), np.nan, dtype=np.float32)
+    _host_rows(grouped, len(SIGNALS), hosted)
+    alone = np.concatenate([np.asarray(taps.row(layer), dtype=np.float32) for _, layer, taps in hosted])
+    np.testing.assert_allclose(grouped, alone, rtol=1e-5, atol=1e-7, equal_nan=True)
+    gen = torch.Generator().manual_seed(0x5EED)
+    bound = width ** -0.5
+    probe_w = (torch.rand(width, 32, generator=gen) * 2 - 1) * bound
+    probe_b = (torch.rand(32, generator=gen) * 2 - 1) * bound
+    for i, layer in enumerate(layers):
+        h, grad = seen[i]["y"].detach(), seen[i]["y"].grad
+        xs, gs = seen[i]["x"].reshape(-1, width), grad.reshape(-1, width)
+        dead = (h.reshape(-1, width).amax(0) <= 0).float().mean()
+        want = {"act_mean": h.mean(), "act_var": h.var(), "dead_frac": dead,
+                "grad_norm": grad.norm(), "weight_norm": layer.base_layer.weight.detach().norm(),
+                "seed_gain": torch.linalg.matrix_norm(gs.T @ torch.relu(xs @ probe_w + probe_b))}
+        row = grouped[i * len(SIGNALS):(i + 1) * len(SIGNALS)]
+        for name, value in want.items():
+            assert row[SIGNALS.index(name)] == pytest.approx(float(value), rel=1e-4, abs=1e-6), (i, name)

@@ -1484,6 +1484,58 @@ _ACT_MEAN, _ACT_VAR, _DEAD_FRAC, _GRAD_NORM, _WEIGHT_NORM, _EFF_RANK, _SEED_GAIN
 _DAMAGE = (_ACT_MEAN, _ACT_VAR, _WEIGHT_NORM)
 
 
+def _host_rows(values: np.ndarray, width: int, hosted: list[tuple[int, KasminaLayer, _HostTaps]]) -> None:
+    """Writes the rows of SIGNALS of the layers whose taps are NumPy copies (:class:`_HostTaps`).
+    Layers whose output, input and gradient have the same shapes (``Deep(10)``'s ten layers, a
+    transformer's blocks) are reduced together, one NumPy op per reduction for the group; a layer
+    alone, or one whose gradient or input is missing or changed, by :meth:`_HostTaps.row`."""
+    groups: dict[tuple[Any, ...], list[tuple[int, KasminaLayer, _HostTaps]]] = {}
+    for entry in hosted:
+        taps = entry[2]
+        x, g = taps.x, taps.grad
+        if g is None or x is None or x._version != taps.x_version or taps.unit_dim != taps.out.ndim - 1 \
+                or taps.out.size == 0:
+            values[entry[0] * width:(entry[0] + 1) * width] = taps.row(entry[1])
+            continue
+        groups.setdefault((taps.out.shape, g.shape, tuple(x.shape)), []).append(entry)
+    for group in groups.values():
+        if len(group) == 1:
+            i, layer, taps = group[0]
+            values[i * width:(i + 1) * width] = taps.row(layer)
+            continue
+        # Rows are the leading dims (units last): (L, rows, units), (L, rows, out), (L, rows, in).
+        out = np.stack([taps.out.reshape(-1, taps.out.shape[-1]) for _, _, taps in group])
+        n = out.shape[1] * out.shape[2]
+        flat = out.reshape(len(group), n)
+        means = _add(flat, axis=1).astype(np.float64) / n
+        squares = np.einsum("ij,ij->i", flat, flat).astype(np.float64)
+        variances = (squares - n * means * means) / max(n - 1, 1)  # unbiased, like torch.var's
+        # A unit is dead when its maximum is <= 0 (a NaN maximum is not: NaN <= 0 is false).
+        dead = _add(_peak(out, axis=1) <= 0, axis=1) / out.shape[2]
+        grads = np.stack([taps.grad.reshape(-1, taps.grad.shape[-1]) for _, _, taps in group])
+        grad_norms = np.sqrt(np.einsum("ijk,ijk->i", grads, grads).astype(np.float64))
+        xs = np.stack([taps.x.numpy().reshape(-1, taps.x.shape[-1]) for _, _, taps in group])
+        rows = xs.shape[1]
+        if rows == 0 or rows != grads.shape[1]:
+            for i, layer, taps in group:
+                values[i * width:(i + 1) * width] = taps.row(layer)
+            continue
+        every = max(1, rows // _PROBE_ROWS)
+        if every > 1:
+            xs, grads = xs[:, ::every], grads[:, ::every]
+        weight, bias = group[0][1]._probe_host(xs.shape[2])  # the same features for every layer of a width
+        features = xs @ weight  # (L, rows, k)
+        features += bias
+        np.maximum(features, 0.0, out=features)  # relu (NaN stays NaN)
+        spread = grads.transpose(0, 2, 1) @ features  # (L, out, k)
+        gains = np.sqrt(np.einsum("ijk,ijk->i", spread, spread).astype(np.float64)) * (rows / xs.shape[1])
+        nan = math.nan
+        for j, (i, _, taps) in enumerate(group):
+            var = float(variances[j])
+            values[i * width:(i + 1) * width] = [float(means[j]), 0.0 if var < 0 else var, float(dead[j]),
+                                                 float(grad_norms[j]), taps.weight_norm, nan, float(gains[j])]
+
+
 def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[str]]:
     """Copies every layer's signal buffer to the host with one synchronisation, and names the
     measurements that were not finite.
@@ -1512,6 +1564,7 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
     peaks: list[Tensor] = []  # every eager layer's per-unit maxima (dead units counted here)
     eager: list[tuple[int, KasminaLayer]] = []
     buffered: list[tuple[int, KasminaLayer]] = []  # compiled forwards write the layer's _signals
+    hosted: list[tuple[int, KasminaLayer, _HostTaps]] = []  # small outputs on CPU (NumPy taps)
     for i, layer in enumerate(chosen):
         measured = layer._grad_sink.grad  # what a compiled forward's gradient tap measured
         if measured is not None:
@@ -1521,7 +1574,7 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
                 layer._grad_sink.grad = None
         host = layer._host_taps
         if host is not None:  # a small output on CPU: its taps are NumPy arrays
-            values[i * width:(i + 1) * width] = host.row(layer)
+            hosted.append((i, layer, host))
         forward, backward = layer._taps, layer._grad_taps
         if forward is not None or backward is not None:
             eager.append((i, layer))
@@ -1532,6 +1585,8 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
                 taps += backward[:2]
         if (layer._measured and forward is None and host is None) or measured is not None:
             buffered.append((i, layer))
+    if hosted:
+        _host_rows(values, width, hosted)
     if buffered:
         for (i, _), row in zip(buffered, _to_host([layer._signals for _, layer in buffered])):
             values[i * width:(i + 1) * width] = row
