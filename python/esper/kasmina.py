@@ -48,8 +48,9 @@ device tensor that :func:`collect_failures` reads every N steps. On CPU, where r
 waits for nothing, a finite seed is added as a hand-written model adds it and a non-finite one is
 left out of the output (and so out of the loss's graph: no gradient reaches it or through it).
 Health signals are reduced on the device on sampling steps (eager: 0-d tensors per layer, or on
-CPU for a small output the forward's four as floats at once; compiled: a 7-float buffer per layer;
-:data:`SIGNALS` gives the layout) and read by :func:`gather_signals`, which also estimates the
+CPU for a small output NumPy copies of the output and of its gradient, reduced at the read, layers
+of one shape together; compiled: a 7-float buffer per layer; :data:`SIGNALS` gives the layout) and
+read by :func:`gather_signals`, which also estimates the
 effective rank from rows kept on every ``rank_every``-th sampling step (an SVD synchronises, so it
 waits for the read, which synchronises anyway). The forward never synchronises with the device.
 
@@ -170,9 +171,9 @@ _FOLD_EVERY = 256  # finiteness flags kept per slot before they are summed on th
 _PROBE_FEATURES = 32  # random ReLU features of the seed-gain probe
 _PROBE_ROWS = 1024  # rows (samples x positions) the seed gain is estimated on
 _PROBE_SEED = 0x5EED  # the probe's features are the same for every layer of a given input width
-# A float32 CPU output of at most this many elements has its forward taps computed with NumPy on a
-# view of the same memory, straight to floats (no tensor op, no copy at the flush: a NumPy reduction
-# costs a third to a half of an eager ATen op's dispatch on this size); within one BLAS thread's size.
+# A float32 CPU output of at most this many elements keeps NumPy copies of itself and of its gradient,
+# reduced with NumPy at the flush (no tensor op: a NumPy reduction costs a third to a half of an eager
+# ATen op's dispatch on this size; a copy of 32 KB at most); within one BLAS thread's size.
 _HOST_NUMEL = 8192
 
 

@@ -317,8 +317,8 @@ _PHASES = (
     ("esper.kasmina", "KasminaLayer", "_record_grad", "backward_taps"),
     # On CPU, a small output's backward tap (a copy of the gradient; _record_grad for other gradients).
     ("esper.kasmina", "KasminaLayer", "_record_grad_host", "backward_taps"),
-    # ... and its reductions, in gather_health.
-    ("esper.kasmina", "_HostTaps", "row", "host_reductions"),
+    # ... and their reductions, in gather_health (layers of one shape together).
+    ("esper.kasmina", None, "_host_rows", "host_reductions"),
 )
 
 
