@@ -29,17 +29,18 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def pair() -> tuple[Callable[[], None], Callable[[], None], Callable[[], None], Callable[[], None], Morphogenesis]:
+def pair(device: str = "cpu") -> tuple[Callable[[], None], Callable[[], None], Callable[[], None], Callable[[], None],
+                                      Morphogenesis]:
     """(Esper step, plain step, Esper forward, plain forward, morph) of a small MLP, both layers
     wrapped; build it inside ``StepCounter.counting`` (its session keeps the counted symbols)."""
     torch.manual_seed(0)
-    plain = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    plain = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).to(device)
     wrapped = esper.wrap(copy.deepcopy(plain), target_modules=[nn.Linear])
     opt_w = torch.optim.SGD(wrapped.parameters(), lr=0.05)
     opt_p = torch.optim.SGD(plain.parameters(), lr=0.05)
     morph = Morphogenesis(wrapped, opt_w, policy="manual", signal_every=EVERY)
     _ = morph.session
-    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+    x, y = torch.randn(16, 8, device=device), torch.randint(0, 4, (16,), device=device)
 
     def step(model: nn.Module, opt: torch.optim.Optimizer, m: Morphogenesis | None) -> Callable[[], None]:
         def run() -> None:
@@ -54,10 +55,12 @@ def pair() -> tuple[Callable[[], None], Callable[[], None], Callable[[], None], 
     return step(wrapped, opt_w, morph), step(plain, opt_p, None), lambda: wrapped(x), lambda: plain(x), morph
 
 
-def test_a_dormant_step_that_does_not_sample_adds_no_op_and_no_go_call() -> None:
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_a_dormant_step_that_does_not_sample_adds_no_op_and_no_go_call(device: str) -> None:
+    """On CUDA too: no op between samples means no .item() and no copy to the host there either."""
     counter = StepCounter()
     with counter.counting():
-        esper_step, plain_step, esper_fwd, plain_fwd, morph = pair()
+        esper_step, plain_step, esper_fwd, plain_fwd, morph = pair(device)
         for _ in range(2 * EVERY):
             esper_step()
             plain_step()
