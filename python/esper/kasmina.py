@@ -48,8 +48,9 @@ device tensor that :func:`collect_failures` reads every N steps. On CPU, where r
 waits for nothing, a finite seed is added as a hand-written model adds it and a non-finite one is
 left out of the output (and so out of the loss's graph: no gradient reaches it or through it).
 Health signals are reduced on the device on sampling steps (eager: 0-d tensors per layer, or on
-CPU for a small output the forward's four as floats at once; compiled: a 7-float buffer per layer;
-:data:`SIGNALS` gives the layout) and read by :func:`gather_signals`, which also estimates the
+CPU for a small output NumPy copies of the output and of its gradient, reduced at the read, layers
+of one shape together; compiled: a 7-float buffer per layer; :data:`SIGNALS` gives the layout) and
+read by :func:`gather_signals`, which also estimates the
 effective rank from rows kept on every ``rank_every``-th sampling step (an SVD synchronises, so it
 waits for the read, which synchronises anyway). The forward never synchronises with the device.
 
@@ -95,6 +96,7 @@ __all__ = [
     "failures_recorded",
     "stamp_failures",
     "gather_health",
+    "has_seeds_or_failures",
     "gather_signals",
     "kasmina_layers",
     "set_sampling",
@@ -169,9 +171,9 @@ _FOLD_EVERY = 256  # finiteness flags kept per slot before they are summed on th
 _PROBE_FEATURES = 32  # random ReLU features of the seed-gain probe
 _PROBE_ROWS = 1024  # rows (samples x positions) the seed gain is estimated on
 _PROBE_SEED = 0x5EED  # the probe's features are the same for every layer of a given input width
-# A float32 CPU output of at most this many elements has its forward taps computed with NumPy on a
-# view of the same memory, straight to floats (no tensor op, no copy at the flush: a NumPy reduction
-# costs a third to a half of an eager ATen op's dispatch on this size); within one BLAS thread's size.
+# A float32 CPU output of at most this many elements keeps NumPy copies of itself and of its gradient,
+# reduced with NumPy at the flush (no tensor op: a NumPy reduction costs a third to a half of an eager
+# ATen op's dispatch on this size; a copy of 32 KB at most); within one BLAS thread's size.
 _HOST_NUMEL = 8192
 
 
@@ -422,6 +424,63 @@ def _plus(y: Tensor, s: Tensor, straight_through: bool, alpha: float) -> Tensor:
         return y + s
     return torch.add(y, s, alpha=alpha)
 
+class _HostTaps:
+    """What a sampled forward (and its backward) of a small float32 output on CPU keeps for
+    :func:`gather_health`: NumPy copies, reduced there to the layer's row of :data:`SIGNALS` with
+    the definitions of the device taps (:meth:`KasminaLayer._sample_eager`, :func:`_seed_gain_parts`)."""
+
+    __slots__ = ("out", "unit_dim", "weight_norm", "x", "x_version", "grad")
+
+    def __init__(self, out: np.ndarray, unit_dim: int, weight_norm: float) -> None:
+        self.out = out  # the output, copied
+        self.unit_dim = unit_dim
+        self.weight_norm = weight_norm
+        self.x: Tensor | None = None  # the input (detached), when a backward is to come
+        self.x_version = 0  # its version then: an input changed in place since is not measured
+        self.grad: np.ndarray | None = None  # the output gradient, copied by the backward
+
+    def row(self, layer: KasminaLayer) -> list[float]:
+        """The layer's row of SIGNALS (NaN: not measured; the effective rank is the caller's)."""
+        a, nan = self.out, math.nan
+        flat = a.reshape(-1)
+        n = flat.size
+        mean = float(_add(flat)) / n
+        var = (float(flat @ flat) - n * mean * mean) / max(n - 1, 1)  # unbiased, like torch.var's
+        peak = _peak(a, axis=_other_dims(a.ndim, self.unit_dim))
+        units = peak.size
+        # A unit is dead when its maximum is <= 0 (a NaN maximum is not: NaN <= 0 is false).
+        dead = int(_add(peak <= 0)) / units if units else nan
+        grad_norm = gain = nan
+        g, x = self.grad, self.x
+        if g is not None and x is not None:
+            flat = g.reshape(-1)
+            grad_norm = math.sqrt(float(flat @ flat))
+            if x._version == self.x_version:
+                gain = _seed_gain_host(x.numpy(), g, layer)
+        return [mean, 0.0 if var < 0 else var, dead, grad_norm, self.weight_norm, nan, gain]
+
+
+_add = np.add.reduce  # ufunc reductions: no Python-level wrapper (ndarray.sum and .max have one)
+_peak = np.maximum.reduce
+
+
+def _seed_gain_host(x: np.ndarray, g: np.ndarray, layer: KasminaLayer) -> float:
+    """:func:`_seed_gain_of` with NumPy, for rows in the leading dims: x (*, in), g (*, out)."""
+    xs, gs = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])  # (rows, in), (rows, out)
+    rows = xs.shape[0]
+    if rows == 0 or rows != gs.shape[0]:
+        return math.nan
+    every = max(1, rows // _PROBE_ROWS)
+    if every > 1:
+        xs, gs = xs[::every], gs[::every]
+    weight, bias = layer._probe_host(xs.shape[1])
+    features = xs @ weight  # (rows, k)
+    features += bias
+    np.maximum(features, 0.0, out=features)  # relu (NaN stays NaN)
+    spread = (gs.T @ features).reshape(-1)  # (out * k)
+    return math.sqrt(float(spread @ spread)) * (rows / xs.shape[0])
+
+
 class KasminaLayer(nn.Module):
     """A wrapped host module with ``num_slots`` seed slots (built by :func:`esper.wrap.wrap`).
 
@@ -483,11 +542,11 @@ class KasminaLayer(nn.Module):
         self._taps: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # (first, second, weight norm, peaks)
         self._tap_meta = (0, False)  # (elements, first and second are moments)
         self._grad_taps: tuple[Tensor, Tensor, float] | None = None  # (grad norm, seed gain unscaled, scale)
-        # A small float32 output on CPU has its forward taps as floats at once (no device to wait for):
-        # the layer's row of SIGNALS with act_mean, act_var, dead_frac and weight_norm filled (NaN
-        # elsewhere); gather_health copies it, and adds the backward's taps read with every layer's.
-        self._host_row: list[float] | None = None
+        # A small float32 output on CPU keeps its taps as NumPy arrays (no device to wait for): see
+        # _HostTaps; gather_health reduces them.
+        self._host_taps: _HostTaps | None = None
         self._probe: tuple[Tensor, Tensor] | None = None  # the seed gain's features, see _probe_features
+        self._probe_np: tuple[Tensor, np.ndarray, np.ndarray] | None = None  # (its weight, NumPy views of both)
         self._rank_rows: Tensor | None = None  # (<= 64, units) output rows for the effective rank
         # A compiled forward keeps rows on every sampled step (a counter would be a guard that changes
         # every time); gather_signals uses them on the sampling steps whose turn it is.
@@ -629,7 +688,7 @@ class KasminaLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.is_nested:
             return self._forward_nested(x)
-        h = self.base_layer(x)
+        h = self._modules["base_layer"](x)  # not self.base_layer: that lookup is a call of __getattr__
         if not self._checked:
             self._check_host(x, h)
         y = self._add_seeds(x, h) if self._branches else h
@@ -869,37 +928,41 @@ class KasminaLayer(nn.Module):
         return y
 
     def _sample_host(self, x: Tensor, hf: Tensor, y: Tensor, unit_dim: int) -> Tensor:
-        """:meth:`_sample_eager` of a small float32 output on CPU: the sum, the sum of squares and the
-        per-unit maxima with NumPy on a view of the output (no copy), the mean, variance and dead
-        fraction straight to floats in the layer's host row (the same definitions as the device taps
-        and :func:`gather_health`'s arithmetic)."""
-        a = hf.numpy()
-        flat = a.reshape(-1)
-        n = flat.size
-        first, second = float(flat.sum()), float(np.dot(flat, flat))
-        peak = a.max(axis=_other_dims(a.ndim, unit_dim))
-        wn = self._weight_norm_host()
-        mean = first / n
-        var = (second - n * mean * mean) / max(n - 1, 1)  # unbiased, like torch.var's
-        units = peak.size
-        # A unit is dead when its maximum is <= 0 (a NaN maximum is not: NaN <= 0 is false).
-        dead = np.count_nonzero(peak <= 0) / units if units else math.nan
-        nan = math.nan
-        _put(self, "_host_row", [mean, 0.0 if var < 0 else var, dead, nan, wn, nan, nan])
+        """:meth:`_sample_eager` of a small float32 output on CPU: a copy of the output (a later
+        in-place op, an in-place ReLU say, would change it), the input and the host weight's norm
+        now, the output gradient's copy in the backward (:meth:`_record_grad_host`); the reductions
+        are left to :func:`gather_health`, which runs them with NumPy layer after layer (its code
+        then runs warm, where here it would run cold between PyTorch's ops, for each layer)."""
+        taps = _HostTaps(hf.numpy().copy(), unit_dim, self._weight_norm_host())
+        _put(self, "_host_taps", taps)
         if self._samples % self.rank_every == 0:
             units_view = hf.movedim(unit_dim, -1).reshape(-1, hf.shape[unit_dim])  # (rows, units)
             _put(self, "_rank_rows", units_view[::max(1, units_view.shape[0] // _RANK_ROWS)][:_RANK_ROWS].clone())
         _put(self, "_samples", self._samples + 1)
-        _put(self, "samples_per_step", hf.shape[0] if self._per_image else n // max(hf.shape[-1], 1))
+        _put(self, "samples_per_step", hf.shape[0] if self._per_image else hf.numel() // max(hf.shape[-1], 1))
         _put(self, "_measured", True)
         if y.requires_grad:
-            y.register_hook(functools.partial(self._record_grad, x.detach()))
+            xd = x.detach()
+            taps.x, taps.x_version = xd, xd._version
+            y.register_hook(functools.partial(self._record_grad_host, taps))
         return y
+
+    def _record_grad_host(self, taps: _HostTaps, grad: Tensor) -> None:
+        """:meth:`_record_grad` after :meth:`_sample_host`: a float32 gradient on CPU of a host whose
+        rows are its leading dims (linear, channel-last) is copied for :func:`gather_health`; any
+        other gradient takes :meth:`_record_grad`."""
+        x = taps.x
+        if type(grad) is not Tensor or type(x) is not Tensor or grad.dtype is not torch.float32 \
+                or x.dtype is not torch.float32 or not grad.is_cpu or grad.layout is not torch.strided \
+                or grad.requires_grad or (self._unit_dim == 1 and x.ndim > 2) or x.ndim < 1 or grad.ndim < 1:
+            self._record_grad(x, grad)
+            return
+        taps.grad = grad.numpy().copy()
 
     def _weight_norm_host(self) -> float:
         """:meth:`_weight_norm` as a float: with NumPy for a small float32 CPU weight, else the tensor's."""
         if self.spec.kind in ("linear", "conv1d", "conv2d"):
-            weight = self.base_layer._parameters.get("weight")
+            weight = self._modules["base_layer"]._parameters.get("weight")
             if isinstance(weight, Tensor) and weight.dtype is torch.float32 and weight.is_cpu \
                     and weight.layout is torch.strided and weight.numel() <= _HOST_NUMEL and weight.is_contiguous():
                 w = weight.detach().numpy().reshape(-1)
@@ -949,6 +1012,16 @@ class KasminaLayer(nn.Module):
             probe = self._probe = (weight, bias)
         return probe
 
+    def _probe_host(self, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_probe_features` on the CPU as NumPy views (kept with the probe)."""
+        probe = self._probe
+        if probe is None or probe[0].shape[0] != width or probe[0].device.type != "cpu":
+            probe = self._probe_features(width, torch.device("cpu"))
+        views = self._probe_np
+        if views is None or views[0] is not probe[0]:
+            views = self._probe_np = (probe[0], probe[0].numpy(), probe[1].numpy())
+        return views[1], views[2]
+
     def _weight_norm(self) -> Tensor:
         """The host weight's norm (linear, conv), or the norm of all its parameters (residual)."""
         base = self.base_layer
@@ -984,7 +1057,7 @@ class KasminaLayer(nn.Module):
         if self._sampling:
             self.__dict__.pop("forward", None)
         else:
-            base = self.base_layer
+            base = self._modules["base_layer"]
             self.__dict__["forward"] = base.__call__ if _has_hooks(base) else base.forward
 
     # ------------------------------------------------------------------ seeds
@@ -1361,6 +1434,15 @@ def _drain(layers: list[KasminaLayer]) -> list[list[SeedFailure]]:
     return out
 
 
+def has_seeds_or_failures(layers: Sequence[KasminaLayer]) -> bool:
+    """Whether any of the layers holds a seed or a recorded failure (what :func:`collect_failures`
+    would drain), without a call per layer."""
+    for layer in layers:
+        if layer._modules["seeds"]._modules or layer.failures:
+            return True
+    return False
+
+
 def failures_recorded() -> int:
     """How many exceptions and wrong shapes every Kasmina layer of this process has recorded so far
     (a cheap way to see whether :func:`stamp_failures` has anything to do)."""
@@ -1403,6 +1485,58 @@ _ACT_MEAN, _ACT_VAR, _DEAD_FRAC, _GRAD_NORM, _WEIGHT_NORM, _EFF_RANK, _SEED_GAIN
 _DAMAGE = (_ACT_MEAN, _ACT_VAR, _WEIGHT_NORM)
 
 
+def _host_rows(values: np.ndarray, width: int, hosted: list[tuple[int, KasminaLayer, _HostTaps]]) -> None:
+    """Writes the rows of SIGNALS of the layers whose taps are NumPy copies (:class:`_HostTaps`).
+    Layers whose output, input and gradient have the same shapes (``Deep(10)``'s ten layers, a
+    transformer's blocks) are reduced together, one NumPy op per reduction for the group; a layer
+    alone, or one whose gradient or input is missing or changed, by :meth:`_HostTaps.row`."""
+    groups: dict[tuple[Any, ...], list[tuple[int, KasminaLayer, _HostTaps]]] = {}
+    for entry in hosted:
+        taps = entry[2]
+        x, g = taps.x, taps.grad
+        if g is None or x is None or x._version != taps.x_version or taps.unit_dim != taps.out.ndim - 1 \
+                or taps.out.size == 0:
+            values[entry[0] * width:(entry[0] + 1) * width] = taps.row(entry[1])
+            continue
+        groups.setdefault((taps.out.shape, g.shape, tuple(x.shape)), []).append(entry)
+    for group in groups.values():
+        if len(group) == 1:
+            i, layer, taps = group[0]
+            values[i * width:(i + 1) * width] = taps.row(layer)
+            continue
+        # Rows are the leading dims (units last): (L, rows, units), (L, rows, out), (L, rows, in).
+        out = np.stack([taps.out.reshape(-1, taps.out.shape[-1]) for _, _, taps in group])
+        n = out.shape[1] * out.shape[2]
+        flat = out.reshape(len(group), n)
+        means = _add(flat, axis=1).astype(np.float64) / n
+        squares = np.einsum("ij,ij->i", flat, flat).astype(np.float64)
+        variances = (squares - n * means * means) / max(n - 1, 1)  # unbiased, like torch.var's
+        # A unit is dead when its maximum is <= 0 (a NaN maximum is not: NaN <= 0 is false).
+        dead = _add(_peak(out, axis=1) <= 0, axis=1) / out.shape[2]
+        grads = np.stack([taps.grad.reshape(-1, taps.grad.shape[-1]) for _, _, taps in group])
+        grad_norms = np.sqrt(np.einsum("ijk,ijk->i", grads, grads).astype(np.float64))
+        xs = np.stack([taps.x.numpy().reshape(-1, taps.x.shape[-1]) for _, _, taps in group])
+        rows = xs.shape[1]
+        if rows == 0 or rows != grads.shape[1]:
+            for i, layer, taps in group:
+                values[i * width:(i + 1) * width] = taps.row(layer)
+            continue
+        every = max(1, rows // _PROBE_ROWS)
+        if every > 1:
+            xs, grads = xs[:, ::every], grads[:, ::every]
+        weight, bias = group[0][1]._probe_host(xs.shape[2])  # the same features for every layer of a width
+        features = xs @ weight  # (L, rows, k)
+        features += bias
+        np.maximum(features, 0.0, out=features)  # relu (NaN stays NaN)
+        spread = grads.transpose(0, 2, 1) @ features  # (L, out, k)
+        gains = np.sqrt(np.einsum("ijk,ijk->i", spread, spread).astype(np.float64)) * (rows / xs.shape[1])
+        nan = math.nan
+        for j, (i, _, taps) in enumerate(group):
+            var = float(variances[j])
+            values[i * width:(i + 1) * width] = [float(means[j]), 0.0 if var < 0 else var, float(dead[j]),
+                                                 float(grad_norms[j]), taps.weight_norm, nan, float(gains[j])]
+
+
 def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[str]]:
     """Copies every layer's signal buffer to the host with one synchronisation, and names the
     measurements that were not finite.
@@ -1425,11 +1559,13 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
     """
     chosen = _layers(layers)
     width = len(SIGNALS)
-    values = np.full(len(chosen) * width, math.nan, dtype=np.float32)
+    values = np.empty(len(chosen) * width, dtype=np.float32)
+    values.fill(math.nan)
     taps: list[Tensor] = []  # every eager layer's 0-d reductions, read with one stack and one copy
     peaks: list[Tensor] = []  # every eager layer's per-unit maxima (dead units counted here)
     eager: list[tuple[int, KasminaLayer]] = []
     buffered: list[tuple[int, KasminaLayer]] = []  # compiled forwards write the layer's _signals
+    hosted: list[tuple[int, KasminaLayer, _HostTaps]] = []  # small outputs on CPU (NumPy taps)
     for i, layer in enumerate(chosen):
         measured = layer._grad_sink.grad  # what a compiled forward's gradient tap measured
         if measured is not None:
@@ -1437,9 +1573,9 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
             layer._seed_gain_out.copy_(measured[1])
             if reset:
                 layer._grad_sink.grad = None
-        host_row = layer._host_row
-        if host_row is not None:  # forward taps on CPU, already floats
-            values[i * width:(i + 1) * width] = host_row
+        host = layer._host_taps
+        if host is not None:  # a small output on CPU: its taps are NumPy arrays
+            hosted.append((i, layer, host))
         forward, backward = layer._taps, layer._grad_taps
         if forward is not None or backward is not None:
             eager.append((i, layer))
@@ -1448,8 +1584,10 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
                 peaks.append(forward[3].reshape(-1))
             if backward is not None:
                 taps += backward[:2]
-        if (layer._measured and forward is None and host_row is None) or measured is not None:
+        if (layer._measured and forward is None and host is None) or measured is not None:
             buffered.append((i, layer))
+    if hosted:
+        _host_rows(values, width, hosted)
     if buffered:
         for (i, _), row in zip(buffered, _to_host([layer._signals for _, layer in buffered])):
             values[i * width:(i + 1) * width] = row
@@ -1479,7 +1617,8 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
     nonfinite: list[str] = []
     for i, layer in enumerate(chosen):
         row = values[i * width:(i + 1) * width]
-        if layer._measured and not all(math.isfinite(row[k]) for k in _DAMAGE):
+        if layer._measured and not (math.isfinite(row[_ACT_MEAN]) and math.isfinite(row[_ACT_VAR])
+                                    and math.isfinite(row[_WEIGHT_NORM])):  # _DAMAGE, without a generator's calls
             # A host without parameters has no weight norm to damage (NaN: not measured). Looked up
             # only here: a walk over the host's parameters costs more than the rest of a layer's read.
             weighted = next(layer.base_layer.parameters(), None) is not None
@@ -1495,7 +1634,7 @@ def gather_health(layers: LayersLike, reset: bool = True) -> tuple[Tensor, list[
             else:
                 nonfinite.append(f"{layer.spec.name}.eff_rank")
         if reset:
-            for name in ("_taps", "_grad_taps", "_host_row", "_rank_rows", "_rank_rows_compiled"):
+            for name in ("_taps", "_grad_taps", "_host_taps", "_rank_rows", "_rank_rows_compiled"):
                 _put(layer, name, None)
             _put(layer, "_measured", False)
     if reset:

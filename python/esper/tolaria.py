@@ -70,6 +70,7 @@ from .builds import BuildCache, StoredKernel, kernel_cache
 from .distributed import RankError, RankSync, active_group
 from .errors import EsperError
 from .kasmina import (
+    _FAILURES_RECORDED,
     SIGNALS,
     FailureKind,
     KasminaLayer,
@@ -78,6 +79,7 @@ from .kasmina import (
     collect_failures,
     failures_recorded,
     gather_health,
+    has_seeds_or_failures,
     kasmina_layers,
     set_sampling,
     stamp_failures,
@@ -573,8 +575,9 @@ class _Driver:
         return (_Driver, ())
 
 
-def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if t is None else t.to(device).clone()
+def _loss_of(saved: torch.Tensor | float | None) -> float:
+    """A checkpoint's sum of sampled losses (a 0-d tensor, or None before the first sample) as a float."""
+    return 0.0 if saved is None else float(saved)
 
 
 def _reshard(model: nn.Module) -> None:
@@ -809,9 +812,11 @@ class Morphogenesis:
         self._ahead_from = 0
         self._ahead_layers: list[int] = []  # the layers holding a BLENDING slot when it was taken
         self._groups: dict[tuple[int, int], _Placement] = {}  # (layer, slot) -> where its parameters sit
-        self._loss_sum: torch.Tensor | None = None  # device sum of losses since the last flush
+        # The losses sampled since the last flush and in this epoch (one per flush: the sampling
+        # step's, read there, where the flush reads the device anyway).
+        self._loss_sum = 0.0
         self._loss_count = 0
-        self._epoch_loss_sum: torch.Tensor | None = None
+        self._epoch_loss_sum = 0.0
         self._epoch_loss_count = 0
         self._last_good: dict[str, Any] | None = None
         self._reports_waiting = 0  # Go's alarms and impact records not yet mirrored (seen with the rollbacks)
@@ -1063,19 +1068,17 @@ class Morphogenesis:
         if self.config.rollback and self._last_good is None:
             self._save_good()  # after load_state_dict from a checkpoint that holds no last good state
         if loss is not None and (self.steps + 1) % self.config.signal_every == 0:
-            value = loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
-            if self._loss_sum is None:
-                self._loss_sum = value.clone()
-                self._epoch_loss_sum = value.clone()
-            else:
-                self._loss_sum += value
-                self._epoch_loss_sum += value
+            # The sampling step: its flush below reads the device anyway (one synchronisation).
+            value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
+            self._loss_sum += value
+            self._epoch_loss_sum += value
             self._loss_count += 1
             self._epoch_loss_count += 1
         self.steps += 1
         self._pending += 1
-        if failures_recorded() != self._failures_seen:  # a seed raised or misshaped in this step
-            self._failures_seen = failures_recorded()
+        # failures_recorded(), read without the call (this runs on every step).
+        if _FAILURES_RECORDED[0] != self._failures_seen:  # a seed raised or misshaped in this step
+            self._failures_seen = _FAILURES_RECORDED[0]
             stamp_failures(self.layers, self.steps)
         every = self.config.signal_every
         phase = self.steps % every
@@ -1118,12 +1121,12 @@ class Morphogenesis:
         if with_signals:
             set_sampling(self.layers, False)
             values, nonfinite = gather_health(self.layers)
-            if self._loss_sum is not None and self._loss_count:
-                total = float(self._loss_sum)  # one synchronisation every signal_every steps
+            if self._loss_count:
+                total = self._loss_sum
                 if not math.isfinite(total):
                     nonfinite.insert(0, "loss")
                 loss = total / self._loss_count
-                self._loss_sum.zero_()
+                self._loss_sum = 0.0
                 self._loss_count = 0
             else:
                 loss = math.nan
@@ -1131,8 +1134,7 @@ class Morphogenesis:
             header = np.asarray([loss, float(len(nonfinite))], dtype=np.float32)
             signals = np.concatenate([header, values.numpy()])
             # With no seed in the model there is nothing to drain (a removed seed's counters are zeroed).
-            failures = collect_failures(self.layers) if any(layer.seeds or layer.failures for layer in self.layers) \
-                else []
+            failures = collect_failures(self.layers) if has_seeds_or_failures(self.layers) else []
             if self._dist is not None:  # every rank's Go session ingests the same numbers
                 signals, everywhere = self._dist.reduce_signals(signals, len(failures))
                 if everywhere:
@@ -1265,9 +1267,9 @@ class Morphogenesis:
             result = self.evaluate(self.model)
             val_loss, val_metric = _check_evaluated(result, val_metric)
         val_loss, val_metric = _number("val_loss", val_loss), _number("val_metric", val_metric)
-        if train_loss is None and self._epoch_loss_sum is not None and self._epoch_loss_count:
-            train_loss = float(self._epoch_loss_sum) / self._epoch_loss_count
-            self._epoch_loss_sum.zero_()
+        if train_loss is None and self._epoch_loss_count:
+            train_loss = self._epoch_loss_sum / self._epoch_loss_count
+            self._epoch_loss_sum = 0.0
             self._epoch_loss_count = 0
         if self._dist is not None:  # Tamiyo decides on the whole job: every rank's mean
             train_loss, val_loss, val_metric = self._dist.reduce_metrics([train_loss, val_loss, val_metric])
@@ -1783,10 +1785,8 @@ class Morphogenesis:
                                            else copy.deepcopy(v) for k, v in state.items()}
             else:
                 self.optimizer.state.pop(p, None)
-        if self._loss_sum is not None:
-            self._loss_sum.zero_()
-            self._epoch_loss_sum.zero_()
-            self._loss_count = self._epoch_loss_count = 0
+        self._loss_sum = self._epoch_loss_sum = 0.0
+        self._loss_count = self._epoch_loss_count = 0
 
     # ------------------------------------------------------------------ inspection
 
@@ -1837,8 +1837,9 @@ class Morphogenesis:
             g, pos = found
             placements.append({"layer": i, "slot": slot, "group": g, "position": pos, "own": placement.own})
         placements.sort(key=lambda e: (e["group"], e["position"]))
-        def loss(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.detach().cpu().clone()
+        def loss(total: float, count: int) -> torch.Tensor | None:
+            # A 0-d float32 tensor, as checkpoints have always held it (None: nothing sampled yet).
+            return torch.tensor(total, dtype=torch.float32) if count else None
 
         return {
             "version": _CHECKPOINT_VERSION,
@@ -1851,9 +1852,9 @@ class Morphogenesis:
             "log_dropped": self.log_dropped,
             # What the next flush and end_epoch would have sent to Go.
             "pending": self._pending,
-            "loss_sum": loss(self._loss_sum),
+            "loss_sum": loss(self._loss_sum, self._loss_count),
             "loss_count": self._loss_count,
-            "epoch_loss_sum": loss(self._epoch_loss_sum),
+            "epoch_loss_sum": loss(self._epoch_loss_sum, self._epoch_loss_count),
             "epoch_loss_count": self._epoch_loss_count,
             "rank_samples": [layer._samples for layer in self.layers],
             "last_good": _whole(self._last_good),
@@ -1928,10 +1929,9 @@ class Morphogenesis:
         self.log_dropped = int(state.get("log_dropped", 0))
         for entry in state.get("log", []):
             self._log(entry)
-        device = self._device()
-        self._loss_sum = _to(state.get("loss_sum"), device)
+        self._loss_sum = _loss_of(state.get("loss_sum"))
         self._loss_count = int(state.get("loss_count", 0))
-        self._epoch_loss_sum = _to(state.get("epoch_loss_sum"), device)
+        self._epoch_loss_sum = _loss_of(state.get("epoch_loss_sum"))
         self._epoch_loss_count = int(state.get("epoch_loss_count", 0))
         for layer, samples in zip(self.layers, state.get("rank_samples", [])):
             layer._samples = int(samples)
@@ -2038,11 +2038,6 @@ class Morphogenesis:
                         raise ValueError(f"checkpoint: its last good weights hold {prefix + k!r} with shape "
                                          f"{tuple(v.shape)}, but {where} of Go's snapshot (blueprint "
                                          f"{getattr(seed, 'blueprint_id', '')[:12]}) has {want}. Nothing was loaded.")
-
-    def _device(self) -> torch.device:
-        for p in self.model.parameters():
-            return p.device
-        return torch.device("cpu")
 
     def __repr__(self) -> str:
         return (f"Morphogenesis(layers={len(self.layers)}, slots={self.slots}, policy={self.config.policy!r}, "

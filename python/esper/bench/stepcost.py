@@ -16,7 +16,10 @@ Run ``python -m esper.bench.stepcost dormant:TinyMLP dormant:Deep1 active:TinyML
 (``dormant:<model>``, ``active:<model>:<BLENDING|HOLDING>:<guard>``; ``Deep<n>`` for ``Deep(n)``).
 With ``--phases`` (dormant pairs), the median CPU time of each part of the sampling step instead:
 forward, backward, optimizer step, ``morph.step``, and inside it the flush, the health read, the
-call into Go, the forward and backward taps.
+call into Go, the forward and backward taps. With ``--per-step``, counts per step instead
+(:func:`per_step`): ATen ops (a dispatch mode: forward, backward, optimizer), the tensors they
+allocate, Python calls (``sys.setprofile``) and calls into libesper, Esper's extra over the baseline
+on the steps that do not sample and on the one that does.
 The module imports ``esper`` by its absolute name, so that the same file can measure another
 checkout's package (``PYTHONPATH=<other>/python python path/to/stepcost.py ...``).
 """
@@ -24,20 +27,26 @@ checkout's package (``PYTHONPATH=<other>/python python path/to/stepcost.py ...``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import pstats
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["build", "counts", "phases", "sampling_cost", "main"]
+__all__ = ["StepCounter", "build", "counts", "per_step", "phases", "sampling_cost", "main"]
 
 
-def build(what: str, device: torch.device) -> tuple[Callable[[], None], Callable[[], None], Any]:
+def build(what: str, device: torch.device, every: int | None = None
+          ) -> tuple[Callable[[], None], Callable[[], None], Any]:
     """(Esper step, baseline step, morph) of ``dormant:<model>`` or
-    ``active:<model>:<state>:<guard>`` (a residual_mlp seed of width 32 on fc2, as the bench's rows)."""
+    ``active:<model>:<state>:<guard>`` (a residual_mlp seed of width 32 on fc2, as the bench's rows);
+    ``every`` sets ``signal_every`` (the default otherwise)."""
     from esper.bench import steps
 
     def spec(label: str) -> Any:
@@ -47,10 +56,13 @@ def build(what: str, device: torch.device) -> tuple[Callable[[], None], Callable
 
     kind, _, rest = what.partition(":")
     if kind == "dormant":
-        esper_step, plain, morph = steps.dormant_pair(spec(rest), device)
+        esper_step, plain, morph = steps.dormant_pair(spec(rest), device,
+                                                      **({} if every is None else {"signal_every": every}))
         return esper_step, plain, morph
     if kind == "active":
         label, state, guard = rest.split(":")
+        if every is not None:
+            raise ValueError("every is set for dormant pairs only")
         esper_step, hand, morph, _ = steps.active_pair(spec(label), device, state, guard=guard, width=32)
         return esper_step, hand, morph
     raise ValueError(f"unknown pair {what!r}: use dormant:<model> or active:<model>:<state>:<guard>")
@@ -79,6 +91,177 @@ def counts(esper_step: Callable[[], None], baseline: Callable[[], None], every: 
     """Python calls and top-level ATen ops of each side over one interval of ``every`` steps."""
     return {"calls_esper": _python_calls(esper_step, every), "calls_baseline": _python_calls(baseline, every),
             "ops_esper": _top_level_ops(esper_step, every), "ops_baseline": _top_level_ops(baseline, every)}
+
+
+@dataclass
+class StepCounts:
+    """What one training step did, counted (deterministic: load does not change it)."""
+
+    aten: int = 0  #: ATen ops dispatched below autograd (forward, backward, optimizer and Esper's own)
+    allocs: int = 0  #: tensors those ops made (outputs that share no input's storage: not views, not in-place)
+    calls: int = 0  #: Python function calls (``sys.setprofile`` 'call' events), the counter's own left out
+    go: int = 0  #: calls into libesper (every ``esper_*`` symbol called through ctypes)
+
+
+def _storages(value: Any, out: set[int]) -> set[int]:
+    if isinstance(value, torch.Tensor):
+        if value.layout is torch.strided:
+            out.add(value.untyped_storage().data_ptr())
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _storages(v, out)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _storages(v, out)
+    return out
+
+
+class _Dispatched(TorchDispatchMode):
+    """Counts the ATen ops dispatched while it is active, and the new tensors they return."""
+
+    def __init__(self, counter: StepCounter) -> None:
+        super().__init__()
+        self.counter = counter
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        now = self.counter.now
+        now.aten += 1
+        seen = _storages(kwargs or {}, _storages(args, set()))
+        now.allocs += sum(1 for ptr in _storages(out, set()) if ptr not in seen)
+        return out
+
+
+@dataclass
+class StepCounter:
+    """Counts, step by step, the ATen ops, tensor allocations, Python calls and calls into libesper
+    (:class:`StepCounts`) of the code run under :meth:`step`. Go calls are counted through every
+    ``esper_*`` symbol of the loaded library, wrapped while :meth:`counting` is open: build the
+    ``Morphogenesis`` (its session) inside it, so that the symbols its session keeps are the
+    wrapped ones."""
+
+    now: StepCounts = field(default_factory=StepCounts)
+    _quiet: set[Any] = field(default_factory=set)  # code objects whose own frame is the counter's (callees count)
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[StepCounter]:
+        """Wraps the library's ``esper_*`` symbols (and :func:`esper._lib.unchecked`) to count the
+        calls made through them; restores them on exit."""
+        from esper import _lib
+
+        cdll = _lib.lib()
+        saved: list[tuple[Any, str, Any]] = []
+
+        def counted(fn: Any) -> Any:
+            def call(*args: Any) -> Any:
+                self.now.go += 1
+                return fn(*args)
+
+            self._quiet.add(call.__code__)
+            return call
+
+        for name in _lib._SIGNATURES:
+            fn = getattr(cdll, name, None)
+            if fn is not None:
+                saved.append((cdll, name, fn))
+                setattr(cdll, name, counted(fn))
+        real_unchecked = _lib.unchecked
+
+        def unchecked(lib: Any, name: str) -> Any:
+            return counted(real_unchecked(lib, name))
+
+        saved.append((_lib, "unchecked", real_unchecked))
+        _lib.unchecked = unchecked
+        try:
+            yield self
+        finally:
+            for owner, name, fn in saved:
+                setattr(owner, name, fn)
+
+    def _profile(self, frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code not in self._quiet:
+            self.now.calls += 1
+
+    def step(self, fn: Callable[[], None], ops: bool) -> StepCounts:
+        """Runs ``fn`` (one training step) and returns its counts: with ``ops``, its ATen ops and
+        allocations (under a dispatch mode, whose own Python calls would be counted), else its
+        Python calls and calls into libesper."""
+        self.now = StepCounts()
+        if ops:
+            with _Dispatched(self):
+                fn()
+        else:
+            sys.setprofile(self._profile)
+            try:
+                fn()
+            finally:
+                sys.setprofile(None)
+        got, self.now = self.now, StepCounts()  # what runs between steps is counted nowhere
+        return got
+
+
+def per_step(pair: str, cycles: int = 10, every: int | None = None) -> dict[str, Any]:
+    """Counts each step of ``cycles`` whole signal intervals of a bench pair (see :func:`build`),
+    Esper's steps and the baseline's alternating, after two intervals of warm-up: the ATen ops and
+    allocations over ``cycles`` intervals, then the Python calls and Go calls over the next
+    ``cycles`` (a dispatch mode runs Python of its own for every op). The default, 10 intervals, is
+    a whole cycle of the effective rank (sampled on every 10th sampling step). With ``every``, the
+    pair's ``signal_every`` is set to it (the bench's default otherwise).
+
+    Returns:
+        ``{"every", "esper": [StepCounts per step], "baseline": [...], "sampling": [bool per step]}``:
+        step ``k`` samples (its forward and backward are measured, its ``morph.step`` flushes) when
+        ``sampling[k]``.
+    """
+    counter = StepCounter()
+    with counter.counting():
+        esper_step, baseline, morph = build(pair, torch.device("cpu"), every)
+        try:
+            n = morph.config.signal_every
+            for _ in range(2 * n):
+                esper_step()
+                baseline()
+            while morph.steps % n:
+                esper_step()
+            # A counter's first steps in a process run its own first-time work: not kept.
+            for ops in (True, False):
+                counter.step(baseline, ops)
+            esper: list[StepCounts] = []
+            plain: list[StepCounts] = []
+            sampling: list[bool] = []
+            for ops in (True, False):
+                for k in range(cycles * n):
+                    e, b = counter.step(esper_step, ops), counter.step(baseline, ops)
+                    if ops:
+                        esper.append(e)
+                        plain.append(b)
+                        sampling.append(morph.steps % n == 0)
+                    else:
+                        esper[k].calls, esper[k].go = e.calls, e.go
+                        plain[k].calls, plain[k].go = b.calls, b.go
+        finally:
+            morph.close()
+    return {"every": n, "esper": esper, "baseline": plain, "sampling": sampling}
+
+
+def per_step_table(got: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Esper's extra over the baseline per kind of step: ``ordinary`` (mean over the steps that do
+    not sample), ``ordinary_max``, ``sampling`` (mean over the sampling steps) and ``per_step`` (mean
+    over every step), for each of aten, allocs, calls, go."""
+    out: dict[str, dict[str, float]] = {}
+    kinds = ("aten", "allocs", "calls", "go")
+    extra = [{k: getattr(e, k) - getattr(b, k) for k in kinds} for e, b in zip(got["esper"], got["baseline"])]
+    plain = [{k: getattr(b, k) for k in kinds} for b in got["baseline"]]
+    ordinary = [d for d, s in zip(extra, got["sampling"]) if not s]
+    sampled = [d for d, s in zip(extra, got["sampling"]) if s]
+    for k in kinds:
+        out[k] = {"baseline": sum(p[k] for p in plain) / len(plain),
+                  "ordinary": sum(d[k] for d in ordinary) / max(len(ordinary), 1),
+                  "ordinary_max": max((d[k] for d in ordinary), default=0),
+                  "sampling": sum(d[k] for d in sampled) / max(len(sampled), 1),
+                  "per_step": sum(d[k] for d in extra) / len(extra)}
+    return out
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -132,6 +315,10 @@ _PHASES = (
     ("esper.session", "Session", "step_waiting", "go_step_waiting"),
     ("esper.kasmina", "KasminaLayer", "_sample_eager", "forward_taps"),
     ("esper.kasmina", "KasminaLayer", "_record_grad", "backward_taps"),
+    # On CPU, a small output's backward tap (a copy of the gradient; _record_grad for other gradients).
+    ("esper.kasmina", "KasminaLayer", "_record_grad_host", "backward_taps"),
+    # ... and their reductions, in gather_health (layers of one shape together).
+    ("esper.kasmina", None, "_host_rows", "host_reductions"),
 )
 
 
@@ -211,7 +398,7 @@ def phases(what: str, device: torch.device, intervals: int) -> dict[str, tuple[f
     finally:
         for owner, name, fn in saved:
             setattr(owner, name, fn)
-    labels = ["total", "forward", "backward", "optimizer", "morph_step"] + [p[3] for p in _PHASES]
+    labels = ["total", "forward", "backward", "optimizer", "morph_step"] + list(dict.fromkeys(p[3] for p in _PHASES))
 
     def median(rows: list[dict[str, int]], key: str) -> float:
         return _quantile([r.get(key, 0) / 1e3 for r in rows], 0.5)
@@ -226,12 +413,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phases", action="store_true",
                    help="instead: the median CPU time of each part of the sampling step and of the ordinary "
                         "step before it (dormant pairs)")
+    p.add_argument("--per-step", action="store_true",
+                   help="instead: ATen ops, tensor allocations, Python calls and calls into Go per step, Esper's "
+                        "extra over the baseline on the steps that do not sample, on the sampling step and on "
+                        "average (per_step: 10 signal intervals each, deterministic)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     device = torch.device("cpu")
     import esper
 
     print(f"esper at {esper.__file__}")
+    if args.per_step:
+        for what in args.pairs:
+            table = per_step_table(per_step(what))
+            print(f"{what}: per step, the baseline's count, then Esper's extra: ordinary steps (mean, max), "
+                  "the sampling step (mean), every step (mean)")
+            for kind, v in table.items():
+                print(f"  {kind:7s} {v['baseline']:9.1f}  ordinary +{v['ordinary']:.2f} (max +{v['ordinary_max']})  "
+                      f"sampling +{v['sampling']:.1f}  per step +{v['per_step']:.3f}", flush=True)
+        return 0
     if args.phases:
         for what in args.pairs:
             got = phases(what, device, args.intervals)

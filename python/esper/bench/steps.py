@@ -199,16 +199,16 @@ def _compiled(model: nn.Module, compile_models: bool) -> nn.Module:
 
 
 def dormant_pair(spec: ModelSpec, device: torch.device,
-                 compile_models: bool = False) -> tuple[Step, Step, Morphogenesis]:
+                 compile_models: bool = False, **overrides: Any) -> tuple[Step, Step, Morphogenesis]:
     """(Esper step, plain step, morph) for a model with every target wrapped and no seed; with
     ``compile_models`` both models run through ``torch.compile`` (the optimizers hold the originals'
-    parameters)."""
+    parameters); ``overrides`` are MorphConfig settings (``signal_every=...``)."""
     torch.manual_seed(0)
     plain = spec.build().to(device)
     wrapped = wrap(copy.deepcopy(plain), list(spec.targets))
     x, y = models.make_batch(spec.batch_kind, spec.batch, device)
     opt_w = _adam(wrapped)
-    morph = _morph(wrapped, opt_w)
+    morph = _morph(wrapped, opt_w, **overrides)
     return (make_step(_compiled(wrapped, compile_models), opt_w, x, y, morph),
             make_step(_compiled(plain, compile_models), _adam(plain), x, y), morph)
 
