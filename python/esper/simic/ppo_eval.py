@@ -249,7 +249,9 @@ def summarize(docs: list[dict[str, Any]], prices: Any) -> dict[str, Any]:
             values.extend(v["ppo"]["values"])
             returns.extend([r] * len(v["ppo"]["values"]))
     ev = None
-    if len(returns) > 1:
+    # Explained variance needs returns that differ: one episode's return repeated at each of its decisions has
+    # none (its computed variance is rounding error, not 0, when the return is not a round number).
+    if len(set(returns)) > 1:
         ret, val = np.array(returns), np.array(values)
         var = float(ret.var())
         ev = 1.0 - float((ret - val).var()) / var if var > 0 else None
