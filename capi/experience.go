@@ -13,25 +13,7 @@ import (
 
 //export esper_urza_put_experience
 func esper_urza_put_experience(h C.uint64_t, recordJSON *C.char, outKey **C.char) C.int {
-	return call(uint64(h), func() error {
-		if outKey == nil {
-			return errNull("out_key")
-		}
-		s, err := lookup[*urza.Store](uint64(h))
-		if err != nil {
-			return err
-		}
-		rec, err := goString(recordJSON, "record_json")
-		if err != nil {
-			return err
-		}
-		key, err := s.PutExperience([]byte(rec))
-		if err != nil {
-			return err
-		}
-		setString(outKey, key)
-		return nil
-	})
+	return putRecord(h, recordJSON, outKey, (*urza.Store).PutExperience)
 }
 
 //export esper_urza_experience

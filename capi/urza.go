@@ -196,6 +196,12 @@ func esper_urza_delete(h C.uint64_t, id *C.char) C.int {
 
 //export esper_urza_put_outcome
 func esper_urza_put_outcome(h C.uint64_t, recordJSON *C.char, outKey **C.char) C.int {
+	return putRecord(h, recordJSON, outKey, (*urza.Store).PutOutcome)
+}
+
+// putRecord stores one JSON record through put (Go validates it) and
+// returns its key: the body of the esper_urza_put_* exports.
+func putRecord(h C.uint64_t, recordJSON *C.char, outKey **C.char, put func(*urza.Store, []byte) (string, error)) C.int {
 	return call(uint64(h), func() error {
 		if outKey == nil {
 			return errNull("out_key")
@@ -208,7 +214,7 @@ func esper_urza_put_outcome(h C.uint64_t, recordJSON *C.char, outKey **C.char) C
 		if err != nil {
 			return err
 		}
-		key, err := s.PutOutcome([]byte(rec))
+		key, err := put(s, []byte(rec))
 		if err != nil {
 			return err
 		}
