@@ -445,7 +445,7 @@ class _HostTaps:
         flat = a.reshape(-1)
         n = flat.size
         mean = float(_add(flat)) / n
-        var = (float(flat @ flat) - n * mean * mean) / max(n - 1, 1)  # unbiased, like torch.var's
+        var = (float(_add(flat * flat)) - n * mean * mean) / max(n - 1, 1)  # unbiased, like torch.var's
         peak = _peak(a, axis=_other_dims(a.ndim, self.unit_dim))
         units = peak.size
         # A unit is dead when its maximum is <= 0 (a NaN maximum is not: NaN <= 0 is false).
@@ -454,7 +454,7 @@ class _HostTaps:
         g, x = self.grad, self.x
         if g is not None and x is not None:
             flat = g.reshape(-1)
-            grad_norm = math.sqrt(float(flat @ flat))
+            grad_norm = math.sqrt(float(_add(flat * flat)))
             if x._version == self.x_version:
                 gain = _seed_gain_host(x.numpy(), g, layer)
         return [mean, 0.0 if var < 0 else var, dead, grad_norm, self.weight_norm, nan, gain]
@@ -462,6 +462,15 @@ class _HostTaps:
 
 _add = np.add.reduce  # ufunc reductions: no Python-level wrapper (ndarray.sum and .max have one)
 _peak = np.maximum.reduce
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` through torch's matmul on the same memory. NumPy's ``@`` runs on its BLAS's own thread
+    pool, whose idle threads spin after each call and bill the process for another core (measured: the
+    dormant WideMLP bench row at 1.10-1.15x with it, 1.009x with OPENBLAS_NUM_THREADS=1); torch's runs on
+    the threads the user gave torch. Dot products are ufunc reductions (``_add(v * v)``) for the same
+    reason."""
+    return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
 def _seed_gain_host(x: np.ndarray, g: np.ndarray, layer: KasminaLayer) -> float:
@@ -474,11 +483,11 @@ def _seed_gain_host(x: np.ndarray, g: np.ndarray, layer: KasminaLayer) -> float:
     if every > 1:
         xs, gs = xs[::every], gs[::every]
     weight, bias = layer._probe_host(xs.shape[1])
-    features = xs @ weight  # (rows, k)
+    features = _mm(xs, weight)  # (rows, k)
     features += bias
     np.maximum(features, 0.0, out=features)  # relu (NaN stays NaN)
-    spread = (gs.T @ features).reshape(-1)  # (out * k)
-    return math.sqrt(float(spread @ spread)) * (rows / xs.shape[0])
+    spread = _mm(gs.T, features).reshape(-1)  # (out * k)
+    return math.sqrt(float(_add(spread * spread))) * (rows / xs.shape[0])
 
 
 class KasminaLayer(nn.Module):
@@ -966,7 +975,7 @@ class KasminaLayer(nn.Module):
             if isinstance(weight, Tensor) and weight.dtype is torch.float32 and weight.is_cpu \
                     and weight.layout is torch.strided and weight.numel() <= _HOST_NUMEL and weight.is_contiguous():
                 w = weight.detach().numpy().reshape(-1)
-                return math.sqrt(float(np.dot(w, w)))
+                return math.sqrt(float(_add(w * w)))
         return float(self._weight_norm())
 
     def _record_grad(self, x: Tensor, grad: Tensor) -> None:
@@ -1525,10 +1534,10 @@ def _host_rows(values: np.ndarray, width: int, hosted: list[tuple[int, KasminaLa
         if every > 1:
             xs, grads = xs[:, ::every], grads[:, ::every]
         weight, bias = group[0][1]._probe_host(xs.shape[2])  # the same features for every layer of a width
-        features = xs @ weight  # (L, rows, k)
+        features = _mm(xs, weight)  # (L, rows, k)
         features += bias
         np.maximum(features, 0.0, out=features)  # relu (NaN stays NaN)
-        spread = grads.transpose(0, 2, 1) @ features  # (L, out, k)
+        spread = _mm(grads.transpose(0, 2, 1), features)  # (L, out, k)
         gains = np.sqrt(np.einsum("ijk,ijk->i", spread, spread).astype(np.float64)) * (rows / xs.shape[1])
         nan = math.nan
         for j, (i, _, taps) in enumerate(group):
