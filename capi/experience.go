@@ -6,6 +6,8 @@ package main
 import "C"
 
 import (
+	"encoding/json"
+
 	"github.com/esper-morph/esper/core/urza"
 )
 
@@ -18,23 +20,12 @@ func esper_urza_put_experience(h C.uint64_t, recordJSON *C.char, outKey **C.char
 
 //export esper_urza_experience
 func esper_urza_experience(h C.uint64_t, run *C.char, out **C.char) C.int {
-	return call(uint64(h), func() error {
-		if out == nil {
-			return errNull("out_json")
-		}
-		s, err := lookup[*urza.Store](uint64(h))
-		if err != nil {
-			return err
-		}
+	return queryJSON(h, out, "out_json", func(s *urza.Store) ([]json.RawMessage, error) {
 		name, err := goString(run, "trainer_run")
 		if err != nil {
-			return err
+			return nil, err
 		}
-		recs, err := s.Experience(name)
-		if err != nil {
-			return err
-		}
-		return setJSON(out, recs)
+		return s.Experience(name)
 	})
 }
 
