@@ -41,6 +41,7 @@ def test_quick_subset_writes_every_row(tmp_path: Path, monkeypatch: pytest.Monke
 
     names = [r["name"] for r in doc["rows"]]
     assert "train step, dormant: TinyMLP" in names
+    assert "A/A control, plain vs plain: TinyMLP" in names
     assert "train step, 1 seed BLENDING: TinyMLP" in names
     assert "train step, 1 seed HOLDING: TinyMLP" in names
     assert "train step, dormant: PairCNN (conv pair)" in names
@@ -58,7 +59,9 @@ def test_quick_subset_writes_every_row(tmp_path: Path, monkeypatch: pytest.Monke
         assert _finite(lo) and _finite(hi) and lo <= hi, r
         if r["baseline"] is not None:
             assert _finite(r["baseline"]) and _finite(r["ratio"]), r
-        if r["section"] in ("dormant", "active"):
+        if r["name"].startswith("A/A control"):  # informative: no target, no verdict
+            assert not r["target"] and r["ok"] is None, r
+        elif r["section"] in ("dormant", "active"):
             assert r["target"] and r["ok"] in (True, False), r
             assert lo <= r["ratio"] <= hi, r
 

@@ -223,7 +223,28 @@ def dormant_rows(device: torch.device, settings: StepSettings, labels: Sequence[
         rows.append(_row("dormant", f"train step, dormant: {spec.label}", device, settings, esper, plain,
                          "plain model", DORMANT, f"{spec.what}; Esper includes morph.step(loss)"))
         _close(morph)
+        if spec.label in AA_CONTROLS:
+            twin = aa_pair(spec, device)
+            rows.append(_row("dormant", f"A/A control, plain vs plain: {spec.label}", device, settings, *twin,
+                             "the same plain model (a second copy)", None,
+                             "informative: how far two identical sides differ in this harness, the noise floor "
+                             "that the dormant rows' ratios sit in"))
     return _kept(rows)
+
+
+#: The models whose dormant row gets an A/A control: the smallest step (where a fixed cost is the
+#: largest share) and a convolutional one.
+AA_CONTROLS = ("TinyMLP", "SmallCNN")
+
+
+def aa_pair(spec: ModelSpec, device: torch.device) -> tuple[Step, Step]:
+    """Two identical plain models (same initialisation, batch and optimizer), each its own step: the
+    A/A control of the dormant rows, timed with the same harness."""
+    torch.manual_seed(0)
+    first = spec.build().to(device)
+    second = copy.deepcopy(first)
+    x, y = models.make_batch(spec.batch_kind, spec.batch, device)
+    return make_step(first, _adam(first), x, y), make_step(second, _adam(second), x, y)
 
 
 # ---------------------------------------------------------------------- active
