@@ -153,6 +153,13 @@ func (s *Session) germinateLocked(i int, ir *blueprint.IR, reason string, analys
 	if _, err := sd.Germinate(doc, id, ir.ParamCount, reason, s.step, s.epoch); err != nil {
 		return err
 	}
+	if ir.FLOPsPerSample > 0 {
+		// The document's count (a non-zero count is checked against
+		// Karn's by Canonical, and is the one CanonicalComplete writes):
+		// the FLOP count takes it from here instead of decoding the
+		// document again.
+		s.flops.seedID[i], s.flops.seedFLOPs[i] = id, ir.FLOPsPerSample
+	}
 	sd.UpdateAlpha(s.set.schedule, s.set.cfg.BlendSteps)
 	s.epochsIn[i] = 0
 	s.counters.Germinations++
