@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/esper-morph/esper/blueprint"
+	"github.com/esper-morph/esper/blueprint/canon"
 	"github.com/esper-morph/esper/core/lifecycle"
 	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/core/session"
@@ -108,5 +109,54 @@ func TestEpochResultAppendJSONGermination(t *testing.T) {
 	got, err := res.AppendJSON(nil)
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("AppendJSON = %s, %v\nwant %s", got, err, want)
+	}
+}
+
+// TestGerminationsShareInstances runs a heuristic session to several
+// germinations of the same template and size (one host for every layer):
+// the controller's memo serves the later ones, and every GERMINATED event's
+// id must still be the hash of its document and the id Karn gives the
+// parsed document (computed here without the memo).
+func TestGerminationsShareInstances(t *testing.T) {
+	cfg, _ := plateauSnapshot(t)
+	cfg.Governor.MaxConcurrent = 8
+	cooldown := 1
+	cfg.Governor.CooldownEpochs = &cooldown
+	s := newSession(t, cfg)
+	buf := make([]float32, nissa.Len(8))
+	for i := range buf {
+		buf[i] = 0.5
+	}
+	buf[nissa.NonfiniteCount] = 0
+	for l := range 8 {
+		buf[nissa.Index(l, nissa.SeedGain)] = float32(l + 1)
+	}
+	if _, err := s.Step(1, buf, make([]float32, 16)); err != nil {
+		t.Fatal(err)
+	}
+	var germinated []session.Event
+	for e := 0; e < 40 && len(germinated) < 3; e++ {
+		res := endEpoch(t, s, metrics(e, 1))
+		for _, ev := range res.Events {
+			if ev.To == lifecycle.Germinated {
+				germinated = append(germinated, ev)
+			}
+		}
+	}
+	if len(germinated) < 3 {
+		t.Fatalf("%d germinations in 40 flat epochs, want 3", len(germinated))
+	}
+	for _, ev := range germinated {
+		ir, err := blueprint.Parse(ev.Blueprint)
+		if err != nil {
+			t.Fatalf("%d/%d: %v", ev.Layer, ev.Slot, err)
+		}
+		id, err := ir.ID()
+		if err != nil || id != ev.BlueprintID || canon.ID(ev.Blueprint) != ev.BlueprintID {
+			t.Fatalf("%d/%d: event id %s, parsed IR's id %s (%v), document's hash %s", ev.Layer, ev.Slot, ev.BlueprintID, id, err, canon.ID(ev.Blueprint))
+		}
+		if !bytes.Equal(ev.Blueprint, germinated[0].Blueprint) {
+			t.Fatalf("%d/%d: another blueprint than the first germination's: %s", ev.Layer, ev.Slot, ev.Blueprint)
+		}
 	}
 }
