@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/esper-morph/esper/blueprint"
+	"github.com/esper-morph/esper/blueprint/canon"
 )
 
 func mustLookup(tb testing.TB, name string) blueprint.Template {
@@ -149,4 +150,41 @@ func TestInstancesBounded(t *testing.T) {
 	if n := m.Len(); n != blueprint.MaxInstances {
 		t.Fatalf("Len = %d, want %d", n, blueprint.MaxInstances)
 	}
+}
+
+// BenchmarkInstances measures what a germination's blueprint costs the
+// session: the template instantiated for the host, then its canonical
+// document and id, without a memo ("fresh": Instantiate, CanonicalComplete,
+// canon.ID) and from a memo that holds the instance ("kept").
+func BenchmarkInstances(b *testing.B) {
+	host := blueprint.Host{Kind: "linear", In: 64, Out: 64}
+	mlp := mustLookup(b, "residual_mlp")
+	params := blueprint.Params{"width": 32}
+	b.Run("fresh", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			ir, err := mlp.Instantiate(params, host)
+			if err != nil {
+				b.Fatal(err)
+			}
+			doc, err := ir.CanonicalComplete()
+			if err != nil {
+				b.Fatal(err)
+			}
+			_ = canon.ID(doc)
+		}
+	})
+	b.Run("kept", func(b *testing.B) {
+		var m blueprint.Instances
+		b.ReportAllocs()
+		for range b.N {
+			ir, err := m.Instantiate(mlp, params, host)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, _, ok, err := m.Canonical(ir); !ok || err != nil {
+				b.Fatal(ok, err)
+			}
+		}
+	})
 }
