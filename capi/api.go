@@ -98,6 +98,18 @@ func setJSON(out **C.char, v any) error {
 	return nil
 }
 
+// setAppended stores in *out, as setJSON does, the JSON that appendJSON
+// appends (a hand encoder that writes what json.Marshal would, without its
+// reflection).
+func setAppended(out **C.char, appendJSON func([]byte) ([]byte, error)) error {
+	b, err := appendJSON(make([]byte, 0, 2048))
+	if err != nil {
+		return fmt.Errorf("encode result: %w", err)
+	}
+	*out = (*C.char)(C.CBytes(append(b, 0))) // one copy, NUL-terminated; freed with esper_free
+	return nil
+}
+
 // setString stores a malloc'd copy of s in *out; the caller frees it with
 // esper_free.
 func setString(out **C.char, s string) {

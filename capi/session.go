@@ -22,7 +22,7 @@ func sessionEvents(out **C.char, evs []session.Event) error {
 	if evs == nil {
 		evs = []session.Event{}
 	}
-	return setJSON(out, evs)
+	return setAppended(out, func(b []byte) ([]byte, error) { return session.AppendEventsJSON(b, evs) })
 }
 
 //export esper_session_defaults
@@ -184,7 +184,7 @@ func esper_session_end_epoch(h C.uint64_t, metricsJSON *C.char, out **C.char) C.
 		if err != nil {
 			return err
 		}
-		return setJSON(out, res)
+		return setAppended(out, res.AppendJSON)
 	})
 }
 

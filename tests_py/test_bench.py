@@ -121,6 +121,18 @@ def test_table_formats_missing_figures() -> None:
     assert "not measured" in format_markdown(rows)
 
 
+def test_a_row_not_measured_writes_json() -> None:
+    """A row whose figures are missing (an ONNX row without libonnxruntime) has a NaN spread: its
+    dict must still encode as strict JSON (the report writer refused the whole run before)."""
+    row = Row("decision", "value model forward (esper_nn_forward)", "cpu", "us", None, spread=(math.nan, math.nan),
+              spread_of="value", note="not measured: no libonnxruntime")
+    d = row.to_dict()
+    assert d["spread"] is None
+    json.dumps(d, allow_nan=False)
+    measured = dataclasses.replace(row, value=2.0, spread=(1.0, 3.0)).to_dict()
+    assert measured["spread"] == [1.0, 3.0]  # the control: a measured spread is kept
+
+
 def test_readme_section_is_replaced_between_markers(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text(f"# Esper\n\n## Measured\n\n{run.BEGIN}\nold\n{run.END}\n\nmore\n")

@@ -1,7 +1,6 @@
 package session_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"runtime"
 	"syscall"
@@ -138,7 +137,7 @@ func BenchmarkEndEpochGerminate(b *testing.B) {
 // one epoch before it germinates, as the bench's Session.end_epoch row
 // (python/esper/bench/native.py): one step of signals with a seed gain per
 // layer, two epochs of a flat loss.
-func plateauSnapshot(b *testing.B) (session.Config, []byte) {
+func plateauSnapshot(b testing.TB) (session.Config, []byte) {
 	b.Helper()
 	cfg := session.Config{SlotsPerLayer: 2, Policy: "heuristic", Controller: tamiyo.Config{Patience: 2}}
 	for l := 0; l < 8; l++ {
@@ -167,9 +166,26 @@ func plateauSnapshot(b *testing.B) (session.Config, []byte) {
 	return cfg, snap
 }
 
+// germinatingEndEpoch returns the result of the end of epoch that
+// germinates on the plateau session of plateauSnapshot.
+func germinatingEndEpoch(tb testing.TB) session.EpochResult {
+	tb.Helper()
+	cfg, snap := plateauSnapshot(tb)
+	s := newSession(tb, cfg)
+	if err := s.Restore(snap); err != nil {
+		tb.Fatal(err)
+	}
+	res := endEpoch(tb, s, metrics(2, 1))
+	if len(res.Decisions) == 0 || res.Decisions[0].Op != tamiyo.Germinate {
+		tb.Fatalf("no germination: %+v", res.Decisions)
+	}
+	return res
+}
+
 // BenchmarkEndEpochGerminateABI measures what esper_session_end_epoch does
 // for an end of epoch that germinates (the bench's Session.end_epoch row):
-// the metrics JSON decoded, EndEpoch, the result encoded as JSON. Sessions
+// the metrics JSON decoded, EndEpoch, the result encoded as JSON (the
+// ABI's hand encoder, EpochResult.AppendJSON). Sessions
 // are restored from a snapshot in batches outside the timer, and their
 // garbage collected there, so the figure is the call's own work (its own
 // garbage included). Besides ns/op (wall time) it reports cpu-ns/op: the
@@ -212,7 +228,7 @@ func BenchmarkEndEpochGerminateABI(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			out, err := json.Marshal(res)
+			out, err := res.AppendJSON(make([]byte, 0, 2048)) // as capi's setAppended
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -31,7 +31,9 @@ type flopCount struct {
 	since   int64
 	dirty   bool
 	// seedID and seedFLOPs cache each slot's blueprint id and its forward
-	// FLOPs per sample.
+	// FLOPs per sample: set by germinateLocked from the IR it germinated,
+	// read from the seed's blueprint document when they do not name the
+	// slot's blueprint (a restored session).
 	seedID    []string
 	seedFLOPs []int64
 	// total is the run's training FLOPs so far.

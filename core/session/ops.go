@@ -138,20 +138,39 @@ func (s *Session) germinateLocked(i int, ir *blueprint.IR, reason string, analys
 		return fmt.Errorf("session: germinate %d/%d: blueprint host %+v is not the layer's host: %w", sd.Layer, sd.Slot, ir.Host, ErrArgument)
 	}
 	used, active := s.paramsUsedLocked()
-	if err := s.ctl.Governor().Admit(used, ir.ParamCount, active); err != nil {
-		return fmt.Errorf("session: germinate %d/%d: %w", sd.Layer, sd.Slot, err)
-	}
-	canonical := ir.Canonical
-	if analysed {
-		canonical = ir.CanonicalComplete
-	}
-	doc, err := canonical()
+	err := s.ctl.Governor().Admit(used, ir.ParamCount, active)
 	if err != nil {
 		return fmt.Errorf("session: germinate %d/%d: %w", sd.Layer, sd.Slot, err)
 	}
-	id := canon.ID(doc)
+	var doc []byte
+	var id string
+	kept := false
+	if analysed {
+		// An instance the controller made: its document and id are
+		// computed once per template, parameters and host in the session.
+		doc, id, kept, err = s.ctl.Instances().Canonical(ir)
+	}
+	if !kept && err == nil {
+		canonical := ir.Canonical
+		if analysed {
+			canonical = ir.CanonicalComplete
+		}
+		if doc, err = canonical(); err == nil {
+			id = canon.ID(doc)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("session: germinate %d/%d: %w", sd.Layer, sd.Slot, err)
+	}
 	if _, err := sd.Germinate(doc, id, ir.ParamCount, reason, s.step, s.epoch); err != nil {
 		return err
+	}
+	if ir.FLOPsPerSample > 0 {
+		// The document's count (a non-zero count is checked against
+		// Karn's by Canonical, and is the one CanonicalComplete writes):
+		// the FLOP count takes it from here instead of decoding the
+		// document again.
+		s.flops.seedID[i], s.flops.seedFLOPs[i] = id, ir.FLOPsPerSample
 	}
 	sd.UpdateAlpha(s.set.schedule, s.set.cfg.BlendSteps)
 	s.epochsIn[i] = 0

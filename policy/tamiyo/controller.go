@@ -61,6 +61,10 @@ type Controller struct {
 	// learned holds the learned policy's model and candidates (nil for
 	// other policies).
 	learned *learner
+	// instances memoizes the templates' instances this controller makes
+	// (fit, leastParams): a germination of a template and size made before
+	// on the same host reuses its IR, canonical document and id.
+	instances *blueprint.Instances
 }
 
 type candidateTemplate struct {
@@ -81,7 +85,7 @@ func New(cfg Config, hosts []blueprint.Host) (*Controller, error) {
 	}
 	c := &Controller{cfg: cfg, gov: gov, hosts: slices.Clone(hosts), templates: make([][]candidateTemplate, len(hosts)),
 		least: make([]int64, len(hosts)), saturated: make([]bool, len(hosts)), misses: make([]int, len(hosts)), gain: make([]float64, len(hosts)),
-		trials: make([]int, len(hosts))}
+		trials: make([]int, len(hosts)), instances: &blueprint.Instances{}}
 	c.pcg = rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)
 	c.rng = rand.New(c.pcg)
 	// Layers with equal hosts share their (read-only) template list: a model of many
@@ -98,7 +102,7 @@ func New(cfg Config, hosts []blueprint.Host) (*Controller, error) {
 		}
 		byHost[key] = i
 		c.templates[i] = templatesFor(cfg, h)
-		c.least[i] = leastParams(c.templates[i], h)
+		c.least[i] = leastParams(c.instances, c.templates[i], h)
 	}
 	if cfg.Search {
 		c.karn = karn.NewService(nil)
@@ -143,6 +147,11 @@ func (c *Controller) Config() Config { return c.cfg }
 
 // Governor returns the controller's governor.
 func (c *Controller) Governor() *Governor { return c.gov }
+
+// Instances returns the memo of the template instances the controller
+// made (the IRs of its germinations come from it): its owner looks the
+// canonical document and id of a decision's blueprint up there.
+func (c *Controller) Instances() *blueprint.Instances { return c.instances }
 
 // Decide returns the decisions for the epoch described by obs, in the
 // order they should be applied: a rollback alone when the governor raises

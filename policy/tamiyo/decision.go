@@ -43,6 +43,9 @@ func (o Op) String() string {
 	return fmt.Sprintf("Op(%d)", uint8(o))
 }
 
+// Valid reports whether o is one of the ops.
+func (o Op) Valid() bool { return o < numOps }
+
 // MarshalText encodes the op's name.
 func (o Op) MarshalText() ([]byte, error) {
 	if o >= numOps {

@@ -22,7 +22,7 @@ func (c *Controller) fit(layer int, remaining int64) (*blueprint.IR, string, err
 		if last != nil && configured == nil && ct.t.Name != c.cfg.Template {
 			configured = last // why the configured template was passed over
 		}
-		ir, note, err := fitTemplate(ct.t, ct.params, host, remaining)
+		ir, note, err := fitTemplate(c.instances, ct.t, ct.params, host, remaining)
 		if err != nil {
 			last = err
 			continue
@@ -74,12 +74,14 @@ const minSizeDivisor = 4
 
 // leastParams returns the fewest parameters a seed on host may have: a
 // minSizeDivisor-th of the seed asked for (the first template, at its
-// configured size), whatever template fits; 0 when there is none.
-func leastParams(templates []candidateTemplate, host blueprint.Host) int64 {
+// configured size), whatever template fits; 0 when there is none. The
+// instance it makes is kept in m: it is the seed fit returns while the
+// budget allows.
+func leastParams(m *blueprint.Instances, templates []candidateTemplate, host blueprint.Host) int64 {
 	if len(templates) == 0 {
 		return 0
 	}
-	full, err := templates[0].t.Instantiate(templates[0].params, host)
+	full, err := m.Instantiate(templates[0].t, templates[0].params, host)
 	if err != nil {
 		return 0
 	}
@@ -90,8 +92,11 @@ func leastParams(templates []candidateTemplate, host blueprint.Host) int64 {
 // too, but Check wants a positive bound when there is one).
 const maxBudget = 1 << 62
 
-func fitTemplate(t blueprint.Template, params blueprint.Params, host blueprint.Host, remaining int64) (*blueprint.IR, string, error) {
-	ir, err := t.Instantiate(params, host)
+// fitTemplate returns t with params on host, its size parameter lowered to
+// fit within remaining parameters (see fit), instantiated through m. The
+// IR is m's, shared: it must not be modified.
+func fitTemplate(m *blueprint.Instances, t blueprint.Template, params blueprint.Params, host blueprint.Host, remaining int64) (*blueprint.IR, string, error) {
+	ir, err := m.Instantiate(t, params, host)
 	if err != nil {
 		return nil, "", err
 	}
@@ -111,7 +116,7 @@ func fitTemplate(t blueprint.Template, params blueprint.Params, host blueprint.H
 			p[k] = x
 		}
 		p[knob] = v
-		return t.Instantiate(p, host)
+		return m.Instantiate(t, p, host)
 	}
 	best, err := at(lo)
 	if err != nil {

@@ -148,7 +148,7 @@ func (l *learner) grow(obs *Observation, judged []Decision) Decision {
 			ir, note := o.ir, ""
 			if ir.ParamCount > remaining {
 				var err error
-				if ir, note, err = fitTemplate(o.t, o.params, c.hosts[layer], remaining); err != nil || ir.ParamCount < c.least[layer] {
+				if ir, note, err = fitTemplate(c.instances, o.t, o.params, c.hosts[layer], remaining); err != nil || ir.ParamCount < c.least[layer] {
 					continue
 				}
 			}

@@ -50,14 +50,20 @@ const MaxMetricsBytes = 1 << 20
 // ParseMetrics decodes an end-of-epoch metrics document strictly: unknown
 // fields, trailing data, a negative epoch, a non-finite delta_loss and a
 // seed named twice are errors wrapping ErrMetrics (code INVALID). Layer and
-// slot ranges are checked by the session, which knows them.
+// slot ranges are checked by the session, which knows them. A document of
+// plain numbers and nulls is read without reflection (decodeMetricsPlain,
+// held to canon.DecodeStrict by its tests); any other goes through
+// canon.DecodeStrict.
 func ParseMetrics(data []byte) (Metrics, error) {
 	var m Metrics
 	if len(data) > MaxMetricsBytes {
 		return m, fmt.Errorf("tamiyo: metrics document is %d bytes, limit %d: %w", len(data), MaxMetricsBytes, ErrMetrics)
 	}
-	if err := canon.DecodeStrict(data, &m); err != nil {
-		return Metrics{}, fmt.Errorf("tamiyo: metrics: %v: %w", err, ErrMetrics)
+	var plain bool
+	if m, plain = decodeMetricsPlain(data); !plain {
+		if err := canon.DecodeStrict(data, &m); err != nil {
+			return Metrics{}, fmt.Errorf("tamiyo: metrics: %v: %w", err, ErrMetrics)
+		}
 	}
 	if m.Epoch != nil && *m.Epoch < 0 {
 		return Metrics{}, fmt.Errorf("tamiyo: metrics: epoch %d must be >= 0: %w", *m.Epoch, ErrMetrics)

@@ -58,6 +58,15 @@ def _finite_json(obj: Any) -> Any:
     return obj
 
 
+def _metrics_json(metrics: dict[str, Any]) -> bytes:
+    """The metrics document: encoded as it is when every float is finite (one pass in C), else
+    with the non-finite floats spelled as Go's decoder reads them (:func:`_finite_json`)."""
+    try:
+        return json.dumps(metrics, allow_nan=False).encode()
+    except ValueError:  # a NaN or infinite float
+        return json.dumps(_finite_json(metrics)).encode()
+
+
 class Session(_lib.Handle):
     """A Go session: lifecycle, signals and controller for one training run.
 
@@ -162,7 +171,7 @@ class Session(_lib.Handle):
 
     def end_epoch(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Hand the epoch's metrics to Tamiyo; returns its decisions and the events they caused."""
-        return self._json_call("esper_session_end_epoch", json.dumps(_finite_json(metrics)).encode())
+        return self._json_call("esper_session_end_epoch", _metrics_json(metrics))
 
     def germinate(self, layer: int, slot: int, blueprint: dict[str, Any]) -> list[dict[str, Any]]:
         """Germinate a seed with a blueprint (an IR, or {"template": name, "params": {...}})."""

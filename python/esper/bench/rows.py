@@ -99,7 +99,9 @@ class Row:
             if isinstance(v, float) and not math.isfinite(v):
                 d[key] = None
         if d["spread"] is not None:
-            d["spread"] = [float(x) for x in d["spread"]]
+            spread = [float(x) for x in d["spread"]]
+            # A row that was not measured has a NaN spread: none, as JSON cannot hold NaN.
+            d["spread"] = spread if all(math.isfinite(x) for x in spread) else None
         return d
 
 
