@@ -248,7 +248,7 @@ func (c *Controller) judge(obs *Observation, out []Decision) []Decision {
 				c.trials[s.Layer]++
 			}
 			if d < bar {
-				note := c.missed(s.Layer, d, true)
+				note := c.missed(s.Layer, d, true, bar)
 				out = append(out, Decision{Op: Prune, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
 					"contribution %.6g (validation loss without the seed minus with it) is below the bar %.6g%s%s", d, bar, rel, note)})
 			} else {
@@ -266,7 +266,7 @@ func (c *Controller) judge(obs *Observation, out []Decision) []Decision {
 		if !ok1 || !ok2 {
 			out = append(out, Decision{Op: Prune, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
 				"no contribution measured in %d epochs of HOLDING and no validation loss to judge by%s", s.EpochsInState,
-				c.missed(s.Layer, 0, false))})
+				c.missed(s.Layer, 0, false, 0))})
 			continue
 		}
 		rel := relImprovement(before, now)
@@ -278,7 +278,7 @@ func (c *Controller) judge(obs *Observation, out []Decision) []Decision {
 		} else {
 			out = append(out, Decision{Op: Prune, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
 				"no contribution measured in %d epochs of HOLDING; validation loss improved only %.2f%% since germination at epoch %d (threshold %.2f%%)%s",
-				s.EpochsInState, 100*rel, s.GerminatedEpoch, 100*c.cfg.Threshold, c.missed(s.Layer, 0, false))})
+				s.EpochsInState, 100*rel, s.GerminatedEpoch, 100*c.cfg.Threshold, c.missed(s.Layer, 0, false, 0))})
 		}
 	}
 	return out

@@ -296,11 +296,59 @@ func TestJudgedSeedFreesConcurrency(t *testing.T) {
 	w.run(t, c, flat[:3]...)
 	*w.seed(0, 0) = tamiyo.SeedView{Layer: 0, Slot: 0, State: lifecycle.Holding, EpochsInState: 1, ParamCount: 2000, GerminatedEpoch: -5}
 	w.used = 2000
-	ds := c.Decide(w.obs(flat[3], tamiyo.Contribution{Layer: 0, Slot: 0, DeltaLoss: -1}))
+	ds := c.Decide(w.obs(flat[3], tamiyo.Contribution{Layer: 0, Slot: 0, DeltaLoss: 0}))
 	// The pruned seed frees its concurrency and budget at once; its layer is
-	// saturated, so the germination goes to the other layer.
+	// saturated (it did not help at all, nor did it hurt), so the germination
+	// goes to the other layer.
 	if len(ds) != 2 || ds[0].Op != tamiyo.Prune || ds[1].Op != tamiyo.Germinate || ds[1].Layer != 1 || ds[1].Params["width"] != int64(32) {
 		t.Fatalf("decisions %+v", ds)
+	}
+}
+
+// TestHurtingSeedSaturatesRun judges a seed on layer 0 of two and checks
+// whether the other layer may still grow: a seed the validation loss is
+// better without by at least its bar ends growth everywhere; one just under
+// zero (noise), or any negative one when there is no bar to measure it by,
+// saturates its own layer only.
+func TestHurtingSeedSaturatesRun(t *testing.T) {
+	cases := []struct {
+		name       string
+		minGain    float64
+		delta      float64
+		otherGrows bool
+		reason     string
+	}{
+		{"hurt by twice the bar", 0.01, -0.02, false, "every layer is saturated: the seed hurt"},
+		{"hurt by the bar exactly", 0.01, -0.00997, false, "every layer is saturated: the seed hurt"},
+		{"just under zero: noise", 0.01, -0.005, true, "layer 0 is saturated: the seed did not help at all"},
+		{"no bar to measure by", 0, -0.5, true, "layer 0 is saturated: the seed did not help at all"},
+		{"a near miss", 0.01, 0.005, true, "layer 0 may grow again"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newController(t, tamiyo.Config{MinGain: floatp(tc.minGain), Governor: tamiyo.GovernorConfig{CooldownEpochs: intp(0)}}, linearHosts(2))
+			w := newWorld(2, 2)
+			w.run(t, c, flat[:3]...)
+			*w.seed(0, 0) = tamiyo.SeedView{Layer: 0, Slot: 0, State: lifecycle.Holding, EpochsInState: 1, ParamCount: 10, GerminatedEpoch: -5}
+			ds := c.Decide(w.obs(flat[3], tamiyo.Contribution{Layer: 0, Slot: 0, DeltaLoss: tc.delta}))
+			if len(ds) != 2 || ds[0].Op != tamiyo.Prune || !strings.Contains(ds[0].Reason, tc.reason) {
+				t.Fatalf("judgement %+v, want a prune saying %q", ds, tc.reason)
+			}
+			if grew := ds[1].Op == tamiyo.Germinate; grew != tc.otherGrows {
+				t.Fatalf("after the prune: %+v; a germination: %v, want %v", ds[1], grew, tc.otherGrows)
+			}
+			if !tc.otherGrows && !strings.Contains(ds[1].Reason, "every layer is saturated") {
+				t.Fatalf("the wait does not say why: %+v", ds[1])
+			}
+			// Run-wide saturation is in the state a checkpoint keeps.
+			st, err := c.State()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := st.Saturated[1]; got == tc.otherGrows {
+				t.Fatalf("state saturated %v", st.Saturated)
+			}
+		})
 	}
 }
 
@@ -365,7 +413,8 @@ func TestSaturationNeedsEvidence(t *testing.T) {
 	}{
 		{"one near miss leaves the layer open", 2, []float64{0.005}, []bool{false}, "may grow again: 1 of 2"},
 		{"two near misses in a row saturate", 2, []float64{0.005, 0.004}, []bool{false, true}, "2 seed(s) in a row fell short"},
-		{"a seed that did not help saturates at once", 2, []float64{-0.1}, []bool{true}, "did not help at all"},
+		{"a seed that did not help saturates at once", 2, []float64{-0.005}, []bool{true}, "did not help at all"},
+		{"a seed that hurt saturates every layer", 2, []float64{-0.1}, []bool{true}, "every layer is saturated: the seed hurt"},
 		{"a seed of no effect saturates at once", 2, []float64{0}, []bool{true}, "did not help at all"},
 		{"a fossilized seed clears the misses", 2, []float64{0.005, 0.02, 0.005}, []bool{false, false, false}, "may grow again: 1 of 2"},
 		{"misses after a fossilized seed count again", 2, []float64{0.005, 0.02, 0.005, 0.001}, []bool{false, false, false, true}, "2 seed(s) in a row"},

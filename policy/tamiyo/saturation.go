@@ -1,6 +1,9 @@
 package tamiyo
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // Saturation: when a layer stops growing.
 //
@@ -13,6 +16,18 @@ import "fmt"
 //     That seed's gain is the layer's predicted gain for another seed of the
 //     same kind, and a gain of none is below any cost.
 //
+// And every layer is saturated (growth stops for the run) when a seed hurt:
+// the validation loss was better without it by at least the bar it had to
+// reach to be kept (PruneBelow or MinGain of the validation loss, when that
+// bar is > 0). A seed that makes the validation loss worse by a margin the
+// controller treats as significant is fitting noise: the model is past the
+// size its data supports, and more capacity anywhere is predicted to hurt
+// too. On a negative control (a two-hidden-layer MLP on breast_cancer, the
+// suite's cancer_control family) the plateau rule then grew the next layer,
+// and the next, each seed pruned with a contribution of -7% to -35% of the
+// validation loss; a seed just under zero (a few tenths of the bar, noise)
+// saturates only its own layer, as above.
+//
 // A fossilized seed shows the layer still pays and clears its misses. A seed
 // that helped but less than the bar (a near miss) leaves the layer open: the
 // next plateau may grow there again (on a one-host MLP the first seed,
@@ -20,16 +35,21 @@ import "fmt"
 // model two to three times under the size the best fixed width had).
 
 // missed records that a seed of layer fell short: measured says whether its
-// contribution was measured, and delta is that contribution (validation loss
-// without the seed minus with it). It returns the note the prune's reason
-// carries.
-func (c *Controller) missed(layer int, delta float64, measured bool) string {
+// contribution was measured, delta is that contribution (validation loss
+// without the seed minus with it) and bar the contribution it had to reach.
+// It returns the note the prune's reason carries.
+func (c *Controller) missed(layer int, delta float64, measured bool, bar float64) string {
 	if layer < 0 || layer >= len(c.misses) {
 		return ""
 	}
 	c.misses[layer]++
 	n, limit := c.misses[layer], c.cfg.SaturateAfter
 	switch {
+	case measured && bar > 0 && delta <= -bar && slices.Contains(c.saturated, false):
+		for i := range c.saturated {
+			c.saturated[i] = true
+		}
+		return fmt.Sprintf("; every layer is saturated: the seed hurt (the validation loss is better without it by %.6g, at least the bar %.6g), so the model fits noise at this size and more capacity is predicted to hurt", -delta, bar)
 	case c.saturated[layer]:
 		return fmt.Sprintf("; layer %d was already saturated", layer)
 	case measured && delta <= 0:
