@@ -228,6 +228,17 @@ func contribution(m *Metrics, layer, slot int) (float64, bool) {
 	return 0, false
 }
 
+// paidRun reports whether growth has paid in the run: a seed is fossilized,
+// or judged this epoch (in judged) to be.
+func paidRun(obs *Observation, judged []Decision) bool {
+	for i := range obs.Seeds {
+		if obs.Seeds[i].State == lifecycle.Fossilized {
+			return true
+		}
+	}
+	return slices.ContainsFunc(judged, func(d Decision) bool { return d.Op == Fossilize })
+}
+
 // judge decides the fate of held seeds.
 func (c *Controller) judge(obs *Observation, out []Decision) []Decision {
 	for i := range obs.Seeds {
@@ -248,7 +259,7 @@ func (c *Controller) judge(obs *Observation, out []Decision) []Decision {
 				c.trials[s.Layer]++
 			}
 			if d < bar {
-				note := c.missed(s.Layer, d, true, bar)
+				note := c.missed(s.Layer, d, true, bar, paidRun(obs, out))
 				out = append(out, Decision{Op: Prune, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
 					"contribution %.6g (validation loss without the seed minus with it) is below the bar %.6g%s%s", d, bar, rel, note)})
 			} else {
@@ -266,7 +277,7 @@ func (c *Controller) judge(obs *Observation, out []Decision) []Decision {
 		if !ok1 || !ok2 {
 			out = append(out, Decision{Op: Prune, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
 				"no contribution measured in %d epochs of HOLDING and no validation loss to judge by%s", s.EpochsInState,
-				c.missed(s.Layer, 0, false, 0))})
+				c.missed(s.Layer, 0, false, 0, true))})
 			continue
 		}
 		rel := relImprovement(before, now)
@@ -278,7 +289,7 @@ func (c *Controller) judge(obs *Observation, out []Decision) []Decision {
 		} else {
 			out = append(out, Decision{Op: Prune, Layer: s.Layer, Slot: s.Slot, Reason: fmt.Sprintf(
 				"no contribution measured in %d epochs of HOLDING; validation loss improved only %.2f%% since germination at epoch %d (threshold %.2f%%)%s",
-				s.EpochsInState, 100*rel, s.GerminatedEpoch, 100*c.cfg.Threshold, c.missed(s.Layer, 0, false, 0))})
+				s.EpochsInState, 100*rel, s.GerminatedEpoch, 100*c.cfg.Threshold, c.missed(s.Layer, 0, false, 0, true))})
 		}
 	}
 	return out

@@ -307,22 +307,25 @@ func TestJudgedSeedFreesConcurrency(t *testing.T) {
 
 // TestHurtingSeedSaturatesRun judges a seed on layer 0 of two and checks
 // whether the other layer may still grow: a seed the validation loss is
-// better without by at least its bar ends growth everywhere; one just under
-// zero (noise), or any negative one when there is no bar to measure it by,
-// saturates its own layer only.
+// better without by at least its bar ends growth everywhere when no seed of
+// the run has paid; one just under zero (noise), any negative one when there
+// is no bar to measure it by, or one after a fossilized seed saturates its
+// own layer only.
 func TestHurtingSeedSaturatesRun(t *testing.T) {
 	cases := []struct {
 		name       string
 		minGain    float64
 		delta      float64
+		paid       bool // a fossilized seed on layer 0, slot 1
 		otherGrows bool
 		reason     string
 	}{
-		{"hurt by twice the bar", 0.01, -0.02, false, "every layer is saturated: the seed hurt"},
-		{"hurt by the bar exactly", 0.01, -0.00997, false, "every layer is saturated: the seed hurt"},
-		{"just under zero: noise", 0.01, -0.005, true, "layer 0 is saturated: the seed did not help at all"},
-		{"no bar to measure by", 0, -0.5, true, "layer 0 is saturated: the seed did not help at all"},
-		{"a near miss", 0.01, 0.005, true, "layer 0 may grow again"},
+		{"hurt by twice the bar", 0.01, -0.02, false, false, "every layer is saturated: the seed hurt"},
+		{"hurt by the bar exactly", 0.01, -0.00997, false, false, "every layer is saturated: the seed hurt"},
+		{"hurt after a seed paid", 0.01, -0.02, true, true, "layer 0 is saturated: the seed did not help at all"},
+		{"just under zero: noise", 0.01, -0.005, false, true, "layer 0 is saturated: the seed did not help at all"},
+		{"no bar to measure by", 0, -0.5, false, true, "layer 0 is saturated: the seed did not help at all"},
+		{"a near miss", 0.01, 0.005, false, true, "layer 0 may grow again"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -330,6 +333,9 @@ func TestHurtingSeedSaturatesRun(t *testing.T) {
 			w := newWorld(2, 2)
 			w.run(t, c, flat[:3]...)
 			*w.seed(0, 0) = tamiyo.SeedView{Layer: 0, Slot: 0, State: lifecycle.Holding, EpochsInState: 1, ParamCount: 10, GerminatedEpoch: -5}
+			if tc.paid {
+				*w.seed(0, 1) = tamiyo.SeedView{Layer: 0, Slot: 1, State: lifecycle.Fossilized, EpochsInState: 9, ParamCount: 10, GerminatedEpoch: -20}
+			}
 			ds := c.Decide(w.obs(flat[3], tamiyo.Contribution{Layer: 0, Slot: 0, DeltaLoss: tc.delta}))
 			if len(ds) != 2 || ds[0].Op != tamiyo.Prune || !strings.Contains(ds[0].Reason, tc.reason) {
 				t.Fatalf("judgement %+v, want a prune saying %q", ds, tc.reason)

@@ -224,7 +224,8 @@ class MorphConfig:
             does not end growth on its layer (1: the first miss does). A seed
             that hurt (the validation loss better without it by at least its
             bar: ``prune_below``, or ``min_gain`` of the validation loss)
-            saturates every layer: the model fits noise at this size.
+            before any seed of the run paid saturates every layer: the model
+            fits noise at this size.
         holding_epochs: epochs a seed is held (and measured) before judgement.
         epochs: the run's planned length in epochs, if you know it (0:
             unknown). Tamiyo then stops germinating when fewer epochs are left
