@@ -5,7 +5,12 @@
 SIDE one of: ``off`` (session detached from its bus: nothing published, written or sent), ``log``
 (bus and run log, in a temporary folder) or ``nats`` (bus, run log and the NATS sink to a local
 nats-server with JetStream, build/bin/esper-nats). It prints the CPU time of this process per
-``end_epoch`` (mean and median, microseconds), with one torch thread as the bench. Run it under a
+``end_epoch`` (mean and median, microseconds), with one torch thread as the bench, and counts that
+the machine's load does not change much: the context switches of all the process's threads per
+epoch (voluntary: a thread that waited, e.g. a goroutine's thread parked or the Go runtime's
+``sysmon`` sleeping between its polls; involuntary: preempted), from /proc/self/task/*/status, the
+CPU time of the whole epoch (steps included: the goroutines' work that outlasts ``end_epoch``), and
+with ``nats`` the sink's bursts, acks and events sent per epoch (its stats). Run it under a
 sampling profiler to see where an end of epoch goes, side by side, e.g. with a library built with
 symbols::
 
@@ -20,20 +25,40 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import statistics
 import sys
 import tempfile
 import time
+from typing import Any
 
 import torch
 
-__all__ = ["epoch_cost"]
+__all__ = ["epoch_cost", "switches"]
 
 SIDES = ("off", "log", "nats")
 
 
-def epoch_cost(side: str, epochs: int = 400) -> list[float]:
-    """CPU seconds of this process per ``end_epoch`` on ``side`` (see the module doc)."""
+def switches() -> tuple[int, int]:
+    """Voluntary and involuntary context switches of every live thread of this process."""
+    vol = invol = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        invol += int(line.split()[1])
+        except FileNotFoundError:  # a thread that ended meanwhile
+            pass
+    return vol, invol
+
+
+def epoch_cost(side: str, epochs: int = 400, counts: dict[str, float] | None = None) -> list[float]:
+    """CPU seconds of this process per ``end_epoch`` on ``side`` (see the module doc). ``counts``, when
+    given, receives the per-epoch counts over the timed epochs (``switches``' two, and the NATS
+    sink's bursts, acks and sent events with ``nats``)."""
     from .. import wrap
     from . import models
     from .native import local_nats
@@ -56,19 +81,42 @@ def epoch_cost(side: str, epochs: int = 400) -> list[float]:
             morph.session.attach_oona(None)
         step = make_step(model, opt, x, y, morph)
         got = []
+        before: tuple[tuple[int, int], dict[str, Any]] | None = None
+        whole = 0.0
         for e in range(epochs + 5):  # the first 5 warm up
+            if e == 5:
+                before = (switches(), _nats_counts(morph))
+                whole = time.process_time()
             for _ in range(20):
                 step()
             start = time.process_time()
             morph.end_epoch(val_loss=1.0)
             if e >= 5:
                 got.append(time.process_time() - start)
+        if counts is not None and before is not None:
+            (vol0, invol0), nats0 = before
+            vol1, invol1 = switches()
+            counts["epoch_cpu_us"] = (time.process_time() - whole) / epochs * 1e6
+            counts["voluntary_switches"] = (vol1 - vol0) / epochs
+            counts["involuntary_switches"] = (invol1 - invol0) / epochs
+            for k, v in _nats_counts(morph).items():
+                counts[f"nats_{k}"] = (v - nats0[k]) / epochs
     return got
+
+
+def _nats_counts(morph: Any) -> dict[str, Any]:
+    """The sink's cumulative counts (none without a sink)."""
+    nats = morph.oona.stats().get("nats") if morph.oona is not None else None
+    if not nats:
+        return {}
+    return {k: nats[k] for k in ("sent", "bursts", "acks") if k in nats}
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)  # as the bench
     side = sys.argv[1] if len(sys.argv) > 1 else "nats"
-    got = epoch_cost(side, int(sys.argv[2]) if len(sys.argv) > 2 else 400)
+    counts: dict[str, float] = {}
+    got = epoch_cost(side, int(sys.argv[2]) if len(sys.argv) > 2 else 400, counts)
     print(f"{side}: end_epoch CPU time mean {statistics.mean(got) * 1e6:.0f} us, "
-          f"median {statistics.median(got) * 1e6:.0f} us over {len(got)} epochs")
+          f"median {statistics.median(got) * 1e6:.0f} us over {len(got)} epochs; per epoch: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in counts.items()))
