@@ -9,8 +9,10 @@ nats-server with JetStream, build/bin/esper-nats). It prints the CPU time of thi
 the machine's load does not change much: the context switches of all the process's threads per
 epoch (voluntary: a thread that waited, e.g. a goroutine's thread parked or the Go runtime's
 ``sysmon`` sleeping between its polls; involuntary: preempted), from /proc/self/task/*/status, the
-CPU time of the whole epoch (steps included: the goroutines' work that outlasts ``end_epoch``), and
-with ``nats`` the sink's bursts, acks and events sent per epoch (its stats). Run it under a
+CPU time of the whole epoch (steps included: the goroutines' work that outlasts ``end_epoch``), the
+Go heap allocations per epoch and the goroutines made to run per epoch (the Go runtime samples one
+in eight for its scheduling-latency histogram: the count times 8; ``esper_runtime_stats``), and
+with ``nats`` the sink's bursts and events sent per epoch (its stats). Run it under a
 sampling profiler to see where an end of epoch goes, side by side, e.g. with a library built with
 symbols::
 
@@ -57,9 +59,8 @@ def switches() -> tuple[int, int]:
 
 def epoch_cost(side: str, epochs: int = 400, counts: dict[str, float] | None = None) -> list[float]:
     """CPU seconds of this process per ``end_epoch`` on ``side`` (see the module doc). ``counts``, when
-    given, receives the per-epoch counts over the timed epochs (``switches``' two, and the NATS
-    sink's bursts, acks and sent events with ``nats``)."""
-    from .. import wrap
+    given, receives the per-epoch counts over the timed epochs (see the module doc)."""
+    from .. import _lib, wrap
     from . import models
     from .native import local_nats
     from .steps import MODELS, _adam, _morph, make_step
@@ -81,11 +82,11 @@ def epoch_cost(side: str, epochs: int = 400, counts: dict[str, float] | None = N
             morph.session.attach_oona(None)
         step = make_step(model, opt, x, y, morph)
         got = []
-        before: tuple[tuple[int, int], dict[str, Any]] | None = None
+        before: tuple[tuple[int, int], dict[str, Any], dict[str, Any]] | None = None
         whole = 0.0
         for e in range(epochs + 5):  # the first 5 warm up
             if e == 5:
-                before = (switches(), _nats_counts(morph))
+                before = (switches(), _nats_counts(morph), _lib.runtime_stats())
                 whole = time.process_time()
             for _ in range(20):
                 step()
@@ -94,11 +95,14 @@ def epoch_cost(side: str, epochs: int = 400, counts: dict[str, float] | None = N
             if e >= 5:
                 got.append(time.process_time() - start)
         if counts is not None and before is not None:
-            (vol0, invol0), nats0 = before
+            (vol0, invol0), nats0, go0 = before
             vol1, invol1 = switches()
+            go1 = _lib.runtime_stats()
             counts["epoch_cpu_us"] = (time.process_time() - whole) / epochs * 1e6
             counts["voluntary_switches"] = (vol1 - vol0) / epochs
             counts["involuntary_switches"] = (invol1 - invol0) / epochs
+            counts["go_mallocs"] = (go1["mallocs"] - go0["mallocs"]) / epochs
+            counts["goroutine_runs"] = (go1["sched_samples"] - go0["sched_samples"]) * 8 / epochs
             for k, v in _nats_counts(morph).items():
                 counts[f"nats_{k}"] = (v - nats0[k]) / epochs
     return got
@@ -109,7 +113,7 @@ def _nats_counts(morph: Any) -> dict[str, Any]:
     nats = morph.oona.stats().get("nats") if morph.oona is not None else None
     if not nats:
         return {}
-    return {k: nats[k] for k in ("sent", "bursts", "acks") if k in nats}
+    return {k: nats[k] for k in ("sent", "bursts") if k in nats}
 
 
 if __name__ == "__main__":
