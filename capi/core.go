@@ -75,17 +75,11 @@ func esper_runtime_stats(out **C.char) C.int {
 		}
 		var m runtime.MemStats
 		runtime.ReadMemStats(&m)
-		sched := []metrics.Sample{{Name: "/sched/latencies:seconds"}, {Name: "/sched/goroutines-created:goroutines"}}
+		sched := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
 		metrics.Read(sched)
-		runs := uint64(0)
-		if sched[0].Value.Kind() == metrics.KindFloat64Histogram {
-			for _, n := range sched[0].Value.Float64Histogram().Counts {
-				runs += n
-			}
-		}
 		created := uint64(0)
-		if sched[1].Value.Kind() == metrics.KindUint64 {
-			created = sched[1].Value.Uint64()
+		if sched[0].Value.Kind() == metrics.KindUint64 {
+			created = sched[0].Value.Uint64()
 		}
 		return setJSON(out, map[string]any{
 			"heap_alloc":         m.HeapAlloc,
@@ -97,7 +91,6 @@ func esper_runtime_stats(out **C.char) C.int {
 			"mallocs":            m.Mallocs,
 			"goroutines":         runtime.NumGoroutine(),
 			"goroutines_created": created,
-			"sched_samples":      runs,
 			"handles":            handles.count(),
 		})
 	})
