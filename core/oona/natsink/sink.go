@@ -147,8 +147,9 @@ type Sink struct {
 
 	sent, bursts, retries, unsent, holding atomic.Int64
 	lastErr                                atomic.Pointer[string]
-	// wakes counts the writer's returns from its wait (tests).
-	wakes atomic.Int64
+	// wakes counts the writer's returns from its wait, ackWaits the times
+	// it waited for an ack that had not come (tests).
+	wakes, ackWaits atomic.Int64
 
 	// streamMu guards streamReady (the writer's own flag, also reset by
 	// the reconnect handler).
@@ -527,6 +528,7 @@ func (s *Sink) confirm(wait bool) (got bool, err error) {
 			if timer == nil {
 				timer = time.NewTimer(left)
 			}
+			s.ackWaits.Add(1)
 			select {
 			case msg = <-s.ackCh:
 			case <-timer.C:
