@@ -138,8 +138,9 @@ type Record struct {
 // joined with the others', while the rest are published. A closed bus
 // publishes none and returns ErrClosed.
 func (b *Bus) PublishAll(recs []Record) error {
-	evs := make([]*Event, 0, len(recs))
-	bufs := make([][]byte, 0, len(recs))
+	var evArr [4]*Event // an end of epoch's events fit: no allocation for the slices
+	var bufArr [4][]byte
+	evs, bufs := evArr[:0], bufArr[:0]
 	var errs []error
 	for _, r := range recs {
 		ev, buf, err := prepare(r.Header, r.Data)
