@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"strings"
 	"sync"
 	"unsafe"
@@ -74,15 +75,23 @@ func esper_runtime_stats(out **C.char) C.int {
 		}
 		var m runtime.MemStats
 		runtime.ReadMemStats(&m)
+		sched := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+		metrics.Read(sched)
+		created := uint64(0)
+		if sched[0].Value.Kind() == metrics.KindUint64 {
+			created = sched[0].Value.Uint64()
+		}
 		return setJSON(out, map[string]any{
-			"heap_alloc":   m.HeapAlloc,
-			"heap_inuse":   m.HeapInuse,
-			"heap_sys":     m.HeapSys,
-			"heap_objects": m.HeapObjects,
-			"sys":          m.Sys,
-			"num_gc":       m.NumGC,
-			"goroutines":   runtime.NumGoroutine(),
-			"handles":      handles.count(),
+			"heap_alloc":         m.HeapAlloc,
+			"heap_inuse":         m.HeapInuse,
+			"heap_sys":           m.HeapSys,
+			"heap_objects":       m.HeapObjects,
+			"sys":                m.Sys,
+			"num_gc":             m.NumGC,
+			"mallocs":            m.Mallocs,
+			"goroutines":         runtime.NumGoroutine(),
+			"goroutines_created": created,
+			"handles":            handles.count(),
 		})
 	})
 }

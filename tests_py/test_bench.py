@@ -333,3 +333,24 @@ def test_epoch_cost_times_each_end_epoch(side: str) -> None:
     assert len(got) == 3 and all(math.isfinite(t) and t > 0 for t in got), got
     with pytest.raises(ValueError, match="side"):
         epoch_cost("on")
+
+
+def test_epoch_cost_counts_one_nats_burst_per_epoch(tmp_path: Path) -> None:
+    """With the NATS sink (a real local nats-server), epochcost's counts: every epoch's epoch and
+    health events go to NATS as one burst (the session publishes them together: with one publish
+    each, the sink could wake for the first alone and send two), and its Go threads' system calls
+    are read back from ``perf trace -s`` output."""
+    from esper.bench.epochcost import epoch_cost, go_syscalls
+
+    counts: dict[str, float] = {}
+    got = epoch_cost("nats", epochs=12, counts=counts)
+    assert len(got) == 12, got
+    assert counts["nats_sent"] == 2 and counts["nats_bursts"] == 1, counts
+    assert counts["go_mallocs"] > 0 and counts["voluntary_switches"] >= 0, counts
+    trace = tmp_path / "trace.txt"
+    trace.write_text(
+        "\n Summary of events:\n\n python (100), 50 events, 1.0%\n\n   syscall calls errors total\n"
+        "   --------------- --------\n   read 40 0 1.0\n\n python (101), 30 events, 1.0%\n\n"
+        "   futex 15 0 2.0\n   read 5 0 0.1\n\n esper-nats (102), 9 events, 0.1%\n\n   futex 99 0 1.0\n\n"
+        " python (103), 10 events, 0.1%\n\n   futex 5 0 1.0\n")
+    assert go_syscalls(str(trace), 5) == {"futex": 2.0, "read": 0.5}

@@ -3,6 +3,7 @@ package oona
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -106,49 +107,122 @@ func (b *Bus) Rank() int { return b.rank }
 // the event published. A closed bus returns ErrClosed; a bad kind, actor
 // or data returns an error wrapping ErrEvent, and nothing is published.
 func (b *Bus) Publish(h Header, data any) (*Event, error) {
-	if !h.Kind.Valid() {
-		return nil, fmt.Errorf("oona: publish: kind %q is not one of %v: %w", h.Kind, kinds, ErrEvent)
-	}
-	if !h.Actor.Valid() {
-		return nil, fmt.Errorf("oona: publish: actor %q is not one of %v: %w", h.Actor, actors, ErrEvent)
-	}
-	buf, err := encodeData(data)
+	ev, buf, err := prepare(h, data)
 	if err != nil {
-		return nil, fmt.Errorf("oona: publish %s: %w", h.Kind, err)
+		return nil, err
 	}
-	ev := &Event{V: SchemaVersion, Run: b.run, Rank: b.rank, Step: h.Step, Epoch: h.Epoch, Kind: h.Kind,
-		Actor: h.Actor}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return nil, fmt.Errorf("oona: publish %s: %w", h.Kind, ErrClosed)
 	}
+	b.stampLocked(ev, buf)
+	b.deliverLocked([]*Event{ev})
+	return ev, nil
+}
+
+// Record is one event for PublishAll: its header and data, as Publish
+// takes them.
+type Record struct {
+	Header Header
+	Data   any
+}
+
+// PublishAll publishes recs as Publish would, in order, and hands them to
+// each subscriber together: a subscriber woken by the first (its OnFirst
+// hook, or its half-full signal) is woken once, after all of them are in
+// its buffer, and takes them in one burst (an end of epoch publishes its
+// epoch and health events so, and the NATS sink sends them with one ack).
+// Every record is checked and encoded before any is published; one that
+// is refused (as Publish refuses it) is left out and its error returned,
+// joined with the others', while the rest are published. A closed bus
+// publishes none and returns ErrClosed.
+func (b *Bus) PublishAll(recs []Record) error {
+	var evArr [4]*Event // an end of epoch's events fit: no allocation for the slices
+	var bufArr [4][]byte
+	evs, bufs := evArr[:0], bufArr[:0]
+	var errs []error
+	for _, r := range recs {
+		ev, buf, err := prepare(r.Header, r.Data)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		evs, bufs = append(evs, ev), append(bufs, buf)
+	}
+	if len(evs) > 0 {
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			return fmt.Errorf("oona: publish %d events: %w", len(evs), ErrClosed)
+		}
+		for i, ev := range evs {
+			b.stampLocked(ev, bufs[i])
+		}
+		b.deliverLocked(evs)
+		b.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// prepare checks h and encodes data: the event, less what stampLocked
+// sets, and its data's bytes.
+func prepare(h Header, data any) (*Event, []byte, error) {
+	if !h.Kind.Valid() {
+		return nil, nil, fmt.Errorf("oona: publish: kind %q is not one of %v: %w", h.Kind, kinds, ErrEvent)
+	}
+	if !h.Actor.Valid() {
+		return nil, nil, fmt.Errorf("oona: publish: actor %q is not one of %v: %w", h.Actor, actors, ErrEvent)
+	}
+	buf, err := encodeData(data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("oona: publish %s: %w", h.Kind, err)
+	}
+	return &Event{V: SchemaVersion, Kind: h.Kind, Actor: h.Actor, Step: h.Step, Epoch: h.Epoch}, buf, nil
+}
+
+// stampLocked numbers ev, gives it the bus's run, rank, id and time, and
+// encodes its line with buf, its data (under mu).
+func (b *Bus) stampLocked(ev *Event, buf []byte) {
 	b.seq++
-	ev.Seq = b.seq
+	ev.Run, ev.Rank, ev.Seq = b.run, b.rank, b.seq
 	ev.ID = b.prefix + "-" + strconv.FormatUint(b.seq, 10)
 	ev.Time = b.now().UTC()
 	ev.encode(buf)
 	b.published.Add(1)
+}
+
+// deliverLocked puts evs, in order, in every subscriber's buffer that has
+// room (under mu), then calls the OnFirst hook of each subscriber whose
+// buffer one of them found empty, and signals HalfFull where one of them
+// took the buffer past half full: once per subscriber, after all of evs
+// are in its buffer.
+func (b *Bus) deliverLocked(evs []*Event) {
 	for _, s := range b.subs {
-		select {
-		case s.ch <- ev:
-			s.delivered.Add(1)
-			b.delivered.Add(1)
-			if s.first != nil && len(s.ch) == 1 {
-				s.first()
+		first, half := false, false
+		for _, ev := range evs {
+			select {
+			case s.ch <- ev:
+				s.delivered.Add(1)
+				b.delivered.Add(1)
+				n := len(s.ch)
+				first = first || n == 1
+				half = half || n == cap(s.ch)/2+1
+			default:
+				s.dropped.Add(1)
+				b.dropped.Add(1)
 			}
-			if len(s.ch) == cap(s.ch)/2+1 {
-				select {
-				case s.half <- struct{}{}:
-				default:
-				}
+		}
+		if first && s.first != nil {
+			s.first()
+		}
+		if half {
+			select {
+			case s.half <- struct{}{}:
+			default:
 			}
-		default:
-			s.dropped.Add(1)
-			b.dropped.Add(1)
 		}
 	}
-	return ev, nil
 }
 
 // Subscribe adds a subscriber named name (for Stats) with a buffer of
@@ -245,8 +319,8 @@ func (s *Subscription) C() <-chan *Event { return s.ch }
 func (s *Subscription) HalfFull() <-chan struct{} { return s.half }
 
 // OnFirst makes Publish call f each time an event lands in this
-// subscription's empty buffer, in the publisher's goroutine and under the
-// bus's lock (f must be quick, and must not publish or block). A
+// subscription's empty buffer (PublishAll: once, after the last of its
+// events), in the publisher's goroutine and under the bus's lock (f must be quick, and must not publish or block). A
 // subscriber that takes its events in bursts starts its clock there, so
 // that it need not wake on a clock while nothing comes. nil removes the
 // hook.

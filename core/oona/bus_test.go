@@ -393,3 +393,89 @@ func TestSubscriptionOnFirstCallsWhenTheBufferWasEmpty(t *testing.T) {
 		t.Fatalf("%d calls after the hook was removed", calls)
 	}
 }
+
+// PublishAll hands its events to each subscriber together: the OnFirst
+// hook runs once, when all of them are in the buffer (one by one, Publish
+// calls it with the first alone there: the control), in order and
+// numbered in sequence; a refused record is left out with its error, and a
+// closed bus publishes none.
+func TestPublishAllHandsTheEventsOverTogether(t *testing.T) {
+	b := newBus(t, "together")
+	sub, err := b.Subscribe("s", 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []int // the buffer's length at each call of the hook
+	sub.OnFirst(func() { seen = append(seen, len(sub.C())) })
+	recs := []oona.Record{{Header: lifecycle(1), Data: map[string]int{"i": 1}},
+		{Header: oona.Header{Kind: oona.KindHealth, Actor: oona.ActorTrainer}, Data: json.RawMessage(`{"h":2}`)},
+		{Header: lifecycle(3), Data: nil}}
+	if err := b.PublishAll(recs); err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != 1 || seen[0] != 3 {
+		t.Fatalf("the hook saw buffers of %v, want [3] (once, all events in)", seen)
+	}
+	for i, want := range []string{`{"i":1}`, `{"h":2}`, `{}`} {
+		ev := <-sub.C()
+		if ev.Seq != uint64(i+1) || string(ev.Data) != want || ev.Run != "together" || ev.ID == "" {
+			t.Fatalf("event %d: %+v", i, ev)
+		}
+	}
+	// The control: one Publish at a time calls the hook with one event in.
+	seen = nil
+	for _, r := range recs {
+		if _, err := b.Publish(r.Header, r.Data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(seen) != 1 || seen[0] != 1 {
+		t.Fatalf("Publish: the hook saw buffers of %v, want [1]", seen)
+	}
+	for range recs {
+		<-sub.C()
+	}
+	bad := []oona.Record{{Header: lifecycle(7)}, {Header: oona.Header{Kind: "nope", Actor: oona.ActorTrainer}},
+		{Header: lifecycle(8), Data: "not an object"}, {Header: lifecycle(9)}}
+	err = b.PublishAll(bad)
+	if !errors.Is(err, oona.ErrEvent) || !strings.Contains(err.Error(), "nope") {
+		t.Fatalf("PublishAll with two bad records: %v", err)
+	}
+	for i, step := range []int64{7, 9} {
+		if ev := <-sub.C(); ev.Step != step || ev.Seq != uint64(7+i) {
+			t.Fatalf("got step %d seq %d, want step %d seq %d", ev.Step, ev.Seq, step, 7+i)
+		}
+	}
+	if st := b.Stats(); st.Published != 8 || st.Dropped != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	b.Close()
+	if err := b.PublishAll(recs); !errors.Is(err, oona.ErrClosed) {
+		t.Fatalf("PublishAll on a closed bus: %v", err)
+	}
+}
+
+// PublishAll signals HalfFull once, after the batch, when it took the
+// buffer past half full; events beyond the buffer are dropped and counted.
+func TestPublishAllHalfFullAndDrops(t *testing.T) {
+	b := newBus(t, "half")
+	sub, err := b.Subscribe("s", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := make([]oona.Record, 6)
+	for i := range recs {
+		recs[i] = oona.Record{Header: lifecycle(int64(i))}
+	}
+	if err := b.PublishAll(recs); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sub.HalfFull():
+	default:
+		t.Fatal("no half-full signal")
+	}
+	if st := sub.Stats(); st.Delivered != 4 || st.Dropped != 2 || st.Pending != 4 {
+		t.Fatalf("stats %+v", st)
+	}
+}

@@ -21,13 +21,6 @@ import (
 // after it is released, in order (see unlock), so a publish never runs
 // under the state lock; Publish itself never blocks.
 
-// busRecord is an event waiting to be published once the state lock is
-// released.
-type busRecord struct {
-	h    oona.Header
-	data any
-}
-
 // lifecycleData is a lifecycle event's data: the transition as the trainer
 // receives it, less the blueprint's IR (its id names it; Urza holds it),
 // with the layer's name.
@@ -202,7 +195,7 @@ func (s *Session) publishLocked(kind oona.Kind, actor oona.Actor, step int64, ep
 	if s.bus == nil {
 		return
 	}
-	s.busq = append(s.busq, busRecord{h: oona.Header{Kind: kind, Actor: actor, Step: step, Epoch: epoch}, data: data})
+	s.busq = append(s.busq, oona.Record{Header: oona.Header{Kind: kind, Actor: actor, Step: step, Epoch: epoch}, Data: data})
 }
 
 func (s *Session) publishRunLocked(phase string, bus *oona.Stats) {
@@ -296,13 +289,12 @@ func (s *Session) layerName(layer int) string {
 	return ""
 }
 
-// publish publishes queued events (called with logMu held, not mu). A
-// refused event is a bug of this file: it is logged, never raised into
-// training.
-func publish(bus *oona.Bus, q []busRecord) {
-	for _, r := range q {
-		if _, err := bus.Publish(r.h, r.data); err != nil && !errors.Is(err, oona.ErrClosed) {
-			slog.Warn("esper session: event not published", "kind", r.h.Kind, "err", err)
-		}
+// publish publishes queued events (called with logMu held, not mu)
+// together (Bus.PublishAll: an end of epoch's epoch and health events
+// reach each subscriber in one burst). A refused event is a bug of this
+// file: it is logged, never raised into training.
+func publish(bus *oona.Bus, q []oona.Record) {
+	if err := bus.PublishAll(q); err != nil && !errors.Is(err, oona.ErrClosed) {
+		slog.Warn("esper session: events not published", "err", err)
 	}
 }

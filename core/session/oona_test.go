@@ -306,3 +306,37 @@ func TestApplyPublishesTheDecision(t *testing.T) {
 		t.Fatalf("control: %v", c)
 	}
 }
+
+// An end of epoch hands its events to the bus together (Bus.PublishAll):
+// a subscriber woken when an event lands in its empty buffer (the NATS
+// sink) is woken once, with the epoch and health events both there, and
+// takes them in one burst (one by one, it would be woken with the epoch
+// event alone: the bus's test has that control).
+func TestEndEpochHandsItsEventsOverTogether(t *testing.T) {
+	s := newSession(t, baseConfig())
+	b, sub := attach(t, s)
+	first, err := b.Subscribe("first", 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []int
+	first.OnFirst(func() { seen = append(seen, len(first.C())) })
+	step(t, s, 3)
+	for epoch := range 3 {
+		seen = nil
+		if _, err := s.EndEpoch(metrics(epoch, 1.0)); err != nil {
+			t.Fatal(err)
+		}
+		if len(seen) != 1 || seen[0] != 2 {
+			t.Fatalf("epoch %d: the hook saw buffers of %v, want [2] (epoch and health, once)", epoch, seen)
+		}
+		var kinds []oona.Kind
+		for range 2 {
+			kinds = append(kinds, (<-first.C()).Kind)
+		}
+		if kinds[0] != oona.KindEpoch || kinds[1] != oona.KindHealth {
+			t.Fatalf("epoch %d: %v", epoch, kinds)
+		}
+	}
+	received(t, sub)
+}

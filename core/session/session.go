@@ -92,7 +92,7 @@ type Session struct {
 	// queued under mu, published by unlock; actor is who acts in the
 	// call in progress (oona.go).
 	bus   *oona.Bus
-	busq  []busRecord
+	busq  []oona.Record
 	actor oona.Actor
 	// sizeParams caches the seed sizes of the graph's masks (graph.go):
 	// they follow from the hosts alone.

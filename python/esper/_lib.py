@@ -383,8 +383,10 @@ def take_bytes(ptr: c_void_p, n: int) -> bytes:
 
 def runtime_stats() -> dict[str, Any]:
     """The Go runtime's memory figures: heap_alloc, heap_inuse, heap_sys, heap_objects, sys (bytes
-    Go obtained from the OS), num_gc, goroutines, and handles (live Go objects). It stops Go's
-    world briefly: call it to monitor, not every step."""
+    Go obtained from the OS), num_gc, mallocs (heap objects allocated so far), goroutines,
+    goroutines_created (so far), sched_samples (goroutines made to run so far, as the runtime samples
+    them for its scheduling-latency histogram: about one in eight) and handles (live Go objects). It
+    stops Go's world briefly: call it to monitor, not every step."""
     out = c_void_p()
     check(lib().esper_runtime_stats(ctypes.byref(out)))
     return take_json(out)

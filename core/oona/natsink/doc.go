@@ -5,10 +5,13 @@
 // live or replay it from the start.
 //
 // A Sink is a subscriber of the bus: its bounded subscription buffer is
-// the backlog. Its goroutine publishes the events waiting as a burst to
-// JetStream and waits for one ack, the burst's last event's (a stream
-// stores one connection's messages in order); a burst not acknowledged
-// is sent again whole (ids deduplicate). While the server is absent or
+// the backlog. Its goroutine, woken when events land in the empty backlog
+// (once for the events of one Bus.PublishAll), publishes the events
+// waiting as a burst to JetStream, asking for one ack, the burst's last
+// event's (a stream stores one connection's messages in order), and
+// takes that ack when it next wakes rather than waking for it; a burst
+// not acknowledged in time is sent again whole (ids deduplicate), and the
+// next burst waits for the ack of the one before. While the server is absent or
 // down it retries the same event with backoff, and events published meanwhile
 // wait in the buffer, or, once it is full, are dropped and counted by the
 // bus (Stats). Training never waits on NATS: Publish on the bus never
