@@ -415,20 +415,6 @@ def _singular_values(rows: Tensor) -> Tensor | None:
 
 
 
-def _finite_host(s: Tensor) -> bool:
-    """Whether every element of a CPU tensor is finite: one sum over all of it, read at once.
-
-    Exact, whatever the order the kernel adds in: NaN plus anything is NaN, an infinity plus a
-    finite value is that infinity and +inf plus -inf is NaN, so one NaN, +inf or -inf element makes
-    the sum non-finite. float32 and float64 are summed in their own dtype (no cast, no copy);
-    narrower floats (float16's largest value is 65504) in float32. A sum of finite values beyond
-    the accumulator's range (about 3.4e38 in float32) also reads as non-finite: the seed is then left
-    out for that step, the safe side (values that large overflow the step's next float32 ops)."""
-    d = s.detach()
-    total = d.sum() if s.dtype is torch.float32 or s.dtype is torch.float64 else d.sum(dtype=torch.float32)
-    return math.isfinite(total.item())
-
-
 def _plus(y: Tensor, s: Tensor, straight_through: bool, alpha: float) -> Tensor:
     """y plus a running seed's output as a hand-written model adds it: ``y + alpha * s``, or for a
     straight-through seed (TRAINING) its gradient alone, 0 in value."""
@@ -760,11 +746,20 @@ class KasminaLayer(nn.Module):
         return y
 
     def _add_seeds_host(self, x: Tensor, h: Tensor) -> Tensor:
-        """:meth:`_add_seeds` on CPU, eager. "Finite" is known at once there (no device to wait for,
-        :func:`_finite_host`): a finite seed is added as a hand-written model adds it (no where, no
-        gradient gate); a non-finite one is left out of the output, so that its graph is not part of
-        the loss: nothing of it reaches the output, the host's or the input's gradients (the device
-        path's values) or any weight (its own parameters get no gradient)."""
+        """:meth:`_add_seeds` on CPU, eager. "Finite" is known at once there (no device to wait for):
+        a finite seed is added as a hand-written model adds it (no where, no gradient gate); a
+        non-finite one is left out of the output, so that its graph is not part of the loss: nothing
+        of it reaches the output, the host's or the input's gradients (the device path's values) or
+        any weight (its own parameters get no gradient).
+
+        "Finite" is one sum over the whole output, read at once. It is exact, whatever the order the
+        kernel adds in: NaN plus anything is NaN, an infinity plus a finite value is that infinity
+        and +inf plus -inf is NaN, so one NaN, +inf or -inf element makes the sum non-finite.
+        float32 and float64 are summed in their own dtype (no cast, no copy); narrower floats
+        (float16's largest value is 65504) in float32. A sum of finite values beyond the
+        accumulator's range (about 3.4e38 in float32) also reads as non-finite: the seed is then
+        left out for that step, the safe side (values that large overflow the step's next float32
+        ops)."""
         y = h
         for slot, seed, straight_through, alpha in self._branches:
             if straight_through:
@@ -777,7 +772,9 @@ class KasminaLayer(nn.Module):
             if s is None:
                 continue
             self._runs[slot] += 1
-            if not _finite_host(s):
+            d = s.detach()
+            total = d.sum() if s.dtype is torch.float32 or s.dtype is torch.float64 else d.sum(dtype=torch.float32)
+            if not math.isfinite(total.item()):
                 self._bad[slot].add_(1)
                 continue
             y = _plus(y, s, straight_through, alpha)
