@@ -1224,8 +1224,12 @@ class KasminaLayer(nn.Module):
                 self._set_alpha(slot, a)
                 changed = True
         if changed:
-            # Only alphas moved: which seeds run, and the forward, are unchanged (per step while blending).
-            self._branches = tuple(b._replace(alpha=self._alphas[b.slot]) for b in self._branches)
+            # Only alphas moved: which seeds run, and the forward, are unchanged (per step while
+            # blending). Set without nn.Module's __setattr__, and the branches built directly (not
+            # _replace, which calls _make): this runs on every step of a blend.
+            now = self._alphas
+            _put(self, "_branches", tuple([_Branch(b.slot, b.seed, b.straight_through, now[b.slot])
+                                           for b in self._branches]))
 
     def _set_alpha(self, slot: int, value: float) -> None:
         """Sets a slot's alpha, as a float for the eager forward and in the tensor a compiled one
