@@ -745,12 +745,14 @@ class KasminaLayer(nn.Module):
             y = _plus(y, s, straight_through, alpha)
         return y
 
-    def _add_seeds_host(self, x: Tensor, h: Tensor) -> Tensor:
-        """:meth:`_add_seeds` on CPU, eager. "Finite" is known at once there (no device to wait for):
-        a finite seed is added as a hand-written model adds it (no where, no gradient gate); a
-        non-finite one is left out of the output, so that its graph is not part of the loss: nothing
-        of it reaches the output, the host's or the input's gradients (the device path's values) or
-        any weight (its own parameters get no gradient).
+    def _add_seeds(self, x: Tensor, h: Tensor) -> Tensor:
+        """The running seeds added to the host output ``h``: unguarded (:meth:`_add_seeds_unguarded`),
+        on a device or under torch.compile (:meth:`_add_seeds_device`), or, here, on CPU, eager,
+        where "finite" is known at once (no device to wait for): a finite seed is added as a
+        hand-written model adds it (no where, no gradient gate); a non-finite one is left out of the
+        output, so that its graph is not part of the loss: nothing of it reaches the output, the
+        host's or the input's gradients (the device path's values) or any weight (its own
+        parameters get no gradient).
 
         "Finite" is one sum over the whole output, read at once. It is exact, whatever the order the
         kernel adds in: NaN plus anything is NaN, an infinity plus a finite value is that infinity
@@ -760,6 +762,11 @@ class KasminaLayer(nn.Module):
         accumulator's range (about 3.4e38 in float32) also reads as non-finite: the seed is then
         left out for that step, the safe side (values that large overflow the step's next float32
         ops)."""
+        compiling = torch.compiler.is_compiling()
+        if not (compiling or self.guard_every_step or self._sampling):
+            return self._add_seeds_unguarded(x, h)
+        if compiling or not h.is_cpu:  # not h.device.type: that builds a torch.device every forward
+            return self._add_seeds_device(x, h, compiling)
         y = h
         for slot, seed, straight_through, alpha in self._branches:
             if straight_through:
@@ -780,14 +787,10 @@ class KasminaLayer(nn.Module):
             y = _plus(y, s, straight_through, alpha)
         return y
 
-    def _add_seeds(self, x: Tensor, h: Tensor) -> Tensor:
-        # Under torch.compile: alphas from a device tensor, finiteness counted on the device, so
-        # that nothing the graph depends on changes from step to step (no recompilation).
-        compiling = torch.compiler.is_compiling()
-        if not (compiling or self.guard_every_step or self._sampling):
-            return self._add_seeds_unguarded(x, h)
-        if not compiling and h.is_cpu:  # not h.device.type: that builds a torch.device every forward
-            return self._add_seeds_host(x, h)
+    def _add_seeds_device(self, x: Tensor, h: Tensor, compiling: bool) -> Tensor:
+        """:meth:`_add_seeds` on a device, or under torch.compile (on any device): alphas from a
+        device tensor, finiteness counted on the device, so that nothing the graph depends on
+        changes from step to step (no recompilation), and no synchronisation."""
         grad_on = torch.is_grad_enabled()
         learning = self.training and grad_on
         gate = grad_on and x.requires_grad
