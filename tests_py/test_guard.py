@@ -115,3 +115,66 @@ def test_step_guard_keeps_the_host_output_on_the_very_step() -> None:
     assert any(e.get("kind") == "event" and e.get("to") == "PRUNED" for e in morph.log)
     assert not any(e.get("op") == "rollback" for e in morph.log if e.get("kind") == "decision")
     morph.close()
+
+
+class OneElement(nn.Module):
+    """A seed whose output (a linear map of its input, large and finite) has one element set to
+    ``value`` (None: left finite), through ``where``, so that autograd runs through it."""
+
+    def __init__(self, d_in: int, d_out: int, dtype: torch.dtype, value: float | None, at: tuple[int, int],
+                 scale: float = 1.0) -> None:
+        super().__init__()
+        self.inner = nn.Linear(d_in, d_out, dtype=dtype)
+        self.value, self.at, self.scale = value, at, scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.inner(x) * self.scale
+        if self.value is None:
+            return s
+        mask = torch.zeros(s.shape, dtype=torch.bool)
+        mask[self.at] = True
+        return torch.where(mask, torch.full((), self.value, dtype=s.dtype), s)
+
+
+@pytest.mark.parametrize("dtype, scale", [(torch.float32, 1.0), (torch.float64, 1e300), (torch.float16, 1.0)],
+                         ids=["float32", "float64-1e300", "float16"])
+@pytest.mark.parametrize("value", [None, math.nan, math.inf, -math.inf], ids=["finite", "nan", "+inf", "-inf"])
+def test_default_guard_catches_one_nonfinite_element_of_a_large_output(
+        value: float | None, dtype: torch.dtype, scale: float) -> None:
+    # The CPU guard decides "finite" from one sum of the seed's output: a single NaN, +inf or -inf
+    # element among 262,144 must leave the seed out (the layer's output and the input's gradient
+    # are the host's alone), and a finite output must be added (the control). float64 values of
+    # 1e300 and float16 outputs whose sum is far past float16's range (65504) are finite: the sum
+    # must not be taken in a dtype where it overflows.
+    from esper.kasmina import FailureKind, collect_failures
+
+    torch.manual_seed(0)
+    model = esper.wrap(nn.Sequential(nn.Linear(64, 1024, dtype=dtype)), target_modules=["0"])
+    layer = model[0]
+    assert layer.guard_every_step  # the default guard
+    seed = OneElement(64, 1024, dtype, value, (100, 517), scale)
+    with torch.no_grad():
+        seed.inner.weight.fill_(0.25)
+        seed.inner.bias.fill_(4.0)  # with x >= 0, every element is at least 4 (times scale)
+    layer.add_seed(0, seed)
+    layer.set_state(0, "TRAINING")
+    layer.set_state(0, "BLENDING", 0.5)
+    x = torch.rand(256, 64, dtype=dtype).requires_grad_()  # in [0, 1): every seed element >= 4 (times scale)
+    y = layer(x)
+    h = layer.base_layer(x)
+    s = seed(x)
+    if value is None and dtype is not torch.float32:
+        # The control for the accumulator's dtype: this finite output's sum overflows float16
+        # (float16 case) or float32 (float64 case).
+        narrow = torch.float16 if dtype is torch.float16 else torch.float32
+        assert math.isinf(float(s.detach().sum(dtype=narrow)))
+    if value is None:
+        assert torch.equal(y, torch.add(h, s, alpha=0.5)) and torch.isfinite(y).all()
+        assert collect_failures(model) == []
+    else:
+        assert torch.equal(y, h)
+        y.float().sum().backward()
+        g_host = torch.autograd.grad(layer.base_layer(x).float().sum(), x)[0]
+        assert torch.equal(x.grad, g_host)  # nothing of the seed reached the input's gradient
+        assert seed.inner.weight.grad is None  # nor its own weights
+        assert [(i, f.slot, f.kind) for i, f in collect_failures(model)] == [(0, 0, FailureKind.NONFINITE)]

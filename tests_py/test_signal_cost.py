@@ -196,6 +196,32 @@ def test_stepcost_counts_an_interval_and_times_its_sampling_step() -> None:
         stepcost.build("sleeping:TinyMLP", torch.device("cpu"))
 
 
+def test_stepcost_guard_cost_times_both_guards_on_one_model_and_puts_the_default_back() -> None:
+    """--guards: ordinary steps of the default guard, of guard "sampled" on the same model and of the
+    hand-written model, with the per-round differences; only active pairs under the default guard."""
+    from esper.bench import stepcost
+    from esper.kasmina import KasminaLayer
+
+    seen: list[bool] = []
+    real = KasminaLayer._add_seeds
+
+    def spy(self: KasminaLayer, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        seen.append(self.guard_every_step)
+        return real(self, x, h)
+
+    KasminaLayer._add_seeds = spy  # type: ignore[method-assign]
+    try:
+        g = stepcost.guard_cost("active:TinyMLP:HOLDING:step", 6)
+    finally:
+        KasminaLayer._add_seeds = real  # type: ignore[method-assign]
+    assert True in seen and False in seen  # both guards ran
+    for name in ("step", "sampled", "hand"):
+        assert 0 < g[name]["min"] <= g[name]["p20"] <= g[name]["median"], g
+    assert set(g) == {"step", "sampled", "hand", "step-sampled", "step-hand", "sampled-hand"}
+    with pytest.raises(ValueError, match="active pairs under the default guard"):
+        stepcost.guard_cost("active:TinyMLP:HOLDING:sampled", 2)
+
+
 def test_stepcost_phases_time_the_parts_of_the_sampling_step() -> None:
     """--phases: only the sampling step flushes, reads the signals, calls Go (once) and runs the taps;
     the functions it wraps are put back afterwards."""

@@ -746,15 +746,54 @@ class KasminaLayer(nn.Module):
         return y
 
     def _add_seeds(self, x: Tensor, h: Tensor) -> Tensor:
-        # Under torch.compile: alphas from a device tensor, finiteness counted on the device, so
-        # that nothing the graph depends on changes from step to step (no recompilation).
+        """The running seeds added to the host output ``h``: unguarded (:meth:`_add_seeds_unguarded`),
+        on a device or under torch.compile (:meth:`_add_seeds_device`), or, here, on CPU, eager,
+        where "finite" is known at once (no device to wait for): a finite seed is added as a
+        hand-written model adds it (no where, no gradient gate); a non-finite one is left out of the
+        output, so that its graph is not part of the loss: nothing of it reaches the output, the
+        host's or the input's gradients (the device path's values) or any weight (its own
+        parameters get no gradient).
+
+        "Finite" is one sum over the whole output, read at once. It is exact, whatever the order the
+        kernel adds in: NaN plus anything is NaN, an infinity plus a finite value is that infinity
+        and +inf plus -inf is NaN, so one NaN, +inf or -inf element makes the sum non-finite.
+        float32 and float64 are summed in their own dtype (no cast, no copy); narrower floats
+        (float16's largest value is 65504) in float32. A sum of finite values beyond the
+        accumulator's range (about 3.4e38 in float32) also reads as non-finite: the seed is then
+        left out for that step, the safe side (values that large overflow the step's next float32
+        ops)."""
         compiling = torch.compiler.is_compiling()
         if not (compiling or self.guard_every_step or self._sampling):
             return self._add_seeds_unguarded(x, h)
+        if compiling or not h.is_cpu:  # not h.device.type: that builds a torch.device every forward
+            return self._add_seeds_device(x, h, compiling)
+        y = h
+        for slot, seed, straight_through, alpha in self._branches:
+            if straight_through:
+                if not (self.training and torch.is_grad_enabled()):
+                    continue  # 0 in value and nothing to learn
+                seed_in = x.detach()
+            else:
+                seed_in = x
+            s = self._run_seed(slot, seed, seed_in, h)
+            if s is None:
+                continue
+            self._runs[slot] += 1
+            d = s.detach()
+            total = d.sum() if s.dtype is torch.float32 or s.dtype is torch.float64 else d.sum(dtype=torch.float32)
+            if not math.isfinite(total.item()):
+                self._bad[slot].add_(1)
+                continue
+            y = _plus(y, s, straight_through, alpha)
+        return y
+
+    def _add_seeds_device(self, x: Tensor, h: Tensor, compiling: bool) -> Tensor:
+        """:meth:`_add_seeds` on a device, or under torch.compile (on any device): alphas from a
+        device tensor, finiteness counted on the device, so that nothing the graph depends on
+        changes from step to step (no recompilation), and no synchronisation."""
         grad_on = torch.is_grad_enabled()
         learning = self.training and grad_on
-        on_host = not compiling and h.device.type == "cpu"
-        gate = grad_on and x.requires_grad and not on_host
+        gate = grad_on and x.requires_grad
         y = h
         for slot, seed, straight_through, alpha in self._branches:
             if compiling:
@@ -770,18 +809,6 @@ class KasminaLayer(nn.Module):
                 seed_in = x.view_as(x) if gate else x
             s = self._run_seed(slot, seed, seed_in, h)
             if s is None:
-                continue
-            if on_host:
-                # On CPU "finite" is known at once (no device to wait for): a finite seed is added as
-                # a hand-written model adds it (no where, no gradient gate); a non-finite one is left
-                # out of the output, so that its graph is not part of the loss: nothing of it reaches
-                # the output, the host's or the input's gradients (the device path's values) or any
-                # weight (its own parameters get no gradient).
-                self._runs[slot] += 1
-                if not math.isfinite(s.detach().sum(dtype=torch.float32).item()):
-                    self._bad[slot].add_(1)
-                    continue
-                y = _plus(y, s, straight_through, alpha)
                 continue
             # "finite" as a device flag, no synchronisation (one reduction; NaN and inf fail abs < inf).
             # Not torch.isfinite: a composite of four ops (eq, abs, ne, and) where this is two. On the
@@ -1200,8 +1227,12 @@ class KasminaLayer(nn.Module):
                 self._set_alpha(slot, a)
                 changed = True
         if changed:
-            # Only alphas moved: which seeds run, and the forward, are unchanged (per step while blending).
-            self._branches = tuple(b._replace(alpha=self._alphas[b.slot]) for b in self._branches)
+            # Only alphas moved: which seeds run, and the forward, are unchanged (per step while
+            # blending). Set without nn.Module's __setattr__, and the branches built directly (not
+            # _replace, which calls _make): this runs on every step of a blend.
+            now = self._alphas
+            _put(self, "_branches", tuple([_Branch(b.slot, b.seed, b.straight_through, now[b.slot])
+                                           for b in self._branches]))
 
     def _set_alpha(self, slot: int, value: float) -> None:
         """Sets a slot's alpha, as a float for the eager forward and in the tensor a compiled one

@@ -19,7 +19,10 @@ forward, backward, optimizer step, ``morph.step``, and inside it the flush, the 
 call into Go, the forward and backward taps. With ``--per-step``, counts per step instead
 (:func:`per_step`): ATen ops (a dispatch mode: forward, backward, optimizer), the tensors they
 allocate, Python calls (``sys.setprofile``) and calls into libesper, Esper's extra over the baseline
-on the steps that do not sample and on the one that does.
+on the steps that do not sample and on the one that does. With ``--guards`` (active pairs), the
+ordinary (not sampling) steps of the default guard and of guard "sampled" on the same model (the
+layers' ``guard_every_step`` switched between steps) and the hand-written model's, in rotating
+order: their CPU time and the median of the per-round differences (:func:`guard_cost`).
 The module imports ``esper`` by its absolute name, so that the same file can measure another
 checkout's package (``PYTHONPATH=<other>/python python path/to/stepcost.py ...``).
 """
@@ -39,7 +42,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["StepCounter", "build", "counts", "per_step", "phases", "sampling_cost", "main"]
+__all__ = ["StepCounter", "build", "counts", "guard_cost", "per_step", "phases", "sampling_cost", "main"]
 
 
 def build(what: str, device: torch.device, every: int | None = None
@@ -304,6 +307,64 @@ def sampling_cost(esper_step: Callable[[], None], morph: Any, intervals: int,
     return out
 
 
+def guard_cost(what: str, rounds: int) -> dict[str, dict[str, float]]:
+    """What the default guard costs an ordinary step, measured so that load cancels: ``rounds``
+    rounds of three ordinary steps (neither sampling nor setting sampling up), the active pair's
+    model under the default guard ("step"), the same model under guard "sampled" (its layers'
+    ``guard_every_step`` switched off for that step) and the hand-written model, in an order that
+    rotates every round; CPU time of this thread (us).
+
+    Returns:
+        ``{"step"|"sampled"|"hand": {"min", "p20", "median"}, "step-sampled"|"step-hand"|
+        "sampled-hand": {"median"}}``, the last three the median of the per-round differences.
+    """
+    import gc
+    import statistics
+
+    from esper.kasmina import KasminaLayer
+
+    kind, _, rest = what.partition(":")
+    if kind != "active" or not rest.endswith(":step"):
+        raise ValueError(f"guard_cost measures active pairs under the default guard (active:<model>:<state>:step), "
+                         f"got {what!r}")
+    esper_step, hand, morph = build(what, torch.device("cpu"))
+    layers = [m for m in morph.model.modules() if isinstance(m, KasminaLayer)]
+    every = morph.config.signal_every
+    for _ in range(2 * every):
+        esper_step()
+        hand()
+    clock = time.thread_time_ns
+    took: dict[str, list[float]] = {"step": [], "sampled": [], "hand": []}
+    order = list(took)
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            for name in order[r % 3:] + order[:r % 3]:
+                if name != "hand":
+                    while (morph.steps + 1) % every in (0, every - 1):  # the sampling step, or its set-up
+                        esper_step()
+                    for layer in layers:
+                        layer.guard_every_step = name == "step"
+                fn = hand if name == "hand" else esper_step
+                start = clock()
+                fn()
+                took[name].append((clock() - start) / 1e3)
+            if r % 200 == 199:
+                gc.collect()
+    finally:
+        if gc_was:
+            gc.enable()
+        for layer in layers:
+            layer.guard_every_step = True
+        morph.close()
+    out: dict[str, dict[str, float]] = {
+        name: {"min": min(v), "p20": _quantile(v, 0.2), "median": _quantile(v, 0.5)} for name, v in took.items()}
+    for a, b in (("step", "sampled"), ("step", "hand"), ("sampled", "hand")):
+        out[f"{a}-{b}"] = {"median": statistics.median(x - y for x, y in zip(took[a], took[b]))}
+    return out
+
+
 # Where the sampling step's time goes: (owner module attribute path, function, label). Wrapped only by
 # phases(), for its measurement, and put back after.
 _PHASES = (
@@ -417,6 +478,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead: ATen ops, tensor allocations, Python calls and calls into Go per step, Esper's "
                         "extra over the baseline on the steps that do not sample, on the sampling step and on "
                         "average (per_step: 10 signal intervals each, deterministic)")
+    p.add_argument("--guards", action="store_true",
+                   help="instead: ordinary steps under the default guard, under guard 'sampled' (same model) and "
+                        "of the hand-written model, rotating: CPU time and per-round differences "
+                        "(active:<model>:<state>:step)")
+    p.add_argument("--rounds", type=int, default=2000, help="rounds of --guards")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     device = torch.device("cpu")
@@ -431,6 +497,14 @@ def main(argv: list[str] | None = None) -> int:
             for kind, v in table.items():
                 print(f"  {kind:7s} {v['baseline']:9.1f}  ordinary +{v['ordinary']:.2f} (max +{v['ordinary_max']})  "
                       f"sampling +{v['sampling']:.1f}  per step +{v['per_step']:.3f}", flush=True)
+        return 0
+    if args.guards:
+        for what in args.pairs:
+            g = guard_cost(what, args.rounds)
+            print(f"{what}: ordinary steps, {args.rounds} rounds, CPU time of this thread (us): " + "; ".join(
+                f"{k} min {g[k]['min']:.0f} p20 {g[k]['p20']:.0f} median {g[k]['median']:.0f}"
+                for k in ("step", "sampled", "hand")) + "; per-round differences, median: " + ", ".join(
+                f"{k} {g[k]['median']:+.1f}" for k in ("step-sampled", "step-hand", "sampled-hand")), flush=True)
         return 0
     if args.phases:
         for what in args.pairs:
