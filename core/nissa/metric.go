@@ -24,14 +24,14 @@ func appendNum64(b []byte, v float64) []byte {
 	if math.IsNaN(v) || math.IsInf(v, 0) {
 		return append(b, "null"...)
 	}
-	return appendFloat(b, v)
+	return AppendJSONFloat(b, v)
 }
 
-// appendFloat appends a finite v exactly as encoding/json writes a float64
+// AppendJSONFloat appends a finite v exactly as encoding/json writes a float64
 // (its floatEncoder: 'e' notation below 1e-6 and from 1e21, "e-07" written
 // "e-7"), without json.Marshal's reflection: the health event of every end
 // of epoch encodes hundreds of these.
-func appendFloat(b []byte, v float64) []byte {
+func AppendJSONFloat(b []byte, v float64) []byte {
 	format := byte('f')
 	if abs := math.Abs(v); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
 		format = 'e'
@@ -96,7 +96,7 @@ func (m Metric) AppendJSON(b []byte) []byte {
 	case math.IsInf(m.Value, -1):
 		return append(b, `"-Infinity"`...)
 	}
-	return appendFloat(b, m.Value)
+	return AppendJSONFloat(b, m.Value)
 }
 
 // AppendNum appends v as Num encodes it: a finite value as encoding/json

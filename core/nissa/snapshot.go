@@ -92,7 +92,7 @@ func (s Snapshot) MarshalJSON() ([]byte, error) {
 func (s Snapshot) AppendJSON(b []byte) []byte {
 	b = slices.Grow(b, 512+len(s.Layers)*1300) // one allocation for the whole document
 	b = strconv.AppendInt(append(b, `{"window":`...), int64(s.Window), 10)
-	b = appendFloat(append(b, `,"ewma":`...), s.EWMA)
+	b = AppendJSONFloat(append(b, `,"ewma":`...), s.EWMA)
 	b = strconv.AppendInt(append(b, `,"ingests":`...), s.Ingests, 10)
 	b = strconv.AppendInt(append(b, `,"last_step":`...), s.LastStep, 10)
 	b = appendSummaries(append(b, `,"global":`...), s.Global)
@@ -107,7 +107,7 @@ func (s Snapshot) AppendJSON(b []byte) []byte {
 		}
 		b = strconv.AppendInt(append(b, `{"layer":`...), int64(l.Layer), 10)
 		if l.Name != "" {
-			b = appendString(append(b, `,"name":`...), l.Name)
+			b = AppendJSONString(append(b, `,"name":`...), l.Name)
 		}
 		b = appendSummaries(append(b, `,"signals":`...), l.Signals)
 		b = append(b, '}')
@@ -132,15 +132,15 @@ func appendSummaries(b []byte, m map[string]Summary) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = m[k].appendJSON(append(appendString(b, k), ':'))
+		b = m[k].appendJSON(append(AppendJSONString(b, k), ':'))
 	}
 	return append(b, '}')
 }
 
-// appendString appends s as encoding/json encodes a string: quoted as it
+// AppendJSONString appends s as encoding/json encodes a string: quoted as it
 // is when it holds only printable ASCII that needs no escape (signal and
 // layer names, in practice), else by encoding/json itself.
-func appendString(b []byte, s string) []byte {
+func AppendJSONString(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; {
 		case c < 0x20, c >= 0x7f, c == '"', c == '\\', c == '<', c == '>', c == '&':

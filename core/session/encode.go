@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/esper-morph/esper/core/lifecycle"
+	"github.com/esper-morph/esper/core/nissa"
 	"github.com/esper-morph/esper/policy/tamiyo"
 )
 
@@ -84,9 +85,9 @@ func (e *Event) appendJSON(b []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("session: encode event %d/%d: alpha: %w", e.Layer, e.Slot, err)
 	}
-	b = appendString(append(b, `,"reason":`...), e.Reason)
+	b = nissa.AppendJSONString(append(b, `,"reason":`...), e.Reason)
 	if e.BlueprintID != "" {
-		b = appendString(append(b, `,"blueprint_id":`...), e.BlueprintID)
+		b = nissa.AppendJSONString(append(b, `,"blueprint_id":`...), e.BlueprintID)
 	}
 	if len(e.Blueprint) > 0 {
 		if b, err = appendRaw(append(b, `,"blueprint":`...), e.Blueprint); err != nil {
@@ -110,7 +111,7 @@ func (d *DecisionResult) appendJSON(b []byte) ([]byte, error) {
 	b = strconv.AppendInt(append(b, `,"layer":`...), int64(d.Layer), 10)
 	b = strconv.AppendInt(append(b, `,"slot":`...), int64(d.Slot), 10)
 	if d.Template != "" {
-		b = appendString(append(b, `,"template":`...), d.Template)
+		b = nissa.AppendJSONString(append(b, `,"template":`...), d.Template)
 	}
 	var err error
 	if len(d.Params) > 0 {
@@ -121,7 +122,7 @@ func (d *DecisionResult) appendJSON(b []byte) ([]byte, error) {
 	if d.ParamCount != 0 {
 		b = strconv.AppendInt(append(b, `,"param_count":`...), d.ParamCount, 10)
 	}
-	b = appendString(append(b, `,"reason":`...), d.Reason)
+	b = nissa.AppendJSONString(append(b, `,"reason":`...), d.Reason)
 	for _, f := range [...]struct {
 		key string
 		v   *float64
@@ -139,7 +140,7 @@ func (d *DecisionResult) appendJSON(b []byte) ([]byte, error) {
 		b = append(b, `,"applied":false`...)
 	}
 	if d.Error != "" {
-		b = appendString(append(b, `,"error":`...), d.Error)
+		b = nissa.AppendJSONString(append(b, `,"error":`...), d.Error)
 	}
 	return append(b, '}'), nil
 }
@@ -158,14 +159,14 @@ func appendParams(b []byte, p map[string]any) ([]byte, error) {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = append(appendString(b, k), ':')
+		b = append(nissa.AppendJSONString(b, k), ':')
 		switch v := p[k].(type) {
 		case int64:
 			b = strconv.AppendInt(b, v, 10)
 		case int:
 			b = strconv.AppendInt(b, int64(v), 10)
 		case string:
-			b = appendString(b, v)
+			b = nissa.AppendJSONString(b, v)
 		case bool:
 			b = strconv.AppendBool(b, v)
 		default:
@@ -179,39 +180,13 @@ func appendParams(b []byte, p map[string]any) ([]byte, error) {
 	return append(b, '}'), nil
 }
 
-// appendFloat appends a finite v as encoding/json writes a float64 ('e'
-// notation below 1e-6 and from 1e21, "e-07" written "e-7"); a non-finite
-// v is an error, as in encoding/json.
+// appendFloat appends a finite v as encoding/json writes a float64
+// (nissa.AppendJSONFloat); a non-finite v is an error, as in encoding/json.
 func appendFloat(b []byte, v float64) ([]byte, error) {
 	if math.IsNaN(v) || math.IsInf(v, 0) {
 		return nil, fmt.Errorf("unsupported value %v: %w", v, ErrArgument)
 	}
-	format := byte('f')
-	if abs := math.Abs(v); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
-		format = 'e'
-	}
-	b = strconv.AppendFloat(b, v, format, -1, 64)
-	if format == 'e' {
-		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
-			b[n-2] = b[n-1]
-			b = b[:n-1]
-		}
-	}
-	return b, nil
-}
-
-// appendString appends s as encoding/json encodes a string: quoted as it
-// is when it holds only printable ASCII that needs no escape (reasons,
-// names and ids, in practice), else by encoding/json itself.
-func appendString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case c < 0x20, c >= 0x7f, c == '"', c == '\\', c == '<', c == '>', c == '&':
-			q, _ := json.Marshal(s) // a string always encodes
-			return append(b, q...)
-		}
-	}
-	return append(append(append(b, '"'), s...), '"')
+	return nissa.AppendJSONFloat(b, v), nil
 }
 
 // appendRaw appends raw JSON as encoding/json encodes a json.RawMessage:
